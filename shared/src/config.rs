@@ -1,0 +1,818 @@
+//! TOML configuration of both binaries: types with named defaults, strict parsing
+//! (`deny_unknown_fields`), and a validation pass whose errors name the key and its line.
+//!
+//! Every bound a peer can push against is a key here, with its default as a named
+//! constant. `docs/configuration.md` documents each key.
+
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::framing::DEFAULT_MAX_MESSAGE_BYTES;
+use crate::routing::DEFAULT_SEPARATOR;
+
+/// Smallest accepted `max_message_bytes` (1 KiB).
+pub const MIN_MESSAGE_BYTES: usize = 1024;
+/// Largest accepted `max_message_bytes` (64 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Default bound on requests in flight from the router to the gateway.
+pub const DEFAULT_ROUTER_MAX_IN_FLIGHT: usize = 256;
+/// Default bound on requests in flight per gateway session.
+pub const DEFAULT_SESSION_MAX_IN_FLIGHT: usize = 64;
+/// Default bound on concurrent client sessions of the gateway.
+pub const DEFAULT_MAX_SESSIONS: usize = 1024;
+/// Default time a client has to complete the WebSocket handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a request may take before it is answered with a timeout error.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time the router waits for the gateway's WebSocket handshake.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a backend has to exit after its stdin is closed, before it is killed.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Default WebSocket endpoint path.
+pub const DEFAULT_PATH: &str = "/mcp";
+/// Default gateway listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+
+/// Exit code for a configuration error (EX_USAGE from sysexits.h).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// A configuration that could not be loaded, with where the problem is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    /// The file, when loaded from one.
+    pub file: Option<PathBuf>,
+    /// 1-based line of the offending key, when known.
+    pub line: Option<usize>,
+    /// Dotted key path, e.g. `backends[1].session`.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.file {
+            Some(p) => write!(f, "{}", p.display())?,
+            None => f.write_str("config")?,
+        }
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+        }
+        f.write_str(": ")?;
+        if let Some(k) = &self.key {
+            write!(f, "key `{k}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A validation failure before it is located in the source text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invalid {
+    /// Key path segments, e.g. `["backends", "1", "name"]` (indices as text).
+    pub path: Vec<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn invalid(path: &[&str], message: impl Into<String>) -> Invalid {
+    Invalid {
+        path: path.iter().map(|s| s.to_string()).collect(),
+        message: message.into(),
+    }
+}
+
+/// A duration written as text: `"250ms"`, `"30s"`, `"5m"`, `"1h"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `"250ms"`, `"30s"`, `"5m"`, `"1h"` (a whole number and a unit).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. \"500ms\", \"30s\", \"5m\""))?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "invalid duration {s:?}: unit must be ms, s, m or h"
+            ))
+        }
+    };
+    Ok(d)
+}
+
+/// Log verbosity.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Nothing.
+    Off,
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// The default.
+    #[default]
+    Info,
+    /// Diagnostics.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The `log` crate filter.
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Off => log::LevelFilter::Off,
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// `[logging]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// Level; the environment variable `MCP_LOG` overrides it.
+    #[serde(default)]
+    pub level: LogLevel,
+}
+
+fn default_max_message_bytes() -> usize {
+    DEFAULT_MAX_MESSAGE_BYTES
+}
+fn default_router_in_flight() -> usize {
+    DEFAULT_ROUTER_MAX_IN_FLIGHT
+}
+fn default_session_in_flight() -> usize {
+    DEFAULT_SESSION_MAX_IN_FLIGHT
+}
+fn default_max_sessions() -> usize {
+    DEFAULT_MAX_SESSIONS
+}
+fn default_handshake_timeout() -> Dur {
+    Dur(DEFAULT_HANDSHAKE_TIMEOUT)
+}
+fn default_request_timeout() -> Dur {
+    Dur(DEFAULT_REQUEST_TIMEOUT)
+}
+fn default_connect_timeout() -> Dur {
+    Dur(DEFAULT_CONNECT_TIMEOUT)
+}
+fn default_shutdown_grace() -> Dur {
+    Dur(DEFAULT_SHUTDOWN_GRACE)
+}
+fn default_path() -> String {
+    DEFAULT_PATH.into()
+}
+fn default_listen() -> String {
+    DEFAULT_LISTEN.into()
+}
+fn default_separator() -> String {
+    DEFAULT_SEPARATOR.into()
+}
+
+// ---------------------------------------------------------------------------------------
+// Router
+
+/// The router's whole configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    /// `[gateway]`: where to relay to.
+    pub gateway: GatewayLink,
+    /// `[limits]`
+    #[serde(default)]
+    pub limits: RouterLimits,
+    /// `[logging]`
+    #[serde(default)]
+    pub logging: LoggingConfig,
+}
+
+/// `[gateway]` of the router.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayLink {
+    /// `ws://host:port/path` of the gateway.
+    pub url: String,
+    /// Environment variable holding the bearer token.
+    pub token_env: Option<String>,
+    /// File holding the bearer token.
+    pub token_file: Option<PathBuf>,
+    /// Deadline for connecting and the WebSocket handshake.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+}
+
+/// `[limits]` of the router.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouterLimits {
+    /// Largest message accepted on stdin or from the gateway.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Requests forwarded and not yet answered, at most.
+    #[serde(default = "default_router_in_flight")]
+    pub max_in_flight: usize,
+}
+
+impl Default for RouterLimits {
+    fn default() -> Self {
+        RouterLimits {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_in_flight: DEFAULT_ROUTER_MAX_IN_FLIGHT,
+        }
+    }
+}
+
+impl RouterConfig {
+    /// A configuration with defaults and the given gateway URL (`--gateway`).
+    pub fn with_url(url: &str) -> Self {
+        RouterConfig {
+            gateway: GatewayLink {
+                url: url.into(),
+                token_env: None,
+                token_file: None,
+                connect_timeout: default_connect_timeout(),
+            },
+            limits: RouterLimits::default(),
+            logging: LoggingConfig::default(),
+        }
+    }
+
+    /// Checks values the types cannot.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        validate_ws_url(&self.gateway.url).map_err(|m| invalid(&["gateway", "url"], m))?;
+        if self.gateway.token_env.is_some() && self.gateway.token_file.is_some() {
+            return Err(invalid(
+                &["gateway", "token_file"],
+                "set token_env or token_file, not both",
+            ));
+        }
+        validate_positive_duration(self.gateway.connect_timeout, &["gateway", "connect_timeout"])?;
+        validate_message_bytes(self.limits.max_message_bytes)?;
+        validate_nonzero(self.limits.max_in_flight, &["limits", "max_in_flight"])
+    }
+}
+
+/// Checks a gateway URL: `ws://host:port/path` (TLS is not built in, so no `wss://`).
+pub fn validate_ws_url(url: &str) -> Result<(), String> {
+    if url.starts_with("wss://") {
+        return Err("wss:// is not supported by this build (no TLS); use ws:// behind a TLS-terminating proxy or on loopback".into());
+    }
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| format!("{url:?} is not a ws:// URL"))?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Gateway
+
+/// The gateway's whole configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// `[server]`
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[limits]`
+    #[serde(default)]
+    pub limits: GatewayLimits,
+    /// `[routing]`
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    /// `[auth]`: when present, clients must send `Authorization: Bearer <token>`.
+    pub auth: Option<AuthConfig>,
+    /// `[logging]`
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    /// `[[backends]]`
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+}
+
+/// `[server]` of the gateway.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `ip:port` to listen on (port 0 picks a free port, logged at start).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// WebSocket endpoint path.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Concurrent client sessions, at most; further handshakes get HTTP 503.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+    /// Deadline for a client to complete the WebSocket handshake.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Dur,
+    /// On shutdown, how long backends get to exit after stdin closes.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Dur,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            path: default_path(),
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            handshake_timeout: default_handshake_timeout(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+/// `[limits]` of the gateway.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayLimits {
+    /// Largest message accepted from a client or a backend.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Requests in flight per client session, at most.
+    #[serde(default = "default_session_in_flight")]
+    pub max_in_flight: usize,
+    /// Time a request may take (default for every backend).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Dur,
+}
+
+impl Default for GatewayLimits {
+    fn default() -> Self {
+        GatewayLimits {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_in_flight: DEFAULT_SESSION_MAX_IN_FLIGHT,
+            request_timeout: default_request_timeout(),
+        }
+    }
+}
+
+/// `[routing]` of the gateway.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Between backend name and tool/prompt name.
+    #[serde(default = "default_separator")]
+    pub separator: String,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            separator: default_separator(),
+        }
+    }
+}
+
+/// `[auth]` of the gateway: one bearer token.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Environment variable holding the expected token.
+    pub token_env: Option<String>,
+    /// File holding the expected token.
+    pub token_file: Option<PathBuf>,
+}
+
+/// How a backend is reached.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// A subprocess speaking MCP over stdin/stdout.
+    Stdio,
+}
+
+/// Whether clients share a backend process.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionMode {
+    /// One process per client session (started on first need, stopped with the session).
+    #[default]
+    PerClient,
+    /// One process for all sessions, requests multiplexed with id remapping.
+    Shared,
+}
+
+/// `[[backends]]`
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Unique name; the namespace prefix of its tools and prompts.
+    pub name: String,
+    /// Only `stdio` so far.
+    pub transport: Transport,
+    /// Program to run.
+    pub command: String,
+    /// Its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub cwd: Option<PathBuf>,
+    /// `per_client` (default) or `shared`.
+    #[serde(default)]
+    pub session: SessionMode,
+    /// Overrides `[limits] request_timeout` for this backend.
+    pub request_timeout: Option<Dur>,
+}
+
+impl GatewayConfig {
+    /// Checks values the types cannot.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.server
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                invalid(
+                    &["server", "listen"],
+                    format!("{:?} is not an ip:port address", self.server.listen),
+                )
+            })?;
+        if !self.server.path.starts_with('/') {
+            return Err(invalid(&["server", "path"], "must start with '/'"));
+        }
+        validate_nonzero(self.server.max_sessions, &["server", "max_sessions"])?;
+        validate_positive_duration(self.server.handshake_timeout, &["server", "handshake_timeout"])?;
+        validate_message_bytes(self.limits.max_message_bytes)?;
+        validate_nonzero(self.limits.max_in_flight, &["limits", "max_in_flight"])?;
+        validate_positive_duration(self.limits.request_timeout, &["limits", "request_timeout"])?;
+        let sep = &self.routing.separator;
+        if sep.is_empty() || sep.chars().any(char::is_whitespace) {
+            return Err(invalid(
+                &["routing", "separator"],
+                "must be non-empty and contain no whitespace",
+            ));
+        }
+        if let Some(a) = &self.auth {
+            if a.token_env.is_some() == a.token_file.is_some() {
+                return Err(invalid(&["auth"], "set exactly one of token_env or token_file"));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, b) in self.backends.iter().enumerate() {
+            let idx = i.to_string();
+            let at = |k: &str| vec!["backends".to_string(), idx.clone(), k.to_string()];
+            let bad = |k: &str, m: String| Invalid {
+                path: at(k),
+                message: m,
+            };
+            if b.name.is_empty()
+                || !b
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(bad(
+                    "name",
+                    format!("{:?}: use letters, digits, '-' and '_' only", b.name),
+                ));
+            }
+            if b.name.contains(sep.as_str()) {
+                return Err(bad(
+                    "name",
+                    format!("{:?} contains the routing separator {sep:?}", b.name),
+                ));
+            }
+            if !seen.insert(b.name.as_str()) {
+                return Err(bad("name", format!("duplicate backend name {:?}", b.name)));
+            }
+            if b.command.trim().is_empty() {
+                return Err(bad("command", "must not be empty".into()));
+            }
+            if let Some(t) = b.request_timeout {
+                if t.0.is_zero() {
+                    return Err(bad("request_timeout", "must be greater than zero".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The request timeout of a backend.
+    pub fn request_timeout(&self, backend: &BackendConfig) -> Duration {
+        backend.request_timeout.unwrap_or(self.limits.request_timeout).0
+    }
+}
+
+fn validate_nonzero(v: usize, path: &[&str]) -> Result<(), Invalid> {
+    if v == 0 {
+        return Err(invalid(path, "must be greater than zero"));
+    }
+    Ok(())
+}
+
+fn validate_positive_duration(d: Dur, path: &[&str]) -> Result<(), Invalid> {
+    if d.0.is_zero() {
+        return Err(invalid(path, "must be greater than zero"));
+    }
+    Ok(())
+}
+
+fn validate_message_bytes(v: usize) -> Result<(), Invalid> {
+    if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&v) {
+        return Err(invalid(
+            &["limits", "max_message_bytes"],
+            format!("{v} is outside {MIN_MESSAGE_BYTES}..={MAX_MESSAGE_BYTES}"),
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Loading
+
+/// A configuration type that can check itself.
+pub trait Validate {
+    /// Checks values the types cannot.
+    fn check(&self) -> Result<(), Invalid>;
+}
+
+impl Validate for RouterConfig {
+    fn check(&self) -> Result<(), Invalid> {
+        self.validate()
+    }
+}
+
+impl Validate for GatewayConfig {
+    fn check(&self) -> Result<(), Invalid> {
+        self.validate()
+    }
+}
+
+/// Parses and validates a configuration from TOML text.
+pub fn from_str<T>(text: &str, file: Option<&Path>) -> Result<T, ConfigError>
+where
+    T: for<'de> Deserialize<'de> + Validate,
+{
+    let cfg: T = toml::from_str(text).map_err(|e| {
+        let span = e.span();
+        let key = span.as_ref().and_then(|s| key_at(text, s));
+        ConfigError {
+            file: file.map(Path::to_path_buf),
+            line: span.map(|s| line_of(text, s.start)),
+            key,
+            message: e.message().trim().to_string(),
+        }
+    })?;
+    cfg.check().map_err(|inv| ConfigError {
+        file: file.map(Path::to_path_buf),
+        line: locate(text, &inv.path).map(|s| line_of(text, s.start)),
+        key: Some(dotted(&inv.path)),
+        message: inv.message,
+    })?;
+    Ok(cfg)
+}
+
+/// Reads, parses and validates a configuration file.
+pub fn load<T>(path: &Path) -> Result<T, ConfigError>
+where
+    T: for<'de> Deserialize<'de> + Validate,
+{
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: Some(path.to_path_buf()),
+        line: None,
+        key: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    from_str(&text, Some(path))
+}
+
+fn dotted(path: &[String]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        if seg.parse::<usize>().is_ok() {
+            s.push_str(&format!("[{seg}]"));
+        } else {
+            if !s.is_empty() {
+                s.push('.');
+            }
+            s.push_str(seg);
+        }
+    }
+    s
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+use toml::de::{DeTable, DeValue};
+
+/// The span of the deepest element of `path` that exists in the document (the key when
+/// it is present, else its enclosing table).
+fn locate(text: &str, path: &[String]) -> Option<Range<usize>> {
+    let doc = DeTable::parse(text).ok()?;
+    let mut best = None;
+    let mut table = Some(doc.get_ref());
+    let mut value: Option<&DeValue<'_>> = None;
+    for seg in path {
+        if let Some(t) = table.take() {
+            let (k, v) = t.iter().find(|(k, _)| k.get_ref() == seg)?;
+            best = Some(k.span());
+            value = Some(v.get_ref());
+        } else if let (Some(DeValue::Array(a)), Ok(i)) = (value, seg.parse::<usize>()) {
+            let item = a.get(i)?;
+            best = Some(item.span());
+            value = Some(item.get_ref());
+        } else {
+            break;
+        }
+        if let Some(DeValue::Table(t)) = value {
+            table = Some(t);
+        }
+    }
+    best
+}
+
+/// The dotted key path whose key or value contains `span` (for parse errors).
+fn key_at(text: &str, span: &Range<usize>) -> Option<String> {
+    let doc = DeTable::parse(text).ok()?;
+    let mut path = Vec::new();
+    find_in_table(doc.get_ref(), span, &mut path).then(|| dotted(&path))
+}
+
+fn covers(r: &Range<usize>, span: &Range<usize>) -> bool {
+    r.start <= span.start && span.end <= r.end.max(r.start + 1)
+}
+
+/// Depth-first search for the entry covering `span`. Table spans cover only their
+/// header, so every child is searched rather than pruning by the container's span.
+fn find_in_table(t: &DeTable<'_>, span: &Range<usize>, path: &mut Vec<String>) -> bool {
+    for (k, v) in t.iter() {
+        path.push(k.get_ref().to_string());
+        if covers(&k.span(), span) || find_in_value(v.get_ref(), span, path) {
+            return true;
+        }
+        if covers(&v.span(), span) {
+            return true;
+        }
+        path.pop();
+    }
+    false
+}
+
+fn find_in_value(v: &DeValue<'_>, span: &Range<usize>, path: &mut Vec<String>) -> bool {
+    match v {
+        DeValue::Table(t) => find_in_table(t, span, path),
+        DeValue::Array(a) => {
+            for (i, item) in a.iter().enumerate() {
+                path.push(i.to_string());
+                if find_in_value(item.get_ref(), span, path) || covers(&item.span(), span) {
+                    return true;
+                }
+                path.pop();
+            }
+            false
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[limits]
+request_timeout = "5s"
+
+[[backends]]
+name = "one"
+transport = "stdio"
+command = "mcp-fixture"
+args = ["--name", "one"]
+
+[[backends]]
+name = "two"
+transport = "stdio"
+command = "mcp-fixture"
+session = "shared"
+env = { A = "1" }
+"#;
+
+    #[test]
+    fn parses_a_good_gateway_config_with_defaults() {
+        let c: GatewayConfig = from_str(GOOD, None).unwrap();
+        assert_eq!(c.backends.len(), 2);
+        assert_eq!(c.backends[1].session, SessionMode::Shared);
+        assert_eq!(c.backends[0].session, SessionMode::PerClient);
+        assert_eq!(c.limits.max_in_flight, DEFAULT_SESSION_MAX_IN_FLIGHT);
+        assert_eq!(c.limits.request_timeout.0, Duration::from_secs(5));
+        assert_eq!(c.server.path, "/mcp");
+        assert_eq!(c.request_timeout(&c.backends[0]), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_line() {
+        let text = GOOD.replace("session = \"shared\"", "sesion = \"shared\"");
+        let e = from_str::<GatewayConfig>(&text, Some(Path::new("g.toml"))).unwrap_err();
+        assert_eq!(e.line, Some(18));
+        assert!(e.message.contains("sesion"), "{e}");
+        assert!(e.to_string().starts_with("g.toml:18: "), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_and_bad_enum_name_the_key() {
+        let text = GOOD.replace("session = \"shared\"", "session = \"sometimes\"");
+        let e = from_str::<GatewayConfig>(&text, None).unwrap_err();
+        assert_eq!(e.line, Some(18));
+        assert_eq!(e.key.as_deref(), Some("backends[1].session"), "{e}");
+        let text = GOOD.replace("request_timeout = \"5s\"", "request_timeout = \"5 parsecs\"");
+        let e = from_str::<GatewayConfig>(&text, None).unwrap_err();
+        assert_eq!(e.line, Some(6));
+        assert_eq!(e.key.as_deref(), Some("limits.request_timeout"), "{e}");
+    }
+
+    #[test]
+    fn validation_errors_name_the_key_and_line() {
+        let text = GOOD.replace("name = \"two\"", "name = \"one\"");
+        let e = from_str::<GatewayConfig>(&text, None).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("backends[1].name"));
+        assert_eq!(e.line, Some(15));
+        assert!(e.message.contains("duplicate"));
+        let text = GOOD.replace("127.0.0.1:0", "localhost");
+        let e = from_str::<GatewayConfig>(&text, None).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("server.listen"));
+        assert_eq!(e.line, Some(3));
+        let text = GOOD.replace("name = \"one\"", "name = \"a.b\"");
+        let e = from_str::<GatewayConfig>(&text, None).unwrap_err();
+        assert!(e.message.contains("letters"), "{e}");
+        let text = format!("[routing]\nseparator = \"_\"\n{}", GOOD.replace("\"one\"", "\"a_b\""));
+        let e = from_str::<GatewayConfig>(&text, None).unwrap_err();
+        assert!(e.message.contains("separator"), "{e}");
+        assert_eq!(e.key.as_deref(), Some("backends[0].name"));
+    }
+
+    #[test]
+    fn missing_required_key_is_reported() {
+        let text = GOOD.replace("command = \"mcp-fixture\"\nsession", "session");
+        let e = from_str::<GatewayConfig>(&text, None).unwrap_err();
+        assert!(e.message.contains("command"), "{e}");
+        assert!(e.line.is_some());
+    }
+
+    #[test]
+    fn router_config() {
+        let c: RouterConfig =
+            from_str("[gateway]\nurl = \"ws://127.0.0.1:1/mcp\"\ntoken_env = \"T\"\n", None)
+                .unwrap();
+        assert_eq!(c.limits.max_in_flight, DEFAULT_ROUTER_MAX_IN_FLIGHT);
+        let e = from_str::<RouterConfig>("[gateway]\nurl = \"http://x\"\n", None).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("gateway.url"));
+        assert_eq!(e.line, Some(2));
+        let e = from_str::<RouterConfig>(
+            "[gateway]\nurl = \"ws://h/mcp\"\n[limits]\nmax_message_bytes = 10\n",
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("limits.max_message_bytes"));
+        assert_eq!(e.line, Some(4));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("2").is_err());
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("3d").is_err());
+    }
+}

@@ -1,0 +1,347 @@
+//! Typed errors for each family of operations, and the one place where they become
+//! JSON-RPC error codes.
+//!
+//! Families: [`RouteError`] (which backend serves a request), [`BackendError`] (talking
+//! to a backend), [`SessionError`] (per-client bounds), [`RelayError`] (the router's link
+//! to the gateway). Each implements [`ToRpcError`]; nothing else in the code base picks
+//! an error code. Codes are listed in `docs/errors.md`.
+
+use serde_json::{json, Value};
+use std::fmt;
+
+/// JSON-RPC error codes used by the bridge.
+pub mod codes {
+    /// Invalid JSON (or invalid UTF-8) was received.
+    pub const PARSE_ERROR: i64 = -32700;
+    /// The JSON sent is not a valid request object (also: batches, over-long messages).
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// The method does not exist or is not served by any backend.
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// Invalid method parameters (also: unknown tool or prompt name, as MCP specifies).
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// Internal error of the bridge.
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// A backend could not be started, or exited, or its connection closed.
+    pub const BACKEND_UNAVAILABLE: i64 = -32000;
+    /// The request timed out (the same code the MCP SDKs use for timeouts).
+    pub const REQUEST_TIMEOUT: i64 = -32001;
+    /// A resource URI is not known to any backend (MCP's "resource not found").
+    pub const RESOURCE_NOT_FOUND: i64 = -32002;
+    /// Too many requests are in flight on this session; retry later.
+    pub const OVERLOADED: i64 = -32003;
+    /// The router has no working connection to the gateway.
+    pub const GATEWAY_UNAVAILABLE: i64 = -32004;
+}
+
+/// A JSON-RPC error object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RpcError {
+    /// The error code.
+    pub code: i64,
+    /// A short human-readable message.
+    pub message: String,
+    /// Optional structured details.
+    pub data: Option<Value>,
+}
+
+impl RpcError {
+    /// An error without data.
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        RpcError {
+            code,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    /// Adds structured details.
+    pub fn with_data(mut self, data: Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+
+    /// The JSON error object.
+    pub fn to_value(&self) -> Value {
+        let mut v = json!({ "code": self.code, "message": self.message });
+        if let Some(d) = &self.data {
+            v["data"] = d.clone();
+        }
+        v
+    }
+}
+
+/// Conversion of a typed error to the JSON-RPC error a peer receives.
+pub trait ToRpcError {
+    /// The JSON-RPC error for this failure.
+    fn to_rpc_error(&self) -> RpcError;
+}
+
+/// Why a request could not be routed to a backend.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RouteError {
+    /// No backend serves this method.
+    UnknownMethod(String),
+    /// The tool name has no known backend prefix, or the backend has no such tool.
+    UnknownTool(String),
+    /// The prompt name has no known backend prefix.
+    UnknownPrompt(String),
+    /// No backend announced this resource URI (or a template matching it).
+    UnknownResource(String),
+    /// A required parameter is missing or has the wrong type.
+    MissingParam {
+        /// The method.
+        method: String,
+        /// The parameter.
+        param: &'static str,
+    },
+    /// The session has not completed `initialize`.
+    NotInitialized,
+}
+
+impl fmt::Display for RouteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteError::UnknownMethod(m) => write!(f, "method not found: {m}"),
+            RouteError::UnknownTool(t) => write!(f, "unknown tool: {t}"),
+            RouteError::UnknownPrompt(p) => write!(f, "unknown prompt: {p}"),
+            RouteError::UnknownResource(u) => write!(f, "resource not found: {u}"),
+            RouteError::MissingParam { method, param } => {
+                write!(f, "invalid params for {method}: missing or invalid \"{param}\"")
+            }
+            RouteError::NotInitialized => {
+                write!(f, "session not initialized: send \"initialize\" first")
+            }
+        }
+    }
+}
+
+impl ToRpcError for RouteError {
+    fn to_rpc_error(&self) -> RpcError {
+        let code = match self {
+            RouteError::UnknownMethod(_) => codes::METHOD_NOT_FOUND,
+            RouteError::UnknownTool(_)
+            | RouteError::UnknownPrompt(_)
+            | RouteError::MissingParam { .. } => codes::INVALID_PARAMS,
+            RouteError::UnknownResource(_) => codes::RESOURCE_NOT_FOUND,
+            RouteError::NotInitialized => codes::INVALID_REQUEST,
+        };
+        RpcError::new(code, self.to_string())
+    }
+}
+
+/// A failure talking to one backend.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BackendError {
+    /// The backend process could not be started.
+    Start {
+        /// Backend name.
+        backend: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The backend process exited (or closed its stdout) while requests were pending.
+    Exited {
+        /// Backend name.
+        backend: String,
+        /// Exit status as text ("exit status: 3", "signal: 9", "unknown").
+        status: String,
+    },
+    /// The backend did not answer within the request timeout.
+    Timeout {
+        /// Backend name.
+        backend: String,
+        /// The timeout that elapsed, in milliseconds.
+        after_ms: u64,
+    },
+    /// The backend's initialize handshake failed.
+    Initialize {
+        /// Backend name.
+        backend: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Too many requests in flight to this backend.
+    Overloaded {
+        /// Backend name.
+        backend: String,
+        /// The configured bound.
+        limit: usize,
+    },
+}
+
+impl BackendError {
+    /// The backend this error is about.
+    pub fn backend(&self) -> &str {
+        match self {
+            BackendError::Start { backend, .. }
+            | BackendError::Exited { backend, .. }
+            | BackendError::Timeout { backend, .. }
+            | BackendError::Initialize { backend, .. }
+            | BackendError::Overloaded { backend, .. } => backend,
+        }
+    }
+
+    /// A short machine-friendly name of the failure, for logs and `error.type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendError::Start { .. } => "backend_start",
+            BackendError::Exited { .. } => "backend_exited",
+            BackendError::Timeout { .. } => "timeout",
+            BackendError::Initialize { .. } => "backend_initialize",
+            BackendError::Overloaded { .. } => "overloaded",
+        }
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendError::Start { backend, reason } => {
+                write!(f, "backend {backend:?} failed to start: {reason}")
+            }
+            BackendError::Exited { backend, status } => {
+                write!(f, "backend {backend:?} exited ({status})")
+            }
+            BackendError::Timeout { backend, after_ms } => {
+                write!(f, "backend {backend:?} did not answer within {after_ms} ms")
+            }
+            BackendError::Initialize { backend, reason } => {
+                write!(f, "backend {backend:?} failed to initialize: {reason}")
+            }
+            BackendError::Overloaded { backend, limit } => write!(
+                f,
+                "backend {backend:?} has too many requests in flight (limit {limit})"
+            ),
+        }
+    }
+}
+
+impl ToRpcError for BackendError {
+    fn to_rpc_error(&self) -> RpcError {
+        let code = match self {
+            BackendError::Timeout { .. } => codes::REQUEST_TIMEOUT,
+            BackendError::Overloaded { .. } => codes::OVERLOADED,
+            _ => codes::BACKEND_UNAVAILABLE,
+        };
+        RpcError::new(code, self.to_string())
+            .with_data(json!({ "backend": self.backend(), "kind": self.kind() }))
+    }
+}
+
+/// A per-session bound was hit.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SessionError {
+    /// More requests in flight than `max_in_flight`.
+    TooManyInFlight(usize),
+    /// The message exceeds `max_message_bytes`.
+    TooLarge {
+        /// The configured bound.
+        limit: usize,
+    },
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::TooManyInFlight(n) => {
+                write!(f, "too many requests in flight on this session (limit {n})")
+            }
+            SessionError::TooLarge { limit } => {
+                write!(f, "message exceeds the maximum size of {limit} bytes")
+            }
+        }
+    }
+}
+
+impl ToRpcError for SessionError {
+    fn to_rpc_error(&self) -> RpcError {
+        let code = match self {
+            SessionError::TooManyInFlight(_) => codes::OVERLOADED,
+            SessionError::TooLarge { .. } => codes::INVALID_REQUEST,
+        };
+        RpcError::new(code, self.to_string())
+    }
+}
+
+/// The router's link to the gateway is not usable.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RelayError {
+    /// The gateway could not be reached (or refused the handshake).
+    GatewayUnreachable {
+        /// The gateway URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The connection to the gateway closed while the request was pending.
+    Disconnected {
+        /// Why, if known.
+        reason: String,
+    },
+}
+
+impl fmt::Display for RelayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RelayError::GatewayUnreachable { url, reason } => {
+                write!(f, "gateway {url} unreachable: {reason}")
+            }
+            RelayError::Disconnected { reason } => {
+                write!(f, "connection to the gateway closed: {reason}")
+            }
+        }
+    }
+}
+
+impl ToRpcError for RelayError {
+    fn to_rpc_error(&self) -> RpcError {
+        RpcError::new(codes::GATEWAY_UNAVAILABLE, self.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_family_maps_to_its_code() {
+        assert_eq!(
+            RouteError::UnknownMethod("x".into()).to_rpc_error().code,
+            codes::METHOD_NOT_FOUND
+        );
+        assert_eq!(
+            RouteError::UnknownTool("a.b".into()).to_rpc_error().code,
+            codes::INVALID_PARAMS
+        );
+        assert_eq!(
+            RouteError::UnknownResource("u".into())
+                .to_rpc_error()
+                .code,
+            codes::RESOURCE_NOT_FOUND
+        );
+        let t = BackendError::Timeout {
+            backend: "b".into(),
+            after_ms: 5,
+        }
+        .to_rpc_error();
+        assert_eq!(t.code, codes::REQUEST_TIMEOUT);
+        assert_eq!(t.data.unwrap()["backend"], "b");
+        let e = BackendError::Exited {
+            backend: "fs".into(),
+            status: "exit status: 3".into(),
+        }
+        .to_rpc_error();
+        assert_eq!(e.code, codes::BACKEND_UNAVAILABLE);
+        assert!(e.message.contains("\"fs\"") && e.message.contains("exit status: 3"));
+        assert_eq!(
+            SessionError::TooManyInFlight(4).to_rpc_error().code,
+            codes::OVERLOADED
+        );
+        assert_eq!(
+            RelayError::Disconnected { reason: "x".into() }
+                .to_rpc_error()
+                .code,
+            codes::GATEWAY_UNAVAILABLE
+        );
+    }
+}

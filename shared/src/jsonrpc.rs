@@ -1,0 +1,589 @@
+//! JSON-RPC 2.0 message model for a transparent relay.
+//!
+//! A [`Message`] keeps the whole JSON object it was parsed from (in its original key
+//! order, thanks to serde_json's `preserve_order`), so relaying a message never drops or
+//! reorders fields the bridge does not understand. The bridge only looks at `id`,
+//! `method`, `params` (and `params._meta`), `result` and `error`.
+//!
+//! [`Message::parse`] classifies a line as request, notification or response, and turns
+//! anything else into a [`Rejection`]: the JSON-RPC error to answer with, carrying the
+//! request's id whenever it can be read (see [`sniff_id`] for text that is not valid
+//! JSON).
+
+use serde_json::{Map, Number, Value};
+use std::fmt;
+
+use crate::error::{codes, RpcError};
+
+/// A JSON-RPC request id, exactly as the peer sent it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Id {
+    /// A numeric id (kept as the exact JSON number).
+    Number(Number),
+    /// A string id.
+    String(String),
+}
+
+impl Id {
+    /// Reads an id from a JSON value; only strings and numbers are ids.
+    pub fn from_value(v: &Value) -> Option<Id> {
+        match v {
+            Value::Number(n) => Some(Id::Number(n.clone())),
+            Value::String(s) => Some(Id::String(s.clone())),
+            _ => None,
+        }
+    }
+
+    /// The id as a JSON value.
+    pub fn to_value(&self) -> Value {
+        match self {
+            Id::Number(n) => Value::Number(n.clone()),
+            Id::String(s) => Value::String(s.clone()),
+        }
+    }
+
+    /// The id as an unsigned integer, when it is one (the bridge's own ids are).
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            Id::Number(n) => n.as_u64(),
+            Id::String(_) => None,
+        }
+    }
+}
+
+impl From<u64> for Id {
+    fn from(n: u64) -> Self {
+        Id::Number(n.into())
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Id::Number(n) => write!(f, "{n}"),
+            Id::String(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// What kind of JSON-RPC message a [`Message`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Has `method` and `id`: expects a response.
+    Request,
+    /// Has `method`, no `id`.
+    Notification,
+    /// Has `id` and exactly one of `result` / `error`.
+    Response,
+}
+
+/// A parsed JSON-RPC message that remembers every field it arrived with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    kind: Kind,
+    obj: Map<String, Value>,
+}
+
+/// Why a line could not be accepted, and what to answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rejection {
+    /// The id of the offending request, when it could be read.
+    pub id: Option<Id>,
+    /// The error to send back.
+    pub error: RpcError,
+    /// False when the bad message was itself a response: a response must never be
+    /// answered, so the receiver only logs it.
+    pub reply: bool,
+}
+
+impl Rejection {
+    fn new(id: Option<Id>, code: i64, message: impl Into<String>) -> Self {
+        Rejection {
+            id,
+            error: RpcError::new(code, message),
+            reply: true,
+        }
+    }
+
+    /// The error response to send back for this rejection.
+    pub fn to_response(&self) -> Message {
+        Message::error_response(self.id.clone(), self.error.clone())
+    }
+}
+
+impl Message {
+    /// Parses one framed message (one line of text, without its newline).
+    pub fn parse(bytes: &[u8]) -> Result<Message, Rejection> {
+        if std::str::from_utf8(bytes).is_err() {
+            return Err(Rejection::new(
+                sniff_id(bytes),
+                codes::PARSE_ERROR,
+                "parse error: message is not valid UTF-8",
+            ));
+        }
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+            Rejection::new(
+                sniff_id(bytes),
+                codes::PARSE_ERROR,
+                format!("parse error: {e}"),
+            )
+        })?;
+        Message::from_value(value)
+    }
+
+    /// Classifies an already parsed JSON value.
+    pub fn from_value(value: Value) -> Result<Message, Rejection> {
+        let obj = match value {
+            Value::Object(obj) => obj,
+            Value::Array(_) => {
+                return Err(Rejection::new(
+                    None,
+                    codes::INVALID_REQUEST,
+                    "invalid request: JSON-RPC batches are not supported (removed in MCP 2025-06-18)",
+                ))
+            }
+            _ => {
+                return Err(Rejection::new(
+                    None,
+                    codes::INVALID_REQUEST,
+                    "invalid request: a JSON-RPC message must be a JSON object",
+                ))
+            }
+        };
+        let raw_id = obj.get("id");
+        let id = raw_id.and_then(Id::from_value);
+        let invalid = |id: Option<Id>, what: &str| {
+            Err(Rejection::new(
+                id,
+                codes::INVALID_REQUEST,
+                format!("invalid request: {what}"),
+            ))
+        };
+        if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+            let looks_like_response = !obj.contains_key("method")
+                && (obj.contains_key("result") || obj.contains_key("error"));
+            let mut r = Rejection::new(
+                id,
+                codes::INVALID_REQUEST,
+                "invalid request: \"jsonrpc\" must be \"2.0\"",
+            );
+            r.reply = !looks_like_response;
+            return Err(r);
+        }
+        if raw_id.is_some() && id.is_none() {
+            let looks_like_response = !obj.contains_key("method");
+            let mut r = Rejection::new(
+                None,
+                codes::INVALID_REQUEST,
+                "invalid request: \"id\" must be a string or a number",
+            );
+            r.reply = !looks_like_response;
+            return Err(r);
+        }
+        match obj.get("method") {
+            Some(Value::String(_)) => {
+                if let Some(p) = obj.get("params") {
+                    if !p.is_object() && !p.is_array() {
+                        return invalid(id, "\"params\" must be an object");
+                    }
+                }
+                let kind = if id.is_some() {
+                    Kind::Request
+                } else {
+                    Kind::Notification
+                };
+                Ok(Message { kind, obj })
+            }
+            Some(_) => invalid(id, "\"method\" must be a string"),
+            None => {
+                let has_result = obj.contains_key("result");
+                let has_error = obj.contains_key("error");
+                if id.is_some() && has_result != has_error {
+                    if has_error && !obj["error"].is_object() {
+                        let mut r = Rejection::new(
+                            id,
+                            codes::INVALID_REQUEST,
+                            "invalid response: \"error\" must be an object",
+                        );
+                        r.reply = false;
+                        return Err(r);
+                    }
+                    return Ok(Message {
+                        kind: Kind::Response,
+                        obj,
+                    });
+                }
+                let mut r = Rejection::new(
+                    id,
+                    codes::INVALID_REQUEST,
+                    "invalid request: no \"method\", and not a response with an id and exactly one of \"result\" or \"error\"",
+                );
+                r.reply = !(has_result || has_error);
+                Err(r)
+            }
+        }
+    }
+
+    /// A new request.
+    pub fn request(id: Id, method: &str, params: Option<Value>) -> Message {
+        let mut obj = Map::new();
+        obj.insert("jsonrpc".into(), "2.0".into());
+        obj.insert("id".into(), id.to_value());
+        obj.insert("method".into(), method.into());
+        if let Some(p) = params {
+            obj.insert("params".into(), p);
+        }
+        Message {
+            kind: Kind::Request,
+            obj,
+        }
+    }
+
+    /// A new notification.
+    pub fn notification(method: &str, params: Option<Value>) -> Message {
+        let mut obj = Map::new();
+        obj.insert("jsonrpc".into(), "2.0".into());
+        obj.insert("method".into(), method.into());
+        if let Some(p) = params {
+            obj.insert("params".into(), p);
+        }
+        Message {
+            kind: Kind::Notification,
+            obj,
+        }
+    }
+
+    /// A success response.
+    pub fn response(id: Id, result: Value) -> Message {
+        let mut obj = Map::new();
+        obj.insert("jsonrpc".into(), "2.0".into());
+        obj.insert("id".into(), id.to_value());
+        obj.insert("result".into(), result);
+        Message {
+            kind: Kind::Response,
+            obj,
+        }
+    }
+
+    /// An error response. `id` is `None` only when the request's id could not be read.
+    pub fn error_response(id: Option<Id>, error: RpcError) -> Message {
+        let mut obj = Map::new();
+        obj.insert("jsonrpc".into(), "2.0".into());
+        obj.insert("id".into(), id.map(|i| i.to_value()).unwrap_or(Value::Null));
+        obj.insert("error".into(), error.to_value());
+        Message {
+            kind: Kind::Response,
+            obj,
+        }
+    }
+
+    /// The message's kind.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The id (requests and responses).
+    pub fn id(&self) -> Option<Id> {
+        self.obj.get("id").and_then(Id::from_value)
+    }
+
+    /// Replaces the id, keeping the field where it was.
+    pub fn set_id(&mut self, id: &Id) {
+        self.obj.insert("id".into(), id.to_value());
+    }
+
+    /// The method (requests and notifications).
+    pub fn method(&self) -> Option<&str> {
+        self.obj.get("method").and_then(Value::as_str)
+    }
+
+    /// Replaces the method name.
+    pub fn set_method(&mut self, method: &str) {
+        self.obj.insert("method".into(), method.into());
+    }
+
+    /// The params, if any.
+    pub fn params(&self) -> Option<&Value> {
+        self.obj.get("params")
+    }
+
+    /// The params object, created empty when absent (or not an object).
+    pub fn params_mut(&mut self) -> &mut Map<String, Value> {
+        let p = self
+            .obj
+            .entry("params")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !p.is_object() {
+            *p = Value::Object(Map::new());
+        }
+        p.as_object_mut().expect("params is an object")
+    }
+
+    /// A string field of `params`.
+    pub fn param_str(&self, key: &str) -> Option<&str> {
+        self.params()?.get(key)?.as_str()
+    }
+
+    /// `params._meta`, when present.
+    pub fn meta(&self) -> Option<&Map<String, Value>> {
+        self.params()?.get("_meta")?.as_object()
+    }
+
+    /// `params._meta`, created when absent; existing keys are kept.
+    pub fn meta_mut(&mut self) -> &mut Map<String, Value> {
+        let meta = self
+            .params_mut()
+            .entry("_meta")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !meta.is_object() {
+            *meta = Value::Object(Map::new());
+        }
+        meta.as_object_mut().expect("_meta is an object")
+    }
+
+    /// The result of a success response.
+    pub fn result(&self) -> Option<&Value> {
+        self.obj.get("result")
+    }
+
+    /// The error object of an error response.
+    pub fn error(&self) -> Option<&Value> {
+        self.obj.get("error")
+    }
+
+    /// Takes the result (or error) payload out of a response, as `Ok(result)` or
+    /// `Err(error object)`.
+    pub fn into_outcome(mut self) -> Result<Value, Value> {
+        match self.obj.remove("result") {
+            Some(r) => Ok(r),
+            None => Err(self.obj.remove("error").unwrap_or(Value::Null)),
+        }
+    }
+
+    /// Serialises the message as one line of JSON (no trailing newline).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.obj).expect("a JSON map always serialises")
+    }
+
+    /// The underlying JSON object.
+    pub fn as_object(&self) -> &Map<String, Value> {
+        &self.obj
+    }
+}
+
+/// Reads the top-level `"id"` of a JSON object from text that may be truncated or
+/// otherwise invalid, so an error about a broken message can still carry its id.
+///
+/// Scans `{ "key": value, ... }` at the top level only, skipping nested values, and
+/// gives up (returns `None`) at the first thing it cannot follow.
+pub fn sniff_id(bytes: &[u8]) -> Option<Id> {
+    let mut s = Scanner { b: bytes, i: 0 };
+    s.ws();
+    s.eat(b'{')?;
+    loop {
+        s.ws();
+        let key_start = s.i;
+        s.skip_string()?;
+        let key = &bytes[key_start..s.i];
+        s.ws();
+        s.eat(b':')?;
+        s.ws();
+        let value_start = s.i;
+        s.skip_value()?;
+        if key == b"\"id\"" {
+            let v: Value = serde_json::from_slice(&bytes[value_start..s.i]).ok()?;
+            return Id::from_value(&v);
+        }
+        s.ws();
+        s.eat(b',')?;
+    }
+}
+
+struct Scanner<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl Scanner<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\r' | b'\n')) {
+            self.i += 1;
+        }
+    }
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.peek()? == c).then(|| self.i += 1)
+    }
+    fn skip_string(&mut self) -> Option<()> {
+        self.eat(b'"')?;
+        loop {
+            match self.peek()? {
+                b'"' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                b'\\' => self.i += 2,
+                _ => self.i += 1,
+            }
+        }
+    }
+    fn skip_value(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.skip_string(),
+            b'{' | b'[' => {
+                let mut depth = 0usize;
+                loop {
+                    match self.peek()? {
+                        b'"' => {
+                            self.skip_string()?;
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                self.i += 1;
+                                return Some(());
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.i += 1;
+                }
+            }
+            _ => {
+                let start = self.i;
+                while matches!(self.peek(), Some(c) if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'+' | b'.'))
+                {
+                    self.i += 1;
+                }
+                // A scalar at the very end of truncated input may itself be cut short.
+                (self.i > start && self.i < self.b.len()).then_some(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(s: &str) -> Result<Message, Rejection> {
+        Message::parse(s.as_bytes())
+    }
+
+    #[test]
+    fn classifies_the_three_kinds() {
+        let r = parse(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).unwrap();
+        assert_eq!(r.kind(), Kind::Request);
+        assert_eq!(r.id(), Some(Id::from(1)));
+        let n = parse(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
+        assert_eq!(n.kind(), Kind::Notification);
+        assert_eq!(n.id(), None);
+        let resp = parse(r#"{"jsonrpc":"2.0","id":"x","result":{}}"#).unwrap();
+        assert_eq!(resp.kind(), Kind::Response);
+        assert_eq!(resp.id(), Some(Id::String("x".into())));
+    }
+
+    #[test]
+    fn relaying_keeps_unknown_fields_and_their_order() {
+        let line = r#"{"zeta":1,"jsonrpc":"2.0","id":"abc","method":"tools/call","params":{"b":2,"a":{"y":1,"x":[3,2,1]}},"extra":{"k":null}}"#;
+        let m = parse(line).unwrap();
+        assert_eq!(m.to_json(), line);
+    }
+
+    #[test]
+    fn ids_keep_their_exact_type() {
+        for id in [json!(7), json!("7"), json!(-3), json!(1.5), json!(u64::MAX)] {
+            let v = json!({"jsonrpc":"2.0","id":id.clone(),"method":"ping"});
+            let m = Message::from_value(v).unwrap();
+            assert_eq!(m.id().unwrap().to_value(), id);
+            let out: Value = serde_json::from_str(&m.to_json()).unwrap();
+            assert_eq!(out["id"], id);
+        }
+    }
+
+    #[test]
+    fn bad_input_gets_the_right_error_and_id() {
+        let e = parse("{not json").unwrap_err();
+        assert_eq!(e.error.code, codes::PARSE_ERROR);
+        assert_eq!(e.id, None);
+        let e = parse(r#"{"jsonrpc":"2.0","id":42,"method":"x","params":{"a":}"#).unwrap_err();
+        assert_eq!(e.error.code, codes::PARSE_ERROR);
+        assert_eq!(e.id, Some(Id::from(42)));
+        let e = parse(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#).unwrap_err();
+        assert_eq!(e.error.code, codes::INVALID_REQUEST);
+        assert!(e.error.message.contains("batch"));
+        let e = parse(r#""hello""#).unwrap_err();
+        assert_eq!(e.error.code, codes::INVALID_REQUEST);
+        let e = parse(r#"{"jsonrpc":"1.0","id":"q","method":"ping"}"#).unwrap_err();
+        assert_eq!(e.error.code, codes::INVALID_REQUEST);
+        assert_eq!(e.id, Some(Id::String("q".into())));
+        assert!(e.reply);
+        let e = parse(r#"{"jsonrpc":"2.0","id":5,"method":17}"#).unwrap_err();
+        assert_eq!(e.id, Some(Id::from(5)));
+        let e = parse(r#"{"jsonrpc":"2.0","id":5,"method":"x","params":3}"#).unwrap_err();
+        assert_eq!(e.id, Some(Id::from(5)));
+        let e = parse(r#"{"jsonrpc":"2.0","id":{"a":1},"method":"ping"}"#).unwrap_err();
+        assert_eq!(e.id, None);
+        assert!(e.reply);
+        let e = Message::parse(b"{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"\xff\"}").unwrap_err();
+        assert_eq!(e.error.code, codes::PARSE_ERROR);
+        assert_eq!(e.id, Some(Id::from(9)));
+    }
+
+    #[test]
+    fn malformed_responses_are_not_answered() {
+        let e = parse(r#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#).unwrap_err();
+        assert!(!e.reply);
+        let e = parse(r#"{"jsonrpc":"2.0","result":{}}"#).unwrap_err();
+        assert!(!e.reply);
+        let e = parse(r#"{"jsonrpc":"2.0","id":1,"error":"boom"}"#).unwrap_err();
+        assert!(!e.reply);
+        let e = parse(r#"{"jsonrpc":"2.0","id":1}"#).unwrap_err();
+        assert!(e.reply);
+        assert_eq!(e.id, Some(Id::from(1)));
+    }
+
+    #[test]
+    fn sniffs_ids_from_broken_text() {
+        assert_eq!(
+            sniff_id(br#"{"jsonrpc":"2.0","id":"a\"b","method":"x","params":{"#),
+            Some(Id::String("a\"b".into()))
+        );
+        assert_eq!(
+            sniff_id(br#" { "params" : {"id": 3, "s":"}"}, "id" : 12 , "#),
+            Some(Id::from(12))
+        );
+        assert_eq!(sniff_id(br#"{"jsonrpc":"2.0","id":12"#), None);
+        assert_eq!(sniff_id(br#"{"method":"x","params":{"#), None);
+        assert_eq!(sniff_id(b"garbage"), None);
+        assert_eq!(sniff_id(br#"{"id":null,"#), None);
+        assert_eq!(sniff_id(br#"{"id":[1],"#), None);
+    }
+
+    #[test]
+    fn meta_is_created_without_losing_existing_keys() {
+        let mut m = parse(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","_meta":{"progressToken":5}}}"#,
+        )
+        .unwrap();
+        m.meta_mut().insert("traceparent".into(), "x".into());
+        assert_eq!(m.meta().unwrap()["progressToken"], 5);
+        assert_eq!(m.meta().unwrap()["traceparent"], "x");
+        let mut bare = parse(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).unwrap();
+        bare.meta_mut().insert("k".into(), 1.into());
+        assert_eq!(bare.params().unwrap()["_meta"]["k"], 1);
+    }
+
+    #[test]
+    fn error_responses_without_a_readable_id_use_null() {
+        let m = Message::error_response(None, RpcError::new(codes::PARSE_ERROR, "x"));
+        let v: Value = serde_json::from_str(&m.to_json()).unwrap();
+        assert_eq!(v["id"], Value::Null);
+        assert_eq!(v["error"]["code"], codes::PARSE_ERROR);
+    }
+}

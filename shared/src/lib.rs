@@ -1,0 +1,29 @@
+//! mcp-shared: the sans-I/O core shared by `mcp-router` and `mcp-gateway`.
+//!
+//! Nothing in this crate opens a socket, spawns a process or touches stdin/stdout; it
+//! turns bytes into messages and decisions, so unit tests can drive it directly.
+//!
+//! - [`jsonrpc`]: the message model (keeps unknown fields and exact ids).
+//! - [`framing`]: newline-delimited framing with a size bound.
+//! - [`idmap`]: id mapping tables for forwarded requests.
+//! - [`routing`]: namespacing of tools/prompts, resource URI routes.
+//! - [`mcp`]: protocol versions, method handling, capability merging.
+//! - [`config`]: TOML configuration and validation.
+//! - [`error`]: typed errors and their JSON-RPC codes.
+//! - [`secret`]: tokens that never print.
+//! - [`logger`]: the stderr logger.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod framing;
+pub mod idmap;
+pub mod jsonrpc;
+pub mod logger;
+pub mod mcp;
+pub mod routing;
+pub mod secret;
+
+/// Version of the workspace, for `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

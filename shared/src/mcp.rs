@@ -1,0 +1,169 @@
+//! MCP protocol facts the bridge needs: protocol versions, how each client method is
+//! served by the gateway, and merging of backend capabilities.
+
+use serde_json::{Map, Value};
+
+/// Protocol versions the gateway accepts, oldest first.
+pub const SUPPORTED_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
+
+/// The version offered when the client asks for one we do not know.
+pub const LATEST_VERSION: &str = "2025-11-25";
+
+/// The version to answer `initialize` with: the client's when supported, else ours.
+pub fn negotiate_version(requested: Option<&str>) -> &'static str {
+    requested
+        .and_then(|r| SUPPORTED_VERSIONS.iter().find(|v| **v == r).copied())
+        .unwrap_or(LATEST_VERSION)
+}
+
+/// Which list method, and the result field holding the items.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListKind {
+    /// `tools/list` → `tools` (names prefixed).
+    Tools,
+    /// `prompts/list` → `prompts` (names prefixed).
+    Prompts,
+    /// `resources/list` → `resources` (URIs learned).
+    Resources,
+    /// `resources/templates/list` → `resourceTemplates` (templates learned).
+    ResourceTemplates,
+}
+
+impl ListKind {
+    /// The method name.
+    pub fn method(self) -> &'static str {
+        match self {
+            ListKind::Tools => "tools/list",
+            ListKind::Prompts => "prompts/list",
+            ListKind::Resources => "resources/list",
+            ListKind::ResourceTemplates => "resources/templates/list",
+        }
+    }
+
+    /// The field of the result that holds the items.
+    pub fn field(self) -> &'static str {
+        match self {
+            ListKind::Tools => "tools",
+            ListKind::Prompts => "prompts",
+            ListKind::Resources => "resources",
+            ListKind::ResourceTemplates => "resourceTemplates",
+        }
+    }
+
+    /// The capability a backend must announce to be asked.
+    pub fn capability(self) -> &'static str {
+        match self {
+            ListKind::Tools => "tools",
+            ListKind::Prompts => "prompts",
+            ListKind::Resources | ListKind::ResourceTemplates => "resources",
+        }
+    }
+}
+
+/// How the gateway serves a client request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handling {
+    /// `initialize`: answered by the gateway after initializing the backends.
+    Initialize,
+    /// `ping`: answered by the gateway.
+    Ping,
+    /// A list merged from every backend.
+    List(ListKind),
+    /// Routed by the prefix of `params.name` (tools/call).
+    ByToolName,
+    /// Routed by the prefix of `params.name` (prompts/get).
+    ByPromptName,
+    /// Routed by `params.uri` (resources/read, subscribe, unsubscribe).
+    ByUri,
+    /// Routed by `params.ref` (completion/complete).
+    ByCompletionRef,
+    /// Sent to every backend (logging/setLevel).
+    Broadcast,
+    /// Not served.
+    Unknown,
+}
+
+/// How the gateway handles `method`.
+pub fn handling(method: &str) -> Handling {
+    match method {
+        "initialize" => Handling::Initialize,
+        "ping" => Handling::Ping,
+        "tools/list" => Handling::List(ListKind::Tools),
+        "prompts/list" => Handling::List(ListKind::Prompts),
+        "resources/list" => Handling::List(ListKind::Resources),
+        "resources/templates/list" => Handling::List(ListKind::ResourceTemplates),
+        "tools/call" => Handling::ByToolName,
+        "prompts/get" => Handling::ByPromptName,
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => Handling::ByUri,
+        "completion/complete" => Handling::ByCompletionRef,
+        "logging/setLevel" => Handling::Broadcast,
+        _ => Handling::Unknown,
+    }
+}
+
+/// Merges capability objects: the union of their keys, recursively; `true` wins over
+/// `false` for flags such as `listChanged`.
+pub fn merge_capabilities<'a>(caps: impl IntoIterator<Item = &'a Value>) -> Value {
+    let mut out = Map::new();
+    for c in caps {
+        if let Value::Object(m) = c {
+            merge_into(&mut out, m);
+        }
+    }
+    Value::Object(out)
+}
+
+fn merge_into(dst: &mut Map<String, Value>, src: &Map<String, Value>) {
+    for (k, v) in src {
+        match (dst.get_mut(k), v) {
+            (Some(Value::Object(d)), Value::Object(s)) => merge_into(d, s),
+            (Some(Value::Bool(d)), Value::Bool(s)) => *d |= *s,
+            (Some(_), _) => {}
+            (None, _) => {
+                dst.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// True when a backend's capabilities announce `name` (e.g. "tools", "logging").
+pub fn has_capability(caps: &Value, name: &str) -> bool {
+    caps.get(name).is_some_and(|v| !v.is_null())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn negotiates_versions() {
+        assert_eq!(negotiate_version(Some("2025-03-26")), "2025-03-26");
+        assert_eq!(negotiate_version(Some("2099-01-01")), LATEST_VERSION);
+        assert_eq!(negotiate_version(None), LATEST_VERSION);
+    }
+
+    #[test]
+    fn merges_capabilities_as_a_union() {
+        let a = json!({"tools":{"listChanged":false},"logging":{}});
+        let b = json!({"tools":{"listChanged":true},"resources":{"subscribe":true}});
+        let m = merge_capabilities([&a, &b]);
+        assert_eq!(
+            m,
+            json!({"tools":{"listChanged":true},"logging":{},"resources":{"subscribe":true}})
+        );
+        assert!(has_capability(&m, "resources"));
+        assert!(!has_capability(&m, "prompts"));
+    }
+
+    #[test]
+    fn classifies_methods() {
+        assert_eq!(handling("tools/call"), Handling::ByToolName);
+        assert_eq!(
+            handling("resources/templates/list"),
+            Handling::List(ListKind::ResourceTemplates)
+        );
+        assert_eq!(handling("sampling/createMessage"), Handling::Unknown);
+        assert_eq!(ListKind::ResourceTemplates.field(), "resourceTemplates");
+    }
+}
