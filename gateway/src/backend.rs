@@ -1,0 +1,701 @@
+//! Backend MCP servers run as stdio subprocesses.
+//!
+//! A [`Slot`] is one configured backend as seen by its owner (one client session for
+//! `per_client`, every session for `shared`): it starts the process on first need,
+//! initializes it as an MCP client, restarts it after a crash with backoff, and stops it
+//! (close stdin, wait `shutdown_grace`, then kill). A [`Proc`] is one running process:
+//! its stdin queue, the table of requests sent to it and not yet answered, and three
+//! tasks (stdin writer, stdout reader, stderr logger).
+//!
+//! Invariant: every request in a `Proc`'s pending table is answered exactly once — by
+//! the backend's response, a timeout, or the process's exit status.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+use async_channel::{Receiver, Sender};
+use async_process::{Child, Command, Stdio};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use mcp_shared::config::{BackendConfig, SessionMode};
+use mcp_shared::error::BackendError;
+use mcp_shared::framing::{Frame, LineDecoder, PIPE_READ_CHUNK_BYTES};
+use mcp_shared::idmap::IdMap;
+use mcp_shared::jsonrpc::{Id, Kind, Message};
+use serde_json::{json, Value};
+
+use crate::rt;
+use crate::session::Session;
+
+/// Messages queued for a backend's stdin, at most.
+pub const STDIN_QUEUE: usize = 256;
+/// Longest stderr line of a backend that is logged whole.
+pub const STDERR_LINE_BYTES: usize = 8 * 1024;
+/// After a backend closes stdout, how long to wait for its exit status before killing it.
+pub const EXIT_WAIT: Duration = Duration::from_secs(1);
+/// A backend that ran at least this long before dying is restarted without delay.
+pub const STABLE_UPTIME: Duration = Duration::from_secs(10);
+/// First restart delay after repeated quick failures; doubles each time.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Longest restart delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Requests to one backend process in flight at most (all sessions together).
+pub const MAX_PENDING_PER_PROCESS: usize = 4096;
+
+/// Restart delay after `failures` consecutive quick failures (none after the first).
+pub fn backoff(failures: u32) -> Duration {
+    if failures <= 1 {
+        return Duration::ZERO;
+    }
+    let exp = (failures - 2).min(16);
+    (BACKOFF_BASE * 2u32.pow(exp)).min(BACKOFF_MAX)
+}
+
+struct Pending {
+    tx: Sender<Result<Message, BackendError>>,
+    session: u64,
+    /// The progress token we gave the backend for this request, if any.
+    token: Option<String>,
+}
+
+/// One running backend process.
+pub struct Proc {
+    name: Rc<str>,
+    stdin: Sender<String>,
+    pending: RefCell<IdMap<Pending>>,
+    /// Our progress token → (session id, the client's original token).
+    progress: RefCell<HashMap<String, (u64, Value)>>,
+    next_token: Cell<u64>,
+    caps: RefCell<Value>,
+    alive: Cell<bool>,
+    child: RefCell<Option<Child>>,
+    /// Closed when the stdout reader has finished (the process is gone).
+    exited: Receiver<()>,
+    exit_status: RefCell<Option<String>>,
+}
+
+impl Proc {
+    /// The backend's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The capabilities it announced in `initialize`.
+    pub fn capabilities(&self) -> Value {
+        self.caps.borrow().clone()
+    }
+
+    /// False once the process has exited.
+    pub fn is_alive(&self) -> bool {
+        self.alive.get()
+    }
+
+    fn exited_error(&self) -> BackendError {
+        BackendError::Exited {
+            backend: self.name.to_string(),
+            status: self
+                .exit_status
+                .borrow()
+                .clone()
+                .unwrap_or_else(|| "stdin closed".into()),
+        }
+    }
+
+    /// Sends a request and waits for its response, at most `timeout`.
+    ///
+    /// `msg` is the client's request; its id is replaced by ours and any progress token
+    /// is replaced by one unique to this process (restored on the way back). `sent` is
+    /// told our id once the request is queued, so the caller can cancel it.
+    pub async fn request(
+        &self,
+        session: u64,
+        mut msg: Message,
+        timeout: Duration,
+        sent: Option<&Cell<Option<u64>>>,
+    ) -> Result<Message, BackendError> {
+        if !self.alive.get() {
+            return Err(self.exited_error());
+        }
+        let (tx, rx) = async_channel::bounded(1);
+        let token = self.swap_progress_token(session, &mut msg);
+        let id = self
+            .pending
+            .borrow_mut()
+            .insert(Pending {
+                tx,
+                session,
+                token: token.clone(),
+            })
+            .map_err(|f| BackendError::Overloaded {
+                backend: self.name.to_string(),
+                limit: f.limit,
+            })?;
+        let guard = PendingGuard { proc: self, id };
+        msg.set_id(&Id::from(id));
+        if self.stdin.send(msg.to_json()).await.is_err() {
+            return Err(self.exited_error());
+        }
+        if let Some(s) = sent {
+            s.set(Some(id));
+        }
+        let outcome = rt::timeout(timeout, rx.recv()).await;
+        match outcome {
+            Some(Ok(r)) => {
+                std::mem::forget(guard);
+                r
+            }
+            Some(Err(_)) => Err(self.exited_error()),
+            None => {
+                drop(guard);
+                self.notify(&Message::notification(
+                    "notifications/cancelled",
+                    Some(json!({ "requestId": id, "reason": "request timed out at the gateway" })),
+                ));
+                Err(BackendError::Timeout {
+                    backend: self.name.to_string(),
+                    after_ms: timeout.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    /// Queues a notification (or a response) without waiting; dropped if the queue is
+    /// full or the process is gone.
+    pub fn notify(&self, msg: &Message) {
+        if self.stdin.try_send(msg.to_json()).is_err() {
+            log::warn!(
+                "backend {:?}: stdin queue full or closed; dropped a {}",
+                self.name,
+                msg.method().unwrap_or("response")
+            );
+        }
+    }
+
+    /// Sends a message, waiting for room in the stdin queue.
+    pub async fn send(&self, msg: &Message) {
+        let _ = self.stdin.send(msg.to_json()).await;
+    }
+
+    /// Forgets a request the client cancelled; its late response will be dropped.
+    pub fn forget(&self, id: u64) {
+        if let Some(p) = self.pending.borrow_mut().remove(id) {
+            if let Some(t) = p.token {
+                self.progress.borrow_mut().remove(&t);
+            }
+        }
+    }
+
+    /// Drops every pending request of a session that ended, telling the backend.
+    pub fn cancel_session(&self, session: u64) {
+        let gone = self.pending.borrow_mut().remove_where(|p| p.session == session);
+        for (id, p) in gone {
+            if let Some(t) = p.token {
+                self.progress.borrow_mut().remove(&t);
+            }
+            self.notify(&Message::notification(
+                "notifications/cancelled",
+                Some(json!({ "requestId": id, "reason": "client disconnected" })),
+            ));
+        }
+    }
+
+    fn swap_progress_token(&self, session: u64, msg: &mut Message) -> Option<String> {
+        let original = msg.meta()?.get("progressToken")?.clone();
+        let n = self.next_token.get();
+        self.next_token.set(n + 1);
+        let ours = format!("gw-{n}");
+        msg.meta_mut()
+            .insert("progressToken".into(), Value::String(ours.clone()));
+        self.progress
+            .borrow_mut()
+            .insert(ours.clone(), (session, original));
+        Some(ours)
+    }
+
+    /// For a `notifications/progress` from the backend: the session it belongs to, with
+    /// the client's own token put back.
+    fn restore_progress_token(&self, msg: &mut Message) -> Option<u64> {
+        let ours = msg.param_str("progressToken")?.to_string();
+        let (session, original) = self.progress.borrow().get(&ours).cloned()?;
+        msg.params_mut().insert("progressToken".into(), original);
+        Some(session)
+    }
+
+    /// The session of the most recent request pending here, if any.
+    fn latest_session(&self) -> Option<u64> {
+        self.pending
+            .borrow()
+            .iter()
+            .filter(|(_, p)| p.session != 0)
+            .max_by_key(|(id, _)| *id)
+            .map(|(_, p)| p.session)
+    }
+}
+
+/// Removes a pending entry when a request is abandoned (timeout or cancellation).
+struct PendingGuard<'a> {
+    proc: &'a Proc,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.proc.forget(self.id);
+    }
+}
+
+/// One configured backend for its owner(s).
+pub struct Slot {
+    /// Its configuration.
+    pub cfg: Rc<BackendConfig>,
+    /// Its request timeout.
+    pub timeout: Duration,
+    max_message_bytes: usize,
+    proc: RefCell<Option<Rc<Proc>>>,
+    start_lock: async_lock::Mutex<()>,
+    failures: Cell<u32>,
+    next_start: Cell<Option<Instant>>,
+    /// Sessions that use this slot (one for per_client).
+    sessions: RefCell<Vec<Weak<Session>>>,
+}
+
+impl Slot {
+    /// A slot that starts nothing until first needed.
+    pub fn new(cfg: Rc<BackendConfig>, timeout: Duration, max_message_bytes: usize) -> Rc<Slot> {
+        Rc::new(Slot {
+            cfg,
+            timeout,
+            max_message_bytes,
+            proc: RefCell::new(None),
+            start_lock: async_lock::Mutex::new(()),
+            failures: Cell::new(0),
+            next_start: Cell::new(None),
+            sessions: RefCell::new(Vec::new()),
+        })
+    }
+
+    /// The backend's name.
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    /// True for `session = "shared"`.
+    pub fn is_shared(&self) -> bool {
+        self.cfg.session == SessionMode::Shared
+    }
+
+    /// Registers a session as a user of this slot.
+    pub fn attach(&self, s: &Rc<Session>) {
+        let mut v = self.sessions.borrow_mut();
+        v.retain(|w| w.strong_count() > 0);
+        if !v.iter().any(|w| w.as_ptr() == Rc::as_ptr(s)) {
+            v.push(Rc::downgrade(s));
+        }
+    }
+
+    /// Unregisters a session; its pending requests are cancelled at the backend.
+    pub fn detach(&self, session: u64) {
+        self.sessions
+            .borrow_mut()
+            .retain(|w| w.upgrade().is_some_and(|s| s.id() != session));
+        if let Some(p) = self.running() {
+            p.cancel_session(session);
+        }
+    }
+
+    fn sessions(&self) -> Vec<Rc<Session>> {
+        self.sessions
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// The running process, if any.
+    pub fn running(&self) -> Option<Rc<Proc>> {
+        self.proc.borrow().clone().filter(|p| p.is_alive())
+    }
+
+    /// The running, initialized process, starting it if needed (after the restart delay).
+    pub async fn ensure(
+        self: &Rc<Self>,
+        client_caps: &Value,
+        version: &str,
+    ) -> Result<Rc<Proc>, BackendError> {
+        if let Some(p) = self.running() {
+            return Ok(p);
+        }
+        let _guard = self.start_lock.lock().await;
+        if let Some(p) = self.running() {
+            return Ok(p);
+        }
+        if let Some(at) = self.next_start.get() {
+            if at > Instant::now() {
+                log::info!(
+                    "backend {:?}: restarting in {} ms",
+                    self.name(),
+                    (at - Instant::now()).as_millis()
+                );
+                async_io::Timer::at(at).await;
+            }
+        }
+        let started = Instant::now();
+        match self.start(client_caps, version).await {
+            Ok(p) => {
+                *self.proc.borrow_mut() = Some(p.clone());
+                log::info!(
+                    "backend {:?} ready in {} ms",
+                    self.name(),
+                    started.elapsed().as_millis()
+                );
+                Ok(p)
+            }
+            Err(e) => {
+                self.record_failure(Duration::ZERO);
+                log::error!("{e}");
+                Err(e)
+            }
+        }
+    }
+
+    fn record_failure(&self, uptime: Duration) {
+        let n = if uptime >= STABLE_UPTIME {
+            1
+        } else {
+            self.failures.get().saturating_add(1)
+        };
+        self.failures.set(n);
+        self.next_start.set(Some(Instant::now() + backoff(n)));
+    }
+
+    async fn start(self: &Rc<Self>, client_caps: &Value, version: &str) -> Result<Rc<Proc>, BackendError> {
+        let cfg = &self.cfg;
+        let mut cmd = Command::new(&cfg.command);
+        cmd.args(&cfg.args)
+            .envs(&cfg.env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(dir) = &cfg.cwd {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd.spawn().map_err(|e| BackendError::Start {
+            backend: cfg.name.clone(),
+            reason: format!("{}: {e}", cfg.command),
+        })?;
+        log::info!(
+            "backend {:?}: started {} (pid {})",
+            cfg.name,
+            cfg.command,
+            child.id()
+        );
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (in_tx, in_rx) = async_channel::bounded(STDIN_QUEUE);
+        let (exit_tx, exit_rx) = async_channel::bounded::<()>(1);
+        let name: Rc<str> = cfg.name.as_str().into();
+        let proc = Rc::new(Proc {
+            name: name.clone(),
+            stdin: in_tx,
+            pending: RefCell::new(IdMap::new(MAX_PENDING_PER_PROCESS)),
+            progress: RefCell::new(HashMap::new()),
+            next_token: Cell::new(1),
+            caps: RefCell::new(Value::Null),
+            alive: Cell::new(true),
+            child: RefCell::new(Some(child)),
+            exited: exit_rx,
+            exit_status: RefCell::new(None),
+        });
+        rt::spawn(write_stdin(stdin, in_rx)).detach();
+        rt::spawn(log_stderr(name, stderr)).detach();
+        rt::spawn(read_stdout(
+            Rc::downgrade(self),
+            proc.clone(),
+            stdout,
+            self.max_message_bytes,
+            exit_tx,
+        ))
+        .detach();
+
+        let init = Message::request(
+            Id::from(0),
+            "initialize",
+            Some(json!({
+                "protocolVersion": version,
+                "capabilities": client_caps,
+                "clientInfo": { "name": "mcp-gateway", "version": mcp_shared::VERSION },
+            })),
+        );
+        let resp = match proc.request(0, init, self.timeout, None).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.kill(&proc);
+                return Err(match e {
+                    BackendError::Timeout { .. } => BackendError::Initialize {
+                        backend: cfg.name.clone(),
+                        reason: e.to_string(),
+                    },
+                    other => other,
+                });
+            }
+        };
+        match resp.into_outcome() {
+            Ok(result) => {
+                *proc.caps.borrow_mut() = result.get("capabilities").cloned().unwrap_or(json!({}));
+            }
+            Err(err) => {
+                self.kill(&proc);
+                return Err(BackendError::Initialize {
+                    backend: cfg.name.clone(),
+                    reason: err
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("error response")
+                        .to_string(),
+                });
+            }
+        }
+        proc.send(&Message::notification("notifications/initialized", None))
+            .await;
+        Ok(proc)
+    }
+
+    fn kill(&self, proc: &Proc) {
+        if let Some(c) = proc.child.borrow_mut().as_mut() {
+            let _ = c.kill();
+        }
+    }
+
+    /// Stops the process: close stdin, wait up to `grace`, then kill.
+    pub async fn stop(&self, grace: Duration) {
+        let Some(proc) = self.proc.borrow_mut().take() else {
+            return;
+        };
+        proc.stdin.close();
+        if rt::timeout(grace, proc.exited.recv()).await.is_none() {
+            log::warn!(
+                "backend {:?} did not exit within {} ms of stdin closing; killing it",
+                self.name(),
+                grace.as_millis()
+            );
+            self.kill(&proc);
+            let _ = rt::timeout(EXIT_WAIT, proc.exited.recv()).await;
+        }
+    }
+
+    /// Called by the stdout reader when the process has gone.
+    fn on_exit(&self, proc: &Rc<Proc>, uptime: Duration) {
+        let mut cur = self.proc.borrow_mut();
+        if cur.as_ref().is_some_and(|p| Rc::ptr_eq(p, proc)) {
+            *cur = None;
+            drop(cur);
+            self.record_failure(uptime);
+        }
+        for s in self.sessions() {
+            s.forget_server_requests(proc);
+        }
+    }
+
+    /// Routes a message the backend sent on its own (request or notification).
+    async fn on_backend_message(self: &Rc<Self>, proc: &Rc<Proc>, mut msg: Message) {
+        let sessions = self.sessions();
+        match msg.kind() {
+            Kind::Request => {
+                let target = if self.is_shared() {
+                    let latest = proc.latest_session();
+                    latest
+                        .and_then(|id| sessions.iter().find(|s| s.id() == id))
+                        .or(sessions.first())
+                        .cloned()
+                } else {
+                    sessions.first().cloned()
+                };
+                match target {
+                    Some(s) => s.relay_server_request(proc, msg, !self.is_shared()).await,
+                    None => {
+                        let id = msg.id();
+                        proc.notify(&Message::error_response(
+                            id,
+                            mcp_shared::error::RpcError::new(
+                                mcp_shared::error::codes::INTERNAL_ERROR,
+                                "no client session is attached to this backend",
+                            ),
+                        ));
+                    }
+                }
+            }
+            Kind::Notification => {
+                let method = msg.method().unwrap_or_default().to_string();
+                if method == "notifications/progress" {
+                    if let Some(sid) = proc.restore_progress_token(&mut msg) {
+                        if let Some(s) = sessions.iter().find(|s| s.id() == sid) {
+                            s.deliver(msg.to_json(), !self.is_shared()).await;
+                        }
+                    }
+                    return;
+                }
+                if method == "notifications/cancelled" {
+                    // The backend cancels one of its own requests to a client.
+                    for s in &sessions {
+                        s.relay_server_cancel(proc, &msg).await;
+                    }
+                    return;
+                }
+                let uri = (method == "notifications/resources/updated")
+                    .then(|| msg.param_str("uri").map(str::to_string))
+                    .flatten();
+                let line = msg.to_json();
+                for s in &sessions {
+                    if let Some(u) = &uri {
+                        if self.is_shared() && !s.is_subscribed(u) {
+                            continue;
+                        }
+                    }
+                    s.deliver(line.clone(), !self.is_shared()).await;
+                }
+            }
+            Kind::Response => unreachable!("responses are matched before"),
+        }
+    }
+}
+
+async fn write_stdin(mut stdin: async_process::ChildStdin, rx: Receiver<String>) {
+    while let Ok(mut line) = rx.recv().await {
+        line.push('\n');
+        if stdin.write_all(line.as_bytes()).await.is_err() {
+            return;
+        }
+        if rx.is_empty() && stdin.flush().await.is_err() {
+            return;
+        }
+    }
+    // Channel closed: dropping `stdin` closes the pipe, asking the backend to exit.
+}
+
+async fn log_stderr(name: Rc<str>, mut stderr: async_process::ChildStderr) {
+    let mut dec = LineDecoder::new(STDERR_LINE_BYTES);
+    let mut buf = vec![0u8; 4096];
+    while let Ok(n) = stderr.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        dec.push(&buf[..n]);
+        while let Some(f) = dec.next_frame() {
+            match f {
+                Frame::Line(l) => log::info!("[{name}] {}", String::from_utf8_lossy(&l)),
+                Frame::TooLong { len, .. } => {
+                    log::info!("[{name}] <a {len}-byte stderr line, not shown>")
+                }
+            }
+        }
+    }
+}
+
+async fn read_stdout(
+    slot: Weak<Slot>,
+    proc: Rc<Proc>,
+    mut stdout: async_process::ChildStdout,
+    max: usize,
+    _exit_tx: Sender<()>,
+) {
+    let started = Instant::now();
+    let mut dec = LineDecoder::new(max);
+    let mut buf = vec![0u8; PIPE_READ_CHUNK_BYTES];
+    loop {
+        let n = match stdout.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        dec.push(&buf[..n]);
+        while let Some(frame) = dec.next_frame() {
+            match frame {
+                Frame::TooLong { id, len } => {
+                    log::warn!(
+                        "backend {:?} sent a {len}-byte message (limit {max}); dropped",
+                        proc.name
+                    );
+                    if let Some(p) = id.and_then(|id| proc.pending.borrow_mut().take(&id)) {
+                        let _ = p.tx.try_send(Err(BackendError::ResponseTooLarge {
+                            backend: proc.name.to_string(),
+                            limit: max,
+                        }));
+                    }
+                }
+                Frame::Line(line) => match Message::parse(&line) {
+                    Ok(msg) if msg.kind() == Kind::Response => {
+                        let id = msg.id().expect("responses have ids");
+                        let entry = proc.pending.borrow_mut().take(&id);
+                        match entry {
+                            Some(p) => {
+                                if let Some(t) = p.token {
+                                    proc.progress.borrow_mut().remove(&t);
+                                }
+                                let _ = p.tx.try_send(Ok(msg));
+                            }
+                            None => log::debug!(
+                                "backend {:?}: response to unknown or abandoned id {id}",
+                                proc.name
+                            ),
+                        }
+                    }
+                    Ok(msg) => {
+                        if let Some(s) = slot.upgrade() {
+                            s.on_backend_message(&proc, msg).await;
+                        }
+                    }
+                    Err(rej) => {
+                        log::warn!("backend {:?} sent an invalid message: {}", proc.name, rej.error.message);
+                        if rej.reply {
+                            proc.notify(&rej.to_response());
+                        }
+                    }
+                },
+            }
+        }
+    }
+    // The process closed stdout: collect its exit status, then fail what is pending.
+    proc.alive.set(false);
+    proc.stdin.close();
+    let child = proc.child.borrow_mut().take();
+    let status = match child {
+        Some(mut c) => match rt::timeout(EXIT_WAIT, c.status()).await {
+            Some(Ok(s)) => s.to_string(),
+            Some(Err(e)) => format!("unknown ({e})"),
+            None => {
+                let _ = c.kill();
+                match c.status().await {
+                    Ok(s) => format!("{s}, killed after closing stdout"),
+                    Err(e) => format!("unknown ({e})"),
+                }
+            }
+        },
+        None => "unknown".into(),
+    };
+    log::warn!("backend {:?} exited ({status})", proc.name);
+    *proc.exit_status.borrow_mut() = Some(status);
+    let pending = proc.pending.borrow_mut().drain();
+    for (_, p) in pending {
+        let _ = p.tx.try_send(Err(proc.exited_error()));
+    }
+    proc.progress.borrow_mut().clear();
+    if let Some(s) = slot.upgrade() {
+        s.on_exit(&proc, started.elapsed());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(0), Duration::ZERO);
+        assert_eq!(backoff(1), Duration::ZERO);
+        assert_eq!(backoff(2), BACKOFF_BASE);
+        assert_eq!(backoff(3), BACKOFF_BASE * 2);
+        assert_eq!(backoff(40), BACKOFF_MAX);
+    }
+}

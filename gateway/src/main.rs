@@ -1,0 +1,198 @@
+//! `mcp-gateway`: accepts MCP clients over WebSocket and serves them from backend MCP
+//! servers, aggregating tools, prompts and resources under backend namespaces.
+//!
+//! Lifecycle: parse and validate the configuration (exit 64 when invalid), bind, log
+//! `listening on ws://ADDR/PATH`, serve until SIGTERM/SIGINT, then close sessions, stop
+//! backends (close stdin, wait, kill) and exit 0.
+#![forbid(unsafe_code)]
+
+mod backend;
+mod rt;
+mod server;
+mod session;
+
+use std::cell::Cell;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::rc::Rc;
+
+use argh::FromArgs;
+use async_signal::{Signal, Signals};
+use futures_lite::StreamExt;
+use mcp_shared::config::{self, GatewayConfig, SessionMode, EXIT_CONFIG};
+use mcp_shared::routing::Namespace;
+use mcp_shared::secret::Secret;
+
+use crate::backend::Slot;
+
+/// Serve MCP clients over WebSocket from backend MCP servers.
+#[derive(FromArgs)]
+struct Args {
+    /// path to the TOML configuration file
+    #[argh(option)]
+    config: Option<PathBuf>,
+    /// validate the configuration and exit (0 valid, 64 invalid)
+    #[argh(switch)]
+    check_config: bool,
+    /// print the version and exit
+    #[argh(switch)]
+    version: bool,
+}
+
+/// State shared by every session of the process.
+pub struct Gateway {
+    /// The configuration.
+    pub cfg: GatewayConfig,
+    /// Tool/prompt namespacing.
+    pub ns: Namespace,
+    /// The expected bearer token, when `[auth]` is set.
+    pub token: Option<Secret>,
+    /// Backends with `session = "shared"`, by configuration index.
+    shared: Vec<Option<Rc<Slot>>>,
+    next_session: Cell<u64>,
+    sessions: Rc<Cell<usize>>,
+}
+
+/// Decrements the session count when a session ends.
+pub struct SessionCount(Rc<Cell<usize>>);
+
+impl Drop for SessionCount {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+impl Gateway {
+    fn new(cfg: GatewayConfig, token: Option<Secret>) -> Gateway {
+        let shared = cfg
+            .backends
+            .iter()
+            .map(|b| {
+                (b.session == SessionMode::Shared).then(|| {
+                    Slot::new(
+                        Rc::new(b.clone()),
+                        cfg.request_timeout(b),
+                        cfg.limits.max_message_bytes,
+                    )
+                })
+            })
+            .collect();
+        Gateway {
+            ns: Namespace::new(&cfg.routing.separator),
+            cfg,
+            token,
+            shared,
+            next_session: Cell::new(1),
+            sessions: Rc::new(Cell::new(0)),
+        }
+    }
+
+    /// A fresh session id.
+    pub fn next_session_id(&self) -> u64 {
+        let id = self.next_session.get();
+        self.next_session.set(id + 1);
+        id
+    }
+
+    /// Open sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.get()
+    }
+
+    /// Counts a session until the returned guard drops.
+    pub fn count_session(&self) -> SessionCount {
+        self.sessions.set(self.sessions.get() + 1);
+        SessionCount(self.sessions.clone())
+    }
+
+    /// The backends of a new session, in configuration order: the shared slots, and a
+    /// fresh slot for each per-client backend.
+    pub fn slots_for_session(&self) -> Vec<Rc<Slot>> {
+        self.cfg
+            .backends
+            .iter()
+            .zip(&self.shared)
+            .map(|(b, shared)| match shared {
+                Some(s) => s.clone(),
+                None => Slot::new(
+                    Rc::new(b.clone()),
+                    self.cfg.request_timeout(b),
+                    self.cfg.limits.max_message_bytes,
+                ),
+            })
+            .collect()
+    }
+
+    async fn stop_shared(&self) {
+        let grace = self.cfg.server.shutdown_grace.0;
+        for s in self.shared.iter().flatten() {
+            s.stop(grace).await;
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Args = argh::from_env();
+    if args.version {
+        println!("mcp-gateway {}", mcp_shared::VERSION);
+        return ExitCode::SUCCESS;
+    }
+    let Some(path) = args.config else {
+        eprintln!("mcp-gateway: --config FILE is required (see --help)");
+        return ExitCode::from(EXIT_CONFIG as u8);
+    };
+    let cfg: GatewayConfig = match config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mcp-gateway: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let token = match cfg.auth.as_ref().map(|a| mcp_shared::secret::load(a.token_env.as_deref(), a.token_file.as_deref())) {
+        Some(Err(msg)) => {
+            eprintln!("mcp-gateway: {}: [auth]: {msg}", path.display());
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+        Some(Ok(t)) => t,
+        None => None,
+    };
+    if args.check_config {
+        println!("mcp-gateway: {}: configuration is valid", path.display());
+        return ExitCode::SUCCESS;
+    }
+    mcp_shared::logger::init(cfg.logging.level.filter());
+    match rt::block_on(run(cfg, token)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cfg: GatewayConfig, token: Option<Secret>) -> Result<(), String> {
+    let listener = async_net::TcpListener::bind(cfg.server.listen.as_str())
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.server.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let signals = Signals::new([Signal::Term, Signal::Int]).map_err(|e| format!("signals: {e}"))?;
+    let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
+    rt::spawn(async move {
+        let mut signals = signals;
+        if let Some(Ok(sig)) = signals.next().await {
+            log::info!("received {sig:?}");
+        }
+        drop(stop_tx);
+    })
+    .detach();
+    let gw = Rc::new(Gateway::new(cfg, token));
+    log::info!(
+        "listening on ws://{addr}{} ({} backend(s))",
+        gw.cfg.server.path,
+        gw.cfg.backends.len()
+    );
+    server::serve(gw.clone(), listener, stop_rx).await;
+    gw.stop_shared().await;
+    log::info!("stopped");
+    Ok(())
+}

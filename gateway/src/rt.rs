@@ -1,0 +1,30 @@
+//! The gateway's single-threaded runtime: one smol `LocalExecutor` per process, so state
+//! can live in `Rc`/`RefCell` without locks. Helpers for spawning and deadlines.
+
+use std::future::Future;
+use std::time::Duration;
+
+use smol::{LocalExecutor, Task};
+
+thread_local! {
+    static EX: &'static LocalExecutor<'static> = Box::leak(Box::new(LocalExecutor::new()));
+}
+
+/// Spawns a task on the gateway's executor.
+pub fn spawn<T: 'static>(f: impl Future<Output = T> + 'static) -> Task<T> {
+    EX.with(|ex| ex.spawn(f))
+}
+
+/// Runs `f` to completion, driving every spawned task.
+pub fn block_on<T>(f: impl Future<Output = T>) -> T {
+    EX.with(|ex| futures_lite::future::block_on(ex.run(f)))
+}
+
+/// `Some(output)` if `f` finishes within `d`, else `None` (and `f` is dropped).
+pub async fn timeout<T>(d: Duration, f: impl Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(f.await) }, async {
+        async_io::Timer::after(d).await;
+        None
+    })
+    .await
+}

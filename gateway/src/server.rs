@@ -1,0 +1,188 @@
+//! The WebSocket front end: accept, handshake (path, subprotocol `mcp`, bearer token,
+//! session limit, deadline), then one [`Session`] per connection with a reader loop and
+//! a writer task. Also the shutdown sequence: stop accepting, close sessions, wait for
+//! them within a deadline.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use async_channel::Receiver;
+use async_net::{TcpListener, TcpStream};
+use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use async_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use async_tungstenite::tungstenite::Message as WsMessage;
+use futures_lite::StreamExt;
+use mcp_shared::framing::{WS_READ_BUFFER_BYTES, WS_WRITE_BUFFER_BYTES};
+
+use crate::rt;
+use crate::session::Session;
+use crate::Gateway;
+
+/// Messages queued for one client, at most.
+pub const CLIENT_QUEUE: usize = 256;
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop cannot spin.
+pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// When a session ends, how long its queued messages get to reach the client.
+pub const WRITER_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// After shutdown starts, extra time sessions get beyond `shutdown_grace` to close.
+pub const SESSION_CLOSE_SLACK: Duration = Duration::from_secs(2);
+
+/// WebSocket settings for client connections.
+fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+}
+
+/// Accepts clients until `stop` closes, then closes every session (waiting at most the
+/// shutdown grace plus [`SESSION_CLOSE_SLACK`]).
+pub async fn serve(gw: Rc<Gateway>, listener: TcpListener, stop: Receiver<()>) {
+    let (close_tx, close_rx) = async_channel::bounded::<()>(1);
+    let (done_tx, done_rx) = async_channel::bounded::<()>(1);
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            let _ = stop.recv().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => break,
+            Some(Ok((stream, peer))) => {
+                let (gw, close_rx, done_tx) = (gw.clone(), close_rx.clone(), done_tx.clone());
+                rt::spawn(async move {
+                    connection(gw, stream, peer.to_string(), close_rx).await;
+                    drop(done_tx);
+                })
+                .detach();
+            }
+            Some(Err(e)) => {
+                log::warn!("accept failed: {e}");
+                async_io::Timer::after(ACCEPT_ERROR_PAUSE).await;
+            }
+        }
+    }
+    drop(listener);
+    log::info!("shutting down: closing {} session(s)", gw.session_count());
+    drop(close_tx);
+    drop(done_tx);
+    let deadline = gw.cfg.server.shutdown_grace.0 + SESSION_CLOSE_SLACK;
+    if rt::timeout(deadline, done_rx.recv()).await.is_none() {
+        log::warn!("some sessions did not close within {} ms", deadline.as_millis());
+    }
+}
+
+fn reject(status: StatusCode, why: &str) -> ErrorResponse {
+    let mut r = ErrorResponse::new(Some(why.to_string()));
+    *r.status_mut() = status;
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut()
+            .insert("WWW-Authenticate", HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+/// Checks the upgrade request; on success selects subprotocol `mcp` if offered.
+fn check_handshake(gw: &Gateway, full: bool, req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
+    if req.uri().path() != gw.cfg.server.path {
+        return Err(reject(StatusCode::NOT_FOUND, "no MCP endpoint at this path"));
+    }
+    if let Some(token) = &gw.token {
+        let ok = req
+            .headers()
+            .get("Authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| token.matches(t.trim()));
+        if !ok {
+            return Err(reject(StatusCode::UNAUTHORIZED, "missing or invalid bearer token"));
+        }
+    }
+    if full {
+        return Err(reject(StatusCode::SERVICE_UNAVAILABLE, "too many sessions"));
+    }
+    if let Some(offered) = req.headers().get("Sec-WebSocket-Protocol") {
+        let offered = offered.to_str().unwrap_or("");
+        if !offered.split(',').any(|p| p.trim() == "mcp") {
+            return Err(reject(StatusCode::BAD_REQUEST, "subprotocol \"mcp\" required"));
+        }
+        resp.headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mcp"));
+    }
+    Ok(resp)
+}
+
+async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Receiver<()>) {
+    stream.set_nodelay(true).ok();
+    let full = gw.session_count() >= gw.cfg.server.max_sessions;
+    let max = gw.cfg.limits.max_message_bytes;
+    let handshake = async_tungstenite::accept_hdr_async_with_config(
+        stream,
+        |req: &Request, resp: Response| check_handshake(&gw, full, req, resp),
+        Some(ws_config(max)),
+    );
+    let ws = match rt::timeout(gw.cfg.server.handshake_timeout.0, handshake).await {
+        Some(Ok(ws)) => ws,
+        Some(Err(e)) => {
+            log::info!("handshake with {peer} failed: {e}");
+            return;
+        }
+        None => {
+            log::info!("handshake with {peer} timed out");
+            return;
+        }
+    };
+    let _count = gw.count_session();
+    let (mut sink, mut stream) = ws.split();
+    let (out_tx, out_rx) = async_channel::bounded::<String>(CLIENT_QUEUE);
+    let writer = rt::spawn(async move {
+        while let Ok(line) = out_rx.recv().await {
+            if sink.send(WsMessage::text(line)).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.close(None).await;
+    });
+    let session = Session::new(gw.clone(), out_tx.clone());
+    log::info!("session {} opened from {peer}", session.id());
+    loop {
+        let next = futures_lite::future::or(async { Some(stream.next().await) }, async {
+            let _ = close.recv().await;
+            None
+        })
+        .await;
+        let text = match next {
+            None | Some(None) => break,
+            Some(Some(Ok(WsMessage::Text(t)))) => t,
+            Some(Some(Ok(WsMessage::Binary(b)))) => match std::str::from_utf8(&b) {
+                Ok(t) => t.into(),
+                Err(_) => {
+                    session.on_client_message("\u{fffd}").await;
+                    continue;
+                }
+            },
+            Some(Some(Ok(WsMessage::Close(_)))) => break,
+            Some(Some(Ok(_))) => continue,
+            Some(Some(Err(async_tungstenite::tungstenite::Error::Capacity(e)))) => {
+                // tungstenite cannot resynchronise after an oversized frame: answer, close.
+                log::warn!("session {}: {e}; closing", session.id());
+                session.reject_too_large(None).await;
+                break;
+            }
+            Some(Some(Err(e))) => {
+                log::info!("session {}: read error: {e}", session.id());
+                break;
+            }
+        };
+        session.on_client_message(text.as_str()).await;
+    }
+    // Stop accepting client input, then let the writer flush and send a close frame.
+    session.close().await;
+    drop(session);
+    drop(out_tx);
+    if rt::timeout(WRITER_DRAIN_TIMEOUT, writer).await.is_none() {
+        log::debug!("session writer did not finish within {WRITER_DRAIN_TIMEOUT:?}");
+    }
+}

@@ -1,0 +1,637 @@
+//! One client session: the gateway as the MCP server its client sees.
+//!
+//! A session answers `initialize` and `ping` itself, merges listings from its backends,
+//! routes each other request to one backend (by tool/prompt prefix, resource URI or
+//! completion ref), relays server-to-client requests with id remapping, and maps
+//! cancellations to the backend's ids. Each client request runs in its own task, bounded
+//! by `max_in_flight`; every request gets exactly one response unless the client
+//! cancelled it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::rc::{Rc, Weak};
+
+use async_channel::Sender;
+use mcp_shared::error::{RouteError, RpcError, SessionError, ToRpcError};
+use mcp_shared::idmap::IdMap;
+use mcp_shared::jsonrpc::{Id, Kind, Message};
+use mcp_shared::mcp::{self, Handling, ListKind};
+use mcp_shared::routing::{route_prompt, route_tool, ResourceRoutes};
+use serde_json::{json, Value};
+
+use crate::backend::{Proc, Slot};
+use crate::rt;
+use crate::Gateway;
+
+/// Pages followed per backend when merging a listing, at most.
+pub const MAX_LIST_PAGES: usize = 100;
+
+/// Where a forwarded request went, so a cancellation can follow it.
+#[derive(Default)]
+struct Target {
+    proc: RefCell<Option<Weak<Proc>>>,
+    id: Cell<Option<u64>>,
+}
+
+struct InFlight {
+    cancel: Sender<()>,
+    target: Rc<Target>,
+}
+
+/// A server-to-client request relayed to this session's client.
+struct ServerReq {
+    proc: Weak<Proc>,
+    backend_id: Id,
+}
+
+/// One client connection.
+pub struct Session {
+    id: u64,
+    gw: Rc<Gateway>,
+    out: Sender<String>,
+    backends: Vec<Rc<Slot>>,
+    initialized: Cell<bool>,
+    client_caps: RefCell<Value>,
+    version: Cell<&'static str>,
+    routes: RefCell<ResourceRoutes>,
+    in_flight: RefCell<HashMap<Id, InFlight>>,
+    server_reqs: RefCell<IdMap<ServerReq>>,
+    subscriptions: RefCell<HashSet<String>>,
+}
+
+impl Session {
+    /// A new session whose messages to the client go to `out`.
+    pub fn new(gw: Rc<Gateway>, out: Sender<String>) -> Rc<Session> {
+        let id = gw.next_session_id();
+        let backends = gw.slots_for_session();
+        let max = gw.cfg.limits.max_in_flight;
+        let s = Rc::new(Session {
+            id,
+            gw,
+            out,
+            backends,
+            initialized: Cell::new(false),
+            client_caps: RefCell::new(json!({})),
+            version: Cell::new(mcp::LATEST_VERSION),
+            routes: RefCell::new(ResourceRoutes::default()),
+            in_flight: RefCell::new(HashMap::new()),
+            server_reqs: RefCell::new(IdMap::new(max)),
+            subscriptions: RefCell::new(HashSet::new()),
+        });
+        for b in &s.backends {
+            b.attach(&s);
+        }
+        s
+    }
+
+    /// The session's id (unique in this process).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Queues a line for the client. With `wait`, waits for room; otherwise drops the
+    /// line when the queue is full (used for fan-out from shared backends, so one slow
+    /// client cannot stall the others). Returns false when the line was not queued.
+    pub async fn deliver(&self, line: String, wait: bool) -> bool {
+        if wait {
+            return self.out.send(line).await.is_ok();
+        }
+        match self.out.try_send(line) {
+            Ok(()) => true,
+            Err(e) => {
+                if e.is_full() {
+                    log::warn!("session {}: outbound queue full; dropped a message", self.id);
+                }
+                false
+            }
+        }
+    }
+
+    async fn reply(&self, msg: Message) {
+        self.deliver(msg.to_json(), true).await;
+    }
+
+    /// True when the client subscribed to `uri`.
+    pub fn is_subscribed(&self, uri: &str) -> bool {
+        self.subscriptions.borrow().contains(uri)
+    }
+
+    /// Handles one message from the client.
+    pub async fn on_client_message(self: &Rc<Self>, text: &str) {
+        let msg = match Message::parse(text.as_bytes()) {
+            Ok(m) => m,
+            Err(rej) => {
+                log::warn!("session {}: bad message: {}", self.id, rej.error.message);
+                if rej.reply {
+                    self.reply(rej.to_response()).await;
+                }
+                return;
+            }
+        };
+        match msg.kind() {
+            Kind::Request => self.start_request(msg).await,
+            Kind::Notification => self.on_client_notification(msg).await,
+            Kind::Response => self.on_client_response(msg).await,
+        }
+    }
+
+    /// Answers a message that was too large to read.
+    pub async fn reject_too_large(&self, id: Option<Id>) {
+        let limit = self.gw.cfg.limits.max_message_bytes;
+        self.reply(Message::error_response(
+            id,
+            SessionError::TooLarge { limit }.to_rpc_error(),
+        ))
+        .await;
+    }
+
+    async fn start_request(self: &Rc<Self>, msg: Message) {
+        let id = msg.id().expect("requests have ids");
+        let limit = self.gw.cfg.limits.max_in_flight;
+        let refused = {
+            let in_flight = self.in_flight.borrow();
+            if in_flight.contains_key(&id) {
+                Some(SessionError::DuplicateId)
+            } else if in_flight.len() >= limit {
+                Some(SessionError::TooManyInFlight(limit))
+            } else {
+                None
+            }
+        };
+        if let Some(e) = refused {
+            self.reply(Message::error_response(Some(id), e.to_rpc_error()))
+                .await;
+            return;
+        }
+        let (cancel_tx, cancel_rx) = async_channel::bounded::<()>(1);
+        let target = Rc::new(Target::default());
+        self.in_flight.borrow_mut().insert(
+            id.clone(),
+            InFlight {
+                cancel: cancel_tx,
+                target: target.clone(),
+            },
+        );
+        let me = self.clone();
+        rt::spawn(async move {
+            let work = async {
+                let resp = me.handle_request(msg, &target).await;
+                Some(resp)
+            };
+            let cancelled = async {
+                let _ = cancel_rx.recv().await;
+                None
+            };
+            let outcome = futures_lite::future::or(work, cancelled).await;
+            if let Some(resp) = outcome {
+                me.in_flight.borrow_mut().remove(&id);
+                me.reply(resp).await;
+            }
+        })
+        .detach();
+    }
+
+    async fn handle_request(self: &Rc<Self>, msg: Message, target: &Target) -> Message {
+        let id = msg.id().expect("requests have ids");
+        let method = msg.method().unwrap_or_default().to_string();
+        let handling = mcp::handling(&method);
+        let result = match handling {
+            Handling::Initialize => self
+                .initialize(&msg)
+                .await
+                .map(|v| Message::response(id.clone(), v)),
+            Handling::Ping => Ok(Message::response(id.clone(), json!({}))),
+            _ if !self.initialized.get() => Err(RouteError::NotInitialized.to_rpc_error()),
+            Handling::List(kind) => self
+                .list(kind, &msg)
+                .await
+                .map(|v| Message::response(id.clone(), v)),
+            Handling::ByToolName | Handling::ByPromptName => self.forward_by_name(msg, handling, target).await,
+            Handling::ByUri => self.forward_by_uri(msg, target).await,
+            Handling::ByCompletionRef => self.forward_completion(msg, target).await,
+            Handling::Broadcast => self
+                .broadcast(&msg)
+                .await
+                .map(|v| Message::response(id.clone(), v)),
+            Handling::Unknown => Err(RouteError::UnknownMethod(method).to_rpc_error()),
+        };
+        result.unwrap_or_else(|e| Message::error_response(Some(id), e))
+    }
+
+    async fn initialize(self: &Rc<Self>, msg: &Message) -> Result<Value, RpcError> {
+        let params = msg.params().cloned().unwrap_or(json!({}));
+        let version = mcp::negotiate_version(params.get("protocolVersion").and_then(Value::as_str));
+        *self.client_caps.borrow_mut() = params.get("capabilities").cloned().unwrap_or(json!({}));
+        self.version.set(version);
+        let starts: Vec<_> = self
+            .backends
+            .iter()
+            .map(|slot| {
+                let (me, slot) = (self.clone(), slot.clone());
+                rt::spawn(async move { me.ensure(&slot).await })
+            })
+            .collect();
+        let mut caps = Vec::new();
+        for t in starts {
+            if let Ok(p) = t.await {
+                caps.push(p.capabilities());
+            }
+        }
+        self.initialized.set(true);
+        let client = params
+            .get("clientInfo")
+            .and_then(|c| c.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or("unknown");
+        log::info!(
+            "session {}: initialized by {client:?} (protocol {version}, {}/{} backends up)",
+            self.id,
+            caps.len(),
+            self.backends.len()
+        );
+        Ok(json!({
+            "protocolVersion": version,
+            "capabilities": mcp::merge_capabilities(caps.iter()),
+            "serverInfo": { "name": "mcp-gateway", "version": mcp_shared::VERSION },
+        }))
+    }
+
+    async fn ensure(&self, slot: &Rc<Slot>) -> Result<Rc<Proc>, RpcError> {
+        let caps = self.client_caps.borrow().clone();
+        slot.ensure(&caps, self.version.get())
+            .await
+            .map_err(|e| e.to_rpc_error())
+    }
+
+    fn slot(&self, name: &str) -> Option<&Rc<Slot>> {
+        self.backends.iter().find(|s| s.name() == name)
+    }
+
+    /// Sends `msg` to the backend of `slot` and returns its response, with the client's id.
+    async fn forward(&self, slot: &Rc<Slot>, msg: Message, target: &Target) -> Result<Message, RpcError> {
+        let client_id = msg.id().expect("requests have ids");
+        let proc = self.ensure(slot).await?;
+        *target.proc.borrow_mut() = Some(Rc::downgrade(&proc));
+        let mut resp = proc
+            .request(self.id, msg, slot.timeout, Some(&target.id))
+            .await
+            .map_err(|e| e.to_rpc_error())?;
+        resp.set_id(&client_id);
+        Ok(resp)
+    }
+
+    async fn forward_by_name(
+        &self,
+        mut msg: Message,
+        handling: Handling,
+        target: &Target,
+    ) -> Result<Message, RpcError> {
+        let method = msg.method().unwrap_or_default().to_string();
+        let full = msg
+            .param_str("name")
+            .ok_or(RouteError::MissingParam {
+                method,
+                param: "name",
+            })
+            .map_err(|e| e.to_rpc_error())?
+            .to_string();
+        let ns = &self.gw.ns;
+        let known = |b: &str| self.slot(b).is_some();
+        let (backend, local) = if handling == Handling::ByToolName {
+            route_tool(ns, &full, known)
+        } else {
+            route_prompt(ns, &full, known)
+        }
+        .map_err(|e| e.to_rpc_error())?;
+        let slot = self.slot(backend).expect("checked above").clone();
+        msg.params_mut().insert("name".into(), local.into());
+        self.forward(&slot, msg, target).await
+    }
+
+    async fn route_uri(self: &Rc<Self>, uri: &str) -> Result<Rc<Slot>, RpcError> {
+        let found = self.routes.borrow().route(uri).map(str::to_string);
+        let name = match found {
+            Ok(n) => n,
+            Err(_) => {
+                // Not listed yet in this session: learn the routes, then look again.
+                let _ = self.list(ListKind::Resources, &Message::notification("", None)).await;
+                let _ = self
+                    .list(ListKind::ResourceTemplates, &Message::notification("", None))
+                    .await;
+                let found = self.routes.borrow().route(uri).map(str::to_string);
+                found.map_err(|e| e.to_rpc_error())?
+            }
+        };
+        self.slot(&name)
+            .cloned()
+            .ok_or_else(|| RouteError::UnknownResource(uri.into()).to_rpc_error())
+    }
+
+    async fn forward_by_uri(self: &Rc<Self>, msg: Message, target: &Target) -> Result<Message, RpcError> {
+        let method = msg.method().unwrap_or_default().to_string();
+        let uri = msg
+            .param_str("uri")
+            .ok_or_else(|| {
+                RouteError::MissingParam {
+                    method: method.clone(),
+                    param: "uri",
+                }
+                .to_rpc_error()
+            })?
+            .to_string();
+        let slot = self.route_uri(&uri).await?;
+        let resp = self.forward(&slot, msg, target).await?;
+        if resp.result().is_some() {
+            match method.as_str() {
+                "resources/subscribe" => {
+                    self.subscriptions.borrow_mut().insert(uri);
+                }
+                "resources/unsubscribe" => {
+                    self.subscriptions.borrow_mut().remove(&uri);
+                }
+                _ => {}
+            }
+        }
+        Ok(resp)
+    }
+
+    async fn forward_completion(self: &Rc<Self>, mut msg: Message, target: &Target) -> Result<Message, RpcError> {
+        let missing = |param| {
+            RouteError::MissingParam {
+                method: "completion/complete".into(),
+                param,
+            }
+            .to_rpc_error()
+        };
+        let reference = msg
+            .params()
+            .and_then(|p| p.get("ref"))
+            .cloned()
+            .ok_or_else(|| missing("ref"))?;
+        match reference.get("type").and_then(Value::as_str) {
+            Some("ref/prompt") => {
+                let full = reference
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| missing("ref.name"))?;
+                let (backend, local) = route_prompt(&self.gw.ns, full, |b| self.slot(b).is_some())
+                    .map_err(|e| e.to_rpc_error())?;
+                let slot = self.slot(backend).expect("checked above").clone();
+                let local = local.to_string();
+                if let Some(r) = msg.params_mut().get_mut("ref") {
+                    r["name"] = local.into();
+                }
+                self.forward(&slot, msg, target).await
+            }
+            Some("ref/resource") => {
+                let uri = reference
+                    .get("uri")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| missing("ref.uri"))?;
+                let slot = self.route_uri(uri).await?;
+                self.forward(&slot, msg, target).await
+            }
+            _ => Err(missing("ref.type")),
+        }
+    }
+
+    /// Sends `logging/setLevel` (or another broadcast) to every backend that supports it.
+    async fn broadcast(self: &Rc<Self>, msg: &Message) -> Result<Value, RpcError> {
+        let tasks: Vec<_> = self
+            .backends
+            .iter()
+            .map(|slot| {
+                let (me, slot, msg) = (self.clone(), slot.clone(), msg.clone());
+                rt::spawn(async move {
+                    let proc = me.ensure(&slot).await?;
+                    if !mcp::has_capability(&proc.capabilities(), "logging") {
+                        return Ok(());
+                    }
+                    proc.request(me.id, msg, slot.timeout, None)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_rpc_error())
+                })
+            })
+            .collect();
+        for t in tasks {
+            if let Err(e) = t.await {
+                log::warn!("session {}: logging/setLevel: {}", self.id, e.message);
+            }
+        }
+        Ok(json!({}))
+    }
+
+    /// Merges one listing from every backend that offers it.
+    async fn list(self: &Rc<Self>, kind: ListKind, msg: &Message) -> Result<Value, RpcError> {
+        if msg.params().and_then(|p| p.get("cursor")).is_some() {
+            return Err(RouteError::MissingParam {
+                method: kind.method().into(),
+                param: "cursor",
+            }
+            .to_rpc_error()
+            .with_data(json!({ "reason": "the gateway returns complete listings; no cursor is valid" })));
+        }
+        let meta = msg.meta().cloned();
+        let tasks: Vec<_> = self
+            .backends
+            .iter()
+            .map(|slot| {
+                let (me, slot, meta) = (self.clone(), slot.clone(), meta.clone());
+                rt::spawn(async move {
+                    let items = me.list_one(&slot, kind, meta).await;
+                    (slot, items)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            let (slot, items) = t.await;
+            match items {
+                Ok(mut items) => {
+                    match kind {
+                        ListKind::Tools | ListKind::Prompts => {
+                            self.gw.ns.prefix_names(slot.name(), &mut items)
+                        }
+                        ListKind::Resources => {
+                            self.routes.borrow_mut().learn_resources(slot.name(), &items)
+                        }
+                        ListKind::ResourceTemplates => {
+                            self.routes.borrow_mut().learn_templates(slot.name(), &items)
+                        }
+                    }
+                    all.extend(items);
+                }
+                Err(e) => log::warn!(
+                    "session {}: {} from backend {:?} failed: {}",
+                    self.id,
+                    kind.method(),
+                    slot.name(),
+                    e.message
+                ),
+            }
+        }
+        Ok(json!({ kind.field(): all }))
+    }
+
+    async fn list_one(
+        &self,
+        slot: &Rc<Slot>,
+        kind: ListKind,
+        meta: Option<serde_json::Map<String, Value>>,
+    ) -> Result<Vec<Value>, RpcError> {
+        let proc = self.ensure(slot).await?;
+        if !mcp::has_capability(&proc.capabilities(), kind.capability()) {
+            return Ok(Vec::new());
+        }
+        let mut items = Vec::new();
+        let mut cursor: Option<Value> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let mut params = serde_json::Map::new();
+            if let Some(m) = &meta {
+                params.insert("_meta".into(), Value::Object(m.clone()));
+            }
+            if let Some(c) = cursor.take() {
+                params.insert("cursor".into(), c);
+            }
+            let req = Message::request(Id::from(0), kind.method(), Some(Value::Object(params)));
+            let resp = proc
+                .request(self.id, req, slot.timeout, None)
+                .await
+                .map_err(|e| e.to_rpc_error())?;
+            let result = resp.into_outcome().map_err(|err| {
+                RpcError::new(
+                    err.get("code").and_then(Value::as_i64).unwrap_or(-32603),
+                    err.get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("error")
+                        .to_string(),
+                )
+            })?;
+            if let Some(Value::Array(page)) = result.get(kind.field()) {
+                items.extend(page.iter().cloned());
+            }
+            match result.get("nextCursor") {
+                Some(c) if !c.is_null() => cursor = Some(c.clone()),
+                _ => return Ok(items),
+            }
+        }
+        log::warn!(
+            "backend {:?}: {} has more than {MAX_LIST_PAGES} pages; truncated",
+            slot.name(),
+            kind.method()
+        );
+        Ok(items)
+    }
+
+    async fn on_client_notification(self: &Rc<Self>, msg: Message) {
+        match msg.method().unwrap_or_default() {
+            "notifications/initialized" => {}
+            "notifications/cancelled" => {
+                let Some(rid) = msg.params().and_then(|p| p.get("requestId")).and_then(Id::from_value) else {
+                    return;
+                };
+                let Some(entry) = self.in_flight.borrow_mut().remove(&rid) else {
+                    log::debug!("session {}: cancel for unknown request {rid}", self.id);
+                    return;
+                };
+                let _ = entry.cancel.try_send(());
+                let proc = entry.target.proc.borrow().as_ref().and_then(Weak::upgrade);
+                if let (Some(proc), Some(bid)) = (proc, entry.target.id.get()) {
+                    proc.forget(bid);
+                    let mut fwd = msg.clone();
+                    fwd.params_mut().insert("requestId".into(), bid.into());
+                    proc.notify(&fwd);
+                }
+            }
+            _ => {
+                // roots/list_changed and anything newer: every backend of the session.
+                for slot in &self.backends {
+                    if let Some(p) = slot.running() {
+                        p.notify(&msg);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_client_response(&self, mut msg: Message) {
+        let id = msg.id().expect("responses have ids");
+        let entry = self.server_reqs.borrow_mut().take(&id);
+        let Some(req) = entry else {
+            log::debug!("session {}: response to unknown id {id}", self.id);
+            return;
+        };
+        if let Some(proc) = req.proc.upgrade() {
+            msg.set_id(&req.backend_id);
+            proc.send(&msg).await;
+        }
+    }
+
+    /// Relays a backend's request to this session's client under a fresh id.
+    pub async fn relay_server_request(&self, proc: &Rc<Proc>, mut msg: Message, wait: bool) {
+        let backend_id = msg.id().expect("requests have ids");
+        let slot = self.server_reqs.borrow_mut().insert(ServerReq {
+            proc: Rc::downgrade(proc),
+            backend_id: backend_id.clone(),
+        });
+        let refuse = |e: RpcError| proc.notify(&Message::error_response(Some(backend_id.clone()), e));
+        match slot {
+            Ok(cid) => {
+                msg.set_id(&Id::from(cid));
+                if !self.deliver(msg.to_json(), wait).await {
+                    self.server_reqs.borrow_mut().remove(cid);
+                    refuse(RpcError::new(
+                        mcp_shared::error::codes::INTERNAL_ERROR,
+                        "client unavailable",
+                    ));
+                }
+            }
+            Err(_) => refuse(SessionError::TooManyInFlight(self.gw.cfg.limits.max_in_flight).to_rpc_error()),
+        }
+    }
+
+    /// Relays a backend's cancellation of one of its requests to this client.
+    pub async fn relay_server_cancel(&self, proc: &Rc<Proc>, msg: &Message) {
+        let Some(bid) = msg.params().and_then(|p| p.get("requestId")).and_then(Id::from_value) else {
+            return;
+        };
+        let found = self.server_reqs.borrow().iter().find_map(|(cid, r)| {
+            (r.backend_id == bid && r.proc.as_ptr() == Rc::as_ptr(proc)).then_some(cid)
+        });
+        if let Some(cid) = found {
+            self.server_reqs.borrow_mut().remove(cid);
+            let mut fwd = msg.clone();
+            fwd.params_mut().insert("requestId".into(), cid.into());
+            self.deliver(fwd.to_json(), false).await;
+        }
+    }
+
+    /// Forgets server requests from a process that exited.
+    pub fn forget_server_requests(&self, proc: &Rc<Proc>) {
+        self.server_reqs
+            .borrow_mut()
+            .remove_where(|r| r.proc.as_ptr() == Rc::as_ptr(proc));
+    }
+
+    /// Ends the session: cancels its requests, detaches from shared backends and stops
+    /// its own.
+    pub async fn close(&self) {
+        for (_, f) in self.in_flight.borrow_mut().drain() {
+            let _ = f.cancel.try_send(());
+        }
+        let grace = self.gw.cfg.server.shutdown_grace.0;
+        let mut stops = Vec::new();
+        for slot in &self.backends {
+            slot.detach(self.id);
+            if !slot.is_shared() {
+                let slot = slot.clone();
+                stops.push(rt::spawn(async move { slot.stop(grace).await }));
+            }
+        }
+        for t in stops {
+            t.await;
+        }
+        log::info!("session {} closed", self.id);
+    }
+}

@@ -1,0 +1,75 @@
+//! The router's WebSocket link to the gateway: connect with a deadline, subprotocol
+//! `mcp`, optional bearer token, bounded buffers and message size.
+
+use std::time::Duration;
+
+use async_net::TcpStream;
+use async_tungstenite::tungstenite::client::IntoClientRequest;
+use async_tungstenite::tungstenite::http::HeaderValue;
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use async_tungstenite::{WebSocketReceiver, WebSocketSender};
+use mcp_shared::error::RelayError;
+use mcp_shared::framing::{WS_READ_BUFFER_BYTES, WS_WRITE_BUFFER_BYTES};
+use mcp_shared::secret::Secret;
+
+/// Sending half of the link.
+pub type Sender = WebSocketSender<TcpStream>;
+/// Receiving half of the link.
+pub type Receiver = WebSocketReceiver<TcpStream>;
+
+/// WebSocket settings: small buffers, and no message larger than `max_message_bytes`.
+pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+}
+
+/// Connects to `url` and completes the WebSocket handshake within `timeout`.
+pub async fn connect(
+    url: &str,
+    token: Option<&Secret>,
+    max_message_bytes: usize,
+    timeout: Duration,
+) -> Result<(Sender, Receiver), RelayError> {
+    let unreachable = |reason: String| RelayError::GatewayUnreachable {
+        url: url.to_string(),
+        reason,
+    };
+    let attempt = async {
+        let mut req = url
+            .into_client_request()
+            .map_err(|e| unreachable(format!("bad URL: {e}")))?;
+        let host = req.uri().host().unwrap_or_default().to_string();
+        let port = req.uri().port_u16().unwrap_or(80);
+        let headers = req.headers_mut();
+        headers.insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mcp"));
+        if let Some(t) = token {
+            let v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
+                .map_err(|_| unreachable("token contains characters not allowed in a header".into()))?;
+            headers.insert("Authorization", v);
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let stream = TcpStream::connect((host, port))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        stream.set_nodelay(true).ok();
+        let (ws, _resp) = async_tungstenite::client_async_with_config(
+            req,
+            stream,
+            Some(ws_config(max_message_bytes)),
+        )
+        .await
+        .map_err(|e| unreachable(format!("WebSocket handshake failed: {e}")))?;
+        Ok(ws.split())
+    };
+    let deadline = async {
+        async_io::Timer::after(timeout).await;
+        Err(unreachable(format!(
+            "no WebSocket handshake within {} ms",
+            timeout.as_millis()
+        )))
+    };
+    futures_lite::future::or(attempt, deadline).await
+}

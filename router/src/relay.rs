@@ -1,0 +1,270 @@
+//! The relay loop: stdin → gateway, gateway → stdout.
+//!
+//! Three tasks on one thread: the stdin reader (framing, validation, forwarding), the
+//! WebSocket reader (gateway → stdout queue) and the stdout writer. The router remembers
+//! the ids of client requests it forwarded and not yet saw answered, so that when the
+//! link is down or drops, every one of them is answered with an error carrying its id.
+//! Nothing but MCP messages is ever written to stdout.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::time::Duration;
+
+use async_channel::{Receiver, Sender};
+use async_tungstenite::tungstenite::Message as WsMessage;
+use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use mcp_shared::config::RouterConfig;
+use mcp_shared::error::{RelayError, SessionError, ToRpcError};
+use mcp_shared::framing::{Frame, LineDecoder, PIPE_READ_CHUNK_BYTES};
+use mcp_shared::jsonrpc::{Id, Kind, Message};
+use mcp_shared::secret::Secret;
+use smol::LocalExecutor;
+
+use crate::link;
+
+/// Messages queued for stdout, at most (the WebSocket reader waits when it is full).
+pub const STDOUT_QUEUE: usize = 256;
+/// Messages queued for the WebSocket writer, at most (stdin reading waits when full).
+pub const WS_QUEUE: usize = 256;
+/// On stdin EOF, how long to wait for the gateway to acknowledge the close.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+enum WsCmd {
+    Text(String),
+    Close,
+}
+
+#[derive(Default)]
+struct State {
+    /// Ids of client requests forwarded and not yet answered.
+    pending: HashSet<Id>,
+    /// The queue to the WebSocket writer, while the link is up.
+    link: Option<Sender<WsCmd>>,
+    /// Why the link is down.
+    down: Option<RelayError>,
+}
+
+type Shared = Rc<RefCell<State>>;
+
+/// Runs the router until stdin closes.
+pub fn run(cfg: RouterConfig, token: Option<Secret>) -> Result<(), String> {
+    let ex = LocalExecutor::new();
+    futures_lite::future::block_on(ex.run(relay(&ex, cfg, token)))
+}
+
+async fn relay(ex: &LocalExecutor<'_>, cfg: RouterConfig, token: Option<Secret>) -> Result<(), String> {
+    let (out_tx, out_rx) = async_channel::bounded::<String>(STDOUT_QUEUE);
+    let stdout_task = ex.spawn(write_stdout(out_rx));
+    let state: Shared = Rc::default();
+    let max = cfg.limits.max_message_bytes;
+
+    let mut reader_task = None;
+    match link::connect(
+        &cfg.gateway.url,
+        token.as_ref(),
+        max,
+        cfg.gateway.connect_timeout.0,
+    )
+    .await
+    {
+        Ok((sink, stream)) => {
+            log::info!("connected to gateway {}", cfg.gateway.url);
+            let (ws_tx, ws_rx) = async_channel::bounded(WS_QUEUE);
+            state.borrow_mut().link = Some(ws_tx);
+            ex.spawn(write_ws(sink, ws_rx, state.clone(), out_tx.clone()))
+                .detach();
+            reader_task = Some(ex.spawn(read_ws(stream, state.clone(), out_tx.clone())));
+        }
+        Err(e) => {
+            log::error!("{e}; every request will be answered with an error");
+            state.borrow_mut().down = Some(e);
+        }
+    }
+
+    read_stdin(&state, &out_tx, cfg.limits.max_in_flight, max).await;
+    log::info!("stdin closed; shutting down");
+
+    let link = state.borrow_mut().link.take();
+    if let Some(tx) = link {
+        let _ = tx.send(WsCmd::Close).await;
+        if let Some(t) = reader_task {
+            let timeout = async {
+                async_io::Timer::after(CLOSE_TIMEOUT).await;
+            };
+            futures_lite::future::or(t, timeout).await;
+        }
+    }
+    drop(out_tx);
+    stdout_task.await;
+    Ok(())
+}
+
+/// Reads stdin to EOF, forwarding each valid message and answering bad ones.
+async fn read_stdin(state: &Shared, out: &Sender<String>, max_in_flight: usize, max: usize) {
+    let mut stdin = smol::Unblock::with_capacity(PIPE_READ_CHUNK_BYTES, std::io::stdin());
+    let mut dec = LineDecoder::new(max);
+    let mut buf = vec![0u8; PIPE_READ_CHUNK_BYTES];
+    loop {
+        let n = match stdin.read(&mut buf).await {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) => {
+                log::error!("reading stdin: {e}");
+                return;
+            }
+        };
+        dec.push(&buf[..n]);
+        while let Some(frame) = dec.next_frame() {
+            match frame {
+                Frame::TooLong { id, len } => {
+                    log::warn!("dropped a {len}-byte message from stdin (limit {max})");
+                    let err = SessionError::TooLarge { limit: max }.to_rpc_error();
+                    send_out(out, Message::error_response(id, err).to_json()).await;
+                }
+                Frame::Line(line) => handle_client_line(state, out, max_in_flight, &line).await,
+            }
+        }
+    }
+}
+
+async fn handle_client_line(state: &Shared, out: &Sender<String>, max_in_flight: usize, line: &[u8]) {
+    let msg = match Message::parse(line) {
+        Ok(m) => m,
+        Err(rej) => {
+            log::warn!("bad message on stdin: {}", rej.error.message);
+            if rej.reply {
+                send_out(out, rej.to_response().to_json()).await;
+            }
+            return;
+        }
+    };
+    let link = {
+        let mut st = state.borrow_mut();
+        let Some(link) = st.link.clone() else {
+            let reason = st.down.clone().unwrap_or(RelayError::Disconnected {
+                reason: "not connected".into(),
+            });
+            drop(st);
+            if let (Kind::Request, Some(id)) = (msg.kind(), msg.id()) {
+                send_out(out, Message::error_response(Some(id), reason.to_rpc_error()).to_json()).await;
+            } else {
+                log::warn!("gateway link down; dropped a {:?}", msg.kind());
+            }
+            return;
+        };
+        if msg.kind() == Kind::Request {
+            let id = msg.id().expect("requests have ids");
+            if st.pending.len() >= max_in_flight {
+                drop(st);
+                let err = SessionError::TooManyInFlight(max_in_flight).to_rpc_error();
+                send_out(out, Message::error_response(Some(id), err).to_json()).await;
+                return;
+            }
+            st.pending.insert(id);
+        }
+        link
+    };
+    // The writer task answers pending requests itself if the link fails meanwhile.
+    let _ = link.send(WsCmd::Text(msg.to_json())).await;
+}
+
+async fn send_out(out: &Sender<String>, line: String) {
+    if out.send(line).await.is_err() {
+        log::error!("stdout writer has stopped");
+    }
+}
+
+/// Gateway → stdout.
+async fn read_ws(mut stream: link::Receiver, state: Shared, out: Sender<String>) {
+    let reason = loop {
+        let text = match stream.next().await {
+            None => break "connection closed".to_string(),
+            Some(Err(e)) => break e.to_string(),
+            Some(Ok(WsMessage::Text(t))) => t.as_str().to_owned(),
+            Some(Ok(WsMessage::Binary(b))) => match String::from_utf8(b.to_vec()) {
+                Ok(t) => t,
+                Err(_) => {
+                    log::warn!("gateway sent a binary frame that is not UTF-8; dropped");
+                    continue;
+                }
+            },
+            Some(Ok(WsMessage::Close(frame))) => {
+                break match frame {
+                    Some(f) => format!("gateway closed the connection ({} {})", f.code, f.reason),
+                    None => "gateway closed the connection".into(),
+                }
+            }
+            Some(Ok(_)) => continue,
+        };
+        match Message::parse(text.as_bytes()) {
+            Ok(m) => {
+                if m.kind() == Kind::Response {
+                    if let Some(id) = m.id() {
+                        state.borrow_mut().pending.remove(&id);
+                    }
+                }
+                // Relay the text as received: no re-serialisation needed.
+                send_out(&out, text).await;
+            }
+            Err(rej) => log::warn!("gateway sent an invalid message: {}", rej.error.message),
+        }
+    };
+    link_down(&state, &out, reason).await;
+}
+
+/// Queue → gateway.
+async fn write_ws(mut sink: link::Sender, rx: Receiver<WsCmd>, state: Shared, out: Sender<String>) {
+    while let Ok(cmd) = rx.recv().await {
+        let result = match cmd {
+            WsCmd::Text(t) => sink.send(WsMessage::text(t)).await,
+            WsCmd::Close => {
+                let _ = sink.close(None).await;
+                return;
+            }
+        };
+        if let Err(e) = result {
+            link_down(&state, &out, format!("send failed: {e}")).await;
+            return;
+        }
+    }
+}
+
+/// Marks the link down and answers every pending request with an error.
+async fn link_down(state: &Shared, out: &Sender<String>, reason: String) {
+    let (pending, was_up) = {
+        let mut st = state.borrow_mut();
+        let was_up = st.link.take().is_some();
+        let err = RelayError::Disconnected {
+            reason: reason.clone(),
+        };
+        st.down = Some(err);
+        (st.pending.drain().collect::<Vec<_>>(), was_up)
+    };
+    if was_up {
+        log::error!("gateway link lost: {reason}");
+    }
+    let err = RelayError::Disconnected { reason }.to_rpc_error();
+    for id in pending {
+        send_out(out, Message::error_response(Some(id), err.clone()).to_json()).await;
+    }
+}
+
+/// The only writer of stdout: one message per line, flushed when the queue is empty.
+async fn write_stdout(rx: Receiver<String>) {
+    let mut stdout = smol::Unblock::new(std::io::stdout());
+    while let Ok(mut line) = rx.recv().await {
+        line.push('\n');
+        if let Err(e) = stdout.write_all(line.as_bytes()).await {
+            log::error!("writing stdout: {e}");
+            return;
+        }
+        if rx.is_empty() {
+            if let Err(e) = stdout.flush().await {
+                log::error!("flushing stdout: {e}");
+                return;
+            }
+        }
+    }
+    let _ = stdout.flush().await;
+}
