@@ -73,6 +73,8 @@ pub struct Proc {
     /// Closed when the stdout reader has finished (the process is gone).
     exited: Receiver<()>,
     exit_status: RefCell<Option<String>>,
+    /// Set when the gateway asked it to stop, so its exit is expected.
+    stopping: Cell<bool>,
 }
 
 impl Proc {
@@ -408,6 +410,7 @@ impl Slot {
             child: RefCell::new(Some(child)),
             exited: exit_rx,
             exit_status: RefCell::new(None),
+            stopping: Cell::new(false),
         });
         rt::spawn(write_stdin(stdin, in_rx)).detach();
         rt::spawn(log_stderr(name, stderr)).detach();
@@ -474,6 +477,7 @@ impl Slot {
         let Some(proc) = self.proc.borrow_mut().take() else {
             return;
         };
+        proc.stopping.set(true);
         proc.stdin.close();
         if rt::timeout(grace, proc.exited.recv()).await.is_none() {
             log::warn!(
@@ -674,7 +678,11 @@ async fn read_stdout(
         },
         None => "unknown".into(),
     };
-    log::warn!("backend {:?} exited ({status})", proc.name);
+    if proc.stopping.get() {
+        log::info!("backend {:?} stopped ({status})", proc.name);
+    } else {
+        log::warn!("backend {:?} exited ({status})", proc.name);
+    }
     *proc.exit_status.borrow_mut() = Some(status);
     let pending = proc.pending.borrow_mut().drain();
     for (_, p) in pending {

@@ -85,6 +85,9 @@ fn reject(status: StatusCode, why: &str) -> ErrorResponse {
 }
 
 /// Checks the upgrade request; on success selects subprotocol `mcp` if offered.
+// The error type is tungstenite's handshake callback contract; it is built once per
+// rejected handshake, so its size does not matter.
+#[allow(clippy::result_large_err)]
 fn check_handshake(gw: &Gateway, full: bool, req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
     if req.uri().path() != gw.cfg.server.path {
         return Err(reject(StatusCode::NOT_FOUND, "no MCP endpoint at this path"));
@@ -118,9 +121,11 @@ async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Rec
     stream.set_nodelay(true).ok();
     let full = gw.session_count() >= gw.cfg.server.max_sessions;
     let max = gw.cfg.limits.max_message_bytes;
+    #[allow(clippy::result_large_err)]
+    let callback = |req: &Request, resp: Response| check_handshake(&gw, full, req, resp);
     let handshake = async_tungstenite::accept_hdr_async_with_config(
         stream,
-        |req: &Request, resp: Response| check_handshake(&gw, full, req, resp),
+        callback,
         Some(ws_config(max)),
     );
     let ws = match rt::timeout(gw.cfg.server.handshake_timeout.0, handshake).await {

@@ -538,7 +538,8 @@ impl Session {
                 let _ = entry.cancel.try_send(());
                 let proc = entry.target.proc.borrow().as_ref().and_then(Weak::upgrade);
                 if let (Some(proc), Some(bid)) = (proc, entry.target.id.get()) {
-                    proc.forget(bid);
+                    // The request task, woken by `cancel`, drops its pending entry; its
+                    // response would otherwise race the cancellation.
                     let mut fwd = msg.clone();
                     fwd.params_mut().insert("requestId".into(), bid.into());
                     proc.notify(&fwd);

@@ -139,31 +139,35 @@ async fn handle_client_line(state: &Shared, out: &Sender<String>, max_in_flight:
             return;
         }
     };
-    let link = {
+    let decision = {
         let mut st = state.borrow_mut();
-        let Some(link) = st.link.clone() else {
-            let reason = st.down.clone().unwrap_or(RelayError::Disconnected {
+        match st.link.clone() {
+            None => Err(st.down.clone().unwrap_or(RelayError::Disconnected {
                 reason: "not connected".into(),
-            });
-            drop(st);
+            })
+            .to_rpc_error()),
+            Some(link) => match (msg.kind(), msg.id()) {
+                (Kind::Request, Some(_)) if st.pending.len() >= max_in_flight => {
+                    Err(SessionError::TooManyInFlight(max_in_flight).to_rpc_error())
+                }
+                (Kind::Request, Some(id)) => {
+                    st.pending.insert(id);
+                    Ok(link)
+                }
+                _ => Ok(link),
+            },
+        }
+    };
+    let link = match decision {
+        Ok(link) => link,
+        Err(err) => {
             if let (Kind::Request, Some(id)) = (msg.kind(), msg.id()) {
-                send_out(out, Message::error_response(Some(id), reason.to_rpc_error()).to_json()).await;
+                send_out(out, Message::error_response(Some(id), err).to_json()).await;
             } else {
-                log::warn!("gateway link down; dropped a {:?}", msg.kind());
+                log::warn!("{}; dropped a {:?}", err.message, msg.kind());
             }
             return;
-        };
-        if msg.kind() == Kind::Request {
-            let id = msg.id().expect("requests have ids");
-            if st.pending.len() >= max_in_flight {
-                drop(st);
-                let err = SessionError::TooManyInFlight(max_in_flight).to_rpc_error();
-                send_out(out, Message::error_response(Some(id), err).to_json()).await;
-                return;
-            }
-            st.pending.insert(id);
         }
-        link
     };
     // The writer task answers pending requests itself if the link fails meanwhile.
     let _ = link.send(WsCmd::Text(msg.to_json())).await;

@@ -40,8 +40,8 @@ pub struct RpcError {
     pub code: i64,
     /// A short human-readable message.
     pub message: String,
-    /// Optional structured details.
-    pub data: Option<Value>,
+    /// Optional structured details (boxed to keep `Result`s small).
+    pub data: Option<Box<Value>>,
 }
 
 impl RpcError {
@@ -56,7 +56,7 @@ impl RpcError {
 
     /// Adds structured details.
     pub fn with_data(mut self, data: Value) -> Self {
-        self.data = Some(data);
+        self.data = Some(Box::new(data));
         self
     }
 
@@ -64,7 +64,7 @@ impl RpcError {
     pub fn to_value(&self) -> Value {
         let mut v = json!({ "code": self.code, "message": self.message });
         if let Some(d) = &self.data {
-            v["data"] = d.clone();
+            v["data"] = (**d).clone();
         }
         v
     }
@@ -160,6 +160,13 @@ pub enum BackendError {
         /// What went wrong.
         reason: String,
     },
+    /// The backend's response exceeded `max_message_bytes` and was dropped.
+    ResponseTooLarge {
+        /// Backend name.
+        backend: String,
+        /// The configured bound.
+        limit: usize,
+    },
     /// Too many requests in flight to this backend.
     Overloaded {
         /// Backend name.
@@ -177,6 +184,7 @@ impl BackendError {
             | BackendError::Exited { backend, .. }
             | BackendError::Timeout { backend, .. }
             | BackendError::Initialize { backend, .. }
+            | BackendError::ResponseTooLarge { backend, .. }
             | BackendError::Overloaded { backend, .. } => backend,
         }
     }
@@ -188,6 +196,7 @@ impl BackendError {
             BackendError::Exited { .. } => "backend_exited",
             BackendError::Timeout { .. } => "timeout",
             BackendError::Initialize { .. } => "backend_initialize",
+            BackendError::ResponseTooLarge { .. } => "response_too_large",
             BackendError::Overloaded { .. } => "overloaded",
         }
     }
@@ -208,6 +217,10 @@ impl fmt::Display for BackendError {
             BackendError::Initialize { backend, reason } => {
                 write!(f, "backend {backend:?} failed to initialize: {reason}")
             }
+            BackendError::ResponseTooLarge { backend, limit } => write!(
+                f,
+                "backend {backend:?} sent a response larger than {limit} bytes; dropped"
+            ),
             BackendError::Overloaded { backend, limit } => write!(
                 f,
                 "backend {backend:?} has too many requests in flight (limit {limit})"
@@ -221,6 +234,7 @@ impl ToRpcError for BackendError {
         let code = match self {
             BackendError::Timeout { .. } => codes::REQUEST_TIMEOUT,
             BackendError::Overloaded { .. } => codes::OVERLOADED,
+            BackendError::ResponseTooLarge { .. } => codes::INTERNAL_ERROR,
             _ => codes::BACKEND_UNAVAILABLE,
         };
         RpcError::new(code, self.to_string())
@@ -238,6 +252,8 @@ pub enum SessionError {
         /// The configured bound.
         limit: usize,
     },
+    /// A request reused the id of a request still in flight.
+    DuplicateId,
 }
 
 impl fmt::Display for SessionError {
@@ -249,6 +265,9 @@ impl fmt::Display for SessionError {
             SessionError::TooLarge { limit } => {
                 write!(f, "message exceeds the maximum size of {limit} bytes")
             }
+            SessionError::DuplicateId => {
+                write!(f, "a request with this id is already in flight")
+            }
         }
     }
 }
@@ -257,7 +276,7 @@ impl ToRpcError for SessionError {
     fn to_rpc_error(&self) -> RpcError {
         let code = match self {
             SessionError::TooManyInFlight(_) => codes::OVERLOADED,
-            SessionError::TooLarge { .. } => codes::INVALID_REQUEST,
+            SessionError::TooLarge { .. } | SessionError::DuplicateId => codes::INVALID_REQUEST,
         };
         RpcError::new(code, self.to_string())
     }

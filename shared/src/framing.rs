@@ -15,6 +15,16 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// How much of an over-long line is kept to read its id from.
 pub const SNIFF_PREFIX_BYTES: usize = 4096;
 
+/// WebSocket read buffer per connection (tungstenite allocates it up front; its default
+/// of 128 KiB would dominate the memory of an idle session).
+pub const WS_READ_BUFFER_BYTES: usize = 4096;
+
+/// WebSocket write buffer: 0 writes each message through at once, no buffering.
+pub const WS_WRITE_BUFFER_BYTES: usize = 0;
+
+/// Bytes read from a pipe (stdin, a backend's stdout) per read call.
+pub const PIPE_READ_CHUNK_BYTES: usize = 16 * 1024;
+
 /// One unit of input.
 #[derive(Debug, PartialEq)]
 pub enum Frame {

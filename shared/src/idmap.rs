@@ -87,6 +87,11 @@ impl<T> IdMap<T> {
         self.entries.drain().collect()
     }
 
+    /// Every live entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &T)> {
+        self.entries.iter().map(|(k, v)| (*k, v))
+    }
+
     /// Number of live entries.
     pub fn len(&self) -> usize {
         self.entries.len()

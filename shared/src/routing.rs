@@ -118,7 +118,8 @@ impl ResourceRoutes {
                 self.templates.push((prefix, backend.into()));
             }
         }
-        self.templates.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.templates
+            .sort_by_key(|t| std::cmp::Reverse(t.0.len()));
     }
 
     /// Forgets everything learned from one backend (before it is listed again).
