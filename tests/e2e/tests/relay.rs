@@ -1,0 +1,369 @@
+//! End to end: test client ↔ mcp-router (stdio) ↔ mcp-gateway ↔ two fixture backends.
+//! Every flow in both directions, with string and numeric ids.
+
+use std::time::Duration;
+
+use mcp_e2e::*;
+use serde_json::{json, Value};
+
+fn two_backends(extra_one: &str, extra_two: &str) -> Gateway {
+    Gateway::start(&format!(
+        "{}{}",
+        fixture_backend("one", extra_one),
+        fixture_backend("two", extra_two)
+    ))
+}
+
+fn setup() -> (Gateway, Client) {
+    let gw = two_backends("", "session = \"shared\"");
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    (gw, c)
+}
+
+#[test]
+fn initialize_negotiates_and_merges_capabilities() {
+    let gw = two_backends("", "");
+    let mut c = Client::router(&gw.url);
+    let r = c.initialize();
+    assert_eq!(r["protocolVersion"], "2025-06-18");
+    assert_eq!(r["serverInfo"]["name"], "mcp-gateway");
+    for cap in ["tools", "prompts", "resources", "logging", "completions"] {
+        assert!(r["capabilities"].get(cap).is_some(), "missing {cap}: {r}");
+    }
+    assert_eq!(r["capabilities"]["resources"]["subscribe"], true);
+
+    let mut c2 = Client::router(&gw.url);
+    let r = c2.request(
+        json!(1),
+        "initialize",
+        json!({"protocolVersion":"1999-01-01","capabilities":{},"clientInfo":{"name":"x","version":"0"}}),
+    );
+    assert_eq!(r["result"]["protocolVersion"], "2025-11-25");
+}
+
+#[test]
+fn requests_before_initialize_are_refused_with_their_id() {
+    let gw = two_backends("", "");
+    let mut c = Client::router(&gw.url);
+    let r = c.request(json!("early"), "tools/list", json!({}));
+    assert_eq!(error_code(&r), -32600);
+    assert!(r["error"]["message"].as_str().unwrap().contains("initialize"));
+    let r = c.request(json!(2), "ping", json!({}));
+    assert_eq!(r["result"], json!({}));
+}
+
+#[test]
+fn listings_merge_all_backends_under_prefixes() {
+    let (_gw, mut c) = setup();
+    let r = c.request(json!("t"), "tools/list", json!({}));
+    let names: Vec<&str> = r["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"one.echo") && names.contains(&"two.echo"), "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("one.") || n.starts_with("two.")));
+    assert!(r["result"]["tools"][0]["inputSchema"].is_object(), "fields kept");
+
+    let r = c.request(json!(2), "prompts/list", json!({}));
+    let prompts: Vec<&str> = r["result"]["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(prompts, vec!["one.greet", "two.greet"]);
+
+    let r = c.request(json!(3), "resources/list", json!({}));
+    assert_eq!(r["result"]["resources"].as_array().unwrap().len(), 2);
+    let r = c.request(json!(4), "resources/templates/list", json!({}));
+    assert_eq!(r["result"]["resourceTemplates"][1]["uriTemplate"], "fixture://two/item/{id}");
+    let r = c.request(json!(5), "tools/list", json!({"cursor": "x"}));
+    assert_eq!(error_code(&r), -32602);
+}
+
+#[test]
+fn tool_calls_route_by_prefix_and_keep_id_types() {
+    let (_gw, mut c) = setup();
+    for (id, backend) in [(json!("abc"), "one"), (json!(7), "two"), (json!(-1), "one"), (json!(2.5), "two")] {
+        let r = c.call(id.clone(), &format!("{backend}.whoami"), json!({}));
+        assert_eq!(r["id"], id, "id returned exactly");
+        assert!(text_of(&r).starts_with(backend), "{r}");
+    }
+    let r = c.call(json!(8), "one.add", json!({"a": 2, "b": 3}));
+    assert_eq!(text_of(&r), "5");
+    let r = c.call(json!(9), "one.fail", json!({}));
+    assert_eq!(r["result"]["isError"], true);
+}
+
+#[test]
+fn unknown_tool_and_method_get_errors_naming_them() {
+    let (_gw, mut c) = setup();
+    let r = c.call(json!(1), "nope.echo", json!({}));
+    assert_eq!(error_code(&r), -32602);
+    assert!(r["error"]["message"].as_str().unwrap().contains("nope.echo"));
+    let r = c.call(json!(2), "noprefix", json!({}));
+    assert_eq!(error_code(&r), -32602);
+    let r = c.call(json!(3), "one.missing", json!({}));
+    assert_eq!(error_code(&r), -32602, "the backend's own error is relayed");
+    let r = c.request(json!("m"), "frobnicate/now", json!({}));
+    assert_eq!(error_code(&r), -32601);
+    assert!(r["error"]["message"].as_str().unwrap().contains("frobnicate/now"));
+    let r = c.request(json!(4), "tools/call", json!({"arguments": {}}));
+    assert_eq!(error_code(&r), -32602);
+}
+
+#[test]
+fn prompts_resources_and_completion_route() {
+    let (_gw, mut c) = setup();
+    let r = c.request(json!(1), "prompts/get", json!({"name":"two.greet","arguments":{"name":"Ada"}}));
+    assert_eq!(r["result"]["messages"][0]["content"]["text"], "Hello, Ada!");
+    // Reading before any listing: the gateway learns the routes on demand.
+    let r = c.request(json!(2), "resources/read", json!({"uri":"fixture://two/hello"}));
+    assert_eq!(r["result"]["contents"][0]["text"], "hello from two");
+    let r = c.request(json!(3), "resources/read", json!({"uri":"fixture://one/item/42"}));
+    assert_eq!(r["result"]["contents"][0]["text"], "item 42 from one");
+    let r = c.request(json!(4), "resources/read", json!({"uri":"nowhere://x"}));
+    assert_eq!(error_code(&r), -32002);
+    let r = c.request(
+        json!(5),
+        "completion/complete",
+        json!({"ref":{"type":"ref/prompt","name":"one.greet"},"argument":{"name":"name","value":"al"}}),
+    );
+    assert_eq!(r["result"]["completion"]["values"], json!(["alice", "albert"]));
+    let r = c.request(
+        json!(6),
+        "completion/complete",
+        json!({"ref":{"type":"ref/resource","uri":"fixture://two/item/{id}"},"argument":{"name":"id","value":""}}),
+    );
+    assert!(r["result"]["completion"].is_object(), "{r}");
+    let r = c.request(json!(7), "logging/setLevel", json!({"level":"debug"}));
+    assert_eq!(r["result"], json!({}));
+}
+
+#[test]
+fn subscriptions_deliver_resource_updates() {
+    let (_gw, mut c) = setup();
+    for (id, backend) in [(1, "one"), (2, "two")] {
+        let uri = format!("fixture://{backend}/hello");
+        let r = c.request(json!(id), "resources/subscribe", json!({ "uri": uri }));
+        assert_eq!(r["result"], json!({}));
+        let r = c.call(json!(10 + id), &format!("{backend}.touch"), json!({ "uri": uri }));
+        assert_eq!(text_of(&r), "touched");
+        let n = c.recv_where(|v| v["method"] == "notifications/resources/updated");
+        assert_eq!(n["params"]["uri"], uri.as_str());
+    }
+}
+
+#[test]
+fn sampling_request_round_trips_through_both_hops() {
+    let (_gw, mut c) = setup();
+    for (id, backend) in [(json!("s1"), "one"), (json!(77), "two")] {
+        c.send(json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+            "params":{"name":format!("{backend}.sample"),"arguments":{"prompt":"2+2?"}}}));
+        let req = c.recv_where(|v| v["method"] == "sampling/createMessage");
+        assert_eq!(req["params"]["messages"][0]["content"]["text"], "2+2?");
+        let sid = req["id"].clone();
+        assert!(sid.is_number() || sid.is_string());
+        c.send(json!({"jsonrpc":"2.0","id":sid,"result":{"role":"assistant",
+            "content":{"type":"text","text":"4"},"model":"test"}}));
+        let r = c.response(&id);
+        assert_eq!(text_of(&r), "sampled: 4");
+    }
+    // An error answer from the client is relayed too.
+    c.send(json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"one.sample","arguments":{"prompt":"x"}}}));
+    let req = c.recv_where(|v| v["method"] == "sampling/createMessage");
+    c.send(json!({"jsonrpc":"2.0","id":req["id"],"error":{"code":-1,"message":"user declined"}}));
+    let r = c.response(&json!(3));
+    assert_eq!(text_of(&r), "sampling failed: user declined");
+}
+
+#[test]
+fn progress_and_log_notifications_come_back_with_the_clients_token() {
+    let (_gw, mut c) = setup();
+    for (id, token, backend) in [(1, json!("tok-a"), "one"), (2, json!(99), "two")] {
+        c.send(json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{
+            "name":format!("{backend}.progress"),"arguments":{"steps":3},"_meta":{"progressToken":token}}}));
+        let r = c.response(&json!(id));
+        assert_eq!(text_of(&r), "done 3");
+        let all = c.drain_for(Duration::from_millis(0));
+        let progress: Vec<&Value> = all
+            .iter()
+            .filter(|v| v["method"] == "notifications/progress")
+            .collect();
+        assert_eq!(progress.len(), 3, "{all:?}");
+        for (i, p) in progress.iter().enumerate() {
+            assert_eq!(p["params"]["progressToken"], token);
+            assert_eq!(p["params"]["progress"], i as u64 + 1);
+        }
+        assert!(all
+            .iter()
+            .any(|v| v["method"] == "notifications/message" && v["params"]["data"] == "progress done"));
+    }
+}
+
+#[test]
+fn list_changed_is_forwarded() {
+    let (_gw, mut c) = setup();
+    let r = c.call(json!(1), "two.notify_list_changed", json!({}));
+    assert_eq!(text_of(&r), "ok");
+    c.recv_where(|v| v["method"] == "notifications/tools/list_changed");
+}
+
+#[test]
+fn concurrent_requests_are_answered_independently() {
+    let (_gw, mut c) = setup();
+    // A slow call does not hold up a fast one behind it.
+    c.send(json!({"jsonrpc":"2.0","id":"slow","method":"tools/call","params":{"name":"one.sleep","arguments":{"ms":400}}}));
+    c.send(json!({"jsonrpc":"2.0","id":"fast","method":"tools/call","params":{"name":"one.echo","arguments":{"text":"x"}}}));
+    let first = c.recv_where(|v| v.get("id").is_some() && v.get("method").is_none());
+    assert_eq!(first["id"], "fast");
+    assert_eq!(text_of(&c.response(&json!("slow"))), "slept 400");
+    // Many in flight across both backends, each matched to its id.
+    for i in 0..40 {
+        let b = if i % 2 == 0 { "one" } else { "two" };
+        c.send(json!({"jsonrpc":"2.0","id":i,"method":"tools/call","params":{"name":format!("{b}.echo"),"arguments":{"text":format!("m{i}")}}}));
+    }
+    for i in (0..40).rev() {
+        let r = c.response(&json!(i));
+        assert_eq!(text_of(&r), format!("m{i}"));
+    }
+}
+
+#[test]
+fn cancellation_reaches_the_backend_and_suppresses_the_response() {
+    let (_gw, mut c) = setup();
+    c.send(json!({"jsonrpc":"2.0","id":"long","method":"tools/call","params":{"name":"two.sleep","arguments":{"ms":10000}}}));
+    // Wait until the backend is working on it: a later echo on the same backend answers.
+    assert_eq!(text_of(&c.call(json!("probe"), "two.echo", json!({"text":"p"}))), "p");
+    c.send(json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"long","reason":"user"}}));
+    let n = c.recv_where(|v| v["method"] == "notifications/message");
+    let text = n["params"]["data"].as_str().unwrap();
+    assert!(text.starts_with("cancelled "), "backend saw the cancel under its own id: {text}");
+    assert_ne!(text, "cancelled \"long\"", "the id was mapped to the backend's");
+    let r = c.call(json!("after"), "two.echo", json!({"text":"still here"}));
+    assert_eq!(text_of(&r), "still here");
+    let rest = c.drain_for(Duration::from_millis(200));
+    assert!(
+        !rest.iter().any(|v| v["id"] == "long"),
+        "no response for a cancelled request: {rest:?}"
+    );
+}
+
+#[test]
+fn backend_crash_fails_pending_requests_and_restarts() {
+    let (gw, mut c) = setup();
+    c.send(json!({"jsonrpc":"2.0","id":"pending","method":"tools/call","params":{"name":"one.sleep","arguments":{"ms":10000}}}));
+    let r = c.call(json!("boom"), "one.crash", json!({}));
+    for r in [r, c.response(&json!("pending"))] {
+        assert_eq!(error_code(&r), -32000, "{r}");
+        let msg = r["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("\"one\"") && msg.contains("exit status: 3"), "{msg}");
+    }
+    // The other backend is unaffected, and "one" comes back on next use.
+    assert_eq!(text_of(&c.call(json!(1), "two.echo", json!({"text":"a"}))), "a");
+    assert_eq!(text_of(&c.call(json!(2), "one.echo", json!({"text":"b"}))), "b");
+    assert!(gw.log.text().contains("fixture crashing"), "backend stderr is logged");
+}
+
+#[test]
+fn backend_that_cannot_start_does_not_break_the_others() {
+    let gw = Gateway::start(&format!(
+        "{}[[backends]]\nname = \"broken\"\ntransport = \"stdio\"\ncommand = \"/nonexistent/mcp-server\"\n",
+        fixture_backend("one", "")
+    ));
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    let r = c.request(json!(1), "tools/list", json!({}));
+    let tools = r["result"]["tools"].as_array().unwrap();
+    assert!(!tools.is_empty());
+    assert!(tools.iter().all(|t| t["name"].as_str().unwrap().starts_with("one.")));
+    let r = c.call(json!(2), "broken.anything", json!({}));
+    assert_eq!(error_code(&r), -32000);
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("\"broken\"") && msg.contains("failed to start"), "{msg}");
+    assert!(gw.log.text().contains("/nonexistent/mcp-server"));
+}
+
+#[test]
+fn backend_that_exits_at_once_is_reported_with_its_status() {
+    let gw = Gateway::start(
+        "[[backends]]\nname = \"quitter\"\ntransport = \"stdio\"\ncommand = \"sh\"\nargs = [\"-c\", \"exit 7\"]\n",
+    );
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    let r = c.call(json!("q"), "quitter.x", json!({}));
+    assert_eq!(error_code(&r), -32000);
+    assert!(r["error"]["message"].as_str().unwrap().contains("exit status: 7"), "{r}");
+}
+
+#[test]
+fn slow_backend_times_out_with_the_request_id() {
+    let gw = Gateway::start(&fixture_backend("one", "request_timeout = \"300ms\""));
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    let r = c.call(json!("t1"), "one.sleep", json!({"ms": 5000}));
+    assert_eq!(error_code(&r), -32001);
+    assert!(r["error"]["message"].as_str().unwrap().contains("300 ms"));
+    assert_eq!(text_of(&c.call(json!("t2"), "one.echo", json!({"text":"ok"}))), "ok");
+}
+
+#[test]
+fn per_client_backends_are_private_and_shared_ones_are_not() {
+    let gw = two_backends("", "session = \"shared\"");
+    let mut a = Client::router(&gw.url);
+    let mut b = Client::router(&gw.url);
+    a.initialize();
+    b.initialize();
+    let who = |c: &mut Client, t: &str| text_of(&c.call(json!(1), t, json!({})));
+    assert_ne!(who(&mut a, "one.whoami"), who(&mut b, "one.whoami"));
+    assert_eq!(who(&mut a, "two.whoami"), who(&mut b, "two.whoami"));
+    // A per-client backend ends with its session.
+    let pid: u32 = who(&mut a, "one.whoami").split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(process_alive(pid));
+    assert!(a.close_stdin().success());
+    let start = std::time::Instant::now();
+    while process_alive(pid) {
+        assert!(start.elapsed() < DEADLINE, "backend {pid} outlived its session");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn backend_env_and_cwd_are_applied() {
+    let dir = temp_path("cwd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let gw = Gateway::start(&fixture_backend(
+        "one",
+        &format!("env = {{ FIXTURE_GREETING = \"hola\" }}\ncwd = {:?}", dir.display().to_string()),
+    ));
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    let r = c.call(json!(1), "one.env", json!({"name":"FIXTURE_GREETING"}));
+    assert_eq!(text_of(&r), "hola");
+    let r = c.call(json!(2), "one.env", json!({"name":"PWD"}));
+    let _ = r; // PWD is set by shells, not by exec; the cwd is checked via /proc below.
+    let who = text_of(&c.call(json!(3), "one.whoami", json!({})));
+    let pid = who.split(' ').nth(1).unwrap();
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
+    assert_eq!(cwd, dir.canonicalize().unwrap());
+}
+
+#[test]
+fn notifications_are_never_answered() {
+    let (_gw, mut c) = setup();
+    c.send(json!({"jsonrpc":"2.0","method":"notifications/roots/list_changed"}));
+    c.send(json!({"jsonrpc":"2.0","method":"notifications/unknown_thing","params":{}}));
+    let r = c.request(json!("p"), "ping", json!({}));
+    assert_eq!(r["result"], json!({}));
+    let rest = c.drain_for(Duration::from_millis(100));
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
+#[test]
+fn router_exits_cleanly_on_stdin_eof() {
+    let (_gw, mut c) = setup();
+    assert!(c.close_stdin().success());
+}
