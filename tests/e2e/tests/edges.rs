@@ -1,0 +1,312 @@
+//! Bad input, bounds, configuration errors and process lifecycle, against the real
+//! binaries: every bad message gets a JSON-RPC error (with its id when readable) and the
+//! stream keeps working.
+
+use std::process::Command;
+use std::time::Duration;
+
+use mcp_e2e::*;
+use serde_json::json;
+
+fn gateway() -> Gateway {
+    Gateway::start(&fixture_backend("one", ""))
+}
+
+fn router_with_config(gw_url: &str, extra: &str) -> Client {
+    let path = temp_path("router.toml");
+    std::fs::write(&path, format!("[gateway]\nurl = {gw_url:?}\n{extra}")).unwrap();
+    Client::router_args(&["--config", path.to_str().unwrap()], &[])
+}
+
+/// Sends each bad line and checks the error code and id, then checks the stream works.
+fn check_bad_input(c: &mut Client) {
+    let cases: Vec<(String, i64, serde_json::Value)> = vec![
+        ("{not json".into(), -32700, json!(null)),
+        (r#"{"jsonrpc":"2.0","id":"keep-me","method":"tools/call","params":{"name":}"#.into(), -32700, json!("keep-me")),
+        (r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#.into(), -32600, json!(null)),
+        ("42".into(), -32600, json!(null)),
+        (r#"{"jsonrpc":"1.0","id":5,"method":"ping"}"#.into(), -32600, json!(5)),
+        (r#"{"jsonrpc":"2.0","id":6,"method":7}"#.into(), -32600, json!(6)),
+        (r#"{"jsonrpc":"2.0","id":{"x":1},"method":"ping"}"#.into(), -32600, json!(null)),
+        (r#"{"jsonrpc":"2.0","id":8}"#.into(), -32600, json!(8)),
+    ];
+    for (line, code, id) in cases {
+        c.send_raw(&line);
+        let r = c.recv();
+        assert_eq!(error_code(&r), code, "for {line}: {r}");
+        assert_eq!(r["id"], id, "for {line}: {r}");
+    }
+    // A malformed response is not answered (answering a response is never right).
+    c.send_raw(r#"{"jsonrpc":"2.0","id":9,"result":{},"error":{"code":1,"message":"x"}}"#);
+    let r = c.request(json!("alive"), "ping", json!({}));
+    assert_eq!(r["result"], json!({}));
+    let r = c.call(json!("echo"), "one.echo", json!({"text":"still fine"}));
+    assert_eq!(text_of(&r), "still fine");
+}
+
+#[test]
+fn bad_input_through_the_router() {
+    let gw = gateway();
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    check_bad_input(&mut c);
+    c.send_raw("\u{0}\u{1}garbage\u{7f}");
+    assert_eq!(error_code(&c.recv()), -32700);
+}
+
+#[test]
+fn bad_input_over_websocket_to_the_gateway() {
+    let gw = gateway();
+    let mut c = WsClient::mcp(&gw);
+    c.initialize();
+    check_bad_input(&mut c);
+}
+
+#[test]
+fn invalid_utf8_on_stdin_gets_a_parse_error_with_its_id() {
+    let gw = gateway();
+    let path = temp_path("bytes");
+    let mut bytes = br#"{"jsonrpc":"2.0","id":31,"method":"ping","params":{"x":""#.to_vec();
+    bytes.extend_from_slice(b"\xff\xfe\"}}\n");
+    std::fs::write(&path, bytes).unwrap();
+    let out = Command::new(bin("mcp-router"))
+        .args(["--gateway", &gw.url])
+        .stdin(std::fs::File::open(&path).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap();
+    let r: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(error_code(&r), -32700);
+    assert_eq!(r["id"], 31);
+}
+
+#[test]
+fn over_long_line_gets_an_error_with_its_id_and_the_stream_goes_on() {
+    let gw = gateway();
+    let mut c = router_with_config(&gw.url, "[limits]\nmax_message_bytes = 2048\n");
+    c.initialize();
+    let big = "x".repeat(100_000);
+    c.send(json!({"jsonrpc":"2.0","id":"huge","method":"tools/call","params":{"name":"one.echo","arguments":{"text":big}}}));
+    let r = c.recv();
+    assert_eq!(error_code(&r), -32600);
+    assert_eq!(r["id"], "huge");
+    assert!(r["error"]["message"].as_str().unwrap().contains("2048"));
+    assert_eq!(text_of(&c.call(json!(2), "one.echo", json!({"text":"small"}))), "small");
+}
+
+#[test]
+fn oversized_websocket_message_is_answered_before_the_close() {
+    let gw = Gateway::start(&format!(
+        "[limits]\nmax_message_bytes = 4096\n{}",
+        fixture_backend("one", "")
+    ));
+    let mut c = WsClient::mcp(&gw);
+    c.initialize();
+    c.send(json!({"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad":"y".repeat(10_000)}}));
+    let r = c.recv();
+    assert_eq!(error_code(&r), -32600, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("4096"));
+}
+
+#[test]
+fn oversized_backend_response_fails_only_that_request() {
+    let gw = Gateway::start(&format!(
+        "[limits]\nmax_message_bytes = 65536\n{}",
+        fixture_backend("one", "")
+    ));
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    let r = c.call(json!("big"), "one.big", json!({"bytes": 200_000}));
+    assert_eq!(error_code(&r), -32603, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("larger than 65536"));
+    let r = c.call(json!("ok"), "one.big", json!({"bytes": 1000}));
+    assert_eq!(text_of(&r).len(), 1000);
+}
+
+#[test]
+fn in_flight_bound_answers_the_excess_request() {
+    let gw = Gateway::start(&format!("[limits]\nmax_in_flight = 2\n{}", fixture_backend("one", "")));
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    for id in ["a", "b"] {
+        c.send(json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"one.sleep","arguments":{"ms":1000}}}));
+    }
+    // The gateway reads a session's messages in order, so "a" and "b" are in flight
+    // when "c" arrives.
+    let r = c.call(json!("c"), "one.echo", json!({"text":"x"}));
+    assert_eq!(error_code(&r), -32003, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("limit 2"));
+    assert_eq!(text_of(&c.response(&json!("a"))), "slept 1000");
+    assert_eq!(text_of(&c.response(&json!("b"))), "slept 1000");
+}
+
+#[test]
+fn duplicate_in_flight_id_is_refused() {
+    let gw = gateway();
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    c.send(json!({"jsonrpc":"2.0","id":"d","method":"tools/call","params":{"name":"one.sleep","arguments":{"ms":500}}}));
+    c.send(json!({"jsonrpc":"2.0","id":"d","method":"ping"}));
+    let first = c.response(&json!("d"));
+    assert_eq!(error_code(&first), -32600, "{first}");
+    let second = c.response(&json!("d"));
+    assert_eq!(text_of(&second), "slept 500");
+}
+
+#[test]
+fn router_without_a_gateway_answers_every_request_and_exits_on_eof() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut c = Client::router(&format!("ws://127.0.0.1:{port}/mcp"));
+    for id in [json!(1), json!("two")] {
+        let r = c.request(id.clone(), "initialize", json!({}));
+        assert_eq!(error_code(&r), -32004);
+        assert_eq!(r["id"], id);
+        assert!(r["error"]["message"].as_str().unwrap().contains("unreachable"));
+    }
+    c.send(json!({"jsonrpc":"2.0","method":"notifications/initialized"}));
+    assert!(c.close_stdin().success());
+}
+
+#[test]
+fn gateway_loss_answers_pending_requests() {
+    let gw = gateway();
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    c.send(json!({"jsonrpc":"2.0","id":"stuck","method":"tools/call","params":{"name":"one.sleep","arguments":{"ms":30000}}}));
+    assert_eq!(text_of(&c.call(json!("probe"), "one.echo", json!({"text":"p"}))), "p");
+    signal(gw.pid(), "KILL");
+    let r = c.response(&json!("stuck"));
+    assert_eq!(error_code(&r), -32004, "{r}");
+    let r = c.request(json!("later"), "ping", json!({}));
+    assert_eq!(error_code(&r), -32004);
+    drop(gw);
+}
+
+#[test]
+fn gateway_stops_backends_and_exits_zero_on_sigterm() {
+    let mut gw = Gateway::start(&format!(
+        "{}{}",
+        fixture_backend("one", ""),
+        fixture_backend("two", "session = \"shared\"")
+    ));
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    let pids: Vec<u32> = ["one.whoami", "two.whoami"]
+        .iter()
+        .map(|t| {
+            text_of(&c.call(json!(t), t, json!({})))
+                .split(' ')
+                .nth(1)
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(pids.iter().all(|p| process_alive(*p)));
+    let status = gw.terminate();
+    assert!(status.success(), "{status:?}\n{}", gw.log.text());
+    for p in pids {
+        assert!(!process_alive(p), "backend {p} still running after gateway exit");
+    }
+    // The router sees the close and answers what comes next with an error.
+    let r = c.request(json!("after"), "ping", json!({}));
+    assert_eq!(error_code(&r), -32004);
+    assert!(c.close_stdin().success());
+}
+
+#[test]
+fn websocket_handshake_checks_path_subprotocol_and_session_limit() {
+    let gw = Gateway::start_raw(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_sessions = 1\n{}",
+        fixture_backend("one", "")
+    ));
+    match WsClient::connect(&gw, "/other", Some("mcp"), None) {
+        Handshake::Refused(s) => assert_eq!(s, 404),
+        Handshake::Ok(..) => panic!("wrong path accepted"),
+    }
+    match WsClient::connect(&gw, "/mcp", Some("graphql-ws"), None) {
+        Handshake::Refused(s) => assert_eq!(s, 400),
+        Handshake::Ok(..) => panic!("wrong subprotocol accepted"),
+    }
+    let first = match WsClient::connect(&gw, "/mcp", Some("mcp"), None) {
+        Handshake::Ok(c, proto) => {
+            assert_eq!(proto.as_deref(), Some("mcp"));
+            c
+        }
+        Handshake::Refused(s) => panic!("refused {s}"),
+    };
+    match WsClient::connect(&gw, "/mcp", None, None) {
+        Handshake::Refused(s) => assert_eq!(s, 503),
+        Handshake::Ok(..) => panic!("session limit not enforced"),
+    }
+    drop(first);
+}
+
+#[test]
+fn bearer_token_is_required_when_configured() {
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\ntoken_env = \"E2E_GW_TOKEN\"\n{}",
+        fixture_backend("one", "")
+    );
+    let gw = Gateway::start_with_env(&config, &[("E2E_GW_TOKEN", "s3cret")]);
+    match WsClient::connect(&gw, "/mcp", Some("mcp"), Some("Bearer wrong")) {
+        Handshake::Refused(s) => assert_eq!(s, 401),
+        Handshake::Ok(..) => panic!("wrong token accepted"),
+    }
+    let mut anon = Client::router(&gw.url);
+    let r = anon.request(json!(1), "initialize", json!({}));
+    assert_eq!(error_code(&r), -32004);
+    assert!(r["error"]["message"].as_str().unwrap().contains("401"));
+
+    let path = temp_path("router.toml");
+    std::fs::write(&path, format!("[gateway]\nurl = {:?}\ntoken_env = \"E2E_ROUTER_TOKEN\"\n", gw.url)).unwrap();
+    let mut c = Client::router_args(&["--config", path.to_str().unwrap()], &[("E2E_ROUTER_TOKEN", "s3cret")]);
+    c.initialize();
+    assert_eq!(text_of(&c.call(json!(1), "one.echo", json!({"text":"authorized"}))), "authorized");
+    assert!(!gw.log.text().contains("s3cret"), "the token never appears in logs");
+    assert!(!c.log.text().contains("s3cret"));
+}
+
+#[test]
+fn check_config_exit_codes_and_messages() {
+    let good = temp_path("good.toml");
+    std::fs::write(&good, fixture_backend("one", "")).unwrap();
+    let out = Command::new(bin("mcp-gateway")).args(["--check-config", "--config"]).arg(&good).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let bad = temp_path("bad.toml");
+    std::fs::write(&bad, format!("{}sesion = \"shared\"\n", fixture_backend("one", ""))).unwrap();
+    let out = Command::new(bin("mcp-gateway")).args(["--check-config", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sesion") && err.contains(":7:"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one clear message: {err}");
+
+    // Running (not only checking) with a bad config also exits 64.
+    let out = Command::new(bin("mcp-gateway")).arg("--config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+
+    let rbad = temp_path("router-bad.toml");
+    std::fs::write(&rbad, "[gateway]\nurl = \"http://nope\"\n").unwrap();
+    let out = Command::new(bin("mcp-router")).args(["--check-config", "--config"]).arg(&rbad).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gateway.url") && err.contains(":2:"), "{err}");
+    assert!(out.stdout.is_empty(), "the router never writes anything but MCP to stdout");
+    let out = Command::new(bin("mcp-router")).args(["--check-config", "--gateway", "ws://127.0.0.1:1/mcp"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn router_stdout_carries_only_protocol_messages() {
+    let gw = gateway();
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    c.call(json!(1), "one.echo", json!({"text":"x"}));
+    // The harness parses every stdout line as JSON and panics otherwise; logs went to stderr.
+    assert!(c.log.text().contains("connected to gateway"));
+    let rest = c.drain_for(Duration::from_millis(50));
+    assert!(rest.iter().all(|v| v["jsonrpc"] == "2.0"));
+}
