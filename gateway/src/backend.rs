@@ -190,7 +190,10 @@ impl Proc {
 
     /// Drops every pending request of a session that ended, telling the backend.
     pub fn cancel_session(&self, session: u64) {
-        let gone = self.pending.borrow_mut().remove_where(|p| p.session == session);
+        let gone = self
+            .pending
+            .borrow_mut()
+            .remove_where(|p| p.session == session);
         for (id, p) in gone {
             if let Some(t) = p.token {
                 self.progress.borrow_mut().remove(&t);
@@ -371,7 +374,11 @@ impl Slot {
         self.next_start.set(Some(Instant::now() + backoff(n)));
     }
 
-    async fn start(self: &Rc<Self>, client_caps: &Value, version: &str) -> Result<Rc<Proc>, BackendError> {
+    async fn start(
+        self: &Rc<Self>,
+        client_caps: &Value,
+        version: &str,
+    ) -> Result<Rc<Proc>, BackendError> {
         let cfg = &self.cfg;
         let mut cmd = Command::new(&cfg.command);
         cmd.args(&cfg.args)
@@ -651,7 +658,11 @@ async fn read_stdout(
                         }
                     }
                     Err(rej) => {
-                        log::warn!("backend {:?} sent an invalid message: {}", proc.name, rej.error.message);
+                        log::warn!(
+                            "backend {:?} sent an invalid message: {}",
+                            proc.name,
+                            rej.error.message
+                        );
                         if rej.reply {
                             proc.notify(&rej.to_response());
                         }

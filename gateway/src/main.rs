@@ -148,7 +148,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    let token = match cfg.auth.as_ref().map(|a| mcp_shared::secret::load(a.token_env.as_deref(), a.token_file.as_deref())) {
+    let token = match cfg
+        .auth
+        .as_ref()
+        .map(|a| mcp_shared::secret::load(a.token_env.as_deref(), a.token_file.as_deref()))
+    {
         Some(Err(msg)) => {
             eprintln!("mcp-gateway: {}: [auth]: {msg}", path.display());
             return ExitCode::from(EXIT_CONFIG as u8);

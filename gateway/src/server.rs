@@ -70,7 +70,10 @@ pub async fn serve(gw: Rc<Gateway>, listener: TcpListener, stop: Receiver<()>) {
     drop(done_tx);
     let deadline = gw.cfg.server.shutdown_grace.0 + SESSION_CLOSE_SLACK;
     if rt::timeout(deadline, done_rx.recv()).await.is_none() {
-        log::warn!("some sessions did not close within {} ms", deadline.as_millis());
+        log::warn!(
+            "some sessions did not close within {} ms",
+            deadline.as_millis()
+        );
     }
 }
 
@@ -88,9 +91,17 @@ fn reject(status: StatusCode, why: &str) -> ErrorResponse {
 // The error type is tungstenite's handshake callback contract; it is built once per
 // rejected handshake, so its size does not matter.
 #[allow(clippy::result_large_err)]
-fn check_handshake(gw: &Gateway, full: bool, req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
+fn check_handshake(
+    gw: &Gateway,
+    full: bool,
+    req: &Request,
+    mut resp: Response,
+) -> Result<Response, ErrorResponse> {
     if req.uri().path() != gw.cfg.server.path {
-        return Err(reject(StatusCode::NOT_FOUND, "no MCP endpoint at this path"));
+        return Err(reject(
+            StatusCode::NOT_FOUND,
+            "no MCP endpoint at this path",
+        ));
     }
     if let Some(token) = &gw.token {
         let ok = req
@@ -100,7 +111,10 @@ fn check_handshake(gw: &Gateway, full: bool, req: &Request, mut resp: Response) 
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|t| token.matches(t.trim()));
         if !ok {
-            return Err(reject(StatusCode::UNAUTHORIZED, "missing or invalid bearer token"));
+            return Err(reject(
+                StatusCode::UNAUTHORIZED,
+                "missing or invalid bearer token",
+            ));
         }
     }
     if full {
@@ -109,7 +123,10 @@ fn check_handshake(gw: &Gateway, full: bool, req: &Request, mut resp: Response) 
     if let Some(offered) = req.headers().get("Sec-WebSocket-Protocol") {
         let offered = offered.to_str().unwrap_or("");
         if !offered.split(',').any(|p| p.trim() == "mcp") {
-            return Err(reject(StatusCode::BAD_REQUEST, "subprotocol \"mcp\" required"));
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "subprotocol \"mcp\" required",
+            ));
         }
         resp.headers_mut()
             .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mcp"));
@@ -123,11 +140,8 @@ async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Rec
     let max = gw.cfg.limits.max_message_bytes;
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| check_handshake(&gw, full, req, resp);
-    let handshake = async_tungstenite::accept_hdr_async_with_config(
-        stream,
-        callback,
-        Some(ws_config(max)),
-    );
+    let handshake =
+        async_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config(max)));
     let ws = match rt::timeout(gw.cfg.server.handshake_timeout.0, handshake).await {
         Some(Ok(ws)) => ws,
         Some(Err(e)) => {

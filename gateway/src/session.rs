@@ -51,6 +51,10 @@ pub struct Session {
     out: Sender<String>,
     backends: Vec<Rc<Slot>>,
     initialized: Cell<bool>,
+    /// Set while `initialize` runs; closed when it is done, releasing requests that
+    /// were pipelined behind it.
+    init_gate: RefCell<Option<async_channel::Receiver<()>>>,
+    init_done: RefCell<Option<Sender<()>>>,
     client_caps: RefCell<Value>,
     version: Cell<&'static str>,
     routes: RefCell<ResourceRoutes>,
@@ -71,6 +75,8 @@ impl Session {
             out,
             backends,
             initialized: Cell::new(false),
+            init_gate: RefCell::new(None),
+            init_done: RefCell::new(None),
             client_caps: RefCell::new(json!({})),
             version: Cell::new(mcp::LATEST_VERSION),
             routes: RefCell::new(ResourceRoutes::default()),
@@ -100,7 +106,10 @@ impl Session {
             Ok(()) => true,
             Err(e) => {
                 if e.is_full() {
-                    log::warn!("session {}: outbound queue full; dropped a message", self.id);
+                    log::warn!(
+                        "session {}: outbound queue full; dropped a message",
+                        self.id
+                    );
                 }
                 false
             }
@@ -195,6 +204,13 @@ impl Session {
         let id = msg.id().expect("requests have ids");
         let method = msg.method().unwrap_or_default().to_string();
         let handling = mcp::handling(&method);
+        if !matches!(handling, Handling::Initialize | Handling::Ping) && !self.initialized.get() {
+            // A client may pipeline requests right behind `initialize`: let them wait.
+            let gate = self.init_gate.borrow().clone();
+            if let Some(g) = gate {
+                let _ = g.recv().await;
+            }
+        }
         let result = match handling {
             Handling::Initialize => self
                 .initialize(&msg)
@@ -206,7 +222,9 @@ impl Session {
                 .list(kind, &msg)
                 .await
                 .map(|v| Message::response(id.clone(), v)),
-            Handling::ByToolName | Handling::ByPromptName => self.forward_by_name(msg, handling, target).await,
+            Handling::ByToolName | Handling::ByPromptName => {
+                self.forward_by_name(msg, handling, target).await
+            }
             Handling::ByUri => self.forward_by_uri(msg, target).await,
             Handling::ByCompletionRef => self.forward_completion(msg, target).await,
             Handling::Broadcast => self
@@ -221,6 +239,11 @@ impl Session {
     async fn initialize(self: &Rc<Self>, msg: &Message) -> Result<Value, RpcError> {
         let params = msg.params().cloned().unwrap_or(json!({}));
         let version = mcp::negotiate_version(params.get("protocolVersion").and_then(Value::as_str));
+        if !self.initialized.get() && self.init_gate.borrow().is_none() {
+            let (tx, rx) = async_channel::bounded(1);
+            *self.init_gate.borrow_mut() = Some(rx);
+            *self.init_done.borrow_mut() = Some(tx);
+        }
         *self.client_caps.borrow_mut() = params.get("capabilities").cloned().unwrap_or(json!({}));
         self.version.set(version);
         let starts: Vec<_> = self
@@ -238,6 +261,9 @@ impl Session {
             }
         }
         self.initialized.set(true);
+        if let Some(done) = self.init_done.borrow_mut().take() {
+            done.close();
+        }
         let client = params
             .get("clientInfo")
             .and_then(|c| c.get("name"))
@@ -268,7 +294,12 @@ impl Session {
     }
 
     /// Sends `msg` to the backend of `slot` and returns its response, with the client's id.
-    async fn forward(&self, slot: &Rc<Slot>, msg: Message, target: &Target) -> Result<Message, RpcError> {
+    async fn forward(
+        &self,
+        slot: &Rc<Slot>,
+        msg: Message,
+        target: &Target,
+    ) -> Result<Message, RpcError> {
         let client_id = msg.id().expect("requests have ids");
         let proc = self.ensure(slot).await?;
         *target.proc.borrow_mut() = Some(Rc::downgrade(&proc));
@@ -314,9 +345,14 @@ impl Session {
             Ok(n) => n,
             Err(_) => {
                 // Not listed yet in this session: learn the routes, then look again.
-                let _ = self.list(ListKind::Resources, &Message::notification("", None)).await;
                 let _ = self
-                    .list(ListKind::ResourceTemplates, &Message::notification("", None))
+                    .list(ListKind::Resources, &Message::notification("", None))
+                    .await;
+                let _ = self
+                    .list(
+                        ListKind::ResourceTemplates,
+                        &Message::notification("", None),
+                    )
                     .await;
                 let found = self.routes.borrow().route(uri).map(str::to_string);
                 found.map_err(|e| e.to_rpc_error())?
@@ -327,7 +363,11 @@ impl Session {
             .ok_or_else(|| RouteError::UnknownResource(uri.into()).to_rpc_error())
     }
 
-    async fn forward_by_uri(self: &Rc<Self>, msg: Message, target: &Target) -> Result<Message, RpcError> {
+    async fn forward_by_uri(
+        self: &Rc<Self>,
+        msg: Message,
+        target: &Target,
+    ) -> Result<Message, RpcError> {
         let method = msg.method().unwrap_or_default().to_string();
         let uri = msg
             .param_str("uri")
@@ -355,7 +395,11 @@ impl Session {
         Ok(resp)
     }
 
-    async fn forward_completion(self: &Rc<Self>, mut msg: Message, target: &Target) -> Result<Message, RpcError> {
+    async fn forward_completion(
+        self: &Rc<Self>,
+        mut msg: Message,
+        target: &Target,
+    ) -> Result<Message, RpcError> {
         let missing = |param| {
             RouteError::MissingParam {
                 method: "completion/complete".into(),
@@ -430,7 +474,9 @@ impl Session {
                 param: "cursor",
             }
             .to_rpc_error()
-            .with_data(json!({ "reason": "the gateway returns complete listings; no cursor is valid" })));
+            .with_data(
+                json!({ "reason": "the gateway returns complete listings; no cursor is valid" }),
+            ));
         }
         let meta = msg.meta().cloned();
         let tasks: Vec<_> = self
@@ -453,12 +499,14 @@ impl Session {
                         ListKind::Tools | ListKind::Prompts => {
                             self.gw.ns.prefix_names(slot.name(), &mut items)
                         }
-                        ListKind::Resources => {
-                            self.routes.borrow_mut().learn_resources(slot.name(), &items)
-                        }
-                        ListKind::ResourceTemplates => {
-                            self.routes.borrow_mut().learn_templates(slot.name(), &items)
-                        }
+                        ListKind::Resources => self
+                            .routes
+                            .borrow_mut()
+                            .learn_resources(slot.name(), &items),
+                        ListKind::ResourceTemplates => self
+                            .routes
+                            .borrow_mut()
+                            .learn_templates(slot.name(), &items),
                     }
                     all.extend(items);
                 }
@@ -528,7 +576,11 @@ impl Session {
         match msg.method().unwrap_or_default() {
             "notifications/initialized" => {}
             "notifications/cancelled" => {
-                let Some(rid) = msg.params().and_then(|p| p.get("requestId")).and_then(Id::from_value) else {
+                let Some(rid) = msg
+                    .params()
+                    .and_then(|p| p.get("requestId"))
+                    .and_then(Id::from_value)
+                else {
                     return;
                 };
                 let Some(entry) = self.in_flight.borrow_mut().remove(&rid) else {
@@ -576,7 +628,8 @@ impl Session {
             proc: Rc::downgrade(proc),
             backend_id: backend_id.clone(),
         });
-        let refuse = |e: RpcError| proc.notify(&Message::error_response(Some(backend_id.clone()), e));
+        let refuse =
+            |e: RpcError| proc.notify(&Message::error_response(Some(backend_id.clone()), e));
         match slot {
             Ok(cid) => {
                 msg.set_id(&Id::from(cid));
@@ -588,13 +641,19 @@ impl Session {
                     ));
                 }
             }
-            Err(_) => refuse(SessionError::TooManyInFlight(self.gw.cfg.limits.max_in_flight).to_rpc_error()),
+            Err(_) => refuse(
+                SessionError::TooManyInFlight(self.gw.cfg.limits.max_in_flight).to_rpc_error(),
+            ),
         }
     }
 
     /// Relays a backend's cancellation of one of its requests to this client.
     pub async fn relay_server_cancel(&self, proc: &Rc<Proc>, msg: &Message) {
-        let Some(bid) = msg.params().and_then(|p| p.get("requestId")).and_then(Id::from_value) else {
+        let Some(bid) = msg
+            .params()
+            .and_then(|p| p.get("requestId"))
+            .and_then(Id::from_value)
+        else {
             return;
         };
         let found = self.server_reqs.borrow().iter().find_map(|(cid, r)| {

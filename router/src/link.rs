@@ -46,8 +46,9 @@ pub async fn connect(
         let headers = req.headers_mut();
         headers.insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mcp"));
         if let Some(t) = token {
-            let v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
-                .map_err(|_| unreachable("token contains characters not allowed in a header".into()))?;
+            let v = HeaderValue::from_str(&format!("Bearer {}", t.expose())).map_err(|_| {
+                unreachable("token contains characters not allowed in a header".into())
+            })?;
             headers.insert("Authorization", v);
         }
         let host = host.trim_start_matches('[').trim_end_matches(']');

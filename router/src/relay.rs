@@ -29,6 +29,9 @@ pub const STDOUT_QUEUE: usize = 256;
 pub const WS_QUEUE: usize = 256;
 /// On stdin EOF, how long to wait for the gateway to acknowledge the close.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// On stdin EOF, how long responses to requests already forwarded may still take to
+/// arrive (so `printf ... | mcp-router` prints its answers) before the link is closed.
+pub const EOF_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 enum WsCmd {
     Text(String),
@@ -43,6 +46,18 @@ struct State {
     link: Option<Sender<WsCmd>>,
     /// Why the link is down.
     down: Option<RelayError>,
+    /// Set after stdin EOF; dropped (waking the waiter) once nothing is pending.
+    drained: Option<Sender<()>>,
+}
+
+impl State {
+    /// Forgets an answered request; wakes the EOF drain when it was the last one.
+    fn answered(&mut self, id: &Id) {
+        self.pending.remove(id);
+        if self.pending.is_empty() {
+            self.drained = None;
+        }
+    }
 }
 
 type Shared = Rc<RefCell<State>>;
@@ -53,7 +68,11 @@ pub fn run(cfg: RouterConfig, token: Option<Secret>) -> Result<(), String> {
     futures_lite::future::block_on(ex.run(relay(&ex, cfg, token)))
 }
 
-async fn relay(ex: &LocalExecutor<'_>, cfg: RouterConfig, token: Option<Secret>) -> Result<(), String> {
+async fn relay(
+    ex: &LocalExecutor<'_>,
+    cfg: RouterConfig,
+    token: Option<Secret>,
+) -> Result<(), String> {
     let (out_tx, out_rx) = async_channel::bounded::<String>(STDOUT_QUEUE);
     let stdout_task = ex.spawn(write_stdout(out_rx));
     let state: Shared = Rc::default();
@@ -85,14 +104,28 @@ async fn relay(ex: &LocalExecutor<'_>, cfg: RouterConfig, token: Option<Secret>)
     read_stdin(&state, &out_tx, cfg.limits.max_in_flight, max).await;
     log::info!("stdin closed; shutting down");
 
+    let waiter = {
+        let mut st = state.borrow_mut();
+        (!st.pending.is_empty() && st.link.is_some()).then(|| {
+            let (tx, rx) = async_channel::bounded::<()>(1);
+            st.drained = Some(tx);
+            rx
+        })
+    };
+    if let Some(rx) = waiter {
+        if rt_timeout(EOF_DRAIN_TIMEOUT, rx.recv()).await.is_none() {
+            log::warn!(
+                "{} request(s) still unanswered {} ms after stdin closed",
+                state.borrow().pending.len(),
+                EOF_DRAIN_TIMEOUT.as_millis()
+            );
+        }
+    }
     let link = state.borrow_mut().link.take();
     if let Some(tx) = link {
         let _ = tx.send(WsCmd::Close).await;
         if let Some(t) = reader_task {
-            let timeout = async {
-                async_io::Timer::after(CLOSE_TIMEOUT).await;
-            };
-            futures_lite::future::or(t, timeout).await;
+            rt_timeout(CLOSE_TIMEOUT, t).await;
         }
     }
     drop(out_tx);
@@ -128,7 +161,12 @@ async fn read_stdin(state: &Shared, out: &Sender<String>, max_in_flight: usize, 
     }
 }
 
-async fn handle_client_line(state: &Shared, out: &Sender<String>, max_in_flight: usize, line: &[u8]) {
+async fn handle_client_line(
+    state: &Shared,
+    out: &Sender<String>,
+    max_in_flight: usize,
+    line: &[u8],
+) {
     let msg = match Message::parse(line) {
         Ok(m) => m,
         Err(rej) => {
@@ -142,10 +180,13 @@ async fn handle_client_line(state: &Shared, out: &Sender<String>, max_in_flight:
     let decision = {
         let mut st = state.borrow_mut();
         match st.link.clone() {
-            None => Err(st.down.clone().unwrap_or(RelayError::Disconnected {
-                reason: "not connected".into(),
-            })
-            .to_rpc_error()),
+            None => Err(st
+                .down
+                .clone()
+                .unwrap_or(RelayError::Disconnected {
+                    reason: "not connected".into(),
+                })
+                .to_rpc_error()),
             Some(link) => match (msg.kind(), msg.id()) {
                 (Kind::Request, Some(_)) if st.pending.len() >= max_in_flight => {
                     Err(SessionError::TooManyInFlight(max_in_flight).to_rpc_error())
@@ -205,7 +246,7 @@ async fn read_ws(mut stream: link::Receiver, state: Shared, out: Sender<String>)
             Ok(m) => {
                 if m.kind() == Kind::Response {
                     if let Some(id) = m.id() {
-                        state.borrow_mut().pending.remove(&id);
+                        state.borrow_mut().answered(&id);
                     }
                 }
                 // Relay the text as received: no re-serialisation needed.
@@ -243,6 +284,7 @@ async fn link_down(state: &Shared, out: &Sender<String>, reason: String) {
             reason: reason.clone(),
         };
         st.down = Some(err);
+        st.drained = None;
         (st.pending.drain().collect::<Vec<_>>(), was_up)
     };
     if was_up {
@@ -250,7 +292,11 @@ async fn link_down(state: &Shared, out: &Sender<String>, reason: String) {
     }
     let err = RelayError::Disconnected { reason }.to_rpc_error();
     for id in pending {
-        send_out(out, Message::error_response(Some(id), err.clone()).to_json()).await;
+        send_out(
+            out,
+            Message::error_response(Some(id), err.clone()).to_json(),
+        )
+        .await;
     }
 }
 
@@ -271,4 +317,13 @@ async fn write_stdout(rx: Receiver<String>) {
         }
     }
     let _ = stdout.flush().await;
+}
+
+/// `Some(output)` if `f` finishes within `d`.
+async fn rt_timeout<T>(d: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(f.await) }, async {
+        async_io::Timer::after(d).await;
+        None
+    })
+    .await
 }

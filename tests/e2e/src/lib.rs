@@ -32,13 +32,20 @@ pub fn bin_dir() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("current exe");
     // target/debug/deps/<test> → target/debug
-    exe.parent().and_then(|p| p.parent()).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .to_path_buf()
 }
 
 /// Path of a workspace binary, checked to exist.
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.exists(), "{} not built: run `cargo build --workspace` first", p.display());
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --workspace` first",
+        p.display()
+    );
     p
 }
 
@@ -191,7 +198,11 @@ pub fn wait_deadline(child: &mut Child) -> ExitStatus {
         if let Some(s) = child.try_wait().unwrap() {
             return s;
         }
-        assert!(start.elapsed() < DEADLINE, "process {} did not exit", child.id());
+        assert!(
+            start.elapsed() < DEADLINE,
+            "process {} did not exit",
+            child.id()
+        );
         // Polling a child's exit has no readiness event in std; this is a bounded poll
         // of process state, not a synchronisation sleep.
         std::thread::sleep(Duration::from_millis(5));
@@ -287,7 +298,9 @@ impl Client {
         }
         match self.rx.recv_timeout(DEADLINE) {
             Ok(v) => v,
-            Err(RecvTimeoutError::Timeout) => panic!("no message within {DEADLINE:?}; log:\n{}", self.log.text()),
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("no message within {DEADLINE:?}; log:\n{}", self.log.text())
+            }
             Err(RecvTimeoutError::Disconnected) => panic!("peer closed; log:\n{}", self.log.text()),
         }
     }
@@ -391,7 +404,12 @@ pub enum Handshake {
 
 impl WsClient {
     /// Connects with the given subprotocol offer and Authorization header.
-    pub fn connect(gw: &Gateway, path: &str, protocol: Option<&str>, auth: Option<&str>) -> Handshake {
+    pub fn connect(
+        gw: &Gateway,
+        path: &str,
+        protocol: Option<&str>,
+        auth: Option<&str>,
+    ) -> Handshake {
         use tungstenite::client::IntoClientRequest;
         let url = format!("ws://{}{path}", gw.addr());
         let mut req = url.into_client_request().unwrap();
@@ -400,7 +418,8 @@ impl WsClient {
                 .insert("Sec-WebSocket-Protocol", p.parse().unwrap());
         }
         if let Some(a) = auth {
-            req.headers_mut().insert("Authorization", a.parse().unwrap());
+            req.headers_mut()
+                .insert("Authorization", a.parse().unwrap());
         }
         let stream = TcpStream::connect(gw.addr()).unwrap();
         let (ws, resp) = match tungstenite::client(req, stream) {

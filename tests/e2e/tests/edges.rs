@@ -22,12 +22,32 @@ fn router_with_config(gw_url: &str, extra: &str) -> Client {
 fn check_bad_input(c: &mut Client) {
     let cases: Vec<(String, i64, serde_json::Value)> = vec![
         ("{not json".into(), -32700, json!(null)),
-        (r#"{"jsonrpc":"2.0","id":"keep-me","method":"tools/call","params":{"name":}"#.into(), -32700, json!("keep-me")),
-        (r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#.into(), -32600, json!(null)),
+        (
+            r#"{"jsonrpc":"2.0","id":"keep-me","method":"tools/call","params":{"name":}"#.into(),
+            -32700,
+            json!("keep-me"),
+        ),
+        (
+            r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#.into(),
+            -32600,
+            json!(null),
+        ),
         ("42".into(), -32600, json!(null)),
-        (r#"{"jsonrpc":"1.0","id":5,"method":"ping"}"#.into(), -32600, json!(5)),
-        (r#"{"jsonrpc":"2.0","id":6,"method":7}"#.into(), -32600, json!(6)),
-        (r#"{"jsonrpc":"2.0","id":{"x":1},"method":"ping"}"#.into(), -32600, json!(null)),
+        (
+            r#"{"jsonrpc":"1.0","id":5,"method":"ping"}"#.into(),
+            -32600,
+            json!(5),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":6,"method":7}"#.into(),
+            -32600,
+            json!(6),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":{"x":1},"method":"ping"}"#.into(),
+            -32600,
+            json!(null),
+        ),
         (r#"{"jsonrpc":"2.0","id":8}"#.into(), -32600, json!(8)),
     ];
     for (line, code, id) in cases {
@@ -92,7 +112,10 @@ fn over_long_line_gets_an_error_with_its_id_and_the_stream_goes_on() {
     assert_eq!(error_code(&r), -32600);
     assert_eq!(r["id"], "huge");
     assert!(r["error"]["message"].as_str().unwrap().contains("2048"));
-    assert_eq!(text_of(&c.call(json!(2), "one.echo", json!({"text":"small"}))), "small");
+    assert_eq!(
+        text_of(&c.call(json!(2), "one.echo", json!({"text":"small"}))),
+        "small"
+    );
 }
 
 #[test]
@@ -119,14 +142,20 @@ fn oversized_backend_response_fails_only_that_request() {
     c.initialize();
     let r = c.call(json!("big"), "one.big", json!({"bytes": 200_000}));
     assert_eq!(error_code(&r), -32603, "{r}");
-    assert!(r["error"]["message"].as_str().unwrap().contains("larger than 65536"));
+    assert!(r["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("larger than 65536"));
     let r = c.call(json!("ok"), "one.big", json!({"bytes": 1000}));
     assert_eq!(text_of(&r).len(), 1000);
 }
 
 #[test]
 fn in_flight_bound_answers_the_excess_request() {
-    let gw = Gateway::start(&format!("[limits]\nmax_in_flight = 2\n{}", fixture_backend("one", "")));
+    let gw = Gateway::start(&format!(
+        "[limits]\nmax_in_flight = 2\n{}",
+        fixture_backend("one", "")
+    ));
     let mut c = Client::router(&gw.url);
     c.initialize();
     for id in ["a", "b"] {
@@ -157,13 +186,20 @@ fn duplicate_in_flight_id_is_refused() {
 #[test]
 fn router_without_a_gateway_answers_every_request_and_exits_on_eof() {
     // A port that was free a moment ago: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut c = Client::router(&format!("ws://127.0.0.1:{port}/mcp"));
     for id in [json!(1), json!("two")] {
         let r = c.request(id.clone(), "initialize", json!({}));
         assert_eq!(error_code(&r), -32004);
         assert_eq!(r["id"], id);
-        assert!(r["error"]["message"].as_str().unwrap().contains("unreachable"));
+        assert!(r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"));
     }
     c.send(json!({"jsonrpc":"2.0","method":"notifications/initialized"}));
     assert!(c.close_stdin().success());
@@ -175,7 +211,10 @@ fn gateway_loss_answers_pending_requests() {
     let mut c = Client::router(&gw.url);
     c.initialize();
     c.send(json!({"jsonrpc":"2.0","id":"stuck","method":"tools/call","params":{"name":"one.sleep","arguments":{"ms":30000}}}));
-    assert_eq!(text_of(&c.call(json!("probe"), "one.echo", json!({"text":"p"}))), "p");
+    assert_eq!(
+        text_of(&c.call(json!("probe"), "one.echo", json!({"text":"p"}))),
+        "p"
+    );
     signal(gw.pid(), "KILL");
     let r = c.response(&json!("stuck"));
     assert_eq!(error_code(&r), -32004, "{r}");
@@ -208,7 +247,10 @@ fn gateway_stops_backends_and_exits_zero_on_sigterm() {
     let status = gw.terminate();
     assert!(status.success(), "{status:?}\n{}", gw.log.text());
     for p in pids {
-        assert!(!process_alive(p), "backend {p} still running after gateway exit");
+        assert!(
+            !process_alive(p),
+            "backend {p} still running after gateway exit"
+        );
     }
     // The router sees the close and answers what comes next with an error.
     let r = c.request(json!("after"), "ping", json!({}));
@@ -261,11 +303,27 @@ fn bearer_token_is_required_when_configured() {
     assert!(r["error"]["message"].as_str().unwrap().contains("401"));
 
     let path = temp_path("router.toml");
-    std::fs::write(&path, format!("[gateway]\nurl = {:?}\ntoken_env = \"E2E_ROUTER_TOKEN\"\n", gw.url)).unwrap();
-    let mut c = Client::router_args(&["--config", path.to_str().unwrap()], &[("E2E_ROUTER_TOKEN", "s3cret")]);
+    std::fs::write(
+        &path,
+        format!(
+            "[gateway]\nurl = {:?}\ntoken_env = \"E2E_ROUTER_TOKEN\"\n",
+            gw.url
+        ),
+    )
+    .unwrap();
+    let mut c = Client::router_args(
+        &["--config", path.to_str().unwrap()],
+        &[("E2E_ROUTER_TOKEN", "s3cret")],
+    );
     c.initialize();
-    assert_eq!(text_of(&c.call(json!(1), "one.echo", json!({"text":"authorized"}))), "authorized");
-    assert!(!gw.log.text().contains("s3cret"), "the token never appears in logs");
+    assert_eq!(
+        text_of(&c.call(json!(1), "one.echo", json!({"text":"authorized"}))),
+        "authorized"
+    );
+    assert!(
+        !gw.log.text().contains("s3cret"),
+        "the token never appears in logs"
+    );
     assert!(!c.log.text().contains("s3cret"));
 }
 
@@ -273,29 +331,60 @@ fn bearer_token_is_required_when_configured() {
 fn check_config_exit_codes_and_messages() {
     let good = temp_path("good.toml");
     std::fs::write(&good, fixture_backend("one", "")).unwrap();
-    let out = Command::new(bin("mcp-gateway")).args(["--check-config", "--config"]).arg(&good).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin("mcp-gateway"))
+        .args(["--check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let bad = temp_path("bad.toml");
-    std::fs::write(&bad, format!("{}sesion = \"shared\"\n", fixture_backend("one", ""))).unwrap();
-    let out = Command::new(bin("mcp-gateway")).args(["--check-config", "--config"]).arg(&bad).output().unwrap();
+    std::fs::write(
+        &bad,
+        format!("{}sesion = \"shared\"\n", fixture_backend("one", "")),
+    )
+    .unwrap();
+    let out = Command::new(bin("mcp-gateway"))
+        .args(["--check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("sesion") && err.contains(":7:"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one clear message: {err}");
 
     // Running (not only checking) with a bad config also exits 64.
-    let out = Command::new(bin("mcp-gateway")).arg("--config").arg(&bad).output().unwrap();
+    let out = Command::new(bin("mcp-gateway"))
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
 
     let rbad = temp_path("router-bad.toml");
     std::fs::write(&rbad, "[gateway]\nurl = \"http://nope\"\n").unwrap();
-    let out = Command::new(bin("mcp-router")).args(["--check-config", "--config"]).arg(&rbad).output().unwrap();
+    let out = Command::new(bin("mcp-router"))
+        .args(["--check-config", "--config"])
+        .arg(&rbad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("gateway.url") && err.contains(":2:"), "{err}");
-    assert!(out.stdout.is_empty(), "the router never writes anything but MCP to stdout");
-    let out = Command::new(bin("mcp-router")).args(["--check-config", "--gateway", "ws://127.0.0.1:1/mcp"]).output().unwrap();
+    assert!(
+        out.stdout.is_empty(),
+        "the router never writes anything but MCP to stdout"
+    );
+    let out = Command::new(bin("mcp-router"))
+        .args(["--check-config", "--gateway", "ws://127.0.0.1:1/mcp"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
 }
 
@@ -309,4 +398,36 @@ fn router_stdout_carries_only_protocol_messages() {
     assert!(c.log.text().contains("connected to gateway"));
     let rest = c.drain_for(Duration::from_millis(50));
     assert!(rest.iter().all(|v| v["jsonrpc"] == "2.0"));
+}
+
+#[test]
+fn pipelined_script_through_the_router_gets_every_answer_before_exit() {
+    // `printf ... | mcp-router`: requests right behind initialize wait for it, and
+    // stdin EOF waits for the answers already on their way.
+    let gw = gateway();
+    let script = [
+        json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"script","version":"1"}}}),
+        json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+        json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}),
+        json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"one.sleep","arguments":{"ms":200}}}),
+        json!({"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"one.echo","arguments":{"text":"piped"}}}),
+    ];
+    let path = temp_path("script.jsonl");
+    let text: String = script.iter().map(|m| format!("{m}\n")).collect();
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(bin("mcp-router"))
+        .args(["--gateway", &gw.url])
+        .stdin(std::fs::File::open(&path).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let replies: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut ids: Vec<i64> = replies.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, vec![1, 2, 3, 4], "{replies:?}");
+    assert!(replies.iter().all(|r| r.get("result").is_some()), "{replies:?}");
 }

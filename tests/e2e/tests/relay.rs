@@ -48,7 +48,10 @@ fn requests_before_initialize_are_refused_with_their_id() {
     let mut c = Client::router(&gw.url);
     let r = c.request(json!("early"), "tools/list", json!({}));
     assert_eq!(error_code(&r), -32600);
-    assert!(r["error"]["message"].as_str().unwrap().contains("initialize"));
+    assert!(r["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("initialize"));
     let r = c.request(json!(2), "ping", json!({}));
     assert_eq!(r["result"], json!({}));
 }
@@ -63,9 +66,17 @@ fn listings_merge_all_backends_under_prefixes() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert!(names.contains(&"one.echo") && names.contains(&"two.echo"), "{names:?}");
-    assert!(names.iter().all(|n| n.starts_with("one.") || n.starts_with("two.")));
-    assert!(r["result"]["tools"][0]["inputSchema"].is_object(), "fields kept");
+    assert!(
+        names.contains(&"one.echo") && names.contains(&"two.echo"),
+        "{names:?}"
+    );
+    assert!(names
+        .iter()
+        .all(|n| n.starts_with("one.") || n.starts_with("two.")));
+    assert!(
+        r["result"]["tools"][0]["inputSchema"].is_object(),
+        "fields kept"
+    );
 
     let r = c.request(json!(2), "prompts/list", json!({}));
     let prompts: Vec<&str> = r["result"]["prompts"]
@@ -79,7 +90,10 @@ fn listings_merge_all_backends_under_prefixes() {
     let r = c.request(json!(3), "resources/list", json!({}));
     assert_eq!(r["result"]["resources"].as_array().unwrap().len(), 2);
     let r = c.request(json!(4), "resources/templates/list", json!({}));
-    assert_eq!(r["result"]["resourceTemplates"][1]["uriTemplate"], "fixture://two/item/{id}");
+    assert_eq!(
+        r["result"]["resourceTemplates"][1]["uriTemplate"],
+        "fixture://two/item/{id}"
+    );
     let r = c.request(json!(5), "tools/list", json!({"cursor": "x"}));
     assert_eq!(error_code(&r), -32602);
 }
@@ -87,7 +101,12 @@ fn listings_merge_all_backends_under_prefixes() {
 #[test]
 fn tool_calls_route_by_prefix_and_keep_id_types() {
     let (_gw, mut c) = setup();
-    for (id, backend) in [(json!("abc"), "one"), (json!(7), "two"), (json!(-1), "one"), (json!(2.5), "two")] {
+    for (id, backend) in [
+        (json!("abc"), "one"),
+        (json!(7), "two"),
+        (json!(-1), "one"),
+        (json!(2.5), "two"),
+    ] {
         let r = c.call(id.clone(), &format!("{backend}.whoami"), json!({}));
         assert_eq!(r["id"], id, "id returned exactly");
         assert!(text_of(&r).starts_with(backend), "{r}");
@@ -103,14 +122,20 @@ fn unknown_tool_and_method_get_errors_naming_them() {
     let (_gw, mut c) = setup();
     let r = c.call(json!(1), "nope.echo", json!({}));
     assert_eq!(error_code(&r), -32602);
-    assert!(r["error"]["message"].as_str().unwrap().contains("nope.echo"));
+    assert!(r["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("nope.echo"));
     let r = c.call(json!(2), "noprefix", json!({}));
     assert_eq!(error_code(&r), -32602);
     let r = c.call(json!(3), "one.missing", json!({}));
     assert_eq!(error_code(&r), -32602, "the backend's own error is relayed");
     let r = c.request(json!("m"), "frobnicate/now", json!({}));
     assert_eq!(error_code(&r), -32601);
-    assert!(r["error"]["message"].as_str().unwrap().contains("frobnicate/now"));
+    assert!(r["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("frobnicate/now"));
     let r = c.request(json!(4), "tools/call", json!({"arguments": {}}));
     assert_eq!(error_code(&r), -32602);
 }
@@ -118,12 +143,24 @@ fn unknown_tool_and_method_get_errors_naming_them() {
 #[test]
 fn prompts_resources_and_completion_route() {
     let (_gw, mut c) = setup();
-    let r = c.request(json!(1), "prompts/get", json!({"name":"two.greet","arguments":{"name":"Ada"}}));
+    let r = c.request(
+        json!(1),
+        "prompts/get",
+        json!({"name":"two.greet","arguments":{"name":"Ada"}}),
+    );
     assert_eq!(r["result"]["messages"][0]["content"]["text"], "Hello, Ada!");
     // Reading before any listing: the gateway learns the routes on demand.
-    let r = c.request(json!(2), "resources/read", json!({"uri":"fixture://two/hello"}));
+    let r = c.request(
+        json!(2),
+        "resources/read",
+        json!({"uri":"fixture://two/hello"}),
+    );
     assert_eq!(r["result"]["contents"][0]["text"], "hello from two");
-    let r = c.request(json!(3), "resources/read", json!({"uri":"fixture://one/item/42"}));
+    let r = c.request(
+        json!(3),
+        "resources/read",
+        json!({"uri":"fixture://one/item/42"}),
+    );
     assert_eq!(r["result"]["contents"][0]["text"], "item 42 from one");
     let r = c.request(json!(4), "resources/read", json!({"uri":"nowhere://x"}));
     assert_eq!(error_code(&r), -32002);
@@ -132,7 +169,10 @@ fn prompts_resources_and_completion_route() {
         "completion/complete",
         json!({"ref":{"type":"ref/prompt","name":"one.greet"},"argument":{"name":"name","value":"al"}}),
     );
-    assert_eq!(r["result"]["completion"]["values"], json!(["alice", "albert"]));
+    assert_eq!(
+        r["result"]["completion"]["values"],
+        json!(["alice", "albert"])
+    );
     let r = c.request(
         json!(6),
         "completion/complete",
@@ -150,7 +190,11 @@ fn subscriptions_deliver_resource_updates() {
         let uri = format!("fixture://{backend}/hello");
         let r = c.request(json!(id), "resources/subscribe", json!({ "uri": uri }));
         assert_eq!(r["result"], json!({}));
-        let r = c.call(json!(10 + id), &format!("{backend}.touch"), json!({ "uri": uri }));
+        let r = c.call(
+            json!(10 + id),
+            &format!("{backend}.touch"),
+            json!({ "uri": uri }),
+        );
         assert_eq!(text_of(&r), "touched");
         let n = c.recv_where(|v| v["method"] == "notifications/resources/updated");
         assert_eq!(n["params"]["uri"], uri.as_str());
@@ -167,8 +211,10 @@ fn sampling_request_round_trips_through_both_hops() {
         assert_eq!(req["params"]["messages"][0]["content"]["text"], "2+2?");
         let sid = req["id"].clone();
         assert!(sid.is_number() || sid.is_string());
-        c.send(json!({"jsonrpc":"2.0","id":sid,"result":{"role":"assistant",
-            "content":{"type":"text","text":"4"},"model":"test"}}));
+        c.send(
+            json!({"jsonrpc":"2.0","id":sid,"result":{"role":"assistant",
+            "content":{"type":"text","text":"4"},"model":"test"}}),
+        );
         let r = c.response(&id);
         assert_eq!(text_of(&r), "sampled: 4");
     }
@@ -200,7 +246,8 @@ fn progress_and_log_notifications_come_back_with_the_clients_token() {
         }
         assert!(all
             .iter()
-            .any(|v| v["method"] == "notifications/message" && v["params"]["data"] == "progress done"));
+            .any(|v| v["method"] == "notifications/message"
+                && v["params"]["data"] == "progress done"));
     }
 }
 
@@ -237,12 +284,21 @@ fn cancellation_reaches_the_backend_and_suppresses_the_response() {
     let (_gw, mut c) = setup();
     c.send(json!({"jsonrpc":"2.0","id":"long","method":"tools/call","params":{"name":"two.sleep","arguments":{"ms":10000}}}));
     // Wait until the backend is working on it: a later echo on the same backend answers.
-    assert_eq!(text_of(&c.call(json!("probe"), "two.echo", json!({"text":"p"}))), "p");
+    assert_eq!(
+        text_of(&c.call(json!("probe"), "two.echo", json!({"text":"p"}))),
+        "p"
+    );
     c.send(json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"long","reason":"user"}}));
     let n = c.recv_where(|v| v["method"] == "notifications/message");
     let text = n["params"]["data"].as_str().unwrap();
-    assert!(text.starts_with("cancelled "), "backend saw the cancel under its own id: {text}");
-    assert_ne!(text, "cancelled \"long\"", "the id was mapped to the backend's");
+    assert!(
+        text.starts_with("cancelled "),
+        "backend saw the cancel under its own id: {text}"
+    );
+    assert_ne!(
+        text, "cancelled \"long\"",
+        "the id was mapped to the backend's"
+    );
     let r = c.call(json!("after"), "two.echo", json!({"text":"still here"}));
     assert_eq!(text_of(&r), "still here");
     let rest = c.drain_for(Duration::from_millis(200));
@@ -260,12 +316,24 @@ fn backend_crash_fails_pending_requests_and_restarts() {
     for r in [r, c.response(&json!("pending"))] {
         assert_eq!(error_code(&r), -32000, "{r}");
         let msg = r["error"]["message"].as_str().unwrap();
-        assert!(msg.contains("\"one\"") && msg.contains("exit status: 3"), "{msg}");
+        assert!(
+            msg.contains("\"one\"") && msg.contains("exit status: 3"),
+            "{msg}"
+        );
     }
     // The other backend is unaffected, and "one" comes back on next use.
-    assert_eq!(text_of(&c.call(json!(1), "two.echo", json!({"text":"a"}))), "a");
-    assert_eq!(text_of(&c.call(json!(2), "one.echo", json!({"text":"b"}))), "b");
-    assert!(gw.log.text().contains("fixture crashing"), "backend stderr is logged");
+    assert_eq!(
+        text_of(&c.call(json!(1), "two.echo", json!({"text":"a"}))),
+        "a"
+    );
+    assert_eq!(
+        text_of(&c.call(json!(2), "one.echo", json!({"text":"b"}))),
+        "b"
+    );
+    assert!(
+        gw.log.text().contains("fixture crashing"),
+        "backend stderr is logged"
+    );
 }
 
 #[test]
@@ -279,11 +347,16 @@ fn backend_that_cannot_start_does_not_break_the_others() {
     let r = c.request(json!(1), "tools/list", json!({}));
     let tools = r["result"]["tools"].as_array().unwrap();
     assert!(!tools.is_empty());
-    assert!(tools.iter().all(|t| t["name"].as_str().unwrap().starts_with("one.")));
+    assert!(tools
+        .iter()
+        .all(|t| t["name"].as_str().unwrap().starts_with("one.")));
     let r = c.call(json!(2), "broken.anything", json!({}));
     assert_eq!(error_code(&r), -32000);
     let msg = r["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("\"broken\"") && msg.contains("failed to start"), "{msg}");
+    assert!(
+        msg.contains("\"broken\"") && msg.contains("failed to start"),
+        "{msg}"
+    );
     assert!(gw.log.text().contains("/nonexistent/mcp-server"));
 }
 
@@ -296,7 +369,13 @@ fn backend_that_exits_at_once_is_reported_with_its_status() {
     c.initialize();
     let r = c.call(json!("q"), "quitter.x", json!({}));
     assert_eq!(error_code(&r), -32000);
-    assert!(r["error"]["message"].as_str().unwrap().contains("exit status: 7"), "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exit status: 7"),
+        "{r}"
+    );
 }
 
 #[test]
@@ -307,7 +386,10 @@ fn slow_backend_times_out_with_the_request_id() {
     let r = c.call(json!("t1"), "one.sleep", json!({"ms": 5000}));
     assert_eq!(error_code(&r), -32001);
     assert!(r["error"]["message"].as_str().unwrap().contains("300 ms"));
-    assert_eq!(text_of(&c.call(json!("t2"), "one.echo", json!({"text":"ok"}))), "ok");
+    assert_eq!(
+        text_of(&c.call(json!("t2"), "one.echo", json!({"text":"ok"}))),
+        "ok"
+    );
 }
 
 #[test]
@@ -321,12 +403,20 @@ fn per_client_backends_are_private_and_shared_ones_are_not() {
     assert_ne!(who(&mut a, "one.whoami"), who(&mut b, "one.whoami"));
     assert_eq!(who(&mut a, "two.whoami"), who(&mut b, "two.whoami"));
     // A per-client backend ends with its session.
-    let pid: u32 = who(&mut a, "one.whoami").split(' ').nth(1).unwrap().parse().unwrap();
+    let pid: u32 = who(&mut a, "one.whoami")
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(process_alive(pid));
     assert!(a.close_stdin().success());
     let start = std::time::Instant::now();
     while process_alive(pid) {
-        assert!(start.elapsed() < DEADLINE, "backend {pid} outlived its session");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "backend {pid} outlived its session"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -337,7 +427,10 @@ fn backend_env_and_cwd_are_applied() {
     std::fs::create_dir_all(&dir).unwrap();
     let gw = Gateway::start(&fixture_backend(
         "one",
-        &format!("env = {{ FIXTURE_GREETING = \"hola\" }}\ncwd = {:?}", dir.display().to_string()),
+        &format!(
+            "env = {{ FIXTURE_GREETING = \"hola\" }}\ncwd = {:?}",
+            dir.display().to_string()
+        ),
     ));
     let mut c = Client::router(&gw.url);
     c.initialize();
