@@ -23,6 +23,9 @@ use mcp_shared::error::BackendError;
 use mcp_shared::framing::{Frame, LineDecoder, PIPE_READ_CHUNK_BYTES};
 use mcp_shared::idmap::IdMap;
 use mcp_shared::jsonrpc::{Id, Kind, Message};
+use mcp_shared::telemetry::{self, attrs, propagation, Telemetry};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::{Context, KeyValue};
 use serde_json::{json, Value};
 
 use crate::rt;
@@ -327,6 +330,8 @@ impl Slot {
         self: &Rc<Self>,
         client_caps: &Value,
         version: &str,
+        tel: &Telemetry,
+        cx: &Context,
     ) -> Result<Rc<Proc>, BackendError> {
         if let Some(p) = self.running() {
             return Ok(p);
@@ -346,7 +351,32 @@ impl Slot {
             }
         }
         let started = Instant::now();
-        match self.start(client_caps, version).await {
+        let span = tel.start("backend.connect", SpanKind::Client, cx, || {
+            let mut a = attrs::gateway_route(self.name(), "stdio", None);
+            a.extend(attrs::connection_pool(
+                if self.is_shared() {
+                    "shared"
+                } else {
+                    "per_client"
+                },
+                1,
+                0,
+                0,
+            ));
+            a.push(KeyValue::new(
+                "process.executable.name",
+                self.cfg.command.clone(),
+            ));
+            a.push(KeyValue::new("network.transport", "pipe"));
+            a
+        });
+        let result = self.start(client_caps, version, &span).await;
+        match &result {
+            Ok(_) => {}
+            Err(e) => telemetry::fail(&span, e.kind(), &e.to_string()),
+        }
+        telemetry::end(&span);
+        match result {
             Ok(p) => {
                 *self.proc.borrow_mut() = Some(p.clone());
                 log::info!(
@@ -378,6 +408,7 @@ impl Slot {
         self: &Rc<Self>,
         client_caps: &Value,
         version: &str,
+        span: &Context,
     ) -> Result<Rc<Proc>, BackendError> {
         let cfg = &self.cfg;
         let mut cmd = Command::new(&cfg.command);
@@ -394,11 +425,11 @@ impl Slot {
             backend: cfg.name.clone(),
             reason: format!("{}: {e}", cfg.command),
         })?;
+        let child_pid = child.id();
         log::info!(
-            "backend {:?}: started {} (pid {})",
+            "backend {:?}: started {} (pid {child_pid})",
             cfg.name,
             cfg.command,
-            child.id()
         );
         let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -430,7 +461,10 @@ impl Slot {
         ))
         .detach();
 
-        let init = Message::request(
+        telemetry::set_attributes(span, || {
+            vec![KeyValue::new("process.pid", i64::from(child_pid))]
+        });
+        let mut init = Message::request(
             Id::from(0),
             "initialize",
             Some(json!({
@@ -439,6 +473,7 @@ impl Slot {
                 "clientInfo": { "name": "mcp-gateway", "version": mcp_shared::VERSION },
             })),
         );
+        propagation::inject_meta(span, init.meta_mut());
         let resp = match proc.request(0, init, self.timeout, None).await {
             Ok(r) => r,
             Err(e) => {

@@ -22,6 +22,7 @@ use futures_lite::StreamExt;
 use mcp_shared::config::{self, GatewayConfig, SessionMode, EXIT_CONFIG};
 use mcp_shared::routing::Namespace;
 use mcp_shared::secret::Secret;
+use mcp_shared::telemetry::{self, Telemetry};
 
 use crate::backend::Slot;
 
@@ -47,6 +48,8 @@ pub struct Gateway {
     pub ns: Namespace,
     /// The expected bearer token, when `[auth]` is set.
     pub token: Option<Secret>,
+    /// Tracing (disabled unless configured).
+    pub tel: Telemetry,
     /// Backends with `session = "shared"`, by configuration index.
     shared: Vec<Option<Rc<Slot>>>,
     next_session: Cell<u64>,
@@ -63,7 +66,7 @@ impl Drop for SessionCount {
 }
 
 impl Gateway {
-    fn new(cfg: GatewayConfig, token: Option<Secret>) -> Gateway {
+    fn new(cfg: GatewayConfig, token: Option<Secret>, tel: Telemetry) -> Gateway {
         let shared = cfg
             .backends
             .iter()
@@ -81,6 +84,7 @@ impl Gateway {
             ns: Namespace::new(&cfg.routing.separator),
             cfg,
             token,
+            tel,
             shared,
             next_session: Cell::new(1),
             sessions: Rc::new(Cell::new(0)),
@@ -141,7 +145,7 @@ fn main() -> ExitCode {
         eprintln!("mcp-gateway: --config FILE is required (see --help)");
         return ExitCode::from(EXIT_CONFIG as u8);
     };
-    let cfg: GatewayConfig = match config::load(&path) {
+    let mut cfg: GatewayConfig = match config::load(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("mcp-gateway: {e}");
@@ -160,12 +164,30 @@ fn main() -> ExitCode {
         Some(Ok(t)) => t,
         None => None,
     };
+    if let Err(msg) = telemetry::apply_env(&mut cfg.tracing, |k| std::env::var(k).ok()) {
+        eprintln!("mcp-gateway: {msg}");
+        return ExitCode::from(EXIT_CONFIG as u8);
+    }
     if args.check_config {
         println!("mcp-gateway: {}: configuration is valid", path.display());
         return ExitCode::SUCCESS;
     }
     mcp_shared::logger::init(cfg.logging.level.filter());
-    match rt::block_on(run(cfg, token)) {
+    let tel = match Telemetry::init(
+        &cfg.tracing,
+        "mcp-gateway",
+        mcp_shared::VERSION,
+        telemetry::Target::Stdout,
+    ) {
+        Ok(t) => t,
+        Err(msg) => {
+            eprintln!("mcp-gateway: tracing: {msg}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let result = rt::block_on(run(cfg, token, tel.clone()));
+    tel.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
@@ -174,7 +196,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cfg: GatewayConfig, token: Option<Secret>) -> Result<(), String> {
+async fn run(cfg: GatewayConfig, token: Option<Secret>, tel: Telemetry) -> Result<(), String> {
     let listener = async_net::TcpListener::bind(cfg.server.listen.as_str())
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.server.listen))?;
@@ -189,7 +211,7 @@ async fn run(cfg: GatewayConfig, token: Option<Secret>) -> Result<(), String> {
         drop(stop_tx);
     })
     .detach();
-    let gw = Rc::new(Gateway::new(cfg, token));
+    let gw = Rc::new(Gateway::new(cfg, token, tel));
     log::info!(
         "listening on ws://{addr}{} ({} backend(s))",
         gw.cfg.server.path,

@@ -14,6 +14,8 @@ use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::tungstenite::Message as WsMessage;
 use futures_lite::StreamExt;
 use mcp_shared::framing::{WS_READ_BUFFER_BYTES, WS_WRITE_BUFFER_BYTES};
+use mcp_shared::telemetry::{attrs, propagation};
+use opentelemetry::{Context, KeyValue};
 
 use crate::rt;
 use crate::session::Session;
@@ -96,7 +98,14 @@ fn check_handshake(
     full: bool,
     req: &Request,
     mut resp: Response,
+    seen: &mut Handshake,
 ) -> Result<Response, ErrorResponse> {
+    let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok());
+    if gw.tel.enabled() {
+        seen.cx = propagation::extract_headers(header);
+        seen.host = header("host").unwrap_or_default().to_string();
+        seen.user_agent = header("user-agent").map(str::to_string);
+    }
     if req.uri().path() != gw.cfg.server.path {
         return Err(reject(
             StatusCode::NOT_FOUND,
@@ -134,12 +143,21 @@ fn check_handshake(
     Ok(resp)
 }
 
+/// What the handshake told us, for tracing.
+#[derive(Default)]
+struct Handshake {
+    cx: Context,
+    host: String,
+    user_agent: Option<String>,
+}
+
 async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Receiver<()>) {
     stream.set_nodelay(true).ok();
     let full = gw.session_count() >= gw.cfg.server.max_sessions;
     let max = gw.cfg.limits.max_message_bytes;
+    let mut seen = Handshake::default();
     #[allow(clippy::result_large_err)]
-    let callback = |req: &Request, resp: Response| check_handshake(&gw, full, req, resp);
+    let callback = |req: &Request, resp: Response| check_handshake(&gw, full, req, resp, &mut seen);
     let handshake =
         async_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config(max)));
     let ws = match rt::timeout(gw.cfg.server.handshake_timeout.0, handshake).await {
@@ -164,7 +182,25 @@ async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Rec
         }
         let _ = sink.close(None).await;
     });
-    let session = Session::new(gw.clone(), out_tx.clone());
+    let conn_attrs = if gw.tel.enabled() {
+        let ip = peer
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(&peer)
+            .to_string();
+        let mut a = attrs::websocket(
+            &ip,
+            &seen.host,
+            &gw.cfg.server.path,
+            seen.user_agent.as_deref(),
+            Some("mcp"),
+        );
+        a.push(KeyValue::new("client.address", ip));
+        a
+    } else {
+        Vec::new()
+    };
+    let session = Session::new(gw.clone(), out_tx.clone(), seen.cx, conn_attrs);
     log::info!("session {} opened from {peer}", session.id());
     loop {
         let next = futures_lite::future::or(async { Some(stream.next().await) }, async {

@@ -17,6 +17,9 @@ use mcp_shared::idmap::IdMap;
 use mcp_shared::jsonrpc::{Id, Kind, Message};
 use mcp_shared::mcp::{self, Handling, ListKind};
 use mcp_shared::routing::{route_prompt, route_tool, ResourceRoutes};
+use mcp_shared::telemetry::{self, attrs, propagation};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::{Context, KeyValue};
 use serde_json::{json, Value};
 
 use crate::backend::{Proc, Slot};
@@ -61,11 +64,21 @@ pub struct Session {
     in_flight: RefCell<HashMap<Id, InFlight>>,
     server_reqs: RefCell<IdMap<ServerReq>>,
     subscriptions: RefCell<HashSet<String>>,
+    /// Trace context from the WebSocket handshake: the parent of requests that carry
+    /// none in `_meta`.
+    handshake_cx: Context,
+    /// Connection attributes added to every `http.request` span.
+    conn_attrs: Vec<KeyValue>,
 }
 
 impl Session {
     /// A new session whose messages to the client go to `out`.
-    pub fn new(gw: Rc<Gateway>, out: Sender<String>) -> Rc<Session> {
+    pub fn new(
+        gw: Rc<Gateway>,
+        out: Sender<String>,
+        handshake_cx: Context,
+        conn_attrs: Vec<KeyValue>,
+    ) -> Rc<Session> {
         let id = gw.next_session_id();
         let backends = gw.slots_for_session();
         let max = gw.cfg.limits.max_in_flight;
@@ -83,6 +96,8 @@ impl Session {
             in_flight: RefCell::new(HashMap::new()),
             server_reqs: RefCell::new(IdMap::new(max)),
             subscriptions: RefCell::new(HashSet::new()),
+            handshake_cx,
+            conn_attrs,
         });
         for b in &s.backends {
             b.attach(&s);
@@ -154,22 +169,76 @@ impl Session {
         .await;
     }
 
+    /// Starts the `http.request` span of a client request, with its `auth.verify`
+    /// child (the token was checked at the handshake; this records the outcome).
+    fn request_span(&self, msg: &Message) -> Context {
+        let tel = &self.gw.tel;
+        if !tel.enabled() {
+            return Context::new();
+        }
+        let from_meta = propagation::extract_meta(msg.meta());
+        let parent = if propagation::has_span(&from_meta) {
+            from_meta
+        } else {
+            self.handshake_cx.clone()
+        };
+        let cx = tel.start("http.request", SpanKind::Server, &parent, || {
+            let mut a = attrs::mcp_message(msg);
+            a.push(KeyValue::new("mcp.session.id", self.id.to_string()));
+            a.push(KeyValue::new("mcp.protocol.version", self.version.get()));
+            a.extend(self.conn_attrs.iter().cloned());
+            a
+        });
+        let auth = tel.start("auth.verify", SpanKind::Internal, &cx, || {
+            let kind = if self.gw.token.is_some() {
+                "bearer"
+            } else {
+                "none"
+            };
+            attrs::authentication(kind, true, None)
+        });
+        telemetry::end(&auth);
+        cx
+    }
+
     async fn start_request(self: &Rc<Self>, msg: Message) {
         let id = msg.id().expect("requests have ids");
+        let cx = self.request_span(&msg);
+        let tel = &self.gw.tel;
         let limit = self.gw.cfg.limits.max_in_flight;
-        let refused = {
-            let in_flight = self.in_flight.borrow();
-            if in_flight.contains_key(&id) {
-                Some(SessionError::DuplicateId)
-            } else if in_flight.len() >= limit {
-                Some(SessionError::TooManyInFlight(limit))
-            } else {
-                None
-            }
+        let validate = tel.start("request.validate", SpanKind::Internal, &cx, Vec::new);
+        let duplicate = self.in_flight.borrow().contains_key(&id);
+        if duplicate {
+            let err = SessionError::DuplicateId.to_rpc_error();
+            telemetry::fail(&validate, "duplicate_id", &err.message);
+        }
+        telemetry::end(&validate);
+        let in_flight = self.in_flight.borrow().len();
+        let limited = !duplicate && in_flight >= limit;
+        let rl = tel.start("rate_limit.check", SpanKind::Internal, &cx, || {
+            attrs::rate_limit(
+                limited,
+                limit as i64,
+                limit.saturating_sub(in_flight) as i64,
+                0,
+            )
+        });
+        if limited {
+            telemetry::fail(&rl, "overloaded", "too many requests in flight");
+        }
+        telemetry::end(&rl);
+        let refused = if duplicate {
+            Some(SessionError::DuplicateId)
+        } else if limited {
+            Some(SessionError::TooManyInFlight(limit))
+        } else {
+            None
         };
         if let Some(e) = refused {
-            self.reply(Message::error_response(Some(id), e.to_rpc_error()))
-                .await;
+            let resp = Message::error_response(Some(id), e.to_rpc_error());
+            telemetry::record_response(&cx, &resp);
+            telemetry::end(&cx);
+            self.reply(resp).await;
             return;
         }
         let (cancel_tx, cancel_rx) = async_channel::bounded::<()>(1);
@@ -184,7 +253,7 @@ impl Session {
         let me = self.clone();
         rt::spawn(async move {
             let work = async {
-                let resp = me.handle_request(msg, &target).await;
+                let resp = me.handle_request(msg, &target, &cx).await;
                 Some(resp)
             };
             let cancelled = async {
@@ -192,15 +261,27 @@ impl Session {
                 None
             };
             let outcome = futures_lite::future::or(work, cancelled).await;
-            if let Some(resp) = outcome {
-                me.in_flight.borrow_mut().remove(&id);
-                me.reply(resp).await;
+            match outcome {
+                Some(resp) => {
+                    me.in_flight.borrow_mut().remove(&id);
+                    telemetry::record_response(&cx, &resp);
+                    me.reply(resp).await;
+                }
+                None => telemetry::set_attributes(&cx, || {
+                    vec![KeyValue::new("mcp.request.cancelled", true)]
+                }),
             }
+            telemetry::end(&cx);
         })
         .detach();
     }
 
-    async fn handle_request(self: &Rc<Self>, msg: Message, target: &Target) -> Message {
+    async fn handle_request(
+        self: &Rc<Self>,
+        msg: Message,
+        target: &Target,
+        cx: &Context,
+    ) -> Message {
         let id = msg.id().expect("requests have ids");
         let method = msg.method().unwrap_or_default().to_string();
         let handling = mcp::handling(&method);
@@ -213,22 +294,34 @@ impl Session {
         }
         let result = match handling {
             Handling::Initialize => self
-                .initialize(&msg)
+                .initialize(&msg, cx)
                 .await
                 .map(|v| Message::response(id.clone(), v)),
             Handling::Ping => Ok(Message::response(id.clone(), json!({}))),
             _ if !self.initialized.get() => Err(RouteError::NotInitialized.to_rpc_error()),
-            Handling::List(kind) => self
-                .list(kind, &msg)
-                .await
-                .map(|v| Message::response(id.clone(), v)),
-            Handling::ByToolName | Handling::ByPromptName => {
-                self.forward_by_name(msg, handling, target).await
+            Handling::List(kind) => {
+                if msg.params().and_then(|p| p.get("cursor")).is_some() {
+                    Err(RouteError::MissingParam {
+                        method: kind.method().into(),
+                        param: "cursor",
+                    }
+                    .to_rpc_error()
+                    .with_data(json!({
+                        "reason": "the gateway returns complete listings; no cursor is valid"
+                    })))
+                } else {
+                    self.list(kind, msg.meta().cloned(), cx)
+                        .await
+                        .map(|v| Message::response(id.clone(), v))
+                }
             }
-            Handling::ByUri => self.forward_by_uri(msg, target).await,
-            Handling::ByCompletionRef => self.forward_completion(msg, target).await,
+            Handling::ByToolName | Handling::ByPromptName => {
+                self.forward_by_name(msg, handling, target, cx).await
+            }
+            Handling::ByUri => self.forward_by_uri(msg, target, cx).await,
+            Handling::ByCompletionRef => self.forward_completion(msg, target, cx).await,
             Handling::Broadcast => self
-                .broadcast(&msg)
+                .broadcast(&msg, cx)
                 .await
                 .map(|v| Message::response(id.clone(), v)),
             Handling::Unknown => Err(RouteError::UnknownMethod(method).to_rpc_error()),
@@ -236,7 +329,7 @@ impl Session {
         result.unwrap_or_else(|e| Message::error_response(Some(id), e))
     }
 
-    async fn initialize(self: &Rc<Self>, msg: &Message) -> Result<Value, RpcError> {
+    async fn initialize(self: &Rc<Self>, msg: &Message, cx: &Context) -> Result<Value, RpcError> {
         let params = msg.params().cloned().unwrap_or(json!({}));
         let version = mcp::negotiate_version(params.get("protocolVersion").and_then(Value::as_str));
         if !self.initialized.get() && self.init_gate.borrow().is_none() {
@@ -250,8 +343,8 @@ impl Session {
             .backends
             .iter()
             .map(|slot| {
-                let (me, slot) = (self.clone(), slot.clone());
-                rt::spawn(async move { me.ensure(&slot).await })
+                let (me, slot, cx) = (self.clone(), slot.clone(), cx.clone());
+                rt::spawn(async move { me.ensure(&slot, &cx).await })
             })
             .collect();
         let mut caps = Vec::new();
@@ -282,9 +375,11 @@ impl Session {
         }))
     }
 
-    async fn ensure(&self, slot: &Rc<Slot>) -> Result<Rc<Proc>, RpcError> {
+    /// The slot's process, started if needed (a `backend.connect` span under `cx`
+    /// records a start).
+    async fn ensure(&self, slot: &Rc<Slot>, cx: &Context) -> Result<Rc<Proc>, RpcError> {
         let caps = self.client_caps.borrow().clone();
-        slot.ensure(&caps, self.version.get())
+        slot.ensure(&caps, self.version.get(), &self.gw.tel, cx)
             .await
             .map_err(|e| e.to_rpc_error())
     }
@@ -293,22 +388,77 @@ impl Session {
         self.backends.iter().find(|s| s.name() == name)
     }
 
+    /// A `discovery.resolve` span for a routing decision.
+    fn resolve_span<T>(
+        &self,
+        cx: &Context,
+        what: &str,
+        result: &Result<T, RpcError>,
+        backend: Option<&str>,
+    ) {
+        let tel = &self.gw.tel;
+        if !tel.enabled() {
+            return;
+        }
+        let span = tel.start("discovery.resolve", SpanKind::Internal, cx, || {
+            let mut a = vec![KeyValue::new("gateway.route.key", what.to_string())];
+            if let Some(b) = backend {
+                a.extend(attrs::gateway_route(b, "stdio", None));
+            }
+            a
+        });
+        if let Err(e) = result {
+            telemetry::fail(&span, "route_not_found", &e.message);
+        }
+        telemetry::end(&span);
+    }
+
+    /// Starts a `backend.forward` client span under `cx` and puts its context in the
+    /// message's `_meta`.
+    fn forward_span(&self, slot: &Slot, msg: &mut Message, cx: &Context) -> Context {
+        let tel = &self.gw.tel;
+        if !tel.enabled() {
+            return Context::new();
+        }
+        let span = tel.start("backend.forward", SpanKind::Client, cx, || {
+            let mut a = attrs::mcp_message(msg);
+            a.extend(attrs::gateway_route(slot.name(), "stdio", None));
+            a.push(KeyValue::new("network.transport", "pipe"));
+            a.push(KeyValue::new("mcp.session.id", self.id.to_string()));
+            a
+        });
+        propagation::inject_meta(&span, msg.meta_mut());
+        span
+    }
+
     /// Sends `msg` to the backend of `slot` and returns its response, with the client's id.
     async fn forward(
         &self,
         slot: &Rc<Slot>,
-        msg: Message,
+        mut msg: Message,
         target: &Target,
+        cx: &Context,
     ) -> Result<Message, RpcError> {
         let client_id = msg.id().expect("requests have ids");
-        let proc = self.ensure(slot).await?;
+        let proc = self.ensure(slot, cx).await?;
         *target.proc.borrow_mut() = Some(Rc::downgrade(&proc));
-        let mut resp = proc
+        let span = self.forward_span(slot, &mut msg, cx);
+        let outcome = proc
             .request(self.id, msg, slot.timeout, Some(&target.id))
-            .await
-            .map_err(|e| e.to_rpc_error())?;
-        resp.set_id(&client_id);
-        Ok(resp)
+            .await;
+        match outcome {
+            Ok(mut resp) => {
+                telemetry::record_response(&span, &resp);
+                telemetry::end(&span);
+                resp.set_id(&client_id);
+                Ok(resp)
+            }
+            Err(e) => {
+                telemetry::fail(&span, e.kind(), &e.to_string());
+                telemetry::end(&span);
+                Err(e.to_rpc_error())
+            }
+        }
     }
 
     async fn forward_by_name(
@@ -316,6 +466,7 @@ impl Session {
         mut msg: Message,
         handling: Handling,
         target: &Target,
+        cx: &Context,
     ) -> Result<Message, RpcError> {
         let method = msg.method().unwrap_or_default().to_string();
         let full = msg
@@ -328,45 +479,45 @@ impl Session {
             .to_string();
         let ns = &self.gw.ns;
         let known = |b: &str| self.slot(b).is_some();
-        let (backend, local) = if handling == Handling::ByToolName {
+        let routed = if handling == Handling::ByToolName {
             route_tool(ns, &full, known)
         } else {
             route_prompt(ns, &full, known)
         }
-        .map_err(|e| e.to_rpc_error())?;
+        .map_err(|e| e.to_rpc_error());
+        self.resolve_span(cx, &full, &routed, routed.as_ref().ok().map(|r| r.0));
+        let (backend, local) = routed?;
         let slot = self.slot(backend).expect("checked above").clone();
         msg.params_mut().insert("name".into(), local.into());
-        self.forward(&slot, msg, target).await
+        self.forward(&slot, msg, target, cx).await
     }
 
-    async fn route_uri(self: &Rc<Self>, uri: &str) -> Result<Rc<Slot>, RpcError> {
+    async fn route_uri(self: &Rc<Self>, uri: &str, cx: &Context) -> Result<Rc<Slot>, RpcError> {
         let found = self.routes.borrow().route(uri).map(str::to_string);
-        let name = match found {
-            Ok(n) => n,
+        let found = match found {
+            Ok(n) => Ok(n),
             Err(_) => {
                 // Not listed yet in this session: learn the routes, then look again.
-                let _ = self
-                    .list(ListKind::Resources, &Message::notification("", None))
-                    .await;
-                let _ = self
-                    .list(
-                        ListKind::ResourceTemplates,
-                        &Message::notification("", None),
-                    )
-                    .await;
+                let _ = self.list(ListKind::Resources, None, cx).await;
+                let _ = self.list(ListKind::ResourceTemplates, None, cx).await;
                 let found = self.routes.borrow().route(uri).map(str::to_string);
-                found.map_err(|e| e.to_rpc_error())?
+                found.map_err(|e| e.to_rpc_error())
             }
         };
-        self.slot(&name)
-            .cloned()
-            .ok_or_else(|| RouteError::UnknownResource(uri.into()).to_rpc_error())
+        let slot = found.and_then(|name| {
+            self.slot(&name)
+                .cloned()
+                .ok_or_else(|| RouteError::UnknownResource(uri.into()).to_rpc_error())
+        });
+        self.resolve_span(cx, uri, &slot, slot.as_ref().ok().map(|s| s.name()));
+        slot
     }
 
     async fn forward_by_uri(
         self: &Rc<Self>,
         msg: Message,
         target: &Target,
+        cx: &Context,
     ) -> Result<Message, RpcError> {
         let method = msg.method().unwrap_or_default().to_string();
         let uri = msg
@@ -379,8 +530,8 @@ impl Session {
                 .to_rpc_error()
             })?
             .to_string();
-        let slot = self.route_uri(&uri).await?;
-        let resp = self.forward(&slot, msg, target).await?;
+        let slot = self.route_uri(&uri, cx).await?;
+        let resp = self.forward(&slot, msg, target, cx).await?;
         if resp.result().is_some() {
             match method.as_str() {
                 "resources/subscribe" => {
@@ -399,6 +550,7 @@ impl Session {
         self: &Rc<Self>,
         mut msg: Message,
         target: &Target,
+        cx: &Context,
     ) -> Result<Message, RpcError> {
         let missing = |param| {
             RouteError::MissingParam {
@@ -418,43 +570,51 @@ impl Session {
                     .get("name")
                     .and_then(Value::as_str)
                     .ok_or_else(|| missing("ref.name"))?;
-                let (backend, local) = route_prompt(&self.gw.ns, full, |b| self.slot(b).is_some())
-                    .map_err(|e| e.to_rpc_error())?;
+                let routed = route_prompt(&self.gw.ns, full, |b| self.slot(b).is_some())
+                    .map_err(|e| e.to_rpc_error());
+                self.resolve_span(cx, full, &routed, routed.as_ref().ok().map(|r| r.0));
+                let (backend, local) = routed?;
                 let slot = self.slot(backend).expect("checked above").clone();
                 let local = local.to_string();
                 if let Some(r) = msg.params_mut().get_mut("ref") {
                     r["name"] = local.into();
                 }
-                self.forward(&slot, msg, target).await
+                self.forward(&slot, msg, target, cx).await
             }
             Some("ref/resource") => {
                 let uri = reference
                     .get("uri")
                     .and_then(Value::as_str)
                     .ok_or_else(|| missing("ref.uri"))?;
-                let slot = self.route_uri(uri).await?;
-                self.forward(&slot, msg, target).await
+                let slot = self.route_uri(uri, cx).await?;
+                self.forward(&slot, msg, target, cx).await
             }
             _ => Err(missing("ref.type")),
         }
     }
 
     /// Sends `logging/setLevel` (or another broadcast) to every backend that supports it.
-    async fn broadcast(self: &Rc<Self>, msg: &Message) -> Result<Value, RpcError> {
+    async fn broadcast(self: &Rc<Self>, msg: &Message, cx: &Context) -> Result<Value, RpcError> {
         let tasks: Vec<_> = self
             .backends
             .iter()
             .map(|slot| {
-                let (me, slot, msg) = (self.clone(), slot.clone(), msg.clone());
+                let (me, slot, mut msg, cx) = (self.clone(), slot.clone(), msg.clone(), cx.clone());
                 rt::spawn(async move {
-                    let proc = me.ensure(&slot).await?;
+                    let proc = me.ensure(&slot, &cx).await?;
                     if !mcp::has_capability(&proc.capabilities(), "logging") {
                         return Ok(());
                     }
-                    proc.request(me.id, msg, slot.timeout, None)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_rpc_error())
+                    let span = me.forward_span(&slot, &mut msg, &cx);
+                    let r = proc.request(me.id, msg, slot.timeout, None).await;
+                    match &r {
+                        Ok(resp) => {
+                            telemetry::record_response(&span, resp);
+                        }
+                        Err(e) => telemetry::fail(&span, e.kind(), &e.to_string()),
+                    }
+                    telemetry::end(&span);
+                    r.map(|_| ()).map_err(|e| e.to_rpc_error())
                 })
             })
             .collect();
@@ -467,25 +627,19 @@ impl Session {
     }
 
     /// Merges one listing from every backend that offers it.
-    async fn list(self: &Rc<Self>, kind: ListKind, msg: &Message) -> Result<Value, RpcError> {
-        if msg.params().and_then(|p| p.get("cursor")).is_some() {
-            return Err(RouteError::MissingParam {
-                method: kind.method().into(),
-                param: "cursor",
-            }
-            .to_rpc_error()
-            .with_data(
-                json!({ "reason": "the gateway returns complete listings; no cursor is valid" }),
-            ));
-        }
-        let meta = msg.meta().cloned();
+    async fn list(
+        self: &Rc<Self>,
+        kind: ListKind,
+        meta: Option<serde_json::Map<String, Value>>,
+        cx: &Context,
+    ) -> Result<Value, RpcError> {
         let tasks: Vec<_> = self
             .backends
             .iter()
             .map(|slot| {
-                let (me, slot, meta) = (self.clone(), slot.clone(), meta.clone());
+                let (me, slot, meta, cx) = (self.clone(), slot.clone(), meta.clone(), cx.clone());
                 rt::spawn(async move {
-                    let items = me.list_one(&slot, kind, meta).await;
+                    let items = me.list_one(&slot, kind, meta, &cx).await;
                     (slot, items)
                 })
             })
@@ -527,8 +681,9 @@ impl Session {
         slot: &Rc<Slot>,
         kind: ListKind,
         meta: Option<serde_json::Map<String, Value>>,
+        cx: &Context,
     ) -> Result<Vec<Value>, RpcError> {
-        let proc = self.ensure(slot).await?;
+        let proc = self.ensure(slot, cx).await?;
         if !mcp::has_capability(&proc.capabilities(), kind.capability()) {
             return Ok(Vec::new());
         }
@@ -542,11 +697,21 @@ impl Session {
             if let Some(c) = cursor.take() {
                 params.insert("cursor".into(), c);
             }
-            let req = Message::request(Id::from(0), kind.method(), Some(Value::Object(params)));
-            let resp = proc
-                .request(self.id, req, slot.timeout, None)
-                .await
-                .map_err(|e| e.to_rpc_error())?;
+            let mut req = Message::request(Id::from(0), kind.method(), Some(Value::Object(params)));
+            let span = self.forward_span(slot, &mut req, cx);
+            let outcome = proc.request(self.id, req, slot.timeout, None).await;
+            let resp = match outcome {
+                Ok(r) => {
+                    telemetry::record_response(&span, &r);
+                    telemetry::end(&span);
+                    r
+                }
+                Err(e) => {
+                    telemetry::fail(&span, e.kind(), &e.to_string());
+                    telemetry::end(&span);
+                    return Err(e.to_rpc_error());
+                }
+            };
             let result = resp.into_outcome().map_err(|err| {
                 RpcError::new(
                     err.get("code").and_then(Value::as_i64).unwrap_or(-32603),

@@ -1,5 +1,6 @@
 //! The router's WebSocket link to the gateway: connect with a deadline, subprotocol
-//! `mcp`, optional bearer token, bounded buffers and message size.
+//! `mcp`, optional bearer token, W3C trace context headers of the `gateway.connect`
+//! span, bounded buffers and message size.
 
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ pub async fn connect(
     token: Option<&Secret>,
     max_message_bytes: usize,
     timeout: Duration,
+    extra_headers: Vec<(String, String)>,
 ) -> Result<(Sender, Receiver), RelayError> {
     let unreachable = |reason: String| RelayError::GatewayUnreachable {
         url: url.to_string(),
@@ -45,6 +47,14 @@ pub async fn connect(
         let port = req.uri().port_u16().unwrap_or(80);
         let headers = req.headers_mut();
         headers.insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mcp"));
+        for (k, v) in extra_headers {
+            if let (Ok(name), Ok(value)) = (
+                async_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(&v),
+            ) {
+                headers.insert(name, value);
+            }
+        }
         if let Some(t) = token {
             let v = HeaderValue::from_str(&format!("Bearer {}", t.expose())).map_err(|_| {
                 unreachable("token contains characters not allowed in a header".into())

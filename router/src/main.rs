@@ -37,13 +37,18 @@ fn main() -> ExitCode {
         println!("mcp-router {}", mcp_shared::VERSION);
         return ExitCode::SUCCESS;
     }
-    let cfg = match load_config(&args) {
+    let mut cfg = match load_config(&args) {
         Ok(c) => c,
         Err(msg) => {
             eprintln!("mcp-router: {msg}");
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
+    if let Err(msg) = mcp_shared::telemetry::apply_env(&mut cfg.tracing, |k| std::env::var(k).ok())
+    {
+        eprintln!("mcp-router: {msg}");
+        return ExitCode::from(EXIT_CONFIG as u8);
+    }
     if args.check_config {
         // stdout is the MCP channel, even here: report on stderr.
         eprintln!("mcp-router: configuration is valid");
@@ -60,7 +65,19 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    match relay::run(cfg, token) {
+    let tel = match mcp_shared::telemetry::Telemetry::init(
+        &cfg.tracing,
+        "mcp-router",
+        mcp_shared::VERSION,
+        mcp_shared::telemetry::Target::Stderr,
+    ) {
+        Ok(t) => t,
+        Err(msg) => {
+            eprintln!("mcp-router: tracing: {msg}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    match relay::run(cfg, token, tel) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");

@@ -5,9 +5,14 @@
 //! the ids of client requests it forwarded and not yet saw answered, so that when the
 //! link is down or drops, every one of them is answered with an error carrying its id.
 //! Nothing but MCP messages is ever written to stdout.
+//!
+//! Tracing: each message read from stdin gets a `stdio.read` server span (the child of
+//! trace context the host put in `params._meta`, if any); each request or notification
+//! forwarded gets a `gateway.request` client span whose context replaces `traceparent`
+//! in `params._meta`. A request's spans end when its response is relayed.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -19,6 +24,9 @@ use mcp_shared::error::{RelayError, SessionError, ToRpcError};
 use mcp_shared::framing::{Frame, LineDecoder, PIPE_READ_CHUNK_BYTES};
 use mcp_shared::jsonrpc::{Id, Kind, Message};
 use mcp_shared::secret::Secret;
+use mcp_shared::telemetry::{self, attrs, propagation, Telemetry};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::{Context, KeyValue};
 use smol::LocalExecutor;
 
 use crate::link;
@@ -38,10 +46,27 @@ enum WsCmd {
     Close,
 }
 
+/// The spans of a forwarded request.
+struct Spans {
+    stdio: Context,
+    request: Context,
+}
+
+impl Spans {
+    fn end(self) {
+        telemetry::end(&self.request);
+        telemetry::end(&self.stdio);
+    }
+}
+
 #[derive(Default)]
 struct State {
-    /// Ids of client requests forwarded and not yet answered.
-    pending: HashSet<Id>,
+    /// Client requests forwarded and not yet answered, with their spans.
+    pending: HashMap<Id, Spans>,
+    /// Tracing (disabled unless configured).
+    tel: Telemetry,
+    /// `server.address` / `server.port` of the gateway, for span attributes.
+    server: (String, u16),
     /// The queue to the WebSocket writer, while the link is up.
     link: Option<Sender<WsCmd>>,
     /// Why the link is down.
@@ -51,42 +76,80 @@ struct State {
 }
 
 impl State {
-    /// Forgets an answered request; wakes the EOF drain when it was the last one.
-    fn answered(&mut self, id: &Id) {
-        self.pending.remove(id);
+    /// Forgets an answered request, returning its spans; wakes the EOF drain when it
+    /// was the last one.
+    fn answered(&mut self, id: &Id) -> Option<Spans> {
+        let spans = self.pending.remove(id);
         if self.pending.is_empty() {
             self.drained = None;
         }
+        spans
     }
 }
 
 type Shared = Rc<RefCell<State>>;
 
 /// Runs the router until stdin closes.
-pub fn run(cfg: RouterConfig, token: Option<Secret>) -> Result<(), String> {
+pub fn run(cfg: RouterConfig, token: Option<Secret>, tel: Telemetry) -> Result<(), String> {
     let ex = LocalExecutor::new();
-    futures_lite::future::block_on(ex.run(relay(&ex, cfg, token)))
+    let result = futures_lite::future::block_on(ex.run(relay(&ex, cfg, token, tel.clone())));
+    tel.shutdown();
+    result
+}
+
+/// Host and port of a ws:// URL, for span attributes.
+fn server_of(url: &str) -> (String, u16) {
+    let authority = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap_or("");
+    match authority.rsplit_once(':') {
+        Some((h, p)) => (h.to_string(), p.parse().unwrap_or(80)),
+        None => (authority.to_string(), 80),
+    }
 }
 
 async fn relay(
     ex: &LocalExecutor<'_>,
     cfg: RouterConfig,
     token: Option<Secret>,
+    tel: Telemetry,
 ) -> Result<(), String> {
     let (out_tx, out_rx) = async_channel::bounded::<String>(STDOUT_QUEUE);
     let stdout_task = ex.spawn(write_stdout(out_rx));
-    let state: Shared = Rc::default();
+    let server = server_of(&cfg.gateway.url);
+    let state: Shared = Rc::new(RefCell::new(State {
+        tel: tel.clone(),
+        server: server.clone(),
+        ..State::default()
+    }));
     let max = cfg.limits.max_message_bytes;
 
+    let connect_cx = tel.start("gateway.connect", SpanKind::Client, &Context::new(), || {
+        let mut a = attrs::server(&server.0, server.1);
+        a.push(KeyValue::new("network.transport", "tcp"));
+        a.push(KeyValue::new("url.full", cfg.gateway.url.clone()));
+        a
+    });
+
     let mut reader_task = None;
-    match link::connect(
+    let connected = link::connect(
         &cfg.gateway.url,
         token.as_ref(),
         max,
         cfg.gateway.connect_timeout.0,
+        propagation::headers_for(&connect_cx),
     )
-    .await
-    {
+    .await;
+    match &connected {
+        Ok(_) => telemetry::set_attributes(&connect_cx, || {
+            vec![KeyValue::new("websocket.protocol", "mcp")]
+        }),
+        Err(e) => telemetry::fail(&connect_cx, "gateway_unreachable", &e.to_string()),
+    }
+    telemetry::end(&connect_cx);
+    match connected {
         Ok((sink, stream)) => {
             log::info!("connected to gateway {}", cfg.gateway.url);
             let (ws_tx, ws_rx) = async_channel::bounded(WS_QUEUE);
@@ -167,7 +230,7 @@ async fn handle_client_line(
     max_in_flight: usize,
     line: &[u8],
 ) {
-    let msg = match Message::parse(line) {
+    let mut msg = match Message::parse(line) {
         Ok(m) => m,
         Err(rej) => {
             log::warn!("bad message on stdin: {}", rej.error.message);
@@ -177,8 +240,41 @@ async fn handle_client_line(
             return;
         }
     };
+    let (tel, server) = {
+        let st = state.borrow();
+        (st.tel.clone(), st.server.clone())
+    };
+    let spans = if tel.enabled() {
+        let parent = propagation::extract_meta(msg.meta());
+        let stdio = tel.start("stdio.read", SpanKind::Server, &parent, || {
+            let mut a = attrs::mcp_message(&msg);
+            a.push(KeyValue::new("network.transport", "pipe"));
+            a
+        });
+        telemetry::event(&stdio, "stdio.message.read", || {
+            vec![KeyValue::new("message.size", line.len() as i64)]
+        });
+        let request = if msg.kind() == Kind::Response {
+            Context::new()
+        } else {
+            let request = tel.start("gateway.request", SpanKind::Client, &stdio, || {
+                let mut a = attrs::mcp_message(&msg);
+                a.extend(attrs::server(&server.0, server.1));
+                a.push(KeyValue::new("network.transport", "tcp"));
+                a
+            });
+            propagation::inject_meta(&request, msg.meta_mut());
+            request
+        };
+        Spans { stdio, request }
+    } else {
+        Spans {
+            stdio: Context::new(),
+            request: Context::new(),
+        }
+    };
     let decision = {
-        let mut st = state.borrow_mut();
+        let st = state.borrow();
         match st.link.clone() {
             None => Err(st
                 .down
@@ -191,10 +287,6 @@ async fn handle_client_line(
                 (Kind::Request, Some(_)) if st.pending.len() >= max_in_flight => {
                     Err(SessionError::TooManyInFlight(max_in_flight).to_rpc_error())
                 }
-                (Kind::Request, Some(id)) => {
-                    st.pending.insert(id);
-                    Ok(link)
-                }
                 _ => Ok(link),
             },
         }
@@ -202,6 +294,9 @@ async fn handle_client_line(
     let link = match decision {
         Ok(link) => link,
         Err(err) => {
+            telemetry::fail(&spans.request, "gateway_unavailable", &err.message);
+            telemetry::fail(&spans.stdio, "gateway_unavailable", &err.message);
+            spans.end();
             if let (Kind::Request, Some(id)) = (msg.kind(), msg.id()) {
                 send_out(out, Message::error_response(Some(id), err).to_json()).await;
             } else {
@@ -210,8 +305,18 @@ async fn handle_client_line(
             return;
         }
     };
+    let text = msg.to_json();
+    telemetry::event(&spans.request, "websocket.message.sent", || {
+        vec![KeyValue::new("message.size", text.len() as i64)]
+    });
+    match (msg.kind(), msg.id()) {
+        (Kind::Request, Some(id)) => {
+            state.borrow_mut().pending.insert(id, spans);
+        }
+        _ => spans.end(),
+    }
     // The writer task answers pending requests itself if the link fails meanwhile.
-    let _ = link.send(WsCmd::Text(msg.to_json())).await;
+    let _ = link.send(WsCmd::Text(text)).await;
 }
 
 async fn send_out(out: &Sender<String>, line: String) {
@@ -244,13 +349,24 @@ async fn read_ws(mut stream: link::Receiver, state: Shared, out: Sender<String>)
         };
         match Message::parse(text.as_bytes()) {
             Ok(m) => {
-                if m.kind() == Kind::Response {
-                    if let Some(id) = m.id() {
-                        state.borrow_mut().answered(&id);
-                    }
-                }
+                let spans = match (m.kind(), m.id()) {
+                    (Kind::Response, Some(id)) => state.borrow_mut().answered(&id),
+                    _ => None,
+                };
+                let size = text.len() as i64;
                 // Relay the text as received: no re-serialisation needed.
                 send_out(&out, text).await;
+                if let Some(spans) = spans {
+                    telemetry::event(&spans.request, "websocket.message.received", || {
+                        vec![KeyValue::new("message.size", size)]
+                    });
+                    telemetry::record_response(&spans.request, &m);
+                    telemetry::record_response(&spans.stdio, &m);
+                    telemetry::event(&spans.stdio, "stdio.message.written", || {
+                        vec![KeyValue::new("message.size", size)]
+                    });
+                    spans.end();
+                }
             }
             Err(rej) => log::warn!("gateway sent an invalid message: {}", rej.error.message),
         }
@@ -291,7 +407,10 @@ async fn link_down(state: &Shared, out: &Sender<String>, reason: String) {
         log::error!("gateway link lost: {reason}");
     }
     let err = RelayError::Disconnected { reason }.to_rpc_error();
-    for id in pending {
+    for (id, spans) in pending {
+        telemetry::fail(&spans.request, "gateway_unavailable", &err.message);
+        telemetry::fail(&spans.stdio, "gateway_unavailable", &err.message);
+        spans.end();
         send_out(
             out,
             Message::error_response(Some(id), err.clone()).to_json(),

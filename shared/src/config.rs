@@ -96,7 +96,9 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+        parse_duration(&s)
+            .map(Dur)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -199,6 +201,205 @@ fn default_separator() -> String {
 }
 
 // ---------------------------------------------------------------------------------------
+// Tracing
+
+/// Default OTLP endpoint (gRPC).
+pub const DEFAULT_OTLP_ENDPOINT: &str = "http://localhost:4317";
+/// Default time one export (with its retries) may take.
+pub const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default bound on finished spans waiting for export; more are dropped and counted.
+pub const DEFAULT_MAX_QUEUE_SIZE: usize = 2048;
+/// Default number of spans per export.
+pub const DEFAULT_MAX_EXPORT_BATCH_SIZE: usize = 512;
+/// Default time between exports of a partial batch.
+pub const DEFAULT_SCHEDULED_DELAY: Duration = Duration::from_secs(1);
+
+/// Which sampler decides for root spans.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplerType {
+    /// Keep every trace (and honour a parent's decision).
+    #[default]
+    AlwaysOn,
+    /// Record nothing in this service, whatever the parent says.
+    AlwaysOff,
+    /// Keep a fraction (`sampler_param`) of root traces by trace id; honour parents.
+    #[serde(rename = "traceidratio")]
+    TraceIdRatio,
+}
+
+/// Where finished spans go.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ExporterType {
+    /// OTLP to a collector.
+    #[default]
+    Otlp,
+    /// A human-readable tree per trace (stderr in the router, stdout in the gateway).
+    Stdout,
+}
+
+/// OTLP transport.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (port 4317).
+    #[default]
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318).
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+/// Format of the stdout exporter.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StdoutFormat {
+    /// An indented tree per trace.
+    #[default]
+    Tree,
+    /// One JSON object per span and line.
+    Json,
+}
+
+fn default_otlp_endpoint() -> String {
+    DEFAULT_OTLP_ENDPOINT.into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_sampler_param() -> f64 {
+    1.0
+}
+fn default_otlp_timeout() -> Dur {
+    Dur(DEFAULT_OTLP_TIMEOUT)
+}
+fn default_max_queue_size() -> usize {
+    DEFAULT_MAX_QUEUE_SIZE
+}
+fn default_max_export_batch_size() -> usize {
+    DEFAULT_MAX_EXPORT_BATCH_SIZE
+}
+fn default_scheduled_delay() -> Dur {
+    Dur(DEFAULT_SCHEDULED_DELAY)
+}
+
+/// `[tracing]` of both binaries (the keys of the distributed tracing guide, plus OTLP
+/// protocol, headers, timeout and batch settings). The `OTEL_*` environment variables
+/// override these; see `docs/tracing.md`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// Off by default: no exporter thread, no span work.
+    #[serde(default)]
+    pub enabled: bool,
+    /// `service.name` (default: the binary's name).
+    pub service_name: Option<String>,
+    /// `service.version` (default: the binary's version).
+    pub service_version: Option<String>,
+    /// `deployment.environment.name`.
+    pub environment: Option<String>,
+    /// Root sampler.
+    #[serde(default)]
+    pub sampler_type: SamplerType,
+    /// Ratio for `traceidratio`, 0.0 to 1.0.
+    #[serde(default = "default_sampler_param")]
+    pub sampler_param: f64,
+    /// Where spans go.
+    #[serde(default)]
+    pub exporter_type: ExporterType,
+    /// Collector endpoint (`http://host:port`; for HTTP `/v1/traces` is appended).
+    #[serde(default = "default_otlp_endpoint")]
+    pub otlp_endpoint: String,
+    /// Plain-text connection to the collector (TLS is not built into this binary).
+    #[serde(default = "default_true")]
+    pub otlp_insecure: bool,
+    /// `grpc` or `http/protobuf`.
+    #[serde(default)]
+    pub otlp_protocol: OtlpProtocol,
+    /// Extra headers (gRPC metadata) sent with every export, e.g. an API key.
+    #[serde(default)]
+    pub otlp_headers: BTreeMap<String, String>,
+    /// Time one export, retries included, may take.
+    #[serde(default = "default_otlp_timeout")]
+    pub otlp_timeout: Dur,
+    /// Finished spans waiting for export, at most; more are dropped and counted.
+    #[serde(default = "default_max_queue_size")]
+    pub max_queue_size: usize,
+    /// Spans per export.
+    #[serde(default = "default_max_export_batch_size")]
+    pub max_export_batch_size: usize,
+    /// Time between exports of a partial batch.
+    #[serde(default = "default_scheduled_delay")]
+    pub scheduled_delay: Dur,
+    /// `tree` or `json` for the stdout exporter.
+    #[serde(default)]
+    pub stdout_format: StdoutFormat,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            enabled: false,
+            service_name: None,
+            service_version: None,
+            environment: None,
+            sampler_type: SamplerType::default(),
+            sampler_param: default_sampler_param(),
+            exporter_type: ExporterType::default(),
+            otlp_endpoint: default_otlp_endpoint(),
+            otlp_insecure: true,
+            otlp_protocol: OtlpProtocol::default(),
+            otlp_headers: BTreeMap::new(),
+            otlp_timeout: default_otlp_timeout(),
+            max_queue_size: DEFAULT_MAX_QUEUE_SIZE,
+            max_export_batch_size: DEFAULT_MAX_EXPORT_BATCH_SIZE,
+            scheduled_delay: default_scheduled_delay(),
+            stdout_format: StdoutFormat::default(),
+        }
+    }
+}
+
+impl TracingConfig {
+    /// Checks values the types cannot.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if !(0.0..=1.0).contains(&self.sampler_param) || self.sampler_param.is_nan() {
+            return Err(invalid(
+                &["tracing", "sampler_param"],
+                format!("{} is outside 0.0..=1.0", self.sampler_param),
+            ));
+        }
+        let ep = &self.otlp_endpoint;
+        if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+            return Err(invalid(
+                &["tracing", "otlp_endpoint"],
+                format!("{ep:?} must start with http:// or https://"),
+            ));
+        }
+        if ep.starts_with("https://") || !self.otlp_insecure {
+            return Err(invalid(
+                &["tracing", "otlp_insecure"],
+                "TLS to the collector is not built into this binary: use an http:// endpoint \
+                 with otlp_insecure = true (e.g. a local collector that forwards over TLS)",
+            ));
+        }
+        validate_nonzero(self.max_queue_size, &["tracing", "max_queue_size"])?;
+        validate_nonzero(
+            self.max_export_batch_size,
+            &["tracing", "max_export_batch_size"],
+        )?;
+        if self.max_export_batch_size > self.max_queue_size {
+            return Err(invalid(
+                &["tracing", "max_export_batch_size"],
+                "must not exceed max_queue_size",
+            ));
+        }
+        validate_positive_duration(self.otlp_timeout, &["tracing", "otlp_timeout"])?;
+        validate_positive_duration(self.scheduled_delay, &["tracing", "scheduled_delay"])
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Router
 
 /// The router's whole configuration.
@@ -213,6 +414,9 @@ pub struct RouterConfig {
     /// `[logging]`
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// `[tracing]`
+    #[serde(default)]
+    pub tracing: TracingConfig,
 }
 
 /// `[gateway]` of the router.
@@ -263,6 +467,7 @@ impl RouterConfig {
             },
             limits: RouterLimits::default(),
             logging: LoggingConfig::default(),
+            tracing: TracingConfig::default(),
         }
     }
 
@@ -275,9 +480,13 @@ impl RouterConfig {
                 "set token_env or token_file, not both",
             ));
         }
-        validate_positive_duration(self.gateway.connect_timeout, &["gateway", "connect_timeout"])?;
+        validate_positive_duration(
+            self.gateway.connect_timeout,
+            &["gateway", "connect_timeout"],
+        )?;
         validate_message_bytes(self.limits.max_message_bytes)?;
-        validate_nonzero(self.limits.max_in_flight, &["limits", "max_in_flight"])
+        validate_nonzero(self.limits.max_in_flight, &["limits", "max_in_flight"])?;
+        self.tracing.validate()
     }
 }
 
@@ -317,6 +526,9 @@ pub struct GatewayConfig {
     /// `[logging]`
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// `[tracing]`
+    #[serde(default)]
+    pub tracing: TracingConfig,
     /// `[[backends]]`
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
@@ -454,20 +666,20 @@ pub struct BackendConfig {
 impl GatewayConfig {
     /// Checks values the types cannot.
     pub fn validate(&self) -> Result<(), Invalid> {
-        self.server
-            .listen
-            .parse::<SocketAddr>()
-            .map_err(|_| {
-                invalid(
-                    &["server", "listen"],
-                    format!("{:?} is not an ip:port address", self.server.listen),
-                )
-            })?;
+        self.server.listen.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                &["server", "listen"],
+                format!("{:?} is not an ip:port address", self.server.listen),
+            )
+        })?;
         if !self.server.path.starts_with('/') {
             return Err(invalid(&["server", "path"], "must start with '/'"));
         }
         validate_nonzero(self.server.max_sessions, &["server", "max_sessions"])?;
-        validate_positive_duration(self.server.handshake_timeout, &["server", "handshake_timeout"])?;
+        validate_positive_duration(
+            self.server.handshake_timeout,
+            &["server", "handshake_timeout"],
+        )?;
         validate_message_bytes(self.limits.max_message_bytes)?;
         validate_nonzero(self.limits.max_in_flight, &["limits", "max_in_flight"])?;
         validate_positive_duration(self.limits.request_timeout, &["limits", "request_timeout"])?;
@@ -478,9 +690,13 @@ impl GatewayConfig {
                 "must be non-empty and contain no whitespace",
             ));
         }
+        self.tracing.validate()?;
         if let Some(a) = &self.auth {
             if a.token_env.is_some() == a.token_file.is_some() {
-                return Err(invalid(&["auth"], "set exactly one of token_env or token_file"));
+                return Err(invalid(
+                    &["auth"],
+                    "set exactly one of token_env or token_file",
+                ));
             }
         }
         let mut seen = std::collections::HashSet::new();
@@ -525,7 +741,10 @@ impl GatewayConfig {
 
     /// The request timeout of a backend.
     pub fn request_timeout(&self, backend: &BackendConfig) -> Duration {
-        backend.request_timeout.unwrap_or(self.limits.request_timeout).0
+        backend
+            .request_timeout
+            .unwrap_or(self.limits.request_timeout)
+            .0
     }
 }
 
@@ -755,7 +974,10 @@ env = { A = "1" }
         let e = from_str::<GatewayConfig>(&text, None).unwrap_err();
         assert_eq!(e.line, Some(18));
         assert_eq!(e.key.as_deref(), Some("backends[1].session"), "{e}");
-        let text = GOOD.replace("request_timeout = \"5s\"", "request_timeout = \"5 parsecs\"");
+        let text = GOOD.replace(
+            "request_timeout = \"5s\"",
+            "request_timeout = \"5 parsecs\"",
+        );
         let e = from_str::<GatewayConfig>(&text, None).unwrap_err();
         assert_eq!(e.line, Some(6));
         assert_eq!(e.key.as_deref(), Some("limits.request_timeout"), "{e}");
@@ -775,7 +997,10 @@ env = { A = "1" }
         let text = GOOD.replace("name = \"one\"", "name = \"a.b\"");
         let e = from_str::<GatewayConfig>(&text, None).unwrap_err();
         assert!(e.message.contains("letters"), "{e}");
-        let text = format!("[routing]\nseparator = \"_\"\n{}", GOOD.replace("\"one\"", "\"a_b\""));
+        let text = format!(
+            "[routing]\nseparator = \"_\"\n{}",
+            GOOD.replace("\"one\"", "\"a_b\"")
+        );
         let e = from_str::<GatewayConfig>(&text, None).unwrap_err();
         assert!(e.message.contains("separator"), "{e}");
         assert_eq!(e.key.as_deref(), Some("backends[0].name"));
@@ -791,9 +1016,11 @@ env = { A = "1" }
 
     #[test]
     fn router_config() {
-        let c: RouterConfig =
-            from_str("[gateway]\nurl = \"ws://127.0.0.1:1/mcp\"\ntoken_env = \"T\"\n", None)
-                .unwrap();
+        let c: RouterConfig = from_str(
+            "[gateway]\nurl = \"ws://127.0.0.1:1/mcp\"\ntoken_env = \"T\"\n",
+            None,
+        )
+        .unwrap();
         assert_eq!(c.limits.max_in_flight, DEFAULT_ROUTER_MAX_IN_FLIGHT);
         let e = from_str::<RouterConfig>("[gateway]\nurl = \"http://x\"\n", None).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("gateway.url"));
@@ -805,6 +1032,31 @@ env = { A = "1" }
         .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("limits.max_message_bytes"));
         assert_eq!(e.line, Some(4));
+    }
+
+    #[test]
+    fn tracing_section() {
+        let c: RouterConfig = from_str(
+            "[gateway]\nurl = \"ws://h/mcp\"\n[tracing]\nenabled = true\nsampler_type = \"traceidratio\"\nsampler_param = 0.25\notlp_protocol = \"http/protobuf\"\notlp_headers = { x-api-key = \"k\" }\n",
+            None,
+        )
+        .unwrap();
+        assert!(c.tracing.enabled);
+        assert_eq!(c.tracing.sampler_type, SamplerType::TraceIdRatio);
+        assert_eq!(c.tracing.otlp_protocol, OtlpProtocol::HttpProtobuf);
+        let e = from_str::<RouterConfig>(
+            "[gateway]\nurl = \"ws://h/mcp\"\n[tracing]\nsampler_param = 1.5\n",
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("tracing.sampler_param"));
+        assert_eq!(e.line, Some(4));
+        let e = from_str::<RouterConfig>(
+            "[gateway]\nurl = \"ws://h/mcp\"\n[tracing]\nexporter_type = \"jaeger\"\n",
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("tracing.exporter_type"));
     }
 
     #[test]

@@ -106,7 +106,10 @@ impl fmt::Display for RouteError {
             RouteError::UnknownPrompt(p) => write!(f, "unknown prompt: {p}"),
             RouteError::UnknownResource(u) => write!(f, "resource not found: {u}"),
             RouteError::MissingParam { method, param } => {
-                write!(f, "invalid params for {method}: missing or invalid \"{param}\"")
+                write!(
+                    f,
+                    "invalid params for {method}: missing or invalid \"{param}\""
+                )
             }
             RouteError::NotInitialized => {
                 write!(f, "session not initialized: send \"initialize\" first")
@@ -333,9 +336,7 @@ mod tests {
             codes::INVALID_PARAMS
         );
         assert_eq!(
-            RouteError::UnknownResource("u".into())
-                .to_rpc_error()
-                .code,
+            RouteError::UnknownResource("u".into()).to_rpc_error().code,
             codes::RESOURCE_NOT_FOUND
         );
         let t = BackendError::Timeout {

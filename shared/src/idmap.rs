@@ -65,9 +65,7 @@ impl<T> IdMap<T> {
 
     /// Finds the first live entry matching `pred` and returns its id.
     pub fn find(&self, mut pred: impl FnMut(&T) -> bool) -> Option<u64> {
-        self.entries
-            .iter()
-            .find_map(|(k, v)| pred(v).then_some(*k))
+        self.entries.iter().find_map(|(k, v)| pred(v).then_some(*k))
     }
 
     /// Removes every entry matching `pred`, returning them.
@@ -116,7 +114,11 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert_eq!(m.take(&Id::from(b)), Some(("s2", Id::from(1))));
         assert_eq!(m.take(&Id::from(b)), None, "an id is answered once");
-        assert_eq!(m.take(&Id::String(a.to_string())), None, "our ids are numbers");
+        assert_eq!(
+            m.take(&Id::String(a.to_string())),
+            None,
+            "our ids are numbers"
+        );
         assert_eq!(m.take(&Id::from(a)).unwrap().1, Id::String("x".into()));
         assert!(m.is_empty());
     }

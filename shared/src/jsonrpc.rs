@@ -135,13 +135,11 @@ impl Message {
     pub fn from_value(value: Value) -> Result<Message, Rejection> {
         let obj = match value {
             Value::Object(obj) => obj,
-            Value::Array(_) => {
-                return Err(Rejection::new(
-                    None,
-                    codes::INVALID_REQUEST,
-                    "invalid request: JSON-RPC batches are not supported (removed in MCP 2025-06-18)",
-                ))
-            }
+            Value::Array(_) => return Err(Rejection::new(
+                None,
+                codes::INVALID_REQUEST,
+                "invalid request: JSON-RPC batches are not supported (removed in MCP 2025-06-18)",
+            )),
             _ => {
                 return Err(Rejection::new(
                     None,

@@ -12,6 +12,8 @@
 //! - [`error`]: typed errors and their JSON-RPC codes.
 //! - [`secret`]: tokens that never print.
 //! - [`logger`]: the stderr logger.
+//! - [`telemetry`]: OpenTelemetry tracing (the only part of this crate with I/O: its
+//!   exporter thread talks to the collector).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -24,6 +26,7 @@ pub mod logger;
 pub mod mcp;
 pub mod routing;
 pub mod secret;
+pub mod telemetry;
 
 /// Version of the workspace, for `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -118,8 +118,7 @@ impl ResourceRoutes {
                 self.templates.push((prefix, backend.into()));
             }
         }
-        self.templates
-            .sort_by_key(|t| std::cmp::Reverse(t.0.len()));
+        self.templates.sort_by_key(|t| std::cmp::Reverse(t.0.len()));
     }
 
     /// Forgets everything learned from one backend (before it is listed again).

@@ -1,0 +1,234 @@
+//! Our batch span processor: a bounded queue that grows only as needed, drained by one
+//! exporter thread on batch size, on a timer, on flush and at shutdown.
+//!
+//! The request path (`on_end`) takes a mutex for a push and never blocks on export or
+//! allocates beyond the span itself; when the queue is full the span is dropped and
+//! counted ([`BatchStats::dropped`]), with at most one warning per
+//! [`DROP_WARN_INTERVAL`]. The exporter thread runs the exporter's future with
+//! `futures_lite::future::block_on`; its own I/O creates no spans.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry::Context;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
+use opentelemetry_sdk::Resource;
+
+use super::export::Exporter;
+
+/// Shortest time between two warnings about dropped spans.
+pub const DROP_WARN_INTERVAL: Duration = Duration::from_secs(10);
+/// Extra time `force_flush` waits beyond the export timeout.
+pub const FLUSH_SLACK: Duration = Duration::from_secs(1);
+
+/// Counters readable from any thread (exposed as metrics).
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    /// Spans handed to the exporter successfully.
+    pub exported: AtomicU64,
+    /// Spans dropped: queue full, or their export failed.
+    pub dropped: AtomicU64,
+    /// Exports that failed (after retries).
+    pub failed_exports: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    spans: VecDeque<SpanData>,
+    flush_requested: u64,
+    flush_done: u64,
+    shutdown: bool,
+    stopped: bool,
+    last_drop_warning: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    done: Condvar,
+    stats: Arc<BatchStats>,
+    max_queue: usize,
+    batch: usize,
+    delay: Duration,
+    export_timeout: Duration,
+}
+
+/// The span processor registered with the SDK tracer provider.
+#[derive(Debug)]
+pub struct BatchProcessor {
+    shared: Arc<Shared>,
+}
+
+impl BatchProcessor {
+    /// Starts the exporter thread.
+    pub fn start(
+        mut exporter: Exporter,
+        resource: &Resource,
+        max_queue: usize,
+        batch: usize,
+        delay: Duration,
+        export_timeout: Duration,
+    ) -> (BatchProcessor, Arc<BatchStats>) {
+        let stats = Arc::new(BatchStats::default());
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            done: Condvar::new(),
+            stats: stats.clone(),
+            max_queue,
+            batch,
+            delay,
+            export_timeout,
+        });
+        exporter.set_resource(resource);
+        let worker = shared.clone();
+        std::thread::Builder::new()
+            .name("span-export".into())
+            .spawn(move || run(worker, exporter))
+            .expect("spawn the span exporter thread");
+        (BatchProcessor { shared }, stats)
+    }
+}
+
+fn run(shared: Arc<Shared>, mut exporter: Exporter) {
+    let mut deadline = Instant::now() + shared.delay;
+    loop {
+        let (batch, flush_target, shutting_down) = {
+            let mut st = shared.state.lock().unwrap();
+            loop {
+                let flush = st.flush_requested > st.flush_done;
+                if st.shutdown || flush || st.spans.len() >= shared.batch {
+                    break;
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                st = shared.wake.wait_timeout(st, deadline - now).unwrap().0;
+            }
+            let n = st.spans.len().min(shared.batch);
+            let batch: Vec<SpanData> = st.spans.drain(..n).collect();
+            if st.spans.is_empty() && st.spans.capacity() > shared.batch * 2 {
+                // Give back what a burst grew.
+                st.spans.shrink_to(shared.batch);
+            }
+            let target = (st.spans.is_empty() && st.flush_requested > st.flush_done)
+                .then_some(st.flush_requested);
+            (batch, target, st.shutdown)
+        };
+        if !batch.is_empty() {
+            let n = batch.len() as u64;
+            match exporter.export(batch, shared.export_timeout) {
+                Ok(()) => {
+                    shared.stats.exported.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    shared.stats.dropped.fetch_add(n, Ordering::Relaxed);
+                    shared.stats.failed_exports.fetch_add(1, Ordering::Relaxed);
+                    warn_rate_limited(
+                        &shared,
+                        &format!("span export failed, {n} span(s) dropped: {e}"),
+                    );
+                }
+            }
+        }
+        let mut st = shared.state.lock().unwrap();
+        if let Some(t) = flush_target {
+            st.flush_done = st.flush_done.max(t);
+            shared.done.notify_all();
+        }
+        if st.spans.is_empty() {
+            deadline = Instant::now() + shared.delay;
+            if shutting_down {
+                st.stopped = true;
+                shared.done.notify_all();
+                drop(st);
+                exporter.shutdown();
+                return;
+            }
+        }
+    }
+}
+
+fn warn_rate_limited(shared: &Shared, msg: &str) {
+    let mut st = shared.state.lock().unwrap();
+    let now = Instant::now();
+    if st
+        .last_drop_warning
+        .is_none_or(|t| now.duration_since(t) >= DROP_WARN_INTERVAL)
+    {
+        st.last_drop_warning = Some(now);
+        drop(st);
+        log::warn!(
+            "{msg} (dropped so far: {})",
+            shared.stats.dropped.load(Ordering::Relaxed)
+        );
+    }
+}
+
+impl SpanProcessor for BatchProcessor {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        let s = &self.shared;
+        let mut st = s.state.lock().unwrap();
+        if st.shutdown {
+            return;
+        }
+        if st.spans.len() >= s.max_queue {
+            drop(st);
+            s.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            warn_rate_limited(s, "span queue full; dropping spans");
+            return;
+        }
+        st.spans.push_back(span);
+        if st.spans.len() >= s.batch {
+            s.wake.notify_one();
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        let s = &self.shared;
+        let mut st = s.state.lock().unwrap();
+        st.flush_requested += 1;
+        let want = st.flush_requested;
+        s.wake.notify_one();
+        let limit = Instant::now() + s.export_timeout + FLUSH_SLACK;
+        while st.flush_done < want && !st.stopped {
+            let now = Instant::now();
+            if now >= limit {
+                return Err(OTelSdkError::Timeout(s.export_timeout + FLUSH_SLACK));
+            }
+            st = s.done.wait_timeout(st, limit - now).unwrap().0;
+        }
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        let s = &self.shared;
+        let mut st = s.state.lock().unwrap();
+        if st.shutdown {
+            return Err(OTelSdkError::AlreadyShutdown);
+        }
+        st.shutdown = true;
+        s.wake.notify_one();
+        let limit = Instant::now() + timeout;
+        while !st.stopped {
+            let now = Instant::now();
+            if now >= limit {
+                return Err(OTelSdkError::Timeout(timeout));
+            }
+            st = s.done.wait_timeout(st, limit - now).unwrap().0;
+        }
+        Ok(())
+    }
+
+    fn set_resource(&mut self, _resource: &Resource) {}
+}

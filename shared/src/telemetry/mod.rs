@@ -1,0 +1,414 @@
+//! OpenTelemetry tracing for both binaries.
+//!
+//! [`Telemetry::init`] turns a `[tracing]` section (after `OTEL_*` overrides, see
+//! [`apply_env`]) into an SDK tracer provider with our sampler choice, resource, and
+//! [`batch::BatchProcessor`] feeding one exporter. Disabled tracing is
+//! [`Telemetry::disabled`]: no thread, and [`Telemetry::start`] only checks a flag.
+//!
+//! Sampling: `always_on` and `traceidratio` decide for root spans and otherwise follow
+//! the parent's sampled flag (parent-based), because ratio algorithms differ between
+//! SDKs of other languages; the flag in `traceparent` is what keeps one decision per
+//! trace across services. `always_off` records nothing whatever the parent says, and
+//! passes an unsampled flag downstream.
+//!
+//! Spans are carried explicitly as [`Context`] values across tasks (never through the
+//! thread-local current context).
+
+pub mod attrs;
+pub mod batch;
+pub mod export;
+pub mod propagation;
+pub mod stdout;
+
+use std::borrow::Cow;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, Tracer};
+use opentelemetry_sdk::Resource;
+
+use crate::config::{ExporterType, OtlpProtocol, SamplerType, TracingConfig};
+
+pub use stdout::Target;
+
+/// How long shutdown waits for the last spans to be exported.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The process's tracing: a tracer, or nothing.
+#[derive(Clone, Default)]
+pub struct Telemetry {
+    inner: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    provider: SdkTracerProvider,
+    tracer: Tracer,
+    stats: Arc<batch::BatchStats>,
+}
+
+impl Telemetry {
+    /// Tracing off.
+    pub fn disabled() -> Self {
+        Telemetry { inner: None }
+    }
+
+    /// Starts tracing as configured (`cfg` already has the environment applied).
+    pub fn init(
+        cfg: &TracingConfig,
+        service: &str,
+        version: &str,
+        target: Target,
+    ) -> Result<Self, String> {
+        if !cfg.enabled {
+            return Ok(Self::disabled());
+        }
+        let mut attrs = vec![
+            KeyValue::new(
+                "service.name",
+                cfg.service_name
+                    .clone()
+                    .unwrap_or_else(|| service.to_string()),
+            ),
+            KeyValue::new(
+                "service.version",
+                cfg.service_version
+                    .clone()
+                    .unwrap_or_else(|| version.to_string()),
+            ),
+            KeyValue::new("telemetry.sdk.language", "rust"),
+            KeyValue::new("telemetry.sdk.name", "opentelemetry"),
+        ];
+        if let Some(env) = &cfg.environment {
+            attrs.push(KeyValue::new("deployment.environment.name", env.clone()));
+        }
+        attrs.extend(resource_attributes_from_env());
+        let resource = Resource::builder_empty().with_attributes(attrs).build();
+        let exporter = match cfg.exporter_type {
+            ExporterType::Stdout => {
+                export::Exporter::Stdout(stdout::StdoutExporter::new(target, cfg.stdout_format))
+            }
+            ExporterType::Otlp => match cfg.otlp_protocol {
+                OtlpProtocol::Grpc => {
+                    export::Exporter::grpc(&cfg.otlp_endpoint, &cfg.otlp_headers)?
+                }
+                OtlpProtocol::HttpProtobuf => export::Exporter::http(
+                    &cfg.otlp_endpoint,
+                    &cfg.otlp_headers,
+                    cfg.otlp_timeout.0,
+                )?,
+            },
+        };
+        let (processor, stats) = batch::BatchProcessor::start(
+            exporter,
+            &resource,
+            cfg.max_queue_size,
+            cfg.max_export_batch_size,
+            cfg.scheduled_delay.0,
+            cfg.otlp_timeout.0,
+        );
+        let sampler = match cfg.sampler_type {
+            SamplerType::AlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            SamplerType::AlwaysOff => Sampler::AlwaysOff,
+            SamplerType::TraceIdRatio => {
+                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(cfg.sampler_param)))
+            }
+        };
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .with_sampler(sampler)
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer(service.to_string());
+        Ok(Telemetry {
+            inner: Some(Arc::new(Inner {
+                provider,
+                tracer,
+                stats,
+            })),
+        })
+    }
+
+    /// True when spans are being made.
+    pub fn enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// Starts a span under `parent` (a new root when `parent` has no span). `attrs` is
+    /// only called when tracing is on. Returns the context holding the new span.
+    pub fn start(
+        &self,
+        name: &'static str,
+        kind: SpanKind,
+        parent: &Context,
+        attrs: impl FnOnce() -> Vec<KeyValue>,
+    ) -> Context {
+        let Some(inner) = &self.inner else {
+            return Context::new();
+        };
+        let span = inner
+            .tracer
+            .span_builder(Cow::Borrowed(name))
+            .with_kind(kind)
+            .with_attributes(attrs())
+            .start_with_context(&inner.tracer, parent);
+        parent.with_span(span)
+    }
+
+    /// Spans exported and dropped so far.
+    pub fn stats(&self) -> (u64, u64) {
+        match &self.inner {
+            Some(i) => (
+                i.stats.exported.load(Ordering::Relaxed),
+                i.stats.dropped.load(Ordering::Relaxed),
+            ),
+            None => (0, 0),
+        }
+    }
+
+    /// The shared counters (for metrics), when tracing is on.
+    pub fn batch_stats(&self) -> Option<Arc<batch::BatchStats>> {
+        self.inner.as_ref().map(|i| i.stats.clone())
+    }
+
+    /// Exports what is queued, waiting at most [`SHUTDOWN_TIMEOUT`].
+    pub fn shutdown(&self) {
+        if let Some(i) = &self.inner {
+            if let Err(e) = i.provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT) {
+                log::warn!("tracing shutdown: {e}");
+            }
+        }
+    }
+}
+
+/// Adds attributes to the span of `cx`.
+pub fn set_attributes(cx: &Context, attrs: impl FnOnce() -> Vec<KeyValue>) {
+    let span = cx.span();
+    if span.is_recording() {
+        span.set_attributes(attrs());
+    }
+}
+
+/// Adds an event to the span of `cx`.
+pub fn event(cx: &Context, name: &'static str, attrs: impl FnOnce() -> Vec<KeyValue>) {
+    let span = cx.span();
+    if span.is_recording() {
+        span.add_event(name, attrs());
+    }
+}
+
+/// Marks the span failed: `error.type`, status Error with `message`, and an
+/// `exception` event.
+pub fn fail(cx: &Context, error_type: &str, message: &str) {
+    let span = cx.span();
+    if span.is_recording() {
+        span.set_attribute(KeyValue::new("error.type", error_type.to_string()));
+        span.add_event(
+            "exception",
+            vec![
+                KeyValue::new("exception.type", error_type.to_string()),
+                KeyValue::new("exception.message", message.to_string()),
+            ],
+        );
+        span.set_status(Status::error(message.to_string()));
+    }
+}
+
+/// Records the outcome of a JSON-RPC response on the span: error responses set
+/// `rpc.response.status_code` and error status; a `tools/call` result with
+/// `isError: true` is a `tool_error`. Returns the error type, if any.
+pub fn record_response(cx: &Context, resp: &crate::jsonrpc::Message) -> Option<&'static str> {
+    if let Some(err) = resp.error() {
+        let code = err
+            .get("code")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0);
+        let msg = err
+            .get("message")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("error");
+        set_attributes(cx, || {
+            vec![KeyValue::new("rpc.response.status_code", code.to_string())]
+        });
+        fail(cx, &code.to_string(), msg);
+        return Some("jsonrpc_error");
+    }
+    let is_tool_error = resp
+        .result()
+        .and_then(|r| r.get("isError"))
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    if is_tool_error {
+        fail(cx, "tool_error", "tool returned isError: true");
+        return Some("tool_error");
+    }
+    None
+}
+
+/// Ends the span of `cx` (no-op without one).
+pub fn end(cx: &Context) {
+    cx.span().end();
+}
+
+/// `OTEL_RESOURCE_ATTRIBUTES` (`k=v,k2=v2`, values percent-decoded).
+fn resource_attributes_from_env() -> Vec<KeyValue> {
+    let Ok(s) = std::env::var("OTEL_RESOURCE_ATTRIBUTES") else {
+        return Vec::new();
+    };
+    s.split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| KeyValue::new(k.trim().to_string(), percent_decode(v.trim())))
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Applies the standard `OTEL_*` environment variables over the file's `[tracing]`
+/// (environment wins). Returns an error naming a variable with an invalid value.
+///
+/// `OTEL_SDK_DISABLED=true` turns tracing off; the others tune it but do not turn it
+/// on (that takes `enabled = true`). `OTEL_RESOURCE_ATTRIBUTES` is read at init.
+pub fn apply_env(
+    cfg: &mut TracingConfig,
+    get: impl Fn(&str) -> Option<String>,
+) -> Result<(), String> {
+    if get("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+        cfg.enabled = false;
+    }
+    if let Some(v) = get("OTEL_SERVICE_NAME").filter(|v| !v.is_empty()) {
+        cfg.service_name = Some(v);
+    }
+    if let Some(v) = get("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|v| !v.is_empty()) {
+        cfg.otlp_endpoint = v;
+    }
+    if let Some(v) = get("OTEL_EXPORTER_OTLP_PROTOCOL") {
+        cfg.otlp_protocol = match v.trim() {
+            "grpc" => OtlpProtocol::Grpc,
+            "http/protobuf" => OtlpProtocol::HttpProtobuf,
+            other => {
+                return Err(format!(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL={other:?}: expected grpc or http/protobuf"
+                ))
+            }
+        };
+    }
+    if let Some(v) = get("OTEL_EXPORTER_OTLP_HEADERS") {
+        for kv in v.split(',').filter(|s| !s.trim().is_empty()) {
+            let (k, val) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("OTEL_EXPORTER_OTLP_HEADERS: {kv:?} is not key=value"))?;
+            cfg.otlp_headers
+                .insert(k.trim().to_string(), percent_decode(val.trim()));
+        }
+    }
+    if let Some(v) = get("OTEL_TRACES_SAMPLER") {
+        cfg.sampler_type = match v.trim() {
+            "always_on" | "parentbased_always_on" => SamplerType::AlwaysOn,
+            "always_off" | "parentbased_always_off" => SamplerType::AlwaysOff,
+            "traceidratio" | "parentbased_traceidratio" => SamplerType::TraceIdRatio,
+            other => {
+                return Err(format!(
+                    "OTEL_TRACES_SAMPLER={other:?}: expected always_on, always_off, traceidratio or their parentbased_ forms"
+                ))
+            }
+        };
+    }
+    if let Some(v) = get("OTEL_TRACES_SAMPLER_ARG") {
+        let r: f64 = v
+            .trim()
+            .parse()
+            .map_err(|_| format!("OTEL_TRACES_SAMPLER_ARG={v:?}: not a number"))?;
+        if !(0.0..=1.0).contains(&r) {
+            return Err(format!("OTEL_TRACES_SAMPLER_ARG={v}: outside 0.0..=1.0"));
+        }
+        cfg.sampler_param = r;
+    }
+    cfg.validate()
+        .map_err(|e| format!("tracing (after OTEL_* variables): {}", e.message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut c = TracingConfig {
+            enabled: true,
+            ..TracingConfig::default()
+        };
+        apply_env(
+            &mut c,
+            env(&[
+                ("OTEL_SERVICE_NAME", "edge-1"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=a%20b,x=y"),
+                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.service_name.as_deref(), Some("edge-1"));
+        assert_eq!(c.otlp_protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(c.otlp_headers["api-key"], "a b");
+        assert_eq!(c.sampler_type, SamplerType::TraceIdRatio);
+        assert_eq!(c.sampler_param, 0.01);
+        assert!(c.enabled);
+        apply_env(&mut c, env(&[("OTEL_SDK_DISABLED", "true")])).unwrap();
+        assert!(!c.enabled);
+    }
+
+    #[test]
+    fn bad_environment_values_name_the_variable() {
+        let mut c = TracingConfig::default();
+        let e = apply_env(&mut c, env(&[("OTEL_TRACES_SAMPLER_ARG", "2")])).unwrap_err();
+        assert!(e.contains("OTEL_TRACES_SAMPLER_ARG"));
+        let e =
+            apply_env(&mut c, env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")])).unwrap_err();
+        assert!(e.contains("OTEL_EXPORTER_OTLP_PROTOCOL"));
+    }
+
+    #[test]
+    fn disabled_tracing_makes_no_spans() {
+        let t = Telemetry::disabled();
+        let cx = t.start("x", SpanKind::Internal, &Context::new(), || {
+            panic!("attrs not built when off")
+        });
+        assert!(!cx.span().span_context().is_valid());
+        assert_eq!(t.stats(), (0, 0));
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b%2Cc"), "a b,c");
+        assert_eq!(percent_decode("100%"), "100%");
+    }
+}

@@ -1,0 +1,220 @@
+//! The human-readable exporter: one tree per trace, printed when the trace's local root
+//! span (one without a parent in this process) ends, in the layout of the tracing
+//! guide's example traces:
+//!
+//! ```text
+//! mcp-router: stdio.read (10.2ms)
+//!   └─ mcp-router: gateway.request (8.1ms)
+//! ```
+//!
+//! Or one JSON object per span and line (`stdout_format = "json"`). The router writes
+//! to stderr (its stdout is the MCP channel); the gateway to stdout.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use opentelemetry::trace::{SpanId, Status, TraceId};
+use opentelemetry_sdk::trace::SpanData;
+use opentelemetry_sdk::Resource;
+use serde_json::json;
+
+use crate::config::StdoutFormat;
+
+/// Traces held while waiting for their root span, at most (oldest evicted first).
+pub const MAX_OPEN_TRACES: usize = 256;
+/// Spans held per open trace, at most.
+pub const MAX_SPANS_PER_TRACE: usize = 512;
+
+/// Which stream the exporter writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Standard output (the gateway).
+    Stdout,
+    /// Standard error (the router: its stdout is the MCP channel).
+    Stderr,
+}
+
+/// Prints finished traces.
+#[derive(Debug)]
+pub struct StdoutExporter {
+    target: Target,
+    format: StdoutFormat,
+    service: String,
+    open: HashMap<TraceId, Vec<SpanData>>,
+    order: Vec<TraceId>,
+}
+
+impl StdoutExporter {
+    /// An exporter writing to `target`.
+    pub fn new(target: Target, format: StdoutFormat) -> Self {
+        StdoutExporter {
+            target,
+            format,
+            service: String::new(),
+            open: HashMap::new(),
+            order: Vec::new(),
+        }
+    }
+
+    /// Takes `service.name` from the resource.
+    pub fn set_resource(&mut self, r: &Resource) {
+        if let Some(v) = r.get(&opentelemetry::Key::new("service.name")) {
+            self.service = v.to_string();
+        }
+    }
+
+    fn write(&self, text: &str) -> Result<(), String> {
+        let r = match self.target {
+            Target::Stdout => std::io::stdout().lock().write_all(text.as_bytes()),
+            Target::Stderr => std::io::stderr().lock().write_all(text.as_bytes()),
+        };
+        r.map_err(|e| e.to_string())
+    }
+
+    /// Prints the traces whose root has ended; keeps the rest for later batches.
+    pub fn export(&mut self, batch: Vec<SpanData>) -> Result<(), String> {
+        if self.format == StdoutFormat::Json {
+            let mut out = String::new();
+            for s in &batch {
+                out.push_str(&span_json(&self.service, s));
+                out.push('\n');
+            }
+            return self.write(&out);
+        }
+        let mut finished = Vec::new();
+        for s in batch {
+            let id = s.span_context.trace_id();
+            let is_root = s.parent_span_id == SpanId::INVALID || s.parent_span_is_remote;
+            if !self.open.contains_key(&id) {
+                self.order.push(id);
+                if self.order.len() > MAX_OPEN_TRACES {
+                    let old = self.order.remove(0);
+                    self.open.remove(&old);
+                }
+            }
+            let spans = self.open.entry(id).or_default();
+            if spans.len() < MAX_SPANS_PER_TRACE {
+                spans.push(s);
+            }
+            if is_root {
+                finished.push(id);
+            }
+        }
+        let mut out = String::new();
+        for id in finished {
+            if let Some(spans) = self.open.remove(&id) {
+                self.order.retain(|t| *t != id);
+                out.push_str(&render_tree(&self.service, &spans));
+            }
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.write(&out)
+    }
+}
+
+fn duration_text(s: &SpanData) -> String {
+    let d = s.end_time.duration_since(s.start_time).unwrap_or_default();
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms >= 100.0 {
+        format!("{ms:.0}ms")
+    } else if ms >= 1.0 {
+        format!("{ms:.1}ms")
+    } else {
+        format!("{:.0}µs", ms * 1000.0)
+    }
+}
+
+/// Renders spans of one trace as an indented tree (roots: spans whose parent is not
+/// among them), children in start order.
+pub fn render_tree(service: &str, spans: &[SpanData]) -> String {
+    let ids: std::collections::HashSet<SpanId> =
+        spans.iter().map(|s| s.span_context.span_id()).collect();
+    let mut roots: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| !ids.contains(&s.parent_span_id))
+        .collect();
+    roots.sort_by_key(|s| s.start_time);
+    let mut out = String::new();
+    for r in roots {
+        render_node(service, spans, r, "", true, true, &mut out);
+    }
+    out
+}
+
+fn render_node(
+    service: &str,
+    all: &[SpanData],
+    s: &SpanData,
+    prefix: &str,
+    last: bool,
+    root: bool,
+    out: &mut String,
+) {
+    let (branch, child_prefix) = if root {
+        (String::new(), String::from("  "))
+    } else if last {
+        (format!("{prefix}└─ "), format!("{prefix}    "))
+    } else {
+        (format!("{prefix}├─ "), format!("{prefix}│   "))
+    };
+    let status = match &s.status {
+        Status::Error { .. } => " [ERROR]",
+        _ => "",
+    };
+    out.push_str(&format!(
+        "{branch}{service}: {} ({}){status}\n",
+        s.name,
+        duration_text(s)
+    ));
+    let mut children: Vec<&SpanData> = all
+        .iter()
+        .filter(|c| c.parent_span_id == s.span_context.span_id())
+        .collect();
+    children.sort_by_key(|c| c.start_time);
+    // The error line stands under the span where the error happened: the failed span
+    // none of whose children failed.
+    let child_failed = children
+        .iter()
+        .any(|c| matches!(c.status, Status::Error { .. }));
+    let error_line = match &s.status {
+        Status::Error { description } if !description.is_empty() && !child_failed => {
+            Some(description.to_string())
+        }
+        _ => None,
+    };
+    let n = children.len() + usize::from(error_line.is_some());
+    for (i, c) in children.iter().enumerate() {
+        render_node(service, all, c, &child_prefix, i + 1 == n, false, out);
+    }
+    if let Some(e) = error_line {
+        out.push_str(&format!("{child_prefix}└─ error: {e:?}\n"));
+    }
+}
+
+fn span_json(service: &str, s: &SpanData) -> String {
+    let attrs: serde_json::Map<String, serde_json::Value> = s
+        .attributes
+        .iter()
+        .map(|kv| (kv.key.to_string(), json!(kv.value.to_string())))
+        .collect();
+    let (status, message) = match &s.status {
+        Status::Error { description } => ("error", description.to_string()),
+        Status::Ok => ("ok", String::new()),
+        Status::Unset => ("unset", String::new()),
+    };
+    json!({
+        "service": service,
+        "trace_id": s.span_context.trace_id().to_string(),
+        "span_id": s.span_context.span_id().to_string(),
+        "parent_span_id": (s.parent_span_id != SpanId::INVALID).then(|| s.parent_span_id.to_string()),
+        "name": s.name,
+        "kind": format!("{:?}", s.span_kind).to_lowercase(),
+        "duration_us": s.end_time.duration_since(s.start_time).unwrap_or_default().as_micros() as u64,
+        "status": status,
+        "status_message": message,
+        "attributes": attrs,
+    })
+    .to_string()
+}
