@@ -67,8 +67,9 @@ pub struct Session {
     /// Trace context from the WebSocket handshake: the parent of requests that carry
     /// none in `_meta`.
     handshake_cx: Context,
-    /// Connection attributes added to every `http.request` span.
+    /// Connection attributes added to the session's first `http.request` span.
     conn_attrs: Vec<KeyValue>,
+    conn_attrs_sent: Cell<bool>,
 }
 
 impl Session {
@@ -98,6 +99,7 @@ impl Session {
             subscriptions: RefCell::new(HashSet::new()),
             handshake_cx,
             conn_attrs,
+            conn_attrs_sent: Cell::new(false),
         });
         for b in &s.backends {
             b.attach(&s);
@@ -186,7 +188,17 @@ impl Session {
             let mut a = attrs::mcp_message(msg);
             a.push(KeyValue::new("mcp.session.id", self.id.to_string()));
             a.push(KeyValue::new("mcp.protocol.version", self.version.get()));
-            a.extend(self.conn_attrs.iter().cloned());
+            // Connection attributes once per session, on its first request span (they
+            // would otherwise double the size of every span).
+            if !self.conn_attrs_sent.replace(true) {
+                a.extend(self.conn_attrs.iter().cloned());
+            } else if let Some(ip) = self
+                .conn_attrs
+                .iter()
+                .find(|kv| kv.key.as_str() == "client.address")
+            {
+                a.push(ip.clone());
+            }
             a
         });
         let auth = tel.start("auth.verify", SpanKind::Internal, &cx, || {

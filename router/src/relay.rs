@@ -247,7 +247,7 @@ async fn handle_client_line(
     let spans = if tel.enabled() {
         let parent = propagation::extract_meta(msg.meta());
         let stdio = tel.start("stdio.read", SpanKind::Server, &parent, || {
-            let mut a = attrs::mcp_message(&msg);
+            let mut a = attrs::mcp_message_brief(&msg);
             a.push(KeyValue::new("network.transport", "pipe"));
             a
         });

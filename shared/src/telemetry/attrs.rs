@@ -42,12 +42,11 @@ fn kind_name(k: Kind) -> &'static str {
 
 /// MCP message attributes: the guide's (`mcp.message.type`, `mcp.method`,
 /// `mcp.message.id`) and the semantic conventions' (`mcp.method.name`,
-/// `jsonrpc.request.id`, `jsonrpc.protocol.version`, `gen_ai.tool.name`,
+/// `jsonrpc.request.id`, `gen_ai.tool.name`,
 /// `gen_ai.prompt.name`, `gen_ai.operation.name`, `mcp.resource.uri`).
 pub fn mcp_message(msg: &Message) -> Vec<KeyValue> {
     let mut v = Vec::with_capacity(8);
     v.push(KeyValue::new("mcp.message.type", kind_name(msg.kind())));
-    v.push(KeyValue::new("jsonrpc.protocol.version", "2.0"));
     if let Some(m) = msg.method() {
         v.push(KeyValue::new("mcp.method", m.to_string()));
         v.push(KeyValue::new("mcp.method.name", m.to_string()));
@@ -74,6 +73,19 @@ pub fn mcp_message(msg: &Message) -> Vec<KeyValue> {
         let s = id_text(&id);
         v.push(KeyValue::new("mcp.message.id", s.clone()));
         v.push(KeyValue::new("jsonrpc.request.id", s));
+    }
+    v
+}
+
+/// The few attributes that identify a message (`mcp.method.name`,
+/// `jsonrpc.request.id`), for spans whose child carries the full set.
+pub fn mcp_message_brief(msg: &Message) -> Vec<KeyValue> {
+    let mut v = Vec::with_capacity(3);
+    if let Some(m) = msg.method() {
+        v.push(KeyValue::new("mcp.method.name", m.to_string()));
+    }
+    if let Some(id) = msg.id() {
+        v.push(KeyValue::new("jsonrpc.request.id", id_text(&id)));
     }
     v
 }

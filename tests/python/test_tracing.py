@@ -1,0 +1,330 @@
+"""Tracing end to end, against a real OTLP receiver (gRPC and HTTP/protobuf):
+router -> gateway -> fixture backend yields one trace with the guide's span tree;
+the backend receives the backend.forward context in _meta; failures give the error
+trace; samplers behave (ratio 0 and always_off export nothing, the gateway follows an
+unsampled router); the stdout tree; a collector that is down costs nothing.
+
+Every assertion on "everything exported" is made after both processes have exited:
+their shutdown flushes the span queue, so no sleeping is needed."""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN_DIR, router_env, toml_str
+from otlp_receiver import Receiver
+
+FIXTURE_BIN = BIN_DIR / "mcp-fixture"
+DEADLINE = 15.0
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def tracing_toml(endpoint: str | None, *, sampler="always_on", param=1.0, protocol="grpc",
+                 exporter="otlp", extra="") -> str:
+    lines = [
+        "[tracing]",
+        "enabled = true",
+        f'sampler_type = "{sampler}"',
+        f"sampler_param = {param}",
+        f'exporter_type = "{exporter}"',
+        f'otlp_protocol = "{protocol}"',
+        'scheduled_delay = "50ms"',
+        'otlp_timeout = "2s"',
+    ]
+    if endpoint:
+        lines.append(f"otlp_endpoint = {toml_str(endpoint)}")
+    return "\n".join(lines) + "\n" + extra
+
+
+def fixture_backend(name="one") -> str:
+    return (
+        "[[backends]]\n"
+        f'name = "{name}"\ntransport = "stdio"\n'
+        f"command = {toml_str(str(FIXTURE_BIN))}\n"
+        f'args = ["--name", "{name}"]\n'
+    )
+
+
+class Router:
+    """mcp-router as a raw JSON-lines peer (no SDK: full control over _meta)."""
+
+    def __init__(self, url: str, tracing: str, tmp: Path):
+        cfg = tmp / "router.toml"
+        cfg.write_text(f"[gateway]\nurl = {toml_str(url)}\n{tracing}")
+        self.stderr_path = tmp / "router.stderr"
+        self._err = open(self.stderr_path, "w+")
+        self.proc = subprocess.Popen(
+            [str(BIN_DIR / "mcp-router"), "--config", str(cfg)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, env=router_env(),
+        )
+        self._q: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self._q.put(json.loads(line))
+
+    def send(self, msg: dict) -> None:
+        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def request(self, id_, method, params=None) -> dict:
+        msg = {"jsonrpc": "2.0", "id": id_, "method": method}
+        if params is not None:
+            msg["params"] = params
+        self.send(msg)
+        while True:
+            m = self._q.get(timeout=DEADLINE)
+            if m.get("id") == id_ and "method" not in m:
+                return m
+
+    def initialize(self) -> None:
+        r = self.request("init", "initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                                "clientInfo": {"name": "tracing-test", "version": "1"}})
+        assert "result" in r, r
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def close(self) -> int:
+        self.proc.stdin.close()
+        code = self.proc.wait(timeout=DEADLINE)
+        self._err.close()
+        return code
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+
+def run_session(start_gateway, tmp_path, gw_tracing, router_tracing, calls):
+    """Starts gateway + router, runs `calls(router)`, stops both (flushing spans)."""
+    gw = start_gateway(gw_tracing + fixture_backend())
+    router = Router(gw.url, router_tracing, tmp_path)
+    try:
+        router.initialize()
+        result = calls(router)
+    finally:
+        assert router.close() == 0, router.stderr()
+        assert gw.terminate() == 0, gw.describe()
+    return gw, router, result
+
+
+def by_name(spans, service, name):
+    return [s for s in spans if s["service"] == service and s["name"] == name]
+
+
+def one(spans, service, name):
+    found = by_name(spans, service, name)
+    assert len(found) == 1, f"expected one {service}/{name}, got {len(found)}: {spans}"
+    return found[0]
+
+
+def trace_of(spans, trace_id):
+    return [s for s in spans if s["trace_id"] == trace_id]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_one_trace_across_router_gateway_and_backend(start_gateway, tmp_path, receiver, protocol):
+    endpoint = receiver.grpc_endpoint if protocol == "grpc" else receiver.http_endpoint
+
+    def calls(r: Router):
+        return r.request(7, "tools/call", {"name": "one.echo_meta", "arguments": {}})
+
+    _, _, resp = run_session(start_gateway, tmp_path,
+                             tracing_toml(endpoint, protocol=protocol, extra='otlp_headers = { x-test = "yes" }\n'),
+                             tracing_toml(endpoint, protocol=protocol), calls)
+    spans = receiver.snapshot()
+    assert all(s["transport"] == ("grpc" if protocol == "grpc" else "http") for s in spans)
+    assert any(m.get("x-test") == "yes" for m in receiver.metadata), "otlp_headers are sent"
+    # The tools/call trace: find the router's gateway.request span for id 7.
+    req = [s for s in by_name(spans, "mcp-router", "gateway.request")
+           if s["attributes"].get("jsonrpc.request.id") == "7"]
+    assert len(req) == 1, spans
+    trace = trace_of(spans, req[0]["trace_id"])
+    stdio = one(trace, "mcp-router", "stdio.read")
+    gw_req = one(trace, "mcp-gateway", "http.request")
+    fwd = one(trace, "mcp-gateway", "backend.forward")
+    # Parent links and kinds, as in the guide's example trace.
+    assert stdio["parent_span_id"] == "" and stdio["kind"] == "SERVER"
+    assert req[0]["parent_span_id"] == stdio["span_id"] and req[0]["kind"] == "CLIENT"
+    assert gw_req["parent_span_id"] == req[0]["span_id"] and gw_req["kind"] == "SERVER"
+    for child in ["auth.verify", "request.validate", "rate_limit.check", "discovery.resolve"]:
+        assert one(trace, "mcp-gateway", child)["parent_span_id"] == gw_req["span_id"], child
+    assert fwd["parent_span_id"] == gw_req["span_id"] and fwd["kind"] == "CLIENT"
+    # Attributes of both conventions; no secrets.
+    a = gw_req["attributes"]
+    assert a["mcp.method.name"] == "tools/call" and a["gen_ai.tool.name"] == "one.echo_meta"
+    assert a["jsonrpc.request.id"] == "7" and a["mcp.method"] == "tools/call"
+    assert fwd["attributes"]["gen_ai.tool.name"] == "echo_meta"
+    assert fwd["attributes"]["gateway.service"] == "one"
+    assert one(trace, "mcp-gateway", "rate_limit.check")["attributes"]["ratelimit.limited"] is False
+    assert one(trace, "mcp-gateway", "auth.verify")["attributes"]["auth.success"] is True
+    assert stdio["resource"]["service.version"] and gw_req["resource"]["service.name"] == "mcp-gateway"
+    # The backend got backend.forward's context in _meta.
+    meta = json.loads(resp["result"]["content"][0]["text"])
+    assert meta["traceparent"] == f"00-{fwd['trace_id']}-{fwd['span_id']}-01"
+    # Typical span payload stays small (budget: 300 bytes).
+    sizes = sorted(s["size"] for s in trace)
+    print("span sizes", sizes, "mean", sum(sizes) / len(sizes))
+    assert sum(sizes) / len(sizes) <= 300, sizes
+
+
+def test_backend_crash_yields_the_error_trace(start_gateway, tmp_path, receiver):
+    def calls(r: Router):
+        return r.request("boom", "tools/call", {"name": "one.crash", "arguments": {}})
+
+    _, _, resp = run_session(start_gateway, tmp_path, tracing_toml(receiver.grpc_endpoint),
+                             tracing_toml(receiver.grpc_endpoint), calls)
+    assert resp["error"]["code"] == -32000
+    spans = receiver.snapshot()
+    fwd = [s for s in by_name(spans, "mcp-gateway", "backend.forward") if s["attributes"].get("gen_ai.tool.name") == "crash"]
+    assert len(fwd) == 1, spans
+    trace = trace_of(spans, fwd[0]["trace_id"])
+    assert fwd[0]["status"] == "ERROR" and "exited" in fwd[0]["status_message"]
+    assert fwd[0]["attributes"]["error.type"] == "backend_exited"
+    for service, name in [("mcp-gateway", "http.request"), ("mcp-router", "gateway.request"), ("mcp-router", "stdio.read")]:
+        assert one(trace, service, name)["status"] == "ERROR", name
+
+
+def test_tool_error_marks_the_spans(start_gateway, tmp_path, receiver):
+    def calls(r: Router):
+        return r.request(3, "tools/call", {"name": "one.fail", "arguments": {}})
+
+    _, _, resp = run_session(start_gateway, tmp_path, tracing_toml(receiver.grpc_endpoint),
+                             tracing_toml(receiver.grpc_endpoint), calls)
+    assert resp["result"]["isError"] is True
+    spans = receiver.snapshot()
+    fwd = [s for s in by_name(spans, "mcp-gateway", "backend.forward") if s["attributes"].get("gen_ai.tool.name") == "fail"]
+    assert fwd and fwd[0]["attributes"]["error.type"] == "tool_error" and fwd[0]["status"] == "ERROR"
+
+
+def test_ratio_zero_exports_nothing_and_the_gateway_follows(start_gateway, tmp_path, receiver):
+    def calls(r: Router):
+        return r.request(1, "tools/call", {"name": "one.echo_meta", "arguments": {}})
+
+    _, _, resp = run_session(start_gateway, tmp_path,
+                             tracing_toml(receiver.grpc_endpoint, sampler="always_on"),
+                             tracing_toml(receiver.grpc_endpoint, sampler="traceidratio", param=0.0), calls)
+    meta = json.loads(resp["result"]["content"][0]["text"])
+    assert meta["traceparent"].endswith("-00"), "the unsampled flag is passed on"
+    # gateway.connect has no parent and ratio 0 drops it too: nothing at all.
+    assert receiver.snapshot() == []
+
+
+def test_always_off_records_nothing_in_that_service(start_gateway, tmp_path, receiver):
+    def calls(r: Router):
+        return r.request(1, "tools/call", {"name": "one.echo_meta", "arguments": {}})
+
+    _, _, resp = run_session(start_gateway, tmp_path,
+                             tracing_toml(receiver.grpc_endpoint, sampler="always_off"),
+                             tracing_toml(receiver.grpc_endpoint, sampler="always_on"), calls)
+    spans = receiver.snapshot()
+    assert spans and {s["service"] for s in spans} == {"mcp-router"}
+    meta = json.loads(resp["result"]["content"][0]["text"])
+    assert meta["traceparent"].endswith("-00"), "always_off passes an unsampled flag on"
+    # And with both off, nothing is exported.
+    receiver.spans.clear()
+    run_session(start_gateway, tmp_path, tracing_toml(receiver.grpc_endpoint, sampler="always_off"),
+                tracing_toml(receiver.grpc_endpoint, sampler="always_off"), calls)
+    assert receiver.snapshot() == []
+
+
+def test_host_trace_context_is_continued(start_gateway, tmp_path, receiver):
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    host_span = "00f067aa0ba902b7"
+
+    def calls(r: Router):
+        r.request(5, "tools/call", {"name": "one.echo", "arguments": {"text": "x"},
+                                    "_meta": {"traceparent": f"00-{trace_id}-{host_span}-01", "progressToken": 9}})
+        # A malformed traceparent starts a new root and is not an error.
+        return r.request(6, "tools/call", {"name": "one.echo", "arguments": {"text": "y"},
+                                           "_meta": {"traceparent": "00-garbage"}})
+
+    _, _, resp = run_session(start_gateway, tmp_path, tracing_toml(receiver.grpc_endpoint),
+                             tracing_toml(receiver.grpc_endpoint), calls)
+    assert resp["result"]["content"][0]["text"] == "y"
+    spans = receiver.snapshot()
+    stdio = [s for s in by_name(spans, "mcp-router", "stdio.read") if s["attributes"].get("jsonrpc.request.id") == "5"][0]
+    assert stdio["trace_id"] == trace_id and stdio["parent_span_id"] == host_span
+    other = [s for s in by_name(spans, "mcp-router", "stdio.read") if s["attributes"].get("jsonrpc.request.id") == "6"][0]
+    assert other["parent_span_id"] == "" and other["trace_id"] != trace_id
+
+
+TREE_LINE = re.compile(r"\((?:[0-9.]+(?:ms|µs))\)")
+
+
+def test_stdout_tree(start_gateway, tmp_path):
+    def calls(r: Router):
+        r.request(1, "tools/call", {"name": "one.echo", "arguments": {"text": "x"}})
+        return r.request(2, "tools/call", {"name": "one.crash", "arguments": {}})
+
+    gw, router, _ = run_session(start_gateway, tmp_path, tracing_toml(None, exporter="stdout"),
+                                tracing_toml(None, exporter="stdout"), calls)
+    gw_out = "\n".join(l[len("[stdout] "):] for l in gw.lines if l.startswith("[stdout] "))
+    gw_out = TREE_LINE.sub("(…)", gw_out)
+    assert (
+        "mcp-gateway: http.request (…) [ERROR]\n"
+        "  ├─ mcp-gateway: auth.verify (…)\n"
+        "  ├─ mcp-gateway: request.validate (…)\n"
+        "  ├─ mcp-gateway: rate_limit.check (…)\n"
+        "  ├─ mcp-gateway: discovery.resolve (…)\n"
+        "  └─ mcp-gateway: backend.forward (…) [ERROR]\n"
+        "      └─ error: \"backend \\\"one\\\" exited (exit status: 3)\"\n"
+    ) in gw_out + "\n", gw_out
+    r_out = TREE_LINE.sub("(…)", router.stderr())
+    assert (
+        "mcp-router: stdio.read (…)\n"
+        "  └─ mcp-router: gateway.request (…)\n"
+    ) in r_out, r_out
+    assert "mcp-router: stdio.read (…) [ERROR]\n  └─ mcp-router: gateway.request (…) [ERROR]\n      └─ error:" in r_out, r_out
+
+
+def test_collector_down_costs_nothing(start_gateway, tmp_path):
+    # Nothing listens on this port: every export fails, requests must not notice.
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    s.close()
+    small_queue = 'max_queue_size = 64\nmax_export_batch_size = 16\n'
+
+    def calls(r: Router):
+        # Waves of 50 (the gateway's default max_in_flight is 64 per session).
+        for wave in range(4):
+            for i in range(wave * 50, wave * 50 + 50):
+                r.send({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                        "params": {"name": "one.echo", "arguments": {"text": str(i)}}})
+            got = 0
+            while got < 50:
+                m = r._q.get(timeout=DEADLINE)
+                if "id" in m and "method" not in m:
+                    assert m["result"]["content"][0]["text"] == str(m["id"]), m
+                    got += 1
+        with open(f"/proc/{gw_holder[0].proc.pid}/status") as f:
+            rss_kb = int(next(l for l in f if l.startswith("VmRSS")).split()[1])
+        return rss_kb
+
+    gw_holder = []
+    orig = start_gateway
+
+    def start(text, **kw):
+        gw = orig(text, **kw)
+        gw_holder.append(gw)
+        return gw
+
+    gw, router, rss_kb = run_session(start, tmp_path, tracing_toml(dead, extra=small_queue),
+                                     tracing_toml(dead, extra=small_queue), calls)
+    assert rss_kb < 64 * 1024, f"gateway RSS {rss_kb} KiB with the collector down"
+    assert "dropped" in router.stderr(), router.stderr()
+    assert "dropped" in gw.log(), gw.log()
