@@ -60,6 +60,25 @@ EOF
     log "venv ready"
 fi
 
+# ------------------------------------------- Python venv for the MCP SDK 2.x
+venv2="$cache/venv-mcp2"
+py2_stamp_want="$( { hash_of "$here/requirements-mcp2.txt"; echo "$py_version"; } | sha256sum | cut -d' ' -f1)"
+py2_stamp_file="$venv2/.mcp-bridge-stamp"
+if [[ "$force" != 1 && -x "$venv2/bin/python" && -f "$py2_stamp_file" \
+      && "$(cat "$py2_stamp_file")" == "$py2_stamp_want" ]]; then
+    log "venv up to date ($venv2)"
+else
+    log "creating venv $venv2 (MCP Python SDK 2.x)"
+    rm -rf "$venv2"
+    "$python" -m venv "$venv2"
+    "$venv2/bin/python" -m pip install --quiet --disable-pip-version-check \
+        -r "$here/requirements-mcp2.txt"
+    "$venv2/bin/python" -m pip check
+    "$venv2/bin/python" -c 'import mcp.server.mcpserver, opentelemetry.exporter.otlp.proto.grpc.trace_exporter'
+    echo "$py2_stamp_want" > "$py2_stamp_file"
+    log "venv ready"
+fi
+
 # ------------------------------------------------------------------ npm peers
 npm_stamp_want="$( { hash_of "$here/package.json" "$here/package-lock.json"; node --version; } \
                    | sha256sum | cut -d' ' -f1)"

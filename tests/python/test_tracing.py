@@ -328,3 +328,38 @@ def test_collector_down_costs_nothing(start_gateway, tmp_path):
     assert rss_kb < 64 * 1024, f"gateway RSS {rss_kb} KiB with the collector down"
     assert "dropped" in router.stderr(), router.stderr()
     assert "dropped" in gw.log(), gw.log()
+
+
+SDK2_PYTHON = Path(__file__).resolve().parents[2] / ".cache" / "venv-mcp2" / "bin" / "python"
+SDK2_BACKEND = Path(__file__).resolve().parent / "sdk2_backend.py"
+
+
+def test_python_sdk2_backend_continues_our_trace(start_gateway, tmp_path, receiver):
+    if not SDK2_PYTHON.exists():
+        pytest.fail(f"{SDK2_PYTHON} missing: run bash tests/setup.sh", pytrace=False)
+    backend = (
+        "[[backends]]\n"
+        'name = "py"\ntransport = "stdio"\n'
+        f"command = {toml_str(str(SDK2_PYTHON))}\n"
+        f"args = [{toml_str(str(SDK2_BACKEND))}]\n"
+        f"env = {{ OTLP_ENDPOINT = {toml_str(receiver.grpc_endpoint)} }}\n"
+    )
+    gw = start_gateway(tracing_toml(receiver.grpc_endpoint) + backend)
+    router = Router(gw.url, tracing_toml(receiver.grpc_endpoint), tmp_path)
+    try:
+        router.initialize()
+        resp = router.request("s", "tools/call", {"name": "py.shout", "arguments": {"text": "hi"}})
+        assert resp["result"]["content"][0]["text"] == "HI", resp
+    finally:
+        assert router.close() == 0, router.stderr()
+        assert gw.terminate() == 0, gw.describe()
+    # The backend exports synchronously (SimpleSpanProcessor): its span is there once
+    # its process has exited, which the gateway's shutdown waited for.
+    spans = receiver.wait_for(lambda ss: any(s["service"] == "sdk2-backend" and s["name"] == "tools/call shout" for s in ss))
+    theirs = [s for s in spans if s["service"] == "sdk2-backend" and s["name"] == "tools/call shout"][0]
+    fwd = [s for s in by_name(spans, "mcp-gateway", "backend.forward") if s["attributes"].get("gen_ai.tool.name") == "shout"]
+    assert len(fwd) == 1, spans
+    assert theirs["parent_span_id"] == fwd[0]["span_id"]
+    assert theirs["trace_id"] == fwd[0]["trace_id"]
+    stdio = one(trace_of(spans, theirs["trace_id"]), "mcp-router", "stdio.read")
+    assert stdio["parent_span_id"] == "", "one trace from the router's root to the backend"
