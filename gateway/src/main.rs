@@ -172,7 +172,7 @@ fn main() -> ExitCode {
         println!("mcp-gateway: {}: configuration is valid", path.display());
         return ExitCode::SUCCESS;
     }
-    mcp_shared::logger::init(cfg.logging.level.filter());
+    mcp_shared::logger::init(cfg.logging.level.filter(), cfg.logging.format);
     let tel = match Telemetry::init(
         &cfg.tracing,
         "mcp-gateway",
@@ -185,7 +185,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    let result = rt::block_on(run(cfg, token, tel.clone()));
+    let result = rt::block_on(run(cfg, token, tel.clone(), path));
     tel.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -196,17 +196,75 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cfg: GatewayConfig, token: Option<Secret>, tel: Telemetry) -> Result<(), String> {
+/// Re-reads the configuration on SIGHUP. Applied at once: `[logging] level`. Everything
+/// else takes a restart (the running sessions depend on it); what changed is logged.
+fn reload(path: &std::path::Path, running: &GatewayConfig) {
+    let new: GatewayConfig = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("reload: {e}; keeping the running configuration");
+            return;
+        }
+    };
+    mcp_shared::logger::set_level(new.logging.level.filter());
+    let mut needs_restart = Vec::new();
+    if new.server != running.server {
+        needs_restart.push("[server]");
+    }
+    if new.limits != running.limits {
+        needs_restart.push("[limits]");
+    }
+    if new.routing != running.routing {
+        needs_restart.push("[routing]");
+    }
+    if new.auth != running.auth {
+        needs_restart.push("[auth]");
+    }
+    if new.tracing != running.tracing {
+        needs_restart.push("[tracing]");
+    }
+    if new.backends != running.backends {
+        needs_restart.push("[[backends]]");
+    }
+    if new.logging.format != running.logging.format {
+        needs_restart.push("[logging] format");
+    }
+    if needs_restart.is_empty() {
+        log::info!(
+            "reload: configuration applied (log level {:?})",
+            new.logging.level
+        );
+    } else {
+        log::warn!(
+            "reload: log level applied; changes to {} take effect after a restart",
+            needs_restart.join(", ")
+        );
+    }
+}
+
+async fn run(
+    cfg: GatewayConfig,
+    token: Option<Secret>,
+    tel: Telemetry,
+    path: PathBuf,
+) -> Result<(), String> {
     let listener = async_net::TcpListener::bind(cfg.server.listen.as_str())
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.server.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let signals = Signals::new([Signal::Term, Signal::Int]).map_err(|e| format!("signals: {e}"))?;
+    let signals = Signals::new([Signal::Term, Signal::Int, Signal::Hup])
+        .map_err(|e| format!("signals: {e}"))?;
     let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
+    let running = cfg.clone();
     rt::spawn(async move {
         let mut signals = signals;
-        if let Some(Ok(sig)) = signals.next().await {
+        while let Some(Ok(sig)) = signals.next().await {
             log::info!("received {sig:?}");
+            if sig == Signal::Hup {
+                reload(&path, &running);
+                continue;
+            }
+            break;
         }
         drop(stop_tx);
     })

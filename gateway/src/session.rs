@@ -263,7 +263,10 @@ impl Session {
             },
         );
         let me = self.clone();
-        rt::spawn(async move {
+        let log_cx = cx.clone();
+        rt::spawn(mcp_shared::logger::traced(&log_cx, async move {
+            let method = msg.method().unwrap_or_default().to_string();
+            let started = std::time::Instant::now();
             let work = async {
                 let resp = me.handle_request(msg, &target, &cx).await;
                 Some(resp)
@@ -277,14 +280,30 @@ impl Session {
                 Some(resp) => {
                     me.in_flight.borrow_mut().remove(&id);
                     telemetry::record_response(&cx, &resp);
+                    match resp.error() {
+                        Some(e) => log::warn!(
+                            "session {}: {method} {id} failed in {} µs: {}",
+                            me.id,
+                            started.elapsed().as_micros(),
+                            e.get("message").and_then(Value::as_str).unwrap_or("error")
+                        ),
+                        None => log::debug!(
+                            "session {}: {method} {id} answered in {} µs",
+                            me.id,
+                            started.elapsed().as_micros()
+                        ),
+                    }
                     me.reply(resp).await;
                 }
-                None => telemetry::set_attributes(&cx, || {
-                    vec![KeyValue::new("mcp.request.cancelled", true)]
-                }),
+                None => {
+                    log::debug!("session {}: {method} {id} cancelled by the client", me.id);
+                    telemetry::set_attributes(&cx, || {
+                        vec![KeyValue::new("mcp.request.cancelled", true)]
+                    })
+                }
             }
             telemetry::end(&cx);
-        })
+        }))
         .detach();
     }
 

@@ -54,7 +54,7 @@ fn main() -> ExitCode {
         eprintln!("mcp-router: configuration is valid");
         return ExitCode::SUCCESS;
     }
-    mcp_shared::logger::init(cfg.logging.level.filter());
+    mcp_shared::logger::init(cfg.logging.level.filter(), cfg.logging.format);
     let token = match mcp_shared::secret::load(
         cfg.gateway.token_env.as_deref(),
         cfg.gateway.token_file.as_deref(),

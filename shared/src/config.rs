@@ -157,6 +157,17 @@ impl LogLevel {
     }
 }
 
+/// Log line format.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `timestamp LEVEL target: message [trace_id=… span_id=…]`
+    #[default]
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
 /// `[logging]`
 #[derive(Clone, Debug, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +175,9 @@ pub struct LoggingConfig {
     /// Level; the environment variable `MCP_LOG` overrides it.
     #[serde(default)]
     pub level: LogLevel,
+    /// `plain` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
 }
 
 fn default_max_message_bytes() -> usize {

@@ -1,14 +1,63 @@
 //! A minimal `log` backend writing one line per record to stderr.
 //!
-//! Format: `2026-11-25T13:50:33.123Z INFO  target: message`. The level comes from the
-//! configuration; the `MCP_LOG` environment variable (`error`, `warn`, `info`, `debug`,
-//! `trace`, `off`) overrides it. Nothing is ever written to stdout (the router's stdout
-//! is the MCP channel).
+//! Plain format: `2026-11-25T13:50:33.123Z INFO  target: message`, plus
+//! ` trace_id=… span_id=…` when written inside a traced request; JSON format: one object
+//! per line with the same fields. The level comes from the configuration; the `MCP_LOG`
+//! environment variable (`error`, `warn`, `info`, `debug`, `trace`, `off`) overrides
+//! it. Nothing is ever written to stdout (the router's stdout is the MCP channel).
+//!
+//! Trace ids reach the logger through [`traced`]: a future wrapper that makes a span's
+//! ids current for the duration of each poll (the executors are single-threaded, so
+//! a poll is never interleaved with another task's).
 
+use std::cell::RefCell;
+use std::future::Future;
 use std::io::Write;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context as TaskCx, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{LevelFilter, Log, Metadata, Record};
+use opentelemetry::trace::TraceContextExt;
+
+use crate::config::LogFormat;
+
+thread_local! {
+    static CURRENT: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
+}
+
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// A future whose polls run with a span's trace and span id as the log context.
+pub struct Traced<F> {
+    ids: Option<(String, String)>,
+    inner: Pin<Box<F>>,
+}
+
+/// Wraps `f` so that log lines written while it runs carry the ids of the span in `cx`
+/// (nothing is added when `cx` has no valid span).
+pub fn traced<F: Future>(cx: &opentelemetry::Context, f: F) -> Traced<F> {
+    let sc = cx.span().span_context().clone();
+    let ids = sc
+        .is_valid()
+        .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()));
+    Traced {
+        ids,
+        inner: Box::pin(f),
+    }
+}
+
+impl<F: Future> Future for Traced<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<F::Output> {
+        let ids = self.ids.clone();
+        let prev = CURRENT.with(|c| c.replace(ids));
+        let r = self.inner.as_mut().poll(cx);
+        CURRENT.with(|c| *c.borrow_mut() = prev);
+        r
+    }
+}
 
 /// Environment variable that overrides the configured log level.
 pub const LOG_ENV: &str = "MCP_LOG";
@@ -24,13 +73,31 @@ impl Log for StderrLogger {
         if !self.enabled(r.metadata()) {
             return;
         }
-        let line = format!(
-            "{} {:<5} {}: {}\n",
-            utc_timestamp(SystemTime::now()),
-            r.level(),
-            r.target(),
-            r.args()
-        );
+        let ts = utc_timestamp(SystemTime::now());
+        let ids = CURRENT.with(|c| c.borrow().clone());
+        let line = if JSON.load(Ordering::Relaxed) {
+            let mut o = serde_json::json!({
+                "ts": ts,
+                "level": r.level().as_str(),
+                "target": r.target(),
+                "msg": r.args().to_string(),
+            });
+            if let Some((t, s)) = ids {
+                o["trace_id"] = t.into();
+                o["span_id"] = s.into();
+            }
+            format!("{o}\n")
+        } else {
+            match ids {
+                Some((t, s)) => format!(
+                    "{ts} {:<5} {}: {} trace_id={t} span_id={s}\n",
+                    r.level(),
+                    r.target(),
+                    r.args()
+                ),
+                None => format!("{ts} {:<5} {}: {}\n", r.level(), r.target(), r.args()),
+            }
+        };
         // One write per line so concurrent lines do not interleave.
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
@@ -40,15 +107,21 @@ impl Log for StderrLogger {
 
 static LOGGER: StderrLogger = StderrLogger;
 
-/// Installs the logger at `level`, unless `MCP_LOG` says otherwise.
-pub fn init(level: LevelFilter) {
+/// Installs the logger at `level` (unless `MCP_LOG` says otherwise) in `format`.
+pub fn init(level: LevelFilter, format: LogFormat) {
+    JSON.store(format == LogFormat::Json, Ordering::Relaxed);
+    if log::set_logger(&LOGGER).is_ok() {
+        set_level(level);
+    }
+}
+
+/// Changes the level (e.g. on configuration reload); `MCP_LOG` still wins.
+pub fn set_level(level: LevelFilter) {
     let level = std::env::var(LOG_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(level);
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(level);
-    }
+    log::set_max_level(level);
 }
 
 /// RFC 3339 UTC timestamp with milliseconds.

@@ -184,8 +184,8 @@ def test_backend_crash_yields_the_error_trace(start_gateway, tmp_path, receiver)
     def calls(r: Router):
         return r.request("boom", "tools/call", {"name": "one.crash", "arguments": {}})
 
-    _, _, resp = run_session(start_gateway, tmp_path, tracing_toml(receiver.grpc_endpoint),
-                             tracing_toml(receiver.grpc_endpoint), calls)
+    gw, _, resp = run_session(start_gateway, tmp_path, tracing_toml(receiver.grpc_endpoint),
+                              tracing_toml(receiver.grpc_endpoint), calls)
     assert resp["error"]["code"] == -32000
     spans = receiver.snapshot()
     fwd = [s for s in by_name(spans, "mcp-gateway", "backend.forward") if s["attributes"].get("gen_ai.tool.name") == "crash"]
@@ -195,6 +195,9 @@ def test_backend_crash_yields_the_error_trace(start_gateway, tmp_path, receiver)
     assert fwd[0]["attributes"]["error.type"] == "backend_exited"
     for service, name in [("mcp-gateway", "http.request"), ("mcp-router", "gateway.request"), ("mcp-router", "stdio.read")]:
         assert one(trace, service, name)["status"] == "ERROR", name
+    # The gateway's log line about the failure leads to the trace.
+    failed = [l for l in gw.lines if "tools/call" in l and "failed" in l]
+    assert failed and f"trace_id={fwd[0]['trace_id']}" in failed[0], gw.log()
 
 
 def test_tool_error_marks_the_spans(start_gateway, tmp_path, receiver):

@@ -99,6 +99,7 @@ pub struct Gateway {
     /// Its stderr.
     pub log: Log,
     config: PathBuf,
+    lines: Receiver<String>,
 }
 
 impl Gateway {
@@ -147,6 +148,25 @@ impl Gateway {
             url,
             log,
             config: path,
+            lines: rx,
+        }
+    }
+
+    /// The configuration file it was started with.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
+    /// Waits for a stderr line (written after startup) containing `needle`.
+    pub fn wait_line(&self, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let left = DEADLINE.saturating_sub(start.elapsed());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with {needle:?}:\n{}", self.log.text()),
+            }
         }
     }
 

@@ -429,5 +429,43 @@ fn pipelined_script_through_the_router_gets_every_answer_before_exit() {
     let mut ids: Vec<i64> = replies.iter().map(|r| r["id"].as_i64().unwrap()).collect();
     ids.sort();
     assert_eq!(ids, vec![1, 2, 3, 4], "{replies:?}");
-    assert!(replies.iter().all(|r| r.get("result").is_some()), "{replies:?}");
+    assert!(
+        replies.iter().all(|r| r.get("result").is_some()),
+        "{replies:?}"
+    );
+}
+
+#[test]
+fn sighup_reloads_what_is_safe_and_reports_the_rest() {
+    let gw = gateway();
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    let original = std::fs::read_to_string(gw.config_path()).unwrap();
+    std::fs::write(
+        gw.config_path(),
+        format!("{original}\n[logging]\nlevel = \"warn\"\n"),
+    )
+    .unwrap();
+    signal(gw.pid(), "HUP");
+    gw.wait_line("reload: configuration applied");
+    std::fs::write(
+        gw.config_path(),
+        format!("{original}\n[limits]\nmax_in_flight = 3\n"),
+    )
+    .unwrap();
+    signal(gw.pid(), "HUP");
+    let l = gw.wait_line("reload:");
+    assert!(l.contains("[limits]") && l.contains("restart"), "{l}");
+    std::fs::write(gw.config_path(), "[server]\nbogus = 1\n").unwrap();
+    signal(gw.pid(), "HUP");
+    let l = gw.wait_line("reload:");
+    assert!(
+        l.contains("bogus") && l.contains("keeping the running configuration"),
+        "{l}"
+    );
+    // Still serving, with the original configuration.
+    assert_eq!(
+        text_of(&c.call(json!(1), "one.echo", json!({"text":"up"}))),
+        "up"
+    );
 }
