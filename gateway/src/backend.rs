@@ -28,6 +28,7 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry::{Context, KeyValue};
 use serde_json::{json, Value};
 
+use crate::metrics::Metrics;
 use crate::rt;
 use crate::session::Session;
 
@@ -78,6 +79,7 @@ pub struct Proc {
     exit_status: RefCell<Option<String>>,
     /// Set when the gateway asked it to stop, so its exit is expected.
     stopping: Cell<bool>,
+    metrics: Rc<Metrics>,
 }
 
 impl Proc {
@@ -266,12 +268,22 @@ pub struct Slot {
     next_start: Cell<Option<Instant>>,
     /// Sessions that use this slot (one for per_client).
     sessions: RefCell<Vec<Weak<Session>>>,
+    /// Processes started so far (the second and later are restarts).
+    starts: Cell<u64>,
+    metrics: Rc<Metrics>,
 }
 
 impl Slot {
     /// A slot that starts nothing until first needed.
-    pub fn new(cfg: Rc<BackendConfig>, timeout: Duration, max_message_bytes: usize) -> Rc<Slot> {
+    pub fn new(
+        cfg: Rc<BackendConfig>,
+        timeout: Duration,
+        max_message_bytes: usize,
+        metrics: Rc<Metrics>,
+    ) -> Rc<Slot> {
         Rc::new(Slot {
+            starts: Cell::new(0),
+            metrics,
             cfg,
             timeout,
             max_message_bytes,
@@ -417,6 +429,7 @@ impl Slot {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .env_remove("NOTIFY_SOCKET")
             .kill_on_drop(true);
         if let Some(dir) = &cfg.cwd {
             cmd.current_dir(dir);
@@ -426,6 +439,10 @@ impl Slot {
             reason: format!("{}: {e}", cfg.command),
         })?;
         let child_pid = child.id();
+        if self.starts.replace(self.starts.get() + 1) > 0 {
+            self.metrics.backend_restarted(&cfg.name);
+        }
+        self.metrics.backend_up(&cfg.name, true);
         log::info!(
             "backend {:?}: started {} (pid {child_pid})",
             cfg.name,
@@ -449,6 +466,7 @@ impl Slot {
             exited: exit_rx,
             exit_status: RefCell::new(None),
             stopping: Cell::new(false),
+            metrics: self.metrics.clone(),
         });
         rt::spawn(write_stdin(stdin, in_rx)).detach();
         rt::spawn(log_stderr(name, stderr)).detach();
@@ -730,6 +748,7 @@ async fn read_stdout(
         log::warn!("backend {:?} exited ({status})", proc.name);
     }
     *proc.exit_status.borrow_mut() = Some(status);
+    proc.metrics.backend_up(&proc.name, false);
     let pending = proc.pending.borrow_mut().drain();
     for (_, p) in pending {
         let _ = p.tx.try_send(Err(proc.exited_error()));

@@ -6,8 +6,11 @@
 //! backends (close stdin, wait, kill) and exit 0.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod backend;
+mod metrics;
 mod rt;
+mod sdnotify;
 mod server;
 mod session;
 
@@ -50,6 +53,8 @@ pub struct Gateway {
     pub token: Option<Secret>,
     /// Tracing (disabled unless configured).
     pub tel: Telemetry,
+    /// Prometheus metrics.
+    pub metrics: Rc<metrics::Metrics>,
     /// Backends with `session = "shared"`, by configuration index.
     shared: Vec<Option<Rc<Slot>>>,
     next_session: Cell<u64>,
@@ -67,6 +72,19 @@ impl Drop for SessionCount {
 
 impl Gateway {
     fn new(cfg: GatewayConfig, token: Option<Secret>, tel: Telemetry) -> Gateway {
+        let metrics = Rc::new(metrics::Metrics::new(
+            mcp_shared::VERSION,
+            mcp_shared::GIT_COMMIT,
+        ));
+        if let Some(stats) = tel.batch_stats() {
+            use std::sync::atomic::Ordering::Relaxed;
+            metrics.set_span_source(move || {
+                (stats.exported.load(Relaxed), stats.dropped.load(Relaxed))
+            });
+        }
+        for b in &cfg.backends {
+            metrics.register_backend(&b.name);
+        }
         let shared = cfg
             .backends
             .iter()
@@ -76,6 +94,7 @@ impl Gateway {
                         Rc::new(b.clone()),
                         cfg.request_timeout(b),
                         cfg.limits.max_message_bytes,
+                        metrics.clone(),
                     )
                 })
             })
@@ -85,6 +104,7 @@ impl Gateway {
             cfg,
             token,
             tel,
+            metrics,
             shared,
             next_session: Cell::new(1),
             sessions: Rc::new(Cell::new(0)),
@@ -122,9 +142,26 @@ impl Gateway {
                     Rc::new(b.clone()),
                     self.cfg.request_timeout(b),
                     self.cfg.limits.max_message_bytes,
+                    self.metrics.clone(),
                 ),
             })
             .collect()
+    }
+
+    /// `/readyz`: every backend's command can be found (so it can be started).
+    fn ready(&self) -> Result<(), String> {
+        let missing: Vec<&str> = self
+            .cfg
+            .backends
+            .iter()
+            .filter(|b| !command_exists(&b.command, b.cwd.as_deref()))
+            .map(|b| b.name.as_str())
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("backend command not found: {}", missing.join(", ")))
+        }
     }
 
     async fn stop_shared(&self) {
@@ -135,10 +172,25 @@ impl Gateway {
     }
 }
 
+/// True when `command` names an existing file, directly or on `PATH`.
+fn command_exists(command: &str, cwd: Option<&std::path::Path>) -> bool {
+    let p = std::path::Path::new(command);
+    if command.contains('/') {
+        let full = match cwd {
+            Some(d) if p.is_relative() => d.join(p),
+            _ => p.to_path_buf(),
+        };
+        return full.is_file();
+    }
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(command).is_file()))
+        .unwrap_or(false)
+}
+
 fn main() -> ExitCode {
     let args: Args = argh::from_env();
     if args.version {
-        println!("mcp-gateway {}", mcp_shared::VERSION);
+        println!("{}", mcp_shared::version_line("mcp-gateway"));
         return ExitCode::SUCCESS;
     }
     let Some(path) = args.config else {
@@ -261,7 +313,9 @@ async fn run(
         while let Some(Ok(sig)) = signals.next().await {
             log::info!("received {sig:?}");
             if sig == Signal::Hup {
+                let _ = sdnotify::reloading();
                 reload(&path, &running);
+                let _ = sdnotify::ready();
                 continue;
             }
             break;
@@ -270,12 +324,43 @@ async fn run(
     })
     .detach();
     let gw = Rc::new(Gateway::new(cfg, token, tel));
+    let _admin = match &gw.cfg.admin {
+        Some(a) => {
+            let l = async_net::TcpListener::bind(a.listen.as_str())
+                .await
+                .map_err(|e| format!("cannot listen on {} ([admin] listen): {e}", a.listen))?;
+            let admin_addr = l.local_addr().map_err(|e| e.to_string())?;
+            log::info!("admin endpoints on http://{admin_addr} (/healthz /readyz /metrics)");
+            let ready_gw = gw.clone();
+            let state = admin::AdminState {
+                metrics: gw.metrics.clone(),
+                ready: Rc::new(move || ready_gw.ready()),
+            };
+            Some(rt::spawn(admin::serve(l, state)))
+        }
+        None => None,
+    };
     log::info!(
         "listening on ws://{addr}{} ({} backend(s))",
         gw.cfg.server.path,
         gw.cfg.backends.len()
     );
+    if let Err(e) = sdnotify::ready() {
+        log::warn!("sd_notify READY: {e}");
+    }
+    if let Some(every) = sdnotify::watchdog_interval() {
+        // Ping at half the interval systemd expects, from the same executor that serves
+        // clients: a stuck executor stops the pings and systemd restarts the service.
+        rt::spawn(async move {
+            loop {
+                let _ = sdnotify::watchdog();
+                async_io::Timer::after(every / 2).await;
+            }
+        })
+        .detach();
+    }
     server::serve(gw.clone(), listener, stop_rx).await;
+    let _ = sdnotify::stopping();
     gw.stop_shared().await;
     log::info!("stopped");
     Ok(())

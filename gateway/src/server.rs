@@ -172,6 +172,8 @@ async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Rec
         }
     };
     let _count = gw.count_session();
+    let opened = std::time::Instant::now();
+    gw.metrics.session_opened();
     let (mut sink, mut stream) = ws.split();
     let (out_tx, out_rx) = async_channel::bounded::<String>(CLIENT_QUEUE);
     let writer = rt::spawn(async move {
@@ -237,6 +239,7 @@ async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Rec
     session.close().await;
     drop(session);
     drop(out_tx);
+    gw.metrics.session_closed(opened.elapsed());
     if rt::timeout(WRITER_DRAIN_TIMEOUT, writer).await.is_none() {
         log::debug!("session writer did not finish within {WRITER_DRAIN_TIMEOUT:?}");
     }

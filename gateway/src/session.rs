@@ -23,6 +23,7 @@ use opentelemetry::{Context, KeyValue};
 use serde_json::{json, Value};
 
 use crate::backend::{Proc, Slot};
+use crate::metrics::{error_type_for_code, Outcome};
 use crate::rt;
 use crate::Gateway;
 
@@ -248,6 +249,18 @@ impl Session {
         };
         if let Some(e) = refused {
             let resp = Message::error_response(Some(id), e.to_rpc_error());
+            let method = msg.method().unwrap_or_default();
+            let kind = if limited {
+                "overloaded"
+            } else {
+                "duplicate_id"
+            };
+            self.gw.metrics.request_finished(
+                method,
+                Outcome::Error,
+                Some(kind),
+                std::time::Duration::ZERO,
+            );
             telemetry::record_response(&cx, &resp);
             telemetry::end(&cx);
             self.reply(resp).await;
@@ -267,6 +280,7 @@ impl Session {
         rt::spawn(mcp_shared::logger::traced(&log_cx, async move {
             let method = msg.method().unwrap_or_default().to_string();
             let started = std::time::Instant::now();
+            let _in_flight = me.gw.metrics.in_flight();
             let work = async {
                 let resp = me.handle_request(msg, &target, &cx).await;
                 Some(resp)
@@ -280,6 +294,10 @@ impl Session {
                 Some(resp) => {
                     me.in_flight.borrow_mut().remove(&id);
                     telemetry::record_response(&cx, &resp);
+                    let (outcome, error_type) = outcome_of(&resp);
+                    me.gw
+                        .metrics
+                        .request_finished(&method, outcome, error_type, started.elapsed());
                     match resp.error() {
                         Some(e) => log::warn!(
                             "session {}: {method} {id} failed in {} µs: {}",
@@ -889,5 +907,24 @@ impl Session {
             t.await;
         }
         log::info!("session {} closed", self.id);
+    }
+}
+
+/// The metrics outcome of a response: an error (typed by its code), a tool error
+/// (`isError: true`), or success.
+fn outcome_of(resp: &Message) -> (Outcome, Option<&'static str>) {
+    if let Some(e) = resp.error() {
+        let code = e.get("code").and_then(Value::as_i64).unwrap_or(0);
+        return (Outcome::Error, Some(error_type_for_code(code)));
+    }
+    let tool_error = resp
+        .result()
+        .and_then(|r| r.get("isError"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if tool_error {
+        (Outcome::ToolError, None)
+    } else {
+        (Outcome::Ok, None)
     }
 }

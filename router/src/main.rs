@@ -34,7 +34,7 @@ struct Args {
 fn main() -> ExitCode {
     let args: Args = argh::from_env();
     if args.version {
-        println!("mcp-router {}", mcp_shared::VERSION);
+        println!("{}", mcp_shared::version_line("mcp-router"));
         return ExitCode::SUCCESS;
     }
     let mut cfg = match load_config(&args) {

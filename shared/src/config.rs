@@ -37,6 +37,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 pub const DEFAULT_PATH: &str = "/mcp";
 /// Default gateway listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+/// Default admin (health, metrics) listen address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 
 /// Exit code for a configuration error (EX_USAGE from sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;
@@ -537,6 +539,8 @@ pub struct GatewayConfig {
     pub routing: RoutingConfig,
     /// `[auth]`: when present, clients must send `Authorization: Bearer <token>`.
     pub auth: Option<AuthConfig>,
+    /// `[admin]`: when present, `/healthz`, `/readyz` and `/metrics` are served.
+    pub admin: Option<AdminConfig>,
     /// `[logging]`
     #[serde(default)]
     pub logging: LoggingConfig,
@@ -623,6 +627,20 @@ impl Default for RoutingConfig {
     }
 }
 
+fn default_admin_listen() -> String {
+    DEFAULT_ADMIN_LISTEN.into()
+}
+
+/// `[admin]` of the gateway.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `ip:port` of the admin listener (plain HTTP; keep it on loopback or a private
+    /// network: it needs no token).
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
 /// `[auth]` of the gateway: one bearer token.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -690,6 +708,14 @@ impl GatewayConfig {
             return Err(invalid(&["server", "path"], "must start with '/'"));
         }
         validate_nonzero(self.server.max_sessions, &["server", "max_sessions"])?;
+        if let Some(a) = &self.admin {
+            a.listen.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    &["admin", "listen"],
+                    format!("{:?} is not an ip:port address", a.listen),
+                )
+            })?;
+        }
         validate_positive_duration(
             self.server.handshake_timeout,
             &["server", "handshake_timeout"],

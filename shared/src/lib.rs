@@ -30,3 +30,14 @@ pub mod telemetry;
 
 /// Version of the workspace, for `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Git commit the build came from (`unknown` outside a checkout).
+pub const GIT_COMMIT: &str = env!("MCP_BRIDGE_GIT_COMMIT");
+
+/// What this build can do, for `--version`.
+pub const FEATURES: &str = "otlp-grpc, otlp-http, stdout-exporter; tls: no";
+
+/// The `--version` line of a binary.
+pub fn version_line(binary: &str) -> String {
+    format!("{binary} {VERSION} (commit {GIT_COMMIT}; {FEATURES})")
+}
