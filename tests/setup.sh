@@ -79,6 +79,19 @@ else
     log "venv ready"
 fi
 
+# ----------------------------------------------- promtool (Debian prometheus)
+# The ops test checks the alert rules and the live /metrics output with promtool.
+if command -v promtool >/dev/null; then
+    log "promtool present"
+else
+    command -v apt-get >/dev/null || die "promtool missing and no apt-get to install it"
+    log "installing Debian's prometheus package for promtool"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    # The package starts nothing without systemd; make sure no daemon lingers anyway.
+    pkill -x prometheus 2>/dev/null || true
+fi
+
 # ------------------------------------------------------------------ npm peers
 npm_stamp_want="$( { hash_of "$here/package.json" "$here/package-lock.json"; node --version; } \
                    | sha256sum | cut -d' ' -f1)"
