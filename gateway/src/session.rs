@@ -484,30 +484,40 @@ impl Session {
     async fn forward(
         &self,
         slot: &Rc<Slot>,
-        mut msg: Message,
+        msg: Message,
         target: &Target,
         cx: &Context,
     ) -> Result<Message, RpcError> {
         let client_id = msg.id().expect("requests have ids");
         let proc = self.ensure(slot, cx).await?;
         *target.proc.borrow_mut() = Some(Rc::downgrade(&proc));
+        let mut resp = self
+            .send_traced(&proc, slot, msg, cx, Some(&target.id))
+            .await?;
+        resp.set_id(&client_id);
+        Ok(resp)
+    }
+
+    /// Sends a request to `proc` under a `backend.forward` span (ended with the
+    /// outcome) and waits for the response.
+    async fn send_traced(
+        &self,
+        proc: &Proc,
+        slot: &Slot,
+        mut msg: Message,
+        cx: &Context,
+        sent: Option<&Cell<Option<u64>>>,
+    ) -> Result<Message, RpcError> {
         let span = self.forward_span(slot, &mut msg, cx);
-        let outcome = proc
-            .request(self.id, msg, slot.timeout, Some(&target.id))
-            .await;
-        match outcome {
-            Ok(mut resp) => {
-                telemetry::record_response(&span, &resp);
-                telemetry::end(&span);
-                resp.set_id(&client_id);
-                Ok(resp)
+        let outcome = proc.request(self.id, msg, slot.timeout, sent).await;
+        match &outcome {
+            Ok(resp) => {
+                telemetry::record_response(&span, resp);
             }
-            Err(e) => {
-                telemetry::fail(&span, e.kind(), &e.to_string());
-                telemetry::end(&span);
-                Err(e.to_rpc_error())
-            }
+            Err(e) => telemetry::fail(&span, e.kind(), &e.to_string()),
         }
+        telemetry::end(&span);
+        outcome.map_err(|e| e.to_rpc_error())
     }
 
     async fn forward_by_name(
@@ -648,22 +658,15 @@ impl Session {
             .backends
             .iter()
             .map(|slot| {
-                let (me, slot, mut msg, cx) = (self.clone(), slot.clone(), msg.clone(), cx.clone());
+                let (me, slot, msg, cx) = (self.clone(), slot.clone(), msg.clone(), cx.clone());
                 rt::spawn(async move {
                     let proc = me.ensure(&slot, &cx).await?;
                     if !mcp::has_capability(&proc.capabilities(), "logging") {
                         return Ok(());
                     }
-                    let span = me.forward_span(&slot, &mut msg, &cx);
-                    let r = proc.request(me.id, msg, slot.timeout, None).await;
-                    match &r {
-                        Ok(resp) => {
-                            telemetry::record_response(&span, resp);
-                        }
-                        Err(e) => telemetry::fail(&span, e.kind(), &e.to_string()),
-                    }
-                    telemetry::end(&span);
-                    r.map(|_| ()).map_err(|e| e.to_rpc_error())
+                    me.send_traced(&proc, &slot, msg, &cx, None)
+                        .await
+                        .map(|_| ())
                 })
             })
             .collect();
@@ -746,21 +749,8 @@ impl Session {
             if let Some(c) = cursor.take() {
                 params.insert("cursor".into(), c);
             }
-            let mut req = Message::request(Id::from(0), kind.method(), Some(Value::Object(params)));
-            let span = self.forward_span(slot, &mut req, cx);
-            let outcome = proc.request(self.id, req, slot.timeout, None).await;
-            let resp = match outcome {
-                Ok(r) => {
-                    telemetry::record_response(&span, &r);
-                    telemetry::end(&span);
-                    r
-                }
-                Err(e) => {
-                    telemetry::fail(&span, e.kind(), &e.to_string());
-                    telemetry::end(&span);
-                    return Err(e.to_rpc_error());
-                }
-            };
+            let req = Message::request(Id::from(0), kind.method(), Some(Value::Object(params)));
+            let resp = self.send_traced(&proc, slot, req, cx, None).await?;
             let result = resp.into_outcome().map_err(|err| {
                 RpcError::new(
                     err.get("code").and_then(Value::as_i64).unwrap_or(-32603),
