@@ -1,1 +1,277 @@
-fn main() {}
+//! `mcp-bench`: the load generator and benchmark harness of mcp-bridge.
+//!
+//! ```text
+//! mcp-bench stdio --cmd PROG [OPTIONS] [-- ARGS…]   MCP over the stdio of a spawned PROG
+//! mcp-bench ws --url ws://HOST:PORT/mcp [OPTIONS]   MCP over a WebSocket (subprotocol mcp)
+//! mcp-bench echo-floor [OPTIONS]                    raw loopback WebSocket echo (one hop)
+//! mcp-bench sessions --url URL -s S [OPTIONS]       S idle sessions and a trickle
+//! mcp-bench startup [OPTIONS] -- PROG ARGS…         spawn → readiness line, median of runs
+//! mcp-bench report FILE                             markdown table from the results
+//! ```
+//!
+//! The load modes perform `initialize` + `notifications/initialized` (not `echo-floor`,
+//! whose server is no MCP server), a warm-up, then N `tools/call` requests with C in
+//! flight and P bytes of text each, and report count, errors, throughput, p50/p90/p99/max
+//! latency in µs and the RSS (current, peak) of the spawned child and of every `--pid`.
+//!
+//! Every measuring command prints one JSON object on one line on stdout; `run.sh`
+//! collects them and `report` turns them into the table. Exit status: 0 when the run
+//! completed (even if a budget is missed), 1 when the harness could not run, 2 when a
+//! load run completed but some responses were errors (the numbers are not valid then).
+#![forbid(unsafe_code)]
+
+mod load;
+mod mcp;
+mod procfs;
+mod report;
+mod sessions;
+mod startup;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use argh::FromArgs;
+use serde_json::Value;
+
+/// Load generator and benchmark harness for mcp-router and mcp-gateway.
+#[derive(FromArgs)]
+struct Args {
+    #[argh(subcommand)]
+    command: Command,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    Stdio(StdioArgs),
+    Ws(WsArgs),
+    EchoFloor(EchoFloorArgs),
+    Sessions(SessionsArgs),
+    Startup(StartupArgs),
+    Report(ReportArgs),
+}
+
+/// Declares a load subcommand: its own fields plus the options every load mode shares.
+macro_rules! load_command {
+    ($(#[$meta:meta])* struct $name:ident { $($fields:tt)* }) => {
+        #[derive(FromArgs)]
+        $(#[$meta])*
+        struct $name {
+            $($fields)*
+            /// requests measured (default 10000)
+            #[argh(option, short = 'n', default = "10_000")]
+            requests: u64,
+            /// requests in flight at once (default 1)
+            #[argh(option, short = 'c', default = "1")]
+            concurrency: usize,
+            /// bytes of text per request (default 128)
+            #[argh(option, short = 'p', default = "128")]
+            payload: usize,
+            /// tool to call (default echo; fx.echo through a gateway with backend fx)
+            #[argh(option, default = "String::from(\"echo\")")]
+            tool: String,
+            /// unmeasured requests sent first (default 1000)
+            #[argh(option, default = "1000")]
+            warmup: u64,
+            /// also report the memory of this process (repeatable)
+            #[argh(option)]
+            pid: Vec<u32>,
+            /// name of the run in the output
+            #[argh(option, default = "String::new()")]
+            label: String,
+            /// give up after this many seconds (default 300)
+            #[argh(option, default = "300")]
+            timeout_s: u64,
+        }
+
+        impl $name {
+            fn opts(&self) -> load::Opts {
+                load::Opts {
+                    requests: self.requests,
+                    concurrency: self.concurrency.max(1),
+                    payload: self.payload,
+                    tool: self.tool.clone(),
+                    warmup: self.warmup,
+                    pids: self.pid.clone(),
+                    label: self.label.clone(),
+                    timeout: Duration::from_secs(self.timeout_s),
+                }
+            }
+        }
+    };
+}
+
+load_command! {
+    /// MCP over the stdin/stdout of a spawned command (`-- ARGS` are its arguments).
+    #[argh(subcommand, name = "stdio")]
+    struct StdioArgs {
+        /// the program to spawn
+        #[argh(option)]
+        cmd: String,
+        /// its arguments (after `--`)
+        #[argh(positional, greedy)]
+        args: Vec<String>,
+    }
+}
+
+load_command! {
+    /// MCP over a WebSocket with subprotocol `mcp`.
+    #[argh(subcommand, name = "ws")]
+    struct WsArgs {
+        /// ws://HOST:PORT/PATH
+        #[argh(option)]
+        url: String,
+        /// while the port refuses connections, keep trying this long (default 0)
+        #[argh(option, default = "0")]
+        connect_wait_ms: u64,
+    }
+}
+
+load_command! {
+    /// The one-hop floor: a raw loopback WebSocket echo server (own thread) and client.
+    #[argh(subcommand, name = "echo-floor")]
+    struct EchoFloorArgs {}
+}
+
+/// Many idle WebSocket sessions, each initialized, with a trickle of requests.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "sessions")]
+struct SessionsArgs {
+    /// ws://HOST:PORT/PATH
+    #[argh(option)]
+    url: String,
+    /// sessions to open and hold (default 1000)
+    #[argh(option, short = 's', default = "1000")]
+    sessions: usize,
+    /// handshakes in progress at once, at most (default 64)
+    #[argh(option, default = "64")]
+    connect_concurrency: usize,
+    /// requests of the trickle, round robin over the sessions (default 200)
+    #[argh(option, default = "200")]
+    trickle: u64,
+    /// trickle rate in requests per second (default 200)
+    #[argh(option, default = "200.0")]
+    rate: f64,
+    /// tool to call (default fx.echo)
+    #[argh(option, default = "String::from(\"fx.echo\")")]
+    tool: String,
+    /// bytes of text per request (default 128)
+    #[argh(option, short = 'p', default = "128")]
+    payload: usize,
+    /// report the memory of this process (repeatable; the first one is the gateway)
+    #[argh(option)]
+    pid: Vec<u32>,
+    /// name of the run in the output
+    #[argh(option, default = "String::new()")]
+    label: String,
+    /// give up after this many seconds (default 600)
+    #[argh(option, default = "600")]
+    timeout_s: u64,
+}
+
+/// Time from spawning a command to its readiness line on stderr; median of runs.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "startup")]
+struct StartupArgs {
+    /// starts measured (default 11)
+    #[argh(option, default = "11")]
+    runs: usize,
+    /// text of the readiness line (default "listening on")
+    #[argh(option, default = "String::from(\"listening on\")")]
+    ready: String,
+    /// give up on a start after this many milliseconds (default 10000)
+    #[argh(option, default = "10_000")]
+    timeout_ms: u64,
+    /// name of the run in the output
+    #[argh(option, default = "String::new()")]
+    label: String,
+    /// the command and its arguments (after `--`)
+    #[argh(positional, greedy)]
+    cmd: Vec<String>,
+}
+
+/// Prints the markdown table for a file of results (one JSON object per line).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "report")]
+struct ReportArgs {
+    /// the results file
+    #[argh(positional)]
+    file: String,
+}
+
+fn main() -> ExitCode {
+    let args: Args = argh::from_env();
+    let result = match args.command {
+        Command::Stdio(a) => smol::block_on(async {
+            let conn = mcp::Conn::spawn(&a.cmd, &a.args)?;
+            load::run(conn, &a.opts(), "stdio", &a.cmd, false).await
+        }),
+        Command::Ws(a) => smol::block_on(async {
+            let conn = mcp::Conn::connect(&a.url, Duration::from_millis(a.connect_wait_ms)).await?;
+            load::run(conn, &a.opts(), "ws", &a.url, false).await
+        }),
+        Command::EchoFloor(a) => load::start_echo_server().and_then(|url| {
+            smol::block_on(async {
+                let conn = mcp::Conn::connect(&url, Duration::ZERO).await?;
+                load::run(conn, &a.opts(), "echo-floor", &url, true).await
+            })
+        }),
+        Command::Sessions(a) => {
+            let opts = sessions::Opts {
+                url: a.url,
+                sessions: a.sessions,
+                connect_concurrency: a.connect_concurrency,
+                trickle: a.trickle,
+                rate: a.rate,
+                tool: a.tool,
+                payload: a.payload,
+                pids: a.pid,
+                label: a.label,
+                timeout: Duration::from_secs(a.timeout_s),
+            };
+            let ex = smol::LocalExecutor::new();
+            smol::block_on(ex.run(sessions::run(&ex, &opts)))
+        }
+        Command::Startup(a) => startup::run(
+            &a.cmd,
+            a.runs,
+            &a.ready,
+            Duration::from_millis(a.timeout_ms),
+            &a.label,
+        ),
+        Command::Report(a) => {
+            return match report::run(&a.file) {
+                Ok(table) => {
+                    print!("{table}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mcp-bench: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    };
+    match result {
+        Ok(v) => {
+            println!("{v}");
+            if v["mode"] != "sessions" && v["errors"].as_u64().unwrap_or(0) > 0 {
+                eprintln!(
+                    "mcp-bench: {}: {} error response(s), first: {}",
+                    v["label"], v["errors"], v["first_error"]
+                );
+                return ExitCode::from(2);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mcp-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A number field of a result, if present.
+pub fn num(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64)
+}

@@ -1,0 +1,629 @@
+//! The markdown table: reads the JSON results of one `run.sh` run (one object per line,
+//! found by `label`), computes the floors and ratios, and checks each budget of the
+//! benchmark issue.
+//!
+//! Labels read: `direct-c{1,32}`, `ws-floor-c{1,32}`, `gateway-c{1,32}`,
+//! `router-gateway-c{1,32}`, `peer-supergateway-c{1,32}`, `sessions-S` (any S), `startup`,
+//! and the musl builds' `musl-startup`, `musl-router-gateway-c1`, `musl-sessions-S`.
+//! Missing results show as `n/a`. A label may carry a run number (`direct-c1#3`):
+//! repeated runs of one scenario are combined by their median (see [`combine`]).
+//!
+//! Floors: the direct stdio round trip (client ↔ fixture, which includes the fixture's
+//! own work) and the raw WebSocket echo round trip (one hop). The two-hop floor is
+//! `2 × WS + stdio`, per percentile. Memory is in decimal units (1 MB = 10⁶ bytes,
+//! 1 KB = 10³ bytes), the stricter reading of the budgets.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use serde_json::Value;
+
+use crate::num;
+
+/// Budget: router + gateway p50 at C = 1, at most this many times the two-hop floor.
+pub const P50_FLOOR_RATIO: f64 = 1.5;
+/// Budget: router + gateway p99 at C = 1, at most this many times the two-hop floor.
+pub const P99_FLOOR_RATIO: f64 = 2.0;
+/// Budget: gateway throughput at C = 32, at least this share of direct stdio.
+pub const THROUGHPUT_SHARE: f64 = 0.5;
+/// Budget: router steady RSS, bytes.
+pub const ROUTER_RSS: f64 = 2e6;
+/// Budget: gateway idle RSS, bytes.
+pub const GATEWAY_IDLE_RSS: f64 = 3e6;
+/// Budget: memory per additional idle session, bytes.
+pub const PER_SESSION: f64 = 8e3;
+/// Budget: gateway RSS with 10,000 idle sessions, bytes.
+pub const GATEWAY_10K_RSS: f64 = 100e6;
+/// Budget: gateway startup to ready, ms.
+pub const STARTUP_MS: f64 = 20.0;
+
+const HEADER: [&str; 12] = [
+    "Scenario", "C", "Req/s", "p50 µs", "p90 µs", "p99 µs", "max µs", "Errors", "RSS", "Result",
+    "Budget", "Status",
+];
+
+type Row = [String; 12];
+
+/// Reads `path` and renders the table.
+pub fn run(path: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    let mut groups: Vec<(String, Vec<Value>)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line).map_err(|e| format!("{path}:{}: {e}", i + 1))?;
+        let label = v["label"].as_str().unwrap_or_default();
+        let base = label.split_once('#').map_or(label, |(b, _)| b).to_string();
+        match groups.iter_mut().find(|(b, _)| *b == base) {
+            Some((_, runs)) => runs.push(v),
+            None => groups.push((base, vec![v])),
+        }
+    }
+    let results = groups
+        .into_iter()
+        .map(|(b, runs)| (b, combine(runs)))
+        .collect();
+    Ok(render(&build(&results)))
+}
+
+/// Fields of a load result that are combined as the median over repeated runs.
+const MEDIAN_FIELDS: [&str; 6] = ["rps", "p50_us", "p90_us", "p99_us", "max_us", "mean_us"];
+
+/// One result from repeated runs of a scenario (labels `NAME#1`, `NAME#2`, …): the
+/// median of each of [`MEDIAN_FIELDS`], the sum of `errors`, the memory of the last run,
+/// and `runs` plus `p50_range_us` (lowest and highest p50) to show the spread.
+fn combine(mut runs: Vec<Value>) -> Value {
+    if runs.len() == 1 {
+        return runs.pop().expect("one run");
+    }
+    let mut out = runs.last().cloned().expect("runs are not empty");
+    for key in MEDIAN_FIELDS {
+        let mut xs: Vec<f64> = runs.iter().filter_map(|v| num(v, key)).collect();
+        xs.sort_by(f64::total_cmp);
+        if !xs.is_empty() {
+            out[key] = xs[xs.len() / 2].into();
+        }
+    }
+    out["errors"] = runs
+        .iter()
+        .filter_map(|v| num(v, "errors"))
+        .sum::<f64>()
+        .into();
+    let p50s: Vec<f64> = runs.iter().filter_map(|v| num(v, "p50_us")).collect();
+    let lo = p50s.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = p50s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    out["runs"] = runs.len().into();
+    out["p50_range_us"] = serde_json::json!([lo, hi]);
+    out["p50_runs_us"] = p50s.into();
+    out
+}
+
+fn render(rows: &[Row]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "| {} |", HEADER.join(" | "));
+    let align: Vec<&str> = HEADER
+        .iter()
+        .enumerate()
+        .map(|(i, _)| if (1..=7).contains(&i) { "---:" } else { "---" })
+        .collect();
+    let _ = writeln!(s, "|{}|", align.join("|"));
+    for r in rows {
+        let _ = writeln!(s, "| {} |", r.join(" | "));
+    }
+    s
+}
+
+fn status(ok: Option<bool>) -> String {
+    match ok {
+        Some(true) => "met".into(),
+        Some(false) => "**not met**".into(),
+        None => "n/a".into(),
+    }
+}
+
+fn us(v: Option<f64>) -> String {
+    v.map_or("n/a".into(), |v| format!("{v:.1}"))
+}
+
+fn mb(kb: f64) -> String {
+    format!("{:.2} MB", kb * 1024.0 / 1e6)
+}
+
+/// The short name of a process: `mcp-gateway` → `gateway`.
+fn short(name: &str) -> &str {
+    name.strip_prefix("mcp-").unwrap_or(name)
+}
+
+/// RSS (KiB) of the first process of `v` whose name starts with `name`, at `when`.
+fn rss_kb(v: &Value, name: &str, when: &str) -> Option<f64> {
+    proc_of(v, name)?["rss_kb"][when].as_f64()
+}
+
+fn proc_of<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    v["procs"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"].as_str().is_some_and(|n| n.starts_with(name)))
+}
+
+struct Builder<'a> {
+    r: &'a HashMap<String, Value>,
+    rows: Vec<Row>,
+}
+
+impl Builder<'_> {
+    fn get(&self, label: &str) -> Option<&Value> {
+        self.r.get(label)
+    }
+
+    fn push(&mut self, cells: [&str; 12]) {
+        self.rows.push(cells.map(str::to_string));
+    }
+
+    /// A row for a load result (`n/a` everywhere when it is missing).
+    fn load_row(&mut self, label: &str, scenario: &str, result: &str, budget: &str, status: &str) {
+        let v = self.get(label);
+        let f = |k: &str| v.and_then(|v| num(v, k));
+        let rss = v
+            .and_then(|v| v["procs"].as_array())
+            .map(|ps| {
+                ps.iter()
+                    .filter_map(|p| {
+                        Some(format!(
+                            "{} {}",
+                            short(p["name"].as_str()?),
+                            mb(p["rss_kb"]["end"].as_f64()?)
+                        ))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let scenario = match v.and_then(|v| v["runs"].as_u64()) {
+            Some(n) => format!("{scenario} (median of {n} runs)"),
+            None => scenario.to_string(),
+        };
+        let result = match v.and_then(|v| v["p50_range_us"].as_array()) {
+            Some(r) if r.len() == 2 => {
+                let spread = format!(
+                    "p50 {}–{} µs over the runs",
+                    us(r[0].as_f64()),
+                    us(r[1].as_f64())
+                );
+                if result.is_empty() {
+                    spread
+                } else {
+                    format!("{result}; {spread}")
+                }
+            }
+            _ => result.to_string(),
+        };
+        let row = [
+            scenario,
+            v.map_or("n/a".into(), |v| v["concurrency"].to_string()),
+            f("rps").map_or("n/a".into(), |x| format!("{x:.0}")),
+            us(f("p50_us")),
+            us(f("p90_us")),
+            us(f("p99_us")),
+            us(f("max_us")),
+            f("errors").map_or("n/a".into(), |x| format!("{x:.0}")),
+            rss,
+            result,
+            budget.to_string(),
+            status.to_string(),
+        ];
+        self.rows.push(row);
+    }
+
+    fn p(&self, label: &str, key: &str) -> Option<f64> {
+        self.get(label).and_then(|v| num(v, key))
+    }
+
+    /// `2 × WS + stdio` at percentile `key`, C = 1.
+    fn two_hop(&self, key: &str) -> Option<f64> {
+        Some(2.0 * self.p("ws-floor-c1", key)? + self.p("direct-c1", key)?)
+    }
+
+    /// The lowest and highest two-hop p50 floor computed within one round (run k of the
+    /// WS echo and run k of direct stdio), when there were several rounds.
+    fn two_hop_rounds(&self) -> Option<(f64, f64)> {
+        let runs = |label: &str| -> Option<Vec<f64>> {
+            let xs = self.get(label)?["p50_runs_us"].as_array()?;
+            Some(xs.iter().filter_map(Value::as_f64).collect())
+        };
+        let (ws, direct) = (runs("ws-floor-c1")?, runs("direct-c1")?);
+        let floors: Vec<f64> = ws.iter().zip(&direct).map(|(w, d)| 2.0 * w + d).collect();
+        let lo = floors.iter().copied().reduce(f64::min)?;
+        let hi = floors.iter().copied().reduce(f64::max)?;
+        Some((lo, hi))
+    }
+
+    /// `WS + stdio` at percentile `key`, C = 1 (the gateway-only floor).
+    fn one_hop(&self, key: &str) -> Option<f64> {
+        Some(self.p("ws-floor-c1", key)? + self.p("direct-c1", key)?)
+    }
+
+    /// The musl result for `label` if there is one, else the default build's, with a
+    /// note for the scenario name.
+    fn prefer_musl(&self, label: &str) -> (String, &'static str) {
+        let musl = format!("musl-{label}");
+        if self.r.contains_key(&musl) {
+            (musl, "musl")
+        } else {
+            (label.to_string(), "glibc; musl not measured")
+        }
+    }
+
+    fn latency_rows(&mut self) {
+        let direct_c32 = self.p("direct-c32", "rps");
+        self.load_row("direct-c1", "Floor: direct stdio → fixture", "", "", "");
+        self.load_row("direct-c32", "Floor: direct stdio → fixture", "", "", "");
+        self.load_row(
+            "ws-floor-c1",
+            "Floor: raw WebSocket echo, one hop",
+            "",
+            "",
+            "",
+        );
+        self.load_row(
+            "ws-floor-c32",
+            "Floor: raw WebSocket echo, one hop",
+            "",
+            "",
+            "",
+        );
+        let (f50, f90, f99) = (
+            self.two_hop("p50_us"),
+            self.two_hop("p90_us"),
+            self.two_hop("p99_us"),
+        );
+        let spread = self.two_hop_rounds().map_or(String::new(), |(lo, hi)| {
+            format!(
+                "p50 {}–{} µs within single rounds",
+                us(Some(lo)),
+                us(Some(hi))
+            )
+        });
+        self.push([
+            "Floor: two hops = 2 × WS echo + direct stdio (per percentile)",
+            "1",
+            "",
+            &us(f50),
+            &us(f90),
+            &us(f99),
+            "",
+            "",
+            "",
+            &spread,
+            "",
+            "",
+        ]);
+
+        let ratio = |x: Option<f64>, floor: Option<f64>| Some(x? / floor?);
+        let gw50 = ratio(self.p("gateway-c1", "p50_us"), self.one_hop("p50_us"));
+        let gw99 = ratio(self.p("gateway-c1", "p99_us"), self.one_hop("p99_us"));
+        let result = match (gw50, gw99) {
+            (Some(a), Some(b)) => format!("p50 {a:.2}×, p99 {b:.2}× the WS + stdio floor"),
+            _ => "n/a".into(),
+        };
+        self.load_row(
+            "gateway-c1",
+            "Gateway only: WS client → gateway → fixture",
+            &result,
+            "",
+            "",
+        );
+
+        let rg50 = ratio(self.p("router-gateway-c1", "p50_us"), f50);
+        let rg99 = ratio(self.p("router-gateway-c1", "p99_us"), f99);
+        let (result, ok) = match (rg50, rg99) {
+            (Some(a), Some(b)) => (
+                format!("p50 {a:.2}×, p99 {b:.2}× the two-hop floor"),
+                Some(a <= P50_FLOOR_RATIO && b <= P99_FLOOR_RATIO),
+            ),
+            _ => ("n/a".into(), None),
+        };
+        self.load_row(
+            "router-gateway-c1",
+            "Router + gateway: stdio client → router → gateway → fixture",
+            &result,
+            &format!("p50 ≤ {P50_FLOOR_RATIO}×, p99 ≤ {P99_FLOOR_RATIO}× two-hop floor"),
+            &status(ok),
+        );
+
+        let share = |label: &str| Some(self.p(label, "rps")? / direct_c32?);
+        let (gw, rg) = (share("gateway-c32"), share("router-gateway-c32"));
+        let result = gw.map_or("n/a".into(), |s| {
+            format!("{:.0} % of direct stdio throughput", s * 100.0)
+        });
+        self.load_row(
+            "gateway-c32",
+            "Gateway only: WS client → gateway → fixture",
+            &result,
+            &format!("≥ {:.0} % of direct", THROUGHPUT_SHARE * 100.0),
+            &status(gw.map(|s| s >= THROUGHPUT_SHARE)),
+        );
+        let result = rg.map_or("n/a".into(), |s| {
+            format!("{:.0} % of direct stdio throughput", s * 100.0)
+        });
+        self.load_row(
+            "router-gateway-c32",
+            "Router + gateway: stdio client → router → gateway → fixture",
+            &result,
+            "",
+            "",
+        );
+        self.push([
+            "Router + gateway, tracing always_on / traceidratio 0.01",
+            "1, 32",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "placeholder, not measured yet (every other row runs with tracing off, the default)",
+            "",
+            "pending",
+        ]);
+
+        for c in [1, 32] {
+            let label = format!("peer-supergateway-c{c}");
+            if self.r.contains_key(&label) {
+                let result = match c {
+                    1 => ratio(self.p(&label, "p50_us"), self.p("gateway-c1", "p50_us"))
+                        .map_or("n/a".into(), |r| format!("p50 {r:.2}× the gateway's")),
+                    _ => ratio(self.p(&label, "rps"), self.p("gateway-c32", "rps"))
+                        .map_or("n/a".into(), |r| {
+                            format!("{:.0} % of the gateway's throughput", r * 100.0)
+                        }),
+                };
+                self.load_row(
+                    &label,
+                    "Peer: WS client → supergateway (Node) → fixture",
+                    &result,
+                    "",
+                    "",
+                );
+            }
+        }
+    }
+
+    fn memory_rows(&mut self) {
+        // Router steady RSS, after the measured C = 1 load.
+        let (label, build) = self.prefer_musl("router-gateway-c1");
+        let end = self
+            .get(&label)
+            .and_then(|v| rss_kb(v, "mcp-router", "end"));
+        let init = self
+            .get(&label)
+            .and_then(|v| rss_kb(v, "mcp-router", "init"));
+        let result = match (init, end) {
+            (Some(i), Some(e)) => format!("{} after initialize, {} after the load", mb(i), mb(e)),
+            _ => "n/a".into(),
+        };
+        self.push([
+            &format!("Router RSS, steady ({build})"),
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            &end.map_or("n/a".into(), mb),
+            &result,
+            "≤ 2 MB",
+            &status(end.map(|kb| kb * 1024.0 <= ROUTER_RSS)),
+        ]);
+
+        // Gateway idle RSS: at the readiness line, and before the first session.
+        let sizes = self.session_sizes();
+        let (startup, build) = self.prefer_musl("startup");
+        let ready = self.get(&startup).and_then(|v| num(v, "rss_ready_kb"));
+        let smallest = sizes
+            .first()
+            .map_or("sessions-1000".into(), |s| format!("sessions-{s}"));
+        let (sess, _) = self.prefer_musl(&smallest);
+        let before = self
+            .get(&sess)
+            .and_then(|v| rss_kb(v, "mcp-gateway", "before"));
+        let worst = ready.into_iter().chain(before).reduce(f64::max);
+        let result = format!(
+            "{} at the readiness line, {} before the first session",
+            ready.map_or("n/a".into(), mb),
+            before.map_or("n/a".into(), mb)
+        );
+        self.push([
+            &format!("Gateway RSS, idle ({build})"),
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            &worst.map_or("n/a".into(), mb),
+            &result,
+            "≤ 3 MB",
+            &status(worst.map(|kb| kb * 1024.0 <= GATEWAY_IDLE_RSS)),
+        ]);
+
+        for s in sizes {
+            for musl in [false, true] {
+                let label = format!("{}sessions-{s}", if musl { "musl-" } else { "" });
+                let measured_budget = musl || !self.r.contains_key(&format!("musl-sessions-{s}"));
+                if musl && !self.r.contains_key(&label) {
+                    continue;
+                }
+                self.session_row(&label, s, musl, measured_budget);
+            }
+        }
+
+        let (label, build) = self.prefer_musl("startup");
+        let v = self.get(&label);
+        let median = v.and_then(|v| num(v, "median_ms"));
+        let result = v.map_or("n/a".into(), |v| {
+            format!(
+                "median {:.2} ms (min {:.2}, max {:.2}; {} runs)",
+                num(v, "median_ms").unwrap_or(f64::NAN),
+                num(v, "min_ms").unwrap_or(f64::NAN),
+                num(v, "max_ms").unwrap_or(f64::NAN),
+                v["runs"]
+            )
+        });
+        self.push([
+            &format!("Gateway startup: spawn → listening line ({build})"),
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            &result,
+            "≤ 20 ms",
+            &status(median.map(|ms| ms <= STARTUP_MS)),
+        ]);
+    }
+
+    /// The session counts measured (`sessions-S`, `musl-sessions-S`), ascending.
+    fn session_sizes(&self) -> Vec<u64> {
+        let mut sizes: Vec<u64> = self
+            .r
+            .keys()
+            .filter_map(|l| {
+                l.trim_start_matches("musl-")
+                    .strip_prefix("sessions-")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        sizes
+    }
+
+    fn session_row(&mut self, label: &str, s: u64, musl: bool, budgeted: bool) {
+        let v = self.get(label).cloned();
+        let build = if musl { "musl" } else { "glibc" };
+        let scenario = format!("{s} idle sessions + trickle ({build})");
+        let Some(v) = v else {
+            self.push([
+                &scenario, "", "", "", "", "", "", "n/a", "", "n/a", "", "n/a",
+            ]);
+            return;
+        };
+        let per = num(&v, "per_session_bytes");
+        let opened = num(&v, "opened").unwrap_or(0.0);
+        let before = rss_kb(&v, "mcp-gateway", "before");
+        let open = rss_kb(&v, "mcp-gateway", "open");
+        let hwm = proc_of(&v, "mcp-gateway").and_then(|p| p["hwm_kb"].as_f64());
+        let result = format!(
+            "{opened:.0}/{s} held (opened in {:.2} s); gateway {} → {}; {} per extra session",
+            num(&v, "open_secs").unwrap_or(f64::NAN),
+            before.map_or("n/a".into(), mb),
+            open.map_or("n/a".into(), mb),
+            per.map_or("n/a".into(), |b| format!("{:.2} KB", b / 1e3)),
+        );
+        let errors = num(&v, "errors").unwrap_or(0.0) + num(&v, "trickle_errors").unwrap_or(0.0);
+        let (budget, ok) = if !budgeted {
+            ("(reference)".to_string(), None)
+        } else if s >= 10_000 {
+            (
+                "all held, gateway < 100 MB; ≤ 8 KB/session".to_string(),
+                Some(
+                    opened >= s as f64
+                        && hwm.is_some_and(|kb| kb * 1024.0 < GATEWAY_10K_RSS)
+                        && per.is_some_and(|b| b <= PER_SESSION),
+                ),
+            )
+        } else {
+            ("≤ 8 KB/session".to_string(), per.map(|b| b <= PER_SESSION))
+        };
+        let row = [
+            scenario,
+            String::new(),
+            String::new(),
+            us(num(&v, "p50_us")),
+            us(num(&v, "p90_us")),
+            us(num(&v, "p99_us")),
+            us(num(&v, "max_us")),
+            format!("{errors:.0}"),
+            hwm.map_or("n/a".into(), |kb| format!("gateway peak {}", mb(kb))),
+            result,
+            budget,
+            if budgeted { status(ok) } else { String::new() },
+        ];
+        self.rows.push(row);
+    }
+}
+
+fn build(r: &HashMap<String, Value>) -> Vec<Row> {
+    let mut b = Builder {
+        r,
+        rows: Vec::new(),
+    };
+    b.latency_rows();
+    b.memory_rows();
+    b.rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn load(label: &str, c: u64, rps: f64, p50: f64, p99: f64) -> (String, Value) {
+        (
+            label.to_string(),
+            json!({ "label": label, "concurrency": c, "rps": rps, "p50_us": p50, "p90_us": p50,
+                    "p99_us": p99, "max_us": p99, "errors": 0, "procs": [] }),
+        )
+    }
+
+    #[test]
+    fn combines_repeated_runs_by_median() {
+        let runs = [30.0, 10.0, 20.0]
+            .iter()
+            .map(|&p| json!({ "label": "x#1", "p50_us": p, "rps": p * 10.0, "errors": 1 }))
+            .collect();
+        let v = combine(runs);
+        assert_eq!(
+            (v["p50_us"].as_f64(), v["rps"].as_f64()),
+            (Some(20.0), Some(200.0))
+        );
+        assert_eq!(
+            (v["errors"].as_f64(), v["runs"].as_u64()),
+            (Some(3.0), Some(3))
+        );
+        assert_eq!(v["p50_range_us"], json!([10.0, 30.0]));
+    }
+
+    #[test]
+    fn checks_latency_and_throughput_budgets() {
+        let r: HashMap<String, Value> = [
+            load("direct-c1", 1, 1.0, 20.0, 40.0),
+            load("ws-floor-c1", 1, 1.0, 30.0, 50.0),
+            load("router-gateway-c1", 1, 1.0, 100.0, 300.0), // floor 80 / 140: 1.25×, 2.14×
+            load("direct-c32", 32, 1000.0, 1.0, 1.0),
+            load("gateway-c32", 32, 600.0, 1.0, 1.0),
+        ]
+        .into_iter()
+        .collect();
+        let table = render(&build(&r));
+        let line = |needle: &str| {
+            table
+                .lines()
+                .find(|l| l.contains(needle))
+                .unwrap()
+                .to_string()
+        };
+        assert!(line("p50 1.25×, p99 2.14×").contains("**not met**"));
+        assert!(line("60 % of direct").ends_with("| met |"));
+        assert!(line("tracing").contains("pending"));
+    }
+}
