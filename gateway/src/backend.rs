@@ -626,10 +626,15 @@ impl Slot {
     }
 }
 
-async fn write_stdin(mut stdin: async_process::ChildStdin, rx: Receiver<String>) {
-    while let Ok(mut line) = rx.recv().await {
-        line.push('\n');
-        if stdin.write_all(line.as_bytes()).await.is_err() {
+/// Buffer between the stdin queue and the pipe: a burst of queued messages goes out in
+/// few writes, flushed as soon as the queue is empty.
+pub const STDIN_BUFFER_BYTES: usize = 16 * 1024;
+
+async fn write_stdin(stdin: async_process::ChildStdin, rx: Receiver<String>) {
+    let mut stdin = futures_lite::io::BufWriter::with_capacity(STDIN_BUFFER_BYTES, stdin);
+    while let Ok(line) = rx.recv().await {
+        if stdin.write_all(line.as_bytes()).await.is_err() || stdin.write_all(b"\n").await.is_err()
+        {
             return;
         }
         if rx.is_empty() && stdin.flush().await.is_err() {

@@ -340,11 +340,18 @@ async fn run(
         }
         None => None,
     };
-    log::info!(
+    // The readiness line is a contract (scripts and tests wait for it): it is written
+    // whatever the log level.
+    let ready_line = format!(
         "listening on ws://{addr}{} ({} backend(s))",
         gw.cfg.server.path,
         gw.cfg.backends.len()
     );
+    if log::log_enabled!(log::Level::Info) {
+        log::info!("{ready_line}");
+    } else {
+        eprintln!("mcp-gateway: {ready_line}");
+    }
     if let Err(e) = sdnotify::ready() {
         log::warn!("sd_notify READY: {e}");
     }

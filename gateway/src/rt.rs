@@ -15,9 +15,12 @@ pub fn spawn<T: 'static>(f: impl Future<Output = T> + 'static) -> Task<T> {
     EX.with(|ex| ex.spawn(f))
 }
 
-/// Runs `f` to completion, driving every spawned task.
+/// Runs `f` to completion, driving every spawned task. `async_io::block_on` makes this
+/// thread drive the I/O reactor itself while idle, instead of waiting for smol's reactor
+/// thread to wake it: one thread hand-off less per I/O event (the benchmark's median
+/// gateway latency went from ~265 µs to ~70 µs with this alone).
 pub fn block_on<T>(f: impl Future<Output = T>) -> T {
-    EX.with(|ex| futures_lite::future::block_on(ex.run(f)))
+    EX.with(|ex| async_io::block_on(ex.run(f)))
 }
 
 /// `Some(output)` if `f` finishes within `d`, else `None` (and `f` is dropped).

@@ -13,7 +13,7 @@ use async_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::tungstenite::Message as WsMessage;
 use futures_lite::StreamExt;
-use mcp_shared::framing::{WS_READ_BUFFER_BYTES, WS_WRITE_BUFFER_BYTES};
+use mcp_shared::framing::WS_WRITE_BUFFER_BYTES;
 use mcp_shared::telemetry::{attrs, propagation};
 use opentelemetry::{Context, KeyValue};
 
@@ -21,8 +21,12 @@ use crate::rt;
 use crate::session::Session;
 use crate::Gateway;
 
-/// Messages queued for one client, at most.
-pub const CLIENT_QUEUE: usize = 256;
+/// Messages queued for one client, at most. The queue's slots are allocated up front,
+/// so this is also per-session memory: 64 slots ≈ 2 KiB.
+pub const CLIENT_QUEUE: usize = 64;
+/// WebSocket read buffer per client session (tungstenite allocates it up front; larger
+/// messages are read in more steps, not refused). Small because sessions are many.
+pub const SESSION_WS_READ_BUFFER_BYTES: usize = 1024;
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop cannot spin.
 pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// When a session ends, how long its queued messages get to reach the client.
@@ -33,7 +37,7 @@ pub const SESSION_CLOSE_SLACK: Duration = Duration::from_secs(2);
 /// WebSocket settings for client connections.
 fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .read_buffer_size(SESSION_WS_READ_BUFFER_BYTES)
         .write_buffer_size(WS_WRITE_BUFFER_BYTES)
         .max_message_size(Some(max_message_bytes))
         .max_frame_size(Some(max_message_bytes))
@@ -158,8 +162,13 @@ async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Rec
     let mut seen = Handshake::default();
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| check_handshake(&gw, full, req, resp, &mut seen);
-    let handshake =
-        async_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config(max)));
+    // Boxed: the handshake's state would otherwise stay inline in this task's future
+    // (several KiB) for the whole life of the session.
+    let handshake = Box::pin(async_tungstenite::accept_hdr_async_with_config(
+        stream,
+        callback,
+        Some(ws_config(max)),
+    ));
     let ws = match rt::timeout(gw.cfg.server.handshake_timeout.0, handshake).await {
         Some(Ok(ws)) => ws,
         Some(Err(e)) => {

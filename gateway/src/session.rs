@@ -406,6 +406,8 @@ impl Session {
         if let Some(done) = self.init_done.borrow_mut().take() {
             done.close();
         }
+        // Waiters hold their own clone; the session no longer needs the gate.
+        self.init_gate.borrow_mut().take();
         let client = params
             .get("clientInfo")
             .and_then(|c| c.get("name"))

@@ -92,7 +92,9 @@ type Shared = Rc<RefCell<State>>;
 /// Runs the router until stdin closes.
 pub fn run(cfg: RouterConfig, token: Option<Secret>, tel: Telemetry) -> Result<(), String> {
     let ex = LocalExecutor::new();
-    let result = futures_lite::future::block_on(ex.run(relay(&ex, cfg, token, tel.clone())));
+    // async_io::block_on: this thread drives the reactor while idle (no hand-off from
+    // smol's reactor thread per I/O event).
+    let result = async_io::block_on(ex.run(relay(&ex, cfg, token, tel.clone())));
     tel.shutdown();
     result
 }
