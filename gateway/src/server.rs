@@ -22,8 +22,9 @@ use crate::session::Session;
 use crate::Gateway;
 
 /// Messages queued for one client, at most. The queue's slots are allocated up front,
-/// so this is also per-session memory: 64 slots ≈ 2 KiB.
-pub const CLIENT_QUEUE: usize = 64;
+/// so this is also per-session memory: 32 slots ≈ 1 KiB. A full queue makes responses
+/// wait (backpressure) and drops fan-out notifications from shared backends.
+pub const CLIENT_QUEUE: usize = 32;
 /// WebSocket read buffer per client session (tungstenite allocates it up front; larger
 /// messages are read in more steps, not refused). Small because sessions are many.
 pub const SESSION_WS_READ_BUFFER_BYTES: usize = 1024;
