@@ -24,7 +24,7 @@ step "packaging checks"
 if [[ -f packaging/test.sh ]]; then bash packaging/test.sh; fi
 
 step "benchmark smoke"
-if [[ -f benches/run.sh ]]; then bash benches/run.sh --smoke; fi
+if [[ -f benches/run.sh ]]; then bash benches/run.sh --smoke --debug; fi
 
 step "real-peer tests (Python SDK, server-everything)"
 .cache/venv/bin/python -m pytest tests/python -q
