@@ -9,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n== %s\n' "$*"; }
+LOGS=$(mktemp -d)
+trap 'rm -rf "$LOGS"' EXIT
 
 step "lint"
 cargo fmt --all -- --check
@@ -21,13 +23,25 @@ step "install real-peer test dependencies"
 bash tests/setup.sh
 
 step "packaging checks"
-if [[ -f packaging/test.sh ]]; then bash packaging/test.sh; fi
+if [[ -f packaging/test.sh ]]; then bash packaging/test.sh | tee "$LOGS/packaging.log"; fi
 
 step "benchmark smoke"
 if [[ -f benches/run.sh ]]; then bash benches/run.sh --smoke --debug; fi
 
 step "real-peer tests (Python SDK, server-everything)"
-.cache/venv/bin/python -m pytest tests/python -q
+.cache/venv/bin/python -m pytest tests/python -q | tee "$LOGS/pytest.log"
 
 step "Rust unit and end-to-end tests"
-cargo test --workspace --locked
+cargo test --workspace --locked 2>&1 | tee "$LOGS/cargo.log"
+
+# One closing line for the whole suite (every step above has already failed the run
+# on any failure; this only counts).
+passed=0 failed=0
+while read -r p f; do passed=$((passed + p)); failed=$((failed + f)); done < <(
+    sed -n 's/^test result: [a-zA-Z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$LOGS/cargo.log"
+    sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$LOGS/packaging.log" 2>/dev/null
+    sed -n 's/^\([0-9]*\) passed.* in .*/\1 0/p' "$LOGS/pytest.log"
+)
+echo
+echo "total: $passed passed, $failed failed"
+[[ $failed == 0 && $passed -gt 0 ]]
