@@ -4,8 +4,8 @@
 #
 #   benches/run.sh [--smoke] [--debug] [--no-musl] [--no-peer] [--keep FILE]
 #
-#   --smoke    a few seconds of tiny runs (N=200, S=50) that only prove the harness
-#              works; implies --no-musl --no-peer. For CI.
+#   --smoke    a few seconds of tiny runs (N=200, S=50, 2,000 spans) that only prove
+#              the harness works; implies --no-musl --no-peer. For CI.
 #   --debug    use debug builds (cargo build) instead of release; numbers meaningless.
 #   --no-musl  skip the musl static builds (memory budgets then use the glibc build).
 #   --no-peer  skip the optional supergateway (Node) comparison.
@@ -31,11 +31,17 @@ while [ $# -gt 0 ]; do
     shift
 done
 
+# Tracing: TROUNDS* rounds of off / always_on / traceidratio; SPANS spans per mode and
+# round of the span-cost microbenchmark; QUIET_MS is how long the exporters must be idle
+# before the payload is counted (longer than the batch processor's scheduled_delay,
+# which smoke runs shorten to SCHED).
 if [ "$SMOKE" = 1 ]; then
     N1=200 N32=500 ROUNDS1=1 ROUNDS32=1 WARMUP=20 SESSIONS=(50) TRICKLE=20 RATE=1000 STARTUP_RUNS=3
+    TROUNDS1=1 TROUNDS32=1 SPANS=2000 SPAN_ROUNDS=1 SCHED=100ms QUIET_MS=300
 else
     N1=10000 N32=50000 ROUNDS1=5 ROUNDS32=3 WARMUP=1000 SESSIONS=(1000 10000) TRICKLE=500 RATE=250
     STARTUP_RUNS=21
+    TROUNDS1=5 TROUNDS32=5 SPANS=50000 SPAN_ROUNDS=7 SCHED= QUIET_MS=1500
 fi
 PAYLOAD=128
 
@@ -78,12 +84,18 @@ fi
 BENCH=$BIN/mcp-bench
 FIXTURE=$BIN/mcp-fixture
 
-MUSL_BIN=
+MUSL_BIN= MUSL_BENCH=
 if [ "$MUSL" = 1 ]; then
     MUSL_TARGET=x86_64-unknown-linux-musl
     if rustup target add "$MUSL_TARGET" >/dev/null 2>&1 &&
         cargo build --release --target "$MUSL_TARGET" -p mcp-router -p mcp-gateway; then
         MUSL_BIN=$ROOT/target/$MUSL_TARGET/release
+        # For the span-cost microbenchmark on musl (its allocator is slower).
+        if cargo build --release --target "$MUSL_TARGET" -p mcp-bench; then
+            MUSL_BENCH=$MUSL_BIN/mcp-bench
+        else
+            log "no musl build of mcp-bench; the span cost is measured on glibc only"
+        fi
     else
         log "no musl build; the memory budgets are checked on the glibc build"
     fi
@@ -113,22 +125,27 @@ EOF
 CONFIG=$WORK/gateway.toml
 write_config "$CONFIG"
 
-# start_gateway BINARY: starts it and waits for its readiness line; sets GW_PID, GW_URL.
+# start_gateway BINARY [CONFIG]: starts it (with $CONFIG by default) and waits for its
+# readiness line; sets GW_PID, GW_URL, and ADMIN_URL when [admin] is configured.
 # stderr goes through a FIFO so the first lines can be read here; the rest is drained
 # into gateway.log by cat (so the gateway never blocks on a full pipe).
 start_gateway() {
     local fifo=$WORK/gateway.fifo line fd
     rm -f "$fifo"
     mkfifo "$fifo"
-    "$1" --config "$CONFIG" 2>"$fifo" &
+    "$1" --config "${2:-$CONFIG}" 2>"$fifo" &
     GW_PID=$!
     PIDS+=("$GW_PID")
     exec {fd}<"$fifo"
     rm -f "$fifo"
-    GW_URL=
+    GW_URL= ADMIN_URL=
     while IFS= read -r -t 30 -u "$fd" line; do
         echo "$line" >>"$WORK/gateway.log"
         case $line in
+            *"admin endpoints on http://"*)
+                ADMIN_URL=${line##*admin endpoints on }
+                ADMIN_URL=${ADMIN_URL%% *}
+                ;;
             *"listening on ws://"*)
                 GW_URL=${line##*listening on }
                 GW_URL=${GW_URL%% *}
@@ -199,6 +216,92 @@ for c in 1 32; do
 done
 stop_gateway
 
+# --- tracing: off / always_on / traceidratio 0.01, in interleaved rounds ----------------
+# Router + gateway with both binaries tracing, each exporting OTLP/HTTP to its own sink
+# (mcp-bench otlp-sink, on loopback: the export is real but cheap). Every run gets a
+# fresh gateway with that mode's configuration, the off baseline too, so the three
+# differ only in [tracing]; the order of the modes rotates from round to round. After a
+# traced run, otlp-stats waits until the exporters are idle, then records the body
+# bytes the sinks received and the spans exported (the gateway's own count from
+# /metrics, the router's as found in the bodies).
+
+# start_sink NAME: an OTLP/HTTP sink; sets SINK_URL from the line it prints when ready.
+start_sink() {
+    local out=$WORK/sink-$1.out pid i
+    "$BENCH" otlp-sink >"$out" 2>>"$WORK/sink-$1.log" &
+    pid=$!
+    PIDS+=("$pid")
+    SINK_URL=
+    for i in $(seq 1000); do
+        IFS= read -r SINK_URL <"$out" || true
+        [ -n "$SINK_URL" ] && return 0
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.01
+    done
+    die "otlp-sink $1 did not start (log: $(tail -n 5 "$WORK/sink-$1.log" 2>/dev/null))"
+}
+start_sink router
+SINK_ROUTER=$SINK_URL
+start_sink gateway
+SINK_GW=$SINK_URL
+SINKS=(--sink "router=$SINK_ROUTER" --sink "gateway=$SINK_GW")
+
+# tracing_section MODE ENDPOINT: the [tracing] of a mode (off: none, i.e. the default).
+tracing_section() {
+    case $1 in
+        off) return 0 ;;
+        on) printf '[tracing]\nenabled = true\nsampler_type = "always_on"\n' ;;
+        ratio) printf '[tracing]\nenabled = true\nsampler_type = "traceidratio"\nsampler_param = 0.01\n' ;;
+        *) die "unknown tracing mode $1" ;;
+    esac
+    printf 'exporter_type = "otlp"\notlp_protocol = "http/protobuf"\notlp_endpoint = "%s"\n' "$2"
+    if [ -n "$SCHED" ]; then printf 'scheduled_delay = "%s"\n' "$SCHED"; fi
+}
+
+# trace_run LABEL MODE C N BINDIR [STATS_LABEL]: a fresh gateway (with [admin]) and a
+# router from BINDIR, both with tracing MODE; one load run; then, with STATS_LABEL, the
+# OTLP payload of the run.
+trace_run() {
+    local label=$1 mode=$2 c=$3 n=$4 bindir=$5 stats=${6:-}
+    local gwcfg=$WORK/gateway-trace-$mode.toml rcfg=$WORK/router-trace-$mode.toml
+    write_config "$gwcfg"
+    {
+        printf '[admin]\nlisten = "127.0.0.1:0"\n'
+        tracing_section "$mode" "$SINK_GW"
+    } >>"$gwcfg"
+    start_gateway "$bindir/mcp-gateway" "$gwcfg"
+    [ -n "$ADMIN_URL" ] || die "gateway did not log its admin address"
+    {
+        printf '[gateway]\nurl = "%s"\n[logging]\nlevel = "warn"\n' "$GW_URL"
+        tracing_section "$mode" "$SINK_ROUTER"
+    } >"$rcfg"
+    "$BENCH" otlp-stats --reset "${SINKS[@]}" || die "the OTLP sinks do not answer"
+    MCP_LOG=warn load "$label" "$c" "$n" stdio --cmd "$bindir/mcp-router" --tool fx.echo \
+        --pid "$GW_PID" -- --config "$rcfg"
+    if [ -n "$stats" ]; then
+        bench "$stats" otlp-stats "${SINKS[@]}" --admin "$ADMIN_URL" \
+            --requests $((n + WARMUP)) --quiet-ms "$QUIET_MS"
+    fi
+    stop_gateway
+}
+
+TMODES=(off on ratio)
+for c in 1 32; do
+    if [ "$c" = 1 ]; then rounds=$TROUNDS1; else rounds=$TROUNDS32; fi
+    n=$(n_for "$c")
+    for r in $(seq "$rounds"); do
+        for k in 0 1 2; do
+            mode=${TMODES[$(((r + k) % 3))]}
+            stats=
+            if [ "$mode" != off ]; then stats="otlp-$mode-c$c#$r"; fi
+            trace_run "trace-$mode-c$c#$r" "$mode" "$c" "$n" "$BIN" "$stats"
+        done
+    done
+done
+
+# The cost of one span, through mcp-shared's telemetry (the code both binaries run).
+bench span-cost span-cost -n "$SPANS" --rounds "$SPAN_ROUNDS"
+
 # --- startup, idle sessions ------------------------------------------------------------
 # sessions_run PREFIX BINARY S: a fresh gateway, S sessions, stop.
 sessions_run() {
@@ -217,6 +320,13 @@ if [ -n "$MUSL_BIN" ]; then
     MCP_LOG=warn load musl-router-gateway-c1 1 "$N1" stdio --cmd "$MUSL_BIN/mcp-router" --tool fx.echo \
         --pid "$GW_PID" -- --gateway "$GW_URL"
     stop_gateway
+    # Both binaries' RSS with tracing on, after the C = 1 load.
+    trace_run musl-trace-on-c1 on 1 "$N1" "$MUSL_BIN" musl-otlp-on-c1
+    if [ -n "$MUSL_BENCH" ]; then
+        log musl-span-cost
+        "$MUSL_BENCH" span-cost --label musl-span-cost -n "$SPANS" --rounds "$SPAN_ROUNDS" \
+            >>"$RESULTS" || die "musl-span-cost failed"
+    fi
     for s in "${SESSIONS[@]}"; do sessions_run musl- "$MUSL_BIN/mcp-gateway" "$s"; done
 fi
 

@@ -183,6 +183,15 @@ pub async fn run(
         });
         let lat = percentiles(&mut m.latencies_ns);
         merge(&mut out, lat);
+        // CPU per measured request of each process (all its threads, e.g. a span
+        // exporter's, included); 10 ms resolution, so meaningful for runs of seconds.
+        for p in &procs {
+            if let Some(ms) = p.cpu_between("start", "end") {
+                let per = ms * 1e3 / opts.requests.max(1) as f64;
+                out[format!("cpu_us_per_request_{}", p.name())] =
+                    ((per * 100.0).round() / 100.0).into();
+            }
+        }
         out["procs"] = procs.iter().map(Watched::to_json).collect();
         Ok(out)
     };

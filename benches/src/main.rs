@@ -6,6 +6,9 @@
 //! mcp-bench echo-floor [OPTIONS]                    raw loopback WebSocket echo (one hop)
 //! mcp-bench sessions --url URL -s S [OPTIONS]       S idle sessions and a trickle
 //! mcp-bench startup [OPTIONS] -- PROG ARGS…         spawn → readiness line, median of runs
+//! mcp-bench otlp-sink [--listen ADDR]              OTLP/HTTP trace sink (prints its URL)
+//! mcp-bench otlp-stats --sink NAME=URL [OPTIONS]    payload bytes per span, once settled
+//! mcp-bench span-cost [-n N] [--rounds R]           ns per span: off, sampled, unsampled
 //! mcp-bench report FILE                             markdown table from the results
 //! ```
 //!
@@ -22,9 +25,11 @@
 
 mod load;
 mod mcp;
+mod otlp;
 mod procfs;
 mod report;
 mod sessions;
+mod spancost;
 mod startup;
 
 use std::process::ExitCode;
@@ -48,6 +53,9 @@ enum Command {
     EchoFloor(EchoFloorArgs),
     Sessions(SessionsArgs),
     Startup(StartupArgs),
+    OtlpSink(OtlpSinkArgs),
+    OtlpStats(OtlpStatsArgs),
+    SpanCost(SpanCostArgs),
     Report(ReportArgs),
 }
 
@@ -190,6 +198,64 @@ struct StartupArgs {
     cmd: Vec<String>,
 }
 
+/// An OTLP/HTTP trace sink: counts what `POST /v1/traces` receives, answers 200 with an
+/// empty response; `GET /stats` returns the counters, `POST /reset` zeroes them. Prints
+/// its URL (`http://HOST:PORT`) on stdout once it listens, then serves until killed.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "otlp-sink")]
+struct OtlpSinkArgs {
+    /// address to listen on (default 127.0.0.1:0)
+    #[argh(option, default = "String::from(\"127.0.0.1:0\")")]
+    listen: String,
+}
+
+/// Waits until the sinks (and the gateway's span counters) stop moving, then prints the
+/// OTLP payload bytes per span; or, with `--reset`, zeroes the sinks' counters.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "otlp-stats")]
+struct OtlpStatsArgs {
+    /// a sink as NAME=URL (repeatable; the one named `gateway` takes its span count
+    /// from --admin when given)
+    #[argh(option)]
+    sink: Vec<String>,
+    /// the gateway's admin URL (http://HOST:PORT), for its span counters
+    #[argh(option)]
+    admin: Option<String>,
+    /// requests the load sent, warm-up included (for spans per request)
+    #[argh(option, default = "0")]
+    requests: u64,
+    /// settled when nothing moved for this many ms (default 1500)
+    #[argh(option, default = "1500")]
+    quiet_ms: u64,
+    /// stop waiting after this many ms and report what is there (default 20000)
+    #[argh(option, default = "20_000")]
+    timeout_ms: u64,
+    /// only zero the sinks' counters (prints nothing)
+    #[argh(switch)]
+    reset: bool,
+    /// name of the run in the output
+    #[argh(option, default = "String::new()")]
+    label: String,
+}
+
+/// The cost of one span (start + end) through the bridge's telemetry: tracing disabled,
+/// sampled (always_on; exported over OTLP/HTTP to an in-process sink after the timed
+/// loop, and again while it runs) and unsampled (traceidratio 0.0); median over
+/// interleaved rounds.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "span-cost")]
+struct SpanCostArgs {
+    /// spans per mode and round, at most 50000 (default 50000)
+    #[argh(option, short = 'n', default = "50_000")]
+    spans: u64,
+    /// measured rounds, after one of warm-up (default 7)
+    #[argh(option, default = "7")]
+    rounds: usize,
+    /// name of the run in the output
+    #[argh(option, default = "String::new()")]
+    label: String,
+}
+
 /// Prints the markdown table for a file of results (one JSON object per line).
 #[derive(FromArgs)]
 #[argh(subcommand, name = "report")]
@@ -239,6 +305,50 @@ fn main() -> ExitCode {
             Duration::from_millis(a.timeout_ms),
             &a.label,
         ),
+        Command::OtlpSink(a) => {
+            let (listener, url) = match otlp::bind(&a.listen) {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("mcp-bench: otlp-sink: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            println!("{url}");
+            otlp::serve(listener, Default::default());
+            return ExitCode::SUCCESS;
+        }
+        Command::OtlpStats(a) => {
+            let sinks: Result<Vec<(String, String)>, String> = a
+                .sink
+                .iter()
+                .map(|s| {
+                    s.split_once('=')
+                        .map(|(n, u)| (n.to_string(), u.to_string()))
+                        .ok_or_else(|| format!("--sink {s}: expected NAME=URL"))
+                })
+                .collect();
+            match sinks {
+                Ok(sinks) if a.reset => {
+                    return match smol::block_on(otlp::reset(&sinks)) {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            eprintln!("mcp-bench: {e}");
+                            ExitCode::FAILURE
+                        }
+                    };
+                }
+                Ok(sinks) => smol::block_on(otlp::settle(&otlp::SettleOpts {
+                    sinks,
+                    admin: a.admin,
+                    requests: a.requests,
+                    quiet: Duration::from_millis(a.quiet_ms),
+                    timeout: Duration::from_millis(a.timeout_ms),
+                    label: a.label,
+                })),
+                Err(e) => Err(e),
+            }
+        }
+        Command::SpanCost(a) => spancost::run(a.spans, a.rounds, &a.label),
         Command::Report(a) => {
             return match report::run(&a.file) {
                 Ok(table) => {

@@ -4,7 +4,9 @@
 //!
 //! Labels read: `direct-c{1,32}`, `ws-floor-c{1,32}`, `gateway-c{1,32}`,
 //! `router-gateway-c{1,32}`, `peer-supergateway-c{1,32}`, `sessions-S` (any S), `startup`,
-//! and the musl builds' `musl-startup`, `musl-router-gateway-c1`, `musl-sessions-S`.
+//! and the musl builds' `musl-startup`, `musl-router-gateway-c1`, `musl-sessions-S`;
+//! for tracing `trace-{off,on,ratio}-c{1,32}` (load), `otlp-{on,ratio}-c{1,32}`
+//! (`otlp-stats`), `span-cost`, and `musl-trace-on-c1`, `musl-span-cost`.
 //! Missing results show as `n/a`. A label may carry a run number (`direct-c1#3`):
 //! repeated runs of one scenario are combined by their median (see [`combine`]).
 //!
@@ -36,6 +38,12 @@ pub const PER_SESSION: f64 = 8e3;
 pub const GATEWAY_10K_RSS: f64 = 100e6;
 /// Budget: gateway startup to ready, ms.
 pub const STARTUP_MS: f64 = 20.0;
+/// Budget: throughput lost with tracing `always_on`, share of tracing off.
+pub const TRACE_ON_LOSS: f64 = 0.05;
+/// Budget: throughput lost with tracing `traceidratio` 0.01, share of tracing off.
+pub const TRACE_RATIO_LOSS: f64 = 0.01;
+/// Budget: OTLP payload bytes per typical span.
+pub const BYTES_PER_SPAN: f64 = 300.0;
 
 const HEADER: [&str; 12] = [
     "Scenario", "C", "Req/s", "p50 µs", "p90 µs", "p99 µs", "max µs", "Errors", "RSS", "Result",
@@ -68,34 +76,72 @@ pub fn run(path: &str) -> Result<String, String> {
 }
 
 /// Fields of a load result that are combined as the median over repeated runs.
-const MEDIAN_FIELDS: [&str; 6] = ["rps", "p50_us", "p90_us", "p99_us", "max_us", "mean_us"];
+const MEDIAN_FIELDS: [&str; 14] = [
+    "rps",
+    "p50_us",
+    "p90_us",
+    "p99_us",
+    "max_us",
+    "mean_us",
+    "bytes_per_span",
+    "router_bytes_per_span",
+    "gateway_bytes_per_span",
+    "router_spans_per_request",
+    "gateway_spans_per_request",
+    "router_spans",
+    "gateway_spans",
+    "sinks_cpu_ms",
+];
+
+/// Fields of a result that are summed over repeated runs.
+const SUM_FIELDS: [&str; 2] = ["errors", "gateway_spans_dropped"];
 
 /// One result from repeated runs of a scenario (labels `NAME#1`, `NAME#2`, …): the
-/// median of each of [`MEDIAN_FIELDS`], the sum of `errors`, the memory of the last run,
-/// and `runs` plus `p50_range_us` (lowest and highest p50) to show the spread.
+/// median of each of [`MEDIAN_FIELDS`] and `cpu_us_per_request_*`, the sum of each of [`SUM_FIELDS`], the memory of
+/// the last run, and `runs` plus `p50_range_us` (lowest and highest p50) to show the
+/// spread, and the per-run `p50_runs_us`, `p99_runs_us` and `rps_runs` (in run order,
+/// for ratios between scenarios measured in the same rounds).
 fn combine(mut runs: Vec<Value>) -> Value {
     if runs.len() == 1 {
         return runs.pop().expect("one run");
     }
     let mut out = runs.last().cloned().expect("runs are not empty");
-    for key in MEDIAN_FIELDS {
+    let cpu_keys: Vec<String> = out
+        .as_object()
+        .map(|o| {
+            o.keys()
+                .filter(|k| k.starts_with("cpu_us_per_request_"))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    for key in MEDIAN_FIELDS
+        .iter()
+        .copied()
+        .chain(cpu_keys.iter().map(String::as_str))
+    {
         let mut xs: Vec<f64> = runs.iter().filter_map(|v| num(v, key)).collect();
         xs.sort_by(f64::total_cmp);
         if !xs.is_empty() {
             out[key] = xs[xs.len() / 2].into();
         }
     }
-    out["errors"] = runs
-        .iter()
-        .filter_map(|v| num(v, "errors"))
-        .sum::<f64>()
-        .into();
-    let p50s: Vec<f64> = runs.iter().filter_map(|v| num(v, "p50_us")).collect();
-    let lo = p50s.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = p50s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    for key in SUM_FIELDS {
+        if runs.iter().any(|v| num(v, key).is_some()) {
+            out[key] = runs.iter().filter_map(|v| num(v, key)).sum::<f64>().into();
+        }
+    }
     out["runs"] = runs.len().into();
-    out["p50_range_us"] = serde_json::json!([lo, hi]);
+    let p50s: Vec<f64> = runs.iter().filter_map(|v| num(v, "p50_us")).collect();
+    if !p50s.is_empty() {
+        let lo = p50s.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = p50s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        out["p50_range_us"] = serde_json::json!([lo, hi]);
+    }
     out["p50_runs_us"] = p50s.into();
+    let per_run = |key: &str| -> Vec<f64> { runs.iter().filter_map(|v| num(v, key)).collect() };
+    out["p99_runs_us"] = per_run("p99_us").into();
+    out["rps_runs"] = per_run("rps").into();
     out
 }
 
@@ -354,20 +400,8 @@ impl Builder<'_> {
             "",
             "",
         );
-        self.push([
-            "Router + gateway, tracing always_on / traceidratio 0.01",
-            "1, 32",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "placeholder, not measured yet (every other row runs with tracing off, the default)",
-            "",
-            "pending",
-        ]);
+        self.tracing_rows();
+        self.span_cost_rows();
 
         for c in [1, 32] {
             let label = format!("peer-supergateway-c{c}");
@@ -388,6 +422,220 @@ impl Builder<'_> {
                     "",
                 );
             }
+        }
+    }
+
+    /// Router + gateway with tracing off, `always_on` and `traceidratio` 0.01
+    /// (`trace-{off,on,ratio}-cC`, measured in the same rounds), with the OTLP figures of
+    /// the traced runs (`otlp-{on,ratio}-cC`) and the payload bytes per span.
+    fn tracing_rows(&mut self) {
+        for c in [1, 32] {
+            let off = format!("trace-off-c{c}");
+            self.load_row(
+                &off,
+                "Router + gateway, tracing off (baseline of the tracing rounds)",
+                "",
+                "",
+                "",
+            );
+            for (mode, what, loss_budget) in [
+                ("on", "tracing always_on", TRACE_ON_LOSS),
+                ("ratio", "tracing traceidratio 0.01", TRACE_RATIO_LOSS),
+            ] {
+                let label = format!("trace-{mode}-c{c}");
+                let otlp = self.get(&format!("otlp-{mode}-c{c}"));
+                let loss = self.ratio_to(&label, &off, "rps").map(|r| 1.0 - r);
+                let mut result = match (
+                    self.ratio_to(&label, &off, "rps"),
+                    self.ratio_to(&label, &off, "p50_us"),
+                    self.ratio_to(&label, &off, "p99_us"),
+                ) {
+                    (Some(t), Some(p50), Some(p99)) => format!(
+                        "throughput {t:.3}× off ({:+.1} %), p50 {p50:.2}×, p99 {p99:.2}× off",
+                        (t - 1.0) * 100.0
+                    ),
+                    _ => "n/a".into(),
+                };
+                if let Some((lo, hi)) = self.paired_range(&label, &off, "rps_runs") {
+                    let _ = write!(result, "; throughput per round {lo:.3}–{hi:.3}× off");
+                }
+                let cpu = |l: &str, p: &str| self.p(l, &format!("cpu_us_per_request_{p}"));
+                if let (Some(r), Some(g)) = (cpu(&label, "mcp-router"), cpu(&label, "mcp-gateway"))
+                {
+                    let _ = write!(
+                        result,
+                        "; CPU per request: router {r:.1} µs, gateway {g:.1} µs"
+                    );
+                    if let (Some(r0), Some(g0)) =
+                        (cpu(&off, "mcp-router"), cpu(&off, "mcp-gateway"))
+                    {
+                        let _ = write!(result, " (off: {r0:.1}, {g0:.1})");
+                    }
+                }
+                if let Some(o) = otlp {
+                    if let Some(ms) = num(o, "sinks_cpu_ms") {
+                        let per = ms * 1e3 / num(o, "requests").unwrap_or(1.0).max(1.0);
+                        let _ = write!(result, ", the two sinks {per:.1} µs");
+                    }
+                    let router = num(o, "router_spans_per_request");
+                    let gateway = num(o, "gateway_spans_per_request");
+                    if let (Some(r), Some(g)) = (router, gateway) {
+                        let _ =
+                            write!(result, "; spans per request: router {r:.3}, gateway {g:.3}");
+                    }
+                    let dropped = num(o, "gateway_spans_dropped").unwrap_or(0.0);
+                    if dropped > 0.0 {
+                        let _ = write!(result, "; gateway dropped {dropped:.0} spans");
+                    }
+                    if o["settled"] == false {
+                        result.push_str("; exporters had not settled when counted");
+                    }
+                }
+                self.load_row(
+                    &label,
+                    &format!(
+                        "Router + gateway, {what} (both binaries, OTLP/HTTP to a loopback sink)"
+                    ),
+                    &result,
+                    &format!("≤ {:.0} % throughput loss", loss_budget * 100.0),
+                    &status(loss.map(|l| l <= loss_budget)),
+                );
+            }
+        }
+        self.payload_row();
+    }
+
+    /// `label`'s `key` over `base`'s (medians).
+    fn ratio_to(&self, label: &str, base: &str, key: &str) -> Option<f64> {
+        Some(self.p(label, key)? / self.p(base, key)?)
+    }
+
+    /// The lowest and highest ratio of run k of `label` to run k of `base` (`key` is a
+    /// per-run array such as `rps_runs`).
+    fn paired_range(&self, label: &str, base: &str, key: &str) -> Option<(f64, f64)> {
+        let runs = |l: &str| -> Option<Vec<f64>> {
+            Some(
+                self.get(l)?[key]
+                    .as_array()?
+                    .iter()
+                    .filter_map(Value::as_f64)
+                    .collect(),
+            )
+        };
+        let (a, b) = (runs(label)?, runs(base)?);
+        let ratios: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y).collect();
+        if ratios.len() < 2 {
+            return None;
+        }
+        let lo = ratios.iter().copied().reduce(f64::min)?;
+        let hi = ratios.iter().copied().reduce(f64::max)?;
+        Some((lo, hi))
+    }
+
+    /// OTLP payload bytes per span at `always_on`: body bytes the sinks received over
+    /// the spans exported (the gateway's own count, `mcp_gateway_spans_exported_total`).
+    fn payload_row(&mut self) {
+        let mut parts = Vec::new();
+        let mut worst: Option<f64> = None;
+        for c in [1, 32] {
+            let Some(o) = self.get(&format!("otlp-on-c{c}")) else {
+                continue;
+            };
+            let f = |k: &str| num(o, k).map_or("n/a".into(), |x| format!("{x:.0}"));
+            let all = num(o, "bytes_per_span");
+            worst = match (worst, all) {
+                (Some(w), Some(a)) => Some(w.max(a)),
+                (w, a) => w.or(a),
+            };
+            parts.push(format!(
+                "C = {c}: {} B per span over both services (router {} B, gateway {} B; \
+                 {} and {} spans per run)",
+                f("bytes_per_span"),
+                f("router_bytes_per_span"),
+                f("gateway_bytes_per_span"),
+                f("router_spans"),
+                f("gateway_spans"),
+            ));
+        }
+        let result = if parts.is_empty() {
+            "n/a".to_string()
+        } else {
+            parts.join("; ")
+        };
+        self.push([
+            "OTLP/HTTP payload per span, tracing always_on (body bytes / spans exported)",
+            "1, 32",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            &result,
+            &format!("≤ {BYTES_PER_SPAN:.0} B per span"),
+            &status(worst.map(|b| b <= BYTES_PER_SPAN)),
+        ]);
+    }
+
+    /// The span-cost microbenchmark (`span-cost`, `musl-span-cost`): ns per span started
+    /// and ended, per mode, and its ratio to tracing disabled.
+    fn span_cost_rows(&mut self) {
+        let builds: Vec<(&str, Value)> = [("glibc", "span-cost"), ("musl", "musl-span-cost")]
+            .into_iter()
+            .filter_map(|(b, l)| Some((b, self.get(l)?.clone())))
+            .collect();
+        for (mode, scenario) in [
+            ("disabled", "Span start + end, tracing disabled"),
+            (
+                "sampled",
+                "Span start + end, sampled (always_on; the exporter sends after the timed loop)",
+            ),
+            (
+                "sampled_export",
+                "Span start + end, sampled, exporter running (always_on, OTLP/HTTP to an in-process sink)",
+            ),
+            ("unsampled", "Span start + end, unsampled (traceidratio 0.0)"),
+        ] {
+            let parts: Vec<String> = builds
+                .iter()
+                .filter_map(|(build, v)| {
+                    let ns = num(v, &format!("{mode}_ns"))?;
+                    let runs: Vec<f64> = v[format!("{mode}_ns_runs")]
+                        .as_array()?
+                        .iter()
+                        .filter_map(Value::as_f64)
+                        .collect();
+                    let lo = runs.iter().copied().reduce(f64::min)?;
+                    let hi = runs.iter().copied().reduce(f64::max)?;
+                    let ratio = if mode == "disabled" {
+                        String::new()
+                    } else {
+                        format!(", {:.1}× disabled", num(v, &format!("{mode}_ratio"))?)
+                    };
+                    let mut bytes = match num(v, &format!("{mode}_export_cpu_ns")) {
+                        Some(e) => format!("; exporter thread {:.2} µs CPU per span", e / 1e3),
+                        None => String::new(),
+                    };
+                    if let ("sampled_export", Some(b)) = (mode, num(v, "otlp_bytes_per_span")) {
+                        let _ = write!(bytes, "; {b:.0} B per span over OTLP");
+                    }
+                    Some(format!(
+                        "{build}: {ns:.1} ns per span{ratio} ({lo:.1}–{hi:.1} ns over {} round{} of {}){bytes}",
+                        runs.len(),
+                        if runs.len() == 1 { "" } else { "s" },
+                        v["spans_per_round"]
+                    ))
+                })
+                .collect();
+            let result = if parts.is_empty() {
+                "n/a".to_string()
+            } else {
+                parts.join("; ")
+            };
+            self.push([
+                scenario, "", "", "", "", "", "", "", "", &result, "", "",
+            ]);
         }
     }
 
@@ -418,6 +666,8 @@ impl Builder<'_> {
             "≤ 2 MB",
             &status(end.map(|kb| kb * 1024.0 <= ROUTER_RSS)),
         ]);
+
+        self.tracing_memory_rows();
 
         // Gateway idle RSS: at the readiness line, and before the first session.
         let sizes = self.session_sizes();
@@ -488,6 +738,56 @@ impl Builder<'_> {
             "≤ 20 ms",
             &status(median.map(|ms| ms <= STARTUP_MS)),
         ]);
+    }
+
+    /// RSS of both binaries with tracing `always_on`, after the C = 1 load
+    /// (`musl-trace-on-c1`, else the glibc rounds), next to the same without tracing.
+    fn tracing_memory_rows(&mut self) {
+        let (label, build) = self.prefer_musl("trace-on-c1");
+        let off_label = if build == "musl" {
+            "musl-router-gateway-c1"
+        } else {
+            "trace-off-c1"
+        };
+        for (name, short_name, budget) in [
+            ("mcp-router", "Router", Some(ROUTER_RSS)),
+            ("mcp-gateway", "Gateway", None),
+        ] {
+            let v = self.get(&label);
+            let end = v.and_then(|v| rss_kb(v, name, "end"));
+            let init = v.and_then(|v| rss_kb(v, name, "init"));
+            let off = self.get(off_label).and_then(|v| rss_kb(v, name, "end"));
+            let result = match (init, end) {
+                (Some(i), Some(e)) => format!(
+                    "{} after initialize, {} after the load; tracing off: {}",
+                    mb(i),
+                    mb(e),
+                    off.map_or("n/a".into(), mb)
+                ),
+                _ => "n/a".into(),
+            };
+            let (budget_text, ok) = match budget {
+                Some(b) => (
+                    format!("≤ {:.0} MB", b / 1e6),
+                    status(end.map(|kb| kb * 1024.0 <= b)),
+                ),
+                None => ("(reference)".to_string(), String::new()),
+            };
+            self.push([
+                &format!("{short_name} RSS with tracing always_on, after the C = 1 load ({build})"),
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                &end.map_or("n/a".into(), mb),
+                &result,
+                &budget_text,
+                &ok,
+            ]);
+        }
     }
 
     /// The session counts measured (`sessions-S`, `musl-sessions-S`), ascending.
@@ -604,6 +904,52 @@ mod tests {
     }
 
     #[test]
+    fn checks_tracing_budgets() {
+        let otlp = |label: &str, bytes: f64| {
+            (
+                label.to_string(),
+                json!({ "label": label, "bytes_per_span": bytes, "router_bytes_per_span": bytes,
+                        "gateway_bytes_per_span": bytes, "router_spans": 2, "gateway_spans": 6,
+                        "router_spans_per_request": 2.0, "gateway_spans_per_request": 6.0,
+                        "gateway_spans_dropped": 0, "settled": true }),
+            )
+        };
+        let r: HashMap<String, Value> = [
+            load("trace-off-c1", 1, 1000.0, 100.0, 200.0),
+            load("trace-on-c1", 1, 960.0, 104.0, 210.0),
+            load("trace-ratio-c1", 1, 985.0, 101.0, 201.0),
+            load("trace-off-c32", 32, 1000.0, 100.0, 200.0),
+            load("trace-on-c32", 32, 940.0, 104.0, 210.0),
+            otlp("otlp-on-c1", 250.0),
+            otlp("otlp-on-c32", 310.0),
+        ]
+        .into_iter()
+        .collect();
+        let table = render(&build(&r));
+        let rows: Vec<&str> = table
+            .lines()
+            .filter(|l| l.contains("always_on (both"))
+            .collect();
+        assert!(
+            rows[0].contains("throughput 0.960× off (-4.0 %)"),
+            "{}",
+            rows[0]
+        );
+        assert!(rows[0].ends_with("| met |"));
+        assert!(rows[1].ends_with("| **not met** |"), "{}", rows[1]);
+        let ratio = table
+            .lines()
+            .find(|l| l.contains("traceidratio 0.01 (both"))
+            .unwrap();
+        assert!(ratio.ends_with("| **not met** |"), "{ratio}");
+        let payload = table
+            .lines()
+            .find(|l| l.contains("payload per span"))
+            .unwrap();
+        assert!(payload.contains("C = 32: 310 B") && payload.ends_with("| **not met** |"));
+    }
+
+    #[test]
     fn checks_latency_and_throughput_budgets() {
         let r: HashMap<String, Value> = [
             load("direct-c1", 1, 1.0, 20.0, 40.0),
@@ -624,6 +970,6 @@ mod tests {
         };
         assert!(line("p50 1.25×, p99 2.14×").contains("**not met**"));
         assert!(line("60 % of direct").ends_with("| met |"));
-        assert!(line("tracing").contains("pending"));
+        assert!(line("tracing always_on").contains("n/a"));
     }
 }
