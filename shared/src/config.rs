@@ -225,8 +225,9 @@ pub const DEFAULT_OTLP_ENDPOINT: &str = "http://localhost:4317";
 pub const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default bound on finished spans waiting for export; more are dropped and counted.
 pub const DEFAULT_MAX_QUEUE_SIZE: usize = 2048;
-/// Default number of spans per export.
-pub const DEFAULT_MAX_EXPORT_BATCH_SIZE: usize = 512;
+/// Default number of spans per export (also what the queue usually holds, so it sets
+/// the steady memory of tracing: ~1 KB a span).
+pub const DEFAULT_MAX_EXPORT_BATCH_SIZE: usize = 256;
 /// Default time between exports of a partial batch.
 pub const DEFAULT_SCHEDULED_DELAY: Duration = Duration::from_secs(1);
 

@@ -141,8 +141,10 @@ fn run(shared: Arc<Shared>, mut exporter: Exporter) {
             st.flush_done = st.flush_done.max(t);
             shared.done.notify_all();
         }
+        // A new period starts after every export: spans left behind wait for a full
+        // batch or the next tick, not go out at once in small batches.
+        deadline = Instant::now() + shared.delay;
         if st.spans.is_empty() {
-            deadline = Instant::now() + shared.delay;
             if shutting_down {
                 st.stopped = true;
                 shared.done.notify_all();

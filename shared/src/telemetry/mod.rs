@@ -137,7 +137,7 @@ impl Telemetry {
     }
 
     /// Starts a span under `parent` (a new root when `parent` has no span). `attrs` is
-    /// only called when tracing is on. Returns the context holding the new span.
+    /// only called when the span is sampled. Returns the context holding the new span.
     pub fn start(
         &self,
         name: &'static str,
@@ -148,12 +148,16 @@ impl Telemetry {
         let Some(inner) = &self.inner else {
             return Context::new();
         };
-        let span = inner
+        // Attributes are added after the sampling decision (our samplers do not look at
+        // them), so an unsampled span never builds them.
+        let mut span = inner
             .tracer
             .span_builder(Cow::Borrowed(name))
             .with_kind(kind)
-            .with_attributes(attrs())
             .start_with_context(&inner.tracer, parent);
+        if opentelemetry::trace::Span::is_recording(&span) {
+            opentelemetry::trace::Span::set_attributes(&mut span, attrs());
+        }
         parent.with_span(span)
     }
 
