@@ -148,6 +148,16 @@ impl Telemetry {
         let Some(inner) = &self.inner else {
             return Context::new();
         };
+        // Inside a trace nobody records (an unsampled parent), a child span would only
+        // cost time: the parent's context is passed on instead, carrying the same
+        // unsampled flag downstream. Only a trace's first span pays for a sampling
+        // decision.
+        {
+            let psc = parent.span().span_context().clone();
+            if psc.is_valid() && !psc.is_sampled() {
+                return parent.clone();
+            }
+        }
         // Attributes are added after the sampling decision (our samplers do not look at
         // them), so an unsampled span never builds them.
         let mut span = inner
@@ -408,6 +418,27 @@ mod tests {
         });
         assert!(!cx.span().span_context().is_valid());
         assert_eq!(t.stats(), (0, 0));
+    }
+
+    #[test]
+    fn children_of_unsampled_spans_cost_nothing() {
+        let cfg = TracingConfig {
+            enabled: true,
+            sampler_type: SamplerType::TraceIdRatio,
+            sampler_param: 0.0,
+            exporter_type: ExporterType::Stdout,
+            ..TracingConfig::default()
+        };
+        let t = Telemetry::init(&cfg, "test", "0", Target::Stderr).unwrap();
+        let root = t.start("root", SpanKind::Server, &Context::new(), Vec::new);
+        let root_sc = root.span().span_context().clone();
+        assert!(root_sc.is_valid() && !root_sc.is_sampled());
+        let child = t.start("child", SpanKind::Client, &root, || panic!("never built"));
+        assert_eq!(child.span().span_context().span_id(), root_sc.span_id());
+        let mut meta = serde_json::Map::new();
+        propagation::inject_meta(&child, &mut meta);
+        assert!(meta["traceparent"].as_str().unwrap().ends_with("-00"));
+        t.shutdown();
     }
 
     #[test]
