@@ -144,14 +144,12 @@ fn run(shared: Arc<Shared>, mut exporter: Exporter) {
         // A new period starts after every export: spans left behind wait for a full
         // batch or the next tick, not go out at once in small batches.
         deadline = Instant::now() + shared.delay;
-        if st.spans.is_empty() {
-            if shutting_down {
-                st.stopped = true;
-                shared.done.notify_all();
-                drop(st);
-                exporter.shutdown();
-                return;
-            }
+        if st.spans.is_empty() && shutting_down {
+            st.stopped = true;
+            shared.done.notify_all();
+            drop(st);
+            exporter.shutdown();
+            return;
         }
     }
 }
