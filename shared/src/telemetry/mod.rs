@@ -47,6 +47,10 @@ struct Inner {
     provider: SdkTracerProvider,
     tracer: Tracer,
     stats: Arc<batch::BatchStats>,
+    /// The sampler follows a parent's decision (every type but `always_off`).
+    parent_based: bool,
+    /// The sampler keeps every root (`always_on`, or a ratio of 1).
+    samples_roots: bool,
 }
 
 impl Telemetry {
@@ -122,11 +126,16 @@ impl Telemetry {
             .with_resource(resource)
             .build();
         let tracer = provider.tracer(service.to_string());
+        let parent_based = cfg.sampler_type != SamplerType::AlwaysOff;
+        let samples_roots = cfg.sampler_type == SamplerType::AlwaysOn
+            || (cfg.sampler_type == SamplerType::TraceIdRatio && cfg.sampler_param >= 1.0);
         Ok(Telemetry {
             inner: Some(Arc::new(Inner {
                 provider,
                 tracer,
                 stats,
+                parent_based,
+                samples_roots,
             })),
         })
     }
@@ -152,19 +161,31 @@ impl Telemetry {
         // cost time: the parent's context is passed on instead, carrying the same
         // unsampled flag downstream. Only a trace's first span pays for a sampling
         // decision.
-        {
-            let psc = parent.span().span_context().clone();
-            if psc.is_valid() && !psc.is_sampled() {
-                return parent.clone();
-            }
+        let psc = parent.span().span_context().clone();
+        if psc.is_valid() && !psc.is_sampled() {
+            return parent.clone();
         }
-        // Attributes are added after the sampling decision (our samplers do not look at
-        // them), so an unsampled span never builds them.
-        let mut span = inner
+        let builder = inner
             .tracer
             .span_builder(Cow::Borrowed(name))
-            .with_kind(kind)
-            .start_with_context(&inner.tracer, parent);
+            .with_kind(kind);
+        let sampled = if psc.is_valid() {
+            inner.parent_based
+        } else {
+            inner.samples_roots
+        };
+        if sampled {
+            // Known to be sampled (a sampled parent and a parent-based sampler, or a
+            // sampler that keeps every root): attributes given at creation are the
+            // cheaper way in.
+            let span = builder
+                .with_attributes(attrs())
+                .start_with_context(&inner.tracer, parent);
+            return parent.with_span(span);
+        }
+        // A root (or always_off): attributes are added after the sampling decision (our
+        // samplers do not look at them), so an unsampled span never builds them.
+        let mut span = builder.start_with_context(&inner.tracer, parent);
         if opentelemetry::trace::Span::is_recording(&span) {
             opentelemetry::trace::Span::set_attributes(&mut span, attrs());
         }
