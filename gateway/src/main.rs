@@ -216,6 +216,11 @@ fn main() -> ExitCode {
         Some(Ok(t)) => t,
         None => None,
     };
+    // Backends inherit the gateway's environment: the token must not be in it. This
+    // runs before any thread exists, so changing the environment is safe here.
+    if let Some(var) = cfg.auth.as_ref().and_then(|a| a.token_env.as_deref()) {
+        std::env::remove_var(var);
+    }
     if let Err(msg) = telemetry::apply_env(&mut cfg.tracing, |k| std::env::var(k).ok()) {
         eprintln!("mcp-gateway: {msg}");
         return ExitCode::from(EXIT_CONFIG as u8);

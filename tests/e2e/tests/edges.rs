@@ -9,7 +9,12 @@ use mcp_e2e::*;
 use serde_json::json;
 
 fn gateway() -> Gateway {
-    Gateway::start(&fixture_backend("one", ""))
+    gateway_with("")
+}
+
+/// A gateway with one fixture backend "one" and extra configuration before it.
+fn gateway_with(config: &str) -> Gateway {
+    Gateway::start(&format!("{config}{}", fixture_backend("one", "")))
 }
 
 fn router_with_config(gw_url: &str, extra: &str) -> Client {
@@ -120,10 +125,7 @@ fn over_long_line_gets_an_error_with_its_id_and_the_stream_goes_on() {
 
 #[test]
 fn oversized_websocket_message_is_answered_before_the_close() {
-    let gw = Gateway::start(&format!(
-        "[limits]\nmax_message_bytes = 4096\n{}",
-        fixture_backend("one", "")
-    ));
+    let gw = gateway_with("[limits]\nmax_message_bytes = 4096\n");
     let mut c = WsClient::mcp(&gw);
     c.initialize();
     c.send(json!({"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad":"y".repeat(10_000)}}));
@@ -134,10 +136,7 @@ fn oversized_websocket_message_is_answered_before_the_close() {
 
 #[test]
 fn oversized_backend_response_fails_only_that_request() {
-    let gw = Gateway::start(&format!(
-        "[limits]\nmax_message_bytes = 65536\n{}",
-        fixture_backend("one", "")
-    ));
+    let gw = gateway_with("[limits]\nmax_message_bytes = 65536\n");
     let mut c = Client::router(&gw.url);
     c.initialize();
     let r = c.call(json!("big"), "one.big", json!({"bytes": 200_000}));
@@ -152,10 +151,7 @@ fn oversized_backend_response_fails_only_that_request() {
 
 #[test]
 fn in_flight_bound_answers_the_excess_request() {
-    let gw = Gateway::start(&format!(
-        "[limits]\nmax_in_flight = 2\n{}",
-        fixture_backend("one", "")
-    ));
+    let gw = gateway_with("[limits]\nmax_in_flight = 2\n");
     let mut c = Client::router(&gw.url);
     c.initialize();
     for id in ["a", "b"] {
@@ -325,6 +321,12 @@ fn bearer_token_is_required_when_configured() {
         "the token never appears in logs"
     );
     assert!(!c.log.text().contains("s3cret"));
+    let r = c.call(json!(2), "one.env", json!({"name": "E2E_GW_TOKEN"}));
+    assert_eq!(
+        text_of(&r),
+        "",
+        "backends do not inherit the gateway's token"
+    );
 }
 
 #[test]
