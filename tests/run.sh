@@ -15,6 +15,8 @@ trap 'rm -rf "$LOGS"' EXIT
 step "lint"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The size variants (docs/packaging.md) must build too: no OTLP exporter at all.
+cargo clippy -p mcp-router -p mcp-gateway -p mcp-shared --no-default-features --all-targets --locked -- -D warnings
 
 step "build (the end-to-end tests run these binaries)"
 cargo build --workspace --locked
@@ -33,6 +35,8 @@ step "real-peer tests (Python SDK, server-everything)"
 
 step "Rust unit and end-to-end tests"
 cargo test --workspace --locked 2>&1 | tee "$LOGS/cargo.log"
+# The core without any OTLP exporter (the smallest size variant).
+cargo test -p mcp-shared --no-default-features --lib --locked 2>&1 | tee -a "$LOGS/cargo.log"
 
 # One closing line for the whole suite (every step above has already failed the run
 # on any failure; this only counts).

@@ -34,10 +34,20 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Git commit the build came from (`unknown` outside a checkout).
 pub const GIT_COMMIT: &str = env!("MCP_BRIDGE_GIT_COMMIT");
 
-/// What this build can do, for `--version`.
-pub const FEATURES: &str = "otlp-grpc, otlp-http, stdout-exporter; tls: no";
+/// What this build can do (cargo features), for `--version`.
+pub fn features() -> String {
+    let mut f = Vec::new();
+    if cfg!(feature = "otlp-grpc") {
+        f.push("otlp-grpc");
+    }
+    if cfg!(feature = "otlp-http") {
+        f.push("otlp-http");
+    }
+    f.push("stdout-exporter");
+    format!("{}; tls: no", f.join(", "))
+}
 
 /// The `--version` line of a binary.
 pub fn version_line(binary: &str) -> String {
-    format!("{binary} {VERSION} (commit {GIT_COMMIT}; {FEATURES})")
+    format!("{binary} {VERSION} (commit {GIT_COMMIT}; {})", features())
 }

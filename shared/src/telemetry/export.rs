@@ -5,38 +5,59 @@
 //!
 //! This is the one module of `shared` that opens sockets. Its I/O is never traced.
 
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 use std::collections::BTreeMap;
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 use std::io;
+#[cfg(feature = "otlp-grpc")]
 use std::pin::Pin;
+#[cfg(feature = "otlp-grpc")]
 use std::task::{ready, Context as TaskCx, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+use std::time::Instant;
 
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 use async_net::TcpStream;
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 use bytes::Bytes;
+#[cfg(feature = "otlp-http")]
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
+#[cfg(feature = "otlp-http")]
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+#[cfg(feature = "otlp-grpc")]
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+#[cfg(feature = "otlp-grpc")]
 use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
+#[cfg(feature = "otlp-grpc")]
 use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::trace::SpanData;
+#[cfg(feature = "otlp-http")]
+use opentelemetry_sdk::trace::SpanExporter;
 use opentelemetry_sdk::Resource;
+#[cfg(feature = "otlp-grpc")]
 use prost::Message as _;
 
 use super::stdout::StdoutExporter;
 
 /// Largest collector response read (bytes).
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// First retry delay of a failed export; doubles up to the export timeout.
+#[cfg(feature = "otlp-grpc")]
 pub const RETRY_BASE: Duration = Duration::from_millis(100);
 /// gRPC path of the OTLP trace service.
+#[cfg(feature = "otlp-grpc")]
 pub const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// One of the exporters.
 #[derive(Debug)]
 pub enum Exporter {
     /// OTLP/HTTP with protobuf bodies.
+    #[cfg(feature = "otlp-http")]
     Http(opentelemetry_otlp::SpanExporter),
     /// OTLP/gRPC.
+    #[cfg(feature = "otlp-grpc")]
     Grpc(GrpcExporter),
     /// Human-readable tree (or JSON lines).
     Stdout(StdoutExporter),
@@ -44,6 +65,7 @@ pub enum Exporter {
 
 impl Exporter {
     /// OTLP/HTTP to `endpoint` (`/v1/traces` appended when it has no path).
+    #[cfg(feature = "otlp-http")]
     pub fn http(
         endpoint: &str,
         headers: &BTreeMap<String, String>,
@@ -67,6 +89,7 @@ impl Exporter {
     }
 
     /// OTLP/gRPC to `endpoint` (`http://host:port`).
+    #[cfg(feature = "otlp-grpc")]
     pub fn grpc(endpoint: &str, headers: &BTreeMap<String, String>) -> Result<Exporter, String> {
         let (host, port, _) = split_url(endpoint, 4317)?;
         Ok(Exporter::Grpc(GrpcExporter {
@@ -80,7 +103,9 @@ impl Exporter {
     /// Tells the exporter the process's resource.
     pub fn set_resource(&mut self, r: &Resource) {
         match self {
+            #[cfg(feature = "otlp-http")]
             Exporter::Http(e) => e.set_resource(r),
+            #[cfg(feature = "otlp-grpc")]
             Exporter::Grpc(e) => e.resource = r.into(),
             Exporter::Stdout(e) => e.set_resource(r),
         }
@@ -88,10 +113,13 @@ impl Exporter {
 
     /// Exports one batch, with retries, within `timeout`. Blocks the calling thread.
     pub fn export(&mut self, batch: Vec<SpanData>, timeout: Duration) -> Result<(), String> {
+        let _ = timeout;
         match self {
+            #[cfg(feature = "otlp-http")]
             Exporter::Http(e) => {
                 futures_lite::future::block_on(e.export(batch)).map_err(|e| e.to_string())
             }
+            #[cfg(feature = "otlp-grpc")]
             Exporter::Grpc(e) => e.export(batch, timeout),
             Exporter::Stdout(e) => e.export(batch),
         }
@@ -99,12 +127,14 @@ impl Exporter {
 
     /// Releases the exporter.
     pub fn shutdown(&mut self) {
+        #[cfg(feature = "otlp-http")]
         if let Exporter::Http(e) = self {
             let _ = e.shutdown();
         }
     }
 }
 
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 /// `http://host:port/path` → (host, port, path).
 fn split_url(url: &str, default_port: u16) -> Result<(String, u16, String), String> {
     let rest = url.strip_prefix("http://").ok_or_else(|| {
@@ -131,6 +161,7 @@ fn split_url(url: &str, default_port: u16) -> Result<(String, u16, String), Stri
     Ok((host, port, path.to_string()))
 }
 
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 async fn with_deadline<T>(
     deadline: Instant,
     f: impl std::future::Future<Output = io::Result<T>>,
@@ -142,6 +173,7 @@ async fn with_deadline<T>(
     .await
 }
 
+#[cfg(feature = "otlp-http")]
 /// A minimal HTTP/1.1 client for opentelemetry-otlp on async-net: one request per
 /// connection, `Content-Length` or close-delimited or chunked responses, bounded size.
 #[derive(Debug, Clone)]
@@ -149,6 +181,7 @@ pub struct SmolHttpClient {
     timeout: Duration,
 }
 
+#[cfg(feature = "otlp-http")]
 #[async_trait::async_trait]
 impl opentelemetry_http::HttpClient for SmolHttpClient {
     async fn send_bytes(
@@ -192,6 +225,7 @@ impl opentelemetry_http::HttpClient for SmolHttpClient {
     }
 }
 
+#[cfg(feature = "otlp-http")]
 /// Parses a complete HTTP/1.1 response.
 fn parse_response(raw: &[u8]) -> Result<http::Response<Bytes>, String> {
     let end = raw
@@ -248,6 +282,7 @@ fn parse_response(raw: &[u8]) -> Result<http::Response<Bytes>, String> {
     builder.body(Bytes::from(body)).map_err(|e| e.to_string())
 }
 
+#[cfg(feature = "otlp-grpc")]
 /// OTLP/gRPC exporter: unary `TraceService/Export` over HTTP/2 (h2), one connection
 /// per export, retried with backoff on connection errors and retryable statuses.
 #[derive(Debug)]
@@ -258,6 +293,7 @@ pub struct GrpcExporter {
     resource: ResourceAttributesWithSchema,
 }
 
+#[cfg(feature = "otlp-grpc")]
 /// Encodes spans as a length-prefixed gRPC message of an `ExportTraceServiceRequest`.
 pub fn grpc_frame(batch: Vec<SpanData>, resource: &ResourceAttributesWithSchema) -> Bytes {
     let req = ExportTraceServiceRequest {
@@ -271,12 +307,14 @@ pub fn grpc_frame(batch: Vec<SpanData>, resource: &ResourceAttributesWithSchema)
     Bytes::from(buf)
 }
 
+#[cfg(feature = "otlp-grpc")]
 /// gRPC statuses worth retrying (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
 /// ABORTED, CANCELLED).
 fn retryable(status: u32) -> bool {
     matches!(status, 14 | 4 | 8 | 10 | 1)
 }
 
+#[cfg(feature = "otlp-grpc")]
 impl GrpcExporter {
     fn export(&mut self, batch: Vec<SpanData>, timeout: Duration) -> Result<(), String> {
         let body = grpc_frame(batch, &self.resource);
@@ -361,13 +399,16 @@ impl GrpcExporter {
     }
 }
 
+#[cfg(feature = "otlp-grpc")]
 fn grpc_status(h: &http::HeaderMap) -> Option<u32> {
     h.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
+#[cfg(feature = "otlp-grpc")]
 /// Adapts a futures-io stream to tokio's I/O traits (all h2 needs; no tokio runtime).
 struct TokioIo<T>(T);
 
+#[cfg(feature = "otlp-grpc")]
 impl<T: futures_lite::AsyncRead + Unpin> tokio::io::AsyncRead for TokioIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -380,6 +421,7 @@ impl<T: futures_lite::AsyncRead + Unpin> tokio::io::AsyncRead for TokioIo<T> {
     }
 }
 
+#[cfg(feature = "otlp-grpc")]
 impl<T: futures_lite::AsyncWrite + Unpin> tokio::io::AsyncWrite for TokioIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -396,11 +438,12 @@ impl<T: futures_lite::AsyncWrite + Unpin> tokio::io::AsyncWrite for TokioIo<T> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, any(feature = "otlp-grpc", feature = "otlp-http")))]
 mod tests {
     use super::*;
 
     #[test]
+    #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
     fn splits_endpoints() {
         assert_eq!(
             split_url("http://localhost:4317", 1).unwrap(),
@@ -416,6 +459,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "otlp-http")]
     fn parses_http_responses() {
         let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef").unwrap();
         assert_eq!(r.status(), 200);
@@ -429,6 +473,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "otlp-grpc")]
     fn grpc_frames_are_length_prefixed() {
         let f = grpc_frame(Vec::new(), &ResourceAttributesWithSchema::default());
         assert_eq!(f[0], 0);

@@ -95,14 +95,23 @@ impl Telemetry {
                 export::Exporter::Stdout(stdout::StdoutExporter::new(target, cfg.stdout_format))
             }
             ExporterType::Otlp => match cfg.otlp_protocol {
+                #[cfg(feature = "otlp-grpc")]
                 OtlpProtocol::Grpc => {
                     export::Exporter::grpc(&cfg.otlp_endpoint, &cfg.otlp_headers)?
                 }
+                #[cfg(feature = "otlp-http")]
                 OtlpProtocol::HttpProtobuf => export::Exporter::http(
                     &cfg.otlp_endpoint,
                     &cfg.otlp_headers,
                     cfg.otlp_timeout.0,
                 )?,
+                #[allow(unreachable_patterns)]
+                other => {
+                    return Err(format!(
+                    "otlp_protocol {other:?} is not built into this binary (cargo features: {})",
+                    crate::features()
+                ))
+                }
             },
         };
         let (processor, stats) = batch::BatchProcessor::start(
@@ -460,6 +469,19 @@ mod tests {
         propagation::inject_meta(&child, &mut meta);
         assert!(meta["traceparent"].as_str().unwrap().ends_with("-00"));
         t.shutdown();
+    }
+
+    #[test]
+    #[cfg(not(feature = "otlp-grpc"))]
+    fn an_exporter_left_out_of_the_build_is_a_clear_error() {
+        let cfg = TracingConfig {
+            enabled: true,
+            ..TracingConfig::default()
+        };
+        let e = Telemetry::init(&cfg, "t", "0", Target::Stderr)
+            .err()
+            .unwrap();
+        assert!(e.contains("not built into this binary"), "{e}");
     }
 
     #[test]
