@@ -34,50 +34,42 @@ command -v npm >/dev/null || die "npm not found"
 
 mkdir -p "$cache"
 
-# ---------------------------------------------------------------- Python venv
+# ---------------------------------------------------------------- Python venvs
 py_version="$("$python" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')"
-py_stamp_want="$( { hash_of "$here/requirements.txt"; echo "$py_version"; } | sha256sum | cut -d' ' -f1)"
-py_stamp_file="$venv/.mcp-bridge-stamp"
-if [[ "$force" != 1 && -x "$venv/bin/python" && -f "$py_stamp_file" \
-      && "$(cat "$py_stamp_file")" == "$py_stamp_want" ]]; then
-    log "venv up to date ($venv)"
-else
-    log "creating venv $venv with $python ($py_version)"
-    rm -rf "$venv"
-    "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        -r "$here/requirements.txt"
-    "$venv/bin/python" -m pip check
-    "$venv/bin/python" - <<'EOF'
-import mcp.client.stdio, mcp.client.websocket  # noqa: F401
-import pytest, pytest_timeout, grpc  # noqa: F401
-import opentelemetry.sdk.trace  # noqa: F401
-import opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc  # noqa: F401
-import opentelemetry.exporter.otlp.proto.grpc.trace_exporter  # noqa: F401
-import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
-EOF
-    echo "$py_stamp_want" > "$py_stamp_file"
-    log "venv ready"
-fi
 
-# ------------------------------------------- Python venv for the MCP SDK 2.x
-venv2="$cache/venv-mcp2"
-py2_stamp_want="$( { hash_of "$here/requirements-mcp2.txt"; echo "$py_version"; } | sha256sum | cut -d' ' -f1)"
-py2_stamp_file="$venv2/.mcp-bridge-stamp"
-if [[ "$force" != 1 && -x "$venv2/bin/python" && -f "$py2_stamp_file" \
-      && "$(cat "$py2_stamp_file")" == "$py2_stamp_want" ]]; then
-    log "venv up to date ($venv2)"
-else
-    log "creating venv $venv2 (MCP Python SDK 2.x)"
-    rm -rf "$venv2"
-    "$python" -m venv "$venv2"
-    "$venv2/bin/python" -m pip install --quiet --disable-pip-version-check \
-        -r "$here/requirements-mcp2.txt"
-    "$venv2/bin/python" -m pip check
-    "$venv2/bin/python" -c 'import mcp.server.mcpserver, opentelemetry.exporter.otlp.proto.grpc.trace_exporter'
-    echo "$py2_stamp_want" > "$py2_stamp_file"
-    log "venv ready"
-fi
+# make_venv DIR REQUIREMENTS IMPORT-CHECK: (re)creates DIR from the pinned
+# REQUIREMENTS unless its stamp says it is current, then runs IMPORT-CHECK in it.
+make_venv() {
+    local dir=$1 reqs=$2 check=$3 want stamp
+    want="$( { hash_of "$reqs"; echo "$py_version"; } | sha256sum | cut -d' ' -f1)"
+    stamp="$dir/.mcp-bridge-stamp"
+    if [[ "$force" != 1 && -x "$dir/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+        log "venv up to date ($dir)"
+        return
+    fi
+    log "creating venv $dir from $(basename "$reqs") with $python ($py_version)"
+    rm -rf "$dir"
+    "$python" -m venv "$dir"
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$reqs"
+    "$dir/bin/python" -m pip check
+    "$dir/bin/python" -c "$check"
+    echo "$want" > "$stamp"
+    log "venv ready ($dir)"
+}
+
+# The test runner's venv: MCP SDK 1.x (stdio + WebSocket clients), pytest, gRPC and
+# the OpenTelemetry packages of the OTLP receiver.
+make_venv "$venv" "$here/requirements.txt" '
+import mcp.client.stdio, mcp.client.websocket
+import pytest, pytest_timeout, grpc
+import opentelemetry.sdk.trace
+import opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc
+import opentelemetry.exporter.otlp.proto.grpc.trace_exporter
+import opentelemetry.exporter.otlp.proto.http.trace_exporter
+'
+# The MCP SDK 2.x for the tracing test's backend (cannot share a venv with 1.x).
+make_venv "$cache/venv-mcp2" "$here/requirements-mcp2.txt" \
+    'import mcp.server.mcpserver, opentelemetry.exporter.otlp.proto.grpc.trace_exporter'
 
 # ----------------------------------------------- promtool (Debian prometheus)
 # The ops test checks the alert rules and the live /metrics output with promtool.
