@@ -207,6 +207,20 @@ impl Builder<'_> {
         self.rows.push(cells.map(str::to_string));
     }
 
+    /// A row without load figures: scenario, RSS, result, budget, status.
+    fn push_summary(
+        &mut self,
+        scenario: &str,
+        rss: &str,
+        result: &str,
+        budget: &str,
+        status: &str,
+    ) {
+        self.push([
+            scenario, "", "", "", "", "", "", "", rss, result, budget, status,
+        ]);
+    }
+
     /// A row for a load result (`n/a` everywhere when it is missing).
     fn load_row(&mut self, label: &str, scenario: &str, result: &str, budget: &str, status: &str) {
         let v = self.get(label);
@@ -652,20 +666,13 @@ impl Builder<'_> {
             (Some(i), Some(e)) => format!("{} after initialize, {} after the load", mb(i), mb(e)),
             _ => "n/a".into(),
         };
-        self.push([
+        self.push_summary(
             &format!("Router RSS, steady ({build})"),
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
             &end.map_or("n/a".into(), mb),
             &result,
             "≤ 2 MB",
             &status(end.map(|kb| kb * 1024.0 <= ROUTER_RSS)),
-        ]);
+        );
 
         self.tracing_memory_rows();
 
@@ -686,20 +693,13 @@ impl Builder<'_> {
             ready.map_or("n/a".into(), mb),
             before.map_or("n/a".into(), mb)
         );
-        self.push([
+        self.push_summary(
             &format!("Gateway RSS, idle ({build})"),
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
             &worst.map_or("n/a".into(), mb),
             &result,
             "≤ 3 MB",
             &status(worst.map(|kb| kb * 1024.0 <= GATEWAY_IDLE_RSS)),
-        ]);
+        );
 
         for s in sizes {
             for musl in [false, true] {
@@ -724,20 +724,13 @@ impl Builder<'_> {
                 v["runs"]
             )
         });
-        self.push([
+        self.push_summary(
             &format!("Gateway startup: spawn → listening line ({build})"),
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
             "",
             &result,
             "≤ 20 ms",
             &status(median.map(|ms| ms <= STARTUP_MS)),
-        ]);
+        );
     }
 
     /// RSS of both binaries with tracing `always_on`, after the C = 1 load
@@ -773,20 +766,13 @@ impl Builder<'_> {
                 ),
                 None => ("(reference)".to_string(), String::new()),
             };
-            self.push([
+            self.push_summary(
                 &format!("{short_name} RSS with tracing always_on, after the C = 1 load ({build})"),
-                "",
-                "",
-                "",
-                "",
-                "",
-                "",
-                "",
                 &end.map_or("n/a".into(), mb),
                 &result,
                 &budget_text,
                 &ok,
-            ]);
+            );
         }
     }
 

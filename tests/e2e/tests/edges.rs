@@ -12,6 +12,24 @@ fn gateway() -> Gateway {
     gateway_with("")
 }
 
+/// Feeds `input` to `mcp-router --gateway` on stdin (a file, then EOF) and returns every
+/// message it wrote to stdout; the router must exit 0.
+fn router_script(gw: &Gateway, input: &[u8]) -> Vec<serde_json::Value> {
+    let path = temp_path("stdin");
+    std::fs::write(&path, input).unwrap();
+    let out = Command::new(bin("mcp-router"))
+        .args(["--gateway", &gw.url])
+        .stdin(std::fs::File::open(&path).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// A gateway with one fixture backend "one" and extra configuration before it.
 fn gateway_with(config: &str) -> Gateway {
     Gateway::start(&format!("{config}{}", fixture_backend("one", "")))
@@ -90,19 +108,12 @@ fn bad_input_over_websocket_to_the_gateway() {
 #[test]
 fn invalid_utf8_on_stdin_gets_a_parse_error_with_its_id() {
     let gw = gateway();
-    let path = temp_path("bytes");
     let mut bytes = br#"{"jsonrpc":"2.0","id":31,"method":"ping","params":{"x":""#.to_vec();
     bytes.extend_from_slice(b"\xff\xfe\"}}\n");
-    std::fs::write(&path, bytes).unwrap();
-    let out = Command::new(bin("mcp-router"))
-        .args(["--gateway", &gw.url])
-        .stdin(std::fs::File::open(&path).unwrap())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let line = String::from_utf8(out.stdout).unwrap();
-    let r: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
-    assert_eq!(error_code(&r), -32700);
+    let replies = router_script(&gw, &bytes);
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    let r = &replies[0];
+    assert_eq!(error_code(r), -32700);
     assert_eq!(r["id"], 31);
 }
 
@@ -414,20 +425,8 @@ fn pipelined_script_through_the_router_gets_every_answer_before_exit() {
         json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"one.sleep","arguments":{"ms":200}}}),
         json!({"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"one.echo","arguments":{"text":"piped"}}}),
     ];
-    let path = temp_path("script.jsonl");
     let text: String = script.iter().map(|m| format!("{m}\n")).collect();
-    std::fs::write(&path, text).unwrap();
-    let out = Command::new(bin("mcp-router"))
-        .args(["--gateway", &gw.url])
-        .stdin(std::fs::File::open(&path).unwrap())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let replies: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let replies = router_script(&gw, text.as_bytes());
     let mut ids: Vec<i64> = replies.iter().map(|r| r["id"].as_i64().unwrap()).collect();
     ids.sort();
     assert_eq!(ids, vec![1, 2, 3, 4], "{replies:?}");
