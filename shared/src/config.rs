@@ -227,7 +227,7 @@ pub const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_QUEUE_SIZE: usize = 2048;
 /// Default number of spans per export (also what the queue usually holds, so it sets
 /// the steady memory of tracing: ~1 KB a span).
-pub const DEFAULT_MAX_EXPORT_BATCH_SIZE: usize = 256;
+pub const DEFAULT_MAX_EXPORT_BATCH_SIZE: usize = 128;
 /// Default time between exports of a partial batch.
 pub const DEFAULT_SCHEDULED_DELAY: Duration = Duration::from_secs(1);
 
