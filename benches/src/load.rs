@@ -195,7 +195,7 @@ pub async fn run(
         out["procs"] = procs.iter().map(Watched::to_json).collect();
         Ok(out)
     };
-    mcp::or_timeout(opts.timeout, work)
+    mcp_shared::time::timeout(opts.timeout, work)
         .await
         .unwrap_or_else(|| {
             Err(format!(

@@ -9,6 +9,7 @@ use async_tungstenite::tungstenite::http::HeaderValue;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::tungstenite::Message as WsMessage;
 use async_tungstenite::WebSocketStream;
+use mcp_shared::time::timeout;
 use serde_json::{json, Value};
 use smol::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use smol::net::TcpStream;
@@ -174,7 +175,7 @@ impl Conn {
                     ..
                 } => {
                     drop(stdin.take());
-                    let waited = or_timeout(CLOSE_TIMEOUT, child.status()).await;
+                    let waited = timeout(CLOSE_TIMEOUT, child.status()).await;
                     if !matches!(waited, Some(Ok(_))) {
                         let _ = child.kill();
                         let _ = child.status().await;
@@ -187,17 +188,8 @@ impl Conn {
                 }
             }
         };
-        or_timeout(CLOSE_TIMEOUT, closing).await;
+        timeout(CLOSE_TIMEOUT, closing).await;
     }
-}
-
-/// `Some(output)` if `f` finishes within `d`.
-pub async fn or_timeout<T>(d: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
-    smol::future::or(async { Some(f.await) }, async {
-        smol::Timer::after(d).await;
-        None
-    })
-    .await
 }
 
 /// What a received message is, for the benchmark.

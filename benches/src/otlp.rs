@@ -21,8 +21,8 @@ use serde_json::{json, Value};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::net::{TcpListener, TcpStream};
 
-use crate::mcp::or_timeout;
 use crate::procfs;
+use mcp_shared::time::timeout;
 
 /// Largest request head (request line and headers).
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -182,7 +182,7 @@ fn parse_head(head: &[u8]) -> Option<Head> {
 async fn read_some(s: &mut TcpStream, buf: &mut Vec<u8>, chunk: usize) -> std::io::Result<usize> {
     let old = buf.len();
     buf.resize(old + chunk, 0);
-    let n = or_timeout(IDLE_TIMEOUT, s.read(&mut buf[old..]))
+    let n = timeout(IDLE_TIMEOUT, s.read(&mut buf[old..]))
         .await
         .unwrap_or_else(|| Err(std::io::ErrorKind::TimedOut.into()));
     buf.truncate(old + *n.as_ref().unwrap_or(&0));
@@ -203,7 +203,7 @@ async fn respond(
     );
     let mut out = head.into_bytes();
     out.extend_from_slice(body);
-    or_timeout(IDLE_TIMEOUT, s.write_all(&out))
+    timeout(IDLE_TIMEOUT, s.write_all(&out))
         .await
         .unwrap_or_else(|| Err(std::io::ErrorKind::TimedOut.into()))?;
     s.flush().await
@@ -423,7 +423,7 @@ pub async fn http(method: &str, url: &str, path: &str) -> Result<(u16, String), 
             .ok_or_else(|| format!("{addr}{path}: bad status line"))?;
         Ok((status, body.to_string()))
     };
-    or_timeout(Duration::from_secs(10), work)
+    timeout(Duration::from_secs(10), work)
         .await
         .unwrap_or_else(|| Err(format!("{addr}{path}: no response within 10 s")))
 }

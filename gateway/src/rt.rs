@@ -1,8 +1,8 @@
 //! The gateway's single-threaded runtime: one smol `LocalExecutor` per process, so state
-//! can live in `Rc`/`RefCell` without locks. Helpers for spawning and deadlines.
+//! can live in `Rc`/`RefCell` without locks. Helpers for spawning; `timeout` is the
+//! shared one.
 
 use std::future::Future;
-use std::time::Duration;
 
 use smol::{LocalExecutor, Task};
 
@@ -23,11 +23,4 @@ pub fn block_on<T>(f: impl Future<Output = T>) -> T {
     EX.with(|ex| async_io::block_on(ex.run(f)))
 }
 
-/// `Some(output)` if `f` finishes within `d`, else `None` (and `f` is dropped).
-pub async fn timeout<T>(d: Duration, f: impl Future<Output = T>) -> Option<T> {
-    futures_lite::future::or(async { Some(f.await) }, async {
-        async_io::Timer::after(d).await;
-        None
-    })
-    .await
-}
+pub use mcp_shared::time::timeout;

@@ -25,6 +25,7 @@ use mcp_shared::framing::{Frame, LineDecoder, PIPE_READ_CHUNK_BYTES};
 use mcp_shared::jsonrpc::{Id, Kind, Message};
 use mcp_shared::secret::Secret;
 use mcp_shared::telemetry::{self, attrs, propagation, Telemetry};
+use mcp_shared::time::timeout;
 use opentelemetry::trace::SpanKind;
 use opentelemetry::{Context, KeyValue};
 use smol::LocalExecutor;
@@ -178,7 +179,7 @@ async fn relay(
         })
     };
     if let Some(rx) = waiter {
-        if rt_timeout(EOF_DRAIN_TIMEOUT, rx.recv()).await.is_none() {
+        if timeout(EOF_DRAIN_TIMEOUT, rx.recv()).await.is_none() {
             log::warn!(
                 "{} request(s) still unanswered {} ms after stdin closed",
                 state.borrow().pending.len(),
@@ -190,7 +191,7 @@ async fn relay(
     if let Some(tx) = link {
         let _ = tx.send(WsCmd::Close).await;
         if let Some(t) = reader_task {
-            rt_timeout(CLOSE_TIMEOUT, t).await;
+            timeout(CLOSE_TIMEOUT, t).await;
         }
     }
     drop(out_tx);
@@ -438,13 +439,4 @@ async fn write_stdout(rx: Receiver<String>) {
         }
     }
     let _ = stdout.flush().await;
-}
-
-/// `Some(output)` if `f` finishes within `d`.
-async fn rt_timeout<T>(d: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
-    futures_lite::future::or(async { Some(f.await) }, async {
-        async_io::Timer::after(d).await;
-        None
-    })
-    .await
 }

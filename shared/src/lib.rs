@@ -12,6 +12,7 @@
 //! - [`error`]: typed errors and their JSON-RPC codes.
 //! - [`secret`]: tokens that never print.
 //! - [`logger`]: the stderr logger.
+//! - [`time`]: deadlines for futures.
 //! - [`telemetry`]: OpenTelemetry tracing (the only part of this crate with I/O: its
 //!   exporter thread talks to the collector).
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod mcp;
 pub mod routing;
 pub mod secret;
 pub mod telemetry;
+pub mod time;
 
 /// Version of the workspace, for `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
