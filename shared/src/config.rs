@@ -282,9 +282,6 @@ pub enum StdoutFormat {
 fn default_otlp_endpoint() -> String {
     DEFAULT_OTLP_ENDPOINT.into()
 }
-fn default_true() -> bool {
-    true
-}
 fn default_sampler_param() -> f64 {
     1.0
 }
@@ -299,6 +296,44 @@ fn default_max_export_batch_size() -> usize {
 }
 fn default_scheduled_delay() -> Dur {
     Dur(DEFAULT_SCHEDULED_DELAY)
+}
+
+/// A file named by the configuration or by an environment variable, with which one
+/// (so that a file that cannot be used is reported under the name the operator wrote).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileSetting {
+    /// The path as given.
+    pub path: PathBuf,
+    /// The key (`tracing.otlp_certificate`) or variable (`OTEL_EXPORTER_OTLP_CERTIFICATE`).
+    pub origin: &'static str,
+}
+
+impl fmt::Display for FileSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.origin, self.path.display())
+    }
+}
+
+fn de_file<'de, D: Deserializer<'de>>(
+    d: D,
+    origin: &'static str,
+) -> Result<Option<FileSetting>, D::Error> {
+    let path = PathBuf::deserialize(d)?;
+    if path.as_os_str().is_empty() {
+        return Err(serde::de::Error::custom("empty path"));
+    }
+    Ok(Some(FileSetting { path, origin }))
+}
+fn de_otlp_certificate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<FileSetting>, D::Error> {
+    de_file(d, "tracing.otlp_certificate")
+}
+fn de_otlp_client_certificate<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<FileSetting>, D::Error> {
+    de_file(d, "tracing.otlp_client_certificate")
+}
+fn de_otlp_client_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<FileSetting>, D::Error> {
+    de_file(d, "tracing.otlp_client_key")
 }
 
 /// `[tracing]` of both binaries (the keys of the distributed tracing guide, plus OTLP
@@ -328,9 +363,19 @@ pub struct TracingConfig {
     /// Collector endpoint (`http://host:port`; for HTTP `/v1/traces` is appended).
     #[serde(default = "default_otlp_endpoint")]
     pub otlp_endpoint: String,
-    /// Plain-text connection to the collector (TLS is not built into this binary).
-    #[serde(default = "default_true")]
-    pub otlp_insecure: bool,
+    /// A check of the endpoint's scheme, which alone decides plain text or TLS: unset
+    /// (default) accepts either; `true` requires `http://`, `false` requires `https://`.
+    pub otlp_insecure: Option<bool>,
+    /// PEM bundle of the CAs trusted for the collector's certificate (instead of the
+    /// system roots); `https://` only.
+    #[serde(default, deserialize_with = "de_otlp_certificate")]
+    pub otlp_certificate: Option<FileSetting>,
+    /// PEM client certificate chain for mutual TLS (with `otlp_client_key`).
+    #[serde(default, deserialize_with = "de_otlp_client_certificate")]
+    pub otlp_client_certificate: Option<FileSetting>,
+    /// PEM private key of `otlp_client_certificate`.
+    #[serde(default, deserialize_with = "de_otlp_client_key")]
+    pub otlp_client_key: Option<FileSetting>,
     /// `grpc` or `http/protobuf`.
     #[serde(default)]
     pub otlp_protocol: OtlpProtocol,
@@ -365,7 +410,10 @@ impl Default for TracingConfig {
             sampler_param: default_sampler_param(),
             exporter_type: ExporterType::default(),
             otlp_endpoint: default_otlp_endpoint(),
-            otlp_insecure: true,
+            otlp_insecure: None,
+            otlp_certificate: None,
+            otlp_client_certificate: None,
+            otlp_client_key: None,
             otlp_protocol: OtlpProtocol::default(),
             otlp_headers: BTreeMap::new(),
             otlp_timeout: default_otlp_timeout(),
@@ -393,12 +441,52 @@ impl TracingConfig {
                 format!("{ep:?} must start with http:// or https://"),
             ));
         }
-        if ep.starts_with("https://") || !self.otlp_insecure {
+        let tls = ep.starts_with("https://");
+        if tls && !cfg!(feature = "otlp-tls") {
             return Err(invalid(
-                &["tracing", "otlp_insecure"],
-                "TLS to the collector is not built into this binary: use an http:// endpoint \
-                 with otlp_insecure = true (e.g. a local collector that forwards over TLS)",
+                &["tracing", "otlp_endpoint"],
+                format!(
+                    "{ep:?}: TLS to the collector is not built into this binary (cargo feature \
+                     `otlp-tls`): use a build with it, or an http:// endpoint (e.g. a local \
+                     collector that forwards over TLS)"
+                ),
             ));
+        }
+        match self.otlp_insecure {
+            Some(false) if !tls => {
+                return Err(invalid(
+                    &["tracing", "otlp_insecure"],
+                    format!(
+                        "false asks for TLS, but {ep:?} is plain text: use an https:// endpoint"
+                    ),
+                ))
+            }
+            Some(true) if tls => {
+                return Err(invalid(
+                    &["tracing", "otlp_insecure"],
+                    format!(
+                        "true with {ep:?}: an https:// endpoint is always TLS with the \
+                         certificate verified (there is no way to skip that); trust a private \
+                         CA with otlp_certificate, and remove otlp_insecure"
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        match (&self.otlp_client_certificate, &self.otlp_client_key) {
+            (Some(c), None) => {
+                return Err(invalid(
+                    &["tracing", "otlp_client_key"],
+                    format!("required with {c}"),
+                ))
+            }
+            (None, Some(k)) => {
+                return Err(invalid(
+                    &["tracing", "otlp_client_certificate"],
+                    format!("required with {k}"),
+                ))
+            }
+            _ => {}
         }
         validate_nonzero(self.max_queue_size, &["tracing", "max_queue_size"])?;
         validate_nonzero(
@@ -1098,6 +1186,42 @@ env = { A = "1" }
         )
         .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("tracing.exporter_type"));
+    }
+
+    #[test]
+    fn tracing_tls_keys() {
+        let tracing = |body: &str| {
+            from_str::<RouterConfig>(
+                &format!("[gateway]\nurl = \"ws://h/mcp\"\n[tracing]\n{body}"),
+                None,
+            )
+        };
+        // The scheme decides; otlp_insecure only checks it.
+        let e = tracing("otlp_insecure = false\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("tracing.otlp_insecure"));
+        assert!(e.message.contains("https://"), "{e}");
+        tracing("otlp_insecure = true\n").unwrap();
+        let e = tracing("otlp_endpoint = \"https://c:4317\"\notlp_insecure = true\n").unwrap_err();
+        if cfg!(feature = "otlp-tls") {
+            assert_eq!(e.key.as_deref(), Some("tracing.otlp_insecure"));
+            assert!(e.message.contains("always TLS"), "{e}");
+            let c = tracing(
+                "otlp_endpoint = \"https://c:4317\"\notlp_insecure = false\notlp_certificate = \"/ca.pem\"\n",
+            )
+            .unwrap();
+            let ca = c.tracing.otlp_certificate.unwrap();
+            assert_eq!(ca.path, Path::new("/ca.pem"));
+            assert_eq!(ca.origin, "tracing.otlp_certificate");
+        } else {
+            assert_eq!(e.key.as_deref(), Some("tracing.otlp_endpoint"));
+            assert!(e.message.contains("`otlp-tls`"), "{e}");
+        }
+        let e = tracing("otlp_client_certificate = \"/c.pem\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("tracing.otlp_client_key"));
+        let e = tracing("otlp_client_key = \"/k.pem\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("tracing.otlp_client_certificate"));
+        let e = tracing("otlp_certificate = \"\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("tracing.otlp_certificate"));
     }
 
     #[test]

@@ -46,7 +46,13 @@ pub fn features() -> String {
         f.push("otlp-http");
     }
     f.push("stdout-exporter");
-    format!("{}; tls: no", f.join(", "))
+    // TLS is only ever to the collector (the WebSocket link has none).
+    let tls = if cfg!(feature = "otlp-tls") {
+        "otlp (rustls, ring)"
+    } else {
+        "no"
+    };
+    format!("{}; tls: {tls}", f.join(", "))
 }
 
 /// The `--version` line of a binary.

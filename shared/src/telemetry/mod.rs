@@ -16,6 +16,8 @@
 
 pub mod attrs;
 pub mod batch;
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+pub mod conn;
 pub mod export;
 pub mod propagation;
 pub mod stdout;
@@ -96,15 +98,9 @@ impl Telemetry {
             }
             ExporterType::Otlp => match cfg.otlp_protocol {
                 #[cfg(feature = "otlp-grpc")]
-                OtlpProtocol::Grpc => {
-                    export::Exporter::grpc(&cfg.otlp_endpoint, &cfg.otlp_headers)?
-                }
+                OtlpProtocol::Grpc => export::Exporter::grpc(cfg)?,
                 #[cfg(feature = "otlp-http")]
-                OtlpProtocol::HttpProtobuf => export::Exporter::http(
-                    &cfg.otlp_endpoint,
-                    &cfg.otlp_headers,
-                    cfg.otlp_timeout.0,
-                )?,
+                OtlpProtocol::HttpProtobuf => export::Exporter::http(cfg)?,
                 #[allow(unreachable_patterns)]
                 other => {
                     return Err(format!(
@@ -385,8 +381,32 @@ pub fn apply_env(
         }
         cfg.sampler_param = r;
     }
-    cfg.validate()
-        .map_err(|e| format!("tracing (after OTEL_* variables): {}", e.message))
+    // TLS files (`https://` endpoints): CA bundle, client certificate and key.
+    for (var, slot) in [
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", &mut cfg.otlp_certificate),
+        (
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            &mut cfg.otlp_client_certificate,
+        ),
+        ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &mut cfg.otlp_client_key),
+    ] {
+        if let Some(v) = get(var).filter(|v| !v.is_empty()) {
+            *slot = Some(crate::config::FileSetting {
+                path: v.into(),
+                origin: var,
+            });
+        }
+    }
+    cfg.validate().map_err(|e| {
+        format!(
+            "tracing (after OTEL_* variables): {}: {}",
+            e.path.join("."),
+            e.message
+        )
+    })?;
+    #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+    conn::check_files(cfg)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,458 @@
+//! Connections from the exporter thread to the collector: endpoint URLs, TCP, and TLS
+//! (rustls with the ring provider, behind the `otlp-tls` feature).
+//!
+//! The scheme alone decides: `http://` is plain text, `https://` is TLS with the
+//! collector's certificate verified (chain and host name) against the system roots, or
+//! against `otlp_certificate` instead when it is set; an optional client certificate
+//! gives mutual TLS. Nothing here skips verification. `docs/tracing.md` has the rules.
+//!
+//! A connection is kept across exports by the exporters (`export.rs`); [`is_closed`]
+//! tells whether an idle one is still usable before it is reused.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context as TaskCx, Poll};
+
+use async_net::TcpStream;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
+
+use crate::config::TracingConfig;
+#[cfg(feature = "otlp-tls")]
+use crate::config::{ExporterType, FileSetting};
+
+/// Default port of an `https://` endpoint without one (the URL's own default).
+pub const HTTPS_PORT: u16 = 443;
+/// Largest PEM file read for `otlp_certificate`, `otlp_client_certificate` and
+/// `otlp_client_key` (bytes); a system CA bundle is about 200 KB.
+#[cfg(feature = "otlp-tls")]
+pub const MAX_PEM_BYTES: u64 = 4 * 1024 * 1024;
+
+/// A collector endpoint, split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `https://`: TLS.
+    pub tls: bool,
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Path, at least `/`.
+    pub path: String,
+}
+
+impl Endpoint {
+    /// `http[s]://host[:port][/path]`; `plain_port` is the port of an `http://` URL
+    /// without one (`https://` defaults to [`HTTPS_PORT`]).
+    pub fn parse(url: &str, plain_port: u16) -> Result<Endpoint, String> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else {
+            return Err(format!("{url:?}: expected http:// or https://"));
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let default_port = if tls { HTTPS_PORT } else { plain_port };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                (h, p.parse().map_err(|_| format!("{url:?}: bad port"))?)
+            }
+            _ => (authority, default_port),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{url:?}: no host"));
+        }
+        Ok(Endpoint {
+            tls,
+            host: host.to_string(),
+            port,
+            path: path.to_string(),
+        })
+    }
+
+    /// `host:port` as an HTTP `Host` header or URI authority (IPv6 in brackets).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A connection to the collector: plain TCP or TLS over it.
+pub enum Stream {
+    /// `http://`.
+    Plain(TcpStream),
+    /// `https://`.
+    #[cfg(feature = "otlp-tls")]
+    Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stream::Plain(_) => f.write_str("Stream::Plain"),
+            #[cfg(feature = "otlp-tls")]
+            Stream::Tls(_) => f.write_str("Stream::Tls"),
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(feature = "otlp-tls")]
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(feature = "otlp-tls")]
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(feature = "otlp-tls")]
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_close(self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_close(cx),
+            #[cfg(feature = "otlp-tls")]
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+        }
+    }
+}
+
+/// True when an idle connection can no longer carry a request: the peer closed it
+/// (end of stream, a TLS close_notify, a reset) or sent something unasked. Never waits.
+pub async fn is_closed(s: &mut Stream) -> bool {
+    let mut byte = [0u8; 1];
+    futures_lite::future::poll_once(s.read(&mut byte))
+        .await
+        .is_some()
+}
+
+/// Opens connections to one endpoint: TCP, then TLS for `https://`.
+pub struct Connector {
+    /// Where.
+    pub endpoint: Endpoint,
+    #[cfg(feature = "otlp-tls")]
+    tls: Option<(
+        futures_rustls::TlsConnector,
+        futures_rustls::pki_types::ServerName<'static>,
+    )>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    /// A connector for `endpoint` as `cfg` says (certificates, client identity).
+    /// `alpn` is offered in the TLS handshake (e.g. `h2` for gRPC).
+    pub fn new(endpoint: Endpoint, cfg: &TracingConfig, alpn: &[&[u8]]) -> Result<Self, String> {
+        if !endpoint.tls {
+            for f in [
+                &cfg.otlp_certificate,
+                &cfg.otlp_client_certificate,
+                &cfg.otlp_client_key,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                log::warn!("{f} is not used: the collector endpoint is http:// (plain text)");
+            }
+        }
+        #[cfg(feature = "otlp-tls")]
+        {
+            let tls = if endpoint.tls {
+                let name =
+                    futures_rustls::pki_types::ServerName::try_from(endpoint.host.clone())
+                        .map_err(|e| format!("{:?}: not a TLS server name: {e}", endpoint.host))?;
+                let config = client_config(cfg, alpn, true)?;
+                Some((futures_rustls::TlsConnector::from(config), name))
+            } else {
+                None
+            };
+            Ok(Connector { endpoint, tls })
+        }
+        #[cfg(not(feature = "otlp-tls"))]
+        {
+            let _ = alpn;
+            if endpoint.tls {
+                return Err(
+                    "https:// needs TLS, which is not built into this binary (cargo feature `otlp-tls`)"
+                        .into(),
+                );
+            }
+            Ok(Connector { endpoint })
+        }
+    }
+
+    /// Opens a connection (the caller bounds the time, handshake included).
+    pub async fn connect(&self) -> io::Result<Stream> {
+        let tcp = TcpStream::connect((self.endpoint.host.as_str(), self.endpoint.port)).await?;
+        tcp.set_nodelay(true).ok();
+        #[cfg(feature = "otlp-tls")]
+        if let Some((connector, name)) = &self.tls {
+            let tls = connector
+                .connect(name.clone(), tcp)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake: {e}")))?;
+            return Ok(Stream::Tls(Box::new(tls)));
+        }
+        Ok(Stream::Plain(tcp))
+    }
+}
+
+/// The protocol the TLS handshake agreed on (ALPN), if any.
+pub fn negotiated_alpn(s: &Stream) -> Option<Vec<u8>> {
+    match s {
+        Stream::Plain(_) => None,
+        #[cfg(feature = "otlp-tls")]
+        Stream::Tls(t) => t.get_ref().1.alpn_protocol().map(<[u8]>::to_vec),
+    }
+}
+
+/// Checks the TLS files of `cfg` (CA bundle, client certificate and key) when they will
+/// be used (tracing on, OTLP, `https://`), so that a bad one is a configuration error
+/// at start (and in `--check-config`), named by its key or variable.
+pub fn check_files(cfg: &TracingConfig) -> Result<(), String> {
+    #[cfg(feature = "otlp-tls")]
+    if cfg.enabled
+        && cfg.exporter_type == ExporterType::Otlp
+        && cfg.otlp_endpoint.starts_with("https://")
+    {
+        client_config(cfg, &[], false)?;
+    }
+    let _ = cfg;
+    Ok(())
+}
+
+/// Reads a PEM file of at most [`MAX_PEM_BYTES`].
+#[cfg(feature = "otlp-tls")]
+fn read_pem(f: &FileSetting) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(&f.path)
+        .and_then(|file| file.take(MAX_PEM_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("{f}: cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(format!("{f}: larger than {MAX_PEM_BYTES} bytes"));
+    }
+    Ok(bytes)
+}
+
+/// The certificates of a PEM file (at least one).
+#[cfg(feature = "otlp-tls")]
+fn load_certs(
+    f: &FileSetting,
+) -> Result<Vec<futures_rustls::pki_types::CertificateDer<'static>>, String> {
+    use futures_rustls::pki_types::pem::PemObject;
+    use futures_rustls::pki_types::CertificateDer;
+    let bytes = read_pem(f)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{f}: not a PEM certificate file: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{f}: no certificate in it (expected PEM: -----BEGIN CERTIFICATE-----)"
+        ));
+    }
+    Ok(certs)
+}
+
+/// The rustls client configuration for `cfg`: trusted roots (`otlp_certificate`, or the
+/// system's when `system_roots`), optional client identity, ring provider, TLS 1.2/1.3.
+#[cfg(feature = "otlp-tls")]
+fn client_config(
+    cfg: &TracingConfig,
+    alpn: &[&[u8]],
+    system_roots: bool,
+) -> Result<std::sync::Arc<futures_rustls::rustls::ClientConfig>, String> {
+    use futures_rustls::pki_types::pem::PemObject;
+    use futures_rustls::pki_types::PrivateKeyDer;
+    use futures_rustls::rustls::{self, RootCertStore};
+
+    let mut roots = RootCertStore::empty();
+    if let Some(f) = &cfg.otlp_certificate {
+        for (i, cert) in load_certs(f)?.into_iter().enumerate() {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{f}: certificate #{}: {e}", i + 1))?;
+        }
+    } else if system_roots {
+        let found = rustls_native_certs::load_native_certs();
+        let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+        if added == 0 {
+            let why = found
+                .errors
+                .first()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default();
+            return Err(format!(
+                "no system CA certificates found{why}: set tracing.otlp_certificate or \
+                 OTEL_EXPORTER_OTLP_CERTIFICATE (or SSL_CERT_FILE)"
+            ));
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots);
+    let mut config = match (&cfg.otlp_client_certificate, &cfg.otlp_client_key) {
+        (Some(c), Some(k)) => {
+            let chain = load_certs(c)?;
+            let key = PrivateKeyDer::from_pem_slice(&read_pem(k)?)
+                .map_err(|e| format!("{k}: no PEM private key in it: {e}"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("{c} with {k}: {e}"))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(std::sync::Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_endpoints() {
+        let e = Endpoint::parse("http://localhost:4317", 1).unwrap();
+        assert_eq!(
+            (e.tls, e.host.as_str(), e.port, e.path.as_str()),
+            (false, "localhost", 4317, "/")
+        );
+        let e = Endpoint::parse("http://127.0.0.1:4318/v1/traces", 1).unwrap();
+        assert_eq!((e.port, e.path.as_str()), (4318, "/v1/traces"));
+        assert_eq!(
+            Endpoint::parse("http://collector", 4317).unwrap().port,
+            4317
+        );
+        let e = Endpoint::parse("https://collector/v1/traces", 4318).unwrap();
+        assert_eq!((e.tls, e.port), (true, HTTPS_PORT));
+        let e = Endpoint::parse("https://[::1]:9/x", 1).unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.authority()),
+            ("::1", "[::1]:9".to_string())
+        );
+        assert!(Endpoint::parse("ftp://x", 1).is_err());
+        assert!(Endpoint::parse("http://:80", 1).is_err());
+        assert!(Endpoint::parse("http://h:x", 1).is_err());
+    }
+
+    #[test]
+    fn tls_files_come_from_the_environment_too() {
+        let mut cfg = TracingConfig {
+            otlp_endpoint: "http://c:4318".into(),
+            ..TracingConfig::default()
+        };
+        let env = |k: &str| match k {
+            "OTEL_EXPORTER_OTLP_CERTIFICATE" => Some("/env/ca.pem".to_string()),
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE" => Some("/env/c.pem".to_string()),
+            _ => None,
+        };
+        // A client certificate without its key: the error names the missing key.
+        let e = crate::telemetry::apply_env(&mut cfg, env).unwrap_err();
+        assert!(
+            e.contains("tracing.otlp_client_key")
+                && e.contains("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"),
+            "{e}"
+        );
+        let ca = cfg.otlp_certificate.as_ref().unwrap();
+        assert_eq!(
+            (ca.path.to_str(), ca.origin),
+            (Some("/env/ca.pem"), "OTEL_EXPORTER_OTLP_CERTIFICATE")
+        );
+    }
+
+    #[test]
+    #[cfg(not(feature = "otlp-tls"))]
+    fn https_without_the_feature_names_it() {
+        let e = Connector::new(
+            Endpoint::parse("https://h", 1).unwrap(),
+            &TracingConfig::default(),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.contains("otlp-tls"), "{e}");
+    }
+
+    #[cfg(feature = "otlp-tls")]
+    fn file_setting(dir: &std::path::Path, name: &str, text: &str) -> FileSetting {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        FileSetting {
+            path,
+            origin: "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        }
+    }
+
+    #[test]
+    #[cfg(feature = "otlp-tls")]
+    fn bad_tls_files_are_named() {
+        let dir = std::env::temp_dir().join(format!("mcp-conn-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cfg = TracingConfig {
+            enabled: true,
+            otlp_endpoint: "https://127.0.0.1:1".into(),
+            ..TracingConfig::default()
+        };
+        cfg.otlp_certificate = Some(FileSetting {
+            path: dir.join("missing.pem"),
+            origin: "tracing.otlp_certificate",
+        });
+        let e = check_files(&cfg).unwrap_err();
+        assert!(
+            e.contains("tracing.otlp_certificate") && e.contains("cannot read"),
+            "{e}"
+        );
+        cfg.otlp_certificate = Some(file_setting(&dir, "junk.pem", "not a certificate\n"));
+        let e = check_files(&cfg).unwrap_err();
+        assert!(
+            e.contains("OTEL_EXPORTER_OTLP_CERTIFICATE") && e.contains("no certificate"),
+            "{e}"
+        );
+        cfg.otlp_certificate = Some(file_setting(
+            &dir,
+            "bad.pem",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        ));
+        let e = check_files(&cfg).unwrap_err();
+        assert!(e.contains("certificate #1"), "{e}");
+        // Not used (tracing off, or plain text): not read.
+        cfg.enabled = false;
+        check_files(&cfg).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
