@@ -1,15 +1,24 @@
 """A real OTLP trace receiver for the tests: the OTLP/gRPC TraceService (grpcio +
-opentelemetry-proto) and OTLP/HTTP protobuf (`POST /v1/traces`), both on 127.0.0.1
-with a free port. Received spans are kept as plain dicts."""
+opentelemetry-proto) and OTLP/HTTP protobuf (`POST /v1/traces`, HTTP/1.1 keep-alive),
+both on 127.0.0.1 with a free port, in plain text or TLS (optionally requiring a client
+certificate). Received spans are kept as plain dicts, and every export is recorded with
+the connection it came on (gRPC: the peer's address; HTTP: the accepted socket), so
+tests can count connections."""
 
 from __future__ import annotations
 
+import socket
+import ssl
 import threading
 from concurrent import futures
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+GRPC_STOP_GRACE = 5.0  # seconds calls in flight may take when the gRPC server restarts
 
 KINDS = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
 STATUS = {0: "UNSET", 1: "OK", 2: "ERROR"}
@@ -46,62 +55,178 @@ def flatten(req: trace_service_pb2.ExportTraceServiceRequest, transport: str) ->
     return out
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """TLS for both listeners: the server's PEM certificate and key, and the CA whose
+    client certificates are required (None: no client certificate asked for)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
 class Receiver:
-    def __init__(self) -> None:
+    def __init__(self, tls: ServerTls | None = None) -> None:
         self.spans: list[dict] = []
         self.requests = 0
         self.metadata: list[dict] = []
+        # One entry per export: {"transport", "conn", "services"}.
+        self.exports: list[dict] = []
+        self.tls = tls
         self._cv = threading.Condition()
+        self._close_next_http = False
+        self._http_responses = 0
+        self._http_socks: set[socket.socket] = set()
         receiver = self
 
         class Service(trace_service_pb2_grpc.TraceServiceServicer):
             def Export(self, request, context):  # noqa: N802 (gRPC name)
-                receiver._add(flatten(request, "grpc"), dict(context.invocation_metadata()))
+                # Each HTTP/2 connection has its own client port: the peer names it.
+                receiver._add(flatten(request, "grpc"), dict(context.invocation_metadata()),
+                              "grpc:" + context.peer())
                 return trace_service_pb2.ExportTraceServiceResponse()
 
-        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self._grpc)
-        self.grpc_port = self._grpc.add_insecure_port("127.0.0.1:0")
-        self._grpc.start()
+        self._service = Service()
+        self.grpc_port = 0
+        self._grpc = self._start_grpc()
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive unless a side says close
+
+            def setup(self):
+                super().setup()
+                with receiver._cv:
+                    receiver._http_socks.add(self.connection)
+
+            def finish(self):
+                with receiver._cv:
+                    receiver._http_socks.discard(self.connection)
+                try:
+                    super().finish()
+                except OSError:
+                    pass
+
             def do_POST(self):  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 if self.path != "/v1/traces":
                     self.send_response(404)
+                    self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
                 req = trace_service_pb2.ExportTraceServiceRequest()
                 req.ParseFromString(body)
-                receiver._add(flatten(req, "http"), {k.lower(): v for k, v in self.headers.items()})
+                conn = "http:%s:%d" % self.client_address
+                receiver._add(flatten(req, "http"), {k.lower(): v for k, v in self.headers.items()}, conn)
                 payload = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", str(len(payload)))
+                with receiver._cv:
+                    close, receiver._close_next_http = receiver._close_next_http, False
+                if close:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
                 self.end_headers()
                 self.wfile.write(payload)
+                with receiver._cv:
+                    receiver._http_responses += 1
+                    receiver._cv.notify_all()
 
             def log_message(self, *args):
                 pass
 
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                pass  # refused handshakes and dropped connections are what tests do
+
+        self._http = Server(("127.0.0.1", 0), Handler)
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(tls.cert, tls.key)
+            ctx.set_alpn_protocols(["http/1.1"])
+            if tls.client_ca:
+                ctx.verify_mode = ssl.CERT_REQUIRED
+                ctx.load_verify_locations(tls.client_ca)
+            # The handshake runs on the connection's own thread, at its first read.
+            self._http.socket = ctx.wrap_socket(
+                self._http.socket, server_side=True, do_handshake_on_connect=False
+            )
         self.http_port = self._http.server_address[1]
         threading.Thread(target=self._http.serve_forever, daemon=True).start()
 
+    def _start_grpc(self) -> grpc.Server:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self._service, server)
+        address = f"127.0.0.1:{self.grpc_port}"
+        if self.tls:
+            creds = grpc.ssl_server_credentials(
+                [(self.tls.key.read_bytes(), self.tls.cert.read_bytes())],
+                root_certificates=self.tls.client_ca.read_bytes() if self.tls.client_ca else None,
+                require_client_auth=self.tls.client_ca is not None,
+            )
+            port = server.add_secure_port(address, creds)
+        else:
+            port = server.add_insecure_port(address)
+        assert port, f"cannot listen on {address}"
+        self.grpc_port = port
+        server.start()
+        return server
+
+    def restart_grpc(self) -> None:
+        """Stops the gRPC server (closing its connections) and starts a new one on the
+        same port."""
+        # With a grace period, calls in flight finish before the connections close.
+        self._grpc.stop(grace=GRPC_STOP_GRACE).wait()
+        self._grpc = self._start_grpc()
+
+    def close_next_http(self) -> None:
+        """The next HTTP response says `Connection: close` and the connection ends."""
+        with self._cv:
+            self._close_next_http = True
+
+    def drop_http_connections(self, timeout: float = 15.0) -> int:
+        """Once every HTTP export has had its response written, closes every open HTTP
+        connection from this side, unannounced (as an idle timeout would). Returns how
+        many."""
+        with self._cv:
+            done = self._cv.wait_for(
+                lambda: self._http_responses == sum(e["transport"] == "http" for e in self.exports),
+                timeout=timeout,
+            )
+            assert done, "an HTTP response was never written"
+            socks = list(self._http_socks)
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        return len(socks)
+
+    @property
+    def _scheme(self) -> str:
+        return "https" if self.tls else "http"
+
     @property
     def grpc_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.grpc_port}"
+        return f"{self._scheme}://127.0.0.1:{self.grpc_port}"
 
     @property
     def http_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self._scheme}://127.0.0.1:{self.http_port}"
 
-    def _add(self, spans: list[dict], metadata: dict) -> None:
+    def _add(self, spans: list[dict], metadata: dict, conn: str) -> None:
         with self._cv:
             self.spans.extend(spans)
             self.requests += 1
             self.metadata.append(metadata)
+            self.exports.append({"transport": conn.split(":", 1)[0], "conn": conn,
+                                 "services": {s["service"] for s in spans}})
             self._cv.notify_all()
+
+    def connections(self, service: str) -> set[str]:
+        """The connections that carried exports with spans of `service`."""
+        with self._cv:
+            return {e["conn"] for e in self.exports if service in e["services"]}
 
     def wait_for(self, pred, timeout: float = 15.0) -> list[dict]:
         """Waits until pred(spans) is true; returns a snapshot of the spans."""
@@ -119,3 +244,10 @@ class Receiver:
         self._grpc.stop(grace=None)
         self._http.shutdown()
         self._http.server_close()
+        with self._cv:
+            socks = list(self._http_socks)
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

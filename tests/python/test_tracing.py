@@ -61,14 +61,16 @@ def fixture_backend(name="one") -> str:
 class Router:
     """mcp-router as a raw JSON-lines peer (no SDK: full control over _meta)."""
 
-    def __init__(self, url: str, tracing: str, tmp: Path):
+    def __init__(self, url: str, tracing: str, tmp: Path, binary: Path = BIN_DIR / "mcp-router",
+                 env: dict | None = None):
         cfg = tmp / "router.toml"
         cfg.write_text(f"[gateway]\nurl = {toml_str(url)}\n{tracing}")
         self.stderr_path = tmp / "router.stderr"
         self._err = open(self.stderr_path, "w+")
         self.proc = subprocess.Popen(
-            [str(BIN_DIR / "mcp-router"), "--config", str(cfg)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, env=router_env(),
+            [str(binary), "--config", str(cfg)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
+            env={**router_env(), **(env or {})},
         )
         self._q: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()

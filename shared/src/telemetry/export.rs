@@ -719,17 +719,28 @@ async fn call(c: &mut H2, req: http::Request<()>, body: Bytes) -> Result<u32, Fa
             .or(header_status)
             .unwrap_or(2))
     };
-    futures_lite::future::or(exchange, async {
-        let err = match driver.as_mut().await {
+    let mut exchange = std::pin::pin!(exchange);
+    // Ok: the call's result; Err: how the connection ended first.
+    let first = futures_lite::future::or(async { Ok(exchange.as_mut().await) }, async {
+        Err(driver.as_mut().await)
+    })
+    .await;
+    let end = match first {
+        Ok(result) => return result,
+        Err(end) => end,
+    };
+    // The connection ended, possibly right after the whole answer (read in the same
+    // poll of the driver): what arrived is buffered, so the call finishes now or never.
+    if let Some(result) = futures_lite::future::poll_once(exchange).await {
+        return result;
+    }
+    Err(Failed {
+        err: match end {
             Ok(()) => io::Error::other("connection closed"),
             Err(e) => io::Error::other(e),
-        };
-        Err(Failed {
-            err,
-            answered: answered.get(),
-        })
+        },
+        answered: answered.get(),
     })
-    .await
 }
 
 #[cfg(feature = "otlp-grpc")]
