@@ -17,9 +17,21 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The size variants (docs/packaging.md) must build too: no OTLP exporter at all.
 cargo clippy -p mcp-router -p mcp-gateway -p mcp-shared --no-default-features --all-targets --locked -- -D warnings
+# And the TLS variant (docs/tracing.md: TLS to the collector).
+cargo clippy -p mcp-router -p mcp-gateway -p mcp-shared --features otlp-tls --all-targets --locked -- -D warnings
 
 step "build (the end-to-end tests run these binaries)"
 cargo build --workspace --locked
+# The otlp-tls binaries for tests/python/test_otlp_tls.py, copied aside: same target
+# dir (only mcp-shared, the binaries and rustls/ring are compiled again), then the
+# default build is put back in target/debug (a relink).
+cargo build -p mcp-router -p mcp-gateway --features otlp-tls --locked
+rm -rf target/tls-debug && mkdir -p target/tls-debug
+cp target/debug/mcp-router target/debug/mcp-gateway target/tls-debug/
+cargo build --workspace --locked
+export MCP_TLS_BIN_DIR="$PWD/target/tls-debug"
+target/tls-debug/mcp-gateway --version | grep -q 'tls: otlp' || { echo "TLS build missing" >&2; exit 1; }
+target/debug/mcp-gateway --version | grep -q 'tls: no' || { echo "default build not restored" >&2; exit 1; }
 
 step "install real-peer test dependencies"
 bash tests/setup.sh
@@ -37,6 +49,8 @@ step "Rust unit and end-to-end tests"
 cargo test --workspace --locked 2>&1 | tee "$LOGS/cargo.log"
 # The core without any OTLP exporter (the smallest size variant).
 cargo test -p mcp-shared --no-default-features --lib --locked 2>&1 | tee -a "$LOGS/cargo.log"
+# The core with TLS (certificate file checks).
+cargo test -p mcp-shared --features otlp-tls --lib --locked 2>&1 | tee -a "$LOGS/cargo.log"
 
 # One closing line for the whole suite (every step above has already failed the run
 # on any failure; this only counts).
