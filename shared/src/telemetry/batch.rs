@@ -1,11 +1,18 @@
 //! Our batch span processor: a bounded queue that grows only as needed, drained by one
 //! exporter thread on batch size, on a timer, on flush and at shutdown.
 //!
-//! The request path (`on_end`) takes a mutex for a push and never blocks on export or
-//! allocates beyond the span itself; when the queue is full the span is dropped and
-//! counted ([`BatchStats::dropped`]), with at most one warning per
-//! [`DROP_WARN_INTERVAL`]. The exporter thread runs the exporter's future with
-//! `futures_lite::future::block_on`; its own I/O creates no spans.
+//! The request path (`on_end`) takes a mutex for a push and never blocks on export;
+//! when the queue is full the span is dropped and counted ([`BatchStats::dropped`]),
+//! with at most one warning per [`DROP_WARN_INTERVAL`]. The exporter thread runs the
+//! exporter's future with `futures_lite::future::block_on`; its own I/O creates no
+//! spans.
+//!
+//! For OTLP, `on_end` encodes the span to protobuf right away (see [`super::encode`])
+//! into the batch being filled, and the span's memory is freed on the thread that
+//! made it: the exporter thread only ever sees finished byte buffers, one per batch,
+//! which are recycled. (Handing `SpanData` to the exporter thread made the two threads
+//! contend for the allocator; docs/benchmark.md has the numbers.) The stdout exporter
+//! still gets the spans themselves.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,9 +42,25 @@ pub struct BatchStats {
     pub failed_exports: AtomicU64,
 }
 
+/// One batch in the making: OTLP-encoded span entries, or the spans themselves.
+#[derive(Debug, Default)]
+struct Chunk {
+    /// `ScopeSpans.spans` entries (OTLP), empty for the stdout exporter.
+    bytes: Vec<u8>,
+    /// The spans (stdout exporter only).
+    records: Vec<SpanData>,
+    /// How many spans the chunk holds.
+    spans: usize,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    spans: VecDeque<SpanData>,
+    /// Full batches first, then the one being filled; at most `max_queue` spans in all.
+    chunks: VecDeque<Chunk>,
+    /// Spans in `chunks`.
+    queued: usize,
+    /// An exported batch's buffer, kept for the next one.
+    spare: Option<Vec<u8>>,
     flush_requested: u64,
     flush_done: u64,
     shutdown: bool,
@@ -55,6 +78,8 @@ struct Shared {
     batch: usize,
     delay: Duration,
     export_timeout: Duration,
+    /// Spans are encoded at `on_end` (OTLP) rather than kept (stdout).
+    encoded: bool,
 }
 
 /// The span processor registered with the SDK tracer provider.
@@ -64,10 +89,11 @@ pub struct BatchProcessor {
 }
 
 impl BatchProcessor {
-    /// Starts the exporter thread.
+    /// Starts the exporter thread. `scope` is the name of the process's one tracer.
     pub fn start(
         mut exporter: Exporter,
         resource: &Resource,
+        scope: &str,
         max_queue: usize,
         batch: usize,
         delay: Duration,
@@ -83,8 +109,9 @@ impl BatchProcessor {
             batch,
             delay,
             export_timeout,
+            encoded: exporter.takes_encoded(),
         });
-        exporter.set_resource(resource);
+        exporter.set_resource(resource, scope);
         let worker = shared.clone();
         std::thread::Builder::new()
             .name("span-export".into())
@@ -97,11 +124,12 @@ impl BatchProcessor {
 fn run(shared: Arc<Shared>, mut exporter: Exporter) {
     let mut deadline = Instant::now() + shared.delay;
     loop {
-        let (batch, flush_target, shutting_down) = {
+        let (chunk, flush_target, shutting_down) = {
             let mut st = shared.state.lock().unwrap();
             loop {
                 let flush = st.flush_requested > st.flush_done;
-                if st.shutdown || flush || st.spans.len() >= shared.batch {
+                let full = st.chunks.front().is_some_and(|c| c.spans >= shared.batch);
+                if st.shutdown || flush || full {
                     break;
                 }
                 let now = Instant::now();
@@ -110,19 +138,22 @@ fn run(shared: Arc<Shared>, mut exporter: Exporter) {
                 }
                 st = shared.wake.wait_timeout(st, deadline - now).unwrap().0;
             }
-            let n = st.spans.len().min(shared.batch);
-            let batch: Vec<SpanData> = st.spans.drain(..n).collect();
-            if st.spans.is_empty() && st.spans.capacity() > shared.batch * 2 {
-                // Give back what a burst grew.
-                st.spans.shrink_to(shared.batch);
+            let chunk = st.chunks.pop_front();
+            if let Some(c) = &chunk {
+                st.queued -= c.spans;
             }
-            let target = (st.spans.is_empty() && st.flush_requested > st.flush_done)
+            let target = (st.queued == 0 && st.flush_requested > st.flush_done)
                 .then_some(st.flush_requested);
-            (batch, target, st.shutdown)
+            (chunk, target, st.shutdown)
         };
-        if !batch.is_empty() {
-            let n = batch.len() as u64;
-            match exporter.export(batch, shared.export_timeout) {
+        if let Some(mut chunk) = chunk {
+            let n = chunk.spans as u64;
+            let result = if shared.encoded {
+                exporter.export_encoded(&chunk.bytes, shared.export_timeout)
+            } else {
+                exporter.export_records(std::mem::take(&mut chunk.records))
+            };
+            match result {
                 Ok(()) => {
                     shared.stats.exported.fetch_add(n, Ordering::Relaxed);
                 }
@@ -135,6 +166,10 @@ fn run(shared: Arc<Shared>, mut exporter: Exporter) {
                     );
                 }
             }
+            if shared.encoded {
+                chunk.bytes.clear();
+                shared.state.lock().unwrap().spare = Some(chunk.bytes);
+            }
         }
         let mut st = shared.state.lock().unwrap();
         if let Some(t) = flush_target {
@@ -144,12 +179,17 @@ fn run(shared: Arc<Shared>, mut exporter: Exporter) {
         // A new period starts after every export: spans left behind wait for a full
         // batch or the next tick, not go out at once in small batches.
         deadline = Instant::now() + shared.delay;
-        if st.spans.is_empty() && shutting_down {
+        if st.queued == 0 && shutting_down {
             st.stopped = true;
+            st.spare = None;
             shared.done.notify_all();
             drop(st);
             exporter.shutdown();
             return;
+        }
+        if st.queued == 0 {
+            // Idle: give back what a burst grew.
+            st.chunks.shrink_to_fit();
         }
     }
 }
@@ -182,14 +222,35 @@ impl SpanProcessor for BatchProcessor {
         if st.shutdown {
             return;
         }
-        if st.spans.len() >= s.max_queue {
+        if st.queued >= s.max_queue {
             drop(st);
             s.stats.dropped.fetch_add(1, Ordering::Relaxed);
             warn_rate_limited(s, "span queue full; dropping spans");
             return;
         }
-        st.spans.push_back(span);
-        if st.spans.len() >= s.batch {
+        let batch = s.batch;
+        let fresh = st.chunks.back().is_none_or(|c| c.spans >= batch);
+        if fresh {
+            let bytes = st.spare.take().unwrap_or_default();
+            st.chunks.push_back(Chunk {
+                bytes,
+                records: Vec::new(),
+                spans: 0,
+            });
+        }
+        let chunk = st.chunks.back_mut().expect("a chunk was just ensured");
+        if s.encoded {
+            #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+            super::encode::append_span(&span, &mut chunk.bytes);
+        } else {
+            chunk.records.push(span);
+        }
+        chunk.spans += 1;
+        let full = chunk.spans >= batch;
+        st.queued += 1;
+        let wake = full && st.chunks.len() == 1;
+        drop(st);
+        if wake {
             s.wake.notify_one();
         }
     }

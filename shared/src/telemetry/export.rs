@@ -1,8 +1,10 @@
-//! Span exporters, run on the exporter thread: OTLP/HTTP-protobuf (opentelemetry-otlp
-//! with a small keep-alive HTTP/1.1 client on async-net), OTLP/gRPC (HTTP/2 via the
-//! `h2` crate on async-net, no tokio runtime: tokio is compiled for its I/O traits
-//! only), and the stdout tree/JSON exporter. Both OTLP exporters go over
-//! [`super::conn`] (plain text or TLS) and keep one connection open across exports.
+//! Span exporters, run on the exporter thread: OTLP/HTTP-protobuf (a small keep-alive
+//! HTTP/1.1 client on async-net), OTLP/gRPC (HTTP/2 via the `h2` crate on async-net,
+//! no tokio runtime: tokio is compiled for its I/O traits only), and the stdout
+//! tree/JSON exporter. Both OTLP exporters send batches the batch processor has already
+//! encoded (see [`super::encode`]), go over [`super::conn`] (plain text or TLS), keep
+//! one connection open across exports and retry with backoff within the export
+//! timeout.
 //!
 //! Kept connections: an idle connection is checked before it is reused, and one the
 //! collector closed is replaced at once; a request that fails on a reused connection
@@ -13,14 +15,12 @@
 //! This is the one module of `shared` that does network I/O (with `conn`). Its I/O is
 //! never traced.
 
-#[cfg(feature = "otlp-grpc")]
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 use std::collections::BTreeMap;
 #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 use std::io;
 #[cfg(feature = "otlp-grpc")]
 use std::pin::Pin;
-#[cfg(feature = "otlp-http")]
-use std::sync::{Arc, Mutex};
 #[cfg(feature = "otlp-grpc")]
 use std::task::{ready, Context as TaskCx, Poll};
 use std::time::Duration;
@@ -31,23 +31,13 @@ use std::time::Instant;
 use bytes::Bytes;
 #[cfg(feature = "otlp-http")]
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-#[cfg(feature = "otlp-http")]
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
-#[cfg(feature = "otlp-grpc")]
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-#[cfg(feature = "otlp-grpc")]
-use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
-#[cfg(feature = "otlp-grpc")]
-use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
 use opentelemetry_sdk::trace::SpanData;
-#[cfg(feature = "otlp-http")]
-use opentelemetry_sdk::trace::SpanExporter;
 use opentelemetry_sdk::Resource;
-#[cfg(feature = "otlp-grpc")]
-use prost::Message as _;
 
 #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 use super::conn::{self, Connector, Endpoint, Stream};
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+use super::encode::{self, Envelope};
 use super::stdout::StdoutExporter;
 #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 use crate::config::TracingConfig;
@@ -59,7 +49,7 @@ pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 #[cfg(feature = "otlp-http")]
 const READ_CHUNK: usize = 8192;
 /// First retry delay of a failed export; doubles up to the export timeout.
-#[cfg(feature = "otlp-grpc")]
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 pub const RETRY_BASE: Duration = Duration::from_millis(100);
 /// gRPC path of the OTLP trace service.
 #[cfg(feature = "otlp-grpc")]
@@ -94,26 +84,16 @@ impl Exporter {
         } else {
             format!("{}/v1/traces", endpoint.trim_end_matches('/'))
         };
-        let connector = Connector::new(Endpoint::parse(&url, HTTP_PORT)?, cfg, &[b"http/1.1"])?;
-        let client = SmolHttpClient {
-            shared: Arc::new(HttpShared {
-                connector,
-                timeout: cfg.otlp_timeout.0,
-                idle: Mutex::new(None),
-                deadline: Mutex::new(None),
-                last_error: Mutex::new(None),
-            }),
-        };
-        opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_http_client(client.clone())
-            .with_endpoint(url)
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_timeout(cfg.otlp_timeout.0)
-            .with_headers(cfg.otlp_headers.clone().into_iter().collect())
-            .build()
-            .map(|inner| Exporter::Http(HttpExporter { inner, client }))
-            .map_err(|e| format!("OTLP/HTTP exporter: {e}"))
+        let endpoint = Endpoint::parse(&url, HTTP_PORT)?;
+        let head = request_head(&endpoint, &cfg.otlp_headers);
+        let connector = Connector::new(endpoint, cfg, &[b"http/1.1"])?;
+        Ok(Exporter::Http(HttpExporter {
+            connector,
+            head,
+            idle: None,
+            envelope: Envelope::default(),
+            body: Vec::new(),
+        }))
     }
 
     /// OTLP/gRPC to `cfg.otlp_endpoint` (`http[s]://host[:port]`).
@@ -129,31 +109,57 @@ impl Exporter {
             connector: Connector::new(endpoint, cfg, &[b"h2"])?,
             uri,
             headers: cfg.otlp_headers.clone(),
-            resource: ResourceAttributesWithSchema::default(),
+            envelope: Envelope::default(),
             conn: None,
         }))
     }
 
-    /// Tells the exporter the process's resource.
-    pub fn set_resource(&mut self, r: &Resource) {
+    /// Tells the exporter the process's resource and its tracer's name.
+    pub fn set_resource(&mut self, r: &Resource, scope: &str) {
         match self {
             #[cfg(feature = "otlp-http")]
-            Exporter::Http(e) => e.inner.set_resource(r),
+            Exporter::Http(e) => e.envelope = Envelope::new(r, scope, None),
             #[cfg(feature = "otlp-grpc")]
-            Exporter::Grpc(e) => e.resource = r.into(),
-            Exporter::Stdout(e) => e.set_resource(r),
+            Exporter::Grpc(e) => e.envelope = Envelope::new(r, scope, None),
+            Exporter::Stdout(e) => {
+                let _ = scope;
+                e.set_resource(r)
+            }
         }
     }
 
-    /// Exports one batch, with retries, within `timeout`. Blocks the calling thread.
-    pub fn export(&mut self, batch: Vec<SpanData>, timeout: Duration) -> Result<(), String> {
-        let _ = timeout;
+    /// True when the exporter takes batches encoded by [`encode::append_span`] (OTLP);
+    /// false when it takes the spans themselves (stdout).
+    pub fn takes_encoded(&self) -> bool {
+        !matches!(self, Exporter::Stdout(_))
+    }
+
+    /// Exports one batch of encoded span entries, with retries, within `timeout`.
+    /// Blocks the calling thread.
+    pub fn export_encoded(&mut self, spans: &[u8], timeout: Duration) -> Result<(), String> {
+        let _ = (spans, timeout);
         match self {
             #[cfg(feature = "otlp-http")]
-            Exporter::Http(e) => e.export(batch, timeout),
+            Exporter::Http(e) => e.export(spans, timeout),
             #[cfg(feature = "otlp-grpc")]
-            Exporter::Grpc(e) => e.export(batch, timeout),
+            Exporter::Grpc(e) => e.export(spans, timeout),
+            Exporter::Stdout(_) => Err("the stdout exporter takes spans, not bytes".into()),
+        }
+    }
+
+    /// Exports one batch of spans (the stdout exporter; the OTLP ones encode them
+    /// first).
+    pub fn export_records(&mut self, batch: Vec<SpanData>) -> Result<(), String> {
+        match self {
             Exporter::Stdout(e) => e.export(batch),
+            #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+            _ => {
+                let mut spans = Vec::new();
+                for s in &batch {
+                    encode::append_span(s, &mut spans);
+                }
+                self.export_encoded(&spans, super::SHUTDOWN_TIMEOUT)
+            }
         }
     }
 
@@ -161,10 +167,7 @@ impl Exporter {
     pub fn shutdown(&mut self) {
         match self {
             #[cfg(feature = "otlp-http")]
-            Exporter::Http(e) => {
-                let _ = e.inner.shutdown();
-                lock(&e.client.shared.idle).take();
-            }
+            Exporter::Http(e) => e.idle = None,
             #[cfg(feature = "otlp-grpc")]
             Exporter::Grpc(e) => e.conn = None,
             Exporter::Stdout(_) => {}
@@ -211,130 +214,143 @@ impl Failed {
 // ---------------------------------------------------------------------------------------
 // OTLP/HTTP
 
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+/// Runs `attempt` until it succeeds, fails for good, or the next try would end past
+/// `timeout`; waits [`RETRY_BASE`], doubling, between tries. `attempt` says whether a
+/// failure is worth another try.
+fn with_retries(
+    timeout: Duration,
+    mut attempt: impl FnMut(Instant) -> Result<(), (String, bool)>,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut delay = RETRY_BASE;
+    loop {
+        let (err, retry) = match attempt(deadline) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if !retry || Instant::now() + delay >= deadline {
+            return Err(err);
+        }
+        std::thread::sleep(delay);
+        delay *= 2;
+    }
+}
+
 #[cfg(feature = "otlp-http")]
-/// OTLP/HTTP: opentelemetry-otlp's exporter (encoding, retries with backoff) over
-/// [`SmolHttpClient`].
+/// OTLP/HTTP: `POST` of an `ExportTraceServiceRequest` (`application/x-protobuf`) on
+/// one kept-alive HTTP/1.1 connection, plain or TLS; responses framed by
+/// `Content-Length`, chunked, or the end of the connection, bounded by
+/// [`MAX_RESPONSE_BYTES`]. Retried on connection errors and on 429, 502, 503 and 504
+/// (the statuses OTLP/HTTP calls retryable).
 #[derive(Debug)]
 pub struct HttpExporter {
-    inner: opentelemetry_otlp::SpanExporter,
-    client: SmolHttpClient,
+    connector: Connector,
+    /// Request line and fixed headers, up to (not including) `Content-Length`.
+    head: Vec<u8>,
+    /// The connection kept between exports.
+    idle: Option<Stream>,
+    envelope: Envelope,
+    /// The request body, reused from export to export.
+    body: Vec<u8>,
 }
 
 #[cfg(feature = "otlp-http")]
 impl HttpExporter {
-    fn export(&mut self, batch: Vec<SpanData>, timeout: Duration) -> Result<(), String> {
-        let shared = &self.client.shared;
-        *lock(&shared.deadline) = Some(Instant::now() + timeout);
-        lock(&shared.last_error).take();
-        let result = futures_lite::future::block_on(self.inner.export(batch));
-        lock(&shared.deadline).take();
-        result.map_err(|e| match lock(&shared.last_error).take() {
-            // opentelemetry-otlp reports a transport failure as "network error" only.
-            Some(cause) => format!("{e} ({cause})"),
-            None => e.to_string(),
-        })
-    }
-}
-
-#[cfg(feature = "otlp-http")]
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-#[cfg(feature = "otlp-http")]
-/// A minimal HTTP/1.1 client for opentelemetry-otlp on async-net, plain or TLS: one
-/// kept-alive connection, responses framed by `Content-Length`, chunked, or the end of
-/// the connection, bounded by [`MAX_RESPONSE_BYTES`].
-#[derive(Debug, Clone)]
-pub struct SmolHttpClient {
-    shared: Arc<HttpShared>,
-}
-
-#[cfg(feature = "otlp-http")]
-#[derive(Debug)]
-struct HttpShared {
-    connector: Connector,
-    /// Bound of one request when no export deadline is set.
-    timeout: Duration,
-    /// The connection kept between requests.
-    idle: Mutex<Option<Stream>>,
-    /// End of the export in progress: no request outlives it.
-    deadline: Mutex<Option<Instant>>,
-    /// Why the last request failed (the exporter's own error does not say).
-    last_error: Mutex<Option<String>>,
-}
-
-#[cfg(feature = "otlp-http")]
-#[async_trait::async_trait]
-impl opentelemetry_http::HttpClient for SmolHttpClient {
-    async fn send_bytes(
-        &self,
-        request: http::Request<Bytes>,
-    ) -> Result<http::Response<Bytes>, opentelemetry_http::HttpError> {
-        let s = &self.shared;
-        let own = Instant::now() + s.timeout;
-        let deadline = lock(&s.deadline).map_or(own, |d| d.min(own));
-        let head = request_head(&request, &s.connector.endpoint);
-        let idle = lock(&s.idle).take();
-        let result = with_deadline(deadline, async {
-            let (mut stream, reused) = match idle {
-                Some(mut kept) => {
-                    if conn::is_closed(&mut kept).await {
-                        (s.connector.connect().await?, false)
-                    } else {
-                        (kept, true)
-                    }
+    fn export(&mut self, spans: &[u8], timeout: Duration) -> Result<(), String> {
+        let mut body = std::mem::take(&mut self.body);
+        body.clear();
+        self.envelope.request(spans, &mut body);
+        let mut head = self.head.clone();
+        head.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+        let result = with_retries(timeout, |deadline| {
+            match futures_lite::future::block_on(with_deadline(
+                deadline,
+                self.send(&head, &body),
+            )) {
+                Ok(status) if (200..300).contains(&status) => Ok(()),
+                Ok(status) => Err((
+                    format!("HTTP status {status}"),
+                    matches!(status, 429 | 502 | 503 | 504),
+                )),
+                Err(e) => {
+                    // A refused certificate (or another TLS failure) will not heal.
+                    let retry = e.kind() != io::ErrorKind::InvalidData;
+                    Err((e.to_string(), retry))
                 }
-                None => (s.connector.connect().await?, false),
-            };
-            let (response, keep) = match exchange(&mut stream, &head, request.body()).await {
-                Ok(r) => r,
-                Err(f) if reused && !f.answered => {
-                    // The collector closed the kept connection under us: once more on
-                    // a fresh one (not a failed attempt).
-                    log::debug!(
-                        "OTLP/HTTP: kept connection failed ({}); reconnecting",
-                        f.err
-                    );
-                    stream = s.connector.connect().await?;
-                    exchange(&mut stream, &head, request.body())
-                        .await
-                        .map_err(|f| f.err)?
-                }
-                Err(f) => return Err(f.err),
-            };
-            if keep {
-                *lock(&s.idle) = Some(stream);
             }
-            Ok(response)
         })
-        .await;
-        if let Err(e) = &result {
-            *lock(&s.last_error) = Some(e.to_string());
+        .map_err(|e| {
+            format!(
+                "OTLP/HTTP export to {}: {e}",
+                self.connector.endpoint.authority()
+            )
+        });
+        if body.capacity() <= MAX_KEPT_BODY_BYTES {
+            self.body = body;
         }
-        Ok(result?)
+        result
+    }
+
+    /// One request on the kept connection (or a new one); the response's status.
+    async fn send(&mut self, head: &[u8], body: &[u8]) -> io::Result<u16> {
+        let (mut stream, reused) = match self.idle.take() {
+            Some(mut kept) => {
+                if conn::is_closed(&mut kept).await {
+                    (self.connector.connect().await?, false)
+                } else {
+                    (kept, true)
+                }
+            }
+            None => (self.connector.connect().await?, false),
+        };
+        let (response, keep) = match exchange(&mut stream, head, body).await {
+            Ok(r) => r,
+            Err(f) if reused && !f.answered => {
+                // The collector closed the kept connection under us: once more on a
+                // fresh one (not a failed attempt).
+                log::debug!(
+                    "OTLP/HTTP: kept connection failed ({}); reconnecting",
+                    f.err
+                );
+                stream = self.connector.connect().await?;
+                exchange(&mut stream, head, body).await.map_err(|f| f.err)?
+            }
+            Err(f) => return Err(f.err),
+        };
+        if keep {
+            self.idle = Some(stream);
+        }
+        Ok(response.status().as_u16())
     }
 }
 
 #[cfg(feature = "otlp-http")]
-/// The request line and headers (no `Connection` header: HTTP/1.1 keeps it open).
-fn request_head(request: &http::Request<Bytes>, endpoint: &Endpoint) -> Vec<u8> {
-    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+/// Request bodies larger than this are not kept for the next export (bytes).
+pub const MAX_KEPT_BODY_BYTES: usize = 1024 * 1024;
+
+#[cfg(feature = "otlp-http")]
+/// The request line and the headers that are the same for every export (no
+/// `Connection` header: HTTP/1.1 keeps it open). `Content-Length` follows.
+fn request_head(endpoint: &Endpoint, headers: &BTreeMap<String, String>) -> Vec<u8> {
     let mut head = format!(
-        "{} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n",
-        request.method(),
+        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\nUser-Agent: {}\r\n",
+        endpoint.path,
         endpoint.authority(),
-        request.body().len()
+        concat!("mcp-bridge/", env!("CARGO_PKG_VERSION")),
     );
-    for (k, v) in request.headers() {
-        if matches!(k.as_str(), "host" | "content-length" | "connection") {
+    for (k, v) in headers {
+        let lower = k.to_ascii_lowercase();
+        if matches!(
+            lower.as_str(),
+            "host" | "content-length" | "connection" | "content-type" | "transfer-encoding"
+        ) || k.contains(['\r', '\n'])
+            || v.contains(['\r', '\n'])
+        {
             continue;
         }
-        if let Ok(v) = v.to_str() {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
+        head.push_str(&format!("{k}: {v}\r\n"));
     }
-    head.push_str("\r\n");
     head.into_bytes()
 }
 
@@ -537,7 +553,7 @@ pub struct GrpcExporter {
     /// `http[s]://authority/path` of the call.
     uri: String,
     headers: BTreeMap<String, String>,
-    resource: ResourceAttributesWithSchema,
+    envelope: Envelope,
     /// The kept connection.
     conn: Option<H2>,
 }
@@ -558,16 +574,12 @@ impl std::fmt::Debug for H2 {
 }
 
 #[cfg(feature = "otlp-grpc")]
-/// Encodes spans as a length-prefixed gRPC message of an `ExportTraceServiceRequest`.
-pub fn grpc_frame(batch: Vec<SpanData>, resource: &ResourceAttributesWithSchema) -> Bytes {
-    let req = ExportTraceServiceRequest {
-        resource_spans: group_spans_by_resource_and_scope(batch, resource),
-    };
-    let len = req.encoded_len();
-    let mut buf = Vec::with_capacity(5 + len);
-    buf.push(0);
-    buf.extend_from_slice(&(len as u32).to_be_bytes());
-    req.encode(&mut buf).expect("a Vec grows as needed");
+/// A length-prefixed gRPC message of the `ExportTraceServiceRequest` holding `spans`.
+pub fn grpc_frame(envelope: &Envelope, spans: &[u8]) -> Bytes {
+    let mut buf = vec![0; 5];
+    envelope.request(spans, &mut buf);
+    let len = (buf.len() - 5) as u32;
+    buf[1..5].copy_from_slice(&len.to_be_bytes());
     Bytes::from(buf)
 }
 
@@ -580,36 +592,30 @@ fn retryable(status: u32) -> bool {
 
 #[cfg(feature = "otlp-grpc")]
 impl GrpcExporter {
-    fn export(&mut self, batch: Vec<SpanData>, timeout: Duration) -> Result<(), String> {
-        let body = grpc_frame(batch, &self.resource);
-        let deadline = Instant::now() + timeout;
-        let mut delay = RETRY_BASE;
-        loop {
-            let attempt =
-                futures_lite::future::block_on(with_deadline(deadline, self.attempt(body.clone())));
-            let retry = match &attempt {
-                Ok(0) => return Ok(()),
-                Ok(status) => retryable(*status),
-                // A refused certificate (or another TLS failure) will not heal.
-                Err(e) => e.kind() != io::ErrorKind::InvalidData,
-            };
-            let err = match attempt {
-                Ok(s) => format!("gRPC status {s}"),
+    fn export(&mut self, spans: &[u8], timeout: Duration) -> Result<(), String> {
+        let body = grpc_frame(&self.envelope, spans);
+        with_retries(timeout, |deadline| {
+            match futures_lite::future::block_on(with_deadline(
+                deadline,
+                self.attempt(body.clone()),
+            )) {
+                Ok(0) => Ok(()),
+                Ok(status) => Err((format!("gRPC status {status}"), retryable(status))),
                 Err(e) => {
                     // Whatever state a failed (or timed out) call left it in: start over.
                     self.conn = None;
-                    e.to_string()
+                    // A refused certificate (or another TLS failure) will not heal.
+                    let retry = e.kind() != io::ErrorKind::InvalidData;
+                    Err((e.to_string(), retry))
                 }
-            };
-            if !retry || Instant::now() + delay >= deadline {
-                return Err(format!(
-                    "OTLP/gRPC export to {}: {err}",
-                    self.connector.endpoint.authority()
-                ));
             }
-            std::thread::sleep(delay);
-            delay *= 2;
-        }
+        })
+        .map_err(|e| {
+            format!(
+                "OTLP/gRPC export to {}: {e}",
+                self.connector.endpoint.authority()
+            )
+        })
     }
 
     /// One attempt on the kept connection (or a new one); the gRPC status of the call.
@@ -883,23 +889,31 @@ mod tests {
     #[test]
     #[cfg(feature = "otlp-http")]
     fn request_heads_name_the_authority() {
-        let req = http::Request::post("http://[::1]:4318/v1/traces")
-            .header("x-api-key", "k")
-            .header("connection", "close")
-            .body(Bytes::from_static(b"12345"))
-            .unwrap();
+        let headers: BTreeMap<String, String> = [
+            ("x-api-key", "k"),
+            ("Connection", "close"),
+            ("x-evil", "a\r\nInjected: 1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
         let ep = Endpoint::parse("http://[::1]:4318/v1/traces", HTTP_PORT).unwrap();
-        let head = String::from_utf8(request_head(&req, &ep)).unwrap();
+        let head = String::from_utf8(request_head(&ep, &headers)).unwrap();
         assert_eq!(
             head,
-            "POST /v1/traces HTTP/1.1\r\nHost: [::1]:4318\r\nContent-Length: 5\r\nx-api-key: k\r\n\r\n"
+            concat!(
+                "POST /v1/traces HTTP/1.1\r\nHost: [::1]:4318\r\n",
+                "Content-Type: application/x-protobuf\r\nUser-Agent: mcp-bridge/",
+                env!("CARGO_PKG_VERSION"),
+                "\r\nx-api-key: k\r\n"
+            )
         );
     }
 
     #[test]
     #[cfg(feature = "otlp-grpc")]
     fn grpc_frames_are_length_prefixed() {
-        let f = grpc_frame(Vec::new(), &ResourceAttributesWithSchema::default());
+        let f = grpc_frame(&Envelope::default(), b"");
         assert_eq!(f[0], 0);
         let len = u32::from_be_bytes([f[1], f[2], f[3], f[4]]) as usize;
         assert_eq!(len, f.len() - 5);

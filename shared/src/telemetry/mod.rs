@@ -17,6 +17,8 @@
 pub mod attrs;
 pub mod batch;
 #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+pub mod encode;
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 pub mod conn;
 pub mod export;
 pub mod propagation;
@@ -113,6 +115,7 @@ impl Telemetry {
         let (processor, stats) = batch::BatchProcessor::start(
             exporter,
             &resource,
+            service,
             cfg.max_queue_size,
             cfg.max_export_batch_size,
             cfg.scheduled_delay.0,
