@@ -10,7 +10,7 @@
 //! ids current for the duration of each poll (the executors are single-threaded, so
 //! a poll is never interleaved with another task's).
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::future::Future;
 use std::io::Write;
 use std::pin::Pin;
@@ -19,19 +19,21 @@ use std::task::{Context as TaskCx, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{LevelFilter, Log, Metadata, Record};
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
 
 use crate::config::LogFormat;
 
 thread_local! {
-    static CURRENT: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
+    /// The ids of the span whose task is being polled; formatted only when a line is
+    /// written (a poll must not pay for text nobody logs).
+    static CURRENT: Cell<Option<(TraceId, SpanId)>> = const { Cell::new(None) };
 }
 
 static JSON: AtomicBool = AtomicBool::new(false);
 
 /// A future whose polls run with a span's trace and span id as the log context.
 pub struct Traced<F> {
-    ids: Option<(String, String)>,
+    ids: Option<(TraceId, SpanId)>,
     inner: Pin<Box<F>>,
 }
 
@@ -39,9 +41,7 @@ pub struct Traced<F> {
 /// (nothing is added when `cx` has no valid span).
 pub fn traced<F: Future>(cx: &opentelemetry::Context, f: F) -> Traced<F> {
     let sc = cx.span().span_context().clone();
-    let ids = sc
-        .is_valid()
-        .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()));
+    let ids = sc.is_valid().then(|| (sc.trace_id(), sc.span_id()));
     Traced {
         ids,
         inner: Box::pin(f),
@@ -51,10 +51,9 @@ pub fn traced<F: Future>(cx: &opentelemetry::Context, f: F) -> Traced<F> {
 impl<F: Future> Future for Traced<F> {
     type Output = F::Output;
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<F::Output> {
-        let ids = self.ids.clone();
-        let prev = CURRENT.with(|c| c.replace(ids));
+        let prev = CURRENT.replace(self.ids);
         let r = self.inner.as_mut().poll(cx);
-        CURRENT.with(|c| *c.borrow_mut() = prev);
+        CURRENT.set(prev);
         r
     }
 }
@@ -74,7 +73,7 @@ impl Log for StderrLogger {
             return;
         }
         let ts = utc_timestamp(SystemTime::now());
-        let ids = CURRENT.with(|c| c.borrow().clone());
+        let ids = CURRENT.get().map(|(t, s)| (t.to_string(), s.to_string()));
         let line = if JSON.load(Ordering::Relaxed) {
             let mut o = serde_json::json!({
                 "ts": ts,

@@ -172,9 +172,11 @@ fn kv_len(kv: &KeyValue) -> usize {
 }
 
 fn put_kv(out: &mut Vec<u8>, field: u32, kv: &KeyValue) {
-    put_delim_head(out, field, kv_len(kv));
-    put_bytes(out, 1, kv.key.as_str().as_bytes());
-    put_delim_head(out, 2, any_len(&kv.value));
+    let key = kv.key.as_str();
+    let value_len = any_len(&kv.value);
+    put_delim_head(out, field, delim_len(1, key.len()) + delim_len(2, value_len));
+    put_bytes(out, 1, key.as_bytes());
+    put_delim_head(out, 2, value_len);
     put_any(out, &kv.value);
 }
 
