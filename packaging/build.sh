@@ -8,7 +8,7 @@
 #
 #   --target     which architecture(s) (default: all)
 #   --features   cargo features for mcp-router and mcp-gateway (a size variant), as
-#                cargo takes them (e.g. "mcp-gateway/tls"); the output then goes to
+#                cargo takes them (e.g. "otlp-tls"); the output then goes to
 #                target/dist/<triple>+<features>/
 #   --locked     pass --locked to cargo (release builds from a clean checkout: fail
 #                rather than update Cargo.lock)
@@ -18,9 +18,14 @@
 #   rustup target add x86_64-unknown-linux-musl aarch64-unknown-linux-musl
 #   apt-get install file (and gcc if there is no `cc`: cargo links build scripts and
 #   proc macros for the host with it)
+#   and, for otlp-tls on aarch64, clang (ring, rustls' crypto, compiles C and assembly)
 # Linking: x86_64 musl with the host `cc` and Rust's self-contained musl CRT (gives a
 # static-pie); aarch64 musl with rust-lld, shipped with the Rust toolchain, through
 # CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER (no cross gcc needed).
+# C code (only ring, in otlp-tls builds; it needs no libc headers): x86_64 with musl-gcc
+# when present, else the host `cc`; aarch64 with `clang --target=aarch64-...` (cc-rs
+# adds the target), since there is no aarch64 musl gcc in Debian. CC_<triple> set in
+# the environment wins.
 # The release profile (root Cargo.toml) is size-oriented: opt-level s, LTO, one codegen
 # unit, panic=abort, stripped.
 set -euo pipefail
@@ -79,11 +84,23 @@ if [ "$setup" = 1 ]; then
     pkgs=()
     command -v file >/dev/null || pkgs+=(file)
     command -v cc >/dev/null || pkgs+=(gcc libc6-dev)
+    if [[ "$features" == *otlp-tls* && " ${triples[*]} " == *aarch64* ]] \
+        && [ -z "${CC_aarch64_unknown_linux_musl:-}" ]; then
+        command -v clang >/dev/null || pkgs+=(clang)
+    fi
     if [ ${#pkgs[@]} -gt 0 ]; then apt_install "${pkgs[@]}"; fi
 fi
 
 # rust-lld ships with the toolchain; rustc finds it in its own bin directory.
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=${CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER:-rust-lld}
+# C compilers for crates with C code (ring, with otlp-tls), unless given.
+if [ -z "${CC_x86_64_unknown_linux_musl:-}" ] \
+    && ! command -v x86_64-linux-musl-gcc >/dev/null && ! command -v musl-gcc >/dev/null; then
+    export CC_x86_64_unknown_linux_musl=cc
+fi
+if [ -z "${CC_aarch64_unknown_linux_musl:-}" ] && ! command -v aarch64-linux-musl-gcc >/dev/null; then
+    export CC_aarch64_unknown_linux_musl=clang
+fi
 
 bins=(mcp-router mcp-gateway mcp-fixture)
 status=0
