@@ -202,7 +202,7 @@ impl Session {
             }
             a
         });
-        let auth = tel.start("auth.verify", SpanKind::Internal, &cx, || {
+        let auth = tel.step("auth.verify", &cx, || {
             let kind = if self.gw.token.is_some() {
                 "bearer"
             } else {
@@ -210,7 +210,7 @@ impl Session {
             };
             attrs::authentication(kind, true, None)
         });
-        telemetry::end(&auth);
+        auth.end();
         cx
     }
 
@@ -219,16 +219,16 @@ impl Session {
         let cx = self.request_span(&msg);
         let tel = &self.gw.tel;
         let limit = self.gw.cfg.limits.max_in_flight;
-        let validate = tel.start("request.validate", SpanKind::Internal, &cx, Vec::new);
+        let validate = tel.step("request.validate", &cx, Vec::new);
         let duplicate = self.in_flight.borrow().contains_key(&id);
         if duplicate {
             let err = SessionError::DuplicateId.to_rpc_error();
-            telemetry::fail(&validate, "duplicate_id", &err.message);
+            validate.fail("duplicate_id", &err.message);
         }
-        telemetry::end(&validate);
+        validate.end();
         let in_flight = self.in_flight.borrow().len();
         let limited = !duplicate && in_flight >= limit;
-        let rl = tel.start("rate_limit.check", SpanKind::Internal, &cx, || {
+        let rl = tel.step("rate_limit.check", &cx, || {
             attrs::rate_limit(
                 limited,
                 limit as i64,
@@ -237,9 +237,9 @@ impl Session {
             )
         });
         if limited {
-            telemetry::fail(&rl, "overloaded", "too many requests in flight");
+            rl.fail("overloaded", "too many requests in flight");
         }
-        telemetry::end(&rl);
+        rl.end();
         let refused = if duplicate {
             Some(SessionError::DuplicateId)
         } else if limited {
@@ -451,7 +451,7 @@ impl Session {
         if !tel.enabled() {
             return;
         }
-        let span = tel.start("discovery.resolve", SpanKind::Internal, cx, || {
+        let step = tel.step("discovery.resolve", cx, || {
             let mut a = vec![KeyValue::new("gateway.route.key", what.to_string())];
             if let Some(b) = backend {
                 a.extend(attrs::gateway_route(b, "stdio", None));
@@ -459,9 +459,9 @@ impl Session {
             a
         });
         if let Err(e) = result {
-            telemetry::fail(&span, "route_not_found", &e.message);
+            step.fail("route_not_found", &e.message);
         }
-        telemetry::end(&span);
+        step.end();
     }
 
     /// Starts a `backend.forward` client span under `cx` and puts its context in the

@@ -279,6 +279,19 @@ pub enum StdoutFormat {
     Json,
 }
 
+/// How many spans the gateway makes per request.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SpanDetail {
+    /// The guide's tree: `http.request` with `auth.verify`, `request.validate`,
+    /// `rate_limit.check`, `discovery.resolve` and `backend.forward` children.
+    #[default]
+    Full,
+    /// `http.request` and `backend.forward` only; the four short steps become events
+    /// (same names and attributes) on `http.request`, for a third of the span cost.
+    Basic,
+}
+
 fn default_otlp_endpoint() -> String {
     DEFAULT_OTLP_ENDPOINT.into()
 }
@@ -397,6 +410,9 @@ pub struct TracingConfig {
     /// `tree` or `json` for the stdout exporter.
     #[serde(default)]
     pub stdout_format: StdoutFormat,
+    /// `full` (default) or `basic`: the gateway's short steps as spans or as events.
+    #[serde(default)]
+    pub span_detail: SpanDetail,
 }
 
 impl Default for TracingConfig {
@@ -421,6 +437,7 @@ impl Default for TracingConfig {
             max_export_batch_size: DEFAULT_MAX_EXPORT_BATCH_SIZE,
             scheduled_delay: default_scheduled_delay(),
             stdout_format: StdoutFormat::default(),
+            span_detail: SpanDetail::default(),
         }
     }
 }

@@ -182,6 +182,34 @@ def test_one_trace_across_router_gateway_and_backend(start_gateway, tmp_path, re
     assert sum(sizes) / len(sizes) <= 300, sizes
 
 
+def test_basic_span_detail_turns_the_short_steps_into_events(start_gateway, tmp_path, receiver):
+    """span_detail = "basic": http.request and backend.forward stay spans; the four short
+    steps are events on http.request, and an unknown tool still fails http.request."""
+    def calls(r: Router):
+        ok = r.request(7, "tools/call", {"name": "one.echo", "arguments": {"text": "hi"}})
+        bad = r.request(8, "tools/call", {"name": "nope.echo", "arguments": {}})
+        return ok, bad
+
+    _, _, (ok, bad) = run_session(
+        start_gateway, tmp_path,
+        tracing_toml(receiver.grpc_endpoint, extra='span_detail = "basic"\n'),
+        tracing_toml(receiver.grpc_endpoint), calls)
+    assert "result" in ok and "error" in bad
+    spans = receiver.snapshot()
+    names = {s["name"] for s in spans if s["resource"]["service.name"] == "mcp-gateway"}
+    steps = {"auth.verify", "request.validate", "rate_limit.check", "discovery.resolve"}
+    assert not names & steps, names
+    by_id = {}
+    for s in by_name(spans, "mcp-gateway", "http.request"):
+        by_id[s["attributes"]["jsonrpc.request.id"]] = s
+    good, failed = by_id["7"], by_id["8"]
+    for s in (good, failed):
+        assert steps <= set(s["events"]), s["events"]
+    fwd = one(trace_of(spans, good["trace_id"]), "mcp-gateway", "backend.forward")
+    assert fwd["parent_span_id"] == good["span_id"]
+    assert good["status"] != "ERROR" and failed["status"] == "ERROR", (good, failed)
+
+
 def test_backend_crash_yields_the_error_trace(start_gateway, tmp_path, receiver):
     def calls(r: Router):
         return r.request("boom", "tools/call", {"name": "one.crash", "arguments": {}})

@@ -34,7 +34,7 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, Tracer};
 use opentelemetry_sdk::Resource;
 
-use crate::config::{ExporterType, OtlpProtocol, SamplerType, TracingConfig};
+use crate::config::{ExporterType, OtlpProtocol, SamplerType, SpanDetail, TracingConfig};
 
 pub use stdout::Target;
 
@@ -55,6 +55,8 @@ struct Inner {
     parent_based: bool,
     /// The sampler keeps every root (`always_on`, or a ratio of 1).
     samples_roots: bool,
+    /// Short steps as spans (`full`) or as events (`basic`).
+    detail: SpanDetail,
 }
 
 impl Telemetry {
@@ -144,6 +146,7 @@ impl Telemetry {
                 stats,
                 parent_based,
                 samples_roots,
+                detail: cfg.span_detail,
             })),
         })
     }
@@ -151,6 +154,25 @@ impl Telemetry {
     /// True when spans are being made.
     pub fn enabled(&self) -> bool {
         self.inner.is_some()
+    }
+
+    /// Starts a span for a short step of a request under `parent` with
+    /// [`SpanDetail::Full`]; with [`SpanDetail::Basic`] records an event of that name
+    /// and attributes on `parent` instead and returns `parent`, so that `fail` and `end`
+    /// on the result act on the parent (errors are then recorded on it too).
+    pub fn step(
+        &self,
+        name: &'static str,
+        parent: &Context,
+        attrs: impl FnOnce() -> Vec<KeyValue>,
+    ) -> Step {
+        match &self.inner {
+            Some(i) if i.detail == SpanDetail::Basic => {
+                event(parent, name, attrs);
+                Step::Event(parent.clone())
+            }
+            _ => Step::Span(self.start(name, SpanKind::Internal, parent, attrs)),
+        }
     }
 
     /// Starts a span under `parent` (a new root when `parent` has no span). `attrs` is
@@ -226,6 +248,31 @@ impl Telemetry {
     }
 }
 
+/// A short step of a request: its own span, or an event on the request's span.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// The step's span (ended by [`Step::end`]).
+    Span(Context),
+    /// An event was recorded on this (the parent's) span, which stays open.
+    Event(Context),
+}
+
+impl Step {
+    /// Marks the step failed (on its span, or on the parent's).
+    pub fn fail(&self, error_type: &str, message: &str) {
+        match self {
+            Step::Span(cx) | Step::Event(cx) => fail(cx, error_type, message),
+        }
+    }
+
+    /// Ends the step's own span (nothing for an event).
+    pub fn end(&self) {
+        if let Step::Span(cx) = self {
+            end(cx);
+        }
+    }
+}
+
 /// Adds attributes to the span of `cx`.
 pub fn set_attributes(cx: &Context, attrs: impl FnOnce() -> Vec<KeyValue>) {
     let span = cx.span();
@@ -261,8 +308,13 @@ pub fn fail(cx: &Context, error_type: &str, message: &str) {
 
 /// Records the outcome of a JSON-RPC response on the span: error responses set
 /// `rpc.response.status_code` and error status; a `tools/call` result with
-/// `isError: true` is a `tool_error`. Returns the error type, if any.
+/// `isError: true` is a `tool_error`. Returns the error type, if any (always `None`
+/// when the span is not recording).
 pub fn record_response(cx: &Context, resp: &crate::jsonrpc::Message) -> Option<&'static str> {
+    if !cx.span().is_recording() {
+        // Nothing to record (tracing off, or an unsampled trace): skip the lookups.
+        return None;
+    }
     if let Some(err) = resp.error() {
         let code = err
             .get("code")
