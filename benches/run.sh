@@ -31,7 +31,8 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-# Tracing: TROUNDS* rounds of off / always_on / traceidratio; SPANS spans per mode and
+# Tracing: TROUNDS* rounds of off / always_on / always_on with span_detail basic /
+# traceidratio; SPANS spans per mode and
 # round of the span-cost microbenchmark; QUIET_MS is how long the exporters must be idle
 # before the payload is counted (longer than the batch processor's scheduled_delay,
 # which smoke runs shorten to SCHED).
@@ -216,7 +217,7 @@ for c in 1 32; do
 done
 stop_gateway
 
-# --- tracing: off / always_on / traceidratio 0.01, in interleaved rounds ----------------
+# --- tracing: off / always_on / basic / traceidratio 0.01, in interleaved rounds --------
 # Router + gateway with both binaries tracing, each exporting OTLP/HTTP to its own sink
 # (mcp-bench otlp-sink, on loopback: the export is real but cheap). Every run gets a
 # fresh gateway with that mode's configuration, the off baseline too, so the three
@@ -251,6 +252,7 @@ tracing_section() {
     case $1 in
         off) return 0 ;;
         on) printf '[tracing]\nenabled = true\nsampler_type = "always_on"\n' ;;
+        basic) printf '[tracing]\nenabled = true\nsampler_type = "always_on"\nspan_detail = "basic"\n' ;;
         ratio) printf '[tracing]\nenabled = true\nsampler_type = "traceidratio"\nsampler_param = 0.01\n' ;;
         *) die "unknown tracing mode $1" ;;
     esac
@@ -285,13 +287,13 @@ trace_run() {
     stop_gateway
 }
 
-TMODES=(off on ratio)
+TMODES=(off on basic ratio)
 for c in 1 32; do
     if [ "$c" = 1 ]; then rounds=$TROUNDS1; else rounds=$TROUNDS32; fi
     n=$(n_for "$c")
     for r in $(seq "$rounds"); do
-        for k in 0 1 2; do
-            mode=${TMODES[$(((r + k) % 3))]}
+        for k in "${!TMODES[@]}"; do
+            mode=${TMODES[$(((r + k) % ${#TMODES[@]}))]}
             stats=
             if [ "$mode" != off ]; then stats="otlp-$mode-c$c#$r"; fi
             trace_run "trace-$mode-c$c#$r" "$mode" "$c" "$n" "$BIN" "$stats"

@@ -5,7 +5,7 @@
 //! Labels read: `direct-c{1,32}`, `ws-floor-c{1,32}`, `gateway-c{1,32}`,
 //! `router-gateway-c{1,32}`, `peer-supergateway-c{1,32}`, `sessions-S` (any S), `startup`,
 //! and the musl builds' `musl-startup`, `musl-router-gateway-c1`, `musl-sessions-S`;
-//! for tracing `trace-{off,on,ratio}-c{1,32}` (load), `otlp-{on,ratio}-c{1,32}`
+//! for tracing `trace-{off,on,basic,ratio}-c{1,32}` (load), `otlp-{on,basic,ratio}-c{1,32}`
 //! (`otlp-stats`), `span-cost`, and `musl-trace-on-c1`, `musl-span-cost`.
 //! Missing results show as `n/a`. A label may carry a run number (`direct-c1#3`):
 //! repeated runs of one scenario are combined by their median (see [`combine`]).
@@ -454,9 +454,17 @@ impl Builder<'_> {
             );
             for (mode, what, loss_budget) in [
                 ("on", "tracing always_on", TRACE_ON_LOSS),
+                (
+                    "basic",
+                    "tracing always_on with span_detail basic",
+                    TRACE_ON_LOSS,
+                ),
                 ("ratio", "tracing traceidratio 0.01", TRACE_RATIO_LOSS),
             ] {
                 let label = format!("trace-{mode}-c{c}");
+                if mode == "basic" && self.get(&label).is_none() {
+                    continue;
+                }
                 let otlp = self.get(&format!("otlp-{mode}-c{c}"));
                 let loss = self.ratio_to(&label, &off, "rps").map(|r| 1.0 - r);
                 let mut result = match (

@@ -174,7 +174,11 @@ fn kv_len(kv: &KeyValue) -> usize {
 fn put_kv(out: &mut Vec<u8>, field: u32, kv: &KeyValue) {
     let key = kv.key.as_str();
     let value_len = any_len(&kv.value);
-    put_delim_head(out, field, delim_len(1, key.len()) + delim_len(2, value_len));
+    put_delim_head(
+        out,
+        field,
+        delim_len(1, key.len()) + delim_len(2, value_len),
+    );
     put_bytes(out, 1, key.as_bytes());
     put_delim_head(out, 2, value_len);
     put_any(out, &kv.value);
@@ -367,7 +371,11 @@ pub fn append_span(span: &SpanData, out: &mut Vec<u8>) {
         16,
         span_flags(sc.trace_flags().to_u8(), span.parent_span_is_remote),
     );
-    debug_assert_eq!(out.len() - body, len, "span length pass and write pass agree");
+    debug_assert_eq!(
+        out.len() - body,
+        len,
+        "span length pass and write pass agree"
+    );
     debug_assert!(out.len() > start);
 }
 
@@ -426,9 +434,7 @@ impl Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{
-        Event, Link, SpanContext, SpanId, TraceFlags, TraceId, TraceState,
-    };
+    use opentelemetry::trace::{Event, Link, SpanContext, SpanId, TraceFlags, TraceId, TraceState};
     use opentelemetry::InstrumentationScope;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
@@ -570,7 +576,11 @@ mod tests {
         }
         // A resource keeps its attributes in a hash map: compare them in key order.
         let mut ours = ours;
-        for r in ours.resource_spans.iter_mut().chain(want.resource_spans.iter_mut()) {
+        for r in ours
+            .resource_spans
+            .iter_mut()
+            .chain(want.resource_spans.iter_mut())
+        {
             if let Some(res) = &mut r.resource {
                 res.attributes.sort_by(|a, b| a.key.cmp(&b.key));
             }
@@ -599,6 +609,9 @@ mod tests {
         let r = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
         assert_eq!(r.resource_spans[0].scope_spans[0].spans.len(), 0);
         let scope = r.resource_spans[0].scope_spans[0].scope.as_ref().unwrap();
-        assert_eq!((scope.name.as_str(), scope.version.as_str()), ("mcp-router", "0.1.0"));
+        assert_eq!(
+            (scope.name.as_str(), scope.version.as_str()),
+            ("mcp-router", "0.1.0")
+        );
     }
 }

@@ -264,10 +264,7 @@ impl HttpExporter {
         let mut head = self.head.clone();
         head.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
         let result = with_retries(timeout, |deadline| {
-            match futures_lite::future::block_on(with_deadline(
-                deadline,
-                self.send(&head, &body),
-            )) {
+            match futures_lite::future::block_on(with_deadline(deadline, self.send(&head, &body))) {
                 Ok(status) if (200..300).contains(&status) => Ok(()),
                 Ok(status) => Err((
                     format!("HTTP status {status}"),

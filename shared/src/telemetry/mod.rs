@@ -17,9 +17,9 @@
 pub mod attrs;
 pub mod batch;
 #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
-pub mod encode;
-#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 pub mod conn;
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+pub mod encode;
 pub mod export;
 pub mod propagation;
 pub mod stdout;
