@@ -1153,6 +1153,19 @@ env = { A = "1" }
     }
 
     #[test]
+    fn span_detail_is_full_unless_set() {
+        let c = from_str::<GatewayConfig>(GOOD, None).unwrap();
+        assert_eq!(c.tracing.span_detail, SpanDetail::Full);
+        let text = format!("{GOOD}\n[tracing]\nspan_detail = \"basic\"\n");
+        let c = from_str::<GatewayConfig>(&text, None).unwrap();
+        assert_eq!(c.tracing.span_detail, SpanDetail::Basic);
+        let text = format!("{GOOD}\n[tracing]\nspan_detail = \"verbose\"\n");
+        let e = from_str::<GatewayConfig>(&text, None).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("tracing.span_detail"), "{e}");
+        assert!(e.line.is_some(), "{e}");
+    }
+
+    #[test]
     fn missing_required_key_is_reported() {
         let text = GOOD.replace("command = \"mcp-fixture\"\nsession", "session");
         let e = from_str::<GatewayConfig>(&text, None).unwrap_err();
