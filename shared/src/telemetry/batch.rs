@@ -293,3 +293,153 @@ impl SpanProcessor for BatchProcessor {
 
     fn set_resource(&mut self, _resource: &Resource) {}
 }
+
+#[cfg(all(test, feature = "otlp-http"))]
+mod tests {
+    use super::*;
+    use crate::config::{Dur, OtlpProtocol, TracingConfig};
+    use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    /// The queue holds at most `max_queue` spans whatever arrives, counts the rest as
+    /// dropped, and a failed export at shutdown counts its spans too.
+    #[test]
+    fn the_queue_is_bounded_and_counts_what_it_drops() {
+        // A port nobody listens on: exports fail with "connection refused".
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let timeout = Duration::from_millis(300);
+        let cfg = TracingConfig {
+            enabled: true,
+            otlp_protocol: OtlpProtocol::HttpProtobuf,
+            otlp_endpoint: format!("http://127.0.0.1:{port}"),
+            otlp_timeout: Dur(timeout),
+            ..TracingConfig::default()
+        };
+        let exporter = Exporter::http(&cfg).unwrap();
+        assert!(exporter.takes_encoded());
+        // A batch larger than the queue and an hour's delay: nothing is exported before
+        // shutdown, so what the queue holds is exactly what is counted here.
+        let (processor, stats) = BatchProcessor::start(
+            exporter,
+            &Resource::builder_empty().build(),
+            "test",
+            10,
+            100,
+            Duration::from_secs(3600),
+            timeout,
+        );
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .build();
+        let tracer = provider.tracer("test");
+        for _ in 0..25 {
+            tracer.start("s").end();
+        }
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 15);
+        provider
+            .shutdown_with_timeout(Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 25);
+        assert_eq!(stats.exported.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.failed_exports.load(Ordering::Relaxed), 1);
+    }
+
+    /// Reads one HTTP/1.1 request with a `Content-Length` body from `r`.
+    fn read_request(r: &mut impl std::io::BufRead) -> Option<Vec<u8>> {
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().ok()?;
+                }
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).ok()?;
+        Some(body)
+    }
+
+    /// Spans go out in batches of `max_export_batch_size` on one connection when a
+    /// batch fills, the rest at flush; each body is a valid export request.
+    #[test]
+    fn full_batches_go_out_at_once_and_the_rest_at_flush() {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message as _;
+        use std::io::Write as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, Vec<String>)>();
+        std::thread::spawn(move || {
+            for (conn, stream) in listener.incoming().enumerate() {
+                let Ok(stream) = stream else { return };
+                let mut w = stream.try_clone().unwrap();
+                let mut r = std::io::BufReader::new(stream);
+                while let Some(body) = read_request(&mut r) {
+                    let req = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+                    let names = req.resource_spans[0].scope_spans[0]
+                        .spans
+                        .iter()
+                        .map(|s| s.name.clone())
+                        .collect();
+                    w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                        .unwrap();
+                    if tx.send((conn, names)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let cfg = TracingConfig {
+            enabled: true,
+            otlp_protocol: OtlpProtocol::HttpProtobuf,
+            otlp_endpoint: format!("http://127.0.0.1:{port}"),
+            ..TracingConfig::default()
+        };
+        let (processor, stats) = BatchProcessor::start(
+            Exporter::http(&cfg).unwrap(),
+            &Resource::builder_empty().build(),
+            "test",
+            100,
+            4,
+            Duration::from_secs(3600),
+            Duration::from_secs(5),
+        );
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .build();
+        let tracer = provider.tracer("test");
+        for i in 0..10 {
+            tracer.start(format!("s{i}")).end();
+        }
+        // Two full batches leave without waiting for the hour-long timer.
+        let wait = Duration::from_secs(10);
+        let first = rx.recv_timeout(wait).unwrap();
+        let second = rx.recv_timeout(wait).unwrap();
+        assert_eq!(first.1, ["s0", "s1", "s2", "s3"]);
+        assert_eq!(second.1, ["s4", "s5", "s6", "s7"]);
+        provider.force_flush().unwrap();
+        let third = rx.recv_timeout(wait).unwrap();
+        assert_eq!(third.1, ["s8", "s9"]);
+        assert_eq!(
+            (first.0, second.0, third.0),
+            (0, 0, 0),
+            "one kept connection"
+        );
+        assert_eq!(stats.exported.load(Ordering::Relaxed), 10);
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
+        provider
+            .shutdown_with_timeout(Duration::from_secs(5))
+            .unwrap();
+    }
+}
