@@ -505,6 +505,11 @@ impl TracingConfig {
             }
             _ => {}
         }
+        for (name, value) in &self.otlp_headers {
+            if let Err(why) = check_otlp_header(name, value) {
+                return Err(invalid(&["tracing", "otlp_headers", name], why));
+            }
+        }
         validate_nonzero(self.max_queue_size, &["tracing", "max_queue_size"])?;
         validate_nonzero(
             self.max_export_batch_size,
@@ -519,6 +524,43 @@ impl TracingConfig {
         validate_positive_duration(self.otlp_timeout, &["tracing", "otlp_timeout"])?;
         validate_positive_duration(self.scheduled_delay, &["tracing", "scheduled_delay"])
     }
+}
+
+/// Headers the exporters set themselves, or that HTTP/1.1 and HTTP/2 forbid a client to
+/// choose (connection-specific); names starting with `grpc-` are gRPC's own.
+pub const RESERVED_OTLP_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "user-agent",
+];
+
+/// An `otlp_headers` entry must be sendable as an HTTP/1.1 header and as gRPC metadata:
+/// a token name that is not reserved, and a value of visible ASCII, spaces and tabs.
+/// (Checked here so that a bad header is a startup error, not a failure of every export.)
+fn check_otlp_header(name: &str, value: &str) -> Result<(), String> {
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(token) {
+        return Err(format!("{name:?} is not a valid header name"));
+    }
+    let lower = name.to_ascii_lowercase();
+    if RESERVED_OTLP_HEADERS.contains(&lower.as_str()) || lower.starts_with("grpc-") {
+        return Err(format!(
+            "{name:?} is set by the exporter and cannot be configured"
+        ));
+    }
+    if !value.chars().all(|c| c == '\t' || (' '..='~').contains(&c)) {
+        return Err(format!(
+            "the value of {name:?} must be printable ASCII (no line breaks or control characters)"
+        ));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1150,6 +1192,27 @@ env = { A = "1" }
         let e = from_str::<GatewayConfig>(&text, None).unwrap_err();
         assert!(e.message.contains("separator"), "{e}");
         assert_eq!(e.key.as_deref(), Some("backends[0].name"));
+    }
+
+    #[test]
+    fn otlp_headers_must_be_sendable() {
+        let with = |k: &str, v: &str| TracingConfig {
+            otlp_headers: [(k.to_string(), v.to_string())].into_iter().collect(),
+            ..TracingConfig::default()
+        };
+        assert!(with("x-api-key", "abc 123=").validate().is_ok());
+        for (k, v) in [
+            ("connection", "close"),
+            ("Content-Type", "text/plain"),
+            ("grpc-timeout", "1S"),
+            ("bad name", "x"),
+            ("", "x"),
+            ("x-ok", "a\nInjected: 1"),
+            ("x-ok", "caf\u{e9}"),
+        ] {
+            let e = with(k, v).validate().unwrap_err();
+            assert_eq!(e.path, ["tracing", "otlp_headers", k], "{}", e.message);
+        }
     }
 
     #[test]

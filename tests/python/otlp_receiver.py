@@ -48,6 +48,7 @@ def flatten(req: trace_service_pb2.ExportTraceServiceRequest, transport: str) ->
                         "status": STATUS.get(s.status.code, str(s.status.code)),
                         "status_message": s.status.message,
                         "attributes": {a.key: _value(a.value) for a in s.attributes},
+                        "attribute_keys": [a.key for a in s.attributes],
                         "events": [e.name for e in s.events],
                         "size": s.ByteSize(),
                     }

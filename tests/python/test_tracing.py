@@ -208,6 +208,12 @@ def test_basic_span_detail_turns_the_short_steps_into_events(start_gateway, tmp_
     fwd = one(trace_of(spans, good["trace_id"]), "mcp-gateway", "backend.forward")
     assert fwd["parent_span_id"] == good["span_id"]
     assert good["status"] != "ERROR" and failed["status"] == "ERROR", (good, failed)
+    # The failed step and the error response both show on http.request, and no key is
+    # written twice (OTLP forbids duplicate attribute keys).
+    assert failed["events"].count("exception") == 2, failed["events"]
+    for s in spans:
+        keys = s["attribute_keys"]
+        assert len(keys) == len(set(keys)), (s["name"], keys)
 
 
 def test_backend_crash_yields_the_error_trace(start_gateway, tmp_path, receiver):

@@ -28,8 +28,11 @@ use super::export::Exporter;
 
 /// Shortest time between two warnings about dropped spans.
 pub const DROP_WARN_INTERVAL: Duration = Duration::from_secs(10);
-/// Extra time `force_flush` waits beyond the export timeout.
+/// Extra time `force_flush` waits beyond the export timeout of each batch queued.
 pub const FLUSH_SLACK: Duration = Duration::from_secs(1);
+/// An exported batch's buffer is kept for the next one only up to this capacity
+/// (bytes), so one burst of large spans does not pin its memory.
+pub const MAX_SPARE_BYTES: usize = 256 * 1024;
 
 /// Counters readable from any thread (exposed as metrics).
 #[derive(Debug, Default)]
@@ -166,7 +169,7 @@ fn run(shared: Arc<Shared>, mut exporter: Exporter) {
                     );
                 }
             }
-            if shared.encoded {
+            if shared.encoded && chunk.bytes.capacity() <= MAX_SPARE_BYTES {
                 chunk.bytes.clear();
                 shared.state.lock().unwrap().spare = Some(chunk.bytes);
             }
@@ -220,6 +223,9 @@ impl SpanProcessor for BatchProcessor {
         let s = &self.shared;
         let mut st = s.state.lock().unwrap();
         if st.shutdown {
+            // Ended after shutdown began: nothing will export it.
+            drop(st);
+            s.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
         if st.queued >= s.max_queue {
@@ -261,11 +267,14 @@ impl SpanProcessor for BatchProcessor {
         st.flush_requested += 1;
         let want = st.flush_requested;
         s.wake.notify_one();
-        let limit = Instant::now() + s.export_timeout + FLUSH_SLACK;
+        // Every queued batch may take up to the export timeout.
+        let batches = st.queued.div_ceil(s.batch).max(1) as u32;
+        let allowed = s.export_timeout * batches + FLUSH_SLACK;
+        let limit = Instant::now() + allowed;
         while st.flush_done < want && !st.stopped {
             let now = Instant::now();
             if now >= limit {
-                return Err(OTelSdkError::Timeout(s.export_timeout + FLUSH_SLACK));
+                return Err(OTelSdkError::Timeout(allowed));
             }
             st = s.done.wait_timeout(st, limit - now).unwrap().0;
         }

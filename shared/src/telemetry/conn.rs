@@ -56,13 +56,27 @@ impl Endpoint {
             None => (rest, "/"),
         };
         let default_port = if tls { HTTPS_PORT } else { plain_port };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                (h, p.parse().map_err(|_| format!("{url:?}: bad port"))?)
+        let bad_port = || format!("{url:?}: bad port");
+        // `[v6]` or `[v6]:port`; otherwise `host` or `host:port`.
+        let (host, port_text) = match authority.strip_prefix('[') {
+            Some(bracketed) => {
+                let (h, after) = bracketed
+                    .split_once(']')
+                    .ok_or_else(|| format!("{url:?}: unclosed [ in the host"))?;
+                match after {
+                    "" => (h, None),
+                    _ => (h, Some(after.strip_prefix(':').ok_or_else(bad_port)?)),
+                }
             }
-            _ => (authority, default_port),
+            None => match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            },
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = match port_text {
+            Some(p) => p.parse().map_err(|_| bad_port())?,
+            None => default_port,
+        };
         if host.is_empty() {
             return Err(format!("{url:?}: no host"));
         }
@@ -369,6 +383,17 @@ mod tests {
         assert!(Endpoint::parse("ftp://x", 1).is_err());
         assert!(Endpoint::parse("http://:80", 1).is_err());
         assert!(Endpoint::parse("http://h:x", 1).is_err());
+        // Bracketed IPv6 without a port takes the default one.
+        let e = Endpoint::parse("http://[::1]/v1/traces", 4318).unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.path.as_str()),
+            ("::1", 4318, "/v1/traces")
+        );
+        let e = Endpoint::parse("https://[fe80::1]", 1).unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("fe80::1", HTTPS_PORT));
+        assert!(Endpoint::parse("http://[::1", 1).is_err());
+        assert!(Endpoint::parse("http://[::1]x", 1).is_err());
+        assert!(Endpoint::parse("http://[]:80", 1).is_err());
     }
 
     #[test]

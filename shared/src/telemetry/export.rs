@@ -703,7 +703,18 @@ async fn call(c: &mut H2, req: http::Request<()>, body: Bytes) -> Result<u32, Fa
         answered.set(true);
         let header_status = grpc_status(resp.headers());
         if resp.status() != http::StatusCode::OK {
-            return Err(Failed::answered(format!("HTTP status {}", resp.status())));
+            // gRPC's HTTP-to-status mapping: 429, 502, 503 and 504 are UNAVAILABLE (worth
+            // another try); any other status will not heal (InvalidData: no retry).
+            let status = resp.status().as_u16();
+            let kind = if matches!(status, 429 | 502 | 503 | 504) {
+                io::ErrorKind::Other
+            } else {
+                io::ErrorKind::InvalidData
+            };
+            return Err(Failed {
+                err: io::Error::new(kind, format!("HTTP status {status}")),
+                answered: true,
+            });
         }
         let mut body = resp.into_body();
         let mut total = 0usize;

@@ -258,10 +258,19 @@ pub enum Step {
 }
 
 impl Step {
-    /// Marks the step failed (on its span, or on the parent's).
+    /// Marks the step failed: its own span gets `error.type`, error status and an
+    /// `exception` event; as an event, the parent gets only the `exception` event —
+    /// the parent's `error.type` and status come from the response it ends with
+    /// (`record_response`), and setting them here too would write the key twice.
     pub fn fail(&self, error_type: &str, message: &str) {
         match self {
-            Step::Span(cx) | Step::Event(cx) => fail(cx, error_type, message),
+            Step::Span(cx) => fail(cx, error_type, message),
+            Step::Event(cx) => event(cx, "exception", || {
+                vec![
+                    KeyValue::new("exception.type", error_type.to_string()),
+                    KeyValue::new("exception.message", message.to_string()),
+                ]
+            }),
         }
     }
 
