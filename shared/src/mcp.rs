@@ -83,6 +83,41 @@ pub enum Handling {
     Unknown,
 }
 
+/// Method names of the MCP specification (requests and notifications), for code that
+/// wants them as `&'static str` (span attributes without an allocation).
+pub const METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "completion/complete",
+    "logging/setLevel",
+    "sampling/createMessage",
+    "elicitation/create",
+    "roots/list",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/message",
+    "notifications/resources/updated",
+    "notifications/resources/list_changed",
+    "notifications/tools/list_changed",
+    "notifications/prompts/list_changed",
+    "notifications/roots/list_changed",
+];
+
+/// `method` as a static string when it is one of [`METHODS`].
+pub fn static_method(method: &str) -> Option<&'static str> {
+    METHODS.iter().copied().find(|m| *m == method)
+}
+
 /// How the gateway handles `method`.
 pub fn handling(method: &str) -> Handling {
     match method {
@@ -159,6 +194,8 @@ mod tests {
     #[test]
     fn classifies_methods() {
         assert_eq!(handling("tools/call"), Handling::ByToolName);
+        assert_eq!(static_method("tools/call"), Some("tools/call"));
+        assert_eq!(static_method("vendor/x"), None);
         assert_eq!(
             handling("resources/templates/list"),
             Handling::List(ListKind::ResourceTemplates)

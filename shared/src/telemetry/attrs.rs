@@ -3,7 +3,9 @@
 //! OpenTelemetry MCP semantic conventions. Nothing here may carry a token, an
 //! Authorization header or tool arguments.
 
-use opentelemetry::KeyValue;
+use std::sync::Arc;
+
+use opentelemetry::{KeyValue, Value};
 
 use crate::jsonrpc::{Id, Kind, Message};
 
@@ -48,8 +50,9 @@ pub fn mcp_message(msg: &Message) -> Vec<KeyValue> {
     let mut v = Vec::with_capacity(8);
     v.push(KeyValue::new("mcp.message.type", kind_name(msg.kind())));
     if let Some(m) = msg.method() {
-        v.push(KeyValue::new("mcp.method", m.to_string()));
-        v.push(KeyValue::new("mcp.method.name", m.to_string()));
+        let name = method_value(m);
+        v.push(KeyValue::new("mcp.method", name.clone()));
+        v.push(KeyValue::new("mcp.method.name", name));
         match m {
             "tools/call" => {
                 v.push(KeyValue::new("gen_ai.operation.name", "execute_tool"));
@@ -70,11 +73,21 @@ pub fn mcp_message(msg: &Message) -> Vec<KeyValue> {
         }
     }
     if let Some(id) = msg.id() {
-        let s = id_text(&id);
+        // One allocation shared by both keys.
+        let s: Arc<str> = id_text(&id).into();
         v.push(KeyValue::new("mcp.message.id", s.clone()));
         v.push(KeyValue::new("jsonrpc.request.id", s));
     }
     v
+}
+
+/// A method name as an attribute value: static for the specification's methods, one
+/// shared allocation otherwise.
+fn method_value(m: &str) -> Value {
+    match crate::mcp::static_method(m) {
+        Some(s) => Value::from(s),
+        None => Value::from(Arc::<str>::from(m)),
+    }
 }
 
 /// The few attributes that identify a message (`mcp.method.name`,
@@ -82,7 +95,7 @@ pub fn mcp_message(msg: &Message) -> Vec<KeyValue> {
 pub fn mcp_message_brief(msg: &Message) -> Vec<KeyValue> {
     let mut v = Vec::with_capacity(3);
     if let Some(m) = msg.method() {
-        v.push(KeyValue::new("mcp.method.name", m.to_string()));
+        v.push(KeyValue::new("mcp.method.name", method_value(m)));
     }
     if let Some(id) = msg.id() {
         v.push(KeyValue::new("jsonrpc.request.id", id_text(&id)));
@@ -120,9 +133,13 @@ pub fn rate_limit(limited: bool, limit: i64, remaining: i64, reset_time: i64) ->
 
 /// Authentication attributes (guide: `AuthenticationAttributes`). `user_id` is an
 /// identity label, never a credential.
-pub fn authentication(auth_type: &str, success: bool, user_id: Option<&str>) -> Vec<KeyValue> {
+pub fn authentication(
+    auth_type: &'static str,
+    success: bool,
+    user_id: Option<&str>,
+) -> Vec<KeyValue> {
     let mut v = vec![
-        KeyValue::new("auth.type", auth_type.to_string()),
+        KeyValue::new("auth.type", auth_type),
         KeyValue::new("auth.success", success),
     ];
     if let Some(u) = user_id {
@@ -132,10 +149,14 @@ pub fn authentication(auth_type: &str, success: bool, user_id: Option<&str>) -> 
 }
 
 /// Gateway route attributes (guide: `GatewayRouteAttributes`).
-pub fn gateway_route(service: &str, target_host: &str, target_port: Option<i64>) -> Vec<KeyValue> {
+pub fn gateway_route(
+    service: &str,
+    target_host: &'static str,
+    target_port: Option<i64>,
+) -> Vec<KeyValue> {
     let mut v = vec![
         KeyValue::new("gateway.service", service.to_string()),
-        KeyValue::new("gateway.target.host", target_host.to_string()),
+        KeyValue::new("gateway.target.host", target_host),
     ];
     if let Some(p) = target_port {
         v.push(KeyValue::new("gateway.target.port", p));
