@@ -37,7 +37,7 @@ use opentelemetry_sdk::Resource;
 #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 use super::conn::{self, Connector, Endpoint, Stream};
 #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
-use super::encode::{self, Envelope};
+use super::encode::Envelope;
 use super::stdout::StdoutExporter;
 #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 use crate::config::TracingConfig;
@@ -128,7 +128,7 @@ impl Exporter {
         }
     }
 
-    /// True when the exporter takes batches encoded by [`encode::append_span`] (OTLP);
+    /// True when the exporter takes batches encoded by [`super::encode::append_span`] (OTLP);
     /// false when it takes the spans themselves (stdout).
     pub fn takes_encoded(&self) -> bool {
         !matches!(self, Exporter::Stdout(_))
@@ -147,19 +147,13 @@ impl Exporter {
         }
     }
 
-    /// Exports one batch of spans (the stdout exporter; the OTLP ones encode them
-    /// first).
+    /// Exports one batch of spans (the stdout exporter; the batch processor hands the
+    /// OTLP ones encoded batches, see [`Exporter::takes_encoded`]).
     pub fn export_records(&mut self, batch: Vec<SpanData>) -> Result<(), String> {
         match self {
             Exporter::Stdout(e) => e.export(batch),
             #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
-            _ => {
-                let mut spans = Vec::new();
-                for s in &batch {
-                    encode::append_span(s, &mut spans);
-                }
-                self.export_encoded(&spans, super::SHUTDOWN_TIMEOUT)
-            }
+            _ => Err("OTLP exporters take encoded batches, not spans".into()),
         }
     }
 
