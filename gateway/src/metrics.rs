@@ -30,35 +30,10 @@ use mcp_shared::error::codes;
 /// Label value for a method or error type outside the known sets.
 pub const OTHER: &str = "other";
 
-/// Methods that get their own `mcp_method_name` series; anything else is [`OTHER`].
-/// Requests and notifications a client sends to the gateway, and the server-to-client
-/// requests it relays.
-pub const KNOWN_METHODS: &[&str] = &[
-    "initialize",
-    "ping",
-    "tools/list",
-    "tools/call",
-    "prompts/list",
-    "prompts/get",
-    "resources/list",
-    "resources/templates/list",
-    "resources/read",
-    "resources/subscribe",
-    "resources/unsubscribe",
-    "completion/complete",
-    "logging/setLevel",
-    "tasks/get",
-    "tasks/list",
-    "tasks/result",
-    "tasks/cancel",
-    "notifications/initialized",
-    "notifications/cancelled",
-    "notifications/progress",
-    "notifications/roots/list_changed",
-    "sampling/createMessage",
-    "elicitation/create",
-    "roots/list",
-];
+/// Methods that get their own `mcp_method_name` series (the specification's, both
+/// directions: the one list in `mcp_shared::mcp`); anything else is [`OTHER`]. Series
+/// are written only once counted, so the list's length costs no exposition.
+pub const KNOWN_METHODS: &[&str] = mcp_shared::mcp::METHODS;
 
 /// Error type of a `tools/call` whose result has `isError: true` (the OpenTelemetry MCP
 /// conventions' `error.type` value for it).

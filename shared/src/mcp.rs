@@ -83,8 +83,9 @@ pub enum Handling {
     Unknown,
 }
 
-/// Method names of the MCP specification (requests and notifications), for code that
-/// wants them as `&'static str` (span attributes without an allocation).
+/// Method names of the MCP specification (requests and notifications, both
+/// directions): the gateway's per-method metric series, and span attributes as
+/// `&'static str` (no allocation).
 pub const METHODS: &[&str] = &[
     "initialize",
     "ping",
@@ -99,6 +100,10 @@ pub const METHODS: &[&str] = &[
     "resources/unsubscribe",
     "completion/complete",
     "logging/setLevel",
+    "tasks/get",
+    "tasks/list",
+    "tasks/result",
+    "tasks/cancel",
     "sampling/createMessage",
     "elicitation/create",
     "roots/list",
