@@ -66,6 +66,15 @@ class ServerTls:
     client_ca: Path | None = None
 
 
+def _shut_down(socks) -> None:
+    """Ends each socket both ways, unannounced (as a collector's idle timeout would)."""
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 class Receiver:
     def __init__(self, tls: ServerTls | None = None) -> None:
         self.spans: list[dict] = []
@@ -196,11 +205,7 @@ class Receiver:
             )
             assert done, "an HTTP response was never written"
             socks = list(self._http_socks)
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        _shut_down(socks)
         return len(socks)
 
     @property
@@ -247,8 +252,4 @@ class Receiver:
         self._http.server_close()
         with self._cv:
             socks = list(self._http_socks)
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        _shut_down(socks)
