@@ -306,3 +306,13 @@ def router_env() -> dict[str, str]:
     env.setdefault("RUST_LOG", "info")
     env.setdefault("NO_COLOR", "1")
     return env
+
+
+@pytest.fixture
+def receiver():
+    """A real OTLP receiver (gRPC and HTTP, plain text), closed after the test."""
+    from otlp_receiver import Receiver
+
+    r = Receiver()
+    yield r
+    r.close()

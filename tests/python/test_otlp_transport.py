@@ -18,13 +18,6 @@ from test_tracing import DEADLINE, Router, fixture_backend, tracing_toml
 EXIT_CONFIG = 64
 
 
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
-
-
 sent: list[str] = []  # ids of the requests of the running test
 
 

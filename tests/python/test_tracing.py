@@ -19,17 +19,9 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN_DIR, router_env, toml_str
-from otlp_receiver import Receiver
 
 FIXTURE_BIN = BIN_DIR / "mcp-fixture"
 DEADLINE = 15.0
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
 
 
 def tracing_toml(endpoint: str | None, *, sampler="always_on", param=1.0, protocol="grpc",
