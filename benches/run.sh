@@ -2,13 +2,15 @@
 # benches/run.sh: build the release binaries, run the benchmark matrix of mcp-bridge and
 # print one markdown table (see docs/benchmark.md).
 #
-#   benches/run.sh [--smoke] [--debug] [--no-musl] [--no-peer] [--keep FILE]
+#   benches/run.sh [--smoke] [--debug] [--no-musl] [--no-peer] [--tracing-only] [--keep FILE]
 #
 #   --smoke    a few seconds of tiny runs (N=200, S=50, 2,000 spans) that only prove
 #              the harness works; implies --no-musl --no-peer. For CI.
 #   --debug    use debug builds (cargo build) instead of release; numbers meaningless.
 #   --no-musl  skip the musl static builds (memory budgets then use the glibc build).
 #   --no-peer  skip the optional supergateway (Node) comparison.
+#   --tracing-only  only the tracing rounds and the span cost (glibc; no floors,
+#              sessions, startup, musl or peer runs): about 3 minutes after the build.
 #   --keep F   also copy the raw results (one JSON object per line) to F.
 #
 # Exit status: 0 when every run completed, whether or not the budgets are met; non-zero
@@ -17,15 +19,16 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SMOKE=0 PROFILE=release MUSL=1 PEER=1 KEEP=
+SMOKE=0 PROFILE=release MUSL=1 PEER=1 KEEP= TRACING_ONLY=0
 while [ $# -gt 0 ]; do
     case $1 in
         --smoke) SMOKE=1 MUSL=0 PEER=0 ;;
         --debug) PROFILE=debug ;;
         --no-musl) MUSL=0 ;;
         --no-peer) PEER=0 ;;
+        --tracing-only) TRACING_ONLY=1 MUSL=0 PEER=0 ;;
         --keep) KEEP=${2:?--keep needs a file}; shift ;;
-        -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
     esac
     shift
@@ -42,7 +45,7 @@ if [ "$SMOKE" = 1 ]; then
 else
     N1=10000 N32=50000 ROUNDS1=5 ROUNDS32=3 WARMUP=1000 SESSIONS=(1000 10000) TRICKLE=500 RATE=250
     STARTUP_RUNS=21
-    TROUNDS1=5 TROUNDS32=5 SPANS=50000 SPAN_ROUNDS=7 SCHED= QUIET_MS=1500
+    TROUNDS1=9 TROUNDS32=9 SPANS=50000 SPAN_ROUNDS=7 SCHED= QUIET_MS=1500
 fi
 PAYLOAD=128
 
@@ -203,19 +206,21 @@ n_for() { if [ "$1" = 1 ]; then echo "$N1"; else echo "$N32"; fi; }
 # latency/throughput scenario runs ROUNDS times, floors and bridge interleaved, and the
 # report takes the median of each figure (labels NAME#k) and shows the spread of p50.
 # (MCP_LOG=warn keeps the router's two info lines per run off the terminal.)
-start_gateway "$BIN/mcp-gateway"
-for c in 1 32; do
-    if [ "$c" = 1 ]; then rounds=$ROUNDS1; else rounds=$ROUNDS32; fi
-    n=$(n_for "$c")
-    for r in $(seq "$rounds"); do
-        load "direct-c$c#$r" "$c" "$n" stdio --cmd "$FIXTURE" --tool echo -- --name fx
-        load "ws-floor-c$c#$r" "$c" "$n" echo-floor
-        load "gateway-c$c#$r" "$c" "$n" ws --url "$GW_URL" --tool fx.echo --pid "$GW_PID"
-        MCP_LOG=warn load "router-gateway-c$c#$r" "$c" "$n" stdio --cmd "$BIN/mcp-router" \
-            --tool fx.echo --pid "$GW_PID" -- --gateway "$GW_URL"
+if [ "$TRACING_ONLY" = 0 ]; then
+    start_gateway "$BIN/mcp-gateway"
+    for c in 1 32; do
+        if [ "$c" = 1 ]; then rounds=$ROUNDS1; else rounds=$ROUNDS32; fi
+        n=$(n_for "$c")
+        for r in $(seq "$rounds"); do
+            load "direct-c$c#$r" "$c" "$n" stdio --cmd "$FIXTURE" --tool echo -- --name fx
+            load "ws-floor-c$c#$r" "$c" "$n" echo-floor
+            load "gateway-c$c#$r" "$c" "$n" ws --url "$GW_URL" --tool fx.echo --pid "$GW_PID"
+            MCP_LOG=warn load "router-gateway-c$c#$r" "$c" "$n" stdio --cmd "$BIN/mcp-router" \
+                --tool fx.echo --pid "$GW_PID" -- --gateway "$GW_URL"
+        done
     done
-done
-stop_gateway
+    stop_gateway
+fi
 
 # --- tracing: off / always_on / basic / traceidratio 0.01, in interleaved rounds --------
 # Router + gateway with both binaries tracing, each exporting OTLP/HTTP to its own sink
@@ -313,8 +318,10 @@ sessions_run() {
     stop_gateway
 }
 
-bench startup startup --runs "$STARTUP_RUNS" -- "$BIN/mcp-gateway" --config "$CONFIG"
-for s in "${SESSIONS[@]}"; do sessions_run "" "$BIN/mcp-gateway" "$s"; done
+if [ "$TRACING_ONLY" = 0 ]; then
+    bench startup startup --runs "$STARTUP_RUNS" -- "$BIN/mcp-gateway" --config "$CONFIG"
+    for s in "${SESSIONS[@]}"; do sessions_run "" "$BIN/mcp-gateway" "$s"; done
+fi
 
 if [ -n "$MUSL_BIN" ]; then
     bench musl-startup startup --runs "$STARTUP_RUNS" -- "$MUSL_BIN/mcp-gateway" --config "$CONFIG"

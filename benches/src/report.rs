@@ -478,8 +478,11 @@ impl Builder<'_> {
                     ),
                     _ => "n/a".into(),
                 };
-                if let Some((lo, hi)) = self.paired_range(&label, &off, "rps_runs") {
-                    let _ = write!(result, "; throughput per round {lo:.3}–{hi:.3}× off");
+                if let Some((mid, lo, hi)) = self.paired_range(&label, &off, "rps_runs") {
+                    let _ = write!(
+                        result,
+                        "; throughput per round {lo:.3}–{hi:.3}× off, median {mid:.3}×"
+                    );
                 }
                 let cpu = |l: &str, p: &str| self.p(l, &format!("cpu_us_per_request_{p}"));
                 if let (Some(r), Some(g)) = (cpu(&label, "mcp-router"), cpu(&label, "mcp-gateway"))
@@ -532,9 +535,10 @@ impl Builder<'_> {
         Some(self.p(label, key)? / self.p(base, key)?)
     }
 
-    /// The lowest and highest ratio of run k of `label` to run k of `base` (`key` is a
-    /// per-run array such as `rps_runs`).
-    fn paired_range(&self, label: &str, base: &str, key: &str) -> Option<(f64, f64)> {
+    /// The median, lowest and highest ratio of run k of `label` to run k of `base`
+    /// (`key` is a per-run array such as `rps_runs`). Run k of both comes from the same
+    /// round, so these ratios are not moved by a drift of the machine between rounds.
+    fn paired_range(&self, label: &str, base: &str, key: &str) -> Option<(f64, f64, f64)> {
         let runs = |l: &str| -> Option<Vec<f64>> {
             Some(
                 self.get(l)?[key]
@@ -545,13 +549,18 @@ impl Builder<'_> {
             )
         };
         let (a, b) = (runs(label)?, runs(base)?);
-        let ratios: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y).collect();
+        let mut ratios: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y).collect();
         if ratios.len() < 2 {
             return None;
         }
-        let lo = ratios.iter().copied().reduce(f64::min)?;
-        let hi = ratios.iter().copied().reduce(f64::max)?;
-        Some((lo, hi))
+        ratios.sort_by(f64::total_cmp);
+        let n = ratios.len();
+        let mid = if n % 2 == 1 {
+            ratios[n / 2]
+        } else {
+            (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0
+        };
+        Some((mid, ratios[0], ratios[n - 1]))
     }
 
     /// OTLP payload bytes per span at `always_on`: body bytes the sinks received over
