@@ -85,6 +85,68 @@ struct Shared {
     encoded: bool,
 }
 
+impl Shared {
+    /// Adds one span to the batch being filled (`write` appends it to the chunk),
+    /// unless the queue is full or shutdown has begun: then the span is counted as
+    /// dropped and `write` is not called. Wakes the exporter when a batch fills up.
+    fn push(&self, write: impl FnOnce(&mut Chunk)) {
+        let mut st = self.state.lock().unwrap();
+        if st.shutdown {
+            // Ended after shutdown began: nothing will export it.
+            drop(st);
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if st.queued >= self.max_queue {
+            drop(st);
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            warn_rate_limited(self, "span queue full; dropping spans");
+            return;
+        }
+        let batch = self.batch;
+        if st.chunks.back().is_none_or(|c| c.spans >= batch) {
+            let bytes = st.spare.take().unwrap_or_default();
+            st.chunks.push_back(Chunk {
+                bytes,
+                records: Vec::new(),
+                spans: 0,
+            });
+        }
+        let chunk = st.chunks.back_mut().expect("a chunk was just ensured");
+        write(chunk);
+        chunk.spans += 1;
+        let full = chunk.spans >= batch;
+        st.queued += 1;
+        let wake = full && st.chunks.len() == 1;
+        drop(st);
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// Where spans that encode themselves ([`super::span::RecordingSpan`]) go when they
+/// end: the same queue as the processor's, without going through the SDK.
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+#[derive(Debug, Clone)]
+pub(crate) struct Queue(Arc<Shared>);
+
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+impl Queue {
+    /// Appends one encoded `ScopeSpans.spans` entry (see [`Shared::push`]).
+    pub(crate) fn push(&self, write: impl FnOnce(&mut Vec<u8>)) {
+        self.0.push(|c| write(&mut c.bytes));
+    }
+
+    /// Takes every queued span's bytes (tests read what spans wrote).
+    #[cfg(all(test, feature = "otlp-http"))]
+    pub(crate) fn take_bytes(&self) -> Vec<u8> {
+        let mut st = self.0.state.lock().unwrap();
+        st.queued = 0;
+        st.chunks.drain(..).flat_map(|c| c.bytes).collect()
+    }
+}
+
 /// The span processor registered with the SDK tracer provider.
 #[derive(Debug)]
 pub struct BatchProcessor {
@@ -121,6 +183,13 @@ impl BatchProcessor {
             .spawn(move || run(worker, exporter))
             .expect("spawn the span exporter thread");
         (BatchProcessor { shared }, stats)
+    }
+
+    /// The queue, for spans that encode themselves; `None` when the exporter takes
+    /// the spans themselves (stdout).
+    #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+    pub(crate) fn queue(&self) -> Option<Queue> {
+        self.shared.encoded.then(|| Queue(self.shared.clone()))
     }
 }
 
@@ -220,44 +289,12 @@ impl SpanProcessor for BatchProcessor {
         if !span.span_context.is_sampled() {
             return;
         }
-        let s = &self.shared;
-        let mut st = s.state.lock().unwrap();
-        if st.shutdown {
-            // Ended after shutdown began: nothing will export it.
-            drop(st);
-            s.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        if st.queued >= s.max_queue {
-            drop(st);
-            s.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            warn_rate_limited(s, "span queue full; dropping spans");
-            return;
-        }
-        let batch = s.batch;
-        let fresh = st.chunks.back().is_none_or(|c| c.spans >= batch);
-        if fresh {
-            let bytes = st.spare.take().unwrap_or_default();
-            st.chunks.push_back(Chunk {
-                bytes,
-                records: Vec::new(),
-                spans: 0,
-            });
-        }
-        let chunk = st.chunks.back_mut().expect("a chunk was just ensured");
-        if s.encoded {
+        if self.shared.encoded {
             #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
-            super::encode::append_span(&span, &mut chunk.bytes);
+            self.shared
+                .push(|c| super::encode::append_span(&span, &mut c.bytes));
         } else {
-            chunk.records.push(span);
-        }
-        chunk.spans += 1;
-        let full = chunk.spans >= batch;
-        st.queued += 1;
-        let wake = full && st.chunks.len() == 1;
-        drop(st);
-        if wake {
-            s.wake.notify_one();
+            self.shared.push(|c| c.records.push(span));
         }
     }
 

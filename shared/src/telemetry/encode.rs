@@ -23,7 +23,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use opentelemetry::trace::{SpanKind, Status};
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
 use opentelemetry::{Array, KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::SpanData;
 use opentelemetry_sdk::Resource;
@@ -222,6 +222,18 @@ fn kv_len(kv: &KeyValue) -> usize {
 
 fn put_kv(out: &mut Vec<u8>, field: u32, kv: &KeyValue) {
     let key = kv.key.as_str();
+    if let Value::String(v) = &kv.value {
+        // Most attributes: one reservation, then the bytes in order.
+        let v = cut(v.as_str());
+        let any = 1 + encoded_len_varint(v.len() as u64) + v.len();
+        let body = delim_len(1, key.len()) + delim_len(2, any);
+        out.reserve(delim_len(field, body));
+        put_delim_head(out, field, body);
+        put_bytes(out, 1, key.as_bytes());
+        put_delim_head(out, 2, any);
+        put_bytes(out, 1, v.as_bytes());
+        return;
+    }
     let value_len = any_len(&kv.value);
     put_delim_head(
         out,
@@ -290,13 +302,11 @@ fn put_optional_varint(out: &mut Vec<u8>, field: u32, v: u64) {
     }
 }
 
-fn event_len(e: &opentelemetry::trace::Event) -> usize {
-    9 + delim_len(2, e.name.len())
-        + kvs_len(3, &e.attributes)
-        + optional_varint_len(4, e.dropped_attributes_count.into())
+fn event_len(name: &str, attrs: &[KeyValue], dropped: u32) -> usize {
+    9 + delim_len(2, name.len()) + kvs_len(3, attrs) + optional_varint_len(4, dropped.into())
 }
 
-fn link_len(l: &opentelemetry::trace::Link, state: &str) -> usize {
+fn link_len(state: &str, attrs: &[KeyValue], dropped: u32) -> usize {
     delim_len(1, 16)
         + delim_len(2, 8)
         + if state.is_empty() {
@@ -304,8 +314,8 @@ fn link_len(l: &opentelemetry::trace::Link, state: &str) -> usize {
         } else {
             delim_len(3, state.len())
         }
-        + kvs_len(4, &l.attributes)
-        + optional_varint_len(5, l.dropped_attributes_count.into())
+        + kvs_len(4, attrs)
+        + optional_varint_len(5, dropped.into())
         + 5
 }
 
@@ -318,44 +328,83 @@ fn span_flags(trace_flags: u8, parent_is_remote: bool) -> u32 {
     f
 }
 
-/// Appends `span` to `out` as one `ScopeSpans.spans` entry (field 2, length-delimited),
-/// ready to be wrapped by [`Envelope::request`].
-pub fn append_span(span: &SpanData, out: &mut Vec<u8>) {
-    let sc = &span.span_context;
-    let trace_state = sc.trace_state().header();
-    let has_parent = span.parent_span_id != opentelemetry::trace::SpanId::INVALID;
-    let link_states: Vec<String> = span
-        .links
-        .iter()
-        .map(|l| l.span_context.trace_state().header())
-        .collect();
+/// Appends one `Span.attributes` entry.
+#[inline]
+pub(crate) fn put_attribute(out: &mut Vec<u8>, kv: &KeyValue) {
+    put_kv(out, 9, kv);
+}
 
+/// Appends one `Span.events` entry.
+pub(crate) fn put_event(
+    out: &mut Vec<u8>,
+    time: SystemTime,
+    name: &str,
+    attrs: &[KeyValue],
+    dropped: u32,
+) {
+    put_delim_head(out, 11, event_len(name, attrs, dropped));
+    put_fixed64(out, 1, nanos(time));
+    put_bytes(out, 2, name.as_bytes());
+    for kv in attrs {
+        put_kv(out, 3, kv);
+    }
+    put_optional_varint(out, 4, dropped.into());
+}
+
+/// Appends one `Span.links` entry.
+pub(crate) fn put_link(out: &mut Vec<u8>, sc: &SpanContext, attrs: &[KeyValue], dropped: u32) {
+    let state = sc.trace_state().header();
+    put_delim_head(out, 13, link_len(&state, attrs, dropped));
+    put_bytes(out, 1, &sc.trace_id().to_bytes());
+    put_bytes(out, 2, &sc.span_id().to_bytes());
+    if !state.is_empty() {
+        put_bytes(out, 3, state.as_bytes());
+    }
+    for kv in attrs {
+        put_kv(out, 4, kv);
+    }
+    put_optional_varint(out, 5, dropped.into());
+    put_fixed32(out, 6, span_flags(sc.trace_flags().to_u8(), sc.is_remote()));
+}
+
+/// A span's fields other than its attributes, events and links.
+pub(crate) struct SpanHead<'a> {
+    pub sc: &'a SpanContext,
+    /// The parent's span id and whether the parent is remote; `None` for a root.
+    pub parent: Option<(SpanId, bool)>,
+    pub kind: &'a SpanKind,
+    pub name: &'a str,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub dropped_attributes: u32,
+    pub dropped_events: u32,
+    pub dropped_links: u32,
+    pub status: &'a Status,
+}
+
+/// Appends one `ScopeSpans.spans` entry (field 2, length-delimited), ready to be
+/// wrapped by [`Envelope::request`]: `head`'s fields plus `recorded`, the span's
+/// attribute, event and link entries as written by [`put_attribute`], [`put_event`]
+/// and [`put_link`]. Protobuf lets a message's fields come in any order, repeated ones
+/// interleaved, so a span can write them as they happen.
+pub(crate) fn append_span_parts(out: &mut Vec<u8>, head: &SpanHead, recorded: &[u8]) {
+    let sc = head.sc;
+    let trace_state = sc.trace_state().header();
     let mut len = delim_len(1, 16) + delim_len(2, 8);
     if !trace_state.is_empty() {
         len += delim_len(3, trace_state.len());
     }
-    if has_parent {
+    if head.parent.is_some() {
         len += delim_len(4, 8);
     }
-    len += delim_len(5, span.name.len());
-    len += varint_len(6, kind_number(&span.span_kind));
+    len += delim_len(5, head.name.len());
+    len += varint_len(6, kind_number(head.kind));
     len += 9 + 9; // start and end times
-    len += kvs_len(9, &span.attributes);
-    len += optional_varint_len(10, span.dropped_attributes_count.into());
-    len += span
-        .events
-        .iter()
-        .map(|e| delim_len(11, event_len(e)))
-        .sum::<usize>();
-    len += optional_varint_len(12, span.events.dropped_count.into());
-    len += span
-        .links
-        .iter()
-        .zip(&link_states)
-        .map(|(l, s)| delim_len(13, link_len(l, s)))
-        .sum::<usize>();
-    len += optional_varint_len(14, span.links.dropped_count.into());
-    len += delim_len(15, status_len(&span.status));
+    len += recorded.len();
+    len += optional_varint_len(10, head.dropped_attributes.into());
+    len += optional_varint_len(12, head.dropped_events.into());
+    len += optional_varint_len(14, head.dropped_links.into());
+    len += delim_len(15, status_len(head.status));
     len += key_len(16) + 4;
 
     out.reserve(delim_len(SCOPE_SPANS_SPANS, len));
@@ -367,50 +416,21 @@ pub fn append_span(span: &SpanData, out: &mut Vec<u8>) {
     if !trace_state.is_empty() {
         put_bytes(out, 3, trace_state.as_bytes());
     }
-    if has_parent {
-        put_bytes(out, 4, &span.parent_span_id.to_bytes());
+    let mut parent_is_remote = false;
+    if let Some((id, remote)) = head.parent {
+        put_bytes(out, 4, &id.to_bytes());
+        parent_is_remote = remote;
     }
-    put_bytes(out, 5, span.name.as_bytes());
-    put_varint(out, 6, kind_number(&span.span_kind));
-    put_fixed64(out, 7, nanos(span.start_time));
-    put_fixed64(out, 8, nanos(span.end_time));
-    for kv in &span.attributes {
-        put_kv(out, 9, kv);
-    }
-    put_optional_varint(out, 10, span.dropped_attributes_count.into());
-    for e in span.events.iter() {
-        put_delim_head(out, 11, event_len(e));
-        put_fixed64(out, 1, nanos(e.timestamp));
-        put_bytes(out, 2, e.name.as_bytes());
-        for kv in &e.attributes {
-            put_kv(out, 3, kv);
-        }
-        put_optional_varint(out, 4, e.dropped_attributes_count.into());
-    }
-    put_optional_varint(out, 12, span.events.dropped_count.into());
-    for (l, state) in span.links.iter().zip(&link_states) {
-        put_delim_head(out, 13, link_len(l, state));
-        put_bytes(out, 1, &l.span_context.trace_id().to_bytes());
-        put_bytes(out, 2, &l.span_context.span_id().to_bytes());
-        if !state.is_empty() {
-            put_bytes(out, 3, state.as_bytes());
-        }
-        for kv in &l.attributes {
-            put_kv(out, 4, kv);
-        }
-        put_optional_varint(out, 5, l.dropped_attributes_count.into());
-        put_fixed32(
-            out,
-            6,
-            span_flags(
-                l.span_context.trace_flags().to_u8(),
-                l.span_context.is_remote(),
-            ),
-        );
-    }
-    put_optional_varint(out, 14, span.links.dropped_count.into());
-    let (code, msg) = status_parts(&span.status);
-    put_delim_head(out, 15, status_len(&span.status));
+    put_bytes(out, 5, head.name.as_bytes());
+    put_varint(out, 6, kind_number(head.kind));
+    put_fixed64(out, 7, nanos(head.start));
+    put_fixed64(out, 8, nanos(head.end));
+    out.extend_from_slice(recorded);
+    put_optional_varint(out, 10, head.dropped_attributes.into());
+    put_optional_varint(out, 12, head.dropped_events.into());
+    put_optional_varint(out, 14, head.dropped_links.into());
+    let (code, msg) = status_parts(head.status);
+    put_delim_head(out, 15, status_len(head.status));
     if !msg.is_empty() {
         put_bytes(out, 2, msg.as_bytes());
     }
@@ -418,7 +438,7 @@ pub fn append_span(span: &SpanData, out: &mut Vec<u8>) {
     put_fixed32(
         out,
         16,
-        span_flags(sc.trace_flags().to_u8(), span.parent_span_is_remote),
+        span_flags(sc.trace_flags().to_u8(), parent_is_remote),
     );
     debug_assert_eq!(
         out.len() - body,
@@ -426,6 +446,45 @@ pub fn append_span(span: &SpanData, out: &mut Vec<u8>) {
         "span length pass and write pass agree"
     );
     debug_assert!(out.len() > start);
+}
+
+/// Appends an SDK span as one `ScopeSpans.spans` entry (see [`append_span_parts`]).
+pub fn append_span(span: &SpanData, out: &mut Vec<u8>) {
+    let mut recorded = Vec::new();
+    for kv in &span.attributes {
+        put_attribute(&mut recorded, kv);
+    }
+    for e in span.events.iter() {
+        put_event(
+            &mut recorded,
+            e.timestamp,
+            &e.name,
+            &e.attributes,
+            e.dropped_attributes_count,
+        );
+    }
+    for l in span.links.iter() {
+        put_link(
+            &mut recorded,
+            &l.span_context,
+            &l.attributes,
+            l.dropped_attributes_count,
+        );
+    }
+    let head = SpanHead {
+        sc: &span.span_context,
+        parent: (span.parent_span_id != SpanId::INVALID)
+            .then_some((span.parent_span_id, span.parent_span_is_remote)),
+        kind: &span.span_kind,
+        name: &span.name,
+        start: span.start_time,
+        end: span.end_time,
+        dropped_attributes: span.dropped_attributes_count,
+        dropped_events: span.events.dropped_count,
+        dropped_links: span.links.dropped_count,
+        status: &span.status,
+    };
+    append_span_parts(out, &head, &recorded);
 }
 
 // --- the request around the spans --------------------------------------------------------
@@ -483,7 +542,7 @@ impl Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{Event, Link, SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    use opentelemetry::trace::{Event, Link, TraceFlags, TraceId, TraceState};
     use opentelemetry::InstrumentationScope;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;

@@ -22,6 +22,8 @@ pub mod conn;
 pub mod encode;
 pub mod export;
 pub mod propagation;
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+pub mod span;
 pub mod stdout;
 
 use std::borrow::Cow;
@@ -31,7 +33,7 @@ use std::time::Duration;
 
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, Tracer};
+use opentelemetry_sdk::trace::{RandomIdGenerator, Sampler, SdkTracerProvider, Tracer};
 use opentelemetry_sdk::Resource;
 
 use crate::config::{ExporterType, OtlpProtocol, SamplerType, SpanDetail, TracingConfig};
@@ -57,6 +59,18 @@ struct Inner {
     samples_roots: bool,
     /// Short steps as spans (`full`) or as events (`basic`).
     detail: SpanDetail,
+    /// OTLP: sampled spans are [`span::RecordingSpan`]s. `None`: SDK spans (stdout).
+    #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+    recording: Option<Recording>,
+}
+
+/// What [`Inner::start_recording`] needs: the queue the spans end in, and the
+/// provider's sampler and id generator, so that the SDK still decides and names them.
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+struct Recording {
+    queue: batch::Queue,
+    sampler: Sampler,
+    ids: RandomIdGenerator,
 }
 
 impl Telemetry {
@@ -68,7 +82,7 @@ impl Telemetry {
     /// Starts tracing as configured (`cfg` already has the environment applied).
     pub fn init(
         cfg: &TracingConfig,
-        service: &str,
+        service: &'static str,
         version: &str,
         target: Target,
     ) -> Result<Self, String> {
@@ -130,12 +144,21 @@ impl Telemetry {
                 Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(cfg.sampler_param)))
             }
         };
+        let ids = RandomIdGenerator::default();
+        #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+        let recording = processor.queue().map(|queue| Recording {
+            queue,
+            sampler: sampler.clone(),
+            ids: ids.clone(),
+        });
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
             .with_sampler(sampler)
+            .with_id_generator(ids.clone())
             .with_resource(resource)
             .build();
-        let tracer = provider.tracer(service.to_string());
+        // A static scope name: the SDK clones the scope into every ended span.
+        let tracer = provider.tracer(service);
         let parent_based = cfg.sampler_type != SamplerType::AlwaysOff;
         let samples_roots = cfg.sampler_type == SamplerType::AlwaysOn
             || (cfg.sampler_type == SamplerType::TraceIdRatio && cfg.sampler_param >= 1.0);
@@ -147,6 +170,8 @@ impl Telemetry {
                 parent_based,
                 samples_roots,
                 detail: cfg.span_detail,
+                #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+                recording,
             })),
         })
     }
@@ -194,6 +219,10 @@ impl Telemetry {
         let psc = parent.span().span_context().clone();
         if psc.is_valid() && !psc.is_sampled() {
             return parent.clone();
+        }
+        #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+        if let Some(rec) = &inner.recording {
+            return inner.start_recording(rec, name, kind, parent, &psc, attrs);
         }
         let builder = inner
             .tracer
@@ -245,6 +274,68 @@ impl Telemetry {
                 log::warn!("tracing shutdown: {e}");
             }
         }
+    }
+}
+
+impl Inner {
+    /// [`Telemetry::start`] for the OTLP exporters: the SDK tracer's sampling and ids,
+    /// with a [`span::RecordingSpan`] for a sampled span, and for an unsampled one
+    /// only its context (trace id, a new span id, the unsampled flag) to pass on.
+    #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+    fn start_recording(
+        &self,
+        rec: &Recording,
+        name: &'static str,
+        kind: SpanKind,
+        parent: &Context,
+        psc: &opentelemetry::trace::SpanContext,
+        attrs: impl FnOnce() -> Vec<KeyValue>,
+    ) -> Context {
+        use opentelemetry::trace::{SpanContext, TraceFlags};
+        use opentelemetry_sdk::trace::{IdGenerator, SamplingDecision, ShouldSample};
+        let has_parent = psc.is_valid();
+        let trace_id = if has_parent {
+            psc.trace_id()
+        } else {
+            rec.ids.new_trace_id()
+        };
+        let span_id = rec.ids.new_span_id();
+        // As the SDK tracer decides, without a call where the outcome is known (a
+        // sampled parent under a parent-based sampler, or a sampler keeping all roots;
+        // the sampler would return the parent's trace state then).
+        let known = if has_parent {
+            self.parent_based
+        } else {
+            self.samples_roots
+        };
+        let (sampled, trace_state) = if known {
+            (true, psc.trace_state().clone())
+        } else {
+            let r = rec
+                .sampler
+                .should_sample(Some(parent), trace_id, name, &kind, &[], &[]);
+            // Our samplers never answer RecordOnly (recorded, not exported): it would
+            // be a span nobody sees, so it is treated as a drop.
+            (
+                r.decision == SamplingDecision::RecordAndSample,
+                r.trace_state,
+            )
+        };
+        if !sampled {
+            let sc = SpanContext::new(trace_id, span_id, TraceFlags::default(), false, trace_state);
+            return parent.with_remote_span_context(sc);
+        }
+        let sc = SpanContext::new(
+            trace_id,
+            span_id,
+            psc.trace_flags().with_sampled(true),
+            false,
+            trace_state,
+        );
+        let parent_ids = has_parent.then(|| (psc.span_id(), psc.is_remote()));
+        let mut span = span::RecordingSpan::start(sc, parent_ids, kind, name, rec.queue.clone());
+        opentelemetry::trace::Span::set_attributes(&mut span, attrs());
+        parent.with_span(span)
     }
 }
 
@@ -553,6 +644,90 @@ mod tests {
         propagation::inject_meta(&child, &mut meta);
         assert!(meta["traceparent"].as_str().unwrap().ends_with("-00"));
         t.shutdown();
+    }
+
+    /// The OTLP path ([`Inner::start_recording`]) decides as the SDK tracer does:
+    /// roots by the sampler, children by their parent's flag (but always_off), trace
+    /// state and flags from the parent, unsampled spans only a context to pass on.
+    #[test]
+    #[cfg(feature = "otlp-http")]
+    fn otlp_spans_are_sampled_like_the_sdks() {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+        let start = |sampler: SamplerType, param: f64| {
+            let cfg = TracingConfig {
+                enabled: true,
+                sampler_type: sampler,
+                sampler_param: param,
+                otlp_protocol: OtlpProtocol::HttpProtobuf,
+                otlp_endpoint: "http://127.0.0.1:9".into(),
+                otlp_timeout: crate::config::Dur(Duration::from_millis(100)),
+                ..TracingConfig::default()
+            };
+            Telemetry::init(&cfg, "test", "0", Target::Stderr).unwrap()
+        };
+        let remote = |flags: TraceFlags| {
+            Context::new().with_remote_span_context(SpanContext::new(
+                TraceId::from(0x77u128),
+                SpanId::from(0x88u64),
+                flags,
+                true,
+                TraceState::from_key_value([("v", "1")]).unwrap(),
+            ))
+        };
+        let sc = |cx: &Context| cx.span().span_context().clone();
+
+        let t = start(SamplerType::AlwaysOn, 1.0);
+        let root = t.start("root", SpanKind::Server, &Context::new(), Vec::new);
+        assert!(sc(&root).is_sampled() && root.span().is_recording());
+        let child = t.start("child", SpanKind::Client, &root, Vec::new);
+        assert_eq!(sc(&child).trace_id(), sc(&root).trace_id());
+        assert_ne!(sc(&child).span_id(), sc(&root).span_id());
+        let cont = t.start(
+            "cont",
+            SpanKind::Server,
+            &remote(TraceFlags::SAMPLED),
+            Vec::new,
+        );
+        assert_eq!(sc(&cont).trace_id(), TraceId::from(0x77u128));
+        assert_eq!(sc(&cont).trace_state().header(), "v=1");
+        assert!(sc(&cont).is_sampled() && !sc(&cont).is_remote());
+        let parent = remote(TraceFlags::default());
+        let skip = t.start("skip", SpanKind::Server, &parent, || panic!("never built"));
+        assert_eq!(sc(&skip).span_id(), SpanId::from(0x88u64));
+        for cx in [&child, &cont, &root] {
+            end(cx);
+        }
+        t.shutdown();
+        assert_eq!(t.stats(), (0, 3), "three sampled spans, none exportable");
+
+        let t = start(SamplerType::TraceIdRatio, 0.0);
+        let root = t.start("root", SpanKind::Server, &Context::new(), || {
+            panic!("unsampled")
+        });
+        assert!(sc(&root).is_valid() && !sc(&root).is_sampled());
+        assert!(!root.span().is_recording());
+        let cont = t.start(
+            "cont",
+            SpanKind::Server,
+            &remote(TraceFlags::SAMPLED),
+            Vec::new,
+        );
+        assert!(sc(&cont).is_sampled(), "a sampled parent is followed");
+        end(&cont);
+        t.shutdown();
+        assert_eq!(t.stats(), (0, 1));
+
+        let t = start(SamplerType::AlwaysOff, 0.0);
+        let cx = t.start(
+            "off",
+            SpanKind::Server,
+            &remote(TraceFlags::SAMPLED),
+            || panic!("always_off records nothing"),
+        );
+        assert_eq!(sc(&cx).trace_id(), TraceId::from(0x77u128));
+        assert!(!sc(&cx).is_sampled() && sc(&cx).span_id() != SpanId::from(0x88u64));
+        t.shutdown();
+        assert_eq!(t.stats(), (0, 0));
     }
 
     #[test]
