@@ -92,6 +92,24 @@ impl RecordingSpan {
     }
 }
 
+/// Counts one more attribute, event or link of a span against `max`: true when it is
+/// kept, false (and counted in `dropped`) when the span already has `max`.
+fn admit(count: &mut u32, dropped: &mut u32, max: u32) -> bool {
+    if *count >= max {
+        *dropped += 1;
+        return false;
+    }
+    *count += 1;
+    true
+}
+
+/// Keeps the first `max` attributes of an event or link; returns how many were cut.
+fn limit(attributes: &mut Vec<KeyValue>, max: usize) -> u32 {
+    let cut = attributes.len().saturating_sub(max);
+    attributes.truncate(max);
+    cut as u32
+}
+
 impl opentelemetry::trace::Span for RecordingSpan {
     fn add_event_with_timestamp<T>(
         &mut self,
@@ -101,24 +119,18 @@ impl opentelemetry::trace::Span for RecordingSpan {
     ) where
         T: Into<Cow<'static, str>>,
     {
-        if self.queue.is_none() {
+        if self.queue.is_none()
+            || !admit(
+                &mut self.events,
+                &mut self.dropped_events,
+                MAX_EVENTS_PER_SPAN,
+            )
+        {
             return;
         }
-        if self.events >= MAX_EVENTS_PER_SPAN {
-            self.dropped_events += 1;
-            return;
-        }
-        self.events += 1;
-        let dropped = attributes.len().saturating_sub(MAX_ATTRIBUTES_PER_EVENT);
-        attributes.truncate(MAX_ATTRIBUTES_PER_EVENT);
+        let dropped = limit(&mut attributes, MAX_ATTRIBUTES_PER_EVENT);
         let name = name.into();
-        encode::put_event(
-            &mut self.recorded,
-            timestamp,
-            &name,
-            &attributes,
-            dropped as u32,
-        );
+        encode::put_event(&mut self.recorded, timestamp, &name, &attributes, dropped);
     }
 
     fn span_context(&self) -> &SpanContext {
@@ -130,14 +142,15 @@ impl opentelemetry::trace::Span for RecordingSpan {
     }
 
     fn set_attribute(&mut self, attribute: KeyValue) {
-        if self.queue.is_none() {
+        if self.queue.is_none()
+            || !admit(
+                &mut self.attributes,
+                &mut self.dropped_attributes,
+                MAX_ATTRIBUTES_PER_SPAN,
+            )
+        {
             return;
         }
-        if self.attributes >= MAX_ATTRIBUTES_PER_SPAN {
-            self.dropped_attributes += 1;
-            return;
-        }
-        self.attributes += 1;
         encode::put_attribute(&mut self.recorded, &attribute);
     }
 
@@ -158,22 +171,13 @@ impl opentelemetry::trace::Span for RecordingSpan {
     }
 
     fn add_link(&mut self, span_context: SpanContext, mut attributes: Vec<KeyValue>) {
-        if self.queue.is_none() {
+        if self.queue.is_none()
+            || !admit(&mut self.links, &mut self.dropped_links, MAX_LINKS_PER_SPAN)
+        {
             return;
         }
-        if self.links >= MAX_LINKS_PER_SPAN {
-            self.dropped_links += 1;
-            return;
-        }
-        self.links += 1;
-        let dropped = attributes.len().saturating_sub(MAX_ATTRIBUTES_PER_LINK);
-        attributes.truncate(MAX_ATTRIBUTES_PER_LINK);
-        encode::put_link(
-            &mut self.recorded,
-            &span_context,
-            &attributes,
-            dropped as u32,
-        );
+        let dropped = limit(&mut attributes, MAX_ATTRIBUTES_PER_LINK);
+        encode::put_link(&mut self.recorded, &span_context, &attributes, dropped);
     }
 
     fn end_with_timestamp(&mut self, timestamp: SystemTime) {
