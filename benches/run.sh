@@ -10,7 +10,7 @@
 #   --no-musl  skip the musl static builds (memory budgets then use the glibc build).
 #   --no-peer  skip the optional supergateway (Node) comparison.
 #   --tracing-only  only the tracing rounds and the span cost (glibc; no floors,
-#              sessions, startup, musl or peer runs): about 9 minutes after the build.
+#              sessions, startup, musl or peer runs): about 6 minutes after the build.
 #   --keep F   also copy the raw results (one JSON object per line) to F.
 #
 # Exit status: 0 when every run completed, whether or not the budgets are met; non-zero
