@@ -116,7 +116,7 @@ pub fn run(n: u64, rounds: usize, label: &str) -> Result<Value, String> {
         enabled: true,
         exporter_type: ExporterType::Otlp,
         otlp_protocol: OtlpProtocol::HttpProtobuf,
-        otlp_endpoint: url,
+        otlp_endpoint: Some(url),
         // Room for one round: no span is ever dropped, so the push path is measured.
         max_queue_size: queue,
         // The partial batch at the end of a round goes out soon (the drain waits for it).

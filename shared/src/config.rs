@@ -219,8 +219,12 @@ fn default_separator() -> String {
 // ---------------------------------------------------------------------------------------
 // Tracing
 
-/// Default OTLP endpoint (gRPC).
-pub const DEFAULT_OTLP_ENDPOINT: &str = "http://localhost:4317";
+/// Default OTLP endpoint for `otlp_protocol = "grpc"`.
+pub const DEFAULT_OTLP_GRPC_ENDPOINT: &str = "http://localhost:4317";
+/// Default OTLP endpoint for `otlp_protocol = "http/protobuf"`.
+pub const DEFAULT_OTLP_HTTP_ENDPOINT: &str = "http://localhost:4318";
+/// The path OTLP/HTTP posts traces to, under a base endpoint.
+pub const OTLP_HTTP_TRACES_PATH: &str = "/v1/traces";
 /// Default time one export (with its retries) may take.
 pub const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default bound on finished spans waiting for export; more are dropped and counted.
@@ -292,9 +296,6 @@ pub enum SpanDetail {
     Basic,
 }
 
-fn default_otlp_endpoint() -> String {
-    DEFAULT_OTLP_ENDPOINT.into()
-}
 fn default_sampler_param() -> f64 {
     1.0
 }
@@ -373,9 +374,15 @@ pub struct TracingConfig {
     /// Where spans go.
     #[serde(default)]
     pub exporter_type: ExporterType,
-    /// Collector endpoint (`http://host:port`; for HTTP `/v1/traces` is appended).
-    #[serde(default = "default_otlp_endpoint")]
-    pub otlp_endpoint: String,
+    /// Collector endpoint, `http[s]://host[:port][/base]`; unset: the protocol's
+    /// default ([`DEFAULT_OTLP_GRPC_ENDPOINT`], [`DEFAULT_OTLP_HTTP_ENDPOINT`]). See
+    /// [`TracingConfig::endpoint`] and [`TracingConfig::http_traces_url`].
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// The endpoint is the full URL to post traces to, used as it is (set by
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, never by the file).
+    #[serde(skip)]
+    pub otlp_endpoint_is_full_url: bool,
     /// A check of the endpoint's scheme, which alone decides plain text or TLS: unset
     /// (default) accepts either; `true` requires `http://`, `false` requires `https://`.
     pub otlp_insecure: Option<bool>,
@@ -425,7 +432,8 @@ impl Default for TracingConfig {
             sampler_type: SamplerType::default(),
             sampler_param: default_sampler_param(),
             exporter_type: ExporterType::default(),
-            otlp_endpoint: default_otlp_endpoint(),
+            otlp_endpoint: None,
+            otlp_endpoint_is_full_url: false,
             otlp_insecure: None,
             otlp_certificate: None,
             otlp_client_certificate: None,
@@ -443,6 +451,32 @@ impl Default for TracingConfig {
 }
 
 impl TracingConfig {
+    /// The collector endpoint: `otlp_endpoint`, or the protocol's default.
+    pub fn endpoint(&self) -> &str {
+        match (&self.otlp_endpoint, self.otlp_protocol) {
+            (Some(e), _) => e,
+            (None, OtlpProtocol::Grpc) => DEFAULT_OTLP_GRPC_ENDPOINT,
+            (None, OtlpProtocol::HttpProtobuf) => DEFAULT_OTLP_HTTP_ENDPOINT,
+        }
+    }
+
+    /// The URL OTLP/HTTP posts to: the endpoint as it is when it is a full URL
+    /// (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) or already ends with `/v1/traces`;
+    /// otherwise the endpoint is a base and `/v1/traces` goes under it, as the OTLP
+    /// exporter specification says for `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// (`http://c:4318/otlp` → `http://c:4318/otlp/v1/traces`).
+    pub fn http_traces_url(&self) -> String {
+        let ep = self.endpoint();
+        let base = ep.trim_end_matches('/');
+        if self.otlp_endpoint_is_full_url {
+            ep.to_string()
+        } else if base.ends_with(OTLP_HTTP_TRACES_PATH) {
+            base.to_string()
+        } else {
+            format!("{base}{OTLP_HTTP_TRACES_PATH}")
+        }
+    }
+
     /// Checks values the types cannot.
     pub fn validate(&self) -> Result<(), Invalid> {
         if !(0.0..=1.0).contains(&self.sampler_param) || self.sampler_param.is_nan() {
@@ -451,7 +485,7 @@ impl TracingConfig {
                 format!("{} is outside 0.0..=1.0", self.sampler_param),
             ));
         }
-        let ep = &self.otlp_endpoint;
+        let ep = self.endpoint();
         if !(ep.starts_with("http://") || ep.starts_with("https://")) {
             return Err(invalid(
                 &["tracing", "otlp_endpoint"],

@@ -98,6 +98,10 @@ class Receiver:
 
         self._service = Service()
         self.grpc_port = 0
+        # OTLP/HTTP answers 404 on other paths; tests may change it. Every path asked for
+        # is kept in http_requested.
+        self.http_paths = {"/v1/traces"}
+        self.http_requested: list[str] = []
         self._grpc = self._start_grpc()
 
         class Handler(BaseHTTPRequestHandler):
@@ -118,7 +122,9 @@ class Receiver:
 
             def do_POST(self):  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                if self.path != "/v1/traces":
+                with receiver._cv:
+                    receiver.http_requested.append(self.path)
+                if self.path not in receiver.http_paths:
                     self.send_response(404)
                     self.send_header("Content-Length", "0")
                     self.end_headers()

@@ -360,7 +360,7 @@ mod tests {
         let cfg = TracingConfig {
             enabled: true,
             otlp_protocol: OtlpProtocol::HttpProtobuf,
-            otlp_endpoint: format!("http://127.0.0.1:{port}"),
+            otlp_endpoint: Some(format!("http://127.0.0.1:{port}")),
             otlp_timeout: Dur(timeout),
             ..TracingConfig::default()
         };
@@ -449,7 +449,7 @@ mod tests {
         let cfg = TracingConfig {
             enabled: true,
             otlp_protocol: OtlpProtocol::HttpProtobuf,
-            otlp_endpoint: format!("http://127.0.0.1:{port}"),
+            otlp_endpoint: Some(format!("http://127.0.0.1:{port}")),
             ..TracingConfig::default()
         };
         let (processor, stats) = BatchProcessor::start(

@@ -261,7 +261,7 @@ pub fn check_files(cfg: &TracingConfig) -> Result<(), String> {
     #[cfg(feature = "otlp-tls")]
     if cfg.enabled
         && cfg.exporter_type == ExporterType::Otlp
-        && cfg.otlp_endpoint.starts_with("https://")
+        && cfg.endpoint().starts_with("https://")
     {
         client_config(cfg, &[], false)?;
     }
@@ -399,7 +399,7 @@ mod tests {
     #[test]
     fn tls_files_come_from_the_environment_too() {
         let mut cfg = TracingConfig {
-            otlp_endpoint: "http://c:4318".into(),
+            otlp_endpoint: Some("http://c:4318".into()),
             ..TracingConfig::default()
         };
         let env = |k: &str| match k {
@@ -450,7 +450,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let mut cfg = TracingConfig {
             enabled: true,
-            otlp_endpoint: "https://127.0.0.1:1".into(),
+            otlp_endpoint: Some("https://127.0.0.1:1".into()),
             ..TracingConfig::default()
         };
         cfg.otlp_certificate = Some(FileSetting {

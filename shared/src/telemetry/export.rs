@@ -75,16 +75,10 @@ pub enum Exporter {
 }
 
 impl Exporter {
-    /// OTLP/HTTP to `cfg.otlp_endpoint` (`/v1/traces` appended when it has no path).
+    /// OTLP/HTTP to [`TracingConfig::http_traces_url`].
     #[cfg(feature = "otlp-http")]
     pub fn http(cfg: &TracingConfig) -> Result<Exporter, String> {
-        let endpoint = &cfg.otlp_endpoint;
-        let url = if endpoint.trim_end_matches('/').matches('/').count() > 2 {
-            endpoint.to_string()
-        } else {
-            format!("{}/v1/traces", endpoint.trim_end_matches('/'))
-        };
-        let endpoint = Endpoint::parse(&url, HTTP_PORT)?;
+        let endpoint = Endpoint::parse(&cfg.http_traces_url(), HTTP_PORT)?;
         let head = request_head(&endpoint, &cfg.otlp_headers);
         let connector = Connector::new(endpoint, cfg, &[b"http/1.1"])?;
         Ok(Exporter::Http(HttpExporter {
@@ -96,10 +90,10 @@ impl Exporter {
         }))
     }
 
-    /// OTLP/gRPC to `cfg.otlp_endpoint` (`http[s]://host[:port]`).
+    /// OTLP/gRPC to [`TracingConfig::endpoint`] (`http[s]://host[:port]`).
     #[cfg(feature = "otlp-grpc")]
     pub fn grpc(cfg: &TracingConfig) -> Result<Exporter, String> {
-        let endpoint = Endpoint::parse(&cfg.otlp_endpoint, GRPC_PORT)?;
+        let endpoint = Endpoint::parse(cfg.endpoint(), GRPC_PORT)?;
         let uri = format!(
             "{}://{}{GRPC_PATH}",
             if endpoint.tls { "https" } else { "http" },

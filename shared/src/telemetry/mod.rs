@@ -476,6 +476,14 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A positive whole number (milliseconds or a count) from variable `var`.
+fn positive(v: &str, var: &str) -> Result<u64, String> {
+    match v.trim().parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{var}={v:?}: expected a positive whole number")),
+    }
+}
+
 /// Applies the standard `OTEL_*` environment variables over the file's `[tracing]`
 /// (environment wins). Returns an error naming a variable with an invalid value.
 ///
@@ -491,28 +499,61 @@ pub fn apply_env(
     if let Some(v) = get("OTEL_SERVICE_NAME").filter(|v| !v.is_empty()) {
         cfg.service_name = Some(v);
     }
-    if let Some(v) = get("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|v| !v.is_empty()) {
-        cfg.otlp_endpoint = v;
+    // Each OTLP setting has a generic and a traces-only variable; the traces-only one
+    // wins (OTLP exporter specification). A set but empty variable counts as unset.
+    let otlp = |generic: &'static str, traces: &'static str| -> Option<(String, &'static str)> {
+        [traces, generic]
+            .into_iter()
+            .find_map(|var| get(var).filter(|v| !v.trim().is_empty()).map(|v| (v, var)))
+    };
+    if let Some((v, var)) = otlp(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ) {
+        cfg.otlp_endpoint = Some(v.trim().to_string());
+        // The traces-only endpoint is the URL to post to; the generic one is a base.
+        cfg.otlp_endpoint_is_full_url = var == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
     }
-    if let Some(v) = get("OTEL_EXPORTER_OTLP_PROTOCOL") {
+    if let Some((v, var)) = otlp(
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    ) {
         cfg.otlp_protocol = match v.trim() {
             "grpc" => OtlpProtocol::Grpc,
             "http/protobuf" => OtlpProtocol::HttpProtobuf,
-            other => {
-                return Err(format!(
-                    "OTEL_EXPORTER_OTLP_PROTOCOL={other:?}: expected grpc or http/protobuf"
-                ))
-            }
+            other => return Err(format!("{var}={other:?}: expected grpc or http/protobuf")),
         };
     }
-    if let Some(v) = get("OTEL_EXPORTER_OTLP_HEADERS") {
+    // Headers: the generic variable's, then the traces-only one's over them.
+    for var in [
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    ] {
+        let Some(v) = get(var) else { continue };
         for kv in v.split(',').filter(|s| !s.trim().is_empty()) {
             let (k, val) = kv
                 .split_once('=')
-                .ok_or_else(|| format!("OTEL_EXPORTER_OTLP_HEADERS: {kv:?} is not key=value"))?;
+                .ok_or_else(|| format!("{var}: {kv:?} is not key=value"))?;
             cfg.otlp_headers
                 .insert(k.trim().to_string(), percent_decode(val.trim()));
         }
+    }
+    if let Some((v, var)) = otlp(
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    ) {
+        cfg.otlp_timeout = crate::config::Dur(Duration::from_millis(positive(&v, var)?));
+    }
+    // The batch processor's variables.
+    if let Some(v) = get("OTEL_BSP_SCHEDULE_DELAY").filter(|v| !v.trim().is_empty()) {
+        let ms = positive(&v, "OTEL_BSP_SCHEDULE_DELAY")?;
+        cfg.scheduled_delay = crate::config::Dur(Duration::from_millis(ms));
+    }
+    if let Some(v) = get("OTEL_BSP_MAX_QUEUE_SIZE").filter(|v| !v.trim().is_empty()) {
+        cfg.max_queue_size = positive(&v, "OTEL_BSP_MAX_QUEUE_SIZE")? as usize;
+    }
+    if let Some(v) = get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").filter(|v| !v.trim().is_empty()) {
+        cfg.max_export_batch_size = positive(&v, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE")? as usize;
     }
     if let Some(v) = get("OTEL_TRACES_SAMPLER") {
         cfg.sampler_type = match v.trim() {
@@ -537,18 +578,27 @@ pub fn apply_env(
         cfg.sampler_param = r;
     }
     // TLS files (`https://` endpoints): CA bundle, client certificate and key.
-    for (var, slot) in [
-        ("OTEL_EXPORTER_OTLP_CERTIFICATE", &mut cfg.otlp_certificate),
+    for (generic, traces, slot) in [
+        (
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            &mut cfg.otlp_certificate,
+        ),
         (
             "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
             &mut cfg.otlp_client_certificate,
         ),
-        ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &mut cfg.otlp_client_key),
+        (
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+            &mut cfg.otlp_client_key,
+        ),
     ] {
-        if let Some(v) = get(var).filter(|v| !v.is_empty()) {
+        if let Some((v, origin)) = otlp(generic, traces) {
             *slot = Some(crate::config::FileSetting {
                 path: v.into(),
-                origin: var,
+                origin,
             });
         }
     }
@@ -605,6 +655,80 @@ mod tests {
         assert!(!c.enabled);
     }
 
+    /// Traces-only variables win over the generic ones; the generic endpoint is a base
+    /// under which OTLP/HTTP posts to `/v1/traces`, the traces-only one the URL itself.
+    #[test]
+    fn traces_only_variables_win_and_the_http_path_follows_the_spec() {
+        let mut c = TracingConfig::default();
+        assert_eq!(c.endpoint(), "http://localhost:4317");
+        c.otlp_protocol = OtlpProtocol::HttpProtobuf;
+        assert_eq!(c.http_traces_url(), "http://localhost:4318/v1/traces");
+        for (file, url) in [
+            ("http://c:4318", "http://c:4318/v1/traces"),
+            ("http://c:4318/", "http://c:4318/v1/traces"),
+            ("http://c:4318/otlp", "http://c:4318/otlp/v1/traces"),
+            ("http://c:4318/v1/traces", "http://c:4318/v1/traces"),
+            ("http://c:4318/v1/traces/", "http://c:4318/v1/traces"),
+        ] {
+            c.otlp_endpoint = Some(file.into());
+            assert_eq!(c.http_traces_url(), url, "{file}");
+        }
+
+        let mut c = TracingConfig {
+            enabled: true,
+            ..TracingConfig::default()
+        };
+        let generic = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://g:4318/otlp"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "a=1,b=2"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/generic.pem"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "10"),
+        ];
+        apply_env(&mut c, env(&generic)).unwrap();
+        assert_eq!(c.http_traces_url(), "http://g:4318/otlp/v1/traces");
+        assert_eq!(c.otlp_protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(c.otlp_timeout.0, Duration::from_millis(2500));
+        assert_eq!(c.scheduled_delay.0, Duration::from_millis(200));
+        assert_eq!((c.max_queue_size, c.max_export_batch_size), (100, 10));
+        assert_eq!(
+            c.otlp_certificate.as_ref().unwrap().origin,
+            "OTEL_EXPORTER_OTLP_CERTIFICATE"
+        );
+
+        let mut c = TracingConfig {
+            enabled: true,
+            ..TracingConfig::default()
+        };
+        let mut both = generic.to_vec();
+        both.extend([
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:4318/custom"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "b=3"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "700"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/traces.pem"),
+        ]);
+        apply_env(&mut c, env(&both)).unwrap();
+        assert_eq!(c.endpoint(), "http://t:4318/custom");
+        assert_eq!(c.otlp_protocol, OtlpProtocol::Grpc);
+        c.otlp_protocol = OtlpProtocol::HttpProtobuf;
+        assert_eq!(c.http_traces_url(), "http://t:4318/custom", "used as it is");
+        assert_eq!(c.otlp_headers["a"], "1");
+        assert_eq!(c.otlp_headers["b"], "3");
+        assert_eq!(c.otlp_timeout.0, Duration::from_millis(700));
+        let ca = c.otlp_certificate.as_ref().unwrap();
+        assert_eq!(
+            (ca.origin, ca.path.as_path()),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+                std::path::Path::new("/traces.pem")
+            )
+        );
+    }
+
     #[test]
     fn bad_environment_values_name_the_variable() {
         let mut c = TracingConfig::default();
@@ -613,6 +737,25 @@ mod tests {
         let e =
             apply_env(&mut c, env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")])).unwrap_err();
         assert!(e.contains("OTEL_EXPORTER_OTLP_PROTOCOL"));
+        for (var, value) in [
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "1.5"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "0"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "-1"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "many"),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "novalue"),
+        ] {
+            let e = apply_env(&mut TracingConfig::default(), env(&[(var, value)])).unwrap_err();
+            assert!(e.starts_with(var), "{var}: {e}");
+        }
+        // A batch larger than the queue, from the variables: named by the key it breaks.
+        let e = apply_env(
+            &mut TracingConfig::default(),
+            env(&[("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "5000")]),
+        )
+        .unwrap_err();
+        assert!(e.contains("max_export_batch_size"), "{e}");
     }
 
     #[test]
@@ -659,7 +802,7 @@ mod tests {
                 sampler_type: sampler,
                 sampler_param: param,
                 otlp_protocol: OtlpProtocol::HttpProtobuf,
-                otlp_endpoint: "http://127.0.0.1:9".into(),
+                otlp_endpoint: Some("http://127.0.0.1:9".into()),
                 otlp_timeout: crate::config::Dur(Duration::from_millis(100)),
                 ..TracingConfig::default()
             };

@@ -251,7 +251,7 @@ mod tests {
         let cfg = TracingConfig {
             enabled: true,
             otlp_protocol: OtlpProtocol::HttpProtobuf,
-            otlp_endpoint: "http://127.0.0.1:9".into(),
+            otlp_endpoint: Some("http://127.0.0.1:9".into()),
             ..TracingConfig::default()
         };
         let (p, _) = BatchProcessor::start(

@@ -1,0 +1,62 @@
+"""The OTLP exporter's standard environment variables, end to end: with only
+OTEL_EXPORTER_OTLP_ENDPOINT (a base URL with a path, as hosted collectors give them) and
+OTEL_EXPORTER_OTLP_PROTOCOL, both binaries post to <base>/v1/traces; the traces-only
+variables (OTEL_EXPORTER_OTLP_TRACES_*) win over the generic ones, and the traces-only
+endpoint is used as the URL itself. The receiver answers 404 on any other path, so a
+wrong path shows up as spans that never arrive."""
+
+from __future__ import annotations
+
+from test_otlp_transport import echo, exported, sent
+from test_tracing import Router, fixture_backend, tracing_toml
+
+
+def run_one_request(start_gateway, tmp_path, receiver) -> tuple[str, str]:
+    # The file names gRPC and no endpoint: everything below comes from the variables.
+    tracing = tracing_toml(None, protocol="grpc")
+    gw = start_gateway(tracing + fixture_backend())
+    router = Router(gw.url, tracing, tmp_path)
+    sent.clear()
+    try:
+        router.initialize()
+        echo(router, 1)
+        exported(receiver, 1)
+        receiver.wait_for(lambda spans: any(s["service"] == "mcp-router" for s in spans))
+    finally:
+        assert router.close() == 0, router.stderr()
+        assert gw.terminate() == 0, gw.describe()
+    return gw.log(), router.stderr()
+
+
+def test_the_generic_endpoint_is_a_base_for_v1_traces(start_gateway, tmp_path, receiver,
+                                                       monkeypatch):
+    receiver.http_paths = {"/otlp/v1/traces"}
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.http_endpoint + "/otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    gw_log, router_err = run_one_request(start_gateway, tmp_path, receiver)
+    spans = receiver.snapshot()
+    assert {s["service"] for s in spans} == {"mcp-router", "mcp-gateway"}, spans
+    assert all(s["transport"] == "http" for s in spans), spans
+    assert set(receiver.http_requested) == {"/otlp/v1/traces"}, receiver.http_requested
+    assert "span export failed" not in gw_log + router_err
+
+
+def test_traces_only_variables_win(start_gateway, tmp_path, receiver, monkeypatch):
+    receiver.http_paths = {"/custom/traces"}
+    # The generic variables point at the receiver's gRPC port: spans arriving over
+    # gRPC would mean they were used.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.grpc_endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-which=generic,x-generic=1")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                       receiver.http_endpoint + "/custom/traces")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-which=traces")
+    gw_log, router_err = run_one_request(start_gateway, tmp_path, receiver)
+    spans = receiver.snapshot()
+    assert {s["service"] for s in spans} == {"mcp-router", "mcp-gateway"}, spans
+    assert all(s["transport"] == "http" for s in spans), "nothing went to the gRPC port"
+    assert set(receiver.http_requested) == {"/custom/traces"}, receiver.http_requested
+    assert all(m.get("x-which") == "traces" and m.get("x-generic") == "1"
+               for m in receiver.metadata), receiver.metadata
+    assert "span export failed" not in gw_log + router_err
