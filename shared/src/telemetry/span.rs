@@ -14,9 +14,9 @@
 //! The behaviour is the SDK span's, limits included: at most
 //! [`MAX_ATTRIBUTES_PER_SPAN`] attributes, [`MAX_EVENTS_PER_SPAN`] events,
 //! [`MAX_LINKS_PER_SPAN`] links, [`MAX_ATTRIBUTES_PER_EVENT`] attributes per event and
-//! [`MAX_ATTRIBUTES_PER_LINK`] per link, the rest counted as dropped; a status only moves up the order
-//! Unset < Error < Ok; a span dropped without `end` ends then. Unit tests compare the
-//! bytes with the SDK span's, decoded.
+//! [`MAX_ATTRIBUTES_PER_LINK`] per link, the rest counted as dropped; a status only
+//! moves up the order Unset < Error < Ok; a span dropped without `end` ends then. Unit
+//! tests compare the bytes with the SDK span's, decoded.
 
 use std::borrow::Cow;
 use std::time::SystemTime;
