@@ -223,8 +223,31 @@ fn kv_len(kv: &KeyValue) -> usize {
 fn put_kv(out: &mut Vec<u8>, field: u32, kv: &KeyValue) {
     let key = kv.key.as_str();
     if let Value::String(v) = &kv.value {
-        // Most attributes: one reservation, then the bytes in order.
         let v = cut(v.as_str());
+        // Most attributes: a short key and a short string, where every length fits in
+        // one varint byte. The entry is put together on the stack and appended once:
+        // with `opt-level = "s"` each `extend_from_slice` is a call of ~40 instructions
+        // before its copy (callgrind, `mcp-bench span-cost`: 261 → 157 instructions per
+        // attribute).
+        let (klen, vlen) = (key.len(), v.len());
+        // KeyValue { key = 1, value = 2: AnyValue { string_value = 1 } }, each length
+        // one byte: [tag, body, 0x0a, klen] key [0x12, any, 0x0a, vlen] value.
+        let any = 2 + vlen;
+        let body = 2 + klen + 2 + any;
+        if field < 16 && body < 128 {
+            let mut buf = [0u8; 2 + 127];
+            buf[..4].copy_from_slice(&[
+                (field << 3 | WireType::LengthDelimited as u32) as u8,
+                body as u8,
+                0x0a,
+                klen as u8,
+            ]);
+            buf[4..4 + klen].copy_from_slice(key.as_bytes());
+            buf[4 + klen..8 + klen].copy_from_slice(&[0x12, any as u8, 0x0a, vlen as u8]);
+            buf[8 + klen..8 + klen + vlen].copy_from_slice(v.as_bytes());
+            out.extend_from_slice(&buf[..2 + body]);
+            return;
+        }
         let any = 1 + encoded_len_varint(v.len() as u64) + v.len();
         let body = delim_len(1, key.len()) + delim_len(2, any);
         out.reserve(delim_len(field, body));
@@ -707,6 +730,37 @@ mod tests {
                 assert!(v.len() <= MAX_VALUE_BYTES && v.len() > MAX_VALUE_BYTES - 2)
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// String attributes of every length class around the one-byte varint limits (the
+    /// short-string path and the general one) are byte for byte what prost writes.
+    #[test]
+    fn string_attributes_match_prost_at_every_length() {
+        use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue as PKv};
+        // (An empty key is left out: prost omits a proto3 default, we write it; both
+        // decode the same, and an attribute key is never empty.)
+        let lens = [
+            0usize, 1, 60, 61, 62, 63, 100, 121, 122, 123, 126, 127, 128, 200,
+        ];
+        for field in [1u32, 3, 9] {
+            for &k in &lens[1..] {
+                for &v in &lens {
+                    let (key, value) = ("k".repeat(k), "v".repeat(v));
+                    let mut ours = Vec::new();
+                    put_kv(&mut ours, field, &KeyValue::new(key.clone(), value.clone()));
+                    let msg = PKv {
+                        key,
+                        value: Some(AnyValue {
+                            value: Some(any_value::Value::StringValue(value)),
+                        }),
+                        ..Default::default()
+                    };
+                    let mut theirs = Vec::new();
+                    prost::encoding::message::encode(field, &msg, &mut theirs);
+                    assert_eq!(ours, theirs, "field {field}, key {k} B, value {v} B");
+                }
+            }
         }
     }
 
