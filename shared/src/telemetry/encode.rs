@@ -427,48 +427,112 @@ pub(crate) fn append_span_parts(out: &mut Vec<u8>, head: &SpanHead, recorded: &[
     len += optional_varint_len(10, head.dropped_attributes.into());
     len += optional_varint_len(12, head.dropped_events.into());
     len += optional_varint_len(14, head.dropped_links.into());
-    len += delim_len(15, status_len(head.status));
+    let status_body = status_len(head.status);
+    len += delim_len(15, status_body);
     len += key_len(16) + 4;
 
-    out.reserve(delim_len(SCOPE_SPANS_SPANS, len));
+    // The entry's exact size is known: make room once and write in place (with
+    // `opt-level = "s"` each `Vec` append is a call; callgrind, `mcp-bench span-cost`:
+    // 960 → 295 instructions per span).
     let start = out.len();
-    put_delim_head(out, SCOPE_SPANS_SPANS, len);
-    let body = out.len();
-    put_bytes(out, 1, &sc.trace_id().to_bytes());
-    put_bytes(out, 2, &sc.span_id().to_bytes());
+    let total = delim_len(SCOPE_SPANS_SPANS, len);
+    out.resize(start + total, 0);
+    let mut w = Slot {
+        buf: &mut out[start..],
+        pos: 0,
+    };
+    w.delim_head(SCOPE_SPANS_SPANS, len);
+    let body = w.pos;
+    w.field_bytes(1, &sc.trace_id().to_bytes());
+    w.field_bytes(2, &sc.span_id().to_bytes());
     if !trace_state.is_empty() {
-        put_bytes(out, 3, trace_state.as_bytes());
+        w.field_bytes(3, trace_state.as_bytes());
     }
     let mut parent_is_remote = false;
     if let Some((id, remote)) = head.parent {
-        put_bytes(out, 4, &id.to_bytes());
+        w.field_bytes(4, &id.to_bytes());
         parent_is_remote = remote;
     }
-    put_bytes(out, 5, head.name.as_bytes());
-    put_varint(out, 6, kind_number(head.kind));
-    put_fixed64(out, 7, nanos(head.start));
-    put_fixed64(out, 8, nanos(head.end));
-    out.extend_from_slice(recorded);
-    put_optional_varint(out, 10, head.dropped_attributes.into());
-    put_optional_varint(out, 12, head.dropped_events.into());
-    put_optional_varint(out, 14, head.dropped_links.into());
-    let (code, msg) = status_parts(head.status);
-    put_delim_head(out, 15, status_len(head.status));
-    if !msg.is_empty() {
-        put_bytes(out, 2, msg.as_bytes());
+    w.field_bytes(5, head.name.as_bytes());
+    w.field_varint(6, kind_number(head.kind));
+    w.field_fixed64(7, nanos(head.start));
+    w.field_fixed64(8, nanos(head.end));
+    w.bytes(recorded);
+    for (field, n) in [
+        (10, head.dropped_attributes),
+        (12, head.dropped_events),
+        (14, head.dropped_links),
+    ] {
+        if n != 0 {
+            w.field_varint(field, n.into());
+        }
     }
-    put_optional_varint(out, 3, code);
-    put_fixed32(
-        out,
-        16,
-        span_flags(sc.trace_flags().to_u8(), parent_is_remote),
-    );
-    debug_assert_eq!(
-        out.len() - body,
-        len,
-        "span length pass and write pass agree"
-    );
-    debug_assert!(out.len() > start);
+    let (code, msg) = status_parts(head.status);
+    w.delim_head(15, status_body);
+    if !msg.is_empty() {
+        w.field_bytes(2, msg.as_bytes());
+    }
+    if code != 0 {
+        w.field_varint(3, code);
+    }
+    w.key(16, WireType::ThirtyTwoBit);
+    w.bytes(&span_flags(sc.trace_flags().to_u8(), parent_is_remote).to_le_bytes());
+    debug_assert_eq!(w.pos - body, len, "span length pass and write pass agree");
+    debug_assert_eq!(w.pos, total, "the entry fills exactly the room made for it");
+}
+
+/// Writes protobuf into room already made in a buffer (see [`append_span_parts`]).
+struct Slot<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl Slot<'_> {
+    #[inline(always)]
+    fn bytes(&mut self, b: &[u8]) {
+        self.buf[self.pos..self.pos + b.len()].copy_from_slice(b);
+        self.pos += b.len();
+    }
+
+    #[inline(always)]
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.buf[self.pos] = v as u8 | 0x80;
+            self.pos += 1;
+            v >>= 7;
+        }
+        self.buf[self.pos] = v as u8;
+        self.pos += 1;
+    }
+
+    #[inline(always)]
+    fn key(&mut self, field: u32, wire: WireType) {
+        self.varint(u64::from(field << 3 | wire as u32));
+    }
+
+    #[inline(always)]
+    fn delim_head(&mut self, field: u32, len: usize) {
+        self.key(field, WireType::LengthDelimited);
+        self.varint(len as u64);
+    }
+
+    #[inline(always)]
+    fn field_bytes(&mut self, field: u32, b: &[u8]) {
+        self.delim_head(field, b.len());
+        self.bytes(b);
+    }
+
+    #[inline(always)]
+    fn field_varint(&mut self, field: u32, v: u64) {
+        self.key(field, WireType::Varint);
+        self.varint(v);
+    }
+
+    #[inline(always)]
+    fn field_fixed64(&mut self, field: u32, v: u64) {
+        self.key(field, WireType::SixtyFourBit);
+        self.bytes(&v.to_le_bytes());
+    }
 }
 
 /// Appends an SDK span as one `ScopeSpans.spans` entry (see [`append_span_parts`]).
