@@ -627,7 +627,7 @@ impl Envelope {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use opentelemetry::trace::{Event, Link, TraceFlags, TraceId, TraceState};
     use opentelemetry::InstrumentationScope;
@@ -638,6 +638,17 @@ mod tests {
     use prost::Message as _;
     use std::borrow::Cow;
     use std::time::Duration;
+
+    /// The span the test spans link to (remote, sampled, with a trace state).
+    pub(crate) fn linked() -> SpanContext {
+        SpanContext::new(
+            TraceId::from(7u128),
+            SpanId::from(9u64),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::from_key_value([("k", "v")]).unwrap(),
+        )
+    }
 
     fn span(i: u64, parent: bool, status: Status) -> SpanData {
         let t0 = UNIX_EPOCH + Duration::from_nanos(1_764_000_000_123_456_789 + i);
@@ -654,13 +665,7 @@ mod tests {
         events.dropped_count = 2;
         let mut links = SpanLinks::default();
         links.links.push(Link::new(
-            SpanContext::new(
-                TraceId::from(7u128),
-                SpanId::from(9u64),
-                TraceFlags::SAMPLED,
-                true,
-                TraceState::from_key_value([("k", "v")]).unwrap(),
-            ),
+            linked(),
             vec![KeyValue::new("link.kind", "follows")],
             1,
         ));

@@ -295,13 +295,7 @@ mod tests {
         span.set_status(Status::error("b"));
         span.set_status(Status::error("a")); // lower: ignored
         span.add_link(
-            SpanContext::new(
-                TraceId::from(7u128),
-                SpanId::from(9u64),
-                TraceFlags::SAMPLED,
-                true,
-                TraceState::from_key_value([("k", "v")]).unwrap(),
-            ),
+            encode::tests::linked(),
             vec![KeyValue::new("link.kind", "follows")],
         );
         if many {
