@@ -491,7 +491,7 @@ impl Slot {
                 "clientInfo": { "name": "mcp-gateway", "version": mcp_shared::VERSION },
             })),
         );
-        propagation::inject_meta(span, init.meta_mut());
+        propagation::inject_message(span, &mut init);
         let resp = match proc.request(0, init, self.timeout, None).await {
             Ok(r) => r,
             Err(e) => {

@@ -478,7 +478,7 @@ impl Session {
             a.push(KeyValue::new("mcp.session.id", self.id.to_string()));
             a
         });
-        propagation::inject_meta(&span, msg.meta_mut());
+        propagation::inject_message(&span, msg);
         span
     }
 

@@ -266,7 +266,7 @@ async fn handle_client_line(
                 a.push(KeyValue::new("network.transport", "tcp"));
                 a
             });
-            propagation::inject_meta(&request, msg.meta_mut());
+            propagation::inject_message(&request, &mut msg);
             request
         };
         Spans { stdio, request }

@@ -82,6 +82,17 @@ pub enum Kind {
 pub struct Message {
     kind: Kind,
     obj: Map<String, Value>,
+    /// Trace context written into `params._meta` at serialisation
+    /// ([`Message::set_trace_context`]).
+    trace: Option<Box<TraceContext>>,
+}
+
+/// W3C trace context headers, for `params._meta`.
+#[derive(Clone, Debug, PartialEq)]
+struct TraceContext {
+    traceparent: String,
+    /// Empty: no `tracestate` (an existing one is removed).
+    tracestate: String,
 }
 
 /// Why a line could not be accepted, and what to answer.
@@ -190,7 +201,11 @@ impl Message {
                 } else {
                     Kind::Notification
                 };
-                Ok(Message { kind, obj })
+                Ok(Message {
+                    kind,
+                    obj,
+                    trace: None,
+                })
             }
             Some(_) => invalid(id, "\"method\" must be a string"),
             None => {
@@ -209,6 +224,7 @@ impl Message {
                     return Ok(Message {
                         kind: Kind::Response,
                         obj,
+                        trace: None,
                     });
                 }
                 let mut r = Rejection::new(
@@ -234,6 +250,7 @@ impl Message {
         Message {
             kind: Kind::Request,
             obj,
+            trace: None,
         }
     }
 
@@ -248,6 +265,7 @@ impl Message {
         Message {
             kind: Kind::Notification,
             obj,
+            trace: None,
         }
     }
 
@@ -260,6 +278,7 @@ impl Message {
         Message {
             kind: Kind::Response,
             obj,
+            trace: None,
         }
     }
 
@@ -272,6 +291,7 @@ impl Message {
         Message {
             kind: Kind::Response,
             obj,
+            trace: None,
         }
     }
 
@@ -358,15 +378,123 @@ impl Message {
         }
     }
 
+    /// Has `params._meta` carry this W3C trace context when the message is serialised:
+    /// `traceparent` replaces any there (or is added last), `tracestate` likewise, and an
+    /// empty `tracestate` removes the one there. Other keys and the order of every key
+    /// are kept — what inserting into [`Message::meta_mut`] would do, without building
+    /// the maps (for every traced message; docs/benchmark.md "Tracing"). `params` is
+    /// created when absent; positional (array) `params` have no room for `_meta` and
+    /// are left as they are. [`Message::meta`] does not show this context.
+    pub fn set_trace_context(&mut self, traceparent: String, tracestate: String) {
+        self.trace = Some(Box::new(TraceContext {
+            traceparent,
+            tracestate,
+        }));
+    }
+
     /// Serialises the message as one line of JSON (no trailing newline).
     pub fn to_json(&self) -> String {
-        serde_json::to_string(&self.obj).expect("a JSON map always serialises")
+        match &self.trace {
+            None => serde_json::to_string(&self.obj).expect("a JSON map always serialises"),
+            Some(t) => {
+                let mut out = Vec::with_capacity(256);
+                write_with_trace(&mut out, &self.obj, t);
+                String::from_utf8(out).expect("JSON text is UTF-8")
+            }
+        }
     }
 
     /// The underlying JSON object.
     pub fn as_object(&self) -> &Map<String, Value> {
         &self.obj
     }
+}
+
+/// Writes `obj` as JSON with `t` in `params._meta` (see [`Message::set_trace_context`]).
+fn write_with_trace(out: &mut Vec<u8>, obj: &Map<String, Value>, t: &TraceContext) {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        serde_json::to_writer(out, s).expect("a string always serialises");
+    }
+    fn key(out: &mut Vec<u8>, first: &mut bool, k: &str) {
+        if !std::mem::take(first) {
+            out.push(b',');
+        }
+        string(out, k);
+        out.push(b':');
+    }
+    fn value(out: &mut Vec<u8>, v: &Value) {
+        serde_json::to_writer(out, v).expect("a JSON value always serialises");
+    }
+    fn meta(out: &mut Vec<u8>, m: Option<&Map<String, Value>>, t: &TraceContext) {
+        out.push(b'{');
+        let (mut first, mut parent, mut state) = (true, false, false);
+        for (k, v) in m.into_iter().flatten() {
+            match k.as_str() {
+                "traceparent" => {
+                    key(out, &mut first, k);
+                    string(out, &t.traceparent);
+                    parent = true;
+                }
+                "tracestate" => {
+                    if !t.tracestate.is_empty() {
+                        key(out, &mut first, k);
+                        string(out, &t.tracestate);
+                    }
+                    state = true;
+                }
+                _ => {
+                    key(out, &mut first, k);
+                    value(out, v);
+                }
+            }
+        }
+        if !parent {
+            key(out, &mut first, "traceparent");
+            string(out, &t.traceparent);
+        }
+        if !state && !t.tracestate.is_empty() {
+            key(out, &mut first, "tracestate");
+            string(out, &t.tracestate);
+        }
+        out.push(b'}');
+    }
+    fn params(out: &mut Vec<u8>, p: Option<&Map<String, Value>>, t: &TraceContext) {
+        out.push(b'{');
+        let (mut first, mut done) = (true, false);
+        for (k, v) in p.into_iter().flatten() {
+            key(out, &mut first, k);
+            if k == "_meta" {
+                meta(out, v.as_object(), t);
+                done = true;
+            } else {
+                value(out, v);
+            }
+        }
+        if !done {
+            key(out, &mut first, "_meta");
+            meta(out, None, t);
+        }
+        out.push(b'}');
+    }
+    out.push(b'{');
+    let (mut first, mut done) = (true, false);
+    for (k, v) in obj {
+        key(out, &mut first, k);
+        match (k.as_str(), v) {
+            ("params", Value::Object(p)) => params(out, Some(p), t),
+            ("params", _) => value(out, v), // positional params: no room for `_meta`
+            _ => {
+                value(out, v);
+                continue;
+            }
+        }
+        done = true;
+    }
+    if !done {
+        key(out, &mut first, "params");
+        params(out, None, t);
+    }
+    out.push(b'}');
 }
 
 /// Reads the top-level `"id"` of a JSON object from text that may be truncated or
@@ -466,6 +594,45 @@ impl Scanner<'_> {
 
 #[cfg(test)]
 mod tests {
+
+    /// `set_trace_context` serialises exactly as inserting the same context into
+    /// `meta_mut()` does (same keys, same order, same escaping), for every shape of
+    /// `params` and `_meta`; positional params are left alone.
+    #[test]
+    fn trace_context_is_written_as_the_maps_would_have_it() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let shapes = [
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized","params":{}}"#,
+            r#"{"jsonrpc":"2.0","id":"a\"b","method":"tools/call","params":{"name":"x.echo","arguments":{"text":"é\n\u0000"}}}"#,
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"_meta":{"progressToken":3},"name":"x"}}"#,
+            r#"{"id":3,"params":{"name":"x","_meta":{"traceparent":"old","x":1,"tracestate":"a=b","y":[2]}},"method":"m","jsonrpc":"2.0"}"#,
+            r#"{"jsonrpc":"2.0","id":4,"method":"m","params":{"_meta":5,"k\"ey":null}}"#,
+            r#"{"jsonrpc":"2.0","id":5,"method":"m","params":{"_meta":{"tracestate":"z=1"}}}"#,
+        ];
+        for shape in shapes {
+            for state in ["", "vendor=v1,other=2"] {
+                let mut ours = Message::parse(shape.as_bytes()).unwrap();
+                ours.set_trace_context(tp.into(), state.into());
+                let mut maps = Message::parse(shape.as_bytes()).unwrap();
+                let meta = maps.meta_mut();
+                meta.insert("traceparent".into(), tp.into());
+                if state.is_empty() {
+                    meta.shift_remove("tracestate");
+                } else {
+                    meta.insert("tracestate".into(), state.into());
+                }
+                assert_eq!(ours.to_json(), maps.to_json(), "{shape} with {state:?}");
+                let back = Message::parse(ours.to_json().as_bytes()).unwrap();
+                assert_eq!(back.meta().unwrap()["traceparent"], tp);
+            }
+        }
+        let positional = r#"{"jsonrpc":"2.0","id":6,"method":"m","params":[1,{"_meta":2}]}"#;
+        let mut m = Message::parse(positional.as_bytes()).unwrap();
+        m.set_trace_context(tp.into(), String::new());
+        assert_eq!(m.to_json(), positional);
+    }
+
     use super::*;
     use serde_json::json;
 

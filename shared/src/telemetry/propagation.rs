@@ -111,9 +111,21 @@ pub fn inject_meta(cx: &Context, meta: &mut Map<String, Value>) {
     meta.insert("traceparent".into(), Value::String(format_traceparent(sc)));
     let state = sc.trace_state().header();
     if state.is_empty() {
-        meta.remove("tracestate");
+        // Keeping the order of the other keys (`remove` would move the last one here).
+        meta.shift_remove("tracestate");
     } else {
         meta.insert("tracestate".into(), Value::String(state));
+    }
+}
+
+/// Has `msg` carry the context of `cx` in `params._meta` when it is serialised
+/// ([`crate::jsonrpc::Message::set_trace_context`]: the same result as [`inject_meta`]
+/// on its `_meta`, without building the maps). Nothing without a valid span context.
+pub fn inject_message(cx: &Context, msg: &mut crate::jsonrpc::Message) {
+    let span = cx.span();
+    let sc = span.span_context();
+    if sc.is_valid() {
+        msg.set_trace_context(format_traceparent(sc), sc.trace_state().header());
     }
 }
 
