@@ -480,15 +480,12 @@ fn write_with_trace(out: &mut Vec<u8>, obj: &Map<String, Value>, t: &TraceContex
     let (mut first, mut done) = (true, false);
     for (k, v) in obj {
         key(out, &mut first, k);
-        match (k.as_str(), v) {
-            ("params", Value::Object(p)) => params(out, Some(p), t),
-            ("params", _) => value(out, v), // positional params: no room for `_meta`
-            _ => {
-                value(out, v);
-                continue;
-            }
+        match v {
+            Value::Object(p) if k == "params" => params(out, Some(p), t),
+            // Positional params (or any other value): no room for `_meta`.
+            _ => value(out, v),
         }
-        done = true;
+        done |= k == "params";
     }
     if !done {
         key(out, &mut first, "params");

@@ -783,9 +783,15 @@ mod tests {
         assert!(root_sc.is_valid() && !root_sc.is_sampled());
         let child = t.start("child", SpanKind::Client, &root, || panic!("never built"));
         assert_eq!(child.span().span_context().span_id(), root_sc.span_id());
-        let mut meta = serde_json::Map::new();
-        propagation::inject_meta(&child, &mut meta);
-        assert!(meta["traceparent"].as_str().unwrap().ends_with("-00"));
+        let mut msg =
+            crate::jsonrpc::Message::request(crate::jsonrpc::Id::Number(1.into()), "m", None);
+        propagation::inject_message(&child, &mut msg);
+        let sent = crate::jsonrpc::Message::parse(msg.to_json().as_bytes()).unwrap();
+        let tp = sent.meta().unwrap()["traceparent"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(tp.ends_with("-00"), "{tp}");
         t.shutdown();
     }
 

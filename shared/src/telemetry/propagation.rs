@@ -100,27 +100,10 @@ fn remote(traceparent: Option<&str>, tracestate: Option<&str>) -> Context {
     Context::new().with_remote_span_context(SpanContext::new(trace, span, flags, true, state))
 }
 
-/// Writes the span context of `cx` into a `_meta` object (other keys are kept; a
-/// `tracestate` the context does not have is removed).
-pub fn inject_meta(cx: &Context, meta: &mut Map<String, Value>) {
-    let span = cx.span();
-    let sc = span.span_context();
-    if !sc.is_valid() {
-        return;
-    }
-    meta.insert("traceparent".into(), Value::String(format_traceparent(sc)));
-    let state = sc.trace_state().header();
-    if state.is_empty() {
-        // Keeping the order of the other keys (`remove` would move the last one here).
-        meta.shift_remove("tracestate");
-    } else {
-        meta.insert("tracestate".into(), Value::String(state));
-    }
-}
-
 /// Has `msg` carry the context of `cx` in `params._meta` when it is serialised
-/// ([`crate::jsonrpc::Message::set_trace_context`]: the same result as [`inject_meta`]
-/// on its `_meta`, without building the maps). Nothing without a valid span context.
+/// ([`crate::jsonrpc::Message::set_trace_context`]: `traceparent` set, `tracestate`
+/// set or, when the context has none, removed; other keys kept). Nothing without a
+/// valid span context.
 pub fn inject_message(cx: &Context, msg: &mut crate::jsonrpc::Message) {
     let span = cx.span();
     let sc = span.span_context();
@@ -182,8 +165,11 @@ mod tests {
             sc.trace_id().to_string(),
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
-        let mut out = json!({"progressToken": 3}).as_object().unwrap().clone();
-        inject_meta(&cx, &mut out);
+        let line = r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"progressToken":3,"tracestate":"old=1"}}}"#;
+        let mut msg = crate::jsonrpc::Message::parse(line.as_bytes()).unwrap();
+        inject_message(&cx, &mut msg);
+        let sent = crate::jsonrpc::Message::parse(msg.to_json().as_bytes()).unwrap();
+        let out = sent.meta().unwrap();
         assert_eq!(out["traceparent"], TP);
         assert!(
             !out.contains_key("tracestate"),
