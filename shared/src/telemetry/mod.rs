@@ -216,13 +216,14 @@ impl Telemetry {
         // cost time: the parent's context is passed on instead, carrying the same
         // unsampled flag downstream. Only a trace's first span pays for a sampling
         // decision.
-        let psc = parent.span().span_context().clone();
+        let parent_span = parent.span();
+        let psc = parent_span.span_context();
         if psc.is_valid() && !psc.is_sampled() {
             return parent.clone();
         }
         #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
         if let Some(rec) = &inner.recording {
-            return inner.start_recording(rec, name, kind, parent, &psc, attrs);
+            return inner.start_recording(rec, name, kind, parent, psc, attrs);
         }
         let builder = inner
             .tracer
@@ -442,9 +443,15 @@ pub fn record_response(cx: &Context, resp: &crate::jsonrpc::Message) -> Option<&
     None
 }
 
-/// Ends the span of `cx` (no-op without one).
+/// Ends the span of `cx` (no-op without one, or when it is not sampled).
 pub fn end(cx: &Context) {
-    cx.span().end();
+    let span = cx.span();
+    // Only a sampled span records anything (our samplers never answer RecordOnly). The
+    // API's `end` reads the clock before it looks, which an unsampled request would
+    // otherwise pay once per span it passes through.
+    if span.span_context().is_sampled() {
+        span.end();
+    }
 }
 
 /// `OTEL_RESOURCE_ATTRIBUTES` (`k=v,k2=v2`, values percent-decoded).
