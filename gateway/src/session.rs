@@ -179,7 +179,7 @@ impl Session {
         if !tel.enabled() {
             return Context::new();
         }
-        let from_meta = propagation::extract_meta(msg.meta());
+        let from_meta = propagation::extract_message(msg);
         let parent = if propagation::has_span(&from_meta) {
             from_meta
         } else {
@@ -359,7 +359,7 @@ impl Session {
                         "reason": "the gateway returns complete listings; no cursor is valid"
                     })))
                 } else {
-                    self.list(kind, msg.meta().cloned(), cx)
+                    self.list(kind, msg.meta_with_trace(), cx)
                         .await
                         .map(|v| Message::response(id.clone(), v))
                 }

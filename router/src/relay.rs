@@ -248,7 +248,7 @@ async fn handle_client_line(
         (st.tel.clone(), st.server.clone())
     };
     let spans = if tel.enabled() {
-        let parent = propagation::extract_meta(msg.meta());
+        let parent = propagation::extract_message(&msg);
         let stdio = tel.start("stdio.read", SpanKind::Server, &parent, || {
             let mut a = attrs::mcp_message_brief(&msg);
             a.push(KeyValue::new("network.transport", "pipe"));

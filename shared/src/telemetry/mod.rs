@@ -794,10 +794,7 @@ mod tests {
             crate::jsonrpc::Message::request(crate::jsonrpc::Id::Number(1.into()), "m", None);
         propagation::inject_message(&child, &mut msg);
         let sent = crate::jsonrpc::Message::parse(msg.to_json().as_bytes()).unwrap();
-        let tp = sent.meta().unwrap()["traceparent"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let tp = sent.trace_context().unwrap().0.to_string();
         assert!(tp.ends_with("-00"), "{tp}");
         t.shutdown();
     }

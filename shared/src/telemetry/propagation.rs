@@ -16,7 +16,6 @@ use std::str::FromStr;
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::Context;
-use serde_json::{Map, Value};
 
 /// Keys of `_meta` (and header names) that carry trace context.
 pub const TRACE_KEYS: [&str; 2] = ["traceparent", "tracestate"];
@@ -33,30 +32,55 @@ fn put_hex(bytes: &[u8], out: &mut [u8]) {
     }
 }
 
-/// Lower-case hex digits only.
+/// Each byte's value as a lower-case hex digit, 0xff for every other byte.
+const UNHEX: [u8; 256] = {
+    let mut t = [0xff; 256];
+    let mut i = 0;
+    while i < 16 {
+        t[HEX[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Lower-case hex digits only; `text` holds two digits per byte of `out`. One table
+/// lookup per digit, checked once at the end (every traced request parses a
+/// `traceparent`).
 fn unhex(text: &[u8], out: &mut [u8]) -> Option<()> {
-    fn digit(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        }
+    debug_assert_eq!(text.len(), 2 * out.len());
+    let mut bad = 0;
+    for (o, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        let (hi, lo) = (UNHEX[usize::from(pair[0])], UNHEX[usize::from(pair[1])]);
+        bad |= hi | lo;
+        *o = hi << 4 | lo;
     }
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = digit(text[2 * i])? << 4 | digit(text[2 * i + 1])?;
-    }
-    Some(())
+    (bad & 0xf0 == 0).then_some(())
 }
 
 /// The `traceparent` value of a span context (version 00, sampled flag only).
 pub fn format_traceparent(sc: &SpanContext) -> String {
+    traceparent_text(sc).to_owned()
+}
+
+/// The text of [`format_traceparent`], on the stack.
+fn traceparent_text(sc: &SpanContext) -> TraceparentText {
     let mut b = [b'-'; TRACEPARENT_LEN];
     b[..2].copy_from_slice(b"00");
     put_hex(&sc.trace_id().to_bytes(), &mut b[3..35]);
     put_hex(&sc.span_id().to_bytes(), &mut b[36..52]);
     let sampled = sc.trace_flags().to_u8() & TraceFlags::SAMPLED.to_u8();
     put_hex(&[sampled], &mut b[53..55]);
-    String::from_utf8(b.to_vec()).expect("hex digits and dashes are ASCII")
+    TraceparentText(b)
+}
+
+/// A `traceparent` of version 00: ASCII hex digits and dashes.
+struct TraceparentText([u8; TRACEPARENT_LEN]);
+
+impl std::ops::Deref for TraceparentText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits and dashes are ASCII")
+    }
 }
 
 /// Parses a `traceparent`; `None` when it is malformed or carries an all-zero id.
@@ -108,19 +132,18 @@ pub fn inject_message(cx: &Context, msg: &mut crate::jsonrpc::Message) {
     let span = cx.span();
     let sc = span.span_context();
     if sc.is_valid() {
-        msg.set_trace_context(format_traceparent(sc), sc.trace_state().header());
+        msg.set_trace_context(&traceparent_text(sc), &sc.trace_state().header());
     }
 }
 
-/// Reads a remote parent from `_meta`; an empty context when absent or malformed.
-pub fn extract_meta(meta: Option<&Map<String, Value>>) -> Context {
-    let Some(m) = meta else {
-        return Context::new();
-    };
-    remote(
-        m.get("traceparent").and_then(Value::as_str),
-        m.get("tracestate").and_then(Value::as_str),
-    )
+/// Reads a remote parent from the message's `params._meta`
+/// ([`crate::jsonrpc::Message::trace_context`]); an empty context when absent or
+/// malformed.
+pub fn extract_message(msg: &crate::jsonrpc::Message) -> Context {
+    match msg.trace_context() {
+        Some((parent, state)) => remote(Some(parent), state),
+        None => Context::new(),
+    }
 }
 
 /// The `traceparent`/`tracestate` headers for `cx` (none when it has no valid span).
@@ -151,14 +174,25 @@ pub fn has_span(cx: &Context) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    /// The context of a request whose `params._meta` is `meta`, read from the parsed
+    /// text and from the same message built from values; both must agree.
+    fn extract_meta(meta: Value) -> Context {
+        let v = json!({"jsonrpc": "2.0", "id": 1, "method": "m", "params": {"_meta": meta}});
+        let parsed = crate::jsonrpc::Message::parse(v.to_string().as_bytes()).unwrap();
+        let built = crate::jsonrpc::Message::from_value(v).unwrap();
+        let (a, b) = (extract_message(&parsed), extract_message(&built));
+        assert_eq!(a.span().span_context(), b.span().span_context());
+        a
+    }
 
     #[test]
     fn round_trips_through_meta_keeping_other_keys() {
         let meta = json!({"traceparent": TP, "tracestate": "", "progressToken": 3});
-        let cx = extract_meta(meta.as_object());
+        let cx = extract_meta(meta);
         let sc = cx.span().span_context().clone();
         assert!(sc.is_valid() && sc.is_remote() && sc.is_sampled());
         assert_eq!(
@@ -168,8 +202,8 @@ mod tests {
         let line = r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"progressToken":3,"tracestate":"old=1"}}}"#;
         let mut msg = crate::jsonrpc::Message::parse(line.as_bytes()).unwrap();
         inject_message(&cx, &mut msg);
-        let sent = crate::jsonrpc::Message::parse(msg.to_json().as_bytes()).unwrap();
-        let out = sent.meta().unwrap();
+        let sent: Value = serde_json::from_str(&msg.to_json()).unwrap();
+        let out = sent["params"]["_meta"].as_object().unwrap();
         assert_eq!(out["traceparent"], TP);
         assert!(
             !out.contains_key("tracestate"),
@@ -186,12 +220,16 @@ mod tests {
             "",
             "01-zz",
         ] {
-            let meta = json!({ "traceparent": bad });
-            assert!(!has_span(&extract_meta(meta.as_object())), "{bad}");
+            assert!(
+                !has_span(&extract_meta(json!({ "traceparent": bad }))),
+                "{bad}"
+            );
         }
-        assert!(!has_span(&extract_meta(None)));
-        let meta = json!({ "traceparent": 5 });
-        assert!(!has_span(&extract_meta(meta.as_object())));
+        let none = crate::jsonrpc::Message::parse(br#"{"jsonrpc":"2.0","id":1,"method":"m"}"#);
+        assert!(!has_span(&extract_message(&none.unwrap())));
+        assert!(!has_span(&extract_meta(json!({ "traceparent": 5 }))));
+        assert!(!has_span(&extract_meta(json!({ "tracestate": "a=b" }))));
+        assert!(!has_span(&extract_meta(json!(7))));
     }
 
     /// Our codec and the SDK's propagator agree on what is valid and what it means.

@@ -1,0 +1,238 @@
+//! Reading a message's JSON in one pass, with the W3C trace context of
+//! `params._meta` kept out of the maps.
+//!
+//! The result is what `serde_json::Value` would give, except that a string
+//! `traceparent` in `params._meta` (and a string `tracestate` beside it) becomes a
+//! [`TraceContext`] that remembers where the two keys stood. A traced request would
+//! otherwise pay for a map, its hash table and two keys only to carry 55 characters
+//! (docs/benchmark.md "Tracing"). [`super::Message::to_json`] writes them back at
+//! their places, so relaying stays byte for byte what the `Value` path gives.
+//!
+//! Anything unusual (a `traceparent` that is not a string, a `tracestate` without a
+//! `traceparent`) leaves the keys in the map, as `Value` would have them.
+
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+
+use super::TraceContext;
+
+/// Parses one JSON text: the value, and the trace context taken out of
+/// `params._meta`, if any.
+pub(super) fn parse(bytes: &[u8]) -> serde_json::Result<(Value, Option<TraceContext>)> {
+    let mut trace = None;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = Shaped {
+        level: Level::Top,
+        trace: &mut trace,
+    }
+    .deserialize(&mut de)?;
+    de.end()?;
+    Ok((value, trace))
+}
+
+/// Which object of a message a map is.
+#[derive(Clone, Copy)]
+enum Level {
+    /// The message itself.
+    Top,
+    /// Its `params`.
+    Params,
+    /// `params._meta`.
+    Meta,
+}
+
+/// Reads any value as `Value` does; a map at `level` is read with the rules above.
+struct Shaped<'a> {
+    level: Level,
+    trace: &'a mut Option<TraceContext>,
+}
+
+impl<'de> DeserializeSeed<'de> for Shaped<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Shaped<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(v) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let (level, trace) = (self.level, self.trace);
+        if let Level::Meta = level {
+            return meta(map, trace);
+        }
+        // A repeated `params` or `_meta` replaces the earlier one, trace context and all.
+        if let Level::Params = level {
+            *trace = None;
+        }
+        let mut m = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let inner = match (level, k.as_str()) {
+                (Level::Top, "params") => Some(Level::Params),
+                (Level::Params, "_meta") => Some(Level::Meta),
+                _ => None,
+            };
+            let v = match inner {
+                Some(level) => map.next_value_seed(Shaped {
+                    level,
+                    trace: &mut *trace,
+                })?,
+                None => map.next_value()?,
+            };
+            m.insert(k, v);
+        }
+        Ok(Value::Object(m))
+    }
+}
+
+/// A key of `_meta`: the two trace context keys are recognised without allocating.
+enum MetaKey {
+    Parent,
+    State,
+    Other(String),
+}
+
+impl<'de> serde::Deserialize<'de> for MetaKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = MetaKey;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MetaKey, E> {
+                Ok(match v {
+                    "traceparent" => MetaKey::Parent,
+                    "tracestate" => MetaKey::State,
+                    _ => MetaKey::Other(v.to_owned()),
+                })
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Reads `params._meta`. The map gets every key but a string `traceparent` (and a
+/// string `tracestate` beside it); their places count every key, as in the text.
+fn meta<'de, A: MapAccess<'de>>(
+    mut map: A,
+    trace: &mut Option<TraceContext>,
+) -> Result<Value, A::Error> {
+    *trace = None;
+    let mut m = Map::new();
+    // (value, place) of the keys taken out; `None` once something unusual put them back.
+    let mut parent: Option<(String, usize)> = None;
+    let mut state: Option<(String, usize)> = None;
+    let mut taking = true;
+    while let Some(key) = map.next_key::<MetaKey>()? {
+        let name = match key {
+            MetaKey::Other(k) => {
+                let v = map.next_value()?;
+                m.insert(k, v);
+                continue;
+            }
+            MetaKey::Parent => "traceparent",
+            MetaKey::State => "tracestate",
+        };
+        let v: Value = map.next_value()?;
+        if taking {
+            let taken = usize::from(parent.is_some()) + usize::from(state.is_some());
+            let slot = if name == "traceparent" {
+                &mut parent
+            } else {
+                &mut state
+            };
+            if let Value::String(s) = v {
+                // A repeated key keeps its first place and takes the last value.
+                let at = slot.as_ref().map_or(m.len() + taken, |(_, at)| *at);
+                *slot = Some((s, at));
+                continue;
+            }
+            put_back(&mut m, parent.take(), state.take());
+            taking = false;
+            m.insert(name.to_owned(), v);
+        } else {
+            m.insert(name.to_owned(), v);
+        }
+    }
+    match parent {
+        Some((traceparent, parent_at)) => {
+            let (tracestate, state_at) = match state {
+                Some((s, at)) => (Some(s), Some(at)),
+                None => (None, None),
+            };
+            *trace = Some(TraceContext {
+                traceparent,
+                tracestate,
+                parent_at: Some(parent_at),
+                state_at,
+            });
+        }
+        None => put_back(&mut m, None, state),
+    }
+    Ok(Value::Object(m))
+}
+
+/// Returns taken keys to the map at their places (the earlier place first, so that
+/// each index exists when it is used).
+fn put_back(
+    m: &mut Map<String, Value>,
+    parent: Option<(String, usize)>,
+    state: Option<(String, usize)>,
+) {
+    let mut back: Vec<(&str, String, usize)> = Vec::with_capacity(2);
+    if let Some((v, at)) = parent {
+        back.push(("traceparent", v, at));
+    }
+    if let Some((v, at)) = state {
+        back.push(("tracestate", v, at));
+    }
+    back.sort_by_key(|b| b.2);
+    for (k, v, at) in back {
+        m.shift_insert(at.min(m.len()), k.to_owned(), Value::String(v));
+    }
+}
