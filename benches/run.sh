@@ -10,7 +10,10 @@
 #   --no-musl  skip the musl static builds (memory budgets then use the glibc build).
 #   --no-peer  skip the optional supergateway (Node) comparison.
 #   --tracing-only  only the tracing rounds and the span cost (glibc; no floors,
-#              sessions, startup, musl or peer runs): about 6 minutes after the build.
+#              sessions, startup, musl or peer runs): about 8 minutes after the build.
+#
+# The tracing rounds run twice: with the fixture as the backend (the bridge's own
+# cost), and with server-everything (Node) when tests/setup.sh has installed it.
 #   --keep F   also copy the raw results (one JSON object per line) to F.
 #
 # Exit status: 0 when every run completed, whether or not the budgets are met; non-zero
@@ -35,17 +38,20 @@ while [ $# -gt 0 ]; do
 done
 
 # Tracing: TROUNDS* rounds of off / always_on / always_on with span_detail basic /
-# traceidratio; SPANS spans per mode and
+# traceidratio; EV_ROUNDS rounds of off / always_on / traceidratio with server-everything
+# as the backend (EV_N* requests); SPANS spans per mode and
 # round of the span-cost microbenchmark; QUIET_MS is how long the exporters must be idle
 # before the payload is counted (longer than the batch processor's scheduled_delay,
 # which smoke runs shorten to SCHED).
 if [ "$SMOKE" = 1 ]; then
     N1=200 N32=500 ROUNDS1=1 ROUNDS32=1 WARMUP=20 SESSIONS=(50) TRICKLE=20 RATE=1000 STARTUP_RUNS=3
     TROUNDS1=1 TROUNDS32=1 SPANS=2000 SPAN_ROUNDS=1 SCHED=100ms QUIET_MS=300
+    EV_ROUNDS=1 EV_N1=50 EV_N32=200
 else
     N1=10000 N32=50000 ROUNDS1=5 ROUNDS32=3 WARMUP=1000 SESSIONS=(1000 10000) TRICKLE=500 RATE=250
     STARTUP_RUNS=21
     TROUNDS1=9 TROUNDS32=9 SPANS=50000 SPAN_ROUNDS=7 SCHED= QUIET_MS=1500
+    EV_ROUNDS=7 EV_N1=5000 EV_N32=20000
 fi
 PAYLOAD=128
 
@@ -87,6 +93,7 @@ else
 fi
 BENCH=$BIN/mcp-bench
 FIXTURE=$BIN/mcp-fixture
+EVERYTHING=$ROOT/.cache/npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js
 
 MUSL_BIN= MUSL_BENCH=
 if [ "$MUSL" = 1 ]; then
@@ -107,9 +114,16 @@ fi
 
 # --- helpers ---------------------------------------------------------------------------
 
-# write_config FILE: a gateway configuration with one shared fixture backend "fx".
+# write_config FILE [everything]: a gateway configuration with one shared backend: the
+# fixture as "fx", or server-everything (Node) as "ev".
 # The level must be info: the readiness line "listening on ws://…" is an info record.
 write_config() {
+    local backend
+    if [ "${2:-}" = everything ]; then
+        backend=$(printf 'name = "ev"\ntransport = "stdio"\ncommand = "node"\nargs = ["%s", "stdio"]' "$EVERYTHING")
+    else
+        backend=$(printf 'name = "fx"\ntransport = "stdio"\ncommand = "%s"\nargs = ["--name", "fx"]' "$FIXTURE")
+    fi
     cat >"$1" <<EOF
 [server]
 listen = "127.0.0.1:0"
@@ -119,10 +133,7 @@ max_in_flight = 256
 [logging]
 level = "info"
 [[backends]]
-name = "fx"
-transport = "stdio"
-command = "$FIXTURE"
-args = ["--name", "fx"]
+$backend
 session = "shared"
 EOF
 }
@@ -267,11 +278,14 @@ tracing_section() {
 
 # trace_run LABEL MODE C N BINDIR [STATS_LABEL]: a fresh gateway (with [admin]) and a
 # router from BINDIR, both with tracing MODE; one load run; then, with STATS_LABEL, the
-# OTLP payload of the run.
+# OTLP payload of the run. The backend is the fixture, or server-everything when
+# TRACE_BACKEND=everything.
 trace_run() {
     local label=$1 mode=$2 c=$3 n=$4 bindir=$5 stats=${6:-}
     local gwcfg=$WORK/gateway-trace-$mode.toml rcfg=$WORK/router-trace-$mode.toml
-    write_config "$gwcfg"
+    local tool=(--tool fx.echo)
+    if [ "${TRACE_BACKEND:-}" = everything ]; then tool=(--tool ev.echo --arg message); fi
+    write_config "$gwcfg" "${TRACE_BACKEND:-}"
     {
         printf '[admin]\nlisten = "127.0.0.1:0"\n'
         tracing_section "$mode" "$SINK_GW"
@@ -283,7 +297,7 @@ trace_run() {
         tracing_section "$mode" "$SINK_ROUTER"
     } >"$rcfg"
     "$BENCH" otlp-stats --reset "${SINKS[@]}" || die "the OTLP sinks do not answer"
-    MCP_LOG=warn load "$label" "$c" "$n" stdio --cmd "$bindir/mcp-router" --tool fx.echo \
+    MCP_LOG=warn load "$label" "$c" "$n" stdio --cmd "$bindir/mcp-router" "${tool[@]}" \
         --pid "$GW_PID" -- --config "$rcfg"
     if [ -n "$stats" ]; then
         bench "$stats" otlp-stats "${SINKS[@]}" --admin "$ADMIN_URL" \
@@ -305,6 +319,29 @@ for c in 1 32; do
         done
     done
 done
+
+# The same with a real backend, server-everything (Node, installed by tests/setup.sh),
+# which does what an MCP server does per call (schema validation, its SDK's dispatch):
+# the fixture isolates the bridge's own cost, this shows what a deployment would see.
+# Off / always_on / traceidratio 0.01 only (basic sits between the two).
+if [ -f "$EVERYTHING" ] && command -v node >/dev/null; then
+    EMODES=(off on ratio)
+    for c in 1 32; do
+        if [ "$c" = 1 ]; then n=$EV_N1; else n=$EV_N32; fi
+        for r in $(seq "$EV_ROUNDS"); do
+            for k in "${!EMODES[@]}"; do
+                mode=${EMODES[$(((r + k) % ${#EMODES[@]}))]}
+                stats=
+                if [ "$mode" != off ]; then stats="ev-otlp-$mode-c$c#$r"; fi
+                TRACE_BACKEND=everything trace_run "ev-trace-$mode-c$c#$r" "$mode" "$c" "$n" \
+                    "$BIN" "$stats"
+            done
+        done
+    done
+else
+    log "server-everything is not installed (bash tests/setup.sh installs it) or node is" \
+        "missing: the tracing rounds with a real backend are skipped"
+fi
 
 # The cost of one span, through mcp-shared's telemetry (the code both binaries run).
 bench span-cost span-cost -n "$SPANS" --rounds "$SPAN_ROUNDS"

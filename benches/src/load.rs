@@ -26,6 +26,8 @@ pub struct Opts {
     pub payload: usize,
     /// Tool called.
     pub tool: String,
+    /// The tool's argument that carries the payload.
+    pub arg: String,
     /// Unmeasured requests sent first.
     pub warmup: u64,
     /// Other processes whose memory is reported.
@@ -150,7 +152,7 @@ pub async fn run(
             mcp::initialize(&mut conn).await?;
         }
         procfs::sample_all(&mut procs, "init");
-        let reqs = Requests::new(&opts.tool, opts.payload);
+        let reqs = Requests::new(&opts.tool, &opts.arg, opts.payload);
         let warm = closed_loop(&mut conn, &reqs, 1, opts.warmup, opts.concurrency, echo).await?;
         procfs::sample_all(&mut procs, "start");
         let first = 1 + opts.warmup;
@@ -281,6 +283,7 @@ mod tests {
             concurrency: 4,
             payload: 16,
             tool: "echo".into(),
+            arg: "text".into(),
             warmup: 5,
             pids: vec![],
             label: "t".into(),

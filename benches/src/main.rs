@@ -78,6 +78,10 @@ macro_rules! load_command {
             /// tool to call (default echo; fx.echo through a gateway with backend fx)
             #[argh(option, default = "String::from(\"echo\")")]
             tool: String,
+            /// the tool's string argument that carries the payload (default text, as
+            /// the fixture's echo; server-everything's echo takes message)
+            #[argh(option, default = "String::from(\"text\")")]
+            arg: String,
             /// unmeasured requests sent first (default 1000)
             #[argh(option, default = "1000")]
             warmup: u64,
@@ -99,6 +103,7 @@ macro_rules! load_command {
                     concurrency: self.concurrency.max(1),
                     payload: self.payload,
                     tool: self.tool.clone(),
+                    arg: self.arg.clone(),
                     warmup: self.warmup,
                     pids: self.pid.clone(),
                     label: self.label.clone(),

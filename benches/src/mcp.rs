@@ -234,13 +234,13 @@ pub struct Requests {
 }
 
 impl Requests {
-    /// Requests calling `tool` with `{"text": <payload bytes of text>}`.
-    pub fn new(tool: &str, payload_bytes: usize) -> Requests {
+    /// Requests calling `tool` with `{arg: <payload bytes of text>}`.
+    pub fn new(tool: &str, arg: &str, payload_bytes: usize) -> Requests {
         const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
         let text: String = (0..payload_bytes)
             .map(|i| ALPHABET[i % ALPHABET.len()] as char)
             .collect();
-        let params = json!({ "name": tool, "arguments": { "text": text } });
+        let params = json!({ "name": tool, "arguments": { arg: text } });
         Requests {
             head: r#"{"jsonrpc":"2.0","id":"#,
             tail: format!(r#","method":"tools/call","params":{params}}}"#),
@@ -312,7 +312,7 @@ mod tests {
 
     #[test]
     fn builds_valid_requests() {
-        let reqs = Requests::new("fx.echo", 5);
+        let reqs = Requests::new("fx.echo", "text", 5);
         let mut s = String::new();
         reqs.build(42, &mut s);
         let v: Value = serde_json::from_str(&s).unwrap();

@@ -6,7 +6,9 @@
 //! `router-gateway-c{1,32}`, `peer-supergateway-c{1,32}`, `sessions-S` (any S), `startup`,
 //! and the musl builds' `musl-startup`, `musl-router-gateway-c1`, `musl-sessions-S`;
 //! for tracing `trace-{off,on,basic,ratio}-c{1,32}` (load), `otlp-{on,basic,ratio}-c{1,32}`
-//! (`otlp-stats`), `span-cost`, and `musl-trace-on-c1`, `musl-span-cost`.
+//! (`otlp-stats`), `span-cost`, and `musl-trace-on-c1`, `musl-span-cost`; with
+//! server-everything as the backend `ev-trace-{off,on,ratio}-c{1,32}` and
+//! `ev-otlp-{on,ratio}-c{1,32}`.
 //! Missing results show as `n/a`. A label may carry a run number (`direct-c1#3`):
 //! repeated runs of one scenario are combined by their median (see [`combine`]).
 //!
@@ -441,13 +443,25 @@ impl Builder<'_> {
 
     /// Router + gateway with tracing off, `always_on` and `traceidratio` 0.01
     /// (`trace-{off,on,ratio}-cC`, measured in the same rounds), with the OTLP figures of
-    /// the traced runs (`otlp-{on,ratio}-cC`) and the payload bytes per span.
+    /// the traced runs (`otlp-{on,ratio}-cC`) and the payload bytes per span; then the
+    /// same with server-everything as the backend (`ev-` labels), when it ran.
     fn tracing_rows(&mut self) {
+        self.tracing_rows_with("", "");
+        self.payload_row();
+        self.tracing_rows_with("ev-", " with server-everything (Node) as the backend");
+    }
+
+    /// The tracing rows of one backend: labels `{prefix}trace-…`, `{prefix}otlp-…`;
+    /// `backend` completes the scenario's name. Nothing for a C that did not run.
+    fn tracing_rows_with(&mut self, prefix: &str, backend: &str) {
         for c in [1, 32] {
-            let off = format!("trace-off-c{c}");
+            let off = format!("{prefix}trace-off-c{c}");
+            if !prefix.is_empty() && self.get(&off).is_none() {
+                continue;
+            }
             self.load_row(
                 &off,
-                "Router + gateway, tracing off (baseline of the tracing rounds)",
+                &format!("Router + gateway{backend}, tracing off (baseline of the tracing rounds)"),
                 "",
                 "",
                 "",
@@ -461,11 +475,11 @@ impl Builder<'_> {
                 ),
                 ("ratio", "tracing traceidratio 0.01", TRACE_RATIO_LOSS),
             ] {
-                let label = format!("trace-{mode}-c{c}");
+                let label = format!("{prefix}trace-{mode}-c{c}");
                 if mode == "basic" && self.get(&label).is_none() {
                     continue;
                 }
-                let otlp = self.get(&format!("otlp-{mode}-c{c}"));
+                let otlp = self.get(&format!("{prefix}otlp-{mode}-c{c}"));
                 let loss = self.ratio_to(&label, &off, "rps").map(|r| 1.0 - r);
                 let mut result = match (
                     self.ratio_to(&label, &off, "rps"),
@@ -519,7 +533,8 @@ impl Builder<'_> {
                 self.load_row(
                     &label,
                     &format!(
-                        "Router + gateway, {what} (both binaries, OTLP/HTTP to a loopback sink)"
+                        "Router + gateway{backend}, {what} (both binaries, OTLP/HTTP to a \
+                         loopback sink)"
                     ),
                     &result,
                     &format!("≤ {:.0} % throughput loss", loss_budget * 100.0),
@@ -527,7 +542,6 @@ impl Builder<'_> {
                 );
             }
         }
-        self.payload_row();
     }
 
     /// `label`'s `key` over `base`'s (medians).
@@ -925,14 +939,18 @@ mod tests {
             load("trace-on-c32", 32, 940.0, 104.0, 210.0),
             otlp("otlp-on-c1", 250.0),
             otlp("otlp-on-c32", 310.0),
+            load("ev-trace-off-c1", 1, 500.0, 300.0, 400.0),
+            load("ev-trace-on-c1", 1, 480.0, 310.0, 410.0),
+            load("ev-trace-ratio-c1", 1, 496.0, 301.0, 401.0),
         ]
         .into_iter()
         .collect();
         let table = render(&build(&r));
         let rows: Vec<&str> = table
             .lines()
-            .filter(|l| l.contains("always_on (both"))
+            .filter(|l| l.contains("gateway, tracing always_on (both"))
             .collect();
+        assert_eq!(rows.len(), 2, "{table}");
         assert!(
             rows[0].contains("throughput 0.960× off (-4.0 %)"),
             "{}",
@@ -945,6 +963,22 @@ mod tests {
             .find(|l| l.contains("traceidratio 0.01 (both"))
             .unwrap();
         assert!(ratio.ends_with("| **not met** |"), "{ratio}");
+        // The real-backend rows, for the C that ran.
+        let ev: Vec<&str> = table
+            .lines()
+            .filter(|l| l.contains("with server-everything (Node) as the backend"))
+            .collect();
+        assert_eq!(ev.len(), 3, "{table}");
+        assert!(
+            ev[1].contains("(-4.0 %)") && ev[1].ends_with("| met |"),
+            "{}",
+            ev[1]
+        );
+        assert!(
+            ev[2].contains("(-0.8 %)") && ev[2].ends_with("| met |"),
+            "{}",
+            ev[2]
+        );
         let payload = table
             .lines()
             .find(|l| l.contains("payload per span"))

@@ -50,7 +50,7 @@ pub async fn run(ex: &LocalExecutor<'_>, opts: &Opts) -> Result<Value, String> {
     let work = async {
         let mut procs: Vec<Watched> = opts.pids.iter().copied().map(Watched::new).collect();
         procfs::sample_all(&mut procs, "before");
-        let reqs = Rc::new(Requests::new(&opts.tool, opts.payload));
+        let reqs = Rc::new(Requests::new(&opts.tool, "text", opts.payload));
         let gate = Rc::new(Semaphore::new(opts.connect_concurrency.max(1)));
         let (ready_tx, ready_rx) = channel::unbounded::<Result<usize, String>>();
         let mut jobs = Vec::with_capacity(opts.sessions);
