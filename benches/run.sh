@@ -2,7 +2,8 @@
 # benches/run.sh: build the release binaries, run the benchmark matrix of mcp-bridge and
 # print one markdown table (see docs/benchmark.md).
 #
-#   benches/run.sh [--smoke] [--debug] [--no-musl] [--no-peer] [--tracing-only] [--keep FILE]
+#   benches/run.sh [--smoke] [--debug] [--no-musl] [--no-peer] [--tracing-only]
+#                  [--instructions] [--keep FILE]
 #
 #   --smoke    a few seconds of tiny runs (N=200, S=50, 2,000 spans) that only prove
 #              the harness works; implies --no-musl --no-peer. For CI.
@@ -11,10 +12,12 @@
 #   --no-peer  skip the optional supergateway (Node) comparison.
 #   --tracing-only  only the tracing rounds and the span cost (glibc; no floors,
 #              sessions, startup, musl or peer runs): about 8 minutes after the build.
+#   --instructions  also count instructions per request under callgrind (valgrind),
+#              router and gateway apart, for each tracing mode (~1 minute).
+#   --keep F   also copy the raw results (one JSON object per line) to F.
 #
 # The tracing rounds run twice: with the fixture as the backend (the bridge's own
 # cost), and with server-everything (Node) when tests/setup.sh has installed it.
-#   --keep F   also copy the raw results (one JSON object per line) to F.
 #
 # Exit status: 0 when every run completed, whether or not the budgets are met; non-zero
 # when the harness itself broke (a build, a process that did not start, a run that
@@ -22,7 +25,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SMOKE=0 PROFILE=release MUSL=1 PEER=1 KEEP= TRACING_ONLY=0
+SMOKE=0 PROFILE=release MUSL=1 PEER=1 KEEP= TRACING_ONLY=0 INSTR=0
 while [ $# -gt 0 ]; do
     case $1 in
         --smoke) SMOKE=1 MUSL=0 PEER=0 ;;
@@ -30,8 +33,9 @@ while [ $# -gt 0 ]; do
         --no-musl) MUSL=0 ;;
         --no-peer) PEER=0 ;;
         --tracing-only) TRACING_ONLY=1 MUSL=0 PEER=0 ;;
+        --instructions) INSTR=1 ;;
         --keep) KEEP=${2:?--keep needs a file}; shift ;;
-        -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
     esac
     shift
@@ -46,12 +50,12 @@ done
 if [ "$SMOKE" = 1 ]; then
     N1=200 N32=500 ROUNDS1=1 ROUNDS32=1 WARMUP=20 SESSIONS=(50) TRICKLE=20 RATE=1000 STARTUP_RUNS=3
     TROUNDS1=1 TROUNDS32=1 SPANS=2000 SPAN_ROUNDS=1 SCHED=100ms QUIET_MS=300
-    EV_ROUNDS=1 EV_N1=50 EV_N32=200
+    EV_ROUNDS=1 EV_N1=50 EV_N32=200 INSTR_N=100
 else
     N1=10000 N32=50000 ROUNDS1=5 ROUNDS32=3 WARMUP=1000 SESSIONS=(1000 10000) TRICKLE=500 RATE=250
     STARTUP_RUNS=21
     TROUNDS1=9 TROUNDS32=9 SPANS=50000 SPAN_ROUNDS=7 SCHED= QUIET_MS=1500
-    EV_ROUNDS=7 EV_N1=5000 EV_N32=20000
+    EV_ROUNDS=7 EV_N1=5000 EV_N32=20000 INSTR_N=6000
 fi
 PAYLOAD=128
 
@@ -148,7 +152,8 @@ start_gateway() {
     local fifo=$WORK/gateway.fifo line fd
     rm -f "$fifo"
     mkfifo "$fifo"
-    "$1" --config "${2:-$CONFIG}" 2>"$fifo" &
+    # GW_WRAP: a command (words split on spaces) the gateway runs under, if set.
+    ${GW_WRAP:-} "$1" --config "${2:-$CONFIG}" 2>"$fifo" &
     GW_PID=$!
     PIDS+=("$GW_PID")
     exec {fd}<"$fifo"
@@ -283,8 +288,14 @@ tracing_section() {
 trace_run() {
     local label=$1 mode=$2 c=$3 n=$4 bindir=$5 stats=${6:-}
     local gwcfg=$WORK/gateway-trace-$mode.toml rcfg=$WORK/router-trace-$mode.toml
-    local tool=(--tool fx.echo)
+    local tool=(--tool fx.echo) router=$bindir/mcp-router
     if [ "${TRACE_BACKEND:-}" = everything ]; then tool=(--tool ev.echo --arg message); fi
+    if [ -n "${ROUTER_WRAP:-}" ]; then
+        # mcp-bench runs one executable: a script that runs the router under the wrapper.
+        router=$WORK/router-wrapped.sh
+        printf '#!/bin/sh\nexec %s %s "$@"\n' "$ROUTER_WRAP" "$bindir/mcp-router" >"$router"
+        chmod +x "$router"
+    fi
     write_config "$gwcfg" "${TRACE_BACKEND:-}"
     {
         printf '[admin]\nlisten = "127.0.0.1:0"\n'
@@ -297,7 +308,7 @@ trace_run() {
         tracing_section "$mode" "$SINK_ROUTER"
     } >"$rcfg"
     "$BENCH" otlp-stats --reset "${SINKS[@]}" || die "the OTLP sinks do not answer"
-    MCP_LOG=warn load "$label" "$c" "$n" stdio --cmd "$bindir/mcp-router" "${tool[@]}" \
+    MCP_LOG=warn load "$label" "$c" "$n" stdio --cmd "$router" "${tool[@]}" \
         --pid "$GW_PID" -- --config "$rcfg"
     if [ -n "$stats" ]; then
         bench "$stats" otlp-stats "${SINKS[@]}" --admin "$ADMIN_URL" \
@@ -341,6 +352,32 @@ if [ -f "$EVERYTHING" ] && command -v node >/dev/null; then
 else
     log "server-everything is not installed (bash tests/setup.sh installs it) or node is" \
         "missing: the tracing rounds with a real backend are skipped"
+fi
+
+# Instructions per request under callgrind, router and gateway apart, per tracing mode:
+# a figure that does not move with the VM's scheduling as throughput does. Each process
+# is counted whole (all its threads, exporter included; start-up and shutdown spread
+# over the run's requests), at C = 32 with the fixture as the backend.
+if [ "$INSTR" = 1 ]; then
+    if command -v valgrind >/dev/null; then
+        for mode in off on basic ratio; do
+            for target in router gateway; do
+                out=$WORK/callgrind-$mode-$target.out
+                wrap="valgrind --tool=callgrind --callgrind-out-file=$out"
+                if [ "$target" = gateway ]; then
+                    GW_WRAP=$wrap trace_run "instr-run-$mode-$target" "$mode" 32 "$INSTR_N" "$BIN"
+                else
+                    ROUTER_WRAP=$wrap trace_run "instr-run-$mode-$target" "$mode" 32 "$INSTR_N" "$BIN"
+                fi
+                total=$(sed -n 's/^totals: \([0-9]*\).*/\1/p' "$out")
+                [ -n "$total" ] || die "no callgrind totals for $mode $target"
+                printf '{"label":"instr-%s-%s","instructions":%s,"requests":%s}\n' \
+                    "$mode" "$target" "$total" $((INSTR_N + WARMUP)) >>"$RESULTS"
+            done
+        done
+    else
+        log "valgrind not found (apt-get install valgrind): instruction counts skipped"
+    fi
 fi
 
 # The cost of one span, through mcp-shared's telemetry (the code both binaries run).

@@ -418,6 +418,7 @@ impl Builder<'_> {
         );
         self.tracing_rows();
         self.span_cost_rows();
+        self.instruction_rows();
 
         for c in [1, 32] {
             let label = format!("peer-supergateway-c{c}");
@@ -621,6 +622,51 @@ impl Builder<'_> {
             &format!("≤ {BYTES_PER_SPAN:.0} B per span"),
             &status(worst.map(|b| b <= BYTES_PER_SPAN)),
         ]);
+    }
+
+    /// Instructions per request under callgrind (`instr-{off,on,basic,ratio}-{router,
+    /// gateway}`, from `run.sh --instructions`): each traced mode against off.
+    fn instruction_rows(&mut self) {
+        let per = |b: &Self, l: &str| -> Option<f64> {
+            let v = b.get(l)?;
+            Some(num(v, "instructions")? / num(v, "requests")?.max(1.0))
+        };
+        for target in ["router", "gateway"] {
+            let Some(off) = per(self, &format!("instr-off-{target}")) else {
+                continue;
+            };
+            let mut parts = vec![format!("off {:.1}k", off / 1e3)];
+            for (mode, what) in [
+                ("on", "always_on"),
+                ("basic", "always_on basic"),
+                ("ratio", "traceidratio 0.01"),
+            ] {
+                if let Some(x) = per(self, &format!("instr-{mode}-{target}")) {
+                    parts.push(format!(
+                        "{what} {:.1}k ({:+.1} %)",
+                        x / 1e3,
+                        (x / off - 1.0) * 100.0
+                    ));
+                }
+            }
+            self.push([
+                &format!(
+                    "Instructions per request, {target} (callgrind, C = 32, fixture backend; \
+                     the whole process, exporter thread included)"
+                ),
+                "32",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                &parts.join("; "),
+                "",
+                "",
+            ]);
+        }
     }
 
     /// The span-cost microbenchmark (`span-cost`, `musl-span-cost`): ns per span started
@@ -984,6 +1030,37 @@ mod tests {
             .find(|l| l.contains("payload per span"))
             .unwrap();
         assert!(payload.contains("C = 32: 310 B") && payload.ends_with("| **not met** |"));
+    }
+
+    #[test]
+    fn reports_instructions_against_off() {
+        let instr = |label: &str, n: f64| {
+            (
+                label.to_string(),
+                json!({ "label": label, "instructions": n, "requests": 1000 }),
+            )
+        };
+        let r: HashMap<String, Value> = [
+            instr("instr-off-gateway", 75_000_000.0),
+            instr("instr-on-gateway", 115_500_000.0),
+            instr("instr-ratio-gateway", 82_500_000.0),
+            instr("instr-on-router", 1.0),
+        ]
+        .into_iter()
+        .collect();
+        let table = render(&build(&r));
+        let rows: Vec<&str> = table
+            .lines()
+            .filter(|l| l.contains("Instructions per request"))
+            .collect();
+        assert_eq!(rows.len(), 1, "the router has no off run: {table}");
+        assert!(
+            rows[0].contains(
+                "off 75.0k; always_on 115.5k (+54.0 %); traceidratio 0.01 82.5k (+10.0 %)"
+            ),
+            "{}",
+            rows[0]
+        );
     }
 
     #[test]
