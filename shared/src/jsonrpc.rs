@@ -94,6 +94,10 @@ pub struct Message {
     /// Trace context written into `params._meta` at serialisation
     /// ([`Message::set_trace_context`]).
     trace: Option<Box<TraceContext>>,
+    /// `params._meta` may hold a string `traceparent` of its own: the message was built
+    /// from values, or its `params` were handed out mutably. False after
+    /// [`Message::parse`], which takes it out (so reading none costs nothing).
+    map_may_hold_trace: bool,
 }
 
 /// The W3C trace context of `params._meta`: read there by [`Message::parse`], or set
@@ -139,7 +143,7 @@ impl Rejection {
 impl Message {
     /// Parses one framed message (one line of text, without its newline).
     pub fn parse(bytes: &[u8]) -> Result<Message, Rejection> {
-        let (value, trace) = de::parse(bytes).map_err(|e| {
+        let (value, taken) = de::parse(bytes).map_err(|e| {
             // Invalid UTF-8 always fails the parse (outside strings it is not JSON;
             // inside, serde_json checks it), so the text is checked only then.
             let message = if std::str::from_utf8(bytes).is_err() {
@@ -150,7 +154,8 @@ impl Message {
             Rejection::new(sniff_id(bytes), codes::PARSE_ERROR, message)
         })?;
         let mut msg = Message::from_value(value)?;
-        msg.trace = trace.map(Box::new);
+        msg.trace = taken.trace.map(Box::new);
+        msg.map_may_hold_trace = taken.left_in_map;
         Ok(msg)
     }
 
@@ -217,6 +222,7 @@ impl Message {
                     kind,
                     obj,
                     trace: None,
+                    map_may_hold_trace: true,
                 })
             }
             Some(_) => invalid(id, "\"method\" must be a string"),
@@ -237,6 +243,7 @@ impl Message {
                         kind: Kind::Response,
                         obj,
                         trace: None,
+                        map_may_hold_trace: true,
                     });
                 }
                 let mut r = Rejection::new(
@@ -263,6 +270,7 @@ impl Message {
             kind: Kind::Request,
             obj,
             trace: None,
+            map_may_hold_trace: true,
         }
     }
 
@@ -278,6 +286,7 @@ impl Message {
             kind: Kind::Notification,
             obj,
             trace: None,
+            map_may_hold_trace: true,
         }
     }
 
@@ -291,6 +300,7 @@ impl Message {
             kind: Kind::Response,
             obj,
             trace: None,
+            map_may_hold_trace: true,
         }
     }
 
@@ -304,6 +314,7 @@ impl Message {
             kind: Kind::Response,
             obj,
             trace: None,
+            map_may_hold_trace: true,
         }
     }
 
@@ -339,6 +350,7 @@ impl Message {
 
     /// The params object, created empty when absent (or not an object).
     pub fn params_mut(&mut self) -> &mut Map<String, Value> {
+        self.map_may_hold_trace = true;
         let p = self
             .obj
             .entry("params")
@@ -443,7 +455,10 @@ impl Message {
         if let Some(t) = &self.trace {
             return Some((&t.traceparent, t.tracestate.as_deref()));
         }
-        // Built from values rather than parsed: the keys are in the map.
+        if !self.map_may_hold_trace {
+            return None;
+        }
+        // Built from values, or edited since parsed: the keys may be in the map.
         let meta = self.meta()?;
         let parent = meta.get("traceparent")?.as_str()?;
         Some((parent, meta.get("tracestate").and_then(Value::as_str)))
@@ -936,9 +951,15 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","_meta":{"progressToken":5}}}"#,
         )
         .unwrap();
+        assert_eq!(m.trace_context(), None);
         m.meta_mut().insert("traceparent".into(), "x".into());
         assert_eq!(m.meta().unwrap()["progressToken"], 5);
         assert_eq!(m.meta().unwrap()["traceparent"], "x");
+        assert_eq!(
+            m.trace_context(),
+            Some(("x", None)),
+            "an edited map is read again"
+        );
         let mut bare = parse(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).unwrap();
         bare.meta_mut().insert("k".into(), 1.into());
         assert_eq!(bare.params().unwrap()["_meta"]["k"], 1);

@@ -18,18 +18,27 @@ use serde_json::{Map, Number, Value};
 
 use super::TraceContext;
 
-/// Parses one JSON text: the value, and the trace context taken out of
-/// `params._meta`, if any.
-pub(super) fn parse(bytes: &[u8]) -> serde_json::Result<(Value, Option<TraceContext>)> {
-    let mut trace = None;
+/// What [`parse`] took out of `params._meta`.
+#[derive(Debug, Default)]
+pub(super) struct Taken {
+    /// The trace context, if `_meta` had a string `traceparent`.
+    pub trace: Option<TraceContext>,
+    /// Something unusual left the keys in the map, where a string `traceparent` may
+    /// then be (a repeated key whose first value was not a string).
+    pub left_in_map: bool,
+}
+
+/// Parses one JSON text: the value, and what was taken out of `params._meta`.
+pub(super) fn parse(bytes: &[u8]) -> serde_json::Result<(Value, Taken)> {
+    let mut taken = Taken::default();
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = Shaped {
         level: Level::Top,
-        trace: &mut trace,
+        taken: &mut taken,
     }
     .deserialize(&mut de)?;
     de.end()?;
-    Ok((value, trace))
+    Ok((value, taken))
 }
 
 /// Which object of a message a map is.
@@ -46,7 +55,7 @@ enum Level {
 /// Reads any value as `Value` does; a map at `level` is read with the rules above.
 struct Shaped<'a> {
     level: Level,
-    trace: &'a mut Option<TraceContext>,
+    taken: &'a mut Taken,
 }
 
 impl<'de> DeserializeSeed<'de> for Shaped<'_> {
@@ -101,13 +110,13 @@ impl<'de> Visitor<'de> for Shaped<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let (level, trace) = (self.level, self.trace);
+        let (level, taken) = (self.level, self.taken);
         if let Level::Meta = level {
-            return meta(map, trace);
+            return meta(map, taken);
         }
         // A repeated `params` or `_meta` replaces the earlier one, trace context and all.
         if let Level::Params = level {
-            *trace = None;
+            taken.trace = None;
         }
         let mut m = Map::new();
         while let Some(k) = map.next_key::<String>()? {
@@ -119,7 +128,7 @@ impl<'de> Visitor<'de> for Shaped<'_> {
             let v = match inner {
                 Some(level) => map.next_value_seed(Shaped {
                     level,
-                    trace: &mut *trace,
+                    taken: &mut *taken,
                 })?,
                 None => map.next_value()?,
             };
@@ -158,11 +167,8 @@ impl<'de> serde::Deserialize<'de> for MetaKey {
 
 /// Reads `params._meta`. The map gets every key but a string `traceparent` (and a
 /// string `tracestate` beside it); their places count every key, as in the text.
-fn meta<'de, A: MapAccess<'de>>(
-    mut map: A,
-    trace: &mut Option<TraceContext>,
-) -> Result<Value, A::Error> {
-    *trace = None;
+fn meta<'de, A: MapAccess<'de>>(mut map: A, taken: &mut Taken) -> Result<Value, A::Error> {
+    taken.trace = None;
     let mut m = Map::new();
     // (value, place) of the keys taken out; `None` once something unusual put them back.
     let mut parent: Option<(String, usize)> = None;
@@ -180,7 +186,7 @@ fn meta<'de, A: MapAccess<'de>>(
         };
         let v: Value = map.next_value()?;
         if taking {
-            let taken = usize::from(parent.is_some()) + usize::from(state.is_some());
+            let out = usize::from(parent.is_some()) + usize::from(state.is_some());
             let slot = if name == "traceparent" {
                 &mut parent
             } else {
@@ -188,12 +194,13 @@ fn meta<'de, A: MapAccess<'de>>(
             };
             if let Value::String(s) = v {
                 // A repeated key keeps its first place and takes the last value.
-                let at = slot.as_ref().map_or(m.len() + taken, |(_, at)| *at);
+                let at = slot.as_ref().map_or(m.len() + out, |(_, at)| *at);
                 *slot = Some((s, at));
                 continue;
             }
             put_back(&mut m, parent.take(), state.take());
             taking = false;
+            taken.left_in_map = true;
             m.insert(name.to_owned(), v);
         } else {
             m.insert(name.to_owned(), v);
@@ -205,7 +212,7 @@ fn meta<'de, A: MapAccess<'de>>(
                 Some((s, at)) => (Some(s), Some(at)),
                 None => (None, None),
             };
-            *trace = Some(TraceContext {
+            taken.trace = Some(TraceContext {
                 traceparent,
                 tracestate,
                 parent_at: Some(parent_at),
