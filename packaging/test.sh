@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Packaging tests: static builds for x86_64 and aarch64, the binaries run (aarch64 under
 # qemu-aarch64-static), a request through router -> gateway -> fixture on each
-# architecture, the example configurations, install.sh into a throwaway root and as a
+# architecture, the TLS variant's builds and TLS tests (aarch64 under qemu), the example
+# configurations, install.sh into a throwaway root and as a
 # real install confined to a private mount namespace, the systemd unit
 # (systemd-analyze verify / security) and the notification protocol it relies on, and
 # the .deb (contents, dpkg -i/-r/-P in an empty root and confined on the live system).
@@ -9,7 +10,8 @@
 #   packaging/test.sh
 #
 # Installs what it needs (rustup targets via build.sh; apt: qemu-user-static, systemd
-# for systemd-analyze). Exits non-zero when a check fails; the last line is
+# for systemd-analyze, clang for the aarch64 TLS build; the Python test peers via
+# tests/setup.sh when missing). Exits non-zero when a check fails; the last line is
 # "N passed, M failed".
 set -uo pipefail
 
@@ -223,6 +225,40 @@ for arch in x86_64 aarch64; do
     step "$arch: one request through router -> gateway -> fixture${emu:+ (all three under qemu)}"
     smoke "$arch" "$dist" "$emu"
 done
+
+# The TLS variant (otlp-tls: rustls with ring, whose C and assembly differ per
+# architecture): built static for both targets, then the TLS tests of tests/python run
+# against those binaries — on aarch64 through qemu — so a handshake with a real
+# collector, certificate checks and mutual TLS are exercised on the code that ships.
+step "TLS variant: packaging/build.sh --target all --features otlp-tls, and the TLS tests on it"
+if "$PKG/build.sh" --target all --features otlp-tls 2>&1 | grep -v '^ *Compiling '; then
+    ok "build.sh --features otlp-tls: both targets built, every binary static"
+    VENV_PY=$ROOT/.cache/venv/bin/python
+    if [ ! -x "$VENV_PY" ]; then bash "$ROOT/tests/setup.sh" >/dev/null; fi
+    for arch in x86_64 aarch64; do
+        if [ "$arch" = x86_64 ]; then emu=""; else emu=$QEMU; fi
+        dist="$DIST/$arch-unknown-linux-musl+otlp-tls"
+        bins="$T/tls-$arch"
+        mkdir -p "$bins"
+        # The tests start mcp-gateway and mcp-router from one directory: scripts that
+        # exec the binary (under the emulator on aarch64) keep the pid and the signals.
+        for b in mcp-gateway mcp-router; do
+            printf '#!/bin/sh\nexec %s %s "$@"\n' "$emu" "$dist/$b" >"$bins/$b"
+            chmod +x "$bins/$b"
+        done
+        v=$("$bins/mcp-gateway" --version 2>&1)
+        if [[ $v == *"tls: otlp"* ]]; then ok "$arch TLS: gateway --version: $v"; else nok "$arch TLS: gateway --version" "$v"; fi
+        # The backend is the x86_64 static fixture, run natively.
+        if MCP_TLS_BIN_DIR=$bins MCP_BIN_DIR=$X86 "$VENV_PY" -m pytest -q -p no:cacheprovider \
+            "$ROOT/tests/python/test_otlp_tls.py" >"$T/tls-$arch.log" 2>&1; then
+            ok "$arch TLS: tests/python/test_otlp_tls.py${emu:+ under qemu}: $(tail -n 1 "$T/tls-$arch.log")"
+        else
+            nok "$arch TLS: tests/python/test_otlp_tls.py${emu:+ under qemu}" "$(tail -n 15 "$T/tls-$arch.log")"
+        fi
+    done
+else
+    nok "build.sh --features otlp-tls"
+fi
 
 step "x86_64: what Type=notify, WatchdogSec and ExecReload rely on; admin endpoints"
 # The gateway under a fake $NOTIFY_SOCKET (a unix datagram socket, as systemd gives
