@@ -429,8 +429,13 @@ impl Session {
     /// The slot's process, started if needed (a `backend.connect` span under `cx`
     /// records a start).
     async fn ensure(&self, slot: &Rc<Slot>, cx: &Context) -> Result<Rc<Proc>, RpcError> {
+        // The usual case, a running process, without copying the client's capabilities
+        // or carrying the start-up's state in every request's future.
+        if let Some(p) = slot.running() {
+            return Ok(p);
+        }
         let caps = self.client_caps.borrow().clone();
-        slot.ensure(&caps, self.version.get(), &self.gw.tel, cx)
+        Box::pin(slot.ensure(&caps, self.version.get(), &self.gw.tel, cx))
             .await
             .map_err(|e| e.to_rpc_error())
     }
