@@ -23,6 +23,8 @@ use std::fmt;
 use crate::error::{codes, RpcError};
 
 mod de;
+#[cfg(test)]
+mod fuzz;
 
 /// A JSON-RPC request id, exactly as the peer sent it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -378,14 +380,22 @@ impl Message {
         let Some(t) = &self.trace else {
             return self.meta().cloned();
         };
-        // Written as `to_json` writes it, so that the two cannot differ.
-        let mut text = Vec::new();
-        write_meta(&mut text, self.meta(), t);
-        Some(serde_json::from_slice(&text).expect("write_meta writes a JSON object"))
+        match self.params() {
+            // Positional params carry no `_meta`: the context is not sent.
+            Some(p) if !p.is_object() => None,
+            _ => Some(meta_map(self.meta(), t)),
+        }
     }
 
-    /// `params._meta`, created when absent; existing keys are kept.
+    /// `params._meta`, created when absent; existing keys are kept. A trace context held
+    /// beside the map (parsed, or set) is put into it first, at its places, so that
+    /// what is edited here is what is sent.
     pub fn meta_mut(&mut self) -> &mut Map<String, Value> {
+        if let Some(t) = self.trace.take() {
+            let merged = meta_map(self.meta(), &t);
+            self.params_mut()
+                .insert("_meta".into(), Value::Object(merged));
+        }
         let meta = self
             .params_mut()
             .entry("_meta")
@@ -501,61 +511,92 @@ fn value(out: &mut Vec<u8>, v: &Value) {
     serde_json::to_writer(out, v).expect("a JSON value always serialises");
 }
 
-/// Writes `_meta` (the map `m`, if any) with the trace context `t` in it: at the
-/// places the context was parsed at, else instead of the map's own copies, else last.
-fn write_meta(out: &mut Vec<u8>, m: Option<&Map<String, Value>>, t: &TraceContext) {
-    let put_parent = |out: &mut Vec<u8>, first: &mut bool| {
-        key(out, first, "traceparent");
-        string(out, &t.traceparent);
+/// One entry of `_meta` as it is sent: the map's own value, or a trace context string.
+enum MetaItem<'a> {
+    Value(&'a Value),
+    Str(&'a str),
+}
+
+/// Calls `f` with each entry of `_meta` (the map `m`, if any) with the trace context `t`
+/// in it, in order: the context's keys at the places they were parsed at, else instead
+/// of the map's own copies, else last. The one place that decides the order, for
+/// writing the text and for copies of the map.
+fn meta_items<'a>(
+    m: Option<&'a Map<String, Value>>,
+    t: &'a TraceContext,
+    mut f: impl FnMut(&'a str, MetaItem<'a>),
+) {
+    let put_parent = |f: &mut dyn FnMut(&'a str, MetaItem<'a>)| {
+        f("traceparent", MetaItem::Str(&t.traceparent));
     };
-    // A `tracestate` of `None` takes its place (and the map's copy) but writes nothing.
-    let put_state = |out: &mut Vec<u8>, first: &mut bool| {
+    // A `tracestate` of `None` takes its place (and the map's copy) but gives nothing.
+    let put_state = |f: &mut dyn FnMut(&'a str, MetaItem<'a>)| {
         if let Some(state) = &t.tracestate {
-            key(out, first, "tracestate");
-            string(out, state);
+            f("tracestate", MetaItem::Str(state));
         }
     };
-    out.push(b'{');
-    let mut first = true;
     let (mut parent, mut state) = (false, false);
     let mut keys = m.into_iter().flatten();
-    // The place being written, counting every key.
+    // The place being filled, counting every key.
     let mut at = 0;
     loop {
         if !parent && t.parent_at == Some(at) {
-            put_parent(out, &mut first);
+            put_parent(&mut f);
             parent = true;
         } else if !state && t.state_at == Some(at) {
-            put_state(out, &mut first);
+            put_state(&mut f);
             state = true;
         } else {
             let Some((k, v)) = keys.next() else { break };
-            // The map's own copies give way to the context's, written once.
+            // The map's own copies give way to the context's, given once.
             match k.as_str() {
                 "traceparent" if !parent => {
-                    put_parent(out, &mut first);
+                    put_parent(&mut f);
                     parent = true;
                 }
                 "tracestate" if !state => {
-                    put_state(out, &mut first);
+                    put_state(&mut f);
                     state = true;
                 }
                 "traceparent" | "tracestate" => {}
-                _ => {
-                    key(out, &mut first, k);
-                    value(out, v);
-                }
+                _ => f(k, MetaItem::Value(v)),
             }
         }
         at += 1;
     }
     if !parent {
-        put_parent(out, &mut first);
+        put_parent(&mut f);
     }
     if !state {
-        put_state(out, &mut first);
+        put_state(&mut f);
     }
+}
+
+/// Writes `_meta` (the map `m`, if any) with the trace context `t` in it.
+fn write_meta(out: &mut Vec<u8>, m: Option<&Map<String, Value>>, t: &TraceContext) {
+    out.push(b'{');
+    let mut first = true;
+    meta_items(m, t, |k, item| {
+        key(out, &mut first, k);
+        match item {
+            MetaItem::Value(v) => value(out, v),
+            MetaItem::Str(s) => string(out, s),
+        }
+    });
     out.push(b'}');
+}
+
+/// `_meta` (the map `m`, if any) with the trace context `t` in it, as a map.
+fn meta_map(m: Option<&Map<String, Value>>, t: &TraceContext) -> Map<String, Value> {
+    let mut out = Map::new();
+    meta_items(m, t, |k, item| {
+        let v = match item {
+            MetaItem::Value(v) => v.clone(),
+            MetaItem::Str(s) => Value::String(s.to_owned()),
+        };
+        out.insert(k.to_owned(), v);
+    });
+    out
 }
 
 /// Writes `obj` as JSON with `t` in `params._meta` (see [`Message::set_trace_context`]).
@@ -810,6 +851,54 @@ mod tests {
             }
         }
         assert_eq!(seen, 1 + 7 + 49 + 343 + 2401 + 16807);
+    }
+
+    /// Found by the differential fuzzing (`fuzz.rs`) of the first version: a repeated
+    /// `params` or `_meta` that holds no context drops the earlier one; a copy of `_meta`
+    /// keeps numbers as they were; an edit through `meta_mut` is what is sent.
+    #[test]
+    fn repeats_copies_and_edits_keep_the_value_paths_meaning() {
+        for text in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"traceparent":"x"},"_meta":5}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"traceparent":"x"}},"params":[]}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"tracestate":"a","traceparent":"b"},"_meta":null}}"#,
+        ] {
+            let m = Message::parse(text.as_bytes()).unwrap();
+            assert_eq!(m.to_json(), through_maps(text, None), "{text}");
+            assert_eq!(m.trace_context(), None, "{text}");
+            let v: Value = serde_json::from_str(text).unwrap();
+            let meta = v["params"].get("_meta").and_then(Value::as_object).cloned();
+            assert_eq!(m.meta_with_trace(), meta, "{text}");
+            if !text.contains(r#""params":[]"#) {
+                let mut t = m.clone();
+                t.set_trace_context("T", "s=1");
+                assert_eq!(
+                    t.to_json(),
+                    through_maps(text, Some(("T", "s=1"))),
+                    "{text}"
+                );
+            }
+        }
+        let big = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"traceparent":"x","n":12345678901234567890123456789012}}}"#;
+        let copy = Message::parse(big.as_bytes())
+            .unwrap()
+            .meta_with_trace()
+            .unwrap();
+        let v: Value = serde_json::from_str(big).unwrap();
+        assert_eq!(
+            Value::Object(copy).to_string(),
+            v["params"]["_meta"].to_string()
+        );
+        let mut m = parse(
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"a":1,"traceparent":"old","b":2}}}"#,
+        )
+        .unwrap();
+        m.meta_mut().insert("traceparent".into(), "new".into());
+        assert_eq!(m.trace_context(), Some(("new", None)));
+        assert_eq!(
+            m.to_json(),
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"a":1,"traceparent":"new","b":2}}}"#
+        );
     }
 
     /// Broken text gets the error `serde_json` gives for it.

@@ -62,6 +62,11 @@ impl<'de> DeserializeSeed<'de> for Shaped<'_> {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        // A repeated `params` or `_meta` replaces the earlier one, trace context and all,
+        // whatever it is (an object, or a value that holds no context).
+        if !matches!(self.level, Level::Top) {
+            self.taken.trace = None;
+        }
         d.deserialize_any(self)
     }
 }
@@ -114,10 +119,6 @@ impl<'de> Visitor<'de> for Shaped<'_> {
         if let Level::Meta = level {
             return meta(map, taken);
         }
-        // A repeated `params` or `_meta` replaces the earlier one, trace context and all.
-        if let Level::Params = level {
-            taken.trace = None;
-        }
         let mut m = Map::new();
         while let Some(k) = map.next_key::<String>()? {
             let inner = match (level, k.as_str()) {
@@ -168,7 +169,6 @@ impl<'de> serde::Deserialize<'de> for MetaKey {
 /// Reads `params._meta`. The map gets every key but a string `traceparent` (and a
 /// string `tracestate` beside it); their places count every key, as in the text.
 fn meta<'de, A: MapAccess<'de>>(mut map: A, taken: &mut Taken) -> Result<Value, A::Error> {
-    taken.trace = None;
     let mut m = Map::new();
     // (value, place) of the keys taken out; `None` once something unusual put them back.
     let mut parent: Option<(String, usize)> = None;

@@ -287,6 +287,37 @@ mod tests {
         }
     }
 
+    /// The table-driven `unhex` reads every pair of bytes as the plain digit match
+    /// would, and a single bad digit anywhere in an id fails it.
+    #[test]
+    fn unhex_agrees_with_a_plain_digit_match() {
+        fn digit(c: u8) -> Option<u8> {
+            match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'a'..=b'f' => Some(c - b'a' + 10),
+                _ => None,
+            }
+        }
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                let mut o = [0u8; 1];
+                let ours = unhex(&[a, b], &mut o).map(|_| o[0]);
+                let plain = digit(a).zip(digit(b)).map(|(h, l)| h << 4 | l);
+                assert_eq!(ours, plain, "{a} {b}");
+            }
+        }
+        let good = *b"4bf92f3577b34da6a3ce929d0e0e4736";
+        for i in 0..good.len() {
+            for c in 0..=255u8 {
+                let mut text = good;
+                text[i] = c;
+                let mut o = [0u8; 16];
+                let ok = unhex(&text, &mut o).is_some();
+                assert_eq!(ok, digit(c).is_some(), "{c} at {i}");
+            }
+        }
+    }
+
     #[test]
     fn fields_of_the_wrong_length_are_malformed() {
         for bad in [

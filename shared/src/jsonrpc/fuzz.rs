@@ -1,0 +1,548 @@
+//! Differential fuzzing of [`Message::parse`] and the trace context it holds against
+//! the path it replaced, `serde_json::from_slice::<Value>` with the maps edited
+//! directly: random JSON-RPC-like texts (shuffled and repeated keys, `_meta` with trace
+//! keys of every type, escapes, odd numbers, deep nesting, truncated and corrupted
+//! bytes) must be accepted or rejected alike, relay to the same bytes, and read and
+//! take a new trace context alike. 20,000 cases per test run; `FUZZ_N`, `FUZZ_SEED` and
+//! `FUZZ_MUT` (the per cent of texts broken, default 8)
+//! run others (`FUZZ_N=1000000 cargo test -p mcp-shared --lib differential_fuzz`).
+
+use super::*;
+use serde_json::json;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn chance(&mut self, pct: usize) -> bool {
+        self.below(100) < pct
+    }
+    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+        xs[self.below(xs.len())]
+    }
+}
+
+fn ws(r: &mut Rng, out: &mut String) {
+    if r.chance(10) {
+        out.push_str(r.pick(&[" ", "\n", "\t", "\r", "  "]));
+    }
+}
+
+fn gen_string_body(r: &mut Rng, out: &mut String) {
+    let n = r.below(6);
+    for _ in 0..n {
+        out.push_str(r.pick(&[
+            "a",
+            "b",
+            "-",
+            "0",
+            "f",
+            "é",
+            "𝄞",
+            "\\n",
+            "\\\"",
+            "\\\\",
+            "\\/",
+            "\\u0041",
+            "\\u00e9",
+            "\\ud834\\udd1e",
+            "\\u0000",
+            "\\u001f",
+            "\\b",
+            "\\t",
+            "=",
+            ",",
+            " ",
+            "\u{7f}",
+            "\u{2028}",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ]));
+        if r.chance(1) {
+            out.push_str(r.pick(&["\\ud800", "\\udc00", "\\x", "\u{1}", "\\u12"]));
+        }
+    }
+}
+
+fn gen_string(r: &mut Rng, out: &mut String) {
+    out.push('"');
+    gen_string_body(r, out);
+    out.push('"');
+}
+
+fn gen_number(r: &mut Rng, out: &mut String) {
+    out.push_str(r.pick(&[
+        "0",
+        "-0",
+        "1",
+        "-1",
+        "1.5",
+        "-0.0",
+        "1e400",
+        "-1e400",
+        "1e-400",
+        "1E5",
+        "0.1e1",
+        "2.5e+3",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "123456789012345678901234567890",
+        "3.141592653589793238462643",
+        "1e308",
+        "5e-324",
+        "0.30000000000000004",
+        "1.0",
+    ]));
+    if r.chance(1) {
+        out.push_str(r.pick(&["01", "-", "1.", ".5", "+1", "1e", "NaN", "Infinity"]));
+    }
+}
+
+fn gen_scalar(r: &mut Rng, out: &mut String) {
+    match r.below(6) {
+        0 => gen_string(r, out),
+        1 => gen_number(r, out),
+        2 => out.push_str("null"),
+        3 => out.push_str(r.pick(&["true", "false"])),
+        4 => out.push_str("[]"),
+        _ => out.push_str("{}"),
+    }
+}
+
+fn gen_value(r: &mut Rng, out: &mut String, depth: usize) {
+    if depth == 0 || r.chance(60) {
+        return gen_scalar(r, out);
+    }
+    if r.chance(50) {
+        out.push('[');
+        let n = r.below(4);
+        for i in 0..n {
+            if i > 0 {
+                out.push(',');
+            }
+            ws(r, out);
+            gen_value(r, out, depth - 1);
+            ws(r, out);
+        }
+        out.push(']');
+    } else {
+        gen_object(
+            r,
+            out,
+            depth - 1,
+            &["a", "b", "traceparent", "tracestate", "_meta", "params"],
+            &mut |r, out, _k, d| gen_value(r, out, d),
+        );
+    }
+}
+
+type ValGen<'a> = dyn FnMut(&mut Rng, &mut String, &str, usize) + 'a;
+
+fn gen_object(r: &mut Rng, out: &mut String, depth: usize, keys: &[&str], val: &mut ValGen) {
+    out.push('{');
+    ws(r, out);
+    let n = r.below(7);
+    for i in 0..n {
+        if i > 0 {
+            out.push(',');
+            ws(r, out);
+        }
+        let k = if r.chance(85) {
+            r.pick(keys).to_string()
+        } else {
+            let mut s = String::new();
+            gen_string_body(r, &mut s);
+            s
+        };
+        out.push('"');
+        // sometimes escape a letter of the key
+        if r.chance(5) && !k.is_empty() && k.is_ascii() {
+            let i = r.below(k.len());
+            out.push_str(&k[..i]);
+            out.push_str(&format!("\\u{:04x}", k.as_bytes()[i]));
+            out.push_str(&k[i + 1..]);
+        } else {
+            out.push_str(&k);
+        }
+        out.push('"');
+        ws(r, out);
+        out.push(':');
+        ws(r, out);
+        val(r, out, &k, depth);
+        ws(r, out);
+    }
+    out.push('}');
+}
+
+fn gen_meta(r: &mut Rng, out: &mut String) {
+    if r.chance(10) {
+        return gen_value(r, out, 2);
+    }
+    gen_object(
+        r,
+        out,
+        2,
+        &[
+            "traceparent",
+            "traceparent",
+            "tracestate",
+            "tracestate",
+            "progressToken",
+            "a",
+            "b",
+        ],
+        &mut |r, out, k, d| {
+            if (k == "traceparent" || k == "tracestate") && r.chance(70) {
+                gen_string(r, out)
+            } else {
+                gen_value(r, out, d)
+            }
+        },
+    );
+}
+
+fn gen_params(r: &mut Rng, out: &mut String) {
+    match r.below(20) {
+        0 => return gen_value(r, out, 2),
+        1 => {
+            out.push('[');
+            gen_meta_obj_wrapped(r, out);
+            out.push(']');
+            return;
+        }
+        _ => {}
+    }
+    gen_object(
+        r,
+        out,
+        2,
+        &["_meta", "_meta", "name", "arguments", "cursor", "x"],
+        &mut |r, out, k, d| {
+            if k == "_meta" {
+                gen_meta(r, out)
+            } else {
+                gen_value(r, out, d)
+            }
+        },
+    );
+}
+
+fn gen_meta_obj_wrapped(r: &mut Rng, out: &mut String) {
+    out.push_str("{\"_meta\":");
+    gen_meta(r, out);
+    out.push('}');
+}
+
+fn gen_message(r: &mut Rng) -> Vec<u8> {
+    let mut out = String::new();
+    ws(r, &mut out);
+    if r.chance(2) {
+        gen_value(r, &mut out, 3);
+    } else if r.chance(75) {
+        // A plausible message: required fields plus extras, shuffled, repeats allowed.
+        let mut parts: Vec<String> = vec!["\"jsonrpc\":\"2.0\"".into(), "\"method\":\"m\"".into()];
+        if r.chance(70) {
+            parts.push(format!(
+                "\"id\":{}",
+                r.pick(&["1", "\"a\"", "-0", "1.5", "18446744073709551616"])
+            ));
+        }
+        let np = 1 + r.below(3);
+        for _ in 0..np {
+            let mut s = String::from("\"params\":");
+            ws(r, &mut s);
+            gen_params(r, &mut s);
+            parts.push(s);
+        }
+        for _ in 0..r.below(3) {
+            let mut s = String::from("\"x\":");
+            gen_value(r, &mut s, 2);
+            parts.push(s);
+        }
+        for i in (1..parts.len()).rev() {
+            let j = r.below(i + 1);
+            parts.swap(i, j);
+        }
+        out.push('{');
+        for (i, p) in parts.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            ws(r, &mut out);
+            out.push_str(p);
+        }
+        out.push('}');
+    } else {
+        gen_object(
+            r,
+            &mut out,
+            3,
+            &[
+                "jsonrpc", "id", "method", "params", "params", "result", "error", "z",
+            ],
+            &mut |r, out, k, d| match k {
+                "jsonrpc" => out.push_str(if r.chance(95) { "\"2.0\"" } else { "\"1.0\"" }),
+                "id" => {
+                    if r.chance(80) {
+                        out.push_str(r.pick(&["1", "\"a\"", "-0", "1.5"]))
+                    } else {
+                        gen_value(r, out, 1)
+                    }
+                }
+                "method" => {
+                    if r.chance(95) {
+                        out.push_str("\"m\"")
+                    } else {
+                        gen_value(r, out, 1)
+                    }
+                }
+                "params" => gen_params(r, out),
+                _ => gen_value(r, out, d),
+            },
+        );
+    }
+    ws(r, &mut out);
+    let mut b = out.into_bytes();
+    // Break a few (8 % unless FUZZ_MUT says otherwise): truncated, a byte changed,
+    // inserted or removed, trailing garbage, invalid UTF-8, or nesting at serde_json's
+    // recursion limit.
+    let mut_pct: usize = std::env::var("FUZZ_MUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    if r.chance(mut_pct) {
+        match r.below(7) {
+            0 => {
+                let n = r.below(b.len() + 1);
+                b.truncate(n);
+            }
+            1 if !b.is_empty() => {
+                let i = r.below(b.len());
+                b[i] = (r.next() & 0xff) as u8;
+            }
+            2 => {
+                let i = r.below(b.len() + 1);
+                let c = *[0xffu8, 0xc3, 0x80, 0xe2, b'"', b'\\', b',', b'}', 0, b' ']
+                    .get(r.below(10))
+                    .unwrap();
+                b.insert(i, c);
+            }
+            3 if !b.is_empty() => {
+                let i = r.below(b.len());
+                b.remove(i);
+            }
+            4 => b.extend_from_slice(
+                r.pick(&[" x", "}", " ", "\n", "\u{0}", "{}", "\u{ff}"])
+                    .as_bytes(),
+            ),
+            5 => {
+                b.push(0xff);
+            }
+            _ => {
+                let d = 120 + r.below(20);
+                let s = format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"m\",\"params\":{{\"_meta\":{{\"traceparent\":\"x\",\"a\":{}{}}}}}}}", "[".repeat(d), "]".repeat(d));
+                b = s.into_bytes();
+            }
+        }
+    }
+    b
+}
+
+fn old_parse(bytes: &[u8]) -> Result<(Message, Value), Rejection> {
+    if std::str::from_utf8(bytes).is_err() {
+        return Err(Rejection::new(
+            sniff_id(bytes),
+            codes::PARSE_ERROR,
+            "parse error: message is not valid UTF-8",
+        ));
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        Rejection::new(
+            sniff_id(bytes),
+            codes::PARSE_ERROR,
+            format!("parse error: {e}"),
+        )
+    })?;
+    Ok((Message::from_value(value.clone())?, value))
+}
+
+/// The message as the maps would have it with `tp`/`state` set in `params._meta`.
+fn maps_with(v: &Value, tp: &str, state: &str) -> Value {
+    let mut v = v.clone();
+    if let Some(p) = v.as_object_mut().unwrap().get_mut("params") {
+        if let Some(p) = p.as_object_mut() {
+            let meta = p.entry("_meta").or_insert_with(|| json!({}));
+            if !meta.is_object() {
+                *meta = json!({});
+            }
+            let meta = meta.as_object_mut().unwrap();
+            meta.insert("traceparent".into(), tp.into());
+            if state.is_empty() {
+                meta.shift_remove("tracestate");
+            } else {
+                meta.insert("tracestate".into(), state.into());
+            }
+        }
+    } else {
+        v["params"] = json!({"_meta": {"traceparent": tp}});
+        if !state.is_empty() {
+            v["params"]["_meta"]["tracestate"] = state.into();
+        }
+    }
+    v
+}
+
+fn want_trace(v: &Value) -> Option<(&str, Option<&str>)> {
+    let meta = v.get("params")?.get("_meta")?.as_object()?;
+    let p = meta.get("traceparent")?.as_str()?;
+    Some((p, meta.get("tracestate").and_then(Value::as_str)))
+}
+
+/// Returns a description of the first mismatch.
+fn check(bytes: &[u8], r: &mut Rng) -> Result<bool, String> {
+    let show = String::from_utf8_lossy(bytes).into_owned();
+    let old = old_parse(bytes);
+    let new = Message::parse(bytes);
+    let (old, v) = match (old, new) {
+        (Err(a), Err(b)) => {
+            return if a == b {
+                Ok(false)
+            } else {
+                Err(format!("REJECTION DIFFERS {show}\n old {a:?}\n new {b:?}"))
+            };
+        }
+        (Ok(_), Err(b)) => return Err(format!("NEW REJECTS {show}: {b:?}")),
+        (Err(a), Ok(_)) => return Err(format!("NEW ACCEPTS {show}: old {a:?}")),
+        (Ok((o, v)), Ok(n)) => {
+            if o.kind() != n.kind() {
+                return Err(format!("KIND {show}"));
+            }
+            if o.id() != n.id() {
+                return Err(format!("ID {show}"));
+            }
+            ((o, n), v)
+        }
+    };
+    let (_o, n) = old;
+    let want = serde_json::to_string(&v).unwrap();
+    let got = n.to_json();
+    if got != want {
+        return Err(format!("RELAY {show}\n got  {got}\n want {want}"));
+    }
+    let wt = want_trace(&v);
+    if n.trace_context() != wt {
+        return Err(format!(
+            "TRACE_CONTEXT {show}\n got  {:?}\n want {:?}",
+            n.trace_context(),
+            wt
+        ));
+    }
+    let wm = v
+        .get("params")
+        .and_then(|p| p.get("_meta"))
+        .and_then(Value::as_object)
+        .cloned();
+    let gm = n.meta_with_trace();
+    if serde_json::to_string(&gm).unwrap() != serde_json::to_string(&wm).unwrap() {
+        return Err(format!(
+            "META_WITH_TRACE {show}\n got  {:?}\n want {:?}",
+            gm, wm
+        ));
+    }
+    // A new context, set twice: written and read as the maps would have it.
+    let positional = matches!(v.get("params"), Some(p) if !p.is_object());
+    let tps = [
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "x\"y\u{1}é",
+        "",
+    ];
+    let tss = ["", "k=v", "a\\b\u{2028}"];
+    let mut m = n.clone();
+    for round in 0..2 {
+        let tp = tps[r.below(tps.len())];
+        let ts = tss[r.below(tss.len())];
+        m.set_trace_context(tp, ts);
+        // The maps' version, kept as a value: read back from text, a long float could
+        // come back different (serde_json without float_roundtrip).
+        let rv = if positional {
+            v.clone()
+        } else {
+            maps_with(&v, tp, ts)
+        };
+        let want = serde_json::to_string(&rv).unwrap();
+        let got = m.to_json();
+        if got != want {
+            return Err(format!(
+                "SET(round {round}, {tp:?}, {ts:?}) {show}\n got  {got}\n want {want}"
+            ));
+        }
+        // What is read back: the context set (positional: none).
+        let wt = want_trace(&rv);
+        if m.trace_context() != wt && !positional {
+            return Err(format!(
+                "SET TRACE_CONTEXT {show}\n got {:?}\n want {:?}",
+                m.trace_context(),
+                wt
+            ));
+        }
+        let wm = rv
+            .get("params")
+            .and_then(|p| p.get("_meta"))
+            .and_then(Value::as_object)
+            .cloned();
+        let gm = m.meta_with_trace();
+        if !positional && serde_json::to_string(&gm).unwrap() != serde_json::to_string(&wm).unwrap()
+        {
+            return Err(format!(
+                "SET META_WITH_TRACE {show}\n got  {:?}\n want {:?}",
+                gm, wm
+            ));
+        }
+    }
+    Ok(true)
+}
+
+#[test]
+fn differential_fuzz() {
+    let n: usize = std::env::var("FUZZ_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    let seed: u64 = std::env::var("FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x9e3779b97f4a7c15);
+    let mut r = Rng(seed);
+    let (mut accepted, mut fails) = (0usize, Vec::new());
+    for _ in 0..n {
+        let b = gen_message(&mut r);
+        match check(&b, &mut r) {
+            Ok(a) => accepted += a as usize,
+            Err(e) => {
+                if fails.len() < 2000 {
+                    fails.push((b.len(), e));
+                }
+            }
+        }
+    }
+    let total = fails.len();
+    // Shortest failing inputs per category first.
+    fails.sort();
+    let mut seen = std::collections::HashSet::new();
+    for (_, f) in &fails {
+        let cat = f.split_whitespace().next().unwrap().to_string();
+        if seen.insert(cat) {
+            eprintln!("{f}\n");
+        }
+    }
+    eprintln!("cases {n}, accepted {accepted}, failures {total}");
+    assert!(fails.is_empty());
+}
