@@ -966,6 +966,16 @@ mod tests {
         assert_eq!(v["p50_range_us"], json!([10.0, 30.0]));
     }
 
+    /// The report's table for these results.
+    fn table_of<const N: usize>(results: [(String, Value); N]) -> String {
+        render(&build(&results.into_iter().collect()))
+    }
+
+    /// The lines of `table` that contain `needle`.
+    fn lines_with<'a>(table: &'a str, needle: &str) -> Vec<&'a str> {
+        table.lines().filter(|l| l.contains(needle)).collect()
+    }
+
     #[test]
     fn checks_tracing_budgets() {
         let otlp = |label: &str, bytes: f64| {
@@ -977,7 +987,7 @@ mod tests {
                         "gateway_spans_dropped": 0, "settled": true }),
             )
         };
-        let r: HashMap<String, Value> = [
+        let table = table_of([
             load("trace-off-c1", 1, 1000.0, 100.0, 200.0),
             load("trace-on-c1", 1, 960.0, 104.0, 210.0),
             load("trace-ratio-c1", 1, 985.0, 101.0, 201.0),
@@ -988,14 +998,8 @@ mod tests {
             load("ev-trace-off-c1", 1, 500.0, 300.0, 400.0),
             load("ev-trace-on-c1", 1, 480.0, 310.0, 410.0),
             load("ev-trace-ratio-c1", 1, 496.0, 301.0, 401.0),
-        ]
-        .into_iter()
-        .collect();
-        let table = render(&build(&r));
-        let rows: Vec<&str> = table
-            .lines()
-            .filter(|l| l.contains("gateway, tracing always_on (both"))
-            .collect();
+        ]);
+        let rows = lines_with(&table, "gateway, tracing always_on (both");
         assert_eq!(rows.len(), 2, "{table}");
         assert!(
             rows[0].contains("throughput 0.960× off (-4.0 %)"),
@@ -1004,16 +1008,10 @@ mod tests {
         );
         assert!(rows[0].ends_with("| met |"));
         assert!(rows[1].ends_with("| **not met** |"), "{}", rows[1]);
-        let ratio = table
-            .lines()
-            .find(|l| l.contains("traceidratio 0.01 (both"))
-            .unwrap();
+        let ratio = lines_with(&table, "traceidratio 0.01 (both")[0];
         assert!(ratio.ends_with("| **not met** |"), "{ratio}");
         // The real-backend rows, for the C that ran.
-        let ev: Vec<&str> = table
-            .lines()
-            .filter(|l| l.contains("with server-everything (Node) as the backend"))
-            .collect();
+        let ev = lines_with(&table, "with server-everything (Node) as the backend");
         assert_eq!(ev.len(), 3, "{table}");
         assert!(
             ev[1].contains("(-4.0 %)") && ev[1].ends_with("| met |"),
@@ -1025,10 +1023,7 @@ mod tests {
             "{}",
             ev[2]
         );
-        let payload = table
-            .lines()
-            .find(|l| l.contains("payload per span"))
-            .unwrap();
+        let payload = lines_with(&table, "payload per span")[0];
         assert!(payload.contains("C = 32: 310 B") && payload.ends_with("| **not met** |"));
     }
 
@@ -1040,19 +1035,13 @@ mod tests {
                 json!({ "label": label, "instructions": n, "requests": 1000 }),
             )
         };
-        let r: HashMap<String, Value> = [
+        let table = table_of([
             instr("instr-off-gateway", 75_000_000.0),
             instr("instr-on-gateway", 115_500_000.0),
             instr("instr-ratio-gateway", 82_500_000.0),
             instr("instr-on-router", 1.0),
-        ]
-        .into_iter()
-        .collect();
-        let table = render(&build(&r));
-        let rows: Vec<&str> = table
-            .lines()
-            .filter(|l| l.contains("Instructions per request"))
-            .collect();
+        ]);
+        let rows = lines_with(&table, "Instructions per request");
         assert_eq!(rows.len(), 1, "the router has no off run: {table}");
         assert!(
             rows[0].contains(
@@ -1065,23 +1054,14 @@ mod tests {
 
     #[test]
     fn checks_latency_and_throughput_budgets() {
-        let r: HashMap<String, Value> = [
+        let table = table_of([
             load("direct-c1", 1, 1.0, 20.0, 40.0),
             load("ws-floor-c1", 1, 1.0, 30.0, 50.0),
             load("router-gateway-c1", 1, 1.0, 100.0, 300.0), // floor 80 / 140: 1.25×, 2.14×
             load("direct-c32", 32, 1000.0, 1.0, 1.0),
             load("gateway-c32", 32, 600.0, 1.0, 1.0),
-        ]
-        .into_iter()
-        .collect();
-        let table = render(&build(&r));
-        let line = |needle: &str| {
-            table
-                .lines()
-                .find(|l| l.contains(needle))
-                .unwrap()
-                .to_string()
-        };
+        ]);
+        let line = |needle: &str| lines_with(&table, needle)[0];
         assert!(line("p50 1.25×, p99 2.14×").contains("**not met**"));
         assert!(line("60 % of direct").ends_with("| met |"));
         assert!(line("tracing always_on").contains("n/a"));

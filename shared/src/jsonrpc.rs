@@ -738,30 +738,11 @@ mod tests {
     /// What the bridge wrote before the one-pass parser: `params._meta` edited in
     /// `serde_json` maps (`traceparent` set, `tracestate` set or removed), serialised.
     fn through_maps(text: &str, set: Option<(&str, &str)>) -> String {
-        let mut v: Value = serde_json::from_str(text).unwrap();
-        if let Some((tp, state)) = set {
-            if let Some(p) = v.as_object_mut().unwrap().get_mut("params") {
-                if let Some(p) = p.as_object_mut() {
-                    let meta = p.entry("_meta").or_insert_with(|| json!({}));
-                    if !meta.is_object() {
-                        *meta = json!({});
-                    }
-                    let meta = meta.as_object_mut().unwrap();
-                    meta.insert("traceparent".into(), tp.into());
-                    if state.is_empty() {
-                        meta.shift_remove("tracestate");
-                    } else {
-                        meta.insert("tracestate".into(), state.into());
-                    }
-                }
-            } else {
-                v["params"] = json!({"_meta": {"traceparent": tp}});
-                if !state.is_empty() {
-                    v["params"]["_meta"]["tracestate"] = state.into();
-                }
-            }
+        let v: Value = serde_json::from_str(text).unwrap();
+        match set {
+            Some((tp, state)) => serde_json::to_string(&fuzz::maps_with(&v, tp, state)).unwrap(),
+            None => serde_json::to_string(&v).unwrap(),
         }
-        serde_json::to_string(&v).unwrap()
     }
 
     /// Relayed as parsed, and with a new context set, a message serialises exactly as

@@ -374,8 +374,10 @@ fn old_parse(bytes: &[u8]) -> Result<(Message, Value), Rejection> {
     Ok((Message::from_value(value.clone())?, value))
 }
 
-/// The message as the maps would have it with `tp`/`state` set in `params._meta`.
-fn maps_with(v: &Value, tp: &str, state: &str) -> Value {
+/// The message `v` as the bridge wrote it before the one-pass parser: `tp` set in
+/// `params._meta` by editing the `serde_json` maps, `state` set there or, when empty,
+/// removed (`params` created when absent; positional params have no room for it).
+pub(super) fn maps_with(v: &Value, tp: &str, state: &str) -> Value {
     let mut v = v.clone();
     if let Some(p) = v.as_object_mut().unwrap().get_mut("params") {
         if let Some(p) = p.as_object_mut() {
@@ -404,6 +406,30 @@ fn want_trace(v: &Value) -> Option<(&str, Option<&str>)> {
     let meta = v.get("params")?.get("_meta")?.as_object()?;
     let p = meta.get("traceparent")?.as_str()?;
     Some((p, meta.get("tracestate").and_then(Value::as_str)))
+}
+
+/// `m` reads the trace context and gives the copy of `_meta` that `v`, the maps'
+/// version of it, holds; `what` names the check in the message.
+fn reads_like(m: &Message, v: &Value, what: &str, show: &str) -> Result<(), String> {
+    let want = want_trace(v);
+    if m.trace_context() != want {
+        let got = m.trace_context();
+        return Err(format!(
+            "{what}TRACE_CONTEXT {show}\n got  {got:?}\n want {want:?}"
+        ));
+    }
+    let want = v
+        .get("params")
+        .and_then(|p| p.get("_meta"))
+        .and_then(Value::as_object)
+        .cloned();
+    let got = m.meta_with_trace();
+    if serde_json::to_string(&got).unwrap() != serde_json::to_string(&want).unwrap() {
+        return Err(format!(
+            "{what}META_WITH_TRACE {show}\n got  {got:?}\n want {want:?}"
+        ));
+    }
+    Ok(())
 }
 
 /// Returns a description of the first mismatch.
@@ -437,26 +463,7 @@ fn check(bytes: &[u8], r: &mut Rng) -> Result<bool, String> {
     if got != want {
         return Err(format!("RELAY {show}\n got  {got}\n want {want}"));
     }
-    let wt = want_trace(&v);
-    if n.trace_context() != wt {
-        return Err(format!(
-            "TRACE_CONTEXT {show}\n got  {:?}\n want {:?}",
-            n.trace_context(),
-            wt
-        ));
-    }
-    let wm = v
-        .get("params")
-        .and_then(|p| p.get("_meta"))
-        .and_then(Value::as_object)
-        .cloned();
-    let gm = n.meta_with_trace();
-    if serde_json::to_string(&gm).unwrap() != serde_json::to_string(&wm).unwrap() {
-        return Err(format!(
-            "META_WITH_TRACE {show}\n got  {:?}\n want {:?}",
-            gm, wm
-        ));
-    }
+    reads_like(&n, &v, "", &show)?;
     // A new context, set twice: written and read as the maps would have it.
     let positional = matches!(v.get("params"), Some(p) if !p.is_object());
     let tps = [
@@ -484,27 +491,9 @@ fn check(bytes: &[u8], r: &mut Rng) -> Result<bool, String> {
                 "SET(round {round}, {tp:?}, {ts:?}) {show}\n got  {got}\n want {want}"
             ));
         }
-        // What is read back: the context set (positional: none).
-        let wt = want_trace(&rv);
-        if m.trace_context() != wt && !positional {
-            return Err(format!(
-                "SET TRACE_CONTEXT {show}\n got {:?}\n want {:?}",
-                m.trace_context(),
-                wt
-            ));
-        }
-        let wm = rv
-            .get("params")
-            .and_then(|p| p.get("_meta"))
-            .and_then(Value::as_object)
-            .cloned();
-        let gm = m.meta_with_trace();
-        if !positional && serde_json::to_string(&gm).unwrap() != serde_json::to_string(&wm).unwrap()
-        {
-            return Err(format!(
-                "SET META_WITH_TRACE {show}\n got  {:?}\n want {:?}",
-                gm, wm
-            ));
+        // What is read back: the context set (positional: none, as nothing is sent).
+        if !positional {
+            reads_like(&m, &rv, "SET ", &show)?;
         }
     }
     Ok(true)
