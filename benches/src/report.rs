@@ -209,17 +209,18 @@ impl Builder<'_> {
         self.rows.push(cells.map(str::to_string));
     }
 
-    /// A row without load figures: scenario, RSS, result, budget, status.
+    /// A row without load figures: scenario, concurrency, RSS, result, budget, status.
     fn push_summary(
         &mut self,
         scenario: &str,
+        c: &str,
         rss: &str,
         result: &str,
         budget: &str,
         status: &str,
     ) {
         self.push([
-            scenario, "", "", "", "", "", "", "", rss, result, budget, status,
+            scenario, c, "", "", "", "", "", "", rss, result, budget, status,
         ]);
     }
 
@@ -608,20 +609,14 @@ impl Builder<'_> {
         } else {
             parts.join("; ")
         };
-        self.push([
+        self.push_summary(
             "OTLP/HTTP payload per span, tracing always_on (body bytes / spans exported)",
             "1, 32",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
             "",
             &result,
             &format!("≤ {BYTES_PER_SPAN:.0} B per span"),
             &status(worst.map(|b| b <= BYTES_PER_SPAN)),
-        ]);
+        );
     }
 
     /// Instructions per request under callgrind (`instr-{off,on,basic,ratio}-{router,
@@ -649,23 +644,17 @@ impl Builder<'_> {
                     ));
                 }
             }
-            self.push([
+            self.push_summary(
                 &format!(
                     "Instructions per request, {target} (callgrind, C = 32, fixture backend; \
                      the whole process, exporter thread included)"
                 ),
                 "32",
                 "",
-                "",
-                "",
-                "",
-                "",
-                "",
-                "",
                 &parts.join("; "),
                 "",
                 "",
-            ]);
+            );
         }
     }
 
@@ -724,9 +713,7 @@ impl Builder<'_> {
             } else {
                 parts.join("; ")
             };
-            self.push([
-                scenario, "", "", "", "", "", "", "", "", &result, "", "",
-            ]);
+            self.push_summary(scenario, "", "", &result, "", "");
         }
     }
 
@@ -745,6 +732,7 @@ impl Builder<'_> {
         };
         self.push_summary(
             &format!("Router RSS, steady ({build})"),
+            "",
             &end.map_or("n/a".into(), mb),
             &result,
             "≤ 2 MB",
@@ -772,6 +760,7 @@ impl Builder<'_> {
         );
         self.push_summary(
             &format!("Gateway RSS, idle ({build})"),
+            "",
             &worst.map_or("n/a".into(), mb),
             &result,
             "≤ 3 MB",
@@ -803,6 +792,7 @@ impl Builder<'_> {
         });
         self.push_summary(
             &format!("Gateway startup: spawn → listening line ({build})"),
+            "",
             "",
             &result,
             "≤ 20 ms",
@@ -845,6 +835,7 @@ impl Builder<'_> {
             };
             self.push_summary(
                 &format!("{short_name} RSS with tracing always_on, after the C = 1 load ({build})"),
+                "",
                 &end.map_or("n/a".into(), mb),
                 &result,
                 &budget_text,
