@@ -3,7 +3,8 @@
 # print one markdown table (see docs/benchmark.md).
 #
 #   benches/run.sh [--smoke] [--debug] [--no-musl] [--no-peer] [--tracing-only]
-#                  [--instructions] [--keep FILE]
+#                  [--instructions] [--instructions-only] [--profile NAME]
+#                  [--callgrind-dir DIR] [--keep FILE]
 #
 #   --smoke    a few seconds of tiny runs (N=200, S=50, 2,000 spans) that only prove
 #              the harness works; implies --no-musl --no-peer. For CI.
@@ -14,6 +15,10 @@
 #              sessions, startup, musl or peer runs): about 8 minutes after the build.
 #   --instructions  also count instructions per request under callgrind (valgrind),
 #              router and gateway apart, for each tracing mode (~1 minute).
+#   --instructions-only  only that (and the build): no load rounds, no memory runs.
+#   --profile P  build and measure cargo profile P (e.g. profiling: release with symbols,
+#              for callgrind_annotate); release by default.
+#   --callgrind-dir D  keep the callgrind output files of --instructions in D.
 #   --keep F   also copy the raw results (one JSON object per line) to F.
 #
 # The tracing rounds run twice: with the fixture as the backend (the bridge's own
@@ -25,17 +30,20 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SMOKE=0 PROFILE=release MUSL=1 PEER=1 KEEP= TRACING_ONLY=0 INSTR=0
+SMOKE=0 PROFILE=release MUSL=1 PEER=1 KEEP= TRACING_ONLY=0 INSTR=0 INSTR_ONLY=0 CG_DIR=
 while [ $# -gt 0 ]; do
     case $1 in
         --smoke) SMOKE=1 MUSL=0 PEER=0 ;;
-        --debug) PROFILE=debug ;;
+        --debug) PROFILE=dev ;;
         --no-musl) MUSL=0 ;;
         --no-peer) PEER=0 ;;
         --tracing-only) TRACING_ONLY=1 MUSL=0 PEER=0 ;;
         --instructions) INSTR=1 ;;
+        --instructions-only) INSTR=1 INSTR_ONLY=1 TRACING_ONLY=1 MUSL=0 PEER=0 ;;
+        --profile) PROFILE=${2:?--profile needs a name}; shift ;;
+        --callgrind-dir) CG_DIR=${2:?--callgrind-dir needs a directory}; shift ;;
         --keep) KEEP=${2:?--keep needs a file}; shift ;;
-        -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
     esac
     shift
@@ -88,13 +96,8 @@ fi
 
 # --- build -----------------------------------------------------------------------------
 cd "$ROOT"
-if [ "$PROFILE" = release ]; then
-    cargo build --release -p mcp-router -p mcp-gateway -p mcp-fixture -p mcp-bench
-    BIN=$ROOT/target/release
-else
-    cargo build -p mcp-router -p mcp-gateway -p mcp-fixture -p mcp-bench
-    BIN=$ROOT/target/debug
-fi
+cargo build --profile "$PROFILE" -p mcp-router -p mcp-gateway -p mcp-fixture -p mcp-bench
+if [ "$PROFILE" = dev ]; then BIN=$ROOT/target/debug; else BIN=$ROOT/target/$PROFILE; fi
 BENCH=$BIN/mcp-bench
 FIXTURE=$BIN/mcp-fixture
 EVERYTHING=$ROOT/.cache/npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js
@@ -318,6 +321,7 @@ trace_run() {
 }
 
 TMODES=(off on basic ratio)
+if [ "$INSTR_ONLY" = 1 ]; then TROUNDS1=0 TROUNDS32=0 EV_ROUNDS=0; fi
 for c in 1 32; do
     if [ "$c" = 1 ]; then rounds=$TROUNDS1; else rounds=$TROUNDS32; fi
     n=$(n_for "$c")
@@ -335,7 +339,9 @@ done
 # which does what an MCP server does per call (schema validation, its SDK's dispatch):
 # the fixture isolates the bridge's own cost, this shows what a deployment would see.
 # Off / always_on / traceidratio 0.01 only (basic sits between the two).
-if [ -f "$EVERYTHING" ] && command -v node >/dev/null; then
+if [ "$EV_ROUNDS" = 0 ]; then
+    :
+elif [ -f "$EVERYTHING" ] && command -v node >/dev/null; then
     EMODES=(off on ratio)
     for c in 1 32; do
         if [ "$c" = 1 ]; then n=$EV_N1; else n=$EV_N32; fi
@@ -373,6 +379,7 @@ if [ "$INSTR" = 1 ]; then
                 [ -n "$total" ] || die "no callgrind totals for $mode $target"
                 printf '{"label":"instr-%s-%s","instructions":%s,"requests":%s}\n' \
                     "$mode" "$target" "$total" $((INSTR_N + WARMUP)) >>"$RESULTS"
+                if [ -n "$CG_DIR" ]; then mkdir -p "$CG_DIR" && cp "$out" "$CG_DIR/"; fi
             done
         done
     else
@@ -381,7 +388,9 @@ if [ "$INSTR" = 1 ]; then
 fi
 
 # The cost of one span, through mcp-shared's telemetry (the code both binaries run).
-bench span-cost span-cost -n "$SPANS" --rounds "$SPAN_ROUNDS"
+if [ "$INSTR_ONLY" = 0 ]; then
+    bench span-cost span-cost -n "$SPANS" --rounds "$SPAN_ROUNDS"
+fi
 
 # --- startup, idle sessions ------------------------------------------------------------
 # sessions_run PREFIX BINARY S: a fresh gateway, S sessions, stop.
