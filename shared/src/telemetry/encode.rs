@@ -137,7 +137,8 @@ fn nanos(t: SystemTime) -> u64 {
 // array_value = 5 (ArrayValue { values = 1 }). KeyValue: key = 1, value = 2.
 
 /// One scalar of an AnyValue, borrowed.
-enum Scalar<'a> {
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Scalar<'a> {
     Str(&'a str),
     Bool(bool),
     Int(i64),
@@ -222,8 +223,32 @@ fn kv_len(kv: &KeyValue) -> usize {
 
 fn put_kv(out: &mut Vec<u8>, field: u32, kv: &KeyValue) {
     let key = kv.key.as_str();
-    if let Value::String(v) = &kv.value {
-        let v = cut(v.as_str());
+    let scalar = match &kv.value {
+        Value::String(v) => Scalar::Str(v.as_str()),
+        Value::Bool(b) => Scalar::Bool(*b),
+        Value::I64(i) => Scalar::Int(*i),
+        Value::F64(f) => Scalar::Double(*f),
+        other => {
+            let value_len = any_len(other);
+            put_delim_head(
+                out,
+                field,
+                delim_len(1, key.len()) + delim_len(2, value_len),
+            );
+            put_bytes(out, 1, key.as_bytes());
+            put_delim_head(out, 2, value_len);
+            put_any(out, other);
+            return;
+        }
+    };
+    put_scalar_kv(out, field, key, scalar);
+}
+
+/// A `KeyValue` message with a scalar value, as field `field`: what [`put_kv`] writes,
+/// from borrowed parts (no `KeyValue` built).
+pub(crate) fn put_scalar_kv(out: &mut Vec<u8>, field: u32, key: &str, value: Scalar) {
+    if let Scalar::Str(v) = value {
+        let v = cut(v);
         // Most attributes: a short key and a short string, where every length fits in
         // one varint byte. The entry is put together on the stack and appended once:
         // with `opt-level = "s"` each `extend_from_slice` is a call of ~40 instructions
@@ -257,7 +282,7 @@ fn put_kv(out: &mut Vec<u8>, field: u32, kv: &KeyValue) {
         put_bytes(out, 1, v.as_bytes());
         return;
     }
-    let value_len = any_len(&kv.value);
+    let value_len = scalar_len(&value);
     put_delim_head(
         out,
         field,
@@ -265,7 +290,7 @@ fn put_kv(out: &mut Vec<u8>, field: u32, kv: &KeyValue) {
     );
     put_bytes(out, 1, key.as_bytes());
     put_delim_head(out, 2, value_len);
-    put_any(out, &kv.value);
+    put_scalar(out, &value);
 }
 
 fn kvs_len(field: u32, kvs: &[KeyValue]) -> usize {
@@ -370,6 +395,34 @@ pub(crate) fn put_event(
     put_bytes(out, 2, name.as_bytes());
     for kv in attrs {
         put_kv(out, 3, kv);
+    }
+    put_optional_varint(out, 4, dropped.into());
+}
+
+/// Appends one `Span.attributes` entry with a scalar value.
+#[inline]
+pub(crate) fn put_scalar_attribute(out: &mut Vec<u8>, key: &str, value: Scalar) {
+    put_scalar_kv(out, 9, key, value);
+}
+
+/// Appends one `Span.events` entry whose attributes are scalars (see [`put_event`]).
+pub(crate) fn put_scalar_event(
+    out: &mut Vec<u8>,
+    time: SystemTime,
+    name: &str,
+    attrs: &[(&str, Scalar)],
+    dropped: u32,
+) {
+    let attrs_len: usize = attrs
+        .iter()
+        .map(|(k, v)| delim_len(3, delim_len(1, k.len()) + delim_len(2, scalar_len(v))))
+        .sum();
+    let len = 9 + delim_len(2, name.len()) + attrs_len + optional_varint_len(4, dropped.into());
+    put_delim_head(out, 11, len);
+    put_fixed64(out, 1, nanos(time));
+    put_bytes(out, 2, name.as_bytes());
+    for (k, v) in attrs {
+        put_scalar_kv(out, 3, k, *v);
     }
     put_optional_varint(out, 4, dropped.into());
 }

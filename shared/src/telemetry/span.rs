@@ -92,6 +92,44 @@ impl RecordingSpan {
     }
 }
 
+impl RecordingSpan {
+    /// `set_attribute` for a scalar, from borrowed parts (no `KeyValue` built).
+    pub(crate) fn scalar_attribute(&mut self, key: &str, value: encode::Scalar) {
+        if self.queue.is_none()
+            || !admit(
+                &mut self.attributes,
+                &mut self.dropped_attributes,
+                MAX_ATTRIBUTES_PER_SPAN,
+            )
+        {
+            return;
+        }
+        encode::put_scalar_attribute(&mut self.recorded, key, value);
+    }
+
+    /// `add_event` now with scalar attributes, from borrowed parts.
+    pub(crate) fn scalar_event(&mut self, name: &str, attributes: &[(&str, encode::Scalar)]) {
+        if self.queue.is_none()
+            || !admit(
+                &mut self.events,
+                &mut self.dropped_events,
+                MAX_EVENTS_PER_SPAN,
+            )
+        {
+            return;
+        }
+        let kept = attributes.len().min(MAX_ATTRIBUTES_PER_EVENT);
+        let dropped = (attributes.len() - kept) as u32;
+        encode::put_scalar_event(
+            &mut self.recorded,
+            opentelemetry::time::now(),
+            name,
+            &attributes[..kept],
+            dropped,
+        );
+    }
+}
+
 /// Counts one more attribute, event or link of a span against `max`: true when it is
 /// kept, false (and counted in `dropped`) when the span already has `max`.
 fn admit(count: &mut u32, dropped: &mut u32, max: u32) -> bool {
@@ -366,6 +404,59 @@ mod tests {
                 assert_eq!(got[0].status.as_ref().unwrap().message, "b");
             }
         }
+    }
+
+    /// The borrowed-scalar path (`Attrs`, `Cx::event`) writes what the `KeyValue` path
+    /// writes, limits included.
+    #[test]
+    fn scalars_encode_like_key_values() {
+        let sc = SpanContext::new(
+            TraceId::from(5u128),
+            SpanId::from(6u64),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        );
+        let long = "v".repeat(300);
+        let values = [
+            Value::from("short"),
+            Value::from(long.clone()),
+            Value::from(-3i64),
+            Value::from(i64::MAX),
+            Value::from(true),
+        ];
+        let scalars = [
+            encode::Scalar::Str("short"),
+            encode::Scalar::Str(&long),
+            encode::Scalar::Int(-3),
+            encode::Scalar::Int(i64::MAX),
+            encode::Scalar::Bool(true),
+        ];
+        let keys = ["k", "a.longer.key.name", "i", "max", "b"];
+        let (_p, q) = queue();
+        let mut by_kv = RecordingSpan::start(sc.clone(), None, SpanKind::Client, "s", q.clone());
+        let mut by_scalar = RecordingSpan::start(sc, None, SpanKind::Client, "s", q.clone());
+        for round in 0..30 {
+            for ((k, v), s) in keys.iter().zip(&values).zip(&scalars) {
+                by_kv.set_attribute(KeyValue::new(*k, v.clone()));
+                by_scalar.scalar_attribute(k, *s);
+            }
+            let n = round % 6;
+            let kvs: Vec<KeyValue> = (0..n)
+                .map(|j| KeyValue::new(keys[j % 5], values[j % 5].clone()))
+                .collect();
+            let pairs: Vec<(&str, encode::Scalar)> =
+                (0..n).map(|j| (keys[j % 5], scalars[j % 5])).collect();
+            by_kv.add_event("ev", kvs);
+            by_scalar.scalar_event("ev", &pairs);
+        }
+        by_kv.end();
+        by_scalar.end();
+        let spans = decode(&q.take_bytes());
+        assert_eq!(spans.len(), 2);
+        assert_eq!(spans[0].attributes.len(), 128);
+        assert_eq!(spans[0].dropped_attributes_count, 22);
+        assert_eq!(spans[0], spans[1]);
     }
 
     #[test]
