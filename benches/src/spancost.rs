@@ -13,9 +13,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use mcp_shared::config::{Dur, ExporterType, OtlpProtocol, SamplerType, TracingConfig};
-use mcp_shared::telemetry::{self, Target, Telemetry};
+use mcp_shared::telemetry::{self, Attrs, Cx, Target, Telemetry};
 use opentelemetry::trace::SpanKind;
-use opentelemetry::{Context, KeyValue};
 use serde_json::{json, Value};
 
 use crate::{otlp, procfs};
@@ -24,24 +23,22 @@ use crate::{otlp, procfs};
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The attributes of a typical span (those of a gateway `http.request` for a
-/// `tools/call`); built only when tracing is on, as in the bridge.
-fn attrs(i: u64) -> Vec<KeyValue> {
-    vec![
-        KeyValue::new("mcp.message.type", "request"),
-        KeyValue::new("mcp.method.name", "tools/call"),
-        KeyValue::new("gen_ai.operation.name", "execute_tool"),
-        KeyValue::new("gen_ai.tool.name", "fx.echo"),
-        KeyValue::new("jsonrpc.request.id", i.to_string()),
-        KeyValue::new("network.transport", "tcp"),
-    ]
+/// `tools/call`); written only when the span is sampled, as in the bridge.
+fn attrs(a: &mut Attrs, i: u64) {
+    a.str("mcp.message.type", "request");
+    a.str("mcp.method.name", "tools/call");
+    a.str("gen_ai.operation.name", "execute_tool");
+    a.str("gen_ai.tool.name", "fx.echo");
+    a.int_text("jsonrpc.request.id", i as i64);
+    a.str("network.transport", "tcp");
 }
 
 /// Starts and ends `n` root spans; ns per span.
 fn time_spans(tel: &Telemetry, n: u64, first_id: u64) -> f64 {
-    let root = Context::new();
+    let root = Cx::default();
     let t0 = Instant::now();
     for i in first_id..first_id + n {
-        let cx = tel.start("bench.span", SpanKind::Internal, &root, || attrs(i));
+        let cx = tel.start("bench.span", SpanKind::Internal, &root, |a| attrs(a, i));
         telemetry::end(black_box(&cx));
     }
     t0.elapsed().as_nanos() as f64 / n as f64
@@ -182,7 +179,7 @@ pub fn run(n: u64, rounds: usize, label: &str) -> Result<Value, String> {
         "mode": "span-cost",
         "spans_per_round": n,
         "rounds": rounds,
-        "attributes": attrs(0).len(),
+        "attributes": Attrs::collect(|a| attrs(a, 0)).len(),
         "sink_spans": spans,
         "sink_requests": s["requests"],
         "otlp_bytes_per_span": if spans > 0.0 { Some((body / spans).round()) } else { None },

@@ -23,9 +23,8 @@ use mcp_shared::error::BackendError;
 use mcp_shared::framing::{Frame, LineDecoder, PIPE_READ_CHUNK_BYTES};
 use mcp_shared::idmap::IdMap;
 use mcp_shared::jsonrpc::{Id, Kind, Message};
-use mcp_shared::telemetry::{self, attrs, propagation, Telemetry};
+use mcp_shared::telemetry::{self, attrs, propagation, Cx, Telemetry};
 use opentelemetry::trace::SpanKind;
-use opentelemetry::{Context, KeyValue};
 use serde_json::{json, Value};
 
 use crate::metrics::Metrics;
@@ -343,7 +342,7 @@ impl Slot {
         client_caps: &Value,
         version: &str,
         tel: &Telemetry,
-        cx: &Context,
+        cx: &Cx,
     ) -> Result<Rc<Proc>, BackendError> {
         if let Some(p) = self.running() {
             return Ok(p);
@@ -363,24 +362,16 @@ impl Slot {
             }
         }
         let started = Instant::now();
-        let span = tel.start("backend.connect", SpanKind::Client, cx, || {
-            let mut a = attrs::gateway_route(self.name(), "stdio", None);
-            a.extend(attrs::connection_pool(
-                if self.is_shared() {
-                    "shared"
-                } else {
-                    "per_client"
-                },
-                1,
-                0,
-                0,
-            ));
-            a.push(KeyValue::new(
-                "process.executable.name",
-                self.cfg.command.clone(),
-            ));
-            a.push(KeyValue::new("network.transport", "pipe"));
-            a
+        let span = tel.start("backend.connect", SpanKind::Client, cx, |a| {
+            attrs::gateway_route(a, self.name(), "stdio", None);
+            let pool = if self.is_shared() {
+                "shared"
+            } else {
+                "per_client"
+            };
+            attrs::connection_pool(a, pool, 1, 0, 0);
+            a.str("process.executable.name", &self.cfg.command);
+            a.str("network.transport", "pipe");
         });
         let result = self.start(client_caps, version, &span).await;
         match &result {
@@ -420,7 +411,7 @@ impl Slot {
         self: &Rc<Self>,
         client_caps: &Value,
         version: &str,
-        span: &Context,
+        span: &Cx,
     ) -> Result<Rc<Proc>, BackendError> {
         let cfg = &self.cfg;
         let mut cmd = Command::new(&cfg.command);
@@ -479,9 +470,7 @@ impl Slot {
         ))
         .detach();
 
-        telemetry::set_attributes(span, || {
-            vec![KeyValue::new("process.pid", i64::from(child_pid))]
-        });
+        span.set_attributes(|a| a.int("process.pid", i64::from(child_pid)));
         let mut init = Message::request(
             Id::from(0),
             "initialize",

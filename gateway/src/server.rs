@@ -14,8 +14,7 @@ use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::tungstenite::Message as WsMessage;
 use futures_lite::StreamExt;
 use mcp_shared::framing::WS_WRITE_BUFFER_BYTES;
-use mcp_shared::telemetry::{attrs, propagation};
-use opentelemetry::{Context, KeyValue};
+use mcp_shared::telemetry::{attrs, propagation, Attrs, Cx};
 
 use crate::rt;
 use crate::session::Session;
@@ -151,7 +150,7 @@ fn check_handshake(
 /// What the handshake told us, for tracing.
 #[derive(Default)]
 struct Handshake {
-    cx: Context,
+    cx: Cx,
     host: String,
     user_agent: Option<String>,
 }
@@ -200,15 +199,17 @@ async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Rec
             .map(|(h, _)| h)
             .unwrap_or(&peer)
             .to_string();
-        let mut a = attrs::websocket(
-            &ip,
-            &seen.host,
-            &gw.cfg.server.path,
-            seen.user_agent.as_deref(),
-            Some("mcp"),
-        );
-        a.push(KeyValue::new("client.address", ip));
-        a
+        Attrs::collect(|a| {
+            attrs::websocket(
+                a,
+                &ip,
+                &seen.host,
+                &gw.cfg.server.path,
+                seen.user_agent.as_deref(),
+                Some("mcp"),
+            );
+            a.str("client.address", &ip);
+        })
     } else {
         Vec::new()
     };

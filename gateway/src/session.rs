@@ -17,9 +17,9 @@ use mcp_shared::idmap::IdMap;
 use mcp_shared::jsonrpc::{Id, Kind, Message};
 use mcp_shared::mcp::{self, Handling, ListKind};
 use mcp_shared::routing::{route_prompt, route_tool, ResourceRoutes};
-use mcp_shared::telemetry::{self, attrs, propagation};
+use mcp_shared::telemetry::{self, attrs, propagation, Cx};
 use opentelemetry::trace::SpanKind;
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::KeyValue;
 use serde_json::{json, Value};
 
 use crate::backend::{Proc, Slot};
@@ -67,7 +67,7 @@ pub struct Session {
     subscriptions: RefCell<HashSet<String>>,
     /// Trace context from the WebSocket handshake: the parent of requests that carry
     /// none in `_meta`.
-    handshake_cx: Context,
+    handshake_cx: Cx,
     /// Connection attributes added to the session's first `http.request` span.
     conn_attrs: Vec<KeyValue>,
     conn_attrs_sent: Cell<bool>,
@@ -78,7 +78,7 @@ impl Session {
     pub fn new(
         gw: Rc<Gateway>,
         out: Sender<String>,
-        handshake_cx: Context,
+        handshake_cx: Cx,
         conn_attrs: Vec<KeyValue>,
     ) -> Rc<Session> {
         let id = gw.next_session_id();
@@ -174,10 +174,10 @@ impl Session {
 
     /// Starts the `http.request` span of a client request, with its `auth.verify`
     /// child (the token was checked at the handshake; this records the outcome).
-    fn request_span(&self, msg: &Message) -> Context {
+    fn request_span(&self, msg: &Message) -> Cx {
         let tel = &self.gw.tel;
         if !tel.enabled() {
-            return Context::new();
+            return Cx::default();
         }
         let from_meta = propagation::extract_message(msg);
         let parent = if propagation::has_span(&from_meta) {
@@ -185,30 +185,29 @@ impl Session {
         } else {
             self.handshake_cx.clone()
         };
-        let cx = tel.start("http.request", SpanKind::Server, &parent, || {
-            let mut a = attrs::mcp_message(msg);
-            a.push(KeyValue::new("mcp.session.id", self.id.to_string()));
-            a.push(KeyValue::new("mcp.protocol.version", self.version.get()));
+        let cx = tel.start("http.request", SpanKind::Server, &parent, |a| {
+            attrs::mcp_message(a, msg);
+            a.int_text("mcp.session.id", self.id as i64);
+            a.str("mcp.protocol.version", self.version.get());
             // Connection attributes once per session, on its first request span (they
             // would otherwise double the size of every span).
             if !self.conn_attrs_sent.replace(true) {
-                a.extend(self.conn_attrs.iter().cloned());
+                self.conn_attrs.iter().for_each(|kv| a.key_value(kv));
             } else if let Some(ip) = self
                 .conn_attrs
                 .iter()
                 .find(|kv| kv.key.as_str() == "client.address")
             {
-                a.push(ip.clone());
+                a.str("client.address", &ip.value.as_str());
             }
-            a
         });
-        let auth = tel.step("auth.verify", &cx, || {
+        let auth = tel.step("auth.verify", &cx, |a| {
             let kind = if self.gw.token.is_some() {
                 "bearer"
             } else {
                 "none"
             };
-            attrs::authentication(kind, true, None)
+            attrs::authentication(a, kind, true, None)
         });
         auth.end();
         cx
@@ -219,7 +218,7 @@ impl Session {
         let cx = self.request_span(&msg);
         let tel = &self.gw.tel;
         let limit = self.gw.cfg.limits.max_in_flight;
-        let validate = tel.step("request.validate", &cx, Vec::new);
+        let validate = tel.step("request.validate", &cx, |_| {});
         let duplicate = self.in_flight.borrow().contains_key(&id);
         if duplicate {
             let err = SessionError::DuplicateId.to_rpc_error();
@@ -228,8 +227,9 @@ impl Session {
         validate.end();
         let in_flight = self.in_flight.borrow().len();
         let limited = !duplicate && in_flight >= limit;
-        let rl = tel.step("rate_limit.check", &cx, || {
+        let rl = tel.step("rate_limit.check", &cx, |a| {
             attrs::rate_limit(
+                a,
                 limited,
                 limit as i64,
                 limit.saturating_sub(in_flight) as i64,
@@ -315,9 +315,7 @@ impl Session {
                 }
                 None => {
                     log::debug!("session {}: {method} {id} cancelled by the client", me.id);
-                    telemetry::set_attributes(&cx, || {
-                        vec![KeyValue::new("mcp.request.cancelled", true)]
-                    })
+                    cx.set_attributes(|a| a.bool("mcp.request.cancelled", true))
                 }
             }
             telemetry::end(&cx);
@@ -325,12 +323,7 @@ impl Session {
         .detach();
     }
 
-    async fn handle_request(
-        self: &Rc<Self>,
-        msg: Message,
-        target: &Target,
-        cx: &Context,
-    ) -> Message {
+    async fn handle_request(self: &Rc<Self>, msg: Message, target: &Target, cx: &Cx) -> Message {
         let id = msg.id().expect("requests have ids");
         let method = msg.method().unwrap_or_default().to_string();
         let handling = mcp::handling(&method);
@@ -378,7 +371,7 @@ impl Session {
         result.unwrap_or_else(|e| Message::error_response(Some(id), e))
     }
 
-    async fn initialize(self: &Rc<Self>, msg: &Message, cx: &Context) -> Result<Value, RpcError> {
+    async fn initialize(self: &Rc<Self>, msg: &Message, cx: &Cx) -> Result<Value, RpcError> {
         let params = msg.params().cloned().unwrap_or(json!({}));
         let version = mcp::negotiate_version(params.get("protocolVersion").and_then(Value::as_str));
         if !self.initialized.get() && self.init_gate.borrow().is_none() {
@@ -428,7 +421,7 @@ impl Session {
 
     /// The slot's process, started if needed (a `backend.connect` span under `cx`
     /// records a start).
-    async fn ensure(&self, slot: &Rc<Slot>, cx: &Context) -> Result<Rc<Proc>, RpcError> {
+    async fn ensure(&self, slot: &Rc<Slot>, cx: &Cx) -> Result<Rc<Proc>, RpcError> {
         // The usual case, a running process, without copying the client's capabilities
         // or carrying the start-up's state in every request's future.
         if let Some(p) = slot.running() {
@@ -447,7 +440,7 @@ impl Session {
     /// A `discovery.resolve` span for a routing decision.
     fn resolve_span<T>(
         &self,
-        cx: &Context,
+        cx: &Cx,
         what: &str,
         result: &Result<T, RpcError>,
         backend: Option<&str>,
@@ -456,12 +449,11 @@ impl Session {
         if !tel.enabled() {
             return;
         }
-        let step = tel.step("discovery.resolve", cx, || {
-            let mut a = vec![KeyValue::new("gateway.route.key", what.to_string())];
+        let step = tel.step("discovery.resolve", cx, |a| {
+            a.str("gateway.route.key", what);
             if let Some(b) = backend {
-                a.extend(attrs::gateway_route(b, "stdio", None));
+                attrs::gateway_route(a, b, "stdio", None);
             }
-            a
         });
         if let Err(e) = result {
             step.fail("route_not_found", &e.message);
@@ -471,17 +463,16 @@ impl Session {
 
     /// Starts a `backend.forward` client span under `cx` and puts its context in the
     /// message's `_meta`.
-    fn forward_span(&self, slot: &Slot, msg: &mut Message, cx: &Context) -> Context {
+    fn forward_span(&self, slot: &Slot, msg: &mut Message, cx: &Cx) -> Cx {
         let tel = &self.gw.tel;
         if !tel.enabled() {
-            return Context::new();
+            return Cx::default();
         }
-        let span = tel.start("backend.forward", SpanKind::Client, cx, || {
-            let mut a = attrs::mcp_message(msg);
-            a.extend(attrs::gateway_route(slot.name(), "stdio", None));
-            a.push(KeyValue::new("network.transport", "pipe"));
-            a.push(KeyValue::new("mcp.session.id", self.id.to_string()));
-            a
+        let span = tel.start("backend.forward", SpanKind::Client, cx, |a| {
+            attrs::mcp_message(a, msg);
+            attrs::gateway_route(a, slot.name(), "stdio", None);
+            a.str("network.transport", "pipe");
+            a.int_text("mcp.session.id", self.id as i64);
         });
         propagation::inject_message(&span, msg);
         span
@@ -493,7 +484,7 @@ impl Session {
         slot: &Rc<Slot>,
         msg: Message,
         target: &Target,
-        cx: &Context,
+        cx: &Cx,
     ) -> Result<Message, RpcError> {
         let client_id = msg.id().expect("requests have ids");
         let proc = self.ensure(slot, cx).await?;
@@ -512,7 +503,7 @@ impl Session {
         proc: &Proc,
         slot: &Slot,
         mut msg: Message,
-        cx: &Context,
+        cx: &Cx,
         sent: Option<&Cell<Option<u64>>>,
     ) -> Result<Message, RpcError> {
         let span = self.forward_span(slot, &mut msg, cx);
@@ -532,7 +523,7 @@ impl Session {
         mut msg: Message,
         handling: Handling,
         target: &Target,
-        cx: &Context,
+        cx: &Cx,
     ) -> Result<Message, RpcError> {
         let method = msg.method().unwrap_or_default().to_string();
         let full = msg
@@ -558,7 +549,7 @@ impl Session {
         self.forward(&slot, msg, target, cx).await
     }
 
-    async fn route_uri(self: &Rc<Self>, uri: &str, cx: &Context) -> Result<Rc<Slot>, RpcError> {
+    async fn route_uri(self: &Rc<Self>, uri: &str, cx: &Cx) -> Result<Rc<Slot>, RpcError> {
         let found = self.routes.borrow().route(uri).map(str::to_string);
         let found = match found {
             Ok(n) => Ok(n),
@@ -583,7 +574,7 @@ impl Session {
         self: &Rc<Self>,
         msg: Message,
         target: &Target,
-        cx: &Context,
+        cx: &Cx,
     ) -> Result<Message, RpcError> {
         let method = msg.method().unwrap_or_default().to_string();
         let uri = msg
@@ -616,7 +607,7 @@ impl Session {
         self: &Rc<Self>,
         mut msg: Message,
         target: &Target,
-        cx: &Context,
+        cx: &Cx,
     ) -> Result<Message, RpcError> {
         let missing = |param| {
             RouteError::MissingParam {
@@ -660,7 +651,7 @@ impl Session {
     }
 
     /// Sends `logging/setLevel` (or another broadcast) to every backend that supports it.
-    async fn broadcast(self: &Rc<Self>, msg: &Message, cx: &Context) -> Result<Value, RpcError> {
+    async fn broadcast(self: &Rc<Self>, msg: &Message, cx: &Cx) -> Result<Value, RpcError> {
         let tasks: Vec<_> = self
             .backends
             .iter()
@@ -690,7 +681,7 @@ impl Session {
         self: &Rc<Self>,
         kind: ListKind,
         meta: Option<serde_json::Map<String, Value>>,
-        cx: &Context,
+        cx: &Cx,
     ) -> Result<Value, RpcError> {
         let tasks: Vec<_> = self
             .backends
@@ -740,7 +731,7 @@ impl Session {
         slot: &Rc<Slot>,
         kind: ListKind,
         meta: Option<serde_json::Map<String, Value>>,
-        cx: &Context,
+        cx: &Cx,
     ) -> Result<Vec<Value>, RpcError> {
         let proc = self.ensure(slot, cx).await?;
         if !mcp::has_capability(&proc.capabilities(), kind.capability()) {

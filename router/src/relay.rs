@@ -24,10 +24,9 @@ use mcp_shared::error::{RelayError, SessionError, ToRpcError};
 use mcp_shared::framing::{Frame, LineDecoder, PIPE_READ_CHUNK_BYTES};
 use mcp_shared::jsonrpc::{Id, Kind, Message};
 use mcp_shared::secret::Secret;
-use mcp_shared::telemetry::{self, attrs, propagation, Telemetry};
+use mcp_shared::telemetry::{self, attrs, propagation, AttrValue, Cx, Telemetry};
 use mcp_shared::time::timeout;
 use opentelemetry::trace::SpanKind;
-use opentelemetry::{Context, KeyValue};
 use smol::LocalExecutor;
 
 use crate::link;
@@ -49,8 +48,8 @@ enum WsCmd {
 
 /// The spans of a forwarded request.
 struct Spans {
-    stdio: Context,
-    request: Context,
+    stdio: Cx,
+    request: Cx,
 }
 
 impl Spans {
@@ -129,11 +128,10 @@ async fn relay(
     }));
     let max = cfg.limits.max_message_bytes;
 
-    let connect_cx = tel.start("gateway.connect", SpanKind::Client, &Context::new(), || {
-        let mut a = attrs::server(&server.0, server.1);
-        a.push(KeyValue::new("network.transport", "tcp"));
-        a.push(KeyValue::new("url.full", cfg.gateway.url.clone()));
-        a
+    let connect_cx = tel.start("gateway.connect", SpanKind::Client, &Cx::default(), |a| {
+        attrs::server(a, &server.0, server.1);
+        a.str("network.transport", "tcp");
+        a.str("url.full", &cfg.gateway.url);
     });
 
     let mut reader_task = None;
@@ -146,9 +144,7 @@ async fn relay(
     )
     .await;
     match &connected {
-        Ok(_) => telemetry::set_attributes(&connect_cx, || {
-            vec![KeyValue::new("websocket.protocol", "mcp")]
-        }),
+        Ok(_) => connect_cx.set_attributes(|a| a.str("websocket.protocol", "mcp")),
         Err(e) => telemetry::fail(&connect_cx, "gateway_unreachable", &e.to_string()),
     }
     telemetry::end(&connect_cx);
@@ -249,22 +245,21 @@ async fn handle_client_line(
     };
     let spans = if tel.enabled() {
         let parent = propagation::extract_message(&msg);
-        let stdio = tel.start("stdio.read", SpanKind::Server, &parent, || {
-            let mut a = attrs::mcp_message_brief(&msg);
-            a.push(KeyValue::new("network.transport", "pipe"));
-            a
+        let stdio = tel.start("stdio.read", SpanKind::Server, &parent, |a| {
+            attrs::mcp_message_brief(a, &msg);
+            a.str("network.transport", "pipe");
         });
-        telemetry::event(&stdio, "stdio.message.read", || {
-            vec![KeyValue::new("message.size", line.len() as i64)]
-        });
+        stdio.event(
+            "stdio.message.read",
+            &[("message.size", AttrValue::Int(line.len() as i64))],
+        );
         let request = if msg.kind() == Kind::Response {
-            Context::new()
+            Cx::default()
         } else {
-            let request = tel.start("gateway.request", SpanKind::Client, &stdio, || {
-                let mut a = attrs::mcp_message(&msg);
-                a.extend(attrs::server(&server.0, server.1));
-                a.push(KeyValue::new("network.transport", "tcp"));
-                a
+            let request = tel.start("gateway.request", SpanKind::Client, &stdio, |a| {
+                attrs::mcp_message(a, &msg);
+                attrs::server(a, &server.0, server.1);
+                a.str("network.transport", "tcp");
             });
             propagation::inject_message(&request, &mut msg);
             request
@@ -272,8 +267,8 @@ async fn handle_client_line(
         Spans { stdio, request }
     } else {
         Spans {
-            stdio: Context::new(),
-            request: Context::new(),
+            stdio: Cx::default(),
+            request: Cx::default(),
         }
     };
     let decision = {
@@ -309,9 +304,10 @@ async fn handle_client_line(
         }
     };
     let text = msg.to_json();
-    telemetry::event(&spans.request, "websocket.message.sent", || {
-        vec![KeyValue::new("message.size", text.len() as i64)]
-    });
+    spans.request.event(
+        "websocket.message.sent",
+        &[("message.size", AttrValue::Int(text.len() as i64))],
+    );
     match (msg.kind(), msg.id()) {
         (Kind::Request, Some(id)) => {
             state.borrow_mut().pending.insert(id, spans);
@@ -360,14 +356,11 @@ async fn read_ws(mut stream: link::Receiver, state: Shared, out: Sender<String>)
                 // Relay the text as received: no re-serialisation needed.
                 send_out(&out, text).await;
                 if let Some(spans) = spans {
-                    telemetry::event(&spans.request, "websocket.message.received", || {
-                        vec![KeyValue::new("message.size", size)]
-                    });
+                    let size = [("message.size", AttrValue::Int(size))];
+                    spans.request.event("websocket.message.received", &size);
                     telemetry::record_response(&spans.request, &m);
                     telemetry::record_response(&spans.stdio, &m);
-                    telemetry::event(&spans.stdio, "stdio.message.written", || {
-                        vec![KeyValue::new("message.size", size)]
-                    });
+                    spans.stdio.event("stdio.message.written", &size);
                     spans.end();
                 }
             }

@@ -19,7 +19,7 @@ use std::task::{Context as TaskCx, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{LevelFilter, Log, Metadata, Record};
-use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
+use opentelemetry::trace::{SpanId, TraceId};
 
 use crate::config::LogFormat;
 
@@ -39,8 +39,8 @@ pub struct Traced<F> {
 
 /// Wraps `f` so that log lines written while it runs carry the ids of the span in `cx`
 /// (nothing is added when `cx` has no valid span).
-pub fn traced<F: Future>(cx: &opentelemetry::Context, f: F) -> Traced<F> {
-    let sc = cx.span().span_context().clone();
+pub fn traced<F: Future>(cx: &crate::telemetry::Cx, f: F) -> Traced<F> {
+    let sc = cx.span_context();
     let ids = sc.is_valid().then(|| (sc.trace_id(), sc.span_id()));
     Traced {
         ids,

@@ -2,36 +2,34 @@
 //! message, connection pool, rate limit, authentication, gateway route) and the
 //! OpenTelemetry MCP semantic conventions. Nothing here may carry a token, an
 //! Authorization header or tool arguments.
+//!
+//! Each helper writes into an [`Attrs`] (a recording span's encoding, or a list of
+//! `KeyValue`s), borrowing from the message: no attribute is built as a value first.
 
-use std::sync::Arc;
-
-use opentelemetry::{KeyValue, Value};
-
+use super::Attrs;
 use crate::jsonrpc::{Id, Kind, Message};
 
 /// WebSocket connection attributes (guide: `WebSocketSpanAttributes`).
 pub fn websocket(
+    a: &mut Attrs,
     peer_ip: &str,
     host: &str,
     target: &str,
     user_agent: Option<&str>,
     protocol: Option<&str>,
-) -> Vec<KeyValue> {
-    let mut v = vec![
-        KeyValue::new("net.transport", "ip_tcp"),
-        KeyValue::new("net.peer.ip", peer_ip.to_string()),
-        KeyValue::new("http.method", "GET"),
-        KeyValue::new("http.target", target.to_string()),
-        KeyValue::new("http.host", host.to_string()),
-        KeyValue::new("network.transport", "tcp"),
-    ];
+) {
+    a.str("net.transport", "ip_tcp");
+    a.str("net.peer.ip", peer_ip);
+    a.str("http.method", "GET");
+    a.str("http.target", target);
+    a.str("http.host", host);
+    a.str("network.transport", "tcp");
     if let Some(ua) = user_agent {
-        v.push(KeyValue::new("http.user_agent", ua.to_string()));
+        a.str("http.user_agent", ua);
     }
     if let Some(p) = protocol {
-        v.push(KeyValue::new("websocket.protocol", p.to_string()));
+        a.str("websocket.protocol", p);
     }
-    v
 }
 
 fn kind_name(k: Kind) -> &'static str {
@@ -46,61 +44,69 @@ fn kind_name(k: Kind) -> &'static str {
 /// `mcp.message.id`) and the semantic conventions' (`mcp.method.name`,
 /// `jsonrpc.request.id`, `gen_ai.tool.name`,
 /// `gen_ai.prompt.name`, `gen_ai.operation.name`, `mcp.resource.uri`).
-pub fn mcp_message(msg: &Message) -> Vec<KeyValue> {
-    let mut v = Vec::with_capacity(8);
-    v.push(KeyValue::new("mcp.message.type", kind_name(msg.kind())));
+pub fn mcp_message(a: &mut Attrs, msg: &Message) {
+    a.str("mcp.message.type", kind_name(msg.kind()));
     if let Some(m) = msg.method() {
-        let name = method_value(m);
-        v.push(KeyValue::new("mcp.method", name.clone()));
-        v.push(KeyValue::new("mcp.method.name", name));
+        a.str("mcp.method", m);
+        a.str("mcp.method.name", m);
         match m {
             "tools/call" => {
-                v.push(KeyValue::new("gen_ai.operation.name", "execute_tool"));
+                a.str("gen_ai.operation.name", "execute_tool");
                 if let Some(n) = msg.param_str("name") {
-                    v.push(KeyValue::new("gen_ai.tool.name", n.to_string()));
+                    a.str("gen_ai.tool.name", n);
                 }
             }
             "prompts/get" => {
                 if let Some(n) = msg.param_str("name") {
-                    v.push(KeyValue::new("gen_ai.prompt.name", n.to_string()));
+                    a.str("gen_ai.prompt.name", n);
                 }
             }
             _ => {
                 if let Some(u) = msg.param_str("uri") {
-                    v.push(KeyValue::new("mcp.resource.uri", u.to_string()));
+                    a.str("mcp.resource.uri", u);
                 }
             }
         }
     }
     if let Some(id) = msg.id() {
-        // One allocation shared by both keys.
-        let s: Arc<str> = id_text(&id).into();
-        v.push(KeyValue::new("mcp.message.id", s.clone()));
-        v.push(KeyValue::new("jsonrpc.request.id", s));
-    }
-    v
-}
-
-/// A method name as an attribute value: static for the specification's methods, one
-/// shared allocation otherwise.
-fn method_value(m: &str) -> Value {
-    match crate::mcp::static_method(m) {
-        Some(s) => Value::from(s),
-        None => Value::from(Arc::<str>::from(m)),
+        id_attrs(a, &id, &["mcp.message.id", "jsonrpc.request.id"]);
     }
 }
 
 /// The few attributes that identify a message (`mcp.method.name`,
 /// `jsonrpc.request.id`), for spans whose child carries the full set.
-pub fn mcp_message_brief(msg: &Message) -> Vec<KeyValue> {
-    let mut v = Vec::with_capacity(3);
+pub fn mcp_message_brief(a: &mut Attrs, msg: &Message) {
     if let Some(m) = msg.method() {
-        v.push(KeyValue::new("mcp.method.name", method_value(m)));
+        a.str("mcp.method.name", m);
     }
     if let Some(id) = msg.id() {
-        v.push(KeyValue::new("jsonrpc.request.id", id_text(&id)));
+        id_attrs(a, &id, &["jsonrpc.request.id"]);
     }
-    v
+}
+
+/// An id as text under each of `keys` (a number is formatted once, on the stack).
+fn id_attrs(a: &mut Attrs, id: &Id, keys: &[&'static str]) {
+    match id {
+        Id::Number(n) => {
+            let mut buf = [0u8; 20];
+            let owned;
+            let text = match n.as_i64() {
+                Some(i) => super::cx::format_i64(i, &mut buf),
+                None => {
+                    owned = n.to_string();
+                    &owned
+                }
+            };
+            for k in keys {
+                a.str(k, text);
+            }
+        }
+        Id::String(s) => {
+            for k in keys {
+                a.str(k, s);
+            }
+        }
+    }
 }
 
 /// An id as attribute text (strings without quotes).
@@ -112,69 +118,54 @@ pub fn id_text(id: &Id) -> String {
 }
 
 /// Connection pool attributes (guide: `ConnectionPoolAttributes`).
-pub fn connection_pool(pool_type: &str, size: i64, active: i64, idle: i64) -> Vec<KeyValue> {
-    vec![
-        KeyValue::new("pool.type", pool_type.to_string()),
-        KeyValue::new("pool.size", size),
-        KeyValue::new("pool.connections.active", active),
-        KeyValue::new("pool.connections.idle", idle),
-    ]
+pub fn connection_pool(a: &mut Attrs, pool_type: &str, size: i64, active: i64, idle: i64) {
+    a.str("pool.type", pool_type);
+    a.int("pool.size", size);
+    a.int("pool.connections.active", active);
+    a.int("pool.connections.idle", idle);
 }
 
 /// Rate limit attributes (guide: `RateLimitAttributes`); `reset_time` in seconds.
-pub fn rate_limit(limited: bool, limit: i64, remaining: i64, reset_time: i64) -> Vec<KeyValue> {
-    vec![
-        KeyValue::new("ratelimit.limited", limited),
-        KeyValue::new("ratelimit.limit", limit),
-        KeyValue::new("ratelimit.remaining", remaining),
-        KeyValue::new("ratelimit.reset_time", reset_time),
-    ]
+pub fn rate_limit(a: &mut Attrs, limited: bool, limit: i64, remaining: i64, reset_time: i64) {
+    a.bool("ratelimit.limited", limited);
+    a.int("ratelimit.limit", limit);
+    a.int("ratelimit.remaining", remaining);
+    a.int("ratelimit.reset_time", reset_time);
 }
 
 /// Authentication attributes (guide: `AuthenticationAttributes`). `user_id` is an
 /// identity label, never a credential.
-pub fn authentication(
-    auth_type: &'static str,
-    success: bool,
-    user_id: Option<&str>,
-) -> Vec<KeyValue> {
-    let mut v = vec![
-        KeyValue::new("auth.type", auth_type),
-        KeyValue::new("auth.success", success),
-    ];
+pub fn authentication(a: &mut Attrs, auth_type: &str, success: bool, user_id: Option<&str>) {
+    a.str("auth.type", auth_type);
+    a.bool("auth.success", success);
     if let Some(u) = user_id {
-        v.push(KeyValue::new("auth.user.id", u.to_string()));
+        a.str("auth.user.id", u);
     }
-    v
 }
 
 /// Gateway route attributes (guide: `GatewayRouteAttributes`).
-pub fn gateway_route(
-    service: &str,
-    target_host: &'static str,
-    target_port: Option<i64>,
-) -> Vec<KeyValue> {
-    let mut v = vec![
-        KeyValue::new("gateway.service", service.to_string()),
-        KeyValue::new("gateway.target.host", target_host),
-    ];
+pub fn gateway_route(a: &mut Attrs, service: &str, target_host: &str, target_port: Option<i64>) {
+    a.str("gateway.service", service);
+    a.str("gateway.target.host", target_host);
     if let Some(p) = target_port {
-        v.push(KeyValue::new("gateway.target.port", p));
+        a.int("gateway.target.port", p);
     }
-    v
 }
 
 /// `server.address` / `server.port`.
-pub fn server(address: &str, port: u16) -> Vec<KeyValue> {
-    vec![
-        KeyValue::new("server.address", address.to_string()),
-        KeyValue::new("server.port", i64::from(port)),
-    ]
+pub fn server(a: &mut Attrs, address: &str, port: u16) {
+    a.str("server.address", address);
+    a.int("server.port", i64::from(port));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry::KeyValue;
+
+    fn list(f: impl FnOnce(&mut Attrs)) -> Vec<KeyValue> {
+        Attrs::collect(f)
+    }
 
     fn get<'a>(v: &'a [KeyValue], k: &str) -> Option<&'a opentelemetry::Value> {
         v.iter().find(|kv| kv.key.as_str() == k).map(|kv| &kv.value)
@@ -186,7 +177,7 @@ mod tests {
             br#"{"jsonrpc":"2.0","id":"7","method":"tools/call","params":{"name":"fs.read","arguments":{"password":"x"}}}"#,
         )
         .unwrap();
-        let a = mcp_message(&m);
+        let a = list(|a| mcp_message(a, &m));
         assert_eq!(get(&a, "mcp.method.name").unwrap().as_str(), "tools/call");
         assert_eq!(get(&a, "mcp.method").unwrap().as_str(), "tools/call");
         assert_eq!(get(&a, "gen_ai.tool.name").unwrap().as_str(), "fs.read");
@@ -203,16 +194,31 @@ mod tests {
 
     #[test]
     fn guide_helpers_use_the_guide_keys() {
-        assert_eq!(rate_limit(false, 10, 9, 0).len(), 4);
-        let a = authentication("bearer", true, None);
+        assert_eq!(list(|a| rate_limit(a, false, 10, 9, 0)).len(), 4);
+        let a = list(|a| authentication(a, "bearer", true, None));
         assert_eq!(get(&a, "auth.type").unwrap().as_str(), "bearer");
-        let r = gateway_route("fs", "stdio", None);
+        let r = list(|a| gateway_route(a, "fs", "stdio", None));
         assert_eq!(get(&r, "gateway.service").unwrap().as_str(), "fs");
-        assert_eq!(connection_pool("stdio", 2, 1, 1).len(), 4);
+        assert_eq!(list(|a| connection_pool(a, "stdio", 2, 1, 1)).len(), 4);
         assert!(get(
-            &websocket("127.0.0.1", "h", "/mcp", None, Some("mcp")),
+            &list(|a| websocket(a, "127.0.0.1", "h", "/mcp", None, Some("mcp"))),
             "websocket.protocol"
         )
         .is_some());
+    }
+
+    #[test]
+    fn numeric_ids_format_like_display() {
+        for n in [0, 7, -1, 10, i64::MAX, i64::MIN, 1_000_000_007] {
+            let mut buf = [0u8; 20];
+            assert_eq!(crate::telemetry::cx::format_i64(n, &mut buf), n.to_string());
+        }
+        for id in ["-42", "1.5", "18446744073709551615", "\"x\""] {
+            let line = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#);
+            let m = Message::parse(line.as_bytes()).unwrap();
+            let a = list(|a| mcp_message_brief(a, &m));
+            let want = id_text(&m.id().unwrap());
+            assert_eq!(get(&a, "jsonrpc.request.id").unwrap().as_str(), want);
+        }
     }
 }

@@ -11,13 +11,14 @@
 //! trace across services. `always_off` records nothing whatever the parent says, and
 //! passes an unsampled flag downstream.
 //!
-//! Spans are carried explicitly as [`Context`] values across tasks (never through the
-//! thread-local current context).
+//! Spans are carried explicitly as [`Cx`] values across tasks (never through the
+//! thread-local current context); attributes are written through [`Attrs`].
 
 pub mod attrs;
 pub mod batch;
 #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 pub mod conn;
+pub mod cx;
 #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 pub mod encode;
 pub mod export;
@@ -32,12 +33,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::{RandomIdGenerator, Sampler, SdkTracerProvider, Tracer};
 use opentelemetry_sdk::Resource;
 
 use crate::config::{ExporterType, OtlpProtocol, SamplerType, SpanDetail, TracingConfig};
 
+pub use cx::{AttrValue, Attrs, Cx};
 pub use stdout::Target;
 
 /// How long shutdown waits for the last spans to be exported.
@@ -185,15 +187,12 @@ impl Telemetry {
     /// [`SpanDetail::Full`]; with [`SpanDetail::Basic`] records an event of that name
     /// and attributes on `parent` instead and returns `parent`, so that `fail` and `end`
     /// on the result act on the parent (errors are then recorded on it too).
-    pub fn step(
-        &self,
-        name: &'static str,
-        parent: &Context,
-        attrs: impl FnOnce() -> Vec<KeyValue>,
-    ) -> Step {
+    pub fn step(&self, name: &'static str, parent: &Cx, attrs: impl FnOnce(&mut Attrs)) -> Step {
         match &self.inner {
             Some(i) if i.detail == SpanDetail::Basic => {
-                event(parent, name, attrs);
+                if parent.is_recording() {
+                    parent.event_key_values(name, Attrs::collect(attrs));
+                }
                 Step::Event(parent.clone())
             }
             _ => Step::Span(self.start(name, SpanKind::Internal, parent, attrs)),
@@ -201,30 +200,30 @@ impl Telemetry {
     }
 
     /// Starts a span under `parent` (a new root when `parent` has no span). `attrs` is
-    /// only called when the span is sampled. Returns the context holding the new span.
+    /// only called when the span is sampled. Returns the new span's [`Cx`].
     pub fn start(
         &self,
         name: &'static str,
         kind: SpanKind,
-        parent: &Context,
-        attrs: impl FnOnce() -> Vec<KeyValue>,
-    ) -> Context {
+        parent: &Cx,
+        attrs: impl FnOnce(&mut Attrs),
+    ) -> Cx {
         let Some(inner) = &self.inner else {
-            return Context::new();
+            return Cx::default();
         };
         // Inside a trace nobody records (an unsampled parent), a child span would only
         // cost time: the parent's context is passed on instead, carrying the same
         // unsampled flag downstream. Only a trace's first span pays for a sampling
         // decision.
-        let parent_span = parent.span();
-        let psc = parent_span.span_context();
+        let psc = parent.span_context();
         if psc.is_valid() && !psc.is_sampled() {
             return parent.clone();
         }
         #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
         if let Some(rec) = &inner.recording {
-            return inner.start_recording(rec, name, kind, parent, psc, attrs);
+            return inner.start_recording(rec, name, kind, parent, attrs);
         }
+        let parent = parent.to_context();
         let builder = inner
             .tracer
             .span_builder(Cow::Borrowed(name))
@@ -239,17 +238,17 @@ impl Telemetry {
             // sampler that keeps every root): attributes given at creation are the
             // cheaper way in.
             let span = builder
-                .with_attributes(attrs())
-                .start_with_context(&inner.tracer, parent);
-            return parent.with_span(span);
+                .with_attributes(Attrs::collect(attrs))
+                .start_with_context(&inner.tracer, &parent);
+            return Cx::from_context(parent.with_span(span));
         }
         // A root (or always_off): attributes are added after the sampling decision (our
         // samplers do not look at them), so an unsampled span never builds them.
-        let mut span = builder.start_with_context(&inner.tracer, parent);
+        let mut span = builder.start_with_context(&inner.tracer, &parent);
         if opentelemetry::trace::Span::is_recording(&span) {
-            opentelemetry::trace::Span::set_attributes(&mut span, attrs());
+            opentelemetry::trace::Span::set_attributes(&mut span, Attrs::collect(attrs));
         }
-        parent.with_span(span)
+        Cx::from_context(parent.with_span(span))
     }
 
     /// Spans exported and dropped so far.
@@ -288,12 +287,12 @@ impl Inner {
         rec: &Recording,
         name: &'static str,
         kind: SpanKind,
-        parent: &Context,
-        psc: &opentelemetry::trace::SpanContext,
-        attrs: impl FnOnce() -> Vec<KeyValue>,
-    ) -> Context {
+        parent: &Cx,
+        attrs: impl FnOnce(&mut Attrs),
+    ) -> Cx {
         use opentelemetry::trace::{SpanContext, TraceFlags};
         use opentelemetry_sdk::trace::{IdGenerator, SamplingDecision, ShouldSample};
+        let psc = parent.span_context();
         let has_parent = psc.is_valid();
         let trace_id = if has_parent {
             psc.trace_id()
@@ -312,9 +311,14 @@ impl Inner {
         let (sampled, trace_state) = if known {
             (true, psc.trace_state().clone())
         } else {
-            let r = rec
-                .sampler
-                .should_sample(Some(parent), trace_id, name, &kind, &[], &[]);
+            let r = rec.sampler.should_sample(
+                Some(&parent.to_context()),
+                trace_id,
+                name,
+                &kind,
+                &[],
+                &[],
+            );
             // Our samplers never answer RecordOnly (recorded, not exported): it would
             // be a span nobody sees, so it is treated as a drop.
             (
@@ -324,7 +328,7 @@ impl Inner {
         };
         if !sampled {
             let sc = SpanContext::new(trace_id, span_id, TraceFlags::default(), false, trace_state);
-            return parent.with_remote_span_context(sc);
+            return Cx::from_span_context(sc);
         }
         let sc = SpanContext::new(
             trace_id,
@@ -334,9 +338,10 @@ impl Inner {
             trace_state,
         );
         let parent_ids = has_parent.then(|| (psc.span_id(), psc.is_remote()));
-        let mut span = span::RecordingSpan::start(sc, parent_ids, kind, name, rec.queue.clone());
-        opentelemetry::trace::Span::set_attributes(&mut span, attrs());
-        parent.with_span(span)
+        let span = span::RecordingSpan::start(sc, parent_ids, kind, name, rec.queue.clone());
+        let cx = Cx::recording(span);
+        cx.set_attributes(attrs);
+        cx
     }
 }
 
@@ -344,9 +349,9 @@ impl Inner {
 #[derive(Debug, Clone)]
 pub enum Step {
     /// The step's span (ended by [`Step::end`]).
-    Span(Context),
+    Span(Cx),
     /// An event was recorded on this (the parent's) span, which stays open.
-    Event(Context),
+    Event(Cx),
 }
 
 impl Step {
@@ -357,53 +362,43 @@ impl Step {
     pub fn fail(&self, error_type: &str, message: &str) {
         match self {
             Step::Span(cx) => fail(cx, error_type, message),
-            Step::Event(cx) => event(cx, "exception", || {
-                vec![
-                    KeyValue::new("exception.type", error_type.to_string()),
-                    KeyValue::new("exception.message", message.to_string()),
-                ]
-            }),
+            Step::Event(cx) => cx.event("exception", &exception(error_type, message)),
         }
     }
 
     /// Ends the step's own span (nothing for an event).
     pub fn end(&self) {
         if let Step::Span(cx) = self {
-            end(cx);
+            cx.end();
         }
     }
 }
 
 /// Adds attributes to the span of `cx`.
-pub fn set_attributes(cx: &Context, attrs: impl FnOnce() -> Vec<KeyValue>) {
-    let span = cx.span();
-    if span.is_recording() {
-        span.set_attributes(attrs());
-    }
+pub fn set_attributes(cx: &Cx, attrs: impl FnOnce(&mut Attrs)) {
+    cx.set_attributes(attrs);
 }
 
 /// Adds an event to the span of `cx`.
-pub fn event(cx: &Context, name: &'static str, attrs: impl FnOnce() -> Vec<KeyValue>) {
-    let span = cx.span();
-    if span.is_recording() {
-        span.add_event(name, attrs());
-    }
+pub fn event(cx: &Cx, name: &'static str, attrs: &[(&'static str, AttrValue)]) {
+    cx.event(name, attrs);
+}
+
+/// The attributes of an `exception` event.
+fn exception<'a>(error_type: &'a str, message: &'a str) -> [(&'static str, AttrValue<'a>); 2] {
+    [
+        ("exception.type", AttrValue::Str(error_type)),
+        ("exception.message", AttrValue::Str(message)),
+    ]
 }
 
 /// Marks the span failed: `error.type`, status Error with `message`, and an
 /// `exception` event.
-pub fn fail(cx: &Context, error_type: &str, message: &str) {
-    let span = cx.span();
-    if span.is_recording() {
-        span.set_attribute(KeyValue::new("error.type", error_type.to_string()));
-        span.add_event(
-            "exception",
-            vec![
-                KeyValue::new("exception.type", error_type.to_string()),
-                KeyValue::new("exception.message", message.to_string()),
-            ],
-        );
-        span.set_status(Status::error(message.to_string()));
+pub fn fail(cx: &Cx, error_type: &str, message: &str) {
+    if cx.is_recording() {
+        cx.set_attributes(|a| a.str("error.type", error_type));
+        cx.event("exception", &exception(error_type, message));
+        cx.set_status(Status::error(message.to_string()));
     }
 }
 
@@ -411,8 +406,8 @@ pub fn fail(cx: &Context, error_type: &str, message: &str) {
 /// `rpc.response.status_code` and error status; a `tools/call` result with
 /// `isError: true` is a `tool_error`. Returns the error type, if any (always `None`
 /// when the span is not recording).
-pub fn record_response(cx: &Context, resp: &crate::jsonrpc::Message) -> Option<&'static str> {
-    if !cx.span().is_recording() {
+pub fn record_response(cx: &Cx, resp: &crate::jsonrpc::Message) -> Option<&'static str> {
+    if !cx.is_recording() {
         // Nothing to record (tracing off, or an unsampled trace): skip the lookups.
         return None;
     }
@@ -425,10 +420,9 @@ pub fn record_response(cx: &Context, resp: &crate::jsonrpc::Message) -> Option<&
             .get("message")
             .and_then(serde_json::Value::as_str)
             .unwrap_or("error");
-        set_attributes(cx, || {
-            vec![KeyValue::new("rpc.response.status_code", code.to_string())]
-        });
-        fail(cx, &code.to_string(), msg);
+        let code = code.to_string();
+        cx.set_attributes(|a| a.str("rpc.response.status_code", &code));
+        fail(cx, &code, msg);
         return Some("jsonrpc_error");
     }
     let is_tool_error = resp
@@ -444,14 +438,8 @@ pub fn record_response(cx: &Context, resp: &crate::jsonrpc::Message) -> Option<&
 }
 
 /// Ends the span of `cx` (no-op without one, or when it is not sampled).
-pub fn end(cx: &Context) {
-    let span = cx.span();
-    // Only a sampled span records anything (our samplers never answer RecordOnly). The
-    // API's `end` reads the clock before it looks, which an unsampled request would
-    // otherwise pay once per span it passes through.
-    if span.span_context().is_sampled() {
-        span.end();
-    }
+pub fn end(cx: &Cx) {
+    cx.end();
 }
 
 /// `OTEL_RESOURCE_ATTRIBUTES` (`k=v,k2=v2`, values percent-decoded).
@@ -768,10 +756,10 @@ mod tests {
     #[test]
     fn disabled_tracing_makes_no_spans() {
         let t = Telemetry::disabled();
-        let cx = t.start("x", SpanKind::Internal, &Context::new(), || {
+        let cx = t.start("x", SpanKind::Internal, &Cx::default(), |_| {
             panic!("attrs not built when off")
         });
-        assert!(!cx.span().span_context().is_valid());
+        assert!(!cx.span_context().is_valid());
         assert_eq!(t.stats(), (0, 0));
     }
 
@@ -785,11 +773,11 @@ mod tests {
             ..TracingConfig::default()
         };
         let t = Telemetry::init(&cfg, "test", "0", Target::Stderr).unwrap();
-        let root = t.start("root", SpanKind::Server, &Context::new(), Vec::new);
-        let root_sc = root.span().span_context().clone();
+        let root = t.start("root", SpanKind::Server, &Cx::default(), |_| {});
+        let root_sc = root.span_context().clone();
         assert!(root_sc.is_valid() && !root_sc.is_sampled());
-        let child = t.start("child", SpanKind::Client, &root, || panic!("never built"));
-        assert_eq!(child.span().span_context().span_id(), root_sc.span_id());
+        let child = t.start("child", SpanKind::Client, &root, |_| panic!("never built"));
+        assert_eq!(child.span_context().span_id(), root_sc.span_id());
         let mut msg =
             crate::jsonrpc::Message::request(crate::jsonrpc::Id::Number(1.into()), "m", None);
         propagation::inject_message(&child, &mut msg);
@@ -819,7 +807,7 @@ mod tests {
             Telemetry::init(&cfg, "test", "0", Target::Stderr).unwrap()
         };
         let remote = |flags: TraceFlags| {
-            Context::new().with_remote_span_context(SpanContext::new(
+            Cx::from_span_context(SpanContext::new(
                 TraceId::from(0x77u128),
                 SpanId::from(0x88u64),
                 flags,
@@ -827,25 +815,25 @@ mod tests {
                 TraceState::from_key_value([("v", "1")]).unwrap(),
             ))
         };
-        let sc = |cx: &Context| cx.span().span_context().clone();
+        let sc = |cx: &Cx| cx.span_context().clone();
 
         let t = start(SamplerType::AlwaysOn, 1.0);
-        let root = t.start("root", SpanKind::Server, &Context::new(), Vec::new);
-        assert!(sc(&root).is_sampled() && root.span().is_recording());
-        let child = t.start("child", SpanKind::Client, &root, Vec::new);
+        let root = t.start("root", SpanKind::Server, &Cx::default(), |_| {});
+        assert!(sc(&root).is_sampled() && root.is_recording());
+        let child = t.start("child", SpanKind::Client, &root, |_| {});
         assert_eq!(sc(&child).trace_id(), sc(&root).trace_id());
         assert_ne!(sc(&child).span_id(), sc(&root).span_id());
         let cont = t.start(
             "cont",
             SpanKind::Server,
             &remote(TraceFlags::SAMPLED),
-            Vec::new,
+            |_| {},
         );
         assert_eq!(sc(&cont).trace_id(), TraceId::from(0x77u128));
         assert_eq!(sc(&cont).trace_state().header(), "v=1");
         assert!(sc(&cont).is_sampled() && !sc(&cont).is_remote());
         let parent = remote(TraceFlags::default());
-        let skip = t.start("skip", SpanKind::Server, &parent, || panic!("never built"));
+        let skip = t.start("skip", SpanKind::Server, &parent, |_| panic!("never built"));
         assert_eq!(sc(&skip).span_id(), SpanId::from(0x88u64));
         for cx in [&child, &cont, &root] {
             end(cx);
@@ -854,16 +842,16 @@ mod tests {
         assert_eq!(t.stats(), (0, 3), "three sampled spans, none exportable");
 
         let t = start(SamplerType::TraceIdRatio, 0.0);
-        let root = t.start("root", SpanKind::Server, &Context::new(), || {
+        let root = t.start("root", SpanKind::Server, &Cx::default(), |_| {
             panic!("unsampled")
         });
         assert!(sc(&root).is_valid() && !sc(&root).is_sampled());
-        assert!(!root.span().is_recording());
+        assert!(!root.is_recording());
         let cont = t.start(
             "cont",
             SpanKind::Server,
             &remote(TraceFlags::SAMPLED),
-            Vec::new,
+            |_| {},
         );
         assert!(sc(&cont).is_sampled(), "a sampled parent is followed");
         end(&cont);
@@ -875,7 +863,7 @@ mod tests {
             "off",
             SpanKind::Server,
             &remote(TraceFlags::SAMPLED),
-            || panic!("always_off records nothing"),
+            |_| panic!("always_off records nothing"),
         );
         assert_eq!(sc(&cx).trace_id(), TraceId::from(0x77u128));
         assert!(!sc(&cx).is_sampled() && sc(&cx).span_id() != SpanId::from(0x88u64));

@@ -14,8 +14,9 @@
 
 use std::str::FromStr;
 
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
-use opentelemetry::Context;
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+
+use super::Cx;
 
 /// Keys of `_meta` (and header names) that carry trace context.
 pub const TRACE_KEYS: [&str; 2] = ["traceparent", "tracestate"];
@@ -113,24 +114,23 @@ pub fn parse_traceparent(value: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
 }
 
 /// A remote parent from a `traceparent` and an optional `tracestate`.
-fn remote(traceparent: Option<&str>, tracestate: Option<&str>) -> Context {
+fn remote(traceparent: Option<&str>, tracestate: Option<&str>) -> Cx {
     let Some((trace, span, flags)) = traceparent.and_then(parse_traceparent) else {
-        return Context::new();
+        return Cx::default();
     };
     let state = tracestate
         .filter(|s| !s.trim().is_empty())
         .and_then(|s| TraceState::from_str(s).ok())
         .unwrap_or_default();
-    Context::new().with_remote_span_context(SpanContext::new(trace, span, flags, true, state))
+    Cx::from_span_context(SpanContext::new(trace, span, flags, true, state))
 }
 
 /// Has `msg` carry the context of `cx` in `params._meta` when it is serialised
 /// ([`crate::jsonrpc::Message::set_trace_context`]: `traceparent` set, `tracestate`
 /// set or, when the context has none, removed; other keys kept). Nothing without a
 /// valid span context.
-pub fn inject_message(cx: &Context, msg: &mut crate::jsonrpc::Message) {
-    let span = cx.span();
-    let sc = span.span_context();
+pub fn inject_message(cx: &Cx, msg: &mut crate::jsonrpc::Message) {
+    let sc = cx.span_context();
     if sc.is_valid() {
         msg.set_trace_context(&traceparent_text(sc), &sc.trace_state().header());
     }
@@ -139,17 +139,16 @@ pub fn inject_message(cx: &Context, msg: &mut crate::jsonrpc::Message) {
 /// Reads a remote parent from the message's `params._meta`
 /// ([`crate::jsonrpc::Message::trace_context`]); an empty context when absent or
 /// malformed.
-pub fn extract_message(msg: &crate::jsonrpc::Message) -> Context {
+pub fn extract_message(msg: &crate::jsonrpc::Message) -> Cx {
     match msg.trace_context() {
         Some((parent, state)) => remote(Some(parent), state),
-        None => Context::new(),
+        None => Cx::default(),
     }
 }
 
 /// The `traceparent`/`tracestate` headers for `cx` (none when it has no valid span).
-pub fn headers_for(cx: &Context) -> Vec<(String, String)> {
-    let span = cx.span();
-    let sc = span.span_context();
+pub fn headers_for(cx: &Cx) -> Vec<(String, String)> {
+    let sc = cx.span_context();
     if !sc.is_valid() {
         return Vec::new();
     }
@@ -162,30 +161,31 @@ pub fn headers_for(cx: &Context) -> Vec<(String, String)> {
 }
 
 /// Reads a remote parent from headers, given a lookup by (lower-case) header name.
-pub fn extract_headers<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Context {
+pub fn extract_headers<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Cx {
     remote(get("traceparent"), get("tracestate"))
 }
 
 /// True when `cx` carries a valid span context (local or remote).
-pub fn has_span(cx: &Context) -> bool {
-    cx.span().span_context().is_valid()
+pub fn has_span(cx: &Cx) -> bool {
+    cx.span_context().is_valid()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry::trace::TraceContextExt;
     use serde_json::{json, Value};
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     /// The context of a request whose `params._meta` is `meta`, read from the parsed
     /// text and from the same message built from values; both must agree.
-    fn extract_meta(meta: Value) -> Context {
+    fn extract_meta(meta: Value) -> Cx {
         let v = json!({"jsonrpc": "2.0", "id": 1, "method": "m", "params": {"_meta": meta}});
         let parsed = crate::jsonrpc::Message::parse(v.to_string().as_bytes()).unwrap();
         let built = crate::jsonrpc::Message::from_value(v).unwrap();
         let (a, b) = (extract_message(&parsed), extract_message(&built));
-        assert_eq!(a.span().span_context(), b.span().span_context());
+        assert_eq!(a.span_context(), b.span_context());
         a
     }
 
@@ -193,7 +193,7 @@ mod tests {
     fn round_trips_through_meta_keeping_other_keys() {
         let meta = json!({"traceparent": TP, "tracestate": "", "progressToken": 3});
         let cx = extract_meta(meta);
-        let sc = cx.span().span_context().clone();
+        let sc = cx.span_context().clone();
         assert!(sc.is_valid() && sc.is_remote() && sc.is_sampled());
         assert_eq!(
             sc.trace_id().to_string(),
@@ -271,11 +271,11 @@ mod tests {
                 let sdk = TraceContextPropagator::new().extract(&carrier);
                 let ours = extract_headers(|k| carrier.get(k).map(String::as_str));
                 assert_eq!(
-                    ours.span().span_context(),
+                    ours.span_context(),
                     sdk.span().span_context(),
                     "{tp:?} / {state:?}"
                 );
-                if has_span(&sdk) {
+                if sdk.span().span_context().is_valid() {
                     let mut written = HashMap::new();
                     TraceContextPropagator::new().inject_context(&sdk, &mut written);
                     let h: HashMap<String, String> = headers_for(&ours).into_iter().collect();
@@ -335,6 +335,6 @@ mod tests {
         let cx = extract_headers(|k| (k == "traceparent").then_some(TP));
         let h = headers_for(&cx);
         assert_eq!(h, vec![("traceparent".to_string(), TP.to_string())]);
-        assert!(headers_for(&Context::new()).is_empty());
+        assert!(headers_for(&Cx::default()).is_empty());
     }
 }

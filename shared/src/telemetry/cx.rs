@@ -1,0 +1,373 @@
+//! [`Cx`]: the span a piece of request work belongs to, passed explicitly from task to
+//! task (the bridge never uses a thread-local current context).
+//!
+//! Why not the API's `opentelemetry::Context`: a span in a `Context` sits behind an
+//! `Arc`, a `Mutex` and a `Box<dyn ObjectSafeSpan>`, and every attribute goes in as a
+//! `KeyValue` (often an owned `String`) that the span then encodes and frees. With the
+//! OTLP exporters a sampled span is our [`RecordingSpan`], which encodes as it records,
+//! so `Cx` holds it directly (one `Rc`; both binaries run their request work on one
+//! thread) and [`Attrs`] hands it borrowed scalars. Callgrind counts of that cost are in
+//! docs/benchmark.md ("Instructions per request").
+//!
+//! A `Cx` is one of: nothing (a new trace starts under it); a span context only (read
+//! from a peer, or a span nobody records — an unsampled trace costs no more than its
+//! ids); a [`RecordingSpan`]; or, with the stdout exporter, which shows the SDK's own
+//! spans, an SDK span in a `Context`.
+
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+use std::cell::RefCell;
+use std::fmt;
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+use std::rc::Rc;
+
+use opentelemetry::trace::{SpanContext, Status, TraceContextExt};
+use opentelemetry::{Context, KeyValue};
+
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+use super::encode::Scalar;
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+use super::span::RecordingSpan;
+
+/// The span a piece of work belongs to (see the module documentation). Cloning is
+/// cheap: the span itself is shared, and ends once.
+#[derive(Clone, Default)]
+pub struct Cx(Repr);
+
+#[derive(Clone, Default)]
+enum Repr {
+    #[default]
+    Empty,
+    /// A parent only: a remote context, or an unsampled span.
+    Context(SpanContext),
+    /// A sampled span with an OTLP exporter.
+    #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+    Recording(Rc<Recorded>),
+    /// An SDK span (the stdout exporter), with a copy of its span context to lend out.
+    Sdk(Context, SpanContext),
+}
+
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+struct Recorded {
+    /// The span's context, kept outside the cell so it can be lent out.
+    sc: SpanContext,
+    span: RefCell<RecordingSpan>,
+}
+
+static NO_SPAN: SpanContext = SpanContext::NONE;
+
+impl fmt::Debug for Cx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match &self.0 {
+            Repr::Empty => "empty",
+            Repr::Context(_) => "context",
+            #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+            Repr::Recording(_) => "recording",
+            Repr::Sdk(..) => "sdk",
+        };
+        f.debug_struct("Cx")
+            .field("kind", &what)
+            .field("span_context", self.span_context())
+            .finish()
+    }
+}
+
+impl Cx {
+    /// A context holding only `sc` (a remote parent, or a span that records nothing).
+    pub fn from_span_context(sc: SpanContext) -> Self {
+        Cx(Repr::Context(sc))
+    }
+
+    /// Wraps an SDK context (its span, if any, is the one acted on).
+    pub fn from_context(cx: Context) -> Self {
+        let sc = cx.span().span_context().clone();
+        Cx(Repr::Sdk(cx, sc))
+    }
+
+    #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+    pub(crate) fn recording(span: RecordingSpan) -> Self {
+        use opentelemetry::trace::Span as _;
+        Cx(Repr::Recording(Rc::new(Recorded {
+            sc: span.span_context().clone(),
+            span: RefCell::new(span),
+        })))
+    }
+
+    /// The span's context (invalid when there is none).
+    pub fn span_context(&self) -> &SpanContext {
+        match &self.0 {
+            Repr::Empty => &NO_SPAN,
+            Repr::Context(sc) => sc,
+            #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+            Repr::Recording(r) => &r.sc,
+            Repr::Sdk(_, sc) => sc,
+        }
+    }
+
+    /// True when attributes and events given to this span are kept.
+    pub fn is_recording(&self) -> bool {
+        match &self.0 {
+            Repr::Empty | Repr::Context(_) => false,
+            #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+            Repr::Recording(r) => opentelemetry::trace::Span::is_recording(&*r.span.borrow()),
+            Repr::Sdk(cx, _) => cx.span().is_recording(),
+        }
+    }
+
+    /// The same parent as an SDK `Context` (for the SDK's tracer and sampler).
+    pub(crate) fn to_context(&self) -> Context {
+        match &self.0 {
+            Repr::Empty => Context::new(),
+            Repr::Sdk(cx, _) => cx.clone(),
+            _ => Context::new().with_remote_span_context(self.span_context().clone()),
+        }
+    }
+
+    /// Adds attributes, given by `f` (called only when the span records).
+    pub fn set_attributes(&self, f: impl FnOnce(&mut Attrs)) {
+        match &self.0 {
+            Repr::Empty | Repr::Context(_) => {}
+            #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+            Repr::Recording(r) => {
+                let mut span = r.span.borrow_mut();
+                f(&mut Attrs(Sink::Span(&mut span)));
+            }
+            Repr::Sdk(cx, _) => {
+                let span = cx.span();
+                if span.is_recording() {
+                    span.set_attributes(Attrs::collect(f));
+                }
+            }
+        }
+    }
+
+    /// Adds an event now, with these attributes.
+    pub fn event(&self, name: &'static str, attrs: &[(&'static str, AttrValue)]) {
+        match &self.0 {
+            Repr::Empty | Repr::Context(_) => {}
+            #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+            Repr::Recording(r) => {
+                const INLINE: usize = 4;
+                let mut scalars = [("", Scalar::Bool(false)); INLINE];
+                if attrs.len() <= INLINE {
+                    for (slot, (k, v)) in scalars.iter_mut().zip(attrs) {
+                        *slot = (k, v.scalar());
+                    }
+                    r.span
+                        .borrow_mut()
+                        .scalar_event(name, &scalars[..attrs.len()]);
+                } else {
+                    let many: Vec<_> = attrs.iter().map(|(k, v)| (*k, v.scalar())).collect();
+                    r.span.borrow_mut().scalar_event(name, &many);
+                }
+            }
+            Repr::Sdk(cx, _) => {
+                let span = cx.span();
+                if span.is_recording() {
+                    let kvs = attrs.iter().map(|(k, v)| v.key_value(k)).collect();
+                    span.add_event(name, kvs);
+                }
+            }
+        }
+    }
+
+    /// Adds an event now, with attributes of any type.
+    pub(crate) fn event_key_values(&self, name: &'static str, attrs: Vec<KeyValue>) {
+        match &self.0 {
+            Repr::Empty | Repr::Context(_) => {}
+            #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+            Repr::Recording(r) => {
+                opentelemetry::trace::Span::add_event(&mut *r.span.borrow_mut(), name, attrs)
+            }
+            Repr::Sdk(cx, _) => cx.span().add_event(name, attrs),
+        }
+    }
+
+    /// Sets the status (it only moves up Unset < Error < Ok).
+    pub fn set_status(&self, status: Status) {
+        match &self.0 {
+            Repr::Empty | Repr::Context(_) => {}
+            #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+            Repr::Recording(r) => {
+                opentelemetry::trace::Span::set_status(&mut *r.span.borrow_mut(), status)
+            }
+            Repr::Sdk(cx, _) => cx.span().set_status(status),
+        }
+    }
+
+    /// Ends the span now (nothing when there is none, when it records nothing, or when
+    /// it has ended).
+    pub fn end(&self) {
+        match &self.0 {
+            Repr::Empty | Repr::Context(_) => {}
+            #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+            Repr::Recording(r) => opentelemetry::trace::Span::end(&mut *r.span.borrow_mut()),
+            Repr::Sdk(cx, _) => {
+                let span = cx.span();
+                // Only a sampled span records anything (our samplers never answer
+                // RecordOnly); the API's `end` reads the clock before it looks.
+                if span.span_context().is_sampled() {
+                    span.end();
+                }
+            }
+        }
+    }
+}
+
+/// An attribute value, borrowed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AttrValue<'a> {
+    /// A string.
+    Str(&'a str),
+    /// An integer.
+    Int(i64),
+    /// A boolean.
+    Bool(bool),
+}
+
+impl AttrValue<'_> {
+    #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+    fn scalar(&self) -> Scalar<'_> {
+        match *self {
+            AttrValue::Str(s) => Scalar::Str(s),
+            AttrValue::Int(i) => Scalar::Int(i),
+            AttrValue::Bool(b) => Scalar::Bool(b),
+        }
+    }
+
+    fn key_value(&self, key: &'static str) -> KeyValue {
+        match *self {
+            AttrValue::Str(s) => KeyValue::new(key, s.to_string()),
+            AttrValue::Int(i) => KeyValue::new(key, i),
+            AttrValue::Bool(b) => KeyValue::new(key, b),
+        }
+    }
+}
+
+/// Where span attributes go: straight into a recording span's encoding, or into a list
+/// of `KeyValue`s (SDK spans, tests). Attribute helpers write here instead of building
+/// a `Vec<KeyValue>`.
+pub struct Attrs<'a>(Sink<'a>);
+
+enum Sink<'a> {
+    #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+    Span(&'a mut RecordingSpan),
+    List(&'a mut Vec<KeyValue>),
+}
+
+impl Attrs<'_> {
+    /// What `f` writes, as `KeyValue`s.
+    pub fn collect(f: impl FnOnce(&mut Attrs)) -> Vec<KeyValue> {
+        let mut v = Vec::new();
+        f(&mut Attrs(Sink::List(&mut v)));
+        v
+    }
+
+    /// Adds `key` = `value`.
+    pub fn add(&mut self, key: &'static str, value: AttrValue) {
+        match &mut self.0 {
+            #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+            Sink::Span(s) => s.scalar_attribute(key, value.scalar()),
+            Sink::List(v) => v.push(value.key_value(key)),
+        }
+    }
+
+    /// Adds a string attribute.
+    pub fn str(&mut self, key: &'static str, value: &str) {
+        self.add(key, AttrValue::Str(value));
+    }
+
+    /// Adds an integer attribute.
+    pub fn int(&mut self, key: &'static str, value: i64) {
+        self.add(key, AttrValue::Int(value));
+    }
+
+    /// Adds a boolean attribute.
+    pub fn bool(&mut self, key: &'static str, value: bool) {
+        self.add(key, AttrValue::Bool(value));
+    }
+
+    /// Adds an integer as a decimal string attribute (for ids that the conventions
+    /// give as strings), formatted on the stack.
+    pub fn int_text(&mut self, key: &'static str, value: i64) {
+        let mut buf = [0u8; 20];
+        self.str(key, format_i64(value, &mut buf));
+    }
+
+    /// Adds a prepared `KeyValue` (any value type).
+    pub fn key_value(&mut self, kv: &KeyValue) {
+        match &mut self.0 {
+            #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+            Sink::Span(s) => opentelemetry::trace::Span::set_attribute(&mut **s, kv.clone()),
+            Sink::List(v) => v.push(kv.clone()),
+        }
+    }
+}
+
+/// `n` in decimal, written into `buf` (20 bytes hold any i64).
+pub(crate) fn format_i64(n: i64, buf: &mut [u8; 20]) -> &str {
+    let mut v = n.unsigned_abs();
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    std::str::from_utf8(&buf[i..]).expect("ASCII digits")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+
+    #[test]
+    fn a_context_only_records_nothing_and_lends_its_ids() {
+        let sc = SpanContext::new(
+            TraceId::from(3u128),
+            SpanId::from(4u64),
+            TraceFlags::default(),
+            true,
+            TraceState::NONE,
+        );
+        let cx = Cx::from_span_context(sc.clone());
+        assert_eq!(cx.span_context(), &sc);
+        assert!(!cx.is_recording());
+        let mut called = false;
+        cx.set_attributes(|_| called = true);
+        assert!(
+            !called,
+            "attributes are not built for a span nobody records"
+        );
+        cx.event("e", &[("k", AttrValue::Int(1))]);
+        cx.end();
+        assert!(!Cx::default().span_context().is_valid());
+        assert_eq!(
+            cx.to_context().span().span_context().span_id(),
+            SpanId::from(4u64)
+        );
+    }
+
+    #[test]
+    fn attrs_collect_keeps_types() {
+        let v = Attrs::collect(|a| {
+            a.str("s", "x");
+            a.int("i", 7);
+            a.bool("b", true);
+            a.key_value(&KeyValue::new("f", 1.5));
+        });
+        let want = vec![
+            KeyValue::new("s", "x"),
+            KeyValue::new("i", 7),
+            KeyValue::new("b", true),
+            KeyValue::new("f", 1.5),
+        ];
+        assert_eq!(v, want);
+    }
+}
