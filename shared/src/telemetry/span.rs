@@ -3,12 +3,12 @@
 //! An SDK span keeps every attribute and event as `KeyValue`s in a `SpanData` until
 //! it ends; the batch processor then encodes that and frees it. With OTLP the bytes
 //! are all that is ever needed, so [`RecordingSpan`] writes each attribute, event and
-//! link into one buffer as it is recorded (and the caller's `KeyValue`s are freed
-//! right away, while still in cache); at the end it frames the span around that buffer
-//! straight into the batch being filled ([`super::batch::Queue`]). Measured in
-//! docs/benchmark.md ("Tracing"). Everything else stays the SDK's: the `Context`
-//! that carries the span, the sampler and the id generator (see
-//! [`super::Telemetry::start`]); the stdout exporter, which shows the spans
+//! link into one buffer as it is recorded (the instrumentation hands it borrowed
+//! scalars through [`super::cx::Attrs`], so no `KeyValue` is built on a request path);
+//! at the end it frames the span around that buffer straight into the batch being
+//! filled ([`super::batch::Queue`]). Measured in docs/benchmark.md ("Tracing"). It is
+//! carried in a [`super::Cx`]; the sampler and the id generator stay the SDK's (see
+//! [`super::Telemetry::start`]), and the stdout exporter, which shows the spans
 //! themselves, still gets SDK spans.
 //!
 //! The behaviour is the SDK span's, limits included: at most
