@@ -14,7 +14,7 @@ use std::rc::{Rc, Weak};
 use async_channel::Sender;
 use mcp_shared::error::{RouteError, RpcError, SessionError, ToRpcError};
 use mcp_shared::idmap::IdMap;
-use mcp_shared::jsonrpc::{Id, Kind, Message};
+use mcp_shared::jsonrpc::{self, Id, Kind, Message};
 use mcp_shared::mcp::{self, Handling, ListKind};
 use mcp_shared::routing::{route_prompt, route_tool, ResourceRoutes};
 use mcp_shared::telemetry::{self, attrs, propagation, Cx};
@@ -902,12 +902,14 @@ impl Session {
 /// (`isError: true`), or success.
 fn outcome_of(resp: &Message) -> (Outcome, Option<&'static str>) {
     if let Some(e) = resp.error() {
-        let code = e.get("code").and_then(Value::as_i64).unwrap_or(0);
+        let code = jsonrpc::lookup(e, "code")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         return (Outcome::Error, Some(error_type_for_code(code)));
     }
     let tool_error = resp
         .result()
-        .and_then(|r| r.get("isError"))
+        .and_then(|r| jsonrpc::lookup(r, "isError"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
     if tool_error {

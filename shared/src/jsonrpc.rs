@@ -178,7 +178,7 @@ impl Message {
                 ))
             }
         };
-        let raw_id = obj.get("id");
+        let raw_id = field(&obj, "id");
         let id = raw_id.and_then(Id::from_value);
         let invalid = |id: Option<Id>, what: &str| {
             Err(Rejection::new(
@@ -187,9 +187,9 @@ impl Message {
                 format!("invalid request: {what}"),
             ))
         };
-        if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-            let looks_like_response = !obj.contains_key("method")
-                && (obj.contains_key("result") || obj.contains_key("error"));
+        let has = |k: &str| field(&obj, k).is_some();
+        if field(&obj, "jsonrpc").and_then(Value::as_str) != Some("2.0") {
+            let looks_like_response = !has("method") && (has("result") || has("error"));
             let mut r = Rejection::new(
                 id,
                 codes::INVALID_REQUEST,
@@ -199,7 +199,7 @@ impl Message {
             return Err(r);
         }
         if raw_id.is_some() && id.is_none() {
-            let looks_like_response = !obj.contains_key("method");
+            let looks_like_response = !has("method");
             let mut r = Rejection::new(
                 None,
                 codes::INVALID_REQUEST,
@@ -208,9 +208,9 @@ impl Message {
             r.reply = !looks_like_response;
             return Err(r);
         }
-        match obj.get("method") {
+        match field(&obj, "method") {
             Some(Value::String(_)) => {
-                if let Some(p) = obj.get("params") {
+                if let Some(p) = field(&obj, "params") {
                     if !p.is_object() && !p.is_array() {
                         return invalid(id, "\"params\" must be an object");
                     }
@@ -229,10 +229,10 @@ impl Message {
             }
             Some(_) => invalid(id, "\"method\" must be a string"),
             None => {
-                let has_result = obj.contains_key("result");
-                let has_error = obj.contains_key("error");
+                let has_result = has("result");
+                let has_error = has("error");
                 if id.is_some() && has_result != has_error {
-                    if has_error && !obj["error"].is_object() {
+                    if has_error && !field(&obj, "error").is_some_and(Value::is_object) {
                         let mut r = Rejection::new(
                             id,
                             codes::INVALID_REQUEST,
@@ -327,17 +327,22 @@ impl Message {
 
     /// The id (requests and responses).
     pub fn id(&self) -> Option<Id> {
-        self.obj.get("id").and_then(Id::from_value)
+        field(&self.obj, "id").and_then(Id::from_value)
     }
 
     /// Replaces the id, keeping the field where it was.
     pub fn set_id(&mut self, id: &Id) {
-        self.obj.insert("id".into(), id.to_value());
+        match field_mut(&mut self.obj, "id") {
+            Some(v) => *v = id.to_value(),
+            None => {
+                self.obj.insert("id".into(), id.to_value());
+            }
+        }
     }
 
     /// The method (requests and notifications).
     pub fn method(&self) -> Option<&str> {
-        self.obj.get("method").and_then(Value::as_str)
+        field(&self.obj, "method").and_then(Value::as_str)
     }
 
     /// Replaces the method name.
@@ -347,7 +352,7 @@ impl Message {
 
     /// The params, if any.
     pub fn params(&self) -> Option<&Value> {
-        self.obj.get("params")
+        field(&self.obj, "params")
     }
 
     /// The params object, created empty when absent (or not an object).
@@ -365,13 +370,13 @@ impl Message {
 
     /// A string field of `params`.
     pub fn param_str(&self, key: &str) -> Option<&str> {
-        self.params()?.get(key)?.as_str()
+        field(self.params()?.as_object()?, key)?.as_str()
     }
 
     /// `params._meta`, when present. A parsed message's string `traceparent` (and the
     /// `tracestate` beside it) are not in this map: see [`Message::trace_context`].
     pub fn meta(&self) -> Option<&Map<String, Value>> {
-        self.params()?.get("_meta")?.as_object()
+        field(self.params()?.as_object()?, "_meta")?.as_object()
     }
 
     /// A copy of `params._meta` as it will be sent: [`Message::meta`] with the trace
@@ -408,12 +413,12 @@ impl Message {
 
     /// The result of a success response.
     pub fn result(&self) -> Option<&Value> {
-        self.obj.get("result")
+        field(&self.obj, "result")
     }
 
     /// The error object of an error response.
     pub fn error(&self) -> Option<&Value> {
-        self.obj.get("error")
+        field(&self.obj, "error")
     }
 
     /// Takes the result (or error) payload out of a response, as `Ok(result)` or
@@ -489,6 +494,38 @@ impl Message {
     /// The underlying JSON object.
     pub fn as_object(&self) -> &Map<String, Value> {
         &self.obj
+    }
+}
+
+/// Maps with at most this many keys are searched key by key instead of by hash (see
+/// [`field`]). JSON-RPC envelopes have 3–4 keys and MCP `params` usually 1–3.
+const SCAN_MAX_KEYS: usize = 8;
+
+/// `m.get(key)`, comparing the keys in order when the map is small. serde_json's maps
+/// hash with the std `RandomState` (SipHash), which costs more than a few short string
+/// comparisons; every routed message is looked up this way several times (callgrind:
+/// see docs/benchmark.md, "Changes made because of these numbers"). A map holds each
+/// key once, so the first match is the only one.
+fn field<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    if m.len() <= SCAN_MAX_KEYS {
+        m.iter().find_map(|(k, v)| (k == key).then_some(v))
+    } else {
+        m.get(key)
+    }
+}
+
+/// `v.get(key)` for an object `v`, searched as [`field`] searches (for the small
+/// objects read on every response: `result`, `error`).
+pub fn lookup<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    field(v.as_object()?, key)
+}
+
+/// [`field`], mutably.
+fn field_mut<'a>(m: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Value> {
+    if m.len() <= SCAN_MAX_KEYS {
+        m.iter_mut().find_map(|(k, v)| (k == key).then_some(v))
+    } else {
+        m.get_mut(key)
     }
 }
 
@@ -746,6 +783,44 @@ impl Scanner<'_> {
 
 #[cfg(test)]
 mod tests {
+    /// The key-by-key search finds what the hash lookup finds, on both sides of
+    /// `SCAN_MAX_KEYS`, and `set_id` keeps the id in its place or adds it last.
+    #[test]
+    fn small_map_lookups_agree_with_the_hash_lookups() {
+        use serde_json::{Map, Value};
+        for n in 0..=super::SCAN_MAX_KEYS + 2 {
+            let mut m = Map::new();
+            for i in 0..n {
+                m.insert(format!("k{i}"), Value::from(i));
+            }
+            for i in 0..=n {
+                let k = format!("k{i}");
+                assert_eq!(super::field(&m, &k), m.get(&k), "{n} keys, {k}");
+                let v = Value::Object(m.clone());
+                assert_eq!(super::lookup(&v, &k), m.get(&k), "{n} keys, {k}");
+                assert_eq!(
+                    super::field_mut(&mut m.clone(), &k).cloned(),
+                    m.get(&k).cloned()
+                );
+            }
+            // A response with the id among the other keys, and one without an id.
+            let mut obj = m.clone();
+            obj.insert("jsonrpc".into(), "2.0".into());
+            obj.insert("id".into(), 7.into());
+            obj.insert("result".into(), serde_json::json!({}));
+            let mut msg = super::Message::from_value(Value::Object(obj.clone())).unwrap();
+            msg.set_id(&super::Id::String("x".into()));
+            obj.insert("id".into(), "x".into());
+            assert_eq!(msg.to_json(), serde_json::to_string(&obj).unwrap());
+            assert_eq!(msg.id(), Some(super::Id::String("x".into())));
+            let mut req = super::Message::notification("m", None);
+            req.set_id(&super::Id::from(3));
+            assert_eq!(req.id(), Some(super::Id::from(3)));
+            assert!(req.to_json().ends_with(r#""id":3}"#), "{}", req.to_json());
+        }
+        assert_eq!(super::lookup(&Value::from(1), "k0"), None);
+    }
+
     /// The copy-through path of `string` writes what serde_json writes, for every ASCII
     /// character alone and among others, and for text beyond ASCII.
     #[test]

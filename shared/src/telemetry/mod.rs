@@ -407,17 +407,16 @@ pub fn fail(cx: &Cx, error_type: &str, message: &str) {
 /// `isError: true` is a `tool_error`. Returns the error type, if any (always `None`
 /// when the span is not recording).
 pub fn record_response(cx: &Cx, resp: &crate::jsonrpc::Message) -> Option<&'static str> {
+    use crate::jsonrpc::lookup;
     if !cx.is_recording() {
         // Nothing to record (tracing off, or an unsampled trace): skip the lookups.
         return None;
     }
     if let Some(err) = resp.error() {
-        let code = err
-            .get("code")
+        let code = lookup(err, "code")
             .and_then(serde_json::Value::as_i64)
             .unwrap_or(0);
-        let msg = err
-            .get("message")
+        let msg = lookup(err, "message")
             .and_then(serde_json::Value::as_str)
             .unwrap_or("error");
         let code = code.to_string();
@@ -427,7 +426,7 @@ pub fn record_response(cx: &Cx, resp: &crate::jsonrpc::Message) -> Option<&'stat
     }
     let is_tool_error = resp
         .result()
-        .and_then(|r| r.get("isError"))
+        .and_then(|r| lookup(r, "isError"))
         .and_then(serde_json::Value::as_bool)
         .unwrap_or(false);
     if is_tool_error {
