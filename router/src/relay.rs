@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
 use async_tungstenite::tungstenite::Message as WsMessage;
-use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures_lite::{AsyncReadExt, StreamExt};
 use mcp_shared::config::RouterConfig;
 use mcp_shared::error::{RelayError, SessionError, ToRpcError};
 use mcp_shared::framing::{Frame, LineDecoder, PIPE_READ_CHUNK_BYTES};
@@ -33,6 +33,8 @@ use crate::link;
 
 /// Messages queued for stdout, at most (the WebSocket reader waits when it is full).
 pub const STDOUT_QUEUE: usize = 256;
+/// Bytes of stdout buffered before a write (a longer message is written directly).
+pub const STDOUT_BUFFER_BYTES: usize = 16 * 1024;
 /// Messages queued for the WebSocket writer, at most (stdin reading waits when full).
 pub const WS_QUEUE: usize = 256;
 /// On stdin EOF, how long to wait for the gateway to acknowledge the close.
@@ -416,20 +418,33 @@ async fn link_down(state: &Shared, out: &Sender<String>, reason: String) {
 }
 
 /// The only writer of stdout: one message per line, flushed when the queue is empty.
+///
+/// Runs on one thread of the blocking pool for the router's lifetime, writing through a
+/// `BufWriter`. Not `smol::Unblock`: its writer closes its pipe on every flush and opens
+/// a new one (an 8 MiB buffer, its first 4 KiB zeroed) on the next write, which cost the
+/// router ~2–4k instructions per message under load, varying with timing (callgrind:
+/// docs/benchmark.md, "Instructions per request").
 async fn write_stdout(rx: Receiver<String>) {
-    let mut stdout = smol::Unblock::new(std::io::stdout());
-    while let Ok(mut line) = rx.recv().await {
-        line.push('\n');
-        if let Err(e) = stdout.write_all(line.as_bytes()).await {
-            log::error!("writing stdout: {e}");
-            return;
-        }
-        if rx.is_empty() {
-            if let Err(e) = stdout.flush().await {
-                log::error!("flushing stdout: {e}");
+    smol::unblock(move || {
+        use std::io::Write as _;
+        let stdout = std::io::stdout();
+        let mut w = std::io::BufWriter::with_capacity(STDOUT_BUFFER_BYTES, stdout.lock());
+        while let Ok(line) = rx.recv_blocking() {
+            let written = w
+                .write_all(line.as_bytes())
+                .and_then(|()| w.write_all(b"\n"));
+            if let Err(e) = written {
+                log::error!("writing stdout: {e}");
                 return;
             }
+            if rx.is_empty() {
+                if let Err(e) = w.flush() {
+                    log::error!("flushing stdout: {e}");
+                    return;
+                }
+            }
         }
-    }
-    let _ = stdout.flush().await;
+        let _ = w.flush();
+    })
+    .await
 }
