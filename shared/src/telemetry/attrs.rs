@@ -88,14 +88,15 @@ pub fn mcp_message_brief(a: &mut Attrs, msg: &Message) {
 fn id_attrs(a: &mut Attrs, id: &Id, keys: &[&'static str]) {
     match id {
         Id::Number(n) => {
-            let mut buf = [0u8; 20];
+            let mut buf = itoa::Buffer::new();
             let owned;
-            let text = match n.as_i64() {
-                Some(i) => super::cx::format_i64(i, &mut buf),
-                None => {
-                    owned = n.to_string();
-                    &owned
-                }
+            let text = if let Some(i) = n.as_i64() {
+                buf.format(i)
+            } else if let Some(u) = n.as_u64() {
+                buf.format(u)
+            } else {
+                owned = n.to_string();
+                &owned
             };
             for k in keys {
                 a.str(k, text);
@@ -209,11 +210,15 @@ mod tests {
 
     #[test]
     fn numeric_ids_format_like_display() {
-        for n in [0, 7, -1, 10, i64::MAX, i64::MIN, 1_000_000_007] {
-            let mut buf = [0u8; 20];
-            assert_eq!(crate::telemetry::cx::format_i64(n, &mut buf), n.to_string());
-        }
-        for id in ["-42", "1.5", "18446744073709551615", "\"x\""] {
+        for id in [
+            "0",
+            "-42",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "1.5",
+            "18446744073709551615",
+            "\"x\"",
+        ] {
             let line = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#);
             let m = Message::parse(line.as_bytes()).unwrap();
             let a = list(|a| mcp_message_brief(a, &m));

@@ -289,8 +289,7 @@ impl Attrs<'_> {
     /// Adds an integer as a decimal string attribute (for ids that the conventions
     /// give as strings), formatted on the stack.
     pub fn int_text(&mut self, key: &'static str, value: i64) {
-        let mut buf = [0u8; 20];
-        self.str(key, format_i64(value, &mut buf));
+        self.str(key, itoa::Buffer::new().format(value));
     }
 
     /// Adds a prepared `KeyValue` (any value type).
@@ -301,25 +300,6 @@ impl Attrs<'_> {
             Sink::List(v) => v.push(kv.clone()),
         }
     }
-}
-
-/// `n` in decimal, written into `buf` (20 bytes hold any i64).
-pub(crate) fn format_i64(n: i64, buf: &mut [u8; 20]) -> &str {
-    let mut v = n.unsigned_abs();
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    if n < 0 {
-        i -= 1;
-        buf[i] = b'-';
-    }
-    std::str::from_utf8(&buf[i..]).expect("ASCII digits")
 }
 
 #[cfg(test)]
