@@ -1,4 +1,4 @@
-//! The cost of one span on the request path: `Telemetry::start` + `telemetry::end` from
+//! The cost of one span on the request path: `Telemetry::start` + `Cx::end` from
 //! `mcp-shared`, exactly what the router and the gateway call, timed over N spans for
 //! tracing disabled, sampled (`always_on`) and unsampled (`traceidratio` 0.0); see
 //! [`run`] for the modes.
@@ -13,7 +13,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use mcp_shared::config::{Dur, ExporterType, OtlpProtocol, SamplerType, TracingConfig};
-use mcp_shared::telemetry::{self, Attrs, Cx, Target, Telemetry};
+use mcp_shared::telemetry::{Attrs, Cx, Target, Telemetry};
 use opentelemetry::trace::SpanKind;
 use serde_json::{json, Value};
 
@@ -39,7 +39,7 @@ fn time_spans(tel: &Telemetry, n: u64, first_id: u64) -> f64 {
     let t0 = Instant::now();
     for i in first_id..first_id + n {
         let cx = tel.start("bench.span", SpanKind::Internal, &root, |a| attrs(a, i));
-        telemetry::end(black_box(&cx));
+        black_box(&cx).end();
     }
     t0.elapsed().as_nanos() as f64 / n as f64
 }

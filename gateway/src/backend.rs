@@ -378,7 +378,7 @@ impl Slot {
             Ok(_) => {}
             Err(e) => telemetry::fail(&span, e.kind(), &e.to_string()),
         }
-        telemetry::end(&span);
+        span.end();
         match result {
             Ok(p) => {
                 *self.proc.borrow_mut() = Some(p.clone());

@@ -262,7 +262,7 @@ impl Session {
                 std::time::Duration::ZERO,
             );
             telemetry::record_response(&cx, &resp);
-            telemetry::end(&cx);
+            cx.end();
             self.reply(resp).await;
             return;
         }
@@ -318,7 +318,7 @@ impl Session {
                     cx.set_attributes(|a| a.bool("mcp.request.cancelled", true))
                 }
             }
-            telemetry::end(&cx);
+            cx.end();
         }))
         .detach();
     }
@@ -514,7 +514,7 @@ impl Session {
             }
             Err(e) => telemetry::fail(&span, e.kind(), &e.to_string()),
         }
-        telemetry::end(&span);
+        span.end();
         outcome.map_err(|e| e.to_rpc_error())
     }
 

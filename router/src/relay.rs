@@ -56,8 +56,8 @@ struct Spans {
 
 impl Spans {
     fn end(self) {
-        telemetry::end(&self.request);
-        telemetry::end(&self.stdio);
+        self.request.end();
+        self.stdio.end();
     }
 }
 
@@ -149,7 +149,7 @@ async fn relay(
         Ok(_) => connect_cx.set_attributes(|a| a.str("websocket.protocol", "mcp")),
         Err(e) => telemetry::fail(&connect_cx, "gateway_unreachable", &e.to_string()),
     }
-    telemetry::end(&connect_cx);
+    connect_cx.end();
     match connected {
         Ok((sink, stream)) => {
             log::info!("connected to gateway {}", cfg.gateway.url);

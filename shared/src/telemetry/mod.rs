@@ -374,16 +374,6 @@ impl Step {
     }
 }
 
-/// Adds attributes to the span of `cx`.
-pub fn set_attributes(cx: &Cx, attrs: impl FnOnce(&mut Attrs)) {
-    cx.set_attributes(attrs);
-}
-
-/// Adds an event to the span of `cx`.
-pub fn event(cx: &Cx, name: &'static str, attrs: &[(&'static str, AttrValue)]) {
-    cx.event(name, attrs);
-}
-
 /// The attributes of an `exception` event.
 fn exception<'a>(error_type: &'a str, message: &'a str) -> [(&'static str, AttrValue<'a>); 2] {
     [
@@ -434,11 +424,6 @@ pub fn record_response(cx: &Cx, resp: &crate::jsonrpc::Message) -> Option<&'stat
         return Some("tool_error");
     }
     None
-}
-
-/// Ends the span of `cx` (no-op without one, or when it is not sampled).
-pub fn end(cx: &Cx) {
-    cx.end();
 }
 
 /// `OTEL_RESOURCE_ATTRIBUTES` (`k=v,k2=v2`, values percent-decoded).
@@ -835,7 +820,7 @@ mod tests {
         let skip = t.start("skip", SpanKind::Server, &parent, |_| panic!("never built"));
         assert_eq!(sc(&skip).span_id(), SpanId::from(0x88u64));
         for cx in [&child, &cont, &root] {
-            end(cx);
+            cx.end();
         }
         t.shutdown();
         assert_eq!(t.stats(), (0, 3), "three sampled spans, none exportable");
@@ -853,7 +838,7 @@ mod tests {
             |_| {},
         );
         assert!(sc(&cont).is_sampled(), "a sampled parent is followed");
-        end(&cont);
+        cont.end();
         t.shutdown();
         assert_eq!(t.stats(), (0, 1));
 
