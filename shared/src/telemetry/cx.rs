@@ -17,10 +17,9 @@
 #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 use std::cell::RefCell;
 use std::fmt;
-#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 use std::rc::Rc;
 
-use opentelemetry::trace::{SpanContext, Status, TraceContextExt};
+use opentelemetry::trace::{SpanContext, Status, TraceContextExt, TraceState};
 use opentelemetry::{Context, KeyValue};
 
 #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
@@ -38,12 +37,39 @@ enum Repr {
     #[default]
     Empty,
     /// A parent only: a remote context, or an unsampled span.
-    Context(SpanContext),
+    Context(Sc),
     /// A sampled span with an OTLP exporter.
     #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
     Recording(Rc<Recorded>),
     /// An SDK span (the stdout exporter), with a copy of its span context to lend out.
-    Sdk(Context, SpanContext),
+    Sdk(Context, Sc),
+}
+
+/// A span context that is cheap to clone. A `SpanContext` is plain ids and flags
+/// except its W3C `tracestate`, a list of owned strings: one a peer sent would be
+/// copied, a handful of allocations, on every clone (and an unsampled trace clones its
+/// parent for each span it skips). So a context with a trace state is shared.
+#[derive(Clone)]
+enum Sc {
+    Plain(SpanContext),
+    Shared(Rc<SpanContext>),
+}
+
+impl Sc {
+    fn new(sc: SpanContext) -> Self {
+        if *sc.trace_state() == TraceState::NONE {
+            Sc::Plain(sc)
+        } else {
+            Sc::Shared(Rc::new(sc))
+        }
+    }
+
+    fn get(&self) -> &SpanContext {
+        match self {
+            Sc::Plain(sc) => sc,
+            Sc::Shared(sc) => sc,
+        }
+    }
 }
 
 #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
@@ -74,13 +100,13 @@ impl fmt::Debug for Cx {
 impl Cx {
     /// A context holding only `sc` (a remote parent, or a span that records nothing).
     pub fn from_span_context(sc: SpanContext) -> Self {
-        Cx(Repr::Context(sc))
+        Cx(Repr::Context(Sc::new(sc)))
     }
 
     /// Wraps an SDK context (its span, if any, is the one acted on).
     pub fn from_context(cx: Context) -> Self {
         let sc = cx.span().span_context().clone();
-        Cx(Repr::Sdk(cx, sc))
+        Cx(Repr::Sdk(cx, Sc::new(sc)))
     }
 
     #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
@@ -96,10 +122,10 @@ impl Cx {
     pub fn span_context(&self) -> &SpanContext {
         match &self.0 {
             Repr::Empty => &NO_SPAN,
-            Repr::Context(sc) => sc,
+            Repr::Context(sc) => sc.get(),
             #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
             Repr::Recording(r) => &r.sc,
-            Repr::Sdk(_, sc) => sc,
+            Repr::Sdk(_, sc) => sc.get(),
         }
     }
 
@@ -332,6 +358,35 @@ mod tests {
             cx.to_context().span().span_context().span_id(),
             SpanId::from(4u64)
         );
+    }
+
+    #[test]
+    fn a_context_with_a_trace_state_is_shared_not_copied() {
+        let state = TraceState::from_key_value([("congo", "t61rcWkgMzE"), ("dd", "s:0")]).unwrap();
+        let sc = SpanContext::new(
+            TraceId::from(3u128),
+            SpanId::from(4u64),
+            TraceFlags::default(),
+            true,
+            state,
+        );
+        let cx = Cx::from_span_context(sc.clone());
+        let copy = cx.clone();
+        match (&cx.0, &copy.0) {
+            (Repr::Context(Sc::Shared(a)), Repr::Context(Sc::Shared(b))) => {
+                assert!(Rc::ptr_eq(a, b), "a clone shares the context")
+            }
+            _ => panic!("a context with a trace state is held behind an Rc"),
+        }
+        assert_eq!(copy.span_context(), &sc);
+        let plain = Cx::from_span_context(SpanContext::new(
+            TraceId::from(3u128),
+            SpanId::from(4u64),
+            TraceFlags::default(),
+            true,
+            TraceState::NONE,
+        ));
+        assert!(matches!(plain.0, Repr::Context(Sc::Plain(_))));
     }
 
     #[test]
