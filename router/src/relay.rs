@@ -67,8 +67,9 @@ struct State {
     pending: HashMap<Id, Spans>,
     /// Tracing (disabled unless configured).
     tel: Telemetry,
-    /// `server.address` / `server.port` of the gateway, for span attributes.
-    server: (String, u16),
+    /// `server.address` / `server.port` of the gateway, for span attributes (shared:
+    /// read for every message).
+    server: Rc<(String, u16)>,
     /// The queue to the WebSocket writer, while the link is up.
     link: Option<Sender<WsCmd>>,
     /// Why the link is down.
@@ -122,7 +123,7 @@ async fn relay(
 ) -> Result<(), String> {
     let (out_tx, out_rx) = async_channel::bounded::<String>(STDOUT_QUEUE);
     let stdout_task = ex.spawn(write_stdout(out_rx));
-    let server = server_of(&cfg.gateway.url);
+    let server = Rc::new(server_of(&cfg.gateway.url));
     let state: Shared = Rc::new(RefCell::new(State {
         tel: tel.clone(),
         server: server.clone(),
