@@ -229,14 +229,7 @@ fn put_kv(out: &mut Vec<u8>, field: u32, kv: &KeyValue) {
         Value::I64(i) => Scalar::Int(*i),
         Value::F64(f) => Scalar::Double(*f),
         other => {
-            let value_len = any_len(other);
-            put_delim_head(
-                out,
-                field,
-                delim_len(1, key.len()) + delim_len(2, value_len),
-            );
-            put_bytes(out, 1, key.as_bytes());
-            put_delim_head(out, 2, value_len);
+            put_kv_head(out, field, key, any_len(other));
             put_any(out, other);
             return;
         }
@@ -282,7 +275,13 @@ pub(crate) fn put_scalar_kv(out: &mut Vec<u8>, field: u32, key: &str, value: Sca
         put_bytes(out, 1, v.as_bytes());
         return;
     }
-    let value_len = scalar_len(&value);
+    put_kv_head(out, field, key, scalar_len(&value));
+    put_scalar(out, &value);
+}
+
+/// The start of a `KeyValue` message as field `field`, up to its value's body: the
+/// message's head, the key, and the head of an `AnyValue` of `value_len` bytes.
+fn put_kv_head(out: &mut Vec<u8>, field: u32, key: &str, value_len: usize) {
     put_delim_head(
         out,
         field,
@@ -290,7 +289,6 @@ pub(crate) fn put_scalar_kv(out: &mut Vec<u8>, field: u32, key: &str, value: Sca
     );
     put_bytes(out, 1, key.as_bytes());
     put_delim_head(out, 2, value_len);
-    put_scalar(out, &value);
 }
 
 fn kvs_len(field: u32, kvs: &[KeyValue]) -> usize {

@@ -93,15 +93,30 @@ impl RecordingSpan {
 }
 
 impl RecordingSpan {
-    /// `set_attribute` for a scalar, from borrowed parts (no `KeyValue` built).
-    pub(crate) fn scalar_attribute(&mut self, key: &str, value: encode::Scalar) {
-        if self.queue.is_none()
-            || !admit(
+    /// True when the span records and has room for one more attribute (else it is
+    /// counted as dropped, if the span records).
+    fn admit_attribute(&mut self) -> bool {
+        self.queue.is_some()
+            && admit(
                 &mut self.attributes,
                 &mut self.dropped_attributes,
                 MAX_ATTRIBUTES_PER_SPAN,
             )
-        {
+    }
+
+    /// [`Self::admit_attribute`] for an event.
+    fn admit_event(&mut self) -> bool {
+        self.queue.is_some()
+            && admit(
+                &mut self.events,
+                &mut self.dropped_events,
+                MAX_EVENTS_PER_SPAN,
+            )
+    }
+
+    /// `set_attribute` for a scalar, from borrowed parts (no `KeyValue` built).
+    pub(crate) fn scalar_attribute(&mut self, key: &str, value: encode::Scalar) {
+        if !self.admit_attribute() {
             return;
         }
         encode::put_scalar_attribute(&mut self.recorded, key, value);
@@ -109,13 +124,7 @@ impl RecordingSpan {
 
     /// `add_event` now with scalar attributes, from borrowed parts.
     pub(crate) fn scalar_event(&mut self, name: &str, attributes: &[(&str, encode::Scalar)]) {
-        if self.queue.is_none()
-            || !admit(
-                &mut self.events,
-                &mut self.dropped_events,
-                MAX_EVENTS_PER_SPAN,
-            )
-        {
+        if !self.admit_event() {
             return;
         }
         let kept = attributes.len().min(MAX_ATTRIBUTES_PER_EVENT);
@@ -157,13 +166,7 @@ impl opentelemetry::trace::Span for RecordingSpan {
     ) where
         T: Into<Cow<'static, str>>,
     {
-        if self.queue.is_none()
-            || !admit(
-                &mut self.events,
-                &mut self.dropped_events,
-                MAX_EVENTS_PER_SPAN,
-            )
-        {
+        if !self.admit_event() {
             return;
         }
         let dropped = limit(&mut attributes, MAX_ATTRIBUTES_PER_EVENT);
@@ -180,13 +183,7 @@ impl opentelemetry::trace::Span for RecordingSpan {
     }
 
     fn set_attribute(&mut self, attribute: KeyValue) {
-        if self.queue.is_none()
-            || !admit(
-                &mut self.attributes,
-                &mut self.dropped_attributes,
-                MAX_ATTRIBUTES_PER_SPAN,
-            )
-        {
+        if !self.admit_attribute() {
             return;
         }
         encode::put_attribute(&mut self.recorded, &attribute);
