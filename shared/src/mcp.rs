@@ -84,8 +84,7 @@ pub enum Handling {
 }
 
 /// Method names of the MCP specification (requests and notifications, both
-/// directions): the gateway's per-method metric series, and span attributes as
-/// `&'static str` (no allocation).
+/// directions): the gateway's per-method metric series.
 pub const METHODS: &[&str] = &[
     "initialize",
     "ping",
@@ -117,11 +116,6 @@ pub const METHODS: &[&str] = &[
     "notifications/prompts/list_changed",
     "notifications/roots/list_changed",
 ];
-
-/// `method` as a static string when it is one of [`METHODS`].
-pub fn static_method(method: &str) -> Option<&'static str> {
-    METHODS.iter().copied().find(|m| *m == method)
-}
 
 /// How the gateway handles `method`.
 pub fn handling(method: &str) -> Handling {
@@ -199,8 +193,6 @@ mod tests {
     #[test]
     fn classifies_methods() {
         assert_eq!(handling("tools/call"), Handling::ByToolName);
-        assert_eq!(static_method("tools/call"), Some("tools/call"));
-        assert_eq!(static_method("vendor/x"), None);
         assert_eq!(
             handling("resources/templates/list"),
             Handling::List(ListKind::ResourceTemplates)
