@@ -29,7 +29,7 @@ fn attrs(a: &mut Attrs, i: u64) {
     a.str("mcp.method.name", "tools/call");
     a.str("gen_ai.operation.name", "execute_tool");
     a.str("gen_ai.tool.name", "fx.echo");
-    a.int_text("jsonrpc.request.id", i as i64);
+    a.int_text("jsonrpc.request.id", i);
     a.str("network.transport", "tcp");
 }
 

@@ -187,7 +187,7 @@ impl Session {
         };
         let cx = tel.start("http.request", SpanKind::Server, &parent, |a| {
             attrs::mcp_message(a, msg);
-            a.int_text("mcp.session.id", self.id as i64);
+            a.int_text("mcp.session.id", self.id);
             a.str("mcp.protocol.version", self.version.get());
             // Connection attributes once per session, on its first request span (they
             // would otherwise double the size of every span).
@@ -472,7 +472,7 @@ impl Session {
             attrs::mcp_message(a, msg);
             attrs::gateway_route(a, slot.name(), "stdio", None);
             a.str("network.transport", "pipe");
-            a.int_text("mcp.session.id", self.id as i64);
+            a.int_text("mcp.session.id", self.id);
         });
         propagation::inject_message(&span, msg);
         span

@@ -314,7 +314,7 @@ impl Attrs<'_> {
 
     /// Adds an integer as a decimal string attribute (for ids that the conventions
     /// give as strings), formatted on the stack.
-    pub fn int_text(&mut self, key: &'static str, value: i64) {
+    pub fn int_text(&mut self, key: &'static str, value: impl itoa::Integer) {
         self.str(key, itoa::Buffer::new().format(value));
     }
 
