@@ -156,8 +156,15 @@ async fn relay(
             log::info!("connected to gateway {}", cfg.gateway.url);
             let (ws_tx, ws_rx) = async_channel::bounded(WS_QUEUE);
             state.borrow_mut().link = Some(ws_tx);
-            ex.spawn(write_ws(sink, ws_rx, state.clone(), out_tx.clone()))
-                .detach();
+            let send_timeout = cfg.gateway.send_timeout.0;
+            ex.spawn(write_ws(
+                sink,
+                ws_rx,
+                send_timeout,
+                state.clone(),
+                out_tx.clone(),
+            ))
+            .detach();
             reader_task = Some(ex.spawn(read_ws(stream, state.clone(), out_tx.clone())));
         }
         Err(e) => {
@@ -188,12 +195,24 @@ async fn relay(
     }
     let link = state.borrow_mut().link.take();
     if let Some(tx) = link {
-        let _ = tx.send(WsCmd::Close).await;
-        if let Some(t) = reader_task {
-            timeout(CLOSE_TIMEOUT, t).await;
-        }
+        // Bounded even when the writer is stuck on a gateway that stopped reading.
+        timeout(CLOSE_TIMEOUT, async {
+            let _ = tx.send(WsCmd::Close).await;
+            if let Some(t) = reader_task {
+                t.await;
+            }
+        })
+        .await;
     }
-    drop(out_tx);
+    // Whatever the gateway did not answer gets an error now: no request goes unanswered.
+    link_down(
+        &state,
+        &out_tx,
+        "stdin closed before the gateway answered".into(),
+    )
+    .await;
+    // `close`, not `drop`: the detached writer task may still hold a sender.
+    out_tx.close();
     stdout_task.await;
     Ok(())
 }
@@ -349,6 +368,11 @@ async fn read_ws(mut stream: link::Receiver, state: Shared, out: Sender<String>)
             }
             Some(Ok(_)) => continue,
         };
+        if state.borrow().down.is_some() {
+            // The writer gave up on this link and answered its requests: nothing more
+            // from it may reach the host (a late response would answer an id twice).
+            break "link abandoned".to_string();
+        }
         match Message::parse(text.as_bytes()) {
             Ok(m) => {
                 let spans = match (m.kind(), m.id()) {
@@ -373,20 +397,33 @@ async fn read_ws(mut stream: link::Receiver, state: Shared, out: Sender<String>)
     link_down(&state, &out, reason).await;
 }
 
-/// Queue → gateway.
-async fn write_ws(mut sink: link::Sender, rx: Receiver<WsCmd>, state: Shared, out: Sender<String>) {
+/// Queue → gateway. A message the gateway's socket does not take within `send_timeout`
+/// (a gateway that stopped reading) ends the link like a failed send.
+async fn write_ws(
+    mut sink: link::Sender,
+    rx: Receiver<WsCmd>,
+    send_timeout: Duration,
+    state: Shared,
+    out: Sender<String>,
+) {
     while let Ok(cmd) = rx.recv().await {
         let result = match cmd {
-            WsCmd::Text(t) => sink.send(WsMessage::text(t)).await,
+            WsCmd::Text(t) => timeout(send_timeout, sink.send(WsMessage::text(t))).await,
             WsCmd::Close => {
-                let _ = sink.close(None).await;
+                let _ = timeout(send_timeout, sink.close(None)).await;
                 return;
             }
         };
-        if let Err(e) = result {
-            link_down(&state, &out, format!("send failed: {e}")).await;
-            return;
-        }
+        let reason = match result {
+            Some(Ok(())) => continue,
+            Some(Err(e)) => format!("send failed: {e}"),
+            None => format!(
+                "the gateway took no message for {} ms (send_timeout)",
+                send_timeout.as_millis()
+            ),
+        };
+        link_down(&state, &out, reason).await;
+        return;
     }
 }
 

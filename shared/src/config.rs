@@ -31,6 +31,9 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default time the router waits for the gateway's WebSocket handshake.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time the router waits for one message to be taken by the gateway's socket
+/// before it treats the link as lost (a gateway that stopped reading).
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time a backend has to exit after its stdin is closed, before it is killed.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Default WebSocket endpoint path.
@@ -202,6 +205,9 @@ fn default_request_timeout() -> Dur {
 }
 fn default_connect_timeout() -> Dur {
     Dur(DEFAULT_CONNECT_TIMEOUT)
+}
+fn default_send_timeout() -> Dur {
+    Dur(DEFAULT_SEND_TIMEOUT)
 }
 fn default_shutdown_grace() -> Dur {
     Dur(DEFAULT_SHUTDOWN_GRACE)
@@ -630,6 +636,9 @@ pub struct GatewayLink {
     /// Deadline for connecting and the WebSocket handshake.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
+    /// Deadline for the gateway's socket to take one message; past it the link is lost.
+    #[serde(default = "default_send_timeout")]
+    pub send_timeout: Dur,
 }
 
 /// `[limits]` of the router.
@@ -662,6 +671,7 @@ impl RouterConfig {
                 token_env: None,
                 token_file: None,
                 connect_timeout: default_connect_timeout(),
+                send_timeout: default_send_timeout(),
             },
             limits: RouterLimits::default(),
             logging: LoggingConfig::default(),
@@ -682,6 +692,7 @@ impl RouterConfig {
             self.gateway.connect_timeout,
             &["gateway", "connect_timeout"],
         )?;
+        validate_positive_duration(self.gateway.send_timeout, &["gateway", "send_timeout"])?;
         validate_message_bytes(self.limits.max_message_bytes)?;
         validate_nonzero(self.limits.max_in_flight, &["limits", "max_in_flight"])?;
         self.tracing.validate()
@@ -1288,6 +1299,20 @@ env = { A = "1" }
         .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("limits.max_message_bytes"));
         assert_eq!(e.line, Some(4));
+        assert_eq!(c.gateway.send_timeout.0, DEFAULT_SEND_TIMEOUT);
+        let c: RouterConfig = from_str(
+            "[gateway]\nurl = \"ws://h/mcp\"\nsend_timeout = \"250ms\"\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.gateway.send_timeout.0, Duration::from_millis(250));
+        let e = from_str::<RouterConfig>(
+            "[gateway]\nurl = \"ws://h/mcp\"\nsend_timeout = \"0s\"\n",
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("gateway.send_timeout"));
+        assert_eq!(e.line, Some(3));
     }
 
     #[test]

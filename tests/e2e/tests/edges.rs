@@ -230,6 +230,95 @@ fn gateway_loss_answers_pending_requests() {
     drop(gw);
 }
 
+/// A peer that completes the WebSocket handshake (subprotocol `mcp`) and then neither
+/// reads, writes nor closes: a gateway that hung. It holds the socket until dropped.
+struct HungGateway {
+    url: String,
+    _release: std::sync::mpsc::Sender<()>,
+}
+
+impl HungGateway {
+    fn start() -> HungGateway {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("ws://{}/mcp", listener.local_addr().unwrap());
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let ws = tungstenite::accept_hdr(stream, choose_mcp).unwrap();
+            // Returns when the test drops the sender.
+            let _ = held.recv();
+            drop(ws);
+        });
+        HungGateway {
+            url,
+            _release: release,
+        }
+    }
+}
+
+/// Handshake callback: answers the router's subprotocol offer with `mcp`.
+#[allow(clippy::result_large_err)] // the signature tungstenite requires of a callback
+fn choose_mcp(
+    _: &tungstenite::handshake::server::Request,
+    mut resp: tungstenite::handshake::server::Response,
+) -> Result<tungstenite::handshake::server::Response, tungstenite::handshake::server::ErrorResponse>
+{
+    resp.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mcp".parse().unwrap());
+    Ok(resp)
+}
+
+/// Sends `n` requests of about 1 MiB each: more than the kernel buffers between the
+/// router and a peer that does not read, so the router's WebSocket writer blocks.
+fn send_big_requests(c: &mut Client, n: i64) {
+    let text = "x".repeat(1 << 20);
+    for id in 0..n {
+        c.send(json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+            "params":{"name":"one.echo","arguments":{"text":text}}}));
+    }
+}
+
+/// Receives `n` error responses, one per id `0..n`, each -32004 naming `reason`.
+fn expect_link_errors(c: &mut Client, n: i64, reason: &str) {
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..n {
+        let r = c.recv();
+        assert_eq!(error_code(&r), -32004, "{r}");
+        let message = r["error"]["message"].as_str().unwrap();
+        assert!(message.contains(reason), "{message}");
+        assert!(ids.insert(r["id"].as_i64().expect("an integer id")), "{r}");
+    }
+    assert_eq!(ids, (0..n).collect(), "every request answered once");
+}
+
+#[test]
+fn gateway_that_stops_reading_is_dropped_after_send_timeout() {
+    let gw = HungGateway::start();
+    let mut c = router_with_config(&gw.url, "send_timeout = \"1s\"\n");
+    send_big_requests(&mut c, 32);
+    expect_link_errors(&mut c, 32, "send_timeout");
+    let r = c.request(json!("later"), "ping", json!({}));
+    assert_eq!(error_code(&r), -32004, "{r}");
+    assert!(
+        c.log.text().contains("gateway link lost"),
+        "{}",
+        c.log.text()
+    );
+    assert!(c.close_stdin().success());
+}
+
+#[test]
+fn stdin_eof_with_a_hung_gateway_answers_every_request_and_exits() {
+    // The default send_timeout (30 s) is longer than the test's deadline: the router
+    // must exit on its own shutdown bounds (EOF drain, close), not on the send timeout.
+    let gw = HungGateway::start();
+    let mut c = router_with_config(&gw.url, "");
+    send_big_requests(&mut c, 32);
+    assert!(c.close_stdin().success(), "{}", c.log.text());
+    expect_link_errors(&mut c, 32, "stdin closed before the gateway answered");
+    assert!(c.drain_for(Duration::ZERO).is_empty());
+}
+
 #[test]
 fn gateway_stops_backends_and_exits_zero_on_sigterm() {
     let mut gw = Gateway::start(&format!(
