@@ -184,14 +184,27 @@ async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Rec
     let opened = std::time::Instant::now();
     gw.metrics.session_opened();
     let (mut sink, mut stream) = ws.split();
+    let peer_w = peer.clone();
     let (out_tx, out_rx) = async_channel::bounded::<String>(CLIENT_QUEUE);
+    // Dropped when the writer stops, which ends the session's read loop too.
+    let (writer_alive, writer_gone) = async_channel::bounded::<()>(1);
+    let send_timeout = gw.cfg.server.send_timeout.0;
     let writer = rt::spawn(async move {
+        let _alive = writer_alive;
         while let Ok(line) = out_rx.recv().await {
-            if sink.send(WsMessage::text(line)).await.is_err() {
-                return;
+            match rt::timeout(send_timeout, sink.send(WsMessage::text(line))).await {
+                Some(Ok(())) => {}
+                Some(Err(_)) => return,
+                None => {
+                    log::warn!(
+                        "{peer_w}: the client took no message for {} ms (send_timeout); closing its session",
+                        send_timeout.as_millis()
+                    );
+                    return;
+                }
             }
         }
-        let _ = sink.close(None).await;
+        let _ = rt::timeout(send_timeout, sink.close(None)).await;
     });
     let conn_attrs = if gw.tel.enabled() {
         let ip = peer
@@ -215,9 +228,20 @@ async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Rec
     };
     let session = Session::new(gw.clone(), out_tx.clone(), seen.cx, conn_attrs);
     log::info!("session {} opened from {peer}", session.id());
+    // One future for the whole session (not one per message): shutdown, or the writer
+    // gave up on the client.
+    let stopped = futures_lite::future::or(
+        async {
+            let _ = close.recv().await;
+        },
+        async {
+            let _ = writer_gone.recv().await;
+        },
+    );
+    futures_lite::pin!(stopped);
     loop {
         let next = futures_lite::future::or(async { Some(stream.next().await) }, async {
-            let _ = close.recv().await;
+            stopped.as_mut().await;
             None
         })
         .await;

@@ -31,8 +31,9 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default time the router waits for the gateway's WebSocket handshake.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default time the router waits for one message to be taken by the gateway's socket
-/// before it treats the link as lost (a gateway that stopped reading).
+/// Default time a peer's socket has to take one message before the sender treats the
+/// connection as lost (the router's gateway link, a gateway client session): a peer that
+/// stopped reading.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time a backend has to exit after its stdin is closed, before it is killed.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -761,6 +762,9 @@ pub struct ServerConfig {
     /// Deadline for a client to complete the WebSocket handshake.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout: Dur,
+    /// Deadline for a client's socket to take one message; past it the session closes.
+    #[serde(default = "default_send_timeout")]
+    pub send_timeout: Dur,
     /// On shutdown, how long backends get to exit after stdin closes.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: Dur,
@@ -773,6 +777,7 @@ impl Default for ServerConfig {
             path: default_path(),
             max_sessions: DEFAULT_MAX_SESSIONS,
             handshake_timeout: default_handshake_timeout(),
+            send_timeout: default_send_timeout(),
             shutdown_grace: default_shutdown_grace(),
         }
     }
@@ -913,6 +918,7 @@ impl GatewayConfig {
             self.server.handshake_timeout,
             &["server", "handshake_timeout"],
         )?;
+        validate_positive_duration(self.server.send_timeout, &["server", "send_timeout"])?;
         validate_message_bytes(self.limits.max_message_bytes)?;
         validate_nonzero(self.limits.max_in_flight, &["limits", "max_in_flight"])?;
         validate_positive_duration(self.limits.request_timeout, &["limits", "request_timeout"])?;
@@ -1189,7 +1195,12 @@ env = { A = "1" }
         assert_eq!(c.limits.max_in_flight, DEFAULT_SESSION_MAX_IN_FLIGHT);
         assert_eq!(c.limits.request_timeout.0, Duration::from_secs(5));
         assert_eq!(c.server.path, "/mcp");
+        assert_eq!(c.server.send_timeout.0, DEFAULT_SEND_TIMEOUT);
         assert_eq!(c.request_timeout(&c.backends[0]), Duration::from_secs(5));
+        let text = GOOD.replace("listen = ", "send_timeout = \"0ms\"\nlisten = ");
+        let e = from_str::<GatewayConfig>(&text, None).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("server.send_timeout"), "{e}");
+        assert_eq!(e.line, Some(3));
     }
 
     #[test]

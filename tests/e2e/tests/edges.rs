@@ -559,3 +559,50 @@ fn sighup_reloads_what_is_safe_and_reports_the_rest() {
         "up"
     );
 }
+
+#[test]
+fn client_that_stops_reading_loses_its_session_after_send_timeout() {
+    use tungstenite::client::IntoClientRequest;
+    let gw = gateway_with("send_timeout = \"1s\"\n");
+    let mut req = gw.url.as_str().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mcp".parse().unwrap());
+    let stream = std::net::TcpStream::connect(gw.addr()).unwrap();
+    let (mut ws, _) = tungstenite::client(req, stream).unwrap();
+    let send = |ws: &mut tungstenite::WebSocket<_>, v: serde_json::Value| {
+        ws.send(tungstenite::Message::text(v.to_string())).is_ok()
+    };
+    assert!(send(
+        &mut ws,
+        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},
+            "clientInfo":{"name":"t","version":"1"}}})
+    ));
+    let init = ws.read().unwrap();
+    assert!(
+        init.to_text().unwrap().contains("protocolVersion"),
+        "{init}"
+    );
+    send(
+        &mut ws,
+        json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+    );
+    // From here on the client never reads: ~32 MiB of echoes pile up behind it. Its own
+    // sends may block, then fail once the gateway closes the session.
+    let text = "x".repeat(1 << 20);
+    for id in 1..=32 {
+        let call = json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+            "params":{"name":"one.echo","arguments":{"text":text}}});
+        if !send(&mut ws, call) {
+            break;
+        }
+    }
+    let line = gw.wait_line("send_timeout");
+    assert!(line.contains("closing its session"), "{line}");
+    gw.wait_line(" closed");
+    // The gateway serves the next client as before.
+    let mut c = WsClient::mcp(&gw);
+    c.initialize();
+    let r = c.call(json!("next"), "one.echo", json!({"text":"still here"}));
+    assert_eq!(text_of(&r), "still here");
+}
