@@ -55,6 +55,18 @@ pub fn backoff(failures: u32) -> Duration {
     (BACKOFF_BASE * 2u32.pow(exp)).min(BACKOFF_MAX)
 }
 
+/// How a line fared in [`Proc::queue`].
+enum Queued {
+    /// There was room at once.
+    Now,
+    /// Queued after waiting this long for room.
+    After(Duration),
+    /// The process is gone.
+    Closed,
+    /// No room within the limit.
+    TimedOut,
+}
+
 struct Pending {
     tx: Sender<Result<Message, BackendError>>,
     session: u64,
@@ -79,6 +91,9 @@ pub struct Proc {
     /// Set when the gateway asked it to stop, so its exit is expected.
     stopping: Cell<bool>,
     metrics: Rc<Metrics>,
+    /// The backend's request timeout: also the longest a message waits for room in the
+    /// stdin queue (a backend that stopped reading fills it).
+    timeout: Duration,
 }
 
 impl Proc {
@@ -139,13 +154,21 @@ impl Proc {
             })?;
         let guard = PendingGuard { proc: self, id };
         msg.set_id(&Id::from(id));
-        if self.stdin.send(msg.to_json()).await.is_err() {
-            return Err(self.exited_error());
-        }
+        let timed_out = || BackendError::Timeout {
+            backend: self.name.to_string(),
+            after_ms: timeout.as_millis() as u64,
+        };
+        // The timeout covers waiting for room in the stdin queue too.
+        let left = match self.queue(msg.to_json(), timeout).await {
+            Queued::Now => timeout,
+            Queued::After(waited) => timeout.saturating_sub(waited),
+            Queued::Closed => return Err(self.exited_error()),
+            Queued::TimedOut => return Err(timed_out()),
+        };
         if let Some(s) = sent {
             s.set(Some(id));
         }
-        let outcome = rt::timeout(timeout, rx.recv()).await;
+        let outcome = rt::timeout(left, rx.recv()).await;
         match outcome {
             Some(Ok(r)) => {
                 std::mem::forget(guard);
@@ -158,10 +181,23 @@ impl Proc {
                     "notifications/cancelled",
                     Some(json!({ "requestId": id, "reason": "request timed out at the gateway" })),
                 ));
-                Err(BackendError::Timeout {
-                    backend: self.name.to_string(),
-                    after_ms: timeout.as_millis() as u64,
-                })
+                Err(timed_out())
+            }
+        }
+    }
+
+    /// Queues a line for stdin, waiting at most `limit` for room.
+    async fn queue(&self, line: String, limit: Duration) -> Queued {
+        match self.stdin.try_send(line) {
+            Ok(()) => Queued::Now,
+            Err(async_channel::TrySendError::Closed(_)) => Queued::Closed,
+            Err(async_channel::TrySendError::Full(line)) => {
+                let start = Instant::now();
+                match rt::timeout(limit, self.stdin.send(line)).await {
+                    Some(Ok(())) => Queued::After(start.elapsed()),
+                    Some(Err(_)) => Queued::Closed,
+                    None => Queued::TimedOut,
+                }
             }
         }
     }
@@ -178,9 +214,17 @@ impl Proc {
         }
     }
 
-    /// Sends a message, waiting for room in the stdin queue.
+    /// Sends a message, waiting for room in the stdin queue at most the backend's request
+    /// timeout; dropped (and logged) after that.
     pub async fn send(&self, msg: &Message) {
-        let _ = self.stdin.send(msg.to_json()).await;
+        if let Queued::TimedOut = self.queue(msg.to_json(), self.timeout).await {
+            log::warn!(
+                "backend {:?}: stdin queue full for {} ms; dropped a {}",
+                self.name,
+                self.timeout.as_millis(),
+                msg.method().unwrap_or("response")
+            );
+        }
     }
 
     /// Forgets a request the client cancelled; its late response will be dropped.
@@ -458,6 +502,7 @@ impl Slot {
             exit_status: RefCell::new(None),
             stopping: Cell::new(false),
             metrics: self.metrics.clone(),
+            timeout: self.timeout,
         });
         rt::spawn(write_stdin(stdin, in_rx)).detach();
         rt::spawn(log_stderr(name, stderr)).detach();

@@ -460,3 +460,36 @@ fn router_exits_cleanly_on_stdin_eof() {
     let (_gw, mut c) = setup();
     assert!(c.close_stdin().success());
 }
+
+#[test]
+fn backend_that_stops_reading_fails_requests_within_their_timeout() {
+    let mut gw = Gateway::start(&format!(
+        "shutdown_grace = \"200ms\"\n[limits]\nmax_in_flight = 500\n{}",
+        fixture_backend("one", "request_timeout = \"1s\"")
+    ));
+    let mut c = WsClient::mcp(&gw);
+    c.initialize();
+    // The backend answers, then reads nothing for longer than the test may run.
+    let r = c.call(json!("stall"), "one.stall", json!({"ms": 30000}));
+    assert_eq!(text_of(&r), "stalled 30000");
+    // 400 requests of ~8 KiB: more than its stdin pipe and the gateway's stdin queue
+    // hold, so some wait for room in the queue; their timeout counts that wait too.
+    let text = "x".repeat(8 * 1024);
+    for id in 0..400 {
+        c.send(json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+            "params":{"name":"one.echo","arguments":{"text":text}}}));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..400 {
+        let r = c.recv();
+        assert_eq!(error_code(&r), -32001, "{r}");
+        let message = r["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("did not answer within 1000 ms"),
+            "{message}"
+        );
+        assert!(ids.insert(r["id"].as_i64().unwrap()), "{r}");
+    }
+    assert_eq!(ids, (0..400).collect());
+    assert!(gw.terminate().success());
+}
