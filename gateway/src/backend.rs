@@ -77,7 +77,8 @@ struct Pending {
 /// One running backend process.
 pub struct Proc {
     name: Rc<str>,
-    stdin: Sender<String>,
+    /// Lines for its stdin, each ending in `\n`.
+    stdin: Sender<Vec<u8>>,
     pending: RefCell<IdMap<Pending>>,
     /// Our progress token → (session id, the client's original token).
     progress: RefCell<HashMap<String, (u64, Value)>>,
@@ -159,7 +160,7 @@ impl Proc {
             after_ms: timeout.as_millis() as u64,
         };
         // The timeout covers waiting for room in the stdin queue too.
-        let left = match self.queue(msg.to_json(), timeout).await {
+        let left = match self.queue(line_of(&msg), timeout).await {
             Queued::Now => timeout,
             Queued::After(waited) => timeout.saturating_sub(waited),
             Queued::Closed => return Err(self.exited_error()),
@@ -187,7 +188,7 @@ impl Proc {
     }
 
     /// Queues a line for stdin, waiting at most `limit` for room.
-    async fn queue(&self, line: String, limit: Duration) -> Queued {
+    async fn queue(&self, line: Vec<u8>, limit: Duration) -> Queued {
         match self.stdin.try_send(line) {
             Ok(()) => Queued::Now,
             Err(async_channel::TrySendError::Closed(_)) => Queued::Closed,
@@ -205,7 +206,7 @@ impl Proc {
     /// Queues a notification (or a response) without waiting; dropped if the queue is
     /// full or the process is gone.
     pub fn notify(&self, msg: &Message) {
-        if self.stdin.try_send(msg.to_json()).is_err() {
+        if self.stdin.try_send(line_of(msg)).is_err() {
             log::warn!(
                 "backend {:?}: stdin queue full or closed; dropped a {}",
                 self.name,
@@ -217,7 +218,7 @@ impl Proc {
     /// Sends a message, waiting for room in the stdin queue at most the backend's request
     /// timeout; dropped (and logged) after that.
     pub async fn send(&self, msg: &Message) {
-        if let Queued::TimedOut = self.queue(msg.to_json(), self.timeout).await {
+        if let Queued::TimedOut = self.queue(line_of(msg), self.timeout).await {
             log::warn!(
                 "backend {:?}: stdin queue full for {} ms; dropped a {}",
                 self.name,
@@ -660,15 +661,21 @@ impl Slot {
     }
 }
 
+/// A message as one line for a backend's stdin (bytes: nothing checks UTF-8 again).
+fn line_of(msg: &Message) -> Vec<u8> {
+    let mut line = msg.to_json_bytes();
+    line.push(b'\n');
+    line
+}
+
 /// Buffer between the stdin queue and the pipe: a burst of queued messages goes out in
 /// few writes, flushed as soon as the queue is empty.
 pub const STDIN_BUFFER_BYTES: usize = 16 * 1024;
 
-async fn write_stdin(stdin: async_process::ChildStdin, rx: Receiver<String>) {
+async fn write_stdin(stdin: async_process::ChildStdin, rx: Receiver<Vec<u8>>) {
     let mut stdin = futures_lite::io::BufWriter::with_capacity(STDIN_BUFFER_BYTES, stdin);
     while let Ok(line) = rx.recv().await {
-        if stdin.write_all(line.as_bytes()).await.is_err() || stdin.write_all(b"\n").await.is_err()
-        {
+        if stdin.write_all(&line).await.is_err() {
             return;
         }
         if rx.is_empty() && stdin.flush().await.is_err() {

@@ -100,6 +100,10 @@ pub struct Message {
     /// from values, or its `params` were handed out mutably. False after
     /// [`Message::parse`], which takes it out (so reading none costs nothing).
     map_may_hold_trace: bool,
+    /// Length of the text the message was parsed from (0 when built from values): the
+    /// first guess at the size of its serialisation, so that writing it rarely grows the
+    /// buffer (each growth is a reallocation and a copy of everything written so far).
+    size_hint: usize,
 }
 
 /// The W3C trace context of `params._meta`: read there by [`Message::parse`], or set
@@ -158,6 +162,7 @@ impl Message {
         let mut msg = Message::from_value(value)?;
         msg.trace = taken.trace.map(Box::new);
         msg.map_may_hold_trace = taken.left_in_map;
+        msg.size_hint = bytes.len();
         Ok(msg)
     }
 
@@ -225,6 +230,7 @@ impl Message {
                     obj,
                     trace: None,
                     map_may_hold_trace: true,
+                    size_hint: 0,
                 })
             }
             Some(_) => invalid(id, "\"method\" must be a string"),
@@ -246,6 +252,7 @@ impl Message {
                         obj,
                         trace: None,
                         map_may_hold_trace: true,
+                        size_hint: 0,
                     });
                 }
                 let mut r = Rejection::new(
@@ -273,6 +280,7 @@ impl Message {
             obj,
             trace: None,
             map_may_hold_trace: true,
+            size_hint: 0,
         }
     }
 
@@ -289,6 +297,7 @@ impl Message {
             obj,
             trace: None,
             map_may_hold_trace: true,
+            size_hint: 0,
         }
     }
 
@@ -303,6 +312,7 @@ impl Message {
             obj,
             trace: None,
             map_may_hold_trace: true,
+            size_hint: 0,
         }
     }
 
@@ -317,6 +327,7 @@ impl Message {
             obj,
             trace: None,
             map_may_hold_trace: true,
+            size_hint: 0,
         }
     }
 
@@ -481,14 +492,23 @@ impl Message {
 
     /// Serialises the message as one line of JSON (no trailing newline).
     pub fn to_json(&self) -> String {
+        String::from_utf8(self.to_json_bytes()).expect("JSON text is UTF-8")
+    }
+
+    /// [`Message::to_json`] as bytes, for a byte stream (a backend's stdin): no UTF-8
+    /// check of the result. The buffer has room for a line terminator after the text.
+    pub fn to_json_bytes(&self) -> Vec<u8> {
+        let trace_len = self.trace.as_ref().map_or(0, |t| {
+            TRACE_KEYS_BYTES + t.traceparent.len() + t.tracestate.as_ref().map_or(0, String::len)
+        });
+        let mut out = Vec::with_capacity(self.size_hint.max(MIN_WRITE_CAPACITY) + trace_len + 1);
         match &self.trace {
-            None => serde_json::to_string(&self.obj).expect("a JSON map always serialises"),
-            Some(t) => {
-                let mut out = Vec::with_capacity(256);
-                write_with_trace(&mut out, &self.obj, t);
-                String::from_utf8(out).expect("JSON text is UTF-8")
+            None => {
+                serde_json::to_writer(&mut out, &self.obj).expect("a JSON map always serialises")
             }
+            Some(t) => write_with_trace(&mut out, &self.obj, t),
         }
+        out
     }
 
     /// The underlying JSON object.
@@ -496,6 +516,12 @@ impl Message {
         &self.obj
     }
 }
+
+/// Smallest buffer [`Message::to_json_bytes`] starts with (serde_json's own start).
+const MIN_WRITE_CAPACITY: usize = 128;
+/// Room for the keys, quotes and commas of a trace context added to `params._meta`
+/// (`,"_meta":{"traceparent":"…","tracestate":"…"}`).
+const TRACE_KEYS_BYTES: usize = 48;
 
 /// Maps with at most this many keys are searched key by key instead of by hash (see
 /// [`field`]). JSON-RPC envelopes have 3–4 keys and MCP `params` usually 1–3.
@@ -536,8 +562,7 @@ fn field_mut<'a>(m: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Val
 /// call costs a serializer and a byte-by-byte escape loop (callgrind: see
 /// docs/benchmark.md, "Changes made because of these numbers").
 fn string(out: &mut Vec<u8>, s: &str) {
-    // serde_json escapes exactly the control characters, `"` and `\`.
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if !needs_escape(s.as_bytes()) {
         out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
@@ -545,6 +570,31 @@ fn string(out: &mut Vec<u8>, s: &str) {
     } else {
         serde_json::to_writer(out, s).expect("a string always serialises");
     }
+}
+
+/// True when serde_json would escape a byte of `s`: exactly the control characters,
+/// `"` and `\`. Eight bytes at a time (one word test instead of eight compares and
+/// branches; a traceparent is 55 bytes).
+fn needs_escape(s: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Some byte of `w` is below `n` (exact for n ≤ 0x80; bytes ≥ 0x80 never match).
+    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS != 0;
+    // Some byte of `w` is zero.
+    let zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS != 0;
+    let quote = ONES * u64::from(b'"');
+    let backslash = ONES * u64::from(b'\\');
+    let mut words = s.chunks_exact(8);
+    for word in &mut words {
+        let w = u64::from_ne_bytes(word.try_into().expect("chunks of 8"));
+        if below(w, 0x20) || zero(w ^ quote) || zero(w ^ backslash) {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// A key of an object, after a comma unless it is the `first`.
@@ -836,6 +886,19 @@ mod tests {
             .map(String::from),
         );
         cases.extend(["é", "日本語", "\u{2028}", "a\u{7f}b", "\u{10ffff}"].map(String::from));
+        // Each character that needs escaping at each place of strings of 1–24 bytes
+        // (whole words and remainders), among plain ASCII and among bytes ≥ 0x80.
+        for len in 1..=24 {
+            for at in 0..len {
+                for bad in ['"', '\\', '\0', '\n', '\u{1f}'] {
+                    for fill in ['a', '~', ' ', '\u{ff}'] {
+                        let mut t: Vec<char> = std::iter::repeat_n(fill, len).collect();
+                        t[at] = bad;
+                        cases.push(t.into_iter().collect());
+                    }
+                }
+            }
+        }
         for case in cases {
             let mut out = Vec::new();
             super::string(&mut out, &case);
