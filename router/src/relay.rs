@@ -1,9 +1,11 @@
 //! The relay loop: stdin → gateway, gateway → stdout.
 //!
-//! Three tasks on one thread: the stdin reader (framing, validation, forwarding), the
-//! WebSocket reader (gateway → stdout queue) and the stdout writer. The router remembers
-//! the ids of client requests it forwarded and not yet saw answered, so that when the
-//! link is down or drops, every one of them is answered with an error carrying its id.
+//! Tasks on one thread: the stdin reader (framing, validation, forwarding), the
+//! WebSocket writer, the WebSocket reader (gateway → stdout queue) and the keepalive;
+//! the stdout writer runs on a blocking-pool thread. The router remembers the ids of
+//! client requests it forwarded and not yet saw answered, so that when the link is down
+//! or drops (including a gateway that stops reading, `send_timeout`, or goes silent,
+//! `ping_interval`), every one of them is answered with an error carrying its id.
 //! Nothing but MCP messages is ever written to stdout.
 //!
 //! Tracing: each message read from stdin gets a `stdio.read` server span (the child of
@@ -45,6 +47,8 @@ pub const EOF_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 enum WsCmd {
     Text(String),
+    /// A keepalive probe (see [`keepalive`]).
+    Ping,
     Close,
 }
 
@@ -76,6 +80,9 @@ struct State {
     down: Option<RelayError>,
     /// Set after stdin EOF; dropped (waking the waiter) once nothing is pending.
     drained: Option<Sender<()>>,
+    /// Frames received from the gateway so far (any kind, pongs included): how
+    /// [`keepalive`] tells a silent link.
+    received: u64,
 }
 
 impl State {
@@ -166,6 +173,12 @@ async fn relay(
             ))
             .detach();
             reader_task = Some(ex.spawn(read_ws(stream, state.clone(), out_tx.clone())));
+            ex.spawn(keepalive(
+                state.clone(),
+                out_tx.clone(),
+                cfg.gateway.ping_interval.0,
+            ))
+            .detach();
         }
         Err(e) => {
             log::error!("{e}; every request will be answered with an error");
@@ -349,7 +362,11 @@ async fn send_out(out: &Sender<String>, line: String) {
 /// Gateway → stdout.
 async fn read_ws(mut stream: link::Receiver, state: Shared, out: Sender<String>) {
     let reason = loop {
-        let text = match stream.next().await {
+        let frame = stream.next().await;
+        if let Some(Ok(_)) = frame {
+            state.borrow_mut().received += 1;
+        }
+        let text = match frame {
             None => break "connection closed".to_string(),
             Some(Err(e)) => break e.to_string(),
             Some(Ok(WsMessage::Text(t))) => t.as_str().to_owned(),
@@ -409,6 +426,9 @@ async fn write_ws(
     while let Ok(cmd) = rx.recv().await {
         let result = match cmd {
             WsCmd::Text(t) => timeout(send_timeout, sink.send(WsMessage::text(t))).await,
+            WsCmd::Ping => {
+                timeout(send_timeout, sink.send(WsMessage::Ping(Default::default()))).await
+            }
             WsCmd::Close => {
                 let _ = timeout(send_timeout, sink.close(None)).await;
                 return;
@@ -424,6 +444,39 @@ async fn write_ws(
         };
         link_down(&state, &out, reason).await;
         return;
+    }
+}
+
+/// Probes a silent link: after `interval` without a frame from the gateway, a ping;
+/// after as long again still without one, the link is lost (pending requests answered
+/// with an error). A gateway answers pings by itself (WebSocket pong) even while every
+/// request is busy, so only a dead peer or path stays silent. Ends with the link.
+async fn keepalive(state: Shared, out: Sender<String>, interval: Duration) {
+    let mut seen = state.borrow().received;
+    let mut pinged = false;
+    loop {
+        async_io::Timer::after(interval).await;
+        let (link, received) = {
+            let st = state.borrow();
+            (st.link.clone(), st.received)
+        };
+        let Some(link) = link else { return };
+        // A full stdout queue stops the reader, not the gateway: not silence.
+        if received != seen || out.is_full() {
+            (seen, pinged) = (received, false);
+        } else if pinged {
+            let reason = format!(
+                "no frame from the gateway for {} ms after a ping (ping_interval)",
+                interval.as_millis()
+            );
+            link_down(&state, &out, reason).await;
+            return;
+        } else {
+            log::debug!("link silent for {} ms; ping sent", interval.as_millis());
+            // A full queue means the writer is busy; send_timeout watches that case.
+            let _ = link.try_send(WsCmd::Ping);
+            pinged = true;
+        }
     }
 }
 

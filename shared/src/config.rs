@@ -35,6 +35,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// connection as lost (the router's gateway link, a gateway client session): a peer that
 /// stopped reading.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time the router's link to the gateway may stay silent before it is probed
+/// with a WebSocket ping (and, with no frame for as long again, treated as lost).
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Default time a backend has to exit after its stdin is closed, before it is killed.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Default WebSocket endpoint path.
@@ -209,6 +212,9 @@ fn default_connect_timeout() -> Dur {
 }
 fn default_send_timeout() -> Dur {
     Dur(DEFAULT_SEND_TIMEOUT)
+}
+fn default_ping_interval() -> Dur {
+    Dur(DEFAULT_PING_INTERVAL)
 }
 fn default_shutdown_grace() -> Dur {
     Dur(DEFAULT_SHUTDOWN_GRACE)
@@ -640,6 +646,10 @@ pub struct GatewayLink {
     /// Deadline for the gateway's socket to take one message; past it the link is lost.
     #[serde(default = "default_send_timeout")]
     pub send_timeout: Dur,
+    /// Silence on the link after which it is pinged; no frame for as long again after
+    /// the ping and the link is lost (a gateway host that vanished, a dead NAT entry).
+    #[serde(default = "default_ping_interval")]
+    pub ping_interval: Dur,
 }
 
 /// `[limits]` of the router.
@@ -673,6 +683,7 @@ impl RouterConfig {
                 token_file: None,
                 connect_timeout: default_connect_timeout(),
                 send_timeout: default_send_timeout(),
+                ping_interval: default_ping_interval(),
             },
             limits: RouterLimits::default(),
             logging: LoggingConfig::default(),
@@ -694,6 +705,7 @@ impl RouterConfig {
             &["gateway", "connect_timeout"],
         )?;
         validate_positive_duration(self.gateway.send_timeout, &["gateway", "send_timeout"])?;
+        validate_positive_duration(self.gateway.ping_interval, &["gateway", "ping_interval"])?;
         validate_message_bytes(self.limits.max_message_bytes)?;
         validate_nonzero(self.limits.max_in_flight, &["limits", "max_in_flight"])?;
         self.tracing.validate()
@@ -1311,6 +1323,13 @@ env = { A = "1" }
         assert_eq!(e.key.as_deref(), Some("limits.max_message_bytes"));
         assert_eq!(e.line, Some(4));
         assert_eq!(c.gateway.send_timeout.0, DEFAULT_SEND_TIMEOUT);
+        assert_eq!(c.gateway.ping_interval.0, DEFAULT_PING_INTERVAL);
+        let e = from_str::<RouterConfig>(
+            "[gateway]\nurl = \"ws://h/mcp\"\nping_interval = \"soon\"\n",
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("gateway.ping_interval"));
         let c: RouterConfig = from_str(
             "[gateway]\nurl = \"ws://h/mcp\"\nsend_timeout = \"250ms\"\n",
             None,

@@ -252,6 +252,8 @@ pub struct Client {
     stdin: Option<Arc<Mutex<ChildStdin>>>,
     /// The router's stderr, for routers.
     pub log: Log,
+    /// The router's stderr lines as they come, for [`Client::wait_log`].
+    log_lines: Option<Receiver<String>>,
 }
 
 impl Client {
@@ -272,7 +274,7 @@ impl Client {
             .spawn()
             .expect("start mcp-router");
         let log = Log::default();
-        let _ = collect_stderr(&mut child, &log);
+        let log_lines = Some(collect_stderr(&mut child, &log));
         let stdout = child.stdout.take().unwrap();
         let (vtx, rx) = channel();
         std::thread::spawn(move || {
@@ -298,6 +300,7 @@ impl Client {
             child: Some(child),
             stdin: Some(stdin),
             log,
+            log_lines,
         }
     }
 
@@ -390,6 +393,20 @@ impl Client {
             }
         }
         out
+    }
+
+    /// Waits for a router stderr line (not seen by an earlier call) containing `needle`.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let lines = self.log_lines.as_ref().expect("a router client");
+        let start = Instant::now();
+        loop {
+            let left = DEADLINE.saturating_sub(start.elapsed());
+            match lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("no router log line with {needle:?}:\n{}", self.log.text()),
+            }
+        }
     }
 
     /// Closes the router's stdin and returns its exit status.
@@ -513,6 +530,7 @@ impl WsClient {
             child: None,
             stdin: None,
             log: Log::default(),
+            log_lines: None,
         }
     }
 }

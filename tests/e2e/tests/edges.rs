@@ -308,6 +308,42 @@ fn gateway_that_stops_reading_is_dropped_after_send_timeout() {
 }
 
 #[test]
+fn silent_gateway_is_found_by_ping_and_its_requests_answered() {
+    let gw = HungGateway::start();
+    let mut c = router_with_config(&gw.url, "ping_interval = \"200ms\"\n");
+    c.send(json!({"jsonrpc":"2.0","id":"waiting","method":"ping"}));
+    c.wait_log("ping sent");
+    let r = c.response(&json!("waiting"));
+    assert_eq!(error_code(&r), -32004, "{r}");
+    let message = r["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("after a ping (ping_interval)"),
+        "{message}"
+    );
+    assert!(c.close_stdin().success());
+}
+
+#[test]
+fn idle_link_to_a_live_gateway_survives_pings() {
+    let gw = gateway();
+    let mut c = router_with_config(&gw.url, "ping_interval = \"100ms\"\n");
+    c.initialize();
+    // Each ping after the first means the one before was answered (otherwise the link
+    // would have been dropped instead).
+    for _ in 0..3 {
+        c.wait_log("ping sent");
+    }
+    let r = c.call(json!("after"), "one.echo", json!({"text":"alive"}));
+    assert_eq!(text_of(&r), "alive");
+    assert!(
+        !c.log.text().contains("gateway link lost"),
+        "{}",
+        c.log.text()
+    );
+    assert!(c.close_stdin().success());
+}
+
+#[test]
 fn stdin_eof_with_a_hung_gateway_answers_every_request_and_exits() {
     // The default send_timeout (30 s) is longer than the test's deadline: the router
     // must exit on its own shutdown bounds (EOF drain, close), not on the send timeout.
