@@ -3,15 +3,18 @@
 //! a writer task. Also the shutdown sequence: stop accepting, close sessions, wait for
 //! them within a deadline.
 
+use std::cell::Cell;
+use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
-use async_channel::Receiver;
+use async_channel::{Receiver, Sender};
 use async_net::{TcpListener, TcpStream};
 use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use async_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::tungstenite::Message as WsMessage;
+use async_tungstenite::WebSocketReceiver;
 use futures_lite::StreamExt;
 use mcp_shared::framing::WS_WRITE_BUFFER_BYTES;
 use mcp_shared::telemetry::{attrs, propagation, Attrs, Cx};
@@ -147,6 +150,87 @@ fn check_handshake(
     Ok(resp)
 }
 
+/// Hands the client's messages to `session` until the client closes, the connection
+/// fails, or `stopped` completes. `stopped` is one future for the whole session (not
+/// one per message); `received` counts every frame read.
+async fn read_client(
+    stream: &mut WebSocketReceiver<TcpStream>,
+    session: &Rc<Session>,
+    received: &Cell<u64>,
+    stopped: impl Future<Output = ()>,
+) {
+    futures_lite::pin!(stopped);
+    loop {
+        let next = futures_lite::future::or(async { Some(stream.next().await) }, async {
+            stopped.as_mut().await;
+            None
+        })
+        .await;
+        if let Some(Some(Ok(_))) = &next {
+            received.set(received.get() + 1);
+        }
+        let text = match next {
+            None | Some(None) => break,
+            Some(Some(Ok(WsMessage::Text(t)))) => t,
+            Some(Some(Ok(WsMessage::Binary(b)))) => match std::str::from_utf8(&b) {
+                Ok(t) => t.into(),
+                Err(_) => {
+                    session.on_client_message("\u{fffd}").await;
+                    continue;
+                }
+            },
+            Some(Some(Ok(WsMessage::Close(_)))) => break,
+            Some(Some(Ok(_))) => continue,
+            Some(Some(Err(async_tungstenite::tungstenite::Error::Capacity(e)))) => {
+                // tungstenite cannot resynchronise after an oversized frame: answer, close.
+                log::warn!("session {}: {e}; closing", session.id());
+                session.reject_too_large(None).await;
+                break;
+            }
+            Some(Some(Err(e))) => {
+                log::info!("session {}: read error: {e}", session.id());
+                break;
+            }
+        };
+        session.on_client_message(text.as_str()).await;
+    }
+}
+
+/// The line that asks a session's writer for a WebSocket ping instead of a message (a
+/// message is never empty).
+const PING: &str = "";
+
+/// Returns when the client has gone silent: after `interval` with no frame from it, a
+/// ping is queued; with still none as long again, it is taken for gone (a vanished host
+/// or path, which TCP reports only after many minutes, would otherwise hold the session
+/// and its per-client backends). WebSocket clients answer pings by themselves.
+async fn keepalive(received: &Cell<u64>, out: &Sender<String>, interval: Duration, session: u64) {
+    let mut seen = received.get();
+    let mut pinged = false;
+    loop {
+        async_io::Timer::after(interval).await;
+        let now = received.get();
+        if now != seen {
+            (seen, pinged) = (now, false);
+        } else if pinged {
+            log::info!(
+                "session {session}: no frame from the client for {} ms after a ping (ping_interval); closing",
+                interval.as_millis()
+            );
+            return;
+        } else {
+            // A full queue: the writer's send_timeout watches a client that stopped
+            // reading.
+            log::debug!(
+                "session {session}: silent for {} ms; ping sent",
+                interval.as_millis()
+            );
+            let _ = out.try_send(PING.to_string());
+            pinged = true;
+        }
+    }
+}
+
 /// What the handshake told us, for tracing.
 #[derive(Default)]
 struct Handshake {
@@ -192,7 +276,12 @@ async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Rec
     let writer = rt::spawn(async move {
         let _alive = writer_alive;
         while let Ok(line) = out_rx.recv().await {
-            match rt::timeout(send_timeout, sink.send(WsMessage::text(line))).await {
+            let frame = if line == PING {
+                WsMessage::Ping(Default::default())
+            } else {
+                WsMessage::text(line)
+            };
+            match rt::timeout(send_timeout, sink.send(frame)).await {
                 Some(Ok(())) => {}
                 Some(Err(_)) => return,
                 None => {
@@ -228,48 +317,26 @@ async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Rec
     };
     let session = Session::new(gw.clone(), out_tx.clone(), seen.cx, conn_attrs);
     log::info!("session {} opened from {peer}", session.id());
-    // One future for the whole session (not one per message): shutdown, or the writer
-    // gave up on the client.
+    // Frames received (any kind): how the keepalive tells a silent client.
+    let received = Cell::new(0u64);
+    // Shutdown, the writer gave up on the client, or the client went silent.
     let stopped = futures_lite::future::or(
         async {
             let _ = close.recv().await;
         },
-        async {
-            let _ = writer_gone.recv().await;
-        },
-    );
-    futures_lite::pin!(stopped);
-    loop {
-        let next = futures_lite::future::or(async { Some(stream.next().await) }, async {
-            stopped.as_mut().await;
-            None
-        })
-        .await;
-        let text = match next {
-            None | Some(None) => break,
-            Some(Some(Ok(WsMessage::Text(t)))) => t,
-            Some(Some(Ok(WsMessage::Binary(b)))) => match std::str::from_utf8(&b) {
-                Ok(t) => t.into(),
-                Err(_) => {
-                    session.on_client_message("\u{fffd}").await;
-                    continue;
-                }
+        futures_lite::future::or(
+            async {
+                let _ = writer_gone.recv().await;
             },
-            Some(Some(Ok(WsMessage::Close(_)))) => break,
-            Some(Some(Ok(_))) => continue,
-            Some(Some(Err(async_tungstenite::tungstenite::Error::Capacity(e)))) => {
-                // tungstenite cannot resynchronise after an oversized frame: answer, close.
-                log::warn!("session {}: {e}; closing", session.id());
-                session.reject_too_large(None).await;
-                break;
-            }
-            Some(Some(Err(e))) => {
-                log::info!("session {}: read error: {e}", session.id());
-                break;
-            }
-        };
-        session.on_client_message(text.as_str()).await;
-    }
+            keepalive(
+                &received,
+                &out_tx,
+                gw.cfg.server.ping_interval.0,
+                session.id(),
+            ),
+        ),
+    );
+    read_client(&mut stream, &session, &received, stopped).await;
     // Stop accepting client input, then let the writer flush and send a close frame.
     session.close().await;
     drop(session);

@@ -35,8 +35,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// connection as lost (the router's gateway link, a gateway client session): a peer that
 /// stopped reading.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default time the router's link to the gateway may stay silent before it is probed
-/// with a WebSocket ping (and, with no frame for as long again, treated as lost).
+/// Default time a WebSocket peer (the router's gateway, a gateway client) may stay
+/// silent before it is probed with a ping (and, with no frame for as long again,
+/// treated as gone).
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Default time a backend has to exit after its stdin is closed, before it is killed.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -777,6 +778,10 @@ pub struct ServerConfig {
     /// Deadline for a client's socket to take one message; past it the session closes.
     #[serde(default = "default_send_timeout")]
     pub send_timeout: Dur,
+    /// Client silence after which it is pinged; no frame for as long again after the
+    /// ping and the session closes.
+    #[serde(default = "default_ping_interval")]
+    pub ping_interval: Dur,
     /// On shutdown, how long backends get to exit after stdin closes.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: Dur,
@@ -790,6 +795,7 @@ impl Default for ServerConfig {
             max_sessions: DEFAULT_MAX_SESSIONS,
             handshake_timeout: default_handshake_timeout(),
             send_timeout: default_send_timeout(),
+            ping_interval: default_ping_interval(),
             shutdown_grace: default_shutdown_grace(),
         }
     }
@@ -931,6 +937,7 @@ impl GatewayConfig {
             &["server", "handshake_timeout"],
         )?;
         validate_positive_duration(self.server.send_timeout, &["server", "send_timeout"])?;
+        validate_positive_duration(self.server.ping_interval, &["server", "ping_interval"])?;
         validate_message_bytes(self.limits.max_message_bytes)?;
         validate_nonzero(self.limits.max_in_flight, &["limits", "max_in_flight"])?;
         validate_positive_duration(self.limits.request_timeout, &["limits", "request_timeout"])?;
@@ -1208,6 +1215,7 @@ env = { A = "1" }
         assert_eq!(c.limits.request_timeout.0, Duration::from_secs(5));
         assert_eq!(c.server.path, "/mcp");
         assert_eq!(c.server.send_timeout.0, DEFAULT_SEND_TIMEOUT);
+        assert_eq!(c.server.ping_interval.0, DEFAULT_PING_INTERVAL);
         assert_eq!(c.request_timeout(&c.backends[0]), Duration::from_secs(5));
         let text = GOOD.replace("listen = ", "send_timeout = \"0ms\"\nlisten = ");
         let e = from_str::<GatewayConfig>(&text, None).unwrap_err();

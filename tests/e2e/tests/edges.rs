@@ -642,3 +642,30 @@ fn client_that_stops_reading_loses_its_session_after_send_timeout() {
     let r = c.call(json!("next"), "one.echo", json!({"text":"still here"}));
     assert_eq!(text_of(&r), "still here");
 }
+
+#[test]
+fn silent_client_is_found_by_ping_and_live_ones_are_kept() {
+    use tungstenite::client::IntoClientRequest;
+    let gw = gateway_with("ping_interval = \"200ms\"\n");
+    // A live client (its reader answers pings) and one that never reads again.
+    let mut live = WsClient::mcp(&gw);
+    live.initialize();
+    let mut req = gw.url.as_str().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mcp".parse().unwrap());
+    let stream = std::net::TcpStream::connect(gw.addr()).unwrap();
+    let (_silent, _) = tungstenite::client(req, stream).unwrap();
+    let line = gw.wait_line("after a ping (ping_interval); closing");
+    let at = line.find("session ").expect("names the session");
+    let closed = line[at..].split(':').next().unwrap().to_string();
+    gw.wait_line(&format!("{closed} closed"));
+    // The live client was pinged too, and is still served.
+    let r = live.call(json!("after"), "one.echo", json!({"text":"kept"}));
+    assert_eq!(text_of(&r), "kept");
+    let log = gw.log.text();
+    assert_eq!(
+        log.matches("after a ping (ping_interval)").count(),
+        1,
+        "{log}"
+    );
+}
