@@ -27,14 +27,16 @@ pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_message_bytes))
 }
 
-/// Connects to `url` and completes the WebSocket handshake within `timeout`.
+/// Connects to `url` and completes the WebSocket handshake within `timeout`. Also
+/// returns the TCP socket, to shut down a link the router gives up on (its two halves
+/// share the socket, so dropping one does not close it).
 pub async fn connect(
     url: &str,
     token: Option<&Secret>,
     max_message_bytes: usize,
     timeout: Duration,
     extra_headers: Vec<(String, String)>,
-) -> Result<(Sender, Receiver), RelayError> {
+) -> Result<(Sender, Receiver, TcpStream), RelayError> {
     let unreachable = |reason: String| RelayError::GatewayUnreachable {
         url: url.to_string(),
         reason,
@@ -66,6 +68,7 @@ pub async fn connect(
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         stream.set_nodelay(true).ok();
+        let socket = stream.clone();
         let (ws, _resp) = async_tungstenite::client_async_with_config(
             req,
             stream,
@@ -73,7 +76,8 @@ pub async fn connect(
         )
         .await
         .map_err(|e| unreachable(format!("WebSocket handshake failed: {e}")))?;
-        Ok(ws.split())
+        let (sink, stream) = ws.split();
+        Ok((sink, stream, socket))
     };
     let deadline = async {
         async_io::Timer::after(timeout).await;

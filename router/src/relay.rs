@@ -45,6 +45,9 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// arrive (so `printf ... | mcp-router` prints its answers) before the link is closed.
 pub const EOF_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What a request still unanswered when the router exits is told.
+const SHUTDOWN_REASON: &str = "stdin closed before the gateway answered";
+
 enum WsCmd {
     Text(String),
     /// A keepalive probe (see [`keepalive`]).
@@ -80,6 +83,8 @@ struct State {
     down: Option<RelayError>,
     /// Set after stdin EOF; dropped (waking the waiter) once nothing is pending.
     drained: Option<Sender<()>>,
+    /// The link's TCP socket while it is up (see [`link_down`]).
+    socket: Option<async_net::TcpStream>,
     /// Frames received from the gateway so far (any kind, pongs included): how
     /// [`keepalive`] tells a silent link.
     received: u64,
@@ -144,7 +149,7 @@ async fn relay(
         a.str("url.full", &cfg.gateway.url);
     });
 
-    let mut reader_task = None;
+    let mut reader = None;
     let connected = link::connect(
         &cfg.gateway.url,
         token.as_ref(),
@@ -159,10 +164,14 @@ async fn relay(
     }
     connect_cx.end();
     match connected {
-        Ok((sink, stream)) => {
+        Ok((sink, stream, socket)) => {
             log::info!("connected to gateway {}", cfg.gateway.url);
             let (ws_tx, ws_rx) = async_channel::bounded(WS_QUEUE);
-            state.borrow_mut().link = Some(ws_tx);
+            {
+                let mut st = state.borrow_mut();
+                st.link = Some(ws_tx);
+                st.socket = Some(socket);
+            }
             let send_timeout = cfg.gateway.send_timeout.0;
             ex.spawn(write_ws(
                 sink,
@@ -172,13 +181,14 @@ async fn relay(
                 out_tx.clone(),
             ))
             .detach();
-            reader_task = Some(ex.spawn(read_ws(stream, state.clone(), out_tx.clone())));
-            ex.spawn(keepalive(
-                state.clone(),
-                out_tx.clone(),
-                cfg.gateway.ping_interval.0,
-            ))
-            .detach();
+            let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
+            let task = ex.spawn(read_ws(stream, state.clone(), out_tx.clone(), stop_rx));
+            reader = Some((task, stop_tx));
+            let interval = cfg.gateway.ping_interval.0;
+            if !interval.is_zero() {
+                ex.spawn(keepalive(state.clone(), out_tx.clone(), interval))
+                    .detach();
+            }
         }
         Err(e) => {
             log::error!("{e}; every request will be answered with an error");
@@ -207,23 +217,27 @@ async fn relay(
         }
     }
     let link = state.borrow_mut().link.take();
+    let mut reader_done = false;
     if let Some(tx) = link {
         // Bounded even when the writer is stuck on a gateway that stopped reading.
         timeout(CLOSE_TIMEOUT, async {
             let _ = tx.send(WsCmd::Close).await;
-            if let Some(t) = reader_task {
-                t.await;
+            if let Some((task, _)) = &mut reader {
+                task.await;
             }
+            reader_done = true;
         })
         .await;
     }
+    if let Some((task, stop)) = reader.filter(|_| !reader_done) {
+        // Not cancelled: a reader that is handing a response to stdout finishes that
+        // first (cancelling it there would lose a response already taken off the
+        // pending table). It stops reading the link at once.
+        stop.close();
+        task.await;
+    }
     // Whatever the gateway did not answer gets an error now: no request goes unanswered.
-    link_down(
-        &state,
-        &out_tx,
-        "stdin closed before the gateway answered".into(),
-    )
-    .await;
+    link_down(&state, &out_tx, SHUTDOWN_REASON.into()).await;
     // `close`, not `drop`: the detached writer task may still hold a sender.
     out_tx.close();
     stdout_task.await;
@@ -359,10 +373,27 @@ async fn send_out(out: &Sender<String>, line: String) {
     }
 }
 
-/// Gateway → stdout.
-async fn read_ws(mut stream: link::Receiver, state: Shared, out: Sender<String>) {
+/// Gateway → stdout, until the link ends or `stop` closes (shutdown).
+async fn read_ws(
+    mut stream: link::Receiver,
+    state: Shared,
+    out: Sender<String>,
+    stop: Receiver<()>,
+) {
+    // One future for the whole link, not one per frame.
+    let stopped = async {
+        let _ = stop.recv().await;
+    };
+    futures_lite::pin!(stopped);
     let reason = loop {
-        let frame = stream.next().await;
+        let frame = futures_lite::future::or(async { Some(stream.next().await) }, async {
+            stopped.as_mut().await;
+            None
+        })
+        .await;
+        let Some(frame) = frame else {
+            break SHUTDOWN_REASON.to_string();
+        };
         if let Some(Ok(_)) = frame {
             state.borrow_mut().received += 1;
         }
@@ -461,8 +492,10 @@ async fn keepalive(state: Shared, out: Sender<String>, interval: Duration) {
             (st.link.clone(), st.received)
         };
         let Some(link) = link else { return };
-        // A full stdout queue stops the reader, not the gateway: not silence.
-        if received != seen || out.is_full() {
+        // Not silence: a full stdout queue stops our reader, not the gateway; messages
+        // still queued for the gateway mean the writer is busy (and a ping would wait
+        // behind them), which `send_timeout` watches.
+        if received != seen || out.is_full() || !link.is_empty() {
             (seen, pinged) = (received, false);
         } else if pinged {
             let reason = format!(
@@ -473,9 +506,7 @@ async fn keepalive(state: Shared, out: Sender<String>, interval: Duration) {
             return;
         } else {
             log::debug!("link silent for {} ms; ping sent", interval.as_millis());
-            // A full queue means the writer is busy; send_timeout watches that case.
-            let _ = link.try_send(WsCmd::Ping);
-            pinged = true;
+            pinged = link.try_send(WsCmd::Ping).is_ok();
         }
     }
 }
@@ -485,10 +516,19 @@ async fn link_down(state: &Shared, out: &Sender<String>, reason: String) {
     let (pending, was_up) = {
         let mut st = state.borrow_mut();
         let was_up = st.link.take().is_some();
-        let err = RelayError::Disconnected {
-            reason: reason.clone(),
-        };
-        st.down = Some(err);
+        if was_up {
+            // Both halves share the socket: shut it so that the reader ends and the
+            // gateway sees the connection go (its session and backends then end).
+            if let Some(socket) = st.socket.take() {
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        // The first reason stays the one later requests are told.
+        if st.down.is_none() {
+            st.down = Some(RelayError::Disconnected {
+                reason: reason.clone(),
+            });
+        }
         st.drained = None;
         (st.pending.drain().collect::<Vec<_>>(), was_up)
     };
