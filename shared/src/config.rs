@@ -649,6 +649,7 @@ pub struct GatewayLink {
     pub send_timeout: Dur,
     /// Silence on the link after which it is pinged; no frame for as long again after
     /// the ping and the link is lost (a gateway host that vanished, a dead NAT entry).
+    /// Zero turns the pings off.
     #[serde(default = "default_ping_interval")]
     pub ping_interval: Dur,
 }
@@ -706,7 +707,6 @@ impl RouterConfig {
             &["gateway", "connect_timeout"],
         )?;
         validate_positive_duration(self.gateway.send_timeout, &["gateway", "send_timeout"])?;
-        validate_positive_duration(self.gateway.ping_interval, &["gateway", "ping_interval"])?;
         validate_message_bytes(self.limits.max_message_bytes)?;
         validate_nonzero(self.limits.max_in_flight, &["limits", "max_in_flight"])?;
         self.tracing.validate()
@@ -779,7 +779,7 @@ pub struct ServerConfig {
     #[serde(default = "default_send_timeout")]
     pub send_timeout: Dur,
     /// Client silence after which it is pinged; no frame for as long again after the
-    /// ping and the session closes.
+    /// ping and the session closes. Zero turns the pings off.
     #[serde(default = "default_ping_interval")]
     pub ping_interval: Dur,
     /// On shutdown, how long backends get to exit after stdin closes.
@@ -937,7 +937,6 @@ impl GatewayConfig {
             &["server", "handshake_timeout"],
         )?;
         validate_positive_duration(self.server.send_timeout, &["server", "send_timeout"])?;
-        validate_positive_duration(self.server.ping_interval, &["server", "ping_interval"])?;
         validate_message_bytes(self.limits.max_message_bytes)?;
         validate_nonzero(self.limits.max_in_flight, &["limits", "max_in_flight"])?;
         validate_positive_duration(self.limits.request_timeout, &["limits", "request_timeout"])?;
@@ -1338,6 +1337,12 @@ env = { A = "1" }
         )
         .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("gateway.ping_interval"));
+        let c: RouterConfig = from_str(
+            "[gateway]\nurl = \"ws://h/mcp\"\nping_interval = \"0s\"\n",
+            None,
+        )
+        .unwrap();
+        assert!(c.gateway.ping_interval.0.is_zero(), "zero means off");
         let c: RouterConfig = from_str(
             "[gateway]\nurl = \"ws://h/mcp\"\nsend_timeout = \"250ms\"\n",
             None,
