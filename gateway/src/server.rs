@@ -5,17 +5,20 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Duration;
 
-use async_channel::{Receiver, Sender};
+use async_channel::Receiver;
 use async_net::{TcpListener, TcpStream};
 use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use async_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
-use async_tungstenite::tungstenite::Message as WsMessage;
-use async_tungstenite::WebSocketReceiver;
+use async_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use async_tungstenite::WebSocketSender;
 use futures_lite::StreamExt;
+use futures_util::Sink;
 use mcp_shared::framing::WS_WRITE_BUFFER_BYTES;
 use mcp_shared::telemetry::{attrs, propagation, Attrs, Cx};
 
@@ -150,19 +153,255 @@ fn check_handshake(
     Ok(resp)
 }
 
-/// Hands the client's messages to `session` until the client closes, the connection
-/// fails, or `stopped` completes. `stopped` is one future for the whole session (not
-/// one per message); `received` counts every frame read.
-async fn read_client(
-    stream: &mut WebSocketReceiver<TcpStream>,
-    session: &Rc<Session>,
-    received: &Cell<u64>,
-    stopped: impl Future<Output = ()>,
-) {
-    futures_lite::pin!(stopped);
+/// The session's writer task: sends the queued lines to the client until the queue
+/// closes (then a close frame), a send fails, the client's socket takes nothing for
+/// `send_timeout`, or the client goes silent; in the last three cases it shuts the
+/// socket down, which ends the session's read loop too.
+///
+/// Keepalive: every `ping_interval` (zero: never) it looks at `received`, the reader's
+/// count of frames from the client. Silent for a whole interval: a ping (clients answer
+/// by themselves); silent at the next look too: the client is gone (a vanished host or
+/// path, which TCP reports only after many minutes, would otherwise hold the session and
+/// its per-client backends).
+///
+/// A hand-written future, not an `async fn`: its size is per-session memory, and the
+/// `async` versions of this loop (a timer raced against each send, the keepalive's
+/// timer) were 650–1,060 bytes against this struct's ~300; that cost idle sessions
+/// 0.5–1.7 KB each (`mcp-bench sessions`, docs/benchmark.md).
+struct ClientWriter {
+    sink: WebSocketSender<TcpStream>,
+    /// Boxed: polling a `Receiver` as a stream needs it pinned.
+    queue: Pin<Box<Receiver<String>>>,
+    socket: TcpStream,
+    received: Rc<Cell<u64>>,
+    session: u64,
+    send_timeout: Duration,
+    ping_interval: Duration,
+    /// Armed only while a send waits (most finish at their first poll).
+    deadline: async_io::Timer,
+    tick: async_io::Timer,
+    /// `received` at the last tick, and whether a ping has gone out since it changed.
+    seen: u64,
+    pinged: bool,
+    /// The frame to hand to the sink; `sending` while it is handed or being flushed.
+    frame: Option<WsMessage>,
+    sending: bool,
+    armed: bool,
+    /// The close frame is the one being sent: done after it.
+    closing: bool,
+}
+
+impl ClientWriter {
+    /// Starts the writer task. (Built here, in a plain function: built inside the
+    /// `connection` future, the writer would also take room in that future's state.)
+    fn spawn(
+        sink: WebSocketSender<TcpStream>,
+        queue: Receiver<String>,
+        socket: TcpStream,
+        (send_timeout, ping_interval): (Duration, Duration),
+        received: Rc<Cell<u64>>,
+        session: u64,
+    ) -> smol::Task<()> {
+        let tick = if ping_interval.is_zero() {
+            async_io::Timer::never()
+        } else {
+            async_io::Timer::interval(ping_interval)
+        };
+        rt::spawn(ClientWriter {
+            sink,
+            queue: Box::pin(queue),
+            socket,
+            seen: received.get(),
+            received,
+            session,
+            send_timeout,
+            ping_interval,
+            deadline: async_io::Timer::never(),
+            tick,
+            pinged: false,
+            frame: None,
+            sending: false,
+            armed: false,
+            closing: false,
+        })
+    }
+
+    fn start(&mut self, frame: WsMessage) {
+        self.frame = Some(frame);
+        self.sending = true;
+    }
+
+    /// Hands the frame to the sink (when not yet done) and flushes it.
+    fn poll_send(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), WsError>> {
+        let mut sink = Pin::new(&mut self.sink);
+        if let Some(frame) = self.frame.take() {
+            match sink.as_mut().poll_ready(cx) {
+                Poll::Ready(Ok(())) => sink.as_mut().start_send(frame)?,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    self.frame = Some(frame);
+                    return Poll::Pending;
+                }
+            }
+        }
+        sink.poll_flush(cx)
+    }
+
+    /// The client is gone or unwilling: shut the socket (the reader ends too).
+    fn give_up(&mut self) -> Poll<()> {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        Poll::Ready(())
+    }
+}
+
+impl Future for ClientWriter {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let me = self.get_mut();
+        loop {
+            if me.sending {
+                match me.poll_send(cx) {
+                    Poll::Ready(Ok(())) => {
+                        me.sending = false;
+                        if me.armed {
+                            // Dropping the armed timer takes it out of the reactor.
+                            me.deadline = async_io::Timer::never();
+                            me.armed = false;
+                        }
+                        if me.closing {
+                            return Poll::Ready(());
+                        }
+                    }
+                    Poll::Ready(Err(_)) => return me.give_up(),
+                    Poll::Pending => {
+                        if !me.armed {
+                            me.deadline.set_after(me.send_timeout);
+                            me.armed = true;
+                        }
+                        if Pin::new(&mut me.deadline).poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        log::warn!(
+                            "session {}: the client took no message for {} ms (send_timeout); closing",
+                            me.session,
+                            me.send_timeout.as_millis()
+                        );
+                        return me.give_up();
+                    }
+                }
+            }
+            // The next line first (a busy writer is not idle), else a keepalive tick.
+            match me.queue.as_mut().poll_next(cx) {
+                Poll::Ready(Some(line)) => {
+                    me.start(WsMessage::text(line));
+                    continue;
+                }
+                Poll::Ready(None) => {
+                    // The session ended: a close frame (the session bounds this wait).
+                    me.closing = true;
+                    me.start(WsMessage::Close(None));
+                    continue;
+                }
+                Poll::Pending => {}
+            }
+            if Pin::new(&mut me.tick).poll_next(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = me.received.get();
+            if now != me.seen {
+                (me.seen, me.pinged) = (now, false);
+            } else if me.pinged {
+                log::info!(
+                    "session {}: no frame from the client for {} ms after a ping (ping_interval); closing",
+                    me.session,
+                    me.ping_interval.as_millis()
+                );
+                return me.give_up();
+            } else {
+                log::debug!(
+                    "session {}: silent for {} ms; ping sent",
+                    me.session,
+                    me.ping_interval.as_millis()
+                );
+                me.pinged = true;
+                me.start(WsMessage::Ping(Default::default()));
+            }
+        }
+    }
+}
+
+/// What the handshake told us, for tracing.
+#[derive(Default)]
+struct Handshake {
+    cx: Cx,
+    host: String,
+    user_agent: Option<String>,
+}
+
+async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Receiver<()>) {
+    stream.set_nodelay(true).ok();
+    let socket = stream.clone();
+    let full = gw.session_count() >= gw.cfg.server.max_sessions;
+    let max = gw.cfg.limits.max_message_bytes;
+    let mut seen = Handshake::default();
+    #[allow(clippy::result_large_err)]
+    let callback = |req: &Request, resp: Response| check_handshake(&gw, full, req, resp, &mut seen);
+    // Boxed: the handshake's state would otherwise stay inline in this task's future
+    // (several KiB) for the whole life of the session.
+    let handshake = Box::pin(async_tungstenite::accept_hdr_async_with_config(
+        stream,
+        callback,
+        Some(ws_config(max)),
+    ));
+    let ws = match rt::timeout(gw.cfg.server.handshake_timeout.0, handshake).await {
+        Some(Ok(ws)) => ws,
+        Some(Err(e)) => {
+            log::info!("handshake with {peer} failed: {e}");
+            return;
+        }
+        None => {
+            log::info!("handshake with {peer} timed out");
+            return;
+        }
+    };
+    let _count = gw.count_session();
+    let opened = std::time::Instant::now();
+    gw.metrics.session_opened();
+    let (sink, mut stream) = ws.split();
+    let (out_tx, out_rx) = async_channel::bounded::<String>(CLIENT_QUEUE);
+    let conn_attrs = if gw.tel.enabled() {
+        let ip = peer
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(&peer)
+            .to_string();
+        Attrs::collect(|a| {
+            attrs::websocket(
+                a,
+                &ip,
+                &seen.host,
+                &gw.cfg.server.path,
+                seen.user_agent.as_deref(),
+                Some("mcp"),
+            );
+            a.str("client.address", &ip);
+        })
+    } else {
+        Vec::new()
+    };
+    let session = Session::new(gw.clone(), out_tx.clone(), seen.cx, conn_attrs);
+    log::info!("session {} opened from {peer}", session.id());
+    // Frames read from the client: the writer's keepalive watches it.
+    let received = Rc::new(Cell::new(0u64));
+    let limits = (gw.cfg.server.send_timeout.0, gw.cfg.server.ping_interval.0);
+    let writer = ClientWriter::spawn(sink, out_rx, socket, limits, received.clone(), session.id());
+    // Hand the client's messages to the session until the client closes, the
+    // connection fails (the writer shuts the socket when it gives up on the client), or
+    // shutdown.
     loop {
         let next = futures_lite::future::or(async { Some(stream.next().await) }, async {
-            stopped.as_mut().await;
+            let _ = close.recv().await;
             None
         })
         .await;
@@ -194,149 +433,6 @@ async fn read_client(
         };
         session.on_client_message(text.as_str()).await;
     }
-}
-
-/// The line that asks a session's writer for a WebSocket ping instead of a message (a
-/// message is never empty).
-const PING: &str = "";
-
-/// Returns when the client has gone silent: after `interval` with no frame from it, a
-/// ping is queued; with still none as long again, it is taken for gone (a vanished host
-/// or path, which TCP reports only after many minutes, would otherwise hold the session
-/// and its per-client backends). WebSocket clients answer pings by themselves.
-async fn keepalive(received: &Cell<u64>, out: &Sender<String>, interval: Duration, session: u64) {
-    let mut seen = received.get();
-    let mut pinged = false;
-    loop {
-        async_io::Timer::after(interval).await;
-        let now = received.get();
-        if now != seen {
-            (seen, pinged) = (now, false);
-        } else if pinged {
-            log::info!(
-                "session {session}: no frame from the client for {} ms after a ping (ping_interval); closing",
-                interval.as_millis()
-            );
-            return;
-        } else {
-            // A full queue: the writer's send_timeout watches a client that stopped
-            // reading.
-            log::debug!(
-                "session {session}: silent for {} ms; ping sent",
-                interval.as_millis()
-            );
-            let _ = out.try_send(PING.to_string());
-            pinged = true;
-        }
-    }
-}
-
-/// What the handshake told us, for tracing.
-#[derive(Default)]
-struct Handshake {
-    cx: Cx,
-    host: String,
-    user_agent: Option<String>,
-}
-
-async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Receiver<()>) {
-    stream.set_nodelay(true).ok();
-    let full = gw.session_count() >= gw.cfg.server.max_sessions;
-    let max = gw.cfg.limits.max_message_bytes;
-    let mut seen = Handshake::default();
-    #[allow(clippy::result_large_err)]
-    let callback = |req: &Request, resp: Response| check_handshake(&gw, full, req, resp, &mut seen);
-    // Boxed: the handshake's state would otherwise stay inline in this task's future
-    // (several KiB) for the whole life of the session.
-    let handshake = Box::pin(async_tungstenite::accept_hdr_async_with_config(
-        stream,
-        callback,
-        Some(ws_config(max)),
-    ));
-    let ws = match rt::timeout(gw.cfg.server.handshake_timeout.0, handshake).await {
-        Some(Ok(ws)) => ws,
-        Some(Err(e)) => {
-            log::info!("handshake with {peer} failed: {e}");
-            return;
-        }
-        None => {
-            log::info!("handshake with {peer} timed out");
-            return;
-        }
-    };
-    let _count = gw.count_session();
-    let opened = std::time::Instant::now();
-    gw.metrics.session_opened();
-    let (mut sink, mut stream) = ws.split();
-    let peer_w = peer.clone();
-    let (out_tx, out_rx) = async_channel::bounded::<String>(CLIENT_QUEUE);
-    // Dropped when the writer stops, which ends the session's read loop too.
-    let (writer_alive, writer_gone) = async_channel::bounded::<()>(1);
-    let send_timeout = gw.cfg.server.send_timeout.0;
-    let writer = rt::spawn(async move {
-        let _alive = writer_alive;
-        while let Ok(line) = out_rx.recv().await {
-            let frame = if line == PING {
-                WsMessage::Ping(Default::default())
-            } else {
-                WsMessage::text(line)
-            };
-            match rt::timeout(send_timeout, sink.send(frame)).await {
-                Some(Ok(())) => {}
-                Some(Err(_)) => return,
-                None => {
-                    log::warn!(
-                        "{peer_w}: the client took no message for {} ms (send_timeout); closing its session",
-                        send_timeout.as_millis()
-                    );
-                    return;
-                }
-            }
-        }
-        let _ = rt::timeout(send_timeout, sink.close(None)).await;
-    });
-    let conn_attrs = if gw.tel.enabled() {
-        let ip = peer
-            .rsplit_once(':')
-            .map(|(h, _)| h)
-            .unwrap_or(&peer)
-            .to_string();
-        Attrs::collect(|a| {
-            attrs::websocket(
-                a,
-                &ip,
-                &seen.host,
-                &gw.cfg.server.path,
-                seen.user_agent.as_deref(),
-                Some("mcp"),
-            );
-            a.str("client.address", &ip);
-        })
-    } else {
-        Vec::new()
-    };
-    let session = Session::new(gw.clone(), out_tx.clone(), seen.cx, conn_attrs);
-    log::info!("session {} opened from {peer}", session.id());
-    // Frames received (any kind): how the keepalive tells a silent client.
-    let received = Cell::new(0u64);
-    // Shutdown, the writer gave up on the client, or the client went silent.
-    let stopped = futures_lite::future::or(
-        async {
-            let _ = close.recv().await;
-        },
-        futures_lite::future::or(
-            async {
-                let _ = writer_gone.recv().await;
-            },
-            keepalive(
-                &received,
-                &out_tx,
-                gw.cfg.server.ping_interval.0,
-                session.id(),
-            ),
-        ),
-    );
-    read_client(&mut stream, &session, &received, stopped).await;
     // Stop accepting client input, then let the writer flush and send a close frame.
     session.close().await;
     drop(session);

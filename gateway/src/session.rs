@@ -819,7 +819,9 @@ impl Session {
         };
         if let Some(proc) = req.proc.upgrade() {
             msg.set_id(&req.backend_id);
-            proc.send(&msg).await;
+            // Its own task: a backend whose stdin queue is full must not stop this
+            // session's read loop (nor its answers to pings) for up to its timeout.
+            rt::spawn(async move { proc.send(&msg).await }).detach();
         }
     }
 

@@ -230,6 +230,12 @@ fn gateway_loss_answers_pending_requests() {
     drop(gw);
 }
 
+/// `session N` of a gateway log line naming a session.
+fn session_of(line: &str) -> String {
+    let at = line.find("session ").expect("names the session");
+    line[at..].split(':').next().unwrap().to_string()
+}
+
 /// A peer that completes the WebSocket handshake (subprotocol `mcp`) and then neither
 /// reads, writes nor closes: a gateway that hung. It holds the socket until dropped.
 struct HungGateway {
@@ -299,18 +305,14 @@ fn gateway_that_stops_reading_is_dropped_after_send_timeout() {
     expect_link_errors(&mut c, 32, "send_timeout");
     let r = c.request(json!("later"), "ping", json!({}));
     assert_eq!(error_code(&r), -32004, "{r}");
-    assert!(
-        c.log.text().contains("gateway link lost"),
-        "{}",
-        c.log.text()
-    );
+    c.wait_log("gateway link lost");
     assert!(c.close_stdin().success());
 }
 
 #[test]
 fn silent_gateway_is_found_by_ping_and_its_requests_answered() {
     let gw = HungGateway::start();
-    let mut c = router_with_config(&gw.url, "ping_interval = \"200ms\"\n");
+    let mut c = router_with_config(&gw.url, "ping_interval = \"500ms\"\n");
     c.send(json!({"jsonrpc":"2.0","id":"waiting","method":"ping"}));
     c.wait_log("ping sent");
     let r = c.response(&json!("waiting"));
@@ -326,7 +328,7 @@ fn silent_gateway_is_found_by_ping_and_its_requests_answered() {
 #[test]
 fn idle_link_to_a_live_gateway_survives_pings() {
     let gw = gateway();
-    let mut c = router_with_config(&gw.url, "ping_interval = \"100ms\"\n");
+    let mut c = router_with_config(&gw.url, "ping_interval = \"500ms\"\n");
     c.initialize();
     // Each ping after the first means the one before was answered (otherwise the link
     // would have been dropped instead).
@@ -633,9 +635,8 @@ fn client_that_stops_reading_loses_its_session_after_send_timeout() {
             break;
         }
     }
-    let line = gw.wait_line("send_timeout");
-    assert!(line.contains("closing its session"), "{line}");
-    gw.wait_line(" closed");
+    let line = gw.wait_line("(send_timeout); closing");
+    gw.wait_line(&format!("{} closed", session_of(&line)));
     // The gateway serves the next client as before.
     let mut c = WsClient::mcp(&gw);
     c.initialize();
@@ -646,7 +647,7 @@ fn client_that_stops_reading_loses_its_session_after_send_timeout() {
 #[test]
 fn silent_client_is_found_by_ping_and_live_ones_are_kept() {
     use tungstenite::client::IntoClientRequest;
-    let gw = gateway_with("ping_interval = \"200ms\"\n");
+    let gw = gateway_with("ping_interval = \"500ms\"\n");
     // A live client (its reader answers pings) and one that never reads again.
     let mut live = WsClient::mcp(&gw);
     live.initialize();
@@ -656,9 +657,7 @@ fn silent_client_is_found_by_ping_and_live_ones_are_kept() {
     let stream = std::net::TcpStream::connect(gw.addr()).unwrap();
     let (_silent, _) = tungstenite::client(req, stream).unwrap();
     let line = gw.wait_line("after a ping (ping_interval); closing");
-    let at = line.find("session ").expect("names the session");
-    let closed = line[at..].split(':').next().unwrap().to_string();
-    gw.wait_line(&format!("{closed} closed"));
+    gw.wait_line(&format!("{} closed", session_of(&line)));
     // The live client was pinged too, and is still served.
     let r = live.call(json!("after"), "one.echo", json!({"text":"kept"}));
     assert_eq!(text_of(&r), "kept");
