@@ -166,7 +166,7 @@ fn check_handshake(
 ///
 /// A hand-written future, not an `async fn`: its size is per-session memory, and the
 /// `async` versions of this loop (a timer raced against each send, the keepalive's
-/// timer) were 650–1,060 bytes against this struct's ~300; that cost idle sessions
+/// timer) were 648–1,064 bytes against this struct's 368; that cost idle sessions
 /// 0.5–1.7 KB each (`mcp-bench sessions`, docs/benchmark.md).
 struct ClientWriter {
     sink: WebSocketSender<TcpStream>,
