@@ -207,11 +207,32 @@ struct Inner {
 /// Reads (spans exported, spans dropped) from the exporter.
 type SpanSource = Box<dyn Fn() -> (u64, u64)>;
 
+/// Why the gateway ended a client's session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dropped {
+    /// The client's socket took no message within `send_timeout`.
+    SendTimeout = 0,
+    /// The client sent no frame for an interval after a ping (`ping_interval`).
+    Silent = 1,
+}
+
+impl Dropped {
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Dropped::SendTimeout => "send_timeout",
+            Dropped::Silent => "ping_timeout",
+        }
+    }
+}
+
 /// The registry. Share it as `Rc<Metrics>`.
 pub struct Metrics {
     version: String,
     commit: String,
     sessions_active: Cell<u64>,
+    /// Sessions the gateway ended, by [`Dropped`] reason.
+    sessions_dropped: [Cell<u64>; 2],
     in_flight: Cell<u64>,
     inner: RefCell<Inner>,
     spans: RefCell<Option<SpanSource>>,
@@ -224,6 +245,7 @@ impl Metrics {
             version: version.to_owned(),
             commit: commit.to_owned(),
             sessions_active: Cell::new(0),
+            sessions_dropped: [Cell::new(0), Cell::new(0)],
             in_flight: Cell::new(0),
             inner: RefCell::new(Inner {
                 requests: vec![[0; 3]; KNOWN_METHODS.len() + 1],
@@ -278,6 +300,12 @@ impl Metrics {
         self.sessions_active
             .set(self.sessions_active.get().saturating_sub(1));
         self.inner.borrow_mut().sessions.observe(duration);
+    }
+
+    /// The gateway ended a session because of its client.
+    pub fn session_dropped(&self, why: Dropped) {
+        let c = &self.sessions_dropped[why as usize];
+        c.set(c.get() + 1);
     }
 
     /// A request started.
@@ -409,6 +437,18 @@ impl Metrics {
             "Client sessions open now.",
             self.sessions_active.get(),
         );
+        let name = "mcp_gateway_sessions_dropped_total";
+        family(
+            o,
+            name,
+            "counter",
+            "Sessions the gateway closed because of the client: send_timeout (its socket \
+             took no message in time) or ping_timeout (silent after a ping).",
+        );
+        for why in [Dropped::SendTimeout, Dropped::Silent] {
+            let n = self.sessions_dropped[why as usize].get();
+            sample(o, name, &[("reason", why.label())], n);
+        }
         let name = "mcp_server_session_duration_seconds";
         family(
             o,
@@ -808,6 +848,8 @@ mod tests {
         m.session_opened();
         m.session_opened();
         m.session_closed(Duration::from_secs(30));
+        m.session_dropped(Dropped::Silent);
+        m.session_dropped(Dropped::Silent);
         let g1 = m.in_flight();
         let g2 = m.in_flight();
         drop(g1);
@@ -850,6 +892,9 @@ mod tests {
         assert_eq!(value(&s, &b, &[ping, ("le", "+Inf")]), 1.0);
 
         assert_eq!(value(&s, "mcp_gateway_sessions_active", &[]), 1.0);
+        let dropped = "mcp_gateway_sessions_dropped_total";
+        assert_eq!(value(&s, dropped, &[("reason", "send_timeout")]), 0.0);
+        assert_eq!(value(&s, dropped, &[("reason", "ping_timeout")]), 2.0);
         let sess = "mcp_server_session_duration_seconds";
         assert_eq!(value(&s, &format!("{sess}_bucket"), &[("le", "15")]), 0.0);
         assert_eq!(value(&s, &format!("{sess}_bucket"), &[("le", "60")]), 1.0);

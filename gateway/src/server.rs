@@ -22,6 +22,7 @@ use futures_util::Sink;
 use mcp_shared::framing::WS_WRITE_BUFFER_BYTES;
 use mcp_shared::telemetry::{attrs, propagation, Attrs, Cx};
 
+use crate::metrics::Dropped;
 use crate::rt;
 use crate::session::Session;
 use crate::Gateway;
@@ -201,7 +202,7 @@ impl ClientWriter {
         (send_timeout, ping_interval): (Duration, Duration),
         received: Rc<Cell<u64>>,
         session: u64,
-    ) -> smol::Task<()> {
+    ) -> smol::Task<Option<Dropped>> {
         let tick = if ping_interval.is_zero() {
             async_io::Timer::never()
         } else {
@@ -248,16 +249,17 @@ impl ClientWriter {
     }
 
     /// The client is gone or unwilling: shut the socket (the reader ends too).
-    fn give_up(&mut self) -> Poll<()> {
+    fn give_up(&mut self, why: Option<Dropped>) -> Poll<Option<Dropped>> {
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
-        Poll::Ready(())
+        Poll::Ready(why)
     }
 }
 
 impl Future for ClientWriter {
-    type Output = ();
+    /// Why the gateway dropped the client, if it did.
+    type Output = Option<Dropped>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Option<Dropped>> {
         let me = self.get_mut();
         loop {
             if me.sending {
@@ -270,10 +272,10 @@ impl Future for ClientWriter {
                             me.armed = false;
                         }
                         if me.closing {
-                            return Poll::Ready(());
+                            return Poll::Ready(None);
                         }
                     }
-                    Poll::Ready(Err(_)) => return me.give_up(),
+                    Poll::Ready(Err(_)) => return me.give_up(None),
                     Poll::Pending => {
                         if !me.armed {
                             me.deadline.set_after(me.send_timeout);
@@ -287,7 +289,7 @@ impl Future for ClientWriter {
                             me.session,
                             me.send_timeout.as_millis()
                         );
-                        return me.give_up();
+                        return me.give_up(Some(Dropped::SendTimeout));
                     }
                 }
             }
@@ -317,7 +319,7 @@ impl Future for ClientWriter {
                     me.session,
                     me.ping_interval.as_millis()
                 );
-                return me.give_up();
+                return me.give_up(Some(Dropped::Silent));
             } else {
                 log::debug!(
                     "session {}: silent for {} ms; ping sent",
@@ -433,12 +435,22 @@ async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Rec
         };
         session.on_client_message(text.as_str()).await;
     }
+    // A writer that gave up on the client ended the read loop: count why (before the
+    // session's "closed" line, which tests wait for).
+    let mut writer = Some(writer);
+    if writer.as_ref().is_some_and(|w| w.is_finished()) {
+        if let Some(why) = writer.take().expect("checked").await {
+            gw.metrics.session_dropped(why);
+        }
+    }
     // Stop accepting client input, then let the writer flush and send a close frame.
     session.close().await;
     drop(session);
     drop(out_tx);
     gw.metrics.session_closed(opened.elapsed());
-    if rt::timeout(WRITER_DRAIN_TIMEOUT, writer).await.is_none() {
-        log::debug!("session writer did not finish within {WRITER_DRAIN_TIMEOUT:?}");
+    if let Some(writer) = writer {
+        if rt::timeout(WRITER_DRAIN_TIMEOUT, writer).await.is_none() {
+            log::debug!("session writer did not finish within {WRITER_DRAIN_TIMEOUT:?}");
+        }
     }
 }

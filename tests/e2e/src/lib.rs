@@ -11,7 +11,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -548,4 +548,55 @@ pub fn error_code(resp: &Value) -> i64 {
     resp["error"]["code"]
         .as_i64()
         .unwrap_or_else(|| panic!("not an error response: {resp}"))
+}
+
+/// The gateway's admin listener address (`[admin] listen` with port 0), from its log.
+pub fn admin_addr(gw: &Gateway) -> String {
+    let line = gw
+        .log
+        .text()
+        .lines()
+        .find(|l| l.contains("admin endpoints on http://"))
+        .map(str::to_string)
+        .unwrap_or_else(|| gw.wait_line("admin endpoints on http://"));
+    line.split("http://")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// A plain HTTP GET; (status, body).
+pub fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (status, body)
+}
+
+/// The value of one series (`name{labels}`) in Prometheus text.
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }

@@ -601,7 +601,7 @@ fn sighup_reloads_what_is_safe_and_reports_the_rest() {
 #[test]
 fn client_that_stops_reading_loses_its_session_after_send_timeout() {
     use tungstenite::client::IntoClientRequest;
-    let gw = gateway_with("send_timeout = \"1s\"\n");
+    let gw = gateway_with("send_timeout = \"1s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n");
     let mut req = gw.url.as_str().into_client_request().unwrap();
     req.headers_mut()
         .insert("Sec-WebSocket-Protocol", "mcp".parse().unwrap());
@@ -637,6 +637,16 @@ fn client_that_stops_reading_loses_its_session_after_send_timeout() {
     }
     let line = gw.wait_line("(send_timeout); closing");
     gw.wait_line(&format!("{} closed", session_of(&line)));
+    let (_, metrics) = get(&admin_addr(&gw), "/metrics");
+    let dropped = "mcp_gateway_sessions_dropped_total";
+    assert_eq!(
+        sample(&metrics, &format!("{dropped}{{reason=\"send_timeout\"}}")),
+        1.0
+    );
+    assert_eq!(
+        sample(&metrics, &format!("{dropped}{{reason=\"ping_timeout\"}}")),
+        0.0
+    );
     // The gateway serves the next client as before.
     let mut c = WsClient::mcp(&gw);
     c.initialize();
@@ -647,7 +657,7 @@ fn client_that_stops_reading_loses_its_session_after_send_timeout() {
 #[test]
 fn silent_client_is_found_by_ping_and_live_ones_are_kept() {
     use tungstenite::client::IntoClientRequest;
-    let gw = gateway_with("ping_interval = \"500ms\"\n");
+    let gw = gateway_with("ping_interval = \"500ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n");
     // A live client (its reader answers pings) and one that never reads again.
     let mut live = WsClient::mcp(&gw);
     live.initialize();
@@ -658,6 +668,12 @@ fn silent_client_is_found_by_ping_and_live_ones_are_kept() {
     let (_silent, _) = tungstenite::client(req, stream).unwrap();
     let line = gw.wait_line("after a ping (ping_interval); closing");
     gw.wait_line(&format!("{} closed", session_of(&line)));
+    let (_, metrics) = get(&admin_addr(&gw), "/metrics");
+    let dropped = "mcp_gateway_sessions_dropped_total";
+    assert_eq!(
+        sample(&metrics, &format!("{dropped}{{reason=\"ping_timeout\"}}")),
+        1.0
+    );
     // The live client was pinged too, and is still served.
     let r = live.call(json!("after"), "one.echo", json!({"text":"kept"}));
     assert_eq!(text_of(&r), "kept");
