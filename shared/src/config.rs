@@ -1331,29 +1331,17 @@ env = { A = "1" }
         assert_eq!(e.line, Some(4));
         assert_eq!(c.gateway.send_timeout.0, DEFAULT_SEND_TIMEOUT);
         assert_eq!(c.gateway.ping_interval.0, DEFAULT_PING_INTERVAL);
-        let e = from_str::<RouterConfig>(
-            "[gateway]\nurl = \"ws://h/mcp\"\nping_interval = \"soon\"\n",
-            None,
-        )
-        .unwrap_err();
+        // `[gateway]` with a URL and one more line.
+        let with = |line: &str| {
+            from_str::<RouterConfig>(&format!("[gateway]\nurl = \"ws://h/mcp\"\n{line}\n"), None)
+        };
+        let e = with("ping_interval = \"soon\"").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("gateway.ping_interval"));
-        let c: RouterConfig = from_str(
-            "[gateway]\nurl = \"ws://h/mcp\"\nping_interval = \"0s\"\n",
-            None,
-        )
-        .unwrap();
+        let c = with("ping_interval = \"0s\"").unwrap();
         assert!(c.gateway.ping_interval.0.is_zero(), "zero means off");
-        let c: RouterConfig = from_str(
-            "[gateway]\nurl = \"ws://h/mcp\"\nsend_timeout = \"250ms\"\n",
-            None,
-        )
-        .unwrap();
+        let c = with("send_timeout = \"250ms\"").unwrap();
         assert_eq!(c.gateway.send_timeout.0, Duration::from_millis(250));
-        let e = from_str::<RouterConfig>(
-            "[gateway]\nurl = \"ws://h/mcp\"\nsend_timeout = \"0s\"\n",
-            None,
-        )
-        .unwrap_err();
+        let e = with("send_timeout = \"0s\"").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("gateway.send_timeout"));
         assert_eq!(e.line, Some(3));
     }

@@ -230,6 +230,31 @@ fn gateway_loss_answers_pending_requests() {
     drop(gw);
 }
 
+/// A WebSocket client of `gw` (subprotocol `mcp`) that reads only when the test does.
+fn raw_client(gw: &Gateway) -> tungstenite::WebSocket<std::net::TcpStream> {
+    use tungstenite::client::IntoClientRequest;
+    let mut req = gw.url.as_str().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mcp".parse().unwrap());
+    let stream = std::net::TcpStream::connect(gw.addr()).unwrap();
+    tungstenite::client(req, stream).unwrap().0
+}
+
+/// Waits for the gateway to drop a session (its log line containing `needle`, then the
+/// session's "closed" line) and returns `mcp_gateway_sessions_dropped_total` by reason,
+/// as `/metrics` (the gateway needs `[admin]`) shows it then.
+fn wait_dropped(gw: &Gateway, needle: &str) -> impl Fn(&str) -> f64 {
+    let line = gw.wait_line(needle);
+    gw.wait_line(&format!("{} closed", session_of(&line)));
+    let (_, metrics) = get(&admin_addr(gw), "/metrics");
+    move |reason| {
+        sample(
+            &metrics,
+            &format!("mcp_gateway_sessions_dropped_total{{reason=\"{reason}\"}}"),
+        )
+    }
+}
+
 /// `session N` of a gateway log line naming a session.
 fn session_of(line: &str) -> String {
     let at = line.find("session ").expect("names the session");
@@ -600,13 +625,8 @@ fn sighup_reloads_what_is_safe_and_reports_the_rest() {
 
 #[test]
 fn client_that_stops_reading_loses_its_session_after_send_timeout() {
-    use tungstenite::client::IntoClientRequest;
     let gw = gateway_with("send_timeout = \"1s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n");
-    let mut req = gw.url.as_str().into_client_request().unwrap();
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", "mcp".parse().unwrap());
-    let stream = std::net::TcpStream::connect(gw.addr()).unwrap();
-    let (mut ws, _) = tungstenite::client(req, stream).unwrap();
+    let mut ws = raw_client(&gw);
     let send = |ws: &mut tungstenite::WebSocket<_>, v: serde_json::Value| {
         ws.send(tungstenite::Message::text(v.to_string())).is_ok()
     };
@@ -635,18 +655,9 @@ fn client_that_stops_reading_loses_its_session_after_send_timeout() {
             break;
         }
     }
-    let line = gw.wait_line("(send_timeout); closing");
-    gw.wait_line(&format!("{} closed", session_of(&line)));
-    let (_, metrics) = get(&admin_addr(&gw), "/metrics");
-    let dropped = "mcp_gateway_sessions_dropped_total";
-    assert_eq!(
-        sample(&metrics, &format!("{dropped}{{reason=\"send_timeout\"}}")),
-        1.0
-    );
-    assert_eq!(
-        sample(&metrics, &format!("{dropped}{{reason=\"ping_timeout\"}}")),
-        0.0
-    );
+    let dropped = wait_dropped(&gw, "(send_timeout); closing");
+    assert_eq!(dropped("send_timeout"), 1.0);
+    assert_eq!(dropped("ping_timeout"), 0.0);
     // The gateway serves the next client as before.
     let mut c = WsClient::mcp(&gw);
     c.initialize();
@@ -656,24 +667,13 @@ fn client_that_stops_reading_loses_its_session_after_send_timeout() {
 
 #[test]
 fn silent_client_is_found_by_ping_and_live_ones_are_kept() {
-    use tungstenite::client::IntoClientRequest;
     let gw = gateway_with("ping_interval = \"500ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n");
     // A live client (its reader answers pings) and one that never reads again.
     let mut live = WsClient::mcp(&gw);
     live.initialize();
-    let mut req = gw.url.as_str().into_client_request().unwrap();
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", "mcp".parse().unwrap());
-    let stream = std::net::TcpStream::connect(gw.addr()).unwrap();
-    let (_silent, _) = tungstenite::client(req, stream).unwrap();
-    let line = gw.wait_line("after a ping (ping_interval); closing");
-    gw.wait_line(&format!("{} closed", session_of(&line)));
-    let (_, metrics) = get(&admin_addr(&gw), "/metrics");
-    let dropped = "mcp_gateway_sessions_dropped_total";
-    assert_eq!(
-        sample(&metrics, &format!("{dropped}{{reason=\"ping_timeout\"}}")),
-        1.0
-    );
+    let _silent = raw_client(&gw);
+    let dropped = wait_dropped(&gw, "after a ping (ping_interval); closing");
+    assert_eq!(dropped("ping_timeout"), 1.0);
     // The live client was pinged too, and is still served.
     let r = live.call(json!("after"), "one.echo", json!({"text":"kept"}));
     assert_eq!(text_of(&r), "kept");
