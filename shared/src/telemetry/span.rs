@@ -281,6 +281,17 @@ mod tests {
         }
     }
 
+    /// A local, sampled span context without trace state.
+    fn sampled(trace: u128, span: u64) -> SpanContext {
+        SpanContext::new(
+            TraceId::from(trace),
+            SpanId::from(span),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        )
+    }
+
     /// A queue whose exporter never sends before the test reads it.
     fn queue() -> (BatchProcessor, Queue) {
         let cfg = TracingConfig {
@@ -407,13 +418,7 @@ mod tests {
     /// writes, limits included.
     #[test]
     fn scalars_encode_like_key_values() {
-        let sc = SpanContext::new(
-            TraceId::from(5u128),
-            SpanId::from(6u64),
-            TraceFlags::SAMPLED,
-            false,
-            TraceState::NONE,
-        );
+        let sc = sampled(5, 6);
         let long = "v".repeat(300);
         let values = [
             Value::from("short"),
@@ -459,13 +464,7 @@ mod tests {
     #[test]
     fn a_span_dropped_without_end_is_queued_once() {
         let (_p, q) = queue();
-        let sc = SpanContext::new(
-            TraceId::from(1u128),
-            SpanId::from(2u64),
-            TraceFlags::SAMPLED,
-            false,
-            TraceState::NONE,
-        );
+        let sc = sampled(1, 2);
         drop(RecordingSpan::start(
             sc.clone(),
             None,
