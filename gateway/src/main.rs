@@ -9,6 +9,7 @@
 mod admin;
 mod backend;
 mod metrics;
+mod outbox;
 mod rt;
 mod sdnotify;
 mod server;

@@ -23,13 +23,14 @@ use mcp_shared::framing::WS_WRITE_BUFFER_BYTES;
 use mcp_shared::telemetry::{attrs, propagation, Attrs, Cx};
 
 use crate::metrics::Dropped;
+use crate::outbox;
 use crate::rt;
 use crate::session::Session;
 use crate::Gateway;
 
-/// Messages queued for one client, at most. The queue's slots are allocated up front,
-/// so this is also per-session memory: 32 slots ≈ 1 KiB. A full queue makes responses
-/// wait (backpressure) and drops fan-out notifications from shared backends.
+/// Messages queued for one client, at most ([`outbox`]: its buffer grows with a burst and
+/// is given back when drained). A full queue makes responses wait (backpressure) and
+/// drops fan-out notifications from shared backends.
 pub const CLIENT_QUEUE: usize = 32;
 /// WebSocket read buffer per client session (tungstenite allocates it up front; larger
 /// messages are read in more steps, not refused). Small because sessions are many.
@@ -171,8 +172,7 @@ fn check_handshake(
 /// 0.5–1.7 KB each (`mcp-bench sessions`, docs/benchmark.md).
 struct ClientWriter {
     sink: WebSocketSender<TcpStream>,
-    /// Boxed: polling a `Receiver` as a stream needs it pinned.
-    queue: Pin<Box<Receiver<String>>>,
+    queue: outbox::Receiver,
     socket: TcpStream,
     received: Rc<Cell<u64>>,
     session: u64,
@@ -197,7 +197,7 @@ impl ClientWriter {
     /// `connection` future, the writer would also take room in that future's state.)
     fn spawn(
         sink: WebSocketSender<TcpStream>,
-        queue: Receiver<String>,
+        queue: outbox::Receiver,
         socket: TcpStream,
         (send_timeout, ping_interval): (Duration, Duration),
         received: Rc<Cell<u64>>,
@@ -210,7 +210,7 @@ impl ClientWriter {
         };
         rt::spawn(ClientWriter {
             sink,
-            queue: Box::pin(queue),
+            queue,
             socket,
             seen: received.get(),
             received,
@@ -294,7 +294,7 @@ impl Future for ClientWriter {
                 }
             }
             // The next line first (a busy writer is not idle), else a keepalive tick.
-            match me.queue.as_mut().poll_next(cx) {
+            match me.queue.poll_recv(cx) {
                 Poll::Ready(Some(line)) => {
                     me.start(WsMessage::text(line));
                     continue;
@@ -371,7 +371,7 @@ async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Rec
     let opened = std::time::Instant::now();
     gw.metrics.session_opened();
     let (sink, mut stream) = ws.split();
-    let (out_tx, out_rx) = async_channel::bounded::<String>(CLIENT_QUEUE);
+    let (out_tx, out_rx) = outbox::channel(CLIENT_QUEUE);
     let conn_attrs = if gw.tel.enabled() {
         let ip = peer
             .rsplit_once(':')

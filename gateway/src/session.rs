@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 
 use crate::backend::{Proc, Slot};
 use crate::metrics::{error_type_for_code, Outcome};
+use crate::outbox;
 use crate::rt;
 use crate::Gateway;
 
@@ -52,7 +53,7 @@ struct ServerReq {
 pub struct Session {
     id: u64,
     gw: Rc<Gateway>,
-    out: Sender<String>,
+    out: outbox::Sender,
     backends: Vec<Rc<Slot>>,
     initialized: Cell<bool>,
     /// Set while `initialize` runs; closed when it is done, releasing requests that
@@ -77,7 +78,7 @@ impl Session {
     /// A new session whose messages to the client go to `out`.
     pub fn new(
         gw: Rc<Gateway>,
-        out: Sender<String>,
+        out: outbox::Sender,
         handshake_cx: Cx,
         conn_attrs: Vec<KeyValue>,
     ) -> Rc<Session> {

@@ -1,0 +1,288 @@
+//! A session's queue of lines for its client: bounded, single-threaded, and holding no
+//! buffer while it is empty.
+//!
+//! Every session has one, and nearly all the time it is empty (an idle session, or one
+//! whose writer keeps up). `async_channel::bounded(32)` allocated its 32 slots and two
+//! cache-padded counters up front: 1.2 KB of every idle session on musl
+//! (`mcp-bench sessions`, docs/benchmark.md "Memory per idle session"). The gateway runs
+//! on one thread (`rt`), so this queue is an `Rc<RefCell<…>>` around a `VecDeque` that
+//! grows with a burst and is given back when the writer has drained it.
+//! (`event_listener::Event`, which async-channel waits with, allocates its state on the
+//! first `notify` even with nobody listening, so it would cost every session too.)
+//!
+//! Semantics are those of a bounded channel: [`Sender::send`] waits for room,
+//! [`Sender::try_send`] does not; the receiver gets `None` once every sender is gone and
+//! the queue is empty; senders get [`Closed`] once the receiver is gone. Senders waiting
+//! for room are all woken when a line leaves the queue and try again, so a waiting send
+//! that is cancelled cannot swallow the wake-up another one needed; at most
+//! `max_in_flight` requests wait at once.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+/// A queue that has grown past this many lines while busy is given back whole once the
+/// writer empties it (below, it keeps its small buffer: most sessions send one line at a
+/// time).
+const KEEP_CAPACITY: usize = 4;
+
+struct Inner {
+    lines: VecDeque<String>,
+    cap: usize,
+    senders: usize,
+    receiver_alive: bool,
+    receiver: Option<Waker>,
+    /// Senders waiting for room.
+    waiting: Vec<Waker>,
+}
+
+/// The sending side; clones share the queue.
+pub struct Sender(Rc<RefCell<Inner>>);
+
+/// The receiving side (the session's writer).
+pub struct Receiver(Rc<RefCell<Inner>>);
+
+/// The receiver is gone: the line was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Closed;
+
+/// Why [`Sender::try_send`] did not queue the line (which it gives back).
+#[derive(Debug, PartialEq, Eq)]
+pub enum TrySendError {
+    Full(String),
+    Closed(String),
+}
+
+impl TrySendError {
+    pub fn is_full(&self) -> bool {
+        matches!(self, TrySendError::Full(_))
+    }
+}
+
+/// A queue of at most `cap` lines (at least one).
+pub fn channel(cap: usize) -> (Sender, Receiver) {
+    let inner = Rc::new(RefCell::new(Inner {
+        lines: VecDeque::new(),
+        cap: cap.max(1),
+        senders: 1,
+        receiver_alive: true,
+        receiver: None,
+        waiting: Vec::new(),
+    }));
+    (Sender(inner.clone()), Receiver(inner))
+}
+
+impl Sender {
+    /// Queues `line` if there is room.
+    pub fn try_send(&self, line: String) -> Result<(), TrySendError> {
+        let mut q = self.0.borrow_mut();
+        if !q.receiver_alive {
+            return Err(TrySendError::Closed(line));
+        }
+        if q.lines.len() >= q.cap {
+            return Err(TrySendError::Full(line));
+        }
+        q.lines.push_back(line);
+        if let Some(w) = q.receiver.take() {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues `line`, waiting for room.
+    pub async fn send(&self, line: String) -> Result<(), Closed> {
+        let mut line = Some(line);
+        poll_fn(|cx| {
+            match self.try_send(line.take().expect("polled after completion")) {
+                Ok(()) => return Poll::Ready(Ok(())),
+                Err(TrySendError::Closed(_)) => return Poll::Ready(Err(Closed)),
+                Err(TrySendError::Full(l)) => line = Some(l),
+            }
+            let waiting = &mut self.0.borrow_mut().waiting;
+            if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                waiting.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl Clone for Sender {
+    fn clone(&self) -> Self {
+        self.0.borrow_mut().senders += 1;
+        Sender(self.0.clone())
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let mut q = self.0.borrow_mut();
+        q.senders -= 1;
+        if q.senders == 0 {
+            if let Some(w) = q.receiver.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl Receiver {
+    /// The next line; `None` when the queue is empty and every sender is gone.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<String>> {
+        let mut q = self.0.borrow_mut();
+        if let Some(line) = q.lines.pop_front() {
+            if q.lines.is_empty() && q.lines.capacity() > KEEP_CAPACITY {
+                q.lines = VecDeque::new();
+            }
+            for w in std::mem::take(&mut q.waiting) {
+                w.wake();
+            }
+            return Poll::Ready(Some(line));
+        }
+        if q.senders == 0 {
+            return Poll::Ready(None);
+        }
+        if !q.receiver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            q.receiver = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let mut q = self.0.borrow_mut();
+        q.receiver_alive = false;
+        q.lines = VecDeque::new();
+        for w in std::mem::take(&mut q.waiting) {
+            w.wake();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::future;
+    use std::pin::pin;
+
+    fn recv_now(rx: &mut Receiver) -> Poll<Option<String>> {
+        future::block_on(future::poll_once(poll_fn(|cx| rx.poll_recv(cx))))
+            .map_or(Poll::Pending, Poll::Ready)
+    }
+
+    #[test]
+    fn lines_come_out_in_order_and_the_bound_holds() {
+        let (tx, mut rx) = channel(2);
+        tx.try_send("a".into()).unwrap();
+        tx.try_send("b".into()).unwrap();
+        assert_eq!(tx.try_send("c".into()), Err(TrySendError::Full("c".into())));
+        assert_eq!(recv_now(&mut rx), Poll::Ready(Some("a".into())));
+        tx.try_send("c".into()).unwrap();
+        assert_eq!(recv_now(&mut rx), Poll::Ready(Some("b".into())));
+        assert_eq!(recv_now(&mut rx), Poll::Ready(Some("c".into())));
+        assert_eq!(recv_now(&mut rx), Poll::Pending);
+    }
+
+    #[test]
+    fn the_receiver_ends_after_the_last_sender_and_the_last_line() {
+        let (tx, mut rx) = channel(4);
+        let tx2 = tx.clone();
+        tx.try_send("a".into()).unwrap();
+        drop(tx);
+        assert_eq!(recv_now(&mut rx), Poll::Ready(Some("a".into())));
+        assert_eq!(recv_now(&mut rx), Poll::Pending, "one sender is left");
+        drop(tx2);
+        assert_eq!(recv_now(&mut rx), Poll::Ready(None));
+    }
+
+    #[test]
+    fn senders_see_a_receiver_that_is_gone() {
+        let (tx, rx) = channel(1);
+        tx.try_send("a".into()).unwrap();
+        let mut waiting = pin!(tx.send("b".into()));
+        assert!(future::block_on(future::poll_once(waiting.as_mut())).is_none());
+        drop(rx);
+        assert_eq!(future::block_on(waiting), Err(Closed));
+        assert_eq!(
+            tx.try_send("c".into()),
+            Err(TrySendError::Closed("c".into()))
+        );
+    }
+
+    /// Lets the executor run until `n` senders wait for room.
+    async fn until_waiting(probe: &Sender, n: usize) {
+        for _ in 0..1000 {
+            if probe.0.borrow().waiting.len() == n {
+                return;
+            }
+            future::yield_now().await;
+        }
+        panic!("{n} senders never waited");
+    }
+
+    #[test]
+    fn a_waiting_send_gets_room_when_a_line_leaves() {
+        let ex = smol::LocalExecutor::new();
+        let (tx, mut rx) = channel(1);
+        tx.try_send("a".into()).unwrap();
+        let probe = tx.clone();
+        let task = ex.spawn(async move { tx.send("b".into()).await });
+        future::block_on(ex.run(async {
+            until_waiting(&probe, 1).await;
+            drop(probe);
+            assert!(!task.is_finished(), "the queue is full");
+            assert_eq!(poll_fn(|cx| rx.poll_recv(cx)).await, Some("a".to_string()));
+            assert_eq!(task.await, Ok(()));
+            assert_eq!(poll_fn(|cx| rx.poll_recv(cx)).await, Some("b".into()));
+            assert_eq!(poll_fn(|cx| rx.poll_recv(cx)).await, None);
+        }));
+    }
+
+    #[test]
+    fn a_cancelled_waiting_send_does_not_take_the_room_of_another() {
+        let ex = smol::LocalExecutor::new();
+        let (tx, mut rx) = channel(1);
+        tx.try_send("a".into()).unwrap();
+        let tx2 = tx.clone();
+        let probe = tx.clone();
+        let first = ex.spawn(async move { tx.send("first".into()).await });
+        let second = ex.spawn(async move { tx2.send("second".into()).await });
+        future::block_on(ex.run(async {
+            until_waiting(&probe, 2).await;
+            // The first waiter goes away; the second must still get the room.
+            first.cancel().await;
+            assert_eq!(poll_fn(|cx| rx.poll_recv(cx)).await, Some("a".into()));
+            let lost = async {
+                smol::Timer::after(std::time::Duration::from_secs(10)).await;
+                panic!("the second sender was never woken");
+            };
+            assert_eq!(future::or(second, lost).await, Ok(()));
+            assert_eq!(poll_fn(|cx| rx.poll_recv(cx)).await, Some("second".into()));
+        }));
+    }
+
+    #[test]
+    fn a_drained_queue_gives_its_buffer_back() {
+        let (tx, mut rx) = channel(32);
+        assert_eq!(
+            rx.0.borrow().lines.capacity(),
+            0,
+            "nothing allocated up front"
+        );
+        for i in 0..32 {
+            tx.try_send(i.to_string()).unwrap();
+        }
+        assert!(rx.0.borrow().lines.capacity() >= 32);
+        while let Poll::Ready(Some(_)) = recv_now(&mut rx) {}
+        assert_eq!(rx.0.borrow().lines.capacity(), 0);
+        // One line at a time keeps its small buffer (no allocation per line).
+        tx.try_send("x".into()).unwrap();
+        let _ = recv_now(&mut rx);
+        let kept = rx.0.borrow().lines.capacity();
+        assert!(kept > 0 && kept <= KEEP_CAPACITY, "kept {kept}");
+    }
+}
