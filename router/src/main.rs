@@ -7,6 +7,7 @@
 
 mod link;
 mod relay;
+mod replay;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -8,6 +8,13 @@
 //! `ping_interval`), every one of them is answered with an error carrying its id.
 //! Nothing but MCP messages is ever written to stdout.
 //!
+//! The link is kept by [`maintain_link`]: when it is lost, or the first connection
+//! fails, the router connects again after `reconnect_delay` (doubled, with jitter, up to
+//! `reconnect_max_delay`). A new link is opened to the host's traffic only after the
+//! host's session has been replayed on it ([`crate::replay`]); until then requests are
+//! answered with the error of the loss. Every link has a generation number: the tasks of
+//! a lost link find theirs stale and stop, so they can never end a newer one.
+//!
 //! Tracing: each message read from stdin gets a `stdio.read` server span (the child of
 //! trace context the host put in `params._meta`, if any); each request or notification
 //! forwarded gets a `gateway.request` client span whose context replaces `traceparent`
@@ -32,6 +39,7 @@ use opentelemetry::trace::SpanKind;
 use smol::LocalExecutor;
 
 use crate::link;
+use crate::replay::{self, Replay};
 
 /// Messages queued for stdout, at most (the WebSocket reader waits when it is full).
 pub const STDOUT_QUEUE: usize = 256;
@@ -77,13 +85,28 @@ struct State {
     /// `server.address` / `server.port` of the gateway, for span attributes (shared:
     /// read for every message).
     server: Rc<(String, u16)>,
-    /// The queue to the WebSocket writer, while the link is up.
+    /// The queue to the WebSocket writer, while the link is open to the host's traffic.
     link: Option<Sender<WsCmd>>,
-    /// Why the link is down.
+    /// Why the link is down (kept until a new link is open).
     down: Option<RelayError>,
+    /// Generation of the newest link (one per successful connection).
+    gen: u64,
+    /// Whether link `gen` is alive (connected and not yet lost).
+    live: bool,
+    /// Dropped when link `gen` is lost: wakes [`maintain_link`].
+    lost: Option<Sender<()>>,
+    /// The reader task of link `gen` and the sender that stops it.
+    reader: Option<(smol::Task<()>, Sender<()>)>,
+    /// A response [`maintain_link`] waits for (a request of its own, while it replays
+    /// the session on a new link): its id and where it goes.
+    awaited: Option<(Id, Sender<Message>)>,
+    /// The host's session, for replay on a new link.
+    replay: Replay,
+    /// Set at stdin EOF: a link that ends now is not reported as lost.
+    closing: bool,
     /// Set after stdin EOF; dropped (waking the waiter) once nothing is pending.
     drained: Option<Sender<()>>,
-    /// The link's TCP socket while it is up (see [`link_down`]).
+    /// The link's TCP socket while it is alive (see [`link_down`]).
     socket: Option<async_net::TcpStream>,
     /// Frames received from the gateway so far (any kind, pongs included): how
     /// [`keepalive`] tells a silent link.
@@ -91,6 +114,11 @@ struct State {
 }
 
 impl State {
+    /// Whether link `gen` is the newest one and still alive.
+    fn is_alive(&self, gen: u64) -> bool {
+        self.live && self.gen == gen
+    }
+
     /// Forgets an answered request, returning its spans; wakes the EOF drain when it
     /// was the last one.
     fn answered(&mut self, id: &Id) -> Option<Spans> {
@@ -106,10 +134,12 @@ type Shared = Rc<RefCell<State>>;
 
 /// Runs the router until stdin closes.
 pub fn run(cfg: RouterConfig, token: Option<Secret>, tel: Telemetry) -> Result<(), String> {
-    let ex = LocalExecutor::new();
+    // Leaked: the link manager spawns each link's tasks, so it needs the executor for
+    // as long as the process runs (there is one per process).
+    let ex: &'static LocalExecutor<'static> = Box::leak(Box::new(LocalExecutor::new()));
     // async_io::block_on: this thread drives the reactor while idle (no hand-off from
     // smol's reactor thread per I/O event).
-    let result = async_io::block_on(ex.run(relay(&ex, cfg, token, tel.clone())));
+    let result = async_io::block_on(ex.run(relay(ex, cfg, token, tel.clone())));
     tel.shutdown();
     result
 }
@@ -128,7 +158,7 @@ fn server_of(url: &str) -> (String, u16) {
 }
 
 async fn relay(
-    ex: &LocalExecutor<'_>,
+    ex: &'static LocalExecutor<'static>,
     cfg: RouterConfig,
     token: Option<Secret>,
     tel: Telemetry,
@@ -143,61 +173,22 @@ async fn relay(
     }));
     let max = cfg.limits.max_message_bytes;
 
-    let connect_cx = tel.start("gateway.connect", SpanKind::Client, &Cx::default(), |a| {
-        attrs::server(a, &server.0, server.1);
-        a.str("network.transport", "tcp");
-        a.str("url.full", &cfg.gateway.url);
-    });
-
-    let mut reader = None;
-    let connected = link::connect(
-        &cfg.gateway.url,
-        token.as_ref(),
-        max,
-        cfg.gateway.connect_timeout.0,
-        propagation::headers_for(&connect_cx),
-    )
-    .await;
-    match &connected {
-        Ok(_) => connect_cx.set_attributes(|a| a.str("websocket.protocol", "mcp")),
-        Err(e) => telemetry::fail(&connect_cx, "gateway_unreachable", &e.to_string()),
-    }
-    connect_cx.end();
-    match connected {
-        Ok((sink, stream, socket)) => {
-            log::info!("connected to gateway {}", cfg.gateway.url);
-            let (ws_tx, ws_rx) = async_channel::bounded(WS_QUEUE);
-            {
-                let mut st = state.borrow_mut();
-                st.link = Some(ws_tx);
-                st.socket = Some(socket);
-            }
-            let send_timeout = cfg.gateway.send_timeout.0;
-            ex.spawn(write_ws(
-                sink,
-                ws_rx,
-                send_timeout,
-                state.clone(),
-                out_tx.clone(),
-            ))
-            .detach();
-            let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
-            let task = ex.spawn(read_ws(stream, state.clone(), out_tx.clone(), stop_rx));
-            reader = Some((task, stop_tx));
-            let interval = cfg.gateway.ping_interval.0;
-            if !interval.is_zero() {
-                ex.spawn(keepalive(state.clone(), out_tx.clone(), interval))
-                    .detach();
-            }
-        }
-        Err(e) => {
-            log::error!("{e}; every request will be answered with an error");
-            state.borrow_mut().down = Some(e);
-        }
-    }
+    // The first connection attempt ends before stdin is read: the host's first message
+    // finds the link up, or the reason it is not.
+    let (first_tx, first_rx) = async_channel::bounded::<()>(1);
+    let manager = ex.spawn(maintain_link(
+        ex,
+        cfg.clone(),
+        token,
+        state.clone(),
+        out_tx.clone(),
+        first_tx,
+    ));
+    let _ = first_rx.recv().await;
 
     read_stdin(&state, &out_tx, cfg.limits.max_in_flight, max).await;
     log::info!("stdin closed; shutting down");
+    state.borrow_mut().closing = true;
 
     let waiter = {
         let mut st = state.borrow_mut();
@@ -216,7 +207,12 @@ async fn relay(
             );
         }
     }
-    let link = state.borrow_mut().link.take();
+    // No new link from here on (one being connected or replayed is abandoned).
+    drop(manager);
+    let (link, mut reader, gen) = {
+        let mut st = state.borrow_mut();
+        (st.link.take(), st.reader.take(), st.gen)
+    };
     let mut reader_done = false;
     if let Some(tx) = link {
         // Bounded even when the writer is stuck on a gateway that stopped reading.
@@ -237,10 +233,211 @@ async fn relay(
         task.await;
     }
     // Whatever the gateway did not answer gets an error now: no request goes unanswered.
-    link_down(&state, &out_tx, SHUTDOWN_REASON.into()).await;
+    link_down(&state, &out_tx, gen, SHUTDOWN_REASON.into()).await;
     // `close`, not `drop`: the detached writer task may still hold a sender.
     out_tx.close();
     stdout_task.await;
+    Ok(())
+}
+
+/// Keeps a link to the gateway: connects, and after a failed attempt or a lost link
+/// connects again after a growing delay (see the module documentation). Runs until
+/// shutdown cancels it, or after the first loss when `reconnect_delay` is zero.
+async fn maintain_link(
+    ex: &'static LocalExecutor<'static>,
+    cfg: RouterConfig,
+    token: Option<Secret>,
+    state: Shared,
+    out: Sender<String>,
+    first_done: Sender<()>,
+) {
+    let mut first_done = Some(first_done);
+    let first = cfg.gateway.reconnect_delay.0;
+    let mut delay = first;
+    let mut attempt = 0u64;
+    loop {
+        attempt += 1;
+        let opened = open_link(ex, &cfg, token.as_ref(), &state, &out, attempt > 1).await;
+        if let Err(e) = &opened {
+            if attempt == 1 || first.is_zero() {
+                log::error!("{e}; every request will be answered with an error");
+            } else {
+                log::warn!("{e}");
+            }
+            state.borrow_mut().down = Some(e.clone());
+        }
+        first_done.take();
+        if let Ok(lost) = opened {
+            delay = first;
+            // Every sender is dropped when the link is lost.
+            let _ = lost.recv().await;
+        }
+        if first.is_zero() {
+            return;
+        }
+        // Jitter (half to all of the delay): routers that lost the same gateway do not
+        // all come back at the same instant.
+        let wait = delay / 2 + delay.mul_f64(fastrand::f64() / 2.0);
+        log::info!("reconnecting to the gateway in {} ms", wait.as_millis());
+        async_io::Timer::after(wait).await;
+        delay = (delay * 2).min(cfg.gateway.reconnect_max_delay.0);
+    }
+}
+
+/// One connection attempt: connects (a `gateway.connect` span), starts the link's
+/// tasks, replays the host's session on it and opens it to the host's traffic. Returns
+/// what tells when the link is lost.
+async fn open_link(
+    ex: &'static LocalExecutor<'static>,
+    cfg: &RouterConfig,
+    token: Option<&Secret>,
+    state: &Shared,
+    out: &Sender<String>,
+    again: bool,
+) -> Result<Receiver<()>, RelayError> {
+    let (tel, server) = {
+        let st = state.borrow();
+        (st.tel.clone(), st.server.clone())
+    };
+    let connect_cx = tel.start("gateway.connect", SpanKind::Client, &Cx::default(), |a| {
+        attrs::server(a, &server.0, server.1);
+        a.str("network.transport", "tcp");
+        a.str("url.full", &cfg.gateway.url);
+    });
+    let connected = link::connect(
+        &cfg.gateway.url,
+        token,
+        cfg.limits.max_message_bytes,
+        cfg.gateway.connect_timeout.0,
+        propagation::headers_for(&connect_cx),
+    )
+    .await;
+    let (sink, stream, socket) = match connected {
+        Ok(parts) => {
+            connect_cx.set_attributes(|a| a.str("websocket.protocol", "mcp"));
+            connect_cx.end();
+            parts
+        }
+        Err(e) => {
+            telemetry::fail(&connect_cx, "gateway_unreachable", &e.to_string());
+            connect_cx.end();
+            return Err(e);
+        }
+    };
+    let (ws_tx, ws_rx) = async_channel::bounded(WS_QUEUE);
+    let (lost_tx, lost_rx) = async_channel::bounded::<()>(1);
+    let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
+    let gen = {
+        let mut st = state.borrow_mut();
+        st.gen += 1;
+        st.live = true;
+        st.socket = Some(socket);
+        st.lost = Some(lost_tx);
+        st.gen
+    };
+    let send_timeout = cfg.gateway.send_timeout.0;
+    ex.spawn(write_ws(
+        sink,
+        ws_rx,
+        send_timeout,
+        gen,
+        state.clone(),
+        out.clone(),
+    ))
+    .detach();
+    let reader = ex.spawn(read_ws(stream, gen, state.clone(), out.clone(), stop_rx));
+    if let Some((old, _)) = state.borrow_mut().reader.replace((reader, stop_tx)) {
+        // Not cancelled: it may still be handing a response to stdout.
+        old.detach();
+    }
+    let interval = cfg.gateway.ping_interval.0;
+    if !interval.is_zero() {
+        ex.spawn(keepalive(
+            state.clone(),
+            out.clone(),
+            ws_tx.clone(),
+            gen,
+            interval,
+        ))
+        .detach();
+    }
+
+    let replayed = restore_session(&ws_tx, state, cfg.gateway.connect_timeout.0).await;
+    if let Err(reason) = replayed {
+        let alive = state.borrow().is_alive(gen);
+        if !alive {
+            // Lost meanwhile: that loss is the reason.
+            let down = state.borrow().down.clone();
+            return Err(down.unwrap_or(RelayError::Disconnected { reason }));
+        }
+        link_down(state, out, gen, reason.clone()).await;
+        return Err(RelayError::Disconnected { reason });
+    }
+    let notices = {
+        let mut st = state.borrow_mut();
+        if !(st.live && st.gen == gen) {
+            // Lost while the session was being replayed.
+            drop(st);
+            return Ok(lost_rx);
+        }
+        st.link = Some(ws_tx);
+        st.down = None;
+        if again && st.replay.has_session() {
+            st.replay.list_changed()
+        } else {
+            Vec::new()
+        }
+    };
+    if again {
+        log::info!("reconnected to gateway {}", cfg.gateway.url);
+    } else {
+        log::info!("connected to gateway {}", cfg.gateway.url);
+    }
+    // The new gateway may route to other backends: lists the host cached may be stale.
+    for m in notices {
+        send_out(out, m.to_json()).await;
+    }
+    Ok(lost_rx)
+}
+
+/// Replays the host's session on a new link (see [`crate::replay`]): each request of
+/// the router's own is answered before the next is sent, within `deadline` each. An
+/// `initialize` that fails or is not answered fails the link; later steps only log.
+async fn restore_session(
+    ws: &Sender<WsCmd>,
+    state: &Shared,
+    deadline: Duration,
+) -> Result<(), String> {
+    let messages = state.borrow_mut().replay.messages();
+    for (i, m) in messages.into_iter().enumerate() {
+        let method = m.method().unwrap_or_default().to_string();
+        let Some(id) = m.id() else {
+            let _ = ws.send(WsCmd::Text(m.to_json())).await;
+            continue;
+        };
+        let (tx, rx) = async_channel::bounded::<Message>(1);
+        state.borrow_mut().awaited = Some((id, tx));
+        let answered = if ws.send(WsCmd::Text(m.to_json())).await.is_ok() {
+            timeout(deadline, rx.recv()).await
+        } else {
+            None
+        };
+        state.borrow_mut().awaited = None;
+        let failure = match answered {
+            Some(Ok(resp)) => resp.error().map(|e| e.to_string()),
+            _ => Some(format!(
+                "no answer within {} ms (connect_timeout)",
+                deadline.as_millis()
+            )),
+        };
+        match failure {
+            None => {}
+            Some(why) if i == 0 => {
+                return Err(format!("the gateway refused the replayed {method}: {why}"));
+            }
+            Some(why) => log::warn!("replaying {method} on the new link failed: {why}"),
+        }
+    }
     Ok(())
 }
 
@@ -288,6 +485,9 @@ async fn handle_client_line(
             return;
         }
     };
+    // Kept as the host sent it (before trace context is added) if the gateway session
+    // would need it again after a reconnection.
+    let shaping = replay::shapes_session(&msg).then(|| msg.clone());
     let (tel, server) = {
         let st = state.borrow();
         (st.tel.clone(), st.server.clone())
@@ -357,11 +557,20 @@ async fn handle_client_line(
         "websocket.message.sent",
         &[("message.size", AttrValue::Int(text.len() as i64))],
     );
-    match (msg.kind(), msg.id()) {
-        (Kind::Request, Some(id)) => {
-            state.borrow_mut().pending.insert(id, spans);
+    {
+        let mut st = state.borrow_mut();
+        if let Some(m) = &shaping {
+            st.replay.observe(m);
         }
-        _ => spans.end(),
+        match (msg.kind(), msg.id()) {
+            (Kind::Request, Some(id)) => {
+                st.pending.insert(id, spans);
+            }
+            _ => {
+                drop(st);
+                spans.end();
+            }
+        }
     }
     // The writer task answers pending requests itself if the link fails meanwhile.
     let _ = link.send(WsCmd::Text(text)).await;
@@ -376,6 +585,7 @@ async fn send_out(out: &Sender<String>, line: String) {
 /// Gateway → stdout, until the link ends or `stop` closes (shutdown).
 async fn read_ws(
     mut stream: link::Receiver,
+    gen: u64,
     state: Shared,
     out: Sender<String>,
     stop: Receiver<()>,
@@ -416,15 +626,26 @@ async fn read_ws(
             }
             Some(Ok(_)) => continue,
         };
-        if state.borrow().down.is_some() {
-            // The writer gave up on this link and answered its requests: nothing more
-            // from it may reach the host (a late response would answer an id twice).
+        if !state.borrow().is_alive(gen) {
+            // This link was given up on and its requests answered: nothing more from it
+            // may reach the host (a late response would answer an id twice).
             break "link abandoned".to_string();
         }
         match Message::parse(text.as_bytes()) {
             Ok(m) => {
                 let spans = match (m.kind(), m.id()) {
-                    (Kind::Response, Some(id)) => state.borrow_mut().answered(&id),
+                    (Kind::Response, Some(id)) => {
+                        let mut st = state.borrow_mut();
+                        if replay::is_own_id(&id) {
+                            // The answer to a request of the router's own (replay).
+                            if let Some((_, tx)) = st.awaited.take_if(|(want, _)| *want == id) {
+                                let _ = tx.try_send(m);
+                            }
+                            continue;
+                        }
+                        st.replay.observe_response(&m);
+                        st.answered(&id)
+                    }
                     _ => None,
                 };
                 let size = text.len() as i64;
@@ -442,7 +663,7 @@ async fn read_ws(
             Err(rej) => log::warn!("gateway sent an invalid message: {}", rej.error.message),
         }
     };
-    link_down(&state, &out, reason).await;
+    link_down(&state, &out, gen, reason).await;
 }
 
 /// Queue → gateway. A message the gateway's socket does not take within `send_timeout`
@@ -451,6 +672,7 @@ async fn write_ws(
     mut sink: link::Sender,
     rx: Receiver<WsCmd>,
     send_timeout: Duration,
+    gen: u64,
     state: Shared,
     out: Sender<String>,
 ) {
@@ -473,7 +695,7 @@ async fn write_ws(
                 send_timeout.as_millis()
             ),
         };
-        link_down(&state, &out, reason).await;
+        link_down(&state, &out, gen, reason).await;
         return;
     }
 }
@@ -482,16 +704,24 @@ async fn write_ws(
 /// after as long again still without one, the link is lost (pending requests answered
 /// with an error). A gateway answers pings by itself (WebSocket pong) even while every
 /// request is busy, so only a dead peer or path stays silent. Ends with the link.
-async fn keepalive(state: Shared, out: Sender<String>, interval: Duration) {
+async fn keepalive(
+    state: Shared,
+    out: Sender<String>,
+    link: Sender<WsCmd>,
+    gen: u64,
+    interval: Duration,
+) {
     let mut seen = state.borrow().received;
     let mut pinged = false;
     loop {
         async_io::Timer::after(interval).await;
-        let (link, received) = {
+        let received = {
             let st = state.borrow();
-            (st.link.clone(), st.received)
+            if !st.is_alive(gen) {
+                return;
+            }
+            st.received
         };
-        let Some(link) = link else { return };
         // Not silence: a full stdout queue stops our reader, not the gateway; messages
         // still queued for the gateway mean the writer is busy (and a ping would wait
         // behind them), which `send_timeout` watches.
@@ -502,7 +732,7 @@ async fn keepalive(state: Shared, out: Sender<String>, interval: Duration) {
                 "no frame from the gateway for {} ms after a ping (ping_interval)",
                 interval.as_millis()
             );
-            link_down(&state, &out, reason).await;
+            link_down(&state, &out, gen, reason).await;
             return;
         } else {
             log::debug!("link silent for {} ms; ping sent", interval.as_millis());
@@ -511,28 +741,32 @@ async fn keepalive(state: Shared, out: Sender<String>, interval: Duration) {
     }
 }
 
-/// Marks the link down and answers every pending request with an error.
-async fn link_down(state: &Shared, out: &Sender<String>, reason: String) {
-    let (pending, was_up) = {
+/// Marks link `gen` lost and answers every pending request with an error. The first
+/// report of a link's loss counts (the reason later requests are told); later ones, and
+/// reports about an older link, do nothing.
+async fn link_down(state: &Shared, out: &Sender<String>, gen: u64, reason: String) {
+    let pending = {
         let mut st = state.borrow_mut();
-        let was_up = st.link.take().is_some();
-        if was_up {
-            // Both halves share the socket: shut it so that the reader ends and the
-            // gateway sees the connection go (its session and backends then end).
-            if let Some(socket) = st.socket.take() {
-                let _ = socket.shutdown(std::net::Shutdown::Both);
-            }
+        if !st.is_alive(gen) {
+            return;
         }
-        // The first reason stays the one later requests are told.
-        if st.down.is_none() {
-            st.down = Some(RelayError::Disconnected {
-                reason: reason.clone(),
-            });
+        st.live = false;
+        st.link = None;
+        // Wakes the link manager, and a replay waiting for an answer.
+        st.lost = None;
+        st.awaited = None;
+        // Both halves share the socket: shut it so that the reader ends and the gateway
+        // sees the connection go (its session and backends then end).
+        if let Some(socket) = st.socket.take() {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
         }
+        st.down = Some(RelayError::Disconnected {
+            reason: reason.clone(),
+        });
         st.drained = None;
-        (st.pending.drain().collect::<Vec<_>>(), was_up)
+        st.pending.drain().collect::<Vec<_>>()
     };
-    if was_up {
+    if !state.borrow().closing {
         log::error!("gateway link lost: {reason}");
     }
     let err = RelayError::Disconnected { reason }.to_rpc_error();

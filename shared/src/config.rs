@@ -39,6 +39,11 @@ pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// silent before it is probed with a ping (and, with no frame for as long again,
 /// treated as gone).
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// Default first wait of the router before it reconnects to the gateway (doubled after
+/// each failed attempt, up to [`DEFAULT_RECONNECT_MAX_DELAY`]).
+pub const DEFAULT_RECONNECT_DELAY: Duration = Duration::from_millis(500);
+/// Default longest wait of the router between two connection attempts.
+pub const DEFAULT_RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
 /// Default time a backend has to exit after its stdin is closed, before it is killed.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Default WebSocket endpoint path.
@@ -216,6 +221,12 @@ fn default_send_timeout() -> Dur {
 }
 fn default_ping_interval() -> Dur {
     Dur(DEFAULT_PING_INTERVAL)
+}
+fn default_reconnect_delay() -> Dur {
+    Dur(DEFAULT_RECONNECT_DELAY)
+}
+fn default_reconnect_max_delay() -> Dur {
+    Dur(DEFAULT_RECONNECT_MAX_DELAY)
 }
 fn default_shutdown_grace() -> Dur {
     Dur(DEFAULT_SHUTDOWN_GRACE)
@@ -652,6 +663,14 @@ pub struct GatewayLink {
     /// Zero turns the pings off.
     #[serde(default = "default_ping_interval")]
     pub ping_interval: Dur,
+    /// Wait before reconnecting after the link is lost or a connection attempt fails;
+    /// doubled (with jitter) after each failed attempt, up to `reconnect_max_delay`.
+    /// Zero: never reconnect (every request is answered with an error from then on).
+    #[serde(default = "default_reconnect_delay")]
+    pub reconnect_delay: Dur,
+    /// Longest wait between two connection attempts.
+    #[serde(default = "default_reconnect_max_delay")]
+    pub reconnect_max_delay: Dur,
 }
 
 /// `[limits]` of the router.
@@ -686,6 +705,8 @@ impl RouterConfig {
                 connect_timeout: default_connect_timeout(),
                 send_timeout: default_send_timeout(),
                 ping_interval: default_ping_interval(),
+                reconnect_delay: default_reconnect_delay(),
+                reconnect_max_delay: default_reconnect_max_delay(),
             },
             limits: RouterLimits::default(),
             logging: LoggingConfig::default(),
@@ -707,6 +728,19 @@ impl RouterConfig {
             &["gateway", "connect_timeout"],
         )?;
         validate_positive_duration(self.gateway.send_timeout, &["gateway", "send_timeout"])?;
+        let (first, most) = (
+            self.gateway.reconnect_delay.0,
+            self.gateway.reconnect_max_delay.0,
+        );
+        if !first.is_zero() && most < first {
+            return Err(invalid(
+                &["gateway", "reconnect_max_delay"],
+                format!(
+                    "must be at least reconnect_delay ({} ms)",
+                    first.as_millis()
+                ),
+            ));
+        }
         validate_message_bytes(self.limits.max_message_bytes)?;
         validate_nonzero(self.limits.max_in_flight, &["limits", "max_in_flight"])?;
         self.tracing.validate()
@@ -1344,6 +1378,13 @@ env = { A = "1" }
         let e = with("send_timeout = \"0s\"").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("gateway.send_timeout"));
         assert_eq!(e.line, Some(3));
+        assert_eq!(c.gateway.reconnect_delay.0, DEFAULT_RECONNECT_DELAY);
+        assert_eq!(c.gateway.reconnect_max_delay.0, DEFAULT_RECONNECT_MAX_DELAY);
+        let c = with("reconnect_delay = \"0s\"").unwrap();
+        assert!(c.gateway.reconnect_delay.0.is_zero(), "zero means never");
+        let e = with("reconnect_delay = \"2s\"\nreconnect_max_delay = \"1s\"").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("gateway.reconnect_max_delay"), "{e}");
+        assert_eq!(e.line, Some(4), "{e}");
     }
 
     #[test]

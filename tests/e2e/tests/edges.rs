@@ -230,6 +230,92 @@ fn gateway_loss_answers_pending_requests() {
     drop(gw);
 }
 
+/// A gateway like [`gateway`] listening on `addr` (one an earlier gateway used).
+fn gateway_on(addr: &str) -> Gateway {
+    Gateway::start_raw(&format!(
+        "[server]\nlisten = \"{addr}\"\n{}",
+        fixture_backend("one", "")
+    ))
+}
+
+/// `127.0.0.1:PORT` with a port that was free a moment ago.
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+#[test]
+fn router_reconnects_to_a_restarted_gateway_and_restores_the_session() {
+    let mut gw = gateway();
+    let addr = gw.addr();
+    let mut c = router_with_config(&gw.url, "reconnect_delay = \"100ms\"\n");
+    let caps = c.initialize();
+    assert_eq!(caps["capabilities"]["tools"]["listChanged"], true, "{caps}");
+    c.request(json!("lvl"), "logging/setLevel", json!({"level": "debug"}));
+    assert_eq!(
+        text_of(&c.call(json!(1), "one.echo", json!({"text":"a"}))),
+        "a"
+    );
+    c.send(json!({"jsonrpc":"2.0","id":"stuck","method":"tools/call","params":{"name":"one.sleep","arguments":{"ms":30000}}}));
+    // Answered after "stuck" reached the gateway (one link, in order).
+    assert_eq!(
+        text_of(&c.call(json!("probe"), "one.echo", json!({"text":"p"}))),
+        "p"
+    );
+    signal(gw.pid(), "KILL");
+    gw.terminate();
+    // In flight at the loss: an error (whether the old gateway ran it is unknown).
+    let r = c.response(&json!("stuck"));
+    assert_eq!(error_code(&r), -32004, "{r}");
+    c.wait_log("gateway link lost");
+
+    let gw2 = gateway_on(&addr);
+    c.wait_log("reconnected to gateway");
+    // The host is told its cached lists may be stale.
+    c.recv_where(|m| m["method"] == "notifications/tools/list_changed");
+    // The new gateway session was initialised by the router's replay (a gateway refuses
+    // tools/call before initialize), with the host's client info and log level.
+    let init = gw2.wait_line("initialized by");
+    assert!(init.contains("e2e"), "{init}");
+    assert_eq!(
+        text_of(&c.call(json!(2), "one.echo", json!({"text":"b"}))),
+        "b"
+    );
+    assert!(
+        !c.log.text().contains("replaying"),
+        "every replayed step succeeded:\n{}",
+        c.log.text()
+    );
+    // The router's own replay answers never reached the host.
+    assert!(c.drain_for(Duration::ZERO).iter().all(|m| !m["id"]
+        .as_str()
+        .is_some_and(|id| id.starts_with("mcp-router"))));
+    assert!(c.close_stdin().success());
+}
+
+#[test]
+fn router_started_before_its_gateway_connects_when_it_comes_up() {
+    let addr = free_addr();
+    let mut c = router_with_config(&format!("ws://{addr}/mcp"), "reconnect_delay = \"100ms\"\n");
+    let r = c.request(json!(1), "initialize", json!({}));
+    assert_eq!(error_code(&r), -32004, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{r}"
+    );
+    let _gw = gateway_on(&addr);
+    c.wait_log("reconnected to gateway");
+    c.initialize();
+    assert_eq!(
+        text_of(&c.call(json!(2), "one.echo", json!({"text":"up"}))),
+        "up"
+    );
+    assert!(c.close_stdin().success());
+}
+
 /// A WebSocket client of `gw` (subprotocol `mcp`) that reads only when the test does.
 fn raw_client(gw: &Gateway) -> tungstenite::WebSocket<std::net::TcpStream> {
     use tungstenite::client::IntoClientRequest;
