@@ -53,6 +53,11 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// arrive (so `printf ... | mcp-router` prints its answers) before the link is closed.
 pub const EOF_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the gateway may take to answer the replayed `initialize` on a new link (and,
+/// all together, the rest of the replay). Longer than the gateway's default
+/// `request_timeout` (60 s): its `initialize` waits for its backends to start.
+pub const REPLAY_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// What a request still unanswered when the router exits is told.
 const SHUTDOWN_REASON: &str = "stdin closed before the gateway answered";
 
@@ -95,11 +100,16 @@ struct State {
     live: bool,
     /// Dropped when link `gen` is lost: wakes [`maintain_link`].
     lost: Option<Sender<()>>,
-    /// The reader task of link `gen` and the sender that stops it.
-    reader: Option<(smol::Task<()>, Sender<()>)>,
-    /// A response [`maintain_link`] waits for (a request of its own, while it replays
-    /// the session on a new link): its id and where it goes.
-    awaited: Option<(Id, Sender<Message>)>,
+    /// The reader tasks of the newest link and of older ones not yet finished (one
+    /// may still be handing a response to stdout), each with the sender that stops it.
+    readers: Vec<(smol::Task<()>, Sender<()>)>,
+    /// The queue to the writer of a link whose session is being replayed: the host's
+    /// responses and notifications go through (the new session may already ask the
+    /// host something), its requests wait for the link to open.
+    replaying: Option<Sender<WsCmd>>,
+    /// Responses [`maintain_link`] waits for (requests of its own, while it replays the
+    /// session on a new link): their ids, and where they go.
+    awaited: Option<(Vec<Id>, Sender<Message>)>,
     /// The host's session, for replay on a new link.
     replay: Replay,
     /// Set at stdin EOF: a link that ends now is not reported as lost.
@@ -209,26 +219,26 @@ async fn relay(
     }
     // No new link from here on (one being connected or replayed is abandoned).
     drop(manager);
-    let (link, mut reader, gen) = {
+    let (link, mut readers, gen) = {
         let mut st = state.borrow_mut();
-        (st.link.take(), st.reader.take(), st.gen)
+        st.replaying = None;
+        (st.link.take(), std::mem::take(&mut st.readers), st.gen)
     };
-    let mut reader_done = false;
     if let Some(tx) = link {
         // Bounded even when the writer is stuck on a gateway that stopped reading.
         timeout(CLOSE_TIMEOUT, async {
             let _ = tx.send(WsCmd::Close).await;
-            if let Some((task, _)) = &mut reader {
+            if let Some((task, _)) = readers.last_mut() {
                 task.await;
+                readers.pop();
             }
-            reader_done = true;
         })
         .await;
     }
-    if let Some((task, stop)) = reader.filter(|_| !reader_done) {
+    for (task, stop) in readers {
         // Not cancelled: a reader that is handing a response to stdout finishes that
         // first (cancelling it there would lose a response already taken off the
-        // pending table). It stops reading the link at once.
+        // pending table). It stops reading its link at once.
         stop.close();
         task.await;
     }
@@ -268,9 +278,15 @@ async fn maintain_link(
         }
         first_done.take();
         if let Ok(lost) = opened {
-            delay = first;
+            let up = std::time::Instant::now();
             // Every sender is dropped when the link is lost.
             let _ = lost.recv().await;
+            // A link that stayed up a while starts the backoff over; one a gateway drops
+            // right after the handshake does not (it would be reconnected to, and a
+            // session and its backends made, every `reconnect_delay`).
+            if up.elapsed() >= cfg.gateway.reconnect_max_delay.0 {
+                delay = first;
+            }
         }
         if first.is_zero() {
             return;
@@ -346,9 +362,11 @@ async fn open_link(
     ))
     .detach();
     let reader = ex.spawn(read_ws(stream, gen, state.clone(), out.clone(), stop_rx));
-    if let Some((old, _)) = state.borrow_mut().reader.replace((reader, stop_tx)) {
-        // Not cancelled: it may still be handing a response to stdout.
-        old.detach();
+    {
+        let mut st = state.borrow_mut();
+        st.readers.retain(|(task, _)| !task.is_finished());
+        st.readers.push((reader, stop_tx));
+        st.replaying = Some(ws_tx.clone());
     }
     let interval = cfg.gateway.ping_interval.0;
     if !interval.is_zero() {
@@ -362,7 +380,8 @@ async fn open_link(
         .detach();
     }
 
-    let replayed = restore_session(&ws_tx, state, cfg.gateway.connect_timeout.0).await;
+    let replayed = restore_session(&ws_tx, state, gen).await;
+    state.borrow_mut().replaying = None;
     if let Err(reason) = replayed {
         let alive = state.borrow().is_alive(gen);
         if !alive {
@@ -375,11 +394,6 @@ async fn open_link(
     }
     let notices = {
         let mut st = state.borrow_mut();
-        if !(st.live && st.gen == gen) {
-            // Lost while the session was being replayed.
-            drop(st);
-            return Ok(lost_rx);
-        }
         st.link = Some(ws_tx);
         st.down = None;
         if again && st.replay.has_session() {
@@ -400,45 +414,86 @@ async fn open_link(
     Ok(lost_rx)
 }
 
-/// Replays the host's session on a new link (see [`crate::replay`]): each request of
-/// the router's own is answered before the next is sent, within `deadline` each. An
-/// `initialize` that fails or is not answered fails the link; later steps only log.
-async fn restore_session(
-    ws: &Sender<WsCmd>,
-    state: &Shared,
-    deadline: Duration,
-) -> Result<(), String> {
+/// Replays the host's session on a new link (see [`crate::replay`]): `initialize`
+/// first, answered (with a result) within [`REPLAY_TIMEOUT`] or the attempt fails;
+/// then the rest together, whose failures are only logged. Fails too when link `gen`
+/// is lost meanwhile.
+async fn restore_session(ws: &Sender<WsCmd>, state: &Shared, gen: u64) -> Result<(), String> {
     let messages = state.borrow_mut().replay.messages();
-    for (i, m) in messages.into_iter().enumerate() {
-        let method = m.method().unwrap_or_default().to_string();
-        let Some(id) = m.id() else {
-            let _ = ws.send(WsCmd::Text(m.to_json())).await;
-            continue;
-        };
-        let (tx, rx) = async_channel::bounded::<Message>(1);
-        state.borrow_mut().awaited = Some((id, tx));
-        let answered = if ws.send(WsCmd::Text(m.to_json())).await.is_ok() {
-            timeout(deadline, rx.recv()).await
-        } else {
-            None
-        };
-        state.borrow_mut().awaited = None;
-        let failure = match answered {
-            Some(Ok(resp)) => resp.error().map(|e| e.to_string()),
-            _ => Some(format!(
-                "no answer within {} ms (connect_timeout)",
-                deadline.as_millis()
-            )),
-        };
-        match failure {
-            None => {}
-            Some(why) if i == 0 => {
-                return Err(format!("the gateway refused the replayed {method}: {why}"));
-            }
-            Some(why) => log::warn!("replaying {method} on the new link failed: {why}"),
-        }
+    let mut messages = messages.into_iter();
+    let Some(init) = messages.next() else {
+        return Ok(());
+    };
+    let answers = exchange(ws, state, gen, vec![init]).await?;
+    let Some(init) = answers.first() else {
+        return Err(format!(
+            "the gateway did not answer the replayed initialize within {} s",
+            REPLAY_TIMEOUT.as_secs()
+        ));
+    };
+    if let Some(e) = init.error() {
+        return Err(format!("the gateway refused the replayed initialize: {e}"));
+    }
+    // The new gateway's capabilities decide which lists the host is told changed.
+    state.borrow_mut().replay.observe_capabilities(init);
+    let rest: Vec<Message> = messages.collect();
+    let asked = rest.iter().filter(|m| m.kind() == Kind::Request).count();
+    let answers = exchange(ws, state, gen, rest).await?;
+    let failed: Vec<String> = answers
+        .iter()
+        .filter_map(|a| a.error().map(|e| e.to_string()))
+        .collect();
+    if answers.len() < asked || !failed.is_empty() {
+        log::warn!(
+            "replaying the session on the new link: {} of {asked} request(s) unanswered, {} refused{}",
+            asked - answers.len(),
+            failed.len(),
+            failed.first().map(|e| format!(" (first: {e})")).unwrap_or_default()
+        );
     }
     Ok(())
+}
+
+/// Sends the router's own `messages` on link `gen` and collects the answers to its
+/// requests until all came or [`REPLAY_TIMEOUT`] passed. Fails when the link is lost.
+async fn exchange(
+    ws: &Sender<WsCmd>,
+    state: &Shared,
+    gen: u64,
+    messages: Vec<Message>,
+) -> Result<Vec<Message>, String> {
+    let ids: Vec<Id> = messages.iter().filter_map(|m| m.id()).collect();
+    let (tx, rx) = async_channel::bounded::<Message>(ids.len().max(1));
+    let expected = ids.len();
+    state.borrow_mut().awaited = Some((ids, tx));
+    let lost = || {
+        let st = state.borrow();
+        (!st.is_alive(gen)).then(|| match &st.down {
+            Some(e) => e.to_string(),
+            None => "the link was lost".to_string(),
+        })
+    };
+    for m in messages {
+        if ws.send(WsCmd::Text(m.to_json())).await.is_err() {
+            break;
+        }
+    }
+    let mut answers = Vec::with_capacity(expected);
+    timeout(REPLAY_TIMEOUT, async {
+        // Ends early when the link is lost (`link_down` drops the sender).
+        while answers.len() < expected {
+            match rx.recv().await {
+                Ok(m) => answers.push(m),
+                Err(_) => break,
+            }
+        }
+    })
+    .await;
+    state.borrow_mut().awaited = None;
+    match lost() {
+        Some(reason) => Err(reason),
+        None => Ok(answers),
+    }
 }
 
 /// Reads stdin to EOF, forwarding each valid message and answering bad ones.
@@ -522,7 +577,13 @@ async fn handle_client_line(
     };
     let decision = {
         let st = state.borrow();
-        match st.link.clone() {
+        match st.link.clone().or_else(|| {
+            // While a new link's session is replayed, the host's answers (to what the
+            // new session asks it) and notifications go through; its requests wait.
+            (msg.kind() != Kind::Request)
+                .then(|| st.replaying.clone())
+                .flatten()
+        }) {
             None => Err(st
                 .down
                 .clone()
@@ -636,12 +697,19 @@ async fn read_ws(
                 let spans = match (m.kind(), m.id()) {
                     (Kind::Response, Some(id)) => {
                         let mut st = state.borrow_mut();
-                        if replay::is_own_id(&id) {
-                            // The answer to a request of the router's own (replay).
-                            if let Some((_, tx)) = st.awaited.take_if(|(want, _)| *want == id) {
-                                let _ = tx.try_send(m);
+                        if !st.pending.contains_key(&id) {
+                            // Not the host's: the answer to a request of the router's
+                            // own (replay), which never reaches the host.
+                            if let Some((ids, tx)) = &mut st.awaited {
+                                if let Some(i) = ids.iter().position(|w| *w == id) {
+                                    ids.swap_remove(i);
+                                    let _ = tx.try_send(m);
+                                    continue;
+                                }
                             }
-                            continue;
+                            if replay::is_own_id(&id) {
+                                continue;
+                            }
                         }
                         st.replay.observe_response(&m);
                         st.answered(&id)
@@ -755,6 +823,7 @@ async fn link_down(state: &Shared, out: &Sender<String>, gen: u64, reason: Strin
         // Wakes the link manager, and a replay waiting for an answer.
         st.lost = None;
         st.awaited = None;
+        st.replaying = None;
         // Both halves share the socket: shut it so that the reader ends and the gateway
         // sees the connection go (its session and backends then end).
         if let Some(socket) = st.socket.take() {

@@ -87,6 +87,12 @@ impl Replay {
             return;
         }
         self.initialize_id = None;
+        self.observe_capabilities(msg);
+    }
+
+    /// Takes the lists that can change from an `initialize` result (the host's, or the
+    /// replayed one's on a new link: that gateway's capabilities are the ones that count).
+    pub fn observe_capabilities(&mut self, msg: &Message) {
         let Some(caps) = msg.result().and_then(|r| lookup(r, "capabilities")) else {
             return;
         };

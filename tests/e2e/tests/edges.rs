@@ -244,24 +244,31 @@ fn free_addr() -> String {
     l.local_addr().unwrap().to_string()
 }
 
+/// Reconnection settings short enough for a test (the backoff stays under 200 ms).
+const FAST_RECONNECT: &str = "reconnect_delay = \"100ms\"\nreconnect_max_delay = \"200ms\"\n";
+
 #[test]
 fn router_reconnects_to_a_restarted_gateway_and_restores_the_session() {
     let mut gw = gateway();
     let addr = gw.addr();
-    let mut c = router_with_config(&gw.url, "reconnect_delay = \"100ms\"\n");
+    let mut c = router_with_config(&gw.url, FAST_RECONNECT);
     let caps = c.initialize();
     assert_eq!(caps["capabilities"]["tools"]["listChanged"], true, "{caps}");
-    c.request(json!("lvl"), "logging/setLevel", json!({"level": "debug"}));
-    assert_eq!(
-        text_of(&c.call(json!(1), "one.echo", json!({"text":"a"}))),
-        "a"
+    // Session state the new gateway must get again: a log level that silences the
+    // fixture's info messages, and a subscription.
+    let r = c.request(
+        json!("lvl"),
+        "logging/setLevel",
+        json!({"level": "warning"}),
     );
-    c.send(json!({"jsonrpc":"2.0","id":"stuck","method":"tools/call","params":{"name":"one.sleep","arguments":{"ms":30000}}}));
+    assert!(r.get("result").is_some(), "{r}");
+    let uri = "fixture://one/hello";
+    let r = c.request(json!("sub"), "resources/subscribe", json!({ "uri": uri }));
+    assert!(r.get("result").is_some(), "{r}");
+    c.send(json!({"jsonrpc":"2.0","id":"stuck","method":"tools/call","params":{"name":"one.sleep","arguments":{"ms":3000}}}));
     // Answered after "stuck" reached the gateway (one link, in order).
-    assert_eq!(
-        text_of(&c.call(json!("probe"), "one.echo", json!({"text":"p"}))),
-        "p"
-    );
+    let r = c.call(json!("probe"), "one.echo", json!({"text":"p"}));
+    assert_eq!(text_of(&r), "p");
     signal(gw.pid(), "KILL");
     gw.terminate();
     // In flight at the loss: an error (whether the old gateway ran it is unknown).
@@ -274,29 +281,41 @@ fn router_reconnects_to_a_restarted_gateway_and_restores_the_session() {
     // The host is told its cached lists may be stale.
     c.recv_where(|m| m["method"] == "notifications/tools/list_changed");
     // The new gateway session was initialised by the router's replay (a gateway refuses
-    // tools/call before initialize), with the host's client info and log level.
+    // tools/call before initialize), with the host's client info.
     let init = gw2.wait_line("initialized by");
     assert!(init.contains("e2e"), "{init}");
-    assert_eq!(
-        text_of(&c.call(json!(2), "one.echo", json!({"text":"b"}))),
-        "b"
-    );
+    let r = c.call(json!(2), "one.echo", json!({"text":"b"}));
+    assert_eq!(text_of(&r), "b");
+    // The subscription was restored: the backend tells the host about the update.
+    let r = c.call(json!(3), "one.touch", json!({ "uri": uri }));
+    assert_eq!(text_of(&r), "touched");
+    c.recv_where(|m| m["method"] == "notifications/resources/updated" && m["params"]["uri"] == uri);
+    // So was the log level: the info message `progress` logs before its result would
+    // be queued ahead of the result.
+    let r = c.call(json!(4), "one.progress", json!({"steps": 1}));
+    assert_eq!(text_of(&r), "done 1");
     assert!(
-        !c.log.text().contains("replaying"),
+        !c.log.text().contains("replaying the session"),
         "every replayed step succeeded:\n{}",
         c.log.text()
     );
-    // The router's own replay answers never reached the host.
-    assert!(c.drain_for(Duration::ZERO).iter().all(|m| !m["id"]
-        .as_str()
-        .is_some_and(|id| id.starts_with("mcp-router"))));
+    // Neither the router's own replay answers nor the silenced log message reached the
+    // host.
+    let rest = c.drain_for(Duration::ZERO);
+    let leaked = |m: &serde_json::Value| {
+        m["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("mcp-router"))
+            || m["method"] == "notifications/message"
+    };
+    assert!(!rest.iter().any(leaked), "{rest:?}");
     assert!(c.close_stdin().success());
 }
 
 #[test]
 fn router_started_before_its_gateway_connects_when_it_comes_up() {
     let addr = free_addr();
-    let mut c = router_with_config(&format!("ws://{addr}/mcp"), "reconnect_delay = \"100ms\"\n");
+    let mut c = router_with_config(&format!("ws://{addr}/mcp"), FAST_RECONNECT);
     let r = c.request(json!(1), "initialize", json!({}));
     assert_eq!(error_code(&r), -32004, "{r}");
     assert!(
@@ -313,6 +332,10 @@ fn router_started_before_its_gateway_connects_when_it_comes_up() {
         text_of(&c.call(json!(2), "one.echo", json!({"text":"up"}))),
         "up"
     );
+    // A host id that looks like the router's own replay ids is still the host's.
+    let own_looking = json!("mcp-router-replay-1");
+    let r = c.call(own_looking.clone(), "one.echo", json!({"text":"mine"}));
+    assert_eq!((text_of(&r), &r["id"]), ("mine".to_string(), &own_looking));
     assert!(c.close_stdin().success());
 }
 
