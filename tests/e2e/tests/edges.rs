@@ -396,6 +396,33 @@ impl HungGateway {
     }
 }
 
+#[test]
+fn router_without_tracing_forwards_the_hosts_bytes_unchanged() {
+    // A gateway stand-in that hands over the first text message it receives.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/mcp", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut ws = tungstenite::accept_hdr(stream, choose_mcp).unwrap();
+        while let Ok(m) = ws.read() {
+            if let tungstenite::Message::Text(t) = m {
+                let _ = tx.send(t.as_str().to_owned());
+                return;
+            }
+        }
+    });
+    let mut c = Client::router(&url);
+    // Spacing, an escaped character and a number a serialiser would each write
+    // differently.
+    let line =
+        r#"{ "jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"x": "\u00e9", "n": 1.50} }"#;
+    c.send_raw(line);
+    let got = rx.recv_timeout(Duration::from_secs(15)).expect("a message");
+    assert_eq!(got, line);
+    drop(c);
+}
+
 /// Handshake callback: answers the router's subprotocol offer with `mcp`.
 #[allow(clippy::result_large_err)] // the signature tungstenite requires of a callback
 fn choose_mcp(
