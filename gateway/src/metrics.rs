@@ -210,7 +210,7 @@ type SpanSource = Box<dyn Fn() -> (u64, u64)>;
 /// Why the gateway ended a client's session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dropped {
-    /// The client's socket took no message within `send_timeout`.
+    /// The client's socket took no bytes for `send_timeout` while a message waited.
     SendTimeout = 0,
     /// The client sent no frame for an interval after a ping (`ping_interval`).
     Silent = 1,
@@ -443,7 +443,7 @@ impl Metrics {
             name,
             "counter",
             "Sessions the gateway closed because of the client: send_timeout (its socket \
-             took no message in time) or ping_timeout (silent after a ping).",
+             took no bytes for send_timeout) or ping_timeout (silent after a ping).",
         );
         for why in [Dropped::SendTimeout, Dropped::Silent] {
             let n = self.sessions_dropped[why as usize].get();

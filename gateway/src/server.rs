@@ -3,7 +3,6 @@
 //! a writer task. Also the shutdown sequence: stop accepting, close sessions, wait for
 //! them within a deadline.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -20,6 +19,7 @@ use async_tungstenite::WebSocketSender;
 use futures_lite::StreamExt;
 use futures_util::Sink;
 use mcp_shared::framing::WS_WRITE_BUFFER_BYTES;
+use mcp_shared::meter::{Meter, Metered};
 use mcp_shared::telemetry::{attrs, propagation, Attrs, Cx};
 
 use crate::metrics::Dropped;
@@ -156,13 +156,16 @@ fn check_handshake(
 }
 
 /// The session's writer task: sends the queued lines to the client until the queue
-/// closes (then a close frame), a send fails, the client's socket takes nothing for
-/// `send_timeout`, or the client goes silent; in the last three cases it shuts the
-/// socket down, which ends the session's read loop too.
+/// closes (then a close frame), a send fails, the client's socket takes no byte for
+/// `send_timeout` while a message waits (looked at once per `send_timeout`: a large
+/// message on a slow link that keeps moving is not cut off), or the client goes silent;
+/// in the last three cases it shuts the socket down, which ends the session's read loop
+/// too.
 ///
-/// Keepalive: every `ping_interval` (zero: never) it looks at `received`, the reader's
-/// count of frames from the client. Silent for a whole interval: a ping (clients answer
-/// by themselves); silent at the next look too: the client is gone (a vanished host or
+/// Keepalive: every `ping_interval` (zero: never) it looks at the bytes read from the
+/// client (`meter`; a large message arriving slowly is not silence). Silent for a whole
+/// interval: a ping (clients answer by themselves); silent at the next look too: the
+/// client is gone (a vanished host or
 /// path, which TCP reports only after many minutes, would otherwise hold the session and
 /// its per-client backends).
 ///
@@ -171,17 +174,19 @@ fn check_handshake(
 /// timer) were 648–1,064 bytes against this struct's 368; that cost idle sessions
 /// 0.5–1.7 KB each (`mcp-bench sessions`, docs/benchmark.md).
 struct ClientWriter {
-    sink: WebSocketSender<TcpStream>,
+    sink: WebSocketSender<Metered<TcpStream>>,
     queue: outbox::Receiver,
     socket: TcpStream,
-    received: Rc<Cell<u64>>,
+    meter: Rc<Meter>,
     session: u64,
     send_timeout: Duration,
     ping_interval: Duration,
     /// Armed only while a send waits (most finish at their first poll).
     deadline: async_io::Timer,
+    /// Bytes written when `deadline` was last armed.
+    mark: u64,
     tick: async_io::Timer,
-    /// `received` at the last tick, and whether a ping has gone out since it changed.
+    /// Bytes read at the last tick, and whether a ping has gone out since they changed.
     seen: u64,
     pinged: bool,
     /// The frame to hand to the sink; `sending` while it is handed or being flushed.
@@ -196,11 +201,11 @@ impl ClientWriter {
     /// Starts the writer task. (Built here, in a plain function: built inside the
     /// `connection` future, the writer would also take room in that future's state.)
     fn spawn(
-        sink: WebSocketSender<TcpStream>,
+        sink: WebSocketSender<Metered<TcpStream>>,
         queue: outbox::Receiver,
         socket: TcpStream,
         (send_timeout, ping_interval): (Duration, Duration),
-        received: Rc<Cell<u64>>,
+        meter: Rc<Meter>,
         session: u64,
     ) -> smol::Task<Option<Dropped>> {
         let tick = if ping_interval.is_zero() {
@@ -212,12 +217,13 @@ impl ClientWriter {
             sink,
             queue,
             socket,
-            seen: received.get(),
-            received,
+            seen: meter.read(),
+            meter,
             session,
             send_timeout,
             ping_interval,
             deadline: async_io::Timer::never(),
+            mark: 0,
             tick,
             pinged: false,
             frame: None,
@@ -246,6 +252,16 @@ impl ClientWriter {
             }
         }
         sink.poll_flush(cx)
+    }
+
+    /// A whole `send_timeout` without a byte taken: give up on the client.
+    fn stalled(&mut self) -> Poll<Option<Dropped>> {
+        log::warn!(
+            "session {}: the client took no bytes for {} ms (send_timeout); closing",
+            self.session,
+            self.send_timeout.as_millis()
+        );
+        self.give_up(Some(Dropped::SendTimeout))
     }
 
     /// The client is gone or unwilling: shut the socket (the reader ends too).
@@ -279,17 +295,18 @@ impl Future for ClientWriter {
                     Poll::Pending => {
                         if !me.armed {
                             me.deadline.set_after(me.send_timeout);
+                            me.mark = me.meter.written();
                             me.armed = true;
                         }
-                        if Pin::new(&mut me.deadline).poll(cx).is_pending() {
-                            return Poll::Pending;
+                        while Pin::new(&mut me.deadline).poll(cx).is_ready() {
+                            if me.meter.written() == me.mark {
+                                return me.stalled();
+                            }
+                            // Still moving: another window.
+                            me.deadline.set_after(me.send_timeout);
+                            me.mark = me.meter.written();
                         }
-                        log::warn!(
-                            "session {}: the client took no message for {} ms (send_timeout); closing",
-                            me.session,
-                            me.send_timeout.as_millis()
-                        );
-                        return me.give_up(Some(Dropped::SendTimeout));
+                        return Poll::Pending;
                     }
                 }
             }
@@ -310,7 +327,7 @@ impl Future for ClientWriter {
             if Pin::new(&mut me.tick).poll_next(cx).is_pending() {
                 return Poll::Pending;
             }
-            let now = me.received.get();
+            let now = me.meter.read();
             if now != me.seen {
                 (me.seen, me.pinged) = (now, false);
             } else if me.pinged {
@@ -344,6 +361,8 @@ struct Handshake {
 async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Receiver<()>) {
     stream.set_nodelay(true).ok();
     let socket = stream.clone();
+    // Bytes each way: the writer's send timeout and keepalive look at progress.
+    let (stream, meter) = Metered::new(stream);
     let full = gw.session_count() >= gw.cfg.server.max_sessions;
     let max = gw.cfg.limits.max_message_bytes;
     let mut seen = Handshake::default();
@@ -394,10 +413,8 @@ async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Rec
     };
     let session = Session::new(gw.clone(), out_tx.clone(), seen.cx, conn_attrs);
     log::info!("session {} opened from {peer}", session.id());
-    // Frames read from the client: the writer's keepalive watches it.
-    let received = Rc::new(Cell::new(0u64));
     let limits = (gw.cfg.server.send_timeout.0, gw.cfg.server.ping_interval.0);
-    let writer = ClientWriter::spawn(sink, out_rx, socket, limits, received.clone(), session.id());
+    let writer = ClientWriter::spawn(sink, out_rx, socket, limits, meter, session.id());
     // Hand the client's messages to the session until the client closes, the
     // connection fails (the writer shuts the socket when it gives up on the client), or
     // shutdown.
@@ -407,9 +424,6 @@ async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Rec
             None
         })
         .await;
-        if let Some(Some(Ok(_))) = &next {
-            received.set(received.get() + 1);
-        }
         let text = match next {
             None | Some(None) => break,
             Some(Some(Ok(WsMessage::Text(t)))) => t,

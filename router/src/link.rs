@@ -11,12 +11,27 @@ use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::{WebSocketReceiver, WebSocketSender};
 use mcp_shared::error::RelayError;
 use mcp_shared::framing::{WS_READ_BUFFER_BYTES, WS_WRITE_BUFFER_BYTES};
+use mcp_shared::meter::{Meter, Metered};
 use mcp_shared::secret::Secret;
 
 /// Sending half of the link.
-pub type Sender = WebSocketSender<TcpStream>;
+pub type Sender = WebSocketSender<Metered<TcpStream>>;
 /// Receiving half of the link.
-pub type Receiver = WebSocketReceiver<TcpStream>;
+pub type Receiver = WebSocketReceiver<Metered<TcpStream>>;
+
+/// A connected link: its two halves, its TCP socket (to shut down a link the router
+/// gives up on: the halves share the socket, so dropping one does not close it), and
+/// the meter of its bytes (for `send_timeout` and keepalive, which look at progress).
+pub struct Link {
+    /// Sending half.
+    pub sink: Sender,
+    /// Receiving half.
+    pub stream: Receiver,
+    /// The socket under both.
+    pub socket: TcpStream,
+    /// Bytes moved so far each way.
+    pub meter: std::rc::Rc<Meter>,
+}
 
 /// WebSocket settings: small buffers, and no message larger than `max_message_bytes`.
 pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
@@ -27,16 +42,14 @@ pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_message_bytes))
 }
 
-/// Connects to `url` and completes the WebSocket handshake within `timeout`. Also
-/// returns the TCP socket, to shut down a link the router gives up on (its two halves
-/// share the socket, so dropping one does not close it).
+/// Connects to `url` and completes the WebSocket handshake within `timeout`.
 pub async fn connect(
     url: &str,
     token: Option<&Secret>,
     max_message_bytes: usize,
     timeout: Duration,
     extra_headers: Vec<(String, String)>,
-) -> Result<(Sender, Receiver, TcpStream), RelayError> {
+) -> Result<Link, RelayError> {
     let unreachable = |reason: String| RelayError::GatewayUnreachable {
         url: url.to_string(),
         reason,
@@ -69,6 +82,7 @@ pub async fn connect(
             .map_err(|e| unreachable(e.to_string()))?;
         stream.set_nodelay(true).ok();
         let socket = stream.clone();
+        let (stream, meter) = Metered::new(stream);
         let (ws, _resp) = async_tungstenite::client_async_with_config(
             req,
             stream,
@@ -77,7 +91,12 @@ pub async fn connect(
         .await
         .map_err(|e| unreachable(format!("WebSocket handshake failed: {e}")))?;
         let (sink, stream) = ws.split();
-        Ok((sink, stream, socket))
+        Ok(Link {
+            sink,
+            stream,
+            socket,
+            meter,
+        })
     };
     let deadline = async {
         async_io::Timer::after(timeout).await;

@@ -32,6 +32,7 @@ use mcp_shared::config::RouterConfig;
 use mcp_shared::error::{RelayError, SessionError, ToRpcError};
 use mcp_shared::framing::{Frame, LineDecoder, PIPE_READ_CHUNK_BYTES};
 use mcp_shared::jsonrpc::{Id, Kind, Message};
+use mcp_shared::meter::{within_progress, Meter};
 use mcp_shared::secret::Secret;
 use mcp_shared::telemetry::{self, attrs, propagation, AttrValue, Cx, Telemetry};
 use mcp_shared::time::timeout;
@@ -118,9 +119,6 @@ struct State {
     drained: Option<Sender<()>>,
     /// The link's TCP socket while it is alive (see [`link_down`]).
     socket: Option<async_net::TcpStream>,
-    /// Frames received from the gateway so far (any kind, pongs included): how
-    /// [`keepalive`] tells a silent link.
-    received: u64,
 }
 
 impl State {
@@ -328,11 +326,16 @@ async fn open_link(
         propagation::headers_for(&connect_cx),
     )
     .await;
-    let (sink, stream, socket) = match connected {
-        Ok(parts) => {
+    let link::Link {
+        sink,
+        stream,
+        socket,
+        meter,
+    } = match connected {
+        Ok(link) => {
             connect_cx.set_attributes(|a| a.str("websocket.protocol", "mcp"));
             connect_cx.end();
-            parts
+            link
         }
         Err(e) => {
             telemetry::fail(&connect_cx, "gateway_unreachable", &e.to_string());
@@ -355,7 +358,7 @@ async fn open_link(
     ex.spawn(write_ws(
         sink,
         ws_rx,
-        send_timeout,
+        (meter.clone(), send_timeout),
         gen,
         state.clone(),
         out.clone(),
@@ -375,7 +378,7 @@ async fn open_link(
             out.clone(),
             ws_tx.clone(),
             gen,
-            interval,
+            (meter, interval),
         ))
         .detach();
     }
@@ -676,9 +679,6 @@ async fn read_ws(
         let Some(frame) = frame else {
             break SHUTDOWN_REASON.to_string();
         };
-        if let Some(Ok(_)) = frame {
-            state.borrow_mut().received += 1;
-        }
         let text = match frame {
             None => break "connection closed".to_string(),
             Some(Err(e)) => break e.to_string(),
@@ -745,24 +745,24 @@ async fn read_ws(
     link_down(&state, &out, gen, reason).await;
 }
 
-/// Queue → gateway. A message the gateway's socket does not take within `send_timeout`
-/// (a gateway that stopped reading) ends the link like a failed send.
+/// Queue → gateway. A send during which the gateway's socket takes no byte for
+/// `send_timeout` (a gateway that stopped reading) ends the link like a failed send; a
+/// large message over a slow link that keeps moving is not cut off (`meter`).
 async fn write_ws(
     mut sink: link::Sender,
     rx: Receiver<WsCmd>,
-    send_timeout: Duration,
+    (meter, send_timeout): (Rc<Meter>, Duration),
     gen: u64,
     state: Shared,
     out: Sender<String>,
 ) {
     while let Ok(cmd) = rx.recv().await {
+        let bounded = |f| within_progress(&meter, send_timeout, f);
         let result = match cmd {
-            WsCmd::Text(t) => timeout(send_timeout, sink.send(WsMessage::text(t))).await,
-            WsCmd::Ping => {
-                timeout(send_timeout, sink.send(WsMessage::Ping(Default::default()))).await
-            }
+            WsCmd::Text(t) => bounded(sink.send(WsMessage::text(t))).await,
+            WsCmd::Ping => bounded(sink.send(WsMessage::Ping(Default::default()))).await,
             WsCmd::Close => {
-                let _ = timeout(send_timeout, sink.close(None)).await;
+                let _ = within_progress(&meter, send_timeout, sink.close(None)).await;
                 return;
             }
         };
@@ -770,7 +770,7 @@ async fn write_ws(
             Some(Ok(())) => continue,
             Some(Err(e)) => format!("send failed: {e}"),
             None => format!(
-                "the gateway took no message for {} ms (send_timeout)",
+                "the gateway took no bytes for {} ms (send_timeout)",
                 send_timeout.as_millis()
             ),
         };
@@ -779,8 +779,9 @@ async fn write_ws(
     }
 }
 
-/// Probes a silent link: after `interval` without a frame from the gateway, a ping;
-/// after as long again still without one, the link is lost (pending requests answered
+/// Probes a silent link: after `interval` without a byte from the gateway (`meter`: a
+/// large message arriving slowly is not silence), a ping; after as long again still
+/// without one, the link is lost (pending requests answered
 /// with an error). A gateway answers pings by itself (WebSocket pong) even while every
 /// request is busy, so only a dead peer or path stays silent. Ends with the link.
 async fn keepalive(
@@ -788,19 +789,16 @@ async fn keepalive(
     out: Sender<String>,
     link: Sender<WsCmd>,
     gen: u64,
-    interval: Duration,
+    (meter, interval): (Rc<Meter>, Duration),
 ) {
-    let mut seen = state.borrow().received;
+    let mut seen = meter.read();
     let mut pinged = false;
     loop {
         async_io::Timer::after(interval).await;
-        let received = {
-            let st = state.borrow();
-            if !st.is_alive(gen) {
-                return;
-            }
-            st.received
-        };
+        if !state.borrow().is_alive(gen) {
+            return;
+        }
+        let received = meter.read();
         // Not silence: a full stdout queue stops our reader, not the gateway; messages
         // still queued for the gateway mean the writer is busy (and a ping would wait
         // behind them), which `send_timeout` watches.

@@ -13,6 +13,8 @@
 //! - [`secret`]: tokens that never print.
 //! - [`logger`]: the stderr logger.
 //! - [`time`]: deadlines for futures.
+//! - [`meter`]: byte counts on a connection (a stream wrapper, no I/O of its own), for
+//!   timeouts that measure progress rather than whole messages.
 //! - [`telemetry`]: OpenTelemetry tracing (the only part of this crate with I/O: its
 //!   exporter thread talks to the collector).
 #![forbid(unsafe_code)]
@@ -25,6 +27,7 @@ pub mod idmap;
 pub mod jsonrpc;
 pub mod logger;
 pub mod mcp;
+pub mod meter;
 pub mod routing;
 pub mod secret;
 pub mod telemetry;

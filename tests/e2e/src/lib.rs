@@ -600,3 +600,28 @@ pub fn sample(metrics: &str, series: &str) -> f64 {
         .parse()
         .unwrap()
 }
+
+/// Handshake callback for a gateway stand-in: answers the router's subprotocol offer
+/// with `mcp`.
+#[allow(clippy::result_large_err)] // the signature tungstenite requires of a callback
+pub fn choose_mcp(
+    _: &tungstenite::handshake::server::Request,
+    mut resp: tungstenite::handshake::server::Response,
+) -> Result<tungstenite::handshake::server::Response, tungstenite::handshake::server::ErrorResponse>
+{
+    resp.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mcp".parse().unwrap());
+    Ok(resp)
+}
+
+/// Starts a gateway with `config` and one fixture backend, `one`.
+pub fn gateway_with(config: &str) -> Gateway {
+    Gateway::start(&format!("{config}{}", fixture_backend("one", "")))
+}
+
+/// Starts a router on `gw_url` with `extra` lines in its `[gateway]` section.
+pub fn router_with_config(gw_url: &str, extra: &str) -> Client {
+    let path = temp_path("router.toml");
+    std::fs::write(&path, format!("[gateway]\nurl = {gw_url:?}\n{extra}")).unwrap();
+    Client::router_args(&["--config", path.to_str().unwrap()], &[])
+}

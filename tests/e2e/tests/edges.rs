@@ -30,17 +30,6 @@ fn router_script(gw: &Gateway, input: &[u8]) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// A gateway with one fixture backend "one" and extra configuration before it.
-fn gateway_with(config: &str) -> Gateway {
-    Gateway::start(&format!("{config}{}", fixture_backend("one", "")))
-}
-
-fn router_with_config(gw_url: &str, extra: &str) -> Client {
-    let path = temp_path("router.toml");
-    std::fs::write(&path, format!("[gateway]\nurl = {gw_url:?}\n{extra}")).unwrap();
-    Client::router_args(&["--config", path.to_str().unwrap()], &[])
-}
-
 /// Sends each bad line and checks the error code and id, then checks the stream works.
 fn check_bad_input(c: &mut Client) {
     let cases: Vec<(String, i64, serde_json::Value)> = vec![
@@ -421,18 +410,6 @@ fn router_without_tracing_forwards_the_hosts_bytes_unchanged() {
     let got = rx.recv_timeout(Duration::from_secs(15)).expect("a message");
     assert_eq!(got, line);
     drop(c);
-}
-
-/// Handshake callback: answers the router's subprotocol offer with `mcp`.
-#[allow(clippy::result_large_err)] // the signature tungstenite requires of a callback
-fn choose_mcp(
-    _: &tungstenite::handshake::server::Request,
-    mut resp: tungstenite::handshake::server::Response,
-) -> Result<tungstenite::handshake::server::Response, tungstenite::handshake::server::ErrorResponse>
-{
-    resp.headers_mut()
-        .insert("Sec-WebSocket-Protocol", "mcp".parse().unwrap());
-    Ok(resp)
 }
 
 /// Sends `n` requests of about 1 MiB each: more than the kernel buffers between the
