@@ -149,9 +149,15 @@ impl Proc {
                 session,
                 token: token.clone(),
             })
-            .map_err(|f| BackendError::Overloaded {
-                backend: self.name.to_string(),
-                limit: f.limit,
+            .map_err(|f| {
+                // Not sent: its progress token must not stay behind.
+                if let Some(t) = &token {
+                    self.progress.borrow_mut().remove(t);
+                }
+                BackendError::Overloaded {
+                    backend: self.name.to_string(),
+                    limit: f.limit,
+                }
             })?;
         let guard = PendingGuard { proc: self, id };
         msg.set_id(&Id::from(id));

@@ -737,6 +737,62 @@ fn sighup_reloads_what_is_safe_and_reports_the_rest() {
 }
 
 #[test]
+fn requests_over_the_per_backend_cap_are_refused_with_their_ids() {
+    // One session may have all of them in flight, so the cap met is the backend's own
+    // (MAX_PENDING_PER_PROCESS, 4096).
+    let gw = gateway_with("[limits]\nmax_in_flight = 5000\n");
+    let mut ws = raw_client(&gw);
+    ws.get_ref().set_read_timeout(Some(DEADLINE)).unwrap();
+    let send = |ws: &mut tungstenite::WebSocket<_>, v: serde_json::Value| {
+        ws.send(tungstenite::Message::text(v.to_string())).unwrap()
+    };
+    let recv = |ws: &mut tungstenite::WebSocket<std::net::TcpStream>| loop {
+        if let tungstenite::Message::Text(t) = ws.read().unwrap() {
+            return serde_json::from_str::<serde_json::Value>(t.as_str()).unwrap();
+        }
+    };
+    send(
+        &mut ws,
+        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},
+            "clientInfo":{"name":"t","version":"1"}}}),
+    );
+    assert!(recv(&mut ws)["result"].is_object());
+    send(
+        &mut ws,
+        json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+    );
+    // The backend answers, then reads nothing for longer than the test runs: every
+    // later request stays pending (queued for its stdin, or waiting for room there).
+    send(
+        &mut ws,
+        json!({"jsonrpc":"2.0","id":"stall","method":"tools/call",
+            "params":{"name":"one.stall","arguments":{"ms":60000}}}),
+    );
+    assert_eq!(recv(&mut ws)["id"], json!("stall"));
+    let total = 4096 + 4;
+    for id in 1..=total {
+        send(
+            &mut ws,
+            json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{
+                "name":"one.echo","arguments":{"text":"x"},"_meta":{"progressToken":id}}}),
+        );
+    }
+    // Exactly the four over the cap come back, at once, each with its own id.
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let r = recv(&mut ws);
+        assert_eq!(error_code(&r), -32003, "{r}");
+        let message = r["error"]["message"].as_str().unwrap();
+        assert!(message.contains("limit 4096"), "{message}");
+        let id = r["id"].as_i64().expect("the request's id");
+        assert!((1..=total).contains(&id), "{r}");
+        ids.insert(id);
+    }
+    assert_eq!(ids.len(), 4, "{ids:?}");
+}
+
+#[test]
 fn client_that_stops_reading_loses_its_session_after_send_timeout() {
     let gw = gateway_with("send_timeout = \"1s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n");
     let mut ws = raw_client(&gw);
