@@ -139,6 +139,13 @@ impl Proc {
         if !self.alive.get() {
             return Err(self.exited_error());
         }
+        let overloaded = |f: mcp_shared::idmap::Full| BackendError::Overloaded {
+            backend: self.name.to_string(),
+            limit: f.limit,
+        };
+        // Checked before the progress token is swapped: a refused request must leave
+        // nothing in the progress table. (Nothing runs between here and the insert.)
+        self.pending.borrow().has_room().map_err(overloaded)?;
         let (tx, rx) = async_channel::bounded(1);
         let token = self.swap_progress_token(session, &mut msg);
         let id = self
@@ -149,16 +156,7 @@ impl Proc {
                 session,
                 token: token.clone(),
             })
-            .map_err(|f| {
-                // Not sent: its progress token must not stay behind.
-                if let Some(t) = &token {
-                    self.progress.borrow_mut().remove(t);
-                }
-                BackendError::Overloaded {
-                    backend: self.name.to_string(),
-                    limit: f.limit,
-                }
-            })?;
+            .map_err(overloaded)?;
         let guard = PendingGuard { proc: self, id };
         msg.set_id(&Id::from(id));
         let timed_out = || BackendError::Timeout {

@@ -212,7 +212,7 @@ type SpanSource = Box<dyn Fn() -> (u64, u64)>;
 pub enum Dropped {
     /// The client's socket took no bytes for `send_timeout` while a message waited.
     SendTimeout = 0,
-    /// The client sent no frame for an interval after a ping (`ping_interval`).
+    /// The client sent no byte for an interval after a ping (`ping_interval`).
     Silent = 1,
 }
 

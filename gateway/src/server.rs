@@ -171,7 +171,8 @@ fn check_handshake(
 ///
 /// A hand-written future, not an `async fn`: its size is per-session memory, and the
 /// `async` versions of this loop (a timer raced against each send, the keepalive's
-/// timer) were 648–1,064 bytes against this struct's 368; that cost idle sessions
+/// timer) were 648–1,064 bytes against this struct's 368 (376 since the send deadline
+/// looks at progress); that cost idle sessions
 /// 0.5–1.7 KB each (`mcp-bench sessions`, docs/benchmark.md).
 struct ClientWriter {
     sink: WebSocketSender<Metered<TcpStream>>,
@@ -327,12 +328,15 @@ impl Future for ClientWriter {
             if Pin::new(&mut me.tick).poll_next(cx).is_pending() {
                 return Poll::Pending;
             }
+            // The next look a whole interval from now: ticks that fell due during a long
+            // send must not fire back to back (a ping, then at once "no answer").
+            me.tick.set_interval(me.ping_interval);
             let now = me.meter.read();
             if now != me.seen {
                 (me.seen, me.pinged) = (now, false);
             } else if me.pinged {
                 log::info!(
-                    "session {}: no frame from the client for {} ms after a ping (ping_interval); closing",
+                    "session {}: no byte from the client for {} ms after a ping (ping_interval); closing",
                     me.session,
                     me.ping_interval.as_millis()
                 );

@@ -799,14 +799,14 @@ async fn keepalive(
             return;
         }
         let received = meter.read();
-        // Not silence: a full stdout queue stops our reader, not the gateway; messages
-        // still queued for the gateway mean the writer is busy (and a ping would wait
-        // behind them), which `send_timeout` watches.
-        if received != seen || out.is_full() || !link.is_empty() {
+        // Not silence: a full stdout queue stops our reader, not the gateway; a message
+        // being sent or still queued for the gateway means the writer is busy (and a
+        // ping would wait behind it), which `send_timeout` watches.
+        if received != seen || meter.sending() || out.is_full() || !link.is_empty() {
             (seen, pinged) = (received, false);
         } else if pinged {
             let reason = format!(
-                "no frame from the gateway for {} ms after a ping (ping_interval)",
+                "no byte from the gateway for {} ms after a ping (ping_interval)",
                 interval.as_millis()
             );
             link_down(&state, &out, gen, reason).await;

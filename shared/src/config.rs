@@ -31,13 +31,14 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default time the router waits for the gateway's WebSocket handshake.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default time a peer's socket has to take one message before the sender treats the
-/// connection as lost (the router's gateway link, a gateway client session): a peer that
-/// stopped reading.
+/// Default time a peer's socket may take no bytes, while a message waits to go out,
+/// before the sender treats the connection as lost (the router's gateway link, a gateway
+/// client session): a peer that stopped reading. A slow peer that keeps reading is
+/// never cut off (`meter`).
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time a WebSocket peer (the router's gateway, a gateway client) may stay
-/// silent before it is probed with a ping (and, with no frame for as long again,
-/// treated as gone).
+/// silent (no byte) before it is probed with a ping (and, with no byte for as long
+/// again, treated as gone).
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Default first wait of the router before it reconnects to the gateway (doubled after
 /// each failed attempt, up to [`DEFAULT_RECONNECT_MAX_DELAY`]).
@@ -655,10 +656,11 @@ pub struct GatewayLink {
     /// Deadline for connecting and the WebSocket handshake.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
-    /// Deadline for the gateway's socket to take one message; past it the link is lost.
+    /// Longest the gateway's socket may take no bytes while a message waits; past it the
+    /// link is lost.
     #[serde(default = "default_send_timeout")]
     pub send_timeout: Dur,
-    /// Silence on the link after which it is pinged; no frame for as long again after
+    /// Silence on the link after which it is pinged; no byte for as long again after
     /// the ping and the link is lost (a gateway host that vanished, a dead NAT entry).
     /// Zero turns the pings off.
     #[serde(default = "default_ping_interval")]
@@ -809,10 +811,11 @@ pub struct ServerConfig {
     /// Deadline for a client to complete the WebSocket handshake.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout: Dur,
-    /// Deadline for a client's socket to take one message; past it the session closes.
+    /// Longest a client's socket may take no bytes while a message waits; past it the
+    /// session closes.
     #[serde(default = "default_send_timeout")]
     pub send_timeout: Dur,
-    /// Client silence after which it is pinged; no frame for as long again after the
+    /// Client silence after which it is pinged; no byte for as long again after the
     /// ping and the session closes. Zero turns the pings off.
     #[serde(default = "default_ping_interval")]
     pub ping_interval: Dur,

@@ -36,11 +36,18 @@ impl<T> IdMap<T> {
         }
     }
 
-    /// Allocates a new id for `value`.
-    pub fn insert(&mut self, value: T) -> Result<u64, Full> {
+    /// `Ok` when an [`IdMap::insert`] now would succeed: for callers with work to do
+    /// (and undo) only for an entry that will be taken.
+    pub fn has_room(&self) -> Result<(), Full> {
         if self.entries.len() >= self.limit {
             return Err(Full { limit: self.limit });
         }
+        Ok(())
+    }
+
+    /// Allocates a new id for `value`.
+    pub fn insert(&mut self, value: T) -> Result<u64, Full> {
+        self.has_room()?;
         let id = self.next;
         self.next += 1;
         self.entries.insert(id, value);
@@ -128,8 +135,10 @@ mod tests {
         let mut m = IdMap::new(2);
         let a = m.insert(1).unwrap();
         m.insert(2).unwrap();
+        assert_eq!(m.has_room(), Err(Full { limit: 2 }));
         assert_eq!(m.insert(3), Err(Full { limit: 2 }));
         m.remove(a);
+        assert_eq!(m.has_room(), Ok(()));
         let c = m.insert(3).unwrap();
         assert!(c > a, "ids are not reused");
     }

@@ -29,6 +29,8 @@ use futures_lite::io::{AsyncRead, AsyncWrite};
 pub struct Meter {
     read: Cell<u64>,
     written: Cell<u64>,
+    /// Sends under way in [`within_progress`].
+    sending: Cell<u32>,
 }
 
 impl Meter {
@@ -41,6 +43,29 @@ impl Meter {
     /// while this grows).
     pub fn written(&self) -> u64 {
         self.written.get()
+    }
+
+    /// Whether a send bounded by [`within_progress`] is under way. A keepalive must not
+    /// take a peer for silent then: its answer to a ping would queue behind the send,
+    /// and a send that stops moving is `within_progress`'s to end.
+    pub fn sending(&self) -> bool {
+        self.sending.get() > 0
+    }
+}
+
+/// Marks a send under way for as long as it lives.
+struct Sending<'a>(&'a Meter);
+
+impl<'a> Sending<'a> {
+    fn new(meter: &'a Meter) -> Self {
+        meter.sending.set(meter.sending.get() + 1);
+        Sending(meter)
+    }
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.0.sending.set(self.0.sending.get() - 1);
     }
 }
 
@@ -120,12 +145,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
 /// `Some(output)` if `f` finishes before the connection goes a whole `limit` without
 /// writing a byte, else `None` (and `f` is dropped). Progress is looked at once per
 /// `limit`, so a send that stalls is given up between one and two `limit`s after its
-/// last byte went out; one that never starts moving, after exactly `limit`.
+/// last byte went out; one that never starts moving, after exactly `limit`. While it
+/// runs, [`Meter::sending`] is true.
 pub async fn within_progress<T>(
     meter: &Meter,
     limit: Duration,
     f: impl Future<Output = T>,
 ) -> Option<T> {
+    let _sending = Sending::new(meter);
     let mut f = std::pin::pin!(f);
     loop {
         let mark = meter.written();
@@ -201,7 +228,14 @@ mod tests {
             });
             // 12 bytes at one per 20 ms: ~240 ms in all, each window of 100 ms moves some.
             let limit = Duration::from_millis(100);
-            let done = within_progress(&meter, limit, s.write_all(b"twelve bytes")).await;
+            let send = within_progress(&meter, limit, s.write_all(b"twelve bytes"));
+            let (done, seen_sending) = futures_lite::future::zip(send, async {
+                async_io::Timer::after(Duration::from_millis(30)).await;
+                meter.sending()
+            })
+            .await;
+            assert!(seen_sending);
+            assert!(!meter.sending());
             assert!(matches!(done, Some(Ok(()))), "{done:?}");
             assert_eq!(meter.written(), 12);
             // The plain deadline would have given the same send up.

@@ -141,7 +141,8 @@ fn gateway_keeps_a_client_that_uploads_slowly() {
     let gw = gateway_with("ping_interval = \"500ms\"\n");
     let mut ws = slow_client(&gw, false, true);
     // One 3 MiB frame at the client's pace takes about 2 s: several keepalive intervals
-    // with no whole frame from the client, and a ping it cannot answer until done.
+    // with no whole frame from the client (and no answer to a ping until it is done),
+    // but bytes all along.
     let text = "u".repeat(3 << 20);
     send(&mut ws, echo(1, &text));
     let r = next_json(&mut ws);
@@ -236,8 +237,8 @@ fn router_keeps_a_gateway_that_sends_slowly() {
     c.send(json!({"jsonrpc":"2.0","id":1,"method":"ping"}));
     let forwarded = gw.got.recv_timeout(DEADLINE).expect("the ping forwarded");
     assert!(forwarded.contains("\"ping\""), "{forwarded}");
-    // A 3 MiB answer at the gateway's pace: about 2 s with no whole frame, and a ping
-    // from the router that the stand-in answers only after it.
+    // A 3 MiB answer at the gateway's pace: about 2 s with no whole frame (and no answer
+    // to a ping until it is done), but bytes all along.
     let data = "s".repeat(3 << 20);
     gw.say
         .send(json!({"jsonrpc":"2.0","id":1,"result":{"data":data}}).to_string())
