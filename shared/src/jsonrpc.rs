@@ -104,6 +104,36 @@ pub struct Message {
     /// first guess at the size of its serialisation, so that writing it rarely grows the
     /// buffer (each growth is a reallocation and a copy of everything written so far).
     size_hint: usize,
+    /// Whether the text it was parsed from still describes it, and how
+    /// ([`Message::to_json_over`]).
+    source: Source,
+    /// The text it was parsed from, when kept ([`Message::parse_owned`]).
+    kept: Option<Vec<u8>>,
+}
+
+/// How much the text a [`Message`] was parsed from still tells of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// Built from values, or changed since it was parsed in a way [`Edits`] does not
+    /// follow: only serialisation gives its text.
+    Lost,
+    /// The text, with the keys the parse saw more than once, and what has changed since.
+    Text {
+        repeated: de::Repeated,
+        edits: Edits,
+    },
+}
+
+/// The changes since the parse that the text can take by replacing or inserting a few
+/// bytes (see [`Message::to_json_over`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Edits {
+    /// A new value of the top-level `id` (the gateway's id mapping).
+    id: bool,
+    /// A new string `params.name` (the gateway's namespaces).
+    name: bool,
+    /// A trace context set ([`Message::set_trace_context`]).
+    trace: bool,
 }
 
 /// Equal when they hold the same message: how either was written (`size_hint`) does not
@@ -174,6 +204,17 @@ impl Message {
         msg.trace = taken.trace.map(Box::new);
         msg.map_may_hold_trace = taken.left_in_map;
         msg.size_hint = bytes.len();
+        msg.source = Source::Text {
+            repeated: taken.repeated,
+            edits: Edits::default(),
+        };
+        Ok(msg)
+    }
+
+    /// [`Message::parse`], keeping `bytes` for [`Message::to_text`].
+    pub fn parse_owned(bytes: Vec<u8>) -> Result<Message, Rejection> {
+        let mut msg = Message::parse(&bytes)?;
+        msg.kept = Some(bytes);
         Ok(msg)
     }
 
@@ -242,6 +283,8 @@ impl Message {
                     trace: None,
                     map_may_hold_trace: true,
                     size_hint: 0,
+                    source: Source::Lost,
+                    kept: None,
                 })
             }
             Some(_) => invalid(id, "\"method\" must be a string"),
@@ -264,6 +307,8 @@ impl Message {
                         trace: None,
                         map_may_hold_trace: true,
                         size_hint: 0,
+                        source: Source::Lost,
+                        kept: None,
                     });
                 }
                 let mut r = Rejection::new(
@@ -292,6 +337,8 @@ impl Message {
             trace: None,
             map_may_hold_trace: true,
             size_hint: 0,
+            source: Source::Lost,
+            kept: None,
         }
     }
 
@@ -309,6 +356,8 @@ impl Message {
             trace: None,
             map_may_hold_trace: true,
             size_hint: 0,
+            source: Source::Lost,
+            kept: None,
         }
     }
 
@@ -324,6 +373,8 @@ impl Message {
             trace: None,
             map_may_hold_trace: true,
             size_hint: 0,
+            source: Source::Lost,
+            kept: None,
         }
     }
 
@@ -339,6 +390,8 @@ impl Message {
             trace: None,
             map_may_hold_trace: true,
             size_hint: 0,
+            source: Source::Lost,
+            kept: None,
         }
     }
 
@@ -355,10 +408,21 @@ impl Message {
     /// Replaces the id, keeping the field where it was.
     pub fn set_id(&mut self, id: &Id) {
         match field_mut(&mut self.obj, "id") {
-            Some(v) => *v = id.to_value(),
+            Some(v) => {
+                *v = id.to_value();
+                self.edited(|e| e.id = true);
+            }
             None => {
+                self.source = Source::Lost;
                 self.obj.insert("id".into(), id.to_value());
             }
+        }
+    }
+
+    /// Notes a change that the parsed text can take ([`Edits`]).
+    fn edited(&mut self, f: impl FnOnce(&mut Edits)) {
+        if let Source::Text { edits, .. } = &mut self.source {
+            f(edits);
         }
     }
 
@@ -369,6 +433,7 @@ impl Message {
 
     /// Replaces the method name.
     pub fn set_method(&mut self, method: &str) {
+        self.source = Source::Lost;
         self.obj.insert("method".into(), method.into());
     }
 
@@ -380,6 +445,7 @@ impl Message {
     /// The params object, created empty when absent (or not an object).
     pub fn params_mut(&mut self) -> &mut Map<String, Value> {
         self.map_may_hold_trace = true;
+        self.source = Source::Lost;
         let p = self
             .obj
             .entry("params")
@@ -388,6 +454,24 @@ impl Message {
             *p = Value::Object(Map::new());
         }
         p.as_object_mut().expect("params is an object")
+    }
+
+    /// Sets `params.name` (a tool's or a prompt's), creating `params` as
+    /// [`Message::params_mut`] does when it is not an object.
+    pub fn set_param_name(&mut self, name: &str) {
+        let current = match field_mut(&mut self.obj, "params") {
+            Some(Value::Object(p)) => field_mut(p, "name"),
+            _ => None,
+        };
+        match current {
+            Some(v) => {
+                *v = Value::String(name.to_owned());
+                self.edited(|e| e.name = true);
+            }
+            None => {
+                self.params_mut().insert("name".into(), name.into());
+            }
+        }
     }
 
     /// A string field of `params`.
@@ -418,6 +502,7 @@ impl Message {
     /// beside the map (parsed, or set) is put into it first, at its places, so that
     /// what is edited here is what is sent.
     pub fn meta_mut(&mut self) -> &mut Map<String, Value> {
+        self.source = Source::Lost;
         if let Some(t) = self.trace.take() {
             let merged = meta_map(self.meta(), &t);
             self.params_mut()
@@ -462,6 +547,7 @@ impl Message {
     /// [`Message::trace_context`] does.
     pub fn set_trace_context(&mut self, traceparent: &str, tracestate: &str) {
         let tracestate = (!tracestate.is_empty()).then_some(tracestate);
+        self.edited(|e| e.trace = true);
         match &mut self.trace {
             // Parsed with a context: the new one takes its places (and its buffers).
             Some(t) => {
@@ -522,6 +608,189 @@ impl Message {
             Some(t) => write_with_trace(&mut out, &self.obj, t),
         }
         out
+    }
+
+    /// The message's text, given `text`, the bytes it was parsed from. Unchanged since,
+    /// it is that text as it is (the peer's bytes, not a re-serialisation). Changed only
+    /// in its `id` ([`Message::set_id`]), its `params.name`
+    /// ([`Message::set_param_name`]) and by a trace context
+    /// ([`Message::set_trace_context`]) where it had none and no `params._meta`, it is
+    /// that text with those values replaced and `"_meta":{…}` inserted as the first key of
+    /// `params` (or `"params":{"_meta":{…}}` as the first key of the message). That
+    /// costs a scan of the keys up to the last one changed instead of writing the whole
+    /// message (callgrind: docs/benchmark.md, "Instructions per request"). Anything else
+    /// (a changed key the text has twice or spells with escapes, other changes, or
+    /// `text` of another length than the one parsed) is [`Message::to_json`]. The result
+    /// reads back as what `to_json` gives; key order and number spelling may differ.
+    pub fn to_json_over(&self, text: &[u8]) -> String {
+        // The one UTF-8 check (the parse has checked the text already; the text is cut
+        // only next to ASCII bytes: `{`, `,`, a value's first and last byte).
+        match self.over(text).map(String::from_utf8) {
+            Some(Ok(s)) => s,
+            _ => self.to_json(),
+        }
+    }
+
+    /// [`Message::to_json_over`] of the text kept by [`Message::parse_owned`];
+    /// [`Message::to_json`] when none was kept.
+    pub fn to_text(&self) -> String {
+        match &self.kept {
+            Some(text) => self.to_json_over(text),
+            None => self.to_json(),
+        }
+    }
+
+    /// [`Message::to_text`] as bytes, for a byte stream (a backend's stdin): no UTF-8
+    /// check of the result, and room for a line terminator after the text.
+    pub fn to_text_bytes(&self) -> Vec<u8> {
+        match self.kept.as_deref().and_then(|t| self.over(t)) {
+            Some(b) => b,
+            None => self.to_json_bytes(),
+        }
+    }
+
+    /// The text over `text` (unchecked bytes, with room for one more); `None` when only
+    /// serialisation will do.
+    fn over(&self, text: &[u8]) -> Option<Vec<u8>> {
+        // A line break between tokens is valid JSON but would split the message on a
+        // line-framed transport (stdio): such text is written anew, on one line.
+        if text.len() != self.size_hint || !is_one_line(text) {
+            return None;
+        }
+        let Source::Text { repeated, edits } = self.source else {
+            return None;
+        };
+        if edits == Edits::default() {
+            let mut out = Vec::with_capacity(text.len() + 1);
+            out.extend_from_slice(text);
+            return Some(out);
+        }
+        self.splice(text, repeated, edits)
+    }
+
+    /// The text with `edits` applied in place; see [`Message::to_json_over`].
+    fn splice(&self, text: &[u8], repeated: de::Repeated, edits: Edits) -> Option<Vec<u8>> {
+        if (edits.id && repeated.id)
+            || ((edits.name || edits.trace) && repeated.params)
+            || (edits.name && repeated.name)
+            || (edits.trace && repeated.meta)
+        {
+            return None;
+        }
+        // The context to write, and whether the text has one to write it over.
+        let (trace, over_text) = match (&self.trace, edits.trace) {
+            (_, false) => (None, false),
+            // Keys the parse left in the map (unusual ones) are sorted out by `to_json`.
+            (Some(_), true) if self.map_may_hold_trace => return None,
+            (Some(t), true) => match (t.parent_at, t.state_at, &t.tracestate) {
+                (None, None, _) => (Some(&**t), false),
+                // The text's `tracestate` goes when the new context has none: `to_json`.
+                (Some(_), Some(_), None) => return None,
+                (Some(_), _, _) => (Some(&**t), true),
+                (None, Some(_), _) => return None,
+            },
+            (None, true) => return None,
+        };
+        let params = self.params();
+        let new_name = match (edits.name, params) {
+            (false, _) => None,
+            (true, Some(Value::Object(p))) => Some(field(p, "name")?.as_str()?),
+            (true, _) => return None,
+        };
+        // A context new to the text goes into `params` when it is an object without
+        // `_meta`, or as new `params` when there are none. Positional params take no
+        // `_meta`, and a `_meta` of the message's own would need it written into it.
+        let meta_in_params = match (trace.is_some() && !over_text, params) {
+            (false, _) => false,
+            (true, None) => false,
+            (true, Some(Value::Object(p))) if field(p, "_meta").is_none() => true,
+            (true, Some(_)) => return None,
+        };
+        let new_id = if edits.id {
+            Some(field(&self.obj, "id")?)
+        } else {
+            None
+        };
+        let want = Places {
+            id: edits.id.then_some((0, 0)),
+            params_open: meta_in_params.then_some(0),
+            name: edits.name.then_some((0, 0)),
+            traceparent: over_text.then_some((0, 0)),
+            tracestate: (over_text && trace.is_some_and(|t| t.state_at.is_some()))
+                .then_some((0, 0)),
+        };
+        let found = find_places(text, &want)?;
+        // (start, end, what goes there), in the text's order.
+        let mut parts: Vec<(usize, usize, Vec<u8>)> = Vec::with_capacity(3);
+        if let (Some(v), Some((start, end))) = (new_id, found.id) {
+            let mut b = Vec::with_capacity(end - start + 8);
+            value(&mut b, v);
+            parts.push((start, end, b));
+        }
+        if let (Some(n), Some((start, end))) = (new_name, found.name) {
+            let mut b = Vec::with_capacity(n.len() + 2);
+            string(&mut b, n);
+            parts.push((start, end, b));
+        }
+        if let (Some(t), true) = (trace, over_text) {
+            let (start, end) = found.traceparent?;
+            let mut b = Vec::with_capacity(t.traceparent.len() + 2);
+            string(&mut b, &t.traceparent);
+            parts.push((start, end, b));
+            match (found.tracestate, &t.tracestate) {
+                (Some((start, end)), Some(state)) => {
+                    let mut b = Vec::with_capacity(state.len() + 2);
+                    string(&mut b, state);
+                    parts.push((start, end, b));
+                }
+                // New to the text: after `traceparent`.
+                (None, Some(state)) => {
+                    let mut b = Vec::with_capacity(state.len() + 16);
+                    b.push(b',');
+                    string(&mut b, "tracestate");
+                    b.push(b':');
+                    string(&mut b, state);
+                    parts.push((end, end, b));
+                }
+                (_, None) => {}
+            }
+        } else if let Some(t) = trace {
+            let at = if meta_in_params {
+                found.params_open?
+            } else {
+                object_start(text)?
+            };
+            let mut rest = Scanner { b: text, i: at };
+            rest.ws();
+            let empty = rest.peek()? == b'}';
+            let trace_len = TRACE_KEYS_BYTES
+                + t.traceparent.len()
+                + t.tracestate.as_ref().map_or(0, String::len);
+            let mut b = Vec::with_capacity(trace_len + 24);
+            if meta_in_params {
+                b.extend_from_slice(b"\"_meta\":");
+                write_meta(&mut b, None, t);
+            } else {
+                b.extend_from_slice(b"\"params\":{\"_meta\":");
+                write_meta(&mut b, None, t);
+                b.push(b'}');
+            }
+            if !empty {
+                b.push(b',');
+            }
+            parts.push((at, at, b));
+        }
+        parts.sort_unstable_by_key(|p| p.0);
+        let extra: usize = parts.iter().map(|p| p.2.len()).sum();
+        let mut out = Vec::with_capacity(text.len() + extra + 1);
+        let mut from = 0;
+        for (start, end, bytes) in &parts {
+            out.extend_from_slice(&text[from..*start]);
+            out.extend_from_slice(bytes);
+            from = *end;
+        }
+        out.extend_from_slice(&text[from..]);
+        Some(out)
     }
 
     /// The underlying JSON object.
@@ -780,12 +1049,144 @@ pub fn sniff_id(bytes: &[u8]) -> Option<Id> {
     }
 }
 
+/// True when `text` holds no line break (`\n` or `\r`): JSON text that can go on a
+/// line-framed transport (stdio) as it is. Inside JSON strings line breaks are always
+/// escaped, so only whitespace between tokens can hold one.
+pub fn is_one_line(text: &[u8]) -> bool {
+    memchr::memchr2(b'\n', b'\r', text).is_none()
+}
+
+/// Where the first key of the top-level object of `bytes` goes: just after its `{`.
+fn object_start(bytes: &[u8]) -> Option<usize> {
+    let mut s = Scanner { b: bytes, i: 0 };
+    s.ws();
+    s.eat(b'{')?;
+    Some(s.i)
+}
+
+/// Places in a message's text, as [`find_places`] finds them: value spans
+/// (start, end) and insertion points. As a request to `find_places`, `Some` marks what
+/// to find.
+#[derive(Debug, Default)]
+struct Places {
+    /// The top-level `id`'s value.
+    id: Option<(usize, usize)>,
+    /// Just after the `{` of the top-level `params` object.
+    params_open: Option<usize>,
+    /// `params.name`'s value.
+    name: Option<(usize, usize)>,
+    /// `params._meta.traceparent`'s value.
+    traceparent: Option<(usize, usize)>,
+    /// `params._meta.tracestate`'s value.
+    tracestate: Option<(usize, usize)>,
+}
+
+/// Finds the places `want` asks for in the text of a JSON object, reading its keys only
+/// as far as the last one needed. Only keys spelt exactly (`"id"`, `"params"`,
+/// `"name"`, …) count; `None` when one asked for is not found that way (the caller then
+/// serialises).
+fn find_places(text: &[u8], want: &Places) -> Option<Places> {
+    let mut found = Places::default();
+    let complete = |f: &Places| {
+        (want.id.is_none() || f.id.is_some())
+            && (want.params_open.is_none() || f.params_open.is_some())
+            && (want.name.is_none() || f.name.is_some())
+            && (want.traceparent.is_none() || f.traceparent.is_some())
+            && (want.tracestate.is_none() || f.tracestate.is_some())
+    };
+    // Whether `params` must be read key by key (else it is skipped whole).
+    let inside = want.name.is_some() || want.traceparent.is_some();
+    let mut s = Scanner {
+        b: text,
+        i: object_start(text)?,
+    };
+    loop {
+        let key = s.key()?;
+        let start = s.i;
+        if key == b"\"id\"" && want.id.is_some() {
+            s.skip_value()?;
+            found.id = Some((start, s.i));
+        } else if key == b"\"params\"" && (inside || want.params_open.is_some()) {
+            s.eat(b'{')?;
+            found.params_open = Some(s.i);
+            if complete(&found) {
+                return Some(found);
+            }
+            if !inside {
+                s.i = start;
+                s.skip_value()?;
+            } else if params_places(&mut s, want, &mut found, &complete)? {
+                return Some(found);
+            }
+        } else {
+            s.skip_value()?;
+        }
+        if complete(&found) {
+            return Some(found);
+        }
+        s.ws();
+        s.eat(b',')?;
+    }
+}
+
+/// The keys of `params`, from just after its `{` up to its `}`, or only as far as the
+/// last place wanted (then `Some(true)`).
+fn params_places(
+    s: &mut Scanner,
+    want: &Places,
+    found: &mut Places,
+    complete: &impl Fn(&Places) -> bool,
+) -> Option<bool> {
+    s.ws();
+    if s.peek()? != b'}' {
+        loop {
+            let key = s.key()?;
+            let start = s.i;
+            if key == b"\"name\"" && want.name.is_some() {
+                s.skip_value()?;
+                found.name = Some((start, s.i));
+            } else if key == b"\"_meta\"" && want.traceparent.is_some() {
+                s.eat(b'{')?;
+                s.ws();
+                if s.peek()? != b'}' {
+                    loop {
+                        let key = s.key()?;
+                        let start = s.i;
+                        s.skip_value()?;
+                        if key == b"\"traceparent\"" {
+                            found.traceparent = Some((start, s.i));
+                        } else if key == b"\"tracestate\"" {
+                            found.tracestate = Some((start, s.i));
+                        }
+                        s.ws();
+                        if s.eat(b',').is_none() {
+                            break;
+                        }
+                    }
+                }
+                s.eat(b'}')?;
+            } else {
+                s.skip_value()?;
+            }
+            if complete(found) {
+                return Some(true);
+            }
+            s.ws();
+            if s.eat(b',').is_none() {
+                break;
+            }
+        }
+    }
+    s.eat(b'}')?;
+    Some(false)
+}
+
 struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
 }
 
-impl Scanner<'_> {
+impl<'a> Scanner<'a> {
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
@@ -796,6 +1197,18 @@ impl Scanner<'_> {
     }
     fn eat(&mut self, c: u8) -> Option<()> {
         (self.peek()? == c).then(|| self.i += 1)
+    }
+    /// Reads `"key" :` (with the whitespace around) and gives the key as written, quotes
+    /// included.
+    fn key(&mut self) -> Option<&'a [u8]> {
+        self.ws();
+        let start = self.i;
+        self.skip_string()?;
+        let key = &self.b[start..self.i];
+        self.ws();
+        self.eat(b':')?;
+        self.ws();
+        Some(key)
     }
     fn skip_string(&mut self) -> Option<()> {
         self.eat(b'"')?;
@@ -1251,5 +1664,121 @@ mod tests {
         let v: Value = serde_json::from_str(&m.to_json()).unwrap();
         assert_eq!(v["id"], Value::Null);
         assert_eq!(v["error"]["code"], codes::PARSE_ERROR);
+    }
+
+    /// `to_json_over` inserts the context as the first key of `params` (or adds `params`
+    /// first), keeps every other byte of the text, and serialises whenever the text
+    /// cannot simply take it.
+    #[test]
+    fn a_new_trace_context_is_inserted_into_the_text() {
+        use super::Message;
+        const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let over = |text: &str, state: &str| {
+            let mut m = Message::parse(text.as_bytes()).unwrap();
+            assert_eq!(m.to_json_over(text.as_bytes()), text, "unchanged: the text");
+            m.set_trace_context(TP, state);
+            (m.to_json_over(text.as_bytes()), m.to_json())
+        };
+        let meta = format!(r#""_meta":{{"traceparent":"{TP}"}}"#);
+        // The official Python SDK's key order: `params` before the rest.
+        let text = r#"{"method":"tools/call","params":{"name":"echo","arguments":{"n":1.50}},"jsonrpc":"2.0","id":7}"#;
+        let (got, _) = over(text, "");
+        assert_eq!(
+            got,
+            format!(
+                r#"{{"method":"tools/call","params":{{{meta},"name":"echo","arguments":{{"n":1.50}}}},"jsonrpc":"2.0","id":7}}"#
+            )
+        );
+        // Keys (a nested one included) before `params`, whitespace, and a tracestate.
+        let text = "{ \"jsonrpc\" : \"2.0\", \"x\": {\"params\": [1]}, \"id\": \"a\\\"b\",\t \"method\": \"m\", \"params\" : { } }";
+        let (got, _) = over(text, "k=v");
+        assert_eq!(
+            got,
+            format!(
+                "{{ \"jsonrpc\" : \"2.0\", \"x\": {{\"params\": [1]}}, \"id\": \"a\\\"b\",\t \"method\": \"m\", \"params\" : {{\"_meta\":{{\"traceparent\":\"{TP}\",\"tracestate\":\"k=v\"}} }} }}"
+            )
+        );
+        // No params: they are added first.
+        let (got, _) = over(
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            "",
+        );
+        assert_eq!(
+            got,
+            format!(
+                r#"{{"params":{{{meta}}},"jsonrpc":"2.0","method":"notifications/initialized"}}"#
+            )
+        );
+        // A context the text has: the new one is written over it (a tracestate added
+        // after it when new), other `_meta` keys kept.
+        let text = r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"progressToken":3,"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}}"#;
+        let (got, _) = over(text, "k=v");
+        assert_eq!(
+            got,
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"m","params":{{"_meta":{{"progressToken":3,"traceparent":"{TP}","tracestate":"k=v"}}}}}}"#
+            )
+        );
+        // Serialised instead: a `_meta` of its own without a context (the context joins
+        // it), positional params, `params` twice, `params` spelt with an escape, a
+        // tracestate of the host's that the new context drops.
+        for text in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"progressToken":3}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":[1,2]}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"a":1},"params":{"b":2}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","param\u0073":{"a":1}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01","tracestate":"a=b"}}}"#,
+        ] {
+            let (got, want) = over(text, "");
+            assert_eq!(got, want, "{text}");
+            assert!(got.contains(TP) || text.contains("[1,2]"), "{got}");
+        }
+        // The gateway's edits: a new id and tool name written over the old ones, from
+        // the kept text, in any key order; the response's id likewise.
+        let text = r#"{"params":{"arguments":{"name":"x"},"name":"fx.echo"},"method":"tools/call","id":"c-1","jsonrpc":"2.0"}"#;
+        let mut m = Message::parse_owned(text.as_bytes().to_vec()).unwrap();
+        m.set_param_name("echo");
+        m.set_id(&42u64.into());
+        m.set_trace_context(TP, "");
+        let want = format!(
+            r#"{{"params":{{{meta},"arguments":{{"name":"x"}},"name":"echo"}},"method":"tools/call","id":42,"jsonrpc":"2.0"}}"#
+        );
+        assert_eq!(m.to_text(), want);
+        assert_eq!(m.to_text_bytes(), want.as_bytes());
+        let text = r#"{"result":{"content":[{"type":"text","text":"id"}],"id":9},"jsonrpc":"2.0","id":42}"#;
+        let mut m = Message::parse_owned(text.as_bytes().to_vec()).unwrap();
+        m.set_id(&super::Id::String("c-1".into()));
+        assert_eq!(
+            m.to_text(),
+            r#"{"result":{"content":[{"type":"text","text":"id"}],"id":9},"jsonrpc":"2.0","id":"c-1"}"#
+        );
+        // An id twice, or a name twice: serialised (the last one is the message's).
+        for text in [
+            r#"{"jsonrpc":"2.0","id":1,"id":2,"result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#,
+        ] {
+            let mut m = Message::parse_owned(text.as_bytes().to_vec()).unwrap();
+            m.set_id(&5u64.into());
+            if m.kind() == super::Kind::Request {
+                m.set_param_name("c");
+            }
+            assert_eq!(m.to_text(), m.to_json(), "{text}");
+        }
+        // A line break between tokens: written anew, on one line, changed or not.
+        let text = "{\"jsonrpc\":\"2.0\",\n\"id\":1,\"method\":\"m\"}";
+        let mut m = Message::parse(text.as_bytes()).unwrap();
+        assert_eq!(m.to_json_over(text.as_bytes()), m.to_json());
+        m.set_trace_context(TP, "");
+        assert_eq!(m.to_json_over(text.as_bytes()), m.to_json());
+        assert!(super::is_one_line(m.to_json().as_bytes()));
+        // Changed otherwise since parsed, or not the text it was parsed from: serialised.
+        let text = r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"a":1}}"#;
+        let mut m = Message::parse(text.as_bytes()).unwrap();
+        m.set_id(&2u64.into());
+        assert_eq!(m.to_json_over(text.as_bytes()), m.to_json());
+        assert!(m.to_json().contains(r#""id":2"#));
+        let m = Message::parse(text.as_bytes()).unwrap();
+        let other = r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"a":2}} "#;
+        assert_eq!(m.to_json_over(other.as_bytes()), m.to_json());
     }
 }

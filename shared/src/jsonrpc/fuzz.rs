@@ -3,7 +3,10 @@
 //! directly: random JSON-RPC-like texts (shuffled and repeated keys, `_meta` with trace
 //! keys of every type, escapes, odd numbers, deep nesting, truncated and corrupted
 //! bytes) must be accepted or rejected alike, relay to the same bytes, and read and
-//! take a new trace context alike. 20,000 cases per test run; `FUZZ_N`, `FUZZ_SEED` and
+//! take a new trace context alike. Written over the text they came in as
+//! ([`Message::to_json_over`]), unchanged they give that text, and with the gateway's
+//! edits (id, `params.name`, trace context, in any combination) they read back as the
+//! maps edited alike. 20,000 cases per test run; `FUZZ_N`, `FUZZ_SEED` and
 //! `FUZZ_MUT` (the per cent of texts broken, default 8)
 //! run others (`FUZZ_N=1000000 cargo test -p mcp-shared --lib differential_fuzz`).
 
@@ -433,14 +436,15 @@ fn reads_like(m: &Message, v: &Value, what: &str, show: &str) -> Result<(), Stri
 }
 
 /// Returns a description of the first mismatch.
-fn check(bytes: &[u8], r: &mut Rng) -> Result<bool, String> {
+/// `Ok((accepted, times the context was inserted into the text))`.
+fn check(bytes: &[u8], r: &mut Rng) -> Result<(bool, usize), String> {
     let show = String::from_utf8_lossy(bytes).into_owned();
     let old = old_parse(bytes);
     let new = Message::parse(bytes);
     let (old, v) = match (old, new) {
         (Err(a), Err(b)) => {
             return if a == b {
-                Ok(false)
+                Ok((false, 0))
             } else {
                 Err(format!("REJECTION DIFFERS {show}\n old {a:?}\n new {b:?}"))
             };
@@ -464,6 +468,17 @@ fn check(bytes: &[u8], r: &mut Rng) -> Result<bool, String> {
         return Err(format!("RELAY {show}\n got  {got}\n want {want}"));
     }
     reads_like(&n, &v, "", &show)?;
+    // Unchanged, it relays as the very text it came in, unless that has a line break
+    // (then it is written anew, on one line).
+    let over = n.to_json_over(bytes);
+    let want_over = if is_one_line(bytes) {
+        bytes
+    } else {
+        got.as_bytes()
+    };
+    if over.as_bytes() != want_over || !is_one_line(over.as_bytes()) {
+        return Err(format!("OVER {show}\n got  {over}"));
+    }
     // A new context, set twice: written and read as the maps would have it.
     let positional = matches!(v.get("params"), Some(p) if !p.is_object());
     let tps = [
@@ -473,6 +488,7 @@ fn check(bytes: &[u8], r: &mut Rng) -> Result<bool, String> {
     ];
     let tss = ["", "k=v", "a\\b\u{2028}"];
     let mut m = n.clone();
+    let mut spliced = 0;
     for round in 0..2 {
         let tp = tps[r.below(tps.len())];
         let ts = tss[r.below(tss.len())];
@@ -495,8 +511,68 @@ fn check(bytes: &[u8], r: &mut Rng) -> Result<bool, String> {
         if !positional {
             reads_like(&m, &rv, "SET ", &show)?;
         }
+        // Over the text it came in: `to_json` itself, or the text with the context
+        // inserted, which reads back as the maps' version (numbers as spelt in the text,
+        // so compared as read from it, not as `to_json` writes them).
+        let over = m.to_json_over(bytes);
+        if !is_one_line(over.as_bytes()) {
+            return Err(format!("LINE BREAK {show}\n got  {over}"));
+        }
+        if over != got {
+            match serde_json::from_str::<Value>(&over) {
+                Ok(back) if back == rv => spliced += 1,
+                _ => {
+                    return Err(format!(
+                        "SPLICE(round {round}, {tp:?}, {ts:?}) {show}\n got  {over}\n want {want}"
+                    ))
+                }
+            }
+        }
     }
-    Ok(true)
+    // The gateway's edits in any combination: a new id, a new `params.name`, a trace
+    // context. Over the text, they read back as the maps' version of the same edits.
+    let mut m = n.clone();
+    let mut rv = v.clone();
+    let ids = [json!(7), json!("b\"é"), json!(18446744073709551615u64)];
+    if r.chance(50) && m.id().is_some() {
+        let id = ids[r.below(ids.len())].clone();
+        m.set_id(&Id::from_value(&id).unwrap());
+        rv["id"] = id;
+    }
+    if r.chance(50) {
+        let name = r.pick(&["echo", "a\\b\"c", "", "日本"]);
+        m.set_param_name(name);
+        match rv.get_mut("params").and_then(Value::as_object_mut) {
+            Some(p) => {
+                p.insert("name".into(), name.into());
+            }
+            None => rv["params"] = json!({ "name": name }),
+        }
+    }
+    if r.chance(50) {
+        let tp = tps[r.below(tps.len())];
+        let ts = tss[r.below(tss.len())];
+        m.set_trace_context(tp, ts);
+        if rv["params"].is_object() || rv.get("params").is_none() {
+            rv = maps_with(&rv, tp, ts);
+        }
+    }
+    let got = m.to_json_over(bytes);
+    if !is_one_line(got.as_bytes()) {
+        return Err(format!("LINE BREAK {show}\n got  {got}"));
+    }
+    if got != m.to_json() {
+        match serde_json::from_str::<Value>(&got) {
+            Ok(back) if back == rv => spliced += 1,
+            _ => {
+                return Err(format!(
+                    "EDITS {show}\n got  {got}\n want {}",
+                    serde_json::to_string(&rv).unwrap()
+                ))
+            }
+        }
+    }
+    Ok((true, spliced))
 }
 
 #[test]
@@ -510,14 +586,30 @@ fn differential_fuzz() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x9e3779b97f4a7c15);
     let mut r = Rng(seed);
-    let (mut accepted, mut fails) = (0usize, Vec::new());
+    let (mut accepted, mut spliced, mut fails) = (0usize, 0usize, Vec::new());
     for _ in 0..n {
         let b = gen_message(&mut r);
-        match check(&b, &mut r) {
-            Ok(a) => accepted += a as usize,
-            Err(e) => {
-                if fails.len() < 2000 {
-                    fails.push((b.len(), e));
+        // Line breaks keep a text from being written over (it is written anew), so the
+        // same text with spaces instead is checked too.
+        let spaced: Vec<u8> = b
+            .iter()
+            .map(|&c| if c == b'\n' || c == b'\r' { b' ' } else { c })
+            .collect();
+        let texts = if spaced == b {
+            vec![b]
+        } else {
+            vec![b, spaced]
+        };
+        for b in texts {
+            match check(&b, &mut r) {
+                Ok((a, s)) => {
+                    accepted += a as usize;
+                    spliced += s;
+                }
+                Err(e) => {
+                    if fails.len() < 2000 {
+                        fails.push((b.len(), e));
+                    }
                 }
             }
         }
@@ -532,6 +624,8 @@ fn differential_fuzz() {
             eprintln!("{f}\n");
         }
     }
-    eprintln!("cases {n}, accepted {accepted}, failures {total}");
+    eprintln!("cases {n}, accepted {accepted}, context inserted {spliced}, failures {total}");
     assert!(fails.is_empty());
+    // The insertion path ran, not only the fallback to `to_json`.
+    assert!(spliced * 20 > accepted, "{spliced} insertions");
 }
