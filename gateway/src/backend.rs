@@ -635,7 +635,7 @@ impl Slot {
                 if method == "notifications/progress" {
                     if let Some(sid) = proc.restore_progress_token(&mut msg) {
                         if let Some(s) = sessions.iter().find(|s| s.id() == sid) {
-                            s.deliver(msg.to_json(), !self.is_shared()).await;
+                            s.deliver(msg.to_text(), !self.is_shared()).await;
                         }
                     }
                     return;
@@ -650,7 +650,7 @@ impl Slot {
                 let uri = (method == "notifications/resources/updated")
                     .then(|| msg.param_str("uri").map(str::to_string))
                     .flatten();
-                let line = msg.to_json();
+                let line = msg.to_text();
                 for s in &sessions {
                     if let Some(u) = &uri {
                         if self.is_shared() && !s.is_subscribed(u) {
@@ -665,9 +665,10 @@ impl Slot {
     }
 }
 
-/// A message as one line for a backend's stdin (bytes: nothing checks UTF-8 again).
+/// A message as one line for a backend's stdin (bytes: nothing checks UTF-8 again),
+/// written over the text it came in as when it has one ([`Message::to_text_bytes`]).
 fn line_of(msg: &Message) -> Vec<u8> {
-    let mut line = msg.to_json_bytes();
+    let mut line = msg.to_text_bytes();
     line.push(b'\n');
     line
 }
@@ -738,7 +739,7 @@ async fn read_stdout(
                         }));
                     }
                 }
-                Frame::Line(line) => match Message::parse(&line) {
+                Frame::Line(line) => match Message::parse_owned(line) {
                     Ok(msg) if msg.kind() == Kind::Response => {
                         let id = msg.id().expect("responses have ids");
                         let entry = proc.pending.borrow_mut().take(&id);

@@ -136,7 +136,7 @@ impl Session {
     }
 
     async fn reply(&self, msg: Message) {
-        self.deliver(msg.to_json(), true).await;
+        self.deliver(msg.to_text(), true).await;
     }
 
     /// True when the client subscribed to `uri`.
@@ -146,7 +146,9 @@ impl Session {
 
     /// Handles one message from the client.
     pub async fn on_client_message(self: &Rc<Self>, text: &str) {
-        let msg = match Message::parse(text.as_bytes()) {
+        // Kept, so that what is forwarded is the client's text with the gateway's few
+        // changes written over it (`Message::to_text`), not a re-serialisation.
+        let msg = match Message::parse_owned(text.as_bytes().to_vec()) {
             Ok(m) => m,
             Err(rej) => {
                 log::warn!("session {}: bad message: {}", self.id, rej.error.message);
@@ -546,7 +548,7 @@ impl Session {
         self.resolve_span(cx, &full, &routed, routed.as_ref().ok().map(|r| r.0));
         let (backend, local) = routed?;
         let slot = self.slot(backend).expect("checked above").clone();
-        msg.params_mut().insert("name".into(), local.into());
+        msg.set_param_name(local);
         self.forward(&slot, msg, target, cx).await
     }
 
@@ -838,7 +840,7 @@ impl Session {
         match slot {
             Ok(cid) => {
                 msg.set_id(&Id::from(cid));
-                if !self.deliver(msg.to_json(), wait).await {
+                if !self.deliver(msg.to_text(), wait).await {
                     self.server_reqs.borrow_mut().remove(cid);
                     refuse(RpcError::new(
                         mcp_shared::error::codes::INTERNAL_ERROR,

@@ -31,7 +31,7 @@ use futures_lite::{AsyncReadExt, StreamExt};
 use mcp_shared::config::RouterConfig;
 use mcp_shared::error::{RelayError, SessionError, ToRpcError};
 use mcp_shared::framing::{Frame, LineDecoder, PIPE_READ_CHUNK_BYTES};
-use mcp_shared::jsonrpc::{Id, Kind, Message};
+use mcp_shared::jsonrpc::{self, Id, Kind, Message};
 use mcp_shared::meter::{within_progress, Meter};
 use mcp_shared::secret::Secret;
 use mcp_shared::telemetry::{self, attrs, propagation, AttrValue, Cx, Telemetry};
@@ -550,8 +550,6 @@ async fn handle_client_line(
         let st = state.borrow();
         (st.tel.clone(), st.server.clone())
     };
-    // Whether the message now carries a trace context the host did not write.
-    let mut injected = false;
     let spans = if tel.enabled() {
         let parent = propagation::extract_message(&msg);
         let stdio = tel.start("stdio.read", SpanKind::Server, &parent, |a| {
@@ -571,7 +569,6 @@ async fn handle_client_line(
                 a.str("network.transport", "tcp");
             });
             propagation::inject_message(&request, &mut msg);
-            injected = request.span_context().is_valid();
             request
         };
         Spans { stdio, request }
@@ -619,15 +616,11 @@ async fn handle_client_line(
             return;
         }
     };
-    // The router changes nothing in a message but the trace context it adds, so without
-    // one the message goes on as the host wrote it: the same bytes (the parse has
-    // checked them, UTF-8 included) and no serialisation (callgrind: docs/benchmark.md,
-    // "Instructions per request").
-    let text = if injected {
-        msg.to_json()
-    } else {
-        String::from_utf8(line.to_vec()).unwrap_or_else(|_| msg.to_json())
-    };
+    // The router changes nothing in a message but the trace context it adds: without
+    // one the message goes on as the host's exact bytes, and with one those bytes get
+    // the context inserted where that can be done without writing the message anew
+    // (callgrind: docs/benchmark.md, "Instructions per request").
+    let text = msg.to_json_over(line);
     spans.request.event(
         "websocket.message.sent",
         &[("message.size", AttrValue::Int(text.len() as i64))],
@@ -728,8 +721,14 @@ async fn read_ws(
                     _ => None,
                 };
                 let size = text.len() as i64;
-                // Relay the text as received: no re-serialisation needed.
-                send_out(&out, text).await;
+                // Relay the text as received, unless a line break in it (whitespace
+                // between tokens, valid JSON) would split it on stdout.
+                let line = if jsonrpc::is_one_line(text.as_bytes()) {
+                    text
+                } else {
+                    m.to_json()
+                };
+                send_out(&out, line).await;
                 if let Some(spans) = spans {
                     let size = [("message.size", AttrValue::Int(size))];
                     spans.request.event("websocket.message.received", &size);

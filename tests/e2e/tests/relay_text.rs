@@ -1,0 +1,121 @@
+//! What the bridge relays is its peer's own text, with only the bridge's changes written
+//! over it (`Message::to_json_over`, `Message::to_text`): the id and the tool name the
+//! gateway maps, and the trace context the router adds. A text with a line break between
+//! its tokens (valid JSON) goes to a line-framed peer written anew on one line. The
+//! fixture's `echo_line` tool shows the line a backend received.
+
+use std::net::TcpListener;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use mcp_e2e::*;
+use serde_json::{json, Value};
+
+/// The text of a tools/call result.
+fn result_text(resp: &Value) -> &str {
+    resp["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no text result: {resp}"))
+}
+
+#[test]
+fn gateway_relays_the_clients_text_with_only_the_id_and_tool_name_changed() {
+    let gw = gateway_with("");
+    let mut c = WsClient::mcp(&gw);
+    c.initialize();
+    // Spacing, key order, an escape and a number spelling that a serialiser would each
+    // write differently.
+    let sent = r#"{ "params": {"arguments": {"n": 1.50, "s": "\u00e9"}, "name": "one.echo_line"}, "id": "c 1", "method": "tools/call", "jsonrpc": "2.0" }"#;
+    c.send_raw(sent);
+    let resp = c.response(&json!("c 1"));
+    let got = result_text(&resp);
+    let backend_id = serde_json::from_str::<Value>(got).unwrap()["id"].clone();
+    assert!(backend_id.is_u64(), "{got}");
+    let want = sent
+        .replace(r#""c 1""#, &backend_id.to_string())
+        .replace(r#""one.echo_line""#, r#""echo_line""#);
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_request_with_line_breaks_reaches_a_stdio_backend_on_one_line() {
+    let gw = gateway_with("");
+    let mut c = WsClient::mcp(&gw);
+    c.initialize();
+    let sent = "{\n  \"jsonrpc\": \"2.0\",\n  \"id\": 5,\n  \"method\": \"tools/call\",\r\n  \"params\": {\"name\": \"one.echo_line\", \"arguments\": {\"t\": \"a\\nb\"}}\n}";
+    c.send_raw(sent);
+    let resp = c.response(&json!(5));
+    let got = result_text(&resp);
+    assert!(!got.contains(['\n', '\r']), "{got:?}");
+    let got: Value = serde_json::from_str(got).unwrap();
+    assert_eq!(got["params"]["name"], "echo_line");
+    assert_eq!(got["params"]["arguments"]["t"], "a\nb");
+    assert_eq!(got["method"], "tools/call");
+}
+
+/// A gateway stand-in: hands over the first text message it receives, answers it with
+/// `reply` (with the request's id put in for `ID`) if given, then holds the link until
+/// the router closes it.
+fn stand_in(reply: Option<&'static str>) -> (String, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/mcp", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut ws = tungstenite::accept_hdr(stream, choose_mcp).unwrap();
+        let mut first = true;
+        while let Ok(m) = ws.read() {
+            let tungstenite::Message::Text(t) = m else {
+                continue;
+            };
+            if !std::mem::take(&mut first) {
+                continue;
+            }
+            let text = t.as_str().to_owned();
+            let id = serde_json::from_str::<Value>(&text).unwrap()["id"].to_string();
+            let _ = tx.send(text);
+            if let Some(r) = reply {
+                let _ = ws.send(tungstenite::Message::text(r.replace("ID", &id)));
+            }
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn router_with_tracing_inserts_its_context_into_the_hosts_text() {
+    let (url, rx) = stand_in(None);
+    let mut c = router_with_config(
+        &url,
+        "[tracing]\nenabled = true\nsampler_type = \"always_on\"\nexporter_type = \"stdout\"\n",
+    );
+    let line =
+        r#"{ "jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"x": "\u00e9", "n": 1.50} }"#;
+    c.send_raw(line);
+    let got = rx.recv_timeout(Duration::from_secs(15)).expect("a message");
+    let v: Value = serde_json::from_str(&got).unwrap();
+    let tp = v["params"]["_meta"]["traceparent"].as_str().unwrap();
+    assert_eq!(tp.len(), 55, "{tp}");
+    assert!(tp.starts_with("00-") && tp.ends_with("-01"), "{tp}");
+    let want = line.replace(
+        r#""params": {"#,
+        &format!(r#""params": {{"_meta":{{"traceparent":"{tp}"}},"#),
+    );
+    assert_eq!(got, want);
+    drop(c);
+}
+
+#[test]
+fn router_puts_a_gateway_message_with_line_breaks_on_one_line() {
+    let (url, rx) = stand_in(Some(
+        "{\n  \"jsonrpc\": \"2.0\",\n  \"id\": ID,\r\n  \"result\": {\"t\": \"a\\nb\"}\n}",
+    ));
+    let mut c = Client::router(&url);
+    c.send(json!({"jsonrpc": "2.0", "id": 9, "method": "ping"}));
+    rx.recv_timeout(Duration::from_secs(15))
+        .expect("the request");
+    // The client's reader fails the test on a line that is not JSON.
+    let r = c.response(&json!(9));
+    assert_eq!(r["result"]["t"], "a\nb");
+    drop(c);
+}
