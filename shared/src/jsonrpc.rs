@@ -613,15 +613,18 @@ impl Message {
     /// The message's text, given `text`, the bytes it was parsed from. Unchanged since,
     /// it is that text as it is (the peer's bytes, not a re-serialisation). Changed only
     /// in its `id` ([`Message::set_id`]), its `params.name`
-    /// ([`Message::set_param_name`]) and by a trace context
-    /// ([`Message::set_trace_context`]) where it had none and no `params._meta`, it is
-    /// that text with those values replaced and `"_meta":{…}` inserted as the first key of
-    /// `params` (or `"params":{"_meta":{…}}` as the first key of the message). That
-    /// costs a scan of the keys up to the last one changed instead of writing the whole
-    /// message (callgrind: docs/benchmark.md, "Instructions per request"). Anything else
-    /// (a changed key the text has twice or spells with escapes, other changes, or
-    /// `text` of another length than the one parsed) is [`Message::to_json`]. The result
-    /// reads back as what `to_json` gives; key order and number spelling may differ.
+    /// ([`Message::set_param_name`]) and its trace context
+    /// ([`Message::set_trace_context`]), it is that text with those values written over
+    /// the old ones; a context new to the text goes in as the first key of `params`
+    /// (`"_meta":{…}`, when `params` has no `_meta`) or of the message
+    /// (`"params":{"_meta":{…}}`). That costs a scan of the keys up to the last one
+    /// changed instead of writing the whole message (callgrind: docs/benchmark.md,
+    /// "Instructions per request"). Anything else (a changed key the text has twice or
+    /// spells with escapes, a `tracestate` to drop, a `_meta` without a context, other
+    /// changes, or `text` of another length than the one parsed) is
+    /// [`Message::to_json`]. The result reads back as what `to_json` gives; key order,
+    /// spacing and number spelling may differ, and line breaks between the text's
+    /// tokens are kept: for a line-framed stream, [`Message::to_text_bytes`].
     pub fn to_json_over(&self, text: &[u8]) -> String {
         // The one UTF-8 check (the parse has checked the text already; the text is cut
         // only next to ASCII bytes: `{`, `,`, a value's first and last byte).
@@ -640,10 +643,13 @@ impl Message {
         }
     }
 
-    /// [`Message::to_text`] as bytes, for a byte stream (a backend's stdin): no UTF-8
-    /// check of the result, and room for a line terminator after the text.
+    /// [`Message::to_text`] as bytes for a line-framed stream (a backend's stdin): always
+    /// one line (a kept text with a line break between its tokens, valid JSON, is
+    /// written anew), no UTF-8 check of the result, and room for a line terminator
+    /// after the text.
     pub fn to_text_bytes(&self) -> Vec<u8> {
-        match self.kept.as_deref().and_then(|t| self.over(t)) {
+        let kept = self.kept.as_deref().filter(|t| is_one_line(t));
+        match kept.and_then(|t| self.over(t)) {
             Some(b) => b,
             None => self.to_json_bytes(),
         }
@@ -652,9 +658,7 @@ impl Message {
     /// The text over `text` (unchecked bytes, with room for one more); `None` when only
     /// serialisation will do.
     fn over(&self, text: &[u8]) -> Option<Vec<u8>> {
-        // A line break between tokens is valid JSON but would split the message on a
-        // line-framed transport (stdio): such text is written anew, on one line.
-        if text.len() != self.size_hint || !is_one_line(text) {
+        if text.len() != self.size_hint {
             return None;
         }
         let Source::Text { repeated, edits } = self.source else {
@@ -720,38 +724,31 @@ impl Message {
                 .then_some((0, 0)),
         };
         let found = find_places(text, &want)?;
-        // (start, end, what goes there), in the text's order.
-        let mut parts: Vec<(usize, usize, Vec<u8>)> = Vec::with_capacity(3);
+        // What goes where, in the text's order: (start, end, what replaces the bytes
+        // between). At most four parts; no buffer of their own (each would be an
+        // allocation per message).
+        let mut parts: [(usize, usize, Part); 4] = [(usize::MAX, 0, Part::None); 4];
+        let mut n = 0;
+        macro_rules! add {
+            ($start:expr, $end:expr, $part:expr) => {{
+                parts[n] = ($start, $end, $part);
+                n += 1;
+            }};
+        }
         if let (Some(v), Some((start, end))) = (new_id, found.id) {
-            let mut b = Vec::with_capacity(end - start + 8);
-            value(&mut b, v);
-            parts.push((start, end, b));
+            add!(start, end, Part::Id(v));
         }
-        if let (Some(n), Some((start, end))) = (new_name, found.name) {
-            let mut b = Vec::with_capacity(n.len() + 2);
-            string(&mut b, n);
-            parts.push((start, end, b));
+        if let (Some(name), Some((start, end))) = (new_name, found.name) {
+            add!(start, end, Part::Str(name));
         }
+        let mut extra = 0;
         if let (Some(t), true) = (trace, over_text) {
             let (start, end) = found.traceparent?;
-            let mut b = Vec::with_capacity(t.traceparent.len() + 2);
-            string(&mut b, &t.traceparent);
-            parts.push((start, end, b));
+            add!(start, end, Part::Str(&t.traceparent));
             match (found.tracestate, &t.tracestate) {
-                (Some((start, end)), Some(state)) => {
-                    let mut b = Vec::with_capacity(state.len() + 2);
-                    string(&mut b, state);
-                    parts.push((start, end, b));
-                }
+                (Some((start, end)), Some(state)) => add!(start, end, Part::Str(state)),
                 // New to the text: after `traceparent`.
-                (None, Some(state)) => {
-                    let mut b = Vec::with_capacity(state.len() + 16);
-                    b.push(b',');
-                    string(&mut b, "tracestate");
-                    b.push(b':');
-                    string(&mut b, state);
-                    parts.push((end, end, b));
-                }
+                (None, Some(state)) => add!(end, end, Part::StateAfter(state)),
                 (_, None) => {}
             }
         } else if let Some(t) = trace {
@@ -762,32 +759,44 @@ impl Message {
             };
             let mut rest = Scanner { b: text, i: at };
             rest.ws();
-            let empty = rest.peek()? == b'}';
-            let trace_len = TRACE_KEYS_BYTES
+            let comma = rest.peek()? != b'}';
+            extra = TRACE_KEYS_BYTES
                 + t.traceparent.len()
                 + t.tracestate.as_ref().map_or(0, String::len);
-            let mut b = Vec::with_capacity(trace_len + 24);
-            if meta_in_params {
-                b.extend_from_slice(b"\"_meta\":");
-                write_meta(&mut b, None, t);
-            } else {
-                b.extend_from_slice(b"\"params\":{\"_meta\":");
-                write_meta(&mut b, None, t);
-                b.push(b'}');
-            }
-            if !empty {
-                b.push(b',');
-            }
-            parts.push((at, at, b));
+            add!(at, at, Part::Meta(t, meta_in_params, comma));
         }
+        let parts = &mut parts[..n];
         parts.sort_unstable_by_key(|p| p.0);
-        let extra: usize = parts.iter().map(|p| p.2.len()).sum();
-        let mut out = Vec::with_capacity(text.len() + extra + 1);
+        let mut out = Vec::with_capacity(text.len() + extra + WRITE_SLACK_BYTES + 1);
         let mut from = 0;
-        for (start, end, bytes) in &parts {
-            out.extend_from_slice(&text[from..*start]);
-            out.extend_from_slice(bytes);
-            from = *end;
+        for &(start, end, part) in parts.iter() {
+            out.extend_from_slice(&text[from..start]);
+            match part {
+                Part::Id(v) => value(&mut out, v),
+                Part::Str(s) => string(&mut out, s),
+                Part::StateAfter(state) => {
+                    out.push(b',');
+                    string(&mut out, "tracestate");
+                    out.push(b':');
+                    string(&mut out, state);
+                }
+                Part::Meta(t, in_params, comma) => {
+                    out.extend_from_slice(if in_params {
+                        b"\"_meta\":"
+                    } else {
+                        b"\"params\":{\"_meta\":"
+                    });
+                    write_meta(&mut out, None, t);
+                    if !in_params {
+                        out.push(b'}');
+                    }
+                    if comma {
+                        out.push(b',');
+                    }
+                }
+                Part::None => {}
+            }
+            from = end;
         }
         out.extend_from_slice(&text[from..]);
         Some(out)
@@ -1064,6 +1073,21 @@ fn object_start(bytes: &[u8]) -> Option<usize> {
     Some(s.i)
 }
 
+/// What [`Message::splice`] writes at a place in the text.
+#[derive(Clone, Copy)]
+enum Part<'a> {
+    None,
+    /// A new `id`.
+    Id(&'a Value),
+    /// A new string value (`params.name`, `traceparent`, `tracestate`).
+    Str(&'a str),
+    /// `,"tracestate":"…"`, after a `traceparent`.
+    StateAfter(&'a str),
+    /// The context as a new `"_meta":{…}` key of `params` (true), or as new
+    /// `"params":{"_meta":{…}}` (false); then a comma when keys follow.
+    Meta(&'a TraceContext, bool, bool),
+}
+
 /// Places in a message's text, as [`find_places`] finds them: value spans
 /// (start, end) and insertion points. As a request to `find_places`, `Some` marks what
 /// to find.
@@ -1212,24 +1236,29 @@ impl<'a> Scanner<'a> {
     }
     fn skip_string(&mut self) -> Option<()> {
         self.eat(b'"')?;
-        loop {
-            match self.peek()? {
+        // An index loop, no `peek` per byte: keys and short values are most of what
+        // `find_places` reads.
+        let (b, mut i) = (self.b, self.i);
+        while i < b.len() {
+            match b[i] {
                 b'"' => {
-                    self.i += 1;
+                    self.i = i + 1;
                     return Some(());
                 }
-                b'\\' => self.i += 2,
-                _ => self.i += 1,
+                b'\\' => i += 2,
+                _ => i += 1,
             }
         }
+        None
     }
     fn skip_value(&mut self) -> Option<()> {
         match self.peek()? {
             b'"' => self.skip_string(),
             b'{' | b'[' => {
                 let mut depth = 0usize;
-                loop {
-                    match self.peek()? {
+                let b = self.b;
+                while self.i < b.len() {
+                    match b[self.i] {
                         b'"' => {
                             self.skip_string()?;
                             continue;
@@ -1246,6 +1275,7 @@ impl<'a> Scanner<'a> {
                     }
                     self.i += 1;
                 }
+                None
             }
             _ => {
                 let start = self.i;
@@ -1764,13 +1794,16 @@ mod tests {
             }
             assert_eq!(m.to_text(), m.to_json(), "{text}");
         }
-        // A line break between tokens: written anew, on one line, changed or not.
+        // A line break between tokens: kept over the text, but written anew, on one
+        // line, for a line-framed stream, changed or not.
         let text = "{\"jsonrpc\":\"2.0\",\n\"id\":1,\"method\":\"m\"}";
-        let mut m = Message::parse(text.as_bytes()).unwrap();
-        assert_eq!(m.to_json_over(text.as_bytes()), m.to_json());
+        let mut m = Message::parse_owned(text.as_bytes().to_vec()).unwrap();
+        assert_eq!(m.to_json_over(text.as_bytes()), text);
+        assert_eq!(m.to_text_bytes(), m.to_json_bytes());
         m.set_trace_context(TP, "");
-        assert_eq!(m.to_json_over(text.as_bytes()), m.to_json());
-        assert!(super::is_one_line(m.to_json().as_bytes()));
+        assert!(m.to_json_over(text.as_bytes()).contains(",\n\"id\""));
+        assert_eq!(m.to_text_bytes(), m.to_json_bytes());
+        assert!(super::is_one_line(&m.to_json_bytes()));
         // Changed otherwise since parsed, or not the text it was parsed from: serialised.
         let text = r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"a":1}}"#;
         let mut m = Message::parse(text.as_bytes()).unwrap();
