@@ -521,7 +521,7 @@ async fn read_stdin(state: &Shared, out: &Sender<String>, max_in_flight: usize, 
                     let err = SessionError::TooLarge { limit: max }.to_rpc_error();
                     send_out(out, Message::error_response(id, err).to_json()).await;
                 }
-                Frame::Line(line) => handle_client_line(state, out, max_in_flight, &line).await,
+                Frame::Line(line) => handle_client_line(state, out, max_in_flight, line).await,
             }
         }
     }
@@ -531,9 +531,11 @@ async fn handle_client_line(
     state: &Shared,
     out: &Sender<String>,
     max_in_flight: usize,
-    line: &[u8],
+    line: Vec<u8>,
 ) {
-    let mut msg = match Message::parse(line) {
+    let size = line.len();
+    // Kept, so that what goes to the gateway is the host's text (`to_text`).
+    let mut msg = match Message::parse_owned(line) {
         Ok(m) => m,
         Err(rej) => {
             log::warn!("bad message on stdin: {}", rej.error.message);
@@ -558,7 +560,7 @@ async fn handle_client_line(
         });
         stdio.event(
             "stdio.message.read",
-            &[("message.size", AttrValue::Int(line.len() as i64))],
+            &[("message.size", AttrValue::Int(size as i64))],
         );
         let request = if msg.kind() == Kind::Response {
             Cx::default()
@@ -620,7 +622,7 @@ async fn handle_client_line(
     // one the message goes on as the host's exact bytes, and with one those bytes get
     // the context inserted where that can be done without writing the message anew
     // (callgrind: docs/benchmark.md, "Instructions per request").
-    let text = msg.to_json_over(line);
+    let text = msg.to_text();
     spans.request.event(
         "websocket.message.sent",
         &[("message.size", AttrValue::Int(text.len() as i64))],

@@ -117,11 +117,10 @@ enum Source {
     /// Built from values, or changed since it was parsed in a way [`Edits`] does not
     /// follow: only serialisation gives its text.
     Lost,
-    /// The text, with the keys the parse saw more than once, and what has changed since.
-    Text {
-        repeated: de::Repeated,
-        edits: Edits,
-    },
+    /// The text, whether it has a key twice in the message's object, `params` or
+    /// `params._meta` (then it is not sent as it is: the bridge acted on the last one,
+    /// a receiver might take the first or refuse it), and what has changed since.
+    Text { repeated: bool, edits: Edits },
 }
 
 /// The changes since the parse that the text can take by replacing or inserting a few
@@ -610,7 +609,9 @@ impl Message {
         out
     }
 
-    /// The message's text, given `text`, the bytes it was parsed from. Unchanged since,
+    /// The message's text, given `text`, the bytes it was parsed from (only a length
+    /// check guards that: private, reached through the text [`Message::parse_owned`]
+    /// keeps, [`Message::to_text`]). Unchanged since,
     /// it is that text as it is (the peer's bytes, not a re-serialisation). Changed only
     /// in its `id` ([`Message::set_id`]), its `params.name`
     /// ([`Message::set_param_name`]) and its trace context
@@ -625,7 +626,7 @@ impl Message {
     /// [`Message::to_json`]. The result reads back as what `to_json` gives; key order,
     /// spacing and number spelling may differ, and line breaks between the text's
     /// tokens are kept: for a line-framed stream, [`Message::to_text_bytes`].
-    pub fn to_json_over(&self, text: &[u8]) -> String {
+    fn to_json_over(&self, text: &[u8]) -> String {
         // The one UTF-8 check (the parse has checked the text already; the text is cut
         // only next to ASCII bytes: `{`, `,`, a value's first and last byte).
         match self.over(text).map(String::from_utf8) {
@@ -634,8 +635,11 @@ impl Message {
         }
     }
 
-    /// [`Message::to_json_over`] of the text kept by [`Message::parse_owned`];
-    /// [`Message::to_json`] when none was kept.
+    /// The text to relay: over the text kept by [`Message::parse_owned`] as
+    /// `to_json_over` describes (the text itself, or with the bridge's changes written
+    /// over it); [`Message::to_json`] when none was kept, when the text has a key twice
+    /// in the message, `params` or `params._meta`, or when the changes are of another
+    /// kind.
     pub fn to_text(&self) -> String {
         match &self.kept {
             Some(text) => self.to_json_over(text),
@@ -661,7 +665,11 @@ impl Message {
         if text.len() != self.size_hint {
             return None;
         }
-        let Source::Text { repeated, edits } = self.source else {
+        let Source::Text {
+            repeated: false,
+            edits,
+        } = self.source
+        else {
             return None;
         };
         if edits == Edits::default() {
@@ -669,18 +677,11 @@ impl Message {
             out.extend_from_slice(text);
             return Some(out);
         }
-        self.splice(text, repeated, edits)
+        self.splice(text, edits)
     }
 
     /// The text with `edits` applied in place; see [`Message::to_json_over`].
-    fn splice(&self, text: &[u8], repeated: de::Repeated, edits: Edits) -> Option<Vec<u8>> {
-        if (edits.id && repeated.id)
-            || ((edits.name || edits.trace) && repeated.params)
-            || (edits.name && repeated.name)
-            || (edits.trace && repeated.meta)
-        {
-            return None;
-        }
+    fn splice(&self, text: &[u8], edits: Edits) -> Option<Vec<u8>> {
         // The context to write, and whether the text has one to write it over.
         let (trace, over_text) = match (&self.trace, edits.trace) {
             (_, false) => (None, false),
@@ -1696,9 +1697,9 @@ mod tests {
         assert_eq!(v["error"]["code"], codes::PARSE_ERROR);
     }
 
-    /// `to_json_over` inserts the context as the first key of `params` (or adds `params`
-    /// first), keeps every other byte of the text, and serialises whenever the text
-    /// cannot simply take it.
+    /// `to_json_over` / `to_text` insert the context as the first key of `params` (or
+    /// add `params` first), write the id, name and context over the old ones, keep every
+    /// other byte of the text, and serialise whenever the text cannot simply take it.
     #[test]
     fn a_new_trace_context_is_inserted_into_the_text() {
         use super::Message;
@@ -1755,7 +1756,6 @@ mod tests {
         for text in [
             r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"progressToken":3}}}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"m","params":[1,2]}"#,
-            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"a":1},"params":{"b":2}}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"m","param\u0073":{"a":1}}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01","tracestate":"a=b"}}}"#,
         ] {
@@ -1782,11 +1782,19 @@ mod tests {
             m.to_text(),
             r#"{"result":{"content":[{"type":"text","text":"id"}],"id":9},"jsonrpc":"2.0","id":"c-1"}"#
         );
-        // An id twice, or a name twice: serialised (the last one is the message's).
+        // A key twice in the message, its params or their `_meta` (the bridge read the
+        // last one): serialised, changed or not. Deeper, the text is left alone.
         for text in [
             r#"{"jsonrpc":"2.0","id":1,"id":2,"result":{}}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"a":1},"params":{"b":2}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","method":"n"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"uri":"a://x","uri":"b://y"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"progressToken":1,"progressToken":2}}}"#,
         ] {
+            let m = Message::parse_owned(text.as_bytes().to_vec()).unwrap();
+            assert_eq!(m.to_text(), m.to_json(), "{text}");
+            assert_ne!(m.to_text(), text);
             let mut m = Message::parse_owned(text.as_bytes().to_vec()).unwrap();
             m.set_id(&5u64.into());
             if m.kind() == super::Kind::Request {
@@ -1794,6 +1802,9 @@ mod tests {
             }
             assert_eq!(m.to_text(), m.to_json(), "{text}");
         }
+        let text = r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"arguments":{"k":1,"k":2}}}"#;
+        let m = Message::parse_owned(text.as_bytes().to_vec()).unwrap();
+        assert_eq!(m.to_text(), text);
         // A line break between tokens: kept over the text, but written anew, on one
         // line, for a line-framed stream, changed or not.
         let text = "{\"jsonrpc\":\"2.0\",\n\"id\":1,\"method\":\"m\"}";

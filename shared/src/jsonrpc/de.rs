@@ -26,22 +26,10 @@ pub(super) struct Taken {
     /// Something unusual left the keys in the map, where a string `traceparent` may
     /// then be (a repeated key whose first value was not a string).
     pub left_in_map: bool,
-    /// The keys that a message's text can have edited in place and that it has more
-    /// than once (the last one counts, as with `Value`).
-    pub repeated: Repeated,
-}
-
-/// Keys seen more than once; see [`Taken::repeated`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Repeated {
-    /// The top-level `id`.
-    pub id: bool,
-    /// The top-level `params`.
-    pub params: bool,
-    /// `params.name`.
-    pub name: bool,
-    /// `params._meta`, or a string `traceparent` or `tracestate` in it.
-    pub meta: bool,
+    /// A key the message's own object, its `params` or `params._meta` has more than
+    /// once (the last one counts, as with `Value`): then only a serialisation of the
+    /// maps sends what the bridge read (`Message::to_text`).
+    pub repeated: bool,
 }
 
 /// Parses one JSON text: the value, and what was taken out of `params._meta`.
@@ -136,26 +124,10 @@ impl<'de> Visitor<'de> for Shaped<'_> {
             return meta(map, taken);
         }
         let mut m = Map::new();
-        // Whether `id`, `params` (top) or `name` (params) has been seen.
-        let (mut seen_a, mut seen_b) = (false, false);
         while let Some(k) = map.next_key::<String>()? {
             let inner = match (level, k.as_str()) {
-                (Level::Top, "params") => {
-                    taken.repeated.params |= std::mem::replace(&mut seen_b, true);
-                    Some(Level::Params)
-                }
-                (Level::Top, "id") => {
-                    taken.repeated.id |= std::mem::replace(&mut seen_a, true);
-                    None
-                }
-                (Level::Params, "name") => {
-                    taken.repeated.name |= std::mem::replace(&mut seen_a, true);
-                    None
-                }
-                (Level::Params, "_meta") => {
-                    taken.repeated.meta |= std::mem::replace(&mut seen_b, true);
-                    Some(Level::Meta)
-                }
+                (Level::Top, "params") => Some(Level::Params),
+                (Level::Params, "_meta") => Some(Level::Meta),
                 _ => None,
             };
             let v = match inner {
@@ -165,7 +137,9 @@ impl<'de> Visitor<'de> for Shaped<'_> {
                 })?,
                 None => map.next_value()?,
             };
-            m.insert(k, v);
+            // Only these two levels (and `_meta`) get here; nested objects are read
+            // by `Value` itself.
+            taken.repeated |= m.insert(k, v).is_some();
         }
         Ok(Value::Object(m))
     }
@@ -210,7 +184,7 @@ fn meta<'de, A: MapAccess<'de>>(mut map: A, taken: &mut Taken) -> Result<Value, 
         let name = match key {
             MetaKey::Other(k) => {
                 let v = map.next_value()?;
-                m.insert(k, v);
+                taken.repeated |= m.insert(k, v).is_some();
                 continue;
             }
             MetaKey::Parent => "traceparent",
@@ -226,7 +200,7 @@ fn meta<'de, A: MapAccess<'de>>(mut map: A, taken: &mut Taken) -> Result<Value, 
             };
             if let Value::String(s) = v {
                 // A repeated key keeps its first place and takes the last value.
-                taken.repeated.meta |= slot.is_some();
+                taken.repeated |= slot.is_some();
                 let at = slot.as_ref().map_or(m.len() + out, |(_, at)| *at);
                 *slot = Some((s, at));
                 continue;
@@ -234,9 +208,9 @@ fn meta<'de, A: MapAccess<'de>>(mut map: A, taken: &mut Taken) -> Result<Value, 
             put_back(&mut m, parent.take(), state.take());
             taking = false;
             taken.left_in_map = true;
-            m.insert(name.to_owned(), v);
+            taken.repeated |= m.insert(name.to_owned(), v).is_some();
         } else {
-            m.insert(name.to_owned(), v);
+            taken.repeated |= m.insert(name.to_owned(), v).is_some();
         }
     }
     match parent {

@@ -1,8 +1,9 @@
 //! What the bridge relays is its peer's own text, with only the bridge's changes written
 //! over it (`Message::to_json_over`, `Message::to_text`): the id and the tool name the
 //! gateway maps, and the trace context the router adds. A text with a line break between
-//! its tokens (valid JSON) goes to a line-framed peer written anew on one line. The
-//! fixture's `echo_line` tool shows the line a backend received.
+//! its tokens (valid JSON) goes to a line-framed peer written anew on one line, and so
+//! does one with a key given twice where the bridge reads keys. The fixture's
+//! `echo_line` tool shows the line a backend received.
 
 use std::net::TcpListener;
 use std::sync::mpsc;
@@ -35,6 +36,22 @@ fn gateway_relays_the_clients_text_with_only_the_id_and_tool_name_changed() {
         .replace(r#""c 1""#, &backend_id.to_string())
         .replace(r#""one.echo_line""#, r#""echo_line""#);
     assert_eq!(got, want);
+}
+
+#[test]
+fn a_key_given_twice_reaches_the_backend_once_as_the_gateway_read_it() {
+    let gw = gateway_with("");
+    let mut c = WsClient::mcp(&gw);
+    c.initialize();
+    // The gateway reads the last `arguments` (as serde_json does); the backend must not
+    // be left to choose (or to refuse the message).
+    let sent = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"one.echo_line","arguments":{"x":1},"arguments":{"y":2}}}"#;
+    c.send_raw(sent);
+    let resp = c.response(&json!(3));
+    let got = result_text(&resp);
+    assert_eq!(got.matches(r#""arguments""#).count(), 1, "{got}");
+    let got: Value = serde_json::from_str(got).unwrap();
+    assert_eq!(got["params"]["arguments"], json!({"y": 2}));
 }
 
 #[test]
