@@ -27,6 +27,11 @@ use super::encode::Scalar;
 #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 use super::span::RecordingSpan;
 
+/// First size of the buffer a step event's attributes are encoded into: the gateway's
+/// step events (`span_detail = "basic"`) take 40–120 bytes.
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+const STEP_EVENT_CAPACITY: usize = 128;
+
 /// The span a piece of work belongs to (see the module documentation). Cloning is
 /// cheap: the span itself is shared, and ends once.
 #[derive(Clone, Default)]
@@ -196,15 +201,29 @@ impl Cx {
         }
     }
 
-    /// Adds an event now, with attributes of any type.
-    pub(crate) fn event_key_values(&self, name: &'static str, attrs: Vec<KeyValue>) {
+    /// Adds an event now with the attributes `f` gives: encoded as they are given when
+    /// the span is ours (no `KeyValue`s, as [`Attrs`] does for span attributes), as
+    /// `KeyValue`s for an SDK span. `f` is not called when nothing records.
+    pub(crate) fn step_event(&self, name: &'static str, f: impl FnOnce(&mut Attrs)) {
         match &self.0 {
             Repr::Empty | Repr::Context(_) => {}
             #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
             Repr::Recording(r) => {
-                opentelemetry::trace::Span::add_event(&mut *r.span.borrow_mut(), name, attrs)
+                if !opentelemetry::trace::Span::is_recording(&*r.span.borrow()) {
+                    return;
+                }
+                // Encoded before the span is borrowed: `f` is free to read it.
+                let mut out = Vec::with_capacity(STEP_EVENT_CAPACITY);
+                let (mut kept, mut dropped) = (0, 0);
+                f(&mut Attrs(Sink::Event(&mut out, &mut kept, &mut dropped)));
+                r.span.borrow_mut().encoded_event(name, &out, dropped);
             }
-            Repr::Sdk(cx, _) => cx.span().add_event(name, attrs),
+            Repr::Sdk(cx, _) => {
+                let span = cx.span();
+                if span.is_recording() {
+                    span.add_event(name, Attrs::collect(f));
+                }
+            }
         }
     }
 
@@ -277,6 +296,10 @@ pub struct Attrs<'a>(Sink<'a>);
 enum Sink<'a> {
     #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
     Span(&'a mut RecordingSpan),
+    /// An event's attributes, encoded as they come ([`Cx::step_event`]): the buffer,
+    /// how many were kept and how many cut (over the per-event limit).
+    #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+    Event(&'a mut Vec<u8>, &'a mut usize, &'a mut u32),
     List(&'a mut Vec<KeyValue>),
 }
 
@@ -293,6 +316,15 @@ impl Attrs<'_> {
         match &mut self.0 {
             #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
             Sink::Span(s) => s.scalar_attribute(key, value.scalar()),
+            #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+            Sink::Event(out, kept, dropped) => {
+                if **kept < super::span::MAX_ATTRIBUTES_PER_EVENT {
+                    super::encode::put_scalar_kv(out, 3, key, value.scalar());
+                    **kept += 1;
+                } else {
+                    **dropped += 1;
+                }
+            }
             Sink::List(v) => v.push(value.key_value(key)),
         }
     }
@@ -323,6 +355,15 @@ impl Attrs<'_> {
         match &mut self.0 {
             #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
             Sink::Span(s) => opentelemetry::trace::Span::set_attribute(&mut **s, kv.clone()),
+            #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+            Sink::Event(out, kept, dropped) => {
+                if **kept < super::span::MAX_ATTRIBUTES_PER_EVENT {
+                    super::encode::put_kv(out, 3, kv);
+                    **kept += 1;
+                } else {
+                    **dropped += 1;
+                }
+            }
             Sink::List(v) => v.push(kv.clone()),
         }
     }

@@ -221,7 +221,7 @@ fn kv_len(kv: &KeyValue) -> usize {
     delim_len(1, kv.key.as_str().len()) + delim_len(2, any_len(&kv.value))
 }
 
-fn put_kv(out: &mut Vec<u8>, field: u32, kv: &KeyValue) {
+pub(crate) fn put_kv(out: &mut Vec<u8>, field: u32, kv: &KeyValue) {
     let key = kv.key.as_str();
     let scalar = match &kv.value {
         Value::String(v) => Scalar::Str(v.as_str()),
@@ -422,6 +422,23 @@ pub(crate) fn put_scalar_event(
     for (k, v) in attrs {
         put_scalar_kv(out, 3, k, *v);
     }
+    put_optional_varint(out, 4, dropped.into());
+}
+
+/// Appends one `Span.events` entry whose attributes are already encoded: `attrs` holds
+/// `Event.attributes` entries (field 3), as [`put_scalar_kv`] writes them.
+pub(crate) fn put_encoded_event(
+    out: &mut Vec<u8>,
+    time: SystemTime,
+    name: &str,
+    attrs: &[u8],
+    dropped: u32,
+) {
+    let len = 9 + delim_len(2, name.len()) + attrs.len() + optional_varint_len(4, dropped.into());
+    put_delim_head(out, 11, len);
+    put_fixed64(out, 1, nanos(time));
+    put_bytes(out, 2, name.as_bytes());
+    out.extend_from_slice(attrs);
     put_optional_varint(out, 4, dropped.into());
 }
 

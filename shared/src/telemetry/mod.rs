@@ -190,9 +190,7 @@ impl Telemetry {
     pub fn step(&self, name: &'static str, parent: &Cx, attrs: impl FnOnce(&mut Attrs)) -> Step {
         match &self.inner {
             Some(i) if i.detail == SpanDetail::Basic => {
-                if parent.is_recording() {
-                    parent.event_key_values(name, Attrs::collect(attrs));
-                }
+                parent.step_event(name, attrs);
                 Step::Event(parent.clone())
             }
             _ => Step::Span(self.start(name, SpanKind::Internal, parent, attrs)),
@@ -338,7 +336,20 @@ impl Inner {
             trace_state,
         );
         let parent_ids = has_parent.then(|| (psc.span_id(), psc.is_remote()));
-        let span = span::RecordingSpan::start(sc, parent_ids, kind, name, rec.queue.clone());
+        // With step events, the server span holds them too (`Telemetry::step`).
+        let capacity = if self.detail == SpanDetail::Basic && kind == SpanKind::Server {
+            span::STEP_PARENT_CAPACITY
+        } else {
+            span::INITIAL_CAPACITY
+        };
+        let span = span::RecordingSpan::start_sized(
+            sc,
+            parent_ids,
+            kind,
+            name,
+            rec.queue.clone(),
+            capacity,
+        );
         let cx = Cx::recording(span);
         cx.set_attributes(attrs);
         cx

@@ -41,7 +41,13 @@ pub const MAX_ATTRIBUTES_PER_LINK: usize = 128;
 /// The recorded entries' buffer starts this large, so that the bridge's spans rarely
 /// grow it: encoded, they average 232 B (gateway) and 387 B (router) with their
 /// attributes and events (docs/benchmark.md).
-const INITIAL_CAPACITY: usize = 512;
+pub(crate) const INITIAL_CAPACITY: usize = 512;
+
+/// The buffer's first size for a span that will also carry the step events of
+/// `span_detail = "basic"` (the gateway's `http.request`): its four events took it past
+/// 512 bytes, and the one reallocation that followed cost ~4k instructions per request
+/// (callgrind: docs/benchmark.md, "Instructions per request").
+pub(crate) const STEP_PARENT_CAPACITY: usize = 1024;
 
 /// A sampled span being recorded; see the module documentation.
 #[derive(Debug)]
@@ -66,6 +72,7 @@ pub(crate) struct RecordingSpan {
 
 impl RecordingSpan {
     /// Starts a span now. `parent` is the parent's span id and whether it is remote.
+    #[cfg(test)]
     pub(crate) fn start(
         sc: SpanContext,
         parent: Option<(SpanId, bool)>,
@@ -73,13 +80,26 @@ impl RecordingSpan {
         name: &'static str,
         queue: Queue,
     ) -> Self {
+        Self::start_sized(sc, parent, kind, name, queue, INITIAL_CAPACITY)
+    }
+
+    /// Starts a span now (as `start`) with room for `capacity` bytes of attributes and
+    /// events.
+    pub(crate) fn start_sized(
+        sc: SpanContext,
+        parent: Option<(SpanId, bool)>,
+        kind: SpanKind,
+        name: &'static str,
+        queue: Queue,
+        capacity: usize,
+    ) -> Self {
         RecordingSpan {
             sc,
             parent,
             kind,
             name: Cow::Borrowed(name),
             start: opentelemetry::time::now(),
-            recorded: Vec::with_capacity(INITIAL_CAPACITY),
+            recorded: Vec::with_capacity(capacity),
             attributes: 0,
             events: 0,
             links: 0,
@@ -134,6 +154,24 @@ impl RecordingSpan {
             opentelemetry::time::now(),
             name,
             &attributes[..kept],
+            dropped,
+        );
+    }
+}
+
+impl RecordingSpan {
+    /// `add_event` now with attributes already encoded as `Event.attributes` entries
+    /// ([`super::cx::Attrs`] writing into a buffer; at most
+    /// [`MAX_ATTRIBUTES_PER_EVENT`] of them, `dropped` more cut).
+    pub(crate) fn encoded_event(&mut self, name: &str, attrs: &[u8], dropped: u32) {
+        if !self.admit_event() {
+            return;
+        }
+        encode::put_encoded_event(
+            &mut self.recorded,
+            opentelemetry::time::now(),
+            name,
+            attrs,
             dropped,
         );
     }
@@ -458,6 +496,49 @@ mod tests {
         assert_eq!(spans.len(), 2);
         assert_eq!(spans[0].attributes.len(), 128);
         assert_eq!(spans[0].dropped_attributes_count, 22);
+        assert_eq!(spans[0], spans[1]);
+    }
+
+    /// A step event (`Cx::step_event`: attributes encoded as `Attrs` gives them) is
+    /// what `add_event` with the same attributes as `KeyValue`s writes, the per-event
+    /// limit and a prepared `KeyValue` of another type included.
+    #[test]
+    fn step_events_encode_like_key_value_events() {
+        use crate::telemetry::cx::{Attrs, Cx};
+        let long = "w".repeat(200);
+        let attrs = |n: usize| {
+            let long = long.clone();
+            move |a: &mut Attrs| {
+                a.str("auth.type", "bearer");
+                a.str("long", &long);
+                a.bool("ok", false);
+                a.int("limit", -7);
+                a.key_value(&KeyValue::new("f", 2.5));
+                for i in 0..n {
+                    a.int_text("id", i);
+                }
+            }
+        };
+        let (_p, q) = queue();
+        let sc = sampled(7, 8);
+        let mut by_kv = RecordingSpan::start(sc.clone(), None, SpanKind::Server, "s", q.clone());
+        let ours = Cx::recording(RecordingSpan::start(
+            sc,
+            None,
+            SpanKind::Server,
+            "s",
+            q.clone(),
+        ));
+        for n in [0, 3, 130] {
+            by_kv.add_event("step", Attrs::collect(attrs(n)));
+            ours.step_event("step", attrs(n));
+        }
+        by_kv.end();
+        ours.end();
+        let spans = decode(&q.take_bytes());
+        assert_eq!(spans.len(), 2);
+        assert_eq!(spans[0].events.len(), 3);
+        assert_eq!(spans[0].events[2].dropped_attributes_count, 7);
         assert_eq!(spans[0], spans[1]);
     }
 
