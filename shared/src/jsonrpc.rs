@@ -716,15 +716,14 @@ impl Message {
         } else {
             None
         };
-        let want = Places {
-            id: edits.id.then_some((0, 0)),
-            params_open: meta_in_params.then_some(0),
-            name: edits.name.then_some((0, 0)),
-            traceparent: over_text.then_some((0, 0)),
-            tracestate: (over_text && trace.is_some_and(|t| t.state_at.is_some()))
-                .then_some((0, 0)),
+        let want = Want {
+            id: edits.id,
+            params_open: meta_in_params,
+            name: edits.name,
+            traceparent: over_text,
+            tracestate: over_text && trace.is_some_and(|t| t.state_at.is_some()),
         };
-        let found = find_places(text, &want)?;
+        let found = find_places(text, want)?;
         // What goes where, in the text's order: (start, end, what replaces the bytes
         // between). At most four parts; no buffer of their own (each would be an
         // allocation per message).
@@ -1037,21 +1036,15 @@ fn write_with_trace(out: &mut Vec<u8>, obj: &Map<String, Value>, t: &TraceContex
 /// Scans `{ "key": value, ... }` at the top level only, skipping nested values, and
 /// gives up (returns `None`) at the first thing it cannot follow.
 pub fn sniff_id(bytes: &[u8]) -> Option<Id> {
-    let mut s = Scanner { b: bytes, i: 0 };
-    s.ws();
-    s.eat(b'{')?;
+    let mut s = Scanner {
+        b: bytes,
+        i: object_start(bytes)?,
+    };
     loop {
-        s.ws();
-        let key_start = s.i;
-        s.skip_string()?;
-        let key = &bytes[key_start..s.i];
-        s.ws();
-        s.eat(b':')?;
-        s.ws();
-        let value_start = s.i;
-        s.skip_value()?;
+        let key = s.key()?;
+        let (start, end) = s.value()?;
         if key == b"\"id\"" {
-            let v: Value = serde_json::from_slice(&bytes[value_start..s.i]).ok()?;
+            let v: Value = serde_json::from_slice(&bytes[start..end]).ok()?;
             return Id::from_value(&v);
         }
         s.ws();
@@ -1089,9 +1082,18 @@ enum Part<'a> {
     Meta(&'a TraceContext, bool, bool),
 }
 
+/// What [`find_places`] is to find (the fields of [`Places`]).
+#[derive(Clone, Copy)]
+struct Want {
+    id: bool,
+    params_open: bool,
+    name: bool,
+    traceparent: bool,
+    tracestate: bool,
+}
+
 /// Places in a message's text, as [`find_places`] finds them: value spans
-/// (start, end) and insertion points. As a request to `find_places`, `Some` marks what
-/// to find.
+/// (start, end) and insertion points.
 #[derive(Debug, Default)]
 struct Places {
     /// The top-level `id`'s value.
@@ -1110,17 +1112,17 @@ struct Places {
 /// as far as the last one needed. Only keys spelt exactly (`"id"`, `"params"`,
 /// `"name"`, …) count; `None` when one asked for is not found that way (the caller then
 /// serialises).
-fn find_places(text: &[u8], want: &Places) -> Option<Places> {
+fn find_places(text: &[u8], want: Want) -> Option<Places> {
     let mut found = Places::default();
     let complete = |f: &Places| {
-        (want.id.is_none() || f.id.is_some())
-            && (want.params_open.is_none() || f.params_open.is_some())
-            && (want.name.is_none() || f.name.is_some())
-            && (want.traceparent.is_none() || f.traceparent.is_some())
-            && (want.tracestate.is_none() || f.tracestate.is_some())
+        (!want.id || f.id.is_some())
+            && (!want.params_open || f.params_open.is_some())
+            && (!want.name || f.name.is_some())
+            && (!want.traceparent || f.traceparent.is_some())
+            && (!want.tracestate || f.tracestate.is_some())
     };
     // Whether `params` must be read key by key (else it is skipped whole).
-    let inside = want.name.is_some() || want.traceparent.is_some();
+    let inside = want.name || want.traceparent;
     let mut s = Scanner {
         b: text,
         i: object_start(text)?,
@@ -1128,10 +1130,9 @@ fn find_places(text: &[u8], want: &Places) -> Option<Places> {
     loop {
         let key = s.key()?;
         let start = s.i;
-        if key == b"\"id\"" && want.id.is_some() {
-            s.skip_value()?;
-            found.id = Some((start, s.i));
-        } else if key == b"\"params\"" && (inside || want.params_open.is_some()) {
+        if key == b"\"id\"" && want.id {
+            found.id = Some(s.value()?);
+        } else if key == b"\"params\"" && (inside || want.params_open) {
             s.eat(b'{')?;
             found.params_open = Some(s.i);
             if complete(&found) {
@@ -1158,7 +1159,7 @@ fn find_places(text: &[u8], want: &Places) -> Option<Places> {
 /// last place wanted (then `Some(true)`).
 fn params_places(
     s: &mut Scanner,
-    want: &Places,
+    want: Want,
     found: &mut Places,
     complete: &impl Fn(&Places) -> bool,
 ) -> Option<bool> {
@@ -1166,22 +1167,19 @@ fn params_places(
     if s.peek()? != b'}' {
         loop {
             let key = s.key()?;
-            let start = s.i;
-            if key == b"\"name\"" && want.name.is_some() {
-                s.skip_value()?;
-                found.name = Some((start, s.i));
-            } else if key == b"\"_meta\"" && want.traceparent.is_some() {
+            if key == b"\"name\"" && want.name {
+                found.name = Some(s.value()?);
+            } else if key == b"\"_meta\"" && want.traceparent {
                 s.eat(b'{')?;
                 s.ws();
                 if s.peek()? != b'}' {
                     loop {
                         let key = s.key()?;
-                        let start = s.i;
-                        s.skip_value()?;
+                        let span = s.value()?;
                         if key == b"\"traceparent\"" {
-                            found.traceparent = Some((start, s.i));
+                            found.traceparent = Some(span);
                         } else if key == b"\"tracestate\"" {
-                            found.tracestate = Some((start, s.i));
+                            found.tracestate = Some(span);
                         }
                         s.ws();
                         if s.eat(b',').is_none() {
@@ -1234,6 +1232,12 @@ impl<'a> Scanner<'a> {
         self.eat(b':')?;
         self.ws();
         Some(key)
+    }
+    /// Skips a value and gives where it was: (start, end).
+    fn value(&mut self) -> Option<(usize, usize)> {
+        let start = self.i;
+        self.skip_value()?;
+        Some((start, self.i))
     }
     fn skip_string(&mut self) -> Option<()> {
         self.eat(b'"')?;
