@@ -710,3 +710,35 @@ fn differential_fuzz() {
     // The insertion path ran, not only the fallback to `to_json`.
     assert!(spliced * 20 > accepted, "{spliced} insertions");
 }
+
+/// The scanner's word-at-a-time search for the end of a string agrees with a byte loop,
+/// on bytes chosen to trip a word test: the two it looks for, their neighbours, the same
+/// with the high bit set (`0xa2`, `0xdc` differ from them in one bit), zero and 0xff.
+#[test]
+fn quote_or_backslash_agrees_with_a_byte_loop() {
+    let bytes = [
+        b'"', b'\\', b'!', b'#', b'[', b']', 0xa2, 0xdc, 0x00, 0x01, 0x7f, 0x80, 0xff, b'a',
+    ];
+    let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut found = 0;
+    for _ in 0..200_000 {
+        let len = r.below(40);
+        let mut b: Vec<u8> = (0..len)
+            .map(|_| {
+                if r.chance(90) {
+                    bytes[r.below(bytes.len() - 2) + 2]
+                } else {
+                    bytes[r.below(2)]
+                }
+            })
+            .collect();
+        if r.chance(20) {
+            b.iter_mut().for_each(|c| *c = b'a' ^ (*c & 1));
+        }
+        let want = b.iter().position(|&c| c == b'"' || c == b'\\');
+        found += usize::from(want.is_some());
+        assert_eq!(super::quote_or_backslash(&b), want, "{b:?}");
+    }
+    // Both outcomes were exercised.
+    assert!(found > 50_000 && found < 190_000, "{found}");
+}
