@@ -136,3 +136,40 @@ fn router_puts_a_gateway_message_with_line_breaks_on_one_line() {
     assert_eq!(r["result"]["t"], "a\nb");
     drop(c);
 }
+
+#[test]
+fn gateway_passes_an_unsampled_trace_context_on_as_it_came() {
+    let gw = gateway_with(
+        "[tracing]\nenabled = true\nsampler_type = \"always_on\"\nexporter_type = \"otlp\"\notlp_protocol = \"http/protobuf\"\notlp_endpoint = \"http://127.0.0.1:9\"\n",
+    );
+    let mut c = WsClient::mcp(&gw);
+    c.initialize();
+    // The version digits spelled as escapes: a context written again would show.
+    let with_flags = |flags: &str| {
+        format!(
+            r#"{{ "jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {{"_meta": {{"traceparent": "\u0030\u0030-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}", "tracestate": "k=v"}}, "name": "one.echo_line", "arguments": {{}}}} }}"#
+        )
+    };
+    // Unsampled: the gateway starts no span, so the backend gets the client's context
+    // as it came, and the text with only the id and tool name changed.
+    let sent = with_flags("00");
+    c.send_raw(&sent);
+    let resp = c.response(&json!(9));
+    let got = result_text(&resp);
+    let backend_id = serde_json::from_str::<Value>(got).unwrap()["id"].clone();
+    let want = sent
+        .replace(r#""id": 9"#, &format!(r#""id": {backend_id}"#))
+        .replace(r#""one.echo_line""#, r#""echo_line""#);
+    assert_eq!(got, want);
+    // Sampled: the backend gets the gateway's `backend.forward` span as its parent.
+    c.send_raw(&with_flags("01"));
+    let resp = c.response(&json!(9));
+    let got: Value = serde_json::from_str(result_text(&resp)).unwrap();
+    let tp = got["params"]["_meta"]["traceparent"].as_str().unwrap();
+    assert!(
+        tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && tp.ends_with("-01"),
+        "{tp}"
+    );
+    assert!(!tp.contains("00f067aa0ba902b7"), "{tp}");
+    assert_eq!(got["params"]["_meta"]["tracestate"], "k=v");
+}
