@@ -875,22 +875,29 @@ fn string(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// Eight copies of a byte, for the word-at-a-time byte tests of [`needs_escape`] and
+/// [`quote_or_backslash`].
+const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+
+/// The high bit of each byte of `w` that is `"` or `\\`. The lowest flagged byte is
+/// exact (flags above it may be borrows, never flags below it).
+fn quotes_or_backslashes(w: u64) -> u64 {
+    let zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS;
+    let (quote, backslash) = (ONES * u64::from(b'"'), ONES * u64::from(b'\\'));
+    zero(w ^ quote) | zero(w ^ backslash)
+}
+
 /// True when serde_json would escape a byte of `s`: exactly the control characters,
 /// `"` and `\`. Eight bytes at a time (one word test instead of eight compares and
 /// branches; a traceparent is 55 bytes).
 fn needs_escape(s: &[u8]) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     // Some byte of `w` is below `n` (exact for n ≤ 0x80; bytes ≥ 0x80 never match).
     let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS != 0;
-    // Some byte of `w` is zero.
-    let zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS != 0;
-    let quote = ONES * u64::from(b'"');
-    let backslash = ONES * u64::from(b'\\');
     let mut words = s.chunks_exact(8);
     for word in &mut words {
         let w = u64::from_ne_bytes(word.try_into().expect("chunks of 8"));
-        if below(w, 0x20) || zero(w ^ quote) || zero(w ^ backslash) {
+        if below(w, 0x20) || quotes_or_backslashes(w) != 0 {
             return true;
         }
     }
@@ -1216,17 +1223,11 @@ fn params_places(
 /// Where the first `"` or `\\` of `b` is. Eight bytes at a time (a `traceparent` the
 /// scanner passes over on the way to `params.name` is 55), then byte by byte.
 fn quote_or_backslash(b: &[u8]) -> Option<usize> {
-    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
-    // The lowest flagged byte of `zero(w)` is `w`'s first zero byte (bits above it may
-    // be borrows, never bits below).
-    let zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS;
-    let (quote, backslash) = (ONES * u64::from(b'"'), ONES * u64::from(b'\\'));
     let mut words = b.chunks_exact(8);
     let mut at = 0;
     for word in &mut words {
         let w = u64::from_le_bytes(word.try_into().expect("chunks of 8"));
-        let hit = zero(w ^ quote) | zero(w ^ backslash);
+        let hit = quotes_or_backslashes(w);
         if hit != 0 {
             return Some(at + hit.trailing_zeros() as usize / 8);
         }
