@@ -28,6 +28,7 @@ use opentelemetry::trace::SpanKind;
 use serde_json::{json, Value};
 
 use crate::metrics::Metrics;
+use crate::oneshot;
 use crate::rt;
 use crate::session::Session;
 
@@ -68,7 +69,7 @@ enum Queued {
 }
 
 struct Pending {
-    tx: Sender<Result<Message, BackendError>>,
+    tx: oneshot::Sender<Result<Message, BackendError>>,
     session: u64,
     /// The progress token we gave the backend for this request, if any.
     token: Option<String>,
@@ -146,7 +147,7 @@ impl Proc {
         // Checked before the progress token is swapped: a refused request must leave
         // nothing in the progress table. (Nothing runs between here and the insert.)
         self.pending.borrow().has_room().map_err(overloaded)?;
-        let (tx, rx) = async_channel::bounded(1);
+        let (tx, rx) = oneshot::channel();
         let token = self.swap_progress_token(session, &mut msg);
         let id = self
             .pending
@@ -173,7 +174,7 @@ impl Proc {
         if let Some(s) = sent {
             s.set(Some(id));
         }
-        let outcome = rt::timeout(left, rx.recv()).await;
+        let outcome = rt::timeout(left, rx).await;
         match outcome {
             Some(Ok(r)) => {
                 std::mem::forget(guard);
@@ -733,7 +734,7 @@ async fn read_stdout(
                         proc.name
                     );
                     if let Some(p) = id.and_then(|id| proc.pending.borrow_mut().take(&id)) {
-                        let _ = p.tx.try_send(Err(BackendError::ResponseTooLarge {
+                        let _ = p.tx.send(Err(BackendError::ResponseTooLarge {
                             backend: proc.name.to_string(),
                             limit: max,
                         }));
@@ -748,7 +749,7 @@ async fn read_stdout(
                                 if let Some(t) = p.token {
                                     proc.progress.borrow_mut().remove(&t);
                                 }
-                                let _ = p.tx.try_send(Ok(msg));
+                                let _ = p.tx.send(Ok(msg));
                             }
                             None => log::debug!(
                                 "backend {:?}: response to unknown or abandoned id {id}",
@@ -802,7 +803,7 @@ async fn read_stdout(
     proc.metrics.backend_up(&proc.name, false);
     let pending = proc.pending.borrow_mut().drain();
     for (_, p) in pending {
-        let _ = p.tx.try_send(Err(proc.exited_error()));
+        let _ = p.tx.send(Err(proc.exited_error()));
     }
     proc.progress.borrow_mut().clear();
     if let Some(s) = slot.upgrade() {

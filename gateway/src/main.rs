@@ -9,6 +9,7 @@
 mod admin;
 mod backend;
 mod metrics;
+mod oneshot;
 mod outbox;
 mod rt;
 mod sdnotify;

@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 
 use crate::backend::{Proc, Slot};
 use crate::metrics::{error_type_for_code, Outcome};
+use crate::oneshot;
 use crate::outbox;
 use crate::rt;
 use crate::Gateway;
@@ -39,7 +40,7 @@ struct Target {
 }
 
 struct InFlight {
-    cancel: Sender<()>,
+    cancel: oneshot::Sender<()>,
     target: Rc<Target>,
 }
 
@@ -269,7 +270,7 @@ impl Session {
             self.reply(resp).await;
             return;
         }
-        let (cancel_tx, cancel_rx) = async_channel::bounded::<()>(1);
+        let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
         let target = Rc::new(Target::default());
         self.in_flight.borrow_mut().insert(
             id.clone(),
@@ -289,7 +290,7 @@ impl Session {
                 Some(resp)
             };
             let cancelled = async {
-                let _ = cancel_rx.recv().await;
+                let _ = cancel_rx.await;
                 None
             };
             let outcome = futures_lite::future::or(work, cancelled).await;
@@ -792,7 +793,7 @@ impl Session {
                     log::debug!("session {}: cancel for unknown request {rid}", self.id);
                     return;
                 };
-                let _ = entry.cancel.try_send(());
+                let _ = entry.cancel.send(());
                 let proc = entry.target.proc.borrow().as_ref().and_then(Weak::upgrade);
                 if let (Some(proc), Some(bid)) = (proc, entry.target.id.get()) {
                     // The request task, woken by `cancel`, drops its pending entry; its
@@ -885,7 +886,7 @@ impl Session {
     /// its own.
     pub async fn close(&self) {
         for (_, f) in self.in_flight.borrow_mut().drain() {
-            let _ = f.cancel.try_send(());
+            let _ = f.cancel.send(());
         }
         let grace = self.gw.cfg.server.shutdown_grace.0;
         let mut stops = Vec::new();
