@@ -165,4 +165,32 @@ mod tests {
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(utc_timestamp(leap), "2000-02-29T00:00:00.000Z");
     }
+
+    #[test]
+    fn a_traced_future_sees_its_span_ids_in_every_poll_and_only_there() {
+        use crate::telemetry::Cx;
+        use opentelemetry::trace::{SpanContext, TraceFlags, TraceState};
+        let trace = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        let span = SpanId::from_hex("00f067aa0ba902b7").unwrap();
+        let sc = SpanContext::new(trace, span, TraceFlags::SAMPLED, true, TraceState::NONE);
+        let mut seen = Vec::new();
+        let mut first = true;
+        let f = std::future::poll_fn(|tcx: &mut TaskCx<'_>| {
+            seen.push(CURRENT.get());
+            if std::mem::take(&mut first) {
+                // Pending once, so that a second poll is needed.
+                tcx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(7)
+        });
+        CURRENT.set(None);
+        let out = futures_lite::future::block_on(traced(&Cx::from_span_context(sc), f));
+        assert_eq!(out, 7);
+        assert_eq!(seen, vec![Some((trace, span)); 2]);
+        assert_eq!(CURRENT.get(), None, "restored after each poll");
+        // A context without a valid span adds no ids.
+        let none = futures_lite::future::block_on(traced(&Cx::default(), async { CURRENT.get() }));
+        assert_eq!(none, None);
+    }
 }
