@@ -56,8 +56,8 @@ impl<T> Sender<T> {
             return Err(value);
         }
         self.0.value.set(Some(value));
+        // `self` is dropped on return, which marks the slot done and wakes the receiver.
         Ok(())
-        // `drop(self)` marks the slot done and wakes the receiver.
     }
 }
 
