@@ -105,6 +105,11 @@ EVERYTHING=$ROOT/.cache/npm/node_modules/@modelcontextprotocol/server-everything
 MUSL_BIN= MUSL_BENCH=
 if [ "$MUSL" = 1 ]; then
     MUSL_TARGET=x86_64-unknown-linux-musl
+    # The gateway's allocator (mimalloc) is C: musl-gcc when installed (packaging/build.sh
+    # installs it), else the host cc, as packaging/build.sh does.
+    if [ -z "${CC_x86_64_unknown_linux_musl:-}" ] && ! command -v musl-gcc >/dev/null; then
+        export CC_x86_64_unknown_linux_musl=cc
+    fi
     if rustup target add "$MUSL_TARGET" >/dev/null 2>&1 &&
         cargo build --release --target "$MUSL_TARGET" -p mcp-router -p mcp-gateway; then
         MUSL_BIN=$ROOT/target/$MUSL_TARGET/release

@@ -17,15 +17,18 @@
 # Setup done here, so that a fresh machine with only rustup and apt works:
 #   rustup target add x86_64-unknown-linux-musl aarch64-unknown-linux-musl
 #   apt-get install file (and gcc if there is no `cc`: cargo links build scripts and
-#   proc macros for the host with it)
+#   proc macros for the host with it), musl-tools for x86_64 (musl-gcc compiles the
+#   gateway's allocator, mimalloc, against musl's headers)
 #   and, for otlp-tls on aarch64, clang (ring, rustls' crypto, compiles C and assembly)
 # Linking: x86_64 musl with the host `cc` and Rust's self-contained musl CRT (gives a
 # static-pie); aarch64 musl with rust-lld, shipped with the Rust toolchain, through
 # CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER (no cross gcc needed).
-# C code (only ring, in otlp-tls builds; it needs no libc headers): x86_64 with musl-gcc
-# when present, else the host `cc`; aarch64 with `clang --target=aarch64-...` (cc-rs
-# adds the target), since there is no aarch64 musl gcc in Debian. CC_<triple> set in
-# the environment wins.
+# C code: mimalloc in the x86_64 gateway (it includes libc headers), and ring in
+# otlp-tls builds (it needs none). x86_64 with musl-gcc when present, else the host `cc`
+# (glibc's headers; it builds and runs, but musl-gcc is what setup installs); aarch64
+# with `clang --target=aarch64-...` (cc-rs adds the target), since there is no aarch64
+# musl gcc in Debian (so the aarch64 gateway keeps musl's allocator). CC_<triple> set
+# in the environment wins.
 # The release profile (root Cargo.toml) is size-oriented: opt-level s, LTO, one codegen
 # unit, panic=abort, stripped.
 set -euo pipefail
@@ -84,6 +87,11 @@ if [ "$setup" = 1 ]; then
     pkgs=()
     command -v file >/dev/null || pkgs+=(file)
     command -v cc >/dev/null || pkgs+=(gcc libc6-dev)
+    # The x86_64 gateway links mimalloc (C, with libc headers): musl's own, from musl-gcc.
+    if [[ " ${triples[*]} " == *x86_64* ]] && [ -z "${CC_x86_64_unknown_linux_musl:-}" ] \
+        && ! command -v x86_64-linux-musl-gcc >/dev/null; then
+        command -v musl-gcc >/dev/null || pkgs+=(musl-tools)
+    fi
     if [[ "$features" == *otlp-tls* && " ${triples[*]} " == *aarch64* ]] \
         && [ -z "${CC_aarch64_unknown_linux_musl:-}" ]; then
         command -v clang >/dev/null || pkgs+=(clang)
@@ -93,7 +101,7 @@ fi
 
 # rust-lld ships with the toolchain; rustc finds it in its own bin directory.
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=${CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER:-rust-lld}
-# C compilers for crates with C code (ring, with otlp-tls), unless given.
+# C compilers for crates with C code (mimalloc; ring with otlp-tls), unless given.
 if [ -z "${CC_x86_64_unknown_linux_musl:-}" ] \
     && ! command -v x86_64-linux-musl-gcc >/dev/null && ! command -v musl-gcc >/dev/null; then
     export CC_x86_64_unknown_linux_musl=cc
