@@ -33,9 +33,9 @@ pub(super) struct Taken {
 }
 
 /// Parses one JSON text: the value, and what was taken out of `params._meta`.
-pub(super) fn parse(bytes: &[u8]) -> serde_json::Result<(Value, Taken)> {
+pub(super) fn parse(text: &str) -> serde_json::Result<(Value, Taken)> {
     let mut taken = Taken::default();
-    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let mut de = serde_json::Deserializer::from_str(text);
     let value = Shaped {
         level: Level::Top,
         taken: &mut taken,
