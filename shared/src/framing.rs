@@ -40,13 +40,20 @@ pub enum Frame {
 }
 
 /// Splits a byte stream into lines of at most `max` bytes.
+///
+/// Lines are taken from the front of `buf` by moving `start`, not by removing them:
+/// the bytes still to read move to the front once per [`LineDecoder::push`], not once
+/// per line (a pipe read can bring many lines at once).
 #[derive(Debug)]
 pub struct LineDecoder {
     buf: Vec<u8>,
-    /// Bytes of `buf` already searched for a newline.
+    /// Where the bytes not yet returned begin in `buf`.
+    start: usize,
+    /// Bytes of `buf` (from its beginning) already searched for a newline.
     scanned: usize,
     max: usize,
-    /// Set while skipping the rest of an over-long line: its length so far.
+    /// Set while skipping the rest of an over-long line: its length so far. `start` is
+    /// 0 then, and `buf` holds only the line's first bytes.
     discarding: Option<usize>,
 }
 
@@ -55,6 +62,7 @@ impl LineDecoder {
     pub fn new(max: usize) -> Self {
         LineDecoder {
             buf: Vec::new(),
+            start: 0,
             scanned: 0,
             max,
             discarding: None,
@@ -63,36 +71,38 @@ impl LineDecoder {
 
     /// Adds newly received bytes.
     pub fn push(&mut self, data: &[u8]) {
+        self.compact();
         self.buf.extend_from_slice(data);
     }
 
     /// Bytes buffered but not yet returned (bounded by about `max` plus one read).
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     /// The next complete frame, if one is available.
     pub fn next_frame(&mut self) -> Option<Frame> {
         loop {
-            let newline = self.buf[self.scanned..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map(|p| p + self.scanned);
+            let newline =
+                memchr::memchr(b'\n', &self.buf[self.scanned..]).map(|p| p + self.scanned);
             match (newline, self.discarding) {
                 (Some(nl), Some(skipped)) => {
                     let len = skipped + nl;
                     let id = sniff_id(&self.buf[..nl.min(SNIFF_PREFIX_BYTES)]);
-                    self.consume(nl + 1);
+                    self.start = nl + 1;
+                    self.scanned = self.start;
                     self.discarding = None;
                     return Some(Frame::TooLong { id, len });
                 }
                 (Some(nl), None) => {
-                    let mut line: Vec<u8> = self.buf.drain(..=nl).collect();
-                    self.scanned = 0;
-                    line.pop();
-                    if line.last() == Some(&b'\r') {
-                        line.pop();
+                    let begin = self.start;
+                    let mut end = nl;
+                    if end > begin && self.buf[end - 1] == b'\r' {
+                        end -= 1;
                     }
+                    self.start = nl + 1;
+                    self.scanned = self.start;
+                    let line = &self.buf[begin..end];
                     if line.len() > self.max {
                         let id = sniff_id(&line[..line.len().min(SNIFF_PREFIX_BYTES)]);
                         return Some(Frame::TooLong {
@@ -103,7 +113,7 @@ impl LineDecoder {
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    return Some(Frame::Line(line));
+                    return Some(Frame::Line(line.to_vec()));
                 }
                 (None, Some(skipped)) => {
                     // Keep the sniff prefix, drop everything after it.
@@ -116,9 +126,15 @@ impl LineDecoder {
                 }
                 (None, None) => {
                     self.scanned = self.buf.len();
-                    if self.buf.len() > self.max {
+                    if self.buffered() > self.max {
+                        // The over-long line moves to the front: `discarding` keeps
+                        // only its first bytes.
+                        self.compact();
                         self.discarding = Some(0);
                         continue;
+                    }
+                    if self.start == self.buf.len() {
+                        self.compact();
                     }
                     return None;
                 }
@@ -126,10 +142,13 @@ impl LineDecoder {
         }
     }
 
-    /// Drops the first `n` bytes of the buffer.
-    fn consume(&mut self, n: usize) {
-        self.buf.drain(..n);
-        self.scanned = 0;
+    /// Moves the bytes not yet returned to the front of the buffer.
+    fn compact(&mut self) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.scanned -= self.start;
+            self.start = 0;
+        }
     }
 }
 
@@ -155,6 +174,105 @@ mod tests {
             ]
         );
         assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn many_lines_in_one_read_come_out_in_order_with_a_partial_one_kept() {
+        let mut d = LineDecoder::new(100);
+        let mut data = Vec::new();
+        for i in 0..50 {
+            data.extend_from_slice(format!("{{\"id\":{i}}}\n").as_bytes());
+        }
+        data.extend_from_slice(b"{\"id\":");
+        d.push(&data);
+        let mut left = data.len();
+        for i in 0..50 {
+            let line = format!("{{\"id\":{i}}}").into_bytes();
+            left -= line.len() + 1;
+            assert_eq!(d.next_frame(), Some(Frame::Line(line)));
+            assert_eq!(d.buffered(), left);
+        }
+        assert_eq!(d.next_frame(), None);
+        assert_eq!(d.buffered(), 6, "only the partial line is left");
+        d.push(b"50}\n");
+        assert_eq!(frames(&mut d), vec![Frame::Line(b"{\"id\":50}".to_vec())]);
+        assert_eq!(d.buffered(), 0);
+        assert!(d.buf.is_empty(), "a fully read buffer is emptied");
+    }
+
+    /// What the decoder must return for `stream` when every line is complete, however
+    /// the stream is cut into reads.
+    fn model(stream: &[u8], max: usize) -> Vec<Frame> {
+        let mut out = Vec::new();
+        let mut lines: Vec<&[u8]> = stream.split(|&b| b == b'\n').collect();
+        lines.pop(); // after the last newline: nothing, or a partial line
+        for raw in lines {
+            let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+            if raw.len() > max {
+                let id = sniff_id(&raw[..raw.len().min(SNIFF_PREFIX_BYTES)]);
+                out.push(Frame::TooLong { id, len: raw.len() });
+            } else if !line.iter().all(u8::is_ascii_whitespace) {
+                out.push(Frame::Line(line.to_vec()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn any_cut_of_a_stream_into_reads_gives_the_same_frames() {
+        const MAX: usize = 64;
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for round in 0..300 {
+            // Lines of every kind: short, blank, CRLF, at the limit, just over it, and
+            // several times over it; some start with an id.
+            let mut stream = Vec::new();
+            for i in 0..1 + next(12) {
+                let len = match next(5) {
+                    0 => next(8),
+                    1 => MAX - 1 + next(3),
+                    2 => 3 * MAX + next(100),
+                    _ => 10 + next(40),
+                };
+                let mut line = if next(2) == 0 {
+                    format!("{{\"id\":{round}{i},\"x\":\"").into_bytes()
+                } else {
+                    Vec::new()
+                };
+                while line.len() < len {
+                    line.push([b'a', b' ', b'{', b'"'][next(4)]);
+                }
+                line.truncate(len);
+                if next(4) == 0 && len + 1 < MAX {
+                    line.push(b'\r');
+                }
+                stream.extend_from_slice(&line);
+                stream.push(b'\n');
+            }
+            let want = model(&stream, MAX);
+            let mut d = LineDecoder::new(MAX);
+            let mut got = Vec::new();
+            let mut at = 0;
+            while at < stream.len() {
+                let n = (1 + next(2 * MAX)).min(stream.len() - at);
+                d.push(&stream[at..at + n]);
+                at += n;
+                got.extend(frames(&mut d));
+                assert!(d.buffered() <= SNIFF_PREFIX_BYTES + 2 * MAX);
+            }
+            assert_eq!(
+                got,
+                want,
+                "round {round}: {}",
+                String::from_utf8_lossy(&stream)
+            );
+            assert_eq!(d.buffered(), 0);
+        }
     }
 
     #[test]
