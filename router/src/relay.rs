@@ -31,7 +31,7 @@ use futures_lite::{AsyncReadExt, StreamExt};
 use mcp_shared::config::RouterConfig;
 use mcp_shared::error::{RelayError, SessionError, ToRpcError};
 use mcp_shared::framing::{Frame, LineDecoder, PIPE_READ_CHUNK_BYTES};
-use mcp_shared::jsonrpc::{self, Id, Kind, Message};
+use mcp_shared::jsonrpc::{self, Brief, Id, Kind, Message};
 use mcp_shared::meter::{within_progress, Meter};
 use mcp_shared::secret::Secret;
 use mcp_shared::telemetry::{self, attrs, propagation, AttrValue, Cx, Telemetry};
@@ -697,6 +697,40 @@ async fn read_ws(
             // This link was given up on and its requests answered: nothing more from it
             // may reach the host (a late response would answer an id twice).
             break "link abandoned".to_string();
+        }
+        // Nearly all that comes back answers a request of the host's and goes on as
+        // its text: only its id and outcome are read (`Brief`), not the maps of its
+        // result (callgrind: docs/benchmark.md, "Changes made"). Anything else is
+        // parsed whole: what the gateway asks or tells the host, the answer to a
+        // request of the router's own or to the host's `initialize` (the replay keeps
+        // its capabilities), and a text with a line break (written anew).
+        let brief = match Brief::parse(text.as_bytes()) {
+            Ok(b) => b,
+            Err(rej) => {
+                log::warn!("gateway sent an invalid message: {}", rej.error.message);
+                continue;
+            }
+        };
+        if let (Kind::Response, Some(id)) = (brief.kind(), brief.id()) {
+            let spans = {
+                let mut st = state.borrow_mut();
+                let plain = st.pending.contains_key(id)
+                    && !st.replay.wants_response(id)
+                    && jsonrpc::is_one_line(text.as_bytes());
+                plain.then(|| st.answered(id))
+            };
+            if let Some(spans) = spans {
+                let size = [("message.size", AttrValue::Int(text.len() as i64))];
+                send_out(&out, text).await;
+                if let Some(spans) = spans {
+                    spans.request.event("websocket.message.received", &size);
+                    telemetry::record_brief(&spans.request, &brief);
+                    telemetry::record_brief(&spans.stdio, &brief);
+                    spans.stdio.event("stdio.message.written", &size);
+                    spans.end();
+                }
+                continue;
+            }
         }
         match Message::parse(text.as_bytes()) {
             Ok(m) => {

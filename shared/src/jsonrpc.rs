@@ -22,9 +22,12 @@ use std::fmt;
 
 use crate::error::{codes, RpcError};
 
+mod brief;
 mod de;
 #[cfg(test)]
 mod fuzz;
+
+pub use brief::Brief;
 
 /// A JSON-RPC request id, exactly as the peer sent it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -186,6 +189,142 @@ impl Rejection {
     }
 }
 
+/// The text of a line, or the rejection of a line that is not UTF-8.
+fn utf8(bytes: &[u8]) -> Result<&str, Rejection> {
+    std::str::from_utf8(bytes).map_err(|_| {
+        Rejection::new(
+            sniff_id(bytes),
+            codes::PARSE_ERROR,
+            "parse error: message is not valid UTF-8",
+        )
+    })
+}
+
+/// What type a JSON value is, without its contents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tag {
+    Null,
+    Bool,
+    Number,
+    String,
+    Array,
+    Object,
+}
+
+impl Tag {
+    fn of(v: &Value) -> Tag {
+        match v {
+            Value::Null => Tag::Null,
+            Value::Bool(_) => Tag::Bool,
+            Value::Number(_) => Tag::Number,
+            Value::String(_) => Tag::String,
+            Value::Array(_) => Tag::Array,
+            Value::Object(_) => Tag::Object,
+        }
+    }
+}
+
+/// The fields of a message's object that decide its kind or its rejection: the one
+/// place the rules are written, for [`Message::from_value`] and [`Brief::parse`].
+/// `None`: the key is absent (a repeated key counts with its last value).
+#[derive(Debug)]
+struct Shape {
+    jsonrpc_is_2_0: bool,
+    /// The type of `id`, and the id when it is one.
+    raw_id: Option<(Tag, Option<Id>)>,
+    method: Option<Tag>,
+    params: Option<Tag>,
+    result: Option<Tag>,
+    error: Option<Tag>,
+}
+
+impl Shape {
+    fn batch() -> Rejection {
+        Rejection::new(
+            None,
+            codes::INVALID_REQUEST,
+            "invalid request: JSON-RPC batches are not supported (removed in MCP 2025-06-18)",
+        )
+    }
+
+    fn not_an_object() -> Rejection {
+        Rejection::new(
+            None,
+            codes::INVALID_REQUEST,
+            "invalid request: a JSON-RPC message must be a JSON object",
+        )
+    }
+
+    fn classify(self) -> Result<Kind, Rejection> {
+        let id = self.raw_id.as_ref().and_then(|(_, id)| id.clone());
+        let invalid = |id: Option<Id>, what: &str| {
+            Err(Rejection::new(
+                id,
+                codes::INVALID_REQUEST,
+                format!("invalid request: {what}"),
+            ))
+        };
+        let (has_result, has_error) = (self.result.is_some(), self.error.is_some());
+        if !self.jsonrpc_is_2_0 {
+            let looks_like_response = self.method.is_none() && (has_result || has_error);
+            let mut r = Rejection::new(
+                id,
+                codes::INVALID_REQUEST,
+                "invalid request: \"jsonrpc\" must be \"2.0\"",
+            );
+            r.reply = !looks_like_response;
+            return Err(r);
+        }
+        if self.raw_id.is_some() && id.is_none() {
+            let looks_like_response = self.method.is_none();
+            let mut r = Rejection::new(
+                None,
+                codes::INVALID_REQUEST,
+                "invalid request: \"id\" must be a string or a number",
+            );
+            r.reply = !looks_like_response;
+            return Err(r);
+        }
+        match self.method {
+            Some(Tag::String) => {
+                if self
+                    .params
+                    .is_some_and(|p| p != Tag::Object && p != Tag::Array)
+                {
+                    return invalid(id, "\"params\" must be an object");
+                }
+                Ok(if id.is_some() {
+                    Kind::Request
+                } else {
+                    Kind::Notification
+                })
+            }
+            Some(_) => invalid(id, "\"method\" must be a string"),
+            None => {
+                if id.is_some() && has_result != has_error {
+                    if has_error && self.error != Some(Tag::Object) {
+                        let mut r = Rejection::new(
+                            id,
+                            codes::INVALID_REQUEST,
+                            "invalid response: \"error\" must be an object",
+                        );
+                        r.reply = false;
+                        return Err(r);
+                    }
+                    return Ok(Kind::Response);
+                }
+                let mut r = Rejection::new(
+                    id,
+                    codes::INVALID_REQUEST,
+                    "invalid request: no \"method\", and not a response with an id and exactly one of \"result\" or \"error\"",
+                );
+                r.reply = !(has_result || has_error);
+                Err(r)
+            }
+        }
+    }
+}
+
 impl Message {
     /// Parses one framed message (one line of text, without its newline).
     pub fn parse(bytes: &[u8]) -> Result<Message, Rejection> {
@@ -193,13 +332,7 @@ impl Message {
         // bytes, serde_json checks every string on its own, which cost ~3.5k
         // instructions per forwarded request in the gateway against ~0.2k for one pass
         // (docs/benchmark.md, "Changes made").
-        let text = std::str::from_utf8(bytes).map_err(|_| {
-            Rejection::new(
-                sniff_id(bytes),
-                codes::PARSE_ERROR,
-                "parse error: message is not valid UTF-8",
-            )
-        })?;
+        let text = utf8(bytes)?;
         let (value, taken) = de::parse(text).map_err(|e| {
             Rejection::new(
                 sniff_id(bytes),
@@ -229,104 +362,28 @@ impl Message {
     pub fn from_value(value: Value) -> Result<Message, Rejection> {
         let obj = match value {
             Value::Object(obj) => obj,
-            Value::Array(_) => return Err(Rejection::new(
-                None,
-                codes::INVALID_REQUEST,
-                "invalid request: JSON-RPC batches are not supported (removed in MCP 2025-06-18)",
-            )),
-            _ => {
-                return Err(Rejection::new(
-                    None,
-                    codes::INVALID_REQUEST,
-                    "invalid request: a JSON-RPC message must be a JSON object",
-                ))
-            }
+            Value::Array(_) => return Err(Shape::batch()),
+            _ => return Err(Shape::not_an_object()),
         };
-        let raw_id = field(&obj, "id");
-        let id = raw_id.and_then(Id::from_value);
-        let invalid = |id: Option<Id>, what: &str| {
-            Err(Rejection::new(
-                id,
-                codes::INVALID_REQUEST,
-                format!("invalid request: {what}"),
-            ))
+        let tag = |k: &str| field(&obj, k).map(Tag::of);
+        let shape = Shape {
+            jsonrpc_is_2_0: field(&obj, "jsonrpc").and_then(Value::as_str) == Some("2.0"),
+            raw_id: field(&obj, "id").map(|v| (Tag::of(v), Id::from_value(v))),
+            method: tag("method"),
+            params: tag("params"),
+            result: tag("result"),
+            error: tag("error"),
         };
-        let has = |k: &str| field(&obj, k).is_some();
-        if field(&obj, "jsonrpc").and_then(Value::as_str) != Some("2.0") {
-            let looks_like_response = !has("method") && (has("result") || has("error"));
-            let mut r = Rejection::new(
-                id,
-                codes::INVALID_REQUEST,
-                "invalid request: \"jsonrpc\" must be \"2.0\"",
-            );
-            r.reply = !looks_like_response;
-            return Err(r);
-        }
-        if raw_id.is_some() && id.is_none() {
-            let looks_like_response = !has("method");
-            let mut r = Rejection::new(
-                None,
-                codes::INVALID_REQUEST,
-                "invalid request: \"id\" must be a string or a number",
-            );
-            r.reply = !looks_like_response;
-            return Err(r);
-        }
-        match field(&obj, "method") {
-            Some(Value::String(_)) => {
-                if let Some(p) = field(&obj, "params") {
-                    if !p.is_object() && !p.is_array() {
-                        return invalid(id, "\"params\" must be an object");
-                    }
-                }
-                let kind = if id.is_some() {
-                    Kind::Request
-                } else {
-                    Kind::Notification
-                };
-                Ok(Message {
-                    kind,
-                    obj,
-                    trace: None,
-                    map_may_hold_trace: true,
-                    size_hint: 0,
-                    source: Source::Lost,
-                    kept: None,
-                })
-            }
-            Some(_) => invalid(id, "\"method\" must be a string"),
-            None => {
-                let has_result = has("result");
-                let has_error = has("error");
-                if id.is_some() && has_result != has_error {
-                    if has_error && !field(&obj, "error").is_some_and(Value::is_object) {
-                        let mut r = Rejection::new(
-                            id,
-                            codes::INVALID_REQUEST,
-                            "invalid response: \"error\" must be an object",
-                        );
-                        r.reply = false;
-                        return Err(r);
-                    }
-                    return Ok(Message {
-                        kind: Kind::Response,
-                        obj,
-                        trace: None,
-                        map_may_hold_trace: true,
-                        size_hint: 0,
-                        source: Source::Lost,
-                        kept: None,
-                    });
-                }
-                let mut r = Rejection::new(
-                    id,
-                    codes::INVALID_REQUEST,
-                    "invalid request: no \"method\", and not a response with an id and exactly one of \"result\" or \"error\"",
-                );
-                r.reply = !(has_result || has_error);
-                Err(r)
-            }
-        }
+        let kind = shape.classify()?;
+        Ok(Message {
+            kind,
+            obj,
+            trace: None,
+            map_may_hold_trace: true,
+            size_hint: 0,
+            source: Source::Lost,
+            kept: None,
+        })
     }
 
     /// A new request.

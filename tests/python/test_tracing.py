@@ -223,6 +223,8 @@ def test_backend_crash_yields_the_error_trace(start_gateway, tmp_path, receiver)
     assert fwd[0]["attributes"]["error.type"] == "backend_exited"
     for service, name in [("mcp-gateway", "http.request"), ("mcp-router", "gateway.request"), ("mcp-router", "stdio.read")]:
         assert one(trace, service, name)["status"] == "ERROR", name
+    req = one(trace, "mcp-router", "gateway.request")
+    assert req["attributes"]["rpc.response.status_code"] == "-32000", req
     # The gateway's log line about the failure leads to the trace.
     failed = [l for l in gw.lines if "tools/call" in l and "failed" in l]
     assert failed and f"trace_id={fwd[0]['trace_id']}" in failed[0], gw.log()
@@ -238,6 +240,12 @@ def test_tool_error_marks_the_spans(start_gateway, tmp_path, receiver):
     spans = receiver.snapshot()
     fwd = [s for s in by_name(spans, "mcp-gateway", "backend.forward") if s["attributes"].get("gen_ai.tool.name") == "fail"]
     assert fwd and fwd[0]["attributes"]["error.type"] == "tool_error" and fwd[0]["status"] == "ERROR"
+    # The router reads the outcome of the response it relays (without parsing its
+    # result whole): both its spans fail the same way.
+    trace = trace_of(spans, fwd[0]["trace_id"])
+    for name in ["gateway.request", "stdio.read"]:
+        span = one(trace, "mcp-router", name)
+        assert span["attributes"]["error.type"] == "tool_error" and span["status"] == "ERROR", span
 
 
 def test_ratio_zero_exports_nothing_and_the_gateway_follows(start_gateway, tmp_path, receiver):

@@ -9,6 +9,8 @@
 //! maps edited alike. 20,000 cases per test run; `FUZZ_N`, `FUZZ_SEED` and
 //! `FUZZ_MUT` (the per cent of texts broken, default 8)
 //! run others (`FUZZ_N=1000000 cargo test -p mcp-shared --lib differential_fuzz`).
+//! [`Brief::parse`] is checked against [`Message::parse`] on the same kind of texts
+//! and on response-like ones (`brief_reads_what_parse_reads`, `FUZZ_N` too).
 
 use super::*;
 use serde_json::json;
@@ -313,7 +315,11 @@ fn gen_message(r: &mut Rng) -> Vec<u8> {
         );
     }
     ws(r, &mut out);
-    let mut b = out.into_bytes();
+    mutate(r, out.into_bytes())
+}
+
+/// Breaks a few texts (see below).
+fn mutate(r: &mut Rng, mut b: Vec<u8>) -> Vec<u8> {
     // Break a few (8 % unless FUZZ_MUT says otherwise): truncated, a byte changed,
     // inserted or removed, trailing garbage, invalid UTF-8, or nesting at serde_json's
     // recursion limit.
@@ -741,4 +747,140 @@ fn quote_or_backslash_agrees_with_a_byte_loop() {
     }
     // Both outcomes were exercised.
     assert!(found > 50_000 && found < 190_000, "{found}");
+}
+
+/// A response-like text: `result` with `isError` of every type (repeated too),
+/// `error` objects and non-objects, odd ids, a missing or wrong `jsonrpc`, shuffled.
+fn gen_response(r: &mut Rng) -> Vec<u8> {
+    let mut parts: Vec<String> = Vec::new();
+    if r.chance(95) {
+        let v = if r.chance(90) {
+            "\"2.0\""
+        } else {
+            r.pick(&["\"1.0\"", "2", "\"2.\\u0030\""])
+        };
+        parts.push(format!("\"jsonrpc\":{v}"));
+    }
+    if r.chance(95) {
+        let id = if r.chance(90) {
+            r.pick(&[
+                "1",
+                "\"a\"",
+                "-0",
+                "1.5",
+                "\"\\u0041\"",
+                "18446744073709551616",
+            ])
+        } else {
+            r.pick(&["null", "{}", "[1]", "true"])
+        };
+        parts.push(format!("\"id\":{id}"));
+    }
+    let results = if r.chance(80) { 1 + r.below(2) } else { 0 };
+    for _ in 0..results {
+        let mut s = String::from("{\"content\":[{\"type\":\"text\",\"text\":");
+        gen_string(r, &mut s);
+        s.push_str("}]");
+        for _ in 0..r.below(3) {
+            let v = r.pick(&["true", "false", "\"true\"", "null", "1", "{\"a\":true}"]);
+            s.push_str(&format!(",\"isError\":{v}"));
+        }
+        if r.chance(30) {
+            s.push_str(",\"x\":");
+            gen_value(r, &mut s, 3);
+        }
+        s.push('}');
+        let result = if r.chance(90) {
+            s
+        } else {
+            let mut v = String::new();
+            gen_value(r, &mut v, 2);
+            v
+        };
+        parts.push(format!("\"result\":{result}"));
+    }
+    if r.chance(if results == 0 { 70 } else { 20 }) {
+        let e = r.pick(&[
+            "{\"code\":-32000,\"message\":\"m\"}",
+            "{\"code\":\"x\"}",
+            "{}",
+            "\"e\"",
+            "null",
+        ]);
+        parts.push(format!("\"error\":{e}"));
+    }
+    if r.chance(10) {
+        parts.push("\"method\":\"m\"".into());
+    }
+    for _ in 0..r.below(2) {
+        let mut s = format!("\"{}\":", r.pick(&["z", "isError", "params", "_meta"]));
+        gen_value(r, &mut s, 3);
+        parts.push(s);
+    }
+    for i in (1..parts.len()).rev() {
+        let j = r.below(i + 1);
+        parts.swap(i, j);
+    }
+    let mut out = String::new();
+    ws(r, &mut out);
+    out.push('{');
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        ws(r, &mut out);
+        out.push_str(p);
+    }
+    out.push('}');
+    ws(r, &mut out);
+    mutate(r, out.into_bytes())
+}
+
+/// [`Brief::parse`] accepts and rejects what [`Message::parse`] does, with the same
+/// rejection, and reads the same kind, id, `error` and `result.isError`.
+#[test]
+fn brief_reads_what_parse_reads() {
+    let n: usize = std::env::var("FUZZ_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    let mut r = Rng(0x2545_f491_4f6c_dd1d);
+    let (mut responses, mut errors, mut tool_errors, mut rejected) = (0, 0, 0, 0);
+    for i in 0..n {
+        let b = if i % 2 == 0 {
+            gen_response(&mut r)
+        } else {
+            gen_message(&mut r)
+        };
+        let show = String::from_utf8_lossy(&b).into_owned();
+        match (Message::parse(&b), Brief::parse(&b)) {
+            (Err(want), Err(got)) => {
+                assert_eq!(got, want, "{show}");
+                rejected += 1;
+            }
+            (Ok(m), Ok(got)) => {
+                assert_eq!(got.kind(), m.kind(), "{show}");
+                assert_eq!(got.id(), m.id().as_ref(), "{show}");
+                let (error, tool_error) = if m.kind() == Kind::Response {
+                    let tool_error = m
+                        .result()
+                        .and_then(|r| lookup(r, "isError"))
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false);
+                    (m.error(), tool_error)
+                } else {
+                    (None, false)
+                };
+                assert_eq!(got.error(), error, "{show}");
+                assert_eq!(got.is_tool_error(), tool_error, "{show}");
+                responses += usize::from(m.kind() == Kind::Response);
+                errors += usize::from(error.is_some());
+                tool_errors += usize::from(tool_error);
+            }
+            (want, got) => panic!("{show}\n parse {want:?}\n brief {got:?}"),
+        }
+    }
+    eprintln!("{n} texts: {responses} responses ({errors} errors, {tool_errors} isError), {rejected} rejected");
+    // Every outcome was exercised.
+    assert!(responses * 8 > n && errors * 100 > n && tool_errors * 100 > n && rejected * 10 > n);
 }

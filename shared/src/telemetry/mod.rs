@@ -408,12 +408,35 @@ pub fn fail(cx: &Cx, error_type: &str, message: &str) {
 /// `isError: true` is a `tool_error`. Returns the error type, if any (always `None`
 /// when the span is not recording).
 pub fn record_response(cx: &Cx, resp: &crate::jsonrpc::Message) -> Option<&'static str> {
-    use crate::jsonrpc::lookup;
     if !cx.is_recording() {
         // Nothing to record (tracing off, or an unsampled trace): skip the lookups.
         return None;
     }
-    if let Some(err) = resp.error() {
+    let is_tool_error = resp
+        .result()
+        .and_then(|r| crate::jsonrpc::lookup(r, "isError"))
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    record_outcome(cx, resp.error(), is_tool_error)
+}
+
+/// [`record_response`] for a response read as a [`crate::jsonrpc::Brief`].
+pub fn record_brief(cx: &Cx, resp: &crate::jsonrpc::Brief) -> Option<&'static str> {
+    if !cx.is_recording() {
+        return None;
+    }
+    record_outcome(cx, resp.error(), resp.is_tool_error())
+}
+
+/// What [`record_response`] records, from a response's `error` and whether its result
+/// has `isError: true`.
+fn record_outcome(
+    cx: &Cx,
+    error: Option<&serde_json::Value>,
+    is_tool_error: bool,
+) -> Option<&'static str> {
+    use crate::jsonrpc::lookup;
+    if let Some(err) = error {
         let code = lookup(err, "code")
             .and_then(serde_json::Value::as_i64)
             .unwrap_or(0);
@@ -425,11 +448,6 @@ pub fn record_response(cx: &Cx, resp: &crate::jsonrpc::Message) -> Option<&'stat
         fail(cx, &code, msg);
         return Some("jsonrpc_error");
     }
-    let is_tool_error = resp
-        .result()
-        .and_then(|r| lookup(r, "isError"))
-        .and_then(serde_json::Value::as_bool)
-        .unwrap_or(false);
     if is_tool_error {
         fail(cx, "tool_error", "tool returned isError: true");
         return Some("tool_error");
