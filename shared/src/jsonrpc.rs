@@ -375,7 +375,12 @@ impl Message {
             error: tag("error"),
         };
         let kind = shape.classify()?;
-        Ok(Message {
+        Ok(Message::built(kind, obj))
+    }
+
+    /// A message of `kind` made of `obj`, with no text behind it.
+    fn built(kind: Kind, obj: Map<String, Value>) -> Message {
+        Message {
             kind,
             obj,
             trace: None,
@@ -383,7 +388,7 @@ impl Message {
             size_hint: 0,
             source: Source::Lost,
             kept: None,
-        })
+        }
     }
 
     /// A new request.
@@ -395,15 +400,7 @@ impl Message {
         if let Some(p) = params {
             obj.insert("params".into(), p);
         }
-        Message {
-            kind: Kind::Request,
-            obj,
-            trace: None,
-            map_may_hold_trace: true,
-            size_hint: 0,
-            source: Source::Lost,
-            kept: None,
-        }
+        Message::built(Kind::Request, obj)
     }
 
     /// A new notification.
@@ -414,15 +411,7 @@ impl Message {
         if let Some(p) = params {
             obj.insert("params".into(), p);
         }
-        Message {
-            kind: Kind::Notification,
-            obj,
-            trace: None,
-            map_may_hold_trace: true,
-            size_hint: 0,
-            source: Source::Lost,
-            kept: None,
-        }
+        Message::built(Kind::Notification, obj)
     }
 
     /// A success response.
@@ -431,15 +420,7 @@ impl Message {
         obj.insert("jsonrpc".into(), "2.0".into());
         obj.insert("id".into(), id.to_value());
         obj.insert("result".into(), result);
-        Message {
-            kind: Kind::Response,
-            obj,
-            trace: None,
-            map_may_hold_trace: true,
-            size_hint: 0,
-            source: Source::Lost,
-            kept: None,
-        }
+        Message::built(Kind::Response, obj)
     }
 
     /// An error response. `id` is `None` only when the request's id could not be read.
@@ -448,15 +429,7 @@ impl Message {
         obj.insert("jsonrpc".into(), "2.0".into());
         obj.insert("id".into(), id.map(|i| i.to_value()).unwrap_or(Value::Null));
         obj.insert("error".into(), error.to_value());
-        Message {
-            kind: Kind::Response,
-            obj,
-            trace: None,
-            map_may_hold_trace: true,
-            size_hint: 0,
-            source: Source::Lost,
-            kept: None,
-        }
+        Message::built(Kind::Response, obj)
     }
 
     /// The message's kind.

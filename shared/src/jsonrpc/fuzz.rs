@@ -272,19 +272,7 @@ fn gen_message(r: &mut Rng) -> Vec<u8> {
             gen_value(r, &mut s, 2);
             parts.push(s);
         }
-        for i in (1..parts.len()).rev() {
-            let j = r.below(i + 1);
-            parts.swap(i, j);
-        }
-        out.push('{');
-        for (i, p) in parts.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            ws(r, &mut out);
-            out.push_str(p);
-        }
-        out.push('}');
+        shuffled_object(r, parts, &mut out);
     } else {
         gen_object(
             r,
@@ -316,6 +304,23 @@ fn gen_message(r: &mut Rng) -> Vec<u8> {
     }
     ws(r, &mut out);
     mutate(r, out.into_bytes())
+}
+
+/// An object of `parts` (`"key":value` texts) in a random order.
+fn shuffled_object(r: &mut Rng, mut parts: Vec<String>, out: &mut String) {
+    for i in (1..parts.len()).rev() {
+        let j = r.below(i + 1);
+        parts.swap(i, j);
+    }
+    out.push('{');
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        ws(r, out);
+        out.push_str(p);
+    }
+    out.push('}');
 }
 
 /// Breaks a few texts (see below).
@@ -817,21 +822,9 @@ fn gen_response(r: &mut Rng) -> Vec<u8> {
         gen_value(r, &mut s, 3);
         parts.push(s);
     }
-    for i in (1..parts.len()).rev() {
-        let j = r.below(i + 1);
-        parts.swap(i, j);
-    }
     let mut out = String::new();
     ws(r, &mut out);
-    out.push('{');
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        ws(r, &mut out);
-        out.push_str(p);
-    }
-    out.push('}');
+    shuffled_object(r, parts, &mut out);
     ws(r, &mut out);
     mutate(r, out.into_bytes())
 }
