@@ -80,14 +80,14 @@ impl Replay {
         }
     }
 
-    /// Notes a response the gateway sent the host: the result of the host's `initialize`
-    /// says which lists can change.
     /// Whether [`Replay::observe_response`] needs the response to `id` (the answer to
     /// the host's `initialize`), so that it must be parsed whole.
     pub fn wants_response(&self, id: &Id) -> bool {
         self.initialize_id.as_ref() == Some(id)
     }
 
+    /// Notes a response the gateway sent the host: the result of the host's `initialize`
+    /// says which lists can change.
     pub fn observe_response(&mut self, msg: &Message) {
         if self.initialize_id.is_none() || msg.id() != self.initialize_id {
             return;

@@ -255,8 +255,10 @@ impl Shape {
         )
     }
 
-    fn classify(self) -> Result<Kind, Rejection> {
-        let id = self.raw_id.as_ref().and_then(|(_, id)| id.clone());
+    /// The message's kind and id, or why it is rejected.
+    fn classify(self) -> Result<(Kind, Option<Id>), Rejection> {
+        let has_raw_id = self.raw_id.is_some();
+        let id = self.raw_id.and_then(|(_, id)| id);
         let invalid = |id: Option<Id>, what: &str| {
             Err(Rejection::new(
                 id,
@@ -275,7 +277,7 @@ impl Shape {
             r.reply = !looks_like_response;
             return Err(r);
         }
-        if self.raw_id.is_some() && id.is_none() {
+        if has_raw_id && id.is_none() {
             let looks_like_response = self.method.is_none();
             let mut r = Rejection::new(
                 None,
@@ -293,11 +295,12 @@ impl Shape {
                 {
                     return invalid(id, "\"params\" must be an object");
                 }
-                Ok(if id.is_some() {
+                let kind = if id.is_some() {
                     Kind::Request
                 } else {
                     Kind::Notification
-                })
+                };
+                Ok((kind, id))
             }
             Some(_) => invalid(id, "\"method\" must be a string"),
             None => {
@@ -311,7 +314,7 @@ impl Shape {
                         r.reply = false;
                         return Err(r);
                     }
-                    return Ok(Kind::Response);
+                    return Ok((Kind::Response, id));
                 }
                 let mut r = Rejection::new(
                     id,
@@ -374,7 +377,7 @@ impl Message {
             result: tag("result"),
             error: tag("error"),
         };
-        let kind = shape.classify()?;
+        let (kind, _) = shape.classify()?;
         Ok(Message::built(kind, obj))
     }
 

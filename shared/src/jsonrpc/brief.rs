@@ -53,8 +53,7 @@ impl Brief {
             Read::Array => return Err(Shape::batch()),
             Read::Other => return Err(Shape::not_an_object()),
         };
-        let id = f.shape.raw_id.as_ref().and_then(|(_, id)| id.clone());
-        let kind = f.shape.classify()?;
+        let (kind, id) = f.shape.classify()?;
         let response = kind == Kind::Response;
         Ok(Brief {
             kind,

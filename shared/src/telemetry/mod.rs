@@ -412,11 +412,13 @@ pub fn record_response(cx: &Cx, resp: &crate::jsonrpc::Message) -> Option<&'stat
         // Nothing to record (tracing off, or an unsampled trace): skip the lookups.
         return None;
     }
-    let is_tool_error = resp
-        .result()
-        .and_then(|r| crate::jsonrpc::lookup(r, "isError"))
-        .and_then(serde_json::Value::as_bool)
-        .unwrap_or(false);
+    // An error response records its error; `result` is looked at only without one.
+    let is_tool_error = resp.error().is_none()
+        && resp
+            .result()
+            .and_then(|r| crate::jsonrpc::lookup(r, "isError"))
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false);
     record_outcome(cx, resp.error(), is_tool_error)
 }
 
