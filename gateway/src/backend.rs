@@ -22,7 +22,7 @@ use mcp_shared::config::{BackendConfig, SessionMode};
 use mcp_shared::error::BackendError;
 use mcp_shared::framing::{Frame, LineDecoder, PIPE_READ_CHUNK_BYTES};
 use mcp_shared::idmap::IdMap;
-use mcp_shared::jsonrpc::{Id, Kind, Message};
+use mcp_shared::jsonrpc::{Brief, Id, Kind, Message, Rejection, Reply};
 use mcp_shared::telemetry::{self, attrs, propagation, Cx, Telemetry};
 use opentelemetry::trace::SpanKind;
 use serde_json::{json, Value};
@@ -47,6 +47,17 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Requests to one backend process in flight at most (all sessions together).
 pub const MAX_PENDING_PER_PROCESS: usize = 4096;
 
+/// How the response to a request is read ([`Proc::request`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadAs {
+    /// Parsed whole: the caller reads its result (listings, `initialize`).
+    Whole,
+    /// For its outcome only, the text kept to relay with a new id ([`Reply::Brief`]):
+    /// a forwarded request's answer. Most of the gateway's work per forwarded request
+    /// was building the maps of a result it only passed on (docs/benchmark.md).
+    Brief,
+}
+
 /// Restart delay after `failures` consecutive quick failures (none after the first).
 pub fn backoff(failures: u32) -> Duration {
     if failures <= 1 {
@@ -69,8 +80,10 @@ enum Queued {
 }
 
 struct Pending {
-    tx: oneshot::Sender<Result<Message, BackendError>>,
+    tx: oneshot::Sender<Result<Reply, BackendError>>,
     session: u64,
+    /// How its response is to be read.
+    read: ReadAs,
     /// The progress token we gave the backend for this request, if any.
     token: Option<String>,
 }
@@ -129,14 +142,16 @@ impl Proc {
     ///
     /// `msg` is the client's request; its id is replaced by ours and any progress token
     /// is replaced by one unique to this process (restored on the way back). `sent` is
-    /// told our id once the request is queued, so the caller can cancel it.
+    /// told our id once the request is queued, so the caller can cancel it. The
+    /// response is read as `read` says (still with our id).
     pub async fn request(
         &self,
         session: u64,
         mut msg: Message,
         timeout: Duration,
         sent: Option<&Cell<Option<u64>>>,
-    ) -> Result<Message, BackendError> {
+        read: ReadAs,
+    ) -> Result<Reply, BackendError> {
         if !self.alive.get() {
             return Err(self.exited_error());
         }
@@ -155,6 +170,7 @@ impl Proc {
             .insert(Pending {
                 tx,
                 session,
+                read,
                 token: token.clone(),
             })
             .map_err(overloaded)?;
@@ -532,8 +548,11 @@ impl Slot {
             })),
         );
         propagation::inject_message(span, &mut init);
-        let resp = match proc.request(0, init, self.timeout, None).await {
-            Ok(r) => r,
+        let resp = match proc
+            .request(0, init, self.timeout, None, ReadAs::Whole)
+            .await
+        {
+            Ok(r) => r.into_message(),
             Err(e) => {
                 self.kill(&proc);
                 return Err(match e {
@@ -666,6 +685,19 @@ impl Slot {
     }
 }
 
+/// Logs a message a backend sent that is not JSON-RPC, and answers it with the
+/// error when it could be a request.
+fn invalid(proc: &Proc, rej: Rejection) {
+    log::warn!(
+        "backend {:?} sent an invalid message: {}",
+        proc.name,
+        rej.error.message
+    );
+    if rej.reply {
+        proc.notify(&rej.to_response());
+    }
+}
+
 /// A message as one line for a backend's stdin (bytes: nothing checks UTF-8 again),
 /// written over the text it came in as when it has one ([`Message::to_text_bytes`]).
 fn line_of(msg: &Message) -> Vec<u8> {
@@ -740,16 +772,20 @@ async fn read_stdout(
                         }));
                     }
                 }
-                Frame::Line(line) => match Message::parse_owned(line) {
-                    Ok(msg) if msg.kind() == Kind::Response => {
-                        let id = msg.id().expect("responses have ids");
+                // A response is read for its id first: the request it answers says
+                // whether it is parsed whole. Anything else is parsed whole.
+                Frame::Line(line) => match Brief::parse(&line) {
+                    Ok(brief) if brief.kind() == Kind::Response => {
+                        let id = brief.id().cloned().expect("responses have ids");
                         let entry = proc.pending.borrow_mut().take(&id);
                         match entry {
                             Some(p) => {
                                 if let Some(t) = p.token {
                                     proc.progress.borrow_mut().remove(&t);
                                 }
-                                let _ = p.tx.send(Ok(msg));
+                                let reply = Reply::read(brief, line, p.read == ReadAs::Whole)
+                                    .unwrap_or_else(|rej| Reply::Whole(rej.to_response()));
+                                let _ = p.tx.send(Ok(reply));
                             }
                             None => log::debug!(
                                 "backend {:?}: response to unknown or abandoned id {id}",
@@ -757,21 +793,15 @@ async fn read_stdout(
                             ),
                         }
                     }
-                    Ok(msg) => {
-                        if let Some(s) = slot.upgrade() {
-                            s.on_backend_message(&proc, msg).await;
+                    Ok(_) => match Message::parse_owned(line) {
+                        Ok(msg) => {
+                            if let Some(s) = slot.upgrade() {
+                                s.on_backend_message(&proc, msg).await;
+                            }
                         }
-                    }
-                    Err(rej) => {
-                        log::warn!(
-                            "backend {:?} sent an invalid message: {}",
-                            proc.name,
-                            rej.error.message
-                        );
-                        if rej.reply {
-                            proc.notify(&rej.to_response());
-                        }
-                    }
+                        Err(rej) => invalid(&proc, rej),
+                    },
+                    Err(rej) => invalid(&proc, rej),
                 },
             }
         }

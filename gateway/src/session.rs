@@ -14,7 +14,7 @@ use std::rc::{Rc, Weak};
 use async_channel::Sender;
 use mcp_shared::error::{RouteError, RpcError, SessionError, ToRpcError};
 use mcp_shared::idmap::IdMap;
-use mcp_shared::jsonrpc::{self, Id, Kind, Message};
+use mcp_shared::jsonrpc::{self, Answer, Id, Kind, Message, Reply};
 use mcp_shared::mcp::{self, Handling, ListKind};
 use mcp_shared::routing::{route_prompt, route_tool, ResourceRoutes};
 use mcp_shared::telemetry::{self, attrs, propagation, Cx};
@@ -22,7 +22,7 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 use serde_json::{json, Value};
 
-use crate::backend::{Proc, Slot};
+use crate::backend::{Proc, ReadAs, Slot};
 use crate::metrics::{error_type_for_code, Outcome};
 use crate::oneshot;
 use crate::outbox;
@@ -136,8 +136,8 @@ impl Session {
         }
     }
 
-    async fn reply(&self, msg: Message) {
-        self.deliver(msg.to_text(), true).await;
+    async fn reply(&self, reply: impl Into<Reply>) {
+        self.deliver(reply.into().into_text(), true).await;
     }
 
     /// True when the client subscribed to `uri`.
@@ -327,7 +327,7 @@ impl Session {
         .detach();
     }
 
-    async fn handle_request(self: &Rc<Self>, msg: Message, target: &Target, cx: &Cx) -> Message {
+    async fn handle_request(self: &Rc<Self>, msg: Message, target: &Target, cx: &Cx) -> Reply {
         let id = msg.id().expect("requests have ids");
         let method = msg.method().unwrap_or_default().to_string();
         let handling = mcp::handling(&method);
@@ -338,12 +338,10 @@ impl Session {
                 let _ = g.recv().await;
             }
         }
+        let respond = |v| Reply::from(Message::response(id.clone(), v));
         let result = match handling {
-            Handling::Initialize => self
-                .initialize(&msg, cx)
-                .await
-                .map(|v| Message::response(id.clone(), v)),
-            Handling::Ping => Ok(Message::response(id.clone(), json!({}))),
+            Handling::Initialize => self.initialize(&msg, cx).await.map(respond),
+            Handling::Ping => Ok(respond(json!({}))),
             _ if !self.initialized.get() => Err(RouteError::NotInitialized.to_rpc_error()),
             Handling::List(kind) => {
                 if msg.params().and_then(|p| p.get("cursor")).is_some() {
@@ -358,7 +356,7 @@ impl Session {
                 } else {
                     self.list(kind, msg.meta_with_trace(), cx)
                         .await
-                        .map(|v| Message::response(id.clone(), v))
+                        .map(respond)
                 }
             }
             Handling::ByToolName | Handling::ByPromptName => {
@@ -366,13 +364,10 @@ impl Session {
             }
             Handling::ByUri => self.forward_by_uri(msg, target, cx).await,
             Handling::ByCompletionRef => self.forward_completion(msg, target, cx).await,
-            Handling::Broadcast => self
-                .broadcast(&msg, cx)
-                .await
-                .map(|v| Message::response(id.clone(), v)),
+            Handling::Broadcast => self.broadcast(&msg, cx).await.map(respond),
             Handling::Unknown => Err(RouteError::UnknownMethod(method).to_rpc_error()),
         };
-        result.unwrap_or_else(|e| Message::error_response(Some(id), e))
+        result.unwrap_or_else(|e| Message::error_response(Some(id.clone()), e).into())
     }
 
     async fn initialize(self: &Rc<Self>, msg: &Message, cx: &Cx) -> Result<Value, RpcError> {
@@ -482,26 +477,27 @@ impl Session {
         span
     }
 
-    /// Sends `msg` to the backend of `slot` and returns its response, with the client's id.
+    /// Sends `msg` to the backend of `slot` and returns its response, with the client's
+    /// id, to relay as it came ([`ReadAs::Brief`]).
     async fn forward(
         &self,
         slot: &Rc<Slot>,
         msg: Message,
         target: &Target,
         cx: &Cx,
-    ) -> Result<Message, RpcError> {
+    ) -> Result<Reply, RpcError> {
         let client_id = msg.id().expect("requests have ids");
         let proc = self.ensure(slot, cx).await?;
         *target.proc.borrow_mut() = Some(Rc::downgrade(&proc));
         let mut resp = self
-            .send_traced(&proc, slot, msg, cx, Some(&target.id))
+            .send_traced(&proc, slot, msg, cx, Some(&target.id), ReadAs::Brief)
             .await?;
         resp.set_id(&client_id);
         Ok(resp)
     }
 
     /// Sends a request to `proc` under a `backend.forward` span (ended with the
-    /// outcome) and waits for the response.
+    /// outcome) and waits for the response, read as `read` says.
     async fn send_traced(
         &self,
         proc: &Proc,
@@ -509,9 +505,10 @@ impl Session {
         mut msg: Message,
         cx: &Cx,
         sent: Option<&Cell<Option<u64>>>,
-    ) -> Result<Message, RpcError> {
+        read: ReadAs,
+    ) -> Result<Reply, RpcError> {
         let span = self.forward_span(slot, &mut msg, cx);
-        let outcome = proc.request(self.id, msg, slot.timeout, sent).await;
+        let outcome = proc.request(self.id, msg, slot.timeout, sent, read).await;
         match &outcome {
             Ok(resp) => {
                 telemetry::record_response(&span, resp);
@@ -528,7 +525,7 @@ impl Session {
         handling: Handling,
         target: &Target,
         cx: &Cx,
-    ) -> Result<Message, RpcError> {
+    ) -> Result<Reply, RpcError> {
         let method = msg.method().unwrap_or_default().to_string();
         let full = msg
             .param_str("name")
@@ -579,7 +576,7 @@ impl Session {
         msg: Message,
         target: &Target,
         cx: &Cx,
-    ) -> Result<Message, RpcError> {
+    ) -> Result<Reply, RpcError> {
         let method = msg.method().unwrap_or_default().to_string();
         let uri = msg
             .param_str("uri")
@@ -593,7 +590,7 @@ impl Session {
             .to_string();
         let slot = self.route_uri(&uri, cx).await?;
         let resp = self.forward(&slot, msg, target, cx).await?;
-        if resp.result().is_some() {
+        if resp.error().is_none() {
             match method.as_str() {
                 "resources/subscribe" => {
                     self.subscriptions.borrow_mut().insert(uri);
@@ -612,7 +609,7 @@ impl Session {
         mut msg: Message,
         target: &Target,
         cx: &Cx,
-    ) -> Result<Message, RpcError> {
+    ) -> Result<Reply, RpcError> {
         let missing = |param| {
             RouteError::MissingParam {
                 method: "completion/complete".into(),
@@ -666,7 +663,7 @@ impl Session {
                     if !mcp::has_capability(&proc.capabilities(), "logging") {
                         return Ok(());
                     }
-                    me.send_traced(&proc, &slot, msg, &cx, None)
+                    me.send_traced(&proc, &slot, msg, &cx, None, ReadAs::Brief)
                         .await
                         .map(|_| ())
                 })
@@ -752,8 +749,10 @@ impl Session {
                 params.insert("cursor".into(), c);
             }
             let req = Message::request(Id::from(0), kind.method(), Some(Value::Object(params)));
-            let resp = self.send_traced(&proc, slot, req, cx, None).await?;
-            let result = resp.into_outcome().map_err(|err| {
+            let resp = self
+                .send_traced(&proc, slot, req, cx, None, ReadAs::Whole)
+                .await?;
+            let result = resp.into_message().into_outcome().map_err(|err| {
                 RpcError::new(
                     err.get("code").and_then(Value::as_i64).unwrap_or(-32603),
                     err.get("message")
@@ -906,19 +905,14 @@ impl Session {
 
 /// The metrics outcome of a response: an error (typed by its code), a tool error
 /// (`isError: true`), or success.
-fn outcome_of(resp: &Message) -> (Outcome, Option<&'static str>) {
+fn outcome_of(resp: &impl Answer) -> (Outcome, Option<&'static str>) {
     if let Some(e) = resp.error() {
         let code = jsonrpc::lookup(e, "code")
             .and_then(Value::as_i64)
             .unwrap_or(0);
         return (Outcome::Error, Some(error_type_for_code(code)));
     }
-    let tool_error = resp
-        .result()
-        .and_then(|r| jsonrpc::lookup(r, "isError"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    if tool_error {
+    if resp.is_tool_error() {
         (Outcome::ToolError, None)
     } else {
         (Outcome::Ok, None)

@@ -724,8 +724,8 @@ async fn read_ws(
                 send_out(&out, text).await;
                 if let Some(spans) = spans {
                     spans.request.event("websocket.message.received", &size);
-                    telemetry::record_brief(&spans.request, &brief);
-                    telemetry::record_brief(&spans.stdio, &brief);
+                    telemetry::record_response(&spans.request, &brief);
+                    telemetry::record_response(&spans.stdio, &brief);
                     spans.stdio.event("stdio.message.written", &size);
                     spans.end();
                 }

@@ -26,8 +26,10 @@ mod brief;
 mod de;
 #[cfg(test)]
 mod fuzz;
+mod reply;
 
 pub use brief::Brief;
+pub use reply::{Answer, Reply};
 
 /// A JSON-RPC request id, exactly as the peer sent it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

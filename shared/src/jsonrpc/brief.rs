@@ -31,6 +31,8 @@ pub struct Brief {
     error: Option<Value>,
     /// `result.isError` of a response, when it is `true`.
     tool_error: bool,
+    /// A key it reads is given twice at the top level ([`Brief::has_repeated_key`]).
+    repeated: bool,
 }
 
 impl Brief {
@@ -60,6 +62,7 @@ impl Brief {
             id,
             error: f.error.filter(|_| response),
             tool_error: response && f.tool_error,
+            repeated: f.repeated,
         })
     }
 
@@ -73,6 +76,11 @@ impl Brief {
         self.id.as_ref()
     }
 
+    /// Notes the id a relay wrote over the text's ([`super::Reply::set_id`]).
+    pub(super) fn set_id(&mut self, id: Id) {
+        self.id = Some(id);
+    }
+
     /// A response's `error` object.
     pub fn error(&self) -> Option<&Value> {
         self.error.as_ref()
@@ -81,6 +89,16 @@ impl Brief {
     /// Whether a response's `result` has `isError: true` (a failed tool call).
     pub fn is_tool_error(&self) -> bool {
         self.tool_error
+    }
+
+    /// Whether one of the keys it reads (`jsonrpc`, `id`, `method`, `params`, `result`,
+    /// `error`) is given twice in the message's object. Read like a map, the last one
+    /// counts; a receiver of the text might take the first, so a relay that edits the
+    /// text (the gateway writing its client's id) must parse such a message whole and
+    /// write it anew. Other keys given twice are relayed as they are: nothing in the
+    /// bridge reads them.
+    pub fn has_repeated_key(&self) -> bool {
+        self.repeated
     }
 }
 
@@ -96,6 +114,7 @@ struct Fields {
     shape: Shape,
     error: Option<Value>,
     tool_error: bool,
+    repeated: bool,
 }
 
 /// The keys that are read; the rest are skipped.
@@ -108,6 +127,21 @@ enum Name {
     Error,
     IsError,
     Other,
+}
+
+impl Name {
+    /// A bit of its own for each key [`Brief::has_repeated_key`] watches; 0 for the rest.
+    fn bit(&self) -> u8 {
+        match self {
+            Name::Jsonrpc => 1,
+            Name::Id => 2,
+            Name::Method => 4,
+            Name::Params => 8,
+            Name::Result => 16,
+            Name::Error => 32,
+            Name::IsError | Name::Other => 0,
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for Name {
@@ -187,9 +221,14 @@ impl<'de> Visitor<'de> for Top {
             },
             error: None,
             tool_error: false,
+            repeated: false,
         };
         // A repeated key counts with its last value, as in a map.
+        let mut seen = 0u8;
         while let Some(name) = map.next_key::<Name>()? {
+            let bit = name.bit();
+            f.repeated |= seen & bit != 0;
+            seen |= bit;
             match name {
                 Name::Jsonrpc => {
                     f.shape.jsonrpc_is_2_0 = map.next_value_seed(Probe::default())?.is_2_0;

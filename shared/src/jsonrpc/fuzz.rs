@@ -10,7 +10,9 @@
 //! `FUZZ_MUT` (the per cent of texts broken, default 8)
 //! run others (`FUZZ_N=1000000 cargo test -p mcp-shared --lib differential_fuzz`).
 //! [`Brief::parse`] is checked against [`Message::parse`] on the same kind of texts
-//! and on response-like ones (`brief_reads_what_parse_reads`, `FUZZ_N` too).
+//! and on response-like ones, and a response relayed as a [`Reply`] with a new id
+//! against the parsed message given that id (`brief_reads_what_parse_reads`,
+//! `FUZZ_N` too).
 
 use super::*;
 use serde_json::json;
@@ -779,7 +781,13 @@ fn gen_response(r: &mut Rng) -> Vec<u8> {
         } else {
             r.pick(&["null", "{}", "[1]", "true"])
         };
-        parts.push(format!("\"id\":{id}"));
+        // The key spelt with an escape now and then (a relay that writes over the
+        // text must not miss it), and given twice.
+        let key = if r.chance(5) { "\\u0069d" } else { "id" };
+        parts.push(format!("\"{key}\":{id}"));
+        if r.chance(5) {
+            parts.push(format!("\"id\":{}", r.pick(&["2", "\"b\""])));
+        }
     }
     let results = if r.chance(80) { 1 + r.below(2) } else { 0 };
     for _ in 0..results {
@@ -829,8 +837,35 @@ fn gen_response(r: &mut Rng) -> Vec<u8> {
     mutate(r, out.into_bytes())
 }
 
+/// Whether one of the keys a [`Brief`] reads is given twice in the object of `bytes`
+/// (an accepted text), as serde's visitor API reads the keys.
+fn repeats_a_read_key(bytes: &[u8]) -> bool {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            let mut repeated = false;
+            while let Some(k) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                let read = ["jsonrpc", "id", "method", "params", "result", "error"];
+                repeated |= read.contains(&k.as_str()) && !seen.insert(k);
+            }
+            Ok(repeated)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    de.deserialize_map(Keys).expect("an accepted text")
+}
+
 /// [`Brief::parse`] accepts and rejects what [`Message::parse`] does, with the same
-/// rejection, and reads the same kind, id, `error` and `result.isError`.
+/// rejection, and reads the same kind, id, `error` and `result.isError`; it tells a
+/// read key given twice. A response relayed as a [`Reply`] with a new id reads back
+/// as the parsed message given that id.
 #[test]
 fn brief_reads_what_parse_reads() {
     let n: usize = std::env::var("FUZZ_N")
@@ -839,6 +874,7 @@ fn brief_reads_what_parse_reads() {
         .unwrap_or(20_000);
     let mut r = Rng(0x2545_f491_4f6c_dd1d);
     let (mut responses, mut errors, mut tool_errors, mut rejected) = (0, 0, 0, 0);
+    let (mut repeated, mut kept_texts) = (0, 0);
     for i in 0..n {
         let b = if i % 2 == 0 {
             gen_response(&mut r)
@@ -866,6 +902,32 @@ fn brief_reads_what_parse_reads() {
                 };
                 assert_eq!(got.error(), error, "{show}");
                 assert_eq!(got.is_tool_error(), tool_error, "{show}");
+                assert_eq!(got.has_repeated_key(), repeats_a_read_key(&b), "{show}");
+                repeated += usize::from(got.has_repeated_key());
+                if m.kind() == Kind::Response {
+                    let new_id = if r.chance(50) {
+                        Id::from(r.next() >> 20)
+                    } else {
+                        Id::String(r.pick(&["c", "q\"\\é", "\u{1}"]).to_string())
+                    };
+                    let kept = !got.has_repeated_key();
+                    let mut reply = Reply::read(got, b.clone(), false).expect("accepted");
+                    assert_eq!(matches!(reply, Reply::Brief { .. }), kept, "{show}");
+                    reply.set_id(&new_id);
+                    let kept = matches!(reply, Reply::Brief { .. });
+                    kept_texts += usize::from(kept);
+                    let text = reply.into_text();
+                    let mut want = m.clone();
+                    want.set_id(&new_id);
+                    if kept {
+                        let back = Message::parse(text.as_bytes())
+                            .unwrap_or_else(|e| panic!("{show}\n relayed {text}\n {e:?}"));
+                        assert_eq!(back, want, "{show}\n relayed {text}");
+                    } else {
+                        // Written anew (a float may not read back as the same `f64`).
+                        assert_eq!(text, want.to_text(), "{show}");
+                    }
+                }
                 responses += usize::from(m.kind() == Kind::Response);
                 errors += usize::from(error.is_some());
                 tool_errors += usize::from(tool_error);
@@ -873,7 +935,12 @@ fn brief_reads_what_parse_reads() {
             (want, got) => panic!("{show}\n parse {want:?}\n brief {got:?}"),
         }
     }
-    eprintln!("{n} texts: {responses} responses ({errors} errors, {tool_errors} isError), {rejected} rejected");
+    eprintln!(
+        "{n} texts: {responses} responses ({errors} errors, {tool_errors} isError, \
+         {kept_texts} relayed over their text), {repeated} with a read key twice, \
+         {rejected} rejected"
+    );
     // Every outcome was exercised.
     assert!(responses * 8 > n && errors * 100 > n && tool_errors * 100 > n && rejected * 10 > n);
+    assert!(repeated * 100 > n && kept_texts * 10 > n && kept_texts < responses);
 }

@@ -38,6 +38,7 @@ use opentelemetry_sdk::trace::{RandomIdGenerator, Sampler, SdkTracerProvider, Tr
 use opentelemetry_sdk::Resource;
 
 use crate::config::{ExporterType, OtlpProtocol, SamplerType, SpanDetail, TracingConfig};
+use crate::jsonrpc::Answer;
 
 pub use cx::{AttrValue, Attrs, Cx};
 pub use stdout::Target;
@@ -406,28 +407,16 @@ pub fn fail(cx: &Cx, error_type: &str, message: &str) {
 /// Records the outcome of a JSON-RPC response on the span: error responses set
 /// `rpc.response.status_code` and error status; a `tools/call` result with
 /// `isError: true` is a `tool_error`. Returns the error type, if any (always `None`
-/// when the span is not recording).
-pub fn record_response(cx: &Cx, resp: &crate::jsonrpc::Message) -> Option<&'static str> {
+/// when the span is not recording). The response may have been parsed whole or read
+/// as a [`crate::jsonrpc::Brief`]: any [`Answer`].
+pub fn record_response(cx: &Cx, resp: &impl Answer) -> Option<&'static str> {
     if !cx.is_recording() {
         // Nothing to record (tracing off, or an unsampled trace): skip the lookups.
         return None;
     }
     // An error response records its error; `result` is looked at only without one.
-    let is_tool_error = resp.error().is_none()
-        && resp
-            .result()
-            .and_then(|r| crate::jsonrpc::lookup(r, "isError"))
-            .and_then(serde_json::Value::as_bool)
-            .unwrap_or(false);
-    record_outcome(cx, resp.error(), is_tool_error)
-}
-
-/// [`record_response`] for a response read as a [`crate::jsonrpc::Brief`].
-pub fn record_brief(cx: &Cx, resp: &crate::jsonrpc::Brief) -> Option<&'static str> {
-    if !cx.is_recording() {
-        return None;
-    }
-    record_outcome(cx, resp.error(), resp.is_tool_error())
+    let error = resp.error();
+    record_outcome(cx, error, error.is_none() && resp.is_tool_error())
 }
 
 /// What [`record_response`] records, from a response's `error` and whether its result

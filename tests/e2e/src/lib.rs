@@ -254,6 +254,23 @@ pub struct Client {
     pub log: Log,
     /// The router's stderr lines as they come, for [`Client::wait_log`].
     log_lines: Option<Receiver<String>>,
+    /// The last [`KEPT_TEXTS`] messages received, as their text came.
+    texts: Texts,
+}
+
+/// How many received texts a [`Client`] keeps for [`Client::text_of_response`].
+pub const KEPT_TEXTS: usize = 64;
+
+/// The texts a client's reader thread received, latest last.
+type Texts = Arc<Mutex<VecDeque<String>>>;
+
+/// Keeps `text` among the last [`KEPT_TEXTS`].
+fn keep_text(texts: &Texts, text: &str) {
+    let mut t = texts.lock().unwrap();
+    if t.len() == KEPT_TEXTS {
+        t.pop_front();
+    }
+    t.push_back(text.to_string());
 }
 
 impl Client {
@@ -277,8 +294,11 @@ impl Client {
         let log_lines = Some(collect_stderr(&mut child, &log));
         let stdout = child.stdout.take().unwrap();
         let (vtx, rx) = channel();
+        let texts = Texts::default();
+        let kept = texts.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                keep_text(&kept, &line);
                 let v: Value = serde_json::from_str(&line)
                     .unwrap_or_else(|e| panic!("router wrote a non-JSON line {line:?}: {e}"));
                 if vtx.send(v).is_err() {
@@ -301,6 +321,7 @@ impl Client {
             stdin: Some(stdin),
             log,
             log_lines,
+            texts,
         }
     }
 
@@ -352,6 +373,21 @@ impl Client {
     pub fn response(&mut self, id: &Value) -> Value {
         let id = id.clone();
         self.recv_where(move |v| v.get("id") == Some(&id) && v.get("method").is_none())
+    }
+
+    /// The text of a response already received (by [`Client::response`]) as it came,
+    /// byte for byte; it must be among the last [`KEPT_TEXTS`] messages.
+    pub fn text_of_response(&self, id: &Value) -> String {
+        let texts = self.texts.lock().unwrap();
+        texts
+            .iter()
+            .rev()
+            .find(|t| {
+                let v: Value = serde_json::from_str(t).unwrap_or_default();
+                v.get("id") == Some(id) && v.get("method").is_none()
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no response with id {id} among {texts:?}"))
     }
 
     /// Sends a request and waits for its response.
@@ -491,10 +527,13 @@ impl WsClient {
             .unwrap();
         let (vtx, rx) = channel();
         let r = ws.clone();
+        let texts = Texts::default();
+        let kept = texts.clone();
         std::thread::spawn(move || loop {
             let msg = r.lock().unwrap().read();
             match msg {
                 Ok(tungstenite::Message::Text(t)) => {
+                    keep_text(&kept, t.as_str());
                     let v: Value = serde_json::from_str(t.as_str()).unwrap();
                     if vtx.send(v).is_err() {
                         return;
@@ -531,6 +570,7 @@ impl WsClient {
             stdin: None,
             log: Log::default(),
             log_lines: None,
+            texts,
         }
     }
 }

@@ -55,6 +55,41 @@ fn a_key_given_twice_reaches_the_backend_once_as_the_gateway_read_it() {
 }
 
 #[test]
+fn gateway_relays_a_backends_answer_as_its_text_with_only_the_id_changed() {
+    let gw = gateway_with("");
+    let mut c = WsClient::mcp(&gw);
+    c.initialize();
+    // Spacing, key order, escapes and number spellings a serialiser would each write
+    // otherwise, and a key the gateway does not read given twice: the backend's text
+    // is what the client gets, with the client's id written over the gateway's.
+    let line = r#"{ "result" : {"content":[{"type":"text","text":"\u00e9 \/"}],"n":1.50,"z":1,"z":2} ,"id" :$ID, "jsonrpc":"2.0"}"#;
+    let resp = c.call(json!("r 1"), "one.respond_raw", json!({ "line": line }));
+    assert_eq!(resp["result"]["content"][0]["text"], "é /");
+    let got = c.text_of_response(&json!("r 1"));
+    assert_eq!(got, line.replace("$ID", r#""r 1""#));
+}
+
+#[test]
+fn a_backend_answer_with_an_id_given_twice_or_escaped_reaches_the_client_with_its_id() {
+    let gw = gateway_with("");
+    let mut c = WsClient::mcp(&gw);
+    c.initialize();
+    // The gateway matches the last `id` (as serde_json reads a map); the client must get
+    // its own id once, not the backend's first one.
+    let line = r#"{"jsonrpc":"2.0","id":"first","result":{"content":[]},"id":$ID}"#;
+    let resp = c.call(json!(7), "one.respond_raw", json!({ "line": line }));
+    assert_eq!(resp["result"], json!({"content": []}));
+    let got = c.text_of_response(&json!(7));
+    assert_eq!(got.matches(r#""id""#).count(), 1, "{got}");
+    assert!(!got.contains("first"), "{got}");
+    // A key spelt with an escape is the same key.
+    let line = r#"{"jsonrpc":"2.0","\u0069d":$ID,"result":{"isError":true,"content":[]}}"#;
+    let resp = c.call(json!(8), "one.respond_raw", json!({ "line": line }));
+    assert_eq!(resp["result"]["isError"], true);
+    assert_eq!(resp["id"], json!(8));
+}
+
+#[test]
 fn a_request_with_line_breaks_reaches_a_stdio_backend_on_one_line() {
     let gw = gateway_with("");
     let mut c = WsClient::mcp(&gw);
