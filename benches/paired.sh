@@ -4,17 +4,22 @@
 # session), loaded in turn with `mcp-bench ws --tool fx.echo -n N -c 32`, the order
 # swapped every other round so neither always runs first. Prints each run, then the
 # medians, the ratio of the medians and the per-round ratios (new / old), and the
-# gateways' CPU time per request (utime + stime from /proc, all threads): on a VM whose
+# gateways' CPU time per request served (utime + stime from /proc, all threads, over
+# the measured and the warm-up requests; 10 ms ticks): on a VM whose
 # speed drifts between minutes, a change is real when the rounds agree, not when one
 # run says so (docs/benchmark.md, "Changes made").
 #
-# Needs release builds of mcp-bench and mcp-fixture (cargo build --release -p mcp-bench
-# -p mcp-fixture). Defaults: 9 rounds of 50,000 requests (~20 s in all).
+# Needs builds of mcp-bench and mcp-fixture: release ones (cargo build --release -p
+# mcp-bench -p mcp-fixture), or those in $PAIRED_BIN_DIR (CI's smoke run: target/debug).
+# Defaults: 9 rounds of 50,000 requests (~20 s in all).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OLD=${1:?old gateway binary} NEW=${2:?new gateway binary} ROUNDS=${3:-9} N=${4:-50000}
-BENCH=$PWD/target/release/mcp-bench
-FIXTURE=$PWD/target/release/mcp-fixture
+BIN_DIR=${PAIRED_BIN_DIR:-$PWD/target/release}
+BENCH=$BIN_DIR/mcp-bench
+FIXTURE=$BIN_DIR/mcp-fixture
+# Unmeasured requests before each run; the CPU time counts them too.
+WARMUP=1000
 for b in "$OLD" "$NEW" "$BENCH" "$FIXTURE"; do
     [[ -x $b ]] || { echo "not an executable: $b" >&2; exit 64; }
 done
@@ -60,7 +65,8 @@ for r in $(seq "$ROUNDS"); do
     ((r % 2 == 0)) && order=(new old)
     for v in "${order[@]}"; do
         before=$(cpu_ticks "${PID[$v]}")
-        "$BENCH" ws --url "${URL[$v]}" --tool fx.echo -n "$N" -c 32 --label "$v" 2>/dev/null |
+        "$BENCH" ws --url "${URL[$v]}" --tool fx.echo -n "$N" -c 32 --warmup "$WARMUP" \
+            --label "$v" 2>/dev/null |
             tail -1 > "$W/run.json"
         after=$(cpu_ticks "${PID[$v]}")
         python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); r["cpu_ticks"]=int(sys.argv[2]); print(json.dumps(r))' \
@@ -68,9 +74,10 @@ for r in $(seq "$ROUNDS"); do
     done
 done
 
-python3 - "$W/runs.jsonl" "$N" "$TICK_US" <<'PY'
+python3 - "$W/runs.jsonl" "$((N + WARMUP))" "$TICK_US" <<'PY'
 import json, statistics as st, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
+# Requests served per run (the warm-up's included: the CPU time covers them).
 n, tick_us = int(sys.argv[2]), int(sys.argv[3])
 by = {"old": [], "new": []}
 for r in runs:

@@ -41,6 +41,10 @@ if [[ -f packaging/test.sh ]]; then bash packaging/test.sh | tee "$LOGS/packagin
 
 step "benchmark smoke"
 if [[ -f benches/run.sh ]]; then bash benches/run.sh --smoke --debug; fi
+# The side-by-side comparison, on a handful of requests (debug builds: it only proves
+# the script works).
+PAIRED_BIN_DIR=target/debug bash benches/paired.sh target/debug/mcp-gateway \
+    target/debug/mcp-gateway 1 300
 
 step "real-peer tests (Python SDK, server-everything)"
 .cache/venv/bin/python -m pytest tests/python -q | tee "$LOGS/pytest.log"
