@@ -132,16 +132,10 @@ impl Drop for Sender {
 impl Receiver {
     /// The next line; `None` when the queue is empty and every sender is gone.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<String>> {
-        let mut q = self.0.borrow_mut();
-        if let Some(line) = q.lines.pop_front() {
-            if q.lines.is_empty() && q.lines.capacity() > KEEP_CAPACITY {
-                q.lines = VecDeque::new();
-            }
-            for w in std::mem::take(&mut q.waiting) {
-                w.wake();
-            }
+        if let Some(line) = self.try_recv() {
             return Poll::Ready(Some(line));
         }
+        let mut q = self.0.borrow_mut();
         if q.senders == 0 {
             return Poll::Ready(None);
         }
@@ -149,6 +143,21 @@ impl Receiver {
             q.receiver = Some(cx.waker().clone());
         }
         Poll::Pending
+    }
+}
+
+impl Receiver {
+    /// The next line if one is queued, without waiting (and without asking to be woken).
+    pub fn try_recv(&mut self) -> Option<String> {
+        let mut q = self.0.borrow_mut();
+        let line = q.lines.pop_front()?;
+        if q.lines.is_empty() && q.lines.capacity() > KEEP_CAPACITY {
+            q.lines = VecDeque::new();
+        }
+        for w in std::mem::take(&mut q.waiting) {
+            w.wake();
+        }
+        Some(line)
     }
 }
 

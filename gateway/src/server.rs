@@ -18,7 +18,7 @@ use async_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use async_tungstenite::WebSocketSender;
 use futures_lite::StreamExt;
 use futures_util::Sink;
-use mcp_shared::framing::WS_WRITE_BUFFER_BYTES;
+use mcp_shared::framing::WS_WRITE_BATCH_BYTES;
 use mcp_shared::meter::{Meter, Metered};
 use mcp_shared::telemetry::{attrs, propagation, Attrs, Cx};
 
@@ -46,7 +46,7 @@ pub const SESSION_CLOSE_SLACK: Duration = Duration::from_secs(2);
 fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(SESSION_WS_READ_BUFFER_BYTES)
-        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
+        .write_buffer_size(WS_WRITE_BATCH_BYTES)
         .max_message_size(Some(max_message_bytes))
         .max_frame_size(Some(max_message_bytes))
 }
@@ -239,10 +239,11 @@ impl ClientWriter {
         self.sending = true;
     }
 
-    /// Hands the frame to the sink (when not yet done) and flushes it.
+    /// Hands the frame to the sink (when not yet done), and with it every line already
+    /// queued ([`WS_WRITE_BATCH_BYTES`]), then flushes them.
     fn poll_send(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), WsError>> {
         let mut sink = Pin::new(&mut self.sink);
-        if let Some(frame) = self.frame.take() {
+        while let Some(frame) = self.frame.take() {
             match sink.as_mut().poll_ready(cx) {
                 Poll::Ready(Ok(())) => sink.as_mut().start_send(frame)?,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -250,6 +251,10 @@ impl ClientWriter {
                     self.frame = Some(frame);
                     return Poll::Pending;
                 }
+            }
+            // After a close frame nothing more goes.
+            if !self.closing {
+                self.frame = self.queue.try_recv().map(WsMessage::text);
             }
         }
         sink.poll_flush(cx)

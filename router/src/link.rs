@@ -10,7 +10,7 @@ use async_tungstenite::tungstenite::http::HeaderValue;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::{WebSocketReceiver, WebSocketSender};
 use mcp_shared::error::RelayError;
-use mcp_shared::framing::{WS_READ_BUFFER_BYTES, WS_WRITE_BUFFER_BYTES};
+use mcp_shared::framing::{WS_READ_BUFFER_BYTES, WS_WRITE_BATCH_BYTES};
 use mcp_shared::meter::{Meter, Metered};
 use mcp_shared::secret::Secret;
 
@@ -37,7 +37,7 @@ pub struct Link {
 pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER_BYTES)
-        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
+        .write_buffer_size(WS_WRITE_BATCH_BYTES)
         .max_message_size(Some(max_message_bytes))
         .max_frame_size(Some(max_message_bytes))
 }

@@ -28,6 +28,7 @@ use std::time::Duration;
 use async_channel::{Receiver, Sender};
 use async_tungstenite::tungstenite::Message as WsMessage;
 use futures_lite::{AsyncReadExt, StreamExt};
+use futures_util::SinkExt;
 use mcp_shared::config::RouterConfig;
 use mcp_shared::error::{RelayError, SessionError, ToRpcError};
 use mcp_shared::framing::{Frame, LineDecoder, PIPE_READ_CHUNK_BYTES};
@@ -782,7 +783,9 @@ async fn read_ws(
 
 /// Queue → gateway. A send during which the gateway's socket takes no byte for
 /// `send_timeout` (a gateway that stopped reading) ends the link like a failed send; a
-/// large message over a slow link that keeps moving is not cut off (`meter`).
+/// large message over a slow link that keeps moving is not cut off (`meter`). Frames
+/// already queued behind the one taken go out in the same write
+/// ([`mcp_shared::framing::WS_WRITE_BATCH_BYTES`]).
 async fn write_ws(
     mut sink: link::Sender,
     rx: Receiver<WsCmd>,
@@ -791,17 +794,40 @@ async fn write_ws(
     state: Shared,
     out: Sender<String>,
 ) {
+    let frame = |cmd| match cmd {
+        WsCmd::Text(t) => Some(WsMessage::text(t)),
+        WsCmd::Ping => Some(WsMessage::Ping(Default::default())),
+        WsCmd::Close => None,
+    };
+    let mut closing = false;
     while let Ok(cmd) = rx.recv().await {
-        let bounded = |f| within_progress(&meter, send_timeout, f);
-        let result = match cmd {
-            WsCmd::Text(t) => bounded(sink.send(WsMessage::text(t))).await,
-            WsCmd::Ping => bounded(sink.send(WsMessage::Ping(Default::default()))).await,
-            WsCmd::Close => {
-                let _ = within_progress(&meter, send_timeout, sink.close(None)).await;
-                return;
+        let result = match frame(cmd) {
+            Some(first) => {
+                let batch = async {
+                    sink.feed(first).await?;
+                    while let Ok(cmd) = rx.try_recv() {
+                        match frame(cmd) {
+                            Some(next) => sink.feed(next).await?,
+                            None => {
+                                closing = true;
+                                break;
+                            }
+                        }
+                    }
+                    sink.flush().await
+                };
+                within_progress(&meter, send_timeout, batch).await
+            }
+            None => {
+                closing = true;
+                Some(Ok(()))
             }
         };
         let reason = match result {
+            Some(Ok(())) if closing => {
+                let _ = within_progress(&meter, send_timeout, sink.close(None)).await;
+                return;
+            }
             Some(Ok(())) => continue,
             Some(Err(e)) => format!("send failed: {e}"),
             None => format!(

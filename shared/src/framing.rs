@@ -19,8 +19,14 @@ pub const SNIFF_PREFIX_BYTES: usize = 4096;
 /// of 128 KiB would dominate the memory of an idle session).
 pub const WS_READ_BUFFER_BYTES: usize = 4096;
 
-/// WebSocket write buffer: 0 writes each message through at once, no buffering.
-pub const WS_WRITE_BUFFER_BYTES: usize = 0;
+/// WebSocket write batch: messages already queued when a writer takes one go out with
+/// it in one write to the socket, until about this many bytes are waiting
+/// (tungstenite's write buffer; a bigger message goes as it is), then the writer
+/// flushes. One `sendto` per burst instead of one per message: at C = 32 the gateway
+/// made one per response, and the kernel's part of its CPU time was larger than its
+/// own (docs/benchmark.md, "Changes made"). A lone message is written at once, as
+/// before. A connection that sent a burst keeps a buffer of about this size.
+pub const WS_WRITE_BATCH_BYTES: usize = 16 * 1024;
 
 /// Bytes read from a pipe (stdin, a backend's stdout) per read call.
 pub const PIPE_READ_CHUNK_BYTES: usize = 16 * 1024;

@@ -679,6 +679,25 @@ fn router_stdout_carries_only_protocol_messages() {
 }
 
 #[test]
+fn a_burst_larger_than_a_write_batch_arrives_whole_both_ways() {
+    // 60 requests of 2 KiB sent at once: the router's writer and the gateway's (for the
+    // answers) put what is queued into one write, up to `WS_WRITE_BATCH_BYTES` (16 KiB)
+    // at a time; every frame must still arrive whole, and each answer be its own.
+    let gw = gateway();
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    let text = |i: usize| format!("{i:04}{}", "z".repeat(2048));
+    for i in 0..60 {
+        c.send(json!({"jsonrpc":"2.0","id":i,"method":"tools/call",
+                      "params":{"name":"one.echo","arguments":{"text":text(i)}}}));
+    }
+    for i in 0..60 {
+        let r = c.response(&json!(i));
+        assert_eq!(text_of(&r), text(i));
+    }
+}
+
+#[test]
 fn pipelined_script_through_the_router_gets_every_answer_before_exit() {
     // `printf ... | mcp-router`: requests right behind initialize wait for it, and
     // stdin EOF waits for the answers already on their way.
