@@ -381,7 +381,11 @@ async fn run(
         })
         .detach();
     }
-    server::serve(gw.clone(), listener, stop_rx).await;
+    // A task of its own, not this future's body: the executor polls the future it runs
+    // (this one) each time it wakes to run tasks, and each such poll of the accept loop
+    // was an `accept4` that found nothing (two per request at C = 1; strace -c,
+    // docs/benchmark.md "Changes made").
+    rt::spawn(server::serve(gw.clone(), listener, stop_rx)).await;
     let _ = sdnotify::stopping();
     gw.stop_shared().await;
     log::info!("stopped");
