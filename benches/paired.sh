@@ -1,26 +1,34 @@
 #!/usr/bin/env bash
-# benches/paired.sh OLD_GATEWAY NEW_GATEWAY [ROUNDS] [N]: two gateway builds side by side
-# on the same machine, in the same minutes: each with its own fixture backend (shared
-# session), loaded in turn with `mcp-bench ws --tool fx.echo -n N -c 32`, the order
-# swapped every other round so neither always runs first. Prints each run, then the
-# medians, the ratio of the medians and the per-round ratios (new / old), and the
-# gateways' CPU time per request served (utime + stime from /proc, all threads, over
-# the measured and the warm-up requests; 10 ms ticks): on a VM whose
-# speed drifts between minutes, a change is real when the rounds agree, not when one
-# run says so (docs/benchmark.md, "Changes made").
+# benches/paired.sh OLD_GATEWAY NEW_GATEWAY [ROUNDS] [N] [C]: two builds side by side on
+# the same machine, in the same minutes. Each gateway runs with its own fixture backend
+# (shared session) and is loaded in turn with `mcp-bench ws --tool fx.echo -n N -c C`,
+# the order swapped every other round so neither always runs first.
+#
+# With PAIRED_ROUTERS="OLD_ROUTER NEW_ROUTER" the load goes through each side's router
+# instead (`mcp-bench stdio --cmd ROUTER … -- --gateway URL`): router + gateway.
+#
+# Prints each run, then the medians, the ratio of the medians and the per-round ratios
+# (new / old) of throughput, and the CPU time per measured request of each process
+# (utime + stime from /proc, all threads, as mcp-bench reads it around the measured
+# requests): on a VM whose speed drifts between minutes, a change is real when the
+# rounds agree, not when one run says so, and CPU time moves far less than throughput
+# (docs/benchmark.md, "Changes made").
 #
 # Needs builds of mcp-bench and mcp-fixture: release ones (cargo build --release -p
 # mcp-bench -p mcp-fixture), or those in $PAIRED_BIN_DIR (CI's smoke run: target/debug).
-# Defaults: 9 rounds of 50,000 requests (~20 s in all).
+# Defaults: 9 rounds of 50,000 requests at C = 32 (~20 s in all).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-OLD=${1:?old gateway binary} NEW=${2:?new gateway binary} ROUNDS=${3:-9} N=${4:-50000}
+OLD=${1:?old gateway binary} NEW=${2:?new gateway binary}
+ROUNDS=${3:-9} N=${4:-50000} C=${5:-32}
 BIN_DIR=${PAIRED_BIN_DIR:-$PWD/target/release}
 BENCH=$BIN_DIR/mcp-bench
 FIXTURE=$BIN_DIR/mcp-fixture
-# Unmeasured requests before each run; the CPU time counts them too.
-WARMUP=1000
-for b in "$OLD" "$NEW" "$BENCH" "$FIXTURE"; do
+declare -A ROUTER
+if [[ -n ${PAIRED_ROUTERS:-} ]]; then
+    read -r ROUTER[old] ROUTER[new] <<< "$PAIRED_ROUTERS"
+fi
+for b in "$OLD" "$NEW" "$BENCH" "$FIXTURE" "${ROUTER[@]}"; do
     [[ -x $b ]] || { echo "not an executable: $b" >&2; exit 64; }
 done
 W=$(mktemp -d)
@@ -56,42 +64,48 @@ TOML
 start old "$OLD"
 start new "$NEW"
 
-# utime + stime of a process, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-TICK_US=$((1000000 / $(getconf CLK_TCK)))
-
 for r in $(seq "$ROUNDS"); do
     order=(old new)
     ((r % 2 == 0)) && order=(new old)
     for v in "${order[@]}"; do
-        before=$(cpu_ticks "${PID[$v]}")
-        "$BENCH" ws --url "${URL[$v]}" --tool fx.echo -n "$N" -c 32 --warmup "$WARMUP" \
-            --label "$v" 2>/dev/null |
-            tail -1 > "$W/run.json"
-        after=$(cpu_ticks "${PID[$v]}")
-        python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); r["cpu_ticks"]=int(sys.argv[2]); print(json.dumps(r))' \
-            "$W/run.json" $((after - before)) >> "$W/runs.jsonl"
+        load=(-n "$N" -c "$C" --tool fx.echo --pid "${PID[$v]}" --label "$v")
+        if [[ -n ${ROUTER[$v]:-} ]]; then
+            MCP_LOG=warn "$BENCH" stdio --cmd "${ROUTER[$v]}" "${load[@]}" \
+                -- --gateway "${URL[$v]}" 2>/dev/null | tail -1 > "$W/run.json"
+        else
+            "$BENCH" ws --url "${URL[$v]}" "${load[@]}" 2>/dev/null | tail -1 > "$W/run.json"
+        fi
+        echo "${PID[$v]} $(cat "$W/run.json")" >> "$W/runs.txt"
     done
 done
 
-python3 - "$W/runs.jsonl" "$((N + WARMUP))" "$TICK_US" <<'PY'
+python3 - "$W/runs.txt" <<'PY'
 import json, statistics as st, sys
-runs = [json.loads(l) for l in open(sys.argv[1])]
-# Requests served per run (the warm-up's included: the CPU time covers them).
-n, tick_us = int(sys.argv[2]), int(sys.argv[3])
+runs = []
+for line in open(sys.argv[1]):
+    gateway_pid, text = line.split(" ", 1)
+    r = json.loads(text)
+    # CPU per measured request of each process, by its part: the gateway (the pid given
+    # with --pid), and the router (the process mcp-bench started) when there is one.
+    names = {p["name"]: ("gateway" if p["pid"] == int(gateway_pid) else "router")
+             for p in r["procs"]}
+    r["cpu"] = {names.get(k[len("cpu_us_per_request_"):], k): v for k, v in r.items()
+                if k.startswith("cpu_us_per_request_")}
+    runs.append(r)
 by = {"old": [], "new": []}
 for r in runs:
-    r["cpu_us"] = r["cpu_ticks"] * tick_us / n
     by[r["label"]].append(r)
-    print(f'{r["label"]}  {r["rps"]:9.0f} req/s  p50 {r["p50_us"]:7.1f} µs  p99 {r["p99_us"]:7.1f} µs'
-          f'  gateway CPU {r["cpu_us"]:5.2f} µs/request')
+    cpu = "  ".join(f"{k} CPU {v:5.2f} µs/request" for k, v in sorted(r["cpu"].items()))
+    print(f'{r["label"]}  {r["rps"]:9.0f} req/s  p50 {r["p50_us"]:7.1f} µs  '
+          f'p99 {r["p99_us"]:7.1f} µs  {cpu}')
 old, new = ([r["rps"] for r in by[k]] for k in ("old", "new"))
 ratios = sorted(n / o for n, o in zip(new, old))
 p50 = {k: st.median(r["p50_us"] for r in by[k]) for k in by}
 print(f"medians: old {st.median(old):.0f}, new {st.median(new):.0f} req/s "
       f"(ratio {st.median(new) / st.median(old):.3f}); p50 {p50['old']:.1f} → {p50['new']:.1f} µs")
 print("per-round ratios:", " ".join(f"{x:.2f}" for x in ratios))
-cpu = {k: st.median(r["cpu_us"] for r in by[k]) for k in by}
-print(f"gateway CPU per request, medians: old {cpu['old']:.2f}, new {cpu['new']:.2f} µs "
-      f"(ratio {cpu['new'] / cpu['old']:.3f})")
+names = sorted({k for r in runs for k in r["cpu"]})
+for name in names:
+    o, n = (st.median(r["cpu"][name] for r in by[k] if name in r["cpu"]) for k in ("old", "new"))
+    print(f"{name} CPU per request, medians: old {o:.2f}, new {n:.2f} µs (ratio {n / o:.3f})")
 PY
