@@ -45,6 +45,8 @@ if [[ -f benches/run.sh ]]; then bash benches/run.sh --smoke --debug; fi
 # the script works).
 PAIRED_BIN_DIR=target/debug bash benches/paired.sh target/debug/mcp-gateway \
     target/debug/mcp-gateway 1 300
+PAIRED_BIN_DIR=target/debug PAIRED_ROUTERS="target/debug/mcp-router target/debug/mcp-router" \
+    bash benches/paired.sh target/debug/mcp-gateway target/debug/mcp-gateway 1 300
 
 step "real-peer tests (Python SDK, server-everything)"
 .cache/venv/bin/python -m pytest tests/python -q | tee "$LOGS/pytest.log"
