@@ -25,8 +25,10 @@ pub const WS_READ_BUFFER_BYTES: usize = 4096;
 /// flushes. One `sendto` per burst instead of one per message: at C = 32 the gateway
 /// made one per response, and the kernel's part of its CPU time was larger than its
 /// own (docs/benchmark.md, "Changes made"). A lone message is written at once, as
-/// before. A connection that sent a burst keeps a buffer of about this size.
-pub const WS_WRITE_BATCH_BYTES: usize = 16 * 1024;
+/// before. A connection that sent a burst keeps a buffer of about this size plus its
+/// largest message (tungstenite never shrinks it), so it is per-session memory: 4 KiB
+/// did as well as 16 KiB (paired runs at C = 32, gateway only and router + gateway).
+pub const WS_WRITE_BATCH_BYTES: usize = 4 * 1024;
 
 /// Bytes read from a pipe (stdin, a backend's stdout) per read call.
 pub const PIPE_READ_CHUNK_BYTES: usize = 16 * 1024;

@@ -681,7 +681,7 @@ fn router_stdout_carries_only_protocol_messages() {
 #[test]
 fn a_burst_larger_than_a_write_batch_arrives_whole_both_ways() {
     // 60 requests of 2 KiB sent at once: the router's writer and the gateway's (for the
-    // answers) put what is queued into one write, up to `WS_WRITE_BATCH_BYTES` (16 KiB)
+    // answers) put what is queued into one write, up to `WS_WRITE_BATCH_BYTES` (4 KiB)
     // at a time; every frame must still arrive whole, and each answer be its own.
     let gw = gateway();
     let mut c = Client::router(&gw.url);
