@@ -783,8 +783,7 @@ async fn read_stdout(
                                 if let Some(t) = p.token {
                                     proc.progress.borrow_mut().remove(&t);
                                 }
-                                let reply = Reply::read(brief, line, p.read == ReadAs::Whole)
-                                    .unwrap_or_else(|rej| Reply::Whole(rej.to_response()));
+                                let reply = Reply::read(brief, line, p.read == ReadAs::Whole);
                                 let _ = p.tx.send(Ok(reply));
                             }
                             None => log::debug!(

@@ -144,9 +144,7 @@ impl Receiver {
         }
         Poll::Pending
     }
-}
 
-impl Receiver {
     /// The next line if one is queued, without waiting (and without asking to be woken).
     pub fn try_recv(&mut self) -> Option<String> {
         let mut q = self.0.borrow_mut();

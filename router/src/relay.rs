@@ -794,35 +794,25 @@ async fn write_ws(
     state: Shared,
     out: Sender<String>,
 ) {
-    let frame = |cmd| match cmd {
-        WsCmd::Text(t) => Some(WsMessage::text(t)),
-        WsCmd::Ping => Some(WsMessage::Ping(Default::default())),
-        WsCmd::Close => None,
-    };
-    let mut closing = false;
     while let Ok(cmd) = rx.recv().await {
-        let result = match frame(cmd) {
-            Some(first) => {
-                let batch = async {
-                    sink.feed(first).await?;
-                    while let Ok(cmd) = rx.try_recv() {
-                        match frame(cmd) {
-                            Some(next) => sink.feed(next).await?,
-                            None => {
-                                closing = true;
-                                break;
-                            }
-                        }
+        // The frame taken and every one queued behind it, up to a close, then one flush.
+        let mut closing = false;
+        let batch = async {
+            let mut next = Some(cmd);
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    WsCmd::Text(t) => sink.feed(WsMessage::text(t)).await?,
+                    WsCmd::Ping => sink.feed(WsMessage::Ping(Default::default())).await?,
+                    WsCmd::Close => {
+                        closing = true;
+                        break;
                     }
-                    sink.flush().await
-                };
-                within_progress(&meter, send_timeout, batch).await
+                }
+                next = rx.try_recv().ok();
             }
-            None => {
-                closing = true;
-                Some(Ok(()))
-            }
+            sink.flush().await
         };
+        let result = within_progress(&meter, send_timeout, batch).await;
         let reason = match result {
             Some(Ok(())) if closing => {
                 let _ = within_progress(&meter, send_timeout, sink.close(None)).await;

@@ -911,7 +911,7 @@ fn brief_reads_what_parse_reads() {
                         Id::String(r.pick(&["c", "q\"\\é", "\u{1}"]).to_string())
                     };
                     let kept = !got.has_repeated_key();
-                    let mut reply = Reply::read(got, b.clone(), false).expect("accepted");
+                    let mut reply = Reply::read(got, b.clone(), false);
                     assert_eq!(matches!(reply, Reply::Brief { .. }), kept, "{show}");
                     reply.set_id(&new_id);
                     let kept = matches!(reply, Reply::Brief { .. });

@@ -14,7 +14,7 @@
 
 use serde_json::Value;
 
-use super::{find_places, lookup, value, Brief, Id, Message, Rejection, Want};
+use super::{find_places, lookup, value, Brief, Id, Message, Want};
 use crate::error::{codes, RpcError};
 
 /// What a response says of its request, however it was read.
@@ -89,11 +89,11 @@ impl Reply {
     /// The reply for a response `brief` read from `text`: kept as that text, unless
     /// `whole` is asked for or the text gives a key the brief reads twice; then `text`
     /// is parsed whole.
-    pub fn read(brief: Brief, text: Vec<u8>, whole: bool) -> Result<Reply, Rejection> {
+    pub fn read(brief: Brief, text: Vec<u8>, whole: bool) -> Reply {
         if whole || brief.has_repeated_key() {
-            Message::parse_owned(text).map(Reply::Whole)
+            Reply::Whole(Reply::whole(text, brief.id().cloned()))
         } else {
-            Ok(Reply::Brief { brief, text })
+            Reply::Brief { brief, text }
         }
     }
 
@@ -176,7 +176,7 @@ mod tests {
 
     fn brief_reply(text: &str) -> Reply {
         let b = text.as_bytes().to_vec();
-        Reply::read(Brief::parse(&b).unwrap(), b, false).unwrap()
+        Reply::read(Brief::parse(&b).unwrap(), b, false)
     }
 
     #[test]
@@ -209,14 +209,14 @@ mod tests {
         let text = r#"{"jsonrpc":"2.0","id":1,"id":2,"result":{}}"#;
         let b = Brief::parse(text.as_bytes()).unwrap();
         assert!(b.has_repeated_key());
-        let r = Reply::read(b, text.as_bytes().to_vec(), false).unwrap();
+        let r = Reply::read(b, text.as_bytes().to_vec(), false);
         let Reply::Whole(m) = r else { panic!() };
         assert_eq!(m.id(), Some(Id::from(2)));
         // A repeated key the brief does not read is kept as it is.
         let text = r#"{"jsonrpc":"2.0","id":1,"x":1,"x":2,"result":{}}"#;
         assert!(matches!(brief_reply(text), Reply::Brief { .. }));
         let b = Brief::parse(text.as_bytes()).unwrap();
-        let r = Reply::read(b, text.as_bytes().to_vec(), true).unwrap();
+        let r = Reply::read(b, text.as_bytes().to_vec(), true);
         assert!(matches!(r, Reply::Whole(_)));
     }
 
