@@ -36,6 +36,15 @@ impl Rng {
     }
 }
 
+/// A setting of the fuzz runs from the environment (`FUZZ_N`, `FUZZ_SEED`, `FUZZ_MUT`),
+/// or `default` when it is unset or does not parse.
+fn from_env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 fn ws(r: &mut Rng, out: &mut String) {
     if r.chance(10) {
         out.push_str(r.pick(&[" ", "\n", "\t", "\r", "  "]));
@@ -330,10 +339,7 @@ fn mutate(r: &mut Rng, mut b: Vec<u8>) -> Vec<u8> {
     // Break a few (8 % unless FUZZ_MUT says otherwise): truncated, a byte changed,
     // inserted or removed, trailing garbage, invalid UTF-8, or nesting at serde_json's
     // recursion limit.
-    let mut_pct: usize = std::env::var("FUZZ_MUT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(8);
+    let mut_pct: usize = from_env("FUZZ_MUT", 8);
     if r.chance(mut_pct) {
         match r.below(7) {
             0 => {
@@ -671,14 +677,8 @@ fn check(bytes: &[u8], r: &mut Rng) -> Result<(bool, usize), String> {
 
 #[test]
 fn differential_fuzz() {
-    let n: usize = std::env::var("FUZZ_N")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_000);
-    let seed: u64 = std::env::var("FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x9e3779b97f4a7c15);
+    let n: usize = from_env("FUZZ_N", 20_000);
+    let seed: u64 = from_env("FUZZ_SEED", 0x9e3779b97f4a7c15);
     let mut r = Rng(seed);
     let (mut accepted, mut spliced, mut fails) = (0usize, 0usize, Vec::new());
     for _ in 0..n {
@@ -868,10 +868,7 @@ fn repeats_a_read_key(bytes: &[u8]) -> bool {
 /// as the parsed message given that id.
 #[test]
 fn brief_reads_what_parse_reads() {
-    let n: usize = std::env::var("FUZZ_N")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_000);
+    let n: usize = from_env("FUZZ_N", 20_000);
     let mut r = Rng(0x2545_f491_4f6c_dd1d);
     let (mut responses, mut errors, mut tool_errors, mut rejected) = (0, 0, 0, 0);
     let (mut repeated, mut kept_texts) = (0, 0);
