@@ -14,6 +14,12 @@
 # rounds agree, not when one run says so, and CPU time moves far less than throughput
 # (docs/benchmark.md, "Changes made").
 #
+# With PAIRED_TRACING=on|basic|ratio both sides trace (always_on, always_on with
+# span_detail basic, traceidratio 0.01), exporting OTLP/HTTP to one `mcp-bench otlp-sink`
+# (its CPU is not counted); the routers too, with PAIRED_ROUTERS. PAIRED_TRACING_OLD and
+# PAIRED_TRACING_NEW are TOML lines added to that side's [tracing] (the same build with
+# two settings: pass one binary twice), e.g. PAIRED_TRACING_NEW='max_export_batch_size = 512'.
+#
 # Needs builds of mcp-bench and mcp-fixture: release ones (cargo build --release -p
 # mcp-bench -p mcp-fixture), or those in $PAIRED_BIN_DIR (CI's smoke run: target/debug).
 # Defaults: 9 rounds of 50,000 requests at C = 32 (~20 s in all).
@@ -35,6 +41,30 @@ W=$(mktemp -d)
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"' EXIT
 
+# tracing NAME: the [tracing] section of side NAME (nothing without PAIRED_TRACING).
+SINK=
+tracing() {
+    [[ -n ${PAIRED_TRACING:-} ]] || return 0
+    case $PAIRED_TRACING in
+        on) printf '[tracing]\nenabled = true\nsampler_type = "always_on"\n' ;;
+        basic) printf '[tracing]\nenabled = true\nsampler_type = "always_on"\nspan_detail = "basic"\n' ;;
+        ratio) printf '[tracing]\nenabled = true\nsampler_type = "traceidratio"\nsampler_param = 0.01\n' ;;
+        *) echo "PAIRED_TRACING: on, basic or ratio, not $PAIRED_TRACING" >&2; exit 64 ;;
+    esac
+    printf 'exporter_type = "otlp"\notlp_protocol = "http/protobuf"\notlp_endpoint = "%s"\n' "$SINK"
+    if [[ $1 == old ]]; then printf '%s\n' "${PAIRED_TRACING_OLD:-}"; else printf '%s\n' "${PAIRED_TRACING_NEW:-}"; fi
+}
+if [[ -n ${PAIRED_TRACING:-} ]]; then
+    "$BENCH" otlp-sink > "$W/sink.out" 2> "$W/sink.err" &
+    PIDS+=($!)
+    deadline=$((SECONDS + 10))
+    until [[ -s $W/sink.out ]]; do
+        ((SECONDS < deadline)) || { cat "$W/sink.err" >&2; exit 1; }
+        sleep 0.05
+    done
+    SINK=$(head -1 "$W/sink.out")
+fi
+
 # start NAME BINARY: runs a gateway on 127.0.0.1:0 and sets URL[NAME] to its WebSocket
 # URL once it logs that it listens.
 declare -A URL PID
@@ -51,6 +81,7 @@ command = "$FIXTURE"
 args = ["--name", "fx"]
 session = "shared"
 TOML
+    tracing "$1" >> "$W/$1.toml"
     MCP_LOG=info "$2" --config "$W/$1.toml" > /dev/null 2> "$W/$1.err" &
     PIDS+=($!)
     PID[$1]=$!
@@ -70,8 +101,12 @@ for r in $(seq "$ROUNDS"); do
     for v in "${order[@]}"; do
         load=(-n "$N" -c "$C" --tool fx.echo --pid "${PID[$v]}" --label "$v")
         if [[ -n ${ROUTER[$v]:-} ]]; then
+            {
+                printf '[gateway]\nurl = "%s"\n[logging]\nlevel = "warn"\n' "${URL[$v]}"
+                tracing "$v"
+            } > "$W/router-$v.toml"
             MCP_LOG=warn "$BENCH" stdio --cmd "${ROUTER[$v]}" "${load[@]}" \
-                -- --gateway "${URL[$v]}" 2>/dev/null | tail -1 > "$W/run.json"
+                -- --config "$W/router-$v.toml" 2>/dev/null | tail -1 > "$W/run.json"
         else
             "$BENCH" ws --url "${URL[$v]}" "${load[@]}" 2>/dev/null | tail -1 > "$W/run.json"
         fi
