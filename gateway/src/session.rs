@@ -280,8 +280,8 @@ impl Session {
             },
         );
         let me = self.clone();
-        let log_cx = cx.clone();
-        rt::spawn(mcp_shared::logger::traced(&log_cx, async move {
+        let log_ids = mcp_shared::logger::span_ids(&cx);
+        rt::spawn(mcp_shared::logger::with_ids(log_ids, async move {
             let method = msg.method().unwrap_or_default().to_string();
             let started = std::time::Instant::now();
             let _in_flight = me.gw.metrics.in_flight();

@@ -31,28 +31,42 @@ thread_local! {
 
 static JSON: AtomicBool = AtomicBool::new(false);
 
-/// A future whose polls run with a span's trace and span id as the log context.
-pub struct Traced<F> {
-    ids: Option<(TraceId, SpanId)>,
-    inner: Pin<Box<F>>,
+pin_project_lite::pin_project! {
+    /// A future whose polls run with a span's trace and span id as the log context.
+    /// The wrapped future is held in place, not boxed: the gateway wraps every
+    /// request's task in one, and a box was an allocation and a copy of the whole
+    /// future per request, with tracing on or off.
+    pub struct Traced<F> {
+        ids: Option<(TraceId, SpanId)>,
+        #[pin]
+        inner: F,
+    }
 }
 
 /// Wraps `f` so that log lines written while it runs carry the ids of the span in `cx`
 /// (nothing is added when `cx` has no valid span).
 pub fn traced<F: Future>(cx: &crate::telemetry::Cx, f: F) -> Traced<F> {
+    with_ids(span_ids(cx), f)
+}
+
+/// The ids log lines carry for the span in `cx` (`None` when it has no valid span),
+/// for [`with_ids`].
+pub fn span_ids(cx: &crate::telemetry::Cx) -> Option<(TraceId, SpanId)> {
     let sc = cx.span_context();
-    let ids = sc.is_valid().then(|| (sc.trace_id(), sc.span_id()));
-    Traced {
-        ids,
-        inner: Box::pin(f),
-    }
+    sc.is_valid().then(|| (sc.trace_id(), sc.span_id()))
+}
+
+/// [`traced`] with ids read beforehand: for a future that takes the `Cx` itself.
+pub fn with_ids<F: Future>(ids: Option<(TraceId, SpanId)>, f: F) -> Traced<F> {
+    Traced { ids, inner: f }
 }
 
 impl<F: Future> Future for Traced<F> {
     type Output = F::Output;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<F::Output> {
-        let prev = CURRENT.replace(self.ids);
-        let r = self.inner.as_mut().poll(cx);
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let prev = CURRENT.replace(*this.ids);
+        let r = this.inner.poll(cx);
         CURRENT.set(prev);
         r
     }

@@ -189,6 +189,13 @@ impl Telemetry {
     /// and attributes on `parent` instead and returns `parent`, so that `fail` and `end`
     /// on the result act on the parent (errors are then recorded on it too).
     pub fn step(&self, name: &'static str, parent: &Cx, attrs: impl FnOnce(&mut Attrs)) -> Step {
+        // A step is a leaf: nothing is started under it and its context is never sent
+        // on. Inside a trace nobody records, there is nothing for it to carry (no clone
+        // of the parent's context, four times per gateway request).
+        let psc = parent.span_context();
+        if psc.is_valid() && !psc.is_sampled() {
+            return Step::Span(Cx::default());
+        }
         match &self.inner {
             Some(i) if i.detail == SpanDetail::Basic => {
                 parent.step_event(name, attrs);
