@@ -8,13 +8,27 @@
 //!
 //! A connection is kept across exports by the exporters (`export.rs`); [`is_closed`]
 //! tells whether an idle one is still usable before it is reused.
+//!
+//! The exporter thread waits for its own socket. A connection is a non-blocking
+//! [`Tcp`] that the process's reactor (async-io) never hears of: when it would block,
+//! it notes which way, and [`block_on`] waits for exactly that with `poll(2)` on this
+//! thread. Through the reactor, every export's answer was first seen by the thread
+//! that drives it, the gateway's request thread, which then had to wake the exporter:
+//! a futex wake, a context switch and a cross-CPU interrupt per wait, on the thread
+//! the requests run on (docs/benchmark.md, "Changes made").
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context as TaskCx, Poll};
+use std::cell::RefCell;
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context as TaskCx, Poll, Wake, Waker};
+use std::time::Instant;
 
-use async_net::TcpStream;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
+use rustix::event::{PollFd, PollFlags, Timespec};
 
 use crate::config::TracingConfig;
 #[cfg(feature = "otlp-tls")]
@@ -98,13 +112,148 @@ impl Endpoint {
     }
 }
 
+thread_local! {
+    /// The sockets the future [`block_on`] runs has found not ready, and for what:
+    /// what it waits for when nothing else can move.
+    static WAITING: RefCell<Vec<(Arc<TcpStream>, PollFlags)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A TCP connection of the exporter thread: non-blocking, and not registered with any
+/// reactor. An operation that would block returns `Pending` after noting the socket
+/// and the direction in [`WAITING`], for [`block_on`]; it wakes no waker, so it works
+/// only under `block_on`.
+pub struct Tcp(Arc<TcpStream>);
+
+impl Tcp {
+    /// Connects to the first address of `host`:`port` that answers before `deadline`.
+    /// The name is resolved by the system resolver, which the deadline does not bound.
+    fn connect(host: &str, port: u16, deadline: Instant) -> io::Result<Tcp> {
+        let mut last = None;
+        for addr in (host, port).to_socket_addrs()? {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+            }
+            match TcpStream::connect_timeout(&addr, left) {
+                Ok(tcp) => {
+                    tcp.set_nonblocking(true)?;
+                    tcp.set_nodelay(true).ok();
+                    return Ok(Tcp(Arc::new(tcp)));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("{host}: no address"))
+        }))
+    }
+
+    /// `Pending` (and the socket noted as waiting for `flags`) when `r` would block.
+    fn ready<T>(&self, r: io::Result<T>, flags: PollFlags) -> Poll<io::Result<T>> {
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                WAITING.with(|w| w.borrow_mut().push((self.0.clone(), flags)));
+                Poll::Pending
+            }
+            r => Poll::Ready(r),
+        }
+    }
+}
+
+impl AsyncRead for Tcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut TaskCx<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            match (&*self.0).read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return self.ready(r, PollFlags::IN),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Tcp {
+    fn poll_write(self: Pin<&mut Self>, _: &mut TaskCx<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            match (&*self.0).write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return self.ready(r, PollFlags::OUT),
+            }
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut TaskCx<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_close(self: Pin<&mut Self>, _: &mut TaskCx<'_>) -> Poll<io::Result<()>> {
+        match self.0.shutdown(std::net::Shutdown::Write) {
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Poll::Ready(Ok(())),
+            r => Poll::Ready(r),
+        }
+    }
+}
+
+/// Set when the future's own parts wake it (h2's stream and connection handles).
+struct Flag(AtomicBool);
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::Release);
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Runs `fut`, which does its I/O on [`Tcp`] connections, on this thread until it is
+/// done or `deadline` passes (then `TimedOut`). When it is pending it is polled again
+/// at once if it woke itself, else once one of the sockets it waits for is ready.
+pub fn block_on<T>(deadline: Instant, fut: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    let flag = Arc::new(Flag(AtomicBool::new(false)));
+    let waker = Waker::from(flag.clone());
+    let mut cx = TaskCx::from_waker(&waker);
+    let mut fut = pin!(fut);
+    let clear = || WAITING.with(|w| w.borrow_mut().clear());
+    clear();
+    loop {
+        if let Poll::Ready(r) = fut.as_mut().poll(&mut cx) {
+            clear();
+            return r;
+        }
+        if flag.0.swap(false, Ordering::Acquire) {
+            clear();
+            continue;
+        }
+        let waiting = WAITING.with(|w| std::mem::take(&mut *w.borrow_mut()));
+        if waiting.is_empty() {
+            // Only a bug could get here: nothing would ever make it ready.
+            return Err(io::Error::other("export stalled: waiting on nothing"));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
+        }
+        let timeout = Timespec::try_from(left).map_err(io::Error::other)?;
+        let mut fds: Vec<PollFd<'_>> = waiting
+            .iter()
+            .map(|(s, flags)| PollFd::new(&**s, *flags))
+            .collect();
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// A connection to the collector: plain TCP or TLS over it.
 pub enum Stream {
     /// `http://`.
-    Plain(TcpStream),
+    Plain(Tcp),
     /// `https://`.
     #[cfg(feature = "otlp-tls")]
-    Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<futures_rustls::client::TlsStream<Tcp>>),
 }
 
 impl std::fmt::Debug for Stream {
@@ -229,10 +378,10 @@ impl Connector {
         }
     }
 
-    /// Opens a connection (the caller bounds the time, handshake included).
-    pub async fn connect(&self) -> io::Result<Stream> {
-        let tcp = TcpStream::connect((self.endpoint.host.as_str(), self.endpoint.port)).await?;
-        tcp.set_nodelay(true).ok();
+    /// Opens a connection: TCP before `deadline` (blocking this thread), then the TLS
+    /// handshake, which the caller's [`block_on`] bounds by the same deadline.
+    pub async fn connect(&self, deadline: Instant) -> io::Result<Stream> {
+        let tcp = Tcp::connect(&self.endpoint.host, self.endpoint.port, deadline)?;
         #[cfg(feature = "otlp-tls")]
         if let Some((connector, name)) = &self.tls {
             let tls = connector
@@ -359,6 +508,80 @@ fn client_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    /// A peer that takes connections and says nothing until told to send `reply`.
+    fn quiet_peer() -> (u16, std::sync::mpsc::Sender<&'static [u8]>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (tx, rx) = std::sync::mpsc::channel::<&'static [u8]>();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            if let Ok(reply) = rx.recv() {
+                s.write_all(reply).unwrap();
+            }
+            // Held open until the test ends.
+            let _ = rx.recv();
+        });
+        (port, tx)
+    }
+
+    #[test]
+    fn block_on_waits_for_the_socket_until_the_deadline() {
+        let (port, reply) = quiet_peer();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut tcp = Tcp::connect("127.0.0.1", port, deadline).unwrap();
+        let mut byte = [0u8; 1];
+        // Nothing comes: the read gives up at the deadline, not before, not much after.
+        let start = Instant::now();
+        let e = block_on(start + Duration::from_millis(200), tcp.read(&mut byte)).unwrap_err();
+        let took = start.elapsed();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(took >= Duration::from_millis(200), "{took:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        // A byte sent while the reader waits ends the wait.
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            reply.send(b"x").unwrap();
+            reply
+        });
+        let n = block_on(Instant::now() + Duration::from_secs(5), tcp.read(&mut byte)).unwrap();
+        assert_eq!((n, byte[0]), (1, b'x'));
+        drop(sender.join().unwrap());
+        // A connection refused is an error at once, not a wait.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let e = Tcp::connect("127.0.0.1", closed, deadline).err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+    }
+
+    #[test]
+    fn block_on_polls_again_when_woken_and_refuses_to_wait_on_nothing() {
+        // Woken by itself (as h2's handles wake each other): polled again at once.
+        let mut polls = 0;
+        let r = block_on(
+            Instant::now() + Duration::from_secs(5),
+            futures_lite::future::poll_fn(|cx| {
+                polls += 1;
+                if polls < 3 {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                } else {
+                    Poll::Ready(Ok(polls))
+                }
+            }),
+        );
+        assert_eq!(r.unwrap(), 3);
+        // Pending with no socket to wait for would never end: an error, not a hang.
+        let e = block_on(
+            Instant::now() + Duration::from_secs(5),
+            futures_lite::future::pending::<io::Result<()>>(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("stalled"), "{e}");
+    }
 
     #[test]
     fn splits_endpoints() {

@@ -163,18 +163,6 @@ impl Exporter {
     }
 }
 
-#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
-async fn with_deadline<T>(
-    deadline: Instant,
-    f: impl std::future::Future<Output = io::Result<T>>,
-) -> io::Result<T> {
-    futures_lite::future::or(f, async {
-        async_io::Timer::at(deadline).await;
-        Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
-    })
-    .await
-}
-
 /// A request that failed, and whether the collector had answered anything before.
 #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 #[derive(Debug)]
@@ -249,10 +237,14 @@ impl HttpExporter {
         let mut body = std::mem::take(&mut self.body);
         body.clear();
         self.envelope.request(spans, &mut body);
-        let mut head = self.head.clone();
-        head.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+        // Head and body in one buffer: one write (one segment, one wake-up of the
+        // collector) where there were two.
+        let mut request = Vec::with_capacity(self.head.len() + 32 + body.len());
+        request.extend_from_slice(&self.head);
+        request.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+        request.extend_from_slice(&body);
         let result = with_retries(timeout, |deadline| {
-            match futures_lite::future::block_on(with_deadline(deadline, self.send(&head, &body))) {
+            match conn::block_on(deadline, self.send(&request, deadline)) {
                 Ok(status) if (200..300).contains(&status) => Ok(()),
                 Ok(status) => Err((
                     format!("HTTP status {status}"),
@@ -277,19 +269,20 @@ impl HttpExporter {
         result
     }
 
-    /// One request on the kept connection (or a new one); the response's status.
-    async fn send(&mut self, head: &[u8], body: &[u8]) -> io::Result<u16> {
+    /// One request (head and body) on the kept connection (or a new one); the
+    /// response's status.
+    async fn send(&mut self, request: &[u8], deadline: Instant) -> io::Result<u16> {
         let (mut stream, reused) = match self.idle.take() {
             Some(mut kept) => {
                 if conn::is_closed(&mut kept).await {
-                    (self.connector.connect().await?, false)
+                    (self.connector.connect(deadline).await?, false)
                 } else {
                     (kept, true)
                 }
             }
-            None => (self.connector.connect().await?, false),
+            None => (self.connector.connect(deadline).await?, false),
         };
-        let (response, keep) = match exchange(&mut stream, head, body).await {
+        let (response, keep) = match exchange(&mut stream, request).await {
             Ok(r) => r,
             Err(f) if reused && !f.answered => {
                 // The collector closed the kept connection under us: once more on a
@@ -298,8 +291,8 @@ impl HttpExporter {
                     "OTLP/HTTP: kept connection failed ({}); reconnecting",
                     f.err
                 );
-                stream = self.connector.connect().await?;
-                exchange(&mut stream, head, body).await.map_err(|f| f.err)?
+                stream = self.connector.connect(deadline).await?;
+                exchange(&mut stream, request).await.map_err(|f| f.err)?
             }
             Err(f) => return Err(f.err),
         };
@@ -342,14 +335,9 @@ fn request_head(endpoint: &Endpoint, headers: &BTreeMap<String, String>) -> Vec<
 #[cfg(feature = "otlp-http")]
 /// Sends one request and reads exactly its response; true when the connection can
 /// carry another.
-async fn exchange(
-    s: &mut Stream,
-    head: &[u8],
-    body: &[u8],
-) -> Result<(http::Response<Bytes>, bool), Failed> {
+async fn exchange(s: &mut Stream, request: &[u8]) -> Result<(http::Response<Bytes>, bool), Failed> {
     let write = async {
-        s.write_all(head).await?;
-        s.write_all(body).await?;
+        s.write_all(request).await?;
         s.flush().await
     };
     write.await.map_err(Failed::unanswered)?;
@@ -580,10 +568,7 @@ impl GrpcExporter {
     fn export(&mut self, spans: &[u8], timeout: Duration) -> Result<(), String> {
         let body = grpc_frame(&self.envelope, spans);
         with_retries(timeout, |deadline| {
-            match futures_lite::future::block_on(with_deadline(
-                deadline,
-                self.attempt(body.clone()),
-            )) {
+            match conn::block_on(deadline, self.attempt(body.clone(), deadline)) {
                 Ok(0) => Ok(()),
                 Ok(status) => Err((format!("gRPC status {status}"), retryable(status))),
                 Err(e) => {
@@ -604,7 +589,7 @@ impl GrpcExporter {
     }
 
     /// One attempt on the kept connection (or a new one); the gRPC status of the call.
-    async fn attempt(&mut self, body: Bytes) -> io::Result<u32> {
+    async fn attempt(&mut self, body: Bytes, deadline: Instant) -> io::Result<u32> {
         let mut reused = false;
         if let Some(c) = &mut self.conn {
             // A connection the collector has closed (or sent GOAWAY on) ends its driver.
@@ -618,7 +603,7 @@ impl GrpcExporter {
             }
         }
         if self.conn.is_none() {
-            self.conn = Some(self.open().await?);
+            self.conn = Some(self.open(deadline).await?);
         }
         let req = self.request()?;
         let c = self.conn.as_mut().expect("connected above");
@@ -631,7 +616,7 @@ impl GrpcExporter {
                     f.err
                 );
                 self.conn = None;
-                let fresh = self.open().await?;
+                let fresh = self.open(deadline).await?;
                 let req = self.request()?;
                 call(self.conn.insert(fresh), req, body)
                     .await
@@ -658,8 +643,8 @@ impl GrpcExporter {
     }
 
     /// Connects (TLS with ALPN `h2` for `https://`) and starts HTTP/2.
-    async fn open(&self) -> io::Result<H2> {
-        let stream = self.connector.connect().await?;
+    async fn open(&self, deadline: Instant) -> io::Result<H2> {
+        let stream = self.connector.connect(deadline).await?;
         if let Some(p) = conn::negotiated_alpn(&stream) {
             if p != b"h2" {
                 return Err(io::Error::other(format!(
@@ -787,6 +772,59 @@ impl<T: futures_lite::AsyncWrite + Unpin> tokio::io::AsyncWrite for TokioIo<T> {
 #[cfg(all(test, any(feature = "otlp-grpc", feature = "otlp-http")))]
 mod tests {
     use super::*;
+
+    /// A collector that takes connections and reads what it is sent, and never
+    /// answers; its port.
+    fn mute_collector() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while matches!(std::io::Read::read(&mut s, &mut buf), Ok(n) if n > 0) {}
+                });
+            }
+        });
+        port
+    }
+
+    /// An export to a collector that never answers fails at its timeout (the exporter
+    /// waits for its socket itself, so nothing but the deadline can end the wait).
+    #[test]
+    fn an_unanswered_export_ends_at_its_timeout() {
+        let port = mute_collector();
+        let mut exporters = Vec::new();
+        #[cfg(feature = "otlp-http")]
+        exporters.push(
+            Exporter::http(&TracingConfig {
+                enabled: true,
+                otlp_protocol: crate::config::OtlpProtocol::HttpProtobuf,
+                otlp_endpoint: Some(format!("http://127.0.0.1:{port}")),
+                ..TracingConfig::default()
+            })
+            .unwrap(),
+        );
+        #[cfg(feature = "otlp-grpc")]
+        exporters.push(
+            Exporter::grpc(&TracingConfig {
+                enabled: true,
+                otlp_endpoint: Some(format!("http://127.0.0.1:{port}")),
+                ..TracingConfig::default()
+            })
+            .unwrap(),
+        );
+        for mut e in exporters {
+            let timeout = Duration::from_millis(300);
+            let start = Instant::now();
+            let err = e.export_encoded(b"", timeout).unwrap_err();
+            let took = start.elapsed();
+            assert!(err.contains("timed out"), "{err}");
+            assert!(took >= timeout, "{took:?}");
+            assert!(took < Duration::from_secs(3), "{took:?}");
+        }
+    }
 
     #[cfg(feature = "otlp-http")]
     fn parse(raw: &[u8], eof: bool) -> Parsed {
