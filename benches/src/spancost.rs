@@ -12,7 +12,9 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use mcp_shared::config::{Dur, ExporterType, OtlpProtocol, SamplerType, TracingConfig};
+use mcp_shared::config::{
+    Dur, ExporterType, OtlpProtocol, SamplerType, TracingConfig, DEFAULT_MAX_EXPORT_BATCH_SIZE,
+};
 use mcp_shared::telemetry::{Attrs, Cx, Target, Telemetry};
 use opentelemetry::trace::SpanKind;
 use serde_json::{json, Value};
@@ -127,7 +129,7 @@ pub fn run(n: u64, rounds: usize, label: &str) -> Result<Value, String> {
         },
         TracingConfig {
             sampler_type: SamplerType::AlwaysOn,
-            max_export_batch_size: n as usize,
+            max_export_batch_size: Some(n as usize),
             scheduled_delay: Dur(Duration::from_secs(3600)),
             ..base.clone()
         },
@@ -143,7 +145,15 @@ pub fn run(n: u64, rounds: usize, label: &str) -> Result<Value, String> {
     ];
     let tels = configs
         .iter()
-        .map(|c| Telemetry::init(c, "bench", "0", Target::Stderr))
+        .map(|c| {
+            Telemetry::init(
+                c,
+                "bench",
+                "0",
+                Target::Stderr,
+                DEFAULT_MAX_EXPORT_BATCH_SIZE,
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut runs: [Vec<f64>; 4] = Default::default();
     let mut made = [0u64; 4];

@@ -245,6 +245,7 @@ fn main() -> ExitCode {
         "mcp-gateway",
         mcp_shared::VERSION,
         telemetry::Target::Stdout,
+        mcp_shared::config::GATEWAY_MAX_EXPORT_BATCH_SIZE,
     ) {
         Ok(t) => t,
         Err(msg) => {

@@ -71,6 +71,7 @@ fn main() -> ExitCode {
         "mcp-router",
         mcp_shared::VERSION,
         mcp_shared::telemetry::Target::Stderr,
+        mcp_shared::config::DEFAULT_MAX_EXPORT_BATCH_SIZE,
     ) {
         Ok(t) => t,
         Err(msg) => {

@@ -255,9 +255,15 @@ pub const OTLP_HTTP_TRACES_PATH: &str = "/v1/traces";
 pub const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default bound on finished spans waiting for export; more are dropped and counted.
 pub const DEFAULT_MAX_QUEUE_SIZE: usize = 2048;
-/// Default number of spans per export (also what the queue usually holds, so it sets
-/// the steady memory of tracing: ~1 KB a span).
+/// Default number of spans per export of the router (also what the queue usually
+/// holds, so it sets the steady memory of tracing: ~1 KB a span; the router's RSS
+/// budget is 2 MB).
 pub const DEFAULT_MAX_EXPORT_BATCH_SIZE: usize = 128;
+/// Default number of spans per export of the gateway: each export costs the exporter
+/// thread a wake-up and a round trip, and the gateway makes several spans per request
+/// (docs/benchmark.md, "Changes made": 512 against 128 at always_on, C = 32). Capped
+/// by `max_queue_size` when only that is set.
+pub const GATEWAY_MAX_EXPORT_BATCH_SIZE: usize = 512;
 /// Default time between exports of a partial batch.
 pub const DEFAULT_SCHEDULED_DELAY: Duration = Duration::from_secs(1);
 
@@ -330,9 +336,6 @@ fn default_otlp_timeout() -> Dur {
 }
 fn default_max_queue_size() -> usize {
     DEFAULT_MAX_QUEUE_SIZE
-}
-fn default_max_export_batch_size() -> usize {
-    DEFAULT_MAX_EXPORT_BATCH_SIZE
 }
 fn default_scheduled_delay() -> Dur {
     Dur(DEFAULT_SCHEDULED_DELAY)
@@ -434,9 +437,11 @@ pub struct TracingConfig {
     /// Finished spans waiting for export, at most; more are dropped and counted.
     #[serde(default = "default_max_queue_size")]
     pub max_queue_size: usize,
-    /// Spans per export.
-    #[serde(default = "default_max_export_batch_size")]
-    pub max_export_batch_size: usize,
+    /// Spans per export; `None`: the binary's default ([`DEFAULT_MAX_EXPORT_BATCH_SIZE`],
+    /// [`GATEWAY_MAX_EXPORT_BATCH_SIZE`]), at most `max_queue_size`
+    /// ([`TracingConfig::export_batch_size`]).
+    #[serde(default)]
+    pub max_export_batch_size: Option<usize>,
     /// Time between exports of a partial batch.
     #[serde(default = "default_scheduled_delay")]
     pub scheduled_delay: Dur,
@@ -468,7 +473,7 @@ impl Default for TracingConfig {
             otlp_headers: BTreeMap::new(),
             otlp_timeout: default_otlp_timeout(),
             max_queue_size: DEFAULT_MAX_QUEUE_SIZE,
-            max_export_batch_size: DEFAULT_MAX_EXPORT_BATCH_SIZE,
+            max_export_batch_size: None,
             scheduled_delay: default_scheduled_delay(),
             stdout_format: StdoutFormat::default(),
             span_detail: SpanDetail::default(),
@@ -477,6 +482,13 @@ impl Default for TracingConfig {
 }
 
 impl TracingConfig {
+    /// Spans per export: `max_export_batch_size`, or else `default` (the binary's) but
+    /// no more than the queue holds.
+    pub fn export_batch_size(&self, default: usize) -> usize {
+        self.max_export_batch_size
+            .unwrap_or_else(|| default.min(self.max_queue_size))
+    }
+
     /// The collector endpoint: `otlp_endpoint`, or the protocol's default.
     pub fn endpoint(&self) -> &str {
         match (&self.otlp_endpoint, self.otlp_protocol) {
@@ -571,15 +583,14 @@ impl TracingConfig {
             }
         }
         validate_nonzero(self.max_queue_size, &["tracing", "max_queue_size"])?;
-        validate_nonzero(
-            self.max_export_batch_size,
-            &["tracing", "max_export_batch_size"],
-        )?;
-        if self.max_export_batch_size > self.max_queue_size {
-            return Err(invalid(
-                &["tracing", "max_export_batch_size"],
-                "must not exceed max_queue_size",
-            ));
+        if let Some(batch) = self.max_export_batch_size {
+            validate_nonzero(batch, &["tracing", "max_export_batch_size"])?;
+            if batch > self.max_queue_size {
+                return Err(invalid(
+                    &["tracing", "max_export_batch_size"],
+                    "must not exceed max_queue_size",
+                ));
+            }
         }
         validate_positive_duration(self.otlp_timeout, &["tracing", "otlp_timeout"])?;
         validate_positive_duration(self.scheduled_delay, &["tracing", "scheduled_delay"])
@@ -1415,6 +1426,36 @@ env = { A = "1" }
         assert_eq!(e.key.as_deref(), Some("tracing.exporter_type"));
     }
 
+
+    #[test]
+    fn export_batch_size_is_the_binarys_unless_set() {
+        let parse = |tracing: &str| {
+            from_str::<RouterConfig>(
+                &format!("[gateway]\nurl = \"ws://h/mcp\"\n[tracing]\n{tracing}"),
+                None,
+            )
+        };
+        // Unset: each binary's default, no more than the queue holds.
+        let c = parse("enabled = true\n").unwrap().tracing;
+        assert_eq!(c.max_export_batch_size, None);
+        assert_eq!(c.export_batch_size(DEFAULT_MAX_EXPORT_BATCH_SIZE), 128);
+        assert_eq!(c.export_batch_size(GATEWAY_MAX_EXPORT_BATCH_SIZE), 512);
+        let c = parse("max_queue_size = 300\n").unwrap().tracing;
+        assert_eq!(c.export_batch_size(GATEWAY_MAX_EXPORT_BATCH_SIZE), 300);
+        assert_eq!(c.export_batch_size(DEFAULT_MAX_EXPORT_BATCH_SIZE), 128);
+        // Set: as written, for both.
+        let c = parse("max_export_batch_size = 64\n").unwrap().tracing;
+        assert_eq!(c.export_batch_size(GATEWAY_MAX_EXPORT_BATCH_SIZE), 64);
+        // Set wrong: named, with its line.
+        for bad in [
+            "max_export_batch_size = 0\n",
+            "max_queue_size = 100\nmax_export_batch_size = 200\n",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("tracing.max_export_batch_size"), "{bad}");
+            assert!(e.line.is_some(), "{bad}");
+        }
+    }
     #[test]
     fn tracing_tls_keys() {
         let tracing = |body: &str| {

@@ -82,12 +82,14 @@ impl Telemetry {
         Telemetry { inner: None }
     }
 
-    /// Starts tracing as configured (`cfg` already has the environment applied).
+    /// Starts tracing as configured (`cfg` already has the environment applied);
+    /// `batch_default` is the binary's number of spans per export when `cfg` sets none.
     pub fn init(
         cfg: &TracingConfig,
         service: &'static str,
         version: &str,
         target: Target,
+        batch_default: usize,
     ) -> Result<Self, String> {
         if !cfg.enabled {
             return Ok(Self::disabled());
@@ -136,7 +138,7 @@ impl Telemetry {
             &resource,
             service,
             cfg.max_queue_size,
-            cfg.max_export_batch_size,
+            cfg.export_batch_size(batch_default),
             cfg.scheduled_delay.0,
             cfg.otlp_timeout.0,
         );
@@ -559,7 +561,7 @@ pub fn apply_env(
         cfg.max_queue_size = positive(&v, "OTEL_BSP_MAX_QUEUE_SIZE")? as usize;
     }
     if let Some(v) = get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").filter(|v| !v.trim().is_empty()) {
-        cfg.max_export_batch_size = positive(&v, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE")? as usize;
+        cfg.max_export_batch_size = Some(positive(&v, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE")? as usize);
     }
     if let Some(v) = get("OTEL_TRACES_SAMPLER") {
         cfg.sampler_type = match v.trim() {
@@ -699,7 +701,7 @@ mod tests {
         assert_eq!(c.otlp_protocol, OtlpProtocol::HttpProtobuf);
         assert_eq!(c.otlp_timeout.0, Duration::from_millis(2500));
         assert_eq!(c.scheduled_delay.0, Duration::from_millis(200));
-        assert_eq!((c.max_queue_size, c.max_export_batch_size), (100, 10));
+        assert_eq!((c.max_queue_size, c.max_export_batch_size), (100, Some(10)));
         assert_eq!(
             c.otlp_certificate.as_ref().unwrap().origin,
             "OTEL_EXPORTER_OTLP_CERTIFICATE"
@@ -783,7 +785,7 @@ mod tests {
             exporter_type: ExporterType::Stdout,
             ..TracingConfig::default()
         };
-        let t = Telemetry::init(&cfg, "test", "0", Target::Stderr).unwrap();
+        let t = Telemetry::init(&cfg, "test", "0", Target::Stderr, 128).unwrap();
         let root = t.start("root", SpanKind::Server, &Cx::default(), |_| {});
         let root_sc = root.span_context().clone();
         assert!(root_sc.is_valid() && !root_sc.is_sampled());
@@ -815,7 +817,7 @@ mod tests {
                 otlp_timeout: crate::config::Dur(Duration::from_millis(100)),
                 ..TracingConfig::default()
             };
-            Telemetry::init(&cfg, "test", "0", Target::Stderr).unwrap()
+            Telemetry::init(&cfg, "test", "0", Target::Stderr, 128).unwrap()
         };
         let remote = |flags: TraceFlags| {
             Cx::from_span_context(SpanContext::new(
@@ -889,7 +891,7 @@ mod tests {
             enabled: true,
             ..TracingConfig::default()
         };
-        let e = Telemetry::init(&cfg, "t", "0", Target::Stderr)
+        let e = Telemetry::init(&cfg, "t", "0", Target::Stderr, 128)
             .err()
             .unwrap();
         assert!(e.contains("not built into this binary"), "{e}");
