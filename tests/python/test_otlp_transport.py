@@ -80,6 +80,49 @@ def test_exports_share_one_connection_and_outlive_its_end(start_gateway, tmp_pat
     assert sorted(i for i in ids if i != "init") == sent, f"every span once, none twice: {ids}"
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_full_batches_larger_than_the_windows_arrive_whole(start_gateway, tmp_path, receiver,
+                                                           protocol):
+    """The gateway's default batch (512 spans, ~120 KB) is larger than HTTP/2's first
+    flow-control window (64 KiB): over gRPC the exporter has to read the collector's
+    window updates while it sends, waiting for its socket itself. Over HTTP the body
+    goes in one write (on loopback the socket takes it whole; a write that must wait
+    for room is tested in conn.rs, block_on_waits_for_room_to_write). No timer export
+    gets in the way (scheduled_delay 1 h): two full batches go out during the run, the
+    rest at shutdown."""
+    endpoint = receiver.grpc_endpoint if protocol == "grpc" else receiver.http_endpoint
+    n = 200  # x 6 gateway spans: two full batches of 512 and 176 at shutdown
+    tracing = tracing_toml(endpoint, protocol=protocol)
+    assert 'scheduled_delay = "50ms"' in tracing
+    tracing = tracing.replace('scheduled_delay = "50ms"', 'scheduled_delay = "1h"')
+    gw = start_gateway(tracing + fixture_backend())
+    router = Router(gw.url, "", tmp_path)  # only the gateway exports
+    try:
+        router.initialize()
+        wave = 50  # in flight at once (the gateway's default limit per session is 64)
+        for first in range(0, n, wave):
+            ids = range(first, min(first + wave, n))
+            for i in ids:
+                router.send({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                             "params": {"name": "one.echo", "arguments": {"text": str(i)}}})
+            for _ in ids:
+                m = router._q.get(timeout=DEADLINE)
+                assert m["result"]["content"][0]["text"] == str(m["id"]), m
+        # The two full batches arrive without any flush.
+        receiver.wait_for(lambda spans: sum(s["service"] == "mcp-gateway" for s in spans)
+                          >= 2 * 512)
+    finally:
+        assert router.close() == 0, router.stderr()
+        assert gw.terminate() == 0, gw.describe()
+    spans = [s for s in receiver.snapshot() if s["service"] == "mcp-gateway"]
+    ids = sorted(int(s["attributes"]["jsonrpc.request.id"]) for s in spans
+                 if s["name"] == "http.request" and s["attributes"]["jsonrpc.request.id"] != "init")
+    assert ids == list(range(n)), "every request's span once"
+    gateway_exports = [e for e in receiver.exports if "mcp-gateway" in e["services"]]
+    assert len(gateway_exports) == 3, gateway_exports  # 512 + 512 + the rest
+    assert "span export failed" not in gw.log(), gw.log()
+
+
 def exit_code(binary, config_text: str, tmp_path, *args: str, env=None) -> tuple[int, str]:
     """Runs a binary that must exit by itself (a configuration error, --check-config)."""
     cfg = tmp_path / "cfg.toml"

@@ -558,6 +558,37 @@ mod tests {
     }
 
     #[test]
+    fn block_on_waits_for_room_to_write() {
+        // More than the socket buffers hold, to a peer that starts reading late: the
+        // writer must wait for room (and not spin, nor fail).
+        const TOTAL: usize = 16 << 20;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let reader = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            let mut got = 0;
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                match s.read(&mut buf).unwrap() {
+                    0 => return got,
+                    n => got += n,
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut tcp = Tcp::connect("127.0.0.1", port, deadline).unwrap();
+        let data = vec![7u8; TOTAL];
+        block_on(
+            deadline,
+            futures_lite::AsyncWriteExt::write_all(&mut tcp, &data),
+        )
+        .unwrap();
+        block_on(deadline, futures_lite::AsyncWriteExt::close(&mut tcp)).unwrap();
+        assert_eq!(reader.join().unwrap(), TOTAL);
+    }
+
+    #[test]
     fn block_on_polls_again_when_woken_and_refuses_to_wait_on_nothing() {
         // Woken by itself (as h2's handles wake each other): polled again at once.
         let mut polls = 0;
