@@ -1426,7 +1426,6 @@ env = { A = "1" }
         assert_eq!(e.key.as_deref(), Some("tracing.exporter_type"));
     }
 
-
     #[test]
     fn export_batch_size_is_the_binarys_unless_set() {
         let parse = |tracing: &str| {
@@ -1452,7 +1451,11 @@ env = { A = "1" }
             "max_queue_size = 100\nmax_export_batch_size = 200\n",
         ] {
             let e = parse(bad).unwrap_err();
-            assert_eq!(e.key.as_deref(), Some("tracing.max_export_batch_size"), "{bad}");
+            assert_eq!(
+                e.key.as_deref(),
+                Some("tracing.max_export_batch_size"),
+                "{bad}"
+            );
             assert!(e.line.is_some(), "{bad}");
         }
     }
