@@ -20,7 +20,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -126,10 +126,9 @@ pub struct Tcp(Arc<TcpStream>);
 
 impl Tcp {
     /// Connects to the first address of `host`:`port` that answers before `deadline`.
-    /// The name is resolved by the system resolver, which the deadline does not bound.
     fn connect(host: &str, port: u16, deadline: Instant) -> io::Result<Tcp> {
         let mut last = None;
-        for addr in (host, port).to_socket_addrs()? {
+        for addr in resolve(host, port, deadline)? {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
@@ -158,6 +157,33 @@ impl Tcp {
             r => Poll::Ready(r),
         }
     }
+}
+
+/// The addresses of `host`:`port`. An IP address is taken as it is; a name goes to the
+/// system resolver on a thread of its own, waited for until `deadline` (a resolver that
+/// does not answer costs that thread until it gives up, never the export's deadline).
+fn resolve(host: &str, port: u16, deadline: Instant) -> io::Result<Vec<SocketAddr>> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let timed_out = || {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("resolving {host} timed out"),
+        )
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(timed_out());
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = host.to_string();
+    std::thread::Builder::new()
+        .name("otlp-resolve".into())
+        .spawn(move || {
+            let _ = tx.send((name.as_str(), port).to_socket_addrs().map(Vec::from_iter));
+        })?;
+    rx.recv_timeout(left).unwrap_or_else(|_| Err(timed_out()))
 }
 
 impl AsyncRead for Tcp {
@@ -555,6 +581,33 @@ mod tests {
         };
         let e = Tcp::connect("127.0.0.1", closed, deadline).err().unwrap();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+    }
+
+    #[test]
+    fn names_are_resolved_within_the_deadline() {
+        let soon = || Instant::now() + Duration::from_secs(2);
+        // An address is taken as it is.
+        let a = resolve("127.0.0.1", 4318, soon()).unwrap();
+        assert_eq!(a, vec![SocketAddr::from(([127, 0, 0, 1], 4318))]);
+        let a = resolve("::1", 4317, soon()).unwrap();
+        assert_eq!(a, vec!["[::1]:4317".parse().unwrap()]);
+        // A name goes to the resolver (localhost is in /etc/hosts).
+        let a = resolve("localhost", 9, soon()).unwrap();
+        assert!(
+            a.iter().all(|a| a.ip().is_loopback() && a.port() == 9),
+            "{a:?}"
+        );
+        // A name that cannot resolve fails, and no later than the deadline.
+        let start = Instant::now();
+        assert!(resolve("no-such-host.invalid", 9, start + Duration::from_secs(1)).is_err());
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+        // A deadline already past does not wait for the resolver at all.
+        let e = resolve("no-such-host.invalid", 9, Instant::now()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
     }
 
     #[test]
