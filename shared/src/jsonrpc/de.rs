@@ -30,11 +30,20 @@ pub(super) struct Taken {
     /// once (the last one counts, as with `Value`): then only a serialisation of the
     /// maps sends what the bridge read (`Message::to_text`).
     pub repeated: bool,
+    /// Just after the closing quote of the message's `params` key, when it is spelt
+    /// without escapes (where the text's `params` value starts, after `:`): the
+    /// router inserts the trace context there without scanning the text for it.
+    pub params_key_end: Option<usize>,
+    /// Where the text starts in memory: a key read in place is located by its address.
+    base: usize,
 }
 
 /// Parses one JSON text: the value, and what was taken out of `params._meta`.
 pub(super) fn parse(text: &str) -> serde_json::Result<(Value, Taken)> {
-    let mut taken = Taken::default();
+    let mut taken = Taken {
+        base: text.as_ptr() as usize,
+        ..Taken::default()
+    };
     let mut de = serde_json::Deserializer::from_str(text);
     let value = Shaped {
         level: Level::Top,
@@ -124,7 +133,22 @@ impl<'de> Visitor<'de> for Shaped<'_> {
             return meta(map, taken);
         }
         let mut m = Map::new();
-        while let Some(k) = map.next_key::<String>()? {
+        loop {
+            let k = match level {
+                Level::Top => match map.next_key_seed(KeyAt)? {
+                    Some((k, at)) => {
+                        if k == "params" {
+                            taken.params_key_end = at.map(|a| a - taken.base + k.len() + 1);
+                        }
+                        k
+                    }
+                    None => break,
+                },
+                _ => match map.next_key::<String>()? {
+                    Some(k) => k,
+                    None => break,
+                },
+            };
             let inner = match (level, k.as_str()) {
                 (Level::Top, "params") => Some(Level::Params),
                 (Level::Params, "_meta") => Some(Level::Meta),
@@ -142,6 +166,35 @@ impl<'de> Visitor<'de> for Shaped<'_> {
             taken.repeated |= m.insert(k, v).is_some();
         }
         Ok(Value::Object(m))
+    }
+}
+
+/// A key of the message's object, and the address of its first character when the
+/// parser read it in place (no escapes), else `None`.
+struct KeyAt;
+
+impl<'de> DeserializeSeed<'de> for KeyAt {
+    type Value = (String, Option<usize>);
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyAt {
+    type Value = (String, Option<usize>);
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string key")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok((v.to_owned(), Some(v.as_ptr() as usize)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok((v.to_owned(), None))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok((v, None))
     }
 }
 
