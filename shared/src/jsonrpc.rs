@@ -19,7 +19,6 @@
 
 use serde_json::{Map, Number, Value};
 use std::fmt;
-use std::num::NonZeroU32;
 
 use crate::error::{codes, RpcError};
 
@@ -111,10 +110,22 @@ pub struct Message {
     /// buffer (each growth is a reallocation and a copy of everything written so far).
     size_hint: usize,
     /// Whether the text it was parsed from still describes it, and how
-    /// ([`Message::to_json_over`]).
+    /// ([`Message::to_text`]).
     source: Source,
     /// The text it was parsed from, when kept ([`Message::parse_owned`]).
-    kept: Option<Vec<u8>>,
+    kept: Option<Box<Kept>>,
+}
+
+/// The text a [`Message`] was parsed from ([`Message::parse_owned`]), and where the
+/// parse met the keys whose values the bridge may write over (so that
+/// [`Message::to_text`] need not scan the text for them). Boxed: a `Message` is moved
+/// by value through the request path, and every byte it grows makes those moves
+/// dearer (16 more bytes made them `memcpy` calls, +430 instructions per gateway
+/// request under callgrind).
+#[derive(Clone, Debug)]
+struct Kept {
+    bytes: Vec<u8>,
+    keys: de::KeyEnds,
 }
 
 /// How much the text a [`Message`] was parsed from still tells of it.
@@ -125,20 +136,12 @@ enum Source {
     Lost,
     /// The text, whether it has a key twice in the message's object, `params` or
     /// `params._meta` (then it is not sent as it is: the bridge acted on the last one,
-    /// a receiver might take the first or refuse it), and what has changed since;
-    /// with, when the parse saw it, where the `params` object's `{` ends (see
-    /// [`Places::params_open`]; 4 bytes, not 16: a `Message` is moved by value through
-    /// the request path, and 16 more bytes made those moves calls of `memcpy`, +430
-    /// instructions per gateway request under callgrind).
-    Text {
-        repeated: bool,
-        edits: Edits,
-        params_open: Option<NonZeroU32>,
-    },
+    /// a receiver might take the first or refuse it), and what has changed since.
+    Text { repeated: bool, edits: Edits },
 }
 
 /// The changes since the parse that the text can take by replacing or inserting a few
-/// bytes (see [`Message::to_json_over`]).
+/// bytes (see [`Message::to_text`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Edits {
     /// A new value of the top-level `id` (the gateway's id mapping).
@@ -342,6 +345,11 @@ impl Shape {
 impl Message {
     /// Parses one framed message (one line of text, without its newline).
     pub fn parse(bytes: &[u8]) -> Result<Message, Rejection> {
+        Self::parse_with_keys(bytes).map(|(msg, _)| msg)
+    }
+
+    /// [`Message::parse`], and where the keys the bridge may edit end in the text.
+    fn parse_with_keys(bytes: &[u8]) -> Result<(Message, de::KeyEnds), Rejection> {
         // The whole line is checked once, and the parser then reads a `&str`: reading
         // bytes, serde_json checks every string on its own, which cost ~3.5k
         // instructions per forwarded request in the gateway against ~0.2k for one pass
@@ -361,18 +369,14 @@ impl Message {
         msg.source = Source::Text {
             repeated: taken.repeated,
             edits: Edits::default(),
-            params_open: taken
-                .params_key_end
-                .and_then(|end| object_after_colon(bytes, end))
-                .and_then(|at| NonZeroU32::new(u32::try_from(at).ok()?)),
         };
-        Ok(msg)
+        Ok((msg, taken.keys))
     }
 
     /// [`Message::parse`], keeping `bytes` for [`Message::to_text`].
     pub fn parse_owned(bytes: Vec<u8>) -> Result<Message, Rejection> {
-        let mut msg = Message::parse(&bytes)?;
-        msg.kept = Some(bytes);
+        let (mut msg, keys) = Message::parse_with_keys(&bytes)?;
+        msg.kept = Some(Box::new(Kept { bytes, keys }));
         Ok(msg)
     }
 
@@ -676,28 +680,36 @@ impl Message {
 
     /// The message's text, given `text`, the bytes it was parsed from (only a length
     /// check guards that: private, reached through the text [`Message::parse_owned`]
-    /// keeps, [`Message::to_text`]). Unchanged since,
+    /// keeps, [`Message::to_text`], with `keys`, where the parse met the keys it may
+    /// change; without them the text is scanned for them, [`find_places`]). Unchanged since,
     /// it is that text as it is (the peer's bytes, not a re-serialisation). Changed only
     /// in its `id` ([`Message::set_id`]), its `params.name`
     /// ([`Message::set_param_name`]) and its trace context
     /// ([`Message::set_trace_context`]), it is that text with those values written over
     /// the old ones; a context new to the text goes in as the first key of `params`
     /// (`"_meta":{…}`, when `params` has no `_meta`) or of the message
-    /// (`"params":{"_meta":{…}}`). That costs a scan of the keys up to the last one
-    /// changed instead of writing the whole message (callgrind: docs/benchmark.md,
-    /// "Instructions per request"). Anything else (a changed key the text has twice or
+    /// (`"params":{"_meta":{…}}`). That costs reading the values changed (or a scan of
+    /// the keys up to the last one changed) instead of writing the whole message
+    /// (callgrind: docs/benchmark.md, "Instructions per request"). Anything else (a changed key the text has twice or
     /// spells with escapes, a `tracestate` to drop, a `_meta` without a context, other
     /// changes, or `text` of another length than the one parsed) is
     /// [`Message::to_json`]. The result reads back as what `to_json` gives; key order,
     /// spacing and number spelling may differ, and line breaks between the text's
     /// tokens are kept: for a line-framed stream, [`Message::to_text_bytes`].
-    fn to_json_over(&self, text: &[u8]) -> String {
+    fn over_checked(&self, text: &[u8], keys: Option<&de::KeyEnds>) -> String {
         // The one UTF-8 check (the parse has checked the text already; the text is cut
         // only next to ASCII bytes: `{`, `,`, a value's first and last byte).
-        match self.over(text).map(String::from_utf8) {
+        match self.over(text, keys).map(String::from_utf8) {
             Some(Ok(s)) => s,
             _ => self.to_json(),
         }
+    }
+
+    /// [`Message::over_checked`] with the text scanned for its keys (the tests compare
+    /// it with the keys the parse gave).
+    #[cfg(test)]
+    fn to_json_over(&self, text: &[u8]) -> String {
+        self.over_checked(text, None)
     }
 
     /// The text to relay: over the text kept by [`Message::parse_owned`] as
@@ -707,7 +719,7 @@ impl Message {
     /// kind.
     pub fn to_text(&self) -> String {
         match &self.kept {
-            Some(text) => self.to_json_over(text),
+            Some(k) => self.over_checked(&k.bytes, Some(&k.keys)),
             None => self.to_json(),
         }
     }
@@ -717,23 +729,23 @@ impl Message {
     /// written anew), no UTF-8 check of the result, and room for a line terminator
     /// after the text.
     pub fn to_text_bytes(&self) -> Vec<u8> {
-        let kept = self.kept.as_deref().filter(|t| is_one_line(t));
-        match kept.and_then(|t| self.over(t)) {
+        let kept = self.kept.as_deref().filter(|k| is_one_line(&k.bytes));
+        match kept.and_then(|k| self.over(&k.bytes, Some(&k.keys))) {
             Some(b) => b,
             None => self.to_json_bytes(),
         }
     }
 
     /// The text over `text` (unchecked bytes, with room for one more); `None` when only
-    /// serialisation will do.
-    fn over(&self, text: &[u8]) -> Option<Vec<u8>> {
+    /// serialisation will do. `keys`: where the parse of `text` met the keys (else the
+    /// text is scanned for them).
+    fn over(&self, text: &[u8], keys: Option<&de::KeyEnds>) -> Option<Vec<u8>> {
         if text.len() != self.size_hint {
             return None;
         }
         let Source::Text {
             repeated: false,
             edits,
-            params_open,
         } = self.source
         else {
             return None;
@@ -743,14 +755,13 @@ impl Message {
             out.extend_from_slice(text);
             return Some(out);
         }
-        self.splice(text, edits, params_open.map(|at| at.get() as usize))
+        self.splice(text, edits, keys)
     }
 
-    /// The text with `edits` applied in place; see [`Message::to_json_over`].
-    /// `params_open` is [`Places::params_open`] as the parse found it, if it did: when
-    /// that is the only place needed (the router adding a trace context), the text is
-    /// not scanned again.
-    fn splice(&self, text: &[u8], edits: Edits, params_open: Option<usize>) -> Option<Vec<u8>> {
+    /// The text with `edits` applied in place; see [`Message::over_checked`].
+    /// With `keys` (where the parse met the keys), the places are read from there
+    /// instead of a scan of the text ([`find_places`]).
+    fn splice(&self, text: &[u8], edits: Edits, keys: Option<&de::KeyEnds>) -> Option<Vec<u8>> {
         // The context to write, and whether the text has one to write it over.
         let (trace, over_text) = match (&self.trace, edits.trace) {
             (_, false) => (None, false),
@@ -792,20 +803,9 @@ impl Message {
             traceparent: over_text,
             tracestate: over_text && trace.is_some_and(|t| t.state_at.is_some()),
         };
-        let found = match params_open {
-            Some(at)
-                if want
-                    == (Want {
-                        params_open: true,
-                        ..Want::default()
-                    }) =>
-            {
-                Places {
-                    params_open: Some(at),
-                    ..Places::default()
-                }
-            }
-            _ => find_places(text, want)?,
+        let found = match keys {
+            Some(k) => k.places(text, want)?,
+            None => find_places(text, want)?,
         };
         // What goes where, in the text's order: (start, end, what replaces the bytes
         // between). At most four parts; no buffer of their own (each would be an
@@ -1184,7 +1184,7 @@ struct Want {
 
 /// Places in a message's text, as [`find_places`] finds them: value spans
 /// (start, end) and insertion points.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct Places {
     /// The top-level `id`'s value.
     id: Option<(usize, usize)>,
@@ -1198,18 +1198,40 @@ struct Places {
     tracestate: Option<(usize, usize)>,
 }
 
-/// Just after the `{` of an object value whose key ends at `key_end` in `text` (past
-/// `:` and whitespace); `None` when the value is not an object.
-fn object_after_colon(text: &[u8], key_end: usize) -> Option<usize> {
-    let mut s = Scanner {
-        b: text,
-        i: key_end,
-    };
-    s.ws();
-    s.eat(b':')?;
-    s.ws();
-    s.eat(b'{')?;
-    Some(s.i)
+impl de::KeyEnds {
+    /// The places `want` asks for, as [`find_places`] finds them, from where the parse
+    /// met the keys: only each value is read. `None` when a key asked for was not met
+    /// spelt exactly (the caller then serialises), or `params` is no object.
+    fn places(&self, text: &[u8], want: Want) -> Option<Places> {
+        // The scanner just past a key's closing quote, moved past `:`.
+        let at = |end: Option<usize>| {
+            let mut s = Scanner { b: text, i: end? };
+            s.ws();
+            s.eat(b':')?;
+            s.ws();
+            Some(s)
+        };
+        let value = |end| at(end)?.value();
+        let mut found = Places::default();
+        if want.id {
+            found.id = Some(value(self.id)?);
+        }
+        if want.params_open {
+            let mut s = at(self.params)?;
+            s.eat(b'{')?;
+            found.params_open = Some(s.i);
+        }
+        if want.name {
+            found.name = Some(value(self.name)?);
+        }
+        if want.traceparent {
+            found.traceparent = Some(value(self.traceparent)?);
+        }
+        if want.tracestate {
+            found.tracestate = Some(value(self.tracestate)?);
+        }
+        Some(found)
+    }
 }
 
 /// Finds the places `want` asks for in the text of a JSON object, reading its keys only
@@ -1511,45 +1533,52 @@ mod tests {
         }
     }
 
-    /// Where `params` opens is taken from the parse (no second scan) when that is the
-    /// only place a new trace context needs: whatever the spacing around `:`, and not
-    /// for a `params` spelt with an escape or given twice, nor for positional params.
+    /// The places the parse gives ([`de::KeyEnds`]) are the ones a scan of the text
+    /// finds ([`find_places`]), for every combination of places asked for; and a text
+    /// with a context inserted through them reads back as the maps' version.
     #[test]
-    fn the_parse_finds_where_params_opens() {
+    fn the_parse_finds_the_places_a_scan_finds() {
         const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let open = |text: &str| match Message::parse(text.as_bytes()).unwrap().source {
-            Source::Text { params_open, .. } => params_open.map(|at| at.get() as usize),
-            Source::Lost => panic!("parsed"),
-        };
-        for text in [
+        let texts = [
             r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"a":1}}"#,
-            r#"{"params" : {"a":1},"jsonrpc":"2.0","id":1,"method":"m"}"#,
-            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"m\",\"params\"\t:\n {}}",
-        ] {
-            let at = open(text).expect(text);
-            assert_eq!(&text[at - 1..at], "{", "{text}");
-            assert!(text[..at]
-                .trim_end_matches(['{', ' ', '\t', '\n', ':'])
-                .ends_with("\"params\""));
+            r#"{"params" : {"a":1, "name" :"x","_meta":{"k":[1,{"traceparent":2}], "tracestate" :"s", "traceparent":"t"}},"jsonrpc":"2.0","id" : "q\"r","method":"m"}"#,
+            "{\"jsonrpc\":\"2.0\",\"id\":-1.5e3,\"method\":\"m\",\"params\"\t:\n {\"name\":\"n\\u0041\"}}",
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","par\u0061ms":{"name":"x"}}"#,
+            r#"{"jsonrpc":"2.0","\u0069d":1,"method":"m","params":{"n\u0061me":"x"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":[1]}"#,
+            r#"{"jsonrpc":"2.0","id":3,"method":"m","params":{"_meta":{"tr\u0061ceparent":"t"}}}"#,
+            r#"{"jsonrpc":"2.0","method":"m"}"#,
+        ];
+        for text in texts {
+            let (_, keys) = Message::parse_with_keys(text.as_bytes()).unwrap();
+            for bits in 0..32u8 {
+                let want = Want {
+                    id: bits & 1 != 0,
+                    params_open: bits & 2 != 0,
+                    name: bits & 4 != 0,
+                    traceparent: bits & 8 != 0,
+                    tracestate: bits & 16 != 0,
+                };
+                if want.tracestate && !want.traceparent {
+                    continue; // never asked: a tracestate is only written beside a traceparent
+                }
+                let scan = find_places(text.as_bytes(), want);
+                let parsed = keys.places(text.as_bytes(), want);
+                // The scan also notes places it passes that were not asked for.
+                let strip = |p: Option<Places>| {
+                    p.map(|p| Places {
+                        id: p.id.filter(|_| want.id),
+                        params_open: p.params_open.filter(|_| want.params_open),
+                        name: p.name.filter(|_| want.name),
+                        traceparent: p.traceparent.filter(|_| want.traceparent),
+                        tracestate: p.tracestate.filter(|_| want.tracestate),
+                    })
+                };
+                assert_eq!(strip(parsed), strip(scan), "{text} {want:?}");
+            }
             let mut m = Message::parse_owned(text.as_bytes().to_vec()).unwrap();
             m.set_trace_context(TP, "");
-            let got = m.to_text();
-            assert_eq!(
-                serde_json::from_str::<Value>(&got).unwrap(),
-                serde_json::from_str::<Value>(&through_maps(text, Some((TP, "")))).unwrap(),
-                "{text}"
-            );
-            assert!(
-                got.contains(&format!("{{\"_meta\":{{\"traceparent\":\"{TP}\"}}")),
-                "{got}"
-            );
-        }
-        for text in [
-            r#"{"jsonrpc":"2.0","id":1,"method":"m","par\u0061ms":{"a":1}}"#,
-            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":[1]}"#,
-            r#"{"jsonrpc":"2.0","id":1,"method":"m"}"#,
-        ] {
-            assert_eq!(open(text), None, "{text}");
+            assert_eq!(m.to_text(), m.to_json_over(text.as_bytes()), "{text}");
         }
     }
 

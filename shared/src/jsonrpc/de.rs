@@ -30,12 +30,30 @@ pub(super) struct Taken {
     /// once (the last one counts, as with `Value`): then only a serialisation of the
     /// maps sends what the bridge read (`Message::to_text`).
     pub repeated: bool,
-    /// Just after the closing quote of the message's `params` key, when it is spelt
-    /// without escapes (where the text's `params` value starts, after `:`): the
-    /// router inserts the trace context there without scanning the text for it.
-    pub params_key_end: Option<usize>,
+    /// Where the keys whose values the bridge may write over end in the text.
+    pub keys: KeyEnds,
     /// Where the text starts in memory: a key read in place is located by its address.
     base: usize,
+    /// The `params` and `_meta` keys being read were spelt without escapes: only then
+    /// are the keys inside them noted (a scan of the text, which looks for the exact
+    /// spelling of the whole path, would not find them either).
+    params_in_place: bool,
+    meta_in_place: bool,
+}
+
+/// Just past the closing quote of each key whose value the bridge may write over
+/// (`Message::to_text`), as the parse met it, when it is spelt without escapes (the
+/// only spelling those edits recognise): the message's `id` and `params`,
+/// `params.name`, and `params._meta`'s `traceparent` and `tracestate`. The last one of
+/// each counts: a key given twice leaves the text to a serialisation anyway
+/// ([`Taken::repeated`]). With them the text is not scanned again for its keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct KeyEnds {
+    pub id: Option<usize>,
+    pub params: Option<usize>,
+    pub name: Option<usize>,
+    pub traceparent: Option<usize>,
+    pub tracestate: Option<usize>,
 }
 
 /// Parses one JSON text: the value, and what was taken out of `params._meta`.
@@ -134,21 +152,24 @@ impl<'de> Visitor<'de> for Shaped<'_> {
         }
         let mut m = Map::new();
         loop {
-            let k = match level {
-                Level::Top => match map.next_key_seed(KeyAt)? {
-                    Some((k, at)) => {
-                        if k == "params" {
-                            taken.params_key_end = at.map(|a| a - taken.base + k.len() + 1);
-                        }
-                        k
-                    }
-                    None => break,
-                },
-                _ => match map.next_key::<String>()? {
-                    Some(k) => k,
-                    None => break,
-                },
+            let Some((k, at)) = map.next_key_seed(KeyAt)? else {
+                break;
             };
+            // Where the key ends: its address, its length and the closing quote.
+            let end = at.map(|a| a - taken.base + k.len() + 1);
+            match (level, k.as_str()) {
+                (Level::Top, "id") => taken.keys.id = end,
+                (Level::Top, "params") => {
+                    taken.keys.params = end;
+                    taken.params_in_place = end.is_some();
+                }
+                (Level::Params, "name") if taken.params_in_place => taken.keys.name = end,
+                (Level::Params, "name") => taken.keys.name = None,
+                (Level::Params, "_meta") => {
+                    taken.meta_in_place = taken.params_in_place && end.is_some()
+                }
+                _ => {}
+            }
             let inner = match (level, k.as_str()) {
                 (Level::Top, "params") => Some(Level::Params),
                 (Level::Params, "_meta") => Some(Level::Meta),
@@ -198,25 +219,34 @@ impl<'de> Visitor<'de> for KeyAt {
     }
 }
 
-/// A key of `_meta`: the two trace context keys are recognised without allocating.
+/// A key of `_meta`: the two trace context keys are recognised without allocating
+/// (with their address in the text when read in place, as [`KeyAt`] gives it).
 enum MetaKey {
-    Parent,
-    State,
+    Parent(Option<usize>),
+    State(Option<usize>),
     Other(String),
 }
 
 impl<'de> serde::Deserialize<'de> for MetaKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct KeyVisitor;
-        impl Visitor<'_> for KeyVisitor {
+        impl<'de> Visitor<'de> for KeyVisitor {
             type Value = MetaKey;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a string key")
             }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<MetaKey, E> {
+                let at = Some(v.as_ptr() as usize);
+                Ok(match v {
+                    "traceparent" => MetaKey::Parent(at),
+                    "tracestate" => MetaKey::State(at),
+                    _ => MetaKey::Other(v.to_owned()),
+                })
+            }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MetaKey, E> {
                 Ok(match v {
-                    "traceparent" => MetaKey::Parent,
-                    "tracestate" => MetaKey::State,
+                    "traceparent" => MetaKey::Parent(None),
+                    "tracestate" => MetaKey::State(None),
                     _ => MetaKey::Other(v.to_owned()),
                 })
             }
@@ -240,8 +270,18 @@ fn meta<'de, A: MapAccess<'de>>(mut map: A, taken: &mut Taken) -> Result<Value, 
                 taken.repeated |= m.insert(k, v).is_some();
                 continue;
             }
-            MetaKey::Parent => "traceparent",
-            MetaKey::State => "tracestate",
+            MetaKey::Parent(at) => {
+                taken.keys.traceparent = at
+                    .filter(|_| taken.meta_in_place)
+                    .map(|a| a - taken.base + "traceparent".len() + 1);
+                "traceparent"
+            }
+            MetaKey::State(at) => {
+                taken.keys.tracestate = at
+                    .filter(|_| taken.meta_in_place)
+                    .map(|a| a - taken.base + "tracestate".len() + 1);
+                "tracestate"
+            }
         };
         let v: Value = map.next_value()?;
         if taking {

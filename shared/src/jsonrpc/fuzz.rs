@@ -525,7 +525,9 @@ fn has_repeated_keys(bytes: &[u8]) -> bool {
 fn check(bytes: &[u8], r: &mut Rng) -> Result<(bool, usize), String> {
     let show = String::from_utf8_lossy(bytes).into_owned();
     let old = old_parse(bytes);
-    let new = Message::parse(bytes);
+    // Kept, so that `to_text` writes over the text from where the parse met the keys,
+    // checked below against `to_json_over`, which scans the text for them.
+    let new = Message::parse_owned(bytes.to_vec());
     let (old, v) = match (old, new) {
         (Err(a), Err(b)) => {
             return if a == b {
@@ -557,6 +559,12 @@ fn check(bytes: &[u8], r: &mut Rng) -> Result<(bool, usize), String> {
     // where the bridge reads keys (then as the maps have it).
     let repeated = has_repeated_keys(bytes);
     let over = n.to_json_over(bytes);
+    if n.to_text() != over {
+        return Err(format!(
+            "KEYS (unchanged) {show}\n keys {}\n scan {over}",
+            n.to_text()
+        ));
+    }
     let want_over = if repeated { got.as_bytes() } else { bytes };
     if over.as_bytes() != want_over {
         return Err(format!(
@@ -599,6 +607,12 @@ fn check(bytes: &[u8], r: &mut Rng) -> Result<(bool, usize), String> {
         // inserted, which reads back as the maps' version (numbers as spelt in the text,
         // so compared as read from it, not as `to_json` writes them).
         let over = m.to_json_over(bytes);
+        if m.to_text() != over {
+            return Err(format!(
+                "KEYS (set) {show}\n keys {}\n scan {over}",
+                m.to_text()
+            ));
+        }
         if over != got && repeated {
             return Err(format!("SPLICED WITH REPEATED KEYS {show}\n got  {over}"));
         }
@@ -642,10 +656,14 @@ fn check(bytes: &[u8], r: &mut Rng) -> Result<(bool, usize), String> {
         }
     }
     let got = m.to_json_over(bytes);
+    if m.to_text() != got {
+        return Err(format!(
+            "KEYS (edits) {show}\n keys {}\n scan {got}",
+            m.to_text()
+        ));
+    }
     // For a line-framed stream, from the kept text: the same, on one line.
-    let mut kept = m.clone();
-    kept.kept = Some(bytes.to_vec());
-    let line = kept.to_text_bytes();
+    let line = m.to_text_bytes();
     let want_line = if is_one_line(bytes) {
         got.as_bytes().to_vec()
     } else {
