@@ -1,7 +1,8 @@
 //! Span exporters, run on the exporter thread: OTLP/HTTP-protobuf (a small keep-alive
-//! HTTP/1.1 client on async-net), OTLP/gRPC (HTTP/2 via the `h2` crate on async-net,
-//! no tokio runtime: tokio is compiled for its I/O traits only), and the stdout
-//! tree/JSON exporter. Both OTLP exporters send batches the batch processor has already
+//! HTTP/1.1 client), OTLP/gRPC (HTTP/2 via the `h2` crate, no tokio runtime: tokio is
+//! compiled for its I/O traits only), both over the exporter thread's own socket
+//! ([`super::conn::Tcp`], run by [`super::conn::block_on`]), and the stdout tree/JSON
+//! exporter. Both OTLP exporters send batches the batch processor has already
 //! encoded (see [`super::encode`]), go over [`super::conn`] (plain text or TLS), keep
 //! one connection open across exports and retry with backoff within the export
 //! timeout.
