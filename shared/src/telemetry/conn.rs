@@ -234,8 +234,11 @@ impl Wake for Flag {
 }
 
 /// Runs `fut`, which does its I/O on [`Tcp`] connections, on this thread until it is
-/// done or `deadline` passes (then `TimedOut`). When it is pending it is polled again
-/// at once if it woke itself, else once one of the sockets it waits for is ready.
+/// done or `deadline` passes (then `TimedOut`, checked after every poll that leaves it
+/// pending: a future that keeps waking itself cannot outlive its deadline either;
+/// futures-rustls does that when rustls would block with nothing to read or write).
+/// When it is pending it is polled again at once if it woke itself, else once one of
+/// the sockets it waits for is ready.
 pub fn block_on<T>(deadline: Instant, fut: impl Future<Output = io::Result<T>>) -> io::Result<T> {
     let flag = Arc::new(Flag(AtomicBool::new(false)));
     let waker = Waker::from(flag.clone());
@@ -243,30 +246,36 @@ pub fn block_on<T>(deadline: Instant, fut: impl Future<Output = io::Result<T>>) 
     let mut fut = pin!(fut);
     let clear = || WAITING.with(|w| w.borrow_mut().clear());
     clear();
+    let mut waiting = Vec::new();
     loop {
         if let Poll::Ready(r) = fut.as_mut().poll(&mut cx) {
             clear();
             return r;
         }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            clear();
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
+        }
         if flag.0.swap(false, Ordering::Acquire) {
             clear();
             continue;
         }
-        let waiting = WAITING.with(|w| std::mem::take(&mut *w.borrow_mut()));
+        // Swapped, not taken: both buffers keep their room from wait to wait.
+        WAITING.with(|w| std::mem::swap(&mut waiting, &mut *w.borrow_mut()));
         if waiting.is_empty() {
             // Only a bug could get here: nothing would ever make it ready.
             return Err(io::Error::other("export stalled: waiting on nothing"));
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
         }
         let timeout = Timespec::try_from(left).map_err(io::Error::other)?;
         let mut fds: Vec<PollFd<'_>> = waiting
             .iter()
             .map(|(s, flags)| PollFd::new(&**s, *flags))
             .collect();
-        match rustix::event::poll(&mut fds, Some(&timeout)) {
+        let polled = rustix::event::poll(&mut fds, Some(&timeout));
+        drop(fds);
+        waiting.clear();
+        match polled {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
@@ -594,7 +603,7 @@ mod tests {
         // A name goes to the resolver (localhost is in /etc/hosts).
         let a = resolve("localhost", 9, soon()).unwrap();
         assert!(
-            a.iter().all(|a| a.ip().is_loopback() && a.port() == 9),
+            !a.is_empty() && a.iter().all(|a| a.ip().is_loopback() && a.port() == 9),
             "{a:?}"
         );
         // A name that cannot resolve fails, and no later than the deadline.
@@ -612,9 +621,10 @@ mod tests {
 
     #[test]
     fn block_on_waits_for_room_to_write() {
-        // More than the socket buffers hold, to a peer that starts reading late: the
-        // writer must wait for room (and not spin, nor fail).
-        const TOTAL: usize = 16 << 20;
+        // More than the socket buffers hold (loopback: at most a few MiB each way), to
+        // a peer that starts reading 100 ms late: the writer must wait for room, and
+        // the write takes at least that long.
+        const TOTAL: usize = 32 << 20;
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let reader = std::thread::spawn(move || {
@@ -632,11 +642,17 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut tcp = Tcp::connect("127.0.0.1", port, deadline).unwrap();
         let data = vec![7u8; TOTAL];
+        let start = Instant::now();
         block_on(
             deadline,
             futures_lite::AsyncWriteExt::write_all(&mut tcp, &data),
         )
         .unwrap();
+        assert!(
+            start.elapsed() >= Duration::from_millis(80),
+            "{:?}",
+            start.elapsed()
+        );
         block_on(deadline, futures_lite::AsyncWriteExt::close(&mut tcp)).unwrap();
         assert_eq!(reader.join().unwrap(), TOTAL);
     }
@@ -658,6 +674,22 @@ mod tests {
             }),
         );
         assert_eq!(r.unwrap(), 3);
+        // One that wakes itself forever (as futures-rustls can) ends at the deadline.
+        let start = Instant::now();
+        let e = block_on(
+            start + Duration::from_millis(200),
+            futures_lite::future::poll_fn(|cx| {
+                cx.waker().wake_by_ref();
+                Poll::<io::Result<()>>::Pending
+            }),
+        )
+        .unwrap_err();
+        let took = start.elapsed();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
         // Pending with no socket to wait for would never end: an error, not a hang.
         let e = block_on(
             Instant::now() + Duration::from_secs(5),
