@@ -235,17 +235,22 @@ pub struct HttpExporter {
 #[cfg(feature = "otlp-http")]
 impl HttpExporter {
     fn export(&mut self, spans: &[u8], timeout: Duration) -> Result<(), String> {
+        // Head and body in one buffer, so that they go out in one write (one segment,
+        // one wake-up of the collector): the body is encoded after room for the head,
+        // which is written into the end of that room once the body's length is known.
+        // The buffer is kept from export to export, and nothing is copied twice.
         let mut body = std::mem::take(&mut self.body);
+        let room = self.head.len() + CONTENT_LENGTH_ROOM;
         body.clear();
+        body.resize(room, 0);
         self.envelope.request(spans, &mut body);
-        // Head and body in one buffer: one write (one segment, one wake-up of the
-        // collector) where there were two.
-        let mut request = Vec::with_capacity(self.head.len() + 32 + body.len());
-        request.extend_from_slice(&self.head);
-        request.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
-        request.extend_from_slice(&body);
+        let length = format!("Content-Length: {}\r\n\r\n", body.len() - room);
+        let start = room - self.head.len() - length.len();
+        body[start..start + self.head.len()].copy_from_slice(&self.head);
+        body[start + self.head.len()..room].copy_from_slice(length.as_bytes());
+        let request = &body[start..];
         let result = with_retries(timeout, |deadline| {
-            match conn::block_on(deadline, self.send(&request, deadline)) {
+            match conn::block_on(deadline, self.send(request, deadline)) {
                 Ok(status) if (200..300).contains(&status) => Ok(()),
                 Ok(status) => Err((
                     format!("HTTP status {status}"),
@@ -307,6 +312,10 @@ impl HttpExporter {
 #[cfg(feature = "otlp-http")]
 /// Request bodies larger than this are not kept for the next export (bytes).
 pub const MAX_KEPT_BODY_BYTES: usize = 1024 * 1024;
+
+#[cfg(feature = "otlp-http")]
+/// Room for `Content-Length: N` and the blank line after it, N up to 20 digits.
+const CONTENT_LENGTH_ROOM: usize = "Content-Length: \r\n\r\n".len() + 20;
 
 #[cfg(feature = "otlp-http")]
 /// The request line and the headers that are the same for every export (no
