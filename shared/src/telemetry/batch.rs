@@ -30,13 +30,14 @@ use super::export::Exporter;
 pub const DROP_WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// Extra time `force_flush` waits beyond the export timeout of each batch queued.
 pub const FLUSH_SLACK: Duration = Duration::from_secs(1);
-/// An exported batch's buffer is kept for the next one only up to this capacity
-/// (bytes), so one burst of large spans does not pin its memory. It holds the
-/// gateway's default batch (512 spans) at up to 2 KB a span: with 256 KB, the batches
-/// of `span_detail = "basic"` (~600 B a span) were never kept, and each one grew anew
-/// from empty by doubling (callgrind counted +1.7k instructions per request in those
-/// copies; it counts a `rep movsb` byte by byte, so the time is smaller).
-pub const MAX_SPARE_BYTES: usize = 1024 * 1024;
+/// An exported batch's buffer is kept for the next one only up to this capacity per
+/// span of the batch size (bytes), so one burst of large spans does not pin its
+/// memory: 256 KiB for the router's 128 spans, 1 MiB for the gateway's 512. With a
+/// flat 256 KiB, the gateway's batches of `span_detail = "basic"` (~600 B a span) were
+/// never kept, and each one grew anew from empty by doubling (callgrind counted +1.7k
+/// instructions per request in those copies; it counts a `rep movsb` byte by byte, so
+/// the time is smaller).
+pub const MAX_SPARE_BYTES_PER_SPAN: usize = 2048;
 
 /// Counters readable from any thread (exposed as metrics).
 #[derive(Debug, Default)]
@@ -242,7 +243,9 @@ fn run(shared: Arc<Shared>, mut exporter: Exporter) {
                     );
                 }
             }
-            if shared.encoded && chunk.bytes.capacity() <= MAX_SPARE_BYTES {
+            if shared.encoded
+                && chunk.bytes.capacity() <= shared.batch.saturating_mul(MAX_SPARE_BYTES_PER_SPAN)
+            {
                 chunk.bytes.clear();
                 shared.state.lock().unwrap().spare = Some(chunk.bytes);
             }
