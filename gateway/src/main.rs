@@ -267,13 +267,19 @@ fn main() -> ExitCode {
 /// Re-reads the configuration on SIGHUP. Applied at once: `[logging] level`. Everything
 /// else takes a restart (the running sessions depend on it); what changed is logged.
 fn reload(path: &std::path::Path, running: &GatewayConfig) {
-    let new: GatewayConfig = match config::load(path) {
+    let mut new: GatewayConfig = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
             log::error!("reload: {e}; keeping the running configuration");
             return;
         }
     };
+    // The running [tracing] has the OTEL_* variables applied; so must the new one, or
+    // any such variable reads as a change to [tracing] on every reload.
+    if let Err(msg) = telemetry::apply_env(&mut new.tracing, |k| std::env::var(k).ok()) {
+        log::error!("reload: {msg}; keeping the running configuration");
+        return;
+    }
     mcp_shared::logger::set_level(new.logging.level.filter());
     let mut needs_restart = Vec::new();
     if new.server != running.server {

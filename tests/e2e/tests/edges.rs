@@ -721,6 +721,25 @@ fn pipelined_script_through_the_router_gets_every_answer_before_exit() {
 }
 
 #[test]
+fn sighup_with_otel_variables_set_reports_no_tracing_change() {
+    // The running [tracing] has OTEL_SERVICE_NAME applied; a reload that changes only
+    // the log level must not read that as a change to [tracing].
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{}",
+        fixture_backend("one", "")
+    );
+    let gw = Gateway::start_with_env(&config, &[("OTEL_SERVICE_NAME", "reload-test")]);
+    std::fs::write(
+        gw.config_path(),
+        format!("{config}\n[logging]\nlevel = \"warn\"\n"),
+    )
+    .unwrap();
+    signal(gw.pid(), "HUP");
+    let l = gw.wait_line("reload:");
+    assert!(l.contains("configuration applied"), "{l}");
+}
+
+#[test]
 fn sighup_reloads_what_is_safe_and_reports_the_rest() {
     let gw = gateway();
     let mut c = Client::router(&gw.url);
