@@ -1203,9 +1203,15 @@ impl de::KeyEnds {
     /// met the keys: only each value is read. `None` when a key asked for was not met
     /// spelt exactly (the caller then serialises), or `params` is no object.
     fn places(&self, text: &[u8], want: Want) -> Option<Places> {
-        // The scanner just past a key's closing quote, moved past `:`.
+        // The scanner just past a key's closing quote, moved past `:`. The quote is
+        // checked: the offsets rest on the parser lending keys out of this very text,
+        // and anything else is serialised rather than spliced at a wrong place.
         let at = |end: Option<usize>| {
-            let mut s = Scanner { b: text, i: end? };
+            let end = end?;
+            if text.get(end.checked_sub(1)?) != Some(&b'"') {
+                return None;
+            }
+            let mut s = Scanner { b: text, i: end };
             s.ws();
             s.eat(b':')?;
             s.ws();
