@@ -142,5 +142,7 @@ print("per-round ratios:", " ".join(f"{x:.2f}" for x in ratios))
 names = sorted({k for r in runs for k in r["cpu"]})
 for name in names:
     o, n = (st.median(r["cpu"][name] for r in by[k] if name in r["cpu"]) for k in ("old", "new"))
-    print(f"{name} CPU per request, medians: old {o:.2f}, new {n:.2f} µs (ratio {n / o:.3f})")
+    # Short runs (CI's smoke) can see no CPU tick at all: no ratio then.
+    ratio = f"{n / o:.3f}" if o > 0 else "n/a: no CPU time measured"
+    print(f"{name} CPU per request, medians: old {o:.2f}, new {n:.2f} µs (ratio {ratio})")
 PY
