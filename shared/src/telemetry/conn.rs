@@ -23,7 +23,7 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskCx, Poll, Wake, Waker};
 use std::time::Instant;
 
@@ -126,14 +126,24 @@ pub struct Tcp(Arc<TcpStream>);
 
 impl Tcp {
     /// Connects to the first address of `host`:`port` that answers before `deadline`.
+    #[cfg(test)]
     fn connect(host: &str, port: u16, deadline: Instant) -> io::Result<Tcp> {
+        Self::connect_any(&resolve(host, port, deadline)?, deadline)
+    }
+
+    /// Connects to the first of `addrs` that answers before `deadline`. Each address
+    /// gets an equal share of the time left (the last one all of what remains), so an
+    /// address that drops packets (an IPv6 route that goes nowhere, say) cannot use up
+    /// the deadline before the next is tried.
+    fn connect_any(addrs: &[SocketAddr], deadline: Instant) -> io::Result<Tcp> {
         let mut last = None;
-        for addr in resolve(host, port, deadline)? {
+        for (i, addr) in addrs.iter().enumerate() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
             }
-            match TcpStream::connect_timeout(&addr, left) {
+            let share = left / (addrs.len() - i) as u32;
+            match TcpStream::connect_timeout(addr, share) {
                 Ok(tcp) => {
                     tcp.set_nonblocking(true)?;
                     tcp.set_nodelay(true).ok();
@@ -142,9 +152,7 @@ impl Tcp {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, format!("{host}: no address"))
-        }))
+        Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address")))
     }
 
     /// `Pending` (and the socket noted as waiting for `flags`) when `r` would block.
@@ -356,6 +364,11 @@ pub async fn is_closed(s: &mut Stream) -> bool {
 pub struct Connector {
     /// Where.
     pub endpoint: Endpoint,
+    /// The endpoint's addresses as last resolved: kept while connections to them
+    /// succeed, so that a reconnection to a named collector (`localhost` by default)
+    /// does not ask the resolver (and start its thread) each time; dropped when none
+    /// answers, so that a collector that moved is found again.
+    addrs: Mutex<Vec<SocketAddr>>,
     #[cfg(feature = "otlp-tls")]
     tls: Option<(
         futures_rustls::TlsConnector,
@@ -398,7 +411,11 @@ impl Connector {
             } else {
                 None
             };
-            Ok(Connector { endpoint, tls })
+            Ok(Connector {
+                endpoint,
+                tls,
+                addrs: Mutex::default(),
+            })
         }
         #[cfg(not(feature = "otlp-tls"))]
         {
@@ -409,14 +426,17 @@ impl Connector {
                         .into(),
                 );
             }
-            Ok(Connector { endpoint })
+            Ok(Connector {
+                endpoint,
+                addrs: Mutex::default(),
+            })
         }
     }
 
     /// Opens a connection: TCP before `deadline` (blocking this thread), then the TLS
     /// handshake, which the caller's [`block_on`] bounds by the same deadline.
     pub async fn connect(&self, deadline: Instant) -> io::Result<Stream> {
-        let tcp = Tcp::connect(&self.endpoint.host, self.endpoint.port, deadline)?;
+        let tcp = self.tcp(deadline)?;
         #[cfg(feature = "otlp-tls")]
         if let Some((connector, name)) = &self.tls {
             let tls = connector
@@ -426,6 +446,24 @@ impl Connector {
             return Ok(Stream::Tls(Box::new(tls)));
         }
         Ok(Stream::Plain(tcp))
+    }
+}
+
+impl Connector {
+    /// A TCP connection to the endpoint, through the kept addresses or newly resolved
+    /// ones (see [`Connector::addrs`]).
+    fn tcp(&self, deadline: Instant) -> io::Result<Tcp> {
+        let kept = self.addrs.lock().map(|a| a.clone()).unwrap_or_default();
+        let addrs = if kept.is_empty() {
+            resolve(&self.endpoint.host, self.endpoint.port, deadline)?
+        } else {
+            kept
+        };
+        let r = Tcp::connect_any(&addrs, deadline);
+        if let Ok(mut a) = self.addrs.lock() {
+            *a = if r.is_ok() { addrs } else { Vec::new() };
+        }
+        r
     }
 }
 
@@ -590,6 +628,48 @@ mod tests {
         };
         let e = Tcp::connect("127.0.0.1", closed, deadline).err().unwrap();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+    }
+
+    #[test]
+    fn each_address_gets_a_share_of_the_time() {
+        // A listener whose accept queue is full drops new handshakes: connecting to it
+        // hangs until the timeout, like an address whose packets go nowhere.
+        let full = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let full_addr = full.local_addr().unwrap();
+        let mut held = Vec::new();
+        while let Ok(s) = TcpStream::connect_timeout(&full_addr, Duration::from_millis(200)) {
+            held.push(s);
+            assert!(held.len() < 10_000, "the accept queue never filled");
+        }
+        let good = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let start = Instant::now();
+        let addrs = [full_addr, good.local_addr().unwrap()];
+        let r = Tcp::connect_any(&addrs, start + Duration::from_secs(2));
+        let took = start.elapsed();
+        // The first address had half the time, not all of it.
+        assert!(r.is_ok(), "{:?}", r.err());
+        assert!(took >= Duration::from_millis(900), "{took:?}");
+        assert!(took < Duration::from_millis(1900), "{took:?}");
+    }
+
+    #[test]
+    fn a_connector_keeps_the_addresses_that_answer() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let endpoint = Endpoint::parse(&format!("http://localhost:{port}"), 1).unwrap();
+        let c = Connector::new(endpoint, &TracingConfig::default(), &[]).unwrap();
+        let soon = || Instant::now() + Duration::from_secs(2);
+        let kept = || c.addrs.lock().unwrap().clone();
+        // Resolved once, kept while it answers.
+        c.tcp(soon()).unwrap();
+        let first = kept();
+        assert!(first.iter().any(|a| a.port() == port), "{first:?}");
+        c.tcp(soon()).unwrap();
+        assert_eq!(kept(), first);
+        // Nothing answers: the addresses go, and the next connection resolves anew.
+        drop(l);
+        assert!(c.tcp(soon()).is_err());
+        assert!(kept().is_empty());
     }
 
     #[test]
