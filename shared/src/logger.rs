@@ -6,7 +6,7 @@
 //! environment variable (`error`, `warn`, `info`, `debug`, `trace`, `off`) overrides
 //! it. Nothing is ever written to stdout (the router's stdout is the MCP channel).
 //!
-//! Trace ids reach the logger through [`traced`]: a future wrapper that makes a span's
+//! Trace ids reach the logger through [`with_ids`]: a future wrapper that makes a span's
 //! ids current for the duration of each poll (the executors are single-threaded, so
 //! a poll is never interleaved with another task's).
 
@@ -43,12 +43,6 @@ pin_project_lite::pin_project! {
     }
 }
 
-/// Wraps `f` so that log lines written while it runs carry the ids of the span in `cx`
-/// (nothing is added when `cx` has no valid span).
-pub fn traced<F: Future>(cx: &crate::telemetry::Cx, f: F) -> Traced<F> {
-    with_ids(span_ids(cx), f)
-}
-
 /// The ids log lines carry for the span in `cx` (`None` when it has no valid span),
 /// for [`with_ids`].
 pub fn span_ids(cx: &crate::telemetry::Cx) -> Option<(TraceId, SpanId)> {
@@ -56,7 +50,9 @@ pub fn span_ids(cx: &crate::telemetry::Cx) -> Option<(TraceId, SpanId)> {
     sc.is_valid().then(|| (sc.trace_id(), sc.span_id()))
 }
 
-/// [`traced`] with ids read beforehand: for a future that takes the `Cx` itself.
+/// Wraps `f` so that log lines written while it runs carry `ids` ([`span_ids`] of the
+/// span the work belongs to; nothing is added for `None`). The ids are read before
+/// `f` is built, so `f` may take the `Cx` itself.
 pub fn with_ids<F: Future>(ids: Option<(TraceId, SpanId)>, f: F) -> Traced<F> {
     Traced { ids, inner: f }
 }
@@ -199,12 +195,14 @@ mod tests {
             Poll::Ready(7)
         });
         CURRENT.set(None);
-        let out = futures_lite::future::block_on(traced(&Cx::from_span_context(sc), f));
+        let out = futures_lite::future::block_on(with_ids(span_ids(&Cx::from_span_context(sc)), f));
         assert_eq!(out, 7);
         assert_eq!(seen, vec![Some((trace, span)); 2]);
         assert_eq!(CURRENT.get(), None, "restored after each poll");
         // A context without a valid span adds no ids.
-        let none = futures_lite::future::block_on(traced(&Cx::default(), async { CURRENT.get() }));
+        let none = futures_lite::future::block_on(with_ids(span_ids(&Cx::default()), async {
+            CURRENT.get()
+        }));
         assert_eq!(none, None);
     }
 }
