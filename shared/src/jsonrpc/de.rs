@@ -56,6 +56,14 @@ pub(super) struct KeyEnds {
     pub tracestate: Option<usize>,
 }
 
+impl Taken {
+    /// Where a key read in place at address `at` ends in the text: past its closing
+    /// quote (`None` when it was not read in place).
+    fn key_end(&self, at: Option<usize>, key: &str) -> Option<usize> {
+        at.map(|a| a - self.base + key.len() + 1)
+    }
+}
+
 /// Parses one JSON text: the value, and what was taken out of `params._meta`.
 pub(super) fn parse(text: &str) -> serde_json::Result<(Value, Taken)> {
     let mut taken = Taken {
@@ -155,8 +163,7 @@ impl<'de> Visitor<'de> for Shaped<'_> {
             let Some((k, at)) = map.next_key_seed(KeyAt)? else {
                 break;
             };
-            // Where the key ends: its address, its length and the closing quote.
-            let end = at.map(|a| a - taken.base + k.len() + 1);
+            let end = taken.key_end(at, &k);
             match (level, k.as_str()) {
                 (Level::Top, "id") => taken.keys.id = end,
                 (Level::Top, "params") => {
@@ -271,15 +278,13 @@ fn meta<'de, A: MapAccess<'de>>(mut map: A, taken: &mut Taken) -> Result<Value, 
                 continue;
             }
             MetaKey::Parent(at) => {
-                taken.keys.traceparent = at
-                    .filter(|_| taken.meta_in_place)
-                    .map(|a| a - taken.base + "traceparent".len() + 1);
+                taken.keys.traceparent =
+                    taken.key_end(at.filter(|_| taken.meta_in_place), "traceparent");
                 "traceparent"
             }
             MetaKey::State(at) => {
-                taken.keys.tracestate = at
-                    .filter(|_| taken.meta_in_place)
-                    .map(|a| a - taken.base + "tracestate".len() + 1);
+                taken.keys.tracestate =
+                    taken.key_end(at.filter(|_| taken.meta_in_place), "tracestate");
                 "tracestate"
             }
         };
