@@ -155,14 +155,22 @@ impl Tcp {
         Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address")))
     }
 
-    /// `Pending` (and the socket noted as waiting for `flags`) when `r` would block.
-    fn ready<T>(&self, r: io::Result<T>, flags: PollFlags) -> Poll<io::Result<T>> {
-        match r {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                WAITING.with(|w| w.borrow_mut().push((self.0.clone(), flags)));
-                Poll::Pending
+    /// Runs `op` on the socket (again when a signal interrupts it): `Pending`, with
+    /// the socket noted as waiting for `flags`, when it would block.
+    fn io<T>(
+        &self,
+        flags: PollFlags,
+        mut op: impl FnMut(&TcpStream) -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        loop {
+            match op(&self.0) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    WAITING.with(|w| w.borrow_mut().push((self.0.clone(), flags)));
+                    return Poll::Pending;
+                }
+                r => return Poll::Ready(r),
             }
-            r => Poll::Ready(r),
         }
     }
 }
@@ -200,23 +208,13 @@ impl AsyncRead for Tcp {
         _: &mut TaskCx<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            match (&*self.0).read(buf) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => return self.ready(r, PollFlags::IN),
-            }
-        }
+        self.io(PollFlags::IN, |mut s| s.read(buf))
     }
 }
 
 impl AsyncWrite for Tcp {
     fn poll_write(self: Pin<&mut Self>, _: &mut TaskCx<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        loop {
-            match (&*self.0).write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => return self.ready(r, PollFlags::OUT),
-            }
-        }
+        self.io(PollFlags::OUT, |mut s| s.write(buf))
     }
     fn poll_flush(self: Pin<&mut Self>, _: &mut TaskCx<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
