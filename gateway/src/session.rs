@@ -17,7 +17,7 @@ use mcp_shared::idmap::IdMap;
 use mcp_shared::jsonrpc::{self, Answer, Id, Kind, Message, Reply};
 use mcp_shared::mcp::{self, Handling, ListKind};
 use mcp_shared::routing::{route_prompt, route_tool, ResourceRoutes};
-use mcp_shared::telemetry::{self, attrs, propagation, Cx};
+use mcp_shared::telemetry::{self, attrs, propagation, Cx, Moment};
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 use serde_json::{json, Value};
@@ -176,9 +176,10 @@ impl Session {
         .await;
     }
 
-    /// Starts the `http.request` span of a client request, with its `auth.verify`
-    /// child (the token was checked at the handshake; this records the outcome).
-    fn request_span(&self, msg: &Message) -> Cx {
+    /// Starts the `http.request` span of a client request at `at`, with its
+    /// `auth.verify` child (the token was checked at the handshake: this records the
+    /// outcome, and takes no time of its own).
+    fn request_span(&self, msg: &Message, at: &Moment) -> Cx {
         let tel = &self.gw.tel;
         if !tel.enabled() {
             return Cx::default();
@@ -189,7 +190,7 @@ impl Session {
         } else {
             self.handshake_cx.clone()
         };
-        let cx = tel.start("http.request", SpanKind::Server, &parent, |a| {
+        let cx = tel.start_at("http.request", SpanKind::Server, &parent, at, |a| {
             attrs::mcp_message(a, msg);
             a.int_text("mcp.session.id", self.id);
             a.str("mcp.protocol.version", self.version.get());
@@ -205,7 +206,7 @@ impl Session {
                 a.str("client.address", &ip.value.as_str());
             }
         });
-        let auth = tel.step("auth.verify", &cx, |a| {
+        let auth = tel.step_at("auth.verify", &cx, at, |a| {
             let kind = if self.gw.token.is_some() {
                 "bearer"
             } else {
@@ -213,25 +214,30 @@ impl Session {
             };
             attrs::authentication(a, kind, true, None)
         });
-        auth.end();
+        auth.end_at(at);
         cx
     }
 
     async fn start_request(self: &Rc<Self>, msg: Message) {
         let id = msg.id().expect("requests have ids");
-        let cx = self.request_span(&msg);
+        // The request's steps follow each other with nothing between them: each step
+        // starts at the moment the one before ended, one clock reading per step
+        // (docs/tracing.md, "Clock readings").
+        let arrived = Moment::new();
+        let cx = self.request_span(&msg, &arrived);
         let tel = &self.gw.tel;
         let limit = self.gw.cfg.limits.max_in_flight;
-        let validate = tel.step("request.validate", &cx, |_| {});
+        let validate = tel.step_at("request.validate", &cx, &arrived, |_| {});
         let duplicate = self.in_flight.borrow().contains_key(&id);
         if duplicate {
             let err = SessionError::DuplicateId.to_rpc_error();
             validate.fail("duplicate_id", &err.message);
         }
-        validate.end();
+        let validated = Moment::new();
+        validate.end_at(&validated);
         let in_flight = self.in_flight.borrow().len();
         let limited = !duplicate && in_flight >= limit;
-        let rl = tel.step("rate_limit.check", &cx, |a| {
+        let rl = tel.step_at("rate_limit.check", &cx, &validated, |a| {
             attrs::rate_limit(
                 a,
                 limited,
@@ -448,7 +454,9 @@ impl Session {
         if !tel.enabled() {
             return;
         }
-        let step = tel.step("discovery.resolve", cx, |a| {
+        // Recorded once the route is known: the decision, at one moment.
+        let at = Moment::new();
+        let step = tel.step_at("discovery.resolve", cx, &at, |a| {
             a.str("gateway.route.key", what);
             if let Some(b) = backend {
                 attrs::gateway_route(a, b, "stdio", None);
@@ -457,7 +465,7 @@ impl Session {
         if let Err(e) = result {
             step.fail("route_not_found", &e.message);
         }
-        step.end();
+        step.end_at(&at);
     }
 
     /// Starts a `backend.forward` client span under `cx` and puts its context in the

@@ -35,7 +35,7 @@ use mcp_shared::framing::{Frame, LineDecoder, PIPE_READ_CHUNK_BYTES};
 use mcp_shared::jsonrpc::{self, Brief, Id, Kind, Message};
 use mcp_shared::meter::{within_progress, Meter};
 use mcp_shared::secret::Secret;
-use mcp_shared::telemetry::{self, attrs, propagation, AttrValue, Cx, Telemetry};
+use mcp_shared::telemetry::{self, attrs, propagation, AttrValue, Cx, Moment, Telemetry};
 use mcp_shared::time::timeout;
 use opentelemetry::trace::SpanKind;
 use smol::LocalExecutor;
@@ -78,8 +78,13 @@ struct Spans {
 
 impl Spans {
     fn end(self) {
-        self.request.end();
-        self.stdio.end();
+        self.end_at(&Moment::new());
+    }
+
+    /// Ends both at `at`: the request span where the stdio span ends, one reading.
+    fn end_at(self, at: &Moment) {
+        self.request.end_at(at);
+        self.stdio.end_at(at);
     }
 }
 
@@ -555,18 +560,22 @@ async fn handle_client_line(
     };
     let spans = if tel.enabled() {
         let parent = propagation::extract_message(&msg);
-        let stdio = tel.start("stdio.read", SpanKind::Server, &parent, |a| {
+        // The line was read, its span starts and its request span starts under it: one
+        // moment, one clock reading (docs/tracing.md, "Clock readings").
+        let read = Moment::new();
+        let stdio = tel.start_at("stdio.read", SpanKind::Server, &parent, &read, |a| {
             attrs::mcp_message_brief(a, &msg);
             a.str("network.transport", "pipe");
         });
-        stdio.event(
+        stdio.event_at(
             "stdio.message.read",
             &[("message.size", AttrValue::Int(size as i64))],
+            &read,
         );
         let request = if msg.kind() == Kind::Response {
             Cx::default()
         } else {
-            let request = tel.start("gateway.request", SpanKind::Client, &stdio, |a| {
+            let request = tel.start_at("gateway.request", SpanKind::Client, &stdio, &read, |a| {
                 attrs::mcp_message(a, &msg);
                 attrs::server(a, &server.0, server.1);
                 a.str("network.transport", "tcp");
@@ -724,11 +733,16 @@ async fn read_ws(
                 let size = [("message.size", AttrValue::Int(text.len() as i64))];
                 send_out(&out, text).await;
                 if let Some(spans) = spans {
-                    spans.request.event("websocket.message.received", &size);
+                    let written = Moment::new();
+                    spans
+                        .request
+                        .event_at("websocket.message.received", &size, &written);
                     telemetry::record_response(&spans.request, &brief);
                     telemetry::record_response(&spans.stdio, &brief);
-                    spans.stdio.event("stdio.message.written", &size);
-                    spans.end();
+                    spans
+                        .stdio
+                        .event_at("stdio.message.written", &size, &written);
+                    spans.end_at(&written);
                 }
                 continue;
             }
@@ -768,11 +782,16 @@ async fn read_ws(
                 send_out(&out, line).await;
                 if let Some(spans) = spans {
                     let size = [("message.size", AttrValue::Int(size))];
-                    spans.request.event("websocket.message.received", &size);
+                    let written = Moment::new();
+                    spans
+                        .request
+                        .event_at("websocket.message.received", &size, &written);
                     telemetry::record_response(&spans.request, &m);
                     telemetry::record_response(&spans.stdio, &m);
-                    spans.stdio.event("stdio.message.written", &size);
-                    spans.end();
+                    spans
+                        .stdio
+                        .event_at("stdio.message.written", &size, &written);
+                    spans.end_at(&written);
                 }
             }
             Err(rej) => log::warn!("gateway sent an invalid message: {}", rej.error.message),

@@ -40,7 +40,7 @@ use opentelemetry_sdk::Resource;
 use crate::config::{ExporterType, OtlpProtocol, SamplerType, SpanDetail, TracingConfig};
 use crate::jsonrpc::Answer;
 
-pub use cx::{AttrValue, Attrs, Cx};
+pub use cx::{AttrValue, Attrs, Cx, Moment};
 pub use stdout::Target;
 
 /// How long shutdown waits for the last spans to be exported.
@@ -191,6 +191,17 @@ impl Telemetry {
     /// and attributes on `parent` instead and returns `parent`, so that `fail` and `end`
     /// on the result act on the parent (errors are then recorded on it too).
     pub fn step(&self, name: &'static str, parent: &Cx, attrs: impl FnOnce(&mut Attrs)) -> Step {
+        self.step_at(name, parent, &Moment::new(), attrs)
+    }
+
+    /// [`Telemetry::step`] starting at `at` (the step's span, or its event).
+    pub fn step_at(
+        &self,
+        name: &'static str,
+        parent: &Cx,
+        at: &Moment,
+        attrs: impl FnOnce(&mut Attrs),
+    ) -> Step {
         // A step is a leaf: nothing is started under it and its context is never sent
         // on. Inside a trace nobody records, there is nothing for it to carry (no clone
         // of the parent's context, four times per gateway request).
@@ -200,10 +211,10 @@ impl Telemetry {
         }
         match &self.inner {
             Some(i) if i.detail == SpanDetail::Basic => {
-                parent.step_event(name, attrs);
+                parent.step_event(name, at, attrs);
                 Step::Event(parent.clone())
             }
-            _ => Step::Span(self.start(name, SpanKind::Internal, parent, attrs)),
+            _ => Step::Span(self.start_at(name, SpanKind::Internal, parent, at, attrs)),
         }
     }
 
@@ -214,6 +225,18 @@ impl Telemetry {
         name: &'static str,
         kind: SpanKind,
         parent: &Cx,
+        attrs: impl FnOnce(&mut Attrs),
+    ) -> Cx {
+        self.start_at(name, kind, parent, &Moment::new(), attrs)
+    }
+
+    /// [`Telemetry::start`] with the span starting at `at`.
+    pub fn start_at(
+        &self,
+        name: &'static str,
+        kind: SpanKind,
+        parent: &Cx,
+        at: &Moment,
         attrs: impl FnOnce(&mut Attrs),
     ) -> Cx {
         let Some(inner) = &self.inner else {
@@ -229,10 +252,10 @@ impl Telemetry {
         }
         #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
         if let Some(rec) = &inner.recording {
-            return inner.start_recording(rec, name, kind, parent, attrs);
+            return inner.start_recording(rec, name, kind, parent, at, attrs);
         }
         let parent = parent.to_context();
-        let builder = inner
+        let mut builder = inner
             .tracer
             .span_builder(Cow::Borrowed(name))
             .with_kind(kind);
@@ -246,12 +269,18 @@ impl Telemetry {
             // sampler that keeps every root): attributes given at creation are the
             // cheaper way in.
             let span = builder
+                .with_start_time(at.time())
                 .with_attributes(Attrs::collect(attrs))
                 .start_with_context(&inner.tracer, &parent);
             return Cx::from_context(parent.with_span(span));
         }
         // A root (or always_off): attributes are added after the sampling decision (our
-        // samplers do not look at them), so an unsampled span never builds them.
+        // samplers do not look at them), so an unsampled span never builds them. Its
+        // start is the moment's only if the clock was read for it already (the SDK reads
+        // its own when it samples; a span it drops costs no reading).
+        if let Some(t) = at.read() {
+            builder = builder.with_start_time(t);
+        }
         let mut span = builder.start_with_context(&inner.tracer, &parent);
         if opentelemetry::trace::Span::is_recording(&span) {
             opentelemetry::trace::Span::set_attributes(&mut span, Attrs::collect(attrs));
@@ -296,6 +325,7 @@ impl Inner {
         name: &'static str,
         kind: SpanKind,
         parent: &Cx,
+        at: &Moment,
         attrs: impl FnOnce(&mut Attrs),
     ) -> Cx {
         use opentelemetry::trace::{SpanContext, TraceFlags};
@@ -359,6 +389,7 @@ impl Inner {
             name,
             rec.queue.clone(),
             capacity,
+            at.time(),
         );
         let cx = Cx::recording(span);
         cx.set_attributes(attrs);
@@ -389,8 +420,13 @@ impl Step {
 
     /// Ends the step's own span (nothing for an event).
     pub fn end(&self) {
+        self.end_at(&Moment::new());
+    }
+
+    /// [`Step::end`] at `at`.
+    pub fn end_at(&self, at: &Moment) {
         if let Step::Span(cx) = self {
-            cx.end();
+            cx.end_at(at);
         }
     }
 }
@@ -882,6 +918,64 @@ mod tests {
         assert!(!sc(&cx).is_sampled() && sc(&cx).span_id() != SpanId::from(0x88u64));
         t.shutdown();
         assert_eq!(t.stats(), (0, 0));
+    }
+
+    /// Spans and events recorded at one [`Moment`] carry its one time: a step starts
+    /// where the one before it ended, an event and a child at their span's start. A
+    /// moment that only an unsampled span was given never reads the clock. The
+    /// gateway's request steps and the router's spans rely on this (docs/tracing.md,
+    /// "Clock readings").
+    #[test]
+    #[cfg(feature = "otlp-http")]
+    fn what_is_recorded_at_one_moment_has_one_time() {
+        use opentelemetry_proto::tonic::trace::v1::ScopeSpans;
+        use prost::Message as _;
+        let start = |sampler: SamplerType| {
+            let cfg = TracingConfig {
+                enabled: true,
+                sampler_type: sampler,
+                sampler_param: 0.0,
+                otlp_protocol: OtlpProtocol::HttpProtobuf,
+                otlp_endpoint: Some("http://127.0.0.1:9".into()),
+                ..TracingConfig::default()
+            };
+            Telemetry::init(&cfg, "test", "0", Target::Stderr, 128).unwrap()
+        };
+        let t = start(SamplerType::AlwaysOn);
+        let arrived = Moment::new();
+        let root = t.start_at("root", SpanKind::Server, &Cx::default(), &arrived, |_| {});
+        root.event_at("read", &[], &arrived);
+        let first = t.step_at("first", &root, &arrived, |_| {});
+        std::thread::sleep(Duration::from_millis(2));
+        let done = Moment::new();
+        first.end_at(&done);
+        let second = t.step_at("second", &root, &done, |_| {});
+        std::thread::sleep(Duration::from_millis(2));
+        second.end();
+        root.end();
+        let queued = t.inner.as_ref().unwrap().recording.as_ref().unwrap();
+        let spans = ScopeSpans::decode(&queued.queue.take_bytes()[..])
+            .unwrap()
+            .spans;
+        let by_name = |n: &str| spans.iter().find(|s| s.name == n).unwrap().clone();
+        let (root, first, second) = (by_name("root"), by_name("first"), by_name("second"));
+        let t0 = root.start_time_unix_nano;
+        assert_eq!(root.events[0].time_unix_nano, t0);
+        assert_eq!(first.start_time_unix_nano, t0);
+        assert!(first.end_time_unix_nano >= t0 + 2_000_000, "{first:?}");
+        assert_eq!(second.start_time_unix_nano, first.end_time_unix_nano);
+        assert!(second.end_time_unix_nano >= second.start_time_unix_nano + 2_000_000);
+        assert!(root.end_time_unix_nano >= second.end_time_unix_nano);
+        t.shutdown();
+
+        let t = start(SamplerType::TraceIdRatio);
+        let unread = Moment::new();
+        let root = t.start_at("root", SpanKind::Server, &Cx::default(), &unread, |_| {});
+        root.event_at("read", &[], &unread);
+        t.step_at("step", &root, &unread, |_| {}).end_at(&unread);
+        root.end_at(&unread);
+        assert!(unread.read().is_none(), "nothing recorded, no clock read");
+        t.shutdown();
     }
 
     #[test]

@@ -25,6 +25,7 @@ use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
 use opentelemetry::KeyValue;
 
 use super::batch::Queue;
+use super::cx::Moment;
 use super::encode;
 
 /// The SDK's default span limits, which ours match.
@@ -80,11 +81,12 @@ impl RecordingSpan {
         name: &'static str,
         queue: Queue,
     ) -> Self {
-        Self::start_sized(sc, parent, kind, name, queue, INITIAL_CAPACITY)
+        let start = opentelemetry::time::now();
+        Self::start_sized(sc, parent, kind, name, queue, INITIAL_CAPACITY, start)
     }
 
-    /// Starts a span now (as `start`) with room for `capacity` bytes of attributes and
-    /// events.
+    /// Starts a span at `start` (as `start`) with room for `capacity` bytes of
+    /// attributes and events.
     pub(crate) fn start_sized(
         sc: SpanContext,
         parent: Option<(SpanId, bool)>,
@@ -92,13 +94,14 @@ impl RecordingSpan {
         name: &'static str,
         queue: Queue,
         capacity: usize,
+        start: SystemTime,
     ) -> Self {
         RecordingSpan {
             sc,
             parent,
             kind,
             name: Cow::Borrowed(name),
-            start: opentelemetry::time::now(),
+            start,
             recorded: Vec::with_capacity(capacity),
             attributes: 0,
             events: 0,
@@ -142,8 +145,13 @@ impl RecordingSpan {
         encode::put_scalar_attribute(&mut self.recorded, key, value);
     }
 
-    /// `add_event` now with scalar attributes, from borrowed parts.
-    pub(crate) fn scalar_event(&mut self, name: &str, attributes: &[(&str, encode::Scalar)]) {
+    /// `add_event` at `at` with scalar attributes, from borrowed parts.
+    pub(crate) fn scalar_event(
+        &mut self,
+        name: &str,
+        attributes: &[(&str, encode::Scalar)],
+        at: &Moment,
+    ) {
         if !self.admit_event() {
             return;
         }
@@ -151,7 +159,7 @@ impl RecordingSpan {
         let dropped = (attributes.len() - kept) as u32;
         encode::put_scalar_event(
             &mut self.recorded,
-            opentelemetry::time::now(),
+            at.time(),
             name,
             &attributes[..kept],
             dropped,
@@ -160,20 +168,14 @@ impl RecordingSpan {
 }
 
 impl RecordingSpan {
-    /// `add_event` now with attributes already encoded as `Event.attributes` entries
-    /// ([`super::cx::Attrs`] writing into a buffer; at most
+    /// `add_event` at `at` with attributes already encoded as `Event.attributes`
+    /// entries ([`super::cx::Attrs`] writing into a buffer; at most
     /// [`MAX_ATTRIBUTES_PER_EVENT`] of them, `dropped` more cut).
-    pub(crate) fn encoded_event(&mut self, name: &str, attrs: &[u8], dropped: u32) {
+    pub(crate) fn encoded_event(&mut self, name: &str, attrs: &[u8], dropped: u32, at: &Moment) {
         if !self.admit_event() {
             return;
         }
-        encode::put_encoded_event(
-            &mut self.recorded,
-            opentelemetry::time::now(),
-            name,
-            attrs,
-            dropped,
-        );
+        encode::put_encoded_event(&mut self.recorded, at.time(), name, attrs, dropped);
     }
 }
 
@@ -488,7 +490,7 @@ mod tests {
             let pairs: Vec<(&str, encode::Scalar)> =
                 (0..n).map(|j| (keys[j % 5], scalars[j % 5])).collect();
             by_kv.add_event("ev", kvs);
-            by_scalar.scalar_event("ev", &pairs);
+            by_scalar.scalar_event("ev", &pairs, &Moment::new());
         }
         by_kv.end();
         by_scalar.end();
@@ -531,7 +533,7 @@ mod tests {
         ));
         for n in [0, 3, 130] {
             by_kv.add_event("step", Attrs::collect(attrs(n)));
-            ours.step_event("step", attrs(n));
+            ours.step_event("step", &Moment::new(), attrs(n));
         }
         by_kv.end();
         ours.end();
