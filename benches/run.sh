@@ -365,6 +365,28 @@ else
         "missing: the tracing rounds with a real backend are skipped"
 fi
 
+# Calls of libc's clock_gettime in a callgrind output file: each is one reading of the
+# clock, which costs 30-55 ns on a VM while callgrind counts the vDSO's few instructions
+# (docs/tracing.md, "Clock readings"). Function names are compressed: "fn=(id) name" the
+# first time, "(id)" after; a "calls=" line follows the "cfn=" it counts.
+clock_reads() {
+    awk '
+        /^c?fn=\(/ {
+            s = $0; sub(/^c?fn=\(/, "", s)
+            id = s; sub(/\).*/, "", id)
+            rest = s; sub(/^[0-9]+\) ?/, "", rest)
+            if (rest != "") name[id] = rest
+            if ($0 ~ /^cfn=/) cur = id
+            next
+        }
+        /^calls=/ {
+            s = $0; sub(/^calls=/, "", s); split(s, a, " ")
+            if (index(name[cur], "clock_gettime") == 1) n += a[1]
+            next
+        }
+        END { print n + 0 }' "$1"
+}
+
 # Instructions per request under callgrind, router and gateway apart, per tracing mode:
 # a figure that does not move with the VM's scheduling as throughput does. Each process
 # is counted whole (all its threads, exporter included; start-up and shutdown spread
@@ -382,8 +404,9 @@ if [ "$INSTR" = 1 ]; then
                 fi
                 total=$(sed -n 's/^totals: \([0-9]*\).*/\1/p' "$out")
                 [ -n "$total" ] || die "no callgrind totals for $mode $target"
-                printf '{"label":"instr-%s-%s","instructions":%s,"requests":%s}\n' \
-                    "$mode" "$target" "$total" $((INSTR_N + WARMUP)) >>"$RESULTS"
+                clock=$(clock_reads "$out")
+                printf '{"label":"instr-%s-%s","instructions":%s,"clock_reads":%s,"requests":%s}\n' \
+                    "$mode" "$target" "$total" "$clock" $((INSTR_N + WARMUP)) >>"$RESULTS"
                 if [ -n "$CG_DIR" ]; then mkdir -p "$CG_DIR" && cp "$out" "$CG_DIR/"; fi
             done
         done

@@ -622,25 +622,33 @@ impl Builder<'_> {
     /// Instructions per request under callgrind (`instr-{off,on,basic,ratio}-{router,
     /// gateway}`, from `run.sh --instructions`): each traced mode against off.
     fn instruction_rows(&mut self) {
-        let per = |b: &Self, l: &str| -> Option<f64> {
+        let per = |b: &Self, l: &str, key: &str| -> Option<f64> {
             let v = b.get(l)?;
-            Some(num(v, "instructions")? / num(v, "requests")?.max(1.0))
+            Some(num(v, key)? / num(v, "requests")?.max(1.0))
+        };
+        // Clock readings apart: callgrind counts few instructions for one, but each
+        // costs tens of ns on a VM (docs/tracing.md, "Clock readings").
+        let reads = |b: &Self, l: &str| {
+            per(b, l, "clock_reads").map_or(String::new(), |r| format!(", {r:.1} clock reads"))
         };
         for target in ["router", "gateway"] {
-            let Some(off) = per(self, &format!("instr-off-{target}")) else {
+            let off_label = format!("instr-off-{target}");
+            let Some(off) = per(self, &off_label, "instructions") else {
                 continue;
             };
-            let mut parts = vec![format!("off {:.1}k", off / 1e3)];
+            let mut parts = vec![format!("off {:.1}k{}", off / 1e3, reads(self, &off_label))];
             for (mode, what) in [
                 ("on", "always_on"),
                 ("basic", "always_on basic"),
                 ("ratio", "traceidratio 0.01"),
             ] {
-                if let Some(x) = per(self, &format!("instr-{mode}-{target}")) {
+                let label = format!("instr-{mode}-{target}");
+                if let Some(x) = per(self, &label, "instructions") {
                     parts.push(format!(
-                        "{what} {:.1}k ({:+.1} %)",
+                        "{what} {:.1}k ({:+.1} %{})",
                         x / 1e3,
-                        (x / off - 1.0) * 100.0
+                        (x / off - 1.0) * 100.0,
+                        reads(self, &label)
                     ));
                 }
             }
@@ -1037,6 +1045,25 @@ mod tests {
         assert!(
             rows[0].contains(
                 "off 75.0k; always_on 115.5k (+54.0 %); traceidratio 0.01 82.5k (+10.0 %)"
+            ),
+            "{}",
+            rows[0]
+        );
+        // With the clock readings counted (run.sh's clock_reads), each mode shows them.
+        let with_reads = |label: &str, n: f64, reads: f64| {
+            (
+                label.to_string(),
+                json!({ "label": label, "instructions": n, "clock_reads": reads, "requests": 1000 }),
+            )
+        };
+        let table = table_of([
+            with_reads("instr-off-gateway", 75_000_000.0, 5_200.0),
+            with_reads("instr-on-gateway", 115_500_000.0, 13_400.0),
+        ]);
+        let rows = lines_with(&table, "Instructions per request");
+        assert!(
+            rows[0].contains(
+                "off 75.0k, 5.2 clock reads; always_on 115.5k (+54.0 %, 13.4 clock reads)"
             ),
             "{}",
             rows[0]
