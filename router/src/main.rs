@@ -8,6 +8,7 @@
 mod link;
 mod relay;
 mod replay;
+mod stdio;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,8 +1,8 @@
 //! The relay loop: stdin → gateway, gateway → stdout.
 //!
 //! Tasks on one thread: the stdin reader (framing, validation, forwarding), the
-//! WebSocket writer, the WebSocket reader (gateway → stdout queue) and the keepalive;
-//! the stdout writer runs on a blocking-pool thread. The router remembers the ids of
+//! WebSocket writer, the WebSocket reader (gateway → stdout queue), the keepalive and the
+//! stdout writer (on a blocking-pool thread when stdout is not a pipe: [`crate::stdio`]). The router remembers the ids of
 //! client requests it forwarded and not yet saw answered, so that when the link is down
 //! or drops (including a gateway that stops reading, `send_timeout`, or goes silent,
 //! `ping_interval`), every one of them is answered with an error carrying its id.
@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
 use async_tungstenite::tungstenite::Message as WsMessage;
-use futures_lite::{AsyncReadExt, StreamExt};
+use futures_lite::StreamExt;
 use futures_util::SinkExt;
 use mcp_shared::config::RouterConfig;
 use mcp_shared::error::{RelayError, SessionError, ToRpcError};
@@ -42,11 +42,10 @@ use smol::LocalExecutor;
 
 use crate::link;
 use crate::replay::{self, Replay};
+use crate::stdio;
 
 /// Messages queued for stdout, at most (the WebSocket reader waits when it is full).
 pub const STDOUT_QUEUE: usize = 256;
-/// Bytes of stdout buffered before a write (a longer message is written directly).
-pub const STDOUT_BUFFER_BYTES: usize = 16 * 1024;
 /// Messages queued for the WebSocket writer, at most (stdin reading waits when full).
 pub const WS_QUEUE: usize = 256;
 /// On stdin EOF, how long to wait for the gateway to acknowledge the close.
@@ -177,8 +176,11 @@ async fn relay(
     token: Option<Secret>,
     tel: Telemetry,
 ) -> Result<(), String> {
+    // `_restore` lives to the end: stdin and stdout get their flags back after the last
+    // write.
+    let (mut stdin, stdout, _restore) = stdio::open();
     let (out_tx, out_rx) = async_channel::bounded::<String>(STDOUT_QUEUE);
-    let stdout_task = ex.spawn(write_stdout(out_rx));
+    let stdout_task = ex.spawn(stdout.write_all_from(out_rx));
     let server = Rc::new(server_of(&cfg.gateway.url));
     let state: Shared = Rc::new(RefCell::new(State {
         tel: tel.clone(),
@@ -200,7 +202,8 @@ async fn relay(
     ));
     let _ = first_rx.recv().await;
 
-    read_stdin(&state, &out_tx, cfg.limits.max_in_flight, max).await;
+    read_stdin(&mut stdin, &state, &out_tx, cfg.limits.max_in_flight, max).await;
+    drop(stdin);
     log::info!("stdin closed; shutting down");
     state.borrow_mut().closing = true;
 
@@ -506,8 +509,13 @@ async fn exchange(
 }
 
 /// Reads stdin to EOF, forwarding each valid message and answering bad ones.
-async fn read_stdin(state: &Shared, out: &Sender<String>, max_in_flight: usize, max: usize) {
-    let mut stdin = smol::Unblock::with_capacity(PIPE_READ_CHUNK_BYTES, std::io::stdin());
+async fn read_stdin(
+    stdin: &mut stdio::Input,
+    state: &Shared,
+    out: &Sender<String>,
+    max_in_flight: usize,
+    max: usize,
+) {
     let mut dec = LineDecoder::new(max);
     let mut buf = vec![0u8; PIPE_READ_CHUNK_BYTES];
     loop {
@@ -928,36 +936,4 @@ async fn link_down(state: &Shared, out: &Sender<String>, gen: u64, reason: Strin
         )
         .await;
     }
-}
-
-/// The only writer of stdout: one message per line, flushed when the queue is empty.
-///
-/// Runs on one thread of the blocking pool for the router's lifetime, writing through a
-/// `BufWriter`. Not `smol::Unblock`: its writer closes its pipe on every flush and opens
-/// a new one (an 8 MiB buffer, its first 4 KiB zeroed) on the next write, which cost the
-/// router ~2–4k instructions per message under load, varying with timing (callgrind:
-/// docs/benchmark.md, "Instructions per request").
-async fn write_stdout(rx: Receiver<String>) {
-    smol::unblock(move || {
-        use std::io::Write as _;
-        let stdout = std::io::stdout();
-        let mut w = std::io::BufWriter::with_capacity(STDOUT_BUFFER_BYTES, stdout.lock());
-        while let Ok(line) = rx.recv_blocking() {
-            let written = w
-                .write_all(line.as_bytes())
-                .and_then(|()| w.write_all(b"\n"));
-            if let Err(e) = written {
-                log::error!("writing stdout: {e}");
-                return;
-            }
-            if rx.is_empty() {
-                if let Err(e) = w.flush() {
-                    log::error!("flushing stdout: {e}");
-                    return;
-                }
-            }
-        }
-        let _ = w.flush();
-    })
-    .await
 }

@@ -1,0 +1,193 @@
+//! The router's ends of the host's pipes: how stdin is read and stdout written.
+//!
+//! MCP hosts launch a stdio server with pipes (or a socket pair). Such a stdin or stdout
+//! is switched to non-blocking mode and watched by the relay thread's reactor, like the
+//! WebSocket: a message read or written costs system calls on that thread and no
+//! hand-off to another one. Anything else (a terminal, a regular file, `/dev/null`:
+//! epoll refuses regular files, and a terminal is shared with the shell) keeps the
+//! blocking path: stdin through `smol::Unblock`, stdout from one blocking-pool thread.
+//!
+//! `O_NONBLOCK` belongs to the open file description, which another process may share,
+//! so [`Restore`] puts the flags back as they were when the relay ends (a normal exit;
+//! nothing can after `SIGKILL`). stdout keeps the blocking path when stderr is the same
+//! file (`2>&1`): log lines written there would otherwise meet `EAGAIN`.
+
+use std::fs::File;
+use std::io::{self, Write as _};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use async_channel::Receiver;
+use async_io::Async;
+use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
+use mcp_shared::framing::PIPE_READ_CHUNK_BYTES;
+use rustix::fs::{FileType, OFlags};
+
+/// Bytes of stdout gathered into one write when several messages are queued (a longer
+/// message is written on its own).
+pub const STDOUT_BUFFER_BYTES: usize = 16 * 1024;
+
+/// How the router reads its stdin.
+pub enum Input {
+    /// A pipe or socket, polled by the reactor.
+    Polled(Async<File>),
+    /// Anything else, read on a blocking-pool thread.
+    Pool(smol::Unblock<io::Stdin>),
+}
+
+/// How the router writes its stdout.
+pub enum Output {
+    /// A pipe or socket, polled by the reactor.
+    Polled(Async<File>),
+    /// Anything else, written by one blocking-pool thread.
+    Pool,
+}
+
+/// Puts back the file status flags of the descriptors [`open`] switched to non-blocking
+/// mode, when dropped.
+pub struct Restore(Vec<(OwnedFd, OFlags)>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        for (fd, flags) in &self.0 {
+            if let Err(e) = rustix::fs::fcntl_setfl(fd, *flags) {
+                log::debug!("restoring the flags of stdio: {e}");
+            }
+        }
+    }
+}
+
+/// Opens stdin and stdout the cheapest way each allows (see the module documentation).
+/// Keep the [`Restore`] until both are done with.
+pub fn open() -> (Input, Output, Restore) {
+    let stdin = io::stdin();
+    let stdout = io::stdout();
+    // Read before anything is switched: stdin and stdout may be one socket.
+    let flags_in = rustix::fs::fcntl_getfl(stdin.as_fd()).ok();
+    let flags_out = rustix::fs::fcntl_getfl(stdout.as_fd()).ok();
+    let mut restore = Restore(Vec::new());
+
+    let input = match flags_in.and_then(|f| polled(stdin.as_fd(), f, &mut restore)) {
+        Some(io) => Input::Polled(io),
+        None => Input::Pool(smol::Unblock::with_capacity(PIPE_READ_CHUNK_BYTES, stdin)),
+    };
+    let shares_stderr = same_file(stdout.as_fd(), io::stderr().as_fd());
+    let output = match flags_out
+        .filter(|_| !shares_stderr)
+        .and_then(|f| polled(stdout.as_fd(), f, &mut restore))
+    {
+        Some(io) => Output::Polled(io),
+        None => Output::Pool,
+    };
+    let how = |polled: bool| {
+        if polled {
+            "polled"
+        } else {
+            "via the blocking pool"
+        }
+    };
+    log::debug!(
+        "stdin {}, stdout {}",
+        how(matches!(input, Input::Polled(_))),
+        how(matches!(output, Output::Polled(_)))
+    );
+    (input, output, restore)
+}
+
+/// `fd` registered with the reactor, when it is a pipe or a socket and the registration
+/// works; its original `flags` are recorded in `restore` once it has been switched.
+fn polled(fd: BorrowedFd<'_>, flags: OFlags, restore: &mut Restore) -> Option<Async<File>> {
+    let kind = FileType::from_raw_mode(rustix::fs::fstat(fd).ok()?.st_mode);
+    if !matches!(kind, FileType::Fifo | FileType::Socket) {
+        return None;
+    }
+    // Duplicates share the description (and its flags); each owner closes its own.
+    let (io, keep) = (fd.try_clone_to_owned().ok()?, fd.try_clone_to_owned().ok()?);
+    let result = Async::new(File::from(io));
+    // Recorded even on failure: `Async::new` may have switched the mode before the
+    // reactor refused the descriptor.
+    restore.0.push((keep, flags));
+    match result {
+        Ok(io) => Some(io),
+        Err(e) => {
+            log::debug!("stdio not polled: {e}");
+            None
+        }
+    }
+}
+
+/// Whether two descriptors name the same file (`2>&1`).
+fn same_file(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
+    match (rustix::fs::fstat(a), rustix::fs::fstat(b)) {
+        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+        _ => false,
+    }
+}
+
+impl Input {
+    /// Reads some bytes; `Ok(0)` at end of file.
+    pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Input::Polled(io) => io.read(buf).await,
+            Input::Pool(io) => io.read(buf).await,
+        }
+    }
+}
+
+impl Output {
+    /// The only writer of stdout: writes each message from `rx` as one line, until `rx`
+    /// closes or a write fails. Messages queued together go out in one write.
+    pub async fn write_all_from(self, rx: Receiver<String>) {
+        let result = match self {
+            Output::Polled(io) => write_polled(io, rx).await,
+            Output::Pool => write_pool(rx).await,
+        };
+        if let Err(e) = result {
+            log::error!("writing stdout: {e}");
+        }
+    }
+}
+
+async fn write_polled(mut io: Async<File>, rx: Receiver<String>) -> io::Result<()> {
+    let mut batch: Vec<u8> = Vec::new();
+    while let Ok(mut line) = rx.recv().await {
+        if rx.is_empty() || line.len() >= STDOUT_BUFFER_BYTES {
+            // Alone (or long): written from its own buffer, not copied.
+            line.push('\n');
+            io.write_all(line.as_bytes()).await?;
+            continue;
+        }
+        batch.clear();
+        batch.extend_from_slice(line.as_bytes());
+        batch.push(b'\n');
+        while batch.len() < STDOUT_BUFFER_BYTES {
+            let Ok(next) = rx.try_recv() else { break };
+            batch.extend_from_slice(next.as_bytes());
+            batch.push(b'\n');
+        }
+        io.write_all(&batch).await?;
+        // A long message that joined a batch does not keep its size here.
+        batch.shrink_to(2 * STDOUT_BUFFER_BYTES);
+    }
+    Ok(())
+}
+
+/// Writes on one thread of the blocking pool for the router's lifetime, through a
+/// `BufWriter` flushed when the queue is empty. Not `smol::Unblock`: its writer closes
+/// its pipe on every flush and opens a new one (an 8 MiB buffer, its first 4 KiB zeroed)
+/// on the next write, which cost the router ~2–4k instructions per message under load
+/// (callgrind: docs/benchmark.md, "Instructions per request").
+async fn write_pool(rx: Receiver<String>) -> io::Result<()> {
+    smol::unblock(move || {
+        let stdout = io::stdout();
+        let mut w = io::BufWriter::with_capacity(STDOUT_BUFFER_BYTES, stdout.lock());
+        while let Ok(line) = rx.recv_blocking() {
+            w.write_all(line.as_bytes())?;
+            w.write_all(b"\n")?;
+            if rx.is_empty() {
+                w.flush()?;
+            }
+        }
+        w.flush()
+    })
+    .await
+}

@@ -1,0 +1,224 @@
+//! The router on every kind of stdin and stdout a host or a shell can give it: pipes and
+//! a socket (polled by its reactor, switched to non-blocking mode and switched back at
+//! exit), a regular file, and a stdout shared with stderr (`2>&1`, kept blocking so that
+//! log lines are never refused). Each run answers every request, in full.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::Instant;
+
+use mcp_e2e::*;
+use rustix::fs::OFlags;
+use rustix::pipe::PipeFlags;
+use serde_json::{json, Value};
+
+/// The router, killed if a test fails before it exits.
+struct Router(Child);
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn router(gw: &Gateway, stdin: Stdio, stdout: Stdio, stderr: Stdio) -> Router {
+    Router(
+        Command::new(bin("mcp-router"))
+            .args(["--gateway", &gw.url])
+            .env("MCP_LOG", "debug")
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("start mcp-router"),
+    )
+}
+
+/// Lines of a session: the handshake, a ping, a tool call with a 100 kB argument (more
+/// than one pipe read and one stdout batch) and a tool call that fails.
+fn script() -> String {
+    let big = "x".repeat(100_000);
+    [
+        json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},
+            "clientInfo":{"name":"stdio-kinds","version":"1"}}}),
+        json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+        json!({"jsonrpc":"2.0","id":2,"method":"ping"}),
+        json!({"jsonrpc":"2.0","id":3,"method":"tools/call",
+            "params":{"name":"one.echo","arguments":{"text":big}}}),
+        json!({"jsonrpc":"2.0","id":4,"method":"tools/call",
+            "params":{"name":"one.no_such_tool","arguments":{}}}),
+    ]
+    .iter()
+    .map(|m| format!("{m}\n"))
+    .collect()
+}
+
+/// Checks that `out` (stdout, maybe with log lines between) answers the script in full.
+fn check_answers(out: &str) {
+    let answers: Vec<Value> = out
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:.200}")))
+        .collect();
+    let by_id = |id: i64| {
+        answers
+            .iter()
+            .find(|a| a["id"] == json!(id))
+            .unwrap_or_else(|| panic!("no answer to {id} in {out:.2000}"))
+    };
+    assert!(by_id(1)["result"]["serverInfo"].is_object(), "{}", by_id(1));
+    assert_eq!(by_id(2)["result"], json!({}));
+    assert_eq!(text_of(by_id(3)), "x".repeat(100_000));
+    assert!(by_id(4).get("error").is_some() || by_id(4)["result"]["isError"] == json!(true));
+    assert_eq!(answers.len(), 4, "{out:.2000}");
+}
+
+/// Stderr lines as they come, from a thread.
+fn lines_of(r: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line containing `needle`.
+fn wait_for(lines: &Receiver<String>, needle: &str) -> String {
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let left = DEADLINE.saturating_sub(start.elapsed());
+        match lines.recv_timeout(left) {
+            Ok(l) if l.contains(needle) => return l,
+            Ok(l) => seen.push(l),
+            Err(_) => panic!("no line with {needle:?} in:\n{}", seen.join("\n")),
+        }
+    }
+}
+
+/// Reads lines from `r` until `n` of them are messages; returns them as text.
+fn read_answers(r: &mut impl BufRead, n: usize) -> String {
+    let mut out = String::new();
+    let mut got = 0;
+    while got < n {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "EOF after {out:.2000}");
+        got += usize::from(line.starts_with('{'));
+        out.push_str(&line);
+    }
+    out
+}
+
+fn nonblocking(fd: impl AsFd) -> bool {
+    rustix::fs::fcntl_getfl(fd)
+        .unwrap()
+        .contains(OFlags::NONBLOCK)
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    rustix::pipe::pipe_with(PipeFlags::CLOEXEC).unwrap()
+}
+
+#[test]
+fn pipes_are_polled_and_get_their_flags_back() {
+    let gw = gateway_with("");
+    let (in_r, in_w) = pipe();
+    let (out_r, out_w) = pipe();
+    let mut r = router(
+        &gw,
+        Stdio::from(in_r.try_clone().unwrap()),
+        Stdio::from(out_w.try_clone().unwrap()),
+        Stdio::piped(),
+    );
+    let log = lines_of(r.0.stderr.take().unwrap());
+    wait_for(&log, "stdin polled, stdout polled");
+    // The test keeps its own descriptors of the router's ends: they share the flags.
+    assert!(nonblocking(&in_r) && nonblocking(&out_w));
+    let mut stdin = File::from(in_w);
+    stdin.write_all(script().as_bytes()).unwrap();
+    check_answers(&read_answers(&mut BufReader::new(File::from(out_r)), 4));
+    drop(stdin);
+    assert!(wait_deadline(&mut r.0).success());
+    assert!(!nonblocking(&in_r), "stdin left non-blocking");
+    assert!(!nonblocking(&out_w), "stdout left non-blocking");
+}
+
+/// inetd style: stdin and stdout are one socket, so one description and one set of
+/// flags, switched back only once both are done with.
+#[test]
+fn one_socket_for_stdin_and_stdout() {
+    let gw = gateway_with("");
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let kept = theirs.try_clone().unwrap();
+    let mut r = router(
+        &gw,
+        Stdio::from(OwnedFd::from(theirs.try_clone().unwrap())),
+        Stdio::from(OwnedFd::from(theirs)),
+        Stdio::piped(),
+    );
+    let log = lines_of(r.0.stderr.take().unwrap());
+    wait_for(&log, "stdin polled, stdout polled");
+    assert!(nonblocking(&kept));
+    (&ours).write_all(script().as_bytes()).unwrap();
+    // EOF on the router's stdin only: its answers still come back on the other half.
+    ours.shutdown(std::net::Shutdown::Write).unwrap();
+    check_answers(&read_answers(&mut BufReader::new(ours), 4));
+    assert!(wait_deadline(&mut r.0).success());
+    assert!(!nonblocking(&kept), "the socket left non-blocking");
+}
+
+/// `mcp-router < requests 2>&1 | reader`: stdin a regular file (blocking pool), stdout
+/// and stderr one pipe (blocking, so that log lines are never refused).
+#[test]
+fn a_file_for_stdin_and_stdout_shared_with_stderr() {
+    let gw = gateway_with("");
+    let path = temp_path("stdin");
+    std::fs::write(&path, script()).unwrap();
+    let (out_r, out_w) = pipe();
+    let mut r = router(
+        &gw,
+        Stdio::from(File::open(&path).unwrap()),
+        Stdio::from(out_w.try_clone().unwrap()),
+        Stdio::from(out_w.try_clone().unwrap()),
+    );
+    drop(out_w);
+    let mut out = String::new();
+    File::from(out_r).read_to_string(&mut out).unwrap();
+    assert!(wait_deadline(&mut r.0).success(), "{out:.3000}");
+    assert!(
+        out.contains("stdin via the blocking pool, stdout via the blocking pool"),
+        "{out:.3000}"
+    );
+    check_answers(&out);
+}
+
+/// A pipe for stdin, a regular file for stdout (`mcp-router > answers`).
+#[test]
+fn a_pipe_for_stdin_and_a_file_for_stdout() {
+    let gw = gateway_with("");
+    let path = temp_path("stdout");
+    let (in_r, in_w) = pipe();
+    let mut r = router(
+        &gw,
+        Stdio::from(in_r),
+        Stdio::from(File::create(&path).unwrap()),
+        Stdio::piped(),
+    );
+    let log = lines_of(r.0.stderr.take().unwrap());
+    wait_for(&log, "stdin polled, stdout via the blocking pool");
+    let mut stdin = File::from(in_w);
+    stdin.write_all(script().as_bytes()).unwrap();
+    drop(stdin);
+    assert!(wait_deadline(&mut r.0).success());
+    check_answers(&std::fs::read_to_string(&path).unwrap());
+}
