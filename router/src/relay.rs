@@ -53,6 +53,10 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// On stdin EOF, how long responses to requests already forwarded may still take to
 /// arrive (so `printf ... | mcp-router` prints its answers) before the link is closed.
 pub const EOF_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// At the end, after the link is closed, how long the host may take to read the answers
+/// still to be written to stdout before the router exits without them (a host that
+/// closed stdin and stopped reading cannot keep the router alive).
+pub const STDOUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long the gateway may take to answer the replayed `initialize` on a new link (and,
 /// all together, the rest of the replay). Longer than the gateway's default
@@ -242,18 +246,30 @@ async fn relay(
         })
         .await;
     }
-    for (task, stop) in readers {
-        // Not cancelled: a reader that is handing a response to stdout finishes that
-        // first (cancelling it there would lose a response already taken off the
-        // pending table). It stops reading its link at once.
-        stop.close();
-        task.await;
+    // The rest hands answers to stdout, so it takes as long as the host takes to read
+    // them: bounded, for a host that closed stdin and stopped reading.
+    let delivered = timeout(STDOUT_DRAIN_TIMEOUT, async {
+        for (task, stop) in readers {
+            // Not cancelled: a reader that is handing a response to stdout finishes
+            // that first (cancelling it there would lose a response already taken off
+            // the pending table). It stops reading its link at once.
+            stop.close();
+            task.await;
+        }
+        // Whatever the gateway did not answer gets an error now: no request goes
+        // unanswered.
+        link_down(&state, &out_tx, gen, SHUTDOWN_REASON.into()).await;
+        // `close`, not `drop`: the detached writer task may still hold a sender.
+        out_tx.close();
+        stdout_task.await;
+    })
+    .await;
+    if delivered.is_none() {
+        log::warn!(
+            "the host did not take the last answers on stdout within {} ms; exiting without them",
+            STDOUT_DRAIN_TIMEOUT.as_millis()
+        );
     }
-    // Whatever the gateway did not answer gets an error now: no request goes unanswered.
-    link_down(&state, &out_tx, gen, SHUTDOWN_REASON.into()).await;
-    // `close`, not `drop`: the detached writer task may still hold a sender.
-    out_tx.close();
-    stdout_task.await;
     Ok(())
 }
 

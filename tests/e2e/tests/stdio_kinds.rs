@@ -222,3 +222,43 @@ fn a_pipe_for_stdin_and_a_file_for_stdout() {
     assert!(wait_deadline(&mut r.0).success());
     check_answers(&std::fs::read_to_string(&path).unwrap());
 }
+
+/// A host that closes stdin and never reads stdout cannot keep the router alive: with
+/// the pipe full, the stdout queue full and a reader waiting for room, the router still
+/// exits after its shutdown bounds (5 s for answers, 2 s for the close, 5 s for stdout).
+#[test]
+fn a_host_that_stops_reading_stdout_does_not_keep_the_router() {
+    let gw = gateway_with("");
+    let (in_r, in_w) = pipe();
+    let (_out_r, out_w) = pipe();
+    let mut r = router(&gw, Stdio::from(in_r), Stdio::from(out_w), Stdio::piped());
+    let log = lines_of(r.0.stderr.take().unwrap());
+    let mut stdin = File::from(in_w);
+    stdin.write_all(script().as_bytes()).unwrap();
+    // Three more 100 kB answers than a pipe holds, then more small ones than the stdout
+    // queue (`STDOUT_QUEUE`, 256) holds.
+    let big = "y".repeat(100_000);
+    for id in 10..13 {
+        let m = json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+            "params":{"name":"one.echo","arguments":{"text":big}}});
+        writeln!(stdin, "{m}").unwrap();
+    }
+    for id in 100..500 {
+        writeln!(stdin, r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#).unwrap();
+    }
+    drop(stdin);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = r.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(40),
+            "the router did not exit"
+        );
+        // No readiness event for a child's exit in std: a bounded poll of its state.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success());
+    wait_for(&log, "the host did not take the last answers on stdout");
+}
