@@ -9,8 +9,9 @@
 //!
 //! `O_NONBLOCK` belongs to the open file description, which another process may share,
 //! so [`Restore`] puts the flags back as they were when the relay ends (a normal exit;
-//! nothing can after `SIGKILL`). stdout keeps the blocking path when stderr is the same
-//! file (`2>&1`): log lines written there would otherwise meet `EAGAIN`.
+//! nothing can after `SIGKILL`). stdin or stdout keeps the blocking path when stderr is
+//! the same file (`2>&1`, one socket for all three): log lines written there would
+//! otherwise meet `EAGAIN`.
 
 use std::fs::File;
 use std::io::{self, Write as _};
@@ -66,13 +67,18 @@ pub fn open() -> (Input, Output, Restore) {
     let flags_out = rustix::fs::fcntl_getfl(stdout.as_fd()).ok();
     let mut restore = Restore(Vec::new());
 
-    let input = match flags_in.and_then(|f| polled(stdin.as_fd(), f, &mut restore)) {
+    // stderr stays blocking: neither is switched when it is the same file (`2>&1`, or
+    // one socket for all three).
+    let stderr = io::stderr();
+    let input = match flags_in
+        .filter(|_| !same_file(stdin.as_fd(), stderr.as_fd()))
+        .and_then(|f| polled(stdin.as_fd(), f, &mut restore))
+    {
         Some(io) => Input::Polled(io),
         None => Input::Pool(smol::Unblock::with_capacity(PIPE_READ_CHUNK_BYTES, stdin)),
     };
-    let shares_stderr = same_file(stdout.as_fd(), io::stderr().as_fd());
     let output = match flags_out
-        .filter(|_| !shares_stderr)
+        .filter(|_| !same_file(stdout.as_fd(), stderr.as_fd()))
         .and_then(|f| polled(stdout.as_fd(), f, &mut restore))
     {
         Some(io) => Output::Polled(io),

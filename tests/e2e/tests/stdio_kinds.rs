@@ -177,6 +177,29 @@ fn one_socket_for_stdin_and_stdout() {
     assert!(!nonblocking(&kept), "the socket left non-blocking");
 }
 
+/// One socket for stdin, stdout and stderr: nothing is switched, since stderr (log
+/// lines) must stay blocking.
+#[test]
+fn one_socket_for_all_three() {
+    let gw = gateway_with("");
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut r = router(
+        &gw,
+        Stdio::from(OwnedFd::from(theirs.try_clone().unwrap())),
+        Stdio::from(OwnedFd::from(theirs.try_clone().unwrap())),
+        Stdio::from(OwnedFd::from(theirs)),
+    );
+    (&ours).write_all(script().as_bytes()).unwrap();
+    ours.shutdown(std::net::Shutdown::Write).unwrap();
+    let out = read_answers(&mut BufReader::new(ours), 4);
+    assert!(
+        out.contains("stdin via the blocking pool, stdout via the blocking pool"),
+        "{out:.3000}"
+    );
+    check_answers(&out);
+    assert!(wait_deadline(&mut r.0).success());
+}
+
 /// `mcp-router < requests 2>&1 | reader`: stdin a regular file (blocking pool), stdout
 /// and stderr one pipe (blocking, so that log lines are never refused).
 #[test]
