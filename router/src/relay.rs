@@ -2,10 +2,12 @@
 //!
 //! Tasks on one thread: the stdin reader (framing, validation, forwarding), the
 //! WebSocket writer, the WebSocket reader (gateway → stdout queue), the keepalive and the
-//! stdout writer (on a blocking-pool thread when stdout is not a pipe: [`crate::stdio`]). The router remembers the ids of
-//! client requests it forwarded and not yet saw answered, so that when the link is down
-//! or drops (including a gateway that stops reading, `send_timeout`, or goes silent,
-//! `ping_interval`), every one of them is answered with an error carrying its id.
+//! stdout writer ([`crate::stdio`]: a blocking-pool thread unless stdout is a pipe or a
+//! socket of its own). The router remembers the ids of client requests it forwarded and
+//! not yet saw answered, so that when the link is down or drops (including a gateway
+//! that stops reading, `send_timeout`, or goes silent, `ping_interval`), every one of
+//! them is answered with an error carrying its id. Stdin's EOF ends the relay, and so do
+//! `SIGTERM`, `SIGINT` and `SIGHUP` (without waiting for answers on their way).
 //! Nothing but MCP messages is ever written to stdout.
 //!
 //! The link is kept by [`maintain_link`]: when it is lost, or the first connection
@@ -23,9 +25,11 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
+use async_signal::{Signal, Signals};
 use async_tungstenite::tungstenite::Message as WsMessage;
 use futures_lite::StreamExt;
 use futures_util::SinkExt;
@@ -53,9 +57,9 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// On stdin EOF, how long responses to requests already forwarded may still take to
 /// arrive (so `printf ... | mcp-router` prints its answers) before the link is closed.
 pub const EOF_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// At the end, after the link is closed, how long the host may take to read the answers
-/// still to be written to stdout before the router exits without them (a host that
-/// closed stdin and stopped reading cannot keep the router alive).
+/// At the end, after the link is closed, how long stdout may go without taking an answer
+/// before the router exits without the rest (a host that closed stdin and stopped
+/// reading cannot keep the router alive; one that reads slowly gets everything).
 pub const STDOUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long the gateway may take to answer the replayed `initialize` on a new link (and,
@@ -63,8 +67,10 @@ pub const STDOUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// `request_timeout` (60 s): its `initialize` waits for its backends to start.
 pub const REPLAY_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// What a request still unanswered when the router exits is told.
+/// What a request still unanswered when the router exits at stdin's EOF is told.
 const SHUTDOWN_REASON: &str = "stdin closed before the gateway answered";
+/// … and when a signal (SIGTERM, SIGINT, SIGHUP) stopped it.
+const SIGNAL_REASON: &str = "the router was stopped by a signal before the gateway answered";
 
 enum WsCmd {
     Text(String),
@@ -124,6 +130,10 @@ struct State {
     replay: Replay,
     /// Set at stdin EOF: a link that ends now is not reported as lost.
     closing: bool,
+    /// Set when a signal ended the relay instead of stdin's EOF.
+    signalled: bool,
+    /// Set when the router closes the link itself, at the end.
+    ending: bool,
     /// Set after stdin EOF; dropped (waking the waiter) once nothing is pending.
     drained: Option<Sender<()>>,
     /// The link's TCP socket while it is alive (see [`link_down`]).
@@ -131,6 +141,15 @@ struct State {
 }
 
 impl State {
+    /// What requests left unanswered at the end are told.
+    fn shutdown_reason(&self) -> &'static str {
+        if self.signalled {
+            SIGNAL_REASON
+        } else {
+            SHUTDOWN_REASON
+        }
+    }
+
     /// Whether link `gen` is the newest one and still alive.
     fn is_alive(&self, gen: u64) -> bool {
         self.live && self.gen == gen
@@ -161,6 +180,15 @@ pub fn run(cfg: RouterConfig, token: Option<Secret>, tel: Telemetry) -> Result<(
     result
 }
 
+fn signal_name(sig: Signal) -> &'static str {
+    match sig {
+        Signal::Term => "SIGTERM",
+        Signal::Int => "SIGINT",
+        Signal::Hup => "SIGHUP",
+        _ => "a signal",
+    }
+}
+
 /// Host and port of a ws:// URL, for span attributes.
 fn server_of(url: &str) -> (String, u16) {
     let authority = url
@@ -180,11 +208,21 @@ async fn relay(
     token: Option<Secret>,
     tel: Telemetry,
 ) -> Result<(), String> {
+    // Before stdio is switched: from here on these signals end the relay (below), so
+    // the descriptors get their flags back.
+    let mut signals = match Signals::new([Signal::Term, Signal::Int, Signal::Hup]) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log::warn!("SIGTERM, SIGINT and SIGHUP will not shut down cleanly: {e}");
+            None
+        }
+    };
     // `_restore` lives to the end: stdin and stdout get their flags back after the last
     // write.
     let (mut stdin, stdout, _restore) = stdio::open();
     let (out_tx, out_rx) = async_channel::bounded::<String>(STDOUT_QUEUE);
-    let stdout_task = ex.spawn(stdout.write_all_from(out_rx));
+    let written = stdio::Written::default();
+    let stdout_task = ex.spawn(stdout.write_all_from(out_rx, written.clone()));
     let server = Rc::new(server_of(&cfg.gateway.url));
     let state: Shared = Rc::new(RefCell::new(State {
         tel: tel.clone(),
@@ -204,16 +242,36 @@ async fn relay(
         out_tx.clone(),
         first_tx,
     ));
-    let _ = first_rx.recv().await;
-
-    read_stdin(&mut stdin, &state, &out_tx, cfg.limits.max_in_flight, max).await;
+    let session = async {
+        let _ = first_rx.recv().await;
+        read_stdin(&mut stdin, &state, &out_tx, cfg.limits.max_in_flight, max).await;
+        None
+    };
+    let signalled = async {
+        match signals.as_mut().map(|s| s.next()) {
+            Some(next) => next.await.and_then(Result::ok),
+            None => std::future::pending().await,
+        }
+    };
+    // A signal stops the reading of stdin wherever it is: a message read but not yet
+    // forwarded is dropped (the host is ending the session), one forwarded is answered.
+    let signal = futures_lite::future::or(session, signalled).await;
     drop(stdin);
-    log::info!("stdin closed; shutting down");
-    state.borrow_mut().closing = true;
+    match signal {
+        Some(sig) => log::info!("{}; shutting down", signal_name(sig)),
+        None => log::info!("stdin closed; shutting down"),
+    }
+    {
+        let mut st = state.borrow_mut();
+        st.closing = true;
+        st.signalled = signal.is_some();
+    }
 
+    // After EOF the answers on their way are awaited; after a signal they are not: the
+    // requests are answered with an error at once (`link_down` below).
     let waiter = {
         let mut st = state.borrow_mut();
-        (!st.pending.is_empty() && st.link.is_some()).then(|| {
+        (signal.is_none() && !st.pending.is_empty() && st.link.is_some()).then(|| {
             let (tx, rx) = async_channel::bounded::<()>(1);
             st.drained = Some(tx);
             rx
@@ -233,6 +291,7 @@ async fn relay(
     let (link, mut readers, gen) = {
         let mut st = state.borrow_mut();
         st.replaying = None;
+        st.ending = true;
         (st.link.take(), std::mem::take(&mut st.readers), st.gen)
     };
     if let Some(tx) = link {
@@ -247,8 +306,9 @@ async fn relay(
         .await;
     }
     // The rest hands answers to stdout, so it takes as long as the host takes to read
-    // them: bounded, for a host that closed stdin and stopped reading.
-    let delivered = timeout(STDOUT_DRAIN_TIMEOUT, async {
+    // them: as long as it reads, for a host that reads slowly, but not for one that
+    // stopped reading (`STDOUT_DRAIN_TIMEOUT` without a line taken).
+    let tail = async {
         for (task, stop) in readers {
             // Not cancelled: a reader that is handing a response to stdout finishes
             // that first (cancelling it there would lose a response already taken off
@@ -258,17 +318,25 @@ async fn relay(
         }
         // Whatever the gateway did not answer gets an error now: no request goes
         // unanswered.
-        link_down(&state, &out_tx, gen, SHUTDOWN_REASON.into()).await;
+        let reason = state.borrow().shutdown_reason();
+        link_down(&state, &out_tx, gen, reason.into()).await;
         // `close`, not `drop`: the detached writer task may still hold a sender.
         out_tx.close();
         stdout_task.await;
-    })
-    .await;
-    if delivered.is_none() {
-        log::warn!(
-            "the host did not take the last answers on stdout within {} ms; exiting without them",
-            STDOUT_DRAIN_TIMEOUT.as_millis()
-        );
+    };
+    futures_lite::pin!(tail);
+    let mut seen = written.load(Ordering::Relaxed);
+    while timeout(STDOUT_DRAIN_TIMEOUT, tail.as_mut()).await.is_none() {
+        let now = written.load(Ordering::Relaxed);
+        if now == seen {
+            log::warn!(
+                "stdout took no answer for {} ms; exiting without the {} still queued",
+                STDOUT_DRAIN_TIMEOUT.as_millis(),
+                out_tx.len()
+            );
+            break;
+        }
+        seen = now;
     }
     Ok(())
 }
@@ -706,7 +774,7 @@ async fn read_ws(
         })
         .await;
         let Some(frame) = frame else {
-            break SHUTDOWN_REASON.to_string();
+            break state.borrow().shutdown_reason().to_string();
         };
         let text = match frame {
             None => break "connection closed".to_string(),
@@ -819,6 +887,16 @@ async fn read_ws(
                 }
             }
             Err(rej) => log::warn!("gateway sent an invalid message: {}", rej.error.message),
+        }
+    };
+    // Once the router closes the link itself, however the link then ends (the gateway
+    // may close it without a close frame), what is unanswered is so because of the end.
+    let reason = {
+        let st = state.borrow();
+        if st.ending {
+            st.shutdown_reason().to_string()
+        } else {
+            reason
         }
     };
     link_down(&state, &out, gen, reason).await;

@@ -8,14 +8,17 @@
 //! blocking path: stdin through `smol::Unblock`, stdout from one blocking-pool thread.
 //!
 //! `O_NONBLOCK` belongs to the open file description, which another process may share,
-//! so [`Restore`] puts the flags back as they were when the relay ends (a normal exit;
-//! nothing can after `SIGKILL`). stdin or stdout keeps the blocking path when stderr is
+//! so [`Restore`] puts the flags back as they were when the relay ends: at stdin's EOF,
+//! and on `SIGTERM`, `SIGINT` or `SIGHUP`, which end the relay the same way (nothing
+//! can after `SIGKILL`). stdin or stdout keeps the blocking path when stderr is
 //! the same file (`2>&1`, one socket for all three): log lines written there would
 //! otherwise meet `EAGAIN`.
 
 use std::fs::File;
 use std::io::{self, Write as _};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use async_channel::Receiver;
 use async_io::Async;
@@ -23,8 +26,8 @@ use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
 use mcp_shared::framing::PIPE_READ_CHUNK_BYTES;
 use rustix::fs::{FileType, OFlags};
 
-/// Bytes of stdout gathered into one write when several messages are queued (a longer
-/// message is written on its own).
+/// Bytes of stdout gathered into one write when several messages are queued (a message
+/// this long, taken first, is written on its own; one that joins a batch ends it).
 pub const STDOUT_BUFFER_BYTES: usize = 16 * 1024;
 
 /// How the router reads its stdin.
@@ -109,12 +112,17 @@ fn polled(fd: BorrowedFd<'_>, flags: OFlags, restore: &mut Restore) -> Option<As
     // Duplicates share the description (and its flags); each owner closes its own.
     let (io, keep) = (fd.try_clone_to_owned().ok()?, fd.try_clone_to_owned().ok()?);
     let result = Async::new(File::from(io));
-    // Recorded even on failure: `Async::new` may have switched the mode before the
-    // reactor refused the descriptor.
-    restore.0.push((keep, flags));
     match result {
-        Ok(io) => Some(io),
+        Ok(io) => {
+            restore.0.push((keep, flags));
+            Some(io)
+        }
         Err(e) => {
+            // `Async::new` switches the mode before the reactor may refuse the
+            // descriptor: the blocking path needs it back now.
+            if let Err(e) = rustix::fs::fcntl_setfl(&keep, flags) {
+                log::warn!("restoring the flags of stdio: {e}");
+            }
             log::debug!("stdio not polled: {e}");
             None
         }
@@ -139,13 +147,18 @@ impl Input {
     }
 }
 
+/// How many messages the stdout writer has written so far (shared with the blocking-pool
+/// thread), so that shutdown can tell a host that reads slowly from one that stopped.
+pub type Written = Arc<AtomicU64>;
+
 impl Output {
     /// The only writer of stdout: writes each message from `rx` as one line, until `rx`
-    /// closes or a write fails. Messages queued together go out in one write.
-    pub async fn write_all_from(self, rx: Receiver<String>) {
+    /// closes or a write fails, counting them in `written`. Messages queued together
+    /// go out in one write.
+    pub async fn write_all_from(self, rx: Receiver<String>, written: Written) {
         let result = match self {
-            Output::Polled(io) => write_polled(io, rx).await,
-            Output::Pool => write_pool(rx).await,
+            Output::Polled(io) => write_polled(io, rx, &written).await,
+            Output::Pool => write_pool(rx, written).await,
         };
         if let Err(e) = result {
             log::error!("writing stdout: {e}");
@@ -153,24 +166,33 @@ impl Output {
     }
 }
 
-async fn write_polled(mut io: Async<File>, rx: Receiver<String>) -> io::Result<()> {
+async fn write_polled(
+    mut io: Async<File>,
+    rx: Receiver<String>,
+    written: &Written,
+) -> io::Result<()> {
     let mut batch: Vec<u8> = Vec::new();
     while let Ok(mut line) = rx.recv().await {
         if rx.is_empty() || line.len() >= STDOUT_BUFFER_BYTES {
-            // Alone (or long): written from its own buffer, not copied.
+            // Alone (or long): written from its own buffer (the newline may make
+            // `push` reallocate it, which is still no more than the batch's copy).
             line.push('\n');
             io.write_all(line.as_bytes()).await?;
+            written.fetch_add(1, Ordering::Relaxed);
             continue;
         }
         batch.clear();
         batch.extend_from_slice(line.as_bytes());
         batch.push(b'\n');
+        let mut lines = 1;
         while batch.len() < STDOUT_BUFFER_BYTES {
             let Ok(next) = rx.try_recv() else { break };
             batch.extend_from_slice(next.as_bytes());
             batch.push(b'\n');
+            lines += 1;
         }
         io.write_all(&batch).await?;
+        written.fetch_add(lines, Ordering::Relaxed);
         // A long message that joined a batch does not keep its size here.
         batch.shrink_to(2 * STDOUT_BUFFER_BYTES);
     }
@@ -182,13 +204,16 @@ async fn write_polled(mut io: Async<File>, rx: Receiver<String>) -> io::Result<(
 /// its pipe on every flush and opens a new one (an 8 MiB buffer, its first 4 KiB zeroed)
 /// on the next write, which cost the router ~2–4k instructions per message under load
 /// (callgrind: docs/benchmark.md, "Instructions per request").
-async fn write_pool(rx: Receiver<String>) -> io::Result<()> {
+async fn write_pool(rx: Receiver<String>, written: Written) -> io::Result<()> {
     smol::unblock(move || {
         let stdout = io::stdout();
         let mut w = io::BufWriter::with_capacity(STDOUT_BUFFER_BYTES, stdout.lock());
         while let Ok(line) = rx.recv_blocking() {
             w.write_all(line.as_bytes())?;
             w.write_all(b"\n")?;
+            // Counted when the buffer has taken it: a full buffer writes (and blocks)
+            // before taking more, so the count still stops when the host stops reading.
+            written.fetch_add(1, Ordering::Relaxed);
             if rx.is_empty() {
                 w.flush()?;
             }

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::Instant;
 
 use mcp_e2e::*;
@@ -59,6 +59,17 @@ fn script() -> String {
     .collect()
 }
 
+/// The session's opening: `initialize` (id 0) and `notifications/initialized`.
+fn handshake() -> String {
+    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},
+        "clientInfo":{"name":"stdio-kinds","version":"1"}}});
+    format!(
+        "{init}\n{}\n",
+        json!({"jsonrpc":"2.0","method":"notifications/initialized"})
+    )
+}
+
 /// Checks that `out` (stdout, maybe with log lines between) answers the script in full.
 fn check_answers(out: &str) {
     let answers: Vec<Value> = out
@@ -106,15 +117,23 @@ fn wait_for(lines: &Receiver<String>, needle: &str) -> String {
     }
 }
 
-/// Reads lines from `r` until `n` of them are messages; returns them as text.
-fn read_answers(r: &mut impl BufRead, n: usize) -> String {
-    let mut out = String::new();
-    let mut got = 0;
-    while got < n {
-        let mut line = String::new();
-        assert!(r.read_line(&mut line).unwrap() > 0, "EOF after {out:.2000}");
-        got += usize::from(line.starts_with('{'));
-        out.push_str(&line);
+/// Reads lines from `r` (on a thread) until `n` of them are messages, or until the end
+/// when `n` is `None`; returns them as text. Fails after [`DEADLINE`] instead of waiting
+/// for ever on a router that neither answers nor exits.
+fn read_answers(r: impl Read + Send + 'static, n: Option<usize>) -> String {
+    let lines = lines_of(r);
+    let (mut out, mut got, start) = (String::new(), 0, Instant::now());
+    while n.is_none_or(|n| got < n) {
+        let left = DEADLINE.saturating_sub(start.elapsed());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                got += usize::from(line.starts_with('{'));
+                out.push_str(&line);
+                out.push('\n');
+            }
+            Err(RecvTimeoutError::Disconnected) if n.is_none() => break,
+            Err(e) => panic!("{e:?} after {got} answers:\n{out:.2000}"),
+        }
     }
     out
 }
@@ -146,7 +165,7 @@ fn pipes_are_polled_and_get_their_flags_back() {
     assert!(nonblocking(&in_r) && nonblocking(&out_w));
     let mut stdin = File::from(in_w);
     stdin.write_all(script().as_bytes()).unwrap();
-    check_answers(&read_answers(&mut BufReader::new(File::from(out_r)), 4));
+    check_answers(&read_answers(File::from(out_r), Some(4)));
     drop(stdin);
     assert!(wait_deadline(&mut r.0).success());
     assert!(!nonblocking(&in_r), "stdin left non-blocking");
@@ -172,7 +191,7 @@ fn one_socket_for_stdin_and_stdout() {
     (&ours).write_all(script().as_bytes()).unwrap();
     // EOF on the router's stdin only: its answers still come back on the other half.
     ours.shutdown(std::net::Shutdown::Write).unwrap();
-    check_answers(&read_answers(&mut BufReader::new(ours), 4));
+    check_answers(&read_answers(ours, Some(4)));
     assert!(wait_deadline(&mut r.0).success());
     assert!(!nonblocking(&kept), "the socket left non-blocking");
 }
@@ -191,7 +210,7 @@ fn one_socket_for_all_three() {
     );
     (&ours).write_all(script().as_bytes()).unwrap();
     ours.shutdown(std::net::Shutdown::Write).unwrap();
-    let out = read_answers(&mut BufReader::new(ours), 4);
+    let out = read_answers(ours, Some(4));
     assert!(
         out.contains("stdin via the blocking pool, stdout via the blocking pool"),
         "{out:.3000}"
@@ -215,8 +234,7 @@ fn a_file_for_stdin_and_stdout_shared_with_stderr() {
         Stdio::from(out_w.try_clone().unwrap()),
     );
     drop(out_w);
-    let mut out = String::new();
-    File::from(out_r).read_to_string(&mut out).unwrap();
+    let out = read_answers(File::from(out_r), None);
     assert!(wait_deadline(&mut r.0).success(), "{out:.3000}");
     assert!(
         out.contains("stdin via the blocking pool, stdout via the blocking pool"),
@@ -283,5 +301,104 @@ fn a_host_that_stops_reading_stdout_does_not_keep_the_router() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     assert!(status.success());
-    wait_for(&log, "the host did not take the last answers on stdout");
+    wait_for(&log, "stdout took no answer for 5000 ms");
+}
+
+/// A host that reads slowly gets every answer, however long the reading takes after
+/// stdin's EOF: the shutdown gives up only when stdout takes nothing for 5 s.
+#[test]
+fn a_host_that_reads_slowly_gets_every_answer() {
+    let gw = gateway_with("");
+    let (in_r, in_w) = pipe();
+    let (out_r, out_w) = pipe();
+    let mut r = router(&gw, Stdio::from(in_r), Stdio::from(out_w), Stdio::piped());
+    let log = lines_of(r.0.stderr.take().unwrap());
+    let mut stdin = File::from(in_w);
+    // 40 answers of 200 kB, read at ~1.3 MB/s below: more than 5 s of reading.
+    stdin.write_all(handshake().as_bytes()).unwrap();
+    let big = "z".repeat(200_000);
+    for id in 1..=40 {
+        let m = json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+            "params":{"name":"one.echo","arguments":{"text":big}}});
+        writeln!(stdin, "{m}").unwrap();
+    }
+    drop(stdin);
+    wait_for(&log, "stdin closed; shutting down");
+    let mut out = File::from(out_r);
+    let (mut got, mut buf, mut text) = (0usize, vec![0u8; 64 * 1024], Vec::new());
+    let start = Instant::now();
+    loop {
+        let n = out.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+        got += n;
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "{got} bytes"
+        );
+        // The slow reader this test is about (pacing, not synchronisation).
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        start.elapsed() > std::time::Duration::from_secs(5),
+        "not slow enough"
+    );
+    let text = String::from_utf8(text).unwrap();
+    let answers: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|a: &Value| a["id"] != json!(0))
+        .collect();
+    assert_eq!(answers.len(), 40);
+    assert!(answers.iter().all(|a| text_of(a).len() == 200_000));
+    assert!(wait_deadline(&mut r.0).success());
+}
+
+/// SIGTERM (as hosts stop a stdio server) ends the relay at once: a request in flight
+/// is answered with an error, the descriptors get their flags back, the exit is 0.
+#[test]
+fn sigterm_answers_what_is_in_flight_and_gives_the_flags_back() {
+    let gw = gateway_with("");
+    let (in_r, in_w) = pipe();
+    let (out_r, out_w) = pipe();
+    let mut r = router(
+        &gw,
+        Stdio::from(in_r.try_clone().unwrap()),
+        Stdio::from(out_w.try_clone().unwrap()),
+        Stdio::piped(),
+    );
+    let log = lines_of(r.0.stderr.take().unwrap());
+    wait_for(&log, "stdin polled, stdout polled");
+    let mut stdin = File::from(in_w);
+    let answers = lines_of(File::from(out_r));
+    stdin.write_all(handshake().as_bytes()).unwrap();
+    writeln!(
+        stdin,
+        "{}",
+        json!({"jsonrpc":"2.0","id":"slow","method":"tools/call",
+            "params":{"name":"one.sleep","arguments":{"ms":60000}}})
+    )
+    .unwrap();
+    // Stdin is handled in order: once the ping behind it is answered, the slow request
+    // has been forwarded and is waiting for the backend.
+    writeln!(stdin, r#"{{"jsonrpc":"2.0","id":"p","method":"ping"}}"#).unwrap();
+    wait_for(&answers, r#""id":"p""#);
+    let start = Instant::now();
+    signal(r.0.id(), "TERM");
+    let answer: Value = serde_json::from_str(&wait_for(&answers, "slow")).unwrap();
+    assert_eq!(error_code(&answer), -32004, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stopped by a signal"),
+        "{answer}"
+    );
+    assert!(wait_deadline(&mut r.0).success());
+    assert!(start.elapsed() < std::time::Duration::from_secs(4));
+    wait_for(&log, "SIGTERM; shutting down");
+    assert!(!nonblocking(&in_r) && !nonblocking(&out_w));
+    drop(stdin);
 }
