@@ -6,8 +6,9 @@
 //! socket of its own). The router remembers the ids of client requests it forwarded and
 //! not yet saw answered, so that when the link is down or drops (including a gateway
 //! that stops reading, `send_timeout`, or goes silent, `ping_interval`), every one of
-//! them is answered with an error carrying its id. Stdin's EOF ends the relay, and so do
-//! `SIGTERM`, `SIGINT` and `SIGHUP` (without waiting for answers on their way).
+//! them is answered with an error carrying its id. Stdin's EOF ends the relay, and so
+//! does `SIGTERM` (without waiting for answers on their way; a second one, or one
+//! during the shutdown, exits at once).
 //! Nothing but MCP messages is ever written to stdout.
 //!
 //! The link is kept by [`maintain_link`]: when it is lost, or the first connection
@@ -31,6 +32,7 @@ use std::time::Duration;
 use async_channel::{Receiver, Sender};
 use async_signal::{Signal, Signals};
 use async_tungstenite::tungstenite::Message as WsMessage;
+use futures_lite::future::or;
 use futures_lite::StreamExt;
 use futures_util::SinkExt;
 use mcp_shared::config::RouterConfig;
@@ -42,7 +44,7 @@ use mcp_shared::secret::Secret;
 use mcp_shared::telemetry::{self, attrs, propagation, AttrValue, Cx, Moment, Telemetry};
 use mcp_shared::time::timeout;
 use opentelemetry::trace::SpanKind;
-use smol::LocalExecutor;
+use smol::{LocalExecutor, Task};
 
 use crate::link;
 use crate::replay::{self, Replay};
@@ -57,10 +59,13 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// On stdin EOF, how long responses to requests already forwarded may still take to
 /// arrive (so `printf ... | mcp-router` prints its answers) before the link is closed.
 pub const EOF_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// At the end, after the link is closed, how long stdout may go without taking an answer
+/// At the end, after the link is closed, how long stdout may go without taking a byte
 /// before the router exits without the rest (a host that closed stdin and stopped
 /// reading cannot keep the router alive; one that reads slowly gets everything).
 pub const STDOUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the end of shutdown checks that stdout still takes bytes (so the router
+/// gives up between 5 and 6 s after the last one).
+const DRAIN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long the gateway may take to answer the replayed `initialize` on a new link (and,
 /// all together, the rest of the replay). Longer than the gateway's default
@@ -69,8 +74,8 @@ pub const REPLAY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What a request still unanswered when the router exits at stdin's EOF is told.
 const SHUTDOWN_REASON: &str = "stdin closed before the gateway answered";
-/// … and when a signal (SIGTERM, SIGINT, SIGHUP) stopped it.
-const SIGNAL_REASON: &str = "the router was stopped by a signal before the gateway answered";
+/// … and when SIGTERM stopped it.
+const SIGNAL_REASON: &str = "the router was stopped (SIGTERM) before the gateway answered";
 
 enum WsCmd {
     Text(String),
@@ -168,7 +173,7 @@ impl State {
 
 type Shared = Rc<RefCell<State>>;
 
-/// Runs the router until stdin closes.
+/// Runs the router until stdin closes or SIGTERM.
 pub fn run(cfg: RouterConfig, token: Option<Secret>, tel: Telemetry) -> Result<(), String> {
     // Leaked: the link manager spawns each link's tasks, so it needs the executor for
     // as long as the process runs (there is one per process).
@@ -178,15 +183,6 @@ pub fn run(cfg: RouterConfig, token: Option<Secret>, tel: Telemetry) -> Result<(
     let result = async_io::block_on(ex.run(relay(ex, cfg, token, tel.clone())));
     tel.shutdown();
     result
-}
-
-fn signal_name(sig: Signal) -> &'static str {
-    match sig {
-        Signal::Term => "SIGTERM",
-        Signal::Int => "SIGINT",
-        Signal::Hup => "SIGHUP",
-        _ => "a signal",
-    }
 }
 
 /// Host and port of a ws:// URL, for span attributes.
@@ -208,12 +204,15 @@ async fn relay(
     token: Option<Secret>,
     tel: Telemetry,
 ) -> Result<(), String> {
-    // Before stdio is switched: from here on these signals end the relay (below), so
-    // the descriptors get their flags back.
-    let mut signals = match Signals::new([Signal::Term, Signal::Int, Signal::Hup]) {
+    // Before stdio is switched: from here on SIGTERM ends the relay (below), so the
+    // descriptors get their flags back. Only SIGTERM, which is how hosts stop a stdio
+    // server: a handler for SIGINT or SIGHUP would override the `SIG_IGN` that a
+    // non-interactive shell's `&` or `nohup` gives them (and in a terminal, where
+    // Ctrl-C sends SIGINT, stdin is a tty, which is never switched).
+    let mut signals = match Signals::new([Signal::Term]) {
         Ok(s) => Some(s),
         Err(e) => {
-            log::warn!("SIGTERM, SIGINT and SIGHUP will not shut down cleanly: {e}");
+            log::warn!("SIGTERM will not shut down cleanly: {e}");
             None
         }
     };
@@ -245,53 +244,105 @@ async fn relay(
     let session = async {
         let _ = first_rx.recv().await;
         read_stdin(&mut stdin, &state, &out_tx, cfg.limits.max_in_flight, max).await;
-        None
-    };
-    let signalled = async {
-        match signals.as_mut().map(|s| s.next()) {
-            Some(next) => next.await.and_then(Result::ok),
-            None => std::future::pending().await,
-        }
+        false
     };
     // A signal stops the reading of stdin wherever it is: a message read but not yet
     // forwarded is dropped (the host is ending the session), one forwarded is answered.
-    let signal = futures_lite::future::or(session, signalled).await;
+    let mut signalled = or(session, async {
+        next_signal(&mut signals).await;
+        true
+    })
+    .await;
     drop(stdin);
-    match signal {
-        Some(sig) => log::info!("{}; shutting down", signal_name(sig)),
-        None => log::info!("stdin closed; shutting down"),
-    }
-    {
-        let mut st = state.borrow_mut();
-        st.closing = true;
-        st.signalled = signal.is_some();
-    }
+    log::info!(
+        "{}; shutting down",
+        if signalled { "SIGTERM" } else { "stdin closed" }
+    );
+    state.borrow_mut().closing = true;
 
-    // After EOF the answers on their way are awaited; after a signal they are not: the
-    // requests are answered with an error at once (`link_down` below).
+    // After EOF the answers on their way are awaited; a signal (then or meanwhile) ends
+    // the wait: the requests are answered with an error once the link is closed.
     let waiter = {
         let mut st = state.borrow_mut();
-        (signal.is_none() && !st.pending.is_empty() && st.link.is_some()).then(|| {
+        (!signalled && !st.pending.is_empty() && st.link.is_some()).then(|| {
             let (tx, rx) = async_channel::bounded::<()>(1);
             st.drained = Some(tx);
             rx
         })
     };
     if let Some(rx) = waiter {
-        if timeout(EOF_DRAIN_TIMEOUT, rx.recv()).await.is_none() {
-            log::warn!(
+        let drained = async { timeout(EOF_DRAIN_TIMEOUT, rx.recv()).await.is_some() };
+        match or(async { Some(drained.await) }, async {
+            next_signal(&mut signals).await;
+            None
+        })
+        .await
+        {
+            Some(true) => {}
+            Some(false) => log::warn!(
                 "{} request(s) still unanswered {} ms after stdin closed",
                 state.borrow().pending.len(),
                 EOF_DRAIN_TIMEOUT.as_millis()
-            );
+            ),
+            None => {
+                log::info!("SIGTERM; not waiting for the answers on their way");
+                signalled = true;
+            }
         }
     }
-    // No new link from here on (one being connected or replayed is abandoned).
-    drop(manager);
-    let (link, mut readers, gen) = {
+    {
         let mut st = state.borrow_mut();
+        st.signalled = signalled;
+        // No new link from here on (one being connected or replayed is abandoned).
         st.replaying = None;
         st.ending = true;
+    }
+    drop(manager);
+    let finish = finish(&state, &out_tx, stdout_task, &written);
+    // A signal now (a second one, or the host's after closing stdin) ends the router
+    // at once: the descriptors get their flags back, what is still unanswered is not.
+    if or(
+        async {
+            finish.await;
+            false
+        },
+        async {
+            next_signal(&mut signals).await;
+            true
+        },
+    )
+    .await
+    {
+        log::warn!("SIGTERM during shutdown; exiting now");
+    }
+    Ok(())
+}
+
+/// The next SIGTERM (never, when none could be registered).
+async fn next_signal(signals: &mut Option<Signals>) {
+    match signals {
+        Some(s) => loop {
+            match s.next().await {
+                Some(Ok(_)) => return,
+                Some(Err(e)) => log::debug!("waiting for signals: {e}"),
+                None => std::future::pending().await,
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The end of the relay: closes the link (`CLOSE_TIMEOUT`), answers whatever the
+/// gateway did not, and writes what is left for stdout for as long as the host keeps
+/// reading (`STDOUT_DRAIN_TIMEOUT` without a byte taken ends it).
+async fn finish(
+    state: &Shared,
+    out_tx: &Sender<String>,
+    stdout_task: Task<()>,
+    written: &stdio::Written,
+) {
+    let (link, mut readers, gen) = {
+        let mut st = state.borrow_mut();
         (st.link.take(), std::mem::take(&mut st.readers), st.gen)
     };
     if let Some(tx) = link {
@@ -307,7 +358,7 @@ async fn relay(
     }
     // The rest hands answers to stdout, so it takes as long as the host takes to read
     // them: as long as it reads, for a host that reads slowly, but not for one that
-    // stopped reading (`STDOUT_DRAIN_TIMEOUT` without a line taken).
+    // stopped reading.
     let tail = async {
         for (task, stop) in readers {
             // Not cancelled: a reader that is handing a response to stdout finishes
@@ -317,28 +368,31 @@ async fn relay(
             task.await;
         }
         // Whatever the gateway did not answer gets an error now: no request goes
-        // unanswered.
-        let reason = state.borrow().shutdown_reason();
-        link_down(&state, &out_tx, gen, reason.into()).await;
+        // unanswered (`link_down` gives the shutdown's reason).
+        link_down(state, out_tx, gen, String::new()).await;
         // `close`, not `drop`: the detached writer task may still hold a sender.
         out_tx.close();
         stdout_task.await;
     };
     futures_lite::pin!(tail);
-    let mut seen = written.load(Ordering::Relaxed);
-    while timeout(STDOUT_DRAIN_TIMEOUT, tail.as_mut()).await.is_none() {
+    let (mut seen, mut idle) = (written.load(Ordering::Relaxed), Duration::ZERO);
+    while timeout(DRAIN_CHECK_INTERVAL, tail.as_mut()).await.is_none() {
         let now = written.load(Ordering::Relaxed);
-        if now == seen {
+        idle = if now == seen {
+            idle + DRAIN_CHECK_INTERVAL
+        } else {
+            Duration::ZERO
+        };
+        seen = now;
+        if idle >= STDOUT_DRAIN_TIMEOUT {
             log::warn!(
-                "stdout took no answer for {} ms; exiting without the {} still queued",
+                "stdout took nothing for {} ms; exiting without the {} answer(s) still queued",
                 STDOUT_DRAIN_TIMEOUT.as_millis(),
                 out_tx.len()
             );
-            break;
+            return;
         }
-        seen = now;
     }
-    Ok(())
 }
 
 /// Keeps a link to the gateway: connects, and after a failed attempt or a lost link
@@ -774,7 +828,7 @@ async fn read_ws(
         })
         .await;
         let Some(frame) = frame else {
-            break state.borrow().shutdown_reason().to_string();
+            break SHUTDOWN_REASON.to_string();
         };
         let text = match frame {
             None => break "connection closed".to_string(),
@@ -889,16 +943,6 @@ async fn read_ws(
             Err(rej) => log::warn!("gateway sent an invalid message: {}", rej.error.message),
         }
     };
-    // Once the router closes the link itself, however the link then ends (the gateway
-    // may close it without a close frame), what is unanswered is so because of the end.
-    let reason = {
-        let st = state.borrow();
-        if st.ending {
-            st.shutdown_reason().to_string()
-        } else {
-            reason
-        }
-    };
     link_down(&state, &out, gen, reason).await;
 }
 
@@ -994,11 +1038,19 @@ async fn keepalive(
 /// report of a link's loss counts (the reason later requests are told); later ones, and
 /// reports about an older link, do nothing.
 async fn link_down(state: &Shared, out: &Sender<String>, gen: u64, reason: String) {
-    let pending = {
+    let (pending, reason) = {
         let mut st = state.borrow_mut();
         if !st.is_alive(gen) {
             return;
         }
+        // Once the router closes the link itself, however the link then ends (the
+        // gateway may drop it without a close frame), what is unanswered is so because
+        // of the end.
+        let reason = if st.ending {
+            st.shutdown_reason().to_string()
+        } else {
+            reason
+        };
         st.live = false;
         st.link = None;
         // Wakes the link manager, and a replay waiting for an answer.
@@ -1014,7 +1066,7 @@ async fn link_down(state: &Shared, out: &Sender<String>, gen: u64, reason: Strin
             reason: reason.clone(),
         });
         st.drained = None;
-        st.pending.drain().collect::<Vec<_>>()
+        (st.pending.drain().collect::<Vec<_>>(), reason)
     };
     if !state.borrow().closing {
         log::error!("gateway link lost: {reason}");

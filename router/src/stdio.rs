@@ -9,13 +9,13 @@
 //!
 //! `O_NONBLOCK` belongs to the open file description, which another process may share,
 //! so [`Restore`] puts the flags back as they were when the relay ends: at stdin's EOF,
-//! and on `SIGTERM`, `SIGINT` or `SIGHUP`, which end the relay the same way (nothing
+//! and on `SIGTERM`, which ends the relay the same way (nothing
 //! can after `SIGKILL`). stdin or stdout keeps the blocking path when stderr is
 //! the same file (`2>&1`, one socket for all three): log lines written there would
 //! otherwise meet `EAGAIN`.
 
 use std::fs::File;
-use std::io::{self, Write as _};
+use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -119,9 +119,17 @@ fn polled(fd: BorrowedFd<'_>, flags: OFlags, restore: &mut Restore) -> Option<As
         }
         Err(e) => {
             // `Async::new` switches the mode before the reactor may refuse the
-            // descriptor: the blocking path needs it back now.
-            if let Err(e) = rustix::fs::fcntl_setfl(&keep, flags) {
-                log::warn!("restoring the flags of stdio: {e}");
+            // descriptor: the blocking path needs it back now, unless the description
+            // is also the other one, already polled (one socket for both), which must
+            // stay non-blocking.
+            let shared = restore
+                .0
+                .iter()
+                .any(|(other, _)| same_file(other.as_fd(), fd));
+            if !shared {
+                if let Err(e) = rustix::fs::fcntl_setfl(&keep, flags) {
+                    log::warn!("restoring the flags of stdio: {e}");
+                }
             }
             log::debug!("stdio not polled: {e}");
             None
@@ -147,13 +155,13 @@ impl Input {
     }
 }
 
-/// How many messages the stdout writer has written so far (shared with the blocking-pool
-/// thread), so that shutdown can tell a host that reads slowly from one that stopped.
+/// How many bytes stdout has taken so far (shared with the blocking-pool thread), so
+/// that shutdown can tell a host that reads slowly from one that stopped.
 pub type Written = Arc<AtomicU64>;
 
 impl Output {
     /// The only writer of stdout: writes each message from `rx` as one line, until `rx`
-    /// closes or a write fails, counting them in `written`. Messages queued together
+    /// closes or a write fails, counting the bytes taken in `written`. Messages queued together
     /// go out in one write.
     pub async fn write_all_from(self, rx: Receiver<String>, written: Written) {
         let result = match self {
@@ -177,26 +185,53 @@ async fn write_polled(
             // Alone (or long): written from its own buffer (the newline may make
             // `push` reallocate it, which is still no more than the batch's copy).
             line.push('\n');
-            io.write_all(line.as_bytes()).await?;
-            written.fetch_add(1, Ordering::Relaxed);
+            write_counted(&mut io, line.as_bytes(), written).await?;
             continue;
         }
         batch.clear();
         batch.extend_from_slice(line.as_bytes());
         batch.push(b'\n');
-        let mut lines = 1;
         while batch.len() < STDOUT_BUFFER_BYTES {
             let Ok(next) = rx.try_recv() else { break };
             batch.extend_from_slice(next.as_bytes());
             batch.push(b'\n');
-            lines += 1;
         }
-        io.write_all(&batch).await?;
-        written.fetch_add(lines, Ordering::Relaxed);
+        write_counted(&mut io, &batch, written).await?;
         // A long message that joined a batch does not keep its size here.
         batch.shrink_to(2 * STDOUT_BUFFER_BYTES);
     }
     Ok(())
+}
+
+/// Writes all of `buf`, adding each write's bytes to `written` as stdout takes them.
+async fn write_counted(io: &mut Async<File>, mut buf: &[u8], written: &Written) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = io.write(buf).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        written.fetch_add(n as u64, Ordering::Relaxed);
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
+/// A writer that adds the bytes its inner writer takes to a [`Written`] count.
+struct Counting<W> {
+    inner: W,
+    written: Written,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Writes on one thread of the blocking pool for the router's lifetime, through a
@@ -207,13 +242,14 @@ async fn write_polled(
 async fn write_pool(rx: Receiver<String>, written: Written) -> io::Result<()> {
     smol::unblock(move || {
         let stdout = io::stdout();
-        let mut w = io::BufWriter::with_capacity(STDOUT_BUFFER_BYTES, stdout.lock());
+        let inner = Counting {
+            inner: stdout.lock(),
+            written,
+        };
+        let mut w = io::BufWriter::with_capacity(STDOUT_BUFFER_BYTES, inner);
         while let Ok(line) = rx.recv_blocking() {
             w.write_all(line.as_bytes())?;
             w.write_all(b"\n")?;
-            // Counted when the buffer has taken it: a full buffer writes (and blocks)
-            // before taking more, so the count still stops when the host stops reading.
-            written.fetch_add(1, Ordering::Relaxed);
             if rx.is_empty() {
                 w.flush()?;
             }
