@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_channel::Receiver;
 use async_net::{TcpListener, TcpStream};
+use async_tungstenite::tungstenite::error::ProtocolError;
 use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use async_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -156,7 +157,8 @@ fn check_handshake(
 }
 
 /// The session's writer task: sends the queued lines to the client until the queue
-/// closes (then a close frame), a send fails, the client's socket takes no byte for
+/// closes (then a close frame), the client closes first (then only the reply to its
+/// close frame, which tungstenite queued when the read loop read it), a send fails, the client's socket takes no byte for
 /// `send_timeout` while a message waits (looked at once per `send_timeout`: a large
 /// message on a slow link that keeps moving is not cut off), or the client goes silent;
 /// in the last three cases it shuts the socket down, which ends the session's read loop
@@ -196,6 +198,8 @@ struct ClientWriter {
     armed: bool,
     /// The close frame is the one being sent: done after it.
     closing: bool,
+    /// The client closed first: only the reply to its close frame is left to write.
+    peer_closed: bool,
 }
 
 impl ClientWriter {
@@ -231,6 +235,7 @@ impl ClientWriter {
             sending: false,
             armed: false,
             closing: false,
+            peer_closed: false,
         })
     }
 
@@ -284,6 +289,13 @@ impl Future for ClientWriter {
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Option<Dropped>> {
         let me = self.get_mut();
         loop {
+            if me.peer_closed {
+                // Bounded by the session's wait for its writer (`WRITER_DRAIN_TIMEOUT`).
+                return match Pin::new(&mut me.sink).poll_close(cx) {
+                    Poll::Ready(_) => me.give_up(None),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
             if me.sending {
                 match me.poll_send(cx) {
                     Poll::Ready(Ok(())) => {
@@ -296,6 +308,16 @@ impl Future for ClientWriter {
                         if me.closing {
                             return Poll::Ready(None);
                         }
+                    }
+                    Poll::Ready(Err(WsError::Protocol(ProtocolError::SendAfterClosing))) => {
+                        // The client closed first: its close frame was read and
+                        // tungstenite queued the reply, so nothing but that reply may go
+                        // (not a line the session's end produced, nor our own close).
+                        // Closing the sink writes the reply; giving up here shut the
+                        // socket before it went out, and clients saw the connection
+                        // reset without a closing handshake.
+                        me.frame = None;
+                        me.peer_closed = true;
                     }
                     Poll::Ready(Err(_)) => return me.give_up(None),
                     Poll::Pending => {

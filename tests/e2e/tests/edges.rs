@@ -891,3 +891,85 @@ fn silent_client_is_found_by_ping_and_live_ones_are_kept() {
         "{log}"
     );
 }
+
+/// A client that closes its WebSocket gets the gateway's close frame in reply at once
+/// (RFC 6455 §5.5.1), with a request in flight or not: the closing handshake ends
+/// cleanly instead of the socket being shut before the reply went out.
+#[test]
+fn client_close_gets_a_close_frame_in_reply() {
+    client_close(false);
+}
+
+/// … also while a request is in flight (whose failure, as the session ends, must not
+/// be sent after the client's close frame).
+#[test]
+fn client_close_with_a_request_in_flight_gets_a_close_frame_in_reply() {
+    client_close(true);
+}
+
+fn client_close(in_flight: bool) {
+    use tungstenite::client::IntoClientRequest;
+    use tungstenite::Message;
+    let gw = gateway();
+    let mut req = format!("ws://{}/mcp", gw.addr())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mcp".parse().unwrap());
+    let stream = std::net::TcpStream::connect(gw.addr()).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let (mut ws, _) = tungstenite::client(req, stream).unwrap();
+    let answer_to = |ws: &mut tungstenite::WebSocket<_>, id: serde_json::Value| loop {
+        if let Message::Text(t) = ws.read().unwrap() {
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["id"] == id {
+                return v;
+            }
+        }
+    };
+    let send = |ws: &mut tungstenite::WebSocket<_>, v: serde_json::Value| {
+        ws.send(Message::text(v.to_string())).unwrap()
+    };
+    send(
+        &mut ws,
+        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},
+            "clientInfo":{"name":"e2e","version":"1"}}}),
+    );
+    answer_to(&mut ws, json!(0));
+    send(
+        &mut ws,
+        json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+    );
+    if in_flight {
+        send(
+            &mut ws,
+            json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
+                "params":{"name":"one.sleep","arguments":{"ms":60000}}}),
+        );
+    }
+    // Answered after the call was handed to the session (messages are taken in order).
+    send(&mut ws, json!({"jsonrpc":"2.0","id":2,"method":"ping"}));
+    answer_to(&mut ws, json!(2));
+    let start = std::time::Instant::now();
+    ws.close(None).unwrap();
+    let end = loop {
+        if let Err(e) = ws.read() {
+            break e;
+        }
+    };
+    // `ConnectionClosed` only once the server's close frame came back.
+    assert!(
+        matches!(end, tungstenite::Error::ConnectionClosed),
+        "{end} after {:?}\n{}",
+        start.elapsed(),
+        gw.log.text()
+    );
+    // Before the backend's stop (`shutdown_grace`, 3 s) or the writer's drain bound
+    // (2 s) could have ended it.
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "close frame after {:?}",
+        start.elapsed()
+    );
+}
