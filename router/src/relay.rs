@@ -7,8 +7,8 @@
 //! not yet saw answered, so that when the link is down or drops (including a gateway
 //! that stops reading, `send_timeout`, or goes silent, `ping_interval`), every one of
 //! them is answered with an error carrying its id. Stdin's EOF ends the relay, and so
-//! does `SIGTERM` (without waiting for answers on their way; a second one, or one
-//! during the shutdown, exits at once).
+//! does `SIGTERM`, which also ends the wait for answers on their way (whenever it
+//! comes); a second SIGTERM exits at once.
 //! Nothing but MCP messages is ever written to stdout.
 //!
 //! The link is kept by [`maintain_link`]: when it is lost, or the first connection
@@ -298,38 +298,47 @@ async fn relay(
         st.ending = true;
     }
     drop(manager);
+    // One SIGTERM asks to stop without waiting for the answers on their way, which is
+    // all a first one does from here on too; a second one exits at once (the
+    // descriptors get their flags back; what is not yet written to stdout is lost).
     let finish = finish(&state, &out_tx, stdout_task, &written);
-    // A signal now (a second one, or the host's after closing stdin) ends the router
-    // at once: the descriptors get their flags back, what is still unanswered is not.
-    if or(
-        async {
-            finish.await;
-            false
-        },
-        async {
-            next_signal(&mut signals).await;
-            true
-        },
-    )
-    .await
-    {
-        log::warn!("SIGTERM during shutdown; exiting now");
+    futures_lite::pin!(finish);
+    loop {
+        let again = or(
+            async {
+                finish.as_mut().await;
+                false
+            },
+            async {
+                next_signal(&mut signals).await;
+                true
+            },
+        )
+        .await;
+        if !again {
+            break;
+        }
+        if signalled {
+            log::warn!("second SIGTERM; exiting now");
+            break;
+        }
+        log::info!("SIGTERM; finishing the shutdown (a second one exits at once)");
+        signalled = true;
     }
     Ok(())
 }
 
-/// The next SIGTERM (never, when none could be registered).
+/// The next SIGTERM (never, when none could be registered or the signal stream fails).
 async fn next_signal(signals: &mut Option<Signals>) {
-    match signals {
-        Some(s) => loop {
-            match s.next().await {
-                Some(Ok(_)) => return,
-                Some(Err(e)) => log::debug!("waiting for signals: {e}"),
-                None => std::future::pending().await,
-            }
-        },
-        None => std::future::pending().await,
+    if let Some(s) = signals {
+        match s.next().await {
+            Some(Ok(_)) => return,
+            Some(Err(e)) => log::warn!("waiting for SIGTERM: {e}; it will not be seen"),
+            None => {}
+        }
+        *signals = None;
     }
+    std::future::pending().await
 }
 
 /// The end of the relay: closes the link (`CLOSE_TIMEOUT`), answers whatever the
@@ -369,7 +378,7 @@ async fn finish(
         }
         // Whatever the gateway did not answer gets an error now: no request goes
         // unanswered (`link_down` gives the shutdown's reason).
-        link_down(state, out_tx, gen, String::new()).await;
+        link_down(state, out_tx, gen, SHUTDOWN_REASON.into()).await;
         // `close`, not `drop`: the detached writer task may still hold a sender.
         out_tx.close();
         stdout_task.await;
@@ -386,9 +395,8 @@ async fn finish(
         seen = now;
         if idle >= STDOUT_DRAIN_TIMEOUT {
             log::warn!(
-                "stdout took nothing for {} ms; exiting without the {} answer(s) still queued",
-                STDOUT_DRAIN_TIMEOUT.as_millis(),
-                out_tx.len()
+                "stdout took nothing for {} ms; exiting without what is left to write",
+                STDOUT_DRAIN_TIMEOUT.as_millis()
             );
             return;
         }

@@ -216,7 +216,13 @@ async fn write_counted(io: &mut Async<File>, mut buf: &[u8], written: &Written) 
     Ok(())
 }
 
-/// A writer that adds the bytes its inner writer takes to a [`Written`] count.
+/// Bytes handed to a blocking stdout at a time, so that [`Written`] moves while a host
+/// reads a long message slowly (one `write(2)` of a whole 4 MiB message returns only
+/// when the host has read nearly all of it).
+const COUNTED_WRITE_BYTES: usize = 64 * 1024;
+
+/// A writer that adds the bytes its inner writer takes to a [`Written`] count, handing
+/// it at most [`COUNTED_WRITE_BYTES`] at a time.
 struct Counting<W> {
     inner: W,
     written: Written,
@@ -224,7 +230,9 @@ struct Counting<W> {
 
 impl<W: Write> Write for Counting<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
+        let n = self
+            .inner
+            .write(&buf[..buf.len().min(COUNTED_WRITE_BYTES)])?;
         self.written.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
@@ -257,4 +265,43 @@ async fn write_pool(rx: Receiver<String>, written: Written) -> io::Result<()> {
         w.flush()
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records the size of every write it is given.
+    struct Sizes(Vec<usize>);
+
+    impl Write for Sizes {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.push(buf.len());
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_long_message_is_counted_as_stdout_takes_it() {
+        let written = Written::default();
+        let mut w = io::BufWriter::with_capacity(
+            STDOUT_BUFFER_BYTES,
+            Counting {
+                inner: Sizes(Vec::new()),
+                written: written.clone(),
+            },
+        );
+        // Longer than the buffer: `BufWriter` hands it on in one call.
+        w.write_all(&vec![b'x'; 300_000]).unwrap();
+        w.write_all(b"\n").unwrap();
+        w.flush().unwrap();
+        let sizes = &w.get_ref().inner.0;
+        assert!(sizes.iter().all(|&n| n <= COUNTED_WRITE_BYTES), "{sizes:?}");
+        assert!(sizes.len() >= 5, "{sizes:?}");
+        assert_eq!(written.load(Ordering::Relaxed), 300_001);
+    }
 }
