@@ -299,7 +299,11 @@ impl Session {
                 let _ = cancel_rx.await;
                 None
             };
-            let outcome = futures_lite::future::or(work, cancelled).await;
+            // Cancellation first: when the client's cancel (or its session's end) and the
+            // answer are both ready, the client has said it no longer wants the answer
+            // (MCP: the receiver should not answer a cancelled request). `or` polls its
+            // first future first.
+            let outcome = futures_lite::future::or(cancelled, work).await;
             match outcome {
                 Some(resp) => {
                     me.in_flight.borrow_mut().remove(&id);

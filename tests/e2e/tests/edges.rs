@@ -972,4 +972,14 @@ fn client_close(in_flight: bool) {
         "close frame after {:?}",
         start.elapsed()
     );
+    if in_flight {
+        // The session's end cancels the request: it is not answered with the failure
+        // that stopping its backend then causes.
+        gw.wait_line("tools/call 1 cancelled by the client");
+        assert!(
+            !gw.log.text().contains("tools/call 1 failed"),
+            "{}",
+            gw.log.text()
+        );
+    }
 }
