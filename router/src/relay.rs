@@ -244,15 +244,10 @@ async fn relay(
     let session = async {
         let _ = first_rx.recv().await;
         read_stdin(&mut stdin, &state, &out_tx, cfg.limits.max_in_flight, max).await;
-        false
     };
     // A signal stops the reading of stdin wherever it is: a message read but not yet
     // forwarded is dropped (the host is ending the session), one forwarded is answered.
-    let mut signalled = or(session, async {
-        next_signal(&mut signals).await;
-        true
-    })
-    .await;
+    let mut signalled = unless_signalled(&mut signals, session).await.is_none();
     drop(stdin);
     log::info!(
         "{}; shutting down",
@@ -271,15 +266,9 @@ async fn relay(
         })
     };
     if let Some(rx) = waiter {
-        let drained = async { timeout(EOF_DRAIN_TIMEOUT, rx.recv()).await.is_some() };
-        match or(async { Some(drained.await) }, async {
-            next_signal(&mut signals).await;
-            None
-        })
-        .await
-        {
-            Some(true) => {}
-            Some(false) => log::warn!(
+        match unless_signalled(&mut signals, timeout(EOF_DRAIN_TIMEOUT, rx.recv())).await {
+            Some(Some(_)) => {}
+            Some(None) => log::warn!(
                 "{} request(s) still unanswered {} ms after stdin closed",
                 state.borrow().pending.len(),
                 EOF_DRAIN_TIMEOUT.as_millis()
@@ -303,29 +292,31 @@ async fn relay(
     // descriptors get their flags back; what is not yet written to stdout is lost).
     let finish = finish(&state, &out_tx, stdout_task, &written);
     futures_lite::pin!(finish);
-    loop {
-        let again = or(
-            async {
-                finish.as_mut().await;
-                false
-            },
-            async {
-                next_signal(&mut signals).await;
-                true
-            },
-        )
-        .await;
-        if !again {
-            break;
-        }
+    while unless_signalled(&mut signals, finish.as_mut())
+        .await
+        .is_none()
+    {
         if signalled {
             log::warn!("second SIGTERM; exiting now");
             break;
         }
         log::info!("SIGTERM; finishing the shutdown (a second one exits at once)");
         signalled = true;
+        state.borrow_mut().signalled = true;
     }
     Ok(())
+}
+
+/// `f`'s output, or `None` if a SIGTERM comes first (`f` is then dropped).
+async fn unless_signalled<T>(
+    signals: &mut Option<Signals>,
+    f: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    or(async { Some(f.await) }, async {
+        next_signal(signals).await;
+        None
+    })
+    .await
 }
 
 /// The next SIGTERM (never, when none could be registered or the signal stream fails).

@@ -9,10 +9,9 @@
 //!
 //! `O_NONBLOCK` belongs to the open file description, which another process may share,
 //! so [`Restore`] puts the flags back as they were when the relay ends: at stdin's EOF,
-//! and on `SIGTERM`, which ends the relay the same way (nothing
-//! can after `SIGKILL`). stdin or stdout keeps the blocking path when stderr is
-//! the same file (`2>&1`, one socket for all three): log lines written there would
-//! otherwise meet `EAGAIN`.
+//! and on `SIGTERM`, which ends the relay the same way (nothing can after `SIGKILL`).
+//! stdin or stdout keeps the blocking path when stderr is the same file (`2>&1`, one
+//! socket for all three): log lines written there would otherwise meet `EAGAIN`.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -111,8 +110,7 @@ fn polled(fd: BorrowedFd<'_>, flags: OFlags, restore: &mut Restore) -> Option<As
     }
     // Duplicates share the description (and its flags); each owner closes its own.
     let (io, keep) = (fd.try_clone_to_owned().ok()?, fd.try_clone_to_owned().ok()?);
-    let result = Async::new(File::from(io));
-    match result {
+    match Async::new(File::from(io)) {
         Ok(io) => {
             restore.0.push((keep, flags));
             Some(io)
@@ -161,8 +159,8 @@ pub type Written = Arc<AtomicU64>;
 
 impl Output {
     /// The only writer of stdout: writes each message from `rx` as one line, until `rx`
-    /// closes or a write fails, counting the bytes taken in `written`. Messages queued together
-    /// go out in one write.
+    /// closes or a write fails, counting the bytes taken in `written`. Messages queued
+    /// together go out in one write.
     pub async fn write_all_from(self, rx: Receiver<String>, written: Written) {
         let result = match self {
             Output::Polled(io) => write_polled(io, rx, &written).await,
