@@ -148,28 +148,70 @@ fn pipe() -> (OwnedFd, OwnedFd) {
     rustix::pipe::pipe_with(PipeFlags::CLOEXEC).unwrap()
 }
 
-#[test]
-fn pipes_are_polled_and_get_their_flags_back() {
-    let gw = gateway_with("");
+/// A router on two pipes: its stderr lines, the test's ends of the pipes (`stdin` to
+/// write, `out` to read) and copies of the router's own ends (stdin's read end,
+/// stdout's write end), which share their flags. Reading `out` to its end needs the
+/// copies dropped first.
+struct Piped {
+    r: Router,
+    log: Receiver<String>,
+    stdin: File,
+    out: OwnedFd,
+    ends: (OwnedFd, OwnedFd),
+}
+
+fn piped(gw: &Gateway) -> Piped {
     let (in_r, in_w) = pipe();
     let (out_r, out_w) = pipe();
     let mut r = router(
-        &gw,
+        gw,
         Stdio::from(in_r.try_clone().unwrap()),
         Stdio::from(out_w.try_clone().unwrap()),
         Stdio::piped(),
     );
     let log = lines_of(r.0.stderr.take().unwrap());
-    wait_for(&log, "stdin polled, stdout polled");
+    Piped {
+        r,
+        log,
+        stdin: File::from(in_w),
+        out: out_r,
+        ends: (in_r, out_w),
+    }
+}
+
+/// Waits for the answer to [`start_slow_request`]'s request: -32004, telling SIGTERM.
+fn slow_request_stopped_by_sigterm(answers: &Receiver<String>) {
+    let answer: Value = serde_json::from_str(&wait_for(answers, "slow")).unwrap();
+    assert_eq!(error_code(&answer), -32004, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains("stopped (SIGTERM)"), "{answer}");
+}
+
+/// Starts the session and a request that takes a minute (id `"slow"`), and returns
+/// once it has been forwarded: stdin is handled in order, so when the ping written
+/// after it is answered.
+fn start_slow_request(stdin: &mut File, answers: &Receiver<String>) {
+    stdin.write_all(handshake().as_bytes()).unwrap();
+    let slow = json!({"jsonrpc":"2.0","id":"slow","method":"tools/call",
+        "params":{"name":"one.sleep","arguments":{"ms":60000}}});
+    writeln!(stdin, "{slow}").unwrap();
+    writeln!(stdin, r#"{{"jsonrpc":"2.0","id":"p","method":"ping"}}"#).unwrap();
+    wait_for(answers, r#""id":"p""#);
+}
+
+#[test]
+fn pipes_are_polled_and_get_their_flags_back() {
+    let gw = gateway_with("");
+    let mut p = piped(&gw);
+    wait_for(&p.log, "stdin polled, stdout polled");
     // The test keeps its own descriptors of the router's ends: they share the flags.
-    assert!(nonblocking(&in_r) && nonblocking(&out_w));
-    let mut stdin = File::from(in_w);
-    stdin.write_all(script().as_bytes()).unwrap();
-    check_answers(&read_answers(File::from(out_r), Some(4)));
-    drop(stdin);
-    assert!(wait_deadline(&mut r.0).success());
-    assert!(!nonblocking(&in_r), "stdin left non-blocking");
-    assert!(!nonblocking(&out_w), "stdout left non-blocking");
+    assert!(nonblocking(&p.ends.0) && nonblocking(&p.ends.1));
+    p.stdin.write_all(script().as_bytes()).unwrap();
+    check_answers(&read_answers(File::from(p.out), Some(4)));
+    drop(p.stdin);
+    assert!(wait_deadline(&mut p.r.0).success());
+    assert!(!nonblocking(&p.ends.0), "stdin left non-blocking");
+    assert!(!nonblocking(&p.ends.1), "stdout left non-blocking");
 }
 
 /// inetd style: stdin and stdout are one socket, so one description and one set of
@@ -270,27 +312,24 @@ fn a_pipe_for_stdin_and_a_file_for_stdout() {
 #[test]
 fn a_host_that_stops_reading_stdout_does_not_keep_the_router() {
     let gw = gateway_with("");
-    let (in_r, in_w) = pipe();
-    let (_out_r, out_w) = pipe();
-    let mut r = router(&gw, Stdio::from(in_r), Stdio::from(out_w), Stdio::piped());
-    let log = lines_of(r.0.stderr.take().unwrap());
-    let mut stdin = File::from(in_w);
-    stdin.write_all(script().as_bytes()).unwrap();
+    // `p.out` is never read.
+    let mut p = piped(&gw);
+    p.stdin.write_all(script().as_bytes()).unwrap();
     // Three more 100 kB answers than a pipe holds, then more small ones than the stdout
     // queue (`STDOUT_QUEUE`, 256) holds.
     let big = "y".repeat(100_000);
     for id in 10..13 {
         let m = json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
             "params":{"name":"one.echo","arguments":{"text":big}}});
-        writeln!(stdin, "{m}").unwrap();
+        writeln!(p.stdin, "{m}").unwrap();
     }
     for id in 100..500 {
-        writeln!(stdin, r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#).unwrap();
+        writeln!(p.stdin, r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#).unwrap();
     }
-    drop(stdin);
+    drop(p.stdin);
     let start = Instant::now();
     let status = loop {
-        if let Some(s) = r.0.try_wait().unwrap() {
+        if let Some(s) = p.r.0.try_wait().unwrap() {
             break s;
         }
         assert!(
@@ -301,7 +340,7 @@ fn a_host_that_stops_reading_stdout_does_not_keep_the_router() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     assert!(status.success());
-    wait_for(&log, "stdout took nothing for 5000 ms");
+    wait_for(&p.log, "stdout took nothing for 5000 ms");
 }
 
 /// A host that reads slowly gets every answer, however long the reading takes after
@@ -311,27 +350,25 @@ fn a_host_that_stops_reading_stdout_does_not_keep_the_router() {
 #[test]
 fn a_host_that_reads_slowly_gets_every_answer() {
     let gw = gateway_with("");
-    let (in_r, in_w) = pipe();
-    let (out_r, out_w) = pipe();
-    let mut r = router(&gw, Stdio::from(in_r), Stdio::from(out_w), Stdio::piped());
-    let log = lines_of(r.0.stderr.take().unwrap());
-    let mut stdin = File::from(in_w);
-    stdin.write_all(handshake().as_bytes()).unwrap();
+    let mut p = piped(&gw);
+    // Read to its end below.
+    drop(p.ends);
+    p.stdin.write_all(handshake().as_bytes()).unwrap();
     // A 3.8 MB answer (under the 4 MiB message limit), read below at ~0.55 MB/s: ~7 s
     // for that one line; then a small one.
     let big = "z".repeat(3_800_000);
     for (id, text) in [(1, big.as_str()), (2, "small")] {
         let m = json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
             "params":{"name":"one.echo","arguments":{"text":text}}});
-        writeln!(stdin, "{m}").unwrap();
+        writeln!(p.stdin, "{m}").unwrap();
     }
-    drop(stdin);
-    wait_for(&log, "stdin closed; shutting down");
+    drop(p.stdin);
+    wait_for(&p.log, "stdin closed; shutting down");
     let (tx, rx) = channel();
     let (first_tx, first) = channel();
     let start = Instant::now();
     std::thread::spawn(move || {
-        let mut out = File::from(out_r);
+        let mut out = File::from(p.out);
         let (mut buf, mut text) = (vec![0u8; 32 * 1024], Vec::new());
         loop {
             match out.read(&mut buf) {
@@ -350,7 +387,7 @@ fn a_host_that_reads_slowly_gets_every_answer() {
     first
         .recv_timeout(std::time::Duration::from_secs(30))
         .expect("the big answer not begun");
-    signal(r.0.id(), "TERM");
+    signal(p.r.0.id(), "TERM");
     let text = rx
         .recv_timeout(std::time::Duration::from_secs(60))
         .expect("stdout not at its end within 60 s");
@@ -372,8 +409,8 @@ fn a_host_that_reads_slowly_gets_every_answer() {
         "{}",
         answers[1]
     );
-    assert!(wait_deadline(&mut r.0).success());
-    wait_for(&log, "SIGTERM;");
+    assert!(wait_deadline(&mut p.r.0).success());
+    wait_for(&p.log, "SIGTERM;");
 }
 
 /// A second SIGTERM exits at once, even while the host is not reading stdout (the
@@ -381,34 +418,25 @@ fn a_host_that_reads_slowly_gets_every_answer() {
 #[test]
 fn a_second_sigterm_exits_at_once() {
     let gw = gateway_with("");
-    let (in_r, in_w) = pipe();
-    let (out_r, out_w) = pipe();
-    let mut r = router(
-        &gw,
-        Stdio::from(in_r.try_clone().unwrap()),
-        Stdio::from(out_w.try_clone().unwrap()),
-        Stdio::piped(),
-    );
-    let log = lines_of(r.0.stderr.take().unwrap());
-    let mut stdin = File::from(in_w);
-    stdin.write_all(script().as_bytes()).unwrap();
+    let mut p = piped(&gw);
+    p.stdin.write_all(script().as_bytes()).unwrap();
     // Until the pipe is full: the 100 kB answer came back and is being written, and
     // cannot be finished while nobody reads (a bounded poll of the pipe's state).
     let start = Instant::now();
-    while rustix::io::ioctl_fionread(&out_r).unwrap() < 60_000 {
+    while rustix::io::ioctl_fionread(&p.out).unwrap() < 60_000 {
         assert!(start.elapsed() < DEADLINE, "stdout never filled");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    drop(stdin);
-    wait_for(&log, "stdin closed; shutting down");
+    drop(p.stdin);
+    wait_for(&p.log, "stdin closed; shutting down");
     let start = Instant::now();
-    signal(r.0.id(), "TERM");
-    wait_for(&log, "SIGTERM;");
-    signal(r.0.id(), "TERM");
-    wait_for(&log, "second SIGTERM; exiting now");
-    assert!(wait_deadline(&mut r.0).success());
+    signal(p.r.0.id(), "TERM");
+    wait_for(&p.log, "SIGTERM;");
+    signal(p.r.0.id(), "TERM");
+    wait_for(&p.log, "second SIGTERM; exiting now");
+    assert!(wait_deadline(&mut p.r.0).success());
     assert!(start.elapsed() < std::time::Duration::from_secs(4));
-    assert!(!nonblocking(&in_r) && !nonblocking(&out_w));
+    assert!(!nonblocking(&p.ends.0) && !nonblocking(&p.ends.1));
 }
 
 /// SIGTERM after stdin's EOF (hosts close stdin, wait, then signal): the 5 s wait for
@@ -416,38 +444,18 @@ fn a_second_sigterm_exits_at_once() {
 #[test]
 fn sigterm_after_eof_ends_the_wait_for_answers() {
     let gw = gateway_with("");
-    let (in_r, in_w) = pipe();
-    let (out_r, out_w) = pipe();
-    let mut r = router(&gw, Stdio::from(in_r), Stdio::from(out_w), Stdio::piped());
-    let log = lines_of(r.0.stderr.take().unwrap());
-    let answers = lines_of(File::from(out_r));
-    let mut stdin = File::from(in_w);
-    stdin.write_all(handshake().as_bytes()).unwrap();
-    writeln!(
-        stdin,
-        "{}",
-        json!({"jsonrpc":"2.0","id":"slow","method":"tools/call",
-            "params":{"name":"one.sleep","arguments":{"ms":60000}}})
-    )
-    .unwrap();
-    writeln!(stdin, r#"{{"jsonrpc":"2.0","id":"p","method":"ping"}}"#).unwrap();
-    wait_for(&answers, r#""id":"p""#);
-    drop(stdin);
-    wait_for(&log, "stdin closed; shutting down");
+    let mut p = piped(&gw);
+    let answers = lines_of(File::from(p.out));
+    start_slow_request(&mut p.stdin, &answers);
+    drop(p.stdin);
+    wait_for(&p.log, "stdin closed; shutting down");
     let start = Instant::now();
-    signal(r.0.id(), "TERM");
-    let answer: Value = serde_json::from_str(&wait_for(&answers, "slow")).unwrap();
-    assert!(
-        answer["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("stopped (SIGTERM)"),
-        "{answer}"
-    );
-    assert!(wait_deadline(&mut r.0).success());
+    signal(p.r.0.id(), "TERM");
+    slow_request_stopped_by_sigterm(&answers);
+    assert!(wait_deadline(&mut p.r.0).success());
     // The wait it ended is 5 s (`EOF_DRAIN_TIMEOUT`); the close takes at most 2 s.
     assert!(start.elapsed() < std::time::Duration::from_millis(4500));
-    wait_for(&log, "SIGTERM; not waiting for the answers on their way");
+    wait_for(&p.log, "SIGTERM; not waiting for the answers on their way");
 }
 
 /// SIGTERM (as hosts stop a stdio server) ends the relay at once: a request in flight
@@ -455,44 +463,16 @@ fn sigterm_after_eof_ends_the_wait_for_answers() {
 #[test]
 fn sigterm_answers_what_is_in_flight_and_gives_the_flags_back() {
     let gw = gateway_with("");
-    let (in_r, in_w) = pipe();
-    let (out_r, out_w) = pipe();
-    let mut r = router(
-        &gw,
-        Stdio::from(in_r.try_clone().unwrap()),
-        Stdio::from(out_w.try_clone().unwrap()),
-        Stdio::piped(),
-    );
-    let log = lines_of(r.0.stderr.take().unwrap());
-    wait_for(&log, "stdin polled, stdout polled");
-    let mut stdin = File::from(in_w);
-    let answers = lines_of(File::from(out_r));
-    stdin.write_all(handshake().as_bytes()).unwrap();
-    writeln!(
-        stdin,
-        "{}",
-        json!({"jsonrpc":"2.0","id":"slow","method":"tools/call",
-            "params":{"name":"one.sleep","arguments":{"ms":60000}}})
-    )
-    .unwrap();
-    // Stdin is handled in order: once the ping behind it is answered, the slow request
-    // has been forwarded and is waiting for the backend.
-    writeln!(stdin, r#"{{"jsonrpc":"2.0","id":"p","method":"ping"}}"#).unwrap();
-    wait_for(&answers, r#""id":"p""#);
+    let mut p = piped(&gw);
+    wait_for(&p.log, "stdin polled, stdout polled");
+    let answers = lines_of(File::from(p.out));
+    start_slow_request(&mut p.stdin, &answers);
     let start = Instant::now();
-    signal(r.0.id(), "TERM");
-    let answer: Value = serde_json::from_str(&wait_for(&answers, "slow")).unwrap();
-    assert_eq!(error_code(&answer), -32004, "{answer}");
-    assert!(
-        answer["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("stopped (SIGTERM)"),
-        "{answer}"
-    );
-    assert!(wait_deadline(&mut r.0).success());
+    signal(p.r.0.id(), "TERM");
+    slow_request_stopped_by_sigterm(&answers);
+    assert!(wait_deadline(&mut p.r.0).success());
     assert!(start.elapsed() < std::time::Duration::from_secs(4));
-    wait_for(&log, "SIGTERM; shutting down");
-    assert!(!nonblocking(&in_r) && !nonblocking(&out_w));
-    drop(stdin);
+    wait_for(&p.log, "SIGTERM; shutting down");
+    assert!(!nonblocking(&p.ends.0) && !nonblocking(&p.ends.1));
+    drop(p.stdin);
 }
