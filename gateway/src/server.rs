@@ -158,11 +158,11 @@ fn check_handshake(
 
 /// The session's writer task: sends the queued lines to the client until the queue
 /// closes (then a close frame), the client closes first (then only the reply to its
-/// close frame, which tungstenite queued when the read loop read it), a send fails, the client's socket takes no byte for
-/// `send_timeout` while a message waits (looked at once per `send_timeout`: a large
-/// message on a slow link that keeps moving is not cut off), or the client goes silent;
-/// in the last three cases it shuts the socket down, which ends the session's read loop
-/// too.
+/// close frame, which tungstenite queued when the read loop read it, before the socket
+/// is shut), a send fails, the client's socket takes no byte for `send_timeout` while a
+/// message waits (looked at once per `send_timeout`: a large message on a slow link that
+/// keeps moving is not cut off), or the client goes silent; in the last three cases it
+/// shuts the socket down, which ends the session's read loop too.
 ///
 /// Keepalive: every `ping_interval` (zero: never) it looks at the bytes read from the
 /// client (`meter`; a large message arriving slowly is not silence). Silent for a whole
