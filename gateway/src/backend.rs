@@ -11,7 +11,7 @@
 //! the backend's response, a timeout, or the process's exit status.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,8 @@ use mcp_shared::config::{BackendConfig, SessionMode};
 use mcp_shared::error::BackendError;
 use mcp_shared::framing::{Frame, LineDecoder, PIPE_READ_CHUNK_BYTES};
 use mcp_shared::idmap::IdMap;
-use mcp_shared::jsonrpc::{Brief, Id, Kind, Message, Rejection, Reply};
+use mcp_shared::jsonrpc::{Answer, Brief, Id, Kind, Message, Rejection, Reply};
+use mcp_shared::mcp;
 use mcp_shared::telemetry::{self, attrs, propagation, Cx, Telemetry};
 use opentelemetry::trace::SpanKind;
 use serde_json::{json, Value};
@@ -335,6 +336,9 @@ pub struct Slot {
     sessions: RefCell<Vec<Weak<Session>>>,
     /// Processes started so far (the second and later are restarts).
     starts: Cell<u64>,
+    /// The `level` of the last `logging/setLevel` the backend accepted from a client
+    /// (any session, for a shared backend: the last one is what the process had).
+    log_level: RefCell<Option<Value>>,
     metrics: Rc<Metrics>,
 }
 
@@ -348,6 +352,7 @@ impl Slot {
     ) -> Rc<Slot> {
         Rc::new(Slot {
             starts: Cell::new(0),
+            log_level: RefCell::new(None),
             metrics,
             cfg,
             timeout,
@@ -389,7 +394,13 @@ impl Slot {
         }
     }
 
-    fn sessions(&self) -> Vec<Rc<Session>> {
+    /// Notes a log level the backend accepted, to set again on a restarted process.
+    pub fn record_log_level(&self, level: Value) {
+        *self.log_level.borrow_mut() = Some(level);
+    }
+
+    /// The sessions attached to this slot.
+    pub fn sessions(&self) -> Vec<Rc<Session>> {
         self.sessions
             .borrow()
             .iter()
@@ -582,7 +593,55 @@ impl Slot {
         }
         proc.send(&Message::notification("notifications/initialized", None))
             .await;
+        self.restore(&proc, span).await;
         Ok(proc)
+    }
+
+    /// Sets on a new process what clients had set on the one before it: the last log
+    /// level a client set (`logging/setLevel`) and the resource subscriptions of the
+    /// sessions attached to the slot, each where the backend announces the capability.
+    /// Without this a crash would silently end a client's subscriptions and reset its
+    /// log level. Each request is queued at once, so the backend reads it before the
+    /// requests that waited for the restart; its answer is awaited in the background
+    /// (a backend that does not answer delays no one) and a failure is logged.
+    async fn restore(&self, proc: &Rc<Proc>, span: &Cx) {
+        let caps = proc.capabilities();
+        let mut asks = Vec::new();
+        if mcp::has_capability(&caps, "logging") {
+            if let Some(level) = self.log_level.borrow().clone() {
+                asks.push(("logging/setLevel", json!({ "level": level })));
+            }
+        }
+        if caps.pointer("/resources/subscribe") == Some(&Value::Bool(true)) {
+            let uris: BTreeSet<String> = self
+                .sessions()
+                .iter()
+                .flat_map(|s| s.subscriptions_to(self.name()))
+                .collect();
+            asks.extend(
+                uris.into_iter()
+                    .map(|uri| ("resources/subscribe", json!({ "uri": uri }))),
+            );
+        }
+        for (method, params) in asks {
+            log::info!("backend {:?}: restoring {method} {params}", self.name());
+            let mut msg = Message::request(Id::from(0), method, Some(params.clone()));
+            propagation::inject_message(span, &mut msg);
+            let (proc, name, timeout) = (proc.clone(), self.cfg.name.clone(), self.timeout);
+            let mut ask = Box::pin(async move {
+                let failed = match proc.request(0, msg, timeout, None, ReadAs::Brief).await {
+                    Ok(r) => r.error().map(|e| e["message"].to_string()),
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(why) = failed {
+                    log::warn!("backend {name:?}: could not restore {method} {params}: {why}");
+                }
+            });
+            // The first poll queues the request's line (it waits only for the answer).
+            if futures_lite::future::poll_once(&mut ask).await.is_none() {
+                rt::spawn(ask).detach();
+            }
+        }
     }
 
     fn kill(&self, proc: &Proc) {

@@ -8,7 +8,7 @@
 //! cancelled it.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 
 use async_channel::Sender;
@@ -31,6 +31,11 @@ use crate::Gateway;
 
 /// Pages followed per backend when merging a listing, at most.
 pub const MAX_LIST_PAGES: usize = 100;
+
+/// Resource URIs one session may be subscribed to at once: each is remembered (to
+/// filter a shared backend's updates and to subscribe again after a backend restart),
+/// so the client's count is bounded. A subscribe beyond it is answered -32003.
+pub const MAX_SUBSCRIPTIONS_PER_SESSION: usize = 1024;
 
 /// Where a forwarded request went, so a cancellation can follow it.
 #[derive(Default)]
@@ -66,7 +71,9 @@ pub struct Session {
     routes: RefCell<ResourceRoutes>,
     in_flight: RefCell<HashMap<Id, InFlight>>,
     server_reqs: RefCell<IdMap<ServerReq>>,
-    subscriptions: RefCell<HashSet<String>>,
+    /// Resource URIs the client subscribed to → the backend that serves each (set
+    /// again on that backend if it restarts: `Slot::restore`).
+    subscriptions: RefCell<HashMap<String, String>>,
     /// Trace context from the WebSocket handshake: the parent of requests that carry
     /// none in `_meta`.
     handshake_cx: Cx,
@@ -99,7 +106,7 @@ impl Session {
             routes: RefCell::new(ResourceRoutes::default()),
             in_flight: RefCell::new(HashMap::new()),
             server_reqs: RefCell::new(IdMap::new(max)),
-            subscriptions: RefCell::new(HashSet::new()),
+            subscriptions: RefCell::new(HashMap::new()),
             handshake_cx,
             conn_attrs,
             conn_attrs_sent: Cell::new(false),
@@ -142,7 +149,17 @@ impl Session {
 
     /// True when the client subscribed to `uri`.
     pub fn is_subscribed(&self, uri: &str) -> bool {
-        self.subscriptions.borrow().contains(uri)
+        self.subscriptions.borrow().contains_key(uri)
+    }
+
+    /// The URIs the client subscribed to on `backend`.
+    pub fn subscriptions_to(&self, backend: &str) -> Vec<String> {
+        self.subscriptions
+            .borrow()
+            .iter()
+            .filter(|(_, b)| b.as_str() == backend)
+            .map(|(uri, _)| uri.clone())
+            .collect()
     }
 
     /// Handles one message from the client.
@@ -600,12 +617,35 @@ impl Session {
                 .to_rpc_error()
             })?
             .to_string();
+        if method == "resources/subscribe" {
+            let subs = self.subscriptions.borrow();
+            if subs.len() >= MAX_SUBSCRIPTIONS_PER_SESSION && !subs.contains_key(&uri) {
+                return Err(
+                    SessionError::TooManySubscriptions(MAX_SUBSCRIPTIONS_PER_SESSION)
+                        .to_rpc_error(),
+                );
+            }
+        }
         let slot = self.route_uri(&uri, cx).await?;
+        if method == "resources/unsubscribe"
+            && slot.is_shared()
+            && slot
+                .sessions()
+                .iter()
+                .any(|s| s.id != self.id && s.is_subscribed(&uri))
+        {
+            // Another client of the shared backend still wants this resource's
+            // updates: the backend keeps the subscription, this client stops getting them.
+            self.subscriptions.borrow_mut().remove(&uri);
+            let id = msg.id().expect("requests have ids");
+            return Ok(Message::response(id, json!({})).into());
+        }
         let resp = self.forward(&slot, msg, target, cx).await?;
         if resp.error().is_none() {
             match method.as_str() {
                 "resources/subscribe" => {
-                    self.subscriptions.borrow_mut().insert(uri);
+                    let backend = slot.name().to_string();
+                    self.subscriptions.borrow_mut().insert(uri, backend);
                 }
                 "resources/unsubscribe" => {
                     self.subscriptions.borrow_mut().remove(&uri);
@@ -673,11 +713,23 @@ impl Session {
                 rt::spawn(async move {
                     let proc = me.ensure(&slot, &cx).await?;
                     if !mcp::has_capability(&proc.capabilities(), "logging") {
-                        return Ok(());
+                        return Ok::<(), RpcError>(());
                     }
-                    me.send_traced(&proc, &slot, msg, &cx, None, ReadAs::Brief)
-                        .await
-                        .map(|_| ())
+                    let level = msg.params().and_then(|p| p.get("level")).cloned();
+                    let reply = me
+                        .send_traced(&proc, &slot, msg, &cx, None, ReadAs::Brief)
+                        .await?;
+                    match (reply.error(), level) {
+                        (None, Some(level)) => slot.record_log_level(level),
+                        (Some(e), _) => log::warn!(
+                            "session {}: backend {:?} refused logging/setLevel: {}",
+                            me.id,
+                            slot.name(),
+                            e["message"]
+                        ),
+                        _ => {}
+                    }
+                    Ok(())
                 })
             })
             .collect();

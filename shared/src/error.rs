@@ -257,6 +257,8 @@ pub enum SessionError {
     },
     /// A request reused the id of a request still in flight.
     DuplicateId,
+    /// A `resources/subscribe` beyond the session's bound on subscriptions.
+    TooManySubscriptions(usize),
 }
 
 impl fmt::Display for SessionError {
@@ -271,6 +273,12 @@ impl fmt::Display for SessionError {
             SessionError::DuplicateId => {
                 write!(f, "a request with this id is already in flight")
             }
+            SessionError::TooManySubscriptions(n) => {
+                write!(
+                    f,
+                    "too many resource subscriptions on this session (limit {n})"
+                )
+            }
         }
     }
 }
@@ -278,7 +286,9 @@ impl fmt::Display for SessionError {
 impl ToRpcError for SessionError {
     fn to_rpc_error(&self) -> RpcError {
         let code = match self {
-            SessionError::TooManyInFlight(_) => codes::OVERLOADED,
+            SessionError::TooManyInFlight(_) | SessionError::TooManySubscriptions(_) => {
+                codes::OVERLOADED
+            }
             SessionError::TooLarge { .. } | SessionError::DuplicateId => codes::INVALID_REQUEST,
         };
         RpcError::new(code, self.to_string())
@@ -357,6 +367,9 @@ mod tests {
             SessionError::TooManyInFlight(4).to_rpc_error().code,
             codes::OVERLOADED
         );
+        let e = SessionError::TooManySubscriptions(2).to_rpc_error();
+        assert_eq!(e.code, codes::OVERLOADED);
+        assert!(e.message.contains("limit 2"), "{}", e.message);
         assert_eq!(
             RelayError::Disconnected { reason: "x".into() }
                 .to_rpc_error()

@@ -201,6 +201,141 @@ fn subscriptions_deliver_resource_updates() {
     }
 }
 
+/// What a `progress` call of one step to `backend` sends before its answer: the
+/// fixture's log message ("progress done", at level info) unless the backend's level
+/// is above info.
+fn progress_logs(c: &mut Client, backend: &str, id: Value) -> bool {
+    let r = c.call(id, &format!("{backend}.progress"), json!({"steps": 1}));
+    assert_eq!(text_of(&r), "done 1");
+    // The log line comes before the answer on the backend's stdout, and one session
+    // gets both in that order: what it holds now is all there is.
+    c.drain_for(Duration::ZERO)
+        .iter()
+        .any(|v| v["method"] == "notifications/message" && v["params"]["data"] == "progress done")
+}
+
+#[test]
+fn a_restarted_backend_gets_the_clients_subscriptions_and_log_level_again() {
+    // "one" is the session's own process, "two" is shared (`setup`).
+    for backend in ["one", "two"] {
+        let (gw, mut c) = setup();
+        let uri = format!("fixture://{backend}/hello");
+        let r = c.request(json!(1), "resources/subscribe", json!({ "uri": uri }));
+        assert_eq!(r["result"], json!({}));
+        assert!(progress_logs(&mut c, backend, json!(2)), "info by default");
+        let r = c.request(json!(3), "logging/setLevel", json!({"level": "error"}));
+        assert_eq!(r["result"], json!({}));
+        assert!(
+            !progress_logs(&mut c, backend, json!(4)),
+            "error hides info"
+        );
+
+        let r = c.call(json!(5), &format!("{backend}.crash"), json!({}));
+        assert_eq!(error_code(&r), -32000, "{r}");
+        // The next call starts a new process; it must still know the level and the
+        // subscription the client set on the old one.
+        let r = c.call(json!(6), &format!("{backend}.touch"), json!({ "uri": uri }));
+        assert_eq!(text_of(&r), "touched", "{backend}");
+        let n = c.recv_where(|v| v["method"] == "notifications/resources/updated");
+        assert_eq!(n["params"]["uri"], uri.as_str());
+        assert!(
+            !progress_logs(&mut c, backend, json!(7)),
+            "{backend}: the level survived the restart"
+        );
+        let log = gw.log.text();
+        for what in ["resources/subscribe", "logging/setLevel"] {
+            let line = format!("backend \"{backend}\": restoring {what}");
+            assert!(log.contains(&line), "{line}: {log}");
+        }
+        assert!(!log.contains("could not restore"), "{log}");
+        // The other backend was never restarted: nothing was restored there.
+        assert_eq!(log.matches(": restoring ").count(), 2, "{log}");
+    }
+}
+
+#[test]
+fn one_client_unsubscribing_leaves_a_shared_backends_other_subscribers_served() {
+    let (gw, mut a) = setup();
+    let mut b = Client::router(&gw.url);
+    b.initialize();
+    let uri = "fixture://two/hello"; // "two" is shared
+    for c in [&mut a, &mut b] {
+        let r = c.request(json!("sub"), "resources/subscribe", json!({ "uri": uri }));
+        assert_eq!(r["result"], json!({}));
+    }
+    let r = a.request(
+        json!("unsub"),
+        "resources/unsubscribe",
+        json!({ "uri": uri }),
+    );
+    assert_eq!(r["result"], json!({}));
+    let r = b.call(json!(1), "two.touch", json!({ "uri": uri }));
+    assert_eq!(
+        text_of(&r),
+        "touched",
+        "the backend still has the subscription"
+    );
+    let n = b.recv_where(|v| v["method"] == "notifications/resources/updated");
+    assert_eq!(n["params"]["uri"], uri);
+    // `a` no longer gets the updates: whatever the fan-out queued for it came before
+    // the answer to a later request.
+    let r = a.call(json!(2), "two.echo", json!({"text": "x"}));
+    assert_eq!(text_of(&r), "x");
+    let rest = a.drain_for(Duration::ZERO);
+    assert!(
+        !rest
+            .iter()
+            .any(|v| v["method"] == "notifications/resources/updated"),
+        "{rest:?}"
+    );
+    // Once the last subscriber leaves, the unsubscribe reaches the backend.
+    let r = b.request(
+        json!("unsub"),
+        "resources/unsubscribe",
+        json!({ "uri": uri }),
+    );
+    assert_eq!(r["result"], json!({}));
+    let r = b.call(json!(3), "two.touch", json!({ "uri": uri }));
+    assert_eq!(text_of(&r), "not subscribed", "{r}");
+}
+
+#[test]
+fn subscriptions_per_session_are_bounded() {
+    let (_gw, mut c) = setup();
+    const LIMIT: usize = 1024; // MAX_SUBSCRIPTIONS_PER_SESSION
+    for i in 0..LIMIT {
+        let uri = format!("fixture://one/item/{i}");
+        let r = c.request(json!(i), "resources/subscribe", json!({ "uri": uri }));
+        assert_eq!(r["result"], json!({}), "{r}");
+    }
+    let r = c.request(
+        json!("over"),
+        "resources/subscribe",
+        json!({ "uri": "fixture://one/item/x" }),
+    );
+    assert_eq!(error_code(&r), -32003, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit 1024"),
+        "{r}"
+    );
+    // Subscribing again to a URI it has is no new subscription; after an
+    // unsubscribe there is room again.
+    let uri0 = json!({ "uri": "fixture://one/item/0" });
+    let r = c.request(json!("again"), "resources/subscribe", uri0.clone());
+    assert_eq!(r["result"], json!({}), "{r}");
+    let r = c.request(json!("unsub"), "resources/unsubscribe", uri0);
+    assert_eq!(r["result"], json!({}), "{r}");
+    let r = c.request(
+        json!("room"),
+        "resources/subscribe",
+        json!({ "uri": "fixture://one/item/x" }),
+    );
+    assert_eq!(r["result"], json!({}), "{r}");
+}
+
 #[test]
 fn sampling_request_round_trips_through_both_hops() {
     let (_gw, mut c) = setup();
