@@ -384,6 +384,38 @@ impl Slot {
         }
     }
 
+    /// Ends at a shared backend the subscriptions to `uris` (those of a session that
+    /// ended) that no attached session holds: the backend would go on watching those
+    /// resources, and sending their updates, for no one. Sent in the background; the
+    /// answer is logged.
+    pub fn release_subscriptions(&self, uris: Vec<String>) {
+        let Some(proc) = self.running() else {
+            return;
+        };
+        let others = self.sessions();
+        for uri in uris {
+            if others.iter().any(|s| s.is_subscribed(&uri)) {
+                continue;
+            }
+            let params = json!({ "uri": uri });
+            let msg = Message::request(Id::from(0), "resources/unsubscribe", Some(params));
+            let (proc, name, timeout) = (proc.clone(), self.cfg.name.clone(), self.timeout);
+            rt::spawn(async move {
+                match proc.request(0, msg, timeout, None, ReadAs::Brief).await {
+                    Ok(r) if r.error().is_none() => {
+                        log::debug!("backend {name:?}: released the subscription to {uri}")
+                    }
+                    Ok(r) => log::warn!(
+                        "backend {name:?}: unsubscribing from {uri}: {}",
+                        r.error().map_or(Value::Null, |e| e["message"].clone())
+                    ),
+                    Err(e) => log::warn!("backend {name:?}: unsubscribing from {uri}: {e}"),
+                }
+            })
+            .detach();
+        }
+    }
+
     /// Unregisters a session; its pending requests are cancelled at the backend.
     pub fn detach(&self, session: u64) {
         self.sessions

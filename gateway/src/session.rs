@@ -955,7 +955,9 @@ impl Session {
         let mut stops = Vec::new();
         for slot in &self.backends {
             slot.detach(self.id);
-            if !slot.is_shared() {
+            if slot.is_shared() {
+                slot.release_subscriptions(self.subscriptions_to(slot.name()));
+            } else {
                 let slot = slot.clone();
                 stops.push(rt::spawn(async move { slot.stop(grace).await }));
             }

@@ -300,6 +300,32 @@ fn one_client_unsubscribing_leaves_a_shared_backends_other_subscribers_served() 
 }
 
 #[test]
+fn a_closed_sessions_subscriptions_end_at_the_shared_backend_unless_another_holds_them() {
+    let (gw, mut a) = setup();
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    let (both, only_a) = ("fixture://two/hello", "fixture://two/item/1"); // "two" is shared
+    let subscribe = |client: &mut Client, uri: &str| {
+        let r = client.request(json!("sub"), "resources/subscribe", json!({ "uri": uri }));
+        assert_eq!(r["result"], json!({}));
+    };
+    subscribe(&mut a, both);
+    subscribe(&mut c, both);
+    subscribe(&mut a, only_a);
+    drop(a); // its router exits, the WebSocket closes, the session ends
+    gw.wait_line(&format!("released the subscription to {only_a}"));
+    let r = c.call(json!(1), "two.touch", json!({ "uri": only_a }));
+    assert_eq!(text_of(&r), "not subscribed", "{r}");
+    let r = c.call(json!(2), "two.touch", json!({ "uri": both }));
+    assert_eq!(text_of(&r), "touched", "c still holds it: {r}");
+    let n = c.recv_where(|v| v["method"] == "notifications/resources/updated");
+    assert_eq!(n["params"]["uri"], both);
+    let log = gw.log.text();
+    assert!(!log.contains(&format!("subscription to {both}")), "{log}");
+    assert!(!log.contains("unsubscribing from"), "{log}");
+}
+
+#[test]
 fn subscriptions_per_session_are_bounded() {
     let (_gw, mut c) = setup();
     const LIMIT: usize = 1024; // MAX_SUBSCRIPTIONS_PER_SESSION
