@@ -11,7 +11,7 @@
 //! the backend's response, a timeout, or the process's exit status.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,20 @@ pub const STDIN_QUEUE: usize = 256;
 pub const STDERR_LINE_BYTES: usize = 8 * 1024;
 /// After a backend closes stdout, how long to wait for its exit status before killing it.
 pub const EXIT_WAIT: Duration = Duration::from_secs(1);
+/// Requests of a restarted backend's restore (`Slot::restore`) unanswered at once: few
+/// next to [`MAX_PENDING_PER_PROCESS`], so that a restore of many subscriptions never
+/// takes the room of the clients' requests.
+pub const RESTORE_WINDOW: usize = 16;
+
+/// How a restore went: requests answered, and refused (an error answer, or none).
+#[derive(Default)]
+struct Tally {
+    answered: usize,
+    refused: usize,
+    /// The first refusal, for the log.
+    first: Option<String>,
+}
+
 /// A backend that ran at least this long before dying is restarted without delay.
 pub const STABLE_UPTIME: Duration = Duration::from_secs(10);
 /// First restart delay after repeated quick failures; doubles each time.
@@ -631,18 +645,21 @@ impl Slot {
 
     /// Sets on a new process what clients had set on the one before it: the last log
     /// level a client set (`logging/setLevel`) and the resource subscriptions of the
-    /// sessions attached to the slot, each where the backend announces the capability.
-    /// Without this a crash would silently end a client's subscriptions and reset its
-    /// log level. Each request is queued at once, so the backend reads it before the
-    /// requests that waited for the restart; its answer is awaited in the background
-    /// (a backend that does not answer delays no one) and a failure is logged.
+    /// sessions attached to the slot (those still awaiting their answer included),
+    /// each where the backend announces the capability. Without this a crash would
+    /// silently end a client's subscriptions and reset its log level.
+    ///
+    /// `start` waits for it, so the requests that waited for the restart reach the
+    /// backend after it; at most [`RESTORE_WINDOW`] of its requests are unanswered at a
+    /// time (the pending table stays the clients'), and it stops after the backend's
+    /// request timeout in all (a backend that does not answer delays them by that
+    /// much, once). What could not be restored is logged.
     async fn restore(&self, proc: &Rc<Proc>, span: &Cx) {
         let caps = proc.capabilities();
-        let mut asks = Vec::new();
-        if mcp::has_capability(&caps, "logging") {
-            if let Some(level) = self.log_level.borrow().clone() {
-                asks.push(("logging/setLevel", json!({ "level": level })));
-            }
+        let mut asks = VecDeque::new();
+        let level = self.log_level.borrow().clone();
+        if let (true, Some(level)) = (mcp::has_capability(&caps, "logging"), level) {
+            asks.push_back(("logging/setLevel", json!({ "level": level })));
         }
         if caps.pointer("/resources/subscribe") == Some(&Value::Bool(true)) {
             let uris: BTreeSet<String> = self
@@ -655,24 +672,67 @@ impl Slot {
                     .map(|uri| ("resources/subscribe", json!({ "uri": uri }))),
             );
         }
-        for (method, params) in asks {
-            log::info!("backend {:?}: restoring {method} {params}", self.name());
-            let mut msg = Message::request(Id::from(0), method, Some(params.clone()));
-            propagation::inject_message(span, &mut msg);
-            let (proc, name, timeout) = (proc.clone(), self.cfg.name.clone(), self.timeout);
-            let mut ask = Box::pin(async move {
-                let failed = match proc.request(0, msg, timeout, None, ReadAs::Brief).await {
-                    Ok(r) => r.error().map(|e| e["message"].to_string()),
-                    Err(e) => Some(e.to_string()),
-                };
-                if let Some(why) = failed {
-                    log::warn!("backend {name:?}: could not restore {method} {params}: {why}");
-                }
-            });
-            // The first poll queues the request's line (it waits only for the answer).
-            if futures_lite::future::poll_once(&mut ask).await.is_none() {
-                rt::spawn(ask).detach();
+        let total = asks.len();
+        if total == 0 {
+            return;
+        }
+        let queue = Rc::new(RefCell::new(asks));
+        let tally = Rc::new(RefCell::new(Tally::default()));
+        let workers: Vec<_> = (0..RESTORE_WINDOW.min(total))
+            .map(|_| {
+                let (queue, tally, proc, span) =
+                    (queue.clone(), tally.clone(), proc.clone(), span.clone());
+                let timeout = self.timeout;
+                rt::spawn(async move {
+                    loop {
+                        let Some((method, params)) = queue.borrow_mut().pop_front() else {
+                            return;
+                        };
+                        let mut msg = Message::request(Id::from(0), method, Some(params));
+                        propagation::inject_message(&span, &mut msg);
+                        let refused = match proc.request(0, msg, timeout, None, ReadAs::Brief).await
+                        {
+                            Ok(r) => r.error().map(|e| e["message"].to_string()),
+                            Err(e) => Some(e.to_string()),
+                        };
+                        let mut t = tally.borrow_mut();
+                        t.answered += 1;
+                        if let Some(why) = refused {
+                            t.refused += 1;
+                            t.first.get_or_insert_with(|| format!("{method}: {why}"));
+                        }
+                    }
+                })
+            })
+            .collect();
+        let all = async {
+            for w in workers {
+                w.await;
             }
+        };
+        // Dropping the workers at the deadline cancels what they still wait for.
+        let finished = rt::timeout(self.timeout, all).await.is_some();
+        let t = tally.borrow();
+        let restored = t.answered - t.refused;
+        if finished && t.refused == 0 {
+            log::info!(
+                "backend {:?}: restored {restored} setting(s) clients had made (log level, subscriptions)",
+                self.name()
+            );
+        } else {
+            log::warn!(
+                "backend {:?}: could not restore {} of {total} setting(s) clients had made{}{}",
+                self.name(),
+                total - restored,
+                if finished {
+                    String::new()
+                } else {
+                    format!(" (stopped after {} ms)", self.timeout.as_millis())
+                },
+                t.first
+                    .as_ref()
+                    .map_or(String::new(), |f| format!("; first refusal: {f}"))
+            );
         }
     }
 

@@ -72,8 +72,11 @@ pub struct Session {
     in_flight: RefCell<HashMap<Id, InFlight>>,
     server_reqs: RefCell<IdMap<ServerReq>>,
     /// Resource URIs the client subscribed to → the backend that serves each (set
-    /// again on that backend if it restarts: `Slot::restore`).
-    subscriptions: RefCell<HashMap<String, String>>,
+    /// again on that backend if it restarts: `Slot::restore`) and the subscribe that
+    /// put it there (see `forward_by_uri`).
+    subscriptions: RefCell<HashMap<String, (String, u64)>>,
+    /// Numbers the session's subscribes.
+    subscribes: Cell<u64>,
     /// Trace context from the WebSocket handshake: the parent of requests that carry
     /// none in `_meta`.
     handshake_cx: Cx,
@@ -107,6 +110,7 @@ impl Session {
             in_flight: RefCell::new(HashMap::new()),
             server_reqs: RefCell::new(IdMap::new(max)),
             subscriptions: RefCell::new(HashMap::new()),
+            subscribes: Cell::new(0),
             handshake_cx,
             conn_attrs,
             conn_attrs_sent: Cell::new(false),
@@ -157,7 +161,7 @@ impl Session {
         self.subscriptions
             .borrow()
             .iter()
-            .filter(|(_, b)| b.as_str() == backend)
+            .filter(|(_, (b, _))| b.as_str() == backend)
             .map(|(uri, _)| uri.clone())
             .collect()
     }
@@ -617,43 +621,52 @@ impl Session {
                 .to_rpc_error()
             })?
             .to_string();
-        if method == "resources/subscribe" {
-            let subs = self.subscriptions.borrow();
-            if subs.len() >= MAX_SUBSCRIPTIONS_PER_SESSION && !subs.contains_key(&uri) {
-                return Err(
-                    SessionError::TooManySubscriptions(MAX_SUBSCRIPTIONS_PER_SESSION)
-                        .to_rpc_error(),
-                );
-            }
-        }
         let slot = self.route_uri(&uri, cx).await?;
-        if method == "resources/unsubscribe"
-            && slot.is_shared()
-            && slot
-                .sessions()
-                .iter()
-                .any(|s| s.id != self.id && s.is_subscribed(&uri))
-        {
-            // Another client of the shared backend still wants this resource's
-            // updates: the backend keeps the subscription, this client stops getting them.
-            self.subscriptions.borrow_mut().remove(&uri);
-            let id = msg.id().expect("requests have ids");
-            return Ok(Message::response(id, json!({})).into());
-        }
-        let resp = self.forward(&slot, msg, target, cx).await?;
-        if resp.error().is_none() {
-            match method.as_str() {
-                "resources/subscribe" => {
-                    let backend = slot.name().to_string();
-                    self.subscriptions.borrow_mut().insert(uri, backend);
+        match method.as_str() {
+            "resources/subscribe" => {
+                // Held from now on, not from the answer: another session's unsubscribe,
+                // this session's end and a restore must count a subscribe the backend
+                // may already have taken. A failure takes it back, unless a later
+                // subscribe of the same URI holds it by then.
+                let n = self.subscribes.get() + 1;
+                self.subscribes.set(n);
+                {
+                    let mut subs = self.subscriptions.borrow_mut();
+                    if subs.len() >= MAX_SUBSCRIPTIONS_PER_SESSION && !subs.contains_key(&uri) {
+                        return Err(SessionError::TooManySubscriptions(
+                            MAX_SUBSCRIPTIONS_PER_SESSION,
+                        )
+                        .to_rpc_error());
+                    }
+                    subs.insert(uri.clone(), (slot.name().to_string(), n));
                 }
-                "resources/unsubscribe" => {
-                    self.subscriptions.borrow_mut().remove(&uri);
+                let resp = self.forward(&slot, msg, target, cx).await;
+                if !matches!(&resp, Ok(r) if r.error().is_none()) {
+                    let mut subs = self.subscriptions.borrow_mut();
+                    if subs.get(&uri).is_some_and(|(_, by)| *by == n) {
+                        subs.remove(&uri);
+                    }
                 }
-                _ => {}
+                resp
             }
+            "resources/unsubscribe" => {
+                // The client stops getting the updates now, whatever the backend says.
+                self.subscriptions.borrow_mut().remove(&uri);
+                let held = slot.is_shared()
+                    && slot
+                        .sessions()
+                        .iter()
+                        .any(|s| s.id != self.id && s.is_subscribed(&uri));
+                if held {
+                    // Another client of the shared backend still wants this resource's
+                    // updates: the backend keeps the subscription.
+                    let id = msg.id().expect("requests have ids");
+                    return Ok(Message::response(id, json!({})).into());
+                }
+                self.forward(&slot, msg, target, cx).await
+            }
+            _ => self.forward(&slot, msg, target, cx).await,
         }
-        Ok(resp)
     }
 
     async fn forward_completion(

@@ -1,0 +1,302 @@
+//! End to end: what clients set on backends (resource subscriptions, log level) through
+//! router → gateway → fixture backends: kept across a backend's restart, shared
+//! between the clients of a shared backend, released when a session ends, bounded.
+//!
+//! Backend "one" is each session's own process, "two" is shared.
+
+use std::time::Duration;
+
+use mcp_e2e::*;
+use serde_json::{json, Value};
+
+/// A gateway with "one" (per client) and "two" (shared) fixture backends.
+fn gateway() -> Gateway {
+    Gateway::start(&format!(
+        "{}{}",
+        fixture_backend("one", ""),
+        fixture_backend("two", "session = \"shared\"")
+    ))
+}
+
+/// The same, with "two" behind a shell loop that makes it a slow subscriber: each
+/// line with `subscribe` in it (subscribe and unsubscribe) is logged to stderr as
+/// `held <line>` (the gateway logs it: the test knows the line reached the backend)
+/// and passed on 300 ms later, in order.
+fn gateway_with_slow_subscribes() -> Gateway {
+    let fixture = bin("mcp-fixture").display().to_string();
+    let script = "while IFS= read -r l; do case \"$l\" in *subscribe*) \
+                  echo \"held $l\" >&2; sleep 0.3;; esac; printf '%s\\n' \"$l\"; done \
+                  | \"$0\" --name two";
+    Gateway::start(&format!(
+        "{}[[backends]]\nname = \"two\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
+         args = [\"-c\", {script:?}, {fixture:?}]\nsession = \"shared\"\n",
+        fixture_backend("one", ""),
+    ))
+}
+
+fn client(gw: &Gateway) -> Client {
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    c
+}
+
+fn subscribe(c: &mut Client, uri: &str) -> Value {
+    c.request(json!("sub"), "resources/subscribe", json!({ "uri": uri }))
+}
+
+fn send_subscribe(c: &mut Client, id: &str, method: &str, uri: &str) {
+    c.send(json!({"jsonrpc":"2.0","id":id,"method":method,"params":{"uri":uri}}));
+}
+
+/// `touch` on the backend that serves `uri`: "touched" when the backend holds a
+/// subscription to it, "not subscribed" when not.
+fn touch(c: &mut Client, backend: &str, uri: &str) -> String {
+    let r = c.call(
+        json!("touch"),
+        &format!("{backend}.touch"),
+        json!({ "uri": uri }),
+    );
+    text_of(&r).to_string()
+}
+
+/// Whether the client holds an update for `uri` now. The fan-out queues an update
+/// for a session before the answer to any later request of that session, so after
+/// such an answer this is final.
+fn has_update(c: &mut Client, uri: &str) -> bool {
+    c.drain_for(Duration::ZERO)
+        .iter()
+        .any(|v| v["method"] == "notifications/resources/updated" && v["params"]["uri"] == uri)
+}
+
+/// What a `progress` call of one step to `backend` sends before its answer: the
+/// fixture's log message ("progress done", at level info) unless the backend's level
+/// is above info.
+fn progress_logs(c: &mut Client, backend: &str) -> bool {
+    let r = c.call(
+        json!("p"),
+        &format!("{backend}.progress"),
+        json!({"steps": 1}),
+    );
+    assert_eq!(text_of(&r), "done 1");
+    // The log line comes before the answer on the backend's stdout, and one session
+    // gets both in that order: what it holds now is all there is.
+    c.drain_for(Duration::ZERO)
+        .iter()
+        .any(|v| v["method"] == "notifications/message" && v["params"]["data"] == "progress done")
+}
+
+#[test]
+fn a_restarted_backend_gets_the_clients_subscriptions_and_log_level_again() {
+    for backend in ["one", "two"] {
+        let gw = gateway();
+        let mut c = client(&gw);
+        let uri = format!("fixture://{backend}/hello");
+        assert_eq!(subscribe(&mut c, &uri)["result"], json!({}));
+        assert!(progress_logs(&mut c, backend), "info by default");
+        let r = c.request(json!(3), "logging/setLevel", json!({"level": "error"}));
+        assert_eq!(r["result"], json!({}));
+        assert!(!progress_logs(&mut c, backend), "error hides info");
+
+        let r = c.call(json!(5), &format!("{backend}.crash"), json!({}));
+        assert_eq!(error_code(&r), -32000, "{r}");
+        // The next call starts a new process; it must still know the level and the
+        // subscription the client set on the old one.
+        assert_eq!(touch(&mut c, backend, &uri), "touched", "{backend}");
+        let n = c.recv_where(|v| v["method"] == "notifications/resources/updated");
+        assert_eq!(n["params"]["uri"], uri.as_str());
+        assert!(
+            !progress_logs(&mut c, backend),
+            "{backend}: the level survived the restart"
+        );
+        let log = gw.log.text();
+        let line = format!("backend \"{backend}\": restored 2 setting(s)");
+        assert!(log.contains(&line), "{line}: {log}");
+        assert!(!log.contains("could not restore"), "{log}");
+        // The other backend was never restarted: nothing was restored there.
+        assert_eq!(log.matches(": restored ").count(), 1, "{log}");
+    }
+}
+
+#[test]
+fn a_restore_larger_than_the_backends_stdin_queue_still_comes_before_waiting_requests() {
+    let gw = gateway();
+    let mut c = client(&gw);
+    // More than backend::STDIN_QUEUE (256) lines to restore.
+    for i in 0..600 {
+        let r = subscribe(&mut c, &format!("fixture://one/item/{i}"));
+        assert_eq!(r["result"], json!({}), "{r}");
+    }
+    let r = c.call(json!("crash"), "one.crash", json!({}));
+    assert_eq!(error_code(&r), -32000);
+    // Pipelined behind the restart: the URIs that sort last are restored last.
+    let last: Vec<String> = (90..100)
+        .map(|i| format!("fixture://one/item/{i}"))
+        .collect();
+    for (i, uri) in last.iter().enumerate() {
+        c.send(json!({"jsonrpc":"2.0","id":i,"method":"tools/call",
+            "params":{"name":"one.touch","arguments":{"uri":uri}}}));
+    }
+    for (i, uri) in last.iter().enumerate() {
+        let r = c.response(&json!(i));
+        assert_eq!(text_of(&r), "touched", "{uri}: {r}");
+    }
+    assert!(gw
+        .log
+        .text()
+        .contains("backend \"one\": restored 600 setting(s)"));
+}
+
+#[test]
+fn restoring_more_subscriptions_than_a_backend_may_have_pending_loses_none() {
+    // 5 × 1,024 subscriptions on the shared backend: more than its pending table
+    // (backend::MAX_PENDING_PER_PROCESS, 4,096) could hold at once.
+    let gw = gateway();
+    let mut clients: Vec<Client> = (0..5).map(|_| client(&gw)).collect();
+    for (k, c) in clients.iter_mut().enumerate() {
+        for i in 0..1024 {
+            let r = subscribe(c, &format!("fixture://two/item/{k}-{i}"));
+            assert_eq!(r["result"], json!({}), "{r}");
+        }
+    }
+    let r = clients[0].call(json!("crash"), "two.crash", json!({}));
+    assert_eq!(error_code(&r), -32000);
+    let r = clients[1].call(json!("e"), "two.echo", json!({"text": "x"}));
+    assert_eq!(
+        text_of(&r),
+        "x",
+        "the request that waited for the restart: {r}"
+    );
+    for (k, c) in clients.iter_mut().enumerate() {
+        let uri = format!("fixture://two/item/{k}-1023");
+        assert_eq!(touch(c, "two", &uri), "touched");
+    }
+    let log = gw.log.text();
+    assert!(
+        log.contains("backend \"two\": restored 5120 setting(s)"),
+        "{log}"
+    );
+    assert!(!log.contains("could not restore"), "{log}");
+}
+
+#[test]
+fn one_client_unsubscribing_leaves_a_shared_backends_other_subscribers_served() {
+    let gw = gateway();
+    let (mut a, mut b) = (client(&gw), client(&gw));
+    let uri = "fixture://two/hello";
+    assert_eq!(subscribe(&mut a, uri)["result"], json!({}));
+    assert_eq!(subscribe(&mut b, uri)["result"], json!({}));
+    let r = a.request(
+        json!("unsub"),
+        "resources/unsubscribe",
+        json!({ "uri": uri }),
+    );
+    assert_eq!(r["result"], json!({}));
+    assert_eq!(touch(&mut b, "two", uri), "touched", "the backend kept it");
+    assert!(has_update(&mut b, uri));
+    assert_eq!(touch(&mut a, "two", uri), "touched");
+    assert!(!has_update(&mut a, uri), "a no longer gets the updates");
+    // Once the last subscriber leaves, the unsubscribe reaches the backend.
+    let r = b.request(
+        json!("unsub"),
+        "resources/unsubscribe",
+        json!({ "uri": uri }),
+    );
+    assert_eq!(r["result"], json!({}));
+    assert_eq!(touch(&mut b, "two", uri), "not subscribed");
+}
+
+#[test]
+fn an_unsubscribe_does_not_undo_another_clients_subscribe_still_in_flight() {
+    let gw = gateway_with_slow_subscribes();
+    let (mut a, mut b) = (client(&gw), client(&gw));
+    let uri = "fixture://two/hello";
+    assert_eq!(subscribe(&mut a, uri)["result"], json!({}));
+    gw.wait_line("held"); // a's
+    send_subscribe(&mut b, "s", "resources/subscribe", uri);
+    gw.wait_line("held"); // b's: at the backend, not answered for 300 ms
+    let r = a.request(json!("u"), "resources/unsubscribe", json!({ "uri": uri }));
+    assert_eq!(r["result"], json!({}));
+    assert_eq!(b.response(&json!("s"))["result"], json!({}));
+    assert_eq!(touch(&mut b, "two", uri), "touched");
+    assert!(has_update(&mut b, uri));
+}
+
+#[test]
+fn a_subscribe_then_an_unsubscribe_end_unsubscribed_whatever_answers_first() {
+    let gw = gateway_with_slow_subscribes();
+    let (mut a, mut b) = (client(&gw), client(&gw));
+    let uri = "fixture://two/hello";
+    assert_eq!(subscribe(&mut b, uri)["result"], json!({}));
+    // b holds it, so a's unsubscribe is answered by the gateway, before the backend
+    // answers a's subscribe.
+    send_subscribe(&mut a, "s", "resources/subscribe", uri);
+    send_subscribe(&mut a, "u", "resources/unsubscribe", uri);
+    assert_eq!(a.response(&json!("u"))["result"], json!({}));
+    assert_eq!(a.response(&json!("s"))["result"], json!({}));
+    assert_eq!(touch(&mut b, "two", uri), "touched");
+    assert!(has_update(&mut b, uri));
+    let r = a.call(json!(2), "two.echo", json!({"text": "x"}));
+    assert_eq!(text_of(&r), "x");
+    assert!(!has_update(&mut a, uri), "a's last word was unsubscribe");
+}
+
+#[test]
+fn a_closed_sessions_subscriptions_end_at_the_shared_backend_unless_another_holds_them() {
+    let gw = gateway();
+    let (mut a, mut c) = (client(&gw), client(&gw));
+    let (both, only_a) = ("fixture://two/hello", "fixture://two/item/1");
+    assert_eq!(subscribe(&mut a, both)["result"], json!({}));
+    assert_eq!(subscribe(&mut c, both)["result"], json!({}));
+    assert_eq!(subscribe(&mut a, only_a)["result"], json!({}));
+    drop(a); // its router exits, the WebSocket closes, the session ends
+    gw.wait_line(&format!("released the subscription to {only_a}"));
+    assert_eq!(touch(&mut c, "two", only_a), "not subscribed");
+    assert_eq!(touch(&mut c, "two", both), "touched", "c still holds it");
+    assert!(has_update(&mut c, both));
+    let log = gw.log.text();
+    assert!(!log.contains(&format!("subscription to {both}")), "{log}");
+    assert!(!log.contains("unsubscribing from"), "{log}");
+}
+
+#[test]
+fn a_session_that_ends_with_its_subscribe_in_flight_releases_it_too() {
+    let gw = gateway_with_slow_subscribes();
+    let (mut a, mut b) = (client(&gw), client(&gw));
+    let uri = "fixture://two/item/7";
+    send_subscribe(&mut a, "s", "resources/subscribe", uri);
+    gw.wait_line("held"); // at the backend, not answered yet
+    drop(a);
+    gw.wait_line(&format!("released the subscription to {uri}"));
+    assert_eq!(touch(&mut b, "two", uri), "not subscribed");
+}
+
+#[test]
+fn subscriptions_per_session_are_bounded() {
+    let gw = gateway();
+    let mut c = client(&gw);
+    const LIMIT: usize = 1024; // MAX_SUBSCRIPTIONS_PER_SESSION
+    for i in 0..LIMIT {
+        let r = subscribe(&mut c, &format!("fixture://one/item/{i}"));
+        assert_eq!(r["result"], json!({}), "{r}");
+    }
+    let over = "fixture://one/item/x";
+    let r = subscribe(&mut c, over);
+    assert_eq!(error_code(&r), -32003, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit 1024"),
+        "{r}"
+    );
+    assert_eq!(touch(&mut c, "one", over), "not subscribed", "never sent");
+    // Subscribing again to a URI it has is no new subscription; after an
+    // unsubscribe there is room again.
+    let uri0 = json!({ "uri": "fixture://one/item/0" });
+    let r = c.request(json!("again"), "resources/subscribe", uri0.clone());
+    assert_eq!(r["result"], json!({}), "{r}");
+    let r = c.request(json!("unsub"), "resources/unsubscribe", uri0);
+    assert_eq!(r["result"], json!({}), "{r}");
+    assert_eq!(subscribe(&mut c, over)["result"], json!({}));
+    assert_eq!(touch(&mut c, "one", over), "touched");
+}
