@@ -853,7 +853,7 @@ impl Message {
         let mut out = Vec::with_capacity(text.len() + extra + WRITE_SLACK_BYTES + 1);
         let mut from = 0;
         for &(start, end, part) in parts.iter() {
-            out.extend_from_slice(&text[from..start]);
+            crate::bytes::append(&mut out, &text[from..start]);
             match part {
                 Part::Id(v) => value(&mut out, v),
                 Part::Str(s) => string(&mut out, s),
@@ -864,11 +864,14 @@ impl Message {
                     string(&mut out, state);
                 }
                 Part::Meta(t, in_params, comma) => {
-                    out.extend_from_slice(if in_params {
-                        b"\"_meta\":"
-                    } else {
-                        b"\"params\":{\"_meta\":"
-                    });
+                    crate::bytes::append(
+                        &mut out,
+                        if in_params {
+                            b"\"_meta\":"
+                        } else {
+                            b"\"params\":{\"_meta\":"
+                        },
+                    );
                     write_meta(&mut out, None, t);
                     if !in_params {
                         out.push(b'}');
@@ -881,7 +884,7 @@ impl Message {
             }
             from = end;
         }
-        out.extend_from_slice(&text[from..]);
+        crate::bytes::append(&mut out, &text[from..]);
         Some(out)
     }
 
@@ -942,7 +945,7 @@ fn string(out: &mut Vec<u8>, s: &str) {
     if !needs_escape(s.as_bytes()) {
         out.reserve(s.len() + 2);
         out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
+        crate::bytes::append(out, s.as_bytes());
         out.push(b'"');
     } else {
         serde_json::to_writer(out, s).expect("a string always serialises");

@@ -4,6 +4,7 @@
 //! turns bytes into messages and decisions, so unit tests can drive it directly.
 //!
 //! - [`jsonrpc`]: the message model (keeps unknown fields and exact ids).
+//! - [`bytes`]: short copies without a `memcpy` call (musl's is slow for them).
 //! - [`framing`]: newline-delimited framing with a size bound.
 //! - [`idmap`]: id mapping tables for forwarded requests.
 //! - [`routing`]: namespacing of tools/prompts, resource URI routes.
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bytes;
 pub mod config;
 pub mod error;
 pub mod framing;

@@ -100,7 +100,7 @@ fn put_delim_head(out: &mut Vec<u8>, field: u32, len: usize) {
 #[inline(always)]
 fn put_bytes(out: &mut Vec<u8>, field: u32, b: &[u8]) {
     put_delim_head(out, field, b.len());
-    out.extend_from_slice(b);
+    crate::bytes::append(out, b);
 }
 
 #[inline(always)]
@@ -117,13 +117,13 @@ fn varint_len(field: u32, v: u64) -> usize {
 #[inline(always)]
 fn put_fixed64(out: &mut Vec<u8>, field: u32, v: u64) {
     encode_key(field, WireType::SixtyFourBit, out);
-    out.extend_from_slice(&v.to_le_bytes());
+    crate::bytes::append(out, &v.to_le_bytes());
 }
 
 #[inline(always)]
 fn put_fixed32(out: &mut Vec<u8>, field: u32, v: u32) {
     encode_key(field, WireType::ThirtyTwoBit, out);
-    out.extend_from_slice(&v.to_le_bytes());
+    crate::bytes::append(out, &v.to_le_bytes());
 }
 
 fn nanos(t: SystemTime) -> u64 {
@@ -260,10 +260,10 @@ pub(crate) fn put_scalar_kv(out: &mut Vec<u8>, field: u32, key: &str, value: Sca
                 0x0a,
                 klen as u8,
             ]);
-            buf[4..4 + klen].copy_from_slice(key.as_bytes());
+            crate::bytes::copy(&mut buf[4..4 + klen], key.as_bytes());
             buf[4 + klen..8 + klen].copy_from_slice(&[0x12, any as u8, 0x0a, vlen as u8]);
-            buf[8 + klen..8 + klen + vlen].copy_from_slice(v.as_bytes());
-            out.extend_from_slice(&buf[..2 + body]);
+            crate::bytes::copy(&mut buf[8 + klen..8 + klen + vlen], v.as_bytes());
+            crate::bytes::append(out, &buf[..2 + body]);
             return;
         }
         let any = 1 + encoded_len_varint(v.len() as u64) + v.len();
@@ -438,7 +438,7 @@ pub(crate) fn put_encoded_event(
     put_delim_head(out, 11, len);
     put_fixed64(out, 1, nanos(time));
     put_bytes(out, 2, name.as_bytes());
-    out.extend_from_slice(attrs);
+    crate::bytes::append(out, attrs);
     put_optional_varint(out, 4, dropped.into());
 }
 
@@ -558,7 +558,7 @@ struct Slot<'a> {
 impl Slot<'_> {
     #[inline(always)]
     fn bytes(&mut self, b: &[u8]) {
-        self.buf[self.pos..self.pos + b.len()].copy_from_slice(b);
+        crate::bytes::copy(&mut self.buf[self.pos..self.pos + b.len()], b);
         self.pos += b.len();
     }
 
