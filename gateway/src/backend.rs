@@ -44,13 +44,128 @@ pub const EXIT_WAIT: Duration = Duration::from_secs(1);
 /// takes the room of the clients' requests.
 pub const RESTORE_WINDOW: usize = 16;
 
-/// How a restore went: requests answered, and refused (an error answer, or none).
+/// One of the gateway's own requests to a backend (a restore or a release).
+struct Ask {
+    method: &'static str,
+    params: Value,
+    /// The resource it is about, if any (checked again before it is sent).
+    uri: Option<String>,
+}
+
+/// How [`ask_all`] went.
 #[derive(Default)]
 struct Tally {
+    /// Requests that got an answer (or failed).
     answered: usize,
+    /// Of those, the ones refused: an error answer, or none.
     refused: usize,
+    /// Requests not sent: no longer wanted when their turn came.
+    skipped: usize,
+    /// All were handled before the deadline.
+    finished: bool,
     /// The first refusal, for the log.
     first: Option<String>,
+    /// The deadline, for the log.
+    deadline: Duration,
+}
+
+impl Tally {
+    /// Why not everything went through, for a log line.
+    fn why(&self) -> String {
+        let mut s = String::new();
+        if !self.finished {
+            s += &format!(" (stopped after {} ms)", self.deadline.as_millis());
+        }
+        if let Some(f) = &self.first {
+            s += &format!("; first refusal: {f}");
+        }
+        s
+    }
+}
+
+/// Sends `asks` to `proc` with at most [`RESTORE_WINDOW`] unanswered at a time, each
+/// only if `wanted` still says so when its turn comes (the check and the queueing of
+/// its line happen in one step), each answer awaited at most `timeout` and all of them
+/// at most `timeout` too; at the deadline what is still waiting is dropped (its
+/// pending entry with it) and the rest is not sent. Traced under `span`, if given.
+async fn ask_all(
+    proc: &Rc<Proc>,
+    asks: VecDeque<Ask>,
+    wanted: Rc<dyn Fn(&Ask) -> bool>,
+    timeout: Duration,
+    span: Option<&Cx>,
+) -> Tally {
+    let workers = RESTORE_WINDOW.min(asks.len());
+    let queue = Rc::new(RefCell::new(asks));
+    let tally = Rc::new(RefCell::new(Tally {
+        deadline: timeout,
+        ..Tally::default()
+    }));
+    let workers: Vec<_> = (0..workers)
+        .map(|_| {
+            let (queue, tally, proc) = (queue.clone(), tally.clone(), proc.clone());
+            let (wanted, span) = (wanted.clone(), span.cloned());
+            rt::spawn(async move {
+                loop {
+                    let Some(ask) = queue.borrow_mut().pop_front() else {
+                        return;
+                    };
+                    if !wanted(&ask) {
+                        tally.borrow_mut().skipped += 1;
+                        continue;
+                    }
+                    let mut msg = Message::request(Id::from(0), ask.method, Some(ask.params));
+                    if let Some(span) = &span {
+                        propagation::inject_message(span, &mut msg);
+                    }
+                    let refused = match proc.request(0, msg, timeout, None, ReadAs::Brief).await {
+                        Ok(r) => r.error().map(|e| e["message"].to_string()),
+                        Err(e) => Some(e.to_string()),
+                    };
+                    let mut t = tally.borrow_mut();
+                    t.answered += 1;
+                    if let Some(why) = refused {
+                        t.refused += 1;
+                        let what = ask.uri.as_deref().unwrap_or_default();
+                        t.first
+                            .get_or_insert_with(|| format!("{} {what}: {why}", ask.method));
+                    }
+                }
+            })
+        })
+        .collect();
+    let all = async {
+        for w in workers {
+            w.await;
+        }
+    };
+    // Dropping the workers at the deadline cancels what they still wait for.
+    let finished = rt::timeout(timeout, all).await.is_some();
+    let mut t = std::mem::take(&mut *tally.borrow_mut());
+    t.finished = finished;
+    t.deadline = timeout;
+    t
+}
+
+/// Stops a process that `Slot::start` began but did not finish (see there).
+struct Unfinished(Option<Rc<Proc>>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            if p.is_alive() {
+                log::info!(
+                    "backend {:?}: start abandoned (the request that started it was \
+                     cancelled, or its session ended); stopping it",
+                    p.name
+                );
+            }
+            p.stdin.close();
+            if let Some(c) = p.child.borrow_mut().as_mut() {
+                let _ = c.kill();
+            }
+        }
+    }
 }
 
 /// A backend that ran at least this long before dying is restarted without delay.
@@ -350,6 +465,9 @@ pub struct Slot {
     sessions: RefCell<Vec<Weak<Session>>>,
     /// Processes started so far (the second and later are restarts).
     starts: Cell<u64>,
+    /// One release of a closed session's subscriptions at a time
+    /// ([`Slot::release_subscriptions`]).
+    release_lock: async_lock::Mutex<()>,
     /// The `level` of the last `logging/setLevel` the backend accepted from a client
     /// (any session, for a shared backend: the last one is what the process had).
     log_level: RefCell<Option<Value>>,
@@ -367,6 +485,7 @@ impl Slot {
         Rc::new(Slot {
             starts: Cell::new(0),
             log_level: RefCell::new(None),
+            release_lock: async_lock::Mutex::new(()),
             metrics,
             cfg,
             timeout,
@@ -400,34 +519,51 @@ impl Slot {
 
     /// Ends at a shared backend the subscriptions to `uris` (those of a session that
     /// ended) that no attached session holds: the backend would go on watching those
-    /// resources, and sending their updates, for no one. Sent in the background; the
-    /// answer is logged.
-    pub fn release_subscriptions(&self, uris: Vec<String>) {
-        let Some(proc) = self.running() else {
+    /// resources, and sending their updates, for no one. In the background, after a
+    /// start in progress (whose restore may be subscribing to them), one release at a
+    /// time per backend and at most [`RESTORE_WINDOW`] requests unanswered; each URI is
+    /// checked again when its turn comes (a session may have subscribed since).
+    pub fn release_subscriptions(self: &Rc<Self>, uris: Vec<String>) {
+        if uris.is_empty() {
             return;
-        };
-        let others = self.sessions();
-        for uri in uris {
-            if others.iter().any(|s| s.is_subscribed(&uri)) {
-                continue;
-            }
-            let params = json!({ "uri": uri });
-            let msg = Message::request(Id::from(0), "resources/unsubscribe", Some(params));
-            let (proc, name, timeout) = (proc.clone(), self.cfg.name.clone(), self.timeout);
-            rt::spawn(async move {
-                match proc.request(0, msg, timeout, None, ReadAs::Brief).await {
-                    Ok(r) if r.error().is_none() => {
-                        log::debug!("backend {name:?}: released the subscription to {uri}")
-                    }
-                    Ok(r) => log::warn!(
-                        "backend {name:?}: unsubscribing from {uri}: {}",
-                        r.error().map_or(Value::Null, |e| e["message"].clone())
-                    ),
-                    Err(e) => log::warn!("backend {name:?}: unsubscribing from {uri}: {e}"),
-                }
-            })
-            .detach();
         }
+        let slot = self.clone();
+        rt::spawn(async move {
+            drop(slot.start_lock.lock().await);
+            let _one_at_a_time = slot.release_lock.lock().await;
+            let Some(proc) = slot.running() else {
+                return;
+            };
+            let total = uris.len();
+            let asks = uris.into_iter().map(|uri| Ask {
+                method: "resources/unsubscribe",
+                params: json!({ "uri": uri }),
+                uri: Some(uri),
+            });
+            let weak = Rc::downgrade(&slot);
+            let unheld = move |ask: &Ask| {
+                let uri = ask.uri.as_deref().unwrap_or_default();
+                weak.upgrade()
+                    .is_some_and(|s| !s.sessions().iter().any(|s| s.is_subscribed(uri)))
+            };
+            let t = ask_all(&proc, asks.collect(), Rc::new(unheld), slot.timeout, None).await;
+            if t.refused == 0 && t.finished {
+                log::debug!(
+                    "backend {:?}: released {} subscription(s) of a closed session ({} still held)",
+                    slot.name(),
+                    t.answered,
+                    t.skipped
+                );
+            } else {
+                log::warn!(
+                    "backend {:?}: could not release {} of {total} subscription(s) of a closed session{}",
+                    slot.name(),
+                    total - t.skipped - (t.answered - t.refused),
+                    t.why()
+                );
+            }
+        })
+        .detach();
     }
 
     /// Unregisters a session; its pending requests are cancelled at the backend.
@@ -583,6 +719,10 @@ impl Slot {
             metrics: self.metrics.clone(),
             timeout: self.timeout,
         });
+        // Until `start` returns it, the process is stopped if this future is dropped (the
+        // request that started it was cancelled, or its session ended): nothing else
+        // would, since its reader task keeps it alive and the slot does not hold it yet.
+        let mut unfinished = Unfinished(Some(proc.clone()));
         rt::spawn(write_stdin(stdin, in_rx)).detach();
         rt::spawn(log_stderr(name, stderr)).detach();
         rt::spawn(read_stdout(
@@ -611,6 +751,7 @@ impl Slot {
         {
             Ok(r) => r.into_message(),
             Err(e) => {
+                unfinished.0 = None; // stopped here, with the reason
                 self.kill(&proc);
                 return Err(match e {
                     BackendError::Timeout { .. } => BackendError::Initialize {
@@ -626,6 +767,7 @@ impl Slot {
                 *proc.caps.borrow_mut() = result.get("capabilities").cloned().unwrap_or(json!({}));
             }
             Err(err) => {
+                unfinished.0 = None; // stopped here, with the reason
                 self.kill(&proc);
                 return Err(BackendError::Initialize {
                     backend: cfg.name.clone(),
@@ -640,6 +782,12 @@ impl Slot {
         proc.send(&Message::notification("notifications/initialized", None))
             .await;
         self.restore(&proc, span).await;
+        if !proc.is_alive() {
+            // It died on what the restore sent it: a failed start (counted, so the next
+            // one waits its backoff), not a ready process.
+            return Err(proc.exited_error());
+        }
+        unfinished.0 = None;
         Ok(proc)
     }
 
@@ -651,15 +799,20 @@ impl Slot {
     ///
     /// `start` waits for it, so the requests that waited for the restart reach the
     /// backend after it; at most [`RESTORE_WINDOW`] of its requests are unanswered at a
-    /// time (the pending table stays the clients'), and it stops after the backend's
-    /// request timeout in all (a backend that does not answer delays them by that
-    /// much, once). What could not be restored is logged.
-    async fn restore(&self, proc: &Rc<Proc>, span: &Cx) {
+    /// time (the pending table stays the clients'), a subscription is sent only if a
+    /// session still holds it when its turn comes, and it all stops after the
+    /// backend's request timeout (a backend that does not answer delays the waiting
+    /// requests by that much, once). One log line says how it went.
+    async fn restore(self: &Rc<Self>, proc: &Rc<Proc>, span: &Cx) {
         let caps = proc.capabilities();
         let mut asks = VecDeque::new();
         let level = self.log_level.borrow().clone();
         if let (true, Some(level)) = (mcp::has_capability(&caps, "logging"), level) {
-            asks.push_back(("logging/setLevel", json!({ "level": level })));
+            asks.push_back(Ask {
+                method: "logging/setLevel",
+                params: json!({ "level": level }),
+                uri: None,
+            });
         }
         if caps.pointer("/resources/subscribe") == Some(&Value::Bool(true)) {
             let uris: BTreeSet<String> = self
@@ -667,71 +820,36 @@ impl Slot {
                 .iter()
                 .flat_map(|s| s.subscriptions_to(self.name()))
                 .collect();
-            asks.extend(
-                uris.into_iter()
-                    .map(|uri| ("resources/subscribe", json!({ "uri": uri }))),
-            );
+            asks.extend(uris.into_iter().map(|uri| Ask {
+                method: "resources/subscribe",
+                params: json!({ "uri": uri }),
+                uri: Some(uri),
+            }));
         }
         let total = asks.len();
         if total == 0 {
             return;
         }
-        let queue = Rc::new(RefCell::new(asks));
-        let tally = Rc::new(RefCell::new(Tally::default()));
-        let workers: Vec<_> = (0..RESTORE_WINDOW.min(total))
-            .map(|_| {
-                let (queue, tally, proc, span) =
-                    (queue.clone(), tally.clone(), proc.clone(), span.clone());
-                let timeout = self.timeout;
-                rt::spawn(async move {
-                    loop {
-                        let Some((method, params)) = queue.borrow_mut().pop_front() else {
-                            return;
-                        };
-                        let mut msg = Message::request(Id::from(0), method, Some(params));
-                        propagation::inject_message(&span, &mut msg);
-                        let refused = match proc.request(0, msg, timeout, None, ReadAs::Brief).await
-                        {
-                            Ok(r) => r.error().map(|e| e["message"].to_string()),
-                            Err(e) => Some(e.to_string()),
-                        };
-                        let mut t = tally.borrow_mut();
-                        t.answered += 1;
-                        if let Some(why) = refused {
-                            t.refused += 1;
-                            t.first.get_or_insert_with(|| format!("{method}: {why}"));
-                        }
-                    }
-                })
-            })
-            .collect();
-        let all = async {
-            for w in workers {
-                w.await;
-            }
+        let weak = Rc::downgrade(self);
+        let held = move |ask: &Ask| match &ask.uri {
+            None => true,
+            Some(uri) => weak
+                .upgrade()
+                .is_some_and(|s| s.sessions().iter().any(|s| s.is_subscribed(uri))),
         };
-        // Dropping the workers at the deadline cancels what they still wait for.
-        let finished = rt::timeout(self.timeout, all).await.is_some();
-        let t = tally.borrow();
+        let t = ask_all(proc, asks, Rc::new(held), self.timeout, Some(span)).await;
         let restored = t.answered - t.refused;
-        if finished && t.refused == 0 {
+        if t.finished && t.refused == 0 {
             log::info!(
                 "backend {:?}: restored {restored} setting(s) clients had made (log level, subscriptions)",
                 self.name()
             );
         } else {
             log::warn!(
-                "backend {:?}: could not restore {} of {total} setting(s) clients had made{}{}",
+                "backend {:?}: could not restore {} of {total} setting(s) clients had made{}",
                 self.name(),
-                total - restored,
-                if finished {
-                    String::new()
-                } else {
-                    format!(" (stopped after {} ms)", self.timeout.as_millis())
-                },
-                t.first
-                    .as_ref()
-                    .map_or(String::new(), |f| format!("; first refusal: {f}"))
+                total - t.skipped - restored,
+                t.why()
             );
         }
     }

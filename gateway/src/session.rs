@@ -77,6 +77,10 @@ pub struct Session {
     subscriptions: RefCell<HashMap<String, (String, u64)>>,
     /// Numbers the session's subscribes.
     subscribes: Cell<u64>,
+    /// Held by a subscribe or unsubscribe from its start to its answer: a session's
+    /// (un)subscriptions take effect in the order the client sent them, even when one
+    /// of them must first learn the URI's route (`route_uri` lists the backends).
+    subscribing: async_lock::Mutex<()>,
     /// Trace context from the WebSocket handshake: the parent of requests that carry
     /// none in `_meta`.
     handshake_cx: Cx,
@@ -111,6 +115,7 @@ impl Session {
             server_reqs: RefCell::new(IdMap::new(max)),
             subscriptions: RefCell::new(HashMap::new()),
             subscribes: Cell::new(0),
+            subscribing: async_lock::Mutex::new(()),
             handshake_cx,
             conn_attrs,
             conn_attrs_sent: Cell::new(false),
@@ -621,6 +626,12 @@ impl Session {
                 .to_rpc_error()
             })?
             .to_string();
+        // Taken before anything awaits: request tasks start in the order the client's
+        // messages came, so they take it in that order.
+        let _in_order = match method.as_str() {
+            "resources/subscribe" | "resources/unsubscribe" => Some(self.subscribing.lock().await),
+            _ => None,
+        };
         let slot = self.route_uri(&uri, cx).await?;
         match method.as_str() {
             "resources/subscribe" => {
