@@ -703,6 +703,10 @@ mod tests {
         // a peer that starts reading 100 ms late: the writer must wait for room, and
         // the write takes at least that long.
         const TOTAL: usize = 32 << 20;
+        // Filled before the peer's 100 ms start: writing 32 MiB of pages took ~20 ms on
+        // a loaded VM, and when it ran between the connect and `start` the write was
+        // measured at under 80 ms.
+        let data = vec![7u8; TOTAL];
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let reader = std::thread::spawn(move || {
@@ -718,9 +722,8 @@ mod tests {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(20);
-        let mut tcp = Tcp::connect("127.0.0.1", port, deadline).unwrap();
-        let data = vec![7u8; TOTAL];
         let start = Instant::now();
+        let mut tcp = Tcp::connect("127.0.0.1", port, deadline).unwrap();
         block_on(
             deadline,
             futures_lite::AsyncWriteExt::write_all(&mut tcp, &data),
