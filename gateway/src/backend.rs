@@ -147,24 +147,12 @@ async fn ask_all(
     t
 }
 
-/// Stops a process that `Slot::start` began but did not finish (see there).
-struct Unfinished(Option<Rc<Proc>>);
+/// Clears [`Slot::starting`] when `Slot::start` ends, however it ends.
+struct Starting<'a>(&'a Slot);
 
-impl Drop for Unfinished {
+impl Drop for Starting<'_> {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            if p.is_alive() {
-                log::info!(
-                    "backend {:?}: start abandoned (the request that started it was \
-                     cancelled, or its session ended); stopping it",
-                    p.name
-                );
-            }
-            p.stdin.close();
-            if let Some(c) = p.child.borrow_mut().as_mut() {
-                let _ = c.kill();
-            }
-        }
+        self.0.starting.borrow_mut().take();
     }
 }
 
@@ -465,9 +453,14 @@ pub struct Slot {
     sessions: RefCell<Vec<Weak<Session>>>,
     /// Processes started so far (the second and later are restarts).
     starts: Cell<u64>,
-    /// One release of a closed session's subscriptions at a time
-    /// ([`Slot::release_subscriptions`]).
-    release_lock: async_lock::Mutex<()>,
+    /// Subscriptions of closed sessions to end at the backend, and whether a task is
+    /// ending them ([`Slot::release_subscriptions`]).
+    to_release: RefCell<BTreeSet<String>>,
+    releasing: Cell<bool>,
+    /// The process `start` is starting, until it returns it.
+    starting: RefCell<Option<Rc<Proc>>>,
+    /// Set by `stop`: nothing starts any more, and a start in progress is undone.
+    stopped: Cell<bool>,
     /// The `level` of the last `logging/setLevel` the backend accepted from a client
     /// (any session, for a shared backend: the last one is what the process had).
     log_level: RefCell<Option<Value>>,
@@ -485,7 +478,10 @@ impl Slot {
         Rc::new(Slot {
             starts: Cell::new(0),
             log_level: RefCell::new(None),
-            release_lock: async_lock::Mutex::new(()),
+            to_release: RefCell::new(BTreeSet::new()),
+            releasing: Cell::new(false),
+            starting: RefCell::new(None),
+            stopped: Cell::new(false),
             metrics,
             cfg,
             timeout,
@@ -519,48 +515,57 @@ impl Slot {
 
     /// Ends at a shared backend the subscriptions to `uris` (those of a session that
     /// ended) that no attached session holds: the backend would go on watching those
-    /// resources, and sending their updates, for no one. In the background, after a
-    /// start in progress (whose restore may be subscribing to them), one release at a
-    /// time per backend and at most [`RESTORE_WINDOW`] requests unanswered; each URI is
-    /// checked again when its turn comes (a session may have subscribed since).
+    /// resources, and sending their updates, for no one. The URIs join the slot's set
+    /// of subscriptions to release (so many sessions ending at once, or a backend that
+    /// answers slowly, make one set, not a queue of tasks); one task per slot releases
+    /// them, after any start in progress (whose restore may be subscribing to them),
+    /// at most [`RESTORE_WINDOW`] requests unanswered, each URI checked again when its
+    /// turn comes (a session may have subscribed since).
     pub fn release_subscriptions(self: &Rc<Self>, uris: Vec<String>) {
         if uris.is_empty() {
             return;
         }
+        self.to_release.borrow_mut().extend(uris);
+        if self.releasing.replace(true) {
+            return;
+        }
         let slot = self.clone();
         rt::spawn(async move {
-            drop(slot.start_lock.lock().await);
-            let _one_at_a_time = slot.release_lock.lock().await;
-            let Some(proc) = slot.running() else {
-                return;
-            };
-            let total = uris.len();
-            let asks = uris.into_iter().map(|uri| Ask {
-                method: "resources/unsubscribe",
-                params: json!({ "uri": uri }),
-                uri: Some(uri),
-            });
-            let weak = Rc::downgrade(&slot);
-            let unheld = move |ask: &Ask| {
-                let uri = ask.uri.as_deref().unwrap_or_default();
-                weak.upgrade()
-                    .is_some_and(|s| !s.sessions().iter().any(|s| s.is_subscribed(uri)))
-            };
-            let t = ask_all(&proc, asks.collect(), Rc::new(unheld), slot.timeout, None).await;
-            if t.refused == 0 && t.finished {
-                log::debug!(
-                    "backend {:?}: released {} subscription(s) of a closed session ({} still held)",
-                    slot.name(),
-                    t.answered,
-                    t.skipped
-                );
-            } else {
-                log::warn!(
-                    "backend {:?}: could not release {} of {total} subscription(s) of a closed session{}",
-                    slot.name(),
-                    total - t.skipped - (t.answered - t.refused),
-                    t.why()
-                );
+            loop {
+                drop(slot.start_lock.lock().await);
+                let uris = std::mem::take(&mut *slot.to_release.borrow_mut());
+                let Some(proc) = slot.running().filter(|_| !uris.is_empty()) else {
+                    slot.releasing.set(false);
+                    return;
+                };
+                let total = uris.len();
+                let asks = uris.into_iter().map(|uri| Ask {
+                    method: "resources/unsubscribe",
+                    params: json!({ "uri": uri }),
+                    uri: Some(uri),
+                });
+                let weak = Rc::downgrade(&slot);
+                let unheld = move |ask: &Ask| {
+                    let uri = ask.uri.as_deref().unwrap_or_default();
+                    weak.upgrade()
+                        .is_some_and(|s| !s.sessions().iter().any(|s| s.is_subscribed(uri)))
+                };
+                let t = ask_all(&proc, asks.collect(), Rc::new(unheld), slot.timeout, None).await;
+                if t.refused == 0 && t.finished {
+                    log::debug!(
+                        "backend {:?}: released {} subscription(s) of closed sessions ({} still held)",
+                        slot.name(),
+                        t.answered,
+                        t.skipped
+                    );
+                } else {
+                    log::warn!(
+                        "backend {:?}: could not release {} of {total} subscription(s) of closed sessions{}",
+                        slot.name(),
+                        total - t.skipped - (t.answered - t.refused),
+                        t.why()
+                    );
+                }
             }
         })
         .detach();
@@ -596,6 +601,10 @@ impl Slot {
     }
 
     /// The running, initialized process, starting it if needed (after the restart delay).
+    ///
+    /// A start runs in a task of its own: a caller that goes away (its request
+    /// cancelled, its session ended) does not abandon a start that other callers wait
+    /// for, and whatever comes of it is the slot's. Only `stop` undoes one.
     pub async fn ensure(
         self: &Rc<Self>,
         client_caps: &Value,
@@ -606,9 +615,46 @@ impl Slot {
         if let Some(p) = self.running() {
             return Ok(p);
         }
-        let _guard = self.start_lock.lock().await;
+        let (tx, rx) = oneshot::channel();
+        let (slot, caps, version) = (self.clone(), client_caps.clone(), version.to_string());
+        let (tel, cx) = (tel.clone(), cx.clone());
+        rt::spawn(async move {
+            let _ = tx.send(slot.ensure_started(&caps, &version, &tel, &cx).await);
+        })
+        .detach();
+        rx.await.unwrap_or_else(|_| Err(self.stopped_error()))
+    }
+
+    fn stopped_error(&self) -> BackendError {
+        BackendError::Start {
+            backend: self.name().to_string(),
+            reason: "the backend is being stopped".into(),
+        }
+    }
+
+    /// [`Self::ensure`]'s start, one at a time.
+    async fn ensure_started(
+        self: &Rc<Self>,
+        client_caps: &Value,
+        version: &str,
+        tel: &Telemetry,
+        cx: &Cx,
+    ) -> Result<Rc<Proc>, BackendError> {
+        let _guard = match self.start_lock.try_lock() {
+            Some(g) => g,
+            None => {
+                log::debug!(
+                    "backend {:?}: waiting for the start in progress",
+                    self.name()
+                );
+                self.start_lock.lock().await
+            }
+        };
         if let Some(p) = self.running() {
             return Ok(p);
+        }
+        if self.stopped.get() {
+            return Err(self.stopped_error());
         }
         if let Some(at) = self.next_start.get() {
             if at > Instant::now() {
@@ -639,6 +685,11 @@ impl Slot {
         }
         span.end();
         match result {
+            Ok(p) if self.stopped.get() => {
+                // `stop` came while it started (and has stopped it).
+                drop(p);
+                Err(self.stopped_error())
+            }
             Ok(p) => {
                 *self.proc.borrow_mut() = Some(p.clone());
                 log::info!(
@@ -648,9 +699,10 @@ impl Slot {
                 );
                 Ok(p)
             }
+            Err(e) if self.stopped.get() => Err(e),
             Err(e) => {
                 self.record_failure(Duration::ZERO);
-                log::error!("{e}");
+                log::error!("backend {:?}: start failed: {e}", self.name());
                 Err(e)
             }
         }
@@ -719,10 +771,9 @@ impl Slot {
             metrics: self.metrics.clone(),
             timeout: self.timeout,
         });
-        // Until `start` returns it, the process is stopped if this future is dropped (the
-        // request that started it was cancelled, or its session ended): nothing else
-        // would, since its reader task keeps it alive and the slot does not hold it yet.
-        let mut unfinished = Unfinished(Some(proc.clone()));
+        // Until `start` returns it, `stop` finds it here.
+        *self.starting.borrow_mut() = Some(proc.clone());
+        let _starting = Starting(self);
         rt::spawn(write_stdin(stdin, in_rx)).detach();
         rt::spawn(log_stderr(name, stderr)).detach();
         rt::spawn(read_stdout(
@@ -751,7 +802,6 @@ impl Slot {
         {
             Ok(r) => r.into_message(),
             Err(e) => {
-                unfinished.0 = None; // stopped here, with the reason
                 self.kill(&proc);
                 return Err(match e {
                     BackendError::Timeout { .. } => BackendError::Initialize {
@@ -767,7 +817,6 @@ impl Slot {
                 *proc.caps.borrow_mut() = result.get("capabilities").cloned().unwrap_or(json!({}));
             }
             Err(err) => {
-                unfinished.0 = None; // stopped here, with the reason
                 self.kill(&proc);
                 return Err(BackendError::Initialize {
                     backend: cfg.name.clone(),
@@ -787,7 +836,6 @@ impl Slot {
             // one waits its backoff), not a ready process.
             return Err(proc.exited_error());
         }
-        unfinished.0 = None;
         Ok(proc)
     }
 
@@ -862,6 +910,15 @@ impl Slot {
 
     /// Stops the process: close stdin, wait up to `grace`, then kill.
     pub async fn stop(&self, grace: Duration) {
+        self.stopped.set(true);
+        let starting = self.starting.borrow_mut().take();
+        if let Some(p) = starting {
+            // Still being started (its restore may be waiting on it): its start fails.
+            log::info!("backend {:?}: stopped while starting", self.name());
+            p.stopping.set(true);
+            p.stdin.close();
+            self.kill(&p);
+        }
         let Some(proc) = self.proc.borrow_mut().take() else {
             return;
         };

@@ -37,6 +37,84 @@ pub const MAX_LIST_PAGES: usize = 100;
 /// so the client's count is bounded. A subscribe beyond it is answered -32003.
 pub const MAX_SUBSCRIPTIONS_PER_SESSION: usize = 1024;
 
+/// The order of a session's subscribes and unsubscribes. Each takes a ticket when it
+/// arrives ([`Session::take_turn`]) and does its work when its turn comes; it passes
+/// the turn on as soon as its line is queued at the backend, or when it ends however
+/// it ends (answered, refused, cancelled). So a session's (un)subscribes reach the
+/// backends in the order the client sent them even when one must first learn the
+/// URI's route (`route_uri` may list the backends), and a slow backend holds up the
+/// next one only until it has taken the line.
+#[derive(Default)]
+struct Turns {
+    next: u64,
+    /// The ticket whose turn it is.
+    serving: u64,
+    /// Tickets done while an earlier one still had the turn.
+    done: std::collections::BTreeSet<u64>,
+    /// How each waiting ticket is told that its turn has come.
+    waiting: HashMap<u64, oneshot::Sender<()>>,
+}
+
+impl Turns {
+    /// A new ticket, and what resolves when its turn comes (`None`: it has it now).
+    fn take(&mut self) -> (u64, Option<oneshot::Receiver<()>>) {
+        let ticket = self.next;
+        self.next += 1;
+        let ready = (ticket != self.serving).then(|| {
+            let (tx, rx) = oneshot::channel();
+            self.waiting.insert(ticket, tx);
+            rx
+        });
+        (ticket, ready)
+    }
+
+    /// `ticket` is done: the turn goes to the first ticket not done, which is told.
+    fn pass(&mut self, ticket: u64) {
+        self.done.insert(ticket);
+        self.waiting.remove(&ticket);
+        while self.done.remove(&self.serving) {
+            self.serving += 1;
+        }
+        if let Some(tx) = self.waiting.remove(&self.serving) {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A ticket in a session's [`Turns`]; passes the turn on when dropped.
+struct Turn {
+    session: Weak<Session>,
+    ticket: u64,
+    passed: Cell<bool>,
+    /// Resolves when the turn comes (`None`: it had it from the start).
+    ready: RefCell<Option<oneshot::Receiver<()>>>,
+}
+
+impl Turn {
+    /// Waits for the turn.
+    async fn wait(&self) {
+        let ready = self.ready.borrow_mut().take();
+        if let Some(rx) = ready {
+            let _ = rx.await;
+        }
+    }
+
+    /// Passes the turn on (once).
+    fn pass(&self) {
+        if !self.passed.replace(true) {
+            if let Some(s) = self.session.upgrade() {
+                s.pass_turn(self.ticket);
+            }
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.pass();
+    }
+}
+
 /// Where a forwarded request went, so a cancellation can follow it.
 #[derive(Default)]
 struct Target {
@@ -77,10 +155,9 @@ pub struct Session {
     subscriptions: RefCell<HashMap<String, (String, u64)>>,
     /// Numbers the session's subscribes.
     subscribes: Cell<u64>,
-    /// Held by a subscribe or unsubscribe from its start to its answer: a session's
-    /// (un)subscriptions take effect in the order the client sent them, even when one
-    /// of them must first learn the URI's route (`route_uri` lists the backends).
-    subscribing: async_lock::Mutex<()>,
+    /// The order of the session's subscribes and unsubscribes ([`Turn`]); made at the
+    /// first one (it is per-session memory).
+    turns: RefCell<Option<Box<Turns>>>,
     /// Trace context from the WebSocket handshake: the parent of requests that carry
     /// none in `_meta`.
     handshake_cx: Cx,
@@ -115,7 +192,7 @@ impl Session {
             server_reqs: RefCell::new(IdMap::new(max)),
             subscriptions: RefCell::new(HashMap::new()),
             subscribes: Cell::new(0),
-            subscribing: async_lock::Mutex::new(()),
+            turns: RefCell::new(None),
             handshake_cx,
             conn_attrs,
             conn_attrs_sent: Cell::new(false),
@@ -302,6 +379,11 @@ impl Session {
             self.reply(resp).await;
             return;
         }
+        let turn = matches!(
+            msg.method(),
+            Some("resources/subscribe" | "resources/unsubscribe")
+        )
+        .then(|| self.take_turn());
         let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
         let target = Rc::new(Target::default());
         self.in_flight.borrow_mut().insert(
@@ -318,7 +400,7 @@ impl Session {
             let started = std::time::Instant::now();
             let _in_flight = me.gw.metrics.in_flight();
             let work = async {
-                let resp = me.handle_request(msg, &target, &cx).await;
+                let resp = me.handle_request(msg, &target, &cx, turn).await;
                 Some(resp)
             };
             let cancelled = async {
@@ -363,7 +445,13 @@ impl Session {
         .detach();
     }
 
-    async fn handle_request(self: &Rc<Self>, msg: Message, target: &Target, cx: &Cx) -> Reply {
+    async fn handle_request(
+        self: &Rc<Self>,
+        msg: Message,
+        target: &Target,
+        cx: &Cx,
+        turn: Option<Turn>,
+    ) -> Reply {
         let id = msg.id().expect("requests have ids");
         let method = msg.method().unwrap_or_default().to_string();
         let handling = mcp::handling(&method);
@@ -398,7 +486,7 @@ impl Session {
             Handling::ByToolName | Handling::ByPromptName => {
                 self.forward_by_name(msg, handling, target, cx).await
             }
-            Handling::ByUri => self.forward_by_uri(msg, target, cx).await,
+            Handling::ByUri => self.forward_by_uri(msg, target, cx, turn).await,
             Handling::ByCompletionRef => self.forward_completion(msg, target, cx).await,
             Handling::Broadcast => self.broadcast(&msg, cx).await.map(respond),
             Handling::Unknown => Err(RouteError::UnknownMethod(method).to_rpc_error()),
@@ -614,6 +702,7 @@ impl Session {
         msg: Message,
         target: &Target,
         cx: &Cx,
+        turn: Option<Turn>,
     ) -> Result<Reply, RpcError> {
         let method = msg.method().unwrap_or_default().to_string();
         let uri = msg
@@ -626,22 +715,19 @@ impl Session {
                 .to_rpc_error()
             })?
             .to_string();
-        // Taken before anything awaits: request tasks start in the order the client's
-        // messages came, so they take it in that order.
-        let _in_order = match method.as_str() {
-            "resources/subscribe" | "resources/unsubscribe" => Some(self.subscribing.lock().await),
-            _ => None,
-        };
+        if let Some(t) = &turn {
+            t.wait().await;
+        }
         let slot = self.route_uri(&uri, cx).await?;
         match method.as_str() {
             "resources/subscribe" => {
                 // Held from now on, not from the answer: another session's unsubscribe,
                 // this session's end and a restore must count a subscribe the backend
-                // may already have taken. A failure takes it back, unless a later
-                // subscribe of the same URI holds it by then.
+                // may already have taken. A failure puts back what was there, unless a
+                // later subscribe of the same URI has replaced it by then.
                 let n = self.subscribes.get() + 1;
                 self.subscribes.set(n);
-                {
+                let before = {
                     let mut subs = self.subscriptions.borrow_mut();
                     if subs.len() >= MAX_SUBSCRIPTIONS_PER_SESSION && !subs.contains_key(&uri) {
                         return Err(SessionError::TooManySubscriptions(
@@ -649,13 +735,16 @@ impl Session {
                         )
                         .to_rpc_error());
                     }
-                    subs.insert(uri.clone(), (slot.name().to_string(), n));
-                }
-                let resp = self.forward(&slot, msg, target, cx).await;
+                    subs.insert(uri.clone(), (slot.name().to_string(), n))
+                };
+                let resp = self.forward_in_turn(&slot, msg, target, cx, turn).await;
                 if !matches!(&resp, Ok(r) if r.error().is_none()) {
                     let mut subs = self.subscriptions.borrow_mut();
                     if subs.get(&uri).is_some_and(|(_, by)| *by == n) {
-                        subs.remove(&uri);
+                        match before {
+                            Some(held) => subs.insert(uri, held),
+                            None => subs.remove(&uri),
+                        };
                     }
                 }
                 resp
@@ -674,9 +763,56 @@ impl Session {
                     let id = msg.id().expect("requests have ids");
                     return Ok(Message::response(id, json!({})).into());
                 }
-                self.forward(&slot, msg, target, cx).await
+                self.forward_in_turn(&slot, msg, target, cx, turn).await
             }
             _ => self.forward(&slot, msg, target, cx).await,
+        }
+    }
+
+    /// [`Self::forward`] for a request that holds the session's [`Turn`]: the turn
+    /// passes on as soon as the request's line is queued at the backend (or it ends),
+    /// so the next (un)subscribe reaches the backend after it, without waiting for its
+    /// answer.
+    async fn forward_in_turn(
+        &self,
+        slot: &Rc<Slot>,
+        msg: Message,
+        target: &Target,
+        cx: &Cx,
+        turn: Option<Turn>,
+    ) -> Result<Reply, RpcError> {
+        let mut work = std::pin::pin!(self.forward(slot, msg, target, cx));
+        std::future::poll_fn(|w| {
+            let outcome = std::future::Future::poll(work.as_mut(), w);
+            if outcome.is_ready() || target.id.get().is_some() {
+                if let Some(t) = &turn {
+                    t.pass();
+                }
+            }
+            outcome
+        })
+        .await
+    }
+
+    /// A ticket in the session's order of (un)subscribes, taken when one arrives.
+    fn take_turn(self: &Rc<Self>) -> Turn {
+        let (ticket, ready) = self
+            .turns
+            .borrow_mut()
+            .get_or_insert_with(Box::default)
+            .take();
+        Turn {
+            session: Rc::downgrade(self),
+            ticket,
+            passed: Cell::new(false),
+            ready: RefCell::new(ready),
+        }
+    }
+
+    /// Ticket `ticket` is done: the turn goes to the first ticket not done.
+    fn pass_turn(&self, ticket: u64) {
+        if let Some(turns) = self.turns.borrow_mut().as_mut() {
+            turns.pass(ticket);
         }
     }
 
@@ -1006,5 +1142,42 @@ fn outcome_of(resp: &impl Answer) -> (Outcome, Option<&'static str>) {
         (Outcome::ToolError, None)
     } else {
         (Outcome::Ok, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether a turn's wake-up has come, without waiting.
+    fn has_turn(ready: &mut Option<oneshot::Receiver<()>>) -> bool {
+        match ready {
+            None => true,
+            Some(rx) => {
+                futures_lite::future::block_on(futures_lite::future::poll_once(rx)).is_some()
+            }
+        }
+    }
+
+    #[test]
+    fn turns_come_in_ticket_order_whatever_order_tickets_are_done_in() {
+        let mut turns = Turns::default();
+        let (a, mut ra) = turns.take();
+        let (b, mut rb) = turns.take();
+        let (c, mut rc) = turns.take();
+        assert!(has_turn(&mut ra), "the first ticket has the turn at once");
+        assert!(!has_turn(&mut rb) && !has_turn(&mut rc));
+        // The third is given up (its request was cancelled) before its turn: nothing
+        // moves until the first is done, and then the turn skips it.
+        turns.pass(c);
+        assert!(!has_turn(&mut rb));
+        turns.pass(a);
+        assert!(has_turn(&mut rb), "the second is next");
+        turns.pass(b);
+        assert_eq!(turns.serving, 3, "the given-up third is skipped");
+        assert!(turns.done.is_empty() && turns.waiting.is_empty());
+        // A ticket taken now has the turn at once.
+        let (_, mut rd) = turns.take();
+        assert!(has_turn(&mut rd));
     }
 }
