@@ -461,6 +461,10 @@ pub struct Slot {
     starting: RefCell<Option<Rc<Proc>>>,
     /// Set by `stop`: nothing starts any more, and a start in progress is undone.
     stopped: Cell<bool>,
+    /// Start attempts finished so far, and the last one's error: callers that waited
+    /// through an attempt take its outcome instead of making one of their own.
+    attempts: Cell<u64>,
+    last_error: RefCell<Option<BackendError>>,
     /// The `level` of the last `logging/setLevel` the backend accepted from a client
     /// (any session, for a shared backend: the last one is what the process had).
     log_level: RefCell<Option<Value>>,
@@ -482,6 +486,8 @@ impl Slot {
             releasing: Cell::new(false),
             starting: RefCell::new(None),
             stopped: Cell::new(false),
+            attempts: Cell::new(0),
+            last_error: RefCell::new(None),
             metrics,
             cfg,
             timeout,
@@ -617,9 +623,9 @@ impl Slot {
         }
         let (tx, rx) = oneshot::channel();
         let (slot, caps, version) = (self.clone(), client_caps.clone(), version.to_string());
-        let (tel, cx) = (tel.clone(), cx.clone());
+        let (tel, cx, seen) = (tel.clone(), cx.clone(), self.attempts.get());
         rt::spawn(async move {
-            let _ = tx.send(slot.ensure_started(&caps, &version, &tel, &cx).await);
+            let _ = tx.send(slot.ensure_started(&caps, &version, &tel, &cx, seen).await);
         })
         .detach();
         rx.await.unwrap_or_else(|_| Err(self.stopped_error()))
@@ -632,13 +638,17 @@ impl Slot {
         }
     }
 
-    /// [`Self::ensure`]'s start, one at a time.
+    /// [`Self::ensure`]'s start, one at a time. `seen` is the number of attempts
+    /// finished when the caller came: if one has finished since, the caller waited
+    /// through it and takes its outcome (one attempt serves every caller waiting for
+    /// it, and callers that went away start nothing).
     async fn ensure_started(
         self: &Rc<Self>,
         client_caps: &Value,
         version: &str,
         tel: &Telemetry,
         cx: &Cx,
+        seen: u64,
     ) -> Result<Rc<Proc>, BackendError> {
         let _guard = match self.start_lock.try_lock() {
             Some(g) => g,
@@ -656,6 +666,11 @@ impl Slot {
         if self.stopped.get() {
             return Err(self.stopped_error());
         }
+        if self.attempts.get() != seen {
+            if let Some(e) = self.last_error.borrow().clone() {
+                return Err(e);
+            }
+        }
         if let Some(at) = self.next_start.get() {
             if at > Instant::now() {
                 log::info!(
@@ -664,6 +679,13 @@ impl Slot {
                     (at - Instant::now()).as_millis()
                 );
                 async_io::Timer::at(at).await;
+                if self.stopped.get() {
+                    log::info!(
+                        "backend {:?}: restart dropped: stopped meanwhile",
+                        self.name()
+                    );
+                    return Err(self.stopped_error());
+                }
             }
         }
         let started = Instant::now();
@@ -679,6 +701,8 @@ impl Slot {
             a.str("network.transport", "pipe");
         });
         let result = self.start(client_caps, version, &span).await;
+        self.attempts.set(self.attempts.get() + 1);
+        *self.last_error.borrow_mut() = result.as_ref().err().cloned();
         match &result {
             Ok(_) => {}
             Err(e) => telemetry::fail(&span, e.kind(), &e.to_string()),
@@ -686,8 +710,10 @@ impl Slot {
         span.end();
         match result {
             Ok(p) if self.stopped.get() => {
-                // `stop` came while it started (and has stopped it).
-                drop(p);
+                // `stop` came while it started: stop it (it may have killed it already).
+                p.stopping.set(true);
+                p.stdin.close();
+                self.kill(&p);
                 Err(self.stopped_error())
             }
             Ok(p) => {

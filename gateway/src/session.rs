@@ -37,6 +37,22 @@ pub const MAX_LIST_PAGES: usize = 100;
 /// so the client's count is bounded. A subscribe beyond it is answered -32003.
 pub const MAX_SUBSCRIPTIONS_PER_SESSION: usize = 1024;
 
+/// One resource subscription of a session, from its first subscribe until its
+/// unsubscribe (or the session's end). It counts as held while a subscribe is in flight
+/// (the backend may have taken it) and once one was accepted; it goes when every
+/// subscribe of it was refused. `epoch` tells a late answer from a subscribe made
+/// before an unsubscribe (it then changes nothing).
+struct Sub {
+    /// The backend that serves the URI (set again there if it restarts:
+    /// `Slot::restore`).
+    backend: String,
+    epoch: u64,
+    /// Subscribes sent and not yet answered (one cancelled stays counted).
+    in_flight: u32,
+    /// A subscribe of it was accepted.
+    accepted: bool,
+}
+
 /// The order of a session's subscribes and unsubscribes. Each takes a ticket when it
 /// arrives ([`Session::take_turn`]) and does its work when its turn comes; it passes
 /// the turn on as soon as its line is queued at the backend, or when it ends however
@@ -149,11 +165,9 @@ pub struct Session {
     routes: RefCell<ResourceRoutes>,
     in_flight: RefCell<HashMap<Id, InFlight>>,
     server_reqs: RefCell<IdMap<ServerReq>>,
-    /// Resource URIs the client subscribed to → the backend that serves each (set
-    /// again on that backend if it restarts: `Slot::restore`) and the subscribe that
-    /// put it there (see `forward_by_uri`).
-    subscriptions: RefCell<HashMap<String, (String, u64)>>,
-    /// Numbers the session's subscribes.
+    /// Resource URIs the client subscribed to (see [`Sub`]).
+    subscriptions: RefCell<HashMap<String, Sub>>,
+    /// Numbers the entries of `subscriptions`.
     subscribes: Cell<u64>,
     /// The order of the session's subscribes and unsubscribes ([`Turn`]); made at the
     /// first one (it is per-session memory).
@@ -243,7 +257,7 @@ impl Session {
         self.subscriptions
             .borrow()
             .iter()
-            .filter(|(_, (b, _))| b.as_str() == backend)
+            .filter(|(_, sub)| sub.backend == backend)
             .map(|(uri, _)| uri.clone())
             .collect()
     }
@@ -723,28 +737,46 @@ impl Session {
             "resources/subscribe" => {
                 // Held from now on, not from the answer: another session's unsubscribe,
                 // this session's end and a restore must count a subscribe the backend
-                // may already have taken. A failure puts back what was there, unless a
-                // later subscribe of the same URI has replaced it by then.
-                let n = self.subscribes.get() + 1;
-                self.subscribes.set(n);
-                let before = {
+                // may already have taken. The entry goes when its last subscribe in
+                // flight fails and none ever succeeded (see `Sub`).
+                let epoch = {
                     let mut subs = self.subscriptions.borrow_mut();
-                    if subs.len() >= MAX_SUBSCRIPTIONS_PER_SESSION && !subs.contains_key(&uri) {
-                        return Err(SessionError::TooManySubscriptions(
-                            MAX_SUBSCRIPTIONS_PER_SESSION,
-                        )
-                        .to_rpc_error());
+                    let full = subs.len() >= MAX_SUBSCRIPTIONS_PER_SESSION;
+                    match subs.get_mut(&uri) {
+                        Some(sub) => {
+                            sub.in_flight += 1;
+                            sub.epoch
+                        }
+                        None if full => {
+                            return Err(SessionError::TooManySubscriptions(
+                                MAX_SUBSCRIPTIONS_PER_SESSION,
+                            )
+                            .to_rpc_error());
+                        }
+                        None => {
+                            let epoch = self.subscribes.get() + 1;
+                            self.subscribes.set(epoch);
+                            let backend = slot.name().to_string();
+                            let sub = Sub {
+                                backend,
+                                epoch,
+                                in_flight: 1,
+                                accepted: false,
+                            };
+                            subs.insert(uri.clone(), sub);
+                            epoch
+                        }
                     }
-                    subs.insert(uri.clone(), (slot.name().to_string(), n))
                 };
                 let resp = self.forward_in_turn(&slot, msg, target, cx, turn).await;
-                if !matches!(&resp, Ok(r) if r.error().is_none()) {
-                    let mut subs = self.subscriptions.borrow_mut();
-                    if subs.get(&uri).is_some_and(|(_, by)| *by == n) {
-                        match before {
-                            Some(held) => subs.insert(uri, held),
-                            None => subs.remove(&uri),
-                        };
+                let accepted = matches!(&resp, Ok(r) if r.error().is_none());
+                let mut subs = self.subscriptions.borrow_mut();
+                // An entry of another epoch is not this subscribe's: it was unsubscribed.
+                if let Some(sub) = subs.get_mut(&uri).filter(|s| s.epoch == epoch) {
+                    sub.in_flight -= 1;
+                    sub.accepted |= accepted;
+                    if sub.in_flight == 0 && !sub.accepted {
+                        subs.remove(&uri);
                     }
                 }
                 resp

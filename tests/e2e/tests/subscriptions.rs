@@ -423,13 +423,14 @@ fn sessions_that_end_together_release_within_the_window() {
     );
 }
 
-/// "two" (shared) behind a shell that breaks its `nth` `resources/subscribe` line (the
-/// "uri" key renamed), so the fixture refuses that subscribe (-32602).
-fn gateway_refusing_subscribe(nth: u32) -> Gateway {
+/// "two" (shared) behind a shell that counts its `resources/subscribe` lines in `$k`
+/// and breaks those for which the shell test `refuse` holds (the "uri" key renamed),
+/// so the fixture refuses them (-32602).
+fn gateway_refusing_subscribes(refuse: &str) -> Gateway {
     let fixture = bin("mcp-fixture").display().to_string();
     let script = format!(
         "k=0; while IFS= read -r l; do case \"$l\" in *resources/subscribe*) k=$((k+1)); \
-         if [ $k -eq {nth} ]; then l=$(printf '%s' \"$l\" | sed 's/\"uri\"/\"urx\"/'); fi;; esac; \
+         if {refuse}; then l=$(printf '%s' \"$l\" | sed 's/\"uri\"/\"urx\"/'); fi;; esac; \
          printf '%s\\n' \"$l\"; done | \"$0\" --name two"
     );
     Gateway::start(&format!(
@@ -441,7 +442,7 @@ fn gateway_refusing_subscribe(nth: u32) -> Gateway {
 
 #[test]
 fn a_refused_second_subscribe_keeps_the_first() {
-    let gw = gateway_refusing_subscribe(2);
+    let gw = gateway_refusing_subscribes("[ $k -eq 2 ]");
     let mut a = client(&gw);
     let uri = "fixture://two/hello";
     assert_eq!(subscribe(&mut a, uri)["result"], json!({}));
@@ -514,6 +515,82 @@ fn one_clients_cancel_does_not_undo_a_shared_start_another_waits_for() {
     let log = gw.log.text();
     assert_eq!(log.matches("backend \"two\": started").count(), 2, "{log}");
     assert!(!log.contains("start failed"), "{log}");
+}
+
+#[test]
+fn two_refused_subscribes_of_one_uri_leave_nothing_held() {
+    let gw = gateway_refusing_subscribes("[ $k -le 2 ]");
+    let (mut a, mut b) = (client(&gw), client(&gw));
+    let uri = "fixture://two/hello";
+    // Pipelined: both lines go out before either is answered.
+    send_subscribe(&mut a, "s1", "resources/subscribe", uri);
+    send_subscribe(&mut a, "s2", "resources/subscribe", uri);
+    assert_eq!(error_code(&a.response(&json!("s1"))), -32602);
+    assert_eq!(error_code(&a.response(&json!("s2"))), -32602);
+    // a holds nothing, so b's unsubscribe must reach the backend.
+    assert_eq!(subscribe(&mut b, uri)["result"], json!({}));
+    let r = b.request(json!("u"), "resources/unsubscribe", json!({ "uri": uri }));
+    assert_eq!(r["result"], json!({}));
+    assert_eq!(touch(&mut b, "two", uri), "not subscribed");
+    assert!(!has_update(&mut a, uri));
+}
+
+#[test]
+fn a_per_client_backend_waiting_out_its_backoff_when_its_session_ends_is_not_started() {
+    let gw = gateway();
+    let mut c = client(&gw);
+    // Quick crashes: each restart after the second waits its backoff (100 ms,
+    // doubling), and says so. After six, the next start waits 1.6 s: time enough for
+    // the session to end first, even on a slow machine.
+    for id in 0..6 {
+        assert_eq!(
+            error_code(&c.call(json!(id), "one.crash", json!({}))),
+            -32000
+        );
+    }
+    c.send(json!({"jsonrpc":"2.0","id":"e","method":"tools/call",
+        "params":{"name":"one.echo","arguments":{"text":"x"}}}));
+    for _ in 0..5 {
+        // Those of the third to sixth crash, then the echo's.
+        gw.wait_line("backend \"one\": restarting in");
+    }
+    drop(c);
+    gw.wait_line("closed");
+    gw.wait_line("backend \"one\": restart dropped: stopped meanwhile");
+    let log = gw.log.text();
+    let after = &log[log.find(" closed").unwrap()..];
+    assert!(!after.contains("backend \"one\": started"), "{log}");
+}
+
+#[test]
+fn callers_that_waited_through_a_failed_start_take_its_failure() {
+    // A shared backend that never answers `initialize`: each start fails after the
+    // request timeout.
+    let gw = Gateway::start(
+        "[limits]\nrequest_timeout = \"1s\"\n[[backends]]\nname = \"h\"\n\
+         transport = \"stdio\"\ncommand = \"sleep\"\nargs = [\"30\"]\nsession = \"shared\"\n",
+    );
+    let mut clients: Vec<Client> = (0..4).map(|_| Client::router(&gw.url)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(
+            json!({"jsonrpc":"2.0","id":i,"method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},
+            "clientInfo":{"name":"e2e","version":"1"}}}),
+        );
+    }
+    for _ in 1..4 {
+        gw.wait_line("backend \"h\": waiting for the start in progress");
+    }
+    gw.wait_line("backend \"h\": start failed");
+    for (i, c) in clients.iter_mut().enumerate() {
+        let r = c.response(&json!(i));
+        assert!(
+            r.get("result").is_some(),
+            "initialize answered without h: {r}"
+        );
+    }
+    let log = gw.log.text();
+    assert_eq!(log.matches("backend \"h\": started").count(), 1, "{log}");
 }
 
 #[test]
