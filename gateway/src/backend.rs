@@ -519,9 +519,10 @@ impl Slot {
         }
     }
 
-    /// Ends at a shared backend the subscriptions to `uris` (those of a session that
-    /// ended) that no attached session holds: the backend would go on watching those
-    /// resources, and sending their updates, for no one. The URIs join the slot's set
+    /// Ends at the backend the subscriptions to `uris` (those of a session that ended,
+    /// or one whose every subscribe was refused) that no attached session holds: the
+    /// backend would go on watching those resources, and sending their updates, for no
+    /// one. The URIs join the slot's set
     /// of subscriptions to release (so many sessions ending at once, or a backend that
     /// answers slowly, make one set, not a queue of tasks); one task per slot releases
     /// them, after any start in progress (whose restore may be subscribing to them),
@@ -559,14 +560,14 @@ impl Slot {
                 let t = ask_all(&proc, asks.collect(), Rc::new(unheld), slot.timeout, None).await;
                 if t.refused == 0 && t.finished {
                     log::debug!(
-                        "backend {:?}: released {} subscription(s) of closed sessions ({} still held)",
+                        "backend {:?}: released {} subscription(s) no session holds ({} still held)",
                         slot.name(),
                         t.answered,
                         t.skipped
                     );
                 } else {
                     log::warn!(
-                        "backend {:?}: could not release {} of {total} subscription(s) of closed sessions{}",
+                        "backend {:?}: could not release {} of {total} subscription(s) no session holds{}",
                         slot.name(),
                         total - t.skipped - (t.answered - t.refused),
                         t.why()

@@ -777,6 +777,12 @@ impl Session {
                     sub.accepted |= accepted;
                     if sub.in_flight == 0 && !sub.accepted {
                         subs.remove(&uri);
+                        drop(subs);
+                        // The backend may hold it all the same: a restore subscribed it
+                        // while this subscribe was in flight, another session's release
+                        // or unsubscribe left it to this one, or the answer came too
+                        // late. Released unless a session holds it when its turn comes.
+                        slot.release_subscriptions(vec![uri]);
                     }
                 }
                 resp

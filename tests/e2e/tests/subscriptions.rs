@@ -296,7 +296,7 @@ fn a_closed_sessions_subscriptions_end_at_the_shared_backend_unless_another_hold
     assert_eq!(subscribe(&mut c, both)["result"], json!({}));
     assert_eq!(subscribe(&mut a, only_a)["result"], json!({}));
     drop(a); // its router exits, the WebSocket closes, the session ends
-    gw.wait_line("released 1 subscription(s) of closed sessions (1 still held)");
+    gw.wait_line("released 1 subscription(s) no session holds (1 still held)");
     assert_eq!(touch(&mut c, "two", only_a), "not subscribed");
     assert_eq!(touch(&mut c, "two", both), "touched", "c still holds it");
     assert!(has_update(&mut c, both));
@@ -311,7 +311,7 @@ fn a_session_that_ends_with_its_subscribe_in_flight_releases_it_too() {
     send_subscribe(&mut a, "s", "resources/subscribe", uri);
     gw.wait_line("held"); // at the backend, not answered yet
     drop(a);
-    gw.wait_line("released 1 subscription(s) of closed sessions (0 still held)");
+    gw.wait_line("released 1 subscription(s) no session holds (0 still held)");
     assert_eq!(touch(&mut b, "two", uri), "not subscribed");
 }
 
@@ -385,7 +385,7 @@ fn a_session_that_ends_during_a_shared_restore_has_its_subscriptions_released_af
     gw.wait_line("closed");
     dir.go();
     assert_eq!(text_of(&b.response(&json!("e"))), "x");
-    gw.wait_line("released 1 subscription(s) of closed sessions (0 still held)");
+    gw.wait_line("released 1 subscription(s) no session holds (0 still held)");
     assert_eq!(touch(&mut b, "two", uri), "not subscribed");
 }
 
@@ -403,7 +403,7 @@ fn sessions_that_end_together_release_within_the_window() {
     clients.clear(); // five sessions end at once: 5,120 unsubscribes to send
     let mut released = 0;
     while released < 5 * 1024 {
-        let line = gw.wait_line("subscription(s) of closed sessions");
+        let line = gw.wait_line("subscription(s) no session holds");
         let n: usize = line
             .split("released ")
             .nth(1)
@@ -591,6 +591,69 @@ fn callers_that_waited_through_a_failed_start_take_its_failure() {
     }
     let log = gw.log.text();
     assert_eq!(log.matches("backend \"h\": started").count(), 1, "{log}");
+}
+
+/// Shell for [`restart_aware`]: breaks the second `resources/subscribe` line a
+/// restarted backend gets (the "uri" key renamed), so it refuses that one.
+const REFUSE_SECOND: &str =
+    "k=$((k+1)); if [ $k -eq 2 ]; then l=$(printf '%s' \"$l\" | sed 's/\"uri\"/\"urx\"/'); fi";
+
+#[test]
+fn a_subscribe_refused_after_the_restore_took_it_leaves_nothing_at_the_backend() {
+    for (backend, shared) in [("two", true), ("one", false)] {
+        let dir = Dir::new("refused-after-restore");
+        let cfg = if shared {
+            let two = restart_aware("two", true, &dir.0, REFUSE_SECOND);
+            format!("{}{two}", fixture_backend("one", ""))
+        } else {
+            let one = restart_aware("one", false, &dir.0, REFUSE_SECOND);
+            format!("{one}{}", fixture_backend("two", "session = \"shared\""))
+        };
+        let gw = Gateway::start(&cfg);
+        let (mut a, mut b) = (client(&gw), client(&gw));
+        let r = a.request(json!("l"), "resources/list", json!({}));
+        assert!(r.get("result").is_some(), "routes known: {r}");
+        let r = a.call(json!(1), &format!("{backend}.crash"), json!({}));
+        assert_eq!(error_code(&r), -32000);
+        // This subscribe starts the backend again; the restore subscribes the URI (the
+        // entry is in flight), then the client's own subscribe is refused.
+        let uri = format!("fixture://{backend}/hello");
+        let r = subscribe(&mut a, &uri);
+        assert_eq!(error_code(&r), -32602, "{r}");
+        gw.wait_line("released 1 subscription(s) no session holds (0 still held)");
+        let c = if shared { &mut b } else { &mut a };
+        assert_eq!(touch(c, backend, &uri), "not subscribed", "{backend}");
+    }
+}
+
+#[test]
+fn a_refused_subscribe_that_a_release_left_the_uri_to_leaves_nothing_at_the_backend() {
+    let dir = Dir::new("release-deferred");
+    let fixture = bin("mcp-fixture").display().to_string();
+    // "two" (shared) holds its second subscribe line until `go`, then refuses it.
+    let script = "d=\"$1\"; k=0; while IFS= read -r l; do case \"$l\" in *resources/subscribe*) \
+        k=$((k+1)); if [ $k -eq 2 ]; then echo \"held $l\" >&2; i=0; \
+        while [ ! -f \"$d/go\" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done; \
+        l=$(printf '%s' \"$l\" | sed 's/\"uri\"/\"urx\"/'); fi;; esac; \
+        printf '%s\\n' \"$l\"; done | \"$0\" --name two";
+    let gw = Gateway::start(&format!(
+        "{}[[backends]]\nname = \"two\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
+         args = [\"-c\", {script:?}, {fixture:?}, {:?}]\nsession = \"shared\"\n",
+        fixture_backend("one", ""),
+        dir.0.display().to_string()
+    ));
+    let (mut a, mut b, mut c) = (client(&gw), client(&gw), client(&gw));
+    let uri = "fixture://two/hello";
+    assert_eq!(subscribe(&mut b, uri)["result"], json!({}));
+    send_subscribe(&mut a, "s", "resources/subscribe", uri);
+    gw.wait_line("held"); // a's subscribe is at the backend, to be refused
+    drop(b);
+    // b's release leaves the URI to a, whose subscribe is in flight.
+    gw.wait_line("subscription(s) no session holds (1 still held)");
+    dir.go();
+    assert_eq!(error_code(&a.response(&json!("s"))), -32602);
+    gw.wait_line("released 1 subscription(s) no session holds (0 still held)");
+    assert_eq!(touch(&mut c, "two", uri), "not subscribed");
 }
 
 #[test]
