@@ -110,6 +110,10 @@ async fn ask_all(
                     let Some(ask) = queue.borrow_mut().pop_front() else {
                         return;
                     };
+                    // The check and the queueing of the line in one step: a line sent
+                    // by someone else in between (a session's subscribe) would come
+                    // before ours at the backend although our check did not see it.
+                    proc.wait_for_room().await;
                     if !wanted(&ask) {
                         tally.borrow_mut().skipped += 1;
                         continue;
@@ -211,6 +215,9 @@ pub struct Proc {
     name: Rc<str>,
     /// Lines for its stdin, each ending in `\n`.
     stdin: Sender<Vec<u8>>,
+    /// Told each time the stdin writer takes a line: room in `stdin`
+    /// ([`Proc::wait_for_room`]).
+    room: Rc<event_listener::Event>,
     pending: RefCell<IdMap<Pending>>,
     /// Our progress token → (session id, the client's original token).
     progress: RefCell<HashMap<String, (u64, Value)>>,
@@ -243,6 +250,20 @@ impl Proc {
     /// False once the process has exited.
     pub fn is_alive(&self) -> bool {
         self.alive.get()
+    }
+
+    /// Returns when the stdin queue has room for a line (or is closed), in the same
+    /// poll in which it saw the room: a caller that checks something and then sends
+    /// (`request`'s first poll queues the line) does both in one step, with nothing
+    /// sent in between. A queue with room is not waited on.
+    pub async fn wait_for_room(&self) {
+        while self.stdin.is_full() && !self.stdin.is_closed() {
+            let listener = self.room.listen();
+            if !self.stdin.is_full() {
+                break;
+            }
+            listener.await;
+        }
     }
 
     fn exited_error(&self) -> BackendError {
@@ -783,9 +804,11 @@ impl Slot {
         let (in_tx, in_rx) = async_channel::bounded(STDIN_QUEUE);
         let (exit_tx, exit_rx) = async_channel::bounded::<()>(1);
         let name: Rc<str> = cfg.name.as_str().into();
+        let room = Rc::new(event_listener::Event::new());
         let proc = Rc::new(Proc {
             name: name.clone(),
             stdin: in_tx,
+            room: room.clone(),
             pending: RefCell::new(IdMap::new(MAX_PENDING_PER_PROCESS)),
             progress: RefCell::new(HashMap::new()),
             next_token: Cell::new(1),
@@ -801,7 +824,7 @@ impl Slot {
         // Until `start` returns it, `stop` finds it here.
         *self.starting.borrow_mut() = Some(proc.clone());
         let _starting = Starting(self);
-        rt::spawn(write_stdin(stdin, in_rx)).detach();
+        rt::spawn(write_stdin(stdin, in_rx, room)).detach();
         rt::spawn(log_stderr(name, stderr)).detach();
         rt::spawn(read_stdout(
             Rc::downgrade(self),
@@ -1026,7 +1049,9 @@ impl Slot {
                 let line = msg.to_text();
                 for s in &sessions {
                     if let Some(u) = &uri {
-                        if self.is_shared() && !s.is_subscribed(u) {
+                        // Every backend: a client that unsubscribed stops getting the
+                        // updates at once, whatever the backend answered.
+                        if !s.is_subscribed(u) {
                             continue;
                         }
                     }
@@ -1063,9 +1088,14 @@ fn line_of(msg: &Message) -> Vec<u8> {
 /// few writes, flushed as soon as the queue is empty.
 pub const STDIN_BUFFER_BYTES: usize = 16 * 1024;
 
-async fn write_stdin(stdin: async_process::ChildStdin, rx: Receiver<Vec<u8>>) {
+async fn write_stdin(
+    stdin: async_process::ChildStdin,
+    rx: Receiver<Vec<u8>>,
+    room: Rc<event_listener::Event>,
+) {
     let mut stdin = futures_lite::io::BufWriter::with_capacity(STDIN_BUFFER_BYTES, stdin);
     while let Ok(line) = rx.recv().await {
+        room.notify(usize::MAX);
         if stdin.write_all(&line).await.is_err() {
             return;
         }
@@ -1196,6 +1226,84 @@ async fn read_stdout(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process record with no process behind it; its stdin lines stay in `rx`.
+    fn detached_proc() -> (Rc<Proc>, Receiver<Vec<u8>>) {
+        let (tx, rx) = async_channel::bounded(STDIN_QUEUE);
+        let (_, exited) = async_channel::bounded::<()>(1);
+        let proc = Rc::new(Proc {
+            name: "two".into(),
+            stdin: tx,
+            room: Rc::new(event_listener::Event::new()),
+            pending: RefCell::new(IdMap::new(MAX_PENDING_PER_PROCESS)),
+            progress: RefCell::new(HashMap::new()),
+            next_token: Cell::new(1),
+            caps: RefCell::new(Value::Null),
+            alive: Cell::new(true),
+            child: RefCell::new(None),
+            exited,
+            exit_status: RefCell::new(None),
+            stopping: Cell::new(false),
+            metrics: Rc::new(Metrics::new("t", "t")),
+            timeout: Duration::from_secs(5),
+        });
+        (proc, rx)
+    }
+
+    /// The methods of the subscribe/unsubscribe lines taken from `rx` so far.
+    fn sent(rx: &Receiver<Vec<u8>>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(line) = rx.try_recv() {
+            let v: Value = serde_json::from_slice(&line).unwrap_or_default();
+            if let Some(m) = v["method"].as_str().filter(|m| m.contains("subscribe")) {
+                out.push(m.to_string());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_release_waiting_for_room_checks_the_uri_when_it_can_send() {
+        // A backend slow to read: its stdin queue is full. A release of "u" (no
+        // session holds it yet) must wait for room; meanwhile a session subscribes
+        // to "u", and its line gets the first room. The release's check must see
+        // that session, or its unsubscribe would undo the subscribe.
+        let (proc, rx) = detached_proc();
+        for _ in 0..STDIN_QUEUE {
+            proc.stdin.try_send(b"{}\n".to_vec()).unwrap();
+        }
+        let held = Rc::new(Cell::new(false));
+        let (tally, lines) = rt::block_on(async {
+            let (p, h) = (proc.clone(), held.clone());
+            let release = rt::spawn(async move {
+                let asks = VecDeque::from([Ask {
+                    method: "resources/unsubscribe",
+                    params: json!({"uri": "u"}),
+                    uri: Some("u".into()),
+                }]);
+                ask_all(&p, asks, Rc::new(move |_: &Ask| !h.get()), p.timeout, None).await
+            });
+            futures_lite::future::yield_now().await; // the release waits for room
+            let (p, h) = (proc.clone(), held.clone());
+            let subscribe = rt::spawn(async move {
+                h.set(true); // `forward_by_uri` records the subscription first
+                let msg = Message::request(Id::from(7), "resources/subscribe", None);
+                let _ = p.request(1, msg, p.timeout, None, ReadAs::Brief).await;
+            });
+            let mut lines = Vec::new();
+            // The stdin writer takes lines (as `write_stdin` does, telling of room).
+            for _ in 0..STDIN_QUEUE + 2 {
+                lines.extend(sent(&rx));
+                proc.room.notify(usize::MAX);
+                futures_lite::future::yield_now().await;
+            }
+            lines.extend(sent(&rx));
+            drop(subscribe);
+            (release.await, lines)
+        });
+        assert_eq!(lines, ["resources/subscribe"], "no unsubscribe after it");
+        assert_eq!((tally.skipped, tally.answered), (1, 0));
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

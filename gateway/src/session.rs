@@ -788,6 +788,13 @@ impl Session {
                 resp
             }
             "resources/unsubscribe" => {
+                // With room in the backend's stdin queue, the check below and the
+                // queueing of the line (`forward` on a running backend awaits nothing
+                // before it) are one step: no other session's subscribe of the URI can
+                // get between them and be undone by this unsubscribe.
+                if let Some(proc) = slot.running() {
+                    proc.wait_for_room().await;
+                }
                 // The client stops getting the updates now, whatever the backend says.
                 self.subscriptions.borrow_mut().remove(&uri);
                 let held = slot.is_shared()

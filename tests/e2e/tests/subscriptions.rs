@@ -657,6 +657,27 @@ fn a_refused_subscribe_that_a_release_left_the_uri_to_leaves_nothing_at_the_back
 }
 
 #[test]
+fn a_per_client_backend_that_refuses_an_unsubscribe_sends_the_client_no_more_updates() {
+    let fixture = bin("mcp-fixture").display().to_string();
+    // "one" (per client) refuses every unsubscribe (its "uri" key renamed).
+    let script = "while IFS= read -r l; do case \"$l\" in *resources/unsubscribe*) \
+        l=$(printf '%s' \"$l\" | sed 's/\"uri\"/\"urx\"/');; esac; \
+        printf '%s\\n' \"$l\"; done | \"$0\" --name one";
+    let gw = Gateway::start(&format!(
+        "[[backends]]\nname = \"one\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
+         args = [\"-c\", {script:?}, {fixture:?}]\n{}",
+        fixture_backend("two", "session = \"shared\"")
+    ));
+    let mut a = client(&gw);
+    let uri = "fixture://one/hello";
+    assert_eq!(subscribe(&mut a, uri)["result"], json!({}));
+    let r = a.request(json!("u"), "resources/unsubscribe", json!({ "uri": uri }));
+    assert_eq!(error_code(&r), -32602, "{r}");
+    assert_eq!(touch(&mut a, "one", uri), "touched", "the backend kept it");
+    assert!(!has_update(&mut a, uri), "the client unsubscribed");
+}
+
+#[test]
 fn subscriptions_per_session_are_bounded() {
     let gw = gateway();
     let mut c = client(&gw);
