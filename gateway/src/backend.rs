@@ -252,6 +252,13 @@ impl Proc {
         self.alive.get()
     }
 
+    /// Closes the stdin queue (the writer then closes the pipe) and wakes whoever waits
+    /// for room in it ([`Self::wait_for_room`]): there will be none.
+    fn close_stdin(&self) {
+        self.stdin.close();
+        self.room.notify(usize::MAX);
+    }
+
     /// Returns when the stdin queue has room for a line (or is closed), in the same
     /// poll in which it saw the room: a caller that checks something and then sends
     /// (`request`'s first poll queues the line) does both in one step, with nothing
@@ -734,7 +741,7 @@ impl Slot {
             Ok(p) if self.stopped.get() => {
                 // `stop` came while it started: stop it (it may have killed it already).
                 p.stopping.set(true);
-                p.stdin.close();
+                p.close_stdin();
                 self.kill(&p);
                 Err(self.stopped_error())
             }
@@ -966,14 +973,14 @@ impl Slot {
             // Still being started (its restore may be waiting on it): its start fails.
             log::info!("backend {:?}: stopped while starting", self.name());
             p.stopping.set(true);
-            p.stdin.close();
+            p.close_stdin();
             self.kill(&p);
         }
         let Some(proc) = self.proc.borrow_mut().take() else {
             return;
         };
         proc.stopping.set(true);
-        proc.stdin.close();
+        proc.close_stdin();
         if rt::timeout(grace, proc.exited.recv()).await.is_none() {
             log::warn!(
                 "backend {:?} did not exit within {} ms of stdin closing; killing it",
@@ -1190,7 +1197,7 @@ async fn read_stdout(
     }
     // The process closed stdout: collect its exit status, then fail what is pending.
     proc.alive.set(false);
-    proc.stdin.close();
+    proc.close_stdin();
     let child = proc.child.borrow_mut().take();
     let status = match child {
         Some(mut c) => match rt::timeout(EXIT_WAIT, c.status()).await {
@@ -1260,6 +1267,24 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn waiting_for_room_ends_when_the_queue_closes() {
+        // A full queue whose backend dies: `read_stdout` closes it; a waiter must not
+        // wait for ever on room that never comes.
+        let (proc, _rx) = detached_proc();
+        for _ in 0..STDIN_QUEUE {
+            proc.stdin.try_send(b"{}\n".to_vec()).unwrap();
+        }
+        let done = rt::block_on(async {
+            let p = proc.clone();
+            let waiter = rt::spawn(async move { p.wait_for_room().await });
+            futures_lite::future::yield_now().await; // it waits
+            proc.close_stdin();
+            rt::timeout(Duration::from_secs(5), waiter).await
+        });
+        assert!(done.is_some(), "the waiter was left waiting");
     }
 
     #[test]

@@ -792,8 +792,11 @@ impl Session {
                 // queueing of the line (`forward` on a running backend awaits nothing
                 // before it) are one step: no other session's subscribe of the URI can
                 // get between them and be undone by this unsubscribe.
+                // A backend that stops reading is given the request timeout, as for
+                // any request; after that the unsubscribe goes the usual way (and waits
+                // for room in `forward`, which times out).
                 if let Some(proc) = slot.running() {
-                    proc.wait_for_room().await;
+                    let _ = rt::timeout(slot.timeout, proc.wait_for_room()).await;
                 }
                 // The client stops getting the updates now, whatever the backend says.
                 self.subscriptions.borrow_mut().remove(&uri);
