@@ -1058,7 +1058,7 @@ impl Slot {
                     if let Some(u) = &uri {
                         // Every backend: a client that unsubscribed stops getting the
                         // updates at once, whatever the backend answered.
-                        if !s.is_subscribed(u) {
+                        if !s.wants_update(u) {
                             continue;
                         }
                     }
@@ -1104,13 +1104,17 @@ async fn write_stdin(
     while let Ok(line) = rx.recv().await {
         room.notify(usize::MAX);
         if stdin.write_all(&line).await.is_err() {
-            return;
+            break;
         }
         if rx.is_empty() && stdin.flush().await.is_err() {
-            return;
+            break;
         }
     }
-    // Channel closed: dropping `stdin` closes the pipe, asking the backend to exit.
+    // Channel closed, or the pipe broke: nothing more will be taken from the queue, so
+    // it is closed (what waits to send fails now, not at its timeout) and whoever waits
+    // for room is told. Dropping `stdin` closes the pipe, asking the backend to exit.
+    rx.close();
+    room.notify(usize::MAX);
 }
 
 async fn log_stderr(name: Rc<str>, mut stderr: async_process::ChildStderr) {

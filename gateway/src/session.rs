@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 
 use async_channel::Sender;
-use mcp_shared::error::{RouteError, RpcError, SessionError, ToRpcError};
+use mcp_shared::error::{BackendError, RouteError, RpcError, SessionError, ToRpcError};
 use mcp_shared::idmap::IdMap;
 use mcp_shared::jsonrpc::{self, Answer, Id, Kind, Message, Reply};
 use mcp_shared::mcp::{self, Handling, ListKind};
@@ -250,6 +250,15 @@ impl Session {
     /// True when the client subscribed to `uri`.
     pub fn is_subscribed(&self, uri: &str) -> bool {
         self.subscriptions.borrow().contains_key(uri)
+    }
+
+    /// Whether `notifications/resources/updated` for `uri` is for this client: it holds
+    /// `uri`, or a URI that `uri` lies under (MCP: the update's URI "might be a
+    /// sub-resource of the one that the client actually subscribed to"), the held URI
+    /// ending at a `/` of `uri`.
+    pub fn wants_update(&self, uri: &str) -> bool {
+        let subs = self.subscriptions.borrow();
+        subs.contains_key(uri) || subs.keys().any(|held| lies_under(uri, held))
     }
 
     /// The URIs the client subscribed to on `backend`.
@@ -795,11 +804,24 @@ impl Session {
                 // A backend that stops reading is given the request timeout, as for
                 // any request; after that the unsubscribe goes the usual way (and waits
                 // for room in `forward`, which times out).
-                if let Some(proc) = slot.running() {
-                    let _ = rt::timeout(slot.timeout, proc.wait_for_room()).await;
-                }
+                let stuck = match slot.running() {
+                    Some(proc) => rt::timeout(slot.timeout, proc.wait_for_room())
+                        .await
+                        .is_none(),
+                    None => false,
+                };
                 // The client stops getting the updates now, whatever the backend says.
                 self.subscriptions.borrow_mut().remove(&uri);
+                if stuck {
+                    // The backend has not taken a line for the whole request timeout:
+                    // answered as a timeout, and the URI left to the slot's releases.
+                    slot.release_subscriptions(vec![uri]);
+                    return Err(BackendError::Timeout {
+                        backend: slot.name().to_string(),
+                        after_ms: slot.timeout.as_millis() as u64,
+                    }
+                    .to_rpc_error());
+                }
                 let held = slot.is_shared()
                     && slot
                         .sessions()
@@ -1177,6 +1199,13 @@ impl Session {
     }
 }
 
+/// Whether `uri` names a sub-resource of `held`: `held` is a prefix of it that ends at a
+/// `/` (`held` ending with one, or the rest of `uri` starting with one).
+fn lies_under(uri: &str, held: &str) -> bool {
+    uri.strip_prefix(held)
+        .is_some_and(|rest| !rest.is_empty() && (held.ends_with('/') || rest.starts_with('/')))
+}
+
 /// The metrics outcome of a response: an error (typed by its code), a tool error
 /// (`isError: true`), or success.
 fn outcome_of(resp: &impl Answer) -> (Outcome, Option<&'static str>) {
@@ -1205,6 +1234,21 @@ mod tests {
                 futures_lite::future::block_on(futures_lite::future::poll_once(rx)).is_some()
             }
         }
+    }
+
+    #[test]
+    fn sub_resources_lie_under_their_parent_at_a_slash() {
+        assert!(lies_under(
+            "fixture://one/hello/part",
+            "fixture://one/hello"
+        ));
+        assert!(lies_under("file:///proj/src/a.rs", "file:///proj/"));
+        assert!(!lies_under("fixture://one/hello", "fixture://one/hel"));
+        assert!(
+            !lies_under("fixture://one/hello", "fixture://one/hello"),
+            "not under itself"
+        );
+        assert!(!lies_under("fixture://one/hell", "fixture://one/hello"));
     }
 
     #[test]

@@ -678,6 +678,68 @@ fn a_per_client_backend_that_refuses_an_unsubscribe_sends_the_client_no_more_upd
 }
 
 #[test]
+fn an_unsubscribe_to_a_backend_that_stopped_reading_is_answered() {
+    let fixture = bin("mcp-fixture").display().to_string();
+    // "one" (per client) stops reading its stdin at the line with "block" in it.
+    let script = "while IFS= read -r l; do case \"$l\" in *block*) exec sleep 600;; esac; \
+        printf '%s\\n' \"$l\"; done | \"$0\" --name one";
+    let gw = Gateway::start(&format!(
+        "[limits]\nmax_in_flight = 1024\nrequest_timeout = \"1s\"\n\
+         [[backends]]\nname = \"one\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
+         args = [\"-c\", {script:?}, {fixture:?}]\n{}",
+        fixture_backend("two", "session = \"shared\"")
+    ));
+    let mut a = WsClient::mcp(&gw);
+    a.initialize();
+    assert_eq!(
+        subscribe(&mut a, "fixture://one/hello")["result"],
+        json!({})
+    );
+    let call = |id: String, text: String| {
+        json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+               "params":{"name":"one.echo","arguments":{"text":text}}})
+    };
+    a.send(call("block".into(), "block".into()));
+    a.send(call("big".into(), "x".repeat(200_000))); // fills the pipe
+    for i in 0..300 {
+        a.send(call(format!("e{i}"), "y".into())); // and the 256-line queue
+    }
+    send_subscribe(&mut a, "u", "resources/unsubscribe", "fixture://one/hello");
+    // The session's next (un)subscribe, to another backend, waits for its turn.
+    send_subscribe(&mut a, "s2", "resources/subscribe", "fixture://two/hello");
+    assert_eq!(error_code(&a.response(&json!("u"))), -32001, "a timeout");
+    assert_eq!(a.response(&json!("s2"))["result"], json!({}));
+    assert_eq!(error_code(&a.response(&json!("e299"))), -32001);
+}
+
+#[test]
+fn an_update_of_a_sub_resource_reaches_the_client_subscribed_to_its_parent() {
+    let fixture = bin("mcp-fixture").display().to_string();
+    // Both backends report an update of `…/hello` as one of `…/hello/part` (MCP: the
+    // URI "might be a sub-resource of the one that the client actually subscribed to").
+    let backend = |name: &str, extra: &str| {
+        let script =
+            format!("\"$0\" --name {name} | sed -u '/resources\\/updated/s#/hello#/hello/part#'");
+        format!(
+            "[[backends]]\nname = \"{name}\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
+             args = [\"-c\", {script:?}, {fixture:?}]\n{extra}\n"
+        )
+    };
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        backend("one", ""),
+        backend("two", "session = \"shared\"")
+    ));
+    let mut a = client(&gw);
+    for name in ["one", "two"] {
+        let uri = format!("fixture://{name}/hello");
+        assert_eq!(subscribe(&mut a, &uri)["result"], json!({}));
+        assert_eq!(touch(&mut a, name, &uri), "touched");
+        assert!(has_update(&mut a, &format!("{uri}/part")), "{name}");
+    }
+}
+
+#[test]
 fn subscriptions_per_session_are_bounded() {
     let gw = gateway();
     let mut c = client(&gw);
