@@ -258,7 +258,7 @@ impl Session {
     /// ending at a `/` of `uri`.
     pub fn wants_update(&self, uri: &str) -> bool {
         let subs = self.subscriptions.borrow();
-        subs.contains_key(uri) || subs.keys().any(|held| lies_under(uri, held))
+        for_uri_or_parent(uri, |held| subs.contains_key(held))
     }
 
     /// The URIs the client subscribed to on `backend`.
@@ -1199,8 +1199,20 @@ impl Session {
     }
 }
 
+/// Whether `holds` is true of `uri` or of a URI it lies under ([`lies_under`]): one
+/// lookup per `/` of `uri` (the prefix before it and the one through it), not a scan
+/// of every held URI; a shared backend's update is checked against each attached
+/// session.
+fn for_uri_or_parent(uri: &str, holds: impl Fn(&str) -> bool) -> bool {
+    holds(uri)
+        || uri
+            .match_indices('/')
+            .any(|(i, _)| holds(&uri[..i]) || (i + 1 < uri.len() && holds(&uri[..=i])))
+}
+
 /// Whether `uri` names a sub-resource of `held`: `held` is a prefix of it that ends at a
 /// `/` (`held` ending with one, or the rest of `uri` starting with one).
+#[cfg(test)]
 fn lies_under(uri: &str, held: &str) -> bool {
     uri.strip_prefix(held)
         .is_some_and(|rest| !rest.is_empty() && (held.ends_with('/') || rest.starts_with('/')))
@@ -1249,6 +1261,29 @@ mod tests {
             "not under itself"
         );
         assert!(!lies_under("fixture://one/hell", "fixture://one/hello"));
+        // The lookup by prefixes says the same as the rule, over every pair of these.
+        let uris = [
+            "fixture://one/hello",
+            "fixture://one/hello/",
+            "fixture://one/hello/part",
+            "fixture://one/hello/part/x",
+            "fixture://one/hel",
+            "fixture://one/",
+            "fixture://one",
+            "file:///proj/",
+            "file:///proj/src/a.rs",
+            "file:///proj",
+            "a",
+            "/",
+            "",
+        ];
+        for uri in uris {
+            for held in uris {
+                let by_prefix = for_uri_or_parent(uri, |h| h == held);
+                let by_rule = uri == held || lies_under(uri, held);
+                assert_eq!(by_prefix, by_rule, "update {uri:?}, held {held:?}");
+            }
+        }
     }
 
     #[test]
