@@ -1058,7 +1058,7 @@ impl Slot {
                     if let Some(u) = &uri {
                         // Every backend: a client that unsubscribed stops getting the
                         // updates at once, whatever the backend answered.
-                        if !s.wants_update(u) {
+                        if !s.wants_update(u, self.name()) {
                             continue;
                         }
                     }

@@ -252,13 +252,15 @@ impl Session {
         self.subscriptions.borrow().contains_key(uri)
     }
 
-    /// Whether `notifications/resources/updated` for `uri` is for this client: it holds
-    /// `uri`, or a URI that `uri` lies under (MCP: the update's URI "might be a
-    /// sub-resource of the one that the client actually subscribed to"), the held URI
-    /// ending at a `/` of `uri`.
-    pub fn wants_update(&self, uri: &str) -> bool {
+    /// Whether `notifications/resources/updated` for `uri` from `backend` is for this
+    /// client: it holds, on that backend, `uri` or a URI that `uri` lies under (MCP:
+    /// the update's URI "might be a sub-resource of the one that the client actually
+    /// subscribed to"), the held URI ending at a `/` of `uri`.
+    pub fn wants_update(&self, uri: &str, backend: &str) -> bool {
         let subs = self.subscriptions.borrow();
-        for_uri_or_parent(uri, |held| subs.contains_key(held))
+        for_uri_or_parent(uri, |held| {
+            subs.get(held).is_some_and(|sub| sub.backend == backend)
+        })
     }
 
     /// The URIs the client subscribed to on `backend`.
@@ -797,41 +799,43 @@ impl Session {
                 resp
             }
             "resources/unsubscribe" => {
-                // With room in the backend's stdin queue, the check below and the
+                // The client stops getting the updates now, whatever the backend says.
+                self.subscriptions.borrow_mut().remove(&uri);
+                let id = msg.id().expect("requests have ids");
+                let held = || {
+                    slot.is_shared()
+                        && slot
+                            .sessions()
+                            .iter()
+                            .any(|s| s.id != self.id && s.is_subscribed(&uri))
+                };
+                if held() {
+                    // Another client of the shared backend still wants this resource's
+                    // updates: the backend keeps the subscription, nothing is sent.
+                    return Ok(Message::response(id, json!({})).into());
+                }
+                // With room in the backend's stdin queue, the check again and the
                 // queueing of the line (`forward` on a running backend awaits nothing
                 // before it) are one step: no other session's subscribe of the URI can
-                // get between them and be undone by this unsubscribe.
-                // A backend that stops reading is given the request timeout, as for
-                // any request; after that the unsubscribe goes the usual way (and waits
-                // for room in `forward`, which times out).
+                // get between them and be undone by this unsubscribe. A backend that
+                // takes no line for the request timeout gets a timeout answer, as any
+                // request would, and the URI is left to the slot's releases.
                 let stuck = match slot.running() {
                     Some(proc) => rt::timeout(slot.timeout, proc.wait_for_room())
                         .await
                         .is_none(),
                     None => false,
                 };
-                // The client stops getting the updates now, whatever the backend says.
-                self.subscriptions.borrow_mut().remove(&uri);
+                if held() {
+                    return Ok(Message::response(id, json!({})).into());
+                }
                 if stuck {
-                    // The backend has not taken a line for the whole request timeout:
-                    // answered as a timeout, and the URI left to the slot's releases.
                     slot.release_subscriptions(vec![uri]);
                     return Err(BackendError::Timeout {
                         backend: slot.name().to_string(),
                         after_ms: slot.timeout.as_millis() as u64,
                     }
                     .to_rpc_error());
-                }
-                let held = slot.is_shared()
-                    && slot
-                        .sessions()
-                        .iter()
-                        .any(|s| s.id != self.id && s.is_subscribed(&uri));
-                if held {
-                    // Another client of the shared backend still wants this resource's
-                    // updates: the backend keeps the subscription.
-                    let id = msg.id().expect("requests have ids");
-                    return Ok(Message::response(id, json!({})).into());
                 }
                 self.forward_in_turn(&slot, msg, target, cx, turn).await
             }

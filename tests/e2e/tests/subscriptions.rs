@@ -740,6 +740,50 @@ fn an_update_of_a_sub_resource_reaches_the_client_subscribed_to_its_parent() {
 }
 
 #[test]
+fn an_unsubscribe_another_session_holds_needs_no_room_at_a_stuck_shared_backend() {
+    let fixture = bin("mcp-fixture").display().to_string();
+    // "two" (shared) stops reading its stdin at the line with "block" in it.
+    let script = "while IFS= read -r l; do case \"$l\" in *block*) exec sleep 600;; esac; \
+        printf '%s\\n' \"$l\"; done | \"$0\" --name two";
+    let gw = Gateway::start(&format!(
+        "[limits]\nmax_in_flight = 1024\nrequest_timeout = \"3s\"\n\
+         [[backends]]\nname = \"two\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
+         args = [\"-c\", {script:?}, {fixture:?}]\nsession = \"shared\"\n"
+    ));
+    let (mut a, mut b) = (WsClient::mcp(&gw), WsClient::mcp(&gw));
+    a.initialize();
+    b.initialize();
+    let uri = "fixture://two/hello";
+    assert_eq!(subscribe(&mut a, uri)["result"], json!({}));
+    assert_eq!(subscribe(&mut b, uri)["result"], json!({}));
+    let call = |id: String, text: String| {
+        json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+               "params":{"name":"two.echo","arguments":{"text":text}}})
+    };
+    // On b's own connection, before its unsubscribe: the gateway starts b's requests
+    // in order, so the backend's pipe and 256-line queue are full when it comes.
+    b.send(call("block".into(), "block".into()));
+    b.send(call("big".into(), "x".repeat(200_000)));
+    for i in 0..300 {
+        b.send(call(format!("e{i}"), "y".into()));
+    }
+    send_subscribe(&mut b, "u", "resources/unsubscribe", uri);
+    // a still holds the URI: nothing has to reach the backend, so no waiting for room
+    // (which would end in a timeout answer after 3 s).
+    let r = b.response(&json!("u"));
+    assert_eq!(r["result"], json!({}), "{r}");
+    // Answered before the echoes sent ahead of it time out (3 s after they were sent):
+    // had it waited for room, their timeout answers would have come first.
+    let before = b.drain_for(Duration::ZERO);
+    assert!(
+        !before
+            .iter()
+            .any(|v| v["id"].as_str().is_some_and(|id| id.starts_with('e'))),
+        "{before:?}"
+    );
+}
+
+#[test]
 fn subscriptions_per_session_are_bounded() {
     let gw = gateway();
     let mut c = client(&gw);
