@@ -18,19 +18,29 @@ fn gateway() -> Gateway {
     ))
 }
 
+/// A backend `name` run as `sh -c SCRIPT FIXTURE ARGS…`: in `script`, `$0` is the
+/// fixture's path and `$1`… are `args`. `extra` is more of its TOML (`session = …`).
+fn sh_backend(name: &str, script: &str, args: &[&str], extra: &str) -> String {
+    let fixture = bin("mcp-fixture").display().to_string();
+    let args: String = args.iter().map(|a| format!(", {a:?}")).collect();
+    format!(
+        "[[backends]]\nname = \"{name}\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
+         args = [\"-c\", {script:?}, {fixture:?}{args}]\n{extra}\n"
+    )
+}
+
 /// The same, with "two" behind a shell loop that makes it a slow subscriber: each
 /// line with `subscribe` in it (subscribe and unsubscribe) is logged to stderr as
 /// `held <line>` (the gateway logs it: the test knows the line reached the backend)
 /// and passed on 300 ms later, in order.
 fn gateway_with_slow_subscribes() -> Gateway {
-    let fixture = bin("mcp-fixture").display().to_string();
     let script = "while IFS= read -r l; do case \"$l\" in *subscribe*) \
                   echo \"held $l\" >&2; sleep 0.3;; esac; printf '%s\\n' \"$l\"; done \
                   | \"$0\" --name two";
     Gateway::start(&format!(
-        "{}[[backends]]\nname = \"two\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
-         args = [\"-c\", {script:?}, {fixture:?}]\nsession = \"shared\"\n",
+        "{}{}",
         fixture_backend("one", ""),
+        sh_backend("two", script, &[], "session = \"shared\"")
     ))
 }
 
@@ -45,7 +55,6 @@ fn restart_aware(
     dir: &std::path::Path,
     on_restored_subscribe: &str,
 ) -> String {
-    let fixture = bin("mcp-fixture").display().to_string();
     let script = format!(
         "d=\"$1\"; n=$(cat \"$d/n\" 2>/dev/null || echo 0); n=$((n+1)); echo $n > \"$d/n\"; \
          p=\"$d/fifo.$n\"; mkfifo \"$p\"; exec 4<&0; \
@@ -53,12 +62,9 @@ fn restart_aware(
          if [ $n -gt 1 ]; then {on_restored_subscribe}; fi;; esac; printf '%s\\n' \"$l\"; \
          done <&4) > \"$p\" & exec \"$0\" --name {name} < \"$p\" 4<&-"
     );
-    format!(
-        "[[backends]]\nname = \"{name}\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
-         args = [\"-c\", {script:?}, {fixture:?}, {:?}]\n{}\n",
-        dir.display().to_string(),
-        if shared { "session = \"shared\"" } else { "" }
-    )
+    let dir = dir.display().to_string();
+    let extra = if shared { "session = \"shared\"" } else { "" };
+    sh_backend(name, &script, &[&dir], extra)
 }
 
 /// Shell for [`restart_aware`]: logs `held <line>` and holds the line until the file
@@ -196,18 +202,26 @@ fn a_restore_larger_than_the_backends_stdin_queue_still_comes_before_waiting_req
     gw.wait_line("backend \"one\": restored 600 setting(s)");
 }
 
-#[test]
-fn restoring_more_subscriptions_than_a_backend_may_have_pending_loses_none() {
-    // 5 × 1,024 subscriptions on the shared backend: more than its pending table
-    // (backend::MAX_PENDING_PER_PROCESS, 4,096) could hold at once.
-    let gw = gateway();
-    let mut clients: Vec<Client> = (0..5).map(|_| client(&gw)).collect();
+/// Five clients, each subscribed to 1,024 URIs of the shared backend "two" (client k to
+/// `fixture://two/item/k-i`): 5,120 in all, more than a backend's pending table
+/// (backend::MAX_PENDING_PER_PROCESS, 4,096) holds.
+fn five_clients_with_1024_subscriptions_each(gw: &Gateway) -> Vec<Client> {
+    let mut clients: Vec<Client> = (0..5).map(|_| client(gw)).collect();
     for (k, c) in clients.iter_mut().enumerate() {
         for i in 0..1024 {
             let r = subscribe(c, &format!("fixture://two/item/{k}-{i}"));
             assert_eq!(r["result"], json!({}), "{r}");
         }
     }
+    clients
+}
+
+#[test]
+fn restoring_more_subscriptions_than_a_backend_may_have_pending_loses_none() {
+    // 5 × 1,024 subscriptions on the shared backend: more than its pending table
+    // (backend::MAX_PENDING_PER_PROCESS, 4,096) could hold at once.
+    let gw = gateway();
+    let mut clients = five_clients_with_1024_subscriptions_each(&gw);
     let r = clients[0].call(json!("crash"), "two.crash", json!({}));
     assert_eq!(error_code(&r), -32000);
     let r = clients[1].call(json!("e"), "two.echo", json!({"text": "x"}));
@@ -392,13 +406,7 @@ fn a_session_that_ends_during_a_shared_restore_has_its_subscriptions_released_af
 #[test]
 fn sessions_that_end_together_release_within_the_window() {
     let gw = gateway();
-    let mut clients: Vec<Client> = (0..5).map(|_| client(&gw)).collect();
-    for (k, c) in clients.iter_mut().enumerate() {
-        for i in 0..1024 {
-            let r = subscribe(c, &format!("fixture://two/item/{k}-{i}"));
-            assert_eq!(r["result"], json!({}), "{r}");
-        }
-    }
+    let mut clients = five_clients_with_1024_subscriptions_each(&gw);
     let mut last = client(&gw);
     clients.clear(); // five sessions end at once: 5,120 unsubscribes to send
     let mut released = 0;
@@ -427,16 +435,15 @@ fn sessions_that_end_together_release_within_the_window() {
 /// and breaks those for which the shell test `refuse` holds (the "uri" key renamed),
 /// so the fixture refuses them (-32602).
 fn gateway_refusing_subscribes(refuse: &str) -> Gateway {
-    let fixture = bin("mcp-fixture").display().to_string();
     let script = format!(
         "k=0; while IFS= read -r l; do case \"$l\" in *resources/subscribe*) k=$((k+1)); \
          if {refuse}; then l=$(printf '%s' \"$l\" | sed 's/\"uri\"/\"urx\"/'); fi;; esac; \
          printf '%s\\n' \"$l\"; done | \"$0\" --name two"
     );
     Gateway::start(&format!(
-        "{}[[backends]]\nname = \"two\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
-         args = [\"-c\", {script:?}, {fixture:?}]\nsession = \"shared\"\n",
+        "{}{}",
         fixture_backend("one", ""),
+        sh_backend("two", &script, &[], "session = \"shared\"")
     ))
 }
 
@@ -629,18 +636,17 @@ fn a_subscribe_refused_after_the_restore_took_it_leaves_nothing_at_the_backend()
 #[test]
 fn a_refused_subscribe_that_a_release_left_the_uri_to_leaves_nothing_at_the_backend() {
     let dir = Dir::new("release-deferred");
-    let fixture = bin("mcp-fixture").display().to_string();
     // "two" (shared) holds its second subscribe line until `go`, then refuses it.
     let script = "d=\"$1\"; k=0; while IFS= read -r l; do case \"$l\" in *resources/subscribe*) \
         k=$((k+1)); if [ $k -eq 2 ]; then echo \"held $l\" >&2; i=0; \
         while [ ! -f \"$d/go\" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done; \
         l=$(printf '%s' \"$l\" | sed 's/\"uri\"/\"urx\"/'); fi;; esac; \
         printf '%s\\n' \"$l\"; done | \"$0\" --name two";
+    let dir_arg = dir.0.display().to_string();
     let gw = Gateway::start(&format!(
-        "{}[[backends]]\nname = \"two\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
-         args = [\"-c\", {script:?}, {fixture:?}, {:?}]\nsession = \"shared\"\n",
+        "{}{}",
         fixture_backend("one", ""),
-        dir.0.display().to_string()
+        sh_backend("two", script, &[&dir_arg], "session = \"shared\"")
     ));
     let (mut a, mut b, mut c) = (client(&gw), client(&gw), client(&gw));
     let uri = "fixture://two/hello";
@@ -658,14 +664,13 @@ fn a_refused_subscribe_that_a_release_left_the_uri_to_leaves_nothing_at_the_back
 
 #[test]
 fn a_per_client_backend_that_refuses_an_unsubscribe_sends_the_client_no_more_updates() {
-    let fixture = bin("mcp-fixture").display().to_string();
     // "one" (per client) refuses every unsubscribe (its "uri" key renamed).
     let script = "while IFS= read -r l; do case \"$l\" in *resources/unsubscribe*) \
         l=$(printf '%s' \"$l\" | sed 's/\"uri\"/\"urx\"/');; esac; \
         printf '%s\\n' \"$l\"; done | \"$0\" --name one";
     let gw = Gateway::start(&format!(
-        "[[backends]]\nname = \"one\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
-         args = [\"-c\", {script:?}, {fixture:?}]\n{}",
+        "{}{}",
+        sh_backend("one", script, &[], ""),
         fixture_backend("two", "session = \"shared\"")
     ));
     let mut a = client(&gw);
@@ -677,16 +682,36 @@ fn a_per_client_backend_that_refuses_an_unsubscribe_sends_the_client_no_more_upd
     assert!(!has_update(&mut a, uri), "the client unsubscribed");
 }
 
+/// A backend `name` that stops reading its stdin at the line with "block" in it.
+fn stuck_backend(name: &str, extra: &str) -> String {
+    let script = format!(
+        "while IFS= read -r l; do case \"$l\" in *block*) exec sleep 600;; esac; \
+         printf '%s\\n' \"$l\"; done | \"$0\" --name {name}"
+    );
+    sh_backend(name, &script, &[], extra)
+}
+
+/// Fills the pipe and the 256-line stdin queue of `backend` (a [`stuck_backend`]) with
+/// requests of `c` that will time out: "block", a 200 KB echo, and 300 more echoes
+/// ("e0"…"e299"). The gateway starts a connection's requests in order, so the queue
+/// is full for whatever `c` sends next.
+fn fill_stuck_backend(c: &mut Client, backend: &str) {
+    let call = |id: String, text: String| {
+        json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+               "params":{"name":format!("{backend}.echo"),"arguments":{"text":text}}})
+    };
+    c.send(call("block".into(), "block".into()));
+    c.send(call("big".into(), "x".repeat(200_000)));
+    for i in 0..300 {
+        c.send(call(format!("e{i}"), "y".into()));
+    }
+}
+
 #[test]
 fn an_unsubscribe_to_a_backend_that_stopped_reading_is_answered() {
-    let fixture = bin("mcp-fixture").display().to_string();
-    // "one" (per client) stops reading its stdin at the line with "block" in it.
-    let script = "while IFS= read -r l; do case \"$l\" in *block*) exec sleep 600;; esac; \
-        printf '%s\\n' \"$l\"; done | \"$0\" --name one";
     let gw = Gateway::start(&format!(
-        "[limits]\nmax_in_flight = 1024\nrequest_timeout = \"1s\"\n\
-         [[backends]]\nname = \"one\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
-         args = [\"-c\", {script:?}, {fixture:?}]\n{}",
+        "[limits]\nmax_in_flight = 1024\nrequest_timeout = \"1s\"\n{}{}",
+        stuck_backend("one", ""),
         fixture_backend("two", "session = \"shared\"")
     ));
     let mut a = WsClient::mcp(&gw);
@@ -695,15 +720,7 @@ fn an_unsubscribe_to_a_backend_that_stopped_reading_is_answered() {
         subscribe(&mut a, "fixture://one/hello")["result"],
         json!({})
     );
-    let call = |id: String, text: String| {
-        json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
-               "params":{"name":"one.echo","arguments":{"text":text}}})
-    };
-    a.send(call("block".into(), "block".into()));
-    a.send(call("big".into(), "x".repeat(200_000))); // fills the pipe
-    for i in 0..300 {
-        a.send(call(format!("e{i}"), "y".into())); // and the 256-line queue
-    }
+    fill_stuck_backend(&mut a, "one");
     send_subscribe(&mut a, "u", "resources/unsubscribe", "fixture://one/hello");
     // The session's next (un)subscribe, to another backend, waits for its turn.
     send_subscribe(&mut a, "s2", "resources/subscribe", "fixture://two/hello");
@@ -714,16 +731,12 @@ fn an_unsubscribe_to_a_backend_that_stopped_reading_is_answered() {
 
 #[test]
 fn an_update_of_a_sub_resource_reaches_the_client_subscribed_to_its_parent() {
-    let fixture = bin("mcp-fixture").display().to_string();
     // Both backends report an update of `…/hello` as one of `…/hello/part` (MCP: the
     // URI "might be a sub-resource of the one that the client actually subscribed to").
     let backend = |name: &str, extra: &str| {
         let script =
             format!("\"$0\" --name {name} | sed -u '/resources\\/updated/s#/hello#/hello/part#'");
-        format!(
-            "[[backends]]\nname = \"{name}\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
-             args = [\"-c\", {script:?}, {fixture:?}]\n{extra}\n"
-        )
+        sh_backend(name, &script, &[], extra)
     };
     let gw = Gateway::start(&format!(
         "{}{}",
@@ -741,14 +754,9 @@ fn an_update_of_a_sub_resource_reaches_the_client_subscribed_to_its_parent() {
 
 #[test]
 fn an_unsubscribe_another_session_holds_needs_no_room_at_a_stuck_shared_backend() {
-    let fixture = bin("mcp-fixture").display().to_string();
-    // "two" (shared) stops reading its stdin at the line with "block" in it.
-    let script = "while IFS= read -r l; do case \"$l\" in *block*) exec sleep 600;; esac; \
-        printf '%s\\n' \"$l\"; done | \"$0\" --name two";
     let gw = Gateway::start(&format!(
-        "[limits]\nmax_in_flight = 1024\nrequest_timeout = \"3s\"\n\
-         [[backends]]\nname = \"two\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
-         args = [\"-c\", {script:?}, {fixture:?}]\nsession = \"shared\"\n"
+        "[limits]\nmax_in_flight = 1024\nrequest_timeout = \"3s\"\n{}",
+        stuck_backend("two", "session = \"shared\"")
     ));
     let (mut a, mut b) = (WsClient::mcp(&gw), WsClient::mcp(&gw));
     a.initialize();
@@ -756,17 +764,9 @@ fn an_unsubscribe_another_session_holds_needs_no_room_at_a_stuck_shared_backend(
     let uri = "fixture://two/hello";
     assert_eq!(subscribe(&mut a, uri)["result"], json!({}));
     assert_eq!(subscribe(&mut b, uri)["result"], json!({}));
-    let call = |id: String, text: String| {
-        json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
-               "params":{"name":"two.echo","arguments":{"text":text}}})
-    };
-    // On b's own connection, before its unsubscribe: the gateway starts b's requests
-    // in order, so the backend's pipe and 256-line queue are full when it comes.
-    b.send(call("block".into(), "block".into()));
-    b.send(call("big".into(), "x".repeat(200_000)));
-    for i in 0..300 {
-        b.send(call(format!("e{i}"), "y".into()));
-    }
+    // On b's own connection, before its unsubscribe: the backend's queue is full
+    // when it comes.
+    fill_stuck_backend(&mut b, "two");
     send_subscribe(&mut b, "u", "resources/unsubscribe", uri);
     // a still holds the URI: nothing has to reach the backend, so no waiting for room
     // (which would end in a timeout answer after 3 s).
