@@ -97,10 +97,7 @@ async fn ask_all(
 ) -> Tally {
     let workers = RESTORE_WINDOW.min(asks.len());
     let queue = Rc::new(RefCell::new(asks));
-    let tally = Rc::new(RefCell::new(Tally {
-        deadline: timeout,
-        ..Tally::default()
-    }));
+    let tally = Rc::new(RefCell::new(Tally::default()));
     let workers: Vec<_> = (0..workers)
         .map(|_| {
             let (queue, tally, proc) = (queue.clone(), tally.clone(), proc.clone());
