@@ -94,6 +94,18 @@ impl Drop for Dir {
     }
 }
 
+/// "one" per client, and "two" shared behind [`restart_aware`] with [`HOLD`]: from its
+/// first restart on, "two" holds each subscribe line until `dir.go()`.
+fn gateway_holding_restored_subscribes(tag: &str) -> (Dir, Gateway) {
+    let dir = Dir::new(tag);
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        fixture_backend("one", ""),
+        restart_aware("two", true, &dir.0, HOLD)
+    ));
+    (dir, gw)
+}
+
 fn client(gw: &Gateway) -> Client {
     let mut c = Client::router(&gw.url);
     c.initialize();
@@ -379,12 +391,7 @@ fn a_per_client_backend_restarting_when_its_session_ends_is_stopped() {
 
 #[test]
 fn a_session_that_ends_during_a_shared_restore_has_its_subscriptions_released_after_it() {
-    let dir = Dir::new("release");
-    let gw = Gateway::start(&format!(
-        "{}{}",
-        fixture_backend("one", ""),
-        restart_aware("two", true, &dir.0, HOLD)
-    ));
+    let (dir, gw) = gateway_holding_restored_subscribes("release");
     let (mut a, mut b) = (client(&gw), client(&gw));
     let uri = "fixture://two/item/a";
     assert_eq!(subscribe(&mut a, uri)["result"], json!({}));
@@ -461,12 +468,7 @@ fn a_refused_second_subscribe_keeps_the_first() {
 
 #[test]
 fn a_subscribe_held_by_one_backend_does_not_hold_up_the_next_one_to_another() {
-    let dir = Dir::new("next");
-    let gw = Gateway::start(&format!(
-        "{}{}",
-        fixture_backend("one", ""),
-        restart_aware("two", true, &dir.0, HOLD)
-    ));
+    let (dir, gw) = gateway_holding_restored_subscribes("next");
     let mut a = client(&gw);
     assert_eq!(
         error_code(&a.call(json!(1), "two.crash", json!({}))),
@@ -492,12 +494,7 @@ fn a_subscribe_held_by_one_backend_does_not_hold_up_the_next_one_to_another() {
 
 #[test]
 fn one_clients_cancel_does_not_undo_a_shared_start_another_waits_for() {
-    let dir = Dir::new("cancel");
-    let gw = Gateway::start(&format!(
-        "{}{}",
-        fixture_backend("one", ""),
-        restart_aware("two", true, &dir.0, HOLD)
-    ));
+    let (dir, gw) = gateway_holding_restored_subscribes("cancel");
     let (mut a, mut b) = (client(&gw), client(&gw));
     assert_eq!(
         subscribe(&mut a, "fixture://two/hello")["result"],
