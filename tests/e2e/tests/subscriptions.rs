@@ -679,10 +679,12 @@ fn a_per_client_backend_that_refuses_an_unsubscribe_sends_the_client_no_more_upd
     assert!(!has_update(&mut a, uri), "the client unsubscribed");
 }
 
-/// A backend `name` that stops reading its stdin at the line with "block" in it.
+/// A backend `name` that stops reading its stdin at the line with "block" in it, for
+/// 8 s (longer than the tests that use it wait for anything), then exits: the shell's
+/// pipeline is not killed with the gateway's child, so it must end by itself.
 fn stuck_backend(name: &str, extra: &str) -> String {
     let script = format!(
-        "while IFS= read -r l; do case \"$l\" in *block*) exec sleep 600;; esac; \
+        "while IFS= read -r l; do case \"$l\" in *block*) sleep 8; exit;; esac; \
          printf '%s\\n' \"$l\"; done | \"$0\" --name {name}"
     );
     sh_backend(name, &script, &[], extra)
