@@ -106,6 +106,12 @@ fn gateway_holding_restored_subscribes(tag: &str) -> (Dir, Gateway) {
     (dir, gw)
 }
 
+/// Crashes `backend` through `c` (its `crash` tool): the call fails with -32000.
+fn crash(c: &mut Client, backend: &str) {
+    let r = c.call(json!("crash"), &format!("{backend}.crash"), json!({}));
+    assert_eq!(error_code(&r), -32000, "{r}");
+}
+
 fn client(gw: &Gateway) -> Client {
     let mut c = Client::router(&gw.url);
     c.initialize();
@@ -169,8 +175,7 @@ fn a_restarted_backend_gets_the_clients_subscriptions_and_log_level_again() {
         assert_eq!(r["result"], json!({}));
         assert!(!progress_logs(&mut c, backend), "error hides info");
 
-        let r = c.call(json!(5), &format!("{backend}.crash"), json!({}));
-        assert_eq!(error_code(&r), -32000, "{r}");
+        crash(&mut c, backend);
         // The next call starts a new process; it must still know the level and the
         // subscription the client set on the old one.
         assert_eq!(touch(&mut c, backend, &uri), "touched", "{backend}");
@@ -197,8 +202,7 @@ fn a_restore_larger_than_the_backends_stdin_queue_still_comes_before_waiting_req
         let r = subscribe(&mut c, &format!("fixture://one/item/{i}"));
         assert_eq!(r["result"], json!({}), "{r}");
     }
-    let r = c.call(json!("crash"), "one.crash", json!({}));
-    assert_eq!(error_code(&r), -32000);
+    crash(&mut c, "one");
     // Pipelined behind the restart: the URIs that sort last are restored last.
     let last: Vec<String> = (90..100)
         .map(|i| format!("fixture://one/item/{i}"))
@@ -234,8 +238,7 @@ fn restoring_more_subscriptions_than_a_backend_may_have_pending_loses_none() {
     // (backend::MAX_PENDING_PER_PROCESS, 4,096) could hold at once.
     let gw = gateway();
     let mut clients = five_clients_with_1024_subscriptions_each(&gw);
-    let r = clients[0].call(json!("crash"), "two.crash", json!({}));
-    assert_eq!(error_code(&r), -32000);
+    crash(&mut clients[0], "two");
     let r = clients[1].call(json!("e"), "two.echo", json!({"text": "x"}));
     assert_eq!(
         text_of(&r),
@@ -355,10 +358,7 @@ fn a_backend_that_dies_on_its_restore_is_a_failed_start_and_backs_off() {
         subscribe(&mut c, "fixture://one/hello")["result"],
         json!({})
     );
-    assert_eq!(
-        error_code(&c.call(json!(1), "one.crash", json!({}))),
-        -32000
-    );
+    crash(&mut c, "one");
     // The restart dies on the restored subscribe: the request fails, and so does the
     // start (not "ready"), which counts toward the backoff.
     let r = c.call(json!(2), "one.echo", json!({"text": "x"}));
@@ -377,10 +377,7 @@ fn a_per_client_backend_restarting_when_its_session_ends_is_stopped() {
         subscribe(&mut c, "fixture://one/hello")["result"],
         json!({})
     );
-    assert_eq!(
-        error_code(&c.call(json!(1), "one.crash", json!({}))),
-        -32000
-    );
+    crash(&mut c, "one");
     c.send(json!({"jsonrpc":"2.0","id":2,"method":"tools/call",
         "params":{"name":"one.echo","arguments":{"text":"x"}}}));
     gw.wait_line("held"); // the restart is restoring the subscription
@@ -395,10 +392,7 @@ fn a_session_that_ends_during_a_shared_restore_has_its_subscriptions_released_af
     let (mut a, mut b) = (client(&gw), client(&gw));
     let uri = "fixture://two/item/a";
     assert_eq!(subscribe(&mut a, uri)["result"], json!({}));
-    assert_eq!(
-        error_code(&a.call(json!(1), "two.crash", json!({}))),
-        -32000
-    );
+    crash(&mut a, "two");
     b.send(json!({"jsonrpc":"2.0","id":"e","method":"tools/call",
         "params":{"name":"two.echo","arguments":{"text":"x"}}}));
     gw.wait_line("held"); // the restore subscribes a's URI
@@ -470,10 +464,7 @@ fn a_refused_second_subscribe_keeps_the_first() {
 fn a_subscribe_held_by_one_backend_does_not_hold_up_the_next_one_to_another() {
     let (dir, gw) = gateway_holding_restored_subscribes("next");
     let mut a = client(&gw);
-    assert_eq!(
-        error_code(&a.call(json!(1), "two.crash", json!({}))),
-        -32000
-    );
+    crash(&mut a, "two");
     // "two" holds the subscribe lines of its second start.
     send_subscribe(&mut a, "held", "resources/subscribe", "fixture://two/hello");
     gw.wait_line("held");
@@ -500,10 +491,7 @@ fn one_clients_cancel_does_not_undo_a_shared_start_another_waits_for() {
         subscribe(&mut a, "fixture://two/hello")["result"],
         json!({})
     );
-    assert_eq!(
-        error_code(&a.call(json!(1), "two.crash", json!({}))),
-        -32000
-    );
+    crash(&mut a, "two");
     let echo = |c: &mut Client, text: &str| {
         c.send(json!({"jsonrpc":"2.0","id":"e","method":"tools/call",
             "params":{"name":"two.echo","arguments":{"text":text}}}));
@@ -546,11 +534,8 @@ fn a_per_client_backend_waiting_out_its_backoff_when_its_session_ends_is_not_sta
     // Quick crashes: each restart after the second waits its backoff (100 ms,
     // doubling), and says so. After six, the next start waits 1.6 s: time enough for
     // the session to end first, even on a slow machine.
-    for id in 0..6 {
-        assert_eq!(
-            error_code(&c.call(json!(id), "one.crash", json!({}))),
-            -32000
-        );
+    for _ in 0..6 {
+        crash(&mut c, "one");
     }
     c.send(json!({"jsonrpc":"2.0","id":"e","method":"tools/call",
         "params":{"name":"one.echo","arguments":{"text":"x"}}}));
@@ -617,8 +602,7 @@ fn a_subscribe_refused_after_the_restore_took_it_leaves_nothing_at_the_backend()
         let (mut a, mut b) = (client(&gw), client(&gw));
         let r = a.request(json!("l"), "resources/list", json!({}));
         assert!(r.get("result").is_some(), "routes known: {r}");
-        let r = a.call(json!(1), &format!("{backend}.crash"), json!({}));
-        assert_eq!(error_code(&r), -32000);
+        crash(&mut a, backend);
         // This subscribe starts the backend again; the restore subscribes the URI (the
         // entry is in flight), then the client's own subscribe is refused.
         let uri = format!("fixture://{backend}/hello");
