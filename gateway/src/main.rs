@@ -255,13 +255,16 @@ fn main() -> ExitCode {
     };
     let result = rt::block_on(run(cfg, token, tel.clone(), path));
     tel.shutdown();
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The last lines (the error, "stopped") are still in the logger's backlog.
+    mcp_shared::logger::flush();
+    code
 }
 
 /// Re-reads the configuration on SIGHUP. Applied at once: `[logging] level`. Everything

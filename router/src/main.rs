@@ -80,13 +80,16 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    match relay::run(cfg, token, tel) {
+    let code = match relay::run(cfg, token, tel) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The last lines (the error, the shutdown's) are still in the logger's backlog.
+    mcp_shared::logger::flush();
+    code
 }
 
 fn load_config(args: &Args) -> Result<RouterConfig, String> {

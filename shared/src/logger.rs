@@ -9,14 +9,24 @@
 //! Trace ids reach the logger through [`with_ids`]: a future wrapper that makes a span's
 //! ids current for the duration of each poll (the executors are single-threaded, so
 //! a poll is never interleaved with another task's).
+//!
+//! Lines reach stderr through a thread of their own, never from the thread that logs:
+//! stderr may be a pipe its reader does not drain (an MCP host that captures it and
+//! reads it only at exit, `2>&1 | less` paused), and a blocking write there used to stop
+//! the router's relay and the gateway's executor once the pipe's 64 KiB were full. The
+//! lines wait in a backlog of at most [`MAX_LOG_BACKLOG_BYTES`]; beyond it they are
+//! dropped, and counted in one warning written when stderr takes lines again.
+//! [`flush`] (at exit) waits for the backlog at most [`LOG_FLUSH_DEADLINE`].
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io::Write;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::task::{Context as TaskCx, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{LevelFilter, Log, Metadata, Record};
 use opentelemetry::trace::{SpanId, TraceId};
@@ -82,36 +92,204 @@ impl Log for StderrLogger {
         if !self.enabled(r.metadata()) {
             return;
         }
-        let ts = utc_timestamp(SystemTime::now());
-        let ids = CURRENT.get().map(|(t, s)| (t.to_string(), s.to_string()));
-        let line = if JSON.load(Ordering::Relaxed) {
-            let mut o = serde_json::json!({
-                "ts": ts,
-                "level": r.level().as_str(),
-                "target": r.target(),
-                "msg": r.args().to_string(),
-            });
-            if let Some((t, s)) = ids {
-                o["trace_id"] = t.into();
-                o["span_id"] = s.into();
-            }
-            format!("{o}\n")
-        } else {
-            match ids {
-                Some((t, s)) => format!(
-                    "{ts} {:<5} {}: {} trace_id={t} span_id={s}\n",
-                    r.level(),
-                    r.target(),
-                    r.args()
-                ),
-                None => format!("{ts} {:<5} {}: {}\n", r.level(), r.target(), r.args()),
-            }
-        };
-        // One write per line so concurrent lines do not interleave.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        let ids = CURRENT.get();
+        let line = format_line(r.level(), r.target(), r.args(), ids);
+        let mut b = backlog();
+        if !b.started {
+            // Not initialised (or its thread could not start): written here.
+            drop(b);
+            write_stderr(line.as_bytes());
+            return;
+        }
+        if b.push(line) && b.writer_waiting {
+            READY.notify_one();
+        }
     }
 
-    fn flush(&self) {}
+    fn flush(&self) {
+        flush();
+    }
+}
+
+/// Bytes of log lines that may wait for stderr (lines being written included). A line
+/// that would go beyond is dropped and counted: a reader that stopped reading costs at
+/// most this much memory, and the threads that log never wait for it.
+pub const MAX_LOG_BACKLOG_BYTES: usize = 256 * 1024;
+
+/// How long [`flush`] waits for the backlog to reach stderr (at exit).
+pub const LOG_FLUSH_DEADLINE: Duration = Duration::from_secs(1);
+
+/// The lines waiting for the writer thread.
+#[derive(Default)]
+struct Backlog {
+    lines: VecDeque<String>,
+    /// Bytes of `lines` plus those of the batch being written.
+    bytes: usize,
+    /// Lines dropped since the last warning about it was queued.
+    dropped: u64,
+    /// The writer thread is running (lines are queued, not written by the caller).
+    started: bool,
+    /// The writer thread waits for lines (worth a wake-up).
+    writer_waiting: bool,
+    /// A batch is being written.
+    writing: bool,
+}
+
+impl Backlog {
+    const fn new() -> Backlog {
+        Backlog {
+            lines: VecDeque::new(),
+            bytes: 0,
+            dropped: 0,
+            started: false,
+            writer_waiting: false,
+            writing: false,
+        }
+    }
+
+    /// Queues `line`, or counts it as dropped when it would take the backlog beyond
+    /// [`MAX_LOG_BACKLOG_BYTES`]. Whether it was queued.
+    fn push(&mut self, line: String) -> bool {
+        if self.bytes + line.len() > MAX_LOG_BACKLOG_BYTES {
+            self.dropped += 1;
+            return false;
+        }
+        self.bytes += line.len();
+        self.lines.push_back(line);
+        true
+    }
+
+    /// Everything queued, as one text, preceded by the warning about dropped lines when
+    /// there were any; its bytes stay counted until [`Backlog::written`].
+    fn take(&mut self) -> (String, usize) {
+        let mut text = String::new();
+        if self.dropped > 0 {
+            let note = format_line(
+                log::Level::Warn,
+                module_path!(),
+                &format_args!(
+                    "{} log line(s) dropped: stderr was not read fast enough (backlog limit \
+                     {MAX_LOG_BACKLOG_BYTES} bytes)",
+                    self.dropped
+                ),
+                None,
+            );
+            self.dropped = 0;
+            text.push_str(&note);
+        }
+        let queued = self.bytes;
+        text.reserve(queued);
+        for line in self.lines.drain(..) {
+            text.push_str(&line);
+        }
+        self.writing = true;
+        (text, queued)
+    }
+
+    /// The batch from [`Backlog::take`] that counted `bytes` was written.
+    fn written(&mut self, bytes: usize) {
+        self.bytes -= bytes;
+        self.writing = false;
+    }
+
+    fn is_idle(&self) -> bool {
+        self.lines.is_empty() && self.dropped == 0 && !self.writing
+    }
+}
+
+static BACKLOG: Mutex<Backlog> = Mutex::new(Backlog::new());
+/// Lines were queued while the writer waited.
+static READY: Condvar = Condvar::new();
+/// A batch was written (for [`flush`]).
+static WRITTEN: Condvar = Condvar::new();
+
+fn backlog() -> MutexGuard<'static, Backlog> {
+    // A panic while the lock was held left the queue as consistent as it ever is.
+    BACKLOG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One write per batch, under stderr's lock, so that lines written by others (the
+/// router's stdout span tree) never land inside one.
+fn write_stderr(text: &[u8]) {
+    let _ = std::io::stderr().lock().write_all(text);
+}
+
+/// Starts the thread that writes the backlog to stderr.
+fn start_writer() {
+    let mut b = backlog();
+    if b.started {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("log-writer".into())
+        // Formatting happens on the logging threads; this one only copies bytes.
+        .stack_size(64 * 1024)
+        .spawn(write_backlog);
+    b.started = spawned.is_ok();
+}
+
+fn write_backlog() {
+    let mut b = backlog();
+    loop {
+        while b.lines.is_empty() && b.dropped == 0 {
+            b.writer_waiting = true;
+            b = READY.wait(b).unwrap_or_else(|e| e.into_inner());
+            b.writer_waiting = false;
+        }
+        let (text, bytes) = b.take();
+        drop(b);
+        write_stderr(text.as_bytes());
+        b = backlog();
+        b.written(bytes);
+        WRITTEN.notify_all();
+    }
+}
+
+/// Waits until the lines logged so far are written to stderr, or
+/// [`LOG_FLUSH_DEADLINE`] has passed (stderr may never be read). For the end of `main`.
+pub fn flush() {
+    let deadline = Instant::now() + LOG_FLUSH_DEADLINE;
+    let mut b = backlog();
+    while b.started && !b.is_idle() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        b = WRITTEN
+            .wait_timeout(b, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}
+
+/// One log line, newline included, in the configured format.
+fn format_line(
+    level: log::Level,
+    target: &str,
+    msg: &std::fmt::Arguments<'_>,
+    ids: Option<(TraceId, SpanId)>,
+) -> String {
+    let ts = utc_timestamp(SystemTime::now());
+    if JSON.load(Ordering::Relaxed) {
+        let mut o = serde_json::json!({
+            "ts": ts,
+            "level": level.as_str(),
+            "target": target,
+            "msg": msg.to_string(),
+        });
+        if let Some((t, s)) = ids {
+            o["trace_id"] = t.to_string().into();
+            o["span_id"] = s.to_string().into();
+        }
+        format!("{o}\n")
+    } else {
+        match ids {
+            Some((t, s)) => {
+                format!("{ts} {level:<5} {target}: {msg} trace_id={t} span_id={s}\n")
+            }
+            None => format!("{ts} {level:<5} {target}: {msg}\n"),
+        }
+    }
 }
 
 static LOGGER: StderrLogger = StderrLogger;
@@ -120,6 +298,7 @@ static LOGGER: StderrLogger = StderrLogger;
 pub fn init(level: LevelFilter, format: LogFormat) {
     JSON.store(format == LogFormat::Json, Ordering::Relaxed);
     if log::set_logger(&LOGGER).is_ok() {
+        start_writer();
         set_level(level);
     }
 }
@@ -174,6 +353,66 @@ mod tests {
         assert_eq!(utc_timestamp(t), "2026-11-25T13:50:33.123Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(utc_timestamp(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn the_backlog_drops_beyond_its_bound_and_says_how_many_once() {
+        let mut b = Backlog::new();
+        let line = "x".repeat(1000) + "\n";
+        let fit = MAX_LOG_BACKLOG_BYTES / line.len();
+        for _ in 0..fit {
+            assert!(b.push(line.clone()));
+        }
+        assert!(!b.push(line.clone()), "beyond the bound");
+        assert!(!b.push(line.clone()));
+        assert_eq!(b.dropped, 2);
+        assert_eq!(b.bytes, fit * line.len());
+        // What is being written still counts: nothing fits until it is written.
+        let (text, bytes) = b.take();
+        assert_eq!(bytes, fit * line.len());
+        let (first, rest) = text.split_once('\n').unwrap();
+        assert!(
+            first.contains("WARN") && first.contains("2 log line(s) dropped"),
+            "{first}"
+        );
+        assert_eq!(rest.len(), fit * line.len());
+        assert!(!b.push(line.clone()));
+        assert!(!b.is_idle());
+        b.written(bytes);
+        assert!(b.push(line.clone()), "room again once written");
+        // The count restarted with the warning that reported it.
+        let (text, bytes) = b.take();
+        assert!(text.contains("1 log line(s) dropped"), "{text}");
+        b.written(bytes);
+        let (text, bytes) = b.take();
+        assert_eq!((text.as_str(), bytes), ("", 0));
+        b.written(bytes);
+        assert!(b.is_idle());
+    }
+
+    #[test]
+    fn lines_carry_level_target_and_ids() {
+        let trace = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        let span = SpanId::from_hex("00f067aa0ba902b7").unwrap();
+        let l = format_line(
+            log::Level::Info,
+            "mcp_gateway",
+            &format_args!("hi {}", 5),
+            None,
+        );
+        assert!(l.ends_with(" INFO  mcp_gateway: hi 5\n"), "{l:?}");
+        let l = format_line(
+            log::Level::Warn,
+            "t",
+            &format_args!("m"),
+            Some((trace, span)),
+        );
+        assert!(
+            l.ends_with(
+                " WARN  t: m trace_id=4bf92f3577b34da6a3ce929d0e0e4736 span_id=00f067aa0ba902b7\n"
+            ),
+            "{l:?}"
+        );
     }
 
     #[test]

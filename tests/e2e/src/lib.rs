@@ -281,6 +281,24 @@ impl Client {
 
     /// Starts `mcp-router` with arguments and environment.
     pub fn router_args(args: &[&str], env: &[(&str, &str)]) -> Client {
+        Self::router_stderr(args, env, true).0
+    }
+
+    /// Starts `mcp-router` with its stderr piped but not read: the pipe's reading end
+    /// is returned, for the test to read (or never to).
+    pub fn router_unread_stderr(
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Client, std::process::ChildStderr) {
+        let (c, stderr) = Self::router_stderr(args, env, false);
+        (c, stderr.expect("stderr kept"))
+    }
+
+    fn router_stderr(
+        args: &[&str],
+        env: &[(&str, &str)],
+        read: bool,
+    ) -> (Client, Option<std::process::ChildStderr>) {
         let mut child = Command::new(bin("mcp-router"))
             .args(args)
             .envs(env.iter().copied())
@@ -291,7 +309,11 @@ impl Client {
             .spawn()
             .expect("start mcp-router");
         let log = Log::default();
-        let log_lines = Some(collect_stderr(&mut child, &log));
+        let (log_lines, unread) = if read {
+            (Some(collect_stderr(&mut child, &log)), None)
+        } else {
+            (None, child.stderr.take())
+        };
         let stdout = child.stdout.take().unwrap();
         let (vtx, rx) = channel();
         let texts = Texts::default();
@@ -308,7 +330,7 @@ impl Client {
         });
         let stdin = Arc::new(Mutex::new(child.stdin.take().unwrap()));
         let w = stdin.clone();
-        Client {
+        let client = Client {
             tx: Box::new(move |s: &str| {
                 let mut w = w.lock().unwrap();
                 let _ = w.write_all(s.as_bytes());
@@ -322,7 +344,8 @@ impl Client {
             log,
             log_lines,
             texts,
-        }
+        };
+        (client, unread)
     }
 
     /// Sends raw text as one line (or one WebSocket message).

@@ -86,6 +86,55 @@ fn bad_input_through_the_router() {
     assert_eq!(error_code(&c.recv()), -32700);
 }
 
+/// An MCP host may capture the router's stderr and not read it. The relay must not stop
+/// when that pipe is full: log lines beyond the logger's backlog are dropped and counted,
+/// and every line is either written or counted once the pipe is read again.
+#[test]
+fn a_router_whose_stderr_is_not_read_keeps_answering() {
+    let gw = gateway();
+    let (mut c, stderr) = Client::router_unread_stderr(&["--gateway", &gw.url], &[]);
+    c.initialize();
+    // Each bad line is answered and logged at warn (~100 bytes): far more than the pipe
+    // (64 KiB) and the backlog (256 KiB) hold together.
+    // Sent in rounds that fit in the stdin pipe, so that a router stuck on its stderr
+    // fails the test at `recv`'s deadline instead of blocking it in a write.
+    const BAD: usize = 6_000;
+    const ROUND: usize = 500;
+    for round in 0..BAD / ROUND {
+        let ids = round * ROUND..(round + 1) * ROUND;
+        for i in ids.clone() {
+            c.send_raw(&format!(r#"{{"jsonrpc":"1.0","id":{i},"method":"ping"}}"#));
+        }
+        for i in ids {
+            let r = c.recv();
+            assert_eq!((error_code(&r), &r["id"]), (-32600, &json!(i)), "{r}");
+        }
+    }
+    let r = c.call(json!("after"), "one.echo", json!({"text":"still relaying"}));
+    assert_eq!(text_of(&r), "still relaying");
+    // Now read it: what was kept comes out, then the count of what was not.
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut { stderr }, &mut text).unwrap();
+        text
+    });
+    assert!(c.close_stdin().success());
+    let text = reader.join().unwrap();
+    let written = text.matches("bad message on stdin").count();
+    let dropped: usize = text
+        .lines()
+        .filter_map(|l| l.split_once(" log line(s) dropped"))
+        .map(|(head, _)| head.rsplit(' ').next().unwrap().parse::<usize>().unwrap())
+        .sum();
+    assert!(
+        dropped > 0,
+        "nothing dropped:\n{}",
+        &text[text.len() - 2000..]
+    );
+    assert!(written > 0);
+    assert_eq!(written + dropped, BAD, "every line written or counted");
+}
+
 #[test]
 fn bad_input_over_websocket_to_the_gateway() {
     let gw = gateway();
