@@ -20,6 +20,9 @@
 # PAIRED_TRACING_NEW are TOML lines added to that side's [tracing] (the same build with
 # two settings: pass one binary twice), e.g. PAIRED_TRACING_NEW='max_export_batch_size = 512'.
 #
+# PAIRED_PAYLOAD=BYTES sets the size of each call's argument text (mcp-bench -p; its
+# default otherwise).
+#
 # Needs builds of mcp-bench and mcp-fixture: release ones (cargo build --release -p
 # mcp-bench -p mcp-fixture), or those in $PAIRED_BIN_DIR (CI's smoke run: target/debug).
 # Defaults: 9 rounds of 50,000 requests at C = 32 (~20 s in all).
@@ -100,6 +103,7 @@ for r in $(seq "$ROUNDS"); do
     ((r % 2 == 0)) && order=(new old)
     for v in "${order[@]}"; do
         load=(-n "$N" -c "$C" --tool fx.echo --pid "${PID[$v]}" --label "$v")
+        [[ -n ${PAIRED_PAYLOAD:-} ]] && load+=(-p "$PAIRED_PAYLOAD")
         if [[ -n ${ROUTER[$v]:-} ]]; then
             {
                 printf '[gateway]\nurl = "%s"\n[logging]\nlevel = "warn"\n' "${URL[$v]}"

@@ -65,7 +65,8 @@ else
     TROUNDS1=9 TROUNDS32=9 SPANS=50000 SPAN_ROUNDS=7 SCHED= QUIET_MS=1500
     EV_ROUNDS=7 EV_N1=5000 EV_N32=20000 INSTR_N=6000
 fi
-PAYLOAD=128
+# Bytes of argument text per call (BENCH_PAYLOAD overrides; the tables use 128).
+PAYLOAD=${BENCH_PAYLOAD:-128}
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mcp-bench.XXXXXX")
 RESULTS=$WORK/results.jsonl

@@ -685,8 +685,10 @@ async fn handle_client_line(
     line: Vec<u8>,
 ) {
     let size = line.len();
-    // Kept, so that what goes to the gateway is the host's text (`to_text`).
-    let mut msg = match Message::parse_owned(line) {
+    // Kept, so that what goes to the gateway is the host's text (`to_text`); of its
+    // `params` only what the spans and the replay read is built (a tool call's
+    // arguments, of any size, are checked but not built).
+    let mut msg = match Message::parse_relayed(line) {
         Ok(m) => m,
         Err(rej) => {
             log::warn!("bad message on stdin: {}", rej.error.message);
@@ -698,7 +700,7 @@ async fn handle_client_line(
     };
     // Kept as the host sent it (before trace context is added) if the gateway session
     // would need it again after a reconnection.
-    let shaping = replay::shapes_session(&msg).then(|| msg.clone());
+    let shaping = replay::shapes_session(&msg).then(|| msg.whole());
     let (tel, server) = {
         let st = state.borrow();
         (st.tel.clone(), st.server.clone())

@@ -126,6 +126,9 @@ pub struct Message {
 struct Kept {
     bytes: Vec<u8>,
     keys: de::KeyEnds,
+    /// Read by [`Message::parse_relayed`]: `params` holds only `name`, `uri` and
+    /// `_meta`, and the text is what holds the rest.
+    lean: bool,
 }
 
 /// How much the text a [`Message`] was parsed from still tells of it.
@@ -350,12 +353,22 @@ impl Message {
 
     /// [`Message::parse`], and where the keys the bridge may edit end in the text.
     fn parse_with_keys(bytes: &[u8]) -> Result<(Message, de::KeyEnds), Rejection> {
+        Self::parse_as(bytes, false)
+    }
+
+    /// [`Message::parse_with_keys`], lean or whole ([`Message::parse_relayed`]).
+    fn parse_as(bytes: &[u8], lean: bool) -> Result<(Message, de::KeyEnds), Rejection> {
         // The whole line is checked once, and the parser then reads a `&str`: reading
         // bytes, serde_json checks every string on its own, which cost ~3.5k
         // instructions per forwarded request in the gateway against ~0.2k for one pass
         // (docs/benchmark.md, "Changes made").
         let text = utf8(bytes)?;
-        let (value, taken) = de::parse(text).map_err(|e| {
+        let parsed = if lean {
+            de::parse_lean(text)
+        } else {
+            de::parse(text)
+        };
+        let (value, taken) = parsed.map_err(|e| {
             Rejection::new(
                 sniff_id(bytes),
                 codes::PARSE_ERROR,
@@ -376,8 +389,92 @@ impl Message {
     /// [`Message::parse`], keeping `bytes` for [`Message::to_text`].
     pub fn parse_owned(bytes: Vec<u8>) -> Result<Message, Rejection> {
         let (mut msg, keys) = Message::parse_with_keys(&bytes)?;
-        msg.kept = Some(Box::new(Kept { bytes, keys }));
+        msg.kept = Some(Box::new(Kept {
+            bytes,
+            keys,
+            lean: false,
+        }));
         Ok(msg)
+    }
+
+    /// [`Message::parse_owned`] for a relay that sends the text on: of an object
+    /// `params` only `name`, `uri` and `_meta` are built (the rest, a tool call's
+    /// `arguments` above all, is checked as JSON but not built). It accepts and rejects
+    /// what [`Message::parse`] does, with the same [`Rejection`].
+    ///
+    /// Such a message reads as the whole one through [`Message::kind`], `id`,
+    /// `method`, `param_str("name")`, `param_str("uri")`, [`Message::meta`], the
+    /// trace context, `result` and `error`, and is sent as the whole one by
+    /// [`Message::to_text`] and [`Message::to_json`]. [`Message::params`] and
+    /// [`Message::as_object`] show only what was built: read those on
+    /// [`Message::whole`]. Every change but the id, `params.name` and the trace context
+    /// (which [`Message::to_text`] writes over the text) first parses the message
+    /// whole, as does a text that must be written anew.
+    pub fn parse_relayed(bytes: Vec<u8>) -> Result<Message, Rejection> {
+        let (mut msg, keys) = Message::parse_as(&bytes, true)?;
+        msg.kept = Some(Box::new(Kept {
+            bytes,
+            keys,
+            lean: true,
+        }));
+        Ok(msg)
+    }
+
+    /// Whether `params` holds only part of the message's ([`Message::parse_relayed`]).
+    pub fn is_lean(&self) -> bool {
+        self.kept.as_ref().is_some_and(|k| k.lean)
+    }
+
+    /// The message with all of its `params` built: itself unless it was read by
+    /// [`Message::parse_relayed`]; then its text parsed whole, with the same changes.
+    pub fn whole(&self) -> Message {
+        let mut m = self.clone();
+        m.make_whole();
+        m
+    }
+
+    /// [`Message::whole`], taking the message.
+    pub fn into_whole(mut self) -> Message {
+        self.make_whole();
+        self
+    }
+
+    /// [`Message::whole`] in place.
+    fn make_whole(&mut self) {
+        let Some(k) = self.kept.as_mut().filter(|k| k.lean) else {
+            return;
+        };
+        k.lean = false;
+        let Ok((mut whole, keys)) = Message::parse_with_keys(&k.bytes) else {
+            // The lean parse accepted the text, so the whole one does (`jsonrpc::fuzz`).
+            debug_assert!(false, "a lean message's text did not parse whole");
+            return;
+        };
+        k.keys = keys;
+        // The changes a lean message takes: the id, `params.name`, the trace context.
+        if let Source::Text { edits, .. } = self.source {
+            if edits.id {
+                if let (Some(v), Some(id)) = (field_mut(&mut whole.obj, "id"), self.id()) {
+                    *v = id.to_value();
+                }
+            }
+            if edits.name {
+                if let Some(name) = self.param_str("name") {
+                    let name = name.to_owned();
+                    if let Some(Value::Object(p)) = field_mut(&mut whole.obj, "params") {
+                        if let Some(v) = field_mut(p, "name") {
+                            *v = Value::String(name);
+                        }
+                    }
+                }
+            }
+        }
+        if let (Source::Text { repeated, .. }, Source::Text { repeated: true, .. }) =
+            (&mut self.source, whole.source)
+        {
+            *repeated = true;
+        }
+        self.obj = whole.obj;
     }
 
     /// Classifies an already parsed JSON value.
@@ -472,6 +569,7 @@ impl Message {
                 self.edited(|e| e.id = true);
             }
             None => {
+                self.make_whole();
                 self.source = Source::Lost;
                 self.obj.insert("id".into(), id.to_value());
             }
@@ -492,6 +590,7 @@ impl Message {
 
     /// Replaces the method name.
     pub fn set_method(&mut self, method: &str) {
+        self.make_whole();
         self.source = Source::Lost;
         self.obj.insert("method".into(), method.into());
     }
@@ -503,6 +602,7 @@ impl Message {
 
     /// The params object, created empty when absent (or not an object).
     pub fn params_mut(&mut self) -> &mut Map<String, Value> {
+        self.make_whole();
         self.map_may_hold_trace = true;
         self.source = Source::Lost;
         let p = self
@@ -533,8 +633,13 @@ impl Message {
         }
     }
 
-    /// A string field of `params`.
+    /// A string field of `params` (of a lean message, `name` and `uri` only:
+    /// [`Message::parse_relayed`]).
     pub fn param_str(&self, key: &str) -> Option<&str> {
+        debug_assert!(
+            !self.is_lean() || de::LEAN_PARAMS.contains(&key),
+            "params.{key} of a lean message"
+        );
         field(self.params()?.as_object()?, key)?.as_str()
     }
 
@@ -561,6 +666,7 @@ impl Message {
     /// beside the map (parsed, or set) is put into it first, at its places, so that
     /// what is edited here is what is sent.
     pub fn meta_mut(&mut self) -> &mut Map<String, Value> {
+        self.make_whole();
         self.source = Source::Lost;
         if let Some(t) = self.trace.take() {
             let merged = meta_map(self.meta(), &t);
@@ -590,6 +696,7 @@ impl Message {
     /// Takes the result (or error) payload out of a response, as `Ok(result)` or
     /// `Err(error object)`.
     pub fn into_outcome(mut self) -> Result<Value, Value> {
+        self.make_whole();
         match self.obj.remove("result") {
             Some(r) => Ok(r),
             None => Err(self.obj.remove("error").unwrap_or(Value::Null)),
@@ -663,6 +770,9 @@ impl Message {
     /// [`Message::to_json`] as bytes, for a byte stream (a backend's stdin): no UTF-8
     /// check of the result. The buffer has room for a line terminator after the text.
     pub fn to_json_bytes(&self) -> Vec<u8> {
+        if self.is_lean() {
+            return self.whole().to_json_bytes();
+        }
         let trace_len = self.trace.as_ref().map_or(0, |t| {
             TRACE_KEYS_BYTES + t.traceparent.len() + t.tracestate.as_ref().map_or(0, String::len)
         });
@@ -1919,6 +2029,59 @@ mod tests {
                 Some((tp, (!state.is_empty()).then_some(state)))
             );
         }
+    }
+
+    #[test]
+    fn a_lean_message_builds_only_what_is_read_and_sends_its_text() {
+        let text = r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"ns.t","arguments":{"big":[1,2,{"x":"y"}]},"_meta":{"k":1}}}"#;
+        let m = Message::parse_relayed(text.as_bytes().to_vec()).unwrap();
+        assert!(m.is_lean());
+        assert_eq!(m.params(), Some(&json!({"name":"ns.t","_meta":{"k":1}})));
+        assert_eq!(m.param_str("name"), Some("ns.t"));
+        assert_eq!(m.meta(), json!({"k":1}).as_object());
+        assert_eq!(m.to_text(), text);
+        assert_eq!(m.to_json(), text, "written anew from the whole parse");
+        let w = m.whole();
+        assert!(!w.is_lean());
+        assert_eq!(
+            w.params().unwrap()["arguments"],
+            json!({"big":[1,2,{"x":"y"}]})
+        );
+        // A change the text cannot take makes it whole first.
+        let mut e = m.clone();
+        e.params_mut().insert("extra".into(), json!(true));
+        assert!(!e.is_lean());
+        let sent: Value = serde_json::from_str(&e.to_text()).unwrap();
+        assert_eq!(sent["params"]["arguments"]["big"][2]["x"], "y");
+        assert_eq!(sent["params"]["extra"], true);
+    }
+
+    #[test]
+    fn a_lean_message_with_a_params_key_twice_or_too_many_is_sent_as_read() {
+        let twice = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"x":1},"arguments":{"y":2}}}"#;
+        let m = Message::parse_relayed(twice.as_bytes().to_vec()).unwrap();
+        let sent = m.to_text();
+        assert_eq!(sent.matches("\"arguments\"").count(), 1, "{sent}");
+        assert_eq!(
+            sent,
+            Message::parse_owned(twice.as_bytes().to_vec())
+                .unwrap()
+                .to_text()
+        );
+        // More keys than the lean parse follows: written anew, the same message.
+        let keys: Vec<String> = (0..=de::MAX_DROPPED_KEYS)
+            .map(|i| format!("\"k{i}\":{i}"))
+            .collect();
+        let many = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t",{}}}}}"#,
+            keys.join(",")
+        );
+        let m = Message::parse_relayed(many.as_bytes().to_vec()).unwrap();
+        let v: Value = serde_json::from_str(&m.to_text()).unwrap();
+        assert_eq!(v, serde_json::from_str::<Value>(&many).unwrap());
+        let fewer = many.replace(&format!(",{}", keys[de::MAX_DROPPED_KEYS]), "");
+        let m = Message::parse_relayed(fewer.as_bytes().to_vec()).unwrap();
+        assert_eq!(m.to_text(), fewer, "followed: sent as it came");
     }
 
     #[test]

@@ -261,12 +261,12 @@ impl<'de> Visitor<'de> for Top {
 /// A value read for its type only (its contents checked and dropped), and for `id`
 /// and `jsonrpc` what they hold.
 #[derive(Default)]
-struct Probe {
+pub(super) struct Probe {
     /// Build the [`Id`] of a string or a number.
     keep_id: bool,
 }
 
-struct Probed {
+pub(super) struct Probed {
     tag: Tag,
     id: Option<Id>,
     is_2_0: bool,

@@ -10,7 +10,13 @@
 //!
 //! Anything unusual (a `traceparent` that is not a string, a `tracestate` without a
 //! `traceparent`) leaves the keys in the map, as `Value` would have them.
+//!
+//! [`parse_lean`] reads a message for a relay that sends its text on: of `params` it
+//! builds only the values the bridge reads (`name`, `uri`, `_meta`); the others
+//! (a tool call's `arguments`, of any size) are checked as JSON, as the maps'
+//! values are, but not built.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -39,7 +45,21 @@ pub(super) struct Taken {
     /// spelling of the whole path, would not find them either).
     params_in_place: bool,
     meta_in_place: bool,
+    /// [`parse_lean`]: `params` keeps only [`LEAN_PARAMS`].
+    lean: bool,
+    /// Hashes of the `params` keys a lean parse dropped, to tell one given twice.
+    dropped: [u64; MAX_DROPPED_KEYS],
+    dropped_len: usize,
 }
+
+/// The `params` keys a lean parse follows for repeats ([`parse_lean`]); a `params`
+/// with more counts as having a key twice (its text is then written anew, from the
+/// whole parse). MCP's params have three or four.
+pub(super) const MAX_DROPPED_KEYS: usize = 8;
+
+/// The members of `params` a lean parse builds ([`parse_lean`]): what the router and
+/// the gateway read of the requests they relay as text.
+pub(super) const LEAN_PARAMS: [&str; 3] = ["name", "uri", "_meta"];
 
 /// Just past the closing quote of each key whose value the bridge may write over
 /// (`Message::to_text`), as the parse met it, when it is spelt without escapes (the
@@ -57,6 +77,22 @@ pub(super) struct KeyEnds {
 }
 
 impl Taken {
+    /// Notes a `params` key a lean parse dropped; a repeat (by hash: two keys with one
+    /// hash count as a repeat, which only costs a rewrite) marks [`Taken::repeated`].
+    fn dropped_key(&mut self, key: &str) {
+        // FNV-1a: a few keys of a few bytes each.
+        let h = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let seen = &self.dropped[..self.dropped_len];
+        if seen.contains(&h) || self.dropped_len == MAX_DROPPED_KEYS {
+            self.repeated = true;
+        } else {
+            self.dropped[self.dropped_len] = h;
+            self.dropped_len += 1;
+        }
+    }
+
     /// Where a key read in place at address `at` ends in the text: past its closing
     /// quote (`None` when it was not read in place).
     fn key_end(&self, at: Option<usize>, key: &str) -> Option<usize> {
@@ -66,8 +102,22 @@ impl Taken {
 
 /// Parses one JSON text: the value, and what was taken out of `params._meta`.
 pub(super) fn parse(text: &str) -> serde_json::Result<(Value, Taken)> {
+    parse_as(text, false)
+}
+
+/// [`parse`], except that an object `params` gets only its members named in
+/// [`LEAN_PARAMS`]; the others are checked (the same syntax errors and nesting limit
+/// as [`parse`]) and dropped. A key among the others given twice is still noted in
+/// [`Taken::repeated`] (as are more than [`MAX_DROPPED_KEYS`] of them): the bridge
+/// sends such a message written anew as it read it, not for the next peer to choose.
+pub(super) fn parse_lean(text: &str) -> serde_json::Result<(Value, Taken)> {
+    parse_as(text, true)
+}
+
+fn parse_as(text: &str, lean: bool) -> serde_json::Result<(Value, Taken)> {
     let mut taken = Taken {
         base: text.as_ptr() as usize,
+        lean,
         ..Taken::default()
     };
     let mut de = serde_json::Deserializer::from_str(text);
@@ -163,8 +213,15 @@ impl<'de> Visitor<'de> for Shaped<'_> {
             let Some((k, at)) = map.next_key_seed(KeyAt)? else {
                 break;
             };
+            if let Level::Params = level {
+                if taken.lean && !LEAN_PARAMS.contains(&&*k) {
+                    taken.dropped_key(&k);
+                    map.next_value_seed(super::brief::Probe::default())?;
+                    continue;
+                }
+            }
             let end = taken.key_end(at, &k);
-            match (level, k.as_str()) {
+            match (level, &*k) {
                 (Level::Top, "id") => taken.keys.id = end,
                 (Level::Top, "params") => {
                     taken.keys.params = end;
@@ -177,7 +234,7 @@ impl<'de> Visitor<'de> for Shaped<'_> {
                 }
                 _ => {}
             }
-            let inner = match (level, k.as_str()) {
+            let inner = match (level, &*k) {
                 (Level::Top, "params") => Some(Level::Params),
                 (Level::Params, "_meta") => Some(Level::Meta),
                 _ => None,
@@ -191,18 +248,19 @@ impl<'de> Visitor<'de> for Shaped<'_> {
             };
             // Only these two levels (and `_meta`) get here; nested objects are read
             // by `Value` itself.
-            taken.repeated |= m.insert(k, v).is_some();
+            taken.repeated |= m.insert(k.into_owned(), v).is_some();
         }
         Ok(Value::Object(m))
     }
 }
 
 /// A key of the message's object, and the address of its first character when the
-/// parser read it in place (no escapes), else `None`.
+/// parser read it in place (no escapes), else `None`. Borrowed when read in place: a
+/// key a lean parse drops costs no allocation.
 struct KeyAt;
 
 impl<'de> DeserializeSeed<'de> for KeyAt {
-    type Value = (String, Option<usize>);
+    type Value = (Cow<'de, str>, Option<usize>);
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_str(self)
@@ -210,19 +268,19 @@ impl<'de> DeserializeSeed<'de> for KeyAt {
 }
 
 impl<'de> Visitor<'de> for KeyAt {
-    type Value = (String, Option<usize>);
+    type Value = (Cow<'de, str>, Option<usize>);
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a string key")
     }
     fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok((v.to_owned(), Some(v.as_ptr() as usize)))
+        Ok((Cow::Borrowed(v), Some(v.as_ptr() as usize)))
     }
     fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok((v.to_owned(), None))
+        Ok((Cow::Owned(v.to_owned()), None))
     }
     fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-        Ok((v, None))
+        Ok((Cow::Owned(v), None))
     }
 }
 

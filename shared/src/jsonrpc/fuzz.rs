@@ -12,7 +12,9 @@
 //! [`Brief::parse`] is checked against [`Message::parse`] on the same kind of texts
 //! and on response-like ones, and a response relayed as a [`Reply`] with a new id
 //! against the parsed message given that id (`brief_reads_what_parse_reads`,
-//! `FUZZ_N` too).
+//! `FUZZ_N` too). [`Message::parse_relayed`] is checked against
+//! [`Message::parse_owned`]: the same outcome, the same reads, and the same text sent,
+//! unchanged and with each kind of change (`relayed_reads_and_sends_what_parse_owned_does`).
 
 use super::*;
 use serde_json::json;
@@ -240,7 +242,7 @@ fn gen_params(r: &mut Rng, out: &mut String) {
         r,
         out,
         2,
-        &["_meta", "_meta", "name", "arguments", "cursor", "x"],
+        &["_meta", "_meta", "name", "arguments", "cursor", "uri", "x"],
         &mut |r, out, k, d| {
             if k == "_meta" {
                 gen_meta(r, out)
@@ -958,4 +960,131 @@ fn brief_reads_what_parse_reads() {
     // Every outcome was exercised.
     assert!(responses * 8 > n && errors * 100 > n && tool_errors * 100 > n && rejected * 10 > n);
     assert!(repeated * 100 > n && kept_texts * 10 > n && kept_texts < responses);
+}
+
+/// Whether two JSON values are equal, numbers within the last bit of an `f64`: a text
+/// written anew spells a float its own way, and serde_json (without
+/// `float_roundtrip`) may read the two spellings a bit apart.
+fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            x == y || {
+                let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                (x - y).abs() <= x.abs().max(y.abs()) * 4.0 * f64::EPSILON
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_json(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, a)| y.get(k).is_some_and(|b| same_json(a, b)))
+        }
+        _ => a == b,
+    }
+}
+
+/// [`Message::parse_relayed`] accepts and rejects what [`Message::parse_owned`] does,
+/// reads alike what a relay reads, becomes the same message through
+/// [`Message::whole`], and sends the same message: the same text, unchanged and with
+/// an id, a `params.name`, a trace context or a map-level change. (Were the lean parse
+/// to count a key twice that the whole one does not, by a hash collision or a `params`
+/// with more keys than it follows, its text would be written anew and is compared as
+/// JSON.)
+#[test]
+fn relayed_reads_and_sends_what_parse_owned_does() {
+    let n: usize = from_env("FUZZ_N", 20_000);
+    let mut r = Rng(from_env("FUZZ_SEED", 0x9e37_79b9_7f4a_7c15));
+    let (mut accepted, mut lean_params, mut repeats, mut changed) = (0, 0, 0, 0);
+    let value = |t: &[u8], show: &str| -> Value {
+        serde_json::from_slice(t).unwrap_or_else(|e| panic!("{show}\n sent {t:?}: {e}"))
+    };
+    for i in 0..n {
+        let b = if i % 4 == 0 {
+            gen_response(&mut r)
+        } else {
+            gen_message(&mut r)
+        };
+        let show = String::from_utf8_lossy(&b).into_owned();
+        let (mut whole, mut lean) = match (
+            Message::parse_owned(b.clone()),
+            Message::parse_relayed(b.clone()),
+        ) {
+            (Err(want), Err(got)) => {
+                assert_eq!(got, want, "{show}");
+                continue;
+            }
+            (Ok(w), Ok(l)) => (w, l),
+            (want, got) => panic!("{show}\n parse_owned {want:?}\n parse_relayed {got:?}"),
+        };
+        accepted += 1;
+        assert!(lean.is_lean() && !whole.is_lean());
+        assert_eq!(lean.kind(), whole.kind(), "{show}");
+        assert_eq!(lean.id(), whole.id(), "{show}");
+        assert_eq!(lean.method(), whole.method(), "{show}");
+        for key in ["name", "uri"] {
+            assert_eq!(lean.param_str(key), whole.param_str(key), "{show}");
+        }
+        assert_eq!(lean.meta(), whole.meta(), "{show}");
+        assert_eq!(lean.trace_context(), whole.trace_context(), "{show}");
+        assert_eq!(lean.result(), whole.result(), "{show}");
+        assert_eq!(lean.error(), whole.error(), "{show}");
+        lean_params += usize::from(lean.params() != whole.params());
+        assert_eq!(lean.whole(), whole, "{show}");
+        assert!(!lean.whole().is_lean());
+        let whole_repeats = matches!(whole.source, Source::Text { repeated: true, .. });
+        let lean_repeats = matches!(lean.source, Source::Text { repeated: true, .. });
+        // A key given twice is seen by both (the lean parse by the keys' hashes); the
+        // lean one may also count a collision, or too many keys, as one.
+        assert!(lean_repeats || !whole_repeats, "{show}");
+        let repeated = lean_repeats != whole_repeats;
+        repeats += usize::from(whole_repeats);
+        let check = |lean: &Message, whole: &Message, when: &str| {
+            let (lt, wt) = (lean.to_text().into_bytes(), whole.to_text().into_bytes());
+            let (lb, wb) = (lean.to_text_bytes(), whole.to_text_bytes());
+            assert_eq!(lean.to_json(), whole.to_json(), "{show}\n {when}");
+            if repeated {
+                for (l, w) in [(&lt, &wt), (&lb, &wb)] {
+                    let (l, w) = (value(l, &show), value(w, &show));
+                    assert!(same_json(&l, &w), "{show}\n {when}\n lean {l}\n whole {w}");
+                }
+            } else {
+                assert_eq!(lt, wt, "{show}\n {when}");
+                assert_eq!(lb, wb, "{show}\n {when}");
+            }
+            lt != b
+        };
+        check(&lean, &whole, "unchanged");
+        // Changed alike.
+        if r.chance(50) {
+            let id = Id::from(r.next() >> 20);
+            lean.set_id(&id);
+            whole.set_id(&id);
+        }
+        if r.chance(40) {
+            let name = r.pick(&["ns.tool", "q\"\\é", ""]);
+            lean.set_param_name(name);
+            whole.set_param_name(name);
+        }
+        if r.chance(60) {
+            let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+            let state = r.pick(&["", "k=v"]);
+            lean.set_trace_context(parent, state);
+            whole.set_trace_context(parent, state);
+        }
+        if r.chance(10) {
+            lean.meta_mut().insert("progressToken".into(), json!(3));
+            whole.meta_mut().insert("progressToken".into(), json!(3));
+            assert!(!lean.is_lean(), "{show}");
+        }
+        changed += usize::from(check(&lean, &whole, "changed"));
+        assert_eq!(lean.whole(), whole, "{show}\n after the changes");
+    }
+    eprintln!(
+        "{n} texts: {accepted} accepted, {lean_params} with params partly built, \
+         {repeats} with a read key twice, {changed} sent changed"
+    );
+    assert!(accepted * 3 > n && lean_params * 10 > n && repeats * 50 > n);
+    assert!(changed * 3 > accepted && changed < accepted);
 }
