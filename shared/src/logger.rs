@@ -14,7 +14,7 @@
 //! stderr may be a pipe its reader does not drain (an MCP host that captures it and
 //! reads it only at exit, `2>&1 | less` paused), and a blocking write there used to stop
 //! the router's relay and the gateway's executor once the pipe's 64 KiB were full. The
-//! lines wait in a backlog of at most [`MAX_LOG_BACKLOG_BYTES`]; beyond it they are
+//! thread starts with the first line logged, and the lines wait in a backlog of at most [`MAX_LOG_BACKLOG_BYTES`]; beyond it they are
 //! dropped, and counted in one warning written when stderr takes lines again.
 //! [`flush`] (at exit) waits for the backlog at most [`LOG_FLUSH_DEADLINE`].
 
@@ -95,8 +95,11 @@ impl Log for StderrLogger {
         let ids = CURRENT.get();
         let line = format_line(r.level(), r.target(), r.args(), ids);
         let mut b = backlog();
-        if !b.started {
-            // Not initialised (or its thread could not start): written here.
+        if b.writer == Writer::Lazy {
+            start_writer(&mut b);
+        }
+        if b.writer == Writer::Direct {
+            // Its thread could not start: written here.
             drop(b);
             write_stderr(line.as_bytes());
             return;
@@ -120,15 +123,14 @@ pub const MAX_LOG_BACKLOG_BYTES: usize = 256 * 1024;
 pub const LOG_FLUSH_DEADLINE: Duration = Duration::from_secs(1);
 
 /// The lines waiting for the writer thread.
-#[derive(Default)]
 struct Backlog {
     lines: VecDeque<String>,
     /// Bytes of `lines` plus those of the batch being written.
     bytes: usize,
     /// Lines dropped since the last warning about it was queued.
     dropped: u64,
-    /// The writer thread is running (lines are queued, not written by the caller).
-    started: bool,
+    /// Who writes the lines.
+    writer: Writer,
     /// The writer thread waits for lines (worth a wake-up).
     writer_waiting: bool,
     /// A batch is being written.
@@ -141,7 +143,7 @@ impl Backlog {
             lines: VecDeque::new(),
             bytes: 0,
             dropped: 0,
-            started: false,
+            writer: Writer::Direct,
             writer_waiting: false,
             writing: false,
         }
@@ -214,18 +216,33 @@ fn write_stderr(text: &[u8]) {
     let _ = std::io::stderr().lock().write_all(text);
 }
 
-/// Starts the thread that writes the backlog to stderr.
-fn start_writer() {
-    let mut b = backlog();
-    if b.started {
-        return;
-    }
+/// Who writes log lines to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Writer {
+    /// The thread that logs (before [`init`], or when the writer thread could not
+    /// start).
+    Direct,
+    /// The writer thread, started with the first line: a process that logs nothing
+    /// (the router at `warn`, as hosts run it) pays no thread for it (its stack and
+    /// bookkeeping were ~40 KiB of the router's resident memory).
+    Lazy,
+    /// The writer thread, running.
+    Running,
+}
+
+/// Starts the thread that writes the backlog to stderr (`b` is the locked backlog: the
+/// thread waits for it until the caller has queued its line).
+fn start_writer(b: &mut Backlog) {
     let spawned = std::thread::Builder::new()
         .name("log-writer".into())
         // Formatting happens on the logging threads; this one only copies bytes.
         .stack_size(64 * 1024)
         .spawn(write_backlog);
-    b.started = spawned.is_ok();
+    b.writer = if spawned.is_ok() {
+        Writer::Running
+    } else {
+        Writer::Direct
+    };
 }
 
 fn write_backlog() {
@@ -250,7 +267,7 @@ fn write_backlog() {
 pub fn flush() {
     let deadline = Instant::now() + LOG_FLUSH_DEADLINE;
     let mut b = backlog();
-    while b.started && !b.is_idle() {
+    while b.writer == Writer::Running && !b.is_idle() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return;
@@ -298,7 +315,7 @@ static LOGGER: StderrLogger = StderrLogger;
 pub fn init(level: LevelFilter, format: LogFormat) {
     JSON.store(format == LogFormat::Json, Ordering::Relaxed);
     if log::set_logger(&LOGGER).is_ok() {
-        start_writer();
+        backlog().writer = Writer::Lazy;
         set_level(level);
     }
 }
