@@ -249,6 +249,13 @@ impl Proc {
         self.alive.get()
     }
 
+    /// Kills the process (its exit is then seen as any other: `read_stdout`).
+    fn kill(&self) {
+        if let Some(c) = self.child.borrow_mut().as_mut() {
+            let _ = c.kill();
+        }
+    }
+
     /// Closes the stdin queue (the writer then closes the pipe) and wakes whoever waits
     /// for room in it ([`Self::wait_for_room`]): there will be none.
     fn close_stdin(&self) {
@@ -828,7 +835,7 @@ impl Slot {
         // Until `start` returns it, `stop` finds it here.
         *self.starting.borrow_mut() = Some(proc.clone());
         let _starting = Starting(self);
-        rt::spawn(write_stdin(stdin, in_rx, room)).detach();
+        rt::spawn(write_stdin(stdin, in_rx, room, Rc::downgrade(&proc))).detach();
         rt::spawn(log_stderr(name, stderr)).detach();
         rt::spawn(read_stdout(
             Rc::downgrade(self),
@@ -957,9 +964,7 @@ impl Slot {
     }
 
     fn kill(&self, proc: &Proc) {
-        if let Some(c) = proc.child.borrow_mut().as_mut() {
-            let _ = c.kill();
-        }
+        proc.kill();
     }
 
     /// Stops the process: close stdin, wait up to `grace`, then kill.
@@ -1096,15 +1101,21 @@ async fn write_stdin(
     stdin: async_process::ChildStdin,
     rx: Receiver<Vec<u8>>,
     room: Rc<event_listener::Event>,
+    proc: Weak<Proc>,
 ) {
     let mut stdin = futures_lite::io::BufWriter::with_capacity(STDIN_BUFFER_BYTES, stdin);
+    let mut broken = None;
     while let Ok(line) = rx.recv().await {
         room.notify(usize::MAX);
-        if stdin.write_all(&line).await.is_err() {
+        if let Err(e) = stdin.write_all(&line).await {
+            broken = Some(e);
             break;
         }
-        if rx.is_empty() && stdin.flush().await.is_err() {
-            break;
+        if rx.is_empty() {
+            if let Err(e) = stdin.flush().await {
+                broken = Some(e);
+                break;
+            }
         }
     }
     // Channel closed, or the pipe broke: nothing more will be taken from the queue, so
@@ -1112,6 +1123,19 @@ async fn write_stdin(
     // for room is told. Dropping `stdin` closes the pipe, asking the backend to exit.
     rx.close();
     room.notify(usize::MAX);
+    // A process that closed its stdin reads no more requests, but it may keep its
+    // stdout open and live on: only its exit fails what is pending and restarts it, so
+    // it is ended here.
+    if let (Some(e), Some(proc)) = (broken, proc.upgrade()) {
+        if proc.alive.get() && !proc.stopping.get() {
+            log::warn!(
+                "backend {:?}: writing to its stdin failed ({e}); it reads no more \
+                 requests: killing it so that it is restarted",
+                proc.name
+            );
+            proc.kill();
+        }
+    }
 }
 
 async fn log_stderr(name: Rc<str>, mut stderr: async_process::ChildStderr) {

@@ -163,6 +163,44 @@ fn progress_logs(c: &mut Client, backend: &str) -> bool {
         .any(|v| v["method"] == "notifications/message" && v["params"]["data"] == "progress done")
 }
 
+/// A backend that closes its stdin but keeps running (stdout open) can take no more
+/// requests: the gateway's write fails, and the gateway ends it, which fails what was
+/// pending on it, and starts it again. Before, it stayed up and useless, and a request
+/// written just before the pipe broke waited for its timeout.
+#[test]
+fn a_backend_that_stops_reading_its_stdin_is_ended_and_restarted() {
+    let dir = Dir::new("half-closed");
+    // First start: the fixture behind a shell loop that, on a line with
+    // `close-your-stdin`, closes the pipe from the gateway, says so on stderr, and
+    // keeps the fixture (and its stdout) alive until the test ends. Later starts: the
+    // fixture itself.
+    let script = "d=\"$1\"; n=$(cat \"$d/n\" 2>/dev/null || echo 0); n=$((n+1)); \
+                  echo $n > \"$d/n\"; [ $n -gt 1 ] && exec \"$0\" --name half; \
+                  p=\"$d/fifo\"; mkfifo \"$p\"; exec 4<&0; \
+                  (while IFS= read -r l; do case \"$l\" in *close-your-stdin*) \
+                  exec 4<&- 0<&-; echo 'closed my stdin' >&2; i=0; \
+                  while [ ! -f \"$d/go\" ] && [ $i -lt 2000 ]; do sleep 0.01; i=$((i+1)); done; \
+                  exit;; esac; printf '%s\\n' \"$l\"; done <&4) > \"$p\" & \
+                  exec \"$0\" --name half < \"$p\" 4<&-";
+    let d = dir.0.display().to_string();
+    let gw = Gateway::start(&sh_backend("half", script, &[&d], "session = \"shared\""));
+    let mut c = client(&gw);
+    let r = c.call(json!(1), "half.echo", json!({"text": "before"}));
+    assert_eq!(text_of(&r), "before");
+    c.send(json!({"jsonrpc":"2.0","id":"trigger","method":"tools/call",
+        "params":{"name":"half.echo","arguments":{"text":"close-your-stdin"}}}));
+    gw.wait_line("closed my stdin");
+    let r = c.call(json!(2), "half.echo", json!({"text": "lost"}));
+    assert!(r.get("error").is_some(), "{r}");
+    let r = c.response(&json!("trigger"));
+    assert!(r.get("error").is_some(), "{r}");
+    gw.wait_line("writing to its stdin failed");
+    let r = c.call(json!(3), "half.echo", json!({"text": "after"}));
+    assert_eq!(text_of(&r), "after");
+    let starts = std::fs::read_to_string(dir.0.join("n")).unwrap();
+    assert_eq!(starts.trim(), "2");
+}
+
 #[test]
 fn a_restarted_backend_gets_the_clients_subscriptions_and_log_level_again() {
     for backend in ["one", "two"] {
