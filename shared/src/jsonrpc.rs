@@ -469,10 +469,15 @@ impl Message {
                 }
             }
         }
-        if let (Source::Text { repeated, .. }, Source::Text { repeated: true, .. }) =
-            (&mut self.source, whole.source)
+        // The whole parse is the one that knows (the lean one sees the same repeats).
+        if let (
+            Source::Text { repeated, .. },
+            Source::Text {
+                repeated: whole, ..
+            },
+        ) = (&mut self.source, whole.source)
         {
-            *repeated = true;
+            *repeated = whole;
         }
         self.obj = whole.obj;
     }
@@ -2057,7 +2062,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lean_message_with_a_params_key_twice_or_too_many_is_sent_as_read() {
+    fn a_lean_message_with_a_params_key_twice_is_sent_as_read_and_many_keys_as_they_came() {
         let twice = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"x":1},"arguments":{"y":2}}}"#;
         let m = Message::parse_relayed(twice.as_bytes().to_vec()).unwrap();
         let sent = m.to_text();
@@ -2068,20 +2073,32 @@ mod tests {
                 .unwrap()
                 .to_text()
         );
-        // More keys than the lean parse follows: written anew, the same message.
-        let keys: Vec<String> = (0..=de::MAX_DROPPED_KEYS)
-            .map(|i| format!("\"k{i}\":{i}"))
+        // More keys than are kept without allocating, one spelt with an escape, and
+        // numbers no `f64` holds: still the text as it came (written anew, the numbers
+        // would change).
+        let keys: Vec<String> = (0..2 * de::DROPPED_KEYS_INLINE)
+            .map(|i| format!("\"k{i}\":12345678901234567890123{i}"))
             .collect();
         let many = format!(
-            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t",{}}}}}"#,
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","\u006b":0,{}}}}}"#,
             keys.join(",")
         );
-        let m = Message::parse_relayed(many.as_bytes().to_vec()).unwrap();
-        let v: Value = serde_json::from_str(&m.to_text()).unwrap();
-        assert_eq!(v, serde_json::from_str::<Value>(&many).unwrap());
-        let fewer = many.replace(&format!(",{}", keys[de::MAX_DROPPED_KEYS]), "");
-        let m = Message::parse_relayed(fewer.as_bytes().to_vec()).unwrap();
-        assert_eq!(m.to_text(), fewer, "followed: sent as it came");
+        let mut m = Message::parse_relayed(many.as_bytes().to_vec()).unwrap();
+        assert_eq!(m.to_text(), many);
+        m.set_trace_context(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "",
+        );
+        let sent = m.to_text();
+        assert!(
+            sent.contains(&keys[2 * de::DROPPED_KEYS_INLINE - 1]),
+            "{sent}"
+        );
+        assert_eq!(m.into_whole().to_text(), sent);
+        // The escaped key and a plain one are the same key: given twice.
+        let again = many.replace(r#""k0":"#, r#""k":"#);
+        let m = Message::parse_relayed(again.as_bytes().to_vec()).unwrap();
+        assert_ne!(m.to_text(), again, "written anew");
     }
 
     #[test]

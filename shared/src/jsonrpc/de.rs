@@ -26,7 +26,7 @@ use super::TraceContext;
 
 /// What [`parse`] took out of `params._meta`.
 #[derive(Debug, Default)]
-pub(super) struct Taken {
+pub(super) struct Taken<'t> {
     /// The trace context, if `_meta` had a string `traceparent`.
     pub trace: Option<TraceContext>,
     /// Something unusual left the keys in the map, where a string `traceparent` may
@@ -47,15 +47,45 @@ pub(super) struct Taken {
     meta_in_place: bool,
     /// [`parse_lean`]: `params` keeps only [`LEAN_PARAMS`].
     lean: bool,
-    /// Hashes of the `params` keys a lean parse dropped, to tell one given twice.
-    dropped: [u64; MAX_DROPPED_KEYS],
-    dropped_len: usize,
+    /// The `params` keys a lean parse dropped, to tell one given twice.
+    dropped: Dropped<'t>,
 }
 
-/// The `params` keys a lean parse follows for repeats ([`parse_lean`]); a `params`
-/// with more counts as having a key twice (its text is then written anew, from the
-/// whole parse). MCP's params have three or four.
-pub(super) const MAX_DROPPED_KEYS: usize = 8;
+/// The `params` keys a lean parse dropped that it keeps without allocating (as read
+/// in place in the text); more, or keys spelt with escapes, go into a set. MCP's
+/// params have three or four.
+pub(super) const DROPPED_KEYS_INLINE: usize = 8;
+
+/// The keys a lean parse dropped from `params` (compared exactly: a key taken for a
+/// repeat when it is not would have the text written anew, and a number written anew
+/// may not be the number that came).
+#[derive(Debug, Default)]
+struct Dropped<'t> {
+    inline: [&'t str; DROPPED_KEYS_INLINE],
+    len: usize,
+    more: Option<std::collections::HashSet<Cow<'t, str>>>,
+}
+
+impl<'t> Dropped<'t> {
+    /// Notes `key`; whether it was noted before.
+    fn note(&mut self, key: Cow<'t, str>) -> bool {
+        if self.inline[..self.len].contains(&&*key)
+            || self.more.as_ref().is_some_and(|m| m.contains(&*key))
+        {
+            return true;
+        }
+        match key {
+            Cow::Borrowed(k) if self.len < DROPPED_KEYS_INLINE => {
+                self.inline[self.len] = k;
+                self.len += 1;
+            }
+            k => {
+                self.more.get_or_insert_with(Default::default).insert(k);
+            }
+        }
+        false
+    }
+}
 
 /// The members of `params` a lean parse builds ([`parse_lean`]): what the router and
 /// the gateway read of the requests they relay as text.
@@ -76,23 +106,7 @@ pub(super) struct KeyEnds {
     pub tracestate: Option<usize>,
 }
 
-impl Taken {
-    /// Notes a `params` key a lean parse dropped; a repeat (by hash: two keys with one
-    /// hash count as a repeat, which only costs a rewrite) marks [`Taken::repeated`].
-    fn dropped_key(&mut self, key: &str) {
-        // FNV-1a: a few keys of a few bytes each.
-        let h = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        let seen = &self.dropped[..self.dropped_len];
-        if seen.contains(&h) || self.dropped_len == MAX_DROPPED_KEYS {
-            self.repeated = true;
-        } else {
-            self.dropped[self.dropped_len] = h;
-            self.dropped_len += 1;
-        }
-    }
-
+impl Taken<'_> {
     /// Where a key read in place at address `at` ends in the text: past its closing
     /// quote (`None` when it was not read in place).
     fn key_end(&self, at: Option<usize>, key: &str) -> Option<usize> {
@@ -101,20 +115,20 @@ impl Taken {
 }
 
 /// Parses one JSON text: the value, and what was taken out of `params._meta`.
-pub(super) fn parse(text: &str) -> serde_json::Result<(Value, Taken)> {
+pub(super) fn parse(text: &str) -> serde_json::Result<(Value, Taken<'_>)> {
     parse_as(text, false)
 }
 
 /// [`parse`], except that an object `params` gets only its members named in
 /// [`LEAN_PARAMS`]; the others are checked (the same syntax errors and nesting limit
 /// as [`parse`]) and dropped. A key among the others given twice is still noted in
-/// [`Taken::repeated`] (as are more than [`MAX_DROPPED_KEYS`] of them): the bridge
-/// sends such a message written anew as it read it, not for the next peer to choose.
-pub(super) fn parse_lean(text: &str) -> serde_json::Result<(Value, Taken)> {
+/// [`Taken::repeated`]: the bridge sends such a message written anew as it read it,
+/// not for the next peer to choose.
+pub(super) fn parse_lean(text: &str) -> serde_json::Result<(Value, Taken<'_>)> {
     parse_as(text, true)
 }
 
-fn parse_as(text: &str, lean: bool) -> serde_json::Result<(Value, Taken)> {
+fn parse_as(text: &str, lean: bool) -> serde_json::Result<(Value, Taken<'_>)> {
     let mut taken = Taken {
         base: text.as_ptr() as usize,
         lean,
@@ -142,12 +156,12 @@ enum Level {
 }
 
 /// Reads any value as `Value` does; a map at `level` is read with the rules above.
-struct Shaped<'a> {
+struct Shaped<'a, 't> {
     level: Level,
-    taken: &'a mut Taken,
+    taken: &'a mut Taken<'t>,
 }
 
-impl<'de> DeserializeSeed<'de> for Shaped<'_> {
+impl<'de> DeserializeSeed<'de> for Shaped<'_, 'de> {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
@@ -160,7 +174,7 @@ impl<'de> DeserializeSeed<'de> for Shaped<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for Shaped<'_> {
+impl<'de> Visitor<'de> for Shaped<'_, 'de> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -215,7 +229,7 @@ impl<'de> Visitor<'de> for Shaped<'_> {
             };
             if let Level::Params = level {
                 if taken.lean && !LEAN_PARAMS.contains(&&*k) {
-                    taken.dropped_key(&k);
+                    taken.repeated |= taken.dropped.note(k);
                     map.next_value_seed(super::brief::Probe::default())?;
                     continue;
                 }
@@ -322,7 +336,7 @@ impl<'de> serde::Deserialize<'de> for MetaKey {
 
 /// Reads `params._meta`. The map gets every key but a string `traceparent` (and a
 /// string `tracestate` beside it); their places count every key, as in the text.
-fn meta<'de, A: MapAccess<'de>>(mut map: A, taken: &mut Taken) -> Result<Value, A::Error> {
+fn meta<'de, A: MapAccess<'de>>(mut map: A, taken: &mut Taken<'_>) -> Result<Value, A::Error> {
     let mut m = Map::new();
     // (value, place) of the keys taken out; `None` once something unusual put them back.
     let mut parent: Option<(String, usize)> = None;
