@@ -104,7 +104,9 @@ impl Log for StderrLogger {
             write_stderr(line.as_bytes());
             return;
         }
-        if b.push(line) && b.writer_waiting {
+        // Woken for a dropped line too: its count is news to write.
+        b.push(line);
+        if b.writer_waiting {
             READY.notify_one();
         }
     }
@@ -279,6 +281,44 @@ pub fn flush() {
     }
 }
 
+/// Most bytes of a log message a line carries; the rest is cut, and the line says how
+/// much was.
+pub const MAX_LOG_MESSAGE_BYTES: usize = 8 * 1024;
+
+/// A message's text, at most [`MAX_LOG_MESSAGE_BYTES`] of it kept.
+#[derive(Default)]
+struct Bounded {
+    text: String,
+    cut: usize,
+}
+
+impl std::fmt::Write for Bounded {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let room = MAX_LOG_MESSAGE_BYTES - self.text.len();
+        if s.len() <= room {
+            self.text.push_str(s);
+        } else {
+            let mut end = room;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.text.push_str(&s[..end]);
+            self.cut += s.len() - end;
+        }
+        Ok(())
+    }
+}
+
+impl Bounded {
+    fn finish(mut self) -> String {
+        if self.cut > 0 {
+            let note = format!("… ({} more bytes not logged)", self.cut);
+            self.text.push_str(&note);
+        }
+        self.text
+    }
+}
+
 /// One log line, newline included, in the configured format.
 fn format_line(
     level: log::Level,
@@ -287,12 +327,17 @@ fn format_line(
     ids: Option<(TraceId, SpanId)>,
 ) -> String {
     let ts = utc_timestamp(SystemTime::now());
+    // A message can carry what a peer sent (a method name, an error text: up to the
+    // message size limit); the line takes at most MAX_LOG_MESSAGE_BYTES of it.
+    let mut bounded = Bounded::default();
+    let _ = std::fmt::Write::write_fmt(&mut bounded, *msg);
+    let msg = bounded.finish();
     if JSON.load(Ordering::Relaxed) {
         let mut o = serde_json::json!({
             "ts": ts,
             "level": level.as_str(),
             "target": target,
-            "msg": msg.to_string(),
+            "msg": msg,
         });
         if let Some((t, s)) = ids {
             o["trace_id"] = t.to_string().into();
@@ -405,6 +450,28 @@ mod tests {
         assert_eq!((text.as_str(), bytes), ("", 0));
         b.written(bytes);
         assert!(b.is_idle());
+    }
+
+    #[test]
+    fn a_long_message_is_cut_at_a_character_and_says_how_much() {
+        let long = "é".repeat(MAX_LOG_MESSAGE_BYTES); // two bytes each
+        let l = format_line(log::Level::Warn, "t", &format_args!("x{long}"), None);
+        let (head, note) = l.split_once('…').unwrap();
+        let kept = head.len() - head.find(": x").unwrap() - 2;
+        assert!(
+            kept <= MAX_LOG_MESSAGE_BYTES && kept > MAX_LOG_MESSAGE_BYTES - 2,
+            "{kept}"
+        );
+        let cut = 1 + 2 * MAX_LOG_MESSAGE_BYTES - kept;
+        assert_eq!(note, format!(" ({cut} more bytes not logged)\n"));
+        // Short messages are whole.
+        let l = format_line(
+            log::Level::Info,
+            "t",
+            &format_args!("{}", "é".repeat(9)),
+            None,
+        );
+        assert!(l.ends_with(&format!(": {}\n", "é".repeat(9))), "{l}");
     }
 
     #[test]

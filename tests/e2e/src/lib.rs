@@ -301,8 +301,8 @@ impl Client {
     ) -> (Client, Option<std::process::ChildStderr>) {
         let mut child = Command::new(bin("mcp-router"))
             .args(args)
-            .envs(env.iter().copied())
             .env("MCP_LOG", "debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -92,7 +92,10 @@ fn bad_input_through_the_router() {
 #[test]
 fn a_router_whose_stderr_is_not_read_keeps_answering() {
     let gw = gateway();
-    let (mut c, stderr) = Client::router_unread_stderr(&["--gateway", &gw.url], &[]);
+    // At warn, the bad lines are all it logs (at debug, lines about the link's close
+    // could be dropped too, and counted).
+    let (mut c, stderr) =
+        Client::router_unread_stderr(&["--gateway", &gw.url], &[("MCP_LOG", "warn")]);
     c.initialize();
     // Each bad line is answered and logged at warn (~100 bytes): far more than the pipe
     // (64 KiB) and the backlog (256 KiB) hold together.
