@@ -95,17 +95,13 @@ impl Log for StderrLogger {
         let ids = CURRENT.get();
         let line = format_line(r.level(), r.target(), r.args(), ids);
         let mut b = backlog();
-        if b.writer == Writer::Lazy {
-            start_writer(&mut b);
-        }
-        if b.writer == Writer::Direct {
-            // Its thread could not start: written here.
+        if let Some(line) = b.accept(line, spawn_writer) {
+            // Not initialised: written here.
             drop(b);
             write_stderr(line.as_bytes());
             return;
         }
         // Woken for a dropped line too: its count is news to write.
-        b.push(line);
         if b.writer_waiting {
             READY.notify_one();
         }
@@ -148,6 +144,28 @@ impl Backlog {
             writer: Writer::Direct,
             writer_waiting: false,
             writing: false,
+        }
+    }
+
+    /// Takes `line` into the backlog, starting the writer thread with `spawn` when it
+    /// is not running yet; gives it back when it is to be written by the caller
+    /// ([`Writer::Direct`]). A line is queued even when the thread could not start (no
+    /// threads or memory left, often the moment the first warning is about): the next
+    /// line tries again, and writing from here could block the caller on stderr.
+    fn accept(&mut self, line: String, spawn: fn() -> bool) -> Option<String> {
+        match self.writer {
+            Writer::Direct => return Some(line),
+            Writer::Lazy => self.start(spawn),
+            Writer::Running => {}
+        }
+        self.push(line);
+        None
+    }
+
+    /// Starts the writer thread with `spawn` (whether it started).
+    fn start(&mut self, spawn: fn() -> bool) {
+        if spawn() {
+            self.writer = Writer::Running;
         }
     }
 
@@ -221,30 +239,25 @@ fn write_stderr(text: &[u8]) {
 /// Who writes log lines to stderr.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Writer {
-    /// The thread that logs (before [`init`], or when the writer thread could not
-    /// start).
+    /// The thread that logs (before [`init`]).
     Direct,
-    /// The writer thread, started with the first line: a process that logs nothing
-    /// (the router at `warn`, as hosts run it) pays no thread for it (its stack and
-    /// bookkeeping were ~40 KiB of the router's resident memory).
+    /// The writer thread, started with the first line (and tried again with each
+    /// later one while it cannot start): a process that logs nothing (the router at
+    /// `warn`, as hosts run it) pays no thread for it.
     Lazy,
     /// The writer thread, running.
     Running,
 }
 
-/// Starts the thread that writes the backlog to stderr (`b` is the locked backlog: the
-/// thread waits for it until the caller has queued its line).
-fn start_writer(b: &mut Backlog) {
-    let spawned = std::thread::Builder::new()
+/// Starts the thread that writes the backlog to stderr (called with the backlog
+/// locked: the thread waits for it until the caller has queued its line).
+fn spawn_writer() -> bool {
+    std::thread::Builder::new()
         .name("log-writer".into())
         // Formatting happens on the logging threads; this one only copies bytes.
         .stack_size(64 * 1024)
-        .spawn(write_backlog);
-    b.writer = if spawned.is_ok() {
-        Writer::Running
-    } else {
-        Writer::Direct
-    };
+        .spawn(write_backlog)
+        .is_ok()
 }
 
 fn write_backlog() {
@@ -269,6 +282,11 @@ fn write_backlog() {
 pub fn flush() {
     let deadline = Instant::now() + LOG_FLUSH_DEADLINE;
     let mut b = backlog();
+    if b.writer == Writer::Lazy && !b.is_idle() {
+        // Lines queued while no thread could start: one more try (else they are lost:
+        // written from here, they could block the exit on stderr).
+        b.start(spawn_writer);
+    }
     while b.writer == Writer::Running && !b.is_idle() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -295,7 +313,10 @@ struct Bounded {
 impl std::fmt::Write for Bounded {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         let room = MAX_LOG_MESSAGE_BYTES - self.text.len();
-        if s.len() <= room {
+        if self.cut > 0 {
+            // After a cut, nothing more: the text kept stays a prefix of the message.
+            self.cut += s.len();
+        } else if s.len() <= room {
             self.text.push_str(s);
         } else {
             let mut end = room;
@@ -464,6 +485,16 @@ mod tests {
         );
         let cut = 1 + 2 * MAX_LOG_MESSAGE_BYTES - kept;
         assert_eq!(note, format!(" ({cut} more bytes not logged)\n"));
+        // A cut a byte short of the bound (a two-byte character) takes nothing more
+        // after it: what is kept is a prefix of the message.
+        let odd = "é".repeat(MAX_LOG_MESSAGE_BYTES / 2);
+        let l = format_line(log::Level::Warn, "t", &format_args!("x{odd} {} y", 7), None);
+        let kept = l.split_once(": ").unwrap().1.split_once('…').unwrap().0;
+        assert!(format!("x{odd} 7 y").starts_with(kept), "{kept:?}");
+        assert!(
+            l.ends_with(&format!("({} more bytes not logged)\n", 2 + 1 + 1 + 2)),
+            "{l}"
+        );
         // Short messages are whole.
         let l = format_line(
             log::Level::Info,
@@ -472,6 +503,26 @@ mod tests {
             None,
         );
         assert!(l.ends_with(&format!(": {}\n", "é".repeat(9))), "{l}");
+    }
+
+    #[test]
+    fn a_writer_that_cannot_start_is_tried_again_and_lines_wait_for_it() {
+        let mut b = Backlog::new();
+        assert_eq!(
+            b.accept("a\n".into(), || false).as_deref(),
+            Some("a\n"),
+            "direct"
+        );
+        b.writer = Writer::Lazy;
+        assert_eq!(
+            b.accept("b\n".into(), || false),
+            None,
+            "queued, not written here"
+        );
+        assert_eq!(b.writer, Writer::Lazy, "tried again with the next line");
+        assert_eq!(b.accept("c\n".into(), || true), None);
+        assert_eq!(b.writer, Writer::Running);
+        assert_eq!(b.take().0, "b\nc\n");
     }
 
     #[test]
