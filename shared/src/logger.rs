@@ -181,6 +181,13 @@ impl Backlog {
             self.dropped += 1;
             return false;
         }
+        // Grown by doubling, but never past the bound: a stderr nobody reads holds
+        // the bound, not up to twice it.
+        let need = self.queued.len() + line.len();
+        if need > self.queued.capacity() {
+            let to = (self.queued.capacity() * 2).clamp(need, MAX_LOG_BACKLOG_BYTES);
+            self.queued.reserve_exact(to - self.queued.len());
+        }
         self.queued.extend_from_slice(line.as_bytes());
         true
     }
@@ -254,7 +261,8 @@ enum Writer {
 fn spawn_writer() -> bool {
     std::thread::Builder::new()
         .name("log-writer".into())
-        // Formatting happens on the logging threads; this one only copies bytes.
+        // Lines are formatted on the logging threads; this one copies bytes and
+        // formats at most the one note about dropped lines.
         .stack_size(64 * 1024)
         .spawn(write_backlog)
         .is_ok()
@@ -458,6 +466,11 @@ mod tests {
             assert!(b.push(&line));
         }
         assert!(!b.push(&line), "beyond the bound");
+        assert!(
+            b.queued.capacity() <= MAX_LOG_BACKLOG_BYTES,
+            "{}",
+            b.queued.capacity()
+        );
         assert!(!b.push(&line));
         assert_eq!(b.dropped, 2);
         // What is being written still counts: nothing fits until it is written.

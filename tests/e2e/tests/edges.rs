@@ -98,7 +98,7 @@ fn a_router_whose_stderr_is_not_read_keeps_answering() {
         Client::router_unread_stderr(&["--gateway", &gw.url], &[("MCP_LOG", "warn")]);
     c.initialize();
     // Each bad line is answered and logged at warn (~100 bytes): far more than the pipe
-    // (64 KiB) and the backlog (256 KiB) hold together.
+    // (64 KiB) and the logger's backlog (64 KiB) hold together.
     // Sent in rounds that fit in the stdin pipe, so that a router stuck on its stderr
     // fails the test at `recv`'s deadline instead of blocking it in a write.
     const BAD: usize = 6_000;
