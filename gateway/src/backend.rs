@@ -491,6 +491,10 @@ pub struct Slot {
     releasing: Cell<bool>,
     /// The process `start` is starting, until it returns it.
     starting: RefCell<Option<Rc<Proc>>>,
+    /// A client notification for every backend (`notifications/roots/list_changed`)
+    /// came while a process was being started: it is sent once that process is ready
+    /// ([`Slot::notify_or_hold`]). The last one of each method is kept.
+    held_notifications: RefCell<Vec<Message>>,
     /// Set by `stop`: nothing starts any more, and a start in progress is undone.
     stopped: Cell<bool>,
     /// Start attempts finished so far, and the last one's error: callers that waited
@@ -517,6 +521,7 @@ impl Slot {
             to_release: RefCell::new(BTreeSet::new()),
             releasing: Cell::new(false),
             starting: RefCell::new(None),
+            held_notifications: RefCell::new(Vec::new()),
             stopped: Cell::new(false),
             attempts: Cell::new(0),
             last_error: RefCell::new(None),
@@ -632,6 +637,23 @@ impl Slot {
             .iter()
             .filter_map(Weak::upgrade)
             .collect()
+    }
+
+    /// Sends a client's notification for every backend (`notifications/roots/list_changed`)
+    /// to the running process. One being started gets it once it is ready: it may
+    /// already have asked for what changed (a server asks for the roots after
+    /// `initialized`), and dropping the notice would leave it with the old answer. With
+    /// no process at all nothing is kept: the next one starts afresh.
+    pub fn notify_or_hold(&self, msg: &Message) {
+        if let Some(p) = self.running() {
+            p.notify(msg);
+        } else if self.starting.borrow().is_some() {
+            let mut held = self.held_notifications.borrow_mut();
+            held.retain(|m| m.method() != msg.method());
+            if held.len() < MAX_HELD_NOTIFICATIONS {
+                held.push(msg.clone());
+            }
+        }
     }
 
     /// The running process, if any.
@@ -756,10 +778,15 @@ impl Slot {
                     self.name(),
                     started.elapsed().as_millis()
                 );
+                for msg in self.held_notifications.take() {
+                    p.notify(&msg);
+                }
                 Ok(p)
             }
             Err(e) if self.stopped.get() => Err(e),
             Err(e) => {
+                // The next process starts afresh.
+                self.held_notifications.take();
                 self.record_failure(Duration::ZERO);
                 log::error!("backend {:?}: start failed: {e}", self.name());
                 Err(e)
@@ -1092,6 +1119,10 @@ fn line_of(msg: &Message) -> Vec<u8> {
     line.push(b'\n');
     line
 }
+
+/// Distinct notification methods held for a process being started
+/// ([`Slot::notify_or_hold`]); a client sending others meanwhile loses the excess.
+pub const MAX_HELD_NOTIFICATIONS: usize = 8;
 
 /// Buffer between the stdin queue and the pipe: a burst of queued messages goes out in
 /// few writes, flushed as soon as the queue is empty.

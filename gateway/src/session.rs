@@ -1107,11 +1107,10 @@ impl Session {
                 }
             }
             _ => {
-                // roots/list_changed and anything newer: every backend of the session.
+                // roots/list_changed and anything newer: every backend of the session,
+                // the ones being started once they are ready.
                 for slot in &self.backends {
-                    if let Some(p) = slot.running() {
-                        p.notify(&msg);
-                    }
+                    slot.notify_or_hold(&msg);
                 }
             }
         }

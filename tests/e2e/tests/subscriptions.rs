@@ -201,6 +201,44 @@ fn a_backend_that_stops_reading_its_stdin_is_ended_and_restarted() {
     assert_eq!(starts.trim(), "2");
 }
 
+/// A client's `notifications/roots/list_changed` that comes while a backend is being
+/// started reaches it once it is ready (the backend may already have asked for the
+/// roots); before, it was dropped.
+#[test]
+fn a_roots_change_during_a_backends_start_reaches_it_once_ready() {
+    let dir = Dir::new("roots-during-start");
+    // The fixture behind a shell loop that, from its second start on (a restart), holds
+    // the gateway's `initialize` until `go` exists; it says on stderr when a roots
+    // change reaches it.
+    let script = "d=\"$1\"; n=$(cat \"$d/n\" 2>/dev/null || echo 0); n=$((n+1)); \
+                  echo $n > \"$d/n\"; p=\"$d/fifo.$n\"; mkfifo \"$p\"; exec 4<&0; \
+                  (while IFS= read -r l; do case \"$l\" in \
+                  *'\"method\":\"initialize\"'*) if [ $n -gt 1 ]; then \
+                  echo 'held initialize' >&2; i=0; \
+                  while [ ! -f \"$d/go\" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done; \
+                  fi;; \
+                  *roots/list_changed*) echo 'roots change reached the backend' >&2;; \
+                  esac; printf '%s\\n' \"$l\"; done <&4) > \"$p\" & \
+                  exec \"$0\" --name slow < \"$p\" 4<&-";
+    let d = dir.0.display().to_string();
+    let gw = Gateway::start(&sh_backend("slow", script, &[&d], "session = \"shared\""));
+    let mut c = client(&gw);
+    let r = c.call(json!(1), "slow.echo", json!({"text": "first"}));
+    assert_eq!(text_of(&r), "first");
+    crash(&mut c, "slow");
+    c.send(json!({"jsonrpc":"2.0","id":"call","method":"tools/call",
+        "params":{"name":"slow.echo","arguments":{"text":"ready"}}}));
+    gw.wait_line("held initialize");
+    c.send(json!({"jsonrpc":"2.0","method":"notifications/roots/list_changed"}));
+    // The gateway has read it (a ping after it is answered in order) before the start
+    // goes on.
+    let r = c.request(json!("ping"), "ping", json!({}));
+    assert_eq!(r["result"], json!({}));
+    dir.go();
+    assert_eq!(text_of(&c.response(&json!("call"))), "ready");
+    gw.wait_line("roots change reached the backend");
+}
+
 #[test]
 fn a_restarted_backend_gets_the_clients_subscriptions_and_log_level_again() {
     for backend in ["one", "two"] {
