@@ -652,6 +652,14 @@ impl Slot {
             held.retain(|m| m.method() != msg.method());
             if held.len() < MAX_HELD_NOTIFICATIONS {
                 held.push(msg.clone());
+            } else {
+                log::warn!(
+                    "backend {:?}: a {} notification came while it starts, beyond the {} \
+                     kinds held for it: dropped",
+                    self.name(),
+                    msg.method().unwrap_or_default(),
+                    MAX_HELD_NOTIFICATIONS
+                );
             }
         }
     }

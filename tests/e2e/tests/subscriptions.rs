@@ -217,6 +217,7 @@ fn a_roots_change_during_a_backends_start_reaches_it_once_ready() {
                   echo 'held initialize' >&2; i=0; \
                   while [ ! -f \"$d/go\" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done; \
                   fi;; \
+                  *notifications/initialized*) echo 'initialized reached the backend' >&2;; \
                   *roots/list_changed*) echo 'roots change reached the backend' >&2;; \
                   esac; printf '%s\\n' \"$l\"; done <&4) > \"$p\" & \
                   exec \"$0\" --name slow < \"$p\" 4<&-";
@@ -237,6 +238,21 @@ fn a_roots_change_during_a_backends_start_reaches_it_once_ready() {
     dir.go();
     assert_eq!(text_of(&c.response(&json!("call"))), "ready");
     gw.wait_line("roots change reached the backend");
+    // Once, and after the restarted process's `initialized` (not sent to a process
+    // still starting).
+    let log = gw.log.text();
+    assert_eq!(
+        log.matches("roots change reached the backend").count(),
+        1,
+        "{log}"
+    );
+    let initialized = log
+        .rfind("initialized reached the backend")
+        .expect("initialized");
+    assert!(
+        initialized < log.find("roots change reached").unwrap(),
+        "{log}"
+    );
 }
 
 #[test]
