@@ -44,22 +44,16 @@ fn gateway_with_slow_subscribes() -> Gateway {
     ))
 }
 
-/// A fixture `name` behind `sh -c` that counts its starts in `dir/n` and, from its
-/// second start on (a restart), runs `on_restored_subscribe` (shell code; `$d` is
-/// `dir`, `$l` the line) for each `resources/subscribe` line before passing it on.
-/// The shell execs the fixture, so the gateway's child is the fixture itself; a
-/// background loop feeds it through a fifo.
-fn restart_aware(
-    name: &str,
-    shared: bool,
-    dir: &std::path::Path,
-    on_restored_subscribe: &str,
-) -> String {
+/// A fixture `name` behind `sh -c` that counts its starts in `dir/n` (`$n`) and
+/// passes each line the gateway sends through a shell `case` with the arms `cases`
+/// (shell code; `$d` is `dir`, `$l` the line) before handing it on. The shell execs the
+/// fixture, so the gateway's child is the fixture itself; a background loop feeds it
+/// through a fifo.
+fn behind_a_loop(name: &str, shared: bool, dir: &std::path::Path, cases: &str) -> String {
     let script = format!(
         "d=\"$1\"; n=$(cat \"$d/n\" 2>/dev/null || echo 0); n=$((n+1)); echo $n > \"$d/n\"; \
          p=\"$d/fifo.$n\"; mkfifo \"$p\"; exec 4<&0; \
-         (while IFS= read -r l; do case \"$l\" in *resources/subscribe*) \
-         if [ $n -gt 1 ]; then {on_restored_subscribe}; fi;; esac; printf '%s\\n' \"$l\"; \
+         (while IFS= read -r l; do case \"$l\" in {cases} esac; printf '%s\\n' \"$l\"; \
          done <&4) > \"$p\" & exec \"$0\" --name {name} < \"$p\" 4<&-"
     );
     let dir = dir.display().to_string();
@@ -67,10 +61,34 @@ fn restart_aware(
     sh_backend(name, &script, &[&dir], extra)
 }
 
+/// [`behind_a_loop`] that, from the fixture's second start on (a restart), runs
+/// `on_restored_subscribe` for each `resources/subscribe` line before passing it on.
+fn restart_aware(
+    name: &str,
+    shared: bool,
+    dir: &std::path::Path,
+    on_restored_subscribe: &str,
+) -> String {
+    let cases =
+        format!("*resources/subscribe*) if [ $n -gt 1 ]; then {on_restored_subscribe}; fi;;");
+    behind_a_loop(name, shared, dir, &cases)
+}
+
+/// Shell for [`behind_a_loop`]: waits until the file `go` exists in the test's
+/// directory, at most `$tries` × 10 ms.
+macro_rules! wait_for_go {
+    ($tries:literal) => {
+        concat!(
+            "i=0; while [ ! -f \"$d/go\" ] && [ $i -lt ",
+            $tries,
+            " ]; do sleep 0.01; i=$((i+1)); done"
+        )
+    };
+}
+
 /// Shell for [`restart_aware`]: logs `held <line>` and holds the line until the file
 /// `go` exists in the test's directory (at most 10 s).
-const HOLD: &str = "echo \"held $l\" >&2; i=0; while [ ! -f \"$d/go\" ] && [ $i -lt 1000 ]; \
-                    do sleep 0.01; i=$((i+1)); done";
+const HOLD: &str = concat!("echo \"held $l\" >&2; ", wait_for_go!(1000));
 
 /// A fresh directory for a [`restart_aware`] backend; `go` is created when dropped, so
 /// a held backend never outlives its test by much.
@@ -170,20 +188,17 @@ fn progress_logs(c: &mut Client, backend: &str) -> bool {
 #[test]
 fn a_backend_that_stops_reading_its_stdin_is_ended_and_restarted() {
     let dir = Dir::new("half-closed");
-    // First start: the fixture behind a shell loop that, on a line with
-    // `close-your-stdin`, closes the pipe from the gateway, says so on stderr, and
-    // keeps the fixture (and its stdout) alive until the test ends. Later starts: the
-    // fixture itself.
-    let script = "d=\"$1\"; n=$(cat \"$d/n\" 2>/dev/null || echo 0); n=$((n+1)); \
-                  echo $n > \"$d/n\"; [ $n -gt 1 ] && exec \"$0\" --name half; \
-                  p=\"$d/fifo\"; mkfifo \"$p\"; exec 4<&0; \
-                  (while IFS= read -r l; do case \"$l\" in *close-your-stdin*) \
-                  exec 4<&- 0<&-; echo 'closed my stdin' >&2; i=0; \
-                  while [ ! -f \"$d/go\" ] && [ $i -lt 2000 ]; do sleep 0.01; i=$((i+1)); done; \
-                  exit;; esac; printf '%s\\n' \"$l\"; done <&4) > \"$p\" & \
-                  exec \"$0\" --name half < \"$p\" 4<&-";
-    let d = dir.0.display().to_string();
-    let gw = Gateway::start(&sh_backend("half", script, &[&d], "session = \"shared\""));
+    // First start: on a line with `close-your-stdin`, the loop closes the pipe from the
+    // gateway, says so on stderr, and keeps the fixture (and its stdout) alive until
+    // the test ends: for longer than the client waits for an answer (15 s), or the
+    // fixture's exit would fail the pending request without the gateway's doing.
+    let cases = concat!(
+        "*close-your-stdin*) if [ $n -eq 1 ]; then exec 4<&- 0<&-; ",
+        "echo 'closed my stdin' >&2; ",
+        wait_for_go!(3000),
+        "; exit; fi;;"
+    );
+    let gw = Gateway::start(&behind_a_loop("half", true, &dir.0, cases));
     let mut c = client(&gw);
     let r = c.call(json!(1), "half.echo", json!({"text": "before"}));
     assert_eq!(text_of(&r), "before");
@@ -207,22 +222,18 @@ fn a_backend_that_stops_reading_its_stdin_is_ended_and_restarted() {
 #[test]
 fn a_roots_change_during_a_backends_start_reaches_it_once_ready() {
     let dir = Dir::new("roots-during-start");
-    // The fixture behind a shell loop that, from its second start on (a restart), holds
-    // the gateway's `initialize` until `go` exists; it says on stderr when a roots
-    // change reaches it.
-    let script = "d=\"$1\"; n=$(cat \"$d/n\" 2>/dev/null || echo 0); n=$((n+1)); \
-                  echo $n > \"$d/n\"; p=\"$d/fifo.$n\"; mkfifo \"$p\"; exec 4<&0; \
-                  (while IFS= read -r l; do case \"$l\" in \
-                  *'\"method\":\"initialize\"'*) if [ $n -gt 1 ]; then \
-                  echo 'held initialize' >&2; i=0; \
-                  while [ ! -f \"$d/go\" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done; \
-                  fi;; \
-                  *notifications/initialized*) echo 'initialized reached the backend' >&2;; \
-                  *roots/list_changed*) echo 'roots change reached the backend' >&2;; \
-                  esac; printf '%s\\n' \"$l\"; done <&4) > \"$p\" & \
-                  exec \"$0\" --name slow < \"$p\" 4<&-";
-    let d = dir.0.display().to_string();
-    let gw = Gateway::start(&sh_backend("slow", script, &[&d], "session = \"shared\""));
+    // From its second start on (a restart), the loop holds the gateway's `initialize`
+    // until `go` exists; it says on stderr when `initialized` and a roots change reach
+    // the fixture.
+    let cases = concat!(
+        "*'\"method\":\"initialize\"'*) if [ $n -gt 1 ]; then ",
+        "echo 'held initialize' >&2; ",
+        wait_for_go!(1000),
+        "; fi;; ",
+        "*notifications/initialized*) echo 'initialized reached the backend' >&2;; ",
+        "*roots/list_changed*) echo 'roots change reached the backend' >&2;;"
+    );
+    let gw = Gateway::start(&behind_a_loop("slow", true, &dir.0, cases));
     let mut c = client(&gw);
     let r = c.call(json!(1), "slow.echo", json!({"text": "first"}));
     assert_eq!(text_of(&r), "first");
