@@ -776,7 +776,7 @@ impl Slot {
                 // `stop` came while it started: stop it (it may have killed it already).
                 p.stopping.set(true);
                 p.close_stdin();
-                self.kill(&p);
+                p.kill();
                 Err(self.stopped_error())
             }
             Ok(p) => {
@@ -898,7 +898,7 @@ impl Slot {
         {
             Ok(r) => r.into_message(),
             Err(e) => {
-                self.kill(&proc);
+                proc.kill();
                 return Err(match e {
                     BackendError::Timeout { .. } => BackendError::Initialize {
                         backend: cfg.name.clone(),
@@ -913,7 +913,7 @@ impl Slot {
                 *proc.caps.borrow_mut() = result.get("capabilities").cloned().unwrap_or(json!({}));
             }
             Err(err) => {
-                self.kill(&proc);
+                proc.kill();
                 return Err(BackendError::Initialize {
                     backend: cfg.name.clone(),
                     reason: err
@@ -998,10 +998,6 @@ impl Slot {
         }
     }
 
-    fn kill(&self, proc: &Proc) {
-        proc.kill();
-    }
-
     /// Stops the process: close stdin, wait up to `grace`, then kill.
     pub async fn stop(&self, grace: Duration) {
         self.stopped.set(true);
@@ -1011,7 +1007,7 @@ impl Slot {
             log::info!("backend {:?}: stopped while starting", self.name());
             p.stopping.set(true);
             p.close_stdin();
-            self.kill(&p);
+            p.kill();
         }
         let Some(proc) = self.proc.borrow_mut().take() else {
             return;
@@ -1024,7 +1020,7 @@ impl Slot {
                 self.name(),
                 grace.as_millis()
             );
-            self.kill(&proc);
+            proc.kill();
             let _ = rt::timeout(EXIT_WAIT, proc.exited.recv()).await;
         }
     }
