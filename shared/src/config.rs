@@ -5,6 +5,7 @@
 //! constant. `docs/configuration.md` documents each key.
 
 use serde::{Deserialize, Deserializer};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -412,6 +413,10 @@ pub struct TracingConfig {
     /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, never by the file).
     #[serde(skip)]
     pub otlp_endpoint_is_full_url: bool,
+    /// Resource attributes from `OTEL_RESOURCE_ATTRIBUTES` other than the three above
+    /// (never from the file: its keys are the guide's).
+    #[serde(skip)]
+    pub resource_attributes: Vec<(String, String)>,
     /// A check of the endpoint's scheme, which alone decides plain text or TLS: unset
     /// (default) accepts either; `true` requires `http://`, `false` requires `https://`.
     pub otlp_insecure: Option<bool>,
@@ -465,6 +470,7 @@ impl Default for TracingConfig {
             exporter_type: ExporterType::default(),
             otlp_endpoint: None,
             otlp_endpoint_is_full_url: false,
+            resource_attributes: Vec::new(),
             otlp_insecure: None,
             otlp_certificate: None,
             otlp_client_certificate: None,
@@ -489,12 +495,23 @@ impl TracingConfig {
             .unwrap_or_else(|| default.min(self.max_queue_size))
     }
 
-    /// The collector endpoint: `otlp_endpoint`, or the protocol's default.
-    pub fn endpoint(&self) -> &str {
+    /// The collector endpoint: `otlp_endpoint`, or the protocol's default. One without
+    /// a scheme (`otel-collector:4317`, as the guide's deployment example writes it,
+    /// and the Go exporter takes it) gets it from `otlp_insecure`: `http://` for `true`,
+    /// otherwise `https://` (the OTLP exporter specification's default is secure).
+    pub fn endpoint(&self) -> Cow<'_, str> {
         match (&self.otlp_endpoint, self.otlp_protocol) {
-            (Some(e), _) => e,
-            (None, OtlpProtocol::Grpc) => DEFAULT_OTLP_GRPC_ENDPOINT,
-            (None, OtlpProtocol::HttpProtobuf) => DEFAULT_OTLP_HTTP_ENDPOINT,
+            (Some(e), _) if !e.contains("://") => {
+                let scheme = if self.otlp_insecure == Some(true) {
+                    "http"
+                } else {
+                    "https"
+                };
+                Cow::Owned(format!("{scheme}://{e}"))
+            }
+            (Some(e), _) => Cow::Borrowed(e),
+            (None, OtlpProtocol::Grpc) => Cow::Borrowed(DEFAULT_OTLP_GRPC_ENDPOINT),
+            (None, OtlpProtocol::HttpProtobuf) => Cow::Borrowed(DEFAULT_OTLP_HTTP_ENDPOINT),
         }
     }
 
@@ -507,7 +524,7 @@ impl TracingConfig {
         let ep = self.endpoint();
         let base = ep.trim_end_matches('/');
         if self.otlp_endpoint_is_full_url {
-            ep.to_string()
+            ep.into_owned()
         } else if base.ends_with(OTLP_HTTP_TRACES_PATH) {
             base.to_string()
         } else {
@@ -527,7 +544,10 @@ impl TracingConfig {
         if !(ep.starts_with("http://") || ep.starts_with("https://")) {
             return Err(invalid(
                 &["tracing", "otlp_endpoint"],
-                format!("{ep:?} must start with http:// or https://"),
+                format!(
+                    "{ep:?}: the scheme must be http:// or https://, or none (host:port, \
+                     which otlp_insecure = true makes http://)"
+                ),
             ));
         }
         let tls = ep.starts_with("https://");

@@ -60,3 +60,38 @@ def test_traces_only_variables_win(start_gateway, tmp_path, receiver, monkeypatc
     assert all(m.get("x-which") == "traces" and m.get("x-generic") == "1"
                for m in receiver.metadata), receiver.metadata
     assert "span export failed" not in gw_log + router_err
+
+
+def test_the_guides_endpoint_without_a_scheme_and_resource_attributes(
+        start_gateway, tmp_path, receiver, monkeypatch):
+    # The guide's deployment example writes `otel-collector:4317` with
+    # `otlp_insecure = true`: plain-text gRPC to that address.
+    hostport = receiver.grpc_endpoint.removeprefix("http://")
+    tracing = tracing_toml(hostport, protocol="grpc",
+                           extra='otlp_insecure = true\nenvironment = "from-file"\n')
+    # service.name here loses to OTEL_SERVICE_NAME; the environment here wins over
+    # the file's; other keys are added (percent-decoded).
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES",
+                       "service.name=from-attrs,deployment.environment.name=prod%2Deu,"
+                       "host.name=edge%201")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-service-name")
+    gw = start_gateway(tracing + fixture_backend())
+    router = Router(gw.url, tracing, tmp_path)
+    sent.clear()
+    try:
+        router.initialize()
+        echo(router, 1)
+        # Both services carry the same name here: wait for the request's span on
+        # each side by its name.
+        receiver.wait_for(lambda spans: {"http.request", "gateway.request"} <= {
+            s["name"] for s in spans if s["attributes"].get("jsonrpc.request.id") == "1"})
+    finally:
+        assert router.close() == 0, router.stderr()
+        assert gw.terminate() == 0, gw.describe()
+    spans = receiver.snapshot()
+    assert all(s["transport"] == "grpc" for s in spans), spans
+    resources = {tuple(sorted(s["resource"].items())) for s in spans}
+    for r in map(dict, resources):
+        assert r["service.name"] == "from-service-name", r
+        assert r["deployment.environment.name"] == "prod-eu", r
+        assert r["host.name"] == "edge 1", r

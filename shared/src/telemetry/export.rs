@@ -94,7 +94,7 @@ impl Exporter {
     /// OTLP/gRPC to [`TracingConfig::endpoint`] (`http[s]://host[:port]`).
     #[cfg(feature = "otlp-grpc")]
     pub fn grpc(cfg: &TracingConfig) -> Result<Exporter, String> {
-        let endpoint = Endpoint::parse(cfg.endpoint(), GRPC_PORT)?;
+        let endpoint = Endpoint::parse(&cfg.endpoint(), GRPC_PORT)?;
         let uri = format!(
             "{}://{}{GRPC_PATH}",
             if endpoint.tls { "https" } else { "http" },

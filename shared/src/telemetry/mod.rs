@@ -113,7 +113,11 @@ impl Telemetry {
         if let Some(env) = &cfg.environment {
             attrs.push(KeyValue::new("deployment.environment.name", env.clone()));
         }
-        attrs.extend(resource_attributes_from_env());
+        attrs.extend(
+            cfg.resource_attributes
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+        );
         let resource = Resource::builder_empty().with_attributes(attrs).build();
         let exporter = match cfg.exporter_type {
             ExporterType::Stdout => {
@@ -491,25 +495,28 @@ fn record_outcome(
     None
 }
 
-/// `OTEL_RESOURCE_ATTRIBUTES` (`k=v,k2=v2`, values percent-decoded).
-fn resource_attributes_from_env() -> Vec<KeyValue> {
-    let Ok(s) = std::env::var("OTEL_RESOURCE_ATTRIBUTES") else {
-        return Vec::new();
-    };
+/// `OTEL_RESOURCE_ATTRIBUTES` (`k=v,k2=v2`, values percent-decoded), in order; pairs
+/// without `=` or with an empty key are skipped (the SDKs ignore them too).
+fn parse_resource_attributes(s: &str) -> Vec<(String, String)> {
     s.split(',')
         .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| KeyValue::new(k.trim().to_string(), percent_decode(v.trim())))
+        .map(|(k, v)| (k.trim().to_string(), percent_decode(v.trim())))
+        .filter(|(k, _)| !k.is_empty())
         .collect()
 }
 
+/// `%XX` escapes decoded (W3C baggage octets, as `OTEL_RESOURCE_ATTRIBUTES` and
+/// `OTEL_EXPORTER_OTLP_HEADERS` use them); a `%` not followed by two hex digits is
+/// kept as it is, and bytes that do not make UTF-8 become U+FFFD.
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16);
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
                 i += 3;
                 continue;
             }
@@ -532,15 +539,33 @@ fn positive(v: &str, var: &str) -> Result<u64, String> {
 /// (environment wins). Returns an error naming a variable with an invalid value.
 ///
 /// `OTEL_SDK_DISABLED=true` turns tracing off; the others tune it but do not turn it
-/// on (that takes `enabled = true`). `OTEL_RESOURCE_ATTRIBUTES` is read at init.
+/// on (that takes `enabled = true`).
 pub fn apply_env(
     cfg: &mut TracingConfig,
     get: impl Fn(&str) -> Option<String>,
 ) -> Result<(), String> {
+    // A variable set to an empty (or blank) string counts as unset everywhere.
+    let get = |var: &str| get(var).filter(|v| !v.trim().is_empty());
     if get("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
         cfg.enabled = false;
     }
-    if let Some(v) = get("OTEL_SERVICE_NAME").filter(|v| !v.is_empty()) {
+    // Resource attributes: the three the file has keys for replace those keys (the
+    // environment wins over the file); the others are added as they are. Then
+    // `OTEL_SERVICE_NAME`, which the specification puts above a `service.name` here.
+    if let Some(v) = get("OTEL_RESOURCE_ATTRIBUTES") {
+        for (k, v) in parse_resource_attributes(&v) {
+            match k.as_str() {
+                "service.name" => cfg.service_name = Some(v),
+                "service.version" => cfg.service_version = Some(v),
+                "deployment.environment.name" => cfg.environment = Some(v),
+                _ => {
+                    cfg.resource_attributes.retain(|(key, _)| *key != k);
+                    cfg.resource_attributes.push((k, v));
+                }
+            }
+        }
+    }
+    if let Some(v) = get("OTEL_SERVICE_NAME") {
         cfg.service_name = Some(v);
     }
     // Each OTLP setting has a generic and a traces-only variable; the traces-only one
@@ -800,6 +825,94 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("max_export_batch_size"), "{e}");
+    }
+
+    #[test]
+    fn empty_variables_count_as_unset() {
+        let mut c = TracingConfig {
+            sampler_type: SamplerType::TraceIdRatio,
+            sampler_param: 0.25,
+            ..TracingConfig::default()
+        };
+        let blank = [
+            ("OTEL_TRACES_SAMPLER", ""),
+            ("OTEL_TRACES_SAMPLER_ARG", " "),
+            ("OTEL_SERVICE_NAME", ""),
+            ("OTEL_RESOURCE_ATTRIBUTES", ""),
+            ("OTEL_EXPORTER_OTLP_HEADERS", ""),
+            ("OTEL_SDK_DISABLED", ""),
+        ];
+        apply_env(&mut c, env(&blank)).unwrap();
+        assert_eq!(c.sampler_type, SamplerType::TraceIdRatio);
+        assert_eq!(c.sampler_param, 0.25);
+        assert_eq!(c.service_name, None);
+        assert!(c.resource_attributes.is_empty() && c.otlp_headers.is_empty());
+    }
+
+    #[test]
+    fn resource_attributes_rank_below_the_service_name_variable_and_above_the_file() {
+        let file = || TracingConfig {
+            service_name: Some("from-file".into()),
+            service_version: Some("1".into()),
+            environment: Some("dev".into()),
+            ..TracingConfig::default()
+        };
+        let attrs = "service.name=from-attrs,service.version=2,\
+                     deployment.environment.name=prod%2Deu,team=edge,team=core,=x,novalue";
+        let mut c = file();
+        apply_env(&mut c, env(&[("OTEL_RESOURCE_ATTRIBUTES", attrs)])).unwrap();
+        assert_eq!(c.service_name.as_deref(), Some("from-attrs"));
+        assert_eq!(c.service_version.as_deref(), Some("2"));
+        assert_eq!(c.environment.as_deref(), Some("prod-eu"));
+        assert_eq!(
+            c.resource_attributes,
+            [("team".to_string(), "core".to_string())]
+        );
+        let mut c = file();
+        let both = [
+            ("OTEL_RESOURCE_ATTRIBUTES", attrs),
+            ("OTEL_SERVICE_NAME", "from-service-name"),
+        ];
+        apply_env(&mut c, env(&both)).unwrap();
+        assert_eq!(c.service_name.as_deref(), Some("from-service-name"));
+    }
+
+    #[test]
+    fn percent_escapes_decode_bytes_and_leave_broken_ones_alone() {
+        assert_eq!(percent_decode("a%20b%2C%e2%82%ac"), "a b,€");
+        // Not two hex digits after the `%`: kept, whatever follows (a multi-byte
+        // character once made this cut a `str` inside it, and panic).
+        for s in ["%aé", "%é", "é%", "%", "%4", "100%", "%zz", "%4é"] {
+            assert_eq!(percent_decode(s), s);
+        }
+        // Octets that are not UTF-8 become U+FFFD.
+        assert_eq!(percent_decode("%ff"), "\u{fffd}");
+        // As a header value it is refused (not printable ASCII), naming the header.
+        let e = apply_env(
+            &mut TracingConfig::default(),
+            env(&[("OTEL_EXPORTER_OTLP_HEADERS", "k=%aé")]),
+        )
+        .unwrap_err();
+        assert!(e.contains("otlp_headers.k"), "{e}");
+    }
+
+    #[test]
+    fn an_endpoint_without_a_scheme_takes_it_from_otlp_insecure() {
+        let ep = |insecure| TracingConfig {
+            otlp_endpoint: Some("otel-collector:4317".into()),
+            otlp_insecure: insecure,
+            ..TracingConfig::default()
+        };
+        assert_eq!(ep(Some(true)).endpoint(), "http://otel-collector:4317");
+        ep(Some(true)).validate().unwrap();
+        assert_eq!(ep(Some(false)).endpoint(), "https://otel-collector:4317");
+        assert_eq!(ep(None).endpoint(), "https://otel-collector:4317");
+        let bad = TracingConfig {
+            otlp_endpoint: Some("grpc://c:4317".into()),
+            ..TracingConfig::default()
+        };
+        let e = bad.validate().unwrap_err();
+        assert_eq!(e.path, ["tracing", "otlp_endpoint"]);
     }
 
     #[test]
