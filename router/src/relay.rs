@@ -185,11 +185,12 @@ pub fn run(cfg: RouterConfig, token: Option<Secret>, tel: Telemetry) -> Result<(
     result
 }
 
-/// Host and port of a ws:// URL, for span attributes.
+/// Host and port of a ws:// URL, for span attributes (the authority ends at the path,
+/// the query or the fragment).
 fn server_of(url: &str) -> (String, u16) {
     let authority = url
         .trim_start_matches("ws://")
-        .split('/')
+        .split(['/', '?', '#'])
         .next()
         .unwrap_or("");
     match authority.rsplit_once(':') {
@@ -462,7 +463,7 @@ async fn open_link(
     let connect_cx = tel.start("gateway.connect", SpanKind::Client, &Cx::default(), |a| {
         attrs::server(a, &server.0, server.1);
         a.str("network.transport", "tcp");
-        a.str("url.full", &cfg.gateway.url);
+        attrs::url_full(a, &cfg.gateway.url);
     });
     let connected = link::connect(
         &cfg.gateway.url,
@@ -1082,5 +1083,23 @@ async fn link_down(state: &Shared, out: &Sender<String>, gen: u64, reason: Strin
             Message::error_response(Some(id), err.clone()).to_json(),
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_is_the_authority_whatever_follows_it() {
+        for url in [
+            "ws://h:8443/mcp",
+            "ws://h:8443?x=1",
+            "ws://h:8443#f",
+            "ws://h:8443",
+        ] {
+            assert_eq!(server_of(url), ("h".to_string(), 8443), "{url}");
+        }
+        assert_eq!(server_of("ws://h/mcp"), ("h".to_string(), 80));
     }
 }

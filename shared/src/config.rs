@@ -788,9 +788,17 @@ pub fn validate_ws_url(url: &str) -> Result<(), String> {
     let rest = url
         .strip_prefix("ws://")
         .ok_or_else(|| format!("{url:?} is not a ws:// URL"))?;
-    let host = rest.split('/').next().unwrap_or("");
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     if host.is_empty() {
         return Err(format!("{url:?} has no host"));
+    }
+    if host.contains('@') {
+        // Never sent as such, and it would end up in logs and span attributes.
+        return Err(
+            "credentials in the URL (user:password@host) are not supported: the router \
+             sends a bearer token from [gateway] token_env or token_file"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -1390,6 +1398,15 @@ env = { A = "1" }
         let e = from_str::<RouterConfig>("[gateway]\nurl = \"http://x\"\n", None).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("gateway.url"));
         assert_eq!(e.line, Some(2));
+        // Credentials before the host: refused, without repeating them.
+        for url in ["ws://alice:s3cret@h:1/mcp", "ws://s3cret@h?x=1"] {
+            let text = format!("[gateway]\nurl = \"{url}\"\n");
+            let e = from_str::<RouterConfig>(&text, None).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("gateway.url"), "{e}");
+            assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
+        // An `@` after the host (in the path or query) is no credential.
+        from_str::<RouterConfig>("[gateway]\nurl = \"ws://h:1/a@b?c=d@e\"\n", None).unwrap();
         let e = from_str::<RouterConfig>(
             "[gateway]\nurl = \"ws://h/mcp\"\n[limits]\nmax_message_bytes = 10\n",
             None,
