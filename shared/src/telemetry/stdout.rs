@@ -1,6 +1,7 @@
-//! The human-readable exporter: one tree per trace, printed when the trace's local root
-//! span (one without a parent in this process) ends, in the layout of the tracing
-//! guide's example traces:
+//! The human-readable exporter: one tree per local root span (one without a parent in
+//! this process), printed when that root ends, in the layout of the tracing guide's
+//! example traces (requests that share a trace, a host's parallel calls, each print
+//! their own tree):
 //!
 //! ```text
 //! mcp-router: stdio.read (10.2ms)
@@ -73,13 +74,22 @@ impl StdoutExporter {
 
     /// Prints the traces whose root has ended; keeps the rest for later batches.
     pub fn export(&mut self, batch: Vec<SpanData>) -> Result<(), String> {
+        let out = self.render(batch);
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.write(&out)
+    }
+
+    /// What [`Self::export`] prints for `batch`.
+    fn render(&mut self, batch: Vec<SpanData>) -> String {
         if self.format == StdoutFormat::Json {
             let mut out = String::new();
             for s in &batch {
                 out.push_str(&span_json(&self.service, s));
                 out.push('\n');
             }
-            return self.write(&out);
+            return out;
         }
         let mut finished = Vec::new();
         for s in batch {
@@ -92,26 +102,53 @@ impl StdoutExporter {
                     self.open.remove(&old);
                 }
             }
-            let spans = self.open.entry(id).or_default();
-            if spans.len() < MAX_SPANS_PER_TRACE {
-                spans.push(s);
-            }
             if is_root {
-                finished.push(id);
+                finished.push((id, s.span_context.span_id()));
+            }
+            let spans = self.open.entry(id).or_default();
+            if spans.len() < MAX_SPANS_PER_TRACE || is_root {
+                spans.push(s);
             }
         }
         let mut out = String::new();
-        for id in finished {
-            if let Some(spans) = self.open.remove(&id) {
+        for (id, root) in finished {
+            let Some(spans) = self.open.get_mut(&id) else {
+                continue;
+            };
+            // Only this root's own subtree: other requests of the same trace (a host's
+            // parallel calls under one trace context) may still be running, and their
+            // finished spans wait for their own root.
+            let tree = take_subtree(spans, root);
+            if spans.is_empty() {
+                self.open.remove(&id);
                 self.order.retain(|t| *t != id);
-                out.push_str(&render_tree(&self.service, &spans));
+            }
+            out.push_str(&render_tree(&self.service, &tree));
+        }
+        out
+    }
+}
+
+/// Removes from `spans` the span `root` and every span under it, and returns them.
+fn take_subtree(spans: &mut Vec<SpanData>, root: SpanId) -> Vec<SpanData> {
+    let mut ids = std::collections::HashSet::from([root]);
+    // Parents may come after their children in `spans`: repeat until nothing joins.
+    loop {
+        let before = ids.len();
+        for s in spans.iter() {
+            if ids.contains(&s.parent_span_id) && s.span_context.span_id() != root {
+                ids.insert(s.span_context.span_id());
             }
         }
-        if out.is_empty() {
-            return Ok(());
+        if ids.len() == before {
+            break;
         }
-        self.write(&out)
     }
+    let (tree, rest) = std::mem::take(spans)
+        .into_iter()
+        .partition(|s| ids.contains(&s.span_context.span_id()));
+    *spans = rest;
+    tree
 }
 
 fn duration_text(s: &SpanData) -> String {
@@ -217,4 +254,58 @@ fn span_json(service: &str, s: &SpanData) -> String {
         "attributes": attrs,
     })
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanContext, SpanKind, TraceFlags, TraceState};
+    use opentelemetry::InstrumentationScope;
+    use std::time::{Duration, SystemTime};
+
+    fn span(trace: u128, id: u64, parent: u64, name: &'static str, start_ms: u64) -> SpanData {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        SpanData {
+            span_context: SpanContext::new(
+                TraceId::from(trace),
+                SpanId::from(id),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: SpanId::from(parent),
+            parent_span_is_remote: parent == 99,
+            span_kind: SpanKind::Internal,
+            name: name.into(),
+            start_time: t0 + Duration::from_millis(start_ms),
+            end_time: t0 + Duration::from_millis(start_ms + 2),
+            attributes: Vec::new(),
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status: Status::Unset,
+            instrumentation_scope: InstrumentationScope::builder("t").build(),
+        }
+    }
+
+    #[test]
+    fn a_root_prints_its_own_subtree_not_the_rest_of_its_trace() {
+        let mut e = StdoutExporter::new(Target::Stdout, StdoutFormat::Tree);
+        e.service = "gw".into();
+        // Two requests under one remote parent (99): A (1, child 2 and grandchild 3)
+        // is still running when B (4, child 5) ends.
+        let out = e.render(vec![
+            span(7, 3, 2, "a.grandchild", 2),
+            span(7, 2, 1, "a.child", 1),
+            span(7, 5, 4, "b.child", 4),
+            span(7, 4, 99, "b", 3),
+        ]);
+        assert_eq!(out, "gw: b (2.0ms)\n  └─ gw: b.child (2.0ms)\n");
+        let out = e.render(vec![span(7, 1, 99, "a", 0)]);
+        assert_eq!(
+            out,
+            "gw: a (2.0ms)\n  └─ gw: a.child (2.0ms)\n      └─ gw: a.grandchild (2.0ms)\n"
+        );
+        assert!(e.open.is_empty() && e.order.is_empty(), "{:?}", e.open);
+    }
 }
