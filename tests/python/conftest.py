@@ -153,6 +153,23 @@ class Gateway:
         with self._lock:
             return "\n".join(self.lines)
 
+    def wait_log(self, text: str, timeout: float = 15.0) -> str:
+        """Waits for a line of its output containing `text`; returns it."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            seen = next((l for l in self.lines if text in l), None)
+        while seen is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                pytest.fail(f"no line with {text!r}\n{self.describe()}", pytrace=False)
+            try:
+                line = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is not None and text in line:
+                seen = line
+        return seen
+
     def describe(self) -> str:
         return (
             f"command: {' '.join(self.argv)}\nconfig:\n{self.config_text}\n"

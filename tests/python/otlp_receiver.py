@@ -50,6 +50,10 @@ def flatten(req: trace_service_pb2.ExportTraceServiceRequest, transport: str) ->
                         "attributes": {a.key: _value(a.value) for a in s.attributes},
                         "attribute_keys": [a.key for a in s.attributes],
                         "events": [e.name for e in s.events],
+                        "event_attributes": [
+                            (e.name, {a.key: _value(a.value) for a in e.attributes})
+                            for e in s.events
+                        ],
                         "size": s.ByteSize(),
                     }
                 )
@@ -87,10 +91,19 @@ class Receiver:
         self._close_next_http = False
         self._http_responses = 0
         self._http_socks: set[socket.socket] = set()
+        # Exports to refuse before accepting again, and how: `retryable` answers gRPC
+        # UNAVAILABLE / HTTP 503 (worth another try), otherwise INVALID_ARGUMENT / 400.
+        self.refuse_next = 0
+        self.refuse_retryable = True
+        self.refused = 0
         receiver = self
 
         class Service(trace_service_pb2_grpc.TraceServiceServicer):
             def Export(self, request, context):  # noqa: N802 (gRPC name)
+                if receiver._refuse():
+                    code = (grpc.StatusCode.UNAVAILABLE if receiver.refuse_retryable
+                            else grpc.StatusCode.INVALID_ARGUMENT)
+                    context.abort(code, "refused by the test")
                 # Each HTTP/2 connection has its own client port: the peer names it.
                 receiver._add(flatten(request, "grpc"), dict(context.invocation_metadata()),
                               "grpc:" + context.peer())
@@ -126,6 +139,11 @@ class Receiver:
                     receiver.http_requested.append(self.path)
                 if self.path not in receiver.http_paths:
                     self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if receiver._refuse():
+                    self.send_response(503 if receiver.refuse_retryable else 400)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
@@ -169,6 +187,16 @@ class Receiver:
             )
         self.http_port = self._http.server_address[1]
         threading.Thread(target=self._http.serve_forever, daemon=True).start()
+
+    def _refuse(self) -> bool:
+        """Whether to refuse this export (counting it)."""
+        with self._cv:
+            if self.refuse_next <= 0:
+                return False
+            self.refuse_next -= 1
+            self.refused += 1
+            self._cv.notify_all()
+            return True
 
     def _start_grpc(self) -> grpc.Server:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))

@@ -1,0 +1,249 @@
+"""Tracing's links that the one-trace test does not see, against the real OTLP
+receiver: the router's gateway.connect span and the trace context it sends in the
+WebSocket handshake (to a stand-in gateway that records the headers); a failed connect
+as an error span; the gateway continuing a direct client's handshake context when
+_meta carries none (or a malformed one); backend.connect; the message events and their
+sizes; exports retried on a retryable refusal and given up on another; and no exporter
+thread at all with tracing off."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import queue
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.server import serve
+from websockets.sync.client import connect
+
+from test_tracing import DEADLINE, Router, by_name, fixture_backend, one, run_session, tracing_toml
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = "00f067aa0ba902b7"
+
+
+class StandIn:
+    """A WebSocket server speaking subprotocol `mcp` that records each handshake's
+    headers and reads (and ignores) whatever it is sent."""
+
+    def __init__(self) -> None:
+        self.handshakes: queue.Queue = queue.Queue()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(DEADLINE), "stand-in did not start"
+        self.url = f"ws://127.0.0.1:{self.port}/mcp"
+
+    def _run(self) -> None:
+        async def handler(ws):
+            async for _ in ws:
+                pass
+
+        def record(_conn, request):
+            self.handshakes.put(request.headers)
+
+        async def main():
+            async with serve(handler, "127.0.0.1", 0, subprotocols=["mcp"],
+                             process_request=record) as server:
+                self.port = server.sockets[0].getsockname()[1]
+                self._stop = asyncio.get_running_loop().create_future()
+                self._ready.set()
+                await self._stop
+
+        self._loop.run_until_complete(main())
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set_result, None)
+        self._thread.join(DEADLINE)
+
+
+def test_the_router_sends_its_connect_span_in_the_handshake(tmp_path, receiver):
+    gw = StandIn()
+    router = Router(gw.url, tracing_toml(receiver.grpc_endpoint), tmp_path)
+    try:
+        headers = gw.handshakes.get(timeout=DEADLINE)
+    finally:
+        assert router.close() == 0, router.stderr()
+        gw.close()
+    # The router flushed its spans on exit: gateway.connect is there.
+    connect_span = one(receiver.snapshot(), "mcp-router", "gateway.connect")
+    assert connect_span["kind"] == "CLIENT" and connect_span["parent_span_id"] == ""
+    assert connect_span["status"] != "ERROR", connect_span
+    assert headers["traceparent"] == \
+        f"00-{connect_span['trace_id']}-{connect_span['span_id']}-01", headers
+    a = connect_span["attributes"]
+    assert a["server.address"] == "127.0.0.1" and a["server.port"] == gw.port, a
+    assert a["url.full"] == gw.url and a["network.transport"] == "tcp", a
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_failed_connect_is_an_error_span(tmp_path, receiver):
+    url = f"ws://127.0.0.1:{free_port()}/mcp"  # nothing listens there
+    router = Router(url, tracing_toml(receiver.grpc_endpoint), tmp_path)
+    try:
+        spans = receiver.wait_for(lambda spans: any(
+            s["name"] == "gateway.connect" and s["status"] == "ERROR" for s in spans))
+    finally:
+        router.close()
+    failed = next(s for s in spans if s["name"] == "gateway.connect")
+    assert failed["kind"] == "CLIENT" and failed["status_message"], failed
+    assert failed["attributes"].get("error.type"), failed
+
+
+def direct_request(ws, id_, method, params) -> dict:
+    ws.send(json.dumps({"jsonrpc": "2.0", "id": id_, "method": method, "params": params}))
+    while True:
+        m = json.loads(ws.recv(timeout=DEADLINE))
+        if m.get("id") == id_:
+            return m
+
+
+def test_the_gateway_continues_the_handshake_context_without_meta(start_gateway, receiver):
+    gw = start_gateway(tracing_toml(receiver.grpc_endpoint) + fixture_backend())
+    other_trace, other_parent = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    with connect(gw.url, subprotocols=["mcp"],
+                 additional_headers={"traceparent": f"00-{TRACE}-{PARENT}-01"}) as ws:
+        r = direct_request(ws, 1, "initialize", {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "direct", "version": "1"}})
+        assert "result" in r, r
+        ws.send(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        echo = {"name": "one.echo", "arguments": {"text": "x"}}
+        assert "result" in direct_request(ws, 2, "tools/call", echo)
+        bad = {**echo, "_meta": {"traceparent": "00-zz-not-a-context"}}
+        assert "result" in direct_request(ws, 3, "tools/call", bad)
+        own = {**echo, "_meta": {"traceparent": f"00-{other_trace}-{other_parent}-01"}}
+        assert "result" in direct_request(ws, 4, "tools/call", own)
+    assert gw.terminate() == 0, gw.describe()
+    reqs = {s["attributes"]["jsonrpc.request.id"]: s
+            for s in by_name(receiver.snapshot(), "mcp-gateway", "http.request")}
+    # No `_meta` context, or a malformed one: the handshake's (docs/tracing.md).
+    for id_ in ["1", "2", "3"]:
+        assert (reqs[id_]["trace_id"], reqs[id_]["parent_span_id"]) == (TRACE, PARENT), reqs[id_]
+    assert (reqs["4"]["trace_id"], reqs["4"]["parent_span_id"]) == (other_trace, other_parent)
+
+
+def test_backend_starts_and_message_sizes_are_recorded(start_gateway, tmp_path, receiver):
+    line = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "one.echo", "arguments": {"text": "sized"}}}
+
+    def calls(r: Router):
+        r.send(line)
+        while True:
+            m = r._q.get(timeout=DEADLINE)
+            if m.get("id") == 7:
+                return m
+
+    gw, _, resp = run_session(start_gateway, tmp_path, tracing_toml(receiver.grpc_endpoint),
+                              tracing_toml(receiver.grpc_endpoint), calls)
+    spans = receiver.snapshot()
+    # The backend was started for the client's initialize, under its http.request.
+    start = one(spans, "mcp-gateway", "backend.connect")
+    init = next(s for s in by_name(spans, "mcp-gateway", "http.request")
+                if s["attributes"].get("mcp.method.name") == "initialize")
+    assert start["kind"] == "CLIENT" and start["parent_span_id"] == init["span_id"], start
+    assert start["attributes"]["process.pid"] > 0 and start["status"] != "ERROR", start
+    assert start["attributes"]["gateway.service"] == "one", start
+    # Sizes: what the router read from the host, sent over the WebSocket, and got back.
+    req = next(s for s in by_name(spans, "mcp-router", "gateway.request")
+               if s["attributes"].get("jsonrpc.request.id") == "7")
+    stdio = next(s for s in spans if s["span_id"] == req["parent_span_id"])
+    read = dict(stdio["event_attributes"])
+    assert read["stdio.message.read"]["message.size"] == len(json.dumps(line)), stdio
+    events = dict(req["event_attributes"])
+    sent = events["websocket.message.sent"]["message.size"]
+    # The router adds its trace context to what it forwards.
+    assert sent > len(json.dumps(line)) + len('"_meta":{"traceparent":""}'), events
+    answer = len(json.dumps(resp, separators=(",", ":")))
+    assert events["websocket.message.received"]["message.size"] >= answer - 2, (events, resp)
+    assert read.keys() | {"stdio.message.written"} == read.keys(), stdio
+
+
+@contextlib.contextmanager
+def direct_client(gw):
+    """A WebSocket client straight to the gateway, initialized; closed on exit."""
+    with connect(gw.url, subprotocols=["mcp"]) as ws:
+        r = direct_request(ws, "init", "initialize", {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "direct", "version": "1"}})
+        assert "result" in r, r
+        yield ws
+
+
+def echo_direct(ws, id_) -> None:
+    r = direct_request(ws, id_, "tools/call", {"name": "one.echo", "arguments": {"text": "x"}})
+    assert "result" in r, r
+
+
+def gateway_span_of(id_):
+    return lambda spans: any(s["name"] == "http.request"
+                             and s["attributes"].get("jsonrpc.request.id") == id_
+                             for s in spans)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_a_retryable_refusal_is_retried(start_gateway, receiver, protocol):
+    endpoint = receiver.grpc_endpoint if protocol == "grpc" else receiver.http_endpoint
+    receiver.refuse_next = 2  # the first two tries: UNAVAILABLE / 503
+    gw = start_gateway(tracing_toml(endpoint, protocol=protocol) + fixture_backend())
+    with direct_client(gw) as ws:
+        echo_direct(ws, 1)
+        # Retried (backoff 100 ms, then 200 ms, within otlp_timeout = 2 s): it arrives.
+        receiver.wait_for(gateway_span_of("1"))
+    assert gw.terminate() == 0, gw.describe()
+    assert receiver.refused == 2
+    assert "span export failed" not in gw.log(), gw.log()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_a_refusal_not_worth_retrying_loses_that_batch_only(start_gateway, receiver, protocol):
+    endpoint = receiver.grpc_endpoint if protocol == "grpc" else receiver.http_endpoint
+    receiver.refuse_next, receiver.refuse_retryable = 1, False  # INVALID_ARGUMENT / 400
+    gw = start_gateway(tracing_toml(endpoint, protocol=protocol) + fixture_backend())
+    with direct_client(gw) as ws:
+        echo_direct(ws, 1)
+        gw.wait_log("span export failed")
+        echo_direct(ws, 2)
+        receiver.wait_for(gateway_span_of("2"))
+    assert gw.terminate() == 0, gw.describe()
+    assert receiver.refused == 1, "not tried again"
+    assert not gateway_span_of("1")(receiver.snapshot()), "that batch is lost"
+
+
+def export_threads(pid: int) -> list[str]:
+    names = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:
+            pass  # a thread that ended meanwhile
+    return [n for n in names if n == "span-export"]
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_no_exporter_thread_with_tracing_off(start_gateway, tmp_path, receiver, enabled):
+    tracing = tracing_toml(receiver.grpc_endpoint)
+    if not enabled:
+        tracing = tracing.replace("enabled = true", "enabled = false")
+    gw = start_gateway(tracing + fixture_backend())
+    router = Router(gw.url, tracing, tmp_path)
+    try:
+        router.initialize()
+        assert router.request(1, "tools/call", {"name": "one.echo",
+                                                "arguments": {"text": "x"}})["result"]
+        want = ["span-export"] if enabled else []
+        assert export_threads(gw.proc.pid) == want
+        assert export_threads(router.proc.pid) == want
+    finally:
+        assert router.close() == 0, router.stderr()
+        assert gw.terminate() == 0, gw.describe()
