@@ -135,6 +135,28 @@ fn stand_in(reply: Option<&'static str>) -> (String, mpsc::Receiver<String>) {
 }
 
 #[test]
+fn router_with_tracing_puts_its_context_into_a_notification_keeping_other_meta_keys() {
+    let (url, rx) = stand_in(None);
+    let mut c = router_with_config(
+        &url,
+        "[tracing]\nenabled = true\nsampler_type = \"always_on\"\nexporter_type = \"stdout\"\n",
+    );
+    c.send_raw(
+        r#"{"jsonrpc":"2.0","method":"notifications/roots/list_changed","params":{"_meta":{"k":"v"}}}"#,
+    );
+    let got = rx.recv_timeout(Duration::from_secs(15)).expect("a message");
+    let v: Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(v["method"], "notifications/roots/list_changed", "{got}");
+    assert_eq!(v["params"]["_meta"]["k"], "v", "{got}");
+    let tp = v["params"]["_meta"]["traceparent"].as_str().expect(&got);
+    assert!(
+        tp.starts_with("00-") && tp.ends_with("-01") && tp.len() == 55,
+        "{tp}"
+    );
+    drop(c);
+}
+
+#[test]
 fn router_with_tracing_inserts_its_context_into_the_hosts_text() {
     let (url, rx) = stand_in(None);
     let mut c = router_with_config(
