@@ -489,6 +489,8 @@ pub struct Slot {
     /// ending them ([`Slot::release_subscriptions`]).
     to_release: RefCell<BTreeSet<String>>,
     releasing: Cell<bool>,
+    /// A task is starting the backend again after it exited ([`Slot::revive`]).
+    reviving: Cell<bool>,
     /// The process `start` is starting, until it returns it.
     starting: RefCell<Option<Rc<Proc>>>,
     /// A client notification for every backend (`notifications/roots/list_changed`)
@@ -520,6 +522,7 @@ impl Slot {
             log_level: RefCell::new(None),
             to_release: RefCell::new(BTreeSet::new()),
             releasing: Cell::new(false),
+            reviving: Cell::new(false),
             starting: RefCell::new(None),
             held_notifications: RefCell::new(Vec::new()),
             stopped: Cell::new(false),
@@ -958,13 +961,15 @@ impl Slot {
                 uri: None,
             });
         }
+        let mut uris = Vec::new();
         if caps.pointer("/resources/subscribe") == Some(&Value::Bool(true)) {
-            let uris: BTreeSet<String> = self
+            let held: BTreeSet<String> = self
                 .sessions()
                 .iter()
                 .flat_map(|s| s.subscriptions_to(self.name()))
                 .collect();
-            asks.extend(uris.into_iter().map(|uri| Ask {
+            uris = held.iter().cloned().collect();
+            asks.extend(held.into_iter().map(|uri| Ask {
                 method: "resources/subscribe",
                 params: json!({ "uri": uri }),
                 uri: Some(uri),
@@ -982,6 +987,9 @@ impl Slot {
                 .is_some_and(|s| s.sessions().iter().any(|s| s.is_subscribed(uri))),
         };
         let t = ask_all(proc, asks, Rc::new(held), self.timeout, Some(span)).await;
+        if proc.is_alive() {
+            self.announce_missed_updates(uris);
+        }
         let restored = t.answered - t.refused;
         if t.finished && t.refused == 0 {
             log::info!(
@@ -996,6 +1004,35 @@ impl Slot {
                 t.why()
             );
         }
+    }
+
+    /// Sends `notifications/resources/updated` for each of `uris` to the sessions that
+    /// still hold it here: between the old process's end and the new one's subscribe,
+    /// the resource may have changed with no one to say so. A client re-reads what it
+    /// is told changed; one told needlessly reads the same content again. (One whose
+    /// subscribe the new process refused is told too, and keeps its subscription
+    /// here, to be asked again at the next restart.) In a task of its own, after the
+    /// restore: a slow client does not hold up the start.
+    fn announce_missed_updates(&self, uris: Vec<String>) {
+        if uris.is_empty() {
+            return;
+        }
+        let (sessions, name, shared) = (self.sessions(), self.cfg.name.clone(), self.is_shared());
+        rt::spawn(async move {
+            for uri in &uris {
+                let line = Message::notification(
+                    "notifications/resources/updated",
+                    Some(json!({ "uri": uri })),
+                )
+                .to_text();
+                for s in &sessions {
+                    if s.is_subscribed_on(uri, &name) {
+                        s.deliver(line.clone(), !shared).await;
+                    }
+                }
+            }
+        })
+        .detach();
     }
 
     /// Stops the process: close stdin, wait up to `grace`, then kill.
@@ -1026,16 +1063,54 @@ impl Slot {
     }
 
     /// Called by the stdout reader when the process has gone.
-    fn on_exit(&self, proc: &Rc<Proc>, uptime: Duration) {
+    fn on_exit(self: &Rc<Self>, proc: &Rc<Proc>, uptime: Duration) {
         let mut cur = self.proc.borrow_mut();
         if cur.as_ref().is_some_and(|p| Rc::ptr_eq(p, proc)) {
             *cur = None;
             drop(cur);
             self.record_failure(uptime);
+            if !proc.stopping.get() {
+                self.revive();
+            }
         }
         for s in self.sessions() {
             s.forget_server_requests(proc);
         }
+    }
+
+    /// The first attached session holding a subscription on this backend, if any.
+    fn subscriber(&self) -> Option<Rc<Session>> {
+        self.sessions()
+            .into_iter()
+            .find(|s| !s.subscriptions_to(self.name()).is_empty())
+    }
+
+    /// After the running process exited on its own: if attached sessions hold
+    /// subscriptions on it, starts it again now (after the usual backoff), not at the
+    /// next request. Only a running process can send their updates, and a client
+    /// that only listens sends none. One task per slot; it tries again after each
+    /// failed start (each waits its backoff) for as long as the slot is not stopped,
+    /// no process runs and some session still holds a subscription; it starts with
+    /// that session's capabilities and protocol version, as a request of it would.
+    fn revive(self: &Rc<Self>) {
+        if self.stopped.get() || self.subscriber().is_none() || self.reviving.replace(true) {
+            return;
+        }
+        let slot = self.clone();
+        rt::spawn(async move {
+            while !slot.stopped.get() && slot.running().is_none() {
+                let Some(s) = slot.subscriber() else { break };
+                log::info!(
+                    "backend {:?}: starting it again for the subscriptions clients hold",
+                    slot.name()
+                );
+                if s.ensure_backend(&slot).await.is_ok() {
+                    break;
+                }
+            }
+            slot.reviving.set(false);
+        })
+        .detach();
     }
 
     /// Routes a message the backend sent on its own (request or notification).

@@ -252,6 +252,14 @@ impl Session {
         self.subscriptions.borrow().contains_key(uri)
     }
 
+    /// True when the client holds a subscription to exactly `uri` on `backend`.
+    pub fn is_subscribed_on(&self, uri: &str, backend: &str) -> bool {
+        self.subscriptions
+            .borrow()
+            .get(uri)
+            .is_some_and(|sub| sub.backend == backend)
+    }
+
     /// Whether `notifications/resources/updated` for `uri` from `backend` is for this
     /// client: it holds, on that backend, `uri` or a URI that `uri` lies under (MCP:
     /// the update's URI "might be a sub-resource of the one that the client actually
@@ -585,6 +593,12 @@ impl Session {
         Box::pin(slot.ensure(&caps, self.version.get(), &self.gw.tel, cx))
             .await
             .map_err(|e| e.to_rpc_error())
+    }
+
+    /// The slot's process, started if needed, for no request of the client: a start
+    /// that its own trace roots (`backend.connect`).
+    pub async fn ensure_backend(&self, slot: &Rc<Slot>) -> Result<Rc<Proc>, RpcError> {
+        self.ensure(slot, &Cx::default()).await
     }
 
     fn slot(&self, name: &str) -> Option<&Rc<Slot>> {

@@ -296,6 +296,49 @@ fn a_restarted_backend_gets_the_clients_subscriptions_and_log_level_again() {
     }
 }
 
+/// A backend that dies while a client holds a subscription on it is started again at
+/// once, not at the client's next request: only a running process sends updates, and
+/// a client that only listens sends no request. The client is told the resource may
+/// have changed in between, and the new process's updates reach it.
+#[test]
+fn a_backend_that_dies_under_a_subscription_is_started_again_and_the_client_told() {
+    for backend in ["one", "two"] {
+        let gw = gateway();
+        let mut c = client(&gw);
+        let uri = format!("fixture://{backend}/hello");
+        assert_eq!(subscribe(&mut c, &uri)["result"], json!({}));
+        crash(&mut c, backend);
+        // No request from here until the restore is done.
+        gw.wait_line(&format!("backend \"{backend}\": restored 1 setting(s)"));
+        let n = c.recv_where(|v| v["method"] == "notifications/resources/updated");
+        assert_eq!(n["params"]["uri"], uri.as_str(), "{backend}");
+        assert!(!has_update(&mut c, &uri), "{backend}: told once");
+        assert_eq!(touch(&mut c, backend, &uri), "touched", "{backend}");
+        assert!(
+            has_update(&mut c, &uri),
+            "{backend}: the new process's update"
+        );
+        let log = gw.log.text();
+        let ready = format!("backend \"{backend}\" ready");
+        assert_eq!(log.matches(&ready).count(), 2, "{log}");
+    }
+}
+
+/// Without subscriptions a backend that died waits for the next request to start.
+#[test]
+fn a_backend_that_dies_with_no_subscription_waits_for_the_next_request() {
+    let gw = gateway();
+    let mut c = client(&gw);
+    crash(&mut c, "two");
+    // A request to the other backend: by its answer, a restart begun at the exit
+    // (which starts the process at once, the first failure having no backoff)
+    // would have logged its start.
+    assert_eq!(touch(&mut c, "one", "fixture://one/x"), "not subscribed");
+    assert_eq!(gw.log.text().matches("backend \"two\": started").count(), 1);
+    assert_eq!(touch(&mut c, "two", "fixture://two/x"), "not subscribed");
+    assert_eq!(gw.log.text().matches("backend \"two\": started").count(), 2);
+}
+
 #[test]
 fn a_restore_larger_than_the_backends_stdin_queue_still_comes_before_waiting_requests() {
     let gw = gateway();
