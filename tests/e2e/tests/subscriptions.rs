@@ -500,10 +500,9 @@ fn a_backend_that_dies_on_its_restore_is_a_failed_start_and_backs_off() {
         "echo poison >&2; exit 1",
     ));
     let mut c = client(&gw);
-    assert_eq!(
-        subscribe(&mut c, "fixture://one/hello")["result"],
-        json!({})
-    );
+    // (Once seen failing in a loaded run of the whole file, answer unknown: printed.)
+    let r = subscribe(&mut c, "fixture://one/hello");
+    assert_eq!(r["result"], json!({}), "{r}\n{}", gw.log.text());
     crash(&mut c, "one");
     // The restart dies on the restored subscribe: the request fails, and so does the
     // start (not "ready"), which counts toward the backoff.
