@@ -1088,10 +1088,13 @@ impl Slot {
     /// After the running process exited on its own: if attached sessions hold
     /// subscriptions on it, starts it again now (after the usual backoff), not at the
     /// next request. Only a running process can send their updates, and a client
-    /// that only listens sends none. One task per slot; it tries again after each
-    /// failed start (each waits its backoff) for as long as the slot is not stopped,
-    /// no process runs and some session still holds a subscription; it starts with
-    /// that session's capabilities and protocol version, as a request of it would.
+    /// that only listens sends none. One task per slot, which goes on until a process
+    /// runs, the slot is stopped, or no session holds a subscription any more (checked
+    /// again after each backoff): a process that dies right after its start, before
+    /// the task has seen it ready, is started again too. The task holds no session
+    /// (a client that goes away is not kept for it): each start takes the
+    /// capabilities and protocol version of a session holding a subscription then, as
+    /// a request of that session would.
     fn revive(self: &Rc<Self>) {
         if self.stopped.get() || self.subscriber().is_none() || self.reviving.replace(true) {
             return;
@@ -1099,14 +1102,24 @@ impl Slot {
         let slot = self.clone();
         rt::spawn(async move {
             while !slot.stopped.get() && slot.running().is_none() {
-                let Some(s) = slot.subscriber() else { break };
+                if let Some(at) = slot.next_start.get().filter(|at| *at > Instant::now()) {
+                    async_io::Timer::at(at).await;
+                    continue; // everything may have changed meanwhile
+                }
+                let Some(params) = slot.subscriber().map(|s| s.start_params()) else {
+                    log::info!(
+                        "backend {:?}: not started again: no session holds a subscription on it any more",
+                        slot.name()
+                    );
+                    break;
+                };
+                let (caps, version, tel) = params;
                 log::info!(
                     "backend {:?}: starting it again for the subscriptions clients hold",
                     slot.name()
                 );
-                if s.ensure_backend(&slot).await.is_ok() {
-                    break;
-                }
+                // Its failure is logged and backed off by the start itself.
+                let _ = slot.ensure(&caps, version, &tel, &Cx::default()).await;
             }
             slot.reviving.set(false);
         })

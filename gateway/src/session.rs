@@ -595,10 +595,14 @@ impl Session {
             .map_err(|e| e.to_rpc_error())
     }
 
-    /// The slot's process, started if needed, for no request of the client: a start
-    /// that its own trace roots (`backend.connect`).
-    pub async fn ensure_backend(&self, slot: &Rc<Slot>) -> Result<Rc<Proc>, RpcError> {
-        self.ensure(slot, &Cx::default()).await
+    /// What a backend process is started with for this client: its capabilities and
+    /// protocol version (as sent in `initialize`), and the gateway's telemetry.
+    pub fn start_params(&self) -> (Value, &'static str, mcp_shared::telemetry::Telemetry) {
+        (
+            self.client_caps.borrow().clone(),
+            self.version.get(),
+            self.gw.tel.clone(),
+        )
     }
 
     fn slot(&self, name: &str) -> Option<&Rc<Slot>> {

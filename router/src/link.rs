@@ -51,7 +51,8 @@ pub async fn connect(
     extra_headers: Vec<(String, String)>,
 ) -> Result<Link, RelayError> {
     let unreachable = |reason: String| RelayError::GatewayUnreachable {
-        url: url.to_string(),
+        // Logged and put in span statuses: no query value (it may be a credential).
+        url: mcp_shared::config::redact_url_query(url).into_owned(),
         reason,
     };
     let attempt = async {

@@ -35,7 +35,7 @@ use async_tungstenite::tungstenite::Message as WsMessage;
 use futures_lite::future::or;
 use futures_lite::StreamExt;
 use futures_util::SinkExt;
-use mcp_shared::config::RouterConfig;
+use mcp_shared::config::{redact_url_query, RouterConfig};
 use mcp_shared::error::{RelayError, SessionError, ToRpcError};
 use mcp_shared::framing::{Frame, LineDecoder, PIPE_READ_CHUNK_BYTES};
 use mcp_shared::jsonrpc::{self, Brief, Id, Kind, Message};
@@ -553,9 +553,15 @@ async fn open_link(
         }
     };
     if again {
-        log::info!("reconnected to gateway {}", cfg.gateway.url);
+        log::info!(
+            "reconnected to gateway {}",
+            redact_url_query(&cfg.gateway.url)
+        );
     } else {
-        log::info!("connected to gateway {}", cfg.gateway.url);
+        log::info!(
+            "connected to gateway {}",
+            redact_url_query(&cfg.gateway.url)
+        );
     }
     // The new gateway may route to other backends: lists the host cached may be stale.
     for m in notices {

@@ -780,19 +780,19 @@ impl RouterConfig {
     }
 }
 
-/// Checks a gateway URL: `ws://host:port/path` (TLS is not built in, so no `wss://`).
+/// Checks a gateway URL: `ws://host[:port][/path][?query]` (TLS is not built in, so no
+/// `wss://`). Credentials before the host are refused, and so is a port that is not a
+/// number: `ws://user:pa/ss@host` is read that way (a `/` ends the authority), and the
+/// message must not repeat what may be a password.
 pub fn validate_ws_url(url: &str) -> Result<(), String> {
     if url.starts_with("wss://") {
         return Err("wss:// is not supported by this build (no TLS); use ws:// behind a TLS-terminating proxy or on loopback".into());
     }
     let rest = url
         .strip_prefix("ws://")
-        .ok_or_else(|| format!("{url:?} is not a ws:// URL"))?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if host.is_empty() {
-        return Err(format!("{url:?} has no host"));
-    }
-    if host.contains('@') {
+        .ok_or_else(|| format!("{:?} is not a ws:// URL", redact_url_query(url)))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
         // Never sent as such, and it would end up in logs and span attributes.
         return Err(
             "credentials in the URL (user:password@host) are not supported: the router \
@@ -800,7 +800,63 @@ pub fn validate_ws_url(url: &str) -> Result<(), String> {
                 .into(),
         );
     }
+    // The port: after the last `:`, or after the `]` of an IPv6 address.
+    let (host, port) = match authority.rfind(']') {
+        Some(end) => {
+            let port = authority[end + 1..].strip_prefix(':');
+            (&authority[..=end], port)
+        }
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() || host == "[]" {
+        return Err(format!("{:?} has no host", redact_url_query(url)));
+    }
+    if let Some(p) = port {
+        if !p.parse::<u16>().is_ok_and(|p| p > 0) {
+            return Err(
+                "the port after the host is not a number from 1 to 65535 (credentials in the \
+                 URL, user:password@host, are not supported either)"
+                    .into(),
+            );
+        }
+    }
     Ok(())
+}
+
+/// `url` with every query value replaced by `REDACTED`, for logs, errors and span
+/// attributes: a query value may be a credential (`?access_token=…`) and tells a
+/// reader nothing they need. A URL without a query is returned as it is.
+pub fn redact_url_query(url: &str) -> Cow<'_, str> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Cow::Borrowed(url);
+    };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let mut out = String::with_capacity(url.len());
+    out.push_str(base);
+    out.push('?');
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((k, _)) => {
+                out.push_str(k);
+                out.push_str("=REDACTED");
+            }
+            None => out.push_str(pair),
+        }
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    Cow::Owned(out)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1398,15 +1454,36 @@ env = { A = "1" }
         let e = from_str::<RouterConfig>("[gateway]\nurl = \"http://x\"\n", None).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("gateway.url"));
         assert_eq!(e.line, Some(2));
-        // Credentials before the host: refused, without repeating them.
-        for url in ["ws://alice:s3cret@h:1/mcp", "ws://s3cret@h?x=1"] {
+        // Credentials before the host: refused, without repeating them; a `/`, `?` or
+        // `#` in the password makes what comes before it a port that is no number.
+        for url in [
+            "ws://alice:s3cret@h:1/mcp",
+            "ws://s3cret@h?x=1",
+            "ws://alice:ab/s3cret@h:1/mcp",
+            "ws://alice:s3?cret@h",
+            "ws://alice:s3#cret@h",
+            "ws://h:0/mcp",
+            "ws://[::1]:s3cret/x",
+        ] {
             let text = format!("[gateway]\nurl = \"{url}\"\n");
             let e = from_str::<RouterConfig>(&text, None).unwrap_err();
             assert_eq!(e.key.as_deref(), Some("gateway.url"), "{e}");
             assert!(!e.to_string().contains("s3cret"), "{e}");
         }
-        // An `@` after the host (in the path or query) is no credential.
-        from_str::<RouterConfig>("[gateway]\nurl = \"ws://h:1/a@b?c=d@e\"\n", None).unwrap();
+        // An `@` after the host (in the path or query) is no credential; IPv6 hosts.
+        for url in [
+            "ws://h:1/a@b?c=d@e",
+            "ws://[::1]:8443/mcp",
+            "ws://[::1]/mcp",
+            "ws://h",
+        ] {
+            from_str::<RouterConfig>(&format!("[gateway]\nurl = \"{url}\"\n"), None).unwrap();
+        }
+        assert_eq!(
+            redact_url_query("ws://h:1/mcp?access_token=abc&x&sig=1#f"),
+            "ws://h:1/mcp?access_token=REDACTED&x&sig=REDACTED#f"
+        );
+        assert_eq!(redact_url_query("ws://h:1/mcp"), "ws://h:1/mcp");
         let e = from_str::<RouterConfig>(
             "[gateway]\nurl = \"ws://h/mcp\"\n[limits]\nmax_message_bytes = 10\n",
             None,

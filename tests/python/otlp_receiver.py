@@ -96,11 +96,12 @@ class Receiver:
         self.refuse_next = 0
         self.refuse_retryable = True
         self.refused = 0
+        self.refused_span_ids: list[str] = []
         receiver = self
 
         class Service(trace_service_pb2_grpc.TraceServiceServicer):
             def Export(self, request, context):  # noqa: N802 (gRPC name)
-                if receiver._refuse():
+                if receiver._refuse(request):
                     code = (grpc.StatusCode.UNAVAILABLE if receiver.refuse_retryable
                             else grpc.StatusCode.INVALID_ARGUMENT)
                     context.abort(code, "refused by the test")
@@ -142,13 +143,13 @@ class Receiver:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                if receiver._refuse():
+                req = trace_service_pb2.ExportTraceServiceRequest()
+                req.ParseFromString(body)
+                if receiver._refuse(req):
                     self.send_response(503 if receiver.refuse_retryable else 400)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                req = trace_service_pb2.ExportTraceServiceRequest()
-                req.ParseFromString(body)
                 conn = "http:%s:%d" % self.client_address
                 receiver._add(flatten(req, "http"), {k.lower(): v for k, v in self.headers.items()}, conn)
                 payload = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
@@ -188,13 +189,14 @@ class Receiver:
         self.http_port = self._http.server_address[1]
         threading.Thread(target=self._http.serve_forever, daemon=True).start()
 
-    def _refuse(self) -> bool:
-        """Whether to refuse this export (counting it)."""
+    def _refuse(self, request) -> bool:
+        """Whether to refuse this export (counting it, and keeping its span ids)."""
         with self._cv:
             if self.refuse_next <= 0:
                 return False
             self.refuse_next -= 1
             self.refused += 1
+            self.refused_span_ids += [s["span_id"] for s in flatten(request, "refused")]
             self._cv.notify_all()
             return True
 

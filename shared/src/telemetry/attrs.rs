@@ -159,39 +159,12 @@ pub fn server(a: &mut Attrs, address: &str, port: u16) {
     a.int("server.port", i64::from(port));
 }
 
-/// A URL as `url.full` may carry it: every query value replaced by `REDACTED`. The
-/// semantic conventions ask that credentials never appear there; a query value may be
-/// one (`?access_token=…`) and tells a trace reader nothing it needs, so none is kept.
-/// (Credentials before the host, `user:pass@`, are refused by the configuration.)
+/// `url.full`, with every query value replaced by `REDACTED`
+/// ([`crate::config::redact_url_query`]): the semantic conventions ask that
+/// credentials never appear there, and a query value may be one. (Credentials before
+/// the host, `user:pass@`, are refused by the configuration.)
 pub fn url_full(a: &mut Attrs, url: &str) {
-    let Some((base, query)) = url.split_once('?') else {
-        a.str("url.full", url);
-        return;
-    };
-    let (query, fragment) = match query.split_once('#') {
-        Some((q, f)) => (q, Some(f)),
-        None => (query, None),
-    };
-    let mut out = String::with_capacity(url.len());
-    out.push_str(base);
-    out.push('?');
-    for (i, pair) in query.split('&').enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        match pair.split_once('=') {
-            Some((k, _)) => {
-                out.push_str(k);
-                out.push_str("=REDACTED");
-            }
-            None => out.push_str(pair),
-        }
-    }
-    if let Some(f) = fragment {
-        out.push('#');
-        out.push_str(f);
-    }
-    a.str("url.full", &out);
+    a.str("url.full", &crate::config::redact_url_query(url));
 }
 
 #[cfg(test)]

@@ -312,16 +312,83 @@ fn a_backend_that_dies_under_a_subscription_is_started_again_and_the_client_told
         gw.wait_line(&format!("backend \"{backend}\": restored 1 setting(s)"));
         let n = c.recv_where(|v| v["method"] == "notifications/resources/updated");
         assert_eq!(n["params"]["uri"], uri.as_str(), "{backend}");
-        assert!(!has_update(&mut c, &uri), "{backend}: told once");
+        // The announcement was queued at the restore, long before the answer to this
+        // request: what the client holds after it is the new process's update alone
+        // (a second announcement would make two).
         assert_eq!(touch(&mut c, backend, &uri), "touched", "{backend}");
-        assert!(
-            has_update(&mut c, &uri),
-            "{backend}: the new process's update"
+        let updates = c
+            .drain_for(Duration::ZERO)
+            .into_iter()
+            .filter(|v| v["method"] == "notifications/resources/updated")
+            .count();
+        assert_eq!(
+            updates, 1,
+            "{backend}: told once, then the new process's update"
         );
         let log = gw.log.text();
         let ready = format!("backend \"{backend}\" ready");
         assert_eq!(log.matches(&ready).count(), 2, "{log}");
     }
+}
+
+/// A restarted backend that exits right after its restore keeps being started again,
+/// with no request, while the subscription is held. (A review's reproduction, 8 such
+/// gateways at once for 75 s, found 5 left dead when the exit came before the
+/// reviving task had seen the process ready. That interleaving does not come up
+/// here: `Slot::revive`'s loop now ends only on a running process, so there is no
+/// such window.)
+#[test]
+fn a_backend_that_exits_right_after_its_restore_is_started_again() {
+    let dir = Dir::new("flap");
+    // From its second start on, the loop passes the restored subscribe and closes the
+    // fixture's stdin: it answers and exits.
+    let gw = Gateway::start(&restart_aware(
+        "one",
+        false,
+        &dir.0,
+        "printf '%s\\n' \"$l\"; exit 0",
+    ));
+    let mut c = client(&gw);
+    assert_eq!(
+        subscribe(&mut c, "fixture://one/hello")["result"],
+        json!({})
+    );
+    crash(&mut c, "one");
+    // No request from here on: the next starts come on their own.
+    for _ in 0..3 {
+        gw.wait_line("backend \"one\": starting it again for the subscriptions");
+        gw.wait_line("backend \"one\": started");
+    }
+}
+
+/// The restart for a subscription checks that someone still holds one after waiting
+/// out its backoff: a shared backend whose only subscriber left meanwhile is not
+/// started for no one (and the waiting holds no session, so the client's end is not
+/// held up by it either).
+#[test]
+fn a_restart_for_a_subscriber_who_left_during_its_backoff_does_not_happen() {
+    let dir = Dir::new("left");
+    // Every restart dies on its restored subscribe: the backoff grows.
+    let gw = Gateway::start(&restart_aware("two", true, &dir.0, "exit 1"));
+    let mut c = client(&gw);
+    assert_eq!(
+        subscribe(&mut c, "fixture://two/hello")["result"],
+        json!({})
+    );
+    crash(&mut c, "two");
+    for _ in 0..4 {
+        gw.wait_line("backend \"two\": start failed");
+    }
+    // Now waiting 800 ms before the fifth start.
+    let started = gw.log.text().matches("backend \"two\": started").count();
+    drop(c);
+    gw.wait_line("backend \"two\": not started again: no session holds a subscription");
+    let log = gw.log.text();
+    assert_eq!(
+        log.matches("backend \"two\": started").count(),
+        started,
+        "{log}"
+    );
 }
 
 /// Without subscriptions a backend that died waits for the next request to start.
