@@ -961,14 +961,21 @@ impl Slot {
                 uri: None,
             });
         }
-        let mut uris = Vec::new();
+        let mut missed = Vec::new();
         if caps.pointer("/resources/subscribe") == Some(&Value::Bool(true)) {
-            let held: BTreeSet<String> = self
-                .sessions()
+            let sessions = self.sessions();
+            let held: BTreeSet<String> = sessions
                 .iter()
                 .flat_map(|s| s.subscriptions_to(self.name()))
                 .collect();
-            uris = held.iter().cloned().collect();
+            // Who may have missed an update: a session whose subscribe of the URI an
+            // earlier process accepted (one still in flight, or refused, missed
+            // nothing: it may even be what started this process).
+            missed = sessions
+                .iter()
+                .map(|s| (Rc::downgrade(s), s.accepted_subscriptions_to(self.name())))
+                .filter(|(_, uris)| !uris.is_empty())
+                .collect();
             asks.extend(held.into_iter().map(|uri| Ask {
                 method: "resources/subscribe",
                 params: json!({ "uri": uri }),
@@ -988,7 +995,7 @@ impl Slot {
         };
         let t = ask_all(proc, asks, Rc::new(held), self.timeout, Some(span)).await;
         if proc.is_alive() {
-            self.announce_missed_updates(uris);
+            self.announce_missed_updates(missed);
         }
         let restored = t.answered - t.refused;
         if t.finished && t.refused == 0 {
@@ -1006,29 +1013,31 @@ impl Slot {
         }
     }
 
-    /// Sends `notifications/resources/updated` for each of `uris` to the sessions that
-    /// still hold it here: between the old process's end and the new one's subscribe,
-    /// the resource may have changed with no one to say so. A client re-reads what it
-    /// is told changed; one told needlessly reads the same content again. (One whose
-    /// subscribe the new process refused is told too, and keeps its subscription
-    /// here, to be asked again at the next restart.) In a task of its own, after the
-    /// restore: a slow client does not hold up the start.
-    fn announce_missed_updates(&self, uris: Vec<String>) {
-        if uris.is_empty() {
+    /// Sends each session of `missed` `notifications/resources/updated` for each of its
+    /// URIs that it still holds here: between the old process's end and the new one's
+    /// subscribe, the resource may have changed with no one to say so. A client
+    /// re-reads what it is told changed; one told needlessly reads the same content
+    /// again. (A subscription the new process refused is announced too, and stays
+    /// recorded, to be asked again at the next restart.) In a task of its own, after
+    /// the restore: a slow client does not hold up the start.
+    fn announce_missed_updates(&self, missed: Vec<(Weak<Session>, Vec<String>)>) {
+        if missed.is_empty() {
             return;
         }
-        let (sessions, name, shared) = (self.sessions(), self.cfg.name.clone(), self.is_shared());
+        let (name, shared) = (self.cfg.name.clone(), self.is_shared());
         rt::spawn(async move {
-            for uri in &uris {
-                let line = Message::notification(
-                    "notifications/resources/updated",
-                    Some(json!({ "uri": uri })),
-                )
-                .to_text();
-                for s in &sessions {
-                    if s.is_subscribed_on(uri, &name) {
-                        s.deliver(line.clone(), !shared).await;
+            for (s, uris) in missed {
+                let Some(s) = s.upgrade() else { continue };
+                for uri in uris {
+                    if !s.is_subscribed_on(&uri, &name) {
+                        continue;
                     }
+                    let line = Message::notification(
+                        "notifications/resources/updated",
+                        Some(json!({ "uri": uri })),
+                    )
+                    .to_text();
+                    s.deliver(line, !shared).await;
                 }
             }
         })
@@ -1062,19 +1071,29 @@ impl Slot {
         }
     }
 
-    /// Called by the stdout reader when the process has gone.
-    fn on_exit(self: &Rc<Self>, proc: &Rc<Proc>, uptime: Duration) {
+    /// Called by the stdout reader as soon as the process closed stdout, before its
+    /// exit status is collected (up to [`EXIT_WAIT`] later): it is no longer the slot's
+    /// process, and its end counts toward the backoff now. Counted only at the exit, a
+    /// request in between started a new process at once and the late count found
+    /// another process current and was skipped, so a backend that lingers after
+    /// closing stdout was restarted at every request with no backoff.
+    fn on_gone(&self, proc: &Rc<Proc>, uptime: Duration) {
         let mut cur = self.proc.borrow_mut();
         if cur.as_ref().is_some_and(|p| Rc::ptr_eq(p, proc)) {
             *cur = None;
             drop(cur);
             self.record_failure(uptime);
-            if !proc.stopping.get() {
-                self.revive();
-            }
         }
+    }
+
+    /// Called by the stdout reader when the process has exited (after [`Self::on_gone`]
+    /// and failing what was pending on it).
+    fn on_exit(self: &Rc<Self>, proc: &Rc<Proc>) {
         for s in self.sessions() {
             s.forget_server_requests(proc);
+        }
+        if !proc.stopping.get() {
+            self.revive();
         }
     }
 
@@ -1345,6 +1364,9 @@ async fn read_stdout(
     }
     // The process closed stdout: collect its exit status, then fail what is pending.
     proc.alive.set(false);
+    if let Some(s) = slot.upgrade() {
+        s.on_gone(&proc, started.elapsed());
+    }
     proc.close_stdin();
     let child = proc.child.borrow_mut().take();
     let status = match child {
@@ -1374,7 +1396,7 @@ async fn read_stdout(
     }
     proc.progress.borrow_mut().clear();
     if let Some(s) = slot.upgrade() {
-        s.on_exit(&proc, started.elapsed());
+        s.on_exit(&proc);
     }
 }
 

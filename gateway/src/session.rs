@@ -252,6 +252,17 @@ impl Session {
         self.subscriptions.borrow().contains_key(uri)
     }
 
+    /// The URIs the client subscribed to on `backend` with a subscribe that was
+    /// accepted there (not only in flight).
+    pub fn accepted_subscriptions_to(&self, backend: &str) -> Vec<String> {
+        self.subscriptions
+            .borrow()
+            .iter()
+            .filter(|(_, sub)| sub.backend == backend && sub.accepted)
+            .map(|(uri, _)| uri.clone())
+            .collect()
+    }
+
     /// True when the client holds a subscription to exactly `uri` on `backend`.
     pub fn is_subscribed_on(&self, uri: &str, backend: &str) -> bool {
         self.subscriptions

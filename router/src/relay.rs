@@ -185,18 +185,16 @@ pub fn run(cfg: RouterConfig, token: Option<Secret>, tel: Telemetry) -> Result<(
     result
 }
 
-/// Host and port of a ws:// URL, for span attributes (the authority ends at the path,
-/// the query or the fragment).
+/// Host (an IPv6 address without its brackets) and port of a ws:// URL, for span
+/// attributes (the authority ends at the path, the query or the fragment).
 fn server_of(url: &str) -> (String, u16) {
     let authority = url
         .trim_start_matches("ws://")
         .split(['/', '?', '#'])
         .next()
         .unwrap_or("");
-    match authority.rsplit_once(':') {
-        Some((h, p)) => (h.to_string(), p.parse().unwrap_or(80)),
-        None => (authority.to_string(), 80),
-    }
+    let (host, port) = mcp_shared::config::split_authority(authority);
+    (host.to_string(), port.parse().unwrap_or(80))
 }
 
 async fn relay(
@@ -1107,5 +1105,7 @@ mod tests {
             assert_eq!(server_of(url), ("h".to_string(), 8443), "{url}");
         }
         assert_eq!(server_of("ws://h/mcp"), ("h".to_string(), 80));
+        assert_eq!(server_of("ws://[::1]/mcp"), ("::1".to_string(), 80));
+        assert_eq!(server_of("ws://[::1]:9/mcp"), ("::1".to_string(), 9));
     }
 }

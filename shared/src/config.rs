@@ -782,15 +782,18 @@ impl RouterConfig {
 
 /// Checks a gateway URL: `ws://host[:port][/path][?query]` (TLS is not built in, so no
 /// `wss://`). Credentials before the host are refused, and so is a port that is not a
-/// number: `ws://user:pa/ss@host` is read that way (a `/` ends the authority), and the
-/// message must not repeat what may be a password.
+/// number: `ws://user:pa/ss@host` is read that way (a `/` ends the authority). No
+/// message repeats the URL, which may hold a password.
 pub fn validate_ws_url(url: &str) -> Result<(), String> {
     if url.starts_with("wss://") {
         return Err("wss:// is not supported by this build (no TLS); use ws:// behind a TLS-terminating proxy or on loopback".into());
     }
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| format!("{:?} is not a ws:// URL", redact_url_query(url)))?;
+    let Some(rest) = url.strip_prefix("ws://") else {
+        let scheme = url.split_once("://").map_or("none", |(s, _)| s);
+        return Err(format!(
+            "not a ws:// URL (ws://host[:port]/path; scheme given: {scheme:?})"
+        ));
+    };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     if authority.contains('@') {
         // Never sent as such, and it would end up in logs and span attributes.
@@ -800,30 +803,31 @@ pub fn validate_ws_url(url: &str) -> Result<(), String> {
                 .into(),
         );
     }
-    // The port: after the last `:`, or after the `]` of an IPv6 address.
-    let (host, port) = match authority.rfind(']') {
-        Some(end) => {
-            let port = authority[end + 1..].strip_prefix(':');
-            (&authority[..=end], port)
-        }
-        None => match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        },
-    };
-    if host.is_empty() || host == "[]" {
-        return Err(format!("{:?} has no host", redact_url_query(url)));
+    let (host, port) = split_authority(authority);
+    if host.is_empty() {
+        return Err("the URL has no host (ws://host[:port]/path)".into());
     }
-    if let Some(p) = port {
-        if !p.parse::<u16>().is_ok_and(|p| p > 0) {
-            return Err(
-                "the port after the host is not a number from 1 to 65535 (credentials in the \
-                 URL, user:password@host, are not supported either)"
-                    .into(),
-            );
-        }
+    if !port.is_empty() && !port.parse::<u16>().is_ok_and(|p| p > 0) {
+        return Err(
+            "the port after the host is not a number from 1 to 65535 (credentials in the \
+             URL, user:password@host, are not supported either)"
+                .into(),
+        );
     }
     Ok(())
+}
+
+/// The host (without the brackets of an IPv6 address) and the port text (empty when
+/// none is given) of a URL's authority: the port follows the last `:`, or the `]` of
+/// an IPv6 address.
+pub fn split_authority(authority: &str) -> (&str, &str) {
+    if let Some(v6) = authority.strip_prefix('[') {
+        return match v6.split_once(']') {
+            Some((host, rest)) => (host, rest.strip_prefix(':').unwrap_or(rest)),
+            None => ("", ""),
+        };
+    }
+    authority.rsplit_once(':').unwrap_or((authority, ""))
 }
 
 /// `url` with every query value replaced by `REDACTED`, for logs, errors and span
@@ -1464,11 +1468,15 @@ env = { A = "1" }
             "ws://alice:s3#cret@h",
             "ws://h:0/mcp",
             "ws://[::1]:s3cret/x",
+            "ws://:s3/cret@h:1/mcp",
+            "ws://[]:s3/cret@h",
+            "http://alice:s3cret@h/mcp",
+            "WS://alice:s3cret@h/mcp",
         ] {
             let text = format!("[gateway]\nurl = \"{url}\"\n");
             let e = from_str::<RouterConfig>(&text, None).unwrap_err();
             assert_eq!(e.key.as_deref(), Some("gateway.url"), "{e}");
-            assert!(!e.to_string().contains("s3cret"), "{e}");
+            assert!(!e.to_string().contains("cret"), "{e}");
         }
         // An `@` after the host (in the path or query) is no credential; IPv6 hosts.
         for url in [
@@ -1476,6 +1484,7 @@ env = { A = "1" }
             "ws://[::1]:8443/mcp",
             "ws://[::1]/mcp",
             "ws://h",
+            "ws://h:/mcp",
         ] {
             from_str::<RouterConfig>(&format!("[gateway]\nurl = \"{url}\"\n"), None).unwrap();
         }
@@ -1484,6 +1493,10 @@ env = { A = "1" }
             "ws://h:1/mcp?access_token=REDACTED&x&sig=REDACTED#f"
         );
         assert_eq!(redact_url_query("ws://h:1/mcp"), "ws://h:1/mcp");
+        assert_eq!(split_authority("[::1]:8443"), ("::1", "8443"));
+        assert_eq!(split_authority("[::1]"), ("::1", ""));
+        assert_eq!(split_authority("h:"), ("h", ""));
+        assert_eq!(split_authority("h"), ("h", ""));
         let e = from_str::<RouterConfig>(
             "[gateway]\nurl = \"ws://h/mcp\"\n[limits]\nmax_message_bytes = 10\n",
             None,

@@ -27,7 +27,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::task::{Context as TaskCx, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use log::{LevelFilter, Log, Metadata, Record};
+use log::{Level, LevelFilter, Log, Metadata, Record};
 use opentelemetry::trace::{SpanId, TraceId};
 
 use crate::config::LogFormat;
@@ -82,9 +82,17 @@ pub const LOG_ENV: &str = "MCP_LOG";
 
 struct StderrLogger;
 
+/// Whether a record of `level` from `target` is written at all: other crates' `trace`
+/// records never are, whatever the level. They add nothing an operator needs, and
+/// some carry secrets: tungstenite traces whole handshakes, `Authorization: Bearer`
+/// header and the URL's query included, on both the router's side and the gateway's.
+fn allowed(level: Level, target: &str, max: LevelFilter) -> bool {
+    level <= max && (level < Level::Trace || target.starts_with("mcp_"))
+}
+
 impl Log for StderrLogger {
     fn enabled(&self, m: &Metadata<'_>) -> bool {
-        m.level() <= log::max_level()
+        allowed(m.level(), m.target(), log::max_level())
     }
 
     fn log(&self, r: &Record<'_>) {
@@ -550,6 +558,24 @@ mod tests {
         let mut batch = Vec::new();
         assert_eq!(b.take(&mut batch), None);
         assert_eq!(batch, b"b\nc\n");
+    }
+
+    #[test]
+    fn other_crates_never_trace() {
+        let all = LevelFilter::Trace;
+        assert!(allowed(Level::Trace, "mcp_gateway::session", all));
+        assert!(allowed(Level::Trace, "mcp_shared::telemetry", all));
+        assert!(!allowed(
+            Level::Trace,
+            "tungstenite::handshake::client",
+            all
+        ));
+        assert!(allowed(Level::Debug, "tungstenite::handshake::server", all));
+        assert!(!allowed(
+            Level::Debug,
+            "mcp_gateway::session",
+            LevelFilter::Info
+        ));
     }
 
     #[test]

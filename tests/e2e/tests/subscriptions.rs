@@ -391,6 +391,59 @@ fn a_restart_for_a_subscriber_who_left_during_its_backoff_does_not_happen() {
     );
 }
 
+/// A backend that closes stdout and lingers before it exits counts as failed when
+/// its stdout closes, not at its exit: a request in between waits the backoff like
+/// any other. (Counted at the exit, the request started a new process at once and
+/// the late count found another process current and was dropped: such a backend
+/// was restarted at every request with no backoff.)
+#[test]
+fn a_backend_that_lingers_after_closing_stdout_still_backs_off() {
+    // The fixture, then the shell closes the stdout it shares and lingers 0.5 s.
+    let script = "\"$0\" --name one; exec >&-; echo lingering >&2; sleep 0.5";
+    let gw = Gateway::start(&sh_backend("one", script, &[], ""));
+    let mut c = client(&gw);
+    for i in 0..2 {
+        // Not waited for: its answer (an error) comes only at the exit.
+        c.send(
+            json!({"jsonrpc":"2.0","id":format!("crash{i}"),"method":"tools/call",
+            "params":{"name":"one.crash","arguments":{}}}),
+        );
+        gw.wait_line("[one] lingering");
+        // Stdout is closed, the shell has not exited: this request starts the next
+        // process.
+        let r = c.call(json!(i), "one.echo", json!({"text": "x"}));
+        assert_eq!(text_of(&r), "x", "{r}");
+    }
+    // Two quick failures: the second restart waited its backoff.
+    let log = gw.log.text();
+    assert!(log.contains("backend \"one\": restarting in"), "{log}");
+}
+
+/// A client's subscribe that itself starts a backend that had died (its route
+/// known) missed no update: it is not told of one. Only subscriptions an earlier
+/// process accepted are announced after a restore.
+#[test]
+fn a_subscribe_that_starts_a_dead_backend_is_not_told_of_an_update() {
+    for backend in ["one", "two"] {
+        let gw = gateway();
+        let mut c = client(&gw);
+        let r = c.request(json!("l"), "resources/list", json!({}));
+        assert!(r["result"]["resources"].is_array(), "{r}");
+        crash(&mut c, backend); // nothing held: not started again until used
+        let uri = format!("fixture://{backend}/hello");
+        assert_eq!(subscribe(&mut c, &uri)["result"], json!({}), "{backend}");
+        gw.wait_line(&format!("backend \"{backend}\": restored 1 setting(s)"));
+        // A request after it: what the client holds then is the touch's update only.
+        assert_eq!(touch(&mut c, backend, &uri), "touched", "{backend}");
+        let updates = c
+            .drain_for(Duration::ZERO)
+            .into_iter()
+            .filter(|v| v["method"] == "notifications/resources/updated")
+            .count();
+        assert_eq!(updates, 1, "{backend}");
+    }
+}
+
 /// Without subscriptions a backend that died waits for the next request to start.
 #[test]
 fn a_backend_that_dies_with_no_subscription_waits_for_the_next_request() {
