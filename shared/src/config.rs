@@ -119,7 +119,17 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
-/// Parses `"250ms"`, `"30s"`, `"5m"`, `"1h"` (a whole number and a unit).
+/// Why a collector URL with `user:password@` before the host is refused.
+pub const NO_CREDENTIALS_IN_COLLECTOR_URL: &str = "credentials in the collector URL \
+    (user:password@host) are not supported: send them as a header (otlp_headers, e.g. \
+    authorization = \"Basic …\")";
+
+/// The longest duration any setting takes: nothing here needs more, and a deadline
+/// computed from a larger one (`Instant::now() + d`) could overflow the clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses `"250ms"`, `"30s"`, `"5m"`, `"1h"` (a whole number and a unit), at most
+/// [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -138,6 +148,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ))
         }
     };
+    if d > MAX_DURATION {
+        return Err(format!(
+            "duration {s:?} is longer than the most allowed, 24h"
+        ));
+    }
     Ok(d)
 }
 
@@ -540,13 +555,21 @@ impl TracingConfig {
                 format!("{} is outside 0.0..=1.0", self.sampler_param),
             ));
         }
+        // No message here repeats the endpoint: a password may be in it.
         let ep = self.endpoint();
-        if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+        let (scheme, rest) = ep.split_once("://").unwrap_or(("", &ep));
+        if rest.split('/').next().unwrap_or("").contains('@') {
+            return Err(invalid(
+                &["tracing", "otlp_endpoint"],
+                NO_CREDENTIALS_IN_COLLECTOR_URL.to_string(),
+            ));
+        }
+        if !matches!(scheme, "http" | "https") {
             return Err(invalid(
                 &["tracing", "otlp_endpoint"],
                 format!(
-                    "{ep:?}: the scheme must be http:// or https://, or none (host:port, \
-                     which otlp_insecure = true makes http://)"
+                    "the scheme must be http:// or https://, or none (host:port, which \
+                     otlp_insecure = true makes http://); given: {scheme:?}"
                 ),
             ));
         }
@@ -555,7 +578,7 @@ impl TracingConfig {
             return Err(invalid(
                 &["tracing", "otlp_endpoint"],
                 format!(
-                    "{ep:?}: TLS to the collector is not built into this binary (cargo feature \
+                    "an https:// endpoint: TLS to the collector is not built into this binary (cargo feature \
                      `otlp-tls`): use a build with it, or an http:// endpoint (e.g. a local \
                      collector that forwards over TLS)"
                 ),
@@ -566,7 +589,7 @@ impl TracingConfig {
                 return Err(invalid(
                     &["tracing", "otlp_insecure"],
                     format!(
-                        "false asks for TLS, but {ep:?} is plain text: use an https:// endpoint"
+                        "false asks for TLS, but the endpoint is http:// (plain text): use an https:// endpoint"
                     ),
                 ))
             }
@@ -574,7 +597,7 @@ impl TracingConfig {
                 return Err(invalid(
                     &["tracing", "otlp_insecure"],
                     format!(
-                        "true with {ep:?}: an https:// endpoint is always TLS with the \
+                        "true with an https:// endpoint: it is always TLS with the \
                          certificate verified (there is no way to skip that); trust a private \
                          CA with otlp_certificate, and remove otlp_insecure"
                     ),
@@ -1629,5 +1652,11 @@ env = { A = "1" }
         assert!(parse_duration("2").is_err());
         assert!(parse_duration("ms").is_err());
         assert!(parse_duration("3d").is_err());
+        assert_eq!(parse_duration("24h"), Ok(MAX_DURATION));
+        assert!(parse_duration("1441m").is_err());
+        assert!(
+            parse_duration("18446744073709551615s").is_err(),
+            "past the clock"
+        );
     }
 }

@@ -63,20 +63,29 @@ impl Endpoint {
         } else if let Some(r) = url.strip_prefix("https://") {
             (true, r)
         } else {
-            return Err(format!("{url:?}: expected http:// or https://"));
+            return Err("the collector URL must start with http:// or https://".into());
         };
+        // No message below repeats the URL: a password before the host may be in it
+        // (`http://user:pa/ss@host` is read as host `user`, port `pa`).
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
+        if authority.contains('@') {
+            return Err(crate::config::NO_CREDENTIALS_IN_COLLECTOR_URL.into());
+        }
         let default_port = if tls { HTTPS_PORT } else { plain_port };
-        let bad_port = || format!("{url:?}: bad port");
+        let bad_port = || {
+            "the collector URL's port is not a number from 0 to 65535 (credentials in it, \
+             user:password@host, are not supported either)"
+                .to_string()
+        };
         // `[v6]` or `[v6]:port`; otherwise `host` or `host:port`.
         let (host, port_text) = match authority.strip_prefix('[') {
             Some(bracketed) => {
                 let (h, after) = bracketed
                     .split_once(']')
-                    .ok_or_else(|| format!("{url:?}: unclosed [ in the host"))?;
+                    .ok_or_else(|| "unclosed [ in the collector URL's host".to_string())?;
                 match after {
                     "" => (h, None),
                     _ => (h, Some(after.strip_prefix(':').ok_or_else(bad_port)?)),
@@ -92,7 +101,7 @@ impl Endpoint {
             None => default_port,
         };
         if host.is_empty() {
-            return Err(format!("{url:?}: no host"));
+            return Err("the collector URL has no host".into());
         }
         Ok(Endpoint {
             tls,
@@ -801,6 +810,16 @@ mod tests {
             ("::1", "[::1]:9".to_string())
         );
         assert!(Endpoint::parse("ftp://x", 1).is_err());
+        // Credentials before the host: refused, and no message repeats them.
+        for url in [
+            "http://user:s3cret@collector:4318",
+            "https://user:pa/s3cret@collector/v1/traces",
+            "http://user:s3cret@[::1]",
+            "http://[::1]:s3cret",
+        ] {
+            let e = Endpoint::parse(url, 1).unwrap_err();
+            assert!(!e.contains("cret"), "{e}");
+        }
         assert!(Endpoint::parse("http://:80", 1).is_err());
         assert!(Endpoint::parse("http://h:x", 1).is_err());
         // Bracketed IPv6 without a port takes the default one.

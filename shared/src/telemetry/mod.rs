@@ -527,12 +527,22 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A positive whole number (milliseconds or a count) from variable `var`.
+/// A positive whole number (a count) from variable `var`.
 fn positive(v: &str, var: &str) -> Result<u64, String> {
     match v.trim().parse::<u64>() {
         Ok(n) if n > 0 => Ok(n),
         _ => Err(format!("{var}={v:?}: expected a positive whole number")),
     }
+}
+
+/// A duration in milliseconds from variable `var`: positive, at most
+/// [`crate::config::MAX_DURATION`].
+fn millis(v: &str, var: &str) -> Result<crate::config::Dur, String> {
+    let d = Duration::from_millis(positive(v, var)?);
+    if d > crate::config::MAX_DURATION {
+        return Err(format!("{var}={v:?}: longer than the most allowed, 24h"));
+    }
+    Ok(crate::config::Dur(d))
 }
 
 /// Applies the standard `OTEL_*` environment variables over the file's `[tracing]`
@@ -611,12 +621,11 @@ pub fn apply_env(
         "OTEL_EXPORTER_OTLP_TIMEOUT",
         "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
     ) {
-        cfg.otlp_timeout = crate::config::Dur(Duration::from_millis(positive(&v, var)?));
+        cfg.otlp_timeout = millis(&v, var)?;
     }
     // The batch processor's variables.
     if let Some(v) = get("OTEL_BSP_SCHEDULE_DELAY").filter(|v| !v.trim().is_empty()) {
-        let ms = positive(&v, "OTEL_BSP_SCHEDULE_DELAY")?;
-        cfg.scheduled_delay = crate::config::Dur(Duration::from_millis(ms));
+        cfg.scheduled_delay = millis(&v, "OTEL_BSP_SCHEDULE_DELAY")?;
     }
     if let Some(v) = get("OTEL_BSP_MAX_QUEUE_SIZE").filter(|v| !v.trim().is_empty()) {
         cfg.max_queue_size = positive(&v, "OTEL_BSP_MAX_QUEUE_SIZE")? as usize;
@@ -813,6 +822,8 @@ mod tests {
             ("OTEL_BSP_SCHEDULE_DELAY", "-1"),
             ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
             ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "many"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "18446744073709551615"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "86400001"),
             ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "novalue"),
         ] {
             let e = apply_env(&mut TracingConfig::default(), env(&[(var, value)])).unwrap_err();
@@ -913,6 +924,22 @@ mod tests {
         };
         let e = bad.validate().unwrap_err();
         assert_eq!(e.path, ["tracing", "otlp_endpoint"]);
+        // Credentials before the host: refused, and no message repeats the endpoint.
+        for (url, insecure) in [
+            ("http://u:s3cret@c:4318", None),
+            ("grpc://u:s3cret@c", None),
+            ("u:s3cret@c:4317", Some(true)),
+            ("https://c:4317/s3cret", Some(true)),
+        ] {
+            let c = TracingConfig {
+                otlp_endpoint: Some(url.into()),
+                otlp_insecure: insecure,
+                ..TracingConfig::default()
+            };
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.path[0], "tracing");
+            assert!(!e.message.contains("cret"), "{url}: {}", e.message);
+        }
     }
 
     #[test]
