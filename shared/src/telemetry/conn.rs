@@ -125,6 +125,15 @@ thread_local! {
     /// The sockets the future [`block_on`] runs has found not ready, and for what:
     /// what it waits for when nothing else can move.
     static WAITING: RefCell<Vec<(Arc<TcpStream>, PollFlags)>> = const { RefCell::new(Vec::new()) };
+    /// The deadline of the [`block_on`] running on this thread, checked by every
+    /// socket operation too: a collector that keeps the socket ready (h2 reads frames
+    /// until a read would block; a response dripped a byte at a time) would otherwise
+    /// keep the future from ever returning `Pending`, where `block_on` looks.
+    static DEADLINE: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "timed out")
 }
 
 /// A TCP connection of the exporter thread: non-blocking, and not registered with any
@@ -171,6 +180,9 @@ impl Tcp {
         flags: PollFlags,
         mut op: impl FnMut(&TcpStream) -> io::Result<T>,
     ) -> Poll<io::Result<T>> {
+        if DEADLINE.get().is_some_and(|d| Instant::now() >= d) {
+            return Poll::Ready(Err(timed_out()));
+        }
         loop {
             match op(&self.0) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -255,6 +267,15 @@ impl Wake for Flag {
 /// When it is pending it is polled again at once if it woke itself, else once one of
 /// the sockets it waits for is ready.
 pub fn block_on<T>(deadline: Instant, fut: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    // Restored on the way out, however it goes (an export inside another's block_on
+    // would be a bug, but must not lose the outer deadline).
+    struct Restore(Option<Instant>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DEADLINE.set(self.0);
+        }
+    }
+    let _restore = Restore(DEADLINE.replace(Some(deadline)));
     let flag = Arc::new(Flag(AtomicBool::new(false)));
     let waker = Waker::from(flag.clone());
     let mut cx = TaskCx::from_waker(&waker);
@@ -270,7 +291,7 @@ pub fn block_on<T>(deadline: Instant, fut: impl Future<Output = io::Result<T>>) 
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             clear();
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
+            return Err(timed_out());
         }
         if flag.0.swap(false, Ordering::Acquire) {
             clear();

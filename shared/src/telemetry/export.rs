@@ -46,6 +46,9 @@ use crate::config::TracingConfig;
 /// Largest collector response read (bytes).
 #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// A response's head (status line and headers; gRPC: headers and trailers) at most.
+/// Collectors send a few hundred bytes.
+pub const MAX_RESPONSE_HEAD_BYTES: usize = 16 * 1024;
 /// Bytes asked of the socket per read of an HTTP response.
 #[cfg(feature = "otlp-http")]
 const READ_CHUNK: usize = 8192;
@@ -410,7 +413,16 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 fn parse_response(buf: &[u8], eof: bool) -> Result<Option<Parsed>, String> {
     let mut start = 0;
     loop {
-        let Some(end) = find(&buf[start..], b"\r\n\r\n") else {
+        // The head is looked for within its bound only: a collector that sends
+        // headers without end is refused at MAX_RESPONSE_HEAD_BYTES, not scanned again
+        // up to MAX_RESPONSE_BYTES at every read.
+        let window = &buf[start..buf.len().min(start + MAX_RESPONSE_HEAD_BYTES + 4)];
+        let Some(end) = find(window, b"\r\n\r\n") else {
+            if window.len() > MAX_RESPONSE_HEAD_BYTES {
+                return Err(format!(
+                    "collector response head longer than {MAX_RESPONSE_HEAD_BYTES} bytes"
+                ));
+            }
             return Ok(None);
         };
         let head =
@@ -663,7 +675,14 @@ impl GrpcExporter {
                 )));
             }
         }
-        let (send, driver) = h2::client::handshake(TokioIo(stream))
+        // Bounded against what the collector controls: no server push (each promise
+        // would reserve a stream and keep its headers for the connection's life) and
+        // response headers and trailers of at most MAX_RESPONSE_HEAD_BYTES (h2's
+        // default allows 16 MiB).
+        let (send, driver) = h2::client::Builder::new()
+            .enable_push(false)
+            .max_header_list_size(MAX_RESPONSE_HEAD_BYTES as u32)
+            .handshake(TokioIo(stream))
             .await
             .map_err(io::Error::other)?;
         Ok(H2 {
@@ -834,6 +853,64 @@ mod tests {
             assert!(took >= timeout, "{took:?}");
             assert!(took < Duration::from_secs(3), "{took:?}");
         }
+    }
+
+    /// A collector that keeps the socket readable without ever answering (HTTP/2
+    /// PRIORITY frames, which ask for no reply, as fast as it can) cannot hold an
+    /// export past its timeout: h2 reads frames until a read would block, so the
+    /// deadline must be checked at each socket operation, not only when the export
+    /// waits. (Before, a 500 ms export lasted as long as the flood: 6 s in review.)
+    #[test]
+    #[cfg(feature = "otlp-grpc")]
+    fn a_collector_flooding_frames_cannot_hold_an_export_past_its_timeout() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let flood = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            // The client's preface and SETTINGS; then ours, and the flood.
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+            // PRIORITY on stream 3: depends on stream 0, weight 16.
+            let frame = [0, 0, 5, 2, 0, 0, 0, 0, 3, 0, 0, 0, 0, 15];
+            let many: Vec<u8> = frame
+                .iter()
+                .copied()
+                .cycle()
+                .take(frame.len() * 4096)
+                .collect();
+            let until = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < until && s.write_all(&many).is_ok() {}
+        });
+        let mut e = Exporter::grpc(&TracingConfig {
+            enabled: true,
+            otlp_endpoint: Some(format!("http://127.0.0.1:{port}")),
+            ..TracingConfig::default()
+        })
+        .unwrap();
+        let timeout = Duration::from_millis(500);
+        let start = Instant::now();
+        let err = e.export_encoded(b"", timeout).unwrap_err();
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(3), "{took:?}: {err}");
+        drop(e); // closes the socket: the flood ends
+        flood.join().unwrap();
+    }
+
+    /// A response head without end is refused at its bound, not read up to the whole
+    /// response's.
+    #[test]
+    #[cfg(feature = "otlp-http")]
+    fn an_endless_response_head_is_refused_at_its_bound() {
+        let mut raw = b"HTTP/1.1 200 OK\r\nX-Long: ".to_vec();
+        raw.resize(MAX_RESPONSE_HEAD_BYTES + 10, b'a');
+        let e = parse_response(&raw, false).unwrap_err();
+        assert!(e.contains("head longer than"), "{e}");
+        // Within the bound, still waiting for more.
+        assert!(parse_response(&raw[..MAX_RESPONSE_HEAD_BYTES - 10], false)
+            .unwrap()
+            .is_none());
     }
 
     #[cfg(feature = "otlp-http")]
