@@ -577,30 +577,28 @@ impl TracingConfig {
         if tls && !cfg!(feature = "otlp-tls") {
             return Err(invalid(
                 &["tracing", "otlp_endpoint"],
-                format!(
-                    "an https:// endpoint: TLS to the collector is not built into this binary (cargo feature \
-                     `otlp-tls`): use a build with it, or an http:// endpoint (e.g. a local \
-                     collector that forwards over TLS)"
-                ),
+                "an https:// endpoint: TLS to the collector is not built into this binary \
+                 (cargo feature `otlp-tls`): use a build with it, or an http:// endpoint (e.g. \
+                 a local collector that forwards over TLS)"
+                    .to_string(),
             ));
         }
         match self.otlp_insecure {
             Some(false) if !tls => {
                 return Err(invalid(
                     &["tracing", "otlp_insecure"],
-                    format!(
-                        "false asks for TLS, but the endpoint is http:// (plain text): use an https:// endpoint"
-                    ),
+                    "false asks for TLS, but the endpoint is http:// (plain text): use an \
+                     https:// endpoint"
+                        .to_string(),
                 ))
             }
             Some(true) if tls => {
                 return Err(invalid(
                     &["tracing", "otlp_insecure"],
-                    format!(
-                        "true with an https:// endpoint: it is always TLS with the \
-                         certificate verified (there is no way to skip that); trust a private \
-                         CA with otlp_certificate, and remove otlp_insecure"
-                    ),
+                    "true with an https:// endpoint: it is always TLS with the certificate \
+                     verified (there is no way to skip that); trust a private CA with \
+                     otlp_certificate, and remove otlp_insecure"
+                        .to_string(),
                 ))
             }
             _ => {}
