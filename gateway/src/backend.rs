@@ -491,6 +491,9 @@ pub struct Slot {
     releasing: Cell<bool>,
     /// A task is starting the backend again after it exited ([`Slot::revive`]).
     reviving: Cell<bool>,
+    /// Processes that closed stdout and have not exited yet ([`Slot::on_gone`]): no
+    /// longer the slot's process, but `stop` still waits for them.
+    leaving: RefCell<Vec<Rc<Proc>>>,
     /// The process `start` is starting, until it returns it.
     starting: RefCell<Option<Rc<Proc>>>,
     /// A client notification for every backend (`notifications/roots/list_changed`)
@@ -523,6 +526,7 @@ impl Slot {
             to_release: RefCell::new(BTreeSet::new()),
             releasing: Cell::new(false),
             reviving: Cell::new(false),
+            leaving: RefCell::new(Vec::new()),
             starting: RefCell::new(None),
             held_notifications: RefCell::new(Vec::new()),
             stopped: Cell::new(false),
@@ -1055,19 +1059,28 @@ impl Slot {
             p.close_stdin();
             p.kill();
         }
-        let Some(proc) = self.proc.borrow_mut().take() else {
-            return;
-        };
-        proc.stopping.set(true);
-        proc.close_stdin();
-        if rt::timeout(grace, proc.exited.recv()).await.is_none() {
-            log::warn!(
-                "backend {:?} did not exit within {} ms of stdin closing; killing it",
-                self.name(),
-                grace.as_millis()
-            );
-            proc.kill();
-            let _ = rt::timeout(EXIT_WAIT, proc.exited.recv()).await;
+        // Those that closed stdout and have not exited: their readers kill them at
+        // EXIT_WAIT; waited for here (a little longer), so that a shutdown does not
+        // end the gateway with one still running.
+        let leaving = std::mem::take(&mut *self.leaving.borrow_mut());
+        for p in &leaving {
+            p.stopping.set(true);
+        }
+        if let Some(proc) = self.proc.borrow_mut().take() {
+            proc.stopping.set(true);
+            proc.close_stdin();
+            if rt::timeout(grace, proc.exited.recv()).await.is_none() {
+                log::warn!(
+                    "backend {:?} did not exit within {} ms of stdin closing; killing it",
+                    self.name(),
+                    grace.as_millis()
+                );
+                proc.kill();
+                let _ = rt::timeout(EXIT_WAIT, proc.exited.recv()).await;
+            }
+        }
+        for p in leaving {
+            let _ = rt::timeout(EXIT_WAIT * 2, p.exited.recv()).await;
         }
     }
 
@@ -1077,11 +1090,13 @@ impl Slot {
     /// request in between started a new process at once and the late count found
     /// another process current and was skipped, so a backend that lingers after
     /// closing stdout was restarted at every request with no backoff.
+    /// Until it has exited it is one of the slot's `leaving`, which `stop` waits for.
     fn on_gone(&self, proc: &Rc<Proc>, uptime: Duration) {
         let mut cur = self.proc.borrow_mut();
         if cur.as_ref().is_some_and(|p| Rc::ptr_eq(p, proc)) {
             *cur = None;
             drop(cur);
+            self.leaving.borrow_mut().push(proc.clone());
             self.record_failure(uptime);
         }
     }
@@ -1089,6 +1104,7 @@ impl Slot {
     /// Called by the stdout reader when the process has exited (after [`Self::on_gone`]
     /// and failing what was pending on it).
     fn on_exit(self: &Rc<Self>, proc: &Rc<Proc>) {
+        self.leaving.borrow_mut().retain(|p| !Rc::ptr_eq(p, proc));
         for s in self.sessions() {
             s.forget_server_requests(proc);
         }

@@ -195,6 +195,12 @@ impl Failed {
 // OTLP/HTTP
 
 #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+/// The export's deadline passed (a socket operation's check, `conn::block_on`).
+fn timed_out(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::TimedOut
+}
+
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 /// Runs `attempt` until it succeeds, fails for good, or the next try would end past
 /// `timeout`; waits [`RETRY_BASE`], doubling, between tries. `attempt` says whether a
 /// failure is worth another try.
@@ -293,9 +299,10 @@ impl HttpExporter {
         };
         let (response, keep) = match exchange(&mut stream, request).await {
             Ok(r) => r,
-            Err(f) if reused && !f.answered => {
+            Err(f) if reused && !f.answered && !timed_out(&f.err) => {
                 // The collector closed the kept connection under us: once more on a
-                // fresh one (not a failed attempt).
+                // fresh one (not a failed attempt). Not after the deadline: that is
+                // the export's end, not the connection's.
                 log::debug!(
                     "OTLP/HTTP: kept connection failed ({}); reconnecting",
                     f.err
@@ -630,9 +637,10 @@ impl GrpcExporter {
         let req = self.request()?;
         let c = self.conn.as_mut().expect("connected above");
         match call(c, req, body.clone()).await {
-            Err(f) if reused && !f.answered => {
+            Err(f) if reused && !f.answered && !timed_out(&f.err) => {
                 // Closed under us before any answer: once more on a fresh connection,
-                // which is not a failed attempt.
+                // which is not a failed attempt (not after the deadline, which ends
+                // the export).
                 log::debug!(
                     "OTLP/gRPC: kept connection failed ({}); reconnecting",
                     f.err
@@ -896,6 +904,44 @@ mod tests {
         assert!(took < Duration::from_secs(3), "{took:?}: {err}");
         drop(e); // closes the socket: the flood ends
         flood.join().unwrap();
+    }
+
+    /// An export that reaches its deadline on a kept connection ends there: the
+    /// timeout is not taken for the collector having closed the connection, which
+    /// made it try a fresh one (failing as a "connect timed out", and dropping the
+    /// collector's kept addresses).
+    #[test]
+    #[cfg(feature = "otlp-http")]
+    fn a_timeout_on_a_kept_connection_is_no_reason_to_reconnect() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        // Answers the first request, then reads and never answers.
+        std::thread::spawn(move || {
+            let Ok((mut s, _)) = l.accept() else { return };
+            let mut buf = [0u8; 65536];
+            let mut answered = false;
+            while matches!(s.read(&mut buf), Ok(n) if n > 0) {
+                if !std::mem::replace(&mut answered, true) {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+                }
+            }
+        });
+        let mut e = Exporter::http(&TracingConfig {
+            enabled: true,
+            otlp_protocol: crate::config::OtlpProtocol::HttpProtobuf,
+            otlp_endpoint: Some(format!("http://localhost:{port}")),
+            ..TracingConfig::default()
+        })
+        .unwrap();
+        e.export_encoded(b"", Duration::from_secs(5)).unwrap();
+        let err = e
+            .export_encoded(b"", Duration::from_millis(300))
+            .unwrap_err();
+        assert!(
+            err.contains("timed out") && !err.contains("connect"),
+            "{err}"
+        );
     }
 
     /// A response head without end is refused at its bound, not read up to the whole

@@ -419,6 +419,38 @@ fn a_backend_that_lingers_after_closing_stdout_still_backs_off() {
     assert!(log.contains("backend \"one\": restarting in"), "{log}");
 }
 
+/// A backend that closed stdout and lingers is no longer the slot's process, but a
+/// gateway that stops waits for it all the same: none outlives the gateway. (It
+/// did, for the second after its stdout closed, once its failure was counted then.)
+#[test]
+fn a_backend_lingering_after_closing_stdout_does_not_outlive_the_gateway() {
+    for shared in [false, true] {
+        // The fixture, then the shell closes stdout and becomes `sleep 30` (its pid).
+        let script = "\"$0\" --name one; exec >&-; echo lingering >&2; exec sleep 30";
+        let extra = if shared { "session = \"shared\"" } else { "" };
+        let mut gw = Gateway::start(&sh_backend("one", script, &[], extra));
+        let mut c = client(&gw);
+        let line = gw.wait_line("started sh (pid ");
+        let pid: u32 = line
+            .split("(pid ")
+            .nth(1)
+            .and_then(|p| p.trim_end_matches(')').parse().ok())
+            .expect(&line);
+        c.send(json!({"jsonrpc":"2.0","id":"crash","method":"tools/call",
+            "params":{"name":"one.crash","arguments":{}}}));
+        gw.wait_line("[one] lingering");
+        gw.terminate();
+        let alive = process_alive(pid);
+        if alive {
+            signal(pid, "KILL");
+        }
+        assert!(
+            !alive,
+            "shared {shared}: backend {pid} outlived the gateway"
+        );
+    }
+}
+
 /// A client's subscribe that itself starts a backend that had died (its route
 /// known) missed no update: it is not told of one. Only subscriptions an earlier
 /// process accepted are announced after a restore.
