@@ -1066,7 +1066,8 @@ impl Slot {
         for p in &leaving {
             p.stopping.set(true);
         }
-        if let Some(proc) = self.proc.borrow_mut().take() {
+        let running = self.proc.borrow_mut().take();
+        if let Some(proc) = running {
             proc.stopping.set(true);
             proc.close_stdin();
             if rt::timeout(grace, proc.exited.recv()).await.is_none() {
