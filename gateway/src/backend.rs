@@ -1061,11 +1061,10 @@ impl Slot {
         }
         // Those that closed stdout and have not exited: their readers kill them at
         // EXIT_WAIT; waited for here (a little longer), so that a shutdown does not
-        // end the gateway with one still running.
+        // end the gateway with one still running. Not marked as stopping: they ended
+        // on their own, and their exit is logged as such (the slot being stopped is
+        // what keeps them from being started again).
         let leaving = std::mem::take(&mut *self.leaving.borrow_mut());
-        for p in &leaving {
-            p.stopping.set(true);
-        }
         let running = self.proc.borrow_mut().take();
         if let Some(proc) = running {
             proc.stopping.set(true);
@@ -1091,13 +1090,15 @@ impl Slot {
     /// request in between started a new process at once and the late count found
     /// another process current and was skipped, so a backend that lingers after
     /// closing stdout was restarted at every request with no backoff.
-    /// Until it has exited it is one of the slot's `leaving`, which `stop` waits for.
+    /// Until it has exited it is one of the slot's `leaving`, which `stop` waits for:
+    /// any process, also one still being started (its reader has taken the child, so
+    /// no one else can kill it; the reader does at EXIT_WAIT).
     fn on_gone(&self, proc: &Rc<Proc>, uptime: Duration) {
+        self.leaving.borrow_mut().push(proc.clone());
         let mut cur = self.proc.borrow_mut();
         if cur.as_ref().is_some_and(|p| Rc::ptr_eq(p, proc)) {
             *cur = None;
             drop(cur);
-            self.leaving.borrow_mut().push(proc.clone());
             self.record_failure(uptime);
         }
     }

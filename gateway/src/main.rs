@@ -24,10 +24,10 @@ mod sdnotify;
 mod server;
 mod session;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use argh::FromArgs;
 use async_signal::{Signal, Signals};
@@ -67,6 +67,10 @@ pub struct Gateway {
     pub metrics: Rc<metrics::Metrics>,
     /// Backends with `session = "shared"`, by configuration index.
     shared: Vec<Option<Rc<Slot>>>,
+    /// Per-client slots of sessions that may still be open: stopped at shutdown too,
+    /// for a session that does not close in time (dead entries pruned as new ones
+    /// come, so it holds about as many as there are sessions).
+    per_client: RefCell<Vec<Weak<Slot>>>,
     next_session: Cell<u64>,
     sessions: Rc<Cell<usize>>,
 }
@@ -116,6 +120,7 @@ impl Gateway {
             tel,
             metrics,
             shared,
+            per_client: RefCell::new(Vec::new()),
             next_session: Cell::new(1),
             sessions: Rc::new(Cell::new(0)),
         }
@@ -142,7 +147,8 @@ impl Gateway {
     /// The backends of a new session, in configuration order: the shared slots, and a
     /// fresh slot for each per-client backend.
     pub fn slots_for_session(&self) -> Vec<Rc<Slot>> {
-        self.cfg
+        let slots: Vec<Rc<Slot>> = self
+            .cfg
             .backends
             .iter()
             .zip(&self.shared)
@@ -155,7 +161,11 @@ impl Gateway {
                     self.metrics.clone(),
                 ),
             })
-            .collect()
+            .collect();
+        let mut per_client = self.per_client.borrow_mut();
+        per_client.retain(|w| w.strong_count() > 0);
+        per_client.extend(slots.iter().filter(|s| !s.is_shared()).map(Rc::downgrade));
+        slots
     }
 
     /// `/readyz`: every backend's command can be found (so it can be started).
@@ -174,10 +184,28 @@ impl Gateway {
         }
     }
 
-    async fn stop_shared(&self) {
+    /// Stops every backend at once (each within the grace, then killed): the shared
+    /// ones, and the per-client ones of sessions that did not close in time (those
+    /// that did have stopped theirs already; stopping a slot again costs nothing).
+    /// One after another, N stubborn backends took N graces.
+    async fn stop_backends(&self) {
         let grace = self.cfg.server.shutdown_grace.0;
-        for s in self.shared.iter().flatten() {
-            s.stop(grace).await;
+        let per_client: Vec<Rc<Slot>> = self
+            .per_client
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let stops: Vec<_> = self
+            .shared
+            .iter()
+            .flatten()
+            .cloned()
+            .chain(per_client)
+            .map(|s| rt::spawn(async move { s.stop(grace).await }))
+            .collect();
+        for t in stops {
+            t.await;
         }
     }
 }
@@ -397,7 +425,7 @@ async fn run(
     // docs/benchmark.md "Changes made").
     rt::spawn(server::serve(gw.clone(), listener, stop_rx)).await;
     let _ = sdnotify::stopping();
-    gw.stop_shared().await;
+    gw.stop_backends().await;
     log::info!("stopped");
     Ok(())
 }

@@ -448,6 +448,10 @@ fn a_backend_lingering_after_closing_stdout_does_not_outlive_the_gateway() {
             !alive,
             "shared {shared}: backend {pid} outlived the gateway"
         );
+        // It ended on its own before the shutdown: logged as such, not as stopped.
+        let log = gw.log.text();
+        assert!(log.contains("backend \"one\" exited ("), "{log}");
+        assert!(!log.contains("backend \"one\" stopped ("), "{log}");
     }
 }
 

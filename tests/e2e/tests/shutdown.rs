@@ -1,0 +1,140 @@
+//! End to end: the gateway's shutdown stops every backend process, within about one
+//! `shutdown_grace` whatever their number, including those of a session that does not
+//! close in time and those that closed stdout without exiting.
+
+use std::time::{Duration, Instant};
+
+use mcp_e2e::*;
+use serde_json::json;
+
+/// A backend `name` run as `sh -c SCRIPT FIXTURE` (`$0` is the fixture's path).
+fn sh_backend(name: &str, script: &str, extra: &str) -> String {
+    let fixture = bin("mcp-fixture").display().to_string();
+    format!(
+        "[[backends]]\nname = \"{name}\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
+         args = [\"-c\", {script:?}, {fixture:?}]\n{extra}\n"
+    )
+}
+
+/// A backend that does not exit when its stdin closes: the fixture ends, and the
+/// shell becomes `sleep 30` with stdout still open.
+fn stubborn(name: &str, extra: &str) -> String {
+    sh_backend(name, &format!("\"$0\" --name {name}; exec sleep 30"), extra)
+}
+
+/// The pid in the gateway's `started sh (pid N)` line.
+fn started_pid(gw: &Gateway) -> u32 {
+    let line = gw.wait_line("started sh (pid ");
+    line.split("(pid ")
+        .nth(1)
+        .and_then(|p| p.trim_end_matches(')').parse().ok())
+        .expect(&line)
+}
+
+/// Kills `pid` if it is still there; true if it was.
+fn outlived(pid: u32) -> bool {
+    let alive = process_alive(pid);
+    if alive {
+        signal(pid, "KILL");
+    }
+    alive
+}
+
+/// Stubborn shared backends are stopped together: each is killed at the grace, and
+/// the shutdown takes about one grace, not one per backend (it took four here).
+#[test]
+fn stubborn_backends_are_stopped_together() {
+    let mut cfg = String::from("shutdown_grace = \"1s\"\n");
+    cfg += &stubborn("p1", "");
+    for n in ["s1", "s2", "s3"] {
+        cfg += &stubborn(n, "session = \"shared\"");
+    }
+    let mut gw = Gateway::start(&cfg);
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    for n in ["p1", "s1", "s2", "s3"] {
+        let r = c.call(json!(n), &format!("{n}.echo"), json!({"text": "x"}));
+        assert_eq!(text_of(&r), "x");
+    }
+    let start = Instant::now();
+    gw.terminate();
+    let took = start.elapsed();
+    let log = gw.log.text();
+    assert_eq!(
+        log.matches("did not exit within 1000 ms").count(),
+        4,
+        "{log}"
+    );
+    // The session's own backend (one grace), then the shared ones together (one
+    // more): not five.
+    assert!(
+        took < Duration::from_millis(3500),
+        "shutdown took {took:?}\n{log}"
+    );
+}
+
+/// A backend that closes stdout while it is being started and lingers: its reader
+/// holds it (and kills it a second later); a shutdown in between waits for that.
+#[test]
+fn a_backend_lingering_during_its_start_does_not_outlive_the_gateway() {
+    for shared in [true, false] {
+        let extra = if shared { "session = \"shared\"" } else { "" };
+        let script = "exec >&-; echo lingering >&2; exec sleep 30";
+        let mut gw = Gateway::start(&sh_backend("one", script, extra));
+        let mut c = Client::router(&gw.url);
+        c.send(
+            json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},
+            "clientInfo":{"name":"t","version":"0"}}}),
+        );
+        let pid = started_pid(&gw);
+        gw.wait_line("[one] lingering");
+        gw.terminate();
+        assert!(
+            !outlived(pid),
+            "shared {shared}: backend {pid} outlived the gateway"
+        );
+    }
+}
+
+/// A client that stops reading while its messages draw error replies keeps its
+/// session from closing (the replies wait for room); the shutdown gives up on the
+/// session at its deadline but still stops the session's own backend.
+#[test]
+fn a_session_that_does_not_close_still_has_its_backend_stopped() {
+    let gw_cfg = format!("shutdown_grace = \"1s\"\n{}", stubborn("p1", ""));
+    let mut gw = Gateway::start(&gw_cfg);
+    let url = format!("ws://{}/mcp", gw.addr());
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let addr: std::net::SocketAddr = gw.addr().parse().unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let (mut ws, _) = tungstenite::client(url.as_str(), std::net::TcpStream::from(sock)).unwrap();
+    let mut send = |ws: &mut tungstenite::WebSocket<std::net::TcpStream>, v: String| {
+        ws.send(tungstenite::Message::text(v))
+    };
+    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"0"}}});
+    send(&mut ws, init.to_string()).unwrap();
+    ws.read().unwrap();
+    let pid = started_pid(&gw);
+    // From here on nothing is read: each bad message's error reply waits, until the
+    // buffers both ways are full and our send times out.
+    ws.get_mut()
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let pad = "y".repeat(2000);
+    let mut sent = 0;
+    while sent < 200_000 && send(&mut ws, format!("not json {pad}")).is_ok() {
+        sent += 1;
+    }
+    assert!(sent < 200_000, "the gateway kept reading");
+    gw.terminate();
+    let log = gw.log.text();
+    assert!(log.contains("some sessions did not close"), "{log}");
+    assert!(
+        !outlived(pid),
+        "per-client backend {pid} outlived the gateway"
+    );
+    drop(ws);
+}
