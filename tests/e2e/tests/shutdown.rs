@@ -110,7 +110,7 @@ fn a_session_that_does_not_close_still_has_its_backend_stopped() {
     let addr: std::net::SocketAddr = gw.addr().parse().unwrap();
     sock.connect(&addr.into()).unwrap();
     let (mut ws, _) = tungstenite::client(url.as_str(), std::net::TcpStream::from(sock)).unwrap();
-    let mut send = |ws: &mut tungstenite::WebSocket<std::net::TcpStream>, v: String| {
+    let send = |ws: &mut tungstenite::WebSocket<std::net::TcpStream>, v: String| {
         ws.send(tungstenite::Message::text(v))
     };
     let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
