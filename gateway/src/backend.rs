@@ -1059,28 +1059,33 @@ impl Slot {
             p.close_stdin();
             p.kill();
         }
-        // Those that closed stdout and have not exited: their readers kill them at
-        // EXIT_WAIT; waited for here (a little longer), so that a shutdown does not
-        // end the gateway with one still running. Not marked as stopping: they ended
-        // on their own, and their exit is logged as such (the slot being stopped is
-        // what keeps them from being started again).
-        let leaving = std::mem::take(&mut *self.leaving.borrow_mut());
+        // Every process of the slot that has not exited is waited for: this call's
+        // running one (its stdin closed), those that closed stdout (their readers kill
+        // them at EXIT_WAIT), and those an earlier stop still waits for. A second
+        // stop (a session's end racing the shutdown) that returned at once would let
+        // the gateway exit with the first one's process still running. One deadline
+        // for all; then what is left is killed. Processes that ended on their own are
+        // not marked as stopping: their exit is logged as theirs.
         let running = self.proc.borrow_mut().take();
-        if let Some(proc) = running {
-            proc.stopping.set(true);
-            proc.close_stdin();
-            if rt::timeout(grace, proc.exited.recv()).await.is_none() {
-                log::warn!(
-                    "backend {:?} did not exit within {} ms of stdin closing; killing it",
-                    self.name(),
-                    grace.as_millis()
-                );
-                proc.kill();
-                let _ = rt::timeout(EXIT_WAIT, proc.exited.recv()).await;
-            }
+        if let Some(p) = &running {
+            p.stopping.set(true);
+            p.close_stdin();
+            self.leaving.borrow_mut().push(p.clone());
         }
-        for p in leaving {
-            let _ = rt::timeout(EXIT_WAIT * 2, p.exited.recv()).await;
+        let waiting: Vec<Rc<Proc>> = self.leaving.borrow().clone();
+        let deadline = Instant::now() + grace;
+        for p in waiting {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if rt::timeout(left, p.exited.recv()).await.is_some() {
+                continue;
+            }
+            log::warn!(
+                "backend {:?} did not exit within {} ms of being stopped; killing it",
+                self.name(),
+                grace.as_millis()
+            );
+            p.kill();
+            let _ = rt::timeout(EXIT_WAIT, p.exited.recv()).await;
         }
     }
 
@@ -1094,7 +1099,11 @@ impl Slot {
     /// any process, also one still being started (its reader has taken the child, so
     /// no one else can kill it; the reader does at EXIT_WAIT).
     fn on_gone(&self, proc: &Rc<Proc>, uptime: Duration) {
-        self.leaving.borrow_mut().push(proc.clone());
+        let mut leaving = self.leaving.borrow_mut();
+        if !leaving.iter().any(|p| Rc::ptr_eq(p, proc)) {
+            leaving.push(proc.clone());
+        }
+        drop(leaving);
         let mut cur = self.proc.borrow_mut();
         if cur.as_ref().is_some_and(|p| Rc::ptr_eq(p, proc)) {
             *cur = None;
@@ -1424,8 +1433,13 @@ mod tests {
 
     /// A process record with no process behind it; its stdin lines stay in `rx`.
     fn detached_proc() -> (Rc<Proc>, Receiver<Vec<u8>>) {
-        let (tx, rx) = async_channel::bounded(STDIN_QUEUE);
         let (_, exited) = async_channel::bounded::<()>(1);
+        detached_proc_exiting(exited)
+    }
+
+    /// [`detached_proc`] whose exit is the closing of `exited`'s sender.
+    fn detached_proc_exiting(exited: Receiver<()>) -> (Rc<Proc>, Receiver<Vec<u8>>) {
+        let (tx, rx) = async_channel::bounded(STDIN_QUEUE);
         let proc = Rc::new(Proc {
             name: "two".into(),
             stdin: tx,
@@ -1516,6 +1530,42 @@ mod tests {
         });
         assert_eq!(lines, ["resources/subscribe"], "no unsubscribe after it");
         assert_eq!((tally.skipped, tally.answered), (1, 0));
+    }
+
+    /// Two stops at once (a session's end racing the shutdown): the second waits for
+    /// the process the first is stopping, instead of finding nothing and returning
+    /// (which let the gateway exit with it still running).
+    #[test]
+    fn a_second_stop_waits_for_the_process_the_first_is_stopping() {
+        let cfg: mcp_shared::config::GatewayConfig = mcp_shared::config::from_str(
+            "[[backends]]\nname = \"two\"\ntransport = \"stdio\"\ncommand = \"x\"\n",
+            None,
+        )
+        .unwrap();
+        let slot = Slot::new(
+            Rc::new(cfg.backends[0].clone()),
+            Duration::from_secs(5),
+            1 << 20,
+            Rc::new(Metrics::new("t", "t")),
+        );
+        let (exit, exited) = async_channel::bounded::<()>(1);
+        let (proc, _rx) = detached_proc_exiting(exited);
+        *slot.proc.borrow_mut() = Some(proc);
+        let grace = Duration::from_secs(30);
+        rt::block_on(async {
+            let (a, b) = (slot.clone(), slot.clone());
+            let first = rt::spawn(async move { a.stop(grace).await });
+            futures_lite::future::yield_now().await;
+            let second = rt::spawn(async move { b.stop(grace).await });
+            for _ in 0..10 {
+                futures_lite::future::yield_now().await;
+            }
+            assert!(!first.is_finished(), "the process has not exited");
+            assert!(!second.is_finished(), "nor for the second stop");
+            drop(exit); // it exits
+            first.await;
+            second.await;
+        });
     }
 
     #[test]
