@@ -1079,12 +1079,16 @@ impl Slot {
             if rt::timeout(left, p.exited.recv()).await.is_some() {
                 continue;
             }
-            log::warn!(
-                "backend {:?} did not exit within {} ms of being stopped; killing it",
-                self.name(),
-                grace.as_millis()
-            );
-            p.kill();
+            // One that closed stdout on its own is its reader's to kill (it holds the
+            // child, and does at EXIT_WAIT): only waited for, with no warning.
+            if p.stopping.get() {
+                log::warn!(
+                    "backend {:?} did not exit within {} ms of being stopped; killing it",
+                    self.name(),
+                    grace.as_millis()
+                );
+                p.kill();
+            }
             let _ = rt::timeout(EXIT_WAIT, p.exited.recv()).await;
         }
     }

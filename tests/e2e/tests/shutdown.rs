@@ -138,3 +138,30 @@ fn a_session_that_does_not_close_still_has_its_backend_stopped() {
     );
     drop(ws);
 }
+
+/// A backend that ended on its own just before a shutdown, its stdout closed and the
+/// process not yet gone, is waited for but not reported as one that ignored being
+/// stopped (even with a grace shorter than the second its reader gives it).
+#[test]
+fn a_backend_that_ended_on_its_own_is_not_reported_as_stubborn() {
+    let cfg = format!(
+        "shutdown_grace = \"200ms\"\n{}",
+        sh_backend(
+            "one",
+            "\"$0\" --name one; exec >&-; echo lingering >&2; exec sleep 30",
+            ""
+        )
+    );
+    let mut gw = Gateway::start(&cfg);
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    let pid = started_pid(&gw);
+    c.send(json!({"jsonrpc":"2.0","id":"crash","method":"tools/call",
+        "params":{"name":"one.crash","arguments":{}}}));
+    gw.wait_line("[one] lingering");
+    gw.terminate();
+    assert!(!outlived(pid), "backend {pid} outlived the gateway");
+    let log = gw.log.text();
+    assert!(!log.contains("did not exit within"), "{log}");
+    assert!(log.contains("backend \"one\" exited ("), "{log}");
+}
