@@ -1156,14 +1156,14 @@ impl Slot {
                     async_io::Timer::at(at).await;
                     continue; // everything may have changed meanwhile
                 }
-                let Some(params) = slot.subscriber().map(|s| s.start_params()) else {
+                let Some((caps, version, tel)) = slot.subscriber().map(|s| s.start_params())
+                else {
                     log::info!(
                         "backend {:?}: not started again: no session holds a subscription on it any more",
                         slot.name()
                     );
                     break;
                 };
-                let (caps, version, tel) = params;
                 log::info!(
                     "backend {:?}: starting it again for the subscriptions clients hold",
                     slot.name()

@@ -11,17 +11,23 @@ from test_otlp_transport import echo, exported, sent
 from test_tracing import Router, fixture_backend, tracing_toml
 
 
-def run_one_request(start_gateway, tmp_path, receiver) -> tuple[str, str]:
-    # The file names gRPC and no endpoint: everything below comes from the variables.
-    tracing = tracing_toml(None, protocol="grpc")
+def run_one_request(start_gateway, tmp_path, receiver, tracing=None,
+                    arrived=None) -> tuple[str, str]:
+    """One echo through router and gateway, both with `tracing` (by default gRPC and no
+    endpoint: everything else comes from the variables); returns both logs once
+    `arrived(spans)` holds (by default: the gateway's span of it and a router span)."""
+    tracing = tracing or tracing_toml(None, protocol="grpc")
     gw = start_gateway(tracing + fixture_backend())
     router = Router(gw.url, tracing, tmp_path)
     sent.clear()
     try:
         router.initialize()
         echo(router, 1)
-        exported(receiver, 1)
-        receiver.wait_for(lambda spans: any(s["service"] == "mcp-router" for s in spans))
+        if arrived:
+            receiver.wait_for(arrived)
+        else:
+            exported(receiver, 1)
+            receiver.wait_for(lambda spans: any(s["service"] == "mcp-router" for s in spans))
     finally:
         assert router.close() == 0, router.stderr()
         assert gw.terminate() == 0, gw.describe()
@@ -75,19 +81,12 @@ def test_the_guides_endpoint_without_a_scheme_and_resource_attributes(
                        "service.name=from-attrs,deployment.environment.name=prod%2Deu,"
                        "host.name=edge%201")
     monkeypatch.setenv("OTEL_SERVICE_NAME", "from-service-name")
-    gw = start_gateway(tracing + fixture_backend())
-    router = Router(gw.url, tracing, tmp_path)
-    sent.clear()
-    try:
-        router.initialize()
-        echo(router, 1)
-        # Both services carry the same name here: wait for the request's span on
-        # each side by its name.
-        receiver.wait_for(lambda spans: {"http.request", "gateway.request"} <= {
-            s["name"] for s in spans if s["attributes"].get("jsonrpc.request.id") == "1"})
-    finally:
-        assert router.close() == 0, router.stderr()
-        assert gw.terminate() == 0, gw.describe()
+    # Both services carry the same name here: the request's span on each side is
+    # waited for by its name.
+    run_one_request(start_gateway, tmp_path, receiver, tracing,
+                    arrived=lambda spans: {"http.request", "gateway.request"} <= {
+                        s["name"] for s in spans
+                        if s["attributes"].get("jsonrpc.request.id") == "1"})
     spans = receiver.snapshot()
     assert all(s["transport"] == "grpc" for s in spans), spans
     resources = {tuple(sorted(s["resource"].items())) for s in spans}

@@ -124,6 +124,23 @@ fn gateway_holding_restored_subscribes(tag: &str) -> (Dir, Gateway) {
     (dir, gw)
 }
 
+/// A gateway with only `name` behind [`restart_aware`] (running
+/// `on_restored_subscribe` for each subscribe from its first restart on), and a
+/// client subscribed to `fixture://<name>/hello` there.
+fn subscribed_behind_a_loop(
+    tag: &str,
+    name: &str,
+    shared: bool,
+    on_restored_subscribe: &str,
+) -> (Dir, Gateway, Client) {
+    let dir = Dir::new(tag);
+    let gw = Gateway::start(&restart_aware(name, shared, &dir.0, on_restored_subscribe));
+    let mut c = client(&gw);
+    let r = subscribe(&mut c, &format!("fixture://{name}/hello"));
+    assert_eq!(r["result"], json!({}), "{r}\n{}", gw.log.text());
+    (dir, gw, c)
+}
+
 /// Crashes `backend` through `c` (its `crash` tool): the call fails with -32000.
 fn crash(c: &mut Client, backend: &str) {
     let r = c.call(json!("crash"), &format!("{backend}.crash"), json!({}));
@@ -339,20 +356,10 @@ fn a_backend_that_dies_under_a_subscription_is_started_again_and_the_client_told
 /// such window.)
 #[test]
 fn a_backend_that_exits_right_after_its_restore_is_started_again() {
-    let dir = Dir::new("flap");
     // From its second start on, the loop passes the restored subscribe and closes the
     // fixture's stdin: it answers and exits.
-    let gw = Gateway::start(&restart_aware(
-        "one",
-        false,
-        &dir.0,
-        "printf '%s\\n' \"$l\"; exit 0",
-    ));
-    let mut c = client(&gw);
-    assert_eq!(
-        subscribe(&mut c, "fixture://one/hello")["result"],
-        json!({})
-    );
+    let (_dir, gw, mut c) =
+        subscribed_behind_a_loop("flap", "one", false, "printf '%s\\n' \"$l\"; exit 0");
     crash(&mut c, "one");
     // No request from here on: the next starts come on their own.
     for _ in 0..3 {
@@ -367,14 +374,8 @@ fn a_backend_that_exits_right_after_its_restore_is_started_again() {
 /// held up by it either).
 #[test]
 fn a_restart_for_a_subscriber_who_left_during_its_backoff_does_not_happen() {
-    let dir = Dir::new("left");
     // Every restart dies on its restored subscribe: the backoff grows.
-    let gw = Gateway::start(&restart_aware("two", true, &dir.0, "exit 1"));
-    let mut c = client(&gw);
-    assert_eq!(
-        subscribe(&mut c, "fixture://two/hello")["result"],
-        json!({})
-    );
+    let (_dir, gw, mut c) = subscribed_behind_a_loop("left", "two", true, "exit 1");
     crash(&mut c, "two");
     for _ in 0..4 {
         gw.wait_line("backend \"two\": start failed");
@@ -648,17 +649,10 @@ fn a_session_that_ends_with_its_subscribe_in_flight_releases_it_too() {
 
 #[test]
 fn a_backend_that_dies_on_its_restore_is_a_failed_start_and_backs_off() {
-    let dir = Dir::new("poison");
-    let gw = Gateway::start(&restart_aware(
-        "one",
-        false,
-        &dir.0,
-        "echo poison >&2; exit 1",
-    ));
-    let mut c = client(&gw);
-    // (Once seen failing in a loaded run of the whole file, answer unknown: printed.)
-    let r = subscribe(&mut c, "fixture://one/hello");
-    assert_eq!(r["result"], json!({}), "{r}\n{}", gw.log.text());
+    // (Its subscribe once failed in a loaded run of the whole file, answer unknown:
+    // the helper prints it.)
+    let (_dir, gw, mut c) =
+        subscribed_behind_a_loop("poison", "one", false, "echo poison >&2; exit 1");
     crash(&mut c, "one");
     // The restart dies on the restored subscribe: the request fails, and so does the
     // start (not "ready"), which counts toward the backoff.
@@ -671,13 +665,7 @@ fn a_backend_that_dies_on_its_restore_is_a_failed_start_and_backs_off() {
 
 #[test]
 fn a_per_client_backend_restarting_when_its_session_ends_is_stopped() {
-    let dir = Dir::new("abandoned");
-    let gw = Gateway::start(&restart_aware("one", false, &dir.0, HOLD));
-    let mut c = client(&gw);
-    assert_eq!(
-        subscribe(&mut c, "fixture://one/hello")["result"],
-        json!({})
-    );
+    let (_dir, gw, mut c) = subscribed_behind_a_loop("abandoned", "one", false, HOLD);
     crash(&mut c, "one");
     c.send(json!({"jsonrpc":"2.0","id":2,"method":"tools/call",
         "params":{"name":"one.echo","arguments":{"text":"x"}}}));
