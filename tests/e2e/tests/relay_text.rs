@@ -134,17 +134,25 @@ fn stand_in(reply: Option<&'static str>) -> (String, mpsc::Receiver<String>) {
     (url, rx)
 }
 
-#[test]
-fn router_with_tracing_puts_its_context_into_a_notification_keeping_other_meta_keys() {
+/// What the gateway gets when a host sends `line` through a router tracing every
+/// request (always_on, stdout exporter): the first message, as text.
+fn through_a_traced_router(line: &str) -> String {
     let (url, rx) = stand_in(None);
     let mut c = router_with_config(
         &url,
         "[tracing]\nenabled = true\nsampler_type = \"always_on\"\nexporter_type = \"stdout\"\n",
     );
-    c.send_raw(
+    c.send_raw(line);
+    let got = rx.recv_timeout(Duration::from_secs(15)).expect("a message");
+    drop(c);
+    got
+}
+
+#[test]
+fn router_with_tracing_puts_its_context_into_a_notification_keeping_other_meta_keys() {
+    let got = through_a_traced_router(
         r#"{"jsonrpc":"2.0","method":"notifications/roots/list_changed","params":{"_meta":{"k":"v"}}}"#,
     );
-    let got = rx.recv_timeout(Duration::from_secs(15)).expect("a message");
     let v: Value = serde_json::from_str(&got).unwrap();
     assert_eq!(v["method"], "notifications/roots/list_changed", "{got}");
     assert_eq!(v["params"]["_meta"]["k"], "v", "{got}");
@@ -153,20 +161,13 @@ fn router_with_tracing_puts_its_context_into_a_notification_keeping_other_meta_k
         tp.starts_with("00-") && tp.ends_with("-01") && tp.len() == 55,
         "{tp}"
     );
-    drop(c);
 }
 
 #[test]
 fn router_with_tracing_inserts_its_context_into_the_hosts_text() {
-    let (url, rx) = stand_in(None);
-    let mut c = router_with_config(
-        &url,
-        "[tracing]\nenabled = true\nsampler_type = \"always_on\"\nexporter_type = \"stdout\"\n",
-    );
     let line =
         r#"{ "jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"x": "\u00e9", "n": 1.50} }"#;
-    c.send_raw(line);
-    let got = rx.recv_timeout(Duration::from_secs(15)).expect("a message");
+    let got = through_a_traced_router(line);
     let v: Value = serde_json::from_str(&got).unwrap();
     let tp = v["params"]["_meta"]["traceparent"].as_str().unwrap();
     assert_eq!(tp.len(), 55, "{tp}");
@@ -176,7 +177,6 @@ fn router_with_tracing_inserts_its_context_into_the_hosts_text() {
         &format!(r#""params": {{"_meta":{{"traceparent":"{tp}"}},"#),
     );
     assert_eq!(got, want);
-    drop(c);
 }
 
 #[test]
