@@ -552,7 +552,15 @@ impl WsClient {
         let r = ws.clone();
         let texts = Texts::default();
         let kept = texts.clone();
+        // A std `Mutex` is not fair: a reader that takes the lock again right after
+        // releasing it can keep a writer out for seconds (a test saw requests reach the
+        // gateway one per second). The reader stands aside while a writer waits.
+        let writers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let waiting = writers.clone();
         std::thread::spawn(move || loop {
+            while waiting.load(std::sync::atomic::Ordering::Acquire) > 0 {
+                std::thread::yield_now();
+            }
             let msg = r.lock().unwrap().read();
             match msg {
                 Ok(tungstenite::Message::Text(t)) => {
@@ -582,10 +590,10 @@ impl WsClient {
         let w = ws.clone();
         Client {
             tx: Box::new(move |s: &str| {
-                let _ = w
-                    .lock()
-                    .unwrap()
-                    .send(tungstenite::Message::text(s.to_string()));
+                writers.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                let mut ws = w.lock().unwrap();
+                writers.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                let _ = ws.send(tungstenite::Message::text(s.to_string()));
             }),
             rx,
             queue: VecDeque::new(),
