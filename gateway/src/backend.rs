@@ -19,7 +19,7 @@ use async_channel::{Receiver, Sender};
 use async_process::{Child, Command, Stdio};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use mcp_shared::config::{BackendConfig, SessionMode};
-use mcp_shared::error::BackendError;
+use mcp_shared::error::{BackendError, SessionError, ToRpcError};
 use mcp_shared::framing::{Frame, LineDecoder, PIPE_READ_CHUNK_BYTES};
 use mcp_shared::idmap::IdMap;
 use mcp_shared::jsonrpc::{Answer, Brief, Id, Kind, Message, Rejection, Reply};
@@ -1251,6 +1251,24 @@ fn invalid(proc: &Proc, rej: Rejection) {
     );
     if rej.reply {
         proc.notify(&rej.to_response());
+    } else if let Some(id) = rej.answered_id() {
+        // A response that could not be read: the request it answered fails now.
+        let err = BackendError::InvalidResponse {
+            backend: proc.name.to_string(),
+            reason: rej.error.message.clone(),
+        };
+        fail_pending(proc, id, err);
+    }
+}
+
+/// Fails the pending request `id` of `proc` (if it still is) with `err`.
+fn fail_pending(proc: &Proc, id: &Id, err: BackendError) {
+    let entry = proc.pending.borrow_mut().take(id);
+    if let Some(p) = entry {
+        if let Some(t) = p.token {
+            proc.progress.borrow_mut().remove(&t);
+        }
+        let _ = p.tx.send(Err(err));
     }
 }
 
@@ -1348,16 +1366,24 @@ async fn read_stdout(
         dec.push(&buf[..n]);
         while let Some(frame) = dec.next_frame() {
             match frame {
-                Frame::TooLong { id, len } => {
+                Frame::TooLong { seen, len } => {
                     log::warn!(
                         "backend {:?} sent a {len}-byte message (limit {max}); dropped",
                         proc.name
                     );
-                    if let Some(p) = id.and_then(|id| proc.pending.borrow_mut().take(&id)) {
-                        let _ = p.tx.send(Err(BackendError::ResponseTooLarge {
-                            backend: proc.name.to_string(),
-                            limit: max,
-                        }));
+                    let too_large = BackendError::ResponseTooLarge {
+                        backend: proc.name.to_string(),
+                        limit: max,
+                    };
+                    if seen.response {
+                        // The request it answered fails now, not at its timeout.
+                        if let Some(id) = &seen.id {
+                            fail_pending(&proc, id, too_large);
+                        }
+                    } else if let (true, Some(id)) = (seen.answerable(), seen.id) {
+                        // A request of the backend's own: answered, like the client's.
+                        let err = SessionError::TooLarge { limit: max }.to_rpc_error();
+                        proc.notify(&Message::error_response(Some(id), err));
                     }
                 }
                 // A response is read for its id first: the request it answers says

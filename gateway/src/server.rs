@@ -19,7 +19,8 @@ use async_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use async_tungstenite::WebSocketSender;
 use futures_lite::StreamExt;
 use futures_util::Sink;
-use mcp_shared::framing::WS_WRITE_BATCH_BYTES;
+use mcp_shared::framing::{ws_read_limit, WS_WRITE_BATCH_BYTES};
+use mcp_shared::jsonrpc::{self, Sniffed};
 use mcp_shared::meter::{Meter, Metered};
 use mcp_shared::telemetry::{attrs, propagation, Attrs, Cx};
 
@@ -48,8 +49,8 @@ fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(SESSION_WS_READ_BUFFER_BYTES)
         .write_buffer_size(WS_WRITE_BATCH_BYTES)
-        .max_message_size(Some(max_message_bytes))
-        .max_frame_size(Some(max_message_bytes))
+        .max_message_size(Some(ws_read_limit(max_message_bytes)))
+        .max_frame_size(Some(ws_read_limit(max_message_bytes)))
 }
 
 /// Accepts clients until `stop` closes, then closes every session (waiting at most the
@@ -470,7 +471,7 @@ async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Rec
             Some(Some(Err(async_tungstenite::tungstenite::Error::Capacity(e)))) => {
                 // tungstenite cannot resynchronise after an oversized frame: answer, close.
                 log::warn!("session {}: {e}; closing", session.id());
-                session.reject_too_large(None).await;
+                session.reject_too_large(Sniffed::default()).await;
                 break;
             }
             Some(Some(Err(e))) => {
@@ -478,6 +479,19 @@ async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Rec
                 break;
             }
         };
+        if text.len() > max {
+            // Read whole (up to `WS_OVERSIZE_FACTOR` times the bound) only to be
+            // answered: the session goes on.
+            log::warn!(
+                "session {}: dropped a {}-byte message (limit {max})",
+                session.id(),
+                text.len()
+            );
+            session
+                .reject_too_large(jsonrpc::sniff(text.as_bytes()))
+                .await;
+            continue;
+        }
         session.on_client_message(text.as_str()).await;
     }
     // A writer that gave up on the client ended the read loop: count why (before the

@@ -14,7 +14,7 @@ use std::rc::{Rc, Weak};
 use async_channel::Sender;
 use mcp_shared::error::{BackendError, RouteError, RpcError, SessionError, ToRpcError};
 use mcp_shared::idmap::IdMap;
-use mcp_shared::jsonrpc::{self, Answer, Id, Kind, Message, Reply};
+use mcp_shared::jsonrpc::{self, Answer, Id, Kind, Message, Rejection, Reply, Sniffed};
 use mcp_shared::mcp::{self, Handling, ListKind};
 use mcp_shared::routing::{route_prompt, route_tool, ResourceRoutes};
 use mcp_shared::telemetry::{self, attrs, propagation, Cx, Moment};
@@ -304,13 +304,7 @@ impl Session {
                 (Kind::Request, Some("tools/call" | "prompts/get" | "resources/read")) => m,
                 _ => m.into_whole(),
             },
-            Err(rej) => {
-                log::warn!("session {}: bad message: {}", self.id, rej.error.message);
-                if rej.reply {
-                    self.reply(rej.to_response()).await;
-                }
-                return;
-            }
+            Err(rej) => return self.on_rejected(rej).await,
         };
         match msg.kind() {
             Kind::Request => self.start_request(msg).await,
@@ -319,14 +313,28 @@ impl Session {
         }
     }
 
-    /// Answers a message that was too large to read.
-    pub async fn reject_too_large(&self, id: Option<Id>) {
+    /// A message of the client's that could not be taken. A request is answered with
+    /// the error. A response (to a request a backend sent the client) is not: the
+    /// backend gets an error response for its request instead, at once rather than at
+    /// its timeout. Anything else is only logged.
+    pub async fn on_rejected(self: &Rc<Self>, rej: Rejection) {
+        log::warn!("session {}: bad message: {}", self.id, rej.error.message);
+        if rej.reply {
+            self.reply(rej.to_response()).await;
+        } else if let Some(id) = rej.answered_id() {
+            let err = SessionError::UnreadableResponse(rej.error.message.clone()).to_rpc_error();
+            self.on_client_response(Message::error_response(Some(id.clone()), err))
+                .await;
+        }
+    }
+
+    /// Handles a message that was too large to read, as far as it could be read
+    /// (nothing, when tungstenite refused it).
+    pub async fn reject_too_large(self: &Rc<Self>, seen: Sniffed) {
         let limit = self.gw.cfg.limits.max_message_bytes;
-        self.reply(Message::error_response(
-            id,
-            SessionError::TooLarge { limit }.to_rpc_error(),
-        ))
-        .await;
+        let err = SessionError::TooLarge { limit }.to_rpc_error();
+        self.on_rejected(Rejection::sniffed(seen, err.code, err.message))
+            .await;
     }
 
     /// Starts the `http.request` span of a client request at `at`, with its

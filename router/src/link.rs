@@ -10,7 +10,7 @@ use async_tungstenite::tungstenite::http::HeaderValue;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::{WebSocketReceiver, WebSocketSender};
 use mcp_shared::error::RelayError;
-use mcp_shared::framing::{WS_READ_BUFFER_BYTES, WS_WRITE_BATCH_BYTES};
+use mcp_shared::framing::{ws_read_limit, WS_READ_BUFFER_BYTES, WS_WRITE_BATCH_BYTES};
 use mcp_shared::meter::{Meter, Metered};
 use mcp_shared::secret::Secret;
 
@@ -33,13 +33,14 @@ pub struct Link {
     pub meter: std::rc::Rc<Meter>,
 }
 
-/// WebSocket settings: small buffers, and no message larger than `max_message_bytes`.
+/// WebSocket settings: small buffers, and no message larger than `max_message_bytes`
+/// (one up to [`mcp_shared::framing::WS_OVERSIZE_FACTOR`] times that is read to be answered and dropped).
 pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER_BYTES)
         .write_buffer_size(WS_WRITE_BATCH_BYTES)
-        .max_message_size(Some(max_message_bytes))
-        .max_frame_size(Some(max_message_bytes))
+        .max_message_size(Some(ws_read_limit(max_message_bytes)))
+        .max_frame_size(Some(ws_read_limit(max_message_bytes)))
 }
 
 /// Connects to `url` and completes the WebSocket handshake within `timeout`.

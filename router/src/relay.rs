@@ -36,15 +36,18 @@ use futures_lite::future::or;
 use futures_lite::StreamExt;
 use futures_util::SinkExt;
 use mcp_shared::config::{redact_url_query, RouterConfig};
-use mcp_shared::error::{RelayError, SessionError, ToRpcError};
+use mcp_shared::error::{codes, RelayError, SessionError, ToRpcError};
 use mcp_shared::framing::{Frame, LineDecoder, PIPE_READ_CHUNK_BYTES};
-use mcp_shared::jsonrpc::{self, Brief, Id, Kind, Message};
+use mcp_shared::jsonrpc::{self, Brief, Id, Kind, Message, Rejection};
 use mcp_shared::meter::{within_progress, Meter};
 use mcp_shared::secret::Secret;
 use mcp_shared::telemetry::{self, attrs, propagation, AttrValue, Cx, Moment, Telemetry};
 use mcp_shared::time::timeout;
 use opentelemetry::trace::SpanKind;
+use serde_json::Value;
 use smol::{LocalExecutor, Task};
+
+use mcp_shared::idmap::IdMap;
 
 use crate::link;
 use crate::replay::{self, Replay};
@@ -71,6 +74,20 @@ const DRAIN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// all together, the rest of the replay). Longer than the gateway's default
 /// `request_timeout` (60 s): its `initialize` waits for its backends to start.
 pub const REPLAY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Requests of a replay sent before their answers (a gateway refuses those beyond its
+/// `max_in_flight`, 64 by default).
+pub const REPLAY_WINDOW: usize = 16;
+/// How many times a replayed request the gateway refused as overloaded (-32003) is sent
+/// again (one at a time, after the others).
+pub const REPLAY_RETRIES: usize = 3;
+
+/// Requests of the gateway's waiting for the host's answer, at most (one more is
+/// refused with -32003 at once).
+pub const MAX_ASKED: usize = 1024;
+/// What the host is told of a request of the gateway's it has not answered when the
+/// link is lost (its answer could no longer be delivered).
+const ASKED_LOST_REASON: &str = "the router lost its link to the gateway";
 
 /// What a request still unanswered when the router exits at stdin's EOF is told.
 const SHUTDOWN_REASON: &str = "stdin closed before the gateway answered";
@@ -143,6 +160,21 @@ struct State {
     drained: Option<Sender<()>>,
     /// The link's TCP socket while it is alive (see [`link_down`]).
     socket: Option<async_net::TcpStream>,
+    /// Requests the gateway sent the host and the host has not answered.
+    asked: Asked,
+}
+
+/// Requests the gateway sent the host, under ids of the router's own: each gateway
+/// session numbers its requests from 1, so after a reconnection the host's late answer
+/// to a request of the lost link would otherwise be taken for the answer to the new
+/// link's request with the same id. Each entry: the link's generation and the
+/// gateway's id.
+struct Asked(IdMap<(u64, Id)>);
+
+impl Default for Asked {
+    fn default() -> Self {
+        Asked(IdMap::new(MAX_ASKED))
+    }
 }
 
 impl State {
@@ -509,7 +541,14 @@ async fn open_link(
         out.clone(),
     ))
     .detach();
-    let reader = ex.spawn(read_ws(stream, gen, state.clone(), out.clone(), stop_rx));
+    let reader = ex.spawn(read_ws(
+        stream,
+        gen,
+        state.clone(),
+        out.clone(),
+        stop_rx,
+        cfg.limits.max_message_bytes,
+    ));
     {
         let mut st = state.borrow_mut();
         st.readers.retain(|(task, _)| !task.is_finished());
@@ -608,8 +647,12 @@ async fn restore_session(ws: &Sender<WsCmd>, state: &Shared, gen: u64) -> Result
     Ok(())
 }
 
-/// Sends the router's own `messages` on link `gen` and collects the answers to its
-/// requests until all came or [`REPLAY_TIMEOUT`] passed. Fails when the link is lost.
+/// Sends the router's own `messages` on link `gen`, in order, at most
+/// [`REPLAY_WINDOW`] requests unanswered at a time (a gateway refuses what is beyond
+/// its `max_in_flight`), and collects the answers to its requests until all came or
+/// [`REPLAY_TIMEOUT`] passed. A request the gateway refuses as overloaded is sent again
+/// once the others are answered, one at a time, at most [`REPLAY_RETRIES`] times.
+/// Fails when the link is lost.
 async fn exchange(
     ws: &Sender<WsCmd>,
     state: &Shared,
@@ -627,18 +670,47 @@ async fn exchange(
             None => "the link was lost".to_string(),
         })
     };
-    for m in messages {
-        if ws.send(WsCmd::Text(m.to_json())).await.is_err() {
-            break;
-        }
-    }
+    let mut queue: std::collections::VecDeque<(Message, usize)> =
+        messages.into_iter().map(|m| (m, 0)).collect();
+    let mut sent: HashMap<Id, (Message, usize)> = HashMap::new();
     let mut answers = Vec::with_capacity(expected);
+    let mut window = REPLAY_WINDOW;
     timeout(REPLAY_TIMEOUT, async {
-        // Ends early when the link is lost (`link_down` drops the sender).
-        while answers.len() < expected {
-            match rx.recv().await {
-                Ok(m) => answers.push(m),
-                Err(_) => break,
+        loop {
+            while sent.len() < window {
+                let Some((m, tries)) = queue.pop_front() else {
+                    break;
+                };
+                let text = m.to_json();
+                if let Some(id) = m.id() {
+                    sent.insert(id, (m, tries));
+                }
+                if ws.send(WsCmd::Text(text)).await.is_err() {
+                    return;
+                }
+            }
+            if answers.len() == expected {
+                return;
+            }
+            // Ends early when the link is lost (`link_down` drops the sender).
+            let Ok(answer) = rx.recv().await else {
+                return;
+            };
+            let Some((m, tries)) = answer.id().and_then(|id| sent.remove(&id)) else {
+                continue;
+            };
+            let overloaded = answer
+                .error()
+                .is_some_and(|e| e.get("code").and_then(Value::as_i64) == Some(codes::OVERLOADED));
+            if overloaded && tries < REPLAY_RETRIES {
+                // Again after the rest, and from now on one at a time.
+                window = 1;
+                if let (Some(id), Some((ids, _))) = (m.id(), &mut state.borrow_mut().awaited) {
+                    ids.push(id);
+                }
+                queue.push_back((m, tries + 1));
+            } else {
+                answers.push(answer);
             }
         }
     })
@@ -662,24 +734,63 @@ async fn read_stdin(
     let mut buf = vec![0u8; PIPE_READ_CHUNK_BYTES];
     loop {
         let n = match stdin.read(&mut buf).await {
-            Ok(0) => return,
             Ok(n) => n,
             Err(e) => {
                 log::error!("reading stdin: {e}");
-                return;
+                0
             }
         };
+        if n == 0 {
+            // A last message without a newline is still one (`printf '…' | mcp-router`).
+            if let Some(frame) = dec.finish() {
+                handle_frame(state, out, max_in_flight, max, frame).await;
+            }
+            return;
+        }
         dec.push(&buf[..n]);
         while let Some(frame) = dec.next_frame() {
-            match frame {
-                Frame::TooLong { id, len } => {
-                    log::warn!("dropped a {len}-byte message from stdin (limit {max})");
-                    let err = SessionError::TooLarge { limit: max }.to_rpc_error();
-                    send_out(out, Message::error_response(id, err).to_json()).await;
-                }
-                Frame::Line(line) => handle_client_line(state, out, max_in_flight, line).await,
-            }
+            handle_frame(state, out, max_in_flight, max, frame).await;
         }
+    }
+}
+
+async fn handle_frame(
+    state: &Shared,
+    out: &Sender<String>,
+    max_in_flight: usize,
+    max: usize,
+    frame: Frame,
+) {
+    match frame {
+        Frame::TooLong { seen, len } => {
+            let err = SessionError::TooLarge { limit: max }.to_rpc_error();
+            let rej = Rejection::sniffed(seen, err.code, err.message);
+            log::warn!("dropped a {len}-byte message from stdin (limit {max})");
+            on_rejected(state, out, max_in_flight, rej).await;
+        }
+        Frame::Line(line) => handle_client_line(state, out, max_in_flight, line).await,
+    }
+}
+
+/// A line from stdin that could not be taken. A request is answered with the error. A
+/// response (the host's answer to what the gateway asked) is never answered: the
+/// gateway is sent an error response with its id instead, so that its request fails
+/// now rather than at its timeout. Anything else is only logged.
+async fn on_rejected(state: &Shared, out: &Sender<String>, max_in_flight: usize, rej: Rejection) {
+    if rej.reply {
+        log::warn!("bad message on stdin: {}", rej.error.message);
+        send_out(out, rej.to_response().to_json()).await;
+    } else if let Some(id) = rej.answered_id() {
+        log::warn!(
+            "bad response on stdin (to the gateway's request {id}): {}",
+            rej.error.message
+        );
+        let err = SessionError::UnreadableResponse(rej.error.message.clone()).to_rpc_error();
+        let msg = Message::error_response(Some(id.clone()), err);
+        let size = msg.to_json().len();
+        handle_client_message(state, out, max_in_flight, msg, size).await;
+    } else {
+        log::warn!("bad message on stdin, not answered: {}", rej.error.message);
     }
 }
 
@@ -693,16 +804,21 @@ async fn handle_client_line(
     // Kept, so that what goes to the gateway is the host's text (`to_text`); of its
     // `params` only what the spans and the replay read is built (a tool call's
     // arguments, of any size, are checked but not built).
-    let mut msg = match Message::parse_relayed(line) {
-        Ok(m) => m,
-        Err(rej) => {
-            log::warn!("bad message on stdin: {}", rej.error.message);
-            if rej.reply {
-                send_out(out, rej.to_response().to_json()).await;
-            }
-            return;
-        }
-    };
+    match Message::parse_relayed(line) {
+        Ok(msg) => handle_client_message(state, out, max_in_flight, msg, size).await,
+        Err(rej) => on_rejected(state, out, max_in_flight, rej).await,
+    }
+}
+
+/// Forwards one message of the host's (`size` bytes on stdin) to the gateway, or
+/// answers it with the reason it cannot go.
+async fn handle_client_message(
+    state: &Shared,
+    out: &Sender<String>,
+    max_in_flight: usize,
+    mut msg: Message,
+    size: usize,
+) {
     // Kept as the host sent it (before trace context is added) if the gateway session
     // would need it again after a reconnection.
     let shaping = replay::shapes_session(&msg).then(|| msg.whole());
@@ -780,6 +896,22 @@ async fn handle_client_line(
             return;
         }
     };
+    if msg.kind() == Kind::Response {
+        // The host's answer goes back under the gateway's id, and only to the link
+        // that asked.
+        let id = msg.id().expect("responses have ids");
+        let asked = {
+            let mut st = state.borrow_mut();
+            let gen = st.gen;
+            st.asked.0.take(&id).filter(|(g, _)| *g == gen)
+        };
+        let Some((_, gateway_id)) = asked else {
+            log::debug!("dropped the host's answer to {id}: no request of the gateway's on this link has that id (an earlier link's, or one it cancelled)");
+            spans.end();
+            return;
+        };
+        msg.set_id(&gateway_id);
+    }
     // The router changes nothing in a message but the trace context it adds: without
     // one the message goes on as the host's exact bytes, and with one those bytes get
     // the context inserted where that can be done without writing the message anew
@@ -789,20 +921,39 @@ async fn handle_client_line(
         "websocket.message.sent",
         &[("message.size", AttrValue::Int(text.len() as i64))],
     );
-    {
+    // A request the host cancels will not be answered (MCP): it leaves the pending
+    // table now, or it would hold a place of `max_in_flight` for good, and be answered
+    // with an error at the end that the host asked not to get.
+    let cancelled = (msg.method() == Some("notifications/cancelled"))
+        .then(|| {
+            msg.whole()
+                .params()
+                .and_then(|p| p.get("requestId"))
+                .and_then(Id::from_value)
+        })
+        .flatten();
+    let (done, cancelled) = {
         let mut st = state.borrow_mut();
         if let Some(m) = &shaping {
             st.replay.observe(m);
         }
+        let cancelled = cancelled.and_then(|id| st.answered(&id));
         match (msg.kind(), msg.id()) {
             (Kind::Request, Some(id)) => {
                 st.pending.insert(id, spans);
+                (None, cancelled)
             }
-            _ => {
-                drop(st);
-                spans.end();
-            }
+            _ => (Some(spans), cancelled),
         }
+    };
+    if let Some(spans) = done {
+        spans.end();
+    }
+    if let Some(spans) = cancelled {
+        for cx in [&spans.request, &spans.stdio] {
+            cx.set_attributes(|a| a.bool("mcp.request.cancelled", true));
+        }
+        spans.end();
     }
     // The writer task answers pending requests itself if the link fails meanwhile.
     let _ = link.send(WsCmd::Text(text)).await;
@@ -814,6 +965,103 @@ async fn send_out(out: &Sender<String>, line: String) {
     }
 }
 
+/// Gives a request of the gateway's for the host an id of the router's own
+/// ([`Asked`]); false when it cannot go to the host (the gateway is then answered).
+async fn ask_host(state: &Shared, gen: u64, m: &mut Message) -> bool {
+    let gateway_id = m.id().expect("requests have ids");
+    let entry = state.borrow_mut().asked.0.insert((gen, gateway_id.clone()));
+    match entry {
+        Ok(id) => {
+            m.set_id(&Id::from(id));
+            true
+        }
+        Err(full) => {
+            log::warn!(
+                "the gateway asked the host more than {} things at once; refused",
+                full.limit
+            );
+            let err = SessionError::TooManyInFlight(full.limit).to_rpc_error();
+            let answer = Message::error_response(Some(gateway_id), err).to_json();
+            let link = {
+                let st = state.borrow();
+                st.link.clone().or_else(|| st.replaying.clone())
+            };
+            if let Some(link) = link {
+                let _ = link.send(WsCmd::Text(answer)).await;
+            }
+            false
+        }
+    }
+}
+
+/// Points the gateway's cancellation of one of its requests to the host at the id the
+/// host knows; false when the host has no such request (already answered).
+fn cancel_asked(state: &Shared, gen: u64, m: &mut Message) -> bool {
+    let Some(gateway_id) = m
+        .params()
+        .and_then(|p| p.get("requestId"))
+        .and_then(Id::from_value)
+    else {
+        return true;
+    };
+    let mut st = state.borrow_mut();
+    let Some(id) = st.asked.0.find(|(g, i)| *g == gen && *i == gateway_id) else {
+        return false;
+    };
+    st.asked.0.remove(id);
+    m.params_mut().insert("requestId".into(), id.into());
+    true
+}
+
+/// A message from the gateway over `max_message_bytes` (read whole only to be handled
+/// here: up to [`mcp_shared::framing::WS_OVERSIZE_FACTOR`] times the bound), dropped.
+/// The request it answers fails with [`RelayError::ResponseTooLarge`]; a request of the
+/// gateway's is answered with the size error; anything else is only logged. The link
+/// stays up.
+async fn on_oversized(state: &Shared, out: &Sender<String>, max: usize, text: &str) {
+    let seen = jsonrpc::sniff(text.as_bytes());
+    log::warn!(
+        "the gateway sent a {}-byte message (limit {max}); dropped",
+        text.len()
+    );
+    let Some(id) = seen.id.clone() else {
+        return;
+    };
+    if seen.response {
+        let err = RelayError::ResponseTooLarge { limit: max }.to_rpc_error();
+        let answer = Message::error_response(Some(id.clone()), err.clone());
+        let spans = {
+            let mut st = state.borrow_mut();
+            if let Some((ids, tx)) = &mut st.awaited {
+                // One of the router's own (replay): it fails, not waits.
+                if let Some(i) = ids.iter().position(|w| *w == id) {
+                    ids.swap_remove(i);
+                    let _ = tx.try_send(answer);
+                    return;
+                }
+            }
+            st.answered(&id)
+        };
+        if let Some(spans) = spans {
+            for cx in [&spans.request, &spans.stdio] {
+                telemetry::fail(cx, "response_too_large", &err.message);
+            }
+            spans.end();
+            send_out(out, answer.to_json()).await;
+        }
+    } else if seen.answerable() {
+        let link = {
+            let st = state.borrow();
+            st.link.clone().or_else(|| st.replaying.clone())
+        };
+        if let Some(link) = link {
+            let err = SessionError::TooLarge { limit: max }.to_rpc_error();
+            let answer = Message::error_response(Some(id), err).to_json();
+            let _ = link.send(WsCmd::Text(answer)).await;
+        }
+    }
+}
+
 /// Gateway → stdout, until the link ends or `stop` closes (shutdown).
 async fn read_ws(
     mut stream: link::Receiver,
@@ -821,6 +1069,7 @@ async fn read_ws(
     state: Shared,
     out: Sender<String>,
     stop: Receiver<()>,
+    max: usize,
 ) {
     // One future for the whole link, not one per frame.
     let stopped = async {
@@ -859,6 +1108,10 @@ async fn read_ws(
             // This link was given up on and its requests answered: nothing more from it
             // may reach the host (a late response would answer an id twice).
             break "link abandoned".to_string();
+        }
+        if text.len() > max {
+            on_oversized(&state, &out, max, &text).await;
+            continue;
         }
         // Nearly all that comes back answers a request of the host's and goes on as
         // its text: only its id and outcome are read (`Brief`), not the maps of its
@@ -900,7 +1153,22 @@ async fn read_ws(
             }
         }
         match Message::parse(text.as_bytes()) {
-            Ok(m) => {
+            Ok(mut m) => {
+                let changed = match m.kind() {
+                    Kind::Request => {
+                        if !ask_host(&state, gen, &mut m).await {
+                            continue;
+                        }
+                        true
+                    }
+                    Kind::Notification if m.method() == Some("notifications/cancelled") => {
+                        if !cancel_asked(&state, gen, &mut m) {
+                            continue;
+                        }
+                        true
+                    }
+                    _ => false,
+                };
                 let spans = match (m.kind(), m.id()) {
                     (Kind::Response, Some(id)) => {
                         let mut st = state.borrow_mut();
@@ -926,7 +1194,7 @@ async fn read_ws(
                 let size = text.len() as i64;
                 // Relay the text as received, unless a line break in it (whitespace
                 // between tokens, valid JSON) would split it on stdout.
-                let line = if jsonrpc::is_one_line(text.as_bytes()) {
+                let line = if !changed && jsonrpc::is_one_line(text.as_bytes()) {
                     text
                 } else {
                     m.to_json()
@@ -1044,7 +1312,7 @@ async fn keepalive(
 /// report of a link's loss counts (the reason later requests are told); later ones, and
 /// reports about an older link, do nothing.
 async fn link_down(state: &Shared, out: &Sender<String>, gen: u64, reason: String) {
-    let (pending, reason) = {
+    let (pending, reason, asked) = {
         let mut st = state.borrow_mut();
         if !st.is_alive(gen) {
             return;
@@ -1072,10 +1340,17 @@ async fn link_down(state: &Shared, out: &Sender<String>, gen: u64, reason: Strin
             reason: reason.clone(),
         });
         st.drained = None;
-        (st.pending.drain().collect::<Vec<_>>(), reason)
+        let asked = st.asked.0.remove_where(|(g, _)| *g == gen);
+        (st.pending.drain().collect::<Vec<_>>(), reason, asked)
     };
     if !state.borrow().closing {
         log::error!("gateway link lost: {reason}");
+    }
+    // What the gateway asked the host can no longer be answered: the host may stop.
+    for (id, _) in asked {
+        let params = serde_json::json!({"requestId": id, "reason": ASKED_LOST_REASON});
+        let cancel = Message::notification("notifications/cancelled", Some(params));
+        send_out(out, cancel.to_json()).await;
     }
     let err = RelayError::Disconnected { reason }.to_rpc_error();
     for (id, spans) in pending {

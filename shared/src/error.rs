@@ -177,6 +177,14 @@ pub enum BackendError {
         /// The configured bound.
         limit: usize,
     },
+    /// The backend answered with a response that is not valid JSON-RPC (its id could
+    /// still be read).
+    InvalidResponse {
+        /// Backend name.
+        backend: String,
+        /// What was wrong with it.
+        reason: String,
+    },
 }
 
 impl BackendError {
@@ -185,6 +193,7 @@ impl BackendError {
         match self {
             BackendError::Start { backend, .. }
             | BackendError::Exited { backend, .. }
+            | BackendError::InvalidResponse { backend, .. }
             | BackendError::Timeout { backend, .. }
             | BackendError::Initialize { backend, .. }
             | BackendError::ResponseTooLarge { backend, .. }
@@ -201,6 +210,7 @@ impl BackendError {
             BackendError::Initialize { .. } => "backend_initialize",
             BackendError::ResponseTooLarge { .. } => "response_too_large",
             BackendError::Overloaded { .. } => "overloaded",
+            BackendError::InvalidResponse { .. } => "invalid_response",
         }
     }
 }
@@ -228,6 +238,9 @@ impl fmt::Display for BackendError {
                 f,
                 "backend {backend:?} has too many requests in flight (limit {limit})"
             ),
+            BackendError::InvalidResponse { backend, reason } => {
+                write!(f, "backend {backend:?} sent an invalid response: {reason}")
+            }
         }
     }
 }
@@ -237,7 +250,9 @@ impl ToRpcError for BackendError {
         let code = match self {
             BackendError::Timeout { .. } => codes::REQUEST_TIMEOUT,
             BackendError::Overloaded { .. } => codes::OVERLOADED,
-            BackendError::ResponseTooLarge { .. } => codes::INTERNAL_ERROR,
+            BackendError::ResponseTooLarge { .. } | BackendError::InvalidResponse { .. } => {
+                codes::INTERNAL_ERROR
+            }
             _ => codes::BACKEND_UNAVAILABLE,
         };
         RpcError::new(code, self.to_string())
@@ -259,6 +274,10 @@ pub enum SessionError {
     DuplicateId,
     /// A `resources/subscribe` beyond the session's bound on subscriptions.
     TooManySubscriptions(usize),
+    /// The client answered a request sent to it with a response that could not be
+    /// read (not JSON, not UTF-8, not JSON-RPC, or over `max_message_bytes`): what the
+    /// request's sender is told instead.
+    UnreadableResponse(String),
 }
 
 impl fmt::Display for SessionError {
@@ -279,6 +298,9 @@ impl fmt::Display for SessionError {
                     "too many resource subscriptions on this session (limit {n})"
                 )
             }
+            SessionError::UnreadableResponse(reason) => {
+                write!(f, "the client's response could not be read: {reason}")
+            }
         }
     }
 }
@@ -290,6 +312,7 @@ impl ToRpcError for SessionError {
                 codes::OVERLOADED
             }
             SessionError::TooLarge { .. } | SessionError::DuplicateId => codes::INVALID_REQUEST,
+            SessionError::UnreadableResponse(_) => codes::INTERNAL_ERROR,
         };
         RpcError::new(code, self.to_string())
     }
@@ -310,6 +333,12 @@ pub enum RelayError {
         /// Why, if known.
         reason: String,
     },
+    /// The gateway's response exceeded the router's `max_message_bytes` and was
+    /// dropped (the link stays up).
+    ResponseTooLarge {
+        /// The configured bound.
+        limit: usize,
+    },
 }
 
 impl fmt::Display for RelayError {
@@ -321,13 +350,21 @@ impl fmt::Display for RelayError {
             RelayError::Disconnected { reason } => {
                 write!(f, "connection to the gateway closed: {reason}")
             }
+            RelayError::ResponseTooLarge { limit } => write!(
+                f,
+                "the gateway's response is larger than {limit} bytes (the router's max_message_bytes); dropped"
+            ),
         }
     }
 }
 
 impl ToRpcError for RelayError {
     fn to_rpc_error(&self) -> RpcError {
-        RpcError::new(codes::GATEWAY_UNAVAILABLE, self.to_string())
+        let code = match self {
+            RelayError::ResponseTooLarge { .. } => codes::INTERNAL_ERROR,
+            _ => codes::GATEWAY_UNAVAILABLE,
+        };
+        RpcError::new(code, self.to_string())
     }
 }
 
@@ -376,5 +413,18 @@ mod tests {
                 .code,
             codes::GATEWAY_UNAVAILABLE
         );
+        let e = RelayError::ResponseTooLarge { limit: 9 }.to_rpc_error();
+        assert_eq!(e.code, codes::INTERNAL_ERROR);
+        assert!(e.message.contains("larger than 9 bytes"), "{}", e.message);
+        let e = SessionError::UnreadableResponse("parse error: x".into()).to_rpc_error();
+        assert_eq!(e.code, codes::INTERNAL_ERROR);
+        assert!(e.message.contains("parse error: x"), "{}", e.message);
+        let e = BackendError::InvalidResponse {
+            backend: "fs".into(),
+            reason: "parse error: y".into(),
+        }
+        .to_rpc_error();
+        assert_eq!(e.code, codes::INTERNAL_ERROR);
+        assert_eq!(e.data.unwrap()["kind"], "invalid_response");
     }
 }

@@ -2,18 +2,29 @@
 //!
 //! Feed bytes as they arrive with [`LineDecoder::push`], then take complete frames with
 //! [`LineDecoder::next_frame`]. A line longer than the limit is not buffered: the decoder
-//! keeps only its first [`SNIFF_PREFIX_BYTES`] (so the request id can still be read with
-//! [`crate::jsonrpc::sniff_id`]), discards the rest up to the next newline and reports
-//! [`Frame::TooLong`]. The stream keeps working after any bad line. Blank lines are
-//! skipped; a trailing `\r` is removed.
+//! passes it through a [`Sniffer`] as it discards it, up to the next newline, and
+//! reports [`Frame::TooLong`] with the line's id and whether it was a response or a
+//! notification, wherever in the line these were. The stream keeps working after any bad line. Blank lines are
+//! skipped; a trailing `\r` is removed. [`LineDecoder::finish`] gives a last line that
+//! has no newline when the stream ends.
 
-use crate::jsonrpc::{sniff_id, Id};
+use crate::jsonrpc::{sniff, Sniffed, Sniffer};
 
 /// Default maximum size of one message (one line), in bytes: 4 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
-/// How much of an over-long line is kept to read its id from.
-pub const SNIFF_PREFIX_BYTES: usize = 4096;
+/// A WebSocket message over `max_message_bytes` but at most this many times as large is
+/// still read whole (tungstenite cannot skip part of one), so that it can be answered
+/// for its id and dropped while the connection stays up; a larger one is refused by
+/// tungstenite, which cannot go on reading after it, and the connection ends. So a
+/// connection may buffer up to this many times `max_message_bytes`.
+pub const WS_OVERSIZE_FACTOR: usize = 2;
+
+/// The message size tungstenite is given for a `max_message_bytes` bound
+/// ([`WS_OVERSIZE_FACTOR`]).
+pub fn ws_read_limit(max_message_bytes: usize) -> usize {
+    max_message_bytes.saturating_mul(WS_OVERSIZE_FACTOR)
+}
 
 /// WebSocket read buffer per connection (tungstenite allocates it up front; its default
 /// of 128 KiB would dominate the memory of an idle session).
@@ -40,8 +51,9 @@ pub enum Frame {
     Line(Vec<u8>),
     /// A line longer than the limit was dropped.
     TooLong {
-        /// The id read from the start of the line, if any.
-        id: Option<Id>,
+        /// What could be read of the line: its id, and whether it was a response or a
+        /// notification (neither is answered).
+        seen: Sniffed,
         /// How many bytes the line had.
         len: usize,
     },
@@ -60,9 +72,10 @@ pub struct LineDecoder {
     /// Bytes of `buf` (from its beginning) already searched for a newline.
     scanned: usize,
     max: usize,
-    /// Set while skipping the rest of an over-long line: its length so far. `start` is
-    /// 0 then, and `buf` holds only the line's first bytes.
-    discarding: Option<usize>,
+    /// Set while skipping the rest of an over-long line: its length so far and what
+    /// has been read of it. `start` is 0 then, and `buf` holds only bytes not yet
+    /// passed to the sniffer.
+    discarding: Option<(usize, Sniffer)>,
 }
 
 impl LineDecoder {
@@ -93,52 +106,41 @@ impl LineDecoder {
         loop {
             let newline =
                 memchr::memchr(b'\n', &self.buf[self.scanned..]).map(|p| p + self.scanned);
-            match (newline, self.discarding) {
-                (Some(nl), Some(skipped)) => {
-                    let len = skipped + nl;
-                    let id = sniff_id(&self.buf[..nl.min(SNIFF_PREFIX_BYTES)]);
+            match (newline, self.discarding.take()) {
+                (Some(nl), Some((skipped, mut sniffer))) => {
+                    sniffer.feed(&self.buf[..nl]);
                     self.start = nl + 1;
                     self.scanned = self.start;
-                    self.discarding = None;
-                    return Some(Frame::TooLong { id, len });
+                    return Some(Frame::TooLong {
+                        seen: sniffer.finish(),
+                        len: skipped + nl,
+                    });
                 }
                 (Some(nl), None) => {
                     let begin = self.start;
-                    let mut end = nl;
-                    if end > begin && self.buf[end - 1] == b'\r' {
-                        end -= 1;
-                    }
                     self.start = nl + 1;
                     self.scanned = self.start;
-                    let line = &self.buf[begin..end];
-                    if line.len() > self.max {
-                        let id = sniff_id(&line[..line.len().min(SNIFF_PREFIX_BYTES)]);
-                        return Some(Frame::TooLong {
-                            id,
-                            len: line.len(),
-                        });
+                    if let Some(frame) = self.frame(begin, nl) {
+                        return Some(frame);
                     }
-                    if line.iter().all(u8::is_ascii_whitespace) {
-                        continue;
-                    }
-                    return Some(Frame::Line(line.to_vec()));
                 }
-                (None, Some(skipped)) => {
-                    // Keep the sniff prefix, drop everything after it.
-                    let keep = SNIFF_PREFIX_BYTES.min(self.buf.len());
-                    let dropped = self.buf.len() - keep;
-                    self.buf.truncate(keep);
-                    self.scanned = keep;
-                    self.discarding = Some(skipped + dropped);
+                (None, Some((skipped, mut sniffer))) => {
+                    // Everything buffered belongs to the over-long line: read, dropped.
+                    sniffer.feed(&self.buf);
+                    let dropped = self.buf.len();
+                    self.buf.clear();
+                    self.scanned = 0;
+                    self.discarding = Some((skipped + dropped, sniffer));
                     return None;
                 }
                 (None, None) => {
                     self.scanned = self.buf.len();
-                    if self.buffered() > self.max {
-                        // The over-long line moves to the front: `discarding` keeps
-                        // only its first bytes.
+                    // (Room for a `\r` before the newline: a line of `max` bytes in CRLF
+                    // is not too long, however the reads cut it.)
+                    if self.buffered() > self.max + 1 {
+                        // The over-long line moves to the front, to be discarded.
                         self.compact();
-                        self.discarding = Some(0);
+                        self.discarding = Some((0, Sniffer::new()));
                         continue;
                     }
                     if self.start == self.buf.len() {
@@ -148,6 +150,44 @@ impl LineDecoder {
                 }
             }
         }
+    }
+
+    /// The end of the stream: the last line if it had no newline (as a frame of its
+    /// own, or too long), and nothing if it was blank or there was none.
+    pub fn finish(&mut self) -> Option<Frame> {
+        if let Some((skipped, mut sniffer)) = self.discarding.take() {
+            sniffer.feed(&self.buf);
+            let len = skipped + self.buf.len();
+            self.buf.clear();
+            self.start = 0;
+            self.scanned = 0;
+            let seen = sniffer.finish();
+            return Some(Frame::TooLong { seen, len });
+        }
+        let frame = self.frame(self.start, self.buf.len());
+        self.buf.clear();
+        self.start = 0;
+        self.scanned = 0;
+        frame
+    }
+
+    /// The frame of the line `buf[begin..end]` (its newline excluded, a `\r` before it
+    /// not yet): `None` when it is blank. A too-long line's length counts that `\r`, as
+    /// when it is discarded.
+    fn frame(&self, begin: usize, end: usize) -> Option<Frame> {
+        let raw = &self.buf[begin..end];
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if line.len() > self.max {
+            let seen = sniff(raw);
+            return Some(Frame::TooLong {
+                seen,
+                len: raw.len(),
+            });
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        Some(Frame::Line(line.to_vec()))
     }
 
     /// Moves the bytes not yet returned to the front of the buffer.
@@ -163,6 +203,7 @@ impl LineDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jsonrpc::Id;
 
     fn frames(d: &mut LineDecoder) -> Vec<Frame> {
         std::iter::from_fn(|| d.next_frame()).collect()
@@ -216,9 +257,12 @@ mod tests {
         lines.pop(); // after the last newline: nothing, or a partial line
         for raw in lines {
             let line = raw.strip_suffix(b"\r").unwrap_or(raw);
-            if raw.len() > max {
-                let id = sniff_id(&raw[..raw.len().min(SNIFF_PREFIX_BYTES)]);
-                out.push(Frame::TooLong { id, len: raw.len() });
+            if line.len() > max {
+                let seen = sniff(raw);
+                out.push(Frame::TooLong {
+                    seen,
+                    len: raw.len(),
+                });
             } else if !line.iter().all(u8::is_ascii_whitespace) {
                 out.push(Frame::Line(line.to_vec()));
             }
@@ -247,16 +291,21 @@ mod tests {
                     2 => 3 * MAX + next(100),
                     _ => 10 + next(40),
                 };
-                let mut line = if next(2) == 0 {
-                    format!("{{\"id\":{round}{i},\"x\":\"").into_bytes()
-                } else {
-                    Vec::new()
+                let mut line = match next(3) {
+                    0 => format!("{{\"id\":{round}{i},\"x\":\"").into_bytes(),
+                    1 => b"{\"result\":{\"x\":\"".to_vec(),
+                    _ => Vec::new(),
                 };
+                let tail = format!("\"}},\"id\":\"t{round}-{i}\"}}");
                 while line.len() < len {
-                    line.push([b'a', b' ', b'{', b'"'][next(4)]);
+                    line.push([b'a', b' ', b'{', b'"', b'\\'][next(5)]);
                 }
                 line.truncate(len);
-                if next(4) == 0 && len + 1 < MAX {
+                if next(3) == 0 {
+                    // The id last, as the TypeScript SDK writes it.
+                    line.extend_from_slice(tail.as_bytes());
+                }
+                if next(4) == 0 {
                     line.push(b'\r');
                 }
                 stream.extend_from_slice(&line);
@@ -271,7 +320,7 @@ mod tests {
                 d.push(&stream[at..at + n]);
                 at += n;
                 got.extend(frames(&mut d));
-                assert!(d.buffered() <= SNIFF_PREFIX_BYTES + 2 * MAX);
+                assert!(d.buffered() <= 2 * MAX);
             }
             assert_eq!(
                 got,
@@ -285,25 +334,84 @@ mod tests {
 
     #[test]
     fn over_long_line_is_reported_with_its_id_and_the_stream_goes_on() {
-        let mut d = LineDecoder::new(64);
-        let head = br#"{"jsonrpc":"2.0","id":"big-1","method":"tools/call","params":{"x":""#;
-        d.push(head);
-        for _ in 0..100 {
-            d.push(&[b'x'; 1000]);
-            assert_eq!(d.next_frame(), None);
-            assert!(d.buffered() <= SNIFF_PREFIX_BYTES + 1000);
-        }
-        d.push(b"\"}}\n{\"ok\":true}\n");
-        let got = frames(&mut d);
-        assert_eq!(got.len(), 2);
-        match &got[0] {
-            Frame::TooLong { id, len } => {
-                assert_eq!(id, &Some(Id::String("big-1".into())));
-                assert_eq!(*len, head.len() + 100_000 + 3);
+        // The id first, or last (the TypeScript SDK writes it after `params`); a
+        // response says so.
+        for (head, tail, id, response) in [
+            (
+                &br#"{"jsonrpc":"2.0","id":"big-1","method":"tools/call","params":{"x":""#[..],
+                &br#""}}"#[..],
+                Id::String("big-1".into()),
+                false,
+            ),
+            (
+                br#"{"method":"tools/call","params":{"id":1,"x":""#,
+                br#""},"jsonrpc":"2.0","id":77}"#,
+                Id::from(77),
+                false,
+            ),
+            (
+                br#"{"jsonrpc":"2.0","result":{"x":""#,
+                br#""},"id":"r-9"}"#,
+                Id::String("r-9".into()),
+                true,
+            ),
+        ] {
+            let mut d = LineDecoder::new(64);
+            d.push(head);
+            for _ in 0..100 {
+                d.push(&[b'x'; 1000]);
+                assert_eq!(d.next_frame(), None);
+                assert!(d.buffered() <= 1000, "only what is not yet read is kept");
             }
-            other => panic!("expected TooLong, got {other:?}"),
+            d.push(tail);
+            d.push(b"\n{\"ok\":true}\n");
+            let got = frames(&mut d);
+            assert_eq!(
+                got,
+                vec![
+                    Frame::TooLong {
+                        seen: Sniffed {
+                            id: Some(id),
+                            response,
+                            notification: false
+                        },
+                        len: head.len() + 100_000 + tail.len()
+                    },
+                    Frame::Line(b"{\"ok\":true}".to_vec())
+                ]
+            );
         }
-        assert_eq!(got[1], Frame::Line(b"{\"ok\":true}".to_vec()));
+    }
+
+    #[test]
+    fn the_last_line_without_a_newline_is_given_at_the_end() {
+        let mut d = LineDecoder::new(64);
+        d.push(b"{\"a\":1}\n{\"id\":2,\"method\":\"ping\"}\r");
+        assert_eq!(frames(&mut d), vec![Frame::Line(b"{\"a\":1}".to_vec())]);
+        assert_eq!(
+            d.finish(),
+            Some(Frame::Line(b"{\"id\":2,\"method\":\"ping\"}".to_vec()))
+        );
+        assert_eq!(d.finish(), None, "given once");
+        d.push(b" \t");
+        assert_eq!(d.finish(), None, "blank");
+        // Too long, and never ended: still reported, with its id.
+        let mut d = LineDecoder::new(16);
+        d.push(b"{\"method\":\"x\",\"params\":{\"p\":\"");
+        d.push(&[b'y'; 100]);
+        d.push(b"\"},\"id\":5}");
+        assert_eq!(frames(&mut d), vec![]);
+        assert_eq!(
+            d.finish(),
+            Some(Frame::TooLong {
+                seen: Sniffed {
+                    id: Some(Id::from(5)),
+                    response: false,
+                    notification: false
+                },
+                len: 29 + 100 + 10
+            })
+        );
     }
 
     #[test]
@@ -315,7 +423,11 @@ mod tests {
             got,
             vec![
                 Frame::TooLong {
-                    id: Some(Id::from(7)),
+                    seen: Sniffed {
+                        id: Some(Id::from(7)),
+                        response: false,
+                        notification: false
+                    },
                     len: 14
                 },
                 Frame::Line(b"0123456789".to_vec())

@@ -27,9 +27,11 @@ mod de;
 #[cfg(test)]
 mod fuzz;
 mod reply;
+mod sniff;
 
 pub use brief::Brief;
 pub use reply::{Answer, Reply};
+pub use sniff::{sniff, Sniffed, Sniffer, MAX_SNIFFED_ID_BYTES};
 
 /// A JSON-RPC request id, exactly as the peer sent it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -200,6 +202,35 @@ impl Rejection {
         }
     }
 
+    /// The rejection of text that could not be read as JSON (or UTF-8): the id and
+    /// kind are what [`sniff`] reads of it; a response or a notification is not
+    /// answered.
+    pub fn unreadable(bytes: &[u8], code: i64, message: impl Into<String>) -> Self {
+        let seen = sniff(bytes);
+        Rejection::sniffed(seen, code, message)
+    }
+
+    /// [`Rejection::unreadable`] for what [`sniff`] (or a [`Sniffer`]) found.
+    pub fn sniffed(seen: Sniffed, code: i64, message: impl Into<String>) -> Self {
+        Rejection {
+            reply: seen.answerable(),
+            id: seen.id,
+            error: RpcError::new(code, message),
+        }
+    }
+
+    /// The id of the request a rejected response was answering, if it could be read:
+    /// that request should fail now rather than wait out its timeout (the receiver
+    /// sends its sender an error response with this id, [`Rejection::reply`] being
+    /// false).
+    pub fn answered_id(&self) -> Option<&Id> {
+        if self.reply {
+            None
+        } else {
+            self.id.as_ref()
+        }
+    }
+
     /// The error response to send back for this rejection.
     pub fn to_response(&self) -> Message {
         Message::error_response(self.id.clone(), self.error.clone())
@@ -209,8 +240,8 @@ impl Rejection {
 /// The text of a line, or the rejection of a line that is not UTF-8.
 fn utf8(bytes: &[u8]) -> Result<&str, Rejection> {
     std::str::from_utf8(bytes).map_err(|_| {
-        Rejection::new(
-            sniff_id(bytes),
+        Rejection::unreadable(
+            bytes,
             codes::PARSE_ERROR,
             "parse error: message is not valid UTF-8",
         )
@@ -369,11 +400,7 @@ impl Message {
             de::parse(text)
         };
         let (value, taken) = parsed.map_err(|e| {
-            Rejection::new(
-                sniff_id(bytes),
-                codes::PARSE_ERROR,
-                format!("parse error: {e}"),
-            )
+            Rejection::unreadable(bytes, codes::PARSE_ERROR, format!("parse error: {e}"))
         })?;
         let mut msg = Message::from_value(value)?;
         msg.trace = taken.trace.map(Box::new);
@@ -1238,26 +1265,11 @@ fn write_with_trace(out: &mut Vec<u8>, obj: &Map<String, Value>, t: &TraceContex
     out.push(b'}');
 }
 
-/// Reads the top-level `"id"` of a JSON object from text that may be truncated or
-/// otherwise invalid, so an error about a broken message can still carry its id.
-///
-/// Scans `{ "key": value, ... }` at the top level only, skipping nested values, and
-/// gives up (returns `None`) at the first thing it cannot follow.
+/// Reads the top-level `"id"` of a JSON object from text that may be invalid, so an
+/// error about a broken message can still carry its id ([`sniff`] says more: whether it
+/// is a response).
 pub fn sniff_id(bytes: &[u8]) -> Option<Id> {
-    let mut s = Scanner {
-        b: bytes,
-        i: object_start(bytes)?,
-    };
-    loop {
-        let key = s.key()?;
-        let (start, end) = s.value()?;
-        if key == b"\"id\"" {
-            let v: Value = serde_json::from_slice(&bytes[start..end]).ok()?;
-            return Id::from_value(&v);
-        }
-        s.ws();
-        s.eat(b',')?;
-    }
+    sniff(bytes).id
 }
 
 /// True when `text` holds no line break (`\n` or `\r`): JSON text that can go on a
@@ -1976,7 +1988,8 @@ mod tests {
             sniff_id(br#" { "params" : {"id": 3, "s":"}"}, "id" : 12 , "#),
             Some(Id::from(12))
         );
-        assert_eq!(sniff_id(br#"{"jsonrpc":"2.0","id":12"#), None);
+        // The line ended after the number: it is the id.
+        assert_eq!(sniff_id(br#"{"jsonrpc":"2.0","id":12"#), Some(Id::from(12)));
         assert_eq!(sniff_id(br#"{"method":"x","params":{"#), None);
         assert_eq!(sniff_id(b"garbage"), None);
         assert_eq!(sniff_id(br#"{"id":null,"#), None);

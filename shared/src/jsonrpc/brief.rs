@@ -44,11 +44,7 @@ impl Brief {
             .deserialize(&mut de)
             .and_then(|read| de.end().map(|()| read))
             .map_err(|e| {
-                Rejection::new(
-                    super::sniff_id(bytes),
-                    codes::PARSE_ERROR,
-                    format!("parse error: {e}"),
-                )
+                Rejection::unreadable(bytes, codes::PARSE_ERROR, format!("parse error: {e}"))
             })?;
         let f = match read {
             Read::Object(f) => f,

@@ -402,18 +402,14 @@ fn mutate(r: &mut Rng, mut b: Vec<u8>) -> Vec<u8> {
 
 fn old_parse(bytes: &[u8]) -> Result<(Message, Value), Rejection> {
     if std::str::from_utf8(bytes).is_err() {
-        return Err(Rejection::new(
-            sniff_id(bytes),
+        return Err(Rejection::unreadable(
+            bytes,
             codes::PARSE_ERROR,
             "parse error: message is not valid UTF-8",
         ));
     }
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        Rejection::new(
-            sniff_id(bytes),
-            codes::PARSE_ERROR,
-            format!("parse error: {e}"),
-        )
+        Rejection::unreadable(bytes, codes::PARSE_ERROR, format!("parse error: {e}"))
     })?;
     Ok((Message::from_value(value.clone())?, value))
 }

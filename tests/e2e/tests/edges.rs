@@ -1035,3 +1035,235 @@ fn client_close(in_flight: bool) {
         );
     }
 }
+
+#[test]
+fn a_cancelled_request_leaves_the_routers_in_flight_table_and_is_never_answered() {
+    let gw = gateway();
+    let mut c = router_with_config(&gw.url, "[limits]\nmax_in_flight = 2\n");
+    c.initialize();
+    for id in [1, 2] {
+        c.send(json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+            "params":{"name":"one.sleep","arguments":{"ms":60000}}}));
+    }
+    // Both reached the gateway (one link, in order) before they are cancelled.
+    c.send(json!({"jsonrpc":"2.0","id":"full","method":"ping"}));
+    let r = c.response(&json!("full"));
+    assert_eq!(error_code(&r), -32003, "two in flight: {r}");
+    for id in [1, 2] {
+        c.send(json!({"jsonrpc":"2.0","method":"notifications/cancelled",
+            "params":{"requestId":id,"reason":"user"}}));
+    }
+    // Their places are free again.
+    let r = c.call(json!(3), "one.echo", json!({"text":"after"}));
+    assert_eq!(text_of(&r), "after");
+    let r = c.request(json!(4), "ping", json!({}));
+    assert_eq!(r["result"], json!({}), "{r}");
+    // At EOF nothing is waited for, and the cancelled requests get no answer.
+    assert!(c.close_stdin().success());
+    let rest = c.drain_for(DEADLINE);
+    assert!(
+        !rest.iter().any(|m| m["id"] == 1 || m["id"] == 2),
+        "{rest:?}"
+    );
+    assert!(
+        !c.log.text().contains("still unanswered"),
+        "{}",
+        c.log.text()
+    );
+}
+
+#[test]
+fn a_last_line_without_a_newline_is_still_a_message() {
+    let gw = gateway();
+    let init = json!({"jsonrpc":"2.0","id":"init","method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"e2e","version":"1"}}});
+    let input = format!("{init}\n{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}}");
+    let replies = router_script(&gw, input.as_bytes());
+    assert!(
+        replies
+            .iter()
+            .any(|r| r["id"] == 1 && r["result"] == json!({})),
+        "{replies:?}"
+    );
+}
+
+/// The TypeScript SDK writes `id` after `params`: an over-long request's id is read
+/// wherever it is.
+#[test]
+fn an_over_long_request_with_its_id_last_gets_an_error_with_its_id() {
+    let gw = gateway_with("[limits]\nmax_message_bytes = 4096\n");
+    let mut r = router_with_config(&gw.url, "[limits]\nmax_message_bytes = 2048\n");
+    r.initialize();
+    let mut ws = WsClient::mcp(&gw);
+    ws.initialize();
+    for c in [&mut r, &mut ws] {
+        let big = "x".repeat(6000);
+        c.send_raw(&format!(
+            r#"{{"method":"tools/call","params":{{"name":"one.echo","arguments":{{"text":"{big}","id":1}}}},"jsonrpc":"2.0","id":"last"}}"#
+        ));
+        let e = c.response(&json!("last"));
+        assert_eq!(error_code(&e), -32600, "{e}");
+        // A notification that long is not answered, and the stream goes on.
+        c.send_raw(&format!(
+            r#"{{"method":"notifications/progress","params":{{"x":"{big}"}},"jsonrpc":"2.0"}}"#
+        ));
+        let ok = c.call(json!("after"), "one.echo", json!({"text":"fine"}));
+        assert_eq!(text_of(&ok), "fine");
+        assert!(c.drain_for(Duration::ZERO).is_empty());
+    }
+}
+
+/// An answer of the client's to a backend's request that cannot be read (not JSON, or
+/// too long) is not answered back: the backend's request fails at once, rather than at
+/// its timeout.
+#[test]
+fn an_unreadable_answer_to_a_sampling_request_fails_it_at_once() {
+    let gw = gateway_with("[limits]\nmax_message_bytes = 4096\n");
+    let mut r = router_with_config(&gw.url, "[limits]\nmax_message_bytes = 2048\n");
+    r.initialize();
+    let mut ws = WsClient::mcp(&gw);
+    ws.initialize();
+    let big = "y".repeat(5000);
+    for c in [&mut r, &mut ws] {
+        for (i, (answer, why)) in [
+            (
+                r#"{"jsonrpc":"2.0","id":$ID,"result":{"x":}"#.to_string(),
+                "parse error",
+            ),
+            (
+                format!(r#"{{"jsonrpc":"2.0","result":{{"text":"{big}"}},"id":$ID}}"#),
+                "maximum size",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            c.send(json!({"jsonrpc":"2.0","id":i,"method":"tools/call",
+                "params":{"name":"one.sample","arguments":{"prompt":"2+2?"}}}));
+            let req = c.recv_where(|v| v["method"] == "sampling/createMessage");
+            c.send_raw(&answer.replace("$ID", &req["id"].to_string()));
+            let res = c.response(&json!(i));
+            let text = text_of(&res);
+            assert!(
+                text.starts_with("sampling failed:") && text.contains(why),
+                "{text}"
+            );
+            // Nothing was sent back for the bad answer.
+            assert!(
+                c.drain_for(Duration::ZERO).is_empty(),
+                "the answer was answered"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_backend_response_that_is_not_json_fails_its_request_at_once() {
+    let gw = gateway_with("[limits]\nrequest_timeout = \"60s\"\n");
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    let r = c.call(
+        json!(1),
+        "one.respond_raw",
+        json!({"line": r#"{"jsonrpc":"2.0","id":$ID,"result":{"content":[}"#}),
+    );
+    assert_eq!(error_code(&r), -32603, "{r}");
+    let message = r["error"]["message"].as_str().unwrap();
+    assert!(message.contains("invalid response"), "{message}");
+    assert_eq!(r["error"]["data"]["kind"], "invalid_response");
+}
+
+#[test]
+fn a_gateway_message_over_the_routers_limit_fails_only_its_request() {
+    let gw = gateway();
+    let mut c = router_with_config(&gw.url, "[limits]\nmax_message_bytes = 65536\n");
+    c.initialize();
+    c.send(json!({"jsonrpc":"2.0","id":"slow","method":"tools/call",
+        "params":{"name":"one.sleep","arguments":{"ms":300}}}));
+    let r = c.call(json!("big"), "one.big", json!({"bytes": 70_000}));
+    assert_eq!(error_code(&r), -32603, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("larger than 65536"),
+        "{r}"
+    );
+    // The link stayed up: the request in flight is answered by the gateway.
+    let r = c.response(&json!("slow"));
+    assert_eq!(text_of(&r), "slept 300");
+    assert!(!c.log.text().contains("link lost"), "{}", c.log.text());
+}
+
+#[test]
+fn replay_restores_more_subscriptions_than_the_gateways_in_flight_bound() {
+    let config = |listen: &str| {
+        format!(
+            "[server]\nlisten = \"{listen}\"\n[limits]\nmax_in_flight = 4\n{}",
+            fixture_backend("one", "")
+        )
+    };
+    let mut gw = Gateway::start_raw(&config("127.0.0.1:0"));
+    let addr = gw.addr();
+    let mut c = router_with_config(&gw.url, FAST_RECONNECT);
+    c.initialize();
+    const N: usize = 40;
+    for i in 0..N {
+        let uri = format!("fixture://one/item/{i}");
+        let r = c.request(
+            json!(format!("s{i}")),
+            "resources/subscribe",
+            json!({ "uri": uri }),
+        );
+        assert!(r.get("result").is_some(), "{r}");
+    }
+    gw.terminate();
+    c.wait_log("gateway link lost");
+    let _gw2 = Gateway::start_raw(&config(&addr));
+    c.wait_log("reconnected to gateway");
+    for i in [0, N / 2, N - 1] {
+        let uri = format!("fixture://one/item/{i}");
+        let r = c.call(json!(format!("t{i}")), "one.touch", json!({ "uri": uri }));
+        assert_eq!(text_of(&r), "touched", "item {i}: {r}");
+        c.recv_where(|m| {
+            m["method"] == "notifications/resources/updated" && m["params"]["uri"] == uri
+        });
+    }
+    assert!(
+        !c.log.text().contains("replaying the session"),
+        "every replayed step succeeded:\n{}",
+        c.log.text()
+    );
+}
+
+#[test]
+fn a_hosts_late_answer_to_a_lost_links_request_does_not_answer_a_new_one() {
+    let mut gw = gateway();
+    let addr = gw.addr();
+    let mut c = router_with_config(&gw.url, FAST_RECONNECT);
+    c.initialize();
+    c.send(json!({"jsonrpc":"2.0","id":"s1","method":"tools/call",
+        "params":{"name":"one.sample","arguments":{"prompt":"first"}}}));
+    let old = c.recv_where(|v| v["method"] == "sampling/createMessage");
+    gw.terminate();
+    let r = c.response(&json!("s1"));
+    assert_eq!(error_code(&r), -32004, "{r}");
+    // The host is told the request it holds is void.
+    let n = c.recv_where(|v| v["method"] == "notifications/cancelled");
+    assert_eq!(n["params"]["requestId"], old["id"], "{n}");
+    let _gw2 = gateway_on(&addr);
+    c.wait_log("reconnected to gateway");
+    c.send(json!({"jsonrpc":"2.0","id":"s2","method":"tools/call",
+        "params":{"name":"one.sample","arguments":{"prompt":"second"}}}));
+    let new = c.recv_where(|v| v["method"] == "sampling/createMessage");
+    assert_eq!(new["params"]["messages"][0]["content"]["text"], "second");
+    assert_ne!(new["id"], old["id"], "a new id for the host");
+    let answer = |id: &serde_json::Value, text: &str| {
+        json!({"jsonrpc":"2.0","id":id,"result":{"role":"assistant",
+            "content":{"type":"text","text":text},"model":"test"}})
+    };
+    c.send(answer(&old["id"], "to the first"));
+    c.send(answer(&new["id"], "to the second"));
+    let r = c.response(&json!("s2"));
+    assert_eq!(text_of(&r), "sampled: to the second");
+}
