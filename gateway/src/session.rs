@@ -419,8 +419,9 @@ impl Session {
             None
         };
         if let Some(e) = refused {
-            let resp = Message::error_response(Some(id), e.to_rpc_error());
             let method = msg.method().unwrap_or_default();
+            log::debug!("session {}: {method} {id} refused: {e}", self.id);
+            let resp = Message::error_response(Some(id), e.to_rpc_error());
             let kind = if limited {
                 "overloaded"
             } else {
@@ -472,7 +473,6 @@ impl Session {
             let outcome = futures_lite::future::or(cancelled, work).await;
             match outcome {
                 Some(resp) => {
-                    me.in_flight.borrow_mut().remove(&id);
                     telemetry::record_response(&cx, &resp);
                     let (outcome, error_type) = outcome_of(&resp);
                     me.gw
@@ -492,6 +492,18 @@ impl Session {
                         ),
                     }
                     me.reply(resp).await;
+                    // Counted until its answer is queued: a client that does not read
+                    // holds at most `max_in_flight` answers waiting for room in the
+                    // outbox, not one per request it keeps sending. The entry is this
+                    // request's unless a cancellation came meanwhile and the id was
+                    // used again.
+                    let mut in_flight = me.in_flight.borrow_mut();
+                    if in_flight
+                        .get(&id)
+                        .is_some_and(|e| Rc::ptr_eq(&e.target, &target))
+                    {
+                        in_flight.remove(&id);
+                    }
                 }
                 None => {
                     log::debug!("session {}: {method} {id} cancelled by the client", me.id);

@@ -1267,3 +1267,39 @@ fn a_hosts_late_answer_to_a_lost_links_request_does_not_answer_a_new_one() {
     let r = c.response(&json!("s2"));
     assert_eq!(text_of(&r), "sampled: to the second");
 }
+
+/// A client that sends requests but reads nothing holds at most `max_in_flight`
+/// answers in the gateway beyond its queue (and the sockets): the request after them is
+/// refused, and reading stops. Before, an answered request stopped counting while its
+/// answer waited for room, and the gateway held one answer per request sent.
+#[test]
+fn a_client_that_does_not_read_cannot_pile_up_answers() {
+    let gw = gateway_with("send_timeout = \"60s\"\n[limits]\nmax_in_flight = 4\n");
+    let mut ws = raw_client(&gw);
+    ws.send(tungstenite::Message::text(
+        json!({"jsonrpc":"2.0","id":"init","method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"e2e","version":"1"}}})
+        .to_string(),
+    ))
+    .unwrap();
+    let init = ws.read().unwrap();
+    assert!(init.to_text().unwrap().contains("\"result\""), "{init}");
+    // 1 MB answers: the gateway's queue (32 lines) and the socket buffers hold a few
+    // dozen; 200 would be 200 MB held.
+    for i in 0..200 {
+        ws.send(tungstenite::Message::text(
+            json!({"jsonrpc":"2.0","id":i,"method":"tools/call",
+                "params":{"name":"one.big","arguments":{"bytes": 1_000_000}}})
+            .to_string(),
+        ))
+        .unwrap();
+        let line = gw.wait_line(&format!("tools/call {i} "));
+        if line.contains("refused") {
+            assert!(line.contains("too many requests in flight"), "{line}");
+            assert!(i > 4 + 32, "refused too early, at {i}");
+            return;
+        }
+        assert!(line.contains("answered"), "{line}");
+    }
+    panic!("200 answers held for a client that reads nothing");
+}
