@@ -109,7 +109,6 @@ fn reject(status: StatusCode, why: &str) -> ErrorResponse {
 #[allow(clippy::result_large_err)]
 fn check_handshake(
     gw: &Gateway,
-    full: bool,
     req: &Request,
     mut resp: Response,
     seen: &mut Handshake,
@@ -140,9 +139,6 @@ fn check_handshake(
             ));
         }
     }
-    if full {
-        return Err(reject(StatusCode::SERVICE_UNAVAILABLE, "too many sessions"));
-    }
     if let Some(offered) = req.headers().get("Sec-WebSocket-Protocol") {
         let offered = offered.to_str().unwrap_or("");
         if !offered.split(',').any(|p| p.trim() == "mcp") {
@@ -154,6 +150,12 @@ fn check_handshake(
         resp.headers_mut()
             .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mcp"));
     }
+    // Checked and taken in one step, on the gateway's one thread: handshakes in
+    // progress together cannot all pass a check made when their connections came.
+    if gw.session_count() >= gw.cfg.server.max_sessions {
+        return Err(reject(StatusCode::SERVICE_UNAVAILABLE, "too many sessions"));
+    }
+    seen.count = Some(gw.count_session());
     Ok(resp)
 }
 
@@ -382,12 +384,14 @@ impl Future for ClientWriter {
     }
 }
 
-/// What the handshake told us, for tracing.
+/// What the handshake told us, for tracing, and the session's place in
+/// `max_sessions`, taken when the handshake was accepted.
 #[derive(Default)]
 struct Handshake {
     cx: Cx,
     host: String,
     user_agent: Option<String>,
+    count: Option<crate::SessionCount>,
 }
 
 async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Receiver<()>) {
@@ -395,11 +399,10 @@ async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Rec
     let socket = stream.clone();
     // Bytes each way: the writer's send timeout and keepalive look at progress.
     let (stream, meter) = Metered::new(stream);
-    let full = gw.session_count() >= gw.cfg.server.max_sessions;
     let max = gw.cfg.limits.max_message_bytes;
     let mut seen = Handshake::default();
     #[allow(clippy::result_large_err)]
-    let callback = |req: &Request, resp: Response| check_handshake(&gw, full, req, resp, &mut seen);
+    let callback = |req: &Request, resp: Response| check_handshake(&gw, req, resp, &mut seen);
     // Boxed: the handshake's state would otherwise stay inline in this task's future
     // (several KiB) for the whole life of the session.
     let handshake = Box::pin(async_tungstenite::accept_hdr_async_with_config(
@@ -418,7 +421,7 @@ async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Rec
             return;
         }
     };
-    let _count = gw.count_session();
+    let _count = seen.count.take();
     let opened = std::time::Instant::now();
     gw.metrics.session_opened();
     let (sink, mut stream) = ws.split();

@@ -1303,3 +1303,34 @@ fn a_client_that_does_not_read_cannot_pile_up_answers() {
     }
     panic!("200 answers held for a client that reads nothing");
 }
+
+/// Connections that all arrive before any handshake completes are held to
+/// `max_sessions` too (it was checked when each connection came, and counted only after
+/// its handshake).
+#[test]
+fn max_sessions_holds_for_handshakes_in_progress_together() {
+    use tungstenite::client::IntoClientRequest;
+    let gw = Gateway::start_raw(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_sessions = 2\n{}",
+        fixture_backend("one", "")
+    ));
+    let streams: Vec<_> = (0..6)
+        .map(|_| std::net::TcpStream::connect(gw.addr()).unwrap())
+        .collect();
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for stream in streams {
+        let mut req = gw.url.as_str().into_client_request().unwrap();
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", "mcp".parse().unwrap());
+        match tungstenite::client(req, stream) {
+            Ok((ws, _)) => open.push(ws),
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+                assert_eq!(r.status().as_u16(), 503);
+                refused += 1;
+            }
+            Err(e) => panic!("handshake: {e}"),
+        }
+    }
+    assert_eq!((open.len(), refused), (2, 4));
+}
