@@ -1132,10 +1132,16 @@ impl GatewayConfig {
                     format!("{:?}: use letters, digits, '-' and '_' only", b.name),
                 ));
             }
-            if b.name.contains(sep.as_str()) {
+            // `<name><separator>` must split back at the end of the name: a name that
+            // contains the separator, or ends with its start (`fx_` with `__`), would
+            // route the tools it lists to another backend.
+            if format!("{}{sep}", b.name).find(sep.as_str()) != Some(b.name.len()) {
                 return Err(bad(
                     "name",
-                    format!("{:?} contains the routing separator {sep:?}", b.name),
+                    format!(
+                        "{:?} contains the routing separator {sep:?}, or ends with part of it: its prefixed names would not split back at the separator",
+                        b.name
+                    ),
                 ));
             }
             if !seen.insert(b.name.as_str()) {
@@ -1424,6 +1430,26 @@ env = { A = "1" }
         let e = from_str::<GatewayConfig>(&text, None).unwrap_err();
         assert!(e.message.contains("separator"), "{e}");
         assert_eq!(e.key.as_deref(), Some("backends[0].name"));
+        // `fx_` + `__` + `whoami` would split as `fx` + `_whoami`.
+        for (sep, name, ok) in [
+            ("__", "fx_", false),
+            ("__", "fx", true),
+            ("-_", "a-", true),
+            ("aba", "xab", false),
+            ("aba", "xa", true),
+        ] {
+            let text = format!(
+                "[routing]\nseparator = {sep:?}\n{}",
+                GOOD.replace("\"one\"", &format!("{name:?}"))
+            );
+            let got = from_str::<GatewayConfig>(&text, None);
+            assert_eq!(got.is_ok(), ok, "{sep} {name}: {got:?}");
+            if got.is_ok() {
+                let ns = crate::routing::Namespace::new(sep);
+                let full = ns.prefix(name, "tool");
+                assert_eq!(ns.split(&full, |b| b == name), Some((name, "tool")));
+            }
+        }
     }
 
     #[test]
