@@ -459,16 +459,11 @@ async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Rec
             None
         })
         .await;
-        let text = match next {
+        // Text and binary frames alike: the parser checks UTF-8 itself, and reads the id
+        // of a message that is not (so its error carries it).
+        let data = match next {
             None | Some(None) => break,
-            Some(Some(Ok(WsMessage::Text(t)))) => t,
-            Some(Some(Ok(WsMessage::Binary(b)))) => match std::str::from_utf8(&b) {
-                Ok(t) => t.into(),
-                Err(_) => {
-                    session.on_client_message("\u{fffd}").await;
-                    continue;
-                }
-            },
+            Some(Some(Ok(m @ (WsMessage::Text(_) | WsMessage::Binary(_))))) => m.into_data(),
             Some(Some(Ok(WsMessage::Close(_)))) => break,
             Some(Some(Ok(_))) => continue,
             Some(Some(Err(async_tungstenite::tungstenite::Error::Capacity(e)))) => {
@@ -482,20 +477,18 @@ async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Rec
                 break;
             }
         };
-        if text.len() > max {
+        if data.len() > max {
             // Read whole (up to `WS_OVERSIZE_FACTOR` times the bound) only to be
             // answered: the session goes on.
             log::warn!(
                 "session {}: dropped a {}-byte message (limit {max})",
                 session.id(),
-                text.len()
+                data.len()
             );
-            session
-                .reject_too_large(jsonrpc::sniff(text.as_bytes()))
-                .await;
+            session.reject_too_large(jsonrpc::sniff(&data)).await;
             continue;
         }
-        session.on_client_message(text.as_str()).await;
+        session.on_client_message(&data).await;
     }
     // A writer that gave up on the client ended the read loop: count why (before the
     // session's "closed" line, which tests wait for).

@@ -293,13 +293,13 @@ impl Session {
     }
 
     /// Handles one message from the client.
-    pub async fn on_client_message(self: &Rc<Self>, text: &str) {
+    pub async fn on_client_message(self: &Rc<Self>, text: &[u8]) {
         // Kept, so that what is forwarded is the client's text with the gateway's few
         // changes written over it (`Message::to_text`), not a re-serialisation. The
         // requests routed by their `name` or `uri` alone (the bulk of the traffic)
         // stay lean: their other params, a tool call's arguments above all, are checked
         // but never built. Everything else reads more of its params: parsed whole.
-        let msg = match Message::parse_relayed(text.as_bytes().to_vec()) {
+        let msg = match Message::parse_relayed(text.to_vec()) {
             Ok(m) => match (m.kind(), m.method()) {
                 (Kind::Request, Some("tools/call" | "prompts/get" | "resources/read")) => m,
                 _ => m.into_whole(),

@@ -1334,3 +1334,19 @@ fn max_sessions_holds_for_handshakes_in_progress_together() {
     }
     assert_eq!((open.len(), refused), (2, 4));
 }
+
+#[test]
+fn a_binary_frame_that_is_not_utf8_gets_a_parse_error_with_its_id() {
+    let gw = gateway();
+    let mut ws = raw_client(&gw);
+    let mut bytes = br#"{"jsonrpc":"2.0","id":5,"method":"ping","params":{"x":"caf"#.to_vec();
+    bytes.extend_from_slice(b"\xe9\"}}");
+    ws.send(tungstenite::Message::binary(bytes)).unwrap();
+    let r: serde_json::Value = serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
+    assert_eq!(error_code(&r), -32700, "{r}");
+    assert_eq!(r["id"], 5, "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("UTF-8"),
+        "{r}"
+    );
+}
