@@ -135,8 +135,14 @@ pub fn handling(method: &str) -> Handling {
     }
 }
 
+/// The server capabilities whose methods the gateway routes ([`handling`]): only these
+/// are announced. Others a backend declares (`tasks`, `experimental`, newer ones) would
+/// promise methods the gateway answers with "method not found".
+pub const ROUTED_CAPABILITIES: &[&str] =
+    &["tools", "prompts", "resources", "logging", "completions"];
+
 /// Merges capability objects: the union of their keys, recursively; `true` wins over
-/// `false` for flags such as `listChanged`.
+/// `false` for flags such as `listChanged`. Only [`ROUTED_CAPABILITIES`] are kept.
 pub fn merge_capabilities<'a>(caps: impl IntoIterator<Item = &'a Value>) -> Value {
     let mut out = Map::new();
     for c in caps {
@@ -144,6 +150,7 @@ pub fn merge_capabilities<'a>(caps: impl IntoIterator<Item = &'a Value>) -> Valu
             merge_into(&mut out, m);
         }
     }
+    out.retain(|k, _| ROUTED_CAPABILITIES.contains(&k.as_str()));
     Value::Object(out)
 }
 
@@ -188,6 +195,15 @@ mod tests {
         );
         assert!(has_capability(&m, "resources"));
         assert!(!has_capability(&m, "prompts"));
+        // What the gateway does not route is not announced.
+        let c = json!({"tasks":{"requests":{"tools":{"call":{}}}},"experimental":{"x":{}},"completions":{}});
+        assert_eq!(
+            merge_capabilities([&a, &c]),
+            json!({"tools":{"listChanged":false},"logging":{},"completions":{}})
+        );
+        for method in ["tasks/list", "tasks/get", "tasks/result"] {
+            assert_eq!(handling(method), Handling::Unknown, "{method}");
+        }
     }
 
     #[test]
