@@ -1093,7 +1093,7 @@ impl Session {
         }
         let mut items = Vec::new();
         let mut cursor: Option<Value> = None;
-        for _ in 0..MAX_LIST_PAGES {
+        for page in 0..MAX_LIST_PAGES {
             let mut params = serde_json::Map::new();
             if let Some(m) = &meta {
                 params.insert("_meta".into(), Value::Object(m.clone()));
@@ -1102,23 +1102,44 @@ impl Session {
                 params.insert("cursor".into(), c);
             }
             let req = Message::request(Id::from(0), kind.method(), Some(Value::Object(params)));
-            let resp = self
+            let outcome = match self
                 .send_traced(&proc, slot, req, cx, None, ReadAs::Whole)
-                .await?;
-            let result = resp.into_message().into_outcome().map_err(|err| {
-                RpcError::new(
-                    err.get("code").and_then(Value::as_i64).unwrap_or(-32603),
-                    err.get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("error")
-                        .to_string(),
-                )
-            })?;
+                .await
+            {
+                Ok(resp) => resp.into_message().into_outcome().map_err(|err| {
+                    RpcError::new(
+                        err.get("code").and_then(Value::as_i64).unwrap_or(-32603),
+                        err.get("message")
+                            .and_then(Value::as_str)
+                            .unwrap_or("error")
+                            .to_string(),
+                    )
+                }),
+                Err(e) => Err(e),
+            };
+            let result = match outcome {
+                Ok(r) => r,
+                Err(e) if page > 0 => {
+                    // What the earlier pages gave is still the backend's: kept, rather
+                    // than the whole listing dropped for its tail.
+                    log::warn!(
+                        "backend {:?}: {} page {} failed ({}); listing the {} item(s) of the pages before",
+                        slot.name(),
+                        kind.method(),
+                        page + 1,
+                        e.message,
+                        items.len()
+                    );
+                    return Ok(items);
+                }
+                Err(e) => return Err(e),
+            };
             if let Some(Value::Array(page)) = result.get(kind.field()) {
                 items.extend(page.iter().cloned());
             }
             match result.get("nextCursor") {
-                Some(c) if !c.is_null() => cursor = Some(c.clone()),
+                // An empty cursor ends the listing too (some servers end with "").
+                Some(c) if !c.is_null() && c.as_str() != Some("") => cursor = Some(c.clone()),
                 _ => return Ok(items),
             }
         }

@@ -493,3 +493,47 @@ fn backend_that_stops_reading_fails_requests_within_their_timeout() {
     assert_eq!(ids, (0..400).collect());
     assert!(gw.terminate().success());
 }
+
+/// A backend that lists its tools in pages is listed whole: every page is fetched; a
+/// last page whose `nextCursor` is `""` ends the listing; a page that fails after the
+/// first keeps what the pages before gave.
+#[test]
+fn paged_tool_listings_are_fetched_whole() {
+    let names_of = |r: &Value, prefix: &str| -> Vec<String> {
+        let mut names: Vec<String> = r["result"]["tools"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{r}"))
+            .iter()
+            .filter_map(|t| t["name"].as_str())
+            .filter_map(|n| n.strip_prefix(prefix).map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    };
+    let gw = two_backends("", "");
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    let whole = names_of(&c.request(json!("t"), "tools/list", json!({})), "one.");
+    assert!(whole.len() > 6, "{whole:?}");
+    for end in [None, Some(""), Some("bogus")] {
+        let env = match end {
+            Some(e) => {
+                format!("env = {{ FIXTURE_TOOLS_PAGE = \"3\", FIXTURE_END_CURSOR = {e:?} }}")
+            }
+            None => "env = { FIXTURE_TOOLS_PAGE = \"3\" }".to_string(),
+        };
+        let gw = two_backends(&env, "");
+        let mut c = Client::router(&gw.url);
+        c.initialize();
+        let r = c.request(json!("t"), "tools/list", json!({}));
+        assert_eq!(names_of(&r, "one."), whole, "end {end:?}: {r}");
+        assert_eq!(names_of(&r, "two."), whole, "the other backend: {r}");
+        if end == Some("bogus") {
+            let line = gw.wait_line("page");
+            assert!(
+                line.contains("failed") && line.contains("tools/list"),
+                "{line}"
+            );
+        }
+    }
+}
