@@ -136,6 +136,10 @@ impl Drop for Turn {
 struct Target {
     proc: RefCell<Option<Weak<Proc>>>,
     id: Cell<Option<u64>>,
+    /// The request has its answer (waiting for room in the outbox, perhaps): a
+    /// cancellation no longer frees its place in `max_in_flight`, nor goes to the
+    /// backend.
+    answered: Cell<bool>,
 }
 
 struct InFlight {
@@ -473,6 +477,7 @@ impl Session {
             let outcome = futures_lite::future::or(cancelled, work).await;
             match outcome {
                 Some(resp) => {
+                    target.answered.set(true);
                     telemetry::record_response(&cx, &resp);
                     let (outcome, error_type) = outcome_of(&resp);
                     me.gw
@@ -1162,8 +1167,21 @@ impl Session {
                 else {
                     return;
                 };
-                let Some(entry) = self.in_flight.borrow_mut().remove(&rid) else {
-                    log::debug!("session {}: cancel for unknown request {rid}", self.id);
+                let entry = {
+                    let mut in_flight = self.in_flight.borrow_mut();
+                    match in_flight.get(&rid) {
+                        // Its task removes it once the answer is queued: until then it
+                        // holds memory, so it keeps its place.
+                        Some(e) if e.target.answered.get() => None,
+                        Some(_) => in_flight.remove(&rid),
+                        None => None,
+                    }
+                };
+                let Some(entry) = entry else {
+                    log::debug!(
+                        "session {}: cancel for unknown or answered request {rid}",
+                        self.id
+                    );
                     return;
                 };
                 let _ = entry.cancel.send(());

@@ -1271,37 +1271,51 @@ fn a_hosts_late_answer_to_a_lost_links_request_does_not_answer_a_new_one() {
 /// A client that sends requests but reads nothing holds at most `max_in_flight`
 /// answers in the gateway beyond its queue (and the sockets): the request after them is
 /// refused, and reading stops. Before, an answered request stopped counting while its
-/// answer waited for room, and the gateway held one answer per request sent.
+/// answer waited for room, and the gateway held one answer per request sent; and then,
+/// a cancellation of an answered request freed its place all the same.
 #[test]
 fn a_client_that_does_not_read_cannot_pile_up_answers() {
-    let gw = gateway_with("send_timeout = \"60s\"\n[limits]\nmax_in_flight = 4\n");
-    let mut ws = raw_client(&gw);
-    ws.send(tungstenite::Message::text(
-        json!({"jsonrpc":"2.0","id":"init","method":"initialize","params":{
-            "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"e2e","version":"1"}}})
-        .to_string(),
-    ))
-    .unwrap();
-    let init = ws.read().unwrap();
-    assert!(init.to_text().unwrap().contains("\"result\""), "{init}");
-    // 1 MB answers: the gateway's queue (32 lines) and the socket buffers hold a few
-    // dozen; 200 would be 200 MB held.
-    for i in 0..200 {
-        ws.send(tungstenite::Message::text(
-            json!({"jsonrpc":"2.0","id":i,"method":"tools/call",
-                "params":{"name":"one.big","arguments":{"bytes": 1_000_000}}})
-            .to_string(),
-        ))
-        .unwrap();
-        let line = gw.wait_line(&format!("tools/call {i} "));
-        if line.contains("refused") {
-            assert!(line.contains("too many requests in flight"), "{line}");
-            assert!(i > 4 + 32, "refused too early, at {i}");
-            return;
-        }
-        assert!(line.contains("answered"), "{line}");
+    for cancel in [false, true] {
+        let gw = gateway_with("send_timeout = \"60s\"\n[limits]\nmax_in_flight = 4\n");
+        let mut ws = raw_client(&gw);
+        let send = |ws: &mut tungstenite::WebSocket<std::net::TcpStream>, v: serde_json::Value| {
+            ws.send(tungstenite::Message::text(v.to_string())).unwrap()
+        };
+        send(
+            &mut ws,
+            json!({"jsonrpc":"2.0","id":"init","method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"e2e","version":"1"}}}),
+        );
+        let init = ws.read().unwrap();
+        assert!(init.to_text().unwrap().contains("\"result\""), "{init}");
+        // 1 MB answers: the gateway's queue (32 lines) and the socket buffers hold a
+        // few dozen; 200 would be 200 MB held.
+        let refused_at = (0..200).find(|i| {
+            send(
+                &mut ws,
+                json!({"jsonrpc":"2.0","id":i,"method":"tools/call",
+                    "params":{"name":"one.big","arguments":{"bytes": 1_000_000}}}),
+            );
+            let line = gw.wait_line(&format!("tools/call {i} "));
+            if line.contains("refused") {
+                assert!(line.contains("too many requests in flight"), "{line}");
+                return true;
+            }
+            assert!(line.contains("answered"), "{line}");
+            if cancel {
+                send(
+                    &mut ws,
+                    json!({"jsonrpc":"2.0","method":"notifications/cancelled",
+                        "params":{"requestId":i}}),
+                );
+            }
+            false
+        });
+        let at = refused_at.unwrap_or_else(|| {
+            panic!("200 answers held for a client that reads nothing (cancel: {cancel})")
+        });
+        assert!(at > 4 + 32, "refused too early, at {at}");
     }
-    panic!("200 answers held for a client that reads nothing");
 }
 
 /// Connections that all arrive before any handshake completes are held to
