@@ -307,12 +307,16 @@ impl Shape {
     fn classify(self) -> Result<(Kind, Option<Id>), Rejection> {
         let has_raw_id = self.raw_id.is_some();
         let id = self.raw_id.and_then(|(_, id)| id);
+        // A notification (a `method` and no `id` key) is never answered, valid or not.
+        let notification = self.method.is_some() && !has_raw_id;
         let invalid = |id: Option<Id>, what: &str| {
-            Err(Rejection::new(
+            let mut r = Rejection::new(
                 id,
                 codes::INVALID_REQUEST,
                 format!("invalid request: {what}"),
-            ))
+            );
+            r.reply = !notification;
+            Err(r)
         };
         let (has_result, has_error) = (self.result.is_some(), self.error.is_some());
         if !self.jsonrpc_is_2_0 {
@@ -322,7 +326,7 @@ impl Shape {
                 codes::INVALID_REQUEST,
                 "invalid request: \"jsonrpc\" must be \"2.0\"",
             );
-            r.reply = !looks_like_response;
+            r.reply = !looks_like_response && !notification;
             return Err(r);
         }
         if has_raw_id && id.is_none() {
@@ -1976,6 +1980,26 @@ mod tests {
         let e = parse(r#"{"jsonrpc":"2.0","id":1}"#).unwrap_err();
         assert!(e.reply);
         assert_eq!(e.id, Some(Id::from(1)));
+    }
+
+    #[test]
+    fn malformed_notifications_are_not_answered() {
+        for text in [
+            r#"{"jsonrpc":"2.0","method":"notifications/x","params":5}"#,
+            r#"{"jsonrpc":"1.0","method":"notifications/y"}"#,
+            r#"{"jsonrpc":"2.0","method":7}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/z","params":{"a":}}"#,
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(!e.reply, "{text}: {e:?}");
+            assert_eq!(e.answered_id(), None);
+            // Brief reads the same.
+            let b = Brief::parse(text.as_bytes()).unwrap_err();
+            assert_eq!(b.reply, e.reply, "{text}");
+        }
+        // With an id key, even a bad one, it is a request: answered.
+        let e = parse(r#"{"jsonrpc":"2.0","method":"x","id":null}"#).unwrap_err();
+        assert!(e.reply);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! an over-long line can be fed through it as it is discarded, whatever its length and
 //! wherever its `id` is (the TypeScript SDK writes `id` after `params`). It only tracks
 //! strings and nesting: keys are read at the top level of the first object, and text
-//! that is broken elsewhere does not stop it. What it finds decides what the bridge
+//! that is broken elsewhere does not stop it. Where the nesting itself is broken (a
+//! closing bracket of the wrong kind, an object never closed) it may miss the `id`, so
+//! it never calls such a text a notification: it gets an answer, with id `null`. What it finds decides what the bridge
 //! answers: a request gets an error carrying its id, a response is never answered
 //! (its sender's request is failed instead).
 
@@ -23,8 +25,8 @@ pub struct Sniffed {
     /// The top level has `result` or `error` and no `method`: a response, which must
     /// not be answered.
     pub response: bool,
-    /// The top level has `method` and no `id` key: a notification, which is not
-    /// answered either.
+    /// The top level has `method` and no `id` key, and the object closed with no
+    /// bracket out of place: a notification, which is not answered either.
     pub notification: bool,
 }
 
@@ -60,11 +62,22 @@ impl Key {
 /// Longest key kept while reading one (`method`; longer keys are others).
 const KEY_BYTES: usize = 8;
 
+/// Levels whose opening bracket is remembered (deeper ones take any closing bracket).
+const KIND_LEVELS: usize = 128;
+
 /// An incremental reader of a message's top level (see the module documentation).
 #[derive(Debug, Default)]
 pub struct Sniffer {
     /// 0 before and after the top-level object, 1 inside it, more inside its values.
     depth: usize,
+    /// Which bracket opened each level from 2 on (bit `depth - 2` set: `[`), for the
+    /// first [`KIND_LEVELS`] of them: a closing bracket of the other kind means the
+    /// nesting read may be wrong (a stray `]` may have ended an object early).
+    kinds: u128,
+    /// A closing bracket that did not match was seen.
+    mismatched: bool,
+    /// The top-level object was closed by its `}`.
+    closed: bool,
     /// The top-level object has begun (or the text is not an object: `done`).
     started: bool,
     done: bool,
@@ -169,25 +182,49 @@ impl Sniffer {
                     b'}' => {
                         self.end_value();
                         self.depth = 0;
+                        self.closed = true;
                         self.done = true;
                     }
+                    b']' => self.mismatched = true,
                     _ => {
                         self.keep(&[b]);
                         match b {
                             b'"' => self.in_string = true,
-                            b'{' | b'[' => self.depth += 1,
+                            b'{' | b'[' => self.open(b),
                             _ => {}
                         }
                     }
                 }
                 continue;
             }
-            self.keep(&[b]);
             match b {
                 b'"' => self.in_string = true,
-                b'{' | b'[' => self.depth += 1,
-                b'}' | b']' => self.depth -= 1,
+                b'{' | b'[' => self.open(b),
+                b'}' | b']' => {
+                    // Counted whatever its kind (a `}` typed for a `]` still closes the
+                    // level), but a wrong kind makes the reading unsure.
+                    let level = self.depth - 2;
+                    let array = self.kinds & (1 << level.min(KIND_LEVELS - 1)) != 0;
+                    if level < KIND_LEVELS && array != (b == b']') {
+                        self.mismatched = true;
+                    }
+                    self.depth -= 1;
+                }
                 _ => {}
+            }
+            self.keep(&[b]);
+        }
+    }
+
+    /// A value opens with `b` (`{` or `[`): one level deeper.
+    fn open(&mut self, b: u8) {
+        self.depth += 1;
+        let level = self.depth - 2;
+        if level < KIND_LEVELS {
+            if b == b'[' {
+                self.kinds |= 1 << level;
+            } else {
+                self.kinds &= !(1 << level);
             }
         }
     }
@@ -204,7 +241,9 @@ impl Sniffer {
         Sniffed {
             id,
             response: !self.method && (self.result || self.error),
-            notification: self.method && !self.id_key,
+            // Only when sure: the object ended cleanly. A text broken where an `id`
+            // might have been gets an answer (with id `null`) rather than none.
+            notification: self.method && !self.id_key && self.closed && !self.mismatched,
         }
     }
 
@@ -289,6 +328,8 @@ mod tests {
             // An escaped key is not read as `id`.
             (br#"{"i\u0064":3}"#, None),
             (br#"{"identity":3,"method":"x"}"#, None),
+            // A `}` typed for a `]` still closes its level.
+            (br#"{"params":[{"a":1}}],"id":9}"#, num(9)),
         ];
         for (text, want) in cases {
             assert_eq!(&sniff(text).id, want, "{}", String::from_utf8_lossy(text));
@@ -299,14 +340,29 @@ mod tests {
     fn tells_notifications() {
         for (text, notification) in [
             (
-                &br#"{"jsonrpc":"2.0","method":"notifications/x","params":{"id":1,"#[..],
+                &br#"{"jsonrpc":"2.0","method":"notifications/x","params":{"id":1,"a":}}"#[..],
                 true,
+            ),
+            (
+                br#"{"jsonrpc":"2.0","method":"notifications/x","params":{"id":1,"#,
+                false,
             ),
             (br#"{"method":"x","id":null,"params":"#, false),
             (br#"{"method":"x","id":[1]}"#, false),
             (br#"{"params":{},"method":"x","id":3"#, false),
             (br#"{"params":{"method":"x"}}"#, false),
             (b"garbage", false),
+            // Not sure: a bracket out of place, or no end; answered (id null) rather
+            // than a request left without an answer.
+            (br#"{"method":"x","params":{"a":]}}"#, false),
+            // (A stray `]` ended `params`, the next `}` the object: the id after it
+            // is not seen, so this request must not pass for a notification.)
+            (
+                br#"{"method":"tools/call","params":{"name":"e","arguments":{"text":]}},"jsonrpc":"2.0","id":8}"#,
+                false,
+            ),
+            (br#"{"method":"x","params":{"a":1}"#, false),
+            (br#"{"method":"x","params":{"a":[1,2,{"b":[]}]}}"#, true),
         ] {
             let seen = sniff(text);
             assert_eq!(

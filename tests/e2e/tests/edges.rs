@@ -1364,3 +1364,22 @@ fn a_binary_frame_that_is_not_utf8_gets_a_parse_error_with_its_id() {
         "{r}"
     );
 }
+
+/// A broken request the sniffer cannot be sure about (a stray `]` may hide an id that
+/// follows) is answered, with id `null`, rather than taken for a notification; a broken
+/// notification that is clearly one is not answered.
+#[test]
+fn a_broken_request_is_answered_even_when_its_id_cannot_be_read() {
+    let gw = gateway();
+    let input = concat!(
+        r#"{"method":"tools/call","params":{"name":"one.echo","arguments":{"text":]}},"jsonrpc":"2.0","id":7}"#,
+        "\n",
+        r#"{"jsonrpc":"2.0","method":"notifications/x","params":{"a":}}"#,
+        "\n",
+        r#"{"jsonrpc":"2.0","method":"notifications/y","params":5}"#,
+        "\n",
+    );
+    let replies = router_script(&gw, input.as_bytes());
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(error_code(&replies[0]), -32700, "{replies:?}");
+}
