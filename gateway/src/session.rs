@@ -1265,11 +1265,22 @@ impl Session {
         }
     }
 
-    /// Forgets server requests from a process that exited.
+    /// Forgets server requests from a process that exited, and tells the client each
+    /// one is void (`notifications/cancelled`: it may stop working on it, and a client
+    /// that keeps ids of its own, like `mcp-router`, frees them). Not waited for: a
+    /// client whose queue is full misses the notice.
     pub fn forget_server_requests(&self, proc: &Rc<Proc>) {
-        self.server_reqs
+        let gone = self
+            .server_reqs
             .borrow_mut()
             .remove_where(|r| r.proc.as_ptr() == Rc::as_ptr(proc));
+        for (cid, _) in gone {
+            let params = json!({"requestId": cid, "reason": "the backend that asked exited"});
+            let notice = Message::notification("notifications/cancelled", Some(params));
+            if self.out.try_send(notice.to_json()).is_err() {
+                log::debug!("session {}: no room to cancel request {cid}", self.id);
+            }
+        }
     }
 
     /// Ends the session: cancels its requests, detaches from shared backends and stops

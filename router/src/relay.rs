@@ -88,6 +88,8 @@ pub const MAX_ASKED: usize = 1024;
 /// What the host is told of a request of the gateway's it has not answered when the
 /// link is lost (its answer could no longer be delivered).
 const ASKED_LOST_REASON: &str = "the router lost its link to the gateway";
+/// … and when the router is shutting down.
+const ASKED_SHUTDOWN_REASON: &str = "the router is shutting down";
 
 /// What a request still unanswered when the router exits at stdin's EOF is told.
 const SHUTDOWN_REASON: &str = "stdin closed before the gateway answered";
@@ -1017,15 +1019,26 @@ fn cancel_asked(state: &Shared, gen: u64, m: &mut Message) -> bool {
 /// here: up to [`mcp_shared::framing::WS_OVERSIZE_FACTOR`] times the bound), dropped.
 /// The request it answers fails with [`RelayError::ResponseTooLarge`]; a request of the
 /// gateway's is answered with the size error; anything else is only logged. The link
-/// stays up.
-async fn on_oversized(state: &Shared, out: &Sender<String>, max: usize, text: &str) {
+/// stays up, except for a response whose id cannot be read: the link's loss is then
+/// the only way to answer the request it was for (returned: the reason).
+async fn on_oversized(
+    state: &Shared,
+    out: &Sender<String>,
+    max: usize,
+    text: &str,
+) -> Option<String> {
     let seen = jsonrpc::sniff(text.as_bytes());
     log::warn!(
         "the gateway sent a {}-byte message (limit {max}); dropped",
         text.len()
     );
     let Some(id) = seen.id.clone() else {
-        return;
+        return seen.response.then(|| {
+            format!(
+                "the gateway sent a {}-byte response whose id could not be read (limit {max})",
+                text.len()
+            )
+        });
     };
     if seen.response {
         let err = RelayError::ResponseTooLarge { limit: max }.to_rpc_error();
@@ -1037,7 +1050,7 @@ async fn on_oversized(state: &Shared, out: &Sender<String>, max: usize, text: &s
                 if let Some(i) = ids.iter().position(|w| *w == id) {
                     ids.swap_remove(i);
                     let _ = tx.try_send(answer);
-                    return;
+                    return None;
                 }
             }
             st.answered(&id)
@@ -1060,6 +1073,7 @@ async fn on_oversized(state: &Shared, out: &Sender<String>, max: usize, text: &s
             let _ = link.send(WsCmd::Text(answer)).await;
         }
     }
+    None
 }
 
 /// Gateway → stdout, until the link ends or `stop` closes (shutdown).
@@ -1110,8 +1124,10 @@ async fn read_ws(
             break "link abandoned".to_string();
         }
         if text.len() > max {
-            on_oversized(&state, &out, max, &text).await;
-            continue;
+            match on_oversized(&state, &out, max, &text).await {
+                Some(reason) => break reason,
+                None => continue,
+            }
         }
         // Nearly all that comes back answers a request of the host's and goes on as
         // its text: only its id and outcome are read (`Brief`), not the maps of its
@@ -1341,14 +1357,20 @@ async fn link_down(state: &Shared, out: &Sender<String>, gen: u64, reason: Strin
         });
         st.drained = None;
         let asked = st.asked.0.remove_where(|(g, _)| *g == gen);
-        (st.pending.drain().collect::<Vec<_>>(), reason, asked)
+        let why = if st.ending || st.closing {
+            ASKED_SHUTDOWN_REASON
+        } else {
+            ASKED_LOST_REASON
+        };
+        (st.pending.drain().collect::<Vec<_>>(), reason, (asked, why))
     };
     if !state.borrow().closing {
         log::error!("gateway link lost: {reason}");
     }
     // What the gateway asked the host can no longer be answered: the host may stop.
+    let (asked, why) = asked;
     for (id, _) in asked {
-        let params = serde_json::json!({"requestId": id, "reason": ASKED_LOST_REASON});
+        let params = serde_json::json!({"requestId": id, "reason": why});
         let cancel = Message::notification("notifications/cancelled", Some(params));
         send_out(out, cancel.to_json()).await;
     }

@@ -1383,3 +1383,22 @@ fn a_broken_request_is_answered_even_when_its_id_cannot_be_read() {
     assert_eq!(replies.len(), 1, "{replies:?}");
     assert_eq!(error_code(&replies[0]), -32700, "{replies:?}");
 }
+
+/// An over-long answer whose id cannot be read (an id longer than the sniffer keeps)
+/// still answers its request: the link is given up, which answers every pending one.
+#[test]
+fn an_over_long_answer_without_a_readable_id_ends_the_link() {
+    let gw = gateway();
+    let mut c = router_with_config(&gw.url, "[limits]\nmax_message_bytes = 65536\n");
+    c.initialize();
+    let id = json!("i".repeat(2000));
+    let r = c.call(id.clone(), "one.big", json!({"bytes": 70_000}));
+    assert_eq!(error_code(&r), -32004, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not be read"),
+        "{r}"
+    );
+}

@@ -537,3 +537,22 @@ fn paged_tool_listings_are_fetched_whole() {
         }
     }
 }
+
+/// A backend that exits while the client holds its request (sampling) makes the
+/// gateway tell the client the request is void; through the router the host gets the
+/// cancellation under the id it was asked with.
+#[test]
+fn a_request_of_a_backend_that_exits_is_cancelled_at_the_client() {
+    let (_gw, mut c) = setup();
+    c.send(json!({"jsonrpc":"2.0","id":"s","method":"tools/call",
+        "params":{"name":"one.sample","arguments":{"prompt":"2+2?"}}}));
+    let req = c.recv_where(|v| v["method"] == "sampling/createMessage");
+    c.send(json!({"jsonrpc":"2.0","id":"c","method":"tools/call",
+        "params":{"name":"one.crash","arguments":{}}}));
+    let n = c.recv_where(|v| v["method"] == "notifications/cancelled");
+    assert_eq!(n["params"]["requestId"], req["id"], "{n}");
+    for id in ["s", "c"] {
+        let r = c.response(&json!(id));
+        assert_eq!(error_code(&r), -32000, "{r}");
+    }
+}
