@@ -393,6 +393,7 @@ fn format_line(
         }
         format!("{o}\n")
     } else {
+        let msg = escape_controls(msg);
         match ids {
             Some((t, s)) => {
                 format!("{ts} {level:<5} {target}: {msg} trace_id={t} span_id={s}\n")
@@ -400,6 +401,28 @@ fn format_line(
             None => format!("{ts} {level:<5} {target}: {msg}\n"),
         }
     }
+}
+
+/// A message for a plain line: control characters (C0 but tab, DEL, C1) written as
+/// escapes. A message can carry what a peer sent (a client's method name, a backend's
+/// stderr), and a raw line break in it would start a line that looks like the
+/// gateway's own, an escape sequence would drive the operator's terminal. (JSON lines
+/// escape them anyway.)
+fn escape_controls(msg: String) -> String {
+    let bad = |c: char| c != '\t' && c.is_control();
+    if !msg.contains(bad) {
+        return msg;
+    }
+    let mut out = String::with_capacity(msg.len() + 16);
+    for c in msg.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if bad(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 static LOGGER: StderrLogger = StderrLogger;
@@ -536,6 +559,19 @@ mod tests {
             None,
         );
         assert!(l.ends_with(&format!(": {}\n", "é".repeat(9))), "{l}");
+    }
+
+    #[test]
+    fn a_plain_line_escapes_what_could_forge_a_line_or_drive_a_terminal() {
+        JSON.store(false, Ordering::Relaxed);
+        let forged = "foo\n2026-12-07T06:00:00.000Z ERROR mcp_gateway: FORGED\u{1b}[31m\r\0\u{7f}\u{9b}\tend é";
+        let l = format_line(log::Level::Warn, "t", &format_args!("{forged}"), None);
+        assert_eq!(l.matches('\n').count(), 1, "{l:?}");
+        assert!(l.ends_with('\n'));
+        assert!(
+            l.ends_with(": foo\\n2026-12-07T06:00:00.000Z ERROR mcp_gateway: FORGED\\u{1b}[31m\\r\\u{0}\\u{7f}\\u{9b}\tend é\n"),
+            "{l:?}"
+        );
     }
 
     #[test]
