@@ -49,6 +49,9 @@ fn send(addr: &[u8], state: &str) -> io::Result<()> {
         ));
     }
     let sock = UnixDatagram::unbound()?;
+    // Sent from the executor that serves every client: a receiver that stopped reading
+    // (its queue full) must cost a notification, not the gateway's only thread.
+    sock.set_nonblocking(true)?;
     let sent = match addr {
         [b'@', name @ ..] => send_abstract(&sock, name, state)?,
         [b'/', ..] => {
@@ -168,6 +171,29 @@ mod tests {
 
     fn temp_socket_path(tag: &str) -> std::path::PathBuf {
         std::env::temp_dir().join(format!("mcp-gw-sdnotify-{}-{tag}.sock", std::process::id()))
+    }
+
+    #[test]
+    fn a_receiver_that_does_not_read_costs_notifications_not_the_thread() {
+        let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        let path = temp_socket_path("full");
+        let _ = std::fs::remove_file(&path);
+        let _server = UnixDatagram::bind(&path).unwrap();
+        std::env::set_var(NOTIFY_SOCKET, &path);
+        // The receiver's queue holds a few datagrams (net.unix.max_dgram_qlen); a
+        // blocking send would hang at the first one past it (on a thread of its own
+        // here, so that the test fails instead).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send((0..10_000).find_map(|_| watchdog().err()));
+        });
+        let full = rx.recv_timeout(RECV_TIMEOUT);
+        std::env::remove_var(NOTIFY_SOCKET);
+        let _ = std::fs::remove_file(&path);
+        let e = full
+            .expect("a send blocked on a receiver that does not read")
+            .expect("a full queue refuses");
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
     }
 
     #[test]
