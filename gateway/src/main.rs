@@ -328,6 +328,9 @@ fn reload(path: &std::path::Path, running: &GatewayConfig) {
     if new.tracing != running.tracing {
         needs_restart.push("[tracing]");
     }
+    if new.admin != running.admin {
+        needs_restart.push("[admin]");
+    }
     if new.backends != running.backends {
         needs_restart.push("[[backends]]");
     }

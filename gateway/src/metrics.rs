@@ -264,7 +264,7 @@ impl Metrics {
         *self.spans.borrow_mut() = Some(Box::new(source));
     }
 
-    /// Records a finished request or notification: `mcp_gateway_requests_total`, the
+    /// Records a finished request (answered, refused or cancelled): `mcp_gateway_requests_total`, the
     /// duration histogram, and for a non-`Ok` outcome `mcp_gateway_errors_total` with
     /// `error_type` (default: [`TOOL_ERROR`] for `ToolError`, [`OTHER`] for `Error`;
     /// ignored for `Ok`).
@@ -389,7 +389,7 @@ impl Metrics {
             o,
             "mcp_gateway_requests_total",
             "counter",
-            "Requests and notifications handled, by MCP method and outcome.",
+            "Requests handled (answered, refused or cancelled), by MCP method and outcome.",
         );
         for (m, per_outcome) in inner.requests.iter().enumerate() {
             for outcome in Outcome::ALL {
@@ -422,8 +422,8 @@ impl Metrics {
             o,
             name,
             "histogram",
-            "MCP request or notification duration as observed by the gateway, from receipt \
-             until the result or ack is sent.",
+            "MCP request duration as observed by the gateway, from receipt until the \
+             response is queued (or the client cancels).",
         );
         for (m, h) in inner.operations.iter().enumerate() {
             if let Some(h) = h {

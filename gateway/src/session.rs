@@ -511,6 +511,14 @@ impl Session {
                     }
                 }
                 None => {
+                    // Counted too: requests slow enough that clients give up are what
+                    // the latency and error alerts are for.
+                    me.gw.metrics.request_finished(
+                        &method,
+                        Outcome::Error,
+                        Some("cancelled"),
+                        started.elapsed(),
+                    );
                     log::debug!("session {}: {method} {id} cancelled by the client", me.id);
                     cx.set_attributes(|a| a.bool("mcp.request.cancelled", true))
                 }

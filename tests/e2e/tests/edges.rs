@@ -812,6 +812,15 @@ fn sighup_reloads_what_is_safe_and_reports_the_rest() {
     signal(gw.pid(), "HUP");
     let l = gw.wait_line("reload:");
     assert!(l.contains("[limits]") && l.contains("restart"), "{l}");
+    // The admin listener is not moved, added or removed by a reload either.
+    std::fs::write(
+        gw.config_path(),
+        format!("{original}\n[admin]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    signal(gw.pid(), "HUP");
+    let l = gw.wait_line("reload:");
+    assert!(l.contains("[admin]") && l.contains("restart"), "{l}");
     std::fs::write(gw.config_path(), "[server]\nbogus = 1\n").unwrap();
     signal(gw.pid(), "HUP");
     let l = gw.wait_line("reload:");

@@ -49,6 +49,17 @@ fn health_readiness_and_metrics_reflect_real_traffic() {
         sample(&m, "mcp_gateway_backend_restarts_total{backend=\"one\"}"),
         1.0
     );
+    // A request the client cancels is counted, as an error of type cancelled.
+    c.send(json!({"jsonrpc":"2.0","id":6,"method":"tools/call",
+        "params":{"name":"one.sleep","arguments":{"ms":60000}}}));
+    c.send(json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":6}}));
+    gw.wait_line("tools/call 6 cancelled by the client");
+    let (_, m) = get(&addr, "/metrics");
+    assert_eq!(sample(&m, &format!("{calls}\"error\"}}")), 3.0, "{m}");
+    assert_eq!(
+        sample(&m, "mcp_gateway_errors_total{error_type=\"cancelled\"}"),
+        1.0
+    );
 }
 
 #[test]
