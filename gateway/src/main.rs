@@ -174,7 +174,10 @@ impl Gateway {
             .cfg
             .backends
             .iter()
-            .filter(|b| !command_exists(&b.command, b.cwd.as_deref()))
+            .filter(|b| {
+                let path = b.env.get("PATH").map(String::as_str);
+                !command_exists(&b.command, b.cwd.as_deref(), path)
+            })
             .map(|b| b.name.as_str())
             .collect();
         if missing.is_empty() {
@@ -211,17 +214,27 @@ impl Gateway {
 }
 
 /// True when `command` names an existing file, directly or on `PATH`.
-fn command_exists(command: &str, cwd: Option<&std::path::Path>) -> bool {
+fn command_exists(command: &str, cwd: Option<&std::path::Path>, path: Option<&str>) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    // What exec would take: a file with an execute bit.
+    let runnable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
     let p = std::path::Path::new(command);
     if command.contains('/') {
         let full = match cwd {
             Some(d) if p.is_relative() => d.join(p),
             _ => p.to_path_buf(),
         };
-        return full.is_file();
+        return runnable(&full);
     }
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(command).is_file()))
+    // A backend's own PATH (its `env`) is the one its command is looked up in.
+    let paths = match path {
+        Some(p) => Some(std::ffi::OsString::from(p)),
+        None => std::env::var_os("PATH"),
+    };
+    paths
+        .map(|paths| std::env::split_paths(&paths).any(|d| runnable(&d.join(command))))
         .unwrap_or(false)
 }
 
@@ -388,9 +401,17 @@ async fn run(
             let admin_addr = l.local_addr().map_err(|e| e.to_string())?;
             log::info!("admin endpoints on http://{admin_addr} (/healthz /readyz /metrics)");
             let ready_gw = gw.clone();
+            // Closed once a stop signal came: not ready from then on (new connections
+            // are already refused while the sessions close).
+            let stopping = stop_rx.clone();
             let state = admin::AdminState {
                 metrics: gw.metrics.clone(),
-                ready: Rc::new(move || ready_gw.ready()),
+                ready: Rc::new(move || {
+                    if stopping.is_closed() {
+                        return Err("shutting down".into());
+                    }
+                    ready_gw.ready()
+                }),
             };
             Some(rt::spawn(admin::serve(l, state)))
         }
@@ -403,11 +424,7 @@ async fn run(
         gw.cfg.server.path,
         gw.cfg.backends.len()
     );
-    if log::log_enabled!(log::Level::Info) {
-        log::info!("{ready_line}");
-    } else {
-        eprintln!("mcp-gateway: {ready_line}");
-    }
+    mcp_shared::logger::always("mcp_gateway", format_args!("{ready_line}"));
     if let Err(e) = sdnotify::ready() {
         log::warn!("sd_notify READY: {e}");
     }

@@ -99,23 +99,33 @@ impl Log for StderrLogger {
         if !self.enabled(r.metadata()) {
             return;
         }
-        let ids = CURRENT.get();
-        let line = format_line(r.level(), r.target(), r.args(), ids);
-        let mut b = backlog();
-        if let Some(line) = b.accept(line, spawn_writer) {
-            // Not initialised: written here.
-            drop(b);
-            write_stderr(line.as_bytes());
-            return;
-        }
-        // Woken for a dropped line too: its count is news to write.
-        if b.writer_waiting {
-            READY.notify_one();
-        }
+        queue(format_line(r.level(), r.target(), r.args(), CURRENT.get()));
     }
 
     fn flush(&self) {
         flush();
+    }
+}
+
+/// Logs `args` at info from `target` whatever the level: for the few lines that are a
+/// contract (the gateway's readiness line, which scripts wait for), in the configured
+/// format and through the backlog like every other line.
+pub fn always(target: &str, args: std::fmt::Arguments<'_>) {
+    queue(format_line(Level::Info, target, &args, CURRENT.get()));
+}
+
+/// Hands a formatted line to the writer thread (or writes it, before `init`).
+fn queue(line: String) {
+    let mut b = backlog();
+    if let Some(line) = b.accept(line, spawn_writer) {
+        // Not initialised: written here.
+        drop(b);
+        write_stderr(line.as_bytes());
+        return;
+    }
+    // Woken for a dropped line too: its count is news to write.
+    if b.writer_waiting {
+        READY.notify_one();
     }
 }
 

@@ -114,15 +114,16 @@ impl Gateway {
         Self::start_with_env(config, &[])
     }
 
-    /// Like [`Gateway::start_raw`], with extra environment variables.
+    /// Like [`Gateway::start_raw`], with extra environment variables (`MCP_LOG` among
+    /// them overrides the default `debug`).
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Gateway {
         let path = temp_path("gateway.toml");
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(bin("mcp-gateway"))
             .arg("--config")
             .arg(&path)
-            .envs(env.iter().copied())
             .env("MCP_LOG", "debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -72,6 +72,58 @@ fn readiness_fails_when_a_backend_cannot_be_started() {
     assert!(body.contains("ghost"), "{body}");
 }
 
+/// Readiness looks a command up as the start will: in the backend's own `PATH` when
+/// its `env` sets one, and only an executable file counts.
+#[test]
+fn readiness_looks_commands_up_as_the_start_does() {
+    let dir = temp_path("readyz-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("not-executable");
+    std::fs::write(&script, "#!/bin/sh\n").unwrap();
+    let config = |backend: &str| {
+        format!("[admin]\nlisten = \"127.0.0.1:0\"\n[[backends]]\nname = \"b\"\ntransport = \"stdio\"\n{backend}\n")
+    };
+    let fixture_dir = bin_dir();
+    let via_env = config(&format!(
+        "command = \"mcp-fixture\"\nenv = {{ PATH = {:?} }}",
+        fixture_dir.display().to_string()
+    ));
+    let gw = Gateway::start_with_env(
+        &format!("[server]\nlisten = \"127.0.0.1:0\"\n{via_env}"),
+        &[("PATH", "/nonexistent")],
+    );
+    let (status, body) = get(&admin_addr(&gw), "/readyz");
+    assert_eq!(status, 200, "found in the backend's PATH: {body}");
+    let gw = Gateway::start(&config(&format!(
+        "command = {:?}",
+        script.display().to_string()
+    )));
+    let (status, body) = get(&admin_addr(&gw), "/readyz");
+    assert_eq!(status, 503, "not executable: {body}");
+    assert!(body.contains("not found") && body.contains('b'), "{body}");
+}
+
+/// Once a stop signal came the gateway refuses new connections, and says it is not
+/// ready for as long as its sessions take to close.
+#[test]
+fn readiness_fails_while_the_gateway_shuts_down() {
+    let gw = Gateway::start(&format!(
+        "shutdown_grace = \"5s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        fixture_backend("one", "")
+    ));
+    let addr = admin_addr(&gw);
+    assert_eq!(get(&addr, "/readyz").0, 200);
+    let mut c = WsClient::mcp(&gw);
+    c.initialize();
+    // The backend reads nothing for a while: its stop takes the grace.
+    let r = c.call(json!(1), "one.stall", json!({"ms": 4000}));
+    assert_eq!(text_of(&r), "stalled 4000");
+    signal(gw.pid(), "TERM");
+    gw.wait_line("shutting down");
+    let (status, body) = get(&addr, "/readyz");
+    assert_eq!((status, body.trim()), (503, "not ready: shutting down"));
+}
+
 #[test]
 fn version_names_commit_and_features() {
     for b in ["mcp-gateway", "mcp-router"] {
@@ -83,4 +135,28 @@ fn version_names_commit_and_features() {
             "{v}"
         );
     }
+}
+
+/// The readiness line is written whatever the level, and in the configured format: a
+/// JSON log stays JSON, line by line.
+#[test]
+fn the_readiness_line_follows_the_log_format_at_any_level() {
+    let gw = Gateway::start_with_env(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[logging]\nformat = \"json\"\n{}",
+            fixture_backend("one", "")
+        ),
+        &[("MCP_LOG", "warn")],
+    );
+    let text = gw.log.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("listening on"))
+        .expect("the readiness line");
+    let v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    assert!(
+        v["msg"].as_str().unwrap().starts_with("listening on ws://"),
+        "{v}"
+    );
 }
