@@ -8,10 +8,13 @@
 //! `HEAD` works like `GET` without the body; another method on these paths gets 405, any
 //! other path 404. One request per connection (`Connection: close`); the request head is
 //! at most [`MAX_HEAD_BYTES`] (431 beyond), must arrive within [`READ_TIMEOUT`] (408
-//! otherwise), and at most [`MAX_CONNECTIONS`] connections are served at once (excess
-//! ones are closed at once). Request bodies are never read.
+//! otherwise), and at most [`MAX_CONNECTIONS`] connections are served at once: when
+//! all are taken, a new one closes the oldest that is still sending its request head
+//! (so idle connections cannot lock scrapes and probes out), or is closed itself when
+//! every one is being answered. Request bodies are never read.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::net::Shutdown;
 use std::rc::Rc;
 use std::time::Duration;
@@ -28,7 +31,7 @@ pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time for a client to take the response; then the connection is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Admin connections served at once; further ones are closed unanswered.
+/// Admin connections served at once (see the module documentation for the excess).
 pub const MAX_CONNECTIONS: usize = 32;
 /// Pause after a failed `accept` (e.g. out of file descriptors) before the next one.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -71,8 +74,14 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
     serve_with(listener, state, BOUNDS).await
 }
 
+/// Connections still sending their request head, oldest first, each with what evicts
+/// it.
+type Waiting = Rc<RefCell<VecDeque<(u64, async_channel::Sender<()>)>>>;
+
 async fn serve_with(listener: TcpListener, state: AdminState, bounds: Bounds) {
     let active = Rc::new(Cell::new(0usize));
+    let waiting: Waiting = Rc::default();
+    let mut next_id = 0u64;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -83,19 +92,52 @@ async fn serve_with(listener: TcpListener, state: AdminState, bounds: Bounds) {
             }
         };
         if active.get() >= bounds.max_connections {
-            log::debug!(
-                "admin: {peer}: over {} connections, closed",
-                bounds.max_connections
-            );
-            drop(stream);
-            continue;
+            // Every slot taken: the oldest connection still sending its head makes room
+            // (a scrape or probe sends its head at once; connections left idle by a
+            // peer cannot keep them out). Its slot frees when its task sees it.
+            let oldest = waiting.borrow_mut().pop_front();
+            match oldest {
+                Some((_, evict)) => {
+                    let _ = evict.try_send(());
+                    log::debug!(
+                        "admin: {peer}: {} connections; the oldest still sending its request is closed",
+                        bounds.max_connections
+                    );
+                }
+                None => {
+                    log::debug!(
+                        "admin: {peer}: {} connections busy answering, closed",
+                        bounds.max_connections
+                    );
+                    drop(stream);
+                    continue;
+                }
+            }
         }
-        // Counted here, not in the task, so a burst cannot overshoot the bound.
+        // Counted here, not in the task, so a burst cannot overshoot the bound (by more
+        // than the connections evicted and not yet ended).
         let slot = ConnSlot::take(&active);
         let state = state.clone();
+        let (evict_tx, evict_rx) = async_channel::bounded::<()>(1);
+        let id = next_id;
+        next_id += 1;
+        waiting.borrow_mut().push_back((id, evict_tx));
+        let waiting = waiting.clone();
         rt::spawn(async move {
             let _slot = slot;
-            handle(stream, &state, bounds.read_timeout).await;
+            // Evicted: a message. Closed (no longer waiting, the entry removed): never.
+            let evicted = async {
+                if evict_rx.recv().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let head_read = || waiting.borrow_mut().retain(|(i, _)| *i != id);
+            futures_lite::future::or(
+                handle(stream, &state, bounds.read_timeout, head_read),
+                evicted,
+            )
+            .await;
+            waiting.borrow_mut().retain(|(i, _)| *i != id);
         })
         .detach();
     }
@@ -117,9 +159,17 @@ impl Drop for ConnSlot {
     }
 }
 
-/// One connection: read the head, answer, close.
-async fn handle(mut stream: TcpStream, state: &AdminState, read_timeout: Duration) {
-    let (response, head_only) = match rt::timeout(read_timeout, read_head(&mut stream)).await {
+/// One connection: read the head (then `head_read`: no longer evictable), answer,
+/// close.
+async fn handle(
+    mut stream: TcpStream,
+    state: &AdminState,
+    read_timeout: Duration,
+    head_read: impl FnOnce(),
+) {
+    let read = rt::timeout(read_timeout, read_head(&mut stream)).await;
+    head_read();
+    let (response, head_only) = match read {
         None => (
             Response::text(408, "request head not received in time\n"),
             false,
@@ -244,6 +294,14 @@ fn parse_head(head: &[u8]) -> Result<Request, u16> {
         !s.is_empty()
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    // Origin form (`/metrics`), or absolute form (`http://host:port/metrics`), which
+    // a server must accept too (RFC 9112, 3.2.2); only the path matters here.
+    let target = match target.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => {
+            rest.find('/').map_or("/", |i| &rest[i..])
+        }
+        _ => target,
     };
     if !is_token(method) || !target.starts_with('/') {
         return Err(400);
@@ -396,11 +454,21 @@ mod tests {
             Ok(req(Method::Other, "/readyz"))
         );
         assert_eq!(ok("GET /healthz HTTP/2.0\r\n\r\n"), Err(505));
+        // Absolute form is accepted too (RFC 9112, 3.2.2).
+        assert_eq!(
+            ok("GET http://127.0.0.1:9464/healthz?x=1 HTTP/1.1\r\n\r\n"),
+            Ok(req(Method::Get, "/healthz"))
+        );
+        assert_eq!(
+            ok("GET HTTP://gw HTTP/1.1\r\n\r\n"),
+            Ok(req(Method::Get, "/"))
+        );
         for bad in [
             "GET /healthz\r\n\r\n",
             "GET  /healthz HTTP/1.1\r\n\r\n",
             "GET /healthz HTTP/1.1 x\r\n\r\n",
             "GET healthz HTTP/1.1\r\n\r\n",
+            "GET ftp://gw/healthz HTTP/1.1\r\n\r\n",
             "G(T /healthz HTTP/1.1\r\n\r\n",
             "GET /healthz FTP/1.1\r\n\r\n",
             "GET /healthz HTTP/1.1\r\nno colon\r\n\r\n",
@@ -577,21 +645,27 @@ mod tests {
             let addr = listener.local_addr().unwrap();
             let _server = rt::spawn(serve_with(listener, state(Ok(())), TEST_BOUNDS));
 
-            // Two idle connections take both slots; a third is closed unanswered, long
-            // before the idle ones time out.
-            let idle1 = TcpStream::connect(addr).await.unwrap();
-            let idle2 = TcpStream::connect(addr).await.unwrap();
+            // Two idle connections take both slots; a third, a real request, closes
+            // the oldest idle one and is answered, long before they time out.
+            let mut idle1 = TcpStream::connect(addr).await.unwrap();
+            let mut idle2 = TcpStream::connect(addr).await.unwrap();
+            // (Accepted in the order they came, before the third. Part of a head is
+            // still waiting for the rest: evictable too, but idle1 is older.)
+            idle2.write_all(b"GET").await.unwrap();
             let start = std::time::Instant::now();
-            assert_eq!(exchange(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await, "");
+            let answered = exchange(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
+            assert_eq!(split(&answered).0, 200, "{answered}");
+            assert!(start.elapsed() < TEST_BOUNDS.read_timeout);
+            let mut out = Vec::new();
+            idle1.read_to_end(&mut out).await.unwrap();
+            assert_eq!(out, b"", "the oldest idle one closed unanswered");
             assert!(start.elapsed() < TEST_BOUNDS.read_timeout);
 
-            // The idle ones get 408 at the read deadline.
-            for mut s in [idle1, idle2] {
-                let mut out = Vec::new();
-                s.read_to_end(&mut out).await.unwrap();
-                let out = String::from_utf8(out).unwrap();
-                assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
-            }
+            // The other gets 408 at the read deadline.
+            let mut out = Vec::new();
+            idle2.read_to_end(&mut out).await.unwrap();
+            let out = String::from_utf8(out).unwrap();
+            assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
             // Slots are free again. (The server task may still be draining; retry briefly.)
             let mut answered = String::new();
             for _ in 0..50 {
