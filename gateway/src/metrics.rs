@@ -80,8 +80,9 @@ pub const SESSION_BUCKETS: &[f64] = &[
     1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0,
 ];
 
-/// Most backend names that get `mcp_gateway_backend_*` series; further names are ignored.
-pub const MAX_BACKEND_SERIES: usize = 256;
+/// Most backend names that get `mcp_gateway_backend_*` series; further names are ignored
+/// (the configuration takes no more backends than this).
+pub const MAX_BACKEND_SERIES: usize = mcp_shared::config::MAX_BACKENDS;
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -254,6 +254,10 @@ fn default_path() -> String {
 fn default_listen() -> String {
     DEFAULT_LISTEN.into()
 }
+/// Most `[[backends]]` a gateway takes (each has its own `mcp_gateway_backend_*`
+/// series, a bounded set).
+pub const MAX_BACKENDS: usize = 256;
+
 fn default_separator() -> String {
     DEFAULT_SEPARATOR.into()
 }
@@ -1113,6 +1117,15 @@ impl GatewayConfig {
                 ));
             }
         }
+        if self.backends.len() > MAX_BACKENDS {
+            return Err(invalid(
+                &["backends"],
+                format!(
+                    "{} backends; at most {MAX_BACKENDS} (each gets metric series)",
+                    self.backends.len()
+                ),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, b) in self.backends.iter().enumerate() {
             let idx = i.to_string();
@@ -1430,6 +1443,15 @@ env = { A = "1" }
         let e = from_str::<GatewayConfig>(&text, None).unwrap_err();
         assert!(e.message.contains("separator"), "{e}");
         assert_eq!(e.key.as_deref(), Some("backends[0].name"));
+        // At most MAX_BACKENDS backends.
+        let many: String = (0..=MAX_BACKENDS)
+            .map(|i| format!("[[backends]]\nname = \"b{i}\"\ntransport = \"stdio\"\ncommand = \"x\"\n"))
+            .collect();
+        let e =
+            from_str::<GatewayConfig>(&format!("[server]\nlisten = \"127.0.0.1:0\"\n{many}"), None)
+                .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("backends"), "{e}");
+        assert!(e.message.contains("at most 256"), "{e}");
         // `fx_` + `__` + `whoami` would split as `fx` + `_whoami`.
         for (sep, name, ok) in [
             ("__", "fx_", false),
