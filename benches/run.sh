@@ -458,7 +458,7 @@ if [ "$PEER" = 1 ]; then
     if [ ! -f "$SG_JS" ] && command -v npm >/dev/null; then
         log "installing supergateway into $SG_DIR"
         mkdir -p "$SG_DIR"
-        npm install --prefix "$SG_DIR" --no-audit --no-fund --loglevel=error supergateway >&2 ||
+        npm install --prefix "$SG_DIR" --no-audit --no-fund --loglevel=error supergateway@4.0.0 >&2 ||
             log "supergateway did not install"
     fi
     if [ -f "$SG_JS" ] && command -v node >/dev/null; then

@@ -67,11 +67,11 @@ apt_updated=0
 apt_install() {
     if [ "$apt_updated" = 0 ]; then
         say "apt-get update"
-        apt-get update -qq
+        apt-get -o DPkg::Lock::Timeout=300 update -qq
         apt_updated=1
     fi
     say "apt-get install $*"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 if [ "$setup" = 1 ]; then

@@ -11,6 +11,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 mode="${1:-script}"
+# shellcheck source=tests/base.sh
+source tests/base.sh
 cargo build --release --locked -p mcp-router -p mcp-gateway -p mcp-fixture
 
 mkdir -p .cache

@@ -8,6 +8,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# shellcheck source=tests/base.sh
+source tests/base.sh
+
 step() { printf '\n== %s\n' "$*"; }
 LOGS=$(mktemp -d)
 trap 'rm -rf "$LOGS"' EXIT

@@ -36,6 +36,15 @@ mkdir -p "$cache"
 
 # ---------------------------------------------------------------- Python venvs
 py_version="$("$python" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')"
+# A distribution's Python makes venvs only with its pythonX.Y-venv package (ensurepip).
+if ! "$python" -c 'import ensurepip' 2>/dev/null; then
+    command -v apt-get >/dev/null || die "$python cannot make venvs (no ensurepip) and there is no apt-get"
+    py_minor="$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+    log "installing python$py_minor-venv"
+    apt-get -o DPkg::Lock::Timeout=300 update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+        --no-install-recommends "python$py_minor-venv" >/dev/null
+fi
 
 # make_venv DIR REQUIREMENTS IMPORT-CHECK: (re)creates DIR from the pinned
 # REQUIREMENTS unless its stamp says it is current, then runs IMPORT-CHECK in it.
@@ -78,8 +87,9 @@ if command -v promtool >/dev/null; then
 else
     command -v apt-get >/dev/null || die "promtool missing and no apt-get to install it"
     log "installing Debian's prometheus package for promtool"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    apt-get -o DPkg::Lock::Timeout=300 update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+        --no-install-recommends prometheus >/dev/null
     # The package starts nothing without systemd; make sure no daemon lingers anyway.
     pkill -x prometheus 2>/dev/null || true
 fi

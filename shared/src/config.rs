@@ -1445,7 +1445,9 @@ env = { A = "1" }
         assert_eq!(e.key.as_deref(), Some("backends[0].name"));
         // At most MAX_BACKENDS backends.
         let many: String = (0..=MAX_BACKENDS)
-            .map(|i| format!("[[backends]]\nname = \"b{i}\"\ntransport = \"stdio\"\ncommand = \"x\"\n"))
+            .map(|i| {
+                format!("[[backends]]\nname = \"b{i}\"\ntransport = \"stdio\"\ncommand = \"x\"\n")
+            })
             .collect();
         let e =
             from_str::<GatewayConfig>(&format!("[server]\nlisten = \"127.0.0.1:0\"\n{many}"), None)

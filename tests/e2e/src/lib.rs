@@ -201,15 +201,20 @@ impl Drop for Gateway {
     }
 }
 
-/// Sends a signal with kill(1).
+/// Sends a signal with kill(2) (no kill(1): procps is not on every machine).
 pub fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "kill -{sig} {pid} failed");
+    use rustix::process::{kill_process, Pid, Signal};
+    let s = match sig {
+        "KILL" => Signal::KILL,
+        "TERM" => Signal::TERM,
+        "HUP" => Signal::HUP,
+        "INT" => Signal::INT,
+        other => panic!("signal {other}: not one the tests send"),
+    };
+    let p = Pid::from_raw(pid as i32).expect("pid 0");
+    if let Err(e) = kill_process(p, s) {
+        panic!("kill -{sig} {pid} failed: {e}");
+    }
 }
 
 /// Waits for a child to exit, failing the test after [`DEADLINE`].
