@@ -259,11 +259,14 @@ fn run(shared: Arc<Shared>, mut exporter: Exporter) {
         // batch or the next tick, not go out at once in small batches.
         deadline = Instant::now() + shared.delay;
         if st.queued == 0 && shutting_down {
-            st.stopped = true;
             st.spare = None;
-            shared.done.notify_all();
             drop(st);
+            // Before `stopped`: what the exporter still writes (the stdout tree's spans
+            // that never saw their root) is out before the process may exit.
             exporter.shutdown();
+            let mut st = shared.state.lock().unwrap();
+            st.stopped = true;
+            shared.done.notify_all();
             return;
         }
         if st.queued == 0 {

@@ -162,7 +162,11 @@ impl Exporter {
             Exporter::Http(e) => e.idle = None,
             #[cfg(feature = "otlp-grpc")]
             Exporter::Grpc(e) => e.conn = None,
-            Exporter::Stdout(_) => {}
+            Exporter::Stdout(e) => {
+                if let Err(err) = e.finish() {
+                    log::debug!("stdout exporter: {err}");
+                }
+            }
         }
     }
 }

@@ -21,10 +21,20 @@ use serde_json::json;
 
 use crate::config::StdoutFormat;
 
-/// Traces held while waiting for their root span, at most (oldest evicted first).
+/// Traces held while waiting for their root span, at most: beyond, the oldest one's
+/// spans are printed as they are, marked as never having seen their root end.
 pub const MAX_OPEN_TRACES: usize = 256;
 /// Spans held per open trace, at most.
 pub const MAX_SPANS_PER_TRACE: usize = 512;
+/// Ids of printed spans remembered, at most (the most recent): a span that ends after
+/// its parent was printed (a backend start that outlived the request which asked for
+/// it) is printed at once, marked late, instead of waiting for a root that has gone.
+pub const MAX_PRINTED_IDS: usize = 4096;
+
+/// After the root line of a late span.
+const LATE_NOTE: &str = " (ended after its parent was printed)";
+/// After the root lines of spans printed without their root.
+const ROOTLESS_NOTE: &str = " (its root did not end here)";
 
 /// Which stream the exporter writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +53,9 @@ pub struct StdoutExporter {
     service: String,
     open: HashMap<TraceId, Vec<SpanData>>,
     order: Vec<TraceId>,
+    /// Printed span ids, and their order (for [`MAX_PRINTED_IDS`]).
+    printed: std::collections::HashSet<SpanId>,
+    printed_order: std::collections::VecDeque<SpanId>,
 }
 
 impl StdoutExporter {
@@ -54,6 +67,8 @@ impl StdoutExporter {
             service: String::new(),
             open: HashMap::new(),
             order: Vec::new(),
+            printed: Default::default(),
+            printed_order: Default::default(),
         }
     }
 
@@ -81,6 +96,41 @@ impl StdoutExporter {
         self.write(&out)
     }
 
+    /// At shutdown: prints what still waits for a root, marked as such.
+    pub fn finish(&mut self) -> Result<(), String> {
+        let out = self.render_rest();
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.write(&out)
+    }
+
+    /// What [`Self::finish`] prints.
+    fn render_rest(&mut self) -> String {
+        let mut out = String::new();
+        for id in std::mem::take(&mut self.order) {
+            if let Some(spans) = self.open.remove(&id) {
+                out.push_str(&marked(&self.service, &spans, ROOTLESS_NOTE));
+            }
+        }
+        out
+    }
+
+    /// Notes spans as printed (the most recent [`MAX_PRINTED_IDS`]).
+    fn remember(&mut self, spans: &[SpanData]) {
+        for s in spans {
+            let id = s.span_context.span_id();
+            if self.printed.insert(id) {
+                self.printed_order.push_back(id);
+            }
+        }
+        while self.printed_order.len() > MAX_PRINTED_IDS {
+            if let Some(old) = self.printed_order.pop_front() {
+                self.printed.remove(&old);
+            }
+        }
+    }
+
     /// What [`Self::export`] prints for `batch`.
     fn render(&mut self, batch: Vec<SpanData>) -> String {
         if self.format == StdoutFormat::Json {
@@ -92,15 +142,16 @@ impl StdoutExporter {
             return out;
         }
         let mut finished = Vec::new();
+        let mut late = Vec::new();
         for s in batch {
             let id = s.span_context.trace_id();
             let is_root = s.parent_span_id == SpanId::INVALID || s.parent_span_is_remote;
+            if !is_root && self.printed.contains(&s.parent_span_id) {
+                late.push(s);
+                continue;
+            }
             if !self.open.contains_key(&id) {
                 self.order.push(id);
-                if self.order.len() > MAX_OPEN_TRACES {
-                    let old = self.order.remove(0);
-                    self.open.remove(&old);
-                }
             }
             if is_root {
                 finished.push((id, s.span_context.span_id()));
@@ -124,9 +175,51 @@ impl StdoutExporter {
                 self.order.retain(|t| *t != id);
             }
             out.push_str(&render_tree(&self.service, &tree));
+            self.remember(&tree);
+        }
+        // Late spans, with whatever ended under them (their children end first, so they
+        // wait in `open`).
+        for l in late {
+            let trace = l.span_context.trace_id();
+            let mut tree = match self.open.get_mut(&trace) {
+                Some(spans) => {
+                    let under = take_subtree(spans, l.span_context.span_id());
+                    if spans.is_empty() {
+                        self.open.remove(&trace);
+                        self.order.retain(|t| *t != trace);
+                    }
+                    under
+                }
+                None => Vec::new(),
+            };
+            tree.push(l);
+            out.push_str(&marked(&self.service, &tree, LATE_NOTE));
+            self.remember(&tree);
+        }
+        // Bounded after this batch's trees are out: a full batch of small traces is
+        // printed whole, and what is pushed out is printed too, not lost.
+        while self.order.len() > MAX_OPEN_TRACES {
+            let old = self.order.remove(0);
+            if let Some(spans) = self.open.remove(&old) {
+                out.push_str(&marked(&self.service, &spans, ROOTLESS_NOTE));
+                self.remember(&spans);
+            }
         }
         out
     }
+}
+
+/// [`render_tree`] with `note` after each top line.
+fn marked(service: &str, spans: &[SpanData], note: &str) -> String {
+    let mut out = String::new();
+    for line in render_tree(service, spans).lines() {
+        out.push_str(line);
+        if !line.starts_with(' ') {
+            out.push_str(note);
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Removes from `spans` the span `root` and every span under it, and returns them.
@@ -307,5 +400,51 @@ mod tests {
             "gw: a (2.0ms)\n  └─ gw: a.child (2.0ms)\n      └─ gw: a.grandchild (2.0ms)\n"
         );
         assert!(e.open.is_empty() && e.order.is_empty(), "{:?}", e.open);
+    }
+
+    #[test]
+    fn a_batch_of_more_small_traces_than_are_held_open_prints_every_one() {
+        let mut e = StdoutExporter::new(Target::Stdout, StdoutFormat::Tree);
+        let n = MAX_OPEN_TRACES as u64 + 44;
+        let batch = (1..=n)
+            .map(|t| span(u128::from(t), t, 0, "ping", 0))
+            .collect();
+        let out = e.render(batch);
+        assert_eq!(out.lines().count(), n as usize, "{out}");
+        assert!(e.open.is_empty() && e.order.is_empty());
+    }
+
+    #[test]
+    fn a_span_that_ends_after_its_root_was_printed_is_printed_late() {
+        let mut e = StdoutExporter::new(Target::Stdout, StdoutFormat::Tree);
+        e.service = "gw".into();
+        let out = e.render(vec![span(7, 1, 0, "http.request", 0)]);
+        assert_eq!(out, "gw: http.request (2.0ms)\n");
+        // Its child ends later, after a grandchild: both print at once, marked.
+        let out = e.render(vec![
+            span(7, 3, 2, "connect.step", 5),
+            span(7, 2, 1, "backend.connect", 4),
+        ]);
+        assert_eq!(
+            out,
+            format!("gw: backend.connect (2.0ms){LATE_NOTE}\n  └─ gw: connect.step (2.0ms)\n")
+        );
+        assert!(e.open.is_empty() && e.order.is_empty(), "{:?}", e.open);
+    }
+
+    #[test]
+    fn spans_whose_root_never_ends_are_printed_when_pushed_out_and_at_the_end() {
+        let mut e = StdoutExporter::new(Target::Stdout, StdoutFormat::Tree);
+        e.service = "gw".into();
+        // Trace 1's root never comes; 256 newer traces wait for theirs.
+        let mut batch = vec![span(1, 10, 11, "orphan", 0)];
+        batch.extend((2..=MAX_OPEN_TRACES as u128 + 1).map(|t| span(t, 20, 21, "waiting", 0)));
+        let out = e.render(batch);
+        assert_eq!(out, format!("gw: orphan (2.0ms){ROOTLESS_NOTE}\n"));
+        assert_eq!(e.order.len(), MAX_OPEN_TRACES);
+        let out = e.render_rest();
+        assert_eq!(out.lines().count(), MAX_OPEN_TRACES);
+        assert!(out.lines().all(|l| l.ends_with(ROOTLESS_NOTE)), "{out}");
+        assert!(e.open.is_empty() && e.order.is_empty());
     }
 }
