@@ -127,12 +127,22 @@ pub fn parse_traceparent(value: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
 }
 
 /// A remote parent from a `traceparent` and an optional `tracestate`.
+/// The longest `tracestate` taken from a peer (W3C Trace Context: 512 characters).
+pub const MAX_TRACESTATE_BYTES: usize = 512;
+
 fn remote(traceparent: Option<&str>, tracestate: Option<&str>) -> Cx {
     let Some((trace, span, flags)) = traceparent.and_then(parse_traceparent) else {
         return Cx::default();
     };
+    // W3C: at most 512 characters (the SDK checks only 32 members of 256 bytes each),
+    // printable ASCII; anything else is dropped whole (the trace continues without it),
+    // not carried in every span and `_meta` after.
     let state = tracestate
         .filter(|s| !s.trim().is_empty())
+        .filter(|s| {
+            s.len() <= MAX_TRACESTATE_BYTES
+                && s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+        })
         .and_then(|s| TraceState::from_str(s).ok())
         .unwrap_or_default();
     Cx::from_span_context(SpanContext::new(trace, span, flags, true, state))
@@ -340,6 +350,24 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
         ] {
             assert!(parse_traceparent(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_tracestate_beyond_the_w3c_bounds_is_dropped_and_the_trace_kept() {
+        let ok = "vendor=a,other=b";
+        let cx = remote(Some(TP), Some(ok));
+        assert_eq!(cx.span_context().trace_state().header(), ok);
+        let long = (0..40)
+            .map(|i| format!("k{i}={}", "v".repeat(20)))
+            .take(30)
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(long.len() > MAX_TRACESTATE_BYTES);
+        for bad in [long.as_str(), "vendor=a\u{1b}[31m", "vendor=é"] {
+            let cx = remote(Some(TP), Some(bad));
+            assert!(cx.span_context().is_valid(), "the trace goes on: {bad:?}");
+            assert_eq!(cx.span_context().trace_state().header(), "", "{bad:?}");
         }
     }
 
