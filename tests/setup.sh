@@ -12,7 +12,8 @@
 # the interpreter. Set MCP_SETUP_FORCE=1 to reinstall everything.
 #
 # Usage: bash tests/setup.sh
-#        .cache/venv/bin/python -m pytest tests/python -q
+#        .cache/venv/bin/python -m pytest tests/python -q   (after cargo build --workspace,
+#        and the otlp-tls binaries in target/tls-debug: tests/run.sh makes both)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

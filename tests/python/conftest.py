@@ -98,6 +98,30 @@ def descendants(pid: int) -> set[int]:
     return out
 
 
+# Child processes a test started outside the fixtures (routers): whatever is still
+# running when the test ends is killed, passed or failed.
+_CHILDREN: list[subprocess.Popen] = []
+
+
+def track(proc: subprocess.Popen) -> subprocess.Popen:
+    """Registers `proc` to be killed (and reaped) at the end of the current test."""
+    _CHILDREN.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _reap_tracked_children():
+    yield
+    while _CHILDREN:
+        p = _CHILDREN.pop()
+        if p.poll() is None:
+            p.kill()
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
 def pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

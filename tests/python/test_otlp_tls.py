@@ -22,13 +22,21 @@ from test_otlp_transport import EXIT_CONFIG, echo, exit_code, exported, gateway_
 from test_tracing import DEADLINE, Router, fixture_backend, tracing_toml
 from tls_certs import make_pki
 
-TLS_BIN_DIR = os.environ.get("MCP_TLS_BIN_DIR")
-pytestmark = pytest.mark.skipif(
-    not TLS_BIN_DIR,
-    reason="MCP_TLS_BIN_DIR is not set: tests/run.sh builds the otlp-tls binaries and sets it",
-)
-TLS_GATEWAY = Path(TLS_BIN_DIR or ".") / "mcp-gateway"
-TLS_ROUTER = Path(TLS_BIN_DIR or ".") / "mcp-router"
+# Where tests/run.sh puts them, unless MCP_TLS_BIN_DIR says otherwise. Missing binaries
+# fail these tests (below), they are not skipped: a skip would pass unnoticed.
+TLS_BIN_DIR = os.environ.get("MCP_TLS_BIN_DIR") or str(
+    Path(__file__).resolve().parents[2] / "target" / "tls-debug")
+TLS_GATEWAY = Path(TLS_BIN_DIR) / "mcp-gateway"
+TLS_ROUTER = Path(TLS_BIN_DIR) / "mcp-router"
+TLS_BUILD_HINT = ("build them: cargo build -p mcp-router -p mcp-gateway --features otlp-tls, "
+                  "then copy both to target/tls-debug (tests/run.sh does), or set MCP_TLS_BIN_DIR")
+
+
+@pytest.fixture(autouse=True)
+def _tls_binaries():
+    for b in (TLS_GATEWAY, TLS_ROUTER):
+        if not b.is_file():
+            pytest.fail(f"{b} not found: {TLS_BUILD_HINT}", pytrace=False)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +48,7 @@ def pki(tmp_path_factory):
 def gateway_bin():
     """The TLS build, for start_gateway (overrides conftest's)."""
     if not TLS_GATEWAY.is_file():
-        pytest.fail(f"{TLS_GATEWAY} not found (MCP_TLS_BIN_DIR={TLS_BIN_DIR})", pytrace=False)
+        pytest.fail(f"{TLS_GATEWAY} not found: {TLS_BUILD_HINT}", pytrace=False)
     return TLS_GATEWAY
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN_DIR, router_env, toml_str
+from conftest import BIN_DIR, router_env, toml_str, track
 
 FIXTURE_BIN = BIN_DIR / "mcp-fixture"
 DEADLINE = 15.0
@@ -59,11 +59,11 @@ class Router:
         cfg.write_text(f"[gateway]\nurl = {toml_str(url)}\n{tracing}")
         self.stderr_path = tmp / "router.stderr"
         self._err = open(self.stderr_path, "w+")
-        self.proc = subprocess.Popen(
+        self.proc = track(subprocess.Popen(
             [str(binary), "--config", str(cfg)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
             env={**router_env(), **(env or {})},
-        )
+        ))
         self._q: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -92,10 +92,21 @@ class Router:
         self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
 
     def close(self) -> int:
+        """Closes stdin and returns the exit code; a router that does not exit within
+        DEADLINE is killed and the test fails."""
         self.proc.stdin.close()
-        code = self.proc.wait(timeout=DEADLINE)
+        try:
+            code = self.proc.wait(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"mcp-router did not exit within {DEADLINE} s of stdin's close:\n{self.stderr()}")
         self._err.close()
         return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=DEADLINE)
 
     def stderr(self) -> str:
         return self.stderr_path.read_text()
@@ -108,9 +119,13 @@ def run_session(start_gateway, tmp_path, gw_tracing, router_tracing, calls):
     try:
         router.initialize()
         result = calls(router)
-    finally:
-        assert router.close() == 0, router.stderr()
-        assert gw.terminate() == 0, gw.describe()
+    except BaseException:
+        # The test's own failure is the one to report; the processes just go.
+        router.kill()
+        gw.terminate()
+        raise
+    assert router.close() == 0, router.stderr()
+    assert gw.terminate() == 0, gw.describe()
     return gw, router, result
 
 
@@ -132,8 +147,11 @@ def trace_of(spans, trace_id):
 def test_one_trace_across_router_gateway_and_backend(start_gateway, tmp_path, receiver, protocol):
     endpoint = receiver.grpc_endpoint if protocol == "grpc" else receiver.http_endpoint
 
+    secret = "s3cr3t-arg-value"
+
     def calls(r: Router):
-        return r.request(7, "tools/call", {"name": "one.echo_meta", "arguments": {}})
+        return r.request(7, "tools/call", {"name": "one.echo_meta",
+                                           "arguments": {"password": secret}})
 
     _, _, resp = run_session(start_gateway, tmp_path,
                              tracing_toml(endpoint, protocol=protocol, extra='otlp_headers = { x-test = "yes" }\n'),
@@ -156,7 +174,12 @@ def test_one_trace_across_router_gateway_and_backend(start_gateway, tmp_path, re
     for child in ["auth.verify", "request.validate", "rate_limit.check", "discovery.resolve"]:
         assert one(trace, "mcp-gateway", child)["parent_span_id"] == gw_req["span_id"], child
     assert fwd["parent_span_id"] == gw_req["span_id"] and fwd["kind"] == "CLIENT"
-    # Attributes of both conventions; no secrets.
+    # Attributes of both conventions; no secrets: the call's arguments are in no
+    # attribute or event attribute of any span, under any key.
+    for s in spans:
+        values = [str(v) for v in s["attributes"].values()]
+        values += [str(v) for _, attrs in s["event_attributes"] for v in attrs.values()]
+        assert not any(secret in v for v in values), s
     a = gw_req["attributes"]
     assert a["mcp.method.name"] == "tools/call" and a["gen_ai.tool.name"] == "one.echo_meta"
     assert a["jsonrpc.request.id"] == "7" and a["mcp.method"] == "tools/call"
@@ -330,17 +353,22 @@ def test_stdout_tree(start_gateway, tmp_path):
 
 
 def test_collector_down_costs_nothing(start_gateway, tmp_path):
-    # Nothing listens on this port: every export fails, requests must not notice.
+    # A collector that takes connections and never answers: every export waits out its
+    # timeout, so the span queue (64) fills and what comes after is dropped and counted,
+    # while every request is still answered.
+    import re
     import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-    s.close()
+    import urllib.request
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
     small_queue = 'max_queue_size = 64\nmax_export_batch_size = 16\n'
+    requests = 200
 
     def calls(r: Router):
         # Waves of 50 (the gateway's default max_in_flight is 64 per session).
-        for wave in range(4):
+        for wave in range(requests // 50):
             for i in range(wave * 50, wave * 50 + 50):
                 r.send({"jsonrpc": "2.0", "id": i, "method": "tools/call",
                         "params": {"name": "one.echo", "arguments": {"text": str(i)}}})
@@ -350,9 +378,11 @@ def test_collector_down_costs_nothing(start_gateway, tmp_path):
                 if "id" in m and "method" not in m:
                     assert m["result"]["content"][0]["text"] == str(m["id"]), m
                     got += 1
-        with open(f"/proc/{gw_holder[0].proc.pid}/status") as f:
-            rss_kb = int(next(l for l in f if l.startswith("VmRSS")).split()[1])
-        return rss_kb
+        gw = gw_holder[0]
+        line = next(l for l in gw.lines if "admin endpoints on http://" in l)
+        addr = re.search(r"http://([^ ]+) ", line).group(1)
+        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=10) as resp:
+            return resp.read().decode()
 
     gw_holder = []
     orig = start_gateway
@@ -362,9 +392,25 @@ def test_collector_down_costs_nothing(start_gateway, tmp_path):
         gw_holder.append(gw)
         return gw
 
-    gw, router, rss_kb = run_session(start, tmp_path, tracing_toml(dead, extra=small_queue),
-                                     tracing_toml(dead, extra=small_queue), calls)
-    assert rss_kb < 64 * 1024, f"gateway RSS {rss_kb} KiB with the collector down"
+    admin = '[admin]\nlisten = "127.0.0.1:0"\n'
+    try:
+        gw, router, metrics = run_session(
+            start, tmp_path, tracing_toml(endpoint, extra=small_queue) + admin,
+            tracing_toml(endpoint, extra=small_queue), calls)
+    finally:
+        silent.close()
+
+    def sample(name):
+        m = re.search(rf"^{name} (\d+)$", metrics, re.M)
+        assert m, f"{name} not in:\n{metrics}"
+        return int(m.group(1))
+
+    # Six gateway spans per request (full detail). Only the queue (64) and the batch
+    # being exported (16) may be held; everything else was dropped, none exported.
+    spans = 6 * requests
+    dropped = sample("mcp_gateway_spans_dropped_total")
+    assert dropped >= spans - 64 - 16, f"only {dropped} of {spans} spans dropped:\n{metrics}"
+    assert sample("mcp_gateway_spans_exported_total") == 0, metrics
     assert "dropped" in router.stderr(), router.stderr()
     assert "dropped" in gw.log(), gw.log()
 

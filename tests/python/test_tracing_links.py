@@ -88,16 +88,26 @@ def free_port() -> int:
 
 
 def test_a_failed_connect_is_an_error_span(tmp_path, receiver):
-    url = f"ws://127.0.0.1:{free_port()}/mcp"  # nothing listens there
-    router = Router(url, tracing_toml(receiver.grpc_endpoint), tmp_path)
+    # Nothing listens there. The query's value may be a credential: it appears in no
+    # span and no log line.
+    secret = "s3cr3t-query-token"
+    url = f"ws://127.0.0.1:{free_port()}/mcp?access_token={secret}"
+    router = Router(url, tracing_toml(receiver.grpc_endpoint), tmp_path,
+                    env={"MCP_LOG": "debug"})
     try:
         spans = receiver.wait_for(lambda spans: any(
             s["name"] == "gateway.connect" and s["status"] == "ERROR" for s in spans))
-    finally:
-        router.close()
-    failed = next(s for s in spans if s["name"] == "gateway.connect")
+    except BaseException:
+        router.kill()
+        raise
+    assert router.close() == 0, router.stderr()
+    failed = next(s for s in spans if s["name"] == "gateway.connect" and s["status"] == "ERROR")
     assert failed["kind"] == "CLIENT" and failed["status_message"], failed
     assert failed["attributes"].get("error.type"), failed
+    assert failed["attributes"]["url.full"].endswith("/mcp?access_token=REDACTED"), failed
+    for s in spans:
+        assert secret not in json.dumps(s), s
+    assert "unreachable" in router.stderr() and secret not in router.stderr(), router.stderr()
 
 
 def direct_request(ws, id_, method, params) -> dict:

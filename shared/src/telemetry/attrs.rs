@@ -196,23 +196,32 @@ mod tests {
 
     #[test]
     fn message_attributes_follow_both_conventions() {
-        let m = Message::parse(
-            br#"{"jsonrpc":"2.0","id":"7","method":"tools/call","params":{"name":"fs.read","arguments":{"password":"x"}}}"#,
-        )
-        .unwrap();
-        let a = list(|a| mcp_message(a, &m));
-        assert_eq!(get(&a, "mcp.method.name").unwrap().as_str(), "tools/call");
-        assert_eq!(get(&a, "mcp.method").unwrap().as_str(), "tools/call");
-        assert_eq!(get(&a, "gen_ai.tool.name").unwrap().as_str(), "fs.read");
-        assert_eq!(get(&a, "jsonrpc.request.id").unwrap().as_str(), "7");
-        assert_eq!(get(&a, "mcp.message.type").unwrap().as_str(), "request");
-        assert!(a
-            .iter()
-            .all(|kv| !kv.value.as_str().contains('x') || kv.key.as_str() != "arguments"));
-        assert!(
-            get(&a, "password").is_none(),
-            "arguments never become attributes"
+        const SECRET: &str = "s3cr3t-arg-value";
+        let text = format!(
+            r#"{{"jsonrpc":"2.0","id":"7","method":"tools/call","params":{{"name":"fs.read","arguments":{{"password":"{SECRET}","path":"{SECRET}"}},"_meta":{{"note":"{SECRET}"}}}}}}"#
         );
+        for m in [
+            Message::parse(text.as_bytes()).unwrap(),
+            Message::parse_relayed(text.clone().into_bytes()).unwrap(),
+        ] {
+            let a = list(|a| mcp_message(a, &m));
+            assert_eq!(get(&a, "mcp.method.name").unwrap().as_str(), "tools/call");
+            assert_eq!(get(&a, "mcp.method").unwrap().as_str(), "tools/call");
+            assert_eq!(get(&a, "gen_ai.tool.name").unwrap().as_str(), "fs.read");
+            assert_eq!(get(&a, "jsonrpc.request.id").unwrap().as_str(), "7");
+            assert_eq!(get(&a, "mcp.message.type").unwrap().as_str(), "request");
+            // Arguments (and other params) never become attributes, whatever key a
+            // leak would use: no value carries them (the brief set neither).
+            let brief = list(|a| mcp_message_brief(a, &m));
+            assert!(!brief.is_empty());
+            for kv in a.iter().chain(&brief) {
+                assert!(
+                    !kv.value.as_str().contains(SECRET),
+                    "{} carries an argument",
+                    kv.key
+                );
+            }
+        }
     }
 
     #[test]

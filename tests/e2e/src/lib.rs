@@ -13,6 +13,7 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,6 +121,9 @@ impl Gateway {
         let path = temp_path("gateway.toml");
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(bin("mcp-gateway"))
+            // A process group of its own: dropping the gateway kills its backends too,
+            // even when a failed test never stopped it.
+            .process_group(0)
             .arg("--config")
             .arg(&path)
             .env("MCP_LOG", "debug")
@@ -195,10 +199,20 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
         let _ = std::fs::remove_file(&self.config);
     }
+}
+
+/// Kills `child`'s process group (it leads one: `process_group(0)`), so that what it
+/// started goes too (a gateway's backends), and reaps it.
+fn kill_group(child: &mut Child) {
+    use rustix::process::{kill_process_group, Pid, Signal};
+    if let Some(pgid) = Pid::from_raw(child.id() as i32) {
+        let _ = kill_process_group(pgid, Signal::KILL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Sends a signal with kill(2) (no kill(1): procps is not on every machine).
@@ -306,6 +320,7 @@ impl Client {
         read: bool,
     ) -> (Client, Option<std::process::ChildStderr>) {
         let mut child = Command::new(bin("mcp-router"))
+            .process_group(0)
             .args(args)
             .env("MCP_LOG", "debug")
             .envs(env.iter().copied())
@@ -487,8 +502,7 @@ impl Client {
 impl Drop for Client {
     fn drop(&mut self) {
         if let Some(c) = self.child.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
+            kill_group(c);
         }
     }
 }

@@ -576,6 +576,16 @@ fn gateway_stops_backends_and_exits_zero_on_sigterm() {
             "backend {p} still running after gateway exit"
         );
     }
+    // Stopped by the gateway, and cleanly (its stdin closed, it exited 0), not killed
+    // (which the process's drop would do anyway). Read as the lines come: the process
+    // has exited, its last lines may still be on their way to the log.
+    let stopped: Vec<String> = (0..2).map(|_| gw.wait_line("\" stopped (")).collect();
+    for name in ["one", "two"] {
+        let want = format!("backend \"{name}\" stopped (exit status: 0)");
+        assert!(stopped.iter().any(|l| l.contains(&want)), "{stopped:?}");
+    }
+    gw.wait_line(": stopped");
+    assert!(!gw.log.text().contains("killing it"), "{}", gw.log.text());
     // The router sees the close and answers what comes next with an error.
     let r = c.request(json!("after"), "ping", json!({}));
     assert_eq!(error_code(&r), -32004);
@@ -884,11 +894,21 @@ fn requests_over_the_per_backend_cap_are_refused_with_their_ids() {
         assert_eq!(error_code(&r), -32003, "{r}");
         let message = r["error"]["message"].as_str().unwrap();
         assert!(message.contains("limit 4096"), "{message}");
-        let id = r["id"].as_i64().expect("the request's id");
-        assert!((1..=total).contains(&id), "{r}");
-        ids.insert(id);
+        ids.insert(r["id"].as_i64().expect("the request's id"));
     }
-    assert_eq!(ids.len(), 4, "{ids:?}");
+    // The last four: requests take their places in the order they came.
+    assert_eq!(ids, (4097..=total).collect(), "{ids:?}");
+    // And no fifth: the next message is the answer to a ping sent now.
+    send(
+        &mut ws,
+        json!({"jsonrpc":"2.0","id":"after","method":"ping"}),
+    );
+    let r = recv(&mut ws);
+    assert_eq!(
+        (&r["id"], &r["result"]),
+        (&json!("after"), &json!({})),
+        "{r}"
+    );
 }
 
 #[test]
