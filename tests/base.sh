@@ -5,7 +5,8 @@
 #     compile C (mimalloc for the gateway, ring for otlp-tls);
 #   - the system CA store: the OTLP TLS tests check that an untrusted collector is
 #     refused against the system roots;
-#   - rustfmt and clippy, which a `--profile minimal` rustup lacks.
+#   - rustfmt and clippy, which a `--profile minimal` rustup lacks (added through
+#     rustup when it is there and they are missing).
 # Runs as root without sudo; installs nothing that is already there.
 
 # apt_install PKG...: non-interactive, after an index update, waiting for a dpkg lock
@@ -25,7 +26,8 @@ if [ ${#base_pkgs[@]} -gt 0 ]; then
     apt_install "${base_pkgs[@]}"
 fi
 unset base_pkgs
-for component in rustfmt clippy; do
-    rustup component list --installed 2>/dev/null | grep -q "^$component-" \
-        || rustup component add "$component"
-done
+# (Only through rustup, and only if missing: a toolchain from elsewhere brings its own.)
+if ! { cargo fmt --version && cargo clippy --version; } >/dev/null 2>&1 \
+    && command -v rustup >/dev/null; then
+    rustup component add rustfmt clippy
+fi

@@ -132,11 +132,7 @@ async fn serve_with(listener: TcpListener, state: AdminState, bounds: Bounds) {
                 }
             };
             let head_read = || waiting.borrow_mut().retain(|(i, _)| *i != id);
-            futures_lite::future::or(
-                handle(stream, &state, bounds.read_timeout, head_read),
-                evicted,
-            )
-            .await;
+            handle(stream, &state, bounds.read_timeout, evicted, head_read).await;
             waiting.borrow_mut().retain(|(i, _)| *i != id);
         })
         .detach();
@@ -165,10 +161,23 @@ async fn handle(
     mut stream: TcpStream,
     state: &AdminState,
     read_timeout: Duration,
+    evicted: impl std::future::Future<Output = ()>,
     head_read: impl FnOnce(),
 ) {
-    let read = rt::timeout(read_timeout, read_head(&mut stream)).await;
+    // Eviction can end the wait for the head only: once the head is read the request
+    // is answered whole.
+    let read = futures_lite::future::or(
+        async { Some(rt::timeout(read_timeout, read_head(&mut stream)).await) },
+        async {
+            evicted.await;
+            None
+        },
+    )
+    .await;
     head_read();
+    let Some(read) = read else {
+        return;
+    };
     let (response, head_only) = match read {
         None => (
             Response::text(408, "request head not received in time\n"),
@@ -630,6 +639,42 @@ mod tests {
             let mut with_body = b"GET /healthz HTTP/1.1\r\nContent-Length: 20000\r\n\r\n".to_vec();
             with_body.resize(with_body.len() + 20000, b'x');
             assert_eq!(split(&exchange(addr, &with_body).await).2, "ok\n");
+        });
+    }
+
+    /// A connection picked to make room whose head has already come (its task had
+    /// not read it yet) is answered whole: eviction ends only the wait for a head.
+    #[test]
+    fn an_evicted_connection_whose_head_came_is_answered_whole() {
+        const TEST_BOUNDS: Bounds = Bounds {
+            read_timeout: Duration::from_secs(2),
+            max_connections: 2,
+        };
+        rt::block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let st = state(Ok(()));
+            // About 10 MB of /metrics: the answer cannot go out in one write.
+            for i in 0..256 {
+                st.metrics
+                    .backend_up(&format!("{i}{}", "n".repeat(20_000)), true);
+            }
+            let _server = rt::spawn(serve_with(listener, st, TEST_BOUNDS));
+            let mut first = TcpStream::connect(addr).await.unwrap();
+            let _second = TcpStream::connect(addr).await.unwrap();
+            // A third comes (the kernel completes it) while the first's head is on its
+            // way: the server takes the first as the oldest still waiting.
+            let _third = std::net::TcpStream::connect(addr).unwrap();
+            first
+                .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            first.read_to_end(&mut out).await.unwrap();
+            let out = String::from_utf8(out).unwrap();
+            let (status, _, body) = split(&out);
+            assert_eq!(status, 200);
+            assert!(body.len() > 5_000_000, "{}", body.len());
         });
     }
 

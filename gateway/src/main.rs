@@ -215,26 +215,37 @@ impl Gateway {
 
 /// True when `command` names an existing file, directly or on `PATH`.
 fn command_exists(command: &str, cwd: Option<&std::path::Path>, path: Option<&str>) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    // What exec would take: a file with an execute bit.
+    // What exec would take: a regular file this process may execute (`access(X_OK)`,
+    // not just any execute bit), looked up from the backend's working directory.
     let runnable = |p: &std::path::Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    let p = std::path::Path::new(command);
-    if command.contains('/') {
-        let full = match cwd {
+        let p = match cwd {
             Some(d) if p.is_relative() => d.join(p),
             _ => p.to_path_buf(),
         };
-        return runnable(&full);
+        std::fs::metadata(&p).is_ok_and(|m| m.is_file())
+            && rustix::fs::access(&p, rustix::fs::Access::EXEC_OK).is_ok()
+    };
+    if command.contains('/') {
+        return runnable(std::path::Path::new(command));
     }
-    // A backend's own PATH (its `env`) is the one its command is looked up in.
+    // A backend's own PATH (its `env`) is the one its command is looked up in; a
+    // relative entry (an empty one is `.`) from its working directory, as the child
+    // sees it after changing there.
     let paths = match path {
         Some(p) => Some(std::ffi::OsString::from(p)),
         None => std::env::var_os("PATH"),
     };
     paths
-        .map(|paths| std::env::split_paths(&paths).any(|d| runnable(&d.join(command))))
+        .map(|paths| {
+            std::env::split_paths(&paths).any(|d| {
+                let d = if d.as_os_str().is_empty() {
+                    std::path::PathBuf::from(".")
+                } else {
+                    d
+                };
+                runnable(&d.join(command))
+            })
+        })
         .unwrap_or(false)
 }
 

@@ -423,16 +423,20 @@ fn escape_controls(msg: String) -> String {
     if !msg.contains(bad) {
         return msg;
     }
-    let mut out = String::with_capacity(msg.len() + 16);
+    // The escapes count against the bound (`\u{1b}` is six bytes for one): the line
+    // stays within MAX_LOG_MESSAGE_BYTES plus its note, however the message is made.
+    use std::fmt::Write as _;
+    let mut out = Bounded::default();
+    let mut buf = [0u8; 4];
     for c in msg.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c if bad(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-            c => out.push(c),
-        }
+        let _ = match c {
+            '\n' => out.write_str("\\n"),
+            '\r' => out.write_str("\\r"),
+            c if bad(c) => out.write_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.write_str(c.encode_utf8(&mut buf)),
+        };
     }
-    out
+    out.finish()
 }
 
 static LOGGER: StderrLogger = StderrLogger;
@@ -581,6 +585,16 @@ mod tests {
         assert!(
             l.ends_with(": foo\\n2026-12-07T06:00:00.000Z ERROR mcp_gateway: FORGED\\u{1b}[31m\\r\\u{0}\\u{7f}\\u{9b}\tend é\n"),
             "{l:?}"
+        );
+        // Escapes count against the bound: a message of control characters makes a
+        // line no longer than any other.
+        let esc = "\u{1b}".repeat(MAX_LOG_MESSAGE_BYTES);
+        let l = format_line(log::Level::Warn, "t", &format_args!("{esc}"), None);
+        assert!(l.len() <= MAX_LOG_MESSAGE_BYTES + 128, "{} bytes", l.len());
+        assert!(
+            l.ends_with("more bytes not logged)\n"),
+            "{}",
+            &l[l.len() - 60..]
         );
     }
 

@@ -340,9 +340,12 @@ impl SpanProcessor for BatchProcessor {
         while !st.stopped {
             let now = Instant::now();
             if now >= limit {
-                // What the deadline leaves behind is lost: counted and said, like any
-                // other drop.
+                // What the deadline leaves behind is lost: taken out of the queue (the
+                // exporter thread, still busy, must not send or count it again), counted
+                // and said, like any other drop.
                 let left = st.queued as u64;
+                st.chunks.clear();
+                st.queued = 0;
                 drop(st);
                 if left > 0 {
                     s.stats.dropped.fetch_add(left, Ordering::Relaxed);
@@ -457,6 +460,17 @@ mod tests {
             "dropped {dropped} of {SPANS}"
         );
         assert_eq!(stats.exported.load(Ordering::Relaxed), 0);
+        // And only once: the batch still being exported counts when it fails, and
+        // nothing after it (the queue was emptied; before, the thread went on exporting
+        // what was counted, 200 ms a batch, and counted it again). Watched for 1 s: the
+        // time of that batch and four more.
+        let watch = std::time::Instant::now();
+        while watch.elapsed() < Duration::from_secs(1)
+            && stats.dropped.load(Ordering::Relaxed) <= SPANS
+        {
+            std::thread::yield_now();
+        }
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), SPANS);
         drop(silent);
     }
 

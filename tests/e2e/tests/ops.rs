@@ -101,6 +101,18 @@ fn readiness_looks_commands_up_as_the_start_does() {
     let (status, body) = get(&admin_addr(&gw), "/readyz");
     assert_eq!(status, 503, "not executable: {body}");
     assert!(body.contains("not found") && body.contains('b'), "{body}");
+    // A relative PATH entry is the backend's: from its `cwd`, not the gateway's.
+    let home = dir.join("home");
+    std::fs::create_dir_all(home.join("bin")).unwrap();
+    let _ = std::fs::remove_file(home.join("bin/fixture-b"));
+    std::os::unix::fs::symlink(bin("mcp-fixture"), home.join("bin/fixture-b")).unwrap();
+    let relative = config(&format!(
+        "command = \"fixture-b\"\ncwd = {:?}\nenv = {{ PATH = \"bin\" }}",
+        home.display().to_string()
+    ));
+    let gw = Gateway::start(&relative);
+    let (status, body) = get(&admin_addr(&gw), "/readyz");
+    assert_eq!(status, 200, "bin/ under the backend's cwd: {body}");
 }
 
 /// Once a stop signal came the gateway refuses new connections, and says it is not
