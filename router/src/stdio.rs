@@ -77,7 +77,13 @@ pub fn open() -> (Input, Output, Restore) {
         .and_then(|f| polled(stdin.as_fd(), f, &mut restore))
     {
         Some(io) => Input::Polled(io),
-        None => Input::Pool(smol::Unblock::with_capacity(PIPE_READ_CHUNK_BYTES, stdin)),
+        None => {
+            // The blocking path needs a blocking descriptor: one the host left
+            // non-blocking (a socket it uses so, a terminal another program left so)
+            // would fail every read that must wait with EAGAIN, taken for the end.
+            make_blocking(stdin.as_fd(), flags_in, &mut restore);
+            Input::Pool(smol::Unblock::with_capacity(PIPE_READ_CHUNK_BYTES, stdin))
+        }
     };
     let output = match flags_out
         .filter(|_| !same_file(stdout.as_fd(), stderr.as_fd()))
@@ -86,6 +92,10 @@ pub fn open() -> (Input, Output, Restore) {
         Some(io) => Output::Polled(io),
         None => Output::Pool,
     };
+    // The same for stdout (a write that must wait would end the writer).
+    if matches!(output, Output::Pool) {
+        make_blocking(stdout.as_fd(), flags_out, &mut restore);
+    }
     let how = |polled: bool| {
         if polled {
             "polled"
@@ -132,6 +142,29 @@ fn polled(fd: BorrowedFd<'_>, flags: OFlags, restore: &mut Restore) -> Option<As
             log::debug!("stdio not polled: {e}");
             None
         }
+    }
+}
+
+/// Clears `O_NONBLOCK` on `fd` (its original `flags` recorded in `restore`) unless it
+/// is clear, or its description is one [`polled`] switched (one socket for both, the
+/// other end polled: it must stay non-blocking) or already made blocking here.
+fn make_blocking(fd: BorrowedFd<'_>, flags: Option<OFlags>, restore: &mut Restore) {
+    let Some(flags) = flags.filter(|f| f.contains(OFlags::NONBLOCK)) else {
+        return;
+    };
+    if restore
+        .0
+        .iter()
+        .any(|(other, _)| same_file(other.as_fd(), fd))
+    {
+        return;
+    }
+    let Ok(keep) = fd.try_clone_to_owned() else {
+        return;
+    };
+    match rustix::fs::fcntl_setfl(fd, flags - OFlags::NONBLOCK) {
+        Ok(()) => restore.0.push((keep, flags)),
+        Err(e) => log::warn!("stdio is non-blocking and stays so: {e}"),
     }
 }
 

@@ -261,6 +261,40 @@ fn one_socket_for_all_three() {
     assert!(wait_deadline(&mut r.0).success());
 }
 
+/// The same, on a socket the host made non-blocking: the blocking path makes it
+/// blocking for the session (a read or write that must wait would fail with EAGAIN,
+/// taken for stdin's end) and gives the flag back at the end.
+#[test]
+fn one_non_blocking_socket_for_all_three() {
+    let gw = gateway_with("");
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    theirs.set_nonblocking(true).unwrap();
+    let keep = theirs.try_clone().unwrap();
+    let mut r = router(
+        &gw,
+        Stdio::from(OwnedFd::from(theirs.try_clone().unwrap())),
+        Stdio::from(OwnedFd::from(theirs.try_clone().unwrap())),
+        Stdio::from(OwnedFd::from(theirs)),
+    );
+    // The requests come after the router has started reading (it waits for them).
+    let lines = lines_of(ours.try_clone().unwrap());
+    wait_for(&lines, "stdin via the blocking pool");
+    (&ours).write_all(script().as_bytes()).unwrap();
+    ours.shutdown(std::net::Shutdown::Write).unwrap();
+    let (mut out, mut answers) = (String::new(), 0);
+    while answers < 4 {
+        let l = lines
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|e| panic!("{e:?} after {answers} answers:\n{out:.3000}"));
+        answers += usize::from(l.starts_with('{'));
+        out.push_str(&l);
+        out.push('\n');
+    }
+    check_answers(&out);
+    assert!(wait_deadline(&mut r.0).success());
+    assert!(nonblocking(&keep), "the host's flag is back");
+}
+
 /// `mcp-router < requests 2>&1 | reader`: stdin a regular file (blocking pool), stdout
 /// and stderr one pipe (blocking, so that log lines are never refused).
 #[test]
