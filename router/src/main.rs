@@ -34,7 +34,21 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args: Args = argh::from_env();
+    // Not `argh::from_env`: a bad command line is a usage error (64), like a bad file.
+    let argv: Vec<String> = std::env::args().collect();
+    let strs: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let args = match Args::from_args(&strs[..1], &strs[1..]) {
+        Ok(a) => a,
+        Err(early) if early.status.is_ok() => {
+            // --help: stdout is the MCP channel only once the relay runs.
+            print!("{}", early.output);
+            return ExitCode::SUCCESS;
+        }
+        Err(early) => {
+            eprint!("mcp-router: {}", early.output);
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
     if args.version {
         println!("{}", mcp_shared::version_line("mcp-router"));
         return ExitCode::SUCCESS;
@@ -51,22 +65,34 @@ fn main() -> ExitCode {
         eprintln!("mcp-router: {msg}");
         return ExitCode::from(EXIT_CONFIG as u8);
     }
-    if args.check_config {
-        // stdout is the MCP channel, even here: report on stderr.
-        eprintln!("mcp-router: configuration is valid");
-        return ExitCode::SUCCESS;
-    }
-    mcp_shared::logger::init(cfg.logging.level.filter(), cfg.logging.format);
+    // Loaded before --check-config answers: a token that cannot be read makes the
+    // configuration unusable.
     let token = match mcp_shared::secret::load(
         cfg.gateway.token_env.as_deref(),
         cfg.gateway.token_file.as_deref(),
     ) {
         Ok(t) => t,
         Err(msg) => {
-            eprintln!("mcp-router: gateway token: {msg}");
+            let key = if cfg.gateway.token_env.is_some() {
+                "gateway.token_env"
+            } else {
+                "gateway.token_file"
+            };
+            let file = args
+                .config
+                .as_ref()
+                .map(|p| format!("{}: ", p.display()))
+                .unwrap_or_default();
+            eprintln!("mcp-router: {file}key `{key}`: {msg}");
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
+    if args.check_config {
+        // stdout is the MCP channel, even here: report on stderr.
+        eprintln!("mcp-router: configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    mcp_shared::logger::init(cfg.logging.level.filter(), cfg.logging.format);
     let tel = match mcp_shared::telemetry::Telemetry::init(
         &cfg.tracing,
         "mcp-router",
@@ -94,14 +120,15 @@ fn main() -> ExitCode {
 
 fn load_config(args: &Args) -> Result<RouterConfig, String> {
     match (&args.config, &args.gateway) {
-        (Some(path), gw) => {
-            let mut c: RouterConfig = config::load(path).map_err(|e| e.to_string())?;
-            if let Some(url) = gw {
-                c.gateway.url = url.clone();
-                c.validate().map_err(|e| e.message)?;
+        (Some(path), None) => config::load(path).map_err(|e| e.to_string()),
+        // The flag's URL replaces the file's (which may then be absent or wrong).
+        (Some(path), Some(url)) => config::load_router_with_url(path, url).map_err(|e| {
+            if e.key.as_deref() == Some("gateway.url") {
+                format!("--gateway: {}", e.message)
+            } else {
+                e.to_string()
             }
-            Ok(c)
-        }
+        }),
         (None, Some(url)) => {
             let c = RouterConfig::with_url(url);
             c.validate()

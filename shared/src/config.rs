@@ -1250,6 +1250,60 @@ where
     Ok(cfg)
 }
 
+/// [`load`] of a router configuration whose `[gateway] url` is `url` (the command
+/// line's `--gateway`), whatever the file says: the file needs no URL of its own, and a
+/// wrong one there does not count. Errors are located as [`load`]'s, except those the
+/// deserialisation finds (their key is named, not their line).
+pub fn load_router_with_url(path: &Path, url: &str) -> Result<RouterConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: Some(path.to_path_buf()),
+        line: None,
+        key: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    let error = |line: Option<usize>, key: Option<String>, message: String| ConfigError {
+        file: Some(path.to_path_buf()),
+        line,
+        key,
+        message,
+    };
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| {
+        let span = e.span();
+        error(
+            span.as_ref().map(|s| line_of(&text, s.start)),
+            span.as_ref().and_then(|s| key_at(&text, s)),
+            e.message().trim().to_string(),
+        )
+    })?;
+    match table
+        .entry("gateway")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+    {
+        toml::Value::Table(gw) => {
+            gw.insert("url".into(), toml::Value::String(url.into()));
+        }
+        _ => {
+            return Err(error(
+                locate(&text, &["gateway".to_string()]).map(|s| line_of(&text, s.start)),
+                Some("gateway".into()),
+                "must be a table".into(),
+            ))
+        }
+    }
+    let cfg: RouterConfig = table
+        .try_into()
+        .map_err(|e: toml::de::Error| error(None, None, e.message().trim().to_string()))?;
+    cfg.check().map_err(|inv| {
+        let line = if inv.path == ["gateway", "url"] {
+            None
+        } else {
+            locate(&text, &inv.path).map(|s| line_of(&text, s.start))
+        };
+        error(line, Some(dotted(&inv.path)), inv.message)
+    })?;
+    Ok(cfg)
+}
+
 /// Reads, parses and validates a configuration file.
 pub fn load<T>(path: &Path) -> Result<T, ConfigError>
 where

@@ -726,6 +726,69 @@ fn check_config_exit_codes_and_messages() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
+
+    let router = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(bin("mcp-router"))
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // --gateway replaces the file's URL: a file without one, or with a wrong one, is
+    // fine with it; a wrong flag is named as the flag.
+    let nourl = temp_path("router-nourl.toml");
+    std::fs::write(
+        &nourl,
+        "[logging]
+level = \"info\"\n",
+    )
+    .unwrap();
+    for file in [&nourl, &rbad] {
+        let f = file.to_str().unwrap();
+        let (code, err) = router(
+            &[
+                "--check-config",
+                "--config",
+                f,
+                "--gateway",
+                "ws://127.0.0.1:1/mcp",
+            ],
+            &[],
+        );
+        assert_eq!(code, Some(0), "{err}");
+        let (code, err) = router(
+            &["--check-config", "--config", f, "--gateway", "http://x"],
+            &[],
+        );
+        assert_eq!(code, Some(64), "{err}");
+        assert!(err.contains("--gateway:"), "{err}");
+    }
+    // A token that cannot be read is a configuration error for --check-config too,
+    // named by key and file.
+    let tok = temp_path("router-token.toml");
+    std::fs::write(
+        &tok,
+        "[gateway]\nurl = \"ws://127.0.0.1:1/mcp\"\ntoken_env = \"E2E_NO_SUCH_TOKEN\"\n",
+    )
+    .unwrap();
+    let (code, err) = router(&["--check-config", "--config", tok.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("gateway.token_env") && err.contains("router-token"),
+        "{err}"
+    );
+    let (code, err) = router(
+        &["--check-config", "--config", tok.to_str().unwrap()],
+        &[("E2E_NO_SUCH_TOKEN", "t")],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    // A bad command line is a usage error too.
+    let (code, err) = router(&["--bogus"], &[]);
+    assert_eq!(code, Some(64), "{err}");
 }
 
 #[test]
