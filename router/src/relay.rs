@@ -585,7 +585,7 @@ async fn open_link(
         let mut st = state.borrow_mut();
         st.link = Some(ws_tx);
         st.down = None;
-        if again && st.replay.has_session() {
+        if again && st.replay.session_ready() {
             st.replay.list_changed()
         } else {
             Vec::new()
@@ -1375,6 +1375,12 @@ async fn link_down(state: &Shared, out: &Sender<String>, gen: u64, reason: Strin
         send_out(out, cancel.to_json()).await;
     }
     let err = RelayError::Disconnected { reason }.to_rpc_error();
+    {
+        let mut st = state.borrow_mut();
+        for (id, _) in &pending {
+            st.replay.request_failed(id);
+        }
+    }
     for (id, spans) in pending {
         telemetry::fail(&spans.request, "gateway_unavailable", &err.message);
         telemetry::fail(&spans.stdio, "gateway_unavailable", &err.message);

@@ -28,8 +28,12 @@ const OWN_ID_PREFIX: &str = "mcp-router-replay-";
 /// The session-shaping messages the host sent (see the module documentation).
 #[derive(Default)]
 pub struct Replay {
+    /// The host's last `initialize` that the gateway answered with a result.
     initialize: Option<Message>,
-    /// The id of the host's `initialize` request, until its result is seen.
+    /// The host's `initialize` forwarded and not yet answered: it counts once its
+    /// result is seen (a host whose `initialize` failed has no session to restore).
+    asked_initialize: Option<Message>,
+    /// The id of the host's `initialize` request, until its answer is seen.
     initialize_id: Option<Id>,
     initialized: bool,
     log_level: Option<Message>,
@@ -47,7 +51,7 @@ impl Replay {
         let Some(method) = msg.method() else { return };
         match (msg.kind(), method) {
             (Kind::Request, "initialize") => {
-                self.initialize = Some(msg.clone());
+                self.asked_initialize = Some(msg.clone());
                 self.initialize_id = msg.id();
             }
             (Kind::Notification, "notifications/initialized") => self.initialized = true,
@@ -93,7 +97,21 @@ impl Replay {
             return;
         }
         self.initialize_id = None;
-        self.observe_capabilities(msg);
+        let asked = self.asked_initialize.take();
+        if msg.result().is_some() {
+            self.initialize = asked;
+            self.observe_capabilities(msg);
+        }
+    }
+
+    /// The host's request `id` was answered with an error by the router itself (the
+    /// link was lost before the gateway answered): an `initialize` so answered does not
+    /// count.
+    pub fn request_failed(&mut self, id: &Id) {
+        if self.initialize_id.as_ref() == Some(id) {
+            self.initialize_id = None;
+            self.asked_initialize = None;
+        }
     }
 
     /// Takes the lists that can change from an `initialize` result (the host's, or the
@@ -118,9 +136,17 @@ impl Replay {
         }
     }
 
-    /// Whether the host has started a session (nothing to restore before that).
+    /// Whether the host has a session (an `initialize` answered with a result; nothing
+    /// to restore before that).
+    #[cfg(test)]
     pub fn has_session(&self) -> bool {
         self.initialize.is_some()
+    }
+
+    /// Whether the host's session is established (it also sent
+    /// `notifications/initialized`): only then may it be told its lists changed.
+    pub fn session_ready(&self) -> bool {
+        self.initialize.is_some() && self.initialized
     }
 
     /// The messages to send on a new link, in order, each request with an id of the
@@ -208,6 +234,9 @@ mod tests {
         let mut r = Replay::default();
         let init = json!({"jsonrpc":"2.0","id":7,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"host","version":"1"}}});
         r.observe(&msg(init.clone()));
+        r.observe_response(&msg(
+            json!({"jsonrpc":"2.0","id":7,"result":{"capabilities":{}}}),
+        ));
         r.observe(&msg(
             json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
         ));
@@ -265,10 +294,50 @@ mod tests {
         r.observe(&msg(
             json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}),
         ));
+        r.observe_response(&msg(json!({"jsonrpc":"2.0","id":0,"result":{}})));
         for i in 0..MAX_REPLAYED_SUBSCRIPTIONS + 10 {
             r.observe(&msg(json!({"jsonrpc":"2.0","id":i+1,"method":"resources/subscribe","params":{"uri":format!("u:{i}")}})));
         }
         assert_eq!(r.messages().len(), 1 + MAX_REPLAYED_SUBSCRIPTIONS);
+    }
+
+    #[test]
+    fn an_initialize_counts_once_answered_with_a_result() {
+        let mut r = Replay::default();
+        let init = |id: i64| {
+            msg(
+                json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{"clientInfo":{"name":format!("h{id}"),"version":"1"}}}),
+            )
+        };
+        // Lost with the link (the router answered it): nothing to restore.
+        r.observe(&init(1));
+        r.request_failed(&Id::from(1));
+        assert!(!r.has_session() && r.messages().is_empty());
+        // Refused by the gateway: nothing either.
+        r.observe(&init(2));
+        r.observe_response(&msg(
+            json!({"jsonrpc":"2.0","id":2,"error":{"code":-1,"message":"no"}}),
+        ));
+        assert!(!r.has_session());
+        // Answered: the session, but not ready for notices before `initialized`.
+        r.observe(&init(3));
+        r.observe_response(&msg(json!({"jsonrpc":"2.0","id":3,"result":{}})));
+        assert!(r.has_session() && !r.session_ready());
+        r.observe(&msg(
+            json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+        ));
+        assert!(r.session_ready());
+        // A later one refused keeps the one that worked.
+        r.observe(&init(4));
+        r.observe_response(&msg(
+            json!({"jsonrpc":"2.0","id":4,"error":{"code":-1,"message":"no"}}),
+        ));
+        let ms = r.messages();
+        assert_eq!(
+            ms[0].params().unwrap()["clientInfo"]["name"],
+            "h3",
+            "the initialize that was answered"
+        );
     }
 
     #[test]
