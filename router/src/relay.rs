@@ -208,15 +208,31 @@ impl State {
 type Shared = Rc<RefCell<State>>;
 
 /// Runs the router until stdin closes or SIGTERM.
-pub fn run(cfg: RouterConfig, token: Option<Secret>, tel: Telemetry) -> Result<(), String> {
+pub fn run(cfg: RouterConfig, token: Option<Secret>, tel: Telemetry) -> Result<Ended, String> {
     // Leaked: the link manager spawns each link's tasks, so it needs the executor for
     // as long as the process runs (there is one per process).
     let ex: &'static LocalExecutor<'static> = Box::leak(Box::new(LocalExecutor::new()));
     // async_io::block_on: this thread drives the reactor while idle (no hand-off from
     // smol's reactor thread per I/O event).
-    let result = async_io::block_on(ex.run(relay(ex, cfg, token, tel.clone())));
-    tel.shutdown();
-    result
+    let ended = async_io::block_on(ex.run(relay(ex, cfg, token, tel.clone())))?;
+    if ended == Ended::AtOnce {
+        return Ok(ended);
+    }
+    // The spans still queued go to the collector within the tracing shutdown's bound
+    // (3 s), unless a SIGTERM comes meanwhile: the relay's own watch has ended, so one
+    // is kept here (a SIGTERM no handler forwards would be ignored).
+    if !tel.enabled() {
+        return Ok(ended);
+    }
+    let mut signals = Signals::new([Signal::Term]).ok();
+    log::debug!("flushing spans (a SIGTERM stops the wait)");
+    let flush = smol::unblock(move || tel.shutdown());
+    let cut = async_io::block_on(unless_signalled(&mut signals, flush)).is_none();
+    if cut {
+        log::warn!("SIGTERM; exiting without the spans still queued");
+        return Ok(Ended::AtOnce);
+    }
+    Ok(ended)
 }
 
 /// Host (an IPv6 address without its brackets) and port of a ws:// URL, for span
@@ -236,7 +252,7 @@ async fn relay(
     cfg: RouterConfig,
     token: Option<Secret>,
     tel: Telemetry,
-) -> Result<(), String> {
+) -> Result<Ended, String> {
     // Before stdio is switched: from here on SIGTERM ends the relay (below), so the
     // descriptors get their flags back. Only SIGTERM, which is how hosts stop a stdio
     // server: a handler for SIGINT or SIGHUP would override the `SIG_IGN` that a
@@ -331,13 +347,23 @@ async fn relay(
     {
         if signalled {
             log::warn!("second SIGTERM; exiting now");
-            break;
+            return Ok(Ended::AtOnce);
         }
         log::info!("SIGTERM; finishing the shutdown (a second one exits at once)");
         signalled = true;
         state.borrow_mut().signalled = true;
     }
-    Ok(())
+    Ok(Ended::Finished)
+}
+
+/// How the relay ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Normally, or by one SIGTERM: what is left (spans, log lines) is flushed, within
+    /// its bounds, unless another SIGTERM comes.
+    Finished,
+    /// A second SIGTERM: exit now.
+    AtOnce,
 }
 
 /// `f`'s output, or `None` if a SIGTERM comes first (`f` is then dropped).

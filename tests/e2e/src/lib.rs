@@ -489,6 +489,24 @@ impl Client {
         }
     }
 
+    /// The router's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("a router client").id()
+    }
+
+    /// Closes the router's stdin without waiting for its exit.
+    pub fn end_stdin(&mut self) {
+        if let Some(stdin) = self.stdin.take() {
+            drop(stdin);
+            self.tx = Box::new(|_| {});
+        }
+    }
+
+    /// Waits for the router's exit (after [`Client::end_stdin`] or a signal).
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        wait_deadline(self.child.as_mut().expect("a router client"))
+    }
+
     /// Closes the router's stdin and returns its exit status.
     pub fn close_stdin(&mut self) -> ExitStatus {
         if let Some(stdin) = self.stdin.take() {

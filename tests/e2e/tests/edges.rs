@@ -1494,3 +1494,33 @@ fn an_over_long_answer_without_a_readable_id_ends_the_link() {
         "{r}"
     );
 }
+
+/// After stdin's end the router flushes its spans (up to the tracing shutdown's 3 s):
+/// a SIGTERM then ends that wait at once. (Its own SIGTERM watch had ended with the
+/// relay, and a SIGTERM nobody forwarded was ignored.)
+#[test]
+fn a_sigterm_ends_the_wait_for_spans_at_exit() {
+    let gw = gateway();
+    // A collector that takes connections and never answers: the flush would take its
+    // whole bound.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut c = router_with_config(
+        &gw.url,
+        &format!(
+            "[tracing]\nenabled = true\notlp_protocol = \"http/protobuf\"\notlp_endpoint = \"http://{}\"\notlp_timeout = \"10s\"\n",
+            silent.local_addr().unwrap()
+        ),
+    );
+    c.initialize();
+    c.end_stdin();
+    c.wait_log("flushing spans");
+    let start = std::time::Instant::now();
+    signal(c.pid(), "TERM");
+    assert!(c.wait_exit().success());
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?} after the SIGTERM",
+        start.elapsed()
+    );
+    c.wait_log("exiting without the spans still queued");
+}
