@@ -51,10 +51,8 @@ use mcp_shared::idmap::IdMap;
 
 use crate::link;
 use crate::replay::{self, Replay};
-use crate::stdio;
+use crate::stdio::{self, StdoutTx};
 
-/// Messages queued for stdout, at most (the WebSocket reader waits when it is full).
-pub const STDOUT_QUEUE: usize = 256;
 /// Messages queued for the WebSocket writer, at most (stdin reading waits when full).
 pub const WS_QUEUE: usize = 256;
 /// On stdin EOF, how long to wait for the gateway to acknowledge the close.
@@ -268,7 +266,7 @@ async fn relay(
     // `_restore` lives to the end: stdin and stdout get their flags back after the last
     // write.
     let (mut stdin, stdout, _restore) = stdio::open();
-    let (out_tx, out_rx) = async_channel::bounded::<String>(STDOUT_QUEUE);
+    let (out_tx, out_rx) = stdio::stdout_queue();
     let written = stdio::Written::default();
     let stdout_task = ex.spawn(stdout.write_all_from(out_rx, written.clone()));
     let server = Rc::new(server_of(&cfg.gateway.url));
@@ -396,7 +394,7 @@ async fn next_signal(signals: &mut Option<Signals>) {
 /// reading (`STDOUT_DRAIN_TIMEOUT` without a byte taken ends it).
 async fn finish(
     state: &Shared,
-    out_tx: &Sender<String>,
+    out_tx: &StdoutTx,
     stdout_task: Task<()>,
     written: &stdio::Written,
 ) {
@@ -461,7 +459,7 @@ async fn maintain_link(
     cfg: RouterConfig,
     token: Option<Secret>,
     state: Shared,
-    out: Sender<String>,
+    out: StdoutTx,
     first_done: Sender<()>,
 ) {
     let mut first_done = Some(first_done);
@@ -511,7 +509,7 @@ async fn open_link(
     cfg: &RouterConfig,
     token: Option<&Secret>,
     state: &Shared,
-    out: &Sender<String>,
+    out: &StdoutTx,
     again: bool,
 ) -> Result<Receiver<()>, RelayError> {
     let (tel, server) = {
@@ -754,7 +752,7 @@ async fn exchange(
 async fn read_stdin(
     stdin: &mut stdio::Input,
     state: &Shared,
-    out: &Sender<String>,
+    out: &StdoutTx,
     max_in_flight: usize,
     max: usize,
 ) {
@@ -784,7 +782,7 @@ async fn read_stdin(
 
 async fn handle_frame(
     state: &Shared,
-    out: &Sender<String>,
+    out: &StdoutTx,
     max_in_flight: usize,
     max: usize,
     frame: Frame,
@@ -804,7 +802,7 @@ async fn handle_frame(
 /// response (the host's answer to what the gateway asked) is never answered: the
 /// gateway is sent an error response with its id instead, so that its request fails
 /// now rather than at its timeout. Anything else is only logged.
-async fn on_rejected(state: &Shared, out: &Sender<String>, max_in_flight: usize, rej: Rejection) {
+async fn on_rejected(state: &Shared, out: &StdoutTx, max_in_flight: usize, rej: Rejection) {
     if rej.reply {
         log::warn!("bad message on stdin: {}", rej.error.message);
         send_out(out, rej.to_response().to_json()).await;
@@ -822,12 +820,7 @@ async fn on_rejected(state: &Shared, out: &Sender<String>, max_in_flight: usize,
     }
 }
 
-async fn handle_client_line(
-    state: &Shared,
-    out: &Sender<String>,
-    max_in_flight: usize,
-    line: Vec<u8>,
-) {
+async fn handle_client_line(state: &Shared, out: &StdoutTx, max_in_flight: usize, line: Vec<u8>) {
     let size = line.len();
     // Kept, so that what goes to the gateway is the host's text (`to_text`); of its
     // `params` only what the spans and the replay read is built (a tool call's
@@ -842,7 +835,7 @@ async fn handle_client_line(
 /// answers it with the reason it cannot go.
 async fn handle_client_message(
     state: &Shared,
-    out: &Sender<String>,
+    out: &StdoutTx,
     max_in_flight: usize,
     mut msg: Message,
     size: usize,
@@ -987,7 +980,7 @@ async fn handle_client_message(
     let _ = link.send(WsCmd::Text(text)).await;
 }
 
-async fn send_out(out: &Sender<String>, line: String) {
+async fn send_out(out: &StdoutTx, line: String) {
     if out.send(line).await.is_err() {
         log::error!("stdout writer has stopped");
     }
@@ -1047,12 +1040,7 @@ fn cancel_asked(state: &Shared, gen: u64, m: &mut Message) -> bool {
 /// gateway's is answered with the size error; anything else is only logged. The link
 /// stays up, except for a response whose id cannot be read: the link's loss is then
 /// the only way to answer the request it was for (returned: the reason).
-async fn on_oversized(
-    state: &Shared,
-    out: &Sender<String>,
-    max: usize,
-    text: &str,
-) -> Option<String> {
+async fn on_oversized(state: &Shared, out: &StdoutTx, max: usize, text: &str) -> Option<String> {
     let seen = jsonrpc::sniff(text.as_bytes());
     log::warn!(
         "the gateway sent a {}-byte message (limit {max}); dropped",
@@ -1107,7 +1095,7 @@ async fn read_ws(
     mut stream: link::Receiver,
     gen: u64,
     state: Shared,
-    out: Sender<String>,
+    out: StdoutTx,
     stop: Receiver<()>,
     max: usize,
 ) {
@@ -1273,7 +1261,7 @@ async fn write_ws(
     (meter, send_timeout): (Rc<Meter>, Duration),
     gen: u64,
     state: Shared,
-    out: Sender<String>,
+    out: StdoutTx,
 ) {
     while let Ok(cmd) = rx.recv().await {
         // The frame taken and every one queued behind it, up to a close, then one flush.
@@ -1318,7 +1306,7 @@ async fn write_ws(
 /// request is busy, so only a dead peer or path stays silent. Ends with the link.
 async fn keepalive(
     state: Shared,
-    out: Sender<String>,
+    out: StdoutTx,
     link: Sender<WsCmd>,
     gen: u64,
     (meter, interval): (Rc<Meter>, Duration),
@@ -1353,7 +1341,7 @@ async fn keepalive(
 /// Marks link `gen` lost and answers every pending request with an error. The first
 /// report of a link's loss counts (the reason later requests are told); later ones, and
 /// reports about an older link, do nothing.
-async fn link_down(state: &Shared, out: &Sender<String>, gen: u64, reason: String) {
+async fn link_down(state: &Shared, out: &StdoutTx, gen: u64, reason: String) {
     let (pending, reason, asked) = {
         let mut st = state.borrow_mut();
         if !st.is_alive(gen) {

@@ -16,7 +16,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_channel::Receiver;
@@ -28,6 +28,114 @@ use rustix::fs::{FileType, OFlags};
 /// Bytes of stdout gathered into one write when several messages are queued (a message
 /// this long, taken first, is written on its own; one that joins a batch ends it).
 pub const STDOUT_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Messages queued for stdout, at most (the WebSocket reader waits when it is full).
+pub const STDOUT_QUEUE: usize = 256;
+/// Bytes of messages queued for stdout, at most: beyond, whoever queues waits for the
+/// writer (a message longer than this goes when the queue is empty). A host that reads
+/// slowly holds this much of the router's memory plus one message, not
+/// [`STDOUT_QUEUE`] × `max_message_bytes`.
+pub const STDOUT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The sending side of the stdout queue (see [`stdout_queue`]).
+#[derive(Clone)]
+pub struct StdoutTx {
+    tx: async_channel::Sender<String>,
+    bytes: Arc<AtomicUsize>,
+    /// A token each time the writer takes a message: what a sender over the byte
+    /// bound waits for.
+    room: Receiver<()>,
+}
+
+/// The writer's side of the stdout queue.
+pub struct StdoutRx {
+    rx: Receiver<String>,
+    bytes: Arc<AtomicUsize>,
+    room: async_channel::Sender<()>,
+}
+
+/// The queue between the relay and the stdout writer: at most [`STDOUT_QUEUE`]
+/// messages and [`STDOUT_QUEUE_BYTES`] bytes.
+pub fn stdout_queue() -> (StdoutTx, StdoutRx) {
+    let (tx, rx) = async_channel::bounded(STDOUT_QUEUE);
+    let (room_tx, room_rx) = async_channel::bounded(1);
+    let bytes = Arc::new(AtomicUsize::new(0));
+    (
+        StdoutTx {
+            tx,
+            bytes: bytes.clone(),
+            room: room_rx,
+        },
+        StdoutRx {
+            rx,
+            bytes,
+            room: room_tx,
+        },
+    )
+}
+
+impl StdoutTx {
+    /// Queues a message, waiting for room (in messages and in bytes); `Err` once the
+    /// writer has stopped.
+    pub async fn send(&self, line: String) -> Result<(), ()> {
+        loop {
+            let queued = self.bytes.load(Ordering::Acquire);
+            if queued == 0 || queued + line.len() <= STDOUT_QUEUE_BYTES {
+                break;
+            }
+            // The writer takes a message and leaves a token (kept if nobody waits):
+            // no wake-up is lost between the look above and this wait.
+            if self.room.recv().await.is_err() {
+                return Err(());
+            }
+        }
+        self.bytes.fetch_add(line.len(), Ordering::AcqRel);
+        self.tx.send(line).await.map_err(|_| ())
+    }
+
+    /// Whether a message would have to wait.
+    pub fn is_full(&self) -> bool {
+        self.tx.is_full() || self.bytes.load(Ordering::Acquire) >= STDOUT_QUEUE_BYTES
+    }
+
+    /// Ends the queue: the writer gets what is in it, then the end.
+    pub fn close(&self) {
+        self.tx.close();
+    }
+}
+
+impl StdoutRx {
+    fn took(&self, line: &str) {
+        self.bytes.fetch_sub(line.len(), Ordering::AcqRel);
+        let _ = self.room.try_send(());
+    }
+
+    /// The next message; `None` once the queue is closed and empty.
+    pub async fn recv(&self) -> Option<String> {
+        let line = self.rx.recv().await.ok()?;
+        self.took(&line);
+        Some(line)
+    }
+
+    /// [`StdoutRx::recv`] from a blocking thread.
+    pub fn recv_blocking(&self) -> Option<String> {
+        let line = self.rx.recv_blocking().ok()?;
+        self.took(&line);
+        Some(line)
+    }
+
+    /// A message if one is queued.
+    pub fn try_recv(&self) -> Option<String> {
+        let line = self.rx.try_recv().ok()?;
+        self.took(&line);
+        Some(line)
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+}
 
 /// How the router reads its stdin.
 pub enum Input {
@@ -194,7 +302,7 @@ impl Output {
     /// The only writer of stdout: writes each message from `rx` as one line, until `rx`
     /// closes or a write fails, counting the bytes taken in `written`. Messages queued
     /// together go out in one write.
-    pub async fn write_all_from(self, rx: Receiver<String>, written: Written) {
+    pub async fn write_all_from(self, rx: StdoutRx, written: Written) {
         let result = match self {
             Output::Polled(io) => write_polled(io, rx, &written).await,
             Output::Pool => write_pool(rx, written).await,
@@ -205,13 +313,9 @@ impl Output {
     }
 }
 
-async fn write_polled(
-    mut io: Async<File>,
-    rx: Receiver<String>,
-    written: &Written,
-) -> io::Result<()> {
+async fn write_polled(mut io: Async<File>, rx: StdoutRx, written: &Written) -> io::Result<()> {
     let mut batch: Vec<u8> = Vec::new();
-    while let Ok(mut line) = rx.recv().await {
+    while let Some(mut line) = rx.recv().await {
         if rx.is_empty() || line.len() >= STDOUT_BUFFER_BYTES {
             // Alone (or long): written from its own buffer (the newline may make
             // `push` reallocate it, which is still no more than the batch's copy).
@@ -223,7 +327,7 @@ async fn write_polled(
         batch.extend_from_slice(line.as_bytes());
         batch.push(b'\n');
         while batch.len() < STDOUT_BUFFER_BYTES {
-            let Ok(next) = rx.try_recv() else { break };
+            let Some(next) = rx.try_recv() else { break };
             batch.extend_from_slice(next.as_bytes());
             batch.push(b'\n');
         }
@@ -278,7 +382,7 @@ impl<W: Write> Write for Counting<W> {
 /// its pipe on every flush and opens a new one (an 8 MiB buffer, its first 4 KiB zeroed)
 /// on the next write, which cost the router ~2–4k instructions per message under load
 /// (callgrind: docs/benchmark.md, "Instructions per request").
-async fn write_pool(rx: Receiver<String>, written: Written) -> io::Result<()> {
+async fn write_pool(rx: StdoutRx, written: Written) -> io::Result<()> {
     smol::unblock(move || {
         let stdout = io::stdout();
         let inner = Counting {
@@ -286,7 +390,7 @@ async fn write_pool(rx: Receiver<String>, written: Written) -> io::Result<()> {
             written,
         };
         let mut w = io::BufWriter::with_capacity(STDOUT_BUFFER_BYTES, inner);
-        while let Ok(line) = rx.recv_blocking() {
+        while let Some(line) = rx.recv_blocking() {
             w.write_all(line.as_bytes())?;
             w.write_all(b"\n")?;
             if rx.is_empty() {
@@ -314,6 +418,42 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn the_stdout_queue_holds_at_most_its_bytes_and_one_message() {
+        use futures_lite::future::poll_once;
+        smol::block_on(async {
+            let (tx, rx) = stdout_queue();
+            let half = "x".repeat(STDOUT_QUEUE_BYTES / 2 + 1);
+            tx.send(half.clone()).await.unwrap();
+            assert!(!tx.is_full());
+            // A second would go past the bound: it waits for the writer.
+            let mut second = Box::pin(tx.send(half.clone()));
+            assert!(poll_once(&mut second).await.is_none());
+            assert!(poll_once(&mut second).await.is_none());
+            assert_eq!(rx.try_recv().map(|l| l.len()), Some(half.len()));
+            assert_eq!(poll_once(&mut second).await, Some(Ok(())));
+            assert_eq!(rx.recv().await.map(|l| l.len()), Some(half.len()));
+            // A message longer than the bound goes alone, into an empty queue.
+            let huge = "y".repeat(STDOUT_QUEUE_BYTES * 2);
+            tx.send(huge).await.unwrap();
+            assert!(tx.is_full());
+            let mut small = Box::pin(tx.send("z".into()));
+            assert!(poll_once(&mut small).await.is_none());
+            assert_eq!(
+                rx.recv_blocking().map(|l| l.len()),
+                Some(STDOUT_QUEUE_BYTES * 2)
+            );
+            assert_eq!(poll_once(&mut small).await, Some(Ok(())));
+            assert_eq!(rx.try_recv().as_deref(), Some("z"));
+            // The writer gone, a waiting sender learns it.
+            tx.send("a".repeat(STDOUT_QUEUE_BYTES)).await.unwrap();
+            let mut late = Box::pin(tx.send("b".repeat(10)));
+            assert!(poll_once(&mut late).await.is_none());
+            drop(rx);
+            assert_eq!(late.await, Err(()));
+        });
     }
 
     #[test]
