@@ -149,8 +149,9 @@ pub enum Input {
 pub enum Output {
     /// A pipe or socket, polled by the reactor.
     Polled(Async<File>),
-    /// Anything else, written by one blocking-pool thread.
-    Pool,
+    /// Anything else, written by one blocking-pool thread; `shared` when stdout is
+    /// stderr's file (`2>&1`).
+    Pool { shared: bool },
 }
 
 /// Puts back the file status flags of the descriptors [`open`] switched to non-blocking
@@ -193,15 +194,16 @@ pub fn open() -> (Input, Output, Restore) {
             Input::Pool(smol::Unblock::with_capacity(PIPE_READ_CHUNK_BYTES, stdin))
         }
     };
+    let shared = same_file(stdout.as_fd(), stderr.as_fd());
     let output = match flags_out
-        .filter(|_| !same_file(stdout.as_fd(), stderr.as_fd()))
+        .filter(|_| !shared)
         .and_then(|f| polled(stdout.as_fd(), f, &mut restore))
     {
         Some(io) => Output::Polled(io),
-        None => Output::Pool,
+        None => Output::Pool { shared },
     };
     // The same for stdout (a write that must wait would end the writer).
-    if matches!(output, Output::Pool) {
+    if matches!(output, Output::Pool { .. }) {
         make_blocking(stdout.as_fd(), flags_out, &mut restore);
     }
     let how = |polled: bool| {
@@ -305,7 +307,7 @@ impl Output {
     pub async fn write_all_from(self, rx: StdoutRx, written: Written) {
         let result = match self {
             Output::Polled(io) => write_polled(io, rx, &written).await,
-            Output::Pool => write_pool(rx, written).await,
+            Output::Pool { shared } => write_pool(rx, written, shared).await,
         };
         if let Err(e) = result {
             log::error!("writing stdout: {e}");
@@ -382,7 +384,13 @@ impl<W: Write> Write for Counting<W> {
 /// its pipe on every flush and opens a new one (an 8 MiB buffer, its first 4 KiB zeroed)
 /// on the next write, which cost the router ~2–4k instructions per message under load
 /// (callgrind: docs/benchmark.md, "Instructions per request").
-async fn write_pool(rx: StdoutRx, written: Written) -> io::Result<()> {
+///
+/// When stdout is stderr's file (`shared`), each message is written and flushed under
+/// stderr's lock, which the logger's thread and the span tree take for each of their
+/// writes: a log line goes between two messages, never inside one (a long message is
+/// handed over in [`COUNTED_WRITE_BYTES`] pieces, and a pipe takes a write longer than
+/// `PIPE_BUF` in parts, so without the lock another writer's line could land in it).
+async fn write_pool(rx: StdoutRx, written: Written, shared: bool) -> io::Result<()> {
     smol::unblock(move || {
         let stdout = io::stdout();
         let inner = Counting {
@@ -391,9 +399,10 @@ async fn write_pool(rx: StdoutRx, written: Written) -> io::Result<()> {
         };
         let mut w = io::BufWriter::with_capacity(STDOUT_BUFFER_BYTES, inner);
         while let Some(line) = rx.recv_blocking() {
+            let _stderr = shared.then(|| io::stderr().lock());
             w.write_all(line.as_bytes())?;
             w.write_all(b"\n")?;
-            if rx.is_empty() {
+            if shared || rx.is_empty() {
                 w.flush()?;
             }
         }

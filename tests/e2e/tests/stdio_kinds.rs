@@ -319,6 +319,65 @@ fn a_file_for_stdin_and_stdout_shared_with_stderr() {
     check_answers(&out);
 }
 
+/// `2>&1` into one pipe with a host that reads late: a log line (the warning about a
+/// stdin line that is not JSON) logged while a long answer is half written goes after
+/// that answer, never into it.
+#[test]
+fn a_log_line_never_lands_inside_a_message_on_a_shared_stdout() {
+    let gw = gateway_with("");
+    let (in_r, in_w) = pipe();
+    let (out_r, out_w) = pipe();
+    let mut r = router(
+        &gw,
+        Stdio::from(in_r),
+        Stdio::from(out_w.try_clone().unwrap()),
+        Stdio::from(out_w),
+    );
+    let mut stdin = File::from(in_w);
+    let big = "x".repeat(1_000_000);
+    stdin.write_all(handshake().as_bytes()).unwrap();
+    let call = json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
+        "params":{"name":"one.echo","arguments":{"text":big}}});
+    writeln!(stdin, "{call}").unwrap();
+    // Nothing is read until the pipe holds half its size (it is full with less than its
+    // size when its first page holds only the short lines before): only the answer is
+    // that long, and it is longer than the pipe, so the router is inside it.
+    let half = rustix::pipe::fcntl_getpipe_size(&out_r).unwrap() as u64 / 2;
+    let start = Instant::now();
+    while rustix::io::ioctl_fionread(&out_r).unwrap() < half {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the answer never filled the pipe"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    writeln!(stdin, "not json").unwrap();
+    let out = read_answers(File::from(out_r.try_clone().unwrap()), Some(3));
+    drop(stdin);
+    assert!(wait_deadline(&mut r.0).success());
+    let mut answers = Vec::new();
+    for line in out.lines() {
+        if line.starts_with('{') {
+            let v: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("a message line broken by another writer: {e}"));
+            answers.push(v);
+        } else {
+            assert!(
+                !line.contains("xxxxxxxxxx"),
+                "a piece of the answer in {line:.200}"
+            );
+        }
+    }
+    assert_eq!(answers.len(), 3, "{out:.2000}");
+    assert!(answers[0]["result"]["serverInfo"].is_object());
+    assert_eq!(text_of(&answers[1]), big);
+    assert_eq!(answers[2]["error"]["code"], json!(-32700), "{}", answers[2]);
+    assert!(
+        out.lines().any(|l| l.contains("bad message on stdin")),
+        "the warning is its own line: {out:.3000}"
+    );
+}
+
 /// A pipe for stdin, a regular file for stdout (`mcp-router > answers`).
 #[test]
 fn a_pipe_for_stdin_and_a_file_for_stdout() {
