@@ -1228,6 +1228,11 @@ impl Session {
     }
 
     /// Relays a backend's request to this session's client under a fresh id.
+    ///
+    /// The backend's reader awaits this, so the backend's own cancellation of the
+    /// request, and its exit ([`Session::forget_server_requests`]), are read only once
+    /// the request is queued: the client never gets the request after the notice that
+    /// voids it.
     pub async fn relay_server_request(&self, proc: &Rc<Proc>, mut msg: Message, wait: bool) {
         let backend_id = msg.id().expect("requests have ids");
         let slot = self.server_reqs.borrow_mut().insert(ServerReq {
