@@ -71,15 +71,21 @@ const BOUNDS: Bounds = Bounds {
 /// Serves admin requests on `listener` until this future is dropped (e.g. the `Task`
 /// from `rt::spawn`); each connection runs as its own task.
 pub async fn serve(listener: TcpListener, state: AdminState) {
-    serve_with(listener, state, BOUNDS).await
+    serve_with(listener, state, BOUNDS, Rc::default()).await
+}
+
+/// Admin connections open now, and the most ever open at once (what the tests check).
+#[derive(Default)]
+struct Open {
+    now: Cell<usize>,
+    most: Cell<usize>,
 }
 
 /// Connections still sending their request head, oldest first, each with what evicts
 /// it.
 type Waiting = Rc<RefCell<VecDeque<(u64, async_channel::Sender<()>)>>>;
 
-async fn serve_with(listener: TcpListener, state: AdminState, bounds: Bounds) {
-    let active = Rc::new(Cell::new(0usize));
+async fn serve_with(listener: TcpListener, state: AdminState, bounds: Bounds, open: Rc<Open>) {
     let waiting: Waiting = Rc::default();
     let mut next_id = 0u64;
     loop {
@@ -91,7 +97,7 @@ async fn serve_with(listener: TcpListener, state: AdminState, bounds: Bounds) {
                 continue;
             }
         };
-        if active.get() >= bounds.max_connections {
+        if open.now.get() >= bounds.max_connections {
             // Every slot taken: the oldest connection still sending its head makes room
             // (a scrape or probe sends its head at once; connections left idle by a
             // peer cannot keep them out). Its slot frees when its task sees it.
@@ -103,6 +109,12 @@ async fn serve_with(listener: TcpListener, state: AdminState, bounds: Bounds) {
                         "admin: {peer}: {} connections; the oldest still sending its request is closed",
                         bounds.max_connections
                     );
+                    // Its task runs now and closes it, before the next `accept` (which
+                    // in a burst is ready at once): the count of open connections stays
+                    // within the bound instead of growing by one per connection evicted
+                    // and not yet closed. (One whose head had just come is answered
+                    // whole: the bound is passed by that one until it is done.)
+                    futures_lite::future::yield_now().await;
                 }
                 None => {
                     log::debug!(
@@ -114,9 +126,8 @@ async fn serve_with(listener: TcpListener, state: AdminState, bounds: Bounds) {
                 }
             }
         }
-        // Counted here, not in the task, so a burst cannot overshoot the bound (by more
-        // than the connections evicted and not yet ended).
-        let slot = ConnSlot::take(&active);
+        // Counted here, not in the task, so a burst cannot overshoot the bound.
+        let slot = ConnSlot::take(&open);
         let state = state.clone();
         let (evict_tx, evict_rx) = async_channel::bounded::<()>(1);
         let id = next_id;
@@ -140,18 +151,20 @@ async fn serve_with(listener: TcpListener, state: AdminState, bounds: Bounds) {
 }
 
 /// Holds one of the connection slots until dropped.
-struct ConnSlot(Rc<Cell<usize>>);
+struct ConnSlot(Rc<Open>);
 
 impl ConnSlot {
-    fn take(active: &Rc<Cell<usize>>) -> ConnSlot {
-        active.set(active.get() + 1);
-        ConnSlot(active.clone())
+    fn take(open: &Rc<Open>) -> ConnSlot {
+        let now = open.now.get() + 1;
+        open.now.set(now);
+        open.most.set(open.most.get().max(now));
+        ConnSlot(open.clone())
     }
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
+        self.0.now.set(self.0.now.get() - 1);
     }
 }
 
@@ -659,7 +672,7 @@ mod tests {
                 st.metrics
                     .backend_up(&format!("{i}{}", "n".repeat(20_000)), true);
             }
-            let _server = rt::spawn(serve_with(listener, st, TEST_BOUNDS));
+            let _server = rt::spawn(serve_with(listener, st, TEST_BOUNDS, Rc::default()));
             let mut first = TcpStream::connect(addr).await.unwrap();
             let _second = TcpStream::connect(addr).await.unwrap();
             // A third comes (the kernel completes it) while the first's head is on its
@@ -688,7 +701,12 @@ mod tests {
         rt::block_on(async {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            let _server = rt::spawn(serve_with(listener, state(Ok(())), TEST_BOUNDS));
+            let _server = rt::spawn(serve_with(
+                listener,
+                state(Ok(())),
+                TEST_BOUNDS,
+                Rc::default(),
+            ));
 
             // Two idle connections take both slots; a third, a real request, closes
             // the oldest idle one and is answered, long before they time out.
@@ -721,6 +739,41 @@ mod tests {
                 async_io::Timer::after(Duration::from_millis(20)).await;
             }
             assert_eq!(split(&answered).0, 200);
+        });
+    }
+
+    /// A burst of idle connections, far more than the bound, all waiting in the
+    /// listen queue: each one accepted closes the oldest idle one first, so no more
+    /// than the bound are ever open at once.
+    #[test]
+    fn a_burst_never_opens_more_than_the_bound() {
+        const TEST_BOUNDS: Bounds = Bounds {
+            read_timeout: Duration::from_secs(5),
+            max_connections: 2,
+        };
+        rt::block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            // Completed by the kernel before the server accepts any of them.
+            let burst: Vec<_> = (0..12)
+                .map(|_| std::net::TcpStream::connect(addr).unwrap())
+                .collect();
+            let open = Rc::new(Open::default());
+            let _server = rt::spawn(serve_with(
+                listener,
+                state(Ok(())),
+                TEST_BOUNDS,
+                open.clone(),
+            ));
+            // The first ten are closed unanswered, each by a later one.
+            for c in burst.iter().take(10) {
+                let mut c = async_io::Async::new(c.try_clone().unwrap()).unwrap();
+                let mut out = Vec::new();
+                c.read_to_end(&mut out).await.unwrap();
+                assert_eq!(out, b"");
+            }
+            assert_eq!(open.most.get(), TEST_BOUNDS.max_connections);
+            assert_eq!(open.now.get(), TEST_BOUNDS.max_connections);
         });
     }
 }
