@@ -59,8 +59,9 @@ pub struct Gateway {
     pub cfg: GatewayConfig,
     /// Tool/prompt namespacing.
     pub ns: Namespace,
-    /// The expected bearer token, when `[auth]` is set.
-    pub token: Option<Secret>,
+    /// The expected bearer token, when `[auth]` is set: a `token_file`'s is read again
+    /// on SIGHUP (a rotated token applies to the next handshakes).
+    pub token: RefCell<Option<Secret>>,
     /// Tracing (disabled unless configured).
     pub tel: Telemetry,
     /// Prometheus metrics.
@@ -116,7 +117,7 @@ impl Gateway {
         Gateway {
             ns: Namespace::new(&cfg.routing.separator),
             cfg,
-            token,
+            token: RefCell::new(token),
             tel,
             metrics,
             shared,
@@ -250,7 +251,21 @@ fn command_exists(command: &str, cwd: Option<&std::path::Path>, path: Option<&st
 }
 
 fn main() -> ExitCode {
-    let args: Args = argh::from_env();
+    // Not `argh::from_env` (exit status 1): a bad command line is a usage error (64),
+    // like a bad file, which the systemd unit does not restart on.
+    let argv: Vec<String> = std::env::args().collect();
+    let strs: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let args = match Args::from_args(&strs[..1], &strs[1..]) {
+        Ok(a) => a,
+        Err(early) if early.status.is_ok() => {
+            print!("{}", early.output);
+            return ExitCode::SUCCESS;
+        }
+        Err(early) => {
+            eprint!("mcp-gateway: {}", early.output);
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
     if args.version {
         println!("{}", mcp_shared::version_line("mcp-gateway"));
         return ExitCode::SUCCESS;
@@ -272,7 +287,12 @@ fn main() -> ExitCode {
         .map(|a| mcp_shared::secret::load(a.token_env.as_deref(), a.token_file.as_deref()))
     {
         Some(Err(msg)) => {
-            eprintln!("mcp-gateway: {}: [auth]: {msg}", path.display());
+            let key = if cfg.auth.as_ref().is_some_and(|a| a.token_env.is_some()) {
+                "auth.token_env"
+            } else {
+                "auth.token_file"
+            };
+            eprintln!("mcp-gateway: {}: key `{key}`: {msg}", path.display());
             return ExitCode::from(EXIT_CONFIG as u8);
         }
         Some(Ok(t)) => t,
@@ -284,6 +304,10 @@ fn main() -> ExitCode {
         std::env::remove_var(var);
     }
     if let Err(msg) = telemetry::apply_env(&mut cfg.tracing, |k| std::env::var(k).ok()) {
+        eprintln!("mcp-gateway: {msg}");
+        return ExitCode::from(EXIT_CONFIG as u8);
+    }
+    if let Err(msg) = mcp_shared::logger::env_level() {
         eprintln!("mcp-gateway: {msg}");
         return ExitCode::from(EXIT_CONFIG as u8);
     }
@@ -319,9 +343,11 @@ fn main() -> ExitCode {
     code
 }
 
-/// Re-reads the configuration on SIGHUP. Applied at once: `[logging] level`. Everything
+/// Re-reads the configuration on SIGHUP. Applied at once: `[logging] level`, and the
+/// token of an unchanged `[auth] token_file` (read again: a rotated token). Everything
 /// else takes a restart (the running sessions depend on it); what changed is logged.
-fn reload(path: &std::path::Path, running: &GatewayConfig) {
+fn reload(path: &std::path::Path, gw: &Gateway) {
+    let running = &gw.cfg;
     let mut new: GatewayConfig = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -335,7 +361,7 @@ fn reload(path: &std::path::Path, running: &GatewayConfig) {
         log::error!("reload: {msg}; keeping the running configuration");
         return;
     }
-    mcp_shared::logger::set_level(new.logging.level.filter());
+    let level = mcp_shared::logger::set_level(new.logging.level.filter());
     let mut needs_restart = Vec::new();
     if new.server != running.server {
         needs_restart.push("[server]");
@@ -348,6 +374,20 @@ fn reload(path: &std::path::Path, running: &GatewayConfig) {
     }
     if new.auth != running.auth {
         needs_restart.push("[auth]");
+    } else if let Some(file) = new.auth.as_ref().and_then(|a| a.token_file.as_deref()) {
+        // The same file, perhaps with a new token in it.
+        match mcp_shared::secret::load(None, Some(file)) {
+            Ok(t) if t == *gw.token.borrow() => {}
+            Ok(t) => {
+                *gw.token.borrow_mut() = t;
+                log::info!(
+                    "reload: [auth] token_file read again: its new token applies to new connections (open ones stay)"
+                );
+            }
+            Err(msg) => {
+                log::error!("reload: [auth] token_file: {msg}; keeping the running token")
+            }
+        }
     }
     if new.tracing != running.tracing {
         needs_restart.push("[tracing]");
@@ -362,13 +402,10 @@ fn reload(path: &std::path::Path, running: &GatewayConfig) {
         needs_restart.push("[logging] format");
     }
     if needs_restart.is_empty() {
-        log::info!(
-            "reload: configuration applied (log level {:?})",
-            new.logging.level
-        );
+        log::info!("reload: configuration applied (log level {level})");
     } else {
         log::warn!(
-            "reload: log level applied; changes to {} take effect after a restart",
+            "reload: log level {level} applied; changes to {} take effect after a restart",
             needs_restart.join(", ")
         );
     }
@@ -387,14 +424,15 @@ async fn run(
     let signals = Signals::new([Signal::Term, Signal::Int, Signal::Hup])
         .map_err(|e| format!("signals: {e}"))?;
     let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
-    let running = cfg.clone();
+    let gw = Rc::new(Gateway::new(cfg, token, tel));
+    let reload_gw = gw.clone();
     rt::spawn(async move {
         let mut signals = signals;
         while let Some(Ok(sig)) = signals.next().await {
             log::info!("received {sig:?}");
             if sig == Signal::Hup {
                 let _ = sdnotify::reloading();
-                reload(&path, &running);
+                reload(&path, &reload_gw);
                 let _ = sdnotify::ready();
                 continue;
             }
@@ -403,7 +441,6 @@ async fn run(
         drop(stop_tx);
     })
     .detach();
-    let gw = Rc::new(Gateway::new(cfg, token, tel));
     let _admin = match &gw.cfg.admin {
         Some(a) => {
             let l = async_net::TcpListener::bind(a.listen.as_str())

@@ -125,7 +125,7 @@ fn check_handshake(
             "no MCP endpoint at this path",
         ));
     }
-    if let Some(token) = &gw.token {
+    if let Some(token) = &*gw.token.borrow() {
         let ok = req
             .headers()
             .get("Authorization")

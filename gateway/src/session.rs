@@ -372,7 +372,7 @@ impl Session {
             }
         });
         let auth = tel.step_at("auth.verify", &cx, at, |a| {
-            let kind = if self.gw.token.is_some() {
+            let kind = if self.gw.token.borrow().is_some() {
                 "bearer"
             } else {
                 "none"

@@ -65,6 +65,10 @@ fn main() -> ExitCode {
         eprintln!("mcp-router: {msg}");
         return ExitCode::from(EXIT_CONFIG as u8);
     }
+    if let Err(msg) = mcp_shared::logger::env_level() {
+        eprintln!("mcp-router: {msg}");
+        return ExitCode::from(EXIT_CONFIG as u8);
+    }
     // Loaded before --check-config answers: a token that cannot be read makes the
     // configuration unusable.
     let token = match mcp_shared::secret::load(

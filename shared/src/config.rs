@@ -577,14 +577,29 @@ impl TracingConfig {
                 ),
             ));
         }
+        // Host, port and path as the exporter will read them: an endpoint it could
+        // never connect to is refused here (`--check-config`, a reload), not by the
+        // next start.
+        crate::telemetry::endpoint::Endpoint::parse(&ep, 1)
+            .map_err(|why| invalid(&["tracing", "otlp_endpoint"], why))?;
         let tls = ep.starts_with("https://");
         if tls && !cfg!(feature = "otlp-tls") {
+            let given = if self
+                .otlp_endpoint
+                .as_ref()
+                .is_some_and(|e| !e.contains("://"))
+            {
+                "no scheme, which means https:// unless otlp_insecure = true"
+            } else {
+                "an https:// endpoint"
+            };
             return Err(invalid(
                 &["tracing", "otlp_endpoint"],
-                "an https:// endpoint: TLS to the collector is not built into this binary \
-                 (cargo feature `otlp-tls`): use a build with it, or an http:// endpoint (e.g. \
-                 a local collector that forwards over TLS)"
-                    .to_string(),
+                format!(
+                    "{given}: TLS to the collector is not built into this binary (cargo \
+                     feature `otlp-tls`): use a build with it, or an http:// endpoint (e.g. a \
+                     local collector that forwards over TLS)"
+                ),
             ));
         }
         match self.otlp_insecure {
@@ -608,16 +623,18 @@ impl TracingConfig {
             _ => {}
         }
         match (&self.otlp_client_certificate, &self.otlp_client_key) {
+            // Named by the one that is set (it has a line in the file), not the one
+            // that is missing.
             (Some(c), None) => {
                 return Err(invalid(
-                    &["tracing", "otlp_client_key"],
-                    format!("required with {c}"),
+                    &["tracing", "otlp_client_certificate"],
+                    format!("{c} needs otlp_client_key (its private key) too"),
                 ))
             }
             (None, Some(k)) => {
                 return Err(invalid(
-                    &["tracing", "otlp_client_certificate"],
-                    format!("required with {k}"),
+                    &["tracing", "otlp_client_key"],
+                    format!("{k} needs otlp_client_certificate (its certificate chain) too"),
                 ))
             }
             _ => {}
@@ -819,6 +836,9 @@ pub fn validate_ws_url(url: &str) -> Result<(), String> {
             "not a ws:// URL (ws://host[:port]/path; scheme given: {scheme:?})"
         ));
     };
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("the URL contains a space or a control character".into());
+    }
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     if authority.contains('@') {
         // Never sent as such, and it would end up in logs and span attributes.
@@ -831,6 +851,12 @@ pub fn validate_ws_url(url: &str) -> Result<(), String> {
     let (host, port) = split_authority(authority);
     if host.is_empty() {
         return Err("the URL has no host (ws://host[:port]/path)".into());
+    }
+    let v6 = authority.starts_with('[');
+    if !host.chars().all(|c| {
+        c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') || (v6 && matches!(c, ':' | '%'))
+    }) {
+        return Err("the URL's host is not a host name or an IP address".into());
     }
     if !port.is_empty() && !port.parse::<u16>().is_ok_and(|p| p > 0) {
         return Err(
@@ -1084,6 +1110,19 @@ impl GatewayConfig {
         if !self.server.path.starts_with('/') {
             return Err(invalid(&["server", "path"], "must start with '/'"));
         }
+        if self
+            .server
+            .path
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#'))
+        {
+            // A request target with them is split (space), or its path never equals
+            // this (`?`, `#` start the query and the fragment): no client could connect.
+            return Err(invalid(
+                &["server", "path"],
+                "must not contain spaces, control characters, '?' or '#'",
+            ));
+        }
         validate_nonzero(self.server.max_sessions, &["server", "max_sessions"])?;
         if let Some(a) = &self.admin {
             a.listen.parse::<SocketAddr>().map_err(|_| {
@@ -1163,6 +1202,35 @@ impl GatewayConfig {
             if b.command.trim().is_empty() {
                 return Err(bad("command", "must not be empty".into()));
             }
+            // What the operating system cannot pass to a program: every start of the
+            // backend would fail.
+            const NUL: &str = "contains a NUL character, which a program cannot be given";
+            if b.command.contains('\0') {
+                return Err(bad("command", NUL.into()));
+            }
+            if let Some(j) = b.args.iter().position(|a| a.contains('\0')) {
+                let mut path = at("args");
+                path.push(j.to_string());
+                return Err(Invalid {
+                    path,
+                    message: NUL.into(),
+                });
+            }
+            for (k, v) in &b.env {
+                let why = if k.is_empty() || k.contains(['=', '\0']) {
+                    "the name must be non-empty, without '=' or NUL"
+                } else if v.contains('\0') {
+                    NUL
+                } else {
+                    continue;
+                };
+                let mut path = at("env");
+                path.push(k.clone());
+                return Err(Invalid {
+                    path,
+                    message: why.into(),
+                });
+            }
             if let Some(t) = b.request_timeout {
                 if t.0.is_zero() {
                     return Err(bad("request_timeout", "must be greater than zero".into()));
@@ -1231,16 +1299,7 @@ pub fn from_str<T>(text: &str, file: Option<&Path>) -> Result<T, ConfigError>
 where
     T: for<'de> Deserialize<'de> + Validate,
 {
-    let cfg: T = toml::from_str(text).map_err(|e| {
-        let span = e.span();
-        let key = span.as_ref().and_then(|s| key_at(text, s));
-        ConfigError {
-            file: file.map(Path::to_path_buf),
-            line: span.map(|s| line_of(text, s.start)),
-            key,
-            message: e.message().trim().to_string(),
-        }
-    })?;
+    let cfg: T = toml::from_str(text).map_err(|e| de_error(text, file, &e))?;
     cfg.check().map_err(|inv| ConfigError {
         file: file.map(Path::to_path_buf),
         line: locate(text, &inv.path).map(|s| line_of(text, s.start)),
@@ -1250,10 +1309,20 @@ where
     Ok(cfg)
 }
 
+/// A deserialisation error of `text`, with the key and line it points at.
+fn de_error(text: &str, file: Option<&Path>, e: &toml::de::Error) -> ConfigError {
+    let span = e.span();
+    ConfigError {
+        file: file.map(Path::to_path_buf),
+        line: span.as_ref().map(|s| line_of(text, s.start)),
+        key: span.as_ref().and_then(|s| key_at(text, s)),
+        message: e.message().trim().to_string(),
+    }
+}
+
 /// [`load`] of a router configuration whose `[gateway] url` is `url` (the command
 /// line's `--gateway`), whatever the file says: the file needs no URL of its own, and a
-/// wrong one there does not count. Errors are located as [`load`]'s, except those the
-/// deserialisation finds (their key is named, not their line).
+/// wrong one there does not count. Errors are located as [`load`]'s.
 pub fn load_router_with_url(path: &Path, url: &str) -> Result<RouterConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: Some(path.to_path_buf()),
@@ -1267,6 +1336,36 @@ pub fn load_router_with_url(path: &Path, url: &str) -> Result<RouterConfig, Conf
         key,
         message,
     };
+    let located = |inv: Invalid| {
+        // The URL is the flag's, not a line of the file.
+        let line = if inv.path == ["gateway", "url"] {
+            None
+        } else {
+            locate(&text, &inv.path).map(|s| line_of(&text, s.start))
+        };
+        error(line, Some(dotted(&inv.path)), inv.message)
+    };
+    // The file as it is, for errors with their lines; unless what it lacks or has
+    // wrong is the URL (or the `[gateway]` table it goes in), which the flag replaces.
+    match toml::from_str::<RouterConfig>(&text) {
+        Ok(mut cfg) => {
+            cfg.gateway.url = url.to_string();
+            cfg.check().map_err(located)?;
+            return Ok(cfg);
+        }
+        Err(e) => {
+            let e = de_error(&text, Some(path), &e);
+            // (serde names a missing table or key in its message, and points at
+            // whatever table the document starts with.)
+            let about_url = matches!(e.key.as_deref(), None | Some("gateway" | "gateway.url"))
+                || ["missing field `gateway`", "missing field `url`"]
+                    .iter()
+                    .any(|m| e.message.starts_with(m));
+            if !about_url {
+                return Err(e);
+            }
+        }
+    }
     let mut table: toml::Table = toml::from_str(&text).map_err(|e| {
         let span = e.span();
         error(
@@ -1293,14 +1392,7 @@ pub fn load_router_with_url(path: &Path, url: &str) -> Result<RouterConfig, Conf
     let cfg: RouterConfig = table
         .try_into()
         .map_err(|e: toml::de::Error| error(None, None, e.message().trim().to_string()))?;
-    cfg.check().map_err(|inv| {
-        let line = if inv.path == ["gateway", "url"] {
-            None
-        } else {
-            locate(&text, &inv.path).map(|s| line_of(&text, s.start))
-        };
-        error(line, Some(dotted(&inv.path)), inv.message)
-    })?;
+    cfg.check().map_err(located)?;
     Ok(cfg)
 }
 
@@ -1367,9 +1459,53 @@ fn locate(text: &str, path: &[String]) -> Option<Range<usize>> {
 
 /// The dotted key path whose key or value contains `span` (for parse errors).
 fn key_at(text: &str, span: &Range<usize>) -> Option<String> {
-    let doc = DeTable::parse(text).ok()?;
+    let Ok(doc) = DeTable::parse(text) else {
+        // A document that does not parse (a key or a table given twice): the key is the
+        // text the error points at, under the table header above it.
+        return key_by_text(text, span);
+    };
     let mut path = Vec::new();
-    find_in_table(doc.get_ref(), span, &mut path).then(|| dotted(&path))
+    if find_in_table(doc.get_ref(), span, &mut path) {
+        return Some(dotted(&path));
+    }
+    key_by_text(text, span)
+}
+
+/// The dotted key at `span` read from the text: a table header's name, or a key under
+/// the nearest header above (`[[t]]` counted, as `t[i]`).
+fn key_by_text(text: &str, span: &Range<usize>) -> Option<String> {
+    let name = text.get(span.clone())?.trim().trim_matches(['[', ']', ' ']);
+    if name.is_empty() || name.contains('\n') {
+        return None;
+    }
+    let line_start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+    if text[line_start..].trim_start().starts_with('[') {
+        return Some(name.to_string());
+    }
+    let header = |l: &str| -> Option<(bool, String)> {
+        let l = l.trim();
+        let array = l.starts_with("[[");
+        let inner = l
+            .strip_prefix('[')?
+            .split(']')
+            .next()?
+            .trim_start_matches('[');
+        Some((array, inner.trim().to_string()))
+    };
+    let above = &text[..line_start];
+    let Some((array, table)) = above.lines().rev().find_map(header) else {
+        return Some(name.to_string());
+    };
+    if array {
+        let index = above
+            .lines()
+            .filter_map(header)
+            .filter(|(a, t)| *a && *t == table)
+            .count()
+            - 1;
+        return Some(format!("{table}[{index}].{name}"));
+    }
+    Some(format!("{table}.{name}"))
 }
 
 fn covers(r: &Range<usize>, span: &Range<usize>) -> bool {
@@ -1508,6 +1644,36 @@ env = { A = "1" }
                 .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("backends"), "{e}");
         assert!(e.message.contains("at most 256"), "{e}");
+        // What no program can be given: refused with the key, not at every start.
+        for (from, to, key) in [
+            (
+                "\"--name\", \"one\"",
+                "\"--name\", \"o\\u0000ne\"",
+                "backends[0].args[1]",
+            ),
+            ("A = \"1\"", "\"A=B\" = \"1\"", "backends[1].env"),
+            ("A = \"1\"", "\"\" = \"1\"", "backends[1].env"),
+            ("A = \"1\"", "C = \"x\\u0000y\"", "backends[1].env.C"),
+            (
+                "command = \"mcp-fixture\"\nargs",
+                "command = \"x\\u0000\"\nargs",
+                "backends[0].command",
+            ),
+            (
+                "listen = \"127.0.0.1:0\"",
+                "listen = \"127.0.0.1:0\"\npath = \"/a b?c\"",
+                "server.path",
+            ),
+        ] {
+            let text = GOOD.replacen(from, to, 1);
+            assert_ne!(text, GOOD, "{from}");
+            let e = from_str::<GatewayConfig>(&text, None).unwrap_err();
+            assert!(
+                e.key.as_deref().is_some_and(|k| k.starts_with(key)),
+                "{to}: {e}"
+            );
+            assert!(e.line.is_some(), "{to}: {e}");
+        }
         // `fx_` + `__` + `whoami` would split as `fx` + `_whoami`.
         for (sep, name, ok) in [
             ("__", "fx_", false),
@@ -1573,6 +1739,65 @@ env = { A = "1" }
     }
 
     #[test]
+    fn a_url_from_the_command_line_replaces_the_files_and_other_errors_keep_their_lines() {
+        let path =
+            std::env::temp_dir().join(format!("mcp-config-test-{}.toml", std::process::id()));
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            load_router_with_url(&path, "ws://127.0.0.1:1/mcp")
+        };
+        for text in [
+            "[logging]\nlevel = \"info\"\n",
+            "[gateway]\nconnect_timeout = \"1s\"\n",
+            "[gateway]\nurl = 5\n",
+            "[gateway]\nurl = \"http://nope\"\n",
+        ] {
+            let c = load(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(c.gateway.url, "ws://127.0.0.1:1/mcp");
+        }
+        let e =
+            load("[gateway]\nurl = \"ws://h/\"\n[limits]\nmax_in_flight = \"x\"\n").unwrap_err();
+        assert_eq!(
+            (e.key.as_deref(), e.line),
+            (Some("limits.max_in_flight"), Some(4)),
+            "{e}"
+        );
+        let e = load("[limits]\n\nmax_in_flight = 0\n").unwrap_err();
+        assert_eq!(
+            (e.key.as_deref(), e.line),
+            (Some("limits.max_in_flight"), Some(3)),
+            "{e}"
+        );
+        let e = load("[limits]\nbogus = 1\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        std::fs::write(&path, "").unwrap();
+        let e = load_router_with_url(&path, "http://x").unwrap_err();
+        assert_eq!(
+            (e.key.as_deref(), e.line),
+            (Some("gateway.url"), None),
+            "{e}"
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_key_or_table_given_twice_is_named() {
+        for (text, key, line) in [
+            ("[server]\nlisten = \"a\"\n[server]\npath = \"/x\"\n", "server", 3),
+            ("[server]\nlisten = \"a\"\nlisten = \"b\"\n", "server.listen", 3),
+            (
+                "[[backends]]\nname = \"a\"\n[[backends]]\nname = \"b\"\ncommand = \"x\"\nname = \"c\"\n",
+                "backends[1].name",
+                6,
+            ),
+        ] {
+            let e = from_str::<GatewayConfig>(text, None).unwrap_err();
+            assert!(e.message.contains("duplicate"), "{e}");
+            assert_eq!((e.key.as_deref(), e.line), (Some(key), Some(line)), "{text}");
+        }
+    }
+
+    #[test]
     fn router_config() {
         let c: RouterConfig = from_str(
             "[gateway]\nurl = \"ws://127.0.0.1:1/mcp\"\ntoken_env = \"T\"\n",
@@ -1597,6 +1822,10 @@ env = { A = "1" }
             "ws://[]:s3/cret@h",
             "http://alice:s3cret@h/mcp",
             "WS://alice:s3cret@h/mcp",
+            "ws://h h/mcp",
+            "ws://h/m cp",
+            "ws://h!/mcp",
+            "ws://h:1:2/mcp",
         ] {
             let text = format!("[gateway]\nurl = \"{url}\"\n");
             let e = from_str::<RouterConfig>(&text, None).unwrap_err();
@@ -1676,6 +1905,29 @@ env = { A = "1" }
         )
         .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("tracing.exporter_type"));
+        // An endpoint the exporter could never connect to fails the check, not the start.
+        for ep in [
+            "http://collector:43l7",
+            "http://",
+            "http://[::1",
+            "http://h h:4318",
+        ] {
+            let e = from_str::<RouterConfig>(
+                &format!("[gateway]\nurl = \"ws://h/mcp\"\n[tracing]\notlp_endpoint = \"{ep}\"\n"),
+                None,
+            )
+            .unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("tracing.otlp_endpoint"), "{ep}");
+            assert_eq!(e.line, Some(4), "{ep}");
+        }
+        if !cfg!(feature = "otlp-tls") {
+            let e = from_str::<RouterConfig>(
+                "[gateway]\nurl = \"ws://h/mcp\"\n[tracing]\notlp_endpoint = \"c:4317\"\n",
+                None,
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains("no scheme"), "{e}");
+        }
     }
 
     #[test]
@@ -1739,10 +1991,19 @@ env = { A = "1" }
             assert_eq!(e.key.as_deref(), Some("tracing.otlp_endpoint"));
             assert!(e.message.contains("`otlp-tls`"), "{e}");
         }
+        // Named by the key that is there, with its line.
         let e = tracing("otlp_client_certificate = \"/c.pem\"\n").unwrap_err();
-        assert_eq!(e.key.as_deref(), Some("tracing.otlp_client_key"));
-        let e = tracing("otlp_client_key = \"/k.pem\"\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("tracing.otlp_client_certificate"));
+        assert!(
+            e.line.is_some() && e.message.contains("otlp_client_key"),
+            "{e}"
+        );
+        let e = tracing("otlp_client_key = \"/k.pem\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("tracing.otlp_client_key"));
+        assert!(
+            e.line.is_some() && e.message.contains("otlp_client_certificate"),
+            "{e}"
+        );
         let e = tracing("otlp_certificate = \"\"\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("tracing.otlp_certificate"));
     }

@@ -450,13 +450,27 @@ pub fn init(level: LevelFilter, format: LogFormat) {
     }
 }
 
-/// Changes the level (e.g. on configuration reload); `MCP_LOG` still wins.
-pub fn set_level(level: LevelFilter) {
-    let level = std::env::var(LOG_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(level);
+/// Changes the level (e.g. on configuration reload); `MCP_LOG` still wins. Returns the
+/// level in effect.
+pub fn set_level(level: LevelFilter) -> LevelFilter {
+    let level = env_level().ok().flatten().unwrap_or(level);
     log::set_max_level(level);
+    level
+}
+
+/// The level `MCP_LOG` sets: `None` when it is unset or empty, an error naming it when
+/// it is not a level (checked at start, like the configuration: exit 64).
+pub fn env_level() -> Result<Option<LevelFilter>, String> {
+    let Ok(v) = std::env::var(LOG_ENV) else {
+        return Ok(None);
+    };
+    if v.trim().is_empty() {
+        return Ok(None);
+    }
+    v.trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| format!("{LOG_ENV}={v:?}: expected off, error, warn, info, debug or trace"))
 }
 
 /// RFC 3339 UTC timestamp with milliseconds.

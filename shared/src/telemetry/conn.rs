@@ -34,92 +34,12 @@ use crate::config::TracingConfig;
 #[cfg(feature = "otlp-tls")]
 use crate::config::{ExporterType, FileSetting};
 
-/// Default port of an `https://` endpoint without one (the URL's own default).
-pub const HTTPS_PORT: u16 = 443;
+pub use super::endpoint::{Endpoint, HTTPS_PORT};
+
 /// Largest PEM file read for `otlp_certificate`, `otlp_client_certificate` and
 /// `otlp_client_key` (bytes); a system CA bundle is about 200 KB.
 #[cfg(feature = "otlp-tls")]
 pub const MAX_PEM_BYTES: u64 = 4 * 1024 * 1024;
-
-/// A collector endpoint, split.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    /// `https://`: TLS.
-    pub tls: bool,
-    /// Host name or IP address (IPv6 without brackets).
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-    /// Path, at least `/`.
-    pub path: String,
-}
-
-impl Endpoint {
-    /// `http[s]://host[:port][/path]`; `plain_port` is the port of an `http://` URL
-    /// without one (`https://` defaults to [`HTTPS_PORT`]).
-    pub fn parse(url: &str, plain_port: u16) -> Result<Endpoint, String> {
-        let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
-            (false, r)
-        } else if let Some(r) = url.strip_prefix("https://") {
-            (true, r)
-        } else {
-            return Err("the collector URL must start with http:// or https://".into());
-        };
-        // No message below repeats the URL: a password before the host may be in it
-        // (`http://user:pa/ss@host` is read as host `user`, port `pa`).
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        if authority.contains('@') {
-            return Err(crate::config::NO_CREDENTIALS_IN_COLLECTOR_URL.into());
-        }
-        let default_port = if tls { HTTPS_PORT } else { plain_port };
-        let bad_port = || {
-            "the collector URL's port is not a number from 0 to 65535 (credentials in it, \
-             user:password@host, are not supported either)"
-                .to_string()
-        };
-        // `[v6]` or `[v6]:port`; otherwise `host` or `host:port`.
-        let (host, port_text) = match authority.strip_prefix('[') {
-            Some(bracketed) => {
-                let (h, after) = bracketed
-                    .split_once(']')
-                    .ok_or_else(|| "unclosed [ in the collector URL's host".to_string())?;
-                match after {
-                    "" => (h, None),
-                    _ => (h, Some(after.strip_prefix(':').ok_or_else(bad_port)?)),
-                }
-            }
-            None => match authority.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            },
-        };
-        let port = match port_text {
-            Some(p) => p.parse().map_err(|_| bad_port())?,
-            None => default_port,
-        };
-        if host.is_empty() {
-            return Err("the collector URL has no host".into());
-        }
-        Ok(Endpoint {
-            tls,
-            host: host.to_string(),
-            port,
-            path: path.to_string(),
-        })
-    }
-
-    /// `host:port` as an HTTP `Host` header or URI authority (IPv6 in brackets).
-    pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-}
 
 thread_local! {
     /// The sockets the future [`block_on`] runs has found not ready, and for what:
@@ -811,52 +731,6 @@ mod tests {
     }
 
     #[test]
-    fn splits_endpoints() {
-        let e = Endpoint::parse("http://localhost:4317", 1).unwrap();
-        assert_eq!(
-            (e.tls, e.host.as_str(), e.port, e.path.as_str()),
-            (false, "localhost", 4317, "/")
-        );
-        let e = Endpoint::parse("http://127.0.0.1:4318/v1/traces", 1).unwrap();
-        assert_eq!((e.port, e.path.as_str()), (4318, "/v1/traces"));
-        assert_eq!(
-            Endpoint::parse("http://collector", 4317).unwrap().port,
-            4317
-        );
-        let e = Endpoint::parse("https://collector/v1/traces", 4318).unwrap();
-        assert_eq!((e.tls, e.port), (true, HTTPS_PORT));
-        let e = Endpoint::parse("https://[::1]:9/x", 1).unwrap();
-        assert_eq!(
-            (e.host.as_str(), e.authority()),
-            ("::1", "[::1]:9".to_string())
-        );
-        assert!(Endpoint::parse("ftp://x", 1).is_err());
-        // Credentials before the host: refused, and no message repeats them.
-        for url in [
-            "http://user:s3cret@collector:4318",
-            "https://user:pa/s3cret@collector/v1/traces",
-            "http://user:s3cret@[::1]",
-            "http://[::1]:s3cret",
-        ] {
-            let e = Endpoint::parse(url, 1).unwrap_err();
-            assert!(!e.contains("cret"), "{e}");
-        }
-        assert!(Endpoint::parse("http://:80", 1).is_err());
-        assert!(Endpoint::parse("http://h:x", 1).is_err());
-        // Bracketed IPv6 without a port takes the default one.
-        let e = Endpoint::parse("http://[::1]/v1/traces", 4318).unwrap();
-        assert_eq!(
-            (e.host.as_str(), e.port, e.path.as_str()),
-            ("::1", 4318, "/v1/traces")
-        );
-        let e = Endpoint::parse("https://[fe80::1]", 1).unwrap();
-        assert_eq!((e.host.as_str(), e.port), ("fe80::1", HTTPS_PORT));
-        assert!(Endpoint::parse("http://[::1", 1).is_err());
-        assert!(Endpoint::parse("http://[::1]x", 1).is_err());
-        assert!(Endpoint::parse("http://[]:80", 1).is_err());
-    }
-
-    #[test]
     fn tls_files_come_from_the_environment_too() {
         let mut cfg = TracingConfig {
             otlp_endpoint: Some("http://c:4318".into()),
@@ -867,10 +741,11 @@ mod tests {
             "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE" => Some("/env/c.pem".to_string()),
             _ => None,
         };
-        // A client certificate without its key: the error names the missing key.
+        // A client certificate without its key: the error names the variable that is
+        // set and the key that is missing.
         let e = crate::telemetry::apply_env(&mut cfg, env).unwrap_err();
         assert!(
-            e.contains("tracing.otlp_client_key")
+            e.contains("needs otlp_client_key")
                 && e.contains("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"),
             "{e}"
         );

@@ -21,6 +21,7 @@ pub mod conn;
 pub mod cx;
 #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 pub mod encode;
+pub mod endpoint;
 pub mod export;
 pub mod propagation;
 #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]

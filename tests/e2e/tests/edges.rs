@@ -786,9 +786,65 @@ level = \"info\"\n",
         &[("E2E_NO_SUCH_TOKEN", "t")],
     );
     assert_eq!(code, Some(0), "{err}");
-    // A bad command line is a usage error too.
+    // A bad command line is a usage error too, for both binaries (the unit does not
+    // restart on 64).
     let (code, err) = router(&["--bogus"], &[]);
     assert_eq!(code, Some(64), "{err}");
+    let g = good.to_str().unwrap();
+    for args in [
+        &["--bogus"][..],
+        &["extra"],
+        &["--config"],
+        &["--config", g, "--config", g],
+    ] {
+        let out = Command::new(bin("mcp-gateway"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).starts_with("mcp-gateway: "));
+    }
+    // An unknown MCP_LOG level is refused like a bad file, by both.
+    let out = Command::new(bin("mcp-gateway"))
+        .args(["--check-config", "--config", g])
+        .env("MCP_LOG", "verbose")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MCP_LOG=\"verbose\""));
+    let (code, err) = router(
+        &["--check-config", "--gateway", "ws://127.0.0.1:1/mcp"],
+        &[("MCP_LOG", "verbose")],
+    );
+    assert_eq!(code, Some(64), "{err}");
+    // A collector URL the exporter could never use is refused by the check (and so by
+    // a reload), with its key and line, not by the next start.
+    let ep = temp_path("bad-endpoint.toml");
+    std::fs::write(
+        &ep,
+        format!(
+            "{}[tracing]\nenabled = true\notlp_endpoint = \"http://collector:43l7\"\n",
+            fixture_backend("one", "")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(bin("mcp-gateway"))
+        .args(["--check-config", "--config"])
+        .arg(&ep)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tracing.otlp_endpoint") && err.contains(":9:"),
+        "{err}"
+    );
+    let out = Command::new(bin("mcp-gateway"))
+        .args(["--check-config", "--config", g])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
 }
 
 #[test]
@@ -862,6 +918,43 @@ fn sighup_with_otel_variables_set_reports_no_tracing_change() {
     signal(gw.pid(), "HUP");
     let l = gw.wait_line("reload:");
     assert!(l.contains("configuration applied"), "{l}");
+}
+
+/// A token rotated in `[auth] token_file` applies at SIGHUP: the new one is accepted,
+/// the old one refused; a token file that cannot be read keeps the running token.
+#[test]
+fn sighup_reads_a_rotated_token_file() {
+    let token = temp_path("gw-token");
+    std::fs::write(&token, "old-token\n").unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\ntoken_file = {:?}\n{}",
+        token.to_str().unwrap(),
+        fixture_backend("one", "")
+    );
+    let gw = Gateway::start_raw(&config);
+    let accepted =
+        |t: &str| match WsClient::connect(&gw, "/mcp", Some("mcp"), Some(&format!("Bearer {t}"))) {
+            Handshake::Ok(..) => true,
+            Handshake::Refused(s) => {
+                assert_eq!(s, 401);
+                false
+            }
+        };
+    assert!(accepted("old-token") && !accepted("new-token"));
+    std::fs::write(&token, "new-token\n").unwrap();
+    signal(gw.pid(), "HUP");
+    let l = gw.wait_line("token_file read again");
+    assert!(!l.contains("new-token"), "{l}");
+    gw.wait_line("reload: configuration applied");
+    assert!(accepted("new-token") && !accepted("old-token"));
+    std::fs::remove_file(&token).unwrap();
+    signal(gw.pid(), "HUP");
+    gw.wait_line("keeping the running token");
+    assert!(accepted("new-token"));
+    assert!(
+        !gw.log.text().contains("new-token"),
+        "the token never appears in logs"
+    );
 }
 
 #[test]
