@@ -1061,26 +1061,11 @@ impl Session {
                 })
             })
             .collect();
-        let mut all = Vec::new();
+        let mut answers = Vec::new();
         for t in tasks {
             let (slot, items) = t.await;
             match items {
-                Ok(mut items) => {
-                    match kind {
-                        ListKind::Tools | ListKind::Prompts => {
-                            self.gw.ns.prefix_names(slot.name(), &mut items)
-                        }
-                        ListKind::Resources => self
-                            .routes
-                            .borrow_mut()
-                            .learn_resources(slot.name(), &items),
-                        ListKind::ResourceTemplates => self
-                            .routes
-                            .borrow_mut()
-                            .learn_templates(slot.name(), &items),
-                    }
-                    all.extend(items);
-                }
+                Ok(listed) => answers.push((slot, listed)),
                 Err(e) => log::warn!(
                     "session {}: {} from backend {:?} failed: {}",
                     self.id,
@@ -1090,19 +1075,51 @@ impl Session {
                 ),
             }
         }
+        // A backend's complete listing replaces the routes learned from it before: all
+        // are forgotten first, so that a URI one backend stopped listing and another
+        // started goes to the other.
+        if matches!(kind, ListKind::Resources | ListKind::ResourceTemplates) {
+            let mut routes = self.routes.borrow_mut();
+            for (slot, (_, complete)) in &answers {
+                match (kind, complete) {
+                    (ListKind::Resources, true) => routes.forget_resources(slot.name()),
+                    (ListKind::ResourceTemplates, true) => routes.forget_templates(slot.name()),
+                    _ => {}
+                }
+            }
+        }
+        let mut all = Vec::new();
+        for (slot, (mut items, _)) in answers {
+            match kind {
+                ListKind::Tools | ListKind::Prompts => {
+                    self.gw.ns.prefix_names(slot.name(), &mut items)
+                }
+                ListKind::Resources => self
+                    .routes
+                    .borrow_mut()
+                    .learn_resources(slot.name(), &items),
+                ListKind::ResourceTemplates => self
+                    .routes
+                    .borrow_mut()
+                    .learn_templates(slot.name(), &items),
+            }
+            all.extend(items);
+        }
         Ok(json!({ kind.field(): all }))
     }
 
+    /// One backend's listing, every page; and whether it is complete (a failed later
+    /// page, or too many pages, gives the pages before).
     async fn list_one(
         &self,
         slot: &Rc<Slot>,
         kind: ListKind,
         meta: Option<serde_json::Map<String, Value>>,
         cx: &Cx,
-    ) -> Result<Vec<Value>, RpcError> {
+    ) -> Result<(Vec<Value>, bool), RpcError> {
         let proc = self.ensure(slot, cx).await?;
         if !mcp::has_capability(&proc.capabilities(), kind.capability()) {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), true));
         }
         let mut items = Vec::new();
         let mut cursor: Option<Value> = None;
@@ -1143,7 +1160,7 @@ impl Session {
                         e.message,
                         items.len()
                     );
-                    return Ok(items);
+                    return Ok((items, false));
                 }
                 Err(e) => return Err(e),
             };
@@ -1153,7 +1170,7 @@ impl Session {
             match result.get("nextCursor") {
                 // An empty cursor ends the listing too (some servers end with "").
                 Some(c) if !c.is_null() && c.as_str() != Some("") => cursor = Some(c.clone()),
-                _ => return Ok(items),
+                _ => return Ok((items, true)),
             }
         }
         log::warn!(
@@ -1161,7 +1178,7 @@ impl Session {
             slot.name(),
             kind.method()
         );
-        Ok(items)
+        Ok((items, false))
     }
 
     async fn on_client_notification(self: &Rc<Self>, msg: Message) {

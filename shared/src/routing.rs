@@ -80,17 +80,51 @@ pub fn route_prompt<'a>(
         .ok_or_else(|| RouteError::UnknownPrompt(name.into()))
 }
 
+/// Resource routes (URIs and template prefixes together) one session remembers, at
+/// most. A listing past it is still answered whole; the routes beyond are not kept
+/// (logged), and a read of such a URI is answered "unknown resource". Bounds what a
+/// backend's listings can make the gateway hold per session.
+pub const MAX_RESOURCE_ROUTES: usize = 65_536;
+
 /// Resource URI → backend, learned from `resources/list` and
-/// `resources/templates/list` answers.
+/// `resources/templates/list` answers. Each complete listing of a backend replaces
+/// what was learned from that backend before (a URI it stopped listing is no longer
+/// routed to it).
 #[derive(Debug, Default, Clone)]
 pub struct ResourceRoutes {
     exact: HashMap<String, String>,
     /// (literal prefix of a URI template, backend), longest first.
     templates: Vec<(String, String)>,
+    /// A listing went past [`MAX_RESOURCE_ROUTES`] (logged once).
+    warned_full: bool,
 }
 
 impl ResourceRoutes {
-    /// Remembers the URIs of a `resources/list` page.
+    /// Forgets the URIs learned from `backend` (before its new complete listing).
+    pub fn forget_resources(&mut self, backend: &str) {
+        self.exact.retain(|_, b| b != backend);
+    }
+
+    /// Forgets the template prefixes learned from `backend`.
+    pub fn forget_templates(&mut self, backend: &str) {
+        self.templates.retain(|(_, b)| b != backend);
+    }
+
+    fn has_room(&mut self) -> bool {
+        if self.exact.len() + self.templates.len() < MAX_RESOURCE_ROUTES {
+            return true;
+        }
+        if !self.warned_full {
+            self.warned_full = true;
+            log::warn!(
+                "more than {MAX_RESOURCE_ROUTES} resources and templates listed in one session; the rest are not routed"
+            );
+        }
+        false
+    }
+
+    /// Remembers the URIs of a `resources/list` answer. A URI another backend listed
+    /// first stays with that one.
     pub fn learn_resources(&mut self, backend: &str, resources: &[Value]) {
         for r in resources {
             if let Some(uri) = r.get("uri").and_then(Value::as_str) {
@@ -102,29 +136,39 @@ impl ResourceRoutes {
                     }
                     continue;
                 }
+                if !self.has_room() {
+                    return;
+                }
                 self.exact.insert(uri.into(), backend.into());
             }
         }
     }
 
-    /// Remembers the templates of a `resources/templates/list` page.
+    /// Remembers the templates of a `resources/templates/list` answer (one look-up
+    /// per template, one sort per answer).
     pub fn learn_templates(&mut self, backend: &str, templates: &[Value]) {
+        let mut known: std::collections::HashSet<String> =
+            self.templates.iter().map(|(p, _)| p.clone()).collect();
         for t in templates {
             if let Some(tpl) = t.get("uriTemplate").and_then(Value::as_str) {
-                let prefix = tpl.split('{').next().unwrap_or("").to_string();
-                if prefix.is_empty() || self.templates.iter().any(|(p, _)| *p == prefix) {
+                let prefix = tpl.split('{').next().unwrap_or("");
+                if prefix.is_empty() || known.contains(prefix) {
                     continue;
                 }
-                self.templates.push((prefix, backend.into()));
+                if !self.has_room() {
+                    break;
+                }
+                known.insert(prefix.to_string());
+                self.templates.push((prefix.to_string(), backend.into()));
             }
         }
         self.templates.sort_by_key(|t| std::cmp::Reverse(t.0.len()));
     }
 
-    /// Forgets everything learned from one backend (before it is listed again).
+    /// Forgets everything learned from one backend.
     pub fn forget(&mut self, backend: &str) {
-        self.exact.retain(|_, b| b != backend);
-        self.templates.retain(|(_, b)| b != backend);
+        self.forget_resources(backend);
+        self.forget_templates(backend);
     }
 
     /// The backend serving `uri`.
@@ -189,5 +233,44 @@ mod tests {
         ));
         r.forget("a");
         assert!(r.route("file:///x").is_err());
+    }
+
+    #[test]
+    fn a_new_listing_replaces_the_backends_routes_and_the_table_is_bounded() {
+        let mut r = ResourceRoutes::default();
+        r.learn_resources("a", &[json!({"uri":"x://u"}), json!({"uri":"x://v"})]);
+        // `a` stops listing x://u and `b` starts: forgotten first, then learned.
+        r.forget_resources("a");
+        r.forget_resources("b");
+        r.learn_resources("a", &[json!({"uri":"x://v"})]);
+        r.learn_resources("b", &[json!({"uri":"x://u"})]);
+        assert_eq!(r.route("x://u"), Ok("b"));
+        assert_eq!(r.route("x://v"), Ok("a"));
+        // Listings that keep naming new URIs do not grow the table past its bound.
+        for round in 0..3 {
+            let page: Vec<Value> = (0..MAX_RESOURCE_ROUTES)
+                .map(|i| json!({"uri": format!("n://{round}/{i}")}))
+                .collect();
+            r.forget_resources("n");
+            r.learn_resources("n", &page);
+            assert!(r.exact.len() + r.templates.len() <= MAX_RESOURCE_ROUTES);
+            assert_eq!(r.route(&format!("n://{round}/0")), Ok("n"));
+        }
+        let tpls: Vec<Value> = (0..MAX_RESOURCE_ROUTES)
+            .map(|i| json!({"uriTemplate": format!("t://{i}/{{id}}")}))
+            .collect();
+        r.forget_templates("t");
+        r.learn_templates("t", &tpls);
+        assert!(r.exact.len() + r.templates.len() <= MAX_RESOURCE_ROUTES);
+        // Duplicates within one answer are kept once.
+        let mut d = ResourceRoutes::default();
+        d.learn_templates(
+            "t",
+            &[
+                json!({"uriTemplate":"d://{a}"}),
+                json!({"uriTemplate":"d://{b}"}),
+            ],
+        );
+        assert_eq!(d.templates.len(), 1);
     }
 }

@@ -556,3 +556,36 @@ fn a_request_of_a_backend_that_exits_is_cancelled_at_the_client() {
         assert_eq!(error_code(&r), -32000, "{r}");
     }
 }
+
+/// A resource one backend stops listing and another starts is read from the other once
+/// listed again: each backend's listing replaces what the session learned from it.
+#[test]
+fn a_resource_that_moves_between_backends_is_read_where_it_is_now_listed() {
+    let (_gw, mut c) = setup();
+    let read = |c: &mut Client, id: i64| {
+        c.request(json!(id), "resources/read", json!({"uri": "x://moving"}))
+    };
+    let listed_uris = |c: &mut Client, id: i64| {
+        let r = c.request(json!(id), "resources/list", json!({}));
+        r["result"]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["uri"] == "x://moving")
+            .count()
+    };
+    c.call(json!(1), "one.offer", json!({"uri": "x://moving"}));
+    assert_eq!(listed_uris(&mut c, 2), 1);
+    let r = read(&mut c, 3);
+    assert_eq!(r["result"]["contents"][0]["text"], "offered by one", "{r}");
+    c.call(json!(4), "one.offer", json!({"uri": ""}));
+    c.call(json!(5), "two.offer", json!({"uri": "x://moving"}));
+    assert_eq!(listed_uris(&mut c, 6), 1);
+    let r = read(&mut c, 7);
+    assert_eq!(r["result"]["contents"][0]["text"], "offered by two", "{r}");
+    // Withdrawn everywhere: unknown once listed again.
+    c.call(json!(8), "two.offer", json!({"uri": ""}));
+    assert_eq!(listed_uris(&mut c, 9), 0);
+    let r = read(&mut c, 10);
+    assert!(r.get("error").is_some(), "{r}");
+}
