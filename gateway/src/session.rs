@@ -1319,6 +1319,20 @@ impl Session {
         for (_, f) in self.in_flight.borrow_mut().drain() {
             let _ = f.cancel.send(());
         }
+        // What backends asked this client and it never answered: failed now, or a
+        // shared backend (which lives on) would wait for the answers for ever.
+        let asked = self.server_reqs.borrow_mut().drain();
+        for (_, req) in asked {
+            if let Some(proc) = req.proc.upgrade() {
+                proc.notify(&Message::error_response(
+                    Some(req.backend_id),
+                    RpcError::new(
+                        mcp_shared::error::codes::INTERNAL_ERROR,
+                        "the client disconnected before answering",
+                    ),
+                ));
+            }
+        }
         let grace = self.gw.cfg.server.shutdown_grace.0;
         let mut stops = Vec::new();
         for slot in &self.backends {

@@ -1085,3 +1085,28 @@ fn subscriptions_per_session_are_bounded() {
     assert_eq!(subscribe(&mut c, over)["result"], json!({}));
     assert_eq!(touch(&mut c, "one", over), "touched");
 }
+
+/// A shared backend's request to a client that leaves without answering is failed at
+/// once: the backend, which lives on for the other sessions, does not wait for ever.
+#[test]
+fn a_shared_backends_request_to_a_client_that_leaves_is_failed() {
+    // The line that carries the gateway's error is logged by the backend (`refused …`).
+    let script = "while IFS= read -r l; do case \"$l\" in *'before answering'*) \
+                  echo \"refused $l\" >&2;; esac; printf '%s\\n' \"$l\"; done \
+                  | \"$0\" --name two";
+    let gw = Gateway::start(&sh_backend("two", script, &[], "session = \"shared\""));
+    let mut stays = Client::router(&gw.url);
+    stays.initialize();
+    let mut leaves = Client::router(&gw.url);
+    leaves.initialize();
+    leaves.send(json!({"jsonrpc":"2.0","id":"s","method":"tools/call",
+        "params":{"name":"two.sample","arguments":{"prompt":"2+2?"}}}));
+    leaves.recv_where(|v| v["method"] == "sampling/createMessage");
+    drop(leaves);
+    let l = gw.wait_line("refused ");
+    assert!(l.contains("\"error\"") && l.contains("\"id\""), "{l}");
+    assert_eq!(
+        text_of(&stays.call(json!(1), "two.echo", json!({"text":"still here"}))),
+        "still here"
+    );
+}
