@@ -349,10 +349,14 @@ impl Proc {
             Some(Err(_)) => Err(self.exited_error()),
             None => {
                 drop(guard);
-                self.notify(&Message::notification(
-                    "notifications/cancelled",
-                    Some(json!({ "requestId": id, "reason": "request timed out at the gateway" })),
-                ));
+                // Not an `initialize`: MCP forbids cancelling it (the process that did
+                // not answer it is stopped instead).
+                if msg.method() != Some("initialize") {
+                    self.notify(&Message::notification(
+                        "notifications/cancelled",
+                        Some(json!({ "requestId": id, "reason": "request timed out at the gateway" })),
+                    ));
+                }
                 Err(timed_out())
             }
         }

@@ -145,6 +145,9 @@ struct Target {
 struct InFlight {
     cancel: oneshot::Sender<()>,
     target: Rc<Target>,
+    /// An `initialize`, which MCP forbids a client to cancel: a cancellation of it is
+    /// ignored (the requests pipelined behind it wait for it, and would wait for ever).
+    initialize: bool,
 }
 
 /// A server-to-client request relayed to this session's client.
@@ -454,6 +457,7 @@ impl Session {
             InFlight {
                 cancel: cancel_tx,
                 target: target.clone(),
+                initialize: msg.method() == Some("initialize"),
             },
         );
         let me = self.clone();
@@ -1198,6 +1202,13 @@ impl Session {
                         // Its task removes it once the answer is queued: until then it
                         // holds memory, so it keeps its place.
                         Some(e) if e.target.answered.get() => None,
+                        Some(e) if e.initialize => {
+                            log::debug!(
+                                "session {}: ignored a cancellation of initialize {rid} (MCP forbids it)",
+                                self.id
+                            );
+                            return;
+                        }
                         Some(_) => in_flight.remove(&rid),
                         None => None,
                     }

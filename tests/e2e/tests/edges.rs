@@ -1617,3 +1617,27 @@ fn a_sigterm_ends_the_wait_for_spans_at_exit() {
     );
     c.wait_log("exiting without the spans still queued");
 }
+
+/// MCP forbids cancelling `initialize`; a client that does anyway (while a slow backend
+/// starts) still gets it answered, and the requests it pipelined behind it too.
+#[test]
+fn a_cancelled_initialize_is_answered_and_so_is_what_waited_for_it() {
+    let fixture = bin("mcp-fixture").display().to_string();
+    let gw = Gateway::start(&format!(
+        "[[backends]]\nname = \"one\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
+         args = [\"-c\", \"sleep 0.3; exec \\\"$0\\\" --name one\", {fixture:?}]\n"
+    ));
+    let mut c = WsClient::mcp(&gw);
+    c.send(
+        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},
+        "clientInfo":{"name":"e2e","version":"1"}}}),
+    );
+    c.send(json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}));
+    c.send(json!({"jsonrpc":"2.0","method":"notifications/cancelled",
+        "params":{"requestId":0,"reason":"changed my mind"}}));
+    let init = c.response(&json!(0));
+    assert!(init["result"]["serverInfo"].is_object(), "{init}");
+    let list = c.response(&json!(1));
+    assert!(list["result"]["tools"].is_array(), "{list}");
+}
