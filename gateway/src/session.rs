@@ -1127,6 +1127,10 @@ impl Session {
         }
         let mut items = Vec::new();
         let mut cursor: Option<Value> = None;
+        // The items' JSON so far: past `max_message_bytes` no client could take the
+        // listing anyway, and the gateway would hold up to MAX_LIST_PAGES pages of that
+        // size for one backend.
+        let (mut bytes, max) = (0usize, self.gw.cfg.limits.max_message_bytes);
         for page in 0..MAX_LIST_PAGES {
             let mut params = serde_json::Map::new();
             if let Some(m) = &meta {
@@ -1168,13 +1172,24 @@ impl Session {
                 }
                 Err(e) => return Err(e),
             };
-            if let Some(Value::Array(page)) = result.get(kind.field()) {
-                items.extend(page.iter().cloned());
+            let mut result = result;
+            if let Some(Value::Array(page)) = result.get_mut(kind.field()) {
+                bytes += json_len(page);
+                items.append(page);
             }
             match result.get("nextCursor") {
                 // An empty cursor ends the listing too (some servers end with "").
                 Some(c) if !c.is_null() && c.as_str() != Some("") => cursor = Some(c.clone()),
                 _ => return Ok((items, true)),
+            }
+            if bytes > max {
+                log::warn!(
+                    "backend {:?}: {} passed max_message_bytes ({max}) after {} page(s); the pages after are not asked for",
+                    slot.name(),
+                    kind.method(),
+                    page + 1
+                );
+                return Ok((items, false));
             }
         }
         log::warn!(
@@ -1360,6 +1375,23 @@ impl Session {
         }
         log::info!("session {} closed", self.id);
     }
+}
+
+/// The length of `items` as JSON text.
+fn json_len(items: &[Value]) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    let _ = serde_json::to_writer(&mut n, items);
+    n.0
 }
 
 /// Whether `holds` is true of `uri` or of a URI it lies under ([`lies_under`]): one

@@ -589,3 +589,32 @@ fn a_resource_that_moves_between_backends_is_read_where_it_is_now_listed() {
     let r = read(&mut c, 10);
     assert!(r.get("error").is_some(), "{r}");
 }
+
+/// A backend's listing is followed only while it fits `max_message_bytes` (the most a
+/// client takes): past it the pages after are not asked for, and the gateway does not
+/// hold up to MAX_LIST_PAGES pages of that size.
+#[test]
+fn a_listing_is_followed_only_while_it_fits_max_message_bytes() {
+    let gw = Gateway::start(&format!(
+        "[limits]\nmax_message_bytes = 1024\n{}",
+        fixture_backend("one", "env = { FIXTURE_TOOLS_PAGE = \"1\" }")
+    ));
+    let mut c = WsClient::mcp(&gw);
+    c.initialize();
+    let r = c.request(json!(1), "tools/list", json!({}));
+    let tools = r["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"));
+    let text: usize = tools.iter().map(|t| t.to_string().len()).sum();
+    assert!(
+        !tools.is_empty() && tools.len() < 10,
+        "{} tools",
+        tools.len()
+    );
+    assert!(
+        text > 1024,
+        "the page that passed the bound is kept: {text}"
+    );
+    let l = gw.wait_line("passed max_message_bytes");
+    assert!(l.contains("tools/list"), "{l}");
+}
