@@ -324,6 +324,7 @@ def test_host_trace_context_is_continued(start_gateway, tmp_path, receiver):
 
 
 TREE_LINE = re.compile(r"\((?:[0-9.]+(?:ms|µs))\)")
+TRACE_ID = re.compile(r" trace_id=([0-9a-f]{32})")
 
 
 def test_stdout_tree(start_gateway, tmp_path):
@@ -335,8 +336,17 @@ def test_stdout_tree(start_gateway, tmp_path):
                                 tracing_toml(None, exporter="stdout"), calls)
     gw_out = "\n".join(l[len("[stdout] "):] for l in gw.lines if l.startswith("[stdout] "))
     gw_out = TREE_LINE.sub("(…)", gw_out)
+    # Each tree's top line names the request and its trace (one id per tree, and the
+    # same in both services' trees of one request).
+    gw_ids = TRACE_ID.findall(gw_out)
+    r_ids = TRACE_ID.findall(router.stderr())
+    assert len(gw_ids) >= 2 and set(gw_ids) <= set(r_ids), (gw_ids, r_ids)
+    gw_out = TRACE_ID.sub(" trace_id=…", gw_out)
     assert (
-        "mcp-gateway: http.request (…) [ERROR]\n"
+        "mcp-gateway: http.request (…) tools/call one.echo trace_id=…\n"
+    ) in gw_out, gw_out
+    assert (
+        "mcp-gateway: http.request (…) [ERROR] tools/call one.crash trace_id=…\n"
         "  ├─ mcp-gateway: auth.verify (…)\n"
         "  ├─ mcp-gateway: request.validate (…)\n"
         "  ├─ mcp-gateway: rate_limit.check (…)\n"
@@ -344,12 +354,15 @@ def test_stdout_tree(start_gateway, tmp_path):
         "  └─ mcp-gateway: backend.forward (…) [ERROR]\n"
         "      └─ error: \"backend \\\"one\\\" exited (exit status: 3)\"\n"
     ) in gw_out + "\n", gw_out
-    r_out = TREE_LINE.sub("(…)", router.stderr())
+    r_out = TRACE_ID.sub(" trace_id=…", TREE_LINE.sub("(…)", router.stderr()))
     assert (
-        "mcp-router: stdio.read (…)\n"
+        "mcp-router: stdio.read (…) tools/call one.echo trace_id=…\n"
         "  └─ mcp-router: gateway.request (…)\n"
     ) in r_out, r_out
-    assert "mcp-router: stdio.read (…) [ERROR]\n  └─ mcp-router: gateway.request (…) [ERROR]\n      └─ error:" in r_out, r_out
+    assert (
+        "mcp-router: stdio.read (…) [ERROR] tools/call one.crash trace_id=…\n"
+        "  └─ mcp-router: gateway.request (…) [ERROR]\n      └─ error:"
+    ) in r_out, r_out
 
 
 def test_collector_down_costs_nothing(start_gateway, tmp_path):

@@ -4,9 +4,12 @@
 //! their own tree):
 //!
 //! ```text
-//! mcp-router: stdio.read (10.2ms)
+//! mcp-router: stdio.read (10.2ms) tools/call fx.echo trace_id=4bf92f3577b34da6a3ce929d0e0e4736
 //!   └─ mcp-router: gateway.request (8.1ms)
 //! ```
+//!
+//! The top line of a tree adds what the guide's example has not: the request's
+//! `mcp.method.name` (with its tool, prompt or resource) and the trace id.
 //!
 //! Or one JSON object per span and line (`stdout_format = "json"`). The router writes
 //! to stderr (its stdout is the MCP channel); the gateway to stdout.
@@ -294,10 +297,39 @@ fn render_node(
         _ => "",
     };
     out.push_str(&format!(
-        "{branch}{service}: {} ({}){status}\n",
+        "{branch}{service}: {} ({}){status}",
         s.name,
         duration_text(s)
     ));
+    if root {
+        // What the request was and its trace id, so that a tree can be told from the
+        // next one and found in the logs (whose lines carry `trace_id`) and the other
+        // service's trees.
+        // (The router's `stdio.read` names the method; its child, the tool.)
+        let attr = |key: &str| {
+            std::iter::once(s)
+                .chain(
+                    all.iter()
+                        .filter(|c| c.parent_span_id == s.span_context.span_id()),
+                )
+                .flat_map(|sp| sp.attributes.iter())
+                .find(|kv| kv.key.as_str() == key)
+                .map(|kv| kv.value.to_string())
+        };
+        if let Some(method) = attr("mcp.method.name") {
+            out.push(' ');
+            out.push_str(&method);
+            let target = ["gen_ai.tool.name", "gen_ai.prompt.name", "mcp.resource.uri"]
+                .into_iter()
+                .find_map(attr);
+            if let Some(t) = target {
+                out.push(' ');
+                out.push_str(&t);
+            }
+        }
+        out.push_str(&format!(" trace_id={}", s.span_context.trace_id()));
+    }
+    out.push('\n');
     let mut children: Vec<&SpanData> = all
         .iter()
         .filter(|c| c.parent_span_id == s.span_context.span_id())
@@ -381,6 +413,36 @@ mod tests {
         }
     }
 
+    /// What a tree's top line ends with for trace `t`.
+    fn tid(t: u128) -> String {
+        format!(" trace_id={t:032x}")
+    }
+
+    #[test]
+    fn a_top_line_names_the_request_and_its_trace() {
+        use opentelemetry::KeyValue;
+        let mut e = StdoutExporter::new(Target::Stdout, StdoutFormat::Tree);
+        e.service = "gw".into();
+        let mut call = span(0xab, 1, 0, "http.request", 0);
+        call.attributes = vec![
+            KeyValue::new("mcp.method.name", "tools/call"),
+            KeyValue::new("gen_ai.tool.name", "fx.echo"),
+        ];
+        call.status = Status::error("tool_error");
+        let mut list = span(0xcd, 2, 0, "http.request", 0);
+        list.attributes = vec![KeyValue::new("mcp.method.name", "tools/list")];
+        let out = e.render(vec![call, list]);
+        assert_eq!(
+            out,
+            format!(
+                "gw: http.request (2.0ms) [ERROR] tools/call fx.echo{}\n  └─ error: \"tool_error\"\n\
+                 gw: http.request (2.0ms) tools/list{}\n",
+                tid(0xab),
+                tid(0xcd)
+            )
+        );
+    }
+
     #[test]
     fn a_root_prints_its_own_subtree_not_the_rest_of_its_trace() {
         let mut e = StdoutExporter::new(Target::Stdout, StdoutFormat::Tree);
@@ -393,11 +455,17 @@ mod tests {
             span(7, 5, 4, "b.child", 4),
             span(7, 4, 99, "b", 3),
         ]);
-        assert_eq!(out, "gw: b (2.0ms)\n  └─ gw: b.child (2.0ms)\n");
+        assert_eq!(
+            out,
+            format!("gw: b (2.0ms){}\n  └─ gw: b.child (2.0ms)\n", tid(7))
+        );
         let out = e.render(vec![span(7, 1, 99, "a", 0)]);
         assert_eq!(
             out,
-            "gw: a (2.0ms)\n  └─ gw: a.child (2.0ms)\n      └─ gw: a.grandchild (2.0ms)\n"
+            format!(
+                "gw: a (2.0ms){}\n  └─ gw: a.child (2.0ms)\n      └─ gw: a.grandchild (2.0ms)\n",
+                tid(7)
+            )
         );
         assert!(e.open.is_empty() && e.order.is_empty(), "{:?}", e.open);
     }
@@ -419,7 +487,7 @@ mod tests {
         let mut e = StdoutExporter::new(Target::Stdout, StdoutFormat::Tree);
         e.service = "gw".into();
         let out = e.render(vec![span(7, 1, 0, "http.request", 0)]);
-        assert_eq!(out, "gw: http.request (2.0ms)\n");
+        assert_eq!(out, format!("gw: http.request (2.0ms){}\n", tid(7)));
         // Its child ends later, after a grandchild: both print at once, marked.
         let out = e.render(vec![
             span(7, 3, 2, "connect.step", 5),
@@ -427,7 +495,10 @@ mod tests {
         ]);
         assert_eq!(
             out,
-            format!("gw: backend.connect (2.0ms){LATE_NOTE}\n  └─ gw: connect.step (2.0ms)\n")
+            format!(
+                "gw: backend.connect (2.0ms){}{LATE_NOTE}\n  └─ gw: connect.step (2.0ms)\n",
+                tid(7)
+            )
         );
         assert!(e.open.is_empty() && e.order.is_empty(), "{:?}", e.open);
     }
@@ -440,7 +511,10 @@ mod tests {
         let mut batch = vec![span(1, 10, 11, "orphan", 0)];
         batch.extend((2..=MAX_OPEN_TRACES as u128 + 1).map(|t| span(t, 20, 21, "waiting", 0)));
         let out = e.render(batch);
-        assert_eq!(out, format!("gw: orphan (2.0ms){ROOTLESS_NOTE}\n"));
+        assert_eq!(
+            out,
+            format!("gw: orphan (2.0ms){}{ROOTLESS_NOTE}\n", tid(1))
+        );
         assert_eq!(e.order.len(), MAX_OPEN_TRACES);
         let out = e.render_rest();
         assert_eq!(out.lines().count(), MAX_OPEN_TRACES);
