@@ -361,7 +361,12 @@ impl Session {
         let cx = tel.start_at("http.request", SpanKind::Server, &parent, at, |a| {
             attrs::mcp_message(a, msg);
             a.int_text("mcp.session.id", self.id);
-            a.str("mcp.protocol.version", self.version.get());
+            // An `initialize` sets the session's version: the one it will agree on.
+            let version = match msg.method() {
+                Some("initialize") => mcp::negotiate_version(msg.param_str("protocolVersion")),
+                _ => self.version.get(),
+            };
+            a.str("mcp.protocol.version", version);
             // Connection attributes once per session, on its first request span (they
             // would otherwise double the size of every span).
             if !self.conn_attrs_sent.replace(true) {
@@ -690,8 +695,10 @@ impl Session {
         if !tel.enabled() {
             return Cx::default();
         }
+        // The request's id is the one the backend gets, known once it is sent
+        // (`send_traced`), not the client's.
         let span = tel.start("backend.forward", SpanKind::Client, cx, |a| {
-            attrs::mcp_message(a, msg);
+            attrs::mcp_message_without_id(a, msg);
             attrs::gateway_route(a, slot.name(), "stdio", None);
             a.str("network.transport", "pipe");
             a.int_text("mcp.session.id", self.id);
@@ -731,7 +738,14 @@ impl Session {
         read: ReadAs,
     ) -> Result<Reply, RpcError> {
         let span = self.forward_span(slot, &mut msg, cx);
-        let outcome = proc.request(self.id, msg, slot.timeout, sent, read).await;
+        let own = Cell::new(None);
+        let sent = sent.unwrap_or(&own);
+        let outcome = proc
+            .request(self.id, msg, slot.timeout, Some(sent), read)
+            .await;
+        if let Some(id) = sent.get() {
+            span.set_attributes(|a| attrs::request_id(a, &Id::from(id)));
+        }
         match &outcome {
             Ok(resp) => {
                 telemetry::record_response(&span, resp);

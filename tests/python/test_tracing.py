@@ -150,10 +150,11 @@ def test_one_trace_across_router_gateway_and_backend(start_gateway, tmp_path, re
     secret = "s3cr3t-arg-value"
 
     def calls(r: Router):
-        return r.request(7, "tools/call", {"name": "one.echo_meta",
+        meta = r.request(7, "tools/call", {"name": "one.echo_meta",
                                            "arguments": {"password": secret}})
+        return meta, r.request(8, "tools/call", {"name": "one.echo_line", "arguments": {}})
 
-    _, _, resp = run_session(start_gateway, tmp_path,
+    _, _, (resp, line_resp) = run_session(start_gateway, tmp_path,
                              tracing_toml(endpoint, protocol=protocol, extra='otlp_headers = { x-test = "yes" }\n'),
                              tracing_toml(endpoint, protocol=protocol), calls)
     spans = receiver.snapshot()
@@ -191,6 +192,17 @@ def test_one_trace_across_router_gateway_and_backend(start_gateway, tmp_path, re
     # The backend got backend.forward's context in _meta.
     meta = json.loads(resp["result"]["content"][0]["text"])
     assert meta["traceparent"] == f"00-{fwd['trace_id']}-{fwd['span_id']}-01"
+    # backend.forward records the id the backend was sent (the gateway's own for that
+    # process), not the client's.
+    sent = json.loads(line_resp["result"]["content"][0]["text"])
+    req8 = [s for s in by_name(spans, "mcp-router", "gateway.request")
+            if s["attributes"].get("jsonrpc.request.id") == "8"]
+    fwd8 = one(trace_of(spans, req8[0]["trace_id"]), "mcp-gateway", "backend.forward")
+    assert fwd8["attributes"]["jsonrpc.request.id"] == str(sent["id"]) != "8", (fwd8, sent)
+    # The initialize span carries the version the session agreed on.
+    init = [s for s in by_name(spans, "mcp-gateway", "http.request")
+            if s["attributes"].get("mcp.method.name") == "initialize"]
+    assert len(init) == 1 and init[0]["attributes"]["mcp.protocol.version"] == "2025-06-18", init
     # Typical span payload stays small (budget: 300 bytes).
     sizes = sorted(s["size"] for s in trace)
     print("span sizes", sizes, "mean", sum(sizes) / len(sizes))

@@ -45,6 +45,21 @@ fn kind_name(k: Kind) -> &'static str {
 /// `jsonrpc.request.id`, `gen_ai.tool.name`,
 /// `gen_ai.prompt.name`, `gen_ai.operation.name`, `mcp.resource.uri`).
 pub fn mcp_message(a: &mut Attrs, msg: &Message) {
+    mcp_message_without_id(a, msg);
+    if let Some(id) = msg.id() {
+        request_id(a, &id);
+    }
+}
+
+/// The request id attributes (`mcp.message.id`, `jsonrpc.request.id`): for a span
+/// that learns the id it sent only after it started ([`mcp_message_without_id`]).
+pub fn request_id(a: &mut Attrs, id: &Id) {
+    id_attrs(a, id, &["mcp.message.id", "jsonrpc.request.id"]);
+}
+
+/// [`mcp_message`] but the id: for a message whose id on the wire is not yet known
+/// (the gateway gives each request to a backend an id of its own).
+pub fn mcp_message_without_id(a: &mut Attrs, msg: &Message) {
     a.str("mcp.message.type", kind_name(msg.kind()));
     if let Some(m) = msg.method() {
         a.str("mcp.method", m);
@@ -67,9 +82,6 @@ pub fn mcp_message(a: &mut Attrs, msg: &Message) {
                 }
             }
         }
-    }
-    if let Some(id) = msg.id() {
-        id_attrs(a, &id, &["mcp.message.id", "jsonrpc.request.id"]);
     }
 }
 

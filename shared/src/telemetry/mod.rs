@@ -634,10 +634,18 @@ pub fn apply_env(
     if let Some(v) = get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").filter(|v| !v.trim().is_empty()) {
         cfg.max_export_batch_size = Some(positive(&v, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE")? as usize);
     }
+    // `parentbased_always_off`: no new traces, a sampled parent followed. Here that is
+    // `traceidratio` at 0 (whatever OTEL_TRACES_SAMPLER_ARG says, which the
+    // specification ignores for it); `always_off` records nothing even then.
+    let mut follow_only = false;
     if let Some(v) = get("OTEL_TRACES_SAMPLER") {
         cfg.sampler_type = match v.trim() {
             "always_on" | "parentbased_always_on" => SamplerType::AlwaysOn,
-            "always_off" | "parentbased_always_off" => SamplerType::AlwaysOff,
+            "always_off" => SamplerType::AlwaysOff,
+            "parentbased_always_off" => {
+                follow_only = true;
+                SamplerType::TraceIdRatio
+            }
             "traceidratio" | "parentbased_traceidratio" => SamplerType::TraceIdRatio,
             other => {
                 return Err(format!(
@@ -655,6 +663,9 @@ pub fn apply_env(
             return Err(format!("OTEL_TRACES_SAMPLER_ARG={v}: outside 0.0..=1.0"));
         }
         cfg.sampler_param = r;
+    }
+    if follow_only {
+        cfg.sampler_param = 0.0;
     }
     // TLS files (`https://` endpoints): CA bundle, client certificate and key.
     for (generic, traces, slot) in [
@@ -732,6 +743,19 @@ mod tests {
         assert!(c.enabled);
         apply_env(&mut c, env(&[("OTEL_SDK_DISABLED", "true")])).unwrap();
         assert!(!c.enabled);
+        // parentbased_always_off follows a sampled parent: ratio 0, whatever the ARG.
+        let mut c = TracingConfig::default();
+        let off = [
+            ("OTEL_TRACES_SAMPLER", "parentbased_always_off"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+        ];
+        apply_env(&mut c, env(&off)).unwrap();
+        assert_eq!(
+            (c.sampler_type, c.sampler_param),
+            (SamplerType::TraceIdRatio, 0.0)
+        );
+        apply_env(&mut c, env(&[("OTEL_TRACES_SAMPLER", "always_off")])).unwrap();
+        assert_eq!(c.sampler_type, SamplerType::AlwaysOff);
     }
 
     /// Traces-only variables win over the generic ones; the generic endpoint is a base
