@@ -355,11 +355,23 @@ fn render_node(
     }
 }
 
+/// An attribute value as JSON of its own type (a port stays a number, a flag a bool).
+fn json_value(v: &opentelemetry::Value) -> serde_json::Value {
+    use opentelemetry::Value;
+    match v {
+        Value::Bool(b) => json!(b),
+        Value::I64(i) => json!(i),
+        Value::F64(f) => json!(f),
+        Value::String(s) => json!(s.as_str()),
+        other => json!(other.to_string()),
+    }
+}
+
 fn span_json(service: &str, s: &SpanData) -> String {
     let attrs: serde_json::Map<String, serde_json::Value> = s
         .attributes
         .iter()
-        .map(|kv| (kv.key.to_string(), json!(kv.value.to_string())))
+        .map(|kv| (kv.key.to_string(), json_value(&kv.value)))
         .collect();
     let (status, message) = match &s.status {
         Status::Error { description } => ("error", description.to_string()),
@@ -416,6 +428,24 @@ mod tests {
     /// What a tree's top line ends with for trace `t`.
     fn tid(t: u128) -> String {
         format!(" trace_id={t:032x}")
+    }
+
+    #[test]
+    fn json_lines_keep_the_types_of_attribute_values() {
+        use opentelemetry::KeyValue;
+        let mut e = StdoutExporter::new(Target::Stdout, StdoutFormat::Json);
+        let mut s = span(1, 1, 0, "http.request", 0);
+        s.attributes = vec![
+            KeyValue::new("server.port", 4317_i64),
+            KeyValue::new("auth.success", true),
+            KeyValue::new("mcp.method.name", "ping"),
+        ];
+        let out = e.render(vec![s]);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(
+            v["attributes"],
+            json!({"server.port": 4317, "auth.success": true, "mcp.method.name": "ping"})
+        );
     }
 
     #[test]
