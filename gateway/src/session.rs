@@ -154,6 +154,8 @@ struct InFlight {
 struct ServerReq {
     proc: Weak<Proc>,
     backend_id: Id,
+    /// Its `_meta.progressToken`: the client's progress on it goes to that process only.
+    progress_token: Option<Value>,
 }
 
 /// One client connection.
@@ -1033,32 +1035,51 @@ impl Session {
                 rt::spawn(async move {
                     let proc = me.ensure(&slot, &cx).await?;
                     if !mcp::has_capability(&proc.capabilities(), "logging") {
-                        return Ok::<(), RpcError>(());
+                        return Ok::<bool, RpcError>(false);
                     }
                     let level = msg.params().and_then(|p| p.get("level")).cloned();
                     let reply = me
                         .send_traced(&proc, &slot, msg, &cx, None, ReadAs::Brief)
                         .await?;
                     match (reply.error(), level) {
-                        (None, Some(level)) => slot.record_log_level(level),
-                        (Some(e), _) => log::warn!(
-                            "session {}: backend {:?} refused logging/setLevel: {}",
-                            me.id,
-                            slot.name(),
-                            e["message"]
-                        ),
-                        _ => {}
+                        (None, level) => {
+                            if let Some(level) = level {
+                                slot.record_log_level(level);
+                            }
+                            Ok(true)
+                        }
+                        (Some(e), _) => {
+                            // (Logged below, with the failures.)
+                            Err(RpcError::new(
+                                e.get("code").and_then(Value::as_i64).unwrap_or(-32603),
+                                format!(
+                                    "backend {:?}: {}",
+                                    slot.name(),
+                                    e.get("message").and_then(Value::as_str).unwrap_or("error")
+                                ),
+                            ))
+                        }
                     }
-                    Ok(())
                 })
             })
             .collect();
+        // Answered with success when a backend took the level, or none has logging;
+        // when every one that has it refused or failed, with the first one's error (the
+        // client must not believe a level is in effect that is not).
+        let (mut accepted, mut first_error) = (false, None);
         for t in tasks {
-            if let Err(e) = t.await {
-                log::warn!("session {}: logging/setLevel: {}", self.id, e.message);
+            match t.await {
+                Ok(took) => accepted |= took,
+                Err(e) => {
+                    log::warn!("session {}: logging/setLevel: {}", self.id, e.message);
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        Ok(json!({}))
+        match first_error {
+            Some(e) if !accepted => Err(e),
+            _ => Ok(json!({})),
+        }
     }
 
     /// Merges one listing from every backend that offers it.
@@ -1259,6 +1280,26 @@ impl Session {
                     proc.notify(&fwd);
                 }
             }
+            "notifications/progress" => {
+                // Progress on a request a backend asked this client: to that process
+                // only (another backend, a shared one above all, may have a request of
+                // its own with the same token). Any other token is no request's here.
+                let token = msg.params().and_then(|p| p.get("progressToken"));
+                let proc = token.and_then(|t| {
+                    self.server_reqs
+                        .borrow()
+                        .iter()
+                        .find(|(_, r)| r.progress_token.as_ref() == Some(t))
+                        .and_then(|(_, r)| r.proc.upgrade())
+                });
+                match proc {
+                    Some(proc) => proc.notify(&msg),
+                    None => log::debug!(
+                        "session {}: progress for no request a backend asked; dropped",
+                        self.id
+                    ),
+                }
+            }
             _ => {
                 // roots/list_changed and anything newer: every backend of the session,
                 // the ones being started once they are ready.
@@ -1292,9 +1333,11 @@ impl Session {
     /// voids it.
     pub async fn relay_server_request(&self, proc: &Rc<Proc>, mut msg: Message, wait: bool) {
         let backend_id = msg.id().expect("requests have ids");
+        let progress_token = msg.meta().and_then(|m| m.get("progressToken")).cloned();
         let slot = self.server_reqs.borrow_mut().insert(ServerReq {
             proc: Rc::downgrade(proc),
             backend_id: backend_id.clone(),
+            progress_token,
         });
         let refuse =
             |e: RpcError| proc.notify(&Message::error_response(Some(backend_id.clone()), e));

@@ -181,6 +181,17 @@ fn prompts_resources_and_completion_route() {
     assert!(r["result"]["completion"].is_object(), "{r}");
     let r = c.request(json!(7), "logging/setLevel", json!({"level":"debug"}));
     assert_eq!(r["result"], json!({}));
+    // A level every backend refuses is not reported as set: the first refusal comes
+    // back, with the backend named.
+    let r = c.request(json!(8), "logging/setLevel", json!({"level":"bogus"}));
+    assert_eq!(error_code(&r), -32602, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid log level"),
+        "{r}"
+    );
 }
 
 #[test]

@@ -1110,3 +1110,50 @@ fn a_shared_backends_request_to_a_client_that_leaves_is_failed() {
         "still here"
     );
 }
+
+/// The client's progress on a request a backend asked goes to that backend only: not
+/// to the session's other backends (a shared one may have a request of its own under
+/// the same token), and a token of no such request goes nowhere.
+#[test]
+fn progress_on_a_backends_request_goes_to_that_backend_only() {
+    let script = "while IFS= read -r l; do case \"$l\" in *progress*|*marker*) \
+                  echo \"saw $l\" >&2;; esac; printf '%s\\n' \"$l\"; done \
+                  | \"$0\" --name \"$1\"";
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        sh_backend("one", script, &["one"], ""),
+        sh_backend("two", script, &["two"], "session = \"shared\"")
+    ));
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    c.send(json!({"jsonrpc":"2.0","id":"s","method":"tools/call",
+        "params":{"name":"one.sample","arguments":{"prompt":"2+2?"}}}));
+    let req = c.recv_where(|v| v["method"] == "sampling/createMessage");
+    let token = req["params"]["_meta"]["progressToken"].clone();
+    assert!(token.is_string(), "{req}");
+    for t in [token.clone(), json!("nobody's")] {
+        c.send(json!({"jsonrpc":"2.0","method":"notifications/progress",
+            "params":{"progressToken":t,"progress":1,"total":2}}));
+    }
+    let l = gw.wait_line("[one] saw");
+    assert!(
+        l.contains("notifications/progress") && l.contains(token.as_str().unwrap()),
+        "{l}"
+    );
+    // Each backend reads its stdin in order: once `two` has seen this call, it has seen
+    // any progress sent to it before.
+    let r = c.call(json!(1), "two.echo", json!({"text":"marker"}));
+    assert_eq!(text_of(&r), "marker");
+    gw.wait_line("[two] saw");
+    let log = gw.log.text();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("] saw") && l.contains("nobody's")),
+        "{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("[two] saw") && l.contains("notifications/progress")),
+        "{log}"
+    );
+}
