@@ -1253,6 +1253,20 @@ fn invalid(proc: &Proc, rej: Rejection) {
         proc.name,
         rej.error.message
     );
+    // `{"id": N}` alone, N the id of a request of ours: its answer, broken. That
+    // request fails now, rather than at its timeout (and the backend is not answered).
+    let pending_id = rej
+        .id
+        .as_ref()
+        .filter(|id| rej.no_outcome && proc.pending.borrow().is_live(id));
+    if let Some(id) = pending_id {
+        let err = BackendError::InvalidResponse {
+            backend: proc.name.to_string(),
+            reason: "a response with neither \"result\" nor \"error\"".into(),
+        };
+        fail_pending(proc, id, err);
+        return;
+    }
     if rej.reply {
         proc.notify(&rej.to_response());
     } else if let Some(id) = rej.answered_id() {

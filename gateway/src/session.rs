@@ -328,9 +328,21 @@ impl Session {
     /// its timeout. Anything else is only logged.
     pub async fn on_rejected(self: &Rc<Self>, rej: Rejection) {
         log::warn!("session {}: bad message: {}", self.id, rej.error.message);
-        if rej.reply {
+        // `{"id": N}` alone, N the id of a backend's request to this client: its
+        // answer, broken (not a request without its method).
+        let broken_answer = rej.no_outcome
+            && rej
+                .id
+                .as_ref()
+                .is_some_and(|id| self.server_reqs.borrow().is_live(id));
+        let answered = if broken_answer {
+            rej.id.as_ref()
+        } else {
+            rej.answered_id()
+        };
+        if rej.reply && !broken_answer {
             self.reply(rej.to_response()).await;
-        } else if let Some(id) = rej.answered_id() {
+        } else if let Some(id) = answered {
             let err = SessionError::UnreadableResponse(rej.error.message.clone()).to_rpc_error();
             self.on_client_response(Message::error_response(Some(id.clone()), err))
                 .await;

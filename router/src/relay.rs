@@ -803,10 +803,22 @@ async fn handle_frame(
 /// gateway is sent an error response with its id instead, so that its request fails
 /// now rather than at its timeout. Anything else is only logged.
 async fn on_rejected(state: &Shared, out: &StdoutTx, max_in_flight: usize, rej: Rejection) {
-    if rej.reply {
+    // `{"id": N}` alone, N the id of a request of the gateway's the host holds: its
+    // answer, broken (not a request without its method).
+    let broken_answer = rej.no_outcome
+        && rej
+            .id
+            .as_ref()
+            .is_some_and(|id| state.borrow().asked.0.is_live(id));
+    let answered = if broken_answer {
+        rej.id.as_ref()
+    } else {
+        rej.answered_id()
+    };
+    if rej.reply && !broken_answer {
         log::warn!("bad message on stdin: {}", rej.error.message);
         send_out(out, rej.to_response().to_json()).await;
-    } else if let Some(id) = rej.answered_id() {
+    } else if let Some(id) = answered {
         log::warn!(
             "bad response on stdin (to the gateway's request {id}): {}",
             rej.error.message

@@ -54,6 +54,11 @@ impl<T> IdMap<T> {
         Ok(id)
     }
 
+    /// Whether an id received from the peer is one of ours and still live.
+    pub fn is_live(&self, id: &Id) -> bool {
+        id.as_u64().is_some_and(|n| self.entries.contains_key(&n))
+    }
+
     /// Removes and returns the entry for an id received from the peer, if it is one of
     /// ours and still live.
     pub fn take(&mut self, id: &Id) -> Option<T> {

@@ -191,6 +191,10 @@ pub struct Rejection {
     /// False when the bad message was itself a response: a response must never be
     /// answered, so the receiver only logs it.
     pub reply: bool,
+    /// An object with an id but neither `method` nor `result`/`error`: a request
+    /// without its method, or a response without its outcome. The receiver that has a
+    /// request of its own pending under that id takes it for the latter.
+    pub no_outcome: bool,
 }
 
 impl Rejection {
@@ -199,6 +203,7 @@ impl Rejection {
             id,
             error: RpcError::new(code, message),
             reply: true,
+            no_outcome: false,
         }
     }
 
@@ -216,6 +221,7 @@ impl Rejection {
             reply: seen.answerable(),
             id: seen.id,
             error: RpcError::new(code, message),
+            no_outcome: false,
         }
     }
 
@@ -374,6 +380,7 @@ impl Shape {
                     "invalid request: no \"method\", and not a response with an id and exactly one of \"result\" or \"error\"",
                 );
                 r.reply = !(has_result || has_error);
+                r.no_outcome = r.reply && r.id.is_some();
                 Err(r)
             }
         }

@@ -1298,8 +1298,8 @@ fn an_over_long_request_with_its_id_last_gets_an_error_with_its_id() {
     }
 }
 
-/// An answer of the client's to a backend's request that cannot be read (not JSON, or
-/// too long) is not answered back: the backend's request fails at once, rather than at
+/// An answer of the client's to a backend's request that cannot be read (not JSON, too
+/// long, or with neither result nor error) is not answered back: the backend's request fails at once, rather than at
 /// its timeout.
 #[test]
 fn an_unreadable_answer_to_a_sampling_request_fails_it_at_once() {
@@ -1318,6 +1318,12 @@ fn an_unreadable_answer_to_a_sampling_request_fails_it_at_once() {
             (
                 format!(r#"{{"jsonrpc":"2.0","result":{{"text":"{big}"}},"id":$ID}}"#),
                 "maximum size",
+            ),
+            // Neither result nor error: taken for the answer it is (its id is the
+            // request's), not for a request without its method.
+            (
+                r#"{"jsonrpc":"2.0","id":$ID}"#.to_string(),
+                "exactly one of",
             ),
         ]
         .into_iter()
@@ -1347,15 +1353,21 @@ fn a_backend_response_that_is_not_json_fails_its_request_at_once() {
     let gw = gateway_with("[limits]\nrequest_timeout = \"60s\"\n");
     let mut c = Client::router(&gw.url);
     c.initialize();
-    let r = c.call(
-        json!(1),
-        "one.respond_raw",
-        json!({"line": r#"{"jsonrpc":"2.0","id":$ID,"result":{"content":[}"#}),
-    );
-    assert_eq!(error_code(&r), -32603, "{r}");
-    let message = r["error"]["message"].as_str().unwrap();
-    assert!(message.contains("invalid response"), "{message}");
-    assert_eq!(r["error"]["data"]["kind"], "invalid_response");
+    // Not JSON; and an answer with neither result nor error (not taken for a request
+    // of the backend's without its method, since its id is one of the gateway's).
+    for (i, line) in [
+        r#"{"jsonrpc":"2.0","id":$ID,"result":{"content":[}"#,
+        r#"{"jsonrpc":"2.0","id":$ID}"#,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = c.call(json!(i), "one.respond_raw", json!({ "line": line }));
+        assert_eq!(error_code(&r), -32603, "{r}");
+        let message = r["error"]["message"].as_str().unwrap();
+        assert!(message.contains("invalid response"), "{message}");
+        assert_eq!(r["error"]["data"]["kind"], "invalid_response");
+    }
 }
 
 #[test]
