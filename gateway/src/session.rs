@@ -753,10 +753,19 @@ impl Session {
     ) -> Result<Reply, RpcError> {
         let span = self.forward_span(slot, &mut msg, cx);
         let own = Cell::new(None);
+        // A caller that passes no `sent` cannot cancel the request itself (a listing,
+        // a broadcast): if it is dropped (the client cancelled what needed it), the
+        // backend is told here.
+        let mut abandoned = Abandoned {
+            proc,
+            id: sent.unwrap_or(&own),
+            armed: sent.is_none(),
+        };
         let sent = sent.unwrap_or(&own);
         let outcome = proc
             .request(self.id, msg, slot.timeout, Some(sent), read)
             .await;
+        abandoned.armed = false;
         if let Some(id) = sent.get() {
             span.set_attributes(|a| attrs::request_id(a, &Id::from(id)));
         }
@@ -1443,6 +1452,25 @@ impl Session {
             t.await;
         }
         log::info!("session {} closed", self.id);
+    }
+}
+
+/// Tells a backend its request is cancelled when the future that waits for it is
+/// dropped while `armed` (once the request is queued, `id` holds its id).
+struct Abandoned<'a> {
+    proc: &'a Proc,
+    id: &'a Cell<Option<u64>>,
+    armed: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let (true, Some(id)) = (self.armed, self.id.get()) {
+            self.proc.notify(&Message::notification(
+                "notifications/cancelled",
+                Some(json!({"requestId": id, "reason": "the client cancelled the request that needed it"})),
+            ));
+        }
     }
 }
 

@@ -1157,3 +1157,28 @@ fn progress_on_a_backends_request_goes_to_that_backend_only() {
         "{log}"
     );
 }
+
+/// A listing the client cancels is cancelled at the backends it went to too (they
+/// would otherwise work on for an answer the gateway drops).
+#[test]
+fn a_cancelled_listing_is_cancelled_at_the_backend() {
+    // `one` holds a tools/list until the next line comes (it logs both): the client
+    // cancels while the backend has the listing.
+    let script = "while IFS= read -r l; do case \"$l\" in *tools/list*) \
+                  echo \"holding $l\" >&2; IFS= read -r n; echo \"saw $n\" >&2; \
+                  printf '%s\\n%s\\n' \"$l\" \"$n\";; *) printf '%s\\n' \"$l\";; esac; done \
+                  | \"$0\" --name one";
+    let gw = Gateway::start(&sh_backend("one", script, &[], ""));
+    let mut c = WsClient::mcp(&gw);
+    c.initialize();
+    c.send(json!({"jsonrpc":"2.0","id":"l","method":"tools/list"}));
+    gw.wait_line("[one] holding");
+    c.send(json!({"jsonrpc":"2.0","method":"notifications/cancelled",
+        "params":{"requestId":"l","reason":"no longer needed"}}));
+    let l = gw.wait_line("[one] saw");
+    assert!(l.contains("notifications/cancelled"), "{l}");
+    // The session goes on; the cancelled listing was never answered.
+    let r = c.request(json!(2), "ping", json!({}));
+    assert_eq!(r["result"], json!({}));
+    assert!(c.drain_for(Duration::ZERO).iter().all(|m| m["id"] != "l"));
+}
