@@ -132,18 +132,21 @@ async fn serve_with(listener: TcpListener, state: AdminState, bounds: Bounds, op
         let (evict_tx, evict_rx) = async_channel::bounded::<()>(1);
         let id = next_id;
         next_id += 1;
+        let again = evict_tx.clone();
         waiting.borrow_mut().push_back((id, evict_tx));
         let waiting = waiting.clone();
         rt::spawn(async move {
             let _slot = slot;
-            // Evicted: a message. Closed (no longer waiting, the entry removed): never.
-            let evicted = async {
-                if evict_rx.recv().await.is_err() {
-                    std::future::pending::<()>().await;
+            // Evictable while waiting for its head, and again once answered (only
+            // draining what the client still sends), at the back of the queue.
+            let evictable = |on: bool| {
+                let mut w = waiting.borrow_mut();
+                w.retain(|(i, _)| *i != id);
+                if on {
+                    w.push_back((id, again.clone()));
                 }
             };
-            let head_read = || waiting.borrow_mut().retain(|(i, _)| *i != id);
-            handle(stream, &state, bounds.read_timeout, evicted, head_read).await;
+            handle(stream, &state, bounds.read_timeout, &evict_rx, evictable).await;
             waiting.borrow_mut().retain(|(i, _)| *i != id);
         })
         .detach();
@@ -168,26 +171,31 @@ impl Drop for ConnSlot {
     }
 }
 
-/// One connection: read the head (then `head_read`: no longer evictable), answer,
-/// close.
+/// One connection: read the head, answer, drain, close. Evictable (a message on
+/// `evict`) while it waits for the head and while it drains, not while it answers
+/// (`evictable` says which).
 async fn handle(
     mut stream: TcpStream,
     state: &AdminState,
     read_timeout: Duration,
-    evicted: impl std::future::Future<Output = ()>,
-    head_read: impl FnOnce(),
+    evict: &async_channel::Receiver<()>,
+    mut evictable: impl FnMut(bool),
 ) {
-    // Eviction can end the wait for the head only: once the head is read the request
-    // is answered whole.
+    // The sender lives as long as this connection's task: `recv` ends with a message.
+    let evicted = || async {
+        let _ = evict.recv().await;
+    };
+    // Eviction can end the wait for the head: once the head is read the request is
+    // answered whole.
     let read = futures_lite::future::or(
         async { Some(rt::timeout(read_timeout, read_head(&mut stream)).await) },
         async {
-            evicted.await;
+            evicted().await;
             None
         },
     )
     .await;
-    head_read();
+    evictable(false);
     let Some(read) = read else {
         return;
     };
@@ -225,7 +233,16 @@ async fn handle(
         None => return,
     }
     let _ = stream.shutdown(Shutdown::Write);
-    rt::timeout(DRAIN_TIMEOUT, drain(&mut stream)).await;
+    // A client that neither reads nor closes must not hold a slot for DRAIN_TIMEOUT
+    // when others wait for one (probes would be refused).
+    evictable(true);
+    futures_lite::future::or(
+        async {
+            rt::timeout(DRAIN_TIMEOUT, drain(&mut stream)).await;
+        },
+        evicted(),
+    )
+    .await;
 }
 
 /// Discards what the client still sends, up to [`DRAIN_MAX_BYTES`] or its close.
@@ -739,6 +756,39 @@ mod tests {
                 async_io::Timer::after(Duration::from_millis(20)).await;
             }
             assert_eq!(split(&answered).0, 200);
+        });
+    }
+
+    /// Clients that sent a whole request, got it answered, and neither read nor close:
+    /// they hold their slots only while nobody else needs one (a probe is answered).
+    #[test]
+    fn connections_left_open_after_their_answer_make_room_for_a_probe() {
+        const TEST_BOUNDS: Bounds = Bounds {
+            read_timeout: Duration::from_secs(5),
+            max_connections: 2,
+        };
+        rt::block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let _server = rt::spawn(serve_with(
+                listener,
+                state(Ok(())),
+                TEST_BOUNDS,
+                Rc::default(),
+            ));
+            let mut held = Vec::new();
+            for _ in 0..2 {
+                let mut c = TcpStream::connect(addr).await.unwrap();
+                c.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").await.unwrap();
+                // Its answer has come: the server only drains it now (up to 1 s).
+                let mut buf = [0u8; 12];
+                c.read_exact(&mut buf).await.unwrap();
+                assert_eq!(&buf, b"HTTP/1.1 200");
+                held.push(c);
+            }
+            let probe = exchange(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
+            assert_eq!(split(&probe).0, 200, "{probe}");
+            drop(held);
         });
     }
 

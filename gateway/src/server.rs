@@ -43,12 +43,28 @@ pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 pub const WRITER_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// After shutdown starts, extra time sessions get beyond `shutdown_grace` to close.
 pub const SESSION_CLOSE_SLACK: Duration = Duration::from_secs(2);
+/// Connections still in their WebSocket handshake, at most: past it, a new connection
+/// closes the oldest one still in its handshake (a client that completes its
+/// handshake does so within milliseconds; connections that never do cannot hold the
+/// gateway's memory and descriptors, or keep clients out, for `handshake_timeout`).
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
+/// Frames a session's read loop takes before it lets the other tasks of the gateway's
+/// one thread run: a client whose socket always has data (a flood of pings or
+/// notifications) cannot stall the other sessions.
+pub const READ_FRAMES_PER_TURN: usize = 32;
 
 /// WebSocket settings for client connections.
+///
+/// The write buffer is bounded too (tungstenite's default is none): a client that
+/// sends pings and reads nothing had every pong queued there (700 MB in 10 s). Past
+/// the bound tungstenite keeps one pong, the latest. The bound holds the largest
+/// message the gateway sends: a backend's (at most `max_message_bytes`, plus the
+/// bridge's edits), a merged listing (refused past `max_message_bytes`).
 fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(SESSION_WS_READ_BUFFER_BYTES)
         .write_buffer_size(WS_WRITE_BATCH_BYTES)
+        .max_write_buffer_size(ws_read_limit(max_message_bytes) + WS_WRITE_BATCH_BYTES)
         .max_message_size(Some(ws_read_limit(max_message_bytes)))
         .max_frame_size(Some(ws_read_limit(max_message_bytes)))
 }
@@ -58,6 +74,8 @@ fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
 pub async fn serve(gw: Rc<Gateway>, listener: TcpListener, stop: Receiver<()>) {
     let (close_tx, close_rx) = async_channel::bounded::<()>(1);
     let (done_tx, done_rx) = async_channel::bounded::<()>(1);
+    let pending: Pending = Rc::default();
+    let mut next_id = 0u64;
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             let _ = stop.recv().await;
@@ -67,9 +85,33 @@ pub async fn serve(gw: Rc<Gateway>, listener: TcpListener, stop: Receiver<()>) {
         match accepted {
             None => break,
             Some(Ok((stream, peer))) => {
+                if pending.borrow().len() >= MAX_PENDING_HANDSHAKES {
+                    let oldest = pending.borrow_mut().pop_front();
+                    if let Some((_, evict)) = oldest {
+                        let _ = evict.try_send(());
+                        log::debug!(
+                            "{MAX_PENDING_HANDSHAKES} handshakes in progress: the oldest is closed"
+                        );
+                        // Its task runs now and closes it, before the next `accept`.
+                        futures_lite::future::yield_now().await;
+                    }
+                }
+                let (evict_tx, evict_rx) = async_channel::bounded::<()>(1);
+                let id = next_id;
+                next_id += 1;
+                pending.borrow_mut().push_back((id, evict_tx));
+                let pending = pending.clone();
                 let (gw, close_rx, done_tx) = (gw.clone(), close_rx.clone(), done_tx.clone());
                 rt::spawn(async move {
-                    connection(gw, stream, peer.to_string(), close_rx).await;
+                    let handshake_over = || pending.borrow_mut().retain(|(i, _)| *i != id);
+                    connection(
+                        gw,
+                        stream,
+                        peer.to_string(),
+                        close_rx,
+                        (evict_rx, handshake_over),
+                    )
+                    .await;
                     drop(done_tx);
                 })
                 .detach();
@@ -130,7 +172,11 @@ fn check_handshake(
             .headers()
             .get("Authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| {
+                // The scheme's name is case-insensitive (RFC 9110 §11.1).
+                let (scheme, credentials) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(credentials)
+            })
             .is_some_and(|t| token.matches(t.trim()));
         if !ok {
             return Err(reject(
@@ -139,9 +185,18 @@ fn check_handshake(
             ));
         }
     }
-    if let Some(offered) = req.headers().get("Sec-WebSocket-Protocol") {
-        let offered = offered.to_str().unwrap_or("");
-        if !offered.split(',').any(|p| p.trim() == "mcp") {
+    // Every Sec-WebSocket-Protocol header counts (a list may be split over several).
+    let mut offered = req
+        .headers()
+        .get_all("Sec-WebSocket-Protocol")
+        .iter()
+        .peekable();
+    if offered.peek().is_some() {
+        let has_mcp = offered
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim() == "mcp");
+        if !has_mcp {
             return Err(reject(
                 StatusCode::BAD_REQUEST,
                 "subprotocol \"mcp\" required",
@@ -394,7 +449,16 @@ struct Handshake {
     count: Option<crate::SessionCount>,
 }
 
-async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Receiver<()>) {
+/// Connections in their handshake, oldest first, each with what closes it.
+type Pending = Rc<std::cell::RefCell<std::collections::VecDeque<(u64, async_channel::Sender<()>)>>>;
+
+async fn connection(
+    gw: Rc<Gateway>,
+    stream: TcpStream,
+    peer: String,
+    close: Receiver<()>,
+    (evicted, handshake_over): (Receiver<()>, impl FnOnce()),
+) {
     stream.set_nodelay(true).ok();
     let socket = stream.clone();
     // Bytes each way: the writer's send timeout and keepalive look at progress.
@@ -410,14 +474,31 @@ async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Rec
         callback,
         Some(ws_config(max)),
     ));
-    let ws = match rt::timeout(gw.cfg.server.handshake_timeout.0, handshake).await {
-        Some(Ok(ws)) => ws,
-        Some(Err(e)) => {
+    // Closed by a newer connection when MAX_PENDING_HANDSHAKES are in progress.
+    let handshake = futures_lite::future::or(
+        async { Some(rt::timeout(gw.cfg.server.handshake_timeout.0, handshake).await) },
+        async {
+            // A message: closed. The queue gone (shutdown): never.
+            if evicted.recv().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            None
+        },
+    )
+    .await;
+    handshake_over();
+    let ws = match handshake {
+        Some(Some(Ok(ws))) => ws,
+        Some(Some(Err(e))) => {
             log::info!("handshake with {peer} failed: {e}");
             return;
         }
-        None => {
+        Some(None) => {
             log::info!("handshake with {peer} timed out");
+            return;
+        }
+        None => {
+            log::info!("handshake with {peer} closed: {MAX_PENDING_HANDSHAKES} newer ones came");
             return;
         }
     };
@@ -453,7 +534,14 @@ async fn connection(gw: Rc<Gateway>, stream: TcpStream, peer: String, close: Rec
     // Hand the client's messages to the session until the client closes, the
     // connection fails (the writer shuts the socket when it gives up on the client), or
     // shutdown.
+    let mut frames = 0usize;
     loop {
+        frames += 1;
+        if frames % READ_FRAMES_PER_TURN == 0 {
+            // A turn for the gateway's other tasks (smol does not pre-empt a task whose
+            // socket always has data).
+            futures_lite::future::yield_now().await;
+        }
         let next = futures_lite::future::or(async { Some(stream.next().await) }, async {
             let _ = close.recv().await;
             None

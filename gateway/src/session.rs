@@ -1165,6 +1165,17 @@ impl Session {
             }
             all.extend(items);
         }
+        // (The routes are learned whatever comes of this.)
+        let limit = self.gw.cfg.limits.max_message_bytes;
+        let bytes = json_len(&all);
+        if bytes > limit {
+            return Err(SessionError::ListingTooLarge {
+                method: kind.method(),
+                bytes,
+                limit,
+            }
+            .to_rpc_error());
+        }
         Ok(json!({ kind.field(): all }))
     }
 

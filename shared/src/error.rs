@@ -278,6 +278,16 @@ pub enum SessionError {
     /// read (not JSON, not UTF-8, not JSON-RPC, or over `max_message_bytes`): what the
     /// request's sender is told instead.
     UnreadableResponse(String),
+    /// A listing merged from the backends is longer than `max_message_bytes`: no peer
+    /// with the same bound could read it.
+    ListingTooLarge {
+        /// The listing's method.
+        method: &'static str,
+        /// Its length as JSON.
+        bytes: usize,
+        /// The configured bound.
+        limit: usize,
+    },
 }
 
 impl fmt::Display for SessionError {
@@ -301,6 +311,15 @@ impl fmt::Display for SessionError {
             SessionError::UnreadableResponse(reason) => {
                 write!(f, "the client's response could not be read: {reason}")
             }
+            SessionError::ListingTooLarge {
+                method,
+                bytes,
+                limit,
+            } => write!(
+                f,
+                "the {method} result merged from the backends is {bytes} bytes, more than \
+                 max_message_bytes ({limit})"
+            ),
         }
     }
 }
@@ -312,7 +331,9 @@ impl ToRpcError for SessionError {
                 codes::OVERLOADED
             }
             SessionError::TooLarge { .. } | SessionError::DuplicateId => codes::INVALID_REQUEST,
-            SessionError::UnreadableResponse(_) => codes::INTERNAL_ERROR,
+            SessionError::UnreadableResponse(_) | SessionError::ListingTooLarge { .. } => {
+                codes::INTERNAL_ERROR
+            }
         };
         RpcError::new(code, self.to_string())
     }

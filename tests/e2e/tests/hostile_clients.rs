@@ -1,0 +1,166 @@
+//! Clients that do not play fair cannot hurt the others: a flood of frames does not
+//! stall the gateway's one thread, pongs to a client that never reads do not pile up,
+//! connections that never finish their handshake are bounded, and the handshake takes
+//! what HTTP allows (a `bearer` scheme in any case, a subprotocol list over several
+//! headers).
+
+use mcp_e2e::*;
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tungstenite::Message as WsMessage;
+
+/// A raw WebSocket connection to the gateway, handshake done.
+fn raw_ws(gw: &Gateway) -> tungstenite::WebSocket<TcpStream> {
+    use tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}/mcp", gw.addr())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mcp".parse().unwrap());
+    let stream = TcpStream::connect(gw.addr()).unwrap();
+    tungstenite::client(req, stream).expect("handshake").0
+}
+
+/// The gateway's resident memory in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// One client sends pings without end and reads nothing. Another is answered while
+/// the flood goes on (the flooding session's read loop gives the thread up), and the
+/// pongs the flooder never reads do not pile up in the gateway (its write buffer is
+/// bounded: tungstenite then keeps only the latest pong).
+#[test]
+fn a_ping_flood_that_never_reads_neither_stalls_others_nor_grows_the_gateway() {
+    // A small message bound makes the write buffer's bound small (2 × 64 KiB + 4 KiB),
+    // so that what the flood could pile up without it stands out.
+    let gw = gateway_with("[limits]\nmax_message_bytes = 65536\n");
+    let mut other = WsClient::mcp(&gw);
+    other.initialize();
+    let before = rss_kib(gw.pid());
+    let (sent, done) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    const FLOOD: usize = 200_000;
+    let flood = {
+        let (sent, done) = (sent.clone(), done.clone());
+        let mut ws = raw_ws(&gw);
+        std::thread::spawn(move || {
+            for i in 0..FLOOD {
+                if ws.write(WsMessage::Ping(vec![b'p'; 125].into())).is_err() {
+                    break;
+                }
+                if i % 256 == 0 && ws.flush().is_err() {
+                    break;
+                }
+                sent.store(i + 1, Ordering::Relaxed);
+            }
+            let _ = ws.flush();
+            done.store(true, Ordering::Relaxed);
+            ws
+        })
+    };
+    // Once the flood is well under way, the other session asks something.
+    while sent.load(Ordering::Relaxed) < 20_000 && !done.load(Ordering::Relaxed) {
+        std::thread::yield_now();
+    }
+    let r = other.request(json!(1), "ping", json!({}));
+    assert_eq!(r["result"], json!({}));
+    assert!(
+        !done.load(Ordering::Relaxed),
+        "answered only after the flood's {FLOOD} frames"
+    );
+    let ws = flood.join().unwrap();
+    // (The flooder's socket may still hold a few MiB of pings; most have been read.)
+    let r = other.request(json!(2), "ping", json!({}));
+    assert_eq!(r["result"], json!({}));
+    let grown = rss_kib(gw.pid()).saturating_sub(before);
+    // 200,000 pongs of 127 bytes would be 24 MiB.
+    assert!(grown < 8 * 1024, "the gateway grew by {grown} KiB");
+    drop(ws);
+}
+
+/// Connections that never send a handshake are bounded: past MAX_PENDING_HANDSHAKES
+/// (256), each new one closes the oldest, long before `handshake_timeout`; a client
+/// that completes its handshake is served.
+#[test]
+fn connections_that_never_finish_their_handshake_are_bounded() {
+    // (Lands in the `[server]` table `Gateway::start` opens.)
+    let gw = gateway_with("handshake_timeout = \"60s\"\n");
+    let idle: Vec<TcpStream> = (0..256 + 8)
+        .map(|_| TcpStream::connect(gw.addr()).unwrap())
+        .collect();
+    let mut c = WsClient::mcp(&gw);
+    c.initialize();
+    for s in idle.iter().take(8) {
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut buf = [0u8; 16];
+        let n = (&*s).read(&mut buf).expect("closed, not timed out");
+        assert_eq!(n, 0, "the oldest idle connections are closed");
+    }
+    let r = c.call(json!(1), "one.echo", json!({"text":"served"}));
+    assert_eq!(text_of(&r), "served");
+}
+
+/// The handshake as HTTP allows it: the auth scheme's name in any case, and the
+/// subprotocols offered over several `Sec-WebSocket-Protocol` headers.
+#[test]
+fn the_handshake_takes_a_lowercase_scheme_and_split_protocol_headers() {
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\ntoken_env = \"E2E_GW_TOKEN\"\n{}",
+        fixture_backend("one", "")
+    );
+    let gw = Gateway::start_with_env(&config, &[("E2E_GW_TOKEN", "s3cret")]);
+    let upgrade = |headers: &str| {
+        let mut s = TcpStream::connect(gw.addr()).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        write!(
+            s,
+            "GET /mcp HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             {headers}\r\n",
+            gw.addr()
+        )
+        .unwrap();
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[9..12]).into_owned()
+    };
+    let ok = "Sec-WebSocket-Protocol: mcp\r\n";
+    assert_eq!(
+        upgrade(&format!("Authorization: bearer s3cret\r\n{ok}")),
+        "101"
+    );
+    assert_eq!(
+        upgrade(&format!("Authorization: BEARER s3cret\r\n{ok}")),
+        "101"
+    );
+    assert_eq!(
+        upgrade(&format!("Authorization: Basic s3cret\r\n{ok}")),
+        "401"
+    );
+    assert_eq!(
+        upgrade(&format!("Authorization: bearer wrong\r\n{ok}")),
+        "401"
+    );
+    assert_eq!(
+        upgrade(
+            "Authorization: Bearer s3cret\r\nSec-WebSocket-Protocol: x\r\n\
+             Sec-WebSocket-Protocol: mcp\r\n"
+        ),
+        "101"
+    );
+    assert_eq!(
+        upgrade("Authorization: Bearer s3cret\r\nSec-WebSocket-Protocol: x, y\r\n"),
+        "400"
+    );
+}
