@@ -216,8 +216,13 @@ pub struct Proc {
     /// ([`Proc::wait_for_room`]).
     room: Rc<event_listener::Event>,
     pending: RefCell<IdMap<Pending>>,
-    /// Our progress token → (session id, the client's original token).
-    progress: RefCell<HashMap<String, (u64, Value)>>,
+    /// Our progress token → (session id, the client's original token, when the
+    /// backend last reported progress on that request).
+    progress: RefCell<HashMap<String, ProgressEntry>>,
+    /// The process's requests to clients not yet answered (`Asking` guards): while there
+    /// are any, its requests wait (a person answering an elicitation, a model a
+    /// sampling request).
+    asking: Rc<Cell<usize>>,
     next_token: Cell<u64>,
     caps: RefCell<Value>,
     alive: Cell<bool>,
@@ -313,7 +318,7 @@ impl Proc {
         // nothing in the progress table. (Nothing runs between here and the insert.)
         self.pending.borrow().has_room().map_err(overloaded)?;
         let (tx, rx) = oneshot::channel();
-        let token = self.swap_progress_token(session, &mut msg);
+        let (token, heard) = self.swap_progress_token(session, &mut msg).unzip();
         let id = self
             .pending
             .borrow_mut()
@@ -326,9 +331,11 @@ impl Proc {
             .map_err(overloaded)?;
         let guard = PendingGuard { proc: self, id };
         msg.set_id(&Id::from(id));
+        // The time it had: `timeout`, or longer while the backend was at work.
+        let had = Cell::new(timeout);
         let timed_out = || BackendError::Timeout {
             backend: self.name.to_string(),
-            after_ms: timeout.as_millis() as u64,
+            after_ms: had.get().as_millis() as u64,
         };
         // The timeout covers waiting for room in the stdin queue too.
         let left = match self.queue(line_of(&msg), timeout).await {
@@ -340,7 +347,7 @@ impl Proc {
         if let Some(s) = sent {
             s.set(Some(id));
         }
-        let outcome = rt::timeout(left, rx).await;
+        let outcome = self.answer_within(rx, left, timeout, heard, &had).await;
         match outcome {
             Some(Ok(r)) => {
                 std::mem::forget(guard);
@@ -359,6 +366,41 @@ impl Proc {
                 }
                 Err(timed_out())
             }
+        }
+    }
+
+    /// Waits for the answer `rx` for `left`, and on while the backend is visibly at work
+    /// on it: until `timeout` after its last progress on this request (`heard`), and
+    /// for as long as the process has a request of its own open at a client (a person
+    /// answering an elicitation, a model a sampling request); never past
+    /// [`REQUEST_TIMEOUT_MAX_FACTOR`] × `timeout` in all. `None`: timed out (`had`: the
+    /// time it had in all).
+    async fn answer_within(
+        &self,
+        mut rx: oneshot::Receiver<Outcome>,
+        left: Duration,
+        timeout: Duration,
+        heard: Option<Rc<Cell<Instant>>>,
+        had: &Cell<Duration>,
+    ) -> Option<Result<Outcome, oneshot::Closed>> {
+        let start = Instant::now() - (timeout - left);
+        let most = start + timeout * REQUEST_TIMEOUT_MAX_FACTOR;
+        let mut wait = left;
+        loop {
+            if let Some(r) = rt::timeout(wait, &mut rx).await {
+                return Some(r);
+            }
+            let now = Instant::now();
+            let mut until = heard.as_ref().map_or(now, |h| h.get() + timeout);
+            if self.asking.get() > 0 {
+                until = until.max(now + timeout);
+            }
+            let until = until.min(most);
+            if until <= now {
+                return None;
+            }
+            had.set(until - start);
+            wait = until - now;
         }
     }
 
@@ -429,24 +471,36 @@ impl Proc {
         }
     }
 
-    fn swap_progress_token(&self, session: u64, msg: &mut Message) -> Option<String> {
+    fn swap_progress_token(
+        &self,
+        session: u64,
+        msg: &mut Message,
+    ) -> Option<(String, Rc<Cell<Instant>>)> {
         let original = msg.meta()?.get("progressToken")?.clone();
         let n = self.next_token.get();
         self.next_token.set(n + 1);
         let ours = format!("gw-{n}");
         msg.meta_mut()
             .insert("progressToken".into(), Value::String(ours.clone()));
+        let heard = Rc::new(Cell::new(Instant::now()));
         self.progress
             .borrow_mut()
-            .insert(ours.clone(), (session, original));
-        Some(ours)
+            .insert(ours.clone(), (session, original, heard.clone()));
+        Some((ours, heard))
+    }
+
+    /// Counts a request of this process's to a client until dropped.
+    pub fn asking(&self) -> Asking {
+        self.asking.set(self.asking.get() + 1);
+        Asking(self.asking.clone())
     }
 
     /// For a `notifications/progress` from the backend: the session it belongs to, with
     /// the client's own token put back.
     fn restore_progress_token(&self, msg: &mut Message) -> Option<u64> {
         let ours = msg.param_str("progressToken")?.to_string();
-        let (session, original) = self.progress.borrow().get(&ours).cloned()?;
+        let (session, original, heard) = self.progress.borrow().get(&ours).cloned()?;
+        heard.set(Instant::now());
         msg.params_mut().insert("progressToken".into(), original);
         Some(session)
     }
@@ -461,6 +515,28 @@ impl Proc {
             .map(|(_, p)| p.session)
     }
 }
+
+/// A progress token's session, the client's own token, and when the backend last
+/// reported progress under it.
+type ProgressEntry = (u64, Value, Rc<Cell<Instant>>);
+
+/// What a request to a backend comes to.
+type Outcome = Result<Reply, BackendError>;
+
+/// A request of a backend process to a client, counted until it is answered or
+/// dropped ([`Proc::asking`]).
+pub struct Asking(Rc<Cell<usize>>);
+
+impl Drop for Asking {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// A request whose backend keeps reporting progress on it, or asks a client
+/// something meanwhile, waits past `request_timeout`, but never longer than this many
+/// times it in all (MCP: progress may extend a timeout; a maximum is still kept).
+pub const REQUEST_TIMEOUT_MAX_FACTOR: u32 = 10;
 
 /// Removes a pending entry when a request is abandoned (timeout or cancellation).
 struct PendingGuard<'a> {
@@ -868,6 +944,7 @@ impl Slot {
             room: room.clone(),
             pending: RefCell::new(IdMap::new(MAX_PENDING_PER_PROCESS)),
             progress: RefCell::new(HashMap::new()),
+            asking: Rc::default(),
             next_token: Cell::new(1),
             caps: RefCell::new(Value::Null),
             alive: Cell::new(true),
@@ -1494,6 +1571,7 @@ mod tests {
             room: Rc::new(event_listener::Event::new()),
             pending: RefCell::new(IdMap::new(MAX_PENDING_PER_PROCESS)),
             progress: RefCell::new(HashMap::new()),
+            asking: Rc::default(),
             next_token: Cell::new(1),
             caps: RefCell::new(Value::Null),
             alive: Cell::new(true),

@@ -156,6 +156,8 @@ struct ServerReq {
     backend_id: Id,
     /// Its `_meta.progressToken`: the client's progress on it goes to that process only.
     progress_token: Option<Value>,
+    /// Counted as open at the process while the entry lives: its requests wait for it.
+    _asking: crate::backend::Asking,
 }
 
 /// One client connection.
@@ -1370,6 +1372,7 @@ impl Session {
             proc: Rc::downgrade(proc),
             backend_id: backend_id.clone(),
             progress_token,
+            _asking: proc.asking(),
         });
         let refuse =
             |e: RpcError| proc.notify(&Message::error_response(Some(backend_id.clone()), e));

@@ -626,3 +626,40 @@ fn a_listing_is_followed_only_while_it_fits_max_message_bytes() {
         .unwrap_or_else(|| panic!("{l}"));
     assert!(pages < 10, "17 tools, one per page: {l}");
 }
+
+/// `request_timeout` waits for a backend that is visibly at work: progress on the
+/// request restarts it, a request of the backend's open at the client (a person
+/// answering an elicitation, a model a sampling request) holds it; never past
+/// REQUEST_TIMEOUT_MAX_FACTOR (10) times it in all.
+#[test]
+fn a_backend_at_work_is_waited_for_past_the_request_timeout_up_to_ten_times_it() {
+    let gw = Gateway::start(&fixture_backend("one", "request_timeout = \"300ms\""));
+    let mut c = WsClient::mcp(&gw);
+    c.initialize();
+    let sleep = |c: &mut Client, id: i64, ms: u64| {
+        c.send(
+            json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{
+            "name":"one.sleep","arguments":{"ms":ms,"progress_every":100},
+            "_meta":{"progressToken":format!("p{id}")}}}),
+        );
+        c.response(&json!(id))
+    };
+    // Three times the timeout, with progress every third of it.
+    assert_eq!(text_of(&sleep(&mut c, 1, 900)), "slept 900");
+    // Progress for longer than ten times the timeout: the maximum holds.
+    let r = sleep(&mut c, 2, 5000);
+    assert_eq!(error_code(&r), -32001, "{r}");
+    // Without progress, the timeout is the timeout.
+    let r = c.call(json!(3), "one.sleep", json!({"ms": 900}));
+    assert_eq!(error_code(&r), -32001, "{r}");
+    // A sampling request the client answers after twice the timeout (the slow
+    // answer is what is under test, not a wait for something to happen).
+    c.send(json!({"jsonrpc":"2.0","id":4,"method":"tools/call",
+        "params":{"name":"one.sample","arguments":{"prompt":"2+2?"}}}));
+    let req = c.recv_where(|v| v["method"] == "sampling/createMessage");
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    c.send(json!({"jsonrpc":"2.0","id":req["id"],"result":{
+        "role":"assistant","content":{"type":"text","text":"4"},"model":"m"}}));
+    let r = c.response(&json!(4));
+    assert_eq!(text_of(&r), "sampled: 4", "{r}");
+}
