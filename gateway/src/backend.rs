@@ -225,6 +225,8 @@ pub struct Proc {
     asking: Rc<Cell<usize>>,
     next_token: Cell<u64>,
     caps: RefCell<Value>,
+    /// The `instructions` of its `initialize` result, if any.
+    instructions: RefCell<Option<String>>,
     alive: Cell<bool>,
     child: RefCell<Option<Child>>,
     /// Closed when the stdout reader has finished (the process is gone).
@@ -247,6 +249,11 @@ impl Proc {
     /// The capabilities it announced in `initialize`.
     pub fn capabilities(&self) -> Value {
         self.caps.borrow().clone()
+    }
+
+    /// The instructions it gave in `initialize`.
+    pub fn instructions(&self) -> Option<String> {
+        self.instructions.borrow().clone()
     }
 
     /// False once the process has exited.
@@ -947,6 +954,7 @@ impl Slot {
             asking: Rc::default(),
             next_token: Cell::new(1),
             caps: RefCell::new(Value::Null),
+            instructions: RefCell::new(None),
             alive: Cell::new(true),
             child: RefCell::new(Some(child)),
             exited: exit_rx,
@@ -999,6 +1007,21 @@ impl Slot {
         match resp.into_outcome() {
             Ok(result) => {
                 *proc.caps.borrow_mut() = result.get("capabilities").cloned().unwrap_or(json!({}));
+                *proc.instructions.borrow_mut() = result
+                    .get("instructions")
+                    .and_then(Value::as_str)
+                    .filter(|i| !i.trim().is_empty())
+                    .map(str::to_string);
+                let agreed = result.get("protocolVersion").and_then(Value::as_str);
+                if agreed.is_some_and(|v| v != version) {
+                    // It is not translated: the client and this backend each speak
+                    // their own version through the gateway.
+                    log::warn!(
+                        "backend {:?} answered initialize with protocol version {:?}, not the client's {version:?}; messages pass as they are",
+                        cfg.name,
+                        agreed.unwrap_or_default()
+                    );
+                }
             }
             Err(err) => {
                 proc.kill();
@@ -1574,6 +1597,7 @@ mod tests {
             asking: Rc::default(),
             next_token: Cell::new(1),
             caps: RefCell::new(Value::Null),
+            instructions: RefCell::new(None),
             alive: Cell::new(true),
             child: RefCell::new(None),
             exited,

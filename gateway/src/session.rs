@@ -621,9 +621,22 @@ impl Session {
             })
             .collect();
         let mut caps = Vec::new();
-        for t in starts {
+        let mut instructions = String::new();
+        for (t, slot) in starts.into_iter().zip(&self.backends) {
             if let Ok(p) = t.await {
                 caps.push(p.capabilities());
+                if let Some(i) = p.instructions() {
+                    // Each backend's under its name: its tools and prompts carry that
+                    // prefix here.
+                    if !instructions.is_empty() {
+                        instructions.push_str("\n\n");
+                    }
+                    let prefix = self.gw.ns.prefix(slot.name(), "");
+                    instructions.push_str(&format!(
+                        "From backend {:?} (its tools and prompts are named {prefix}<name> here):\n{i}",
+                        slot.name()
+                    ));
+                }
             }
         }
         self.initialized.set(true);
@@ -643,11 +656,15 @@ impl Session {
             caps.len(),
             self.backends.len()
         );
-        Ok(json!({
+        let mut result = json!({
             "protocolVersion": version,
             "capabilities": mcp::merge_capabilities(caps.iter()),
             "serverInfo": { "name": "mcp-gateway", "version": mcp_shared::VERSION },
-        }))
+        });
+        if !instructions.is_empty() {
+            result["instructions"] = Value::String(instructions);
+        }
+        Ok(result)
     }
 
     /// The slot's process, started if needed (a `backend.connect` span under `cx`

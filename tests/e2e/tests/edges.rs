@@ -1653,3 +1653,24 @@ fn a_cancelled_initialize_is_answered_and_so_is_what_waited_for_it() {
     let list = c.response(&json!(1));
     assert!(list["result"]["tools"].is_array(), "{list}");
 }
+
+/// A backend that answers `initialize` with another protocol version than the client's
+/// is used as it is (nothing is translated), and the gateway says so.
+#[test]
+fn a_backend_on_another_protocol_version_is_named_in_the_log() {
+    let fixture = bin("mcp-fixture").display().to_string();
+    let script = "\"$0\" --name one | sed -u 's/\"protocolVersion\":\"2025-06-18\"/\"protocolVersion\":\"2024-11-05\"/'";
+    let gw = Gateway::start(&format!(
+        "[[backends]]\nname = \"one\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
+         args = [\"-c\", {script:?}, {fixture:?}]\n"
+    ));
+    let mut c = WsClient::mcp(&gw);
+    let r = c.initialize();
+    assert_eq!(r["protocolVersion"], "2025-06-18");
+    let l = gw.wait_line("answered initialize with protocol version");
+    assert!(l.contains("\"2024-11-05\"") && l.contains("\"2025-06-18\""), "{l}");
+    assert_eq!(
+        text_of(&c.call(json!(1), "one.echo", json!({"text":"still works"}))),
+        "still works"
+    );
+}

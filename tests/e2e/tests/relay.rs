@@ -32,6 +32,19 @@ fn initialize_negotiates_and_merges_capabilities() {
         assert!(r["capabilities"].get(cap).is_some(), "missing {cap}: {r}");
     }
     assert_eq!(r["capabilities"]["resources"]["subscribe"], true);
+    // Each backend's instructions, under its name and prefix, in configuration order.
+    let i = r["instructions"].as_str().unwrap_or_else(|| panic!("{r}"));
+    let (one, two) = (
+        i.find("Test tools of the fixture one.").unwrap(),
+        i.find("Test tools of the fixture two.").unwrap(),
+    );
+    assert!(
+        one < two
+            && i.contains(
+                "From backend \"two\" (its tools and prompts are named two.<name> here):"
+            ),
+        "{i}"
+    );
 
     let mut c2 = Client::router(&gw.url);
     let r = c2.request(
