@@ -1328,8 +1328,16 @@ impl Slot {
                 let uri = (method == "notifications/resources/updated")
                     .then(|| msg.param_str("uri").map(str::to_string))
                     .flatten();
+                let log_level = (method == "notifications/message")
+                    .then(|| msg.param_str("level").map(str::to_string))
+                    .flatten();
                 let line = msg.to_text();
                 for s in &sessions {
+                    if !s.wants_log(log_level.as_deref()) {
+                        // Below the level this session set (a shared backend logs at
+                        // the most verbose level of its sessions).
+                        continue;
+                    }
                     if let Some(u) = &uri {
                         // Every backend: a client that unsubscribed stops getting the
                         // updates at once, whatever the backend answered.

@@ -189,6 +189,10 @@ pub struct Session {
     /// Connection attributes added to the session's first `http.request` span.
     conn_attrs: Vec<KeyValue>,
     conn_attrs_sent: Cell<bool>,
+    /// The log level the client set (`logging/setLevel`, a rank of
+    /// `mcp::LOG_LEVELS`): log messages below it are not delivered (a shared backend
+    /// logs at the most verbose level one of its sessions set).
+    log_level: Cell<Option<usize>>,
 }
 
 impl Session {
@@ -221,6 +225,7 @@ impl Session {
             handshake_cx,
             conn_attrs,
             conn_attrs_sent: Cell::new(false),
+            log_level: Cell::new(None),
         });
         for b in &s.backends {
             b.attach(&s);
@@ -1067,15 +1072,31 @@ impl Session {
 
     /// Sends `logging/setLevel` (or another broadcast) to every backend that supports it.
     async fn broadcast(self: &Rc<Self>, msg: &Message, cx: &Cx) -> Result<Value, RpcError> {
+        let requested = msg.param_str("level").and_then(mcp::log_level_rank);
         let tasks: Vec<_> = self
             .backends
             .iter()
             .map(|slot| {
-                let (me, slot, msg, cx) = (self.clone(), slot.clone(), msg.clone(), cx.clone());
+                let (me, slot, mut msg, cx) = (self.clone(), slot.clone(), msg.clone(), cx.clone());
                 rt::spawn(async move {
                     let proc = me.ensure(&slot, &cx).await?;
                     if !mcp::has_capability(&proc.capabilities(), "logging") {
                         return Ok::<bool, RpcError>(false);
+                    }
+                    // A shared backend serves other sessions too: it is set to the most
+                    // verbose level any of them asked for (each gets what it asked for:
+                    // `wants_log`).
+                    if let (true, Some(rank)) = (slot.is_shared(), requested) {
+                        let most = slot
+                            .sessions()
+                            .iter()
+                            .filter(|s| s.id != me.id)
+                            .filter_map(|s| s.log_level.get())
+                            .fold(rank, usize::min);
+                        if most != rank {
+                            msg.params_mut()
+                                .insert("level".into(), mcp::LOG_LEVELS[most].into());
+                        }
                     }
                     let level = msg.params().and_then(|p| p.get("level")).cloned();
                     let reply = me
@@ -1118,7 +1139,21 @@ impl Session {
         }
         match first_error {
             Some(e) if !accepted => Err(e),
-            _ => Ok(json!({})),
+            _ => {
+                if requested.is_some() {
+                    self.log_level.set(requested);
+                }
+                Ok(json!({}))
+            }
+        }
+    }
+
+    /// Whether the client wants a log message of `level` (at or above the level it set;
+    /// all when it set none, or the level is not one of MCP's).
+    pub fn wants_log(&self, level: Option<&str>) -> bool {
+        match (self.log_level.get(), level.and_then(mcp::log_level_rank)) {
+            (Some(min), Some(rank)) => rank >= min,
+            _ => true,
         }
     }
 

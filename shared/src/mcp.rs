@@ -167,6 +167,23 @@ fn merge_into(dst: &mut Map<String, Value>, src: &Map<String, Value>) {
     }
 }
 
+/// MCP's log levels (RFC 5424's severities), least severe first.
+pub const LOG_LEVELS: &[&str] = &[
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+    "alert",
+    "emergency",
+];
+
+/// The rank of a log level in [`LOG_LEVELS`] (higher is more severe).
+pub fn log_level_rank(level: &str) -> Option<usize> {
+    LOG_LEVELS.iter().position(|l| *l == level)
+}
+
 /// True when a backend's capabilities announce `name` (e.g. "tools", "logging").
 pub fn has_capability(caps: &Value, name: &str) -> bool {
     caps.get(name).is_some_and(|v| !v.is_null())
@@ -175,6 +192,13 @@ pub fn has_capability(caps: &Value, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_levels_rank_by_severity() {
+        assert_eq!(log_level_rank("debug"), Some(0));
+        assert!(log_level_rank("warning") < log_level_rank("emergency"));
+        assert_eq!(log_level_rank("verbose"), None);
+    }
     use serde_json::json;
 
     #[test]

@@ -1668,7 +1668,10 @@ fn a_backend_on_another_protocol_version_is_named_in_the_log() {
     let r = c.initialize();
     assert_eq!(r["protocolVersion"], "2025-06-18");
     let l = gw.wait_line("answered initialize with protocol version");
-    assert!(l.contains("\"2024-11-05\"") && l.contains("\"2025-06-18\""), "{l}");
+    assert!(
+        l.contains("\"2024-11-05\"") && l.contains("\"2025-06-18\""),
+        "{l}"
+    );
     assert_eq!(
         text_of(&c.call(json!(1), "one.echo", json!({"text":"still works"}))),
         "still works"

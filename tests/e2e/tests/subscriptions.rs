@@ -1182,3 +1182,30 @@ fn a_cancelled_listing_is_cancelled_at_the_backend() {
     assert_eq!(r["result"], json!({}));
     assert!(c.drain_for(Duration::ZERO).iter().all(|m| m["id"] != "l"));
 }
+
+/// A shared backend serves sessions that set different log levels: it is set to the
+/// most verbose of them, and each session gets only the messages at or above its own.
+#[test]
+fn each_session_of_a_shared_backend_gets_log_messages_at_its_own_level() {
+    let gw = gateway();
+    let mut verbose = Client::router(&gw.url);
+    verbose.initialize();
+    let mut quiet = Client::router(&gw.url);
+    quiet.initialize();
+    for (c, level) in [(&mut verbose, "debug"), (&mut quiet, "emergency")] {
+        let r = c.request(json!("lvl"), "logging/setLevel", json!({ "level": level }));
+        assert_eq!(r["result"], json!({}), "{r}");
+    }
+    // The shared backend logs "progress done" (info) before it answers the call.
+    let r = quiet.call(json!(1), "two.progress", json!({"steps": 0}));
+    assert_eq!(text_of(&r), "done 0");
+    let before: Vec<_> = quiet.drain_for(std::time::Duration::ZERO);
+    assert!(
+        !before
+            .iter()
+            .any(|m| m["method"] == "notifications/message"),
+        "below the quiet session's level: {before:?}"
+    );
+    let m = verbose.recv_where(|v| v["method"] == "notifications/message");
+    assert_eq!(m["params"]["data"], "progress done", "{m}");
+}
