@@ -234,7 +234,9 @@ async fn handle(
     }
     let _ = stream.shutdown(Shutdown::Write);
     // A client that neither reads nor closes must not hold a slot for DRAIN_TIMEOUT
-    // when others wait for one (probes would be refused).
+    // when others wait for one (probes would be refused). (An eviction that came as
+    // the head was read, too late to end that wait, does not count here.)
+    while evict.try_recv().is_ok() {}
     evictable(true);
     futures_lite::future::or(
         async {

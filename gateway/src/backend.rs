@@ -119,7 +119,10 @@ async fn ask_all(
                     if let Some(span) = &span {
                         propagation::inject_message(span, &mut msg);
                     }
-                    let refused = match proc.request(0, msg, timeout, None, ReadAs::Brief).await {
+                    let refused = match proc
+                        .request(0, msg, timeout, None, ReadAs::Brief, false)
+                        .await
+                    {
                         Ok(r) => r.error().map(|e| e["message"].to_string()),
                         Err(e) => Some(e.to_string()),
                     };
@@ -219,10 +222,10 @@ pub struct Proc {
     /// Our progress token → (session id, the client's original token, when the
     /// backend last reported progress on that request).
     progress: RefCell<HashMap<String, ProgressEntry>>,
-    /// The process's requests to clients not yet answered (`Asking` guards): while there
-    /// are any, its requests wait (a person answering an elicitation, a model a
-    /// sampling request).
-    asking: Rc<Cell<usize>>,
+    /// The process's requests to clients not yet answered, per session (`Asking`
+    /// guards): while a session has any, its requests here wait (a person answering an
+    /// elicitation, a model a sampling request).
+    asking: Rc<RefCell<HashMap<u64, usize>>>,
     next_token: Cell<u64>,
     caps: RefCell<Value>,
     /// The `instructions` of its `initialize` result, if any.
@@ -304,8 +307,10 @@ impl Proc {
     ///
     /// `msg` is the client's request; its id is replaced by ours and any progress token
     /// is replaced by one unique to this process (restored on the way back). `sent` is
-    /// told our id once the request is queued, so the caller can cancel it. The
-    /// response is read as `read` says (still with our id).
+    /// told our id once the request is queued, so the caller can cancel it; a caller
+    /// that cannot asks for `cancel_if_abandoned` (the backend is then told if the
+    /// future is dropped while the request is pending). The response is read as `read`
+    /// says (still with our id).
     pub async fn request(
         &self,
         session: u64,
@@ -313,6 +318,7 @@ impl Proc {
         timeout: Duration,
         sent: Option<&Cell<Option<u64>>>,
         read: ReadAs,
+        cancel_if_abandoned: bool,
     ) -> Result<Reply, BackendError> {
         if !self.alive.get() {
             return Err(self.exited_error());
@@ -336,7 +342,11 @@ impl Proc {
                 token: token.clone(),
             })
             .map_err(overloaded)?;
-        let guard = PendingGuard { proc: self, id };
+        let mut guard = PendingGuard {
+            proc: self,
+            id,
+            cancel: false,
+        };
         msg.set_id(&Id::from(id));
         // The time it had: `timeout`, or longer while the backend was at work.
         let had = Cell::new(timeout);
@@ -354,7 +364,10 @@ impl Proc {
         if let Some(s) = sent {
             s.set(Some(id));
         }
-        let outcome = self.answer_within(rx, left, timeout, heard, &had).await;
+        guard.cancel = cancel_if_abandoned;
+        let outcome = self
+            .answer_within(rx, (left, timeout), session, heard, &had)
+            .await;
         match outcome {
             Some(Ok(r)) => {
                 std::mem::forget(guard);
@@ -362,6 +375,7 @@ impl Proc {
             }
             Some(Err(_)) => Err(self.exited_error()),
             None => {
+                guard.cancel = false;
                 drop(guard);
                 // Not an `initialize`: MCP forbids cancelling it (the process that did
                 // not answer it is stopped instead).
@@ -378,15 +392,15 @@ impl Proc {
 
     /// Waits for the answer `rx` for `left`, and on while the backend is visibly at work
     /// on it: until `timeout` after its last progress on this request (`heard`), and
-    /// for as long as the process has a request of its own open at a client (a person
-    /// answering an elicitation, a model a sampling request); never past
+    /// for as long as the process has a request of its own open at this `session`'s
+    /// client (a person answering an elicitation, a model a sampling request); never past
     /// [`REQUEST_TIMEOUT_MAX_FACTOR`] × `timeout` in all. `None`: timed out (`had`: the
     /// time it had in all).
     async fn answer_within(
         &self,
         mut rx: oneshot::Receiver<Outcome>,
-        left: Duration,
-        timeout: Duration,
+        (left, timeout): (Duration, Duration),
+        session: u64,
         heard: Option<Rc<Cell<Instant>>>,
         had: &Cell<Duration>,
     ) -> Option<Result<Outcome, oneshot::Closed>> {
@@ -399,7 +413,7 @@ impl Proc {
             }
             let now = Instant::now();
             let mut until = heard.as_ref().map_or(now, |h| h.get() + timeout);
-            if self.asking.get() > 0 {
+            if self.asking.borrow().contains_key(&session) {
                 until = until.max(now + timeout);
             }
             let until = until.min(most);
@@ -453,12 +467,14 @@ impl Proc {
     }
 
     /// Forgets a request the client cancelled; its late response will be dropped.
-    pub fn forget(&self, id: u64) {
-        if let Some(p) = self.pending.borrow_mut().remove(id) {
-            if let Some(t) = p.token {
-                self.progress.borrow_mut().remove(&t);
-            }
+    pub fn forget(&self, id: u64) -> bool {
+        let Some(p) = self.pending.borrow_mut().remove(id) else {
+            return false;
+        };
+        if let Some(t) = p.token {
+            self.progress.borrow_mut().remove(&t);
         }
+        true
     }
 
     /// Drops every pending request of a session that ended, telling the backend.
@@ -496,10 +512,10 @@ impl Proc {
         Some((ours, heard))
     }
 
-    /// Counts a request of this process's to a client until dropped.
-    pub fn asking(&self) -> Asking {
-        self.asking.set(self.asking.get() + 1);
-        Asking(self.asking.clone())
+    /// Counts a request of this process's to `session`'s client until dropped.
+    pub fn asking(&self, session: u64) -> Asking {
+        *self.asking.borrow_mut().entry(session).or_insert(0) += 1;
+        Asking(self.asking.clone(), session)
     }
 
     /// For a `notifications/progress` from the backend: the session it belongs to, with
@@ -532,11 +548,17 @@ type Outcome = Result<Reply, BackendError>;
 
 /// A request of a backend process to a client, counted until it is answered or
 /// dropped ([`Proc::asking`]).
-pub struct Asking(Rc<Cell<usize>>);
+pub struct Asking(Rc<RefCell<HashMap<u64, usize>>>, u64);
 
 impl Drop for Asking {
     fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
+        let mut asking = self.0.borrow_mut();
+        if let Some(n) = asking.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                asking.remove(&self.1);
+            }
+        }
     }
 }
 
@@ -549,11 +571,23 @@ pub const REQUEST_TIMEOUT_MAX_FACTOR: u32 = 10;
 struct PendingGuard<'a> {
     proc: &'a Proc,
     id: u64,
+    /// Once the request is sent: tell the backend it is cancelled if it is abandoned
+    /// while still pending (its caller cannot: a listing, a broadcast).
+    cancel: bool,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.proc.forget(self.id);
+        // Still pending: nobody else (an answer, the session's end, the exit) took it.
+        if self.proc.forget(self.id) && self.cancel {
+            self.proc.notify(&Message::notification(
+                "notifications/cancelled",
+                Some(json!({
+                    "requestId": self.id,
+                    "reason": "the client cancelled the request that needed it"
+                })),
+            ));
+        }
     }
 }
 
@@ -989,7 +1023,7 @@ impl Slot {
         );
         propagation::inject_message(span, &mut init);
         let resp = match proc
-            .request(0, init, self.timeout, None, ReadAs::Whole)
+            .request(0, init, self.timeout, None, ReadAs::Whole, false)
             .await
         {
             Ok(r) => r.into_message(),
@@ -1673,7 +1707,9 @@ mod tests {
             let subscribe = rt::spawn(async move {
                 h.set(true); // `forward_by_uri` records the subscription first
                 let msg = Message::request(Id::from(7), "resources/subscribe", None);
-                let _ = p.request(1, msg, p.timeout, None, ReadAs::Brief).await;
+                let _ = p
+                    .request(1, msg, p.timeout, None, ReadAs::Brief, false)
+                    .await;
             });
             let mut lines = Vec::new();
             // The stdin writer takes lines (as `write_stdin` does, telling of room).

@@ -777,19 +777,15 @@ impl Session {
     ) -> Result<Reply, RpcError> {
         let span = self.forward_span(slot, &mut msg, cx);
         let own = Cell::new(None);
+        let sent_given_none = sent.is_none();
+        let sent = sent.unwrap_or(&own);
         // A caller that passes no `sent` cannot cancel the request itself (a listing,
         // a broadcast): if it is dropped (the client cancelled what needed it), the
-        // backend is told here.
-        let mut abandoned = Abandoned {
-            proc,
-            id: sent.unwrap_or(&own),
-            armed: sent.is_none(),
-        };
-        let sent = sent.unwrap_or(&own);
+        // backend is told.
+        let cancel = sent_given_none;
         let outcome = proc
-            .request(self.id, msg, slot.timeout, Some(sent), read)
+            .request(self.id, msg, slot.timeout, Some(sent), read, cancel)
             .await;
-        abandoned.armed = false;
         if let Some(id) = sent.get() {
             span.set_attributes(|a| attrs::request_id(a, &Id::from(id)));
         }
@@ -1073,6 +1069,13 @@ impl Session {
     /// Sends `logging/setLevel` (or another broadcast) to every backend that supports it.
     async fn broadcast(self: &Rc<Self>, msg: &Message, cx: &Cx) -> Result<Value, RpcError> {
         let requested = msg.param_str("level").and_then(mcp::log_level_rank);
+        // Set before any backend is asked, so that another session setting its level
+        // meanwhile sees this one's (a shared backend gets the most verbose); put back
+        // if no backend takes it.
+        let before = self.log_level.get();
+        if requested.is_some() {
+            self.log_level.set(requested);
+        }
         let tasks: Vec<_> = self
             .backends
             .iter()
@@ -1112,7 +1115,9 @@ impl Session {
                         (Some(e), _) => {
                             // (Logged below, with the failures.)
                             Err(RpcError::new(
-                                e.get("code").and_then(Value::as_i64).unwrap_or(-32603),
+                                e.get("code")
+                                    .and_then(Value::as_i64)
+                                    .unwrap_or(mcp_shared::error::codes::INTERNAL_ERROR),
                                 format!(
                                     "backend {:?}: {}",
                                     slot.name(),
@@ -1138,13 +1143,11 @@ impl Session {
             }
         }
         match first_error {
-            Some(e) if !accepted => Err(e),
-            _ => {
-                if requested.is_some() {
-                    self.log_level.set(requested);
-                }
-                Ok(json!({}))
+            Some(e) if !accepted => {
+                self.log_level.set(before);
+                Err(e)
             }
+            _ => Ok(json!({})),
         }
     }
 
@@ -1194,7 +1197,7 @@ impl Session {
         // started goes to the other.
         if matches!(kind, ListKind::Resources | ListKind::ResourceTemplates) {
             let mut routes = self.routes.borrow_mut();
-            for (slot, (_, complete)) in &answers {
+            for (slot, (_, complete, _)) in &answers {
                 match (kind, complete) {
                     (ListKind::Resources, true) => routes.forget_resources(slot.name()),
                     (ListKind::ResourceTemplates, true) => routes.forget_templates(slot.name()),
@@ -1203,7 +1206,9 @@ impl Session {
             }
         }
         let mut all = Vec::new();
-        for (slot, (mut items, _)) in answers {
+        let mut bytes = 0;
+        for (slot, (mut items, _, listed)) in answers {
+            bytes += listed;
             match kind {
                 ListKind::Tools | ListKind::Prompts => {
                     self.gw.ns.prefix_names(slot.name(), &mut items)
@@ -1221,7 +1226,6 @@ impl Session {
         }
         // (The routes are learned whatever comes of this.)
         let limit = self.gw.cfg.limits.max_message_bytes;
-        let bytes = json_len(&all);
         if bytes > limit {
             return Err(SessionError::ListingTooLarge {
                 method: kind.method(),
@@ -1233,18 +1237,19 @@ impl Session {
         Ok(json!({ kind.field(): all }))
     }
 
-    /// One backend's listing, every page; and whether it is complete (a failed later
-    /// page, or too many pages, gives the pages before).
+    /// One backend's listing, every page; whether it is complete (a failed later
+    /// page, or too many pages, gives the pages before); and its items' length as
+    /// JSON.
     async fn list_one(
         &self,
         slot: &Rc<Slot>,
         kind: ListKind,
         meta: Option<serde_json::Map<String, Value>>,
         cx: &Cx,
-    ) -> Result<(Vec<Value>, bool), RpcError> {
+    ) -> Result<Listed, RpcError> {
         let proc = self.ensure(slot, cx).await?;
         if !mcp::has_capability(&proc.capabilities(), kind.capability()) {
-            return Ok((Vec::new(), true));
+            return Ok((Vec::new(), true, 0));
         }
         let mut items = Vec::new();
         let mut cursor: Option<Value> = None;
@@ -1267,7 +1272,9 @@ impl Session {
             {
                 Ok(resp) => resp.into_message().into_outcome().map_err(|err| {
                     RpcError::new(
-                        err.get("code").and_then(Value::as_i64).unwrap_or(-32603),
+                        err.get("code")
+                            .and_then(Value::as_i64)
+                            .unwrap_or(mcp_shared::error::codes::INTERNAL_ERROR),
                         err.get("message")
                             .and_then(Value::as_str)
                             .unwrap_or("error")
@@ -1289,7 +1296,7 @@ impl Session {
                         e.message,
                         items.len()
                     );
-                    return Ok((items, false));
+                    return Ok((items, false, bytes));
                 }
                 Err(e) => return Err(e),
             };
@@ -1301,7 +1308,7 @@ impl Session {
             match result.get("nextCursor") {
                 // An empty cursor ends the listing too (some servers end with "").
                 Some(c) if !c.is_null() && c.as_str() != Some("") => cursor = Some(c.clone()),
-                _ => return Ok((items, true)),
+                _ => return Ok((items, true, bytes)),
             }
             if bytes > max {
                 log::warn!(
@@ -1310,7 +1317,7 @@ impl Session {
                     kind.method(),
                     page + 1
                 );
-                return Ok((items, false));
+                return Ok((items, false, bytes));
             }
         }
         log::warn!(
@@ -1318,7 +1325,7 @@ impl Session {
             slot.name(),
             kind.method()
         );
-        Ok((items, false))
+        Ok((items, false, bytes))
     }
 
     async fn on_client_notification(self: &Rc<Self>, msg: Message) {
@@ -1424,15 +1431,18 @@ impl Session {
             proc: Rc::downgrade(proc),
             backend_id: backend_id.clone(),
             progress_token,
-            _asking: proc.asking(),
+            _asking: proc.asking(self.id),
         });
         let refuse =
             |e: RpcError| proc.notify(&Message::error_response(Some(backend_id.clone()), e));
         match slot {
             Ok(cid) => {
                 msg.set_id(&Id::from(cid));
-                if !self.deliver(msg.to_text(), wait).await {
-                    self.server_reqs.borrow_mut().remove(cid);
+                // Refused only while still ours: a session that closed meanwhile
+                // (`close`) has answered it already.
+                if !self.deliver(msg.to_text(), wait).await
+                    && self.server_reqs.borrow_mut().remove(cid).is_some()
+                {
                     refuse(RpcError::new(
                         mcp_shared::error::codes::INTERNAL_ERROR,
                         "client unavailable",
@@ -1521,24 +1531,8 @@ impl Session {
     }
 }
 
-/// Tells a backend its request is cancelled when the future that waits for it is
-/// dropped while `armed` (once the request is queued, `id` holds its id).
-struct Abandoned<'a> {
-    proc: &'a Proc,
-    id: &'a Cell<Option<u64>>,
-    armed: bool,
-}
-
-impl Drop for Abandoned<'_> {
-    fn drop(&mut self) {
-        if let (true, Some(id)) = (self.armed, self.id.get()) {
-            self.proc.notify(&Message::notification(
-                "notifications/cancelled",
-                Some(json!({"requestId": id, "reason": "the client cancelled the request that needed it"})),
-            ));
-        }
-    }
-}
+/// A backend's listing: its items, whether it is complete, their length as JSON.
+type Listed = (Vec<Value>, bool, usize);
 
 /// The length of `items` as JSON text.
 fn json_len(items: &[Value]) -> usize {

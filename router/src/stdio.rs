@@ -42,6 +42,8 @@ pub const STDOUT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 pub struct StdoutTx {
     tx: async_channel::Sender<String>,
     bytes: Arc<AtomicUsize>,
+    /// Senders waiting for byte room (the queue is full to them).
+    waiting: Arc<AtomicUsize>,
     /// A token each time the writer takes a message: what a sender over the byte
     /// bound waits for.
     room: Receiver<()>,
@@ -64,6 +66,7 @@ pub fn stdout_queue() -> (StdoutTx, StdoutRx) {
         StdoutTx {
             tx,
             bytes: bytes.clone(),
+            waiting: Arc::default(),
             room: room_rx,
         },
         StdoutRx {
@@ -78,24 +81,45 @@ impl StdoutTx {
     /// Queues a message, waiting for room (in messages and in bytes); `Err` once the
     /// writer has stopped.
     pub async fn send(&self, line: String) -> Result<(), ()> {
+        /// Undoes its count when dropped (the wait ended, or the send was abandoned).
+        struct Held<'a>(&'a AtomicUsize, usize);
+        impl Drop for Held<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(self.1, Ordering::AcqRel);
+            }
+        }
         loop {
             let queued = self.bytes.load(Ordering::Acquire);
             if queued == 0 || queued + line.len() <= STDOUT_QUEUE_BYTES {
                 break;
             }
+            // Counted as waiting meanwhile: `is_full` says so (the keepalive must not
+            // take a reader held here for a silent gateway).
+            self.waiting.fetch_add(1, Ordering::AcqRel);
+            let _waiting = Held(&self.waiting, 1);
             // The writer takes a message and leaves a token (kept if nobody waits):
             // no wake-up is lost between the look above and this wait.
             if self.room.recv().await.is_err() {
                 return Err(());
             }
         }
-        self.bytes.fetch_add(line.len(), Ordering::AcqRel);
-        self.tx.send(line).await.map_err(|_| ())
+        let len = line.len();
+        self.bytes.fetch_add(len, Ordering::AcqRel);
+        // Given back if the message never gets into the queue (the send abandoned or
+        // the writer gone); once in, the writer gives it back as it takes it.
+        let pending = Held(&self.bytes, len);
+        let sent = self.tx.send(line).await;
+        if sent.is_ok() {
+            std::mem::forget(pending);
+        }
+        sent.map_err(|_| ())
     }
 
-    /// Whether a message would have to wait.
+    /// Whether a message would have to wait (or one waits).
     pub fn is_full(&self) -> bool {
-        self.tx.is_full() || self.bytes.load(Ordering::Acquire) >= STDOUT_QUEUE_BYTES
+        self.tx.is_full()
+            || self.bytes.load(Ordering::Acquire) >= STDOUT_QUEUE_BYTES
+            || self.waiting.load(Ordering::Acquire) > 0
     }
 
     /// Ends the queue: the writer gets what is in it, then the end.
@@ -437,12 +461,20 @@ mod tests {
             let half = "x".repeat(STDOUT_QUEUE_BYTES / 2 + 1);
             tx.send(half.clone()).await.unwrap();
             assert!(!tx.is_full());
-            // A second would go past the bound: it waits for the writer.
+            // A second would go past the bound: it waits for the writer, and the queue
+            // says it is full meanwhile.
             let mut second = Box::pin(tx.send(half.clone()));
             assert!(poll_once(&mut second).await.is_none());
             assert!(poll_once(&mut second).await.is_none());
+            assert!(tx.is_full());
             assert_eq!(rx.try_recv().map(|l| l.len()), Some(half.len()));
             assert_eq!(poll_once(&mut second).await, Some(Ok(())));
+            assert!(!tx.is_full());
+            // A send abandoned while it waits gives its count back.
+            let mut dropped = Box::pin(tx.send(half.clone()));
+            assert!(poll_once(&mut dropped).await.is_none());
+            drop(dropped);
+            assert!(!tx.is_full());
             assert_eq!(rx.recv().await.map(|l| l.len()), Some(half.len()));
             // A message longer than the bound goes alone, into an empty queue.
             let huge = "y".repeat(STDOUT_QUEUE_BYTES * 2);
