@@ -1210,9 +1210,25 @@ impl Session {
         for (slot, (mut items, _, listed)) in answers {
             bytes += listed;
             match kind {
-                ListKind::Tools | ListKind::Prompts => {
+                ListKind::Tools => {
+                    // A tool that runs only as a task cannot be called through the
+                    // gateway, which does not route `tasks/*` (nor announce them).
+                    let before = items.len();
+                    items.retain(|t| {
+                        t.pointer("/execution/taskSupport").and_then(Value::as_str)
+                            != Some("required")
+                    });
+                    if items.len() < before {
+                        log::debug!(
+                            "session {}: {} tool(s) of backend {:?} need tasks; not listed",
+                            self.id,
+                            before - items.len(),
+                            slot.name()
+                        );
+                    }
                     self.gw.ns.prefix_names(slot.name(), &mut items)
                 }
+                ListKind::Prompts => self.gw.ns.prefix_names(slot.name(), &mut items),
                 ListKind::Resources => self
                     .routes
                     .borrow_mut()

@@ -676,3 +676,24 @@ fn a_backend_at_work_is_waited_for_past_the_request_timeout_up_to_ten_times_it()
     let r = c.response(&json!(4));
     assert_eq!(text_of(&r), "sampled: 4", "{r}");
 }
+
+/// A tool that runs only as a task (`execution.taskSupport: "required"`) is not listed:
+/// the gateway does not route `tasks/*`, so no client could call it through it.
+#[test]
+fn tools_that_need_tasks_are_not_listed() {
+    let gw = Gateway::start(&fixture_backend(
+        "one",
+        "env = { FIXTURE_TASK_TOOL = \"1\" }",
+    ));
+    let mut c = WsClient::mcp(&gw);
+    c.initialize();
+    let r = c.request(json!(1), "tools/list", json!({}));
+    let names: Vec<&str> = r["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(names.contains(&"one.echo"), "{names:?}");
+    assert!(!names.contains(&"one.needs_task"), "{names:?}");
+}
