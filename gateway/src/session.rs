@@ -1197,7 +1197,7 @@ impl Session {
         // started goes to the other.
         if matches!(kind, ListKind::Resources | ListKind::ResourceTemplates) {
             let mut routes = self.routes.borrow_mut();
-            for (slot, (_, complete, _)) in &answers {
+            for (slot, (_, complete)) in &answers {
                 match (kind, complete) {
                     (ListKind::Resources, true) => routes.forget_resources(slot.name()),
                     (ListKind::ResourceTemplates, true) => routes.forget_templates(slot.name()),
@@ -1207,8 +1207,7 @@ impl Session {
         }
         let mut all = Vec::new();
         let mut bytes = 0;
-        for (slot, (mut items, _, listed)) in answers {
-            bytes += listed;
+        for (slot, (mut items, _)) in answers {
             match kind {
                 ListKind::Tools => {
                     // A tool that runs only as a task cannot be called through the
@@ -1238,6 +1237,8 @@ impl Session {
                     .borrow_mut()
                     .learn_templates(slot.name(), &items),
             }
+            // What is sent: after the filter and the prefixes.
+            bytes += json_len(&items);
             all.extend(items);
         }
         // (The routes are learned whatever comes of this.)
@@ -1253,9 +1254,8 @@ impl Session {
         Ok(json!({ kind.field(): all }))
     }
 
-    /// One backend's listing, every page; whether it is complete (a failed later
-    /// page, or too many pages, gives the pages before); and its items' length as
-    /// JSON.
+    /// One backend's listing, every page, and whether it is complete (a failed later
+    /// page, too many pages, or pages past `max_message_bytes` give the pages before).
     async fn list_one(
         &self,
         slot: &Rc<Slot>,
@@ -1265,7 +1265,7 @@ impl Session {
     ) -> Result<Listed, RpcError> {
         let proc = self.ensure(slot, cx).await?;
         if !mcp::has_capability(&proc.capabilities(), kind.capability()) {
-            return Ok((Vec::new(), true, 0));
+            return Ok((Vec::new(), true));
         }
         let mut items = Vec::new();
         let mut cursor: Option<Value> = None;
@@ -1312,7 +1312,7 @@ impl Session {
                         e.message,
                         items.len()
                     );
-                    return Ok((items, false, bytes));
+                    return Ok((items, false));
                 }
                 Err(e) => return Err(e),
             };
@@ -1324,7 +1324,7 @@ impl Session {
             match result.get("nextCursor") {
                 // An empty cursor ends the listing too (some servers end with "").
                 Some(c) if !c.is_null() && c.as_str() != Some("") => cursor = Some(c.clone()),
-                _ => return Ok((items, true, bytes)),
+                _ => return Ok((items, true)),
             }
             if bytes > max {
                 log::warn!(
@@ -1333,7 +1333,7 @@ impl Session {
                     kind.method(),
                     page + 1
                 );
-                return Ok((items, false, bytes));
+                return Ok((items, false));
             }
         }
         log::warn!(
@@ -1341,7 +1341,7 @@ impl Session {
             slot.name(),
             kind.method()
         );
-        Ok((items, false, bytes))
+        Ok((items, false))
     }
 
     async fn on_client_notification(self: &Rc<Self>, msg: Message) {
@@ -1547,8 +1547,8 @@ impl Session {
     }
 }
 
-/// A backend's listing: its items, whether it is complete, their length as JSON.
-type Listed = (Vec<Value>, bool, usize);
+/// A backend's listing: its items, and whether it is complete.
+type Listed = (Vec<Value>, bool);
 
 /// The length of `items` as JSON text.
 fn json_len(items: &[Value]) -> usize {

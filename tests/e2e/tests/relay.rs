@@ -697,3 +697,29 @@ fn tools_that_need_tasks_are_not_listed() {
     assert!(names.contains(&"one.echo"), "{names:?}");
     assert!(!names.contains(&"one.needs_task"), "{names:?}");
 }
+
+/// The bound on a merged listing measures what is sent: the names with their
+/// `<backend>.` prefixes (a listing that fits only without them is refused).
+#[test]
+fn a_merged_listing_is_measured_as_sent() {
+    let tools_len = |extra: &str| {
+        let gw = Gateway::start(&format!("{extra}{}", fixture_backend("one", "")));
+        let mut c = WsClient::mcp(&gw);
+        c.initialize();
+        c.request(json!(1), "tools/list", json!({}))
+    };
+    let r = tools_len("");
+    let sent = serde_json::to_string(&r["result"]["tools"]).unwrap().len();
+    // Room for the listing without its 17 prefixes ("one.", 68 bytes), not with them.
+    let r = tools_len(&format!("[limits]\nmax_message_bytes = {}\n", sent - 10));
+    assert_eq!(error_code(&r), -32603, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_message_bytes"),
+        "{r}"
+    );
+    let r = tools_len(&format!("[limits]\nmax_message_bytes = {sent}\n"));
+    assert!(r["result"]["tools"].is_array(), "{r}");
+}
