@@ -404,14 +404,17 @@ impl Proc {
         heard: Option<Rc<Cell<Instant>>>,
         had: &Cell<Duration>,
     ) -> Option<Result<Outcome, oneshot::Closed>> {
-        let start = Instant::now() - (timeout - left);
-        let most = start + timeout * REQUEST_TIMEOUT_MAX_FACTOR;
+        // When the request began, read only if the first wait runs out (then it is
+        // `timeout` ago): no clock reading on a request answered in time.
+        let mut began = None;
         let mut wait = left;
         loop {
             if let Some(r) = rt::timeout(wait, &mut rx).await {
                 return Some(r);
             }
             let now = Instant::now();
+            let start = *began.get_or_insert_with(|| now.checked_sub(timeout).unwrap_or(now));
+            let most = start + timeout * REQUEST_TIMEOUT_MAX_FACTOR;
             let mut until = heard.as_ref().map_or(now, |h| h.get() + timeout);
             if self.asking.borrow().contains_key(&session) {
                 until = until.max(now + timeout);
