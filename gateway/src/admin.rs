@@ -616,6 +616,21 @@ mod tests {
         (status, head.to_owned(), body.to_owned())
     }
 
+    /// Serves `st` on a loopback port with room for two connections and `read_timeout`
+    /// (short bounds: the tests do not wait for the real ones); its address and task.
+    async fn serve_two(st: AdminState, read_timeout: Duration) -> (SocketAddr, smol::Task<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bounds = Bounds {
+            read_timeout,
+            max_connections: 2,
+        };
+        (
+            addr,
+            rt::spawn(serve_with(listener, st, bounds, Rc::default())),
+        )
+    }
+
     #[test]
     fn serves_over_tcp() {
         rt::block_on(async {
@@ -678,20 +693,14 @@ mod tests {
     /// not read it yet) is answered whole: eviction ends only the wait for a head.
     #[test]
     fn an_evicted_connection_whose_head_came_is_answered_whole() {
-        const TEST_BOUNDS: Bounds = Bounds {
-            read_timeout: Duration::from_secs(2),
-            max_connections: 2,
-        };
         rt::block_on(async {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
             let st = state(Ok(()));
             // About 10 MB of /metrics: the answer cannot go out in one write.
             for i in 0..256 {
                 st.metrics
                     .backend_up(&format!("{i}{}", "n".repeat(20_000)), true);
             }
-            let _server = rt::spawn(serve_with(listener, st, TEST_BOUNDS, Rc::default()));
+            let (addr, _server) = serve_two(st, Duration::from_secs(2)).await;
             let mut first = TcpStream::connect(addr).await.unwrap();
             let _second = TcpStream::connect(addr).await.unwrap();
             // A third comes (the kernel completes it) while the first's head is on its
@@ -712,20 +721,9 @@ mod tests {
 
     #[test]
     fn bounds_connections_and_read_time() {
-        /// Short bounds, so the test does not wait for the real ones.
-        const TEST_BOUNDS: Bounds = Bounds {
-            read_timeout: Duration::from_millis(300),
-            max_connections: 2,
-        };
+        const READ_TIMEOUT: Duration = Duration::from_millis(300);
         rt::block_on(async {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let _server = rt::spawn(serve_with(
-                listener,
-                state(Ok(())),
-                TEST_BOUNDS,
-                Rc::default(),
-            ));
+            let (addr, _server) = serve_two(state(Ok(())), READ_TIMEOUT).await;
 
             // Two idle connections take both slots; a third, a real request, closes
             // the oldest idle one and is answered, long before they time out.
@@ -737,11 +735,11 @@ mod tests {
             let start = std::time::Instant::now();
             let answered = exchange(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
             assert_eq!(split(&answered).0, 200, "{answered}");
-            assert!(start.elapsed() < TEST_BOUNDS.read_timeout);
+            assert!(start.elapsed() < READ_TIMEOUT);
             let mut out = Vec::new();
             idle1.read_to_end(&mut out).await.unwrap();
             assert_eq!(out, b"", "the oldest idle one closed unanswered");
-            assert!(start.elapsed() < TEST_BOUNDS.read_timeout);
+            assert!(start.elapsed() < READ_TIMEOUT);
 
             // The other gets 408 at the read deadline.
             let mut out = Vec::new();
@@ -765,19 +763,8 @@ mod tests {
     /// they hold their slots only while nobody else needs one (a probe is answered).
     #[test]
     fn connections_left_open_after_their_answer_make_room_for_a_probe() {
-        const TEST_BOUNDS: Bounds = Bounds {
-            read_timeout: Duration::from_secs(5),
-            max_connections: 2,
-        };
         rt::block_on(async {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let _server = rt::spawn(serve_with(
-                listener,
-                state(Ok(())),
-                TEST_BOUNDS,
-                Rc::default(),
-            ));
+            let (addr, _server) = serve_two(state(Ok(())), Duration::from_secs(5)).await;
             let mut held = Vec::new();
             for _ in 0..2 {
                 let mut c = TcpStream::connect(addr).await.unwrap();
