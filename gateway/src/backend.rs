@@ -120,7 +120,7 @@ async fn ask_all(
                         propagation::inject_message(span, &mut msg);
                     }
                     let refused = match proc
-                        .request(0, msg, timeout, None, ReadAs::Brief, false)
+                        .request(Caller::GATEWAY, msg, timeout, None, ReadAs::Brief, false)
                         .await
                     {
                         Ok(r) => r.error().map(|e| e["message"].to_string()),
@@ -204,6 +204,9 @@ enum Queued {
 struct Pending {
     tx: oneshot::Sender<Result<Reply, BackendError>>,
     session: u64,
+    /// The span the request was sent under (`backend.forward`): the parent of what the
+    /// backend asks a client meanwhile, when it sends no trace context of its own.
+    span: Cx,
     /// How its response is to be read.
     read: ReadAs,
     /// The progress token we gave the backend for this request, if any.
@@ -313,7 +316,7 @@ impl Proc {
     /// says (still with our id).
     pub async fn request(
         &self,
-        session: u64,
+        caller: Caller<'_>,
         mut msg: Message,
         timeout: Duration,
         sent: Option<&Cell<Option<u64>>>,
@@ -330,6 +333,7 @@ impl Proc {
         // Checked before the progress token is swapped: a refused request must leave
         // nothing in the progress table. (Nothing runs between here and the insert.)
         self.pending.borrow().has_room().map_err(overloaded)?;
+        let session = caller.session;
         let (tx, rx) = oneshot::channel();
         let (token, heard) = self.swap_progress_token(session, &mut msg).unzip();
         let id = self
@@ -338,6 +342,7 @@ impl Proc {
             .insert(Pending {
                 tx,
                 session,
+                span: caller.span.cloned().unwrap_or_default(),
                 read,
                 token: token.clone(),
             })
@@ -531,15 +536,32 @@ impl Proc {
         Some(session)
     }
 
-    /// The session of the most recent request pending here, if any.
-    fn latest_session(&self) -> Option<u64> {
+    /// The session of the most recent request pending here, if any, with the span it
+    /// was sent under. With `session`, only that session's requests count.
+    fn latest_pending(&self, session: Option<u64>) -> Option<(u64, Cx)> {
         self.pending
             .borrow()
             .iter()
-            .filter(|(_, p)| p.session != 0)
+            .filter(|(_, p)| p.session != 0 && session.is_none_or(|s| s == p.session))
             .max_by_key(|(id, _)| *id)
-            .map(|(_, p)| p.session)
+            .map(|(_, p)| (p.session, p.span.clone()))
     }
+}
+
+/// Whom a request to a backend is for: a session (0: the gateway itself), and the
+/// span it goes under, if traced.
+#[derive(Clone, Copy)]
+pub struct Caller<'a> {
+    pub session: u64,
+    pub span: Option<&'a Cx>,
+}
+
+impl Caller<'static> {
+    /// The gateway's own requests (`initialize`, a restore's subscriptions).
+    pub const GATEWAY: Caller<'static> = Caller {
+        session: 0,
+        span: None,
+    };
 }
 
 /// A progress token's session, the client's own token, and when the backend last
@@ -1026,7 +1048,14 @@ impl Slot {
         );
         propagation::inject_message(span, &mut init);
         let resp = match proc
-            .request(0, init, self.timeout, None, ReadAs::Whole, false)
+            .request(
+                Caller::GATEWAY,
+                init,
+                self.timeout,
+                None,
+                ReadAs::Whole,
+                false,
+            )
             .await
         {
             Ok(r) => r.into_message(),
@@ -1322,17 +1351,34 @@ impl Slot {
         let sessions = self.sessions();
         match msg.kind() {
             Kind::Request => {
-                let target = if self.is_shared() {
-                    let latest = proc.latest_session();
-                    latest
-                        .and_then(|id| sessions.iter().find(|s| s.id() == id))
-                        .or(sessions.first())
-                        .cloned()
-                } else {
-                    sessions.first().cloned()
+                // The session whose request the backend is most likely working on
+                // (the most recent one pending there), and that request's span.
+                let only = match self.is_shared() {
+                    true => None,
+                    false => sessions.first().map(|s| s.id()),
                 };
+                let latest = proc.latest_pending(only);
+                let target = latest
+                    .as_ref()
+                    .and_then(|(id, _)| sessions.iter().find(|s| s.id() == *id))
+                    .or(sessions.first())
+                    .cloned();
                 match target {
-                    Some(s) => s.relay_server_request(proc, msg, !self.is_shared()).await,
+                    Some(s) => {
+                        // A backend that sends trace context of its own is followed;
+                        // otherwise what it asks goes in that request's trace.
+                        let own = propagation::extract_message(&msg);
+                        let parent = if propagation::has_span(&own) {
+                            own
+                        } else {
+                            latest
+                                .filter(|(id, _)| *id == s.id())
+                                .map(|(_, span)| span)
+                                .unwrap_or_default()
+                        };
+                        s.relay_server_request(proc, msg, !self.is_shared(), &parent)
+                            .await
+                    }
                     None => {
                         let id = msg.id();
                         proc.notify(&Message::error_response(
@@ -1710,8 +1756,12 @@ mod tests {
             let subscribe = rt::spawn(async move {
                 h.set(true); // `forward_by_uri` records the subscription first
                 let msg = Message::request(Id::from(7), "resources/subscribe", None);
+                let caller = Caller {
+                    session: 1,
+                    span: None,
+                };
                 let _ = p
-                    .request(1, msg, p.timeout, None, ReadAs::Brief, false)
+                    .request(caller, msg, p.timeout, None, ReadAs::Brief, false)
                     .await;
             });
             let mut lines = Vec::new();

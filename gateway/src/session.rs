@@ -22,7 +22,7 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 use serde_json::{json, Value};
 
-use crate::backend::{Proc, ReadAs, Slot};
+use crate::backend::{Caller, Proc, ReadAs, Slot};
 use crate::metrics::{error_type_for_code, Outcome};
 use crate::oneshot;
 use crate::outbox;
@@ -158,6 +158,15 @@ struct ServerReq {
     progress_token: Option<Value>,
     /// Counted as open at the process while the entry lives: its requests wait for it.
     _asking: crate::backend::Asking,
+    /// Its `client.forward` span, ended with the entry (with the client's answer, or
+    /// failed before by whatever voided the request).
+    span: Cx,
+}
+
+impl Drop for ServerReq {
+    fn drop(&mut self) {
+        self.span.end();
+    }
 }
 
 /// One client connection.
@@ -784,7 +793,17 @@ impl Session {
         // backend is told.
         let cancel = sent_given_none;
         let outcome = proc
-            .request(self.id, msg, slot.timeout, Some(sent), read, cancel)
+            .request(
+                Caller {
+                    session: self.id,
+                    span: Some(&span),
+                },
+                msg,
+                slot.timeout,
+                Some(sent),
+                read,
+                cancel,
+            )
             .await;
         if let Some(id) = sent.get() {
             span.set_attributes(|a| attrs::request_id(a, &Id::from(id)));
@@ -1426,6 +1445,7 @@ impl Session {
             log::debug!("session {}: response to unknown id {id}", self.id);
             return;
         };
+        telemetry::record_response(&req.span, &msg);
         if let Some(proc) = req.proc.upgrade() {
             msg.set_id(&req.backend_id);
             // Its own task: a backend whose stdin queue is full must not stop this
@@ -1434,41 +1454,74 @@ impl Session {
         }
     }
 
-    /// Relays a backend's request to this session's client under a fresh id.
+    /// Relays a backend's request to this session's client under a fresh id, in a
+    /// `client.forward` span under `parent` whose context goes to the client in
+    /// `_meta` (docs/tracing.md, "Requests to the client").
     ///
     /// The backend's reader awaits this, so the backend's own cancellation of the
     /// request, and its exit ([`Session::forget_server_requests`]), are read only once
     /// the request is queued: the client never gets the request after the notice that
     /// voids it.
-    pub async fn relay_server_request(&self, proc: &Rc<Proc>, mut msg: Message, wait: bool) {
+    pub async fn relay_server_request(
+        &self,
+        proc: &Rc<Proc>,
+        mut msg: Message,
+        wait: bool,
+        parent: &Cx,
+    ) {
         let backend_id = msg.id().expect("requests have ids");
         let progress_token = msg.meta().and_then(|m| m.get("progressToken")).cloned();
-        let slot = self.server_reqs.borrow_mut().insert(ServerReq {
-            proc: Rc::downgrade(proc),
-            backend_id: backend_id.clone(),
-            progress_token,
-            _asking: proc.asking(self.id),
-        });
-        let refuse =
-            |e: RpcError| proc.notify(&Message::error_response(Some(backend_id.clone()), e));
-        match slot {
-            Ok(cid) => {
-                msg.set_id(&Id::from(cid));
-                // Refused only while still ours: a session that closed meanwhile
-                // (`close`) has answered it already.
-                if !self.deliver(msg.to_text(), wait).await
-                    && self.server_reqs.borrow_mut().remove(cid).is_some()
-                {
-                    refuse(RpcError::new(
-                        mcp_shared::error::codes::INTERNAL_ERROR,
-                        "client unavailable",
-                    ));
-                }
-            }
-            Err(_) => refuse(
-                SessionError::TooManyInFlight(self.gw.cfg.limits.max_in_flight).to_rpc_error(),
-            ),
+        let span = self.client_forward_span(proc, &msg, parent);
+        let refuse = |e: RpcError, span: &Cx| {
+            telemetry::fail(span, &e.code.to_string(), &e.message);
+            proc.notify(&Message::error_response(Some(backend_id.clone()), e));
+        };
+        if self.server_reqs.borrow().has_room().is_err() {
+            let e = SessionError::TooManyInFlight(self.gw.cfg.limits.max_in_flight);
+            refuse(e.to_rpc_error(), &span);
+            span.end();
+            return;
         }
+        let cid = self
+            .server_reqs
+            .borrow_mut()
+            .insert(ServerReq {
+                proc: Rc::downgrade(proc),
+                backend_id: backend_id.clone(),
+                progress_token,
+                _asking: proc.asking(self.id),
+                span: span.clone(),
+            })
+            .expect("room was checked");
+        msg.set_id(&Id::from(cid));
+        span.set_attributes(|a| attrs::request_id(a, &Id::from(cid)));
+        propagation::inject_message(&span, &mut msg);
+        // Refused only while still ours: a session that closed meanwhile (`close`) has
+        // answered it already.
+        if !self.deliver(msg.to_text(), wait).await {
+            if let Some(req) = self.server_reqs.borrow_mut().remove(cid) {
+                let e = RpcError::new(
+                    mcp_shared::error::codes::INTERNAL_ERROR,
+                    "client unavailable",
+                );
+                refuse(e, &req.span);
+            }
+        }
+    }
+
+    /// The `client.forward` span of a backend's request to this session's client.
+    fn client_forward_span(&self, proc: &Proc, msg: &Message, parent: &Cx) -> Cx {
+        let tel = &self.gw.tel;
+        if !tel.enabled() {
+            return Cx::default();
+        }
+        tel.start("client.forward", SpanKind::Client, parent, |a| {
+            attrs::mcp_message_without_id(a, msg);
+            attrs::gateway_route(a, proc.name(), "stdio", None);
+            a.str("network.transport", "tcp");
+            a.int_text("mcp.session.id", self.id);
+            a.str("mcp.protocol.version", self.version.get());
+        })
     }
 
     /// Relays a backend's cancellation of one of its requests to this client.
@@ -1484,7 +1537,10 @@ impl Session {
             (r.backend_id == bid && r.proc.as_ptr() == Rc::as_ptr(proc)).then_some(cid)
         });
         if let Some(cid) = found {
-            self.server_reqs.borrow_mut().remove(cid);
+            if let Some(req) = self.server_reqs.borrow_mut().remove(cid) {
+                req.span
+                    .set_attributes(|a| a.bool("mcp.request.cancelled", true));
+            }
             let mut fwd = msg.clone();
             fwd.params_mut().insert("requestId".into(), cid.into());
             self.deliver(fwd.to_json(), false).await;
@@ -1500,7 +1556,8 @@ impl Session {
             .server_reqs
             .borrow_mut()
             .remove_where(|r| r.proc.as_ptr() == Rc::as_ptr(proc));
-        for (cid, _) in gone {
+        for (cid, req) in gone {
+            telemetry::fail(&req.span, "backend_exited", "the backend that asked exited");
             let params = json!({"requestId": cid, "reason": "the backend that asked exited"});
             let notice = Message::notification("notifications/cancelled", Some(params));
             if self.out.try_send(notice.to_json()).is_err() {
@@ -1519,13 +1576,12 @@ impl Session {
         // shared backend (which lives on) would wait for the answers for ever.
         let asked = self.server_reqs.borrow_mut().drain();
         for (_, req) in asked {
+            let reason = "the client disconnected before answering";
+            telemetry::fail(&req.span, "client_disconnected", reason);
             if let Some(proc) = req.proc.upgrade() {
                 proc.notify(&Message::error_response(
-                    Some(req.backend_id),
-                    RpcError::new(
-                        mcp_shared::error::codes::INTERNAL_ERROR,
-                        "the client disconnected before answering",
-                    ),
+                    Some(req.backend_id.clone()),
+                    RpcError::new(mcp_shared::error::codes::INTERNAL_ERROR, reason),
                 ));
             }
         }

@@ -167,9 +167,25 @@ struct State {
 /// Requests the gateway sent the host, under ids of the router's own: each gateway
 /// session numbers its requests from 1, so after a reconnection the host's late answer
 /// to a request of the lost link would otherwise be taken for the answer to the new
-/// link's request with the same id. Each entry: the link's generation and the
-/// gateway's id.
-struct Asked(IdMap<(u64, Id)>);
+/// link's request with the same id.
+struct Asked(IdMap<AskedReq>);
+
+/// A request of the gateway's for the host.
+struct AskedReq {
+    /// The link's generation.
+    gen: u64,
+    /// The gateway's id for it.
+    gateway_id: Id,
+    /// Its `host.request` span, ended with the entry (at the host's answer, or failed
+    /// before by what voided the request).
+    span: Cx,
+}
+
+impl Drop for AskedReq {
+    fn drop(&mut self) {
+        self.span.end();
+    }
+}
 
 impl Default for Asked {
     fn default() -> Self {
@@ -859,8 +875,21 @@ async fn handle_client_message(
         let st = state.borrow();
         (st.tel.clone(), st.server.clone())
     };
+    // The host's answer goes back under the gateway's id, and only to the link that
+    // asked (taken here: its `host.request` span is the parent of this line's span).
+    let asked = match (msg.kind(), msg.id()) {
+        (Kind::Response, Some(id)) => {
+            let mut st = state.borrow_mut();
+            let gen = st.gen;
+            st.asked.0.take(&id).filter(|a| a.gen == gen)
+        }
+        _ => None,
+    };
     let spans = if tel.enabled() {
-        let parent = propagation::extract_message(&msg);
+        let parent = match &asked {
+            Some(a) => a.span.clone(),
+            None => propagation::extract_message(&msg),
+        };
         // The line was read, its span starts and its request span starts under it: one
         // moment, one clock reading (docs/tracing.md, "Clock readings").
         let read = Moment::new();
@@ -930,20 +959,14 @@ async fn handle_client_message(
         }
     };
     if msg.kind() == Kind::Response {
-        // The host's answer goes back under the gateway's id, and only to the link
-        // that asked.
-        let id = msg.id().expect("responses have ids");
-        let asked = {
-            let mut st = state.borrow_mut();
-            let gen = st.gen;
-            st.asked.0.take(&id).filter(|(g, _)| *g == gen)
-        };
-        let Some((_, gateway_id)) = asked else {
+        let Some(asked) = &asked else {
+            let id = msg.id().expect("responses have ids");
             log::debug!("dropped the host's answer to {id}: no request of the gateway's on this link has that id (an earlier link's, or one it cancelled)");
             spans.end();
             return;
         };
-        msg.set_id(&gateway_id);
+        msg.set_id(&asked.gateway_id);
+        telemetry::record_response(&asked.span, &msg);
     }
     // The router changes nothing in a message but the trace context it adds: without
     // one the message goes on as the host's exact bytes, and with one those bytes get
@@ -999,13 +1022,31 @@ async fn send_out(out: &StdoutTx, line: String) {
 }
 
 /// Gives a request of the gateway's for the host an id of the router's own
-/// ([`Asked`]); false when it cannot go to the host (the gateway is then answered).
+/// ([`Asked`]) and a `host.request` span, continuing the trace context it came with
+/// and passing its own on in `_meta`; false when it cannot go to the host (the
+/// gateway is then answered).
 async fn ask_host(state: &Shared, gen: u64, m: &mut Message) -> bool {
     let gateway_id = m.id().expect("requests have ids");
-    let entry = state.borrow_mut().asked.0.insert((gen, gateway_id.clone()));
+    let tel = state.borrow().tel.clone();
+    let span = if tel.enabled() {
+        let parent = propagation::extract_message(m);
+        tel.start("host.request", SpanKind::Client, &parent, |a| {
+            attrs::mcp_message_without_id(a, m);
+            a.str("network.transport", "pipe");
+        })
+    } else {
+        Cx::default()
+    };
+    let entry = state.borrow_mut().asked.0.insert(AskedReq {
+        gen,
+        gateway_id: gateway_id.clone(),
+        span: span.clone(),
+    });
     match entry {
         Ok(id) => {
             m.set_id(&Id::from(id));
+            span.set_attributes(|a| attrs::request_id(a, &Id::from(id)));
+            propagation::inject_message(&span, m);
             true
         }
         Err(full) => {
@@ -1014,6 +1055,8 @@ async fn ask_host(state: &Shared, gen: u64, m: &mut Message) -> bool {
                 full.limit
             );
             let err = SessionError::TooManyInFlight(full.limit).to_rpc_error();
+            telemetry::fail(&span, &err.code.to_string(), &err.message);
+            span.end();
             let answer = Message::error_response(Some(gateway_id), err).to_json();
             let link = {
                 let st = state.borrow();
@@ -1038,10 +1081,17 @@ fn cancel_asked(state: &Shared, gen: u64, m: &mut Message) -> bool {
         return true;
     };
     let mut st = state.borrow_mut();
-    let Some(id) = st.asked.0.find(|(g, i)| *g == gen && *i == gateway_id) else {
+    let Some(id) = st
+        .asked
+        .0
+        .find(|a| a.gen == gen && a.gateway_id == gateway_id)
+    else {
         return false;
     };
-    st.asked.0.remove(id);
+    if let Some(a) = st.asked.0.remove(id) {
+        a.span
+            .set_attributes(|a| a.bool("mcp.request.cancelled", true));
+    }
     m.params_mut().insert("requestId".into(), id.into());
     true
 }
@@ -1382,7 +1432,7 @@ async fn link_down(state: &Shared, out: &StdoutTx, gen: u64, reason: String) {
             reason: reason.clone(),
         });
         st.drained = None;
-        let asked = st.asked.0.remove_where(|(g, _)| *g == gen);
+        let asked = st.asked.0.remove_where(|a| a.gen == gen);
         let why = if st.ending || st.closing {
             ASKED_SHUTDOWN_REASON
         } else {
@@ -1395,7 +1445,9 @@ async fn link_down(state: &Shared, out: &StdoutTx, gen: u64, reason: String) {
     }
     // What the gateway asked the host can no longer be answered: the host may stop.
     let (asked, why) = asked;
-    for (id, _) in asked {
+    for (id, a) in asked {
+        telemetry::fail(&a.span, "gateway_unavailable", why);
+        drop(a);
         let params = serde_json::json!({"requestId": id, "reason": why});
         let cancel = Message::notification("notifications/cancelled", Some(params));
         send_out(out, cancel.to_json()).await;

@@ -55,6 +55,8 @@ def flatten(req: trace_service_pb2.ExportTraceServiceRequest, transport: str) ->
                             for e in s.events
                         ],
                         "size": s.ByteSize(),
+                        "start": s.start_time_unix_nano,
+                        "end": s.end_time_unix_nano,
                     }
                 )
     return out

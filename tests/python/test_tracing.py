@@ -335,6 +335,132 @@ def test_host_trace_context_is_continued(start_gateway, tmp_path, receiver):
     assert other["parent_span_id"] == "" and other["trace_id"] != trace_id
 
 
+def test_backend_request_to_the_host_is_traced(start_gateway, tmp_path, receiver):
+    """A backend's request to the host (sampling) is in the trace of the tool call that
+    caused it: the gateway's client.forward under the backend.forward of that call (the
+    fixture sends no context) or under the context the backend sent, the router's
+    host.request under client.forward; the host gets host.request's context, its answer's
+    stdio.read is a child of host.request, and an error answer fails both spans."""
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    backend_span = "b7ad6b7169203331"
+    seen = {}
+
+    def sample(r: Router, id_, arguments, answer):
+        r.send({"jsonrpc": "2.0", "id": id_, "method": "tools/call",
+                "params": {"name": "one.sample", "arguments": arguments,
+                           "_meta": {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}}})
+        while True:
+            m = r._q.get(timeout=DEADLINE)
+            if m.get("method") == "sampling/createMessage":
+                seen[id_] = m
+                r.send({"jsonrpc": "2.0", "id": m["id"], **answer})
+            elif m.get("id") == id_ and "method" not in m:
+                return m
+
+    def calls(r: Router):
+        ok = sample(r, 1, {"prompt": "hi"}, {"result": {
+            "role": "assistant", "content": {"type": "text", "text": "fine"}, "model": "m"}})
+        refused = sample(r, 2, {"prompt": "no", "traceparent": f"00-{trace_id}-{backend_span}-01"},
+                         {"error": {"code": -1, "message": "the user declined"}})
+        return ok, refused
+
+    gw = start_gateway(tracing_toml(receiver.grpc_endpoint) + fixture_backend())
+    router = Router(gw.url, tracing_toml(receiver.grpc_endpoint), tmp_path)
+    try:
+        init = router.request("init", "initialize", {
+            "protocolVersion": "2025-06-18", "capabilities": {"sampling": {}},
+            "clientInfo": {"name": "tracing-test", "version": "1"}})
+        assert "result" in init, init
+        router.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        ok, refused = calls(router)
+    except BaseException:
+        router.kill()
+        gw.terminate()
+        raise
+    assert router.close() == 0, router.stderr()
+    assert gw.terminate() == 0, gw.describe()
+    assert ok["result"]["content"][0]["text"] == "sampled: fine", ok
+    assert refused["result"]["isError"] is True, refused
+    spans = receiver.snapshot()
+    assert {s["trace_id"] for s in spans if s["name"] in ("client.forward", "host.request")} == {trace_id}
+    fwd = [s for s in by_name(spans, "mcp-gateway", "backend.forward")
+           if s["attributes"].get("gen_ai.tool.name") == "sample"]
+    client_fwd = by_name(spans, "mcp-gateway", "client.forward")
+    host_req = by_name(spans, "mcp-router", "host.request")
+    assert len(fwd) == 2 and len(client_fwd) == 2 and len(host_req) == 2, spans
+    # In order of the calls (the second one's spans start after the first's ended).
+    fwd.sort(key=lambda s: s["start"])
+    client_fwd.sort(key=lambda s: s["start"])
+    host_req.sort(key=lambda s: s["start"])
+    # Without context from the backend: under the backend.forward of the call.
+    assert client_fwd[0]["parent_span_id"] == fwd[0]["span_id"], (client_fwd[0], fwd[0])
+    # With the backend's own context: under it.
+    assert client_fwd[1]["parent_span_id"] == backend_span, client_fwd[1]
+    for c, h, id_ in zip(client_fwd, host_req, (1, 2)):
+        assert c["kind"] == "CLIENT" and h["kind"] == "CLIENT"
+        assert c["attributes"]["mcp.method.name"] == "sampling/createMessage"
+        assert c["attributes"]["gateway.service"] == "one"
+        assert h["parent_span_id"] == c["span_id"], (h, c)
+        # The host got host.request's context in _meta (and the backend's token).
+        meta = seen[id_]["params"]["_meta"]
+        assert meta["traceparent"] == f"00-{trace_id}-{h['span_id']}-01", meta
+        assert "progressToken" in meta
+        # The host's answer: its stdio.read is a child of host.request.
+        answer = [s for s in by_name(spans, "mcp-router", "stdio.read")
+                  if s["parent_span_id"] == h["span_id"]]
+        assert len(answer) == 1, answer
+        assert answer[0]["attributes"]["jsonrpc.request.id"] == str(seen[id_]["id"]), answer
+        assert h["attributes"]["jsonrpc.request.id"] == str(seen[id_]["id"]), h
+    assert client_fwd[0]["status"] != "ERROR" and host_req[0]["status"] != "ERROR"
+    for s in (client_fwd[1], host_req[1]):
+        assert s["status"] == "ERROR" and s["status_message"] == "the user declined", s
+        assert s["attributes"]["rpc.response.status_code"] == "-1", s
+
+
+def test_backend_request_voided_by_the_backends_exit_ends_its_spans(start_gateway, tmp_path, receiver):
+    """The backend exits while the host holds its sampling request: the gateway's
+    client.forward fails (backend_exited) and the router's host.request ends marked
+    cancelled when the gateway's notice reaches it: no span is left open."""
+    gw = start_gateway(tracing_toml(receiver.grpc_endpoint) + fixture_backend())
+    router = Router(gw.url, tracing_toml(receiver.grpc_endpoint), tmp_path)
+    try:
+        init = router.request("init", "initialize", {
+            "protocolVersion": "2025-06-18", "capabilities": {"sampling": {}},
+            "clientInfo": {"name": "tracing-test", "version": "1"}})
+        assert "result" in init, init
+        router.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        router.send({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                     "params": {"name": "one.sample", "arguments": {"prompt": "hi"}}})
+        while True:
+            asked = router._q.get(timeout=DEADLINE)
+            if asked.get("method") == "sampling/createMessage":
+                break
+        router.send({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                     "params": {"name": "one.crash", "arguments": {}}})
+        notices, answers = [], {}
+        while len(notices) < 1 or len(answers) < 2:
+            m = router._q.get(timeout=DEADLINE)
+            if m.get("method") == "notifications/cancelled":
+                notices.append(m)
+            elif m.get("id") in (1, 2):
+                answers[m["id"]] = m
+        assert all("error" in a for a in answers.values()), answers
+    except BaseException:
+        router.kill()
+        gw.terminate()
+        raise
+    assert router.close() == 0, router.stderr()
+    assert gw.terminate() == 0, gw.describe()
+    assert any(m.get("params", {}).get("requestId") == asked["id"] for m in notices), notices
+    spans = receiver.snapshot()
+    client_fwd = one(spans, "mcp-gateway", "client.forward")
+    host_req = one(spans, "mcp-router", "host.request")
+    assert client_fwd["status"] == "ERROR" and client_fwd["attributes"]["error.type"] == "backend_exited", client_fwd
+    assert host_req["parent_span_id"] == client_fwd["span_id"]
+    assert host_req["attributes"].get("mcp.request.cancelled") is True, host_req
+    assert host_req["end"] >= host_req["start"] > 0
+
+
 TREE_LINE = re.compile(r"\((?:[0-9.]+(?:ms|µs))\)")
 TRACE_ID = re.compile(r" trace_id=([0-9a-f]{32})")
 
