@@ -25,7 +25,7 @@ use mcp_shared::idmap::IdMap;
 use mcp_shared::jsonrpc::{Answer, Brief, Id, Kind, Message, Rejection, Reply};
 use mcp_shared::mcp;
 use mcp_shared::telemetry::{self, attrs, propagation, Cx, Telemetry};
-use opentelemetry::trace::SpanKind;
+use opentelemetry::trace::{SpanKind, TraceId};
 use serde_json::{json, Value};
 
 use crate::metrics::Metrics;
@@ -536,15 +536,22 @@ impl Proc {
         Some(session)
     }
 
-    /// The session of the most recent request pending here, if any, with the span it
-    /// was sent under. With `session`, only that session's requests count.
-    fn latest_pending(&self, session: Option<u64>) -> Option<(u64, Cx)> {
-        self.pending
-            .borrow()
-            .iter()
-            .filter(|(_, p)| p.session != 0 && session.is_none_or(|s| s == p.session))
-            .max_by_key(|(id, _)| *id)
-            .map(|(_, p)| (p.session, p.span.clone()))
+    /// The request pending here that a request of the backend's most likely comes
+    /// from, as its session and the span it was sent under: the most recent one in
+    /// `trace` (the trace of the context the backend sent, if any: a backend with an
+    /// OpenTelemetry SDK asks within the trace of the request it works on), else the
+    /// most recent one. With `session`, only that session's requests count.
+    fn asked_for(&self, trace: Option<TraceId>, session: Option<u64>) -> Option<(u64, Cx)> {
+        let pending = self.pending.borrow();
+        let latest = |in_trace: bool| {
+            pending
+                .iter()
+                .filter(|(_, p)| p.session != 0 && session.is_none_or(|s| s == p.session))
+                .filter(|(_, p)| !in_trace || Some(p.span.span_context().trace_id()) == trace)
+                .max_by_key(|(id, _)| *id)
+                .map(|(_, p)| (p.session, p.span.clone()))
+        };
+        trace.and_then(|_| latest(true)).or_else(|| latest(false))
     }
 }
 
@@ -1351,13 +1358,16 @@ impl Slot {
         let sessions = self.sessions();
         match msg.kind() {
             Kind::Request => {
-                // The session whose request the backend is most likely working on
-                // (the most recent one pending there), and that request's span.
+                // The session whose request the backend is most likely working on,
+                // and that request's span: the one in the trace of the context the
+                // backend sent, if any, else the most recent one.
                 let only = match self.is_shared() {
                     true => None,
                     false => sessions.first().map(|s| s.id()),
                 };
-                let latest = proc.latest_pending(only);
+                let own = propagation::extract_message(&msg);
+                let trace = propagation::has_span(&own).then(|| own.span_context().trace_id());
+                let latest = proc.asked_for(trace, only);
                 let target = latest
                     .as_ref()
                     .and_then(|(id, _)| sessions.iter().find(|s| s.id() == *id))
@@ -1367,7 +1377,6 @@ impl Slot {
                     Some(s) => {
                         // A backend that sends trace context of its own is followed;
                         // otherwise what it asks goes in that request's trace.
-                        let own = propagation::extract_message(&msg);
                         let parent = if propagation::has_span(&own) {
                             own
                         } else {
@@ -1669,6 +1678,62 @@ async fn read_stdout(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pending request of `session`'s, sent under a span in trace `trace`.
+    fn pend(proc: &Proc, session: u64, trace: u128) {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceState};
+        let sc = SpanContext::new(
+            TraceId::from(trace),
+            SpanId::from(7),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        );
+        let (tx, _) = oneshot::channel();
+        let p = Pending {
+            tx,
+            session,
+            span: Cx::from_span_context(sc),
+            read: ReadAs::Brief,
+            token: None,
+        };
+        proc.pending.borrow_mut().insert(p).unwrap();
+    }
+
+    #[test]
+    fn a_backends_request_goes_to_the_session_whose_trace_it_carries() {
+        let (proc, _rx) = detached_proc();
+        pend(&proc, 1, 0xa);
+        pend(&proc, 2, 0xb);
+        pend(&proc, 1, 0xc);
+        pend(&proc, 0, 0xd); // the gateway's own: never the one asked for
+        let trace = |t: u128| Some(TraceId::from(t));
+        let session = |r: Option<(u64, Cx)>| r.map(|(s, cx)| (s, cx.span_context().trace_id()));
+        // In a trace: that trace's request, although another is more recent.
+        assert_eq!(
+            session(proc.asked_for(trace(0xb), None)),
+            Some((2, TraceId::from(0xb)))
+        );
+        assert_eq!(
+            session(proc.asked_for(trace(0xa), None)),
+            Some((1, TraceId::from(0xa)))
+        );
+        // Without context, or in no pending request's trace: the most recent.
+        assert_eq!(
+            session(proc.asked_for(None, None)),
+            Some((1, TraceId::from(0xc)))
+        );
+        assert_eq!(
+            session(proc.asked_for(trace(0xd), None)),
+            Some((1, TraceId::from(0xc)))
+        );
+        // Only the given session's requests count.
+        assert_eq!(
+            session(proc.asked_for(trace(0xb), Some(1))),
+            Some((1, TraceId::from(0xc)))
+        );
+        assert_eq!(session(proc.asked_for(None, Some(3))), None);
+    }
 
     /// A process record with no process behind it; its stdin lines stay in `rx`.
     fn detached_proc() -> (Rc<Proc>, Receiver<Vec<u8>>) {
