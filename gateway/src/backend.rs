@@ -1390,13 +1390,8 @@ impl Slot {
                     }
                     None => {
                         let id = msg.id();
-                        proc.notify(&Message::error_response(
-                            id,
-                            mcp_shared::error::RpcError::new(
-                                mcp_shared::error::codes::INTERNAL_ERROR,
-                                "no client session is attached to this backend",
-                            ),
-                        ));
+                        let e = SessionError::NoClientSession.to_rpc_error();
+                        proc.notify(&Message::error_response(id, e));
                     }
                 }
             }

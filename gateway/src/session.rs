@@ -1500,11 +1500,7 @@ impl Session {
         // answered it already.
         if !self.deliver(msg.to_text(), wait).await {
             if let Some(req) = self.server_reqs.borrow_mut().remove(cid) {
-                let e = RpcError::new(
-                    mcp_shared::error::codes::INTERNAL_ERROR,
-                    "client unavailable",
-                );
-                refuse(e, &req.span);
+                refuse(SessionError::ClientUnavailable.to_rpc_error(), &req.span);
             }
         }
     }
@@ -1576,13 +1572,10 @@ impl Session {
         // shared backend (which lives on) would wait for the answers for ever.
         let asked = self.server_reqs.borrow_mut().drain();
         for (_, req) in asked {
-            let reason = "the client disconnected before answering";
-            telemetry::fail(&req.span, "client_disconnected", reason);
+            let e = SessionError::ClientDisconnected.to_rpc_error();
+            telemetry::fail(&req.span, "client_disconnected", &e.message);
             if let Some(proc) = req.proc.upgrade() {
-                proc.notify(&Message::error_response(
-                    Some(req.backend_id.clone()),
-                    RpcError::new(mcp_shared::error::codes::INTERNAL_ERROR, reason),
-                ));
+                proc.notify(&Message::error_response(Some(req.backend_id.clone()), e));
             }
         }
         let grace = self.gw.cfg.server.shutdown_grace.0;

@@ -3,8 +3,10 @@
 //!
 //! Families: [`RouteError`] (which backend serves a request), [`BackendError`] (talking
 //! to a backend), [`SessionError`] (per-client bounds), [`RelayError`] (the router's link
-//! to the gateway). Each implements [`ToRpcError`]; nothing else in the code base picks
-//! an error code. Codes are listed in `docs/errors.md`.
+//! to the gateway). Each implements [`ToRpcError`]. The only codes picked elsewhere:
+//! the message model's rejection of what is not JSON-RPC (-32700/-32600,
+//! `jsonrpc::Rejection`, where the id is salvaged) and a backend's own error code,
+//! passed on. Codes are listed in `docs/errors.md`.
 
 use serde_json::{json, Value};
 use std::fmt;
@@ -288,6 +290,13 @@ pub enum SessionError {
         /// The configured bound.
         limit: usize,
     },
+    /// A backend's request to the client could not be queued for it (its queue stayed
+    /// full, or the session is closing): what the backend is told.
+    ClientUnavailable,
+    /// The client disconnected with a backend's request to it unanswered.
+    ClientDisconnected,
+    /// A backend asked a client something while no session was attached to it.
+    NoClientSession,
 }
 
 impl fmt::Display for SessionError {
@@ -320,6 +329,13 @@ impl fmt::Display for SessionError {
                 "the {method} result merged from the backends is {bytes} bytes, more than \
                  max_message_bytes ({limit})"
             ),
+            SessionError::ClientUnavailable => write!(f, "client unavailable"),
+            SessionError::ClientDisconnected => {
+                write!(f, "the client disconnected before answering")
+            }
+            SessionError::NoClientSession => {
+                write!(f, "no client session is attached to this backend")
+            }
         }
     }
 }
@@ -331,9 +347,11 @@ impl ToRpcError for SessionError {
                 codes::OVERLOADED
             }
             SessionError::TooLarge { .. } | SessionError::DuplicateId => codes::INVALID_REQUEST,
-            SessionError::UnreadableResponse(_) | SessionError::ListingTooLarge { .. } => {
-                codes::INTERNAL_ERROR
-            }
+            SessionError::UnreadableResponse(_)
+            | SessionError::ListingTooLarge { .. }
+            | SessionError::ClientUnavailable
+            | SessionError::ClientDisconnected
+            | SessionError::NoClientSession => codes::INTERNAL_ERROR,
         };
         RpcError::new(code, self.to_string())
     }

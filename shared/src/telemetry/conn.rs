@@ -1,5 +1,6 @@
-//! Connections from the exporter thread to the collector: endpoint URLs, TCP, and TLS
-//! (rustls with the ring provider, behind the `otlp-tls` feature).
+//! Connections from the exporter thread to the collector (the URL parsed by
+//! `endpoint.rs`): TCP, and TLS (rustls with the ring provider, behind the `otlp-tls`
+//! feature).
 //!
 //! The scheme alone decides: `http://` is plain text, `https://` is TLS with the
 //! collector's certificate verified (chain and host name) against the system roots, or

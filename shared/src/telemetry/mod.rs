@@ -579,6 +579,9 @@ pub fn apply_env(
     if let Some(v) = get("OTEL_SERVICE_NAME") {
         cfg.service_name = Some(v);
     }
+    // Which `[tracing]` key each variable set: a value the checks below refuse is
+    // reported under the variable's name, not a key the file may not even have.
+    let mut set_by: Vec<(&'static str, &'static str)> = Vec::new();
     // Each OTLP setting has a generic and a traces-only variable; the traces-only one
     // wins (OTLP exporter specification). A set but empty variable counts as unset.
     let otlp = |generic: &'static str, traces: &'static str| -> Option<(String, &'static str)> {
@@ -591,6 +594,7 @@ pub fn apply_env(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     ) {
         cfg.otlp_endpoint = Some(v.trim().to_string());
+        set_by.push(("otlp_endpoint", var));
         // The traces-only endpoint is the URL to post to; the generic one is a base.
         cfg.otlp_endpoint_is_full_url = var == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
     }
@@ -610,6 +614,7 @@ pub fn apply_env(
         "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
     ] {
         let Some(v) = get(var) else { continue };
+        set_by.push(("otlp_headers", var));
         for kv in v.split(',').filter(|s| !s.trim().is_empty()) {
             let (k, val) = kv
                 .split_once('=')
@@ -623,16 +628,22 @@ pub fn apply_env(
         "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
     ) {
         cfg.otlp_timeout = millis(&v, var)?;
+        set_by.push(("otlp_timeout", var));
     }
     // The batch processor's variables.
     if let Some(v) = get("OTEL_BSP_SCHEDULE_DELAY").filter(|v| !v.trim().is_empty()) {
         cfg.scheduled_delay = millis(&v, "OTEL_BSP_SCHEDULE_DELAY")?;
+        set_by.push(("scheduled_delay", "OTEL_BSP_SCHEDULE_DELAY"));
     }
     if let Some(v) = get("OTEL_BSP_MAX_QUEUE_SIZE").filter(|v| !v.trim().is_empty()) {
         cfg.max_queue_size = positive(&v, "OTEL_BSP_MAX_QUEUE_SIZE")? as usize;
+        set_by.push(("max_queue_size", "OTEL_BSP_MAX_QUEUE_SIZE"));
+        // A batch size over the queue is reported under the batch size's key.
+        set_by.push(("max_export_batch_size", "OTEL_BSP_MAX_QUEUE_SIZE"));
     }
     if let Some(v) = get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").filter(|v| !v.trim().is_empty()) {
         cfg.max_export_batch_size = Some(positive(&v, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE")? as usize);
+        set_by.push(("max_export_batch_size", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"));
     }
     // `parentbased_always_off`: no new traces, a sampled parent followed. Here that is
     // `traceidratio` at 0 (whatever OTEL_TRACES_SAMPLER_ARG says, which the
@@ -668,24 +679,28 @@ pub fn apply_env(
         cfg.sampler_param = 0.0;
     }
     // TLS files (`https://` endpoints): CA bundle, client certificate and key.
-    for (generic, traces, slot) in [
+    for (key, generic, traces, slot) in [
         (
+            "otlp_certificate",
             "OTEL_EXPORTER_OTLP_CERTIFICATE",
             "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
             &mut cfg.otlp_certificate,
         ),
         (
+            "otlp_client_certificate",
             "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
             "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
             &mut cfg.otlp_client_certificate,
         ),
         (
+            "otlp_client_key",
             "OTEL_EXPORTER_OTLP_CLIENT_KEY",
             "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
             &mut cfg.otlp_client_key,
         ),
     ] {
         if let Some((v, origin)) = otlp(generic, traces) {
+            set_by.push((key, origin));
             *slot = Some(crate::config::FileSetting {
                 path: v.into(),
                 origin,
@@ -693,11 +708,16 @@ pub fn apply_env(
         }
     }
     cfg.validate().map_err(|e| {
-        format!(
-            "tracing (after OTEL_* variables): {}: {}",
-            e.path.join("."),
-            e.message
-        )
+        let key = e.path.join(".");
+        let vars: Vec<&str> = set_by
+            .iter()
+            .filter(|(k, _)| e.path.get(1).is_some_and(|p| p == k))
+            .map(|(_, var)| *var)
+            .collect();
+        match vars.is_empty() {
+            true => format!("tracing (after OTEL_* variables): {key}: {}", e.message),
+            false => format!("{} (tracing key {key}): {}", vars.join(", "), e.message),
+        }
     })?;
     #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
     conn::check_files(cfg)?;
@@ -861,6 +881,44 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("max_export_batch_size"), "{e}");
+        assert!(e.starts_with("OTEL_BSP_MAX_EXPORT_BATCH_SIZE"), "{e}");
+        // Values the variables' own parsing takes but the checks of the configuration
+        // refuse: still named by the variable, with the key it set.
+        for (var, value, key) in [
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "ftp://x",
+                "tracing.otlp_endpoint",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://u:p@x:4317",
+                "tracing.otlp_endpoint",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "Host=x",
+                "tracing.otlp_headers",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+                "/k.pem",
+                "tracing.otlp_client_key",
+            ),
+        ] {
+            let e = apply_env(&mut TracingConfig::default(), env(&[(var, value)])).unwrap_err();
+            assert!(e.starts_with(var) && e.contains(key), "{var}: {e}");
+        }
+        // A key the file set wrong is still named as the file's.
+        let mut c = TracingConfig {
+            sampler_param: 2.0,
+            ..TracingConfig::default()
+        };
+        let e = apply_env(&mut c, env(&[("OTEL_SERVICE_NAME", "x")])).unwrap_err();
+        assert!(
+            e.starts_with("tracing (after OTEL_* variables): tracing.sampler_param"),
+            "{e}"
+        );
     }
 
     #[test]
