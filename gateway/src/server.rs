@@ -27,7 +27,7 @@ use mcp_shared::telemetry::{attrs, propagation, Attrs, Cx};
 use crate::metrics::Dropped;
 use crate::outbox;
 use crate::rt;
-use crate::session::Session;
+use crate::session::{Closing, Session};
 use crate::Gateway;
 
 /// Messages queued for one client, at most ([`outbox`]: its buffer grows with a burst and
@@ -535,6 +535,7 @@ async fn connection(
     // connection fails (the writer shuts the socket when it gives up on the client), or
     // shutdown.
     let mut frames = 0usize;
+    let mut why = Closing::ClientGone;
     loop {
         frames += 1;
         if frames % READ_FRAMES_PER_TURN == 0 {
@@ -550,7 +551,11 @@ async fn connection(
         // Text and binary frames alike: the parser checks UTF-8 itself, and reads the id
         // of a message that is not (so its error carries it).
         let data = match next {
-            None | Some(None) => break,
+            None => {
+                why = Closing::Shutdown;
+                break;
+            }
+            Some(None) => break,
             Some(Some(Ok(m @ (WsMessage::Text(_) | WsMessage::Binary(_))))) => m.into_data(),
             Some(Some(Ok(WsMessage::Close(_)))) => break,
             Some(Some(Ok(_))) => continue,
@@ -587,7 +592,7 @@ async fn connection(
         }
     }
     // Stop accepting client input, then let the writer flush and send a close frame.
-    session.close().await;
+    session.close(why).await;
     drop(session);
     drop(out_tx);
     gw.metrics.session_closed(opened.elapsed());

@@ -143,11 +143,38 @@ struct Target {
 }
 
 struct InFlight {
-    cancel: oneshot::Sender<()>,
+    /// Given `None` for the client's cancellation, else why the session closed.
+    cancel: oneshot::Sender<Option<Closing>>,
     target: Rc<Target>,
     /// An `initialize`, which MCP forbids a client to cancel: a cancellation of it is
     /// ignored (the requests pipelined behind it wait for it, and would wait for ever).
     initialize: bool,
+}
+
+/// Why a session closes: what its requests still in flight record on their spans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closing {
+    /// The client closed the connection, or it failed.
+    ClientGone,
+    /// The gateway is shutting down.
+    Shutdown,
+}
+
+impl Closing {
+    /// `error.type` of an unanswered request's spans.
+    fn error_type(self) -> &'static str {
+        match self {
+            Closing::ClientGone => "client_disconnected",
+            Closing::Shutdown => "gateway_shutdown",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Closing::ClientGone => "the client disconnected before the answer",
+            Closing::Shutdown => "the gateway shut down before the answer",
+        }
+    }
 }
 
 /// A server-to-client request relayed to this session's client.
@@ -485,7 +512,7 @@ impl Session {
             Some("resources/subscribe" | "resources/unsubscribe")
         )
         .then(|| self.take_turn());
-        let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
+        let (cancel_tx, cancel_rx) = oneshot::channel::<Option<Closing>>();
         let target = Rc::new(Target::default());
         self.in_flight.borrow_mut().insert(
             id.clone(),
@@ -501,21 +528,15 @@ impl Session {
             let method = msg.method().unwrap_or_default().to_string();
             let started = std::time::Instant::now();
             let _in_flight = me.gw.metrics.in_flight();
-            let work = async {
-                let resp = me.handle_request(msg, &target, &cx, turn).await;
-                Some(resp)
-            };
-            let cancelled = async {
-                let _ = cancel_rx.await;
-                None
-            };
+            let work = async { Ok(me.handle_request(msg, &target, &cx, turn).await) };
+            let cancelled = async { Err(cancel_rx.await.ok().flatten()) };
             // Cancellation first: when the client's cancel (or its session's end) and the
             // answer are both ready, the client has said it no longer wants the answer
             // (MCP: the receiver should not answer a cancelled request). `or` polls its
             // first future first.
             let outcome = futures_lite::future::or(cancelled, work).await;
             match outcome {
-                Some(resp) => {
+                Ok(resp) => {
                     target.answered.set(true);
                     telemetry::record_response(&cx, &resp);
                     let (outcome, error_type) = outcome_of(&resp);
@@ -549,7 +570,7 @@ impl Session {
                         in_flight.remove(&id);
                     }
                 }
-                None => {
+                Err(closing) => {
                     // Counted too: requests slow enough that clients give up are what
                     // the latency and error alerts are for.
                     me.gw.metrics.request_finished(
@@ -558,8 +579,17 @@ impl Session {
                         Some("cancelled"),
                         started.elapsed(),
                     );
-                    log::debug!("session {}: {method} {id} cancelled by the client", me.id);
-                    cx.set_attributes(|a| a.bool("mcp.request.cancelled", true))
+                    cx.set_attributes(|a| a.bool("mcp.request.cancelled", true));
+                    match closing {
+                        // MCP: a cancellation is not an error of the request's.
+                        None => {
+                            log::debug!("session {}: {method} {id} cancelled by the client", me.id)
+                        }
+                        Some(why) => {
+                            log::debug!("session {}: {method} {id}: {}", me.id, why.message());
+                            telemetry::fail(&cx, why.error_type(), why.message());
+                        }
+                    }
                 }
             }
             cx.end();
@@ -792,6 +822,11 @@ impl Session {
         // a broadcast): if it is dropped (the client cancelled what needed it), the
         // backend is told.
         let cancel = sent_given_none;
+        let abandoned = Abandoned {
+            span: &span,
+            sent,
+            done: Cell::new(false),
+        };
         let outcome = proc
             .request(
                 Caller {
@@ -805,6 +840,7 @@ impl Session {
                 cancel,
             )
             .await;
+        abandoned.done.set(true);
         if let Some(id) = sent.get() {
             span.set_attributes(|a| attrs::request_id(a, &Id::from(id)));
         }
@@ -1398,7 +1434,7 @@ impl Session {
                     );
                     return;
                 };
-                let _ = entry.cancel.send(());
+                let _ = entry.cancel.send(None);
                 let proc = entry.target.proc.borrow().as_ref().and_then(Weak::upgrade);
                 if let (Some(proc), Some(bid)) = (proc, entry.target.id.get()) {
                     // The request task, woken by `cancel`, drops its pending entry; its
@@ -1562,11 +1598,11 @@ impl Session {
         }
     }
 
-    /// Ends the session: cancels its requests, detaches from shared backends and stops
-    /// its own.
-    pub async fn close(&self) {
+    /// Ends the session (`why`: recorded by its requests still in flight): cancels its
+    /// requests, detaches from shared backends and stops its own.
+    pub async fn close(&self, why: Closing) {
         for (_, f) in self.in_flight.borrow_mut().drain() {
-            let _ = f.cancel.send(());
+            let _ = f.cancel.send(Some(why));
         }
         // What backends asked this client and it never answered: failed now, or a
         // shared backend (which lives on) would wait for the answers for ever.
@@ -1593,6 +1629,30 @@ impl Session {
             t.await;
         }
         log::info!("session {} closed", self.id);
+    }
+}
+
+/// Ends the `backend.forward` span of a request whose caller went away before the
+/// answer (the client cancelled it, or its session closed: `http.request` says which),
+/// marked cancelled, with the id the backend was sent if it was sent.
+struct Abandoned<'a> {
+    span: &'a Cx,
+    sent: &'a Cell<Option<u64>>,
+    done: Cell<bool>,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.done.get() || !self.span.is_recording() {
+            return;
+        }
+        self.span.set_attributes(|a| {
+            if let Some(id) = self.sent.get() {
+                attrs::request_id(a, &Id::from(id));
+            }
+            a.bool("mcp.request.cancelled", true);
+        });
+        self.span.end();
     }
 }
 

@@ -461,6 +461,55 @@ def test_backend_request_voided_by_the_backends_exit_ends_its_spans(start_gatewa
     assert host_req["end"] >= host_req["start"] > 0
 
 
+@pytest.mark.parametrize("ending", ["cancel", "client_gone", "shutdown"])
+def test_abandoned_requests_record_why(start_gateway, tmp_path, receiver, ending):
+    """A request in flight at the backend that is never answered: the client's
+    cancellation marks the gateway's spans cancelled (not an error, as MCP says), the
+    client's disconnection and the gateway's shutdown fail http.request with their
+    cause; backend.forward is marked cancelled and keeps the id the backend was sent."""
+    gw = start_gateway(tracing_toml(receiver.grpc_endpoint) + fixture_backend())
+    router = Router(gw.url, tracing_toml(receiver.grpc_endpoint), tmp_path)
+    try:
+        router.initialize()
+        router.send({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                     "params": {"name": "one.sleep", "arguments": {"ms": 20000, "progress_every": 50},
+                                "_meta": {"progressToken": "p"}}})
+        # The backend is at work on it once it reports progress.
+        while router._q.get(timeout=DEADLINE).get("method") != "notifications/progress":
+            pass
+        if ending == "cancel":
+            router.send({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                         "params": {"requestId": 1}})
+            assert router.request(2, "ping")["result"] == {}
+            assert router.close() == 0, router.stderr()
+            assert gw.terminate() == 0, gw.describe()
+        elif ending == "client_gone":
+            router.kill()
+            assert gw.terminate() == 0, gw.describe()
+        else:
+            assert gw.terminate() == 0, gw.describe()
+            router.close()
+    except BaseException:
+        router.kill()
+        gw.terminate()
+        raise
+    spans = receiver.snapshot()
+    req = [s for s in by_name(spans, "mcp-gateway", "http.request")
+           if s["attributes"].get("gen_ai.tool.name") == "one.sleep"]
+    assert len(req) == 1, spans
+    trace = trace_of(spans, req[0]["trace_id"])
+    fwd = one(trace, "mcp-gateway", "backend.forward")
+    for s in (req[0], fwd):
+        assert s["attributes"].get("mcp.request.cancelled") is True, s
+    assert fwd["attributes"]["jsonrpc.request.id"].isdigit(), fwd
+    assert fwd["status"] != "ERROR", fwd
+    if ending == "cancel":
+        assert req[0]["status"] != "ERROR", req[0]
+    else:
+        want = {"client_gone": "client_disconnected", "shutdown": "gateway_shutdown"}[ending]
+        assert req[0]["status"] == "ERROR" and req[0]["attributes"]["error.type"] == want, req[0]
+
+
 TREE_LINE = re.compile(r"\((?:[0-9.]+(?:ms|µs))\)")
 TRACE_ID = re.compile(r" trace_id=([0-9a-f]{32})")
 
