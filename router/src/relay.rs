@@ -929,31 +929,43 @@ async fn handle_client_message(
                 .then(|| st.replaying.clone())
                 .flatten()
         }) {
-            None => Err(st
-                .down
-                .clone()
-                .unwrap_or(RelayError::Disconnected {
-                    reason: "not connected".into(),
-                })
-                .to_rpc_error()),
+            None => Err((
+                "gateway_unavailable",
+                st.down
+                    .clone()
+                    .unwrap_or(RelayError::Disconnected {
+                        reason: "not connected".into(),
+                    })
+                    .to_rpc_error(),
+            )),
             Some(link) => match (msg.kind(), msg.id()) {
-                (Kind::Request, Some(_)) if st.pending.len() >= max_in_flight => {
-                    Err(SessionError::TooManyInFlight(max_in_flight).to_rpc_error())
+                // Refused here, not by the gateway: its refusal would be taken for the
+                // answer to the first request (which would then never get its own).
+                (Kind::Request, Some(id)) if st.pending.contains_key(&id) => {
+                    Err(("duplicate_id", SessionError::DuplicateId.to_rpc_error()))
                 }
+                (Kind::Request, Some(_)) if st.pending.len() >= max_in_flight => Err((
+                    "overloaded",
+                    SessionError::TooManyInFlight(max_in_flight).to_rpc_error(),
+                )),
                 _ => Ok(link),
             },
         }
     };
     let link = match decision {
         Ok(link) => link,
-        Err(err) => {
-            telemetry::fail(&spans.request, "gateway_unavailable", &err.message);
-            telemetry::fail(&spans.stdio, "gateway_unavailable", &err.message);
+        Err((error_type, err)) => {
+            telemetry::fail(&spans.request, error_type, &err.message);
+            telemetry::fail(&spans.stdio, error_type, &err.message);
             spans.end();
             if let (Kind::Request, Some(id)) = (msg.kind(), msg.id()) {
                 send_out(out, Message::error_response(Some(id), err).to_json()).await;
             } else {
-                log::warn!("{}; dropped a {:?}", err.message, msg.kind());
+                let kind = match msg.kind() {
+                    Kind::Response => "response",
+                    _ => "notification",
+                };
+                log::warn!("{}; dropped a {kind}", err.message);
             }
             return;
         }

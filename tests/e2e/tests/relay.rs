@@ -723,3 +723,21 @@ fn a_merged_listing_is_measured_as_sent() {
     let r = tools_len(&format!("[limits]\nmax_message_bytes = {sent}\n"));
     assert!(r["result"]["tools"].is_array(), "{r}");
 }
+
+#[test]
+fn a_duplicate_id_in_flight_is_refused_and_the_first_request_still_answered() {
+    let (_gw, mut c) = setup();
+    c.send(json!({"jsonrpc":"2.0","id":"d","method":"tools/call","params":{"name":"two.sleep","arguments":{"ms":300}}}));
+    c.send(json!({"jsonrpc":"2.0","id":"d","method":"tools/call","params":{"name":"two.echo","arguments":{"text":"again"}}}));
+    // The duplicate is refused (by the router: the gateway's refusal would answer the
+    // first request in its place)...
+    let refused = c.response(&json!("d"));
+    assert_eq!(error_code(&refused), -32600, "{refused}");
+    // ...and the first request is still pending: at stdin's end the router waits for
+    // its answer, and it comes, once.
+    c.end_stdin();
+    let answered = c.response(&json!("d"));
+    assert_eq!(text_of(&answered), "slept 300");
+    let rest = c.drain_for(Duration::from_millis(100));
+    assert!(!rest.iter().any(|v| v["id"] == "d"), "{rest:?}");
+}
