@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod link;
+mod queue;
 mod relay;
 mod replay;
 mod stdio;

@@ -50,11 +50,16 @@ use smol::{LocalExecutor, Task};
 use mcp_shared::idmap::IdMap;
 
 use crate::link;
+use crate::queue::{self, Weigh};
 use crate::replay::{self, Replay};
 use crate::stdio::{self, StdoutTx};
 
 /// Messages queued for the WebSocket writer, at most (stdin reading waits when full).
 pub const WS_QUEUE: usize = 256;
+/// Bytes of messages queued for the WebSocket writer, at most (one longer message
+/// goes alone): a gateway that reads slowly holds this much of the router's memory
+/// plus one message, not [`WS_QUEUE`] × `max_message_bytes`.
+pub const WS_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// On stdin EOF, how long to wait for the gateway to acknowledge the close.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// On stdin EOF, how long responses to requests already forwarded may still take to
@@ -101,6 +106,18 @@ enum WsCmd {
     Close,
 }
 
+impl Weigh for WsCmd {
+    fn bytes(&self) -> usize {
+        match self {
+            WsCmd::Text(t) => t.len(),
+            WsCmd::Ping | WsCmd::Close => 0,
+        }
+    }
+}
+
+/// The queue to a link's WebSocket writer.
+type WsTx = queue::Tx<WsCmd>;
+
 /// The spans of a forwarded request.
 struct Spans {
     stdio: Cx,
@@ -129,7 +146,7 @@ struct State {
     /// read for every message).
     server: Rc<(String, u16)>,
     /// The queue to the WebSocket writer, while the link is open to the host's traffic.
-    link: Option<Sender<WsCmd>>,
+    link: Option<WsTx>,
     /// Why the link is down (kept until a new link is open).
     down: Option<RelayError>,
     /// Generation of the newest link (one per successful connection).
@@ -144,7 +161,7 @@ struct State {
     /// The queue to the writer of a link whose session is being replayed: the host's
     /// responses and notifications go through (the new session may already ask the
     /// host something), its requests wait for the link to open.
-    replaying: Option<Sender<WsCmd>>,
+    replaying: Option<WsTx>,
     /// Responses [`maintain_link`] waits for (requests of its own, while it replays the
     /// session on a new link): their ids, and where they go.
     awaited: Option<(Vec<Id>, Sender<Message>)>,
@@ -562,7 +579,7 @@ async fn open_link(
             return Err(e);
         }
     };
-    let (ws_tx, ws_rx) = async_channel::bounded(WS_QUEUE);
+    let (ws_tx, ws_rx) = queue::bounded(WS_QUEUE, WS_QUEUE_BYTES);
     let (lost_tx, lost_rx) = async_channel::bounded::<()>(1);
     let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
     let gen = {
@@ -653,7 +670,7 @@ async fn open_link(
 /// first, answered (with a result) within [`REPLAY_TIMEOUT`] or the attempt fails;
 /// then the rest together, whose failures are only logged. Fails too when link `gen`
 /// is lost meanwhile.
-async fn restore_session(ws: &Sender<WsCmd>, state: &Shared, gen: u64) -> Result<(), String> {
+async fn restore_session(ws: &WsTx, state: &Shared, gen: u64) -> Result<(), String> {
     let messages = state.borrow_mut().replay.messages();
     let mut messages = messages.into_iter();
     let Some(init) = messages.next() else {
@@ -696,7 +713,7 @@ async fn restore_session(ws: &Sender<WsCmd>, state: &Shared, gen: u64) -> Result
 /// once the others are answered, one at a time, at most [`REPLAY_RETRIES`] times.
 /// Fails when the link is lost.
 async fn exchange(
-    ws: &Sender<WsCmd>,
+    ws: &WsTx,
     state: &Shared,
     gen: u64,
     messages: Vec<Message>,
@@ -1331,13 +1348,13 @@ async fn read_ws(
 /// ([`mcp_shared::framing::WS_WRITE_BATCH_BYTES`]).
 async fn write_ws(
     mut sink: link::Sender,
-    rx: Receiver<WsCmd>,
+    rx: queue::Rx<WsCmd>,
     (meter, send_timeout): (Rc<Meter>, Duration),
     gen: u64,
     state: Shared,
     out: StdoutTx,
 ) {
-    while let Ok(cmd) = rx.recv().await {
+    while let Some(cmd) = rx.recv().await {
         // The frame taken and every one queued behind it, up to a close, then one flush.
         let mut closing = false;
         let batch = async {
@@ -1351,7 +1368,7 @@ async fn write_ws(
                         break;
                     }
                 }
-                next = rx.try_recv().ok();
+                next = rx.try_recv();
             }
             sink.flush().await
         };
@@ -1381,7 +1398,7 @@ async fn write_ws(
 async fn keepalive(
     state: Shared,
     out: StdoutTx,
-    link: Sender<WsCmd>,
+    link: WsTx,
     gen: u64,
     (meter, interval): (Rc<Meter>, Duration),
 ) {
@@ -1407,7 +1424,7 @@ async fn keepalive(
             return;
         } else {
             log::debug!("link silent for {} ms; ping sent", interval.as_millis());
-            pinged = link.try_send(WsCmd::Ping).is_ok();
+            pinged = link.try_send_light(WsCmd::Ping).is_ok();
         }
     }
 }

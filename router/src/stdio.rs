@@ -16,14 +16,15 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use async_channel::Receiver;
 use async_io::Async;
 use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
 use mcp_shared::framing::PIPE_READ_CHUNK_BYTES;
 use rustix::fs::{FileType, OFlags};
+
+use crate::queue;
 
 /// Bytes of stdout gathered into one write when several messages are queued (a message
 /// this long, taken first, is written on its own; one that joins a batch ends it).
@@ -38,127 +39,14 @@ pub const STDOUT_QUEUE: usize = 256;
 pub const STDOUT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 
 /// The sending side of the stdout queue (see [`stdout_queue`]).
-#[derive(Clone)]
-pub struct StdoutTx {
-    tx: async_channel::Sender<String>,
-    bytes: Arc<AtomicUsize>,
-    /// Senders waiting for byte room (the queue is full to them).
-    waiting: Arc<AtomicUsize>,
-    /// A token each time the writer takes a message: what a sender over the byte
-    /// bound waits for.
-    room: Receiver<()>,
-}
-
+pub type StdoutTx = queue::Tx<String>;
 /// The writer's side of the stdout queue.
-pub struct StdoutRx {
-    rx: Receiver<String>,
-    bytes: Arc<AtomicUsize>,
-    room: async_channel::Sender<()>,
-}
+pub type StdoutRx = queue::Rx<String>;
 
 /// The queue between the relay and the stdout writer: at most [`STDOUT_QUEUE`]
 /// messages and [`STDOUT_QUEUE_BYTES`] bytes.
 pub fn stdout_queue() -> (StdoutTx, StdoutRx) {
-    let (tx, rx) = async_channel::bounded(STDOUT_QUEUE);
-    let (room_tx, room_rx) = async_channel::bounded(1);
-    let bytes = Arc::new(AtomicUsize::new(0));
-    (
-        StdoutTx {
-            tx,
-            bytes: bytes.clone(),
-            waiting: Arc::default(),
-            room: room_rx,
-        },
-        StdoutRx {
-            rx,
-            bytes,
-            room: room_tx,
-        },
-    )
-}
-
-impl StdoutTx {
-    /// Queues a message, waiting for room (in messages and in bytes); `Err` once the
-    /// writer has stopped.
-    pub async fn send(&self, line: String) -> Result<(), ()> {
-        /// Undoes its count when dropped (the wait ended, or the send was abandoned).
-        struct Held<'a>(&'a AtomicUsize, usize);
-        impl Drop for Held<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(self.1, Ordering::AcqRel);
-            }
-        }
-        loop {
-            let queued = self.bytes.load(Ordering::Acquire);
-            if queued == 0 || queued + line.len() <= STDOUT_QUEUE_BYTES {
-                break;
-            }
-            // Counted as waiting meanwhile: `is_full` says so (the keepalive must not
-            // take a reader held here for a silent gateway).
-            self.waiting.fetch_add(1, Ordering::AcqRel);
-            let _waiting = Held(&self.waiting, 1);
-            // The writer takes a message and leaves a token (kept if nobody waits):
-            // no wake-up is lost between the look above and this wait.
-            if self.room.recv().await.is_err() {
-                return Err(());
-            }
-        }
-        let len = line.len();
-        self.bytes.fetch_add(len, Ordering::AcqRel);
-        // Given back if the message never gets into the queue (the send abandoned or
-        // the writer gone); once in, the writer gives it back as it takes it.
-        let pending = Held(&self.bytes, len);
-        let sent = self.tx.send(line).await;
-        if sent.is_ok() {
-            std::mem::forget(pending);
-        }
-        sent.map_err(|_| ())
-    }
-
-    /// Whether a message would have to wait (or one waits).
-    pub fn is_full(&self) -> bool {
-        self.tx.is_full()
-            || self.bytes.load(Ordering::Acquire) >= STDOUT_QUEUE_BYTES
-            || self.waiting.load(Ordering::Acquire) > 0
-    }
-
-    /// Ends the queue: the writer gets what is in it, then the end.
-    pub fn close(&self) {
-        self.tx.close();
-    }
-}
-
-impl StdoutRx {
-    fn took(&self, line: &str) {
-        self.bytes.fetch_sub(line.len(), Ordering::AcqRel);
-        let _ = self.room.try_send(());
-    }
-
-    /// The next message; `None` once the queue is closed and empty.
-    pub async fn recv(&self) -> Option<String> {
-        let line = self.rx.recv().await.ok()?;
-        self.took(&line);
-        Some(line)
-    }
-
-    /// [`StdoutRx::recv`] from a blocking thread.
-    pub fn recv_blocking(&self) -> Option<String> {
-        let line = self.rx.recv_blocking().ok()?;
-        self.took(&line);
-        Some(line)
-    }
-
-    /// A message if one is queued.
-    pub fn try_recv(&self) -> Option<String> {
-        let line = self.rx.try_recv().ok()?;
-        self.took(&line);
-        Some(line)
-    }
-
-    /// Whether nothing is queued.
-    pub fn is_empty(&self) -> bool {
-        self.rx.is_empty()
-    }
+    queue::bounded(STDOUT_QUEUE, STDOUT_QUEUE_BYTES)
 }
 
 /// How the router reads its stdin.
@@ -451,50 +339,6 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
-    }
-
-    #[test]
-    fn the_stdout_queue_holds_at_most_its_bytes_and_one_message() {
-        use futures_lite::future::poll_once;
-        smol::block_on(async {
-            let (tx, rx) = stdout_queue();
-            let half = "x".repeat(STDOUT_QUEUE_BYTES / 2 + 1);
-            tx.send(half.clone()).await.unwrap();
-            assert!(!tx.is_full());
-            // A second would go past the bound: it waits for the writer, and the queue
-            // says it is full meanwhile.
-            let mut second = Box::pin(tx.send(half.clone()));
-            assert!(poll_once(&mut second).await.is_none());
-            assert!(poll_once(&mut second).await.is_none());
-            assert!(tx.is_full());
-            assert_eq!(rx.try_recv().map(|l| l.len()), Some(half.len()));
-            assert_eq!(poll_once(&mut second).await, Some(Ok(())));
-            assert!(!tx.is_full());
-            // A send abandoned while it waits gives its count back.
-            let mut dropped = Box::pin(tx.send(half.clone()));
-            assert!(poll_once(&mut dropped).await.is_none());
-            drop(dropped);
-            assert!(!tx.is_full());
-            assert_eq!(rx.recv().await.map(|l| l.len()), Some(half.len()));
-            // A message longer than the bound goes alone, into an empty queue.
-            let huge = "y".repeat(STDOUT_QUEUE_BYTES * 2);
-            tx.send(huge).await.unwrap();
-            assert!(tx.is_full());
-            let mut small = Box::pin(tx.send("z".into()));
-            assert!(poll_once(&mut small).await.is_none());
-            assert_eq!(
-                rx.recv_blocking().map(|l| l.len()),
-                Some(STDOUT_QUEUE_BYTES * 2)
-            );
-            assert_eq!(poll_once(&mut small).await, Some(Ok(())));
-            assert_eq!(rx.try_recv().as_deref(), Some("z"));
-            // The writer gone, a waiting sender learns it.
-            tx.send("a".repeat(STDOUT_QUEUE_BYTES)).await.unwrap();
-            let mut late = Box::pin(tx.send("b".repeat(10)));
-            assert!(poll_once(&mut late).await.is_none());
-            drop(rx);
-            assert_eq!(late.await, Err(()));
-        });
     }
 
     #[test]
