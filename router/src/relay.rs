@@ -171,6 +171,11 @@ struct State {
     closing: bool,
     /// Set when a signal ended the relay instead of stdin's EOF.
     signalled: bool,
+    /// Set when SIGTERM came after stdin's EOF: the host has ended the session and is
+    /// stopping the router, so what is left unanswered is not written to stdout (a host
+    /// may have stopped reading it: the Python SDK closes stdin, waits 2 s, sends
+    /// SIGTERM, and fails on a message that comes after).
+    host_gone: bool,
     /// Set when the router closes the link itself, at the end.
     ending: bool,
     /// Set after stdin EOF; dropped (waking the waiter) once nothing is pending.
@@ -328,6 +333,7 @@ async fn relay(
     // A signal stops the reading of stdin wherever it is: a message read but not yet
     // forwarded is dropped (the host is ending the session), one forwarded is answered.
     let mut signalled = unless_signalled(&mut signals, session).await.is_none();
+    let eof = !signalled;
     drop(stdin);
     log::info!(
         "{}; shutting down",
@@ -356,6 +362,7 @@ async fn relay(
             None => {
                 log::info!("SIGTERM; not waiting for the answers on their way");
                 signalled = true;
+                state.borrow_mut().host_gone = true;
             }
         }
     }
@@ -382,7 +389,9 @@ async fn relay(
         }
         log::info!("SIGTERM; finishing the shutdown (a second one exits at once)");
         signalled = true;
-        state.borrow_mut().signalled = true;
+        let mut st = state.borrow_mut();
+        st.signalled = true;
+        st.host_gone |= eof;
     }
     Ok(Ended::Finished)
 }
@@ -1462,20 +1471,43 @@ async fn link_down(state: &Shared, out: &StdoutTx, gen: u64, reason: String) {
         });
         st.drained = None;
         let asked = st.asked.0.remove_where(|a| a.gen == gen);
-        let why = if st.ending || st.closing {
-            ASKED_SHUTDOWN_REASON
+        // What the spans of what is left unanswered record.
+        let (why, error_type) = if st.ending || st.closing {
+            (ASKED_SHUTDOWN_REASON, "shutdown")
         } else {
-            ASKED_LOST_REASON
+            (ASKED_LOST_REASON, "gateway_unavailable")
         };
-        (st.pending.drain().collect::<Vec<_>>(), reason, (asked, why))
+        (
+            st.pending.drain().collect::<Vec<_>>(),
+            reason,
+            (asked, why, error_type),
+        )
     };
     if !state.borrow().closing {
         log::error!("gateway link lost: {reason}");
     }
+    let (asked, why, error_type) = asked;
+    if state.borrow().host_gone {
+        // The host closed stdin, then stopped the router: nobody waits for these.
+        for (_, a) in &asked {
+            telemetry::fail(&a.span, error_type, why);
+        }
+        let left = pending.len();
+        for (_, spans) in pending {
+            telemetry::fail(&spans.request, error_type, SIGNAL_REASON);
+            telemetry::fail(&spans.stdio, error_type, SIGNAL_REASON);
+            spans.end();
+        }
+        if left > 0 {
+            log::info!(
+                "{left} request(s) left unanswered: the host closed stdin, then sent SIGTERM"
+            );
+        }
+        return;
+    }
     // What the gateway asked the host can no longer be answered: the host may stop.
-    let (asked, why) = asked;
     for (id, a) in asked {
-        telemetry::fail(&a.span, "gateway_unavailable", why);
+        telemetry::fail(&a.span, error_type, why);
         drop(a);
         let params = serde_json::json!({"requestId": id, "reason": why});
         let cancel = Message::notification("notifications/cancelled", Some(params));
@@ -1489,8 +1521,8 @@ async fn link_down(state: &Shared, out: &StdoutTx, gen: u64, reason: String) {
         }
     }
     for (id, spans) in pending {
-        telemetry::fail(&spans.request, "gateway_unavailable", &err.message);
-        telemetry::fail(&spans.stdio, "gateway_unavailable", &err.message);
+        telemetry::fail(&spans.request, error_type, &err.message);
+        telemetry::fail(&spans.stdio, error_type, &err.message);
         spans.end();
         send_out(
             out,

@@ -496,14 +496,13 @@ fn a_host_that_reads_slowly_gets_every_answer() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:.200}")))
         .filter(|a: &Value| a["id"] != json!(0))
         .collect();
-    assert_eq!(answers.len(), 2);
     assert_eq!(text_of(&answers[0]).len(), 3_800_000);
-    // The small one may not have come back from the gateway when the signal came.
-    assert!(
-        text_of(&answers[1]) == "small" || error_code(&answers[1]) == -32004,
-        "{}",
-        answers[1]
-    );
+    // The small one may not have come back from the gateway when the signal came: it
+    // is then left unanswered (SIGTERM after EOF: the host has ended the session).
+    assert!(answers.len() <= 2, "{answers:?}");
+    if let Some(small) = answers.get(1) {
+        assert_eq!(text_of(small), "small");
+    }
     assert!(wait_deadline(&mut p.r.0).success());
     wait_for(&p.log, "SIGTERM;");
 }
@@ -535,7 +534,9 @@ fn a_second_sigterm_exits_at_once() {
 }
 
 /// SIGTERM after stdin's EOF (hosts close stdin, wait, then signal): the 5 s wait for
-/// answers on their way ends at once, and the request in flight is told why.
+/// answers on their way ends at once, and the request in flight is left unanswered:
+/// the host has ended the session and may have stopped reading (the Python SDK fails
+/// on a message that comes after its close).
 #[test]
 fn sigterm_after_eof_ends_the_wait_for_answers() {
     let gw = gateway_with("");
@@ -546,11 +547,19 @@ fn sigterm_after_eof_ends_the_wait_for_answers() {
     wait_for(&p.log, "stdin closed; shutting down");
     let start = Instant::now();
     signal(p.r.0.id(), "TERM");
-    slow_request_stopped_by_sigterm(&answers);
     assert!(wait_deadline(&mut p.r.0).success());
     // The wait it ended is 5 s (`EOF_DRAIN_TIMEOUT`); the close takes at most 2 s.
     assert!(start.elapsed() < std::time::Duration::from_millis(4500));
     wait_for(&p.log, "SIGTERM; not waiting for the answers on their way");
+    wait_for(
+        &p.log,
+        "request(s) left unanswered: the host closed stdin, then sent SIGTERM",
+    );
+    // Nothing after the pong, to stdout's end (the router has exited; the test's own
+    // copy of the pipe's write end goes now).
+    drop(p.ends);
+    let rest: Vec<String> = answers.iter().collect();
+    assert!(rest.iter().all(|l| !l.contains("slow")), "{rest:?}");
 }
 
 /// SIGTERM (as hosts stop a stdio server) ends the relay at once: a request in flight
