@@ -22,7 +22,8 @@ use futures_util::Sink;
 use mcp_shared::framing::{ws_read_limit, WS_WRITE_BATCH_BYTES};
 use mcp_shared::jsonrpc::{self, Sniffed};
 use mcp_shared::meter::{Meter, Metered};
-use mcp_shared::telemetry::{attrs, propagation, Attrs, Cx};
+use mcp_shared::telemetry::{self, attrs, propagation, Attrs, Cx};
+use opentelemetry::trace::SpanKind;
 
 use crate::metrics::Dropped;
 use crate::outbox;
@@ -179,10 +180,21 @@ fn check_handshake(
             })
             .is_some_and(|t| token.matches(t.trim()));
         if !ok {
-            return Err(reject(
-                StatusCode::UNAUTHORIZED,
-                "missing or invalid bearer token",
-            ));
+            let why = "missing or invalid bearer token";
+            // The refusal is in the client's trace (its handshake's context): the
+            // guide's `auth.verify`, failed. Accepted handshakes record theirs on each
+            // request's `http.request`.
+            if gw.tel.enabled() {
+                let span = gw
+                    .tel
+                    .start("auth.verify", SpanKind::Server, &seen.cx, |a| {
+                        attrs::authentication(a, "bearer", false, None);
+                        a.str("url.path", req.uri().path());
+                    });
+                telemetry::fail(&span, "unauthorized", why);
+                span.end();
+            }
+            return Err(reject(StatusCode::UNAUTHORIZED, why));
         }
     }
     // Every Sec-WebSocket-Protocol header counts (a list may be split over several).

@@ -110,6 +110,39 @@ def test_a_failed_connect_is_an_error_span(tmp_path, receiver):
     assert "unreachable" in router.stderr() and secret not in router.stderr(), router.stderr()
 
 
+def test_a_refused_token_is_a_failed_auth_verify_in_the_clients_trace(start_gateway, tmp_path, receiver):
+    """A handshake the gateway refuses for its token leaves a trace on the gateway too:
+    auth.verify, failed, with auth.success false, under the router's gateway.connect;
+    neither token appears in it."""
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.write_text("right-s3cr3t\n")
+    bad.write_text("wrong-s3cr3t\n")
+    gw = start_gateway(tracing_toml(receiver.grpc_endpoint) + f'[auth]\ntoken_file = "{good}"\n'
+                       + fixture_backend())
+    router = Router(gw.url, f'token_file = "{bad}"\n' + tracing_toml(receiver.grpc_endpoint), tmp_path)
+    try:
+        # The gateway's span, and the router's failed connect it is the child of.
+        receiver.wait_for(lambda spans: any(
+            a["name"] == "auth.verify" and a["service"] == "mcp-gateway"
+            and any(c["span_id"] == a["parent_span_id"] and c["name"] == "gateway.connect"
+                    for c in spans)
+            for a in spans))
+    except BaseException:
+        router.kill()
+        raise
+    router.kill()
+    assert gw.terminate() == 0, gw.describe()
+    spans = receiver.snapshot()
+    auth = by_name(spans, "mcp-gateway", "auth.verify")[0]
+    assert auth["status"] == "ERROR" and auth["attributes"]["auth.success"] is False, auth
+    assert auth["attributes"]["auth.type"] == "bearer" and auth["attributes"]["error.type"] == "unauthorized"
+    connect = [s for s in by_name(spans, "mcp-router", "gateway.connect") if s["span_id"] == auth["parent_span_id"]]
+    assert len(connect) == 1 and connect[0]["status"] == "ERROR", (auth, spans)
+    assert connect[0]["trace_id"] == auth["trace_id"]
+    for s in spans:
+        assert "s3cr3t" not in json.dumps(s), s
+
+
 def direct_request(ws, id_, method, params) -> dict:
     ws.send(json.dumps({"jsonrpc": "2.0", "id": id_, "method": method, "params": params}))
     while True:
