@@ -384,12 +384,42 @@ impl Session {
             rej.answered_id()
         };
         if rej.reply && !broken_answer {
+            self.rejected_span(&rej);
             self.reply(rej.to_response()).await;
         } else if let Some(id) = answered {
             let err = SessionError::UnreadableResponse(rej.error.message.clone()).to_rpc_error();
             self.on_client_response(Message::error_response(Some(id.clone()), err))
                 .await;
+        } else {
+            self.rejected_span(&rej);
         }
+    }
+
+    /// The `http.request` span of a message refused before it could be read as a
+    /// request (not JSON-RPC, too large): failed with the error, under the handshake's
+    /// context (the message's own `_meta` could not be read).
+    fn rejected_span(&self, rej: &Rejection) {
+        let tel = &self.gw.tel;
+        if !tel.enabled() {
+            return;
+        }
+        let at = Moment::new();
+        let cx = tel.start_at(
+            "http.request",
+            SpanKind::Server,
+            &self.handshake_cx,
+            &at,
+            |a| {
+                if let Some(id) = &rej.id {
+                    attrs::request_id(a, id);
+                }
+                a.int_text("mcp.session.id", self.id);
+            },
+        );
+        let code = rej.error.code.to_string();
+        cx.set_attributes(|a| a.str("rpc.response.status_code", &code));
+        telemetry::fail(&cx, &code, &rej.error.message);
+        cx.end_at(&at);
     }
 
     /// Handles a message that was too large to read, as far as it could be read

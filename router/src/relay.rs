@@ -834,7 +834,7 @@ async fn handle_frame(
             let err = SessionError::TooLarge { limit: max }.to_rpc_error();
             let rej = Rejection::sniffed(seen, err.code, err.message);
             log::warn!("dropped a {len}-byte message from stdin (limit {max})");
-            on_rejected(state, out, max_in_flight, rej).await;
+            on_rejected(state, out, max_in_flight, rej, len).await;
         }
         Frame::Line(line) => handle_client_line(state, out, max_in_flight, line).await,
     }
@@ -844,7 +844,13 @@ async fn handle_frame(
 /// response (the host's answer to what the gateway asked) is never answered: the
 /// gateway is sent an error response with its id instead, so that its request fails
 /// now rather than at its timeout. Anything else is only logged.
-async fn on_rejected(state: &Shared, out: &StdoutTx, max_in_flight: usize, rej: Rejection) {
+async fn on_rejected(
+    state: &Shared,
+    out: &StdoutTx,
+    max_in_flight: usize,
+    rej: Rejection,
+    size: usize,
+) {
     // `{"id": N}` alone, N the id of a request of the gateway's the host holds: its
     // answer, broken (not a request without its method).
     let broken_answer = rej.no_outcome
@@ -859,6 +865,7 @@ async fn on_rejected(state: &Shared, out: &StdoutTx, max_in_flight: usize, rej: 
     };
     if rej.reply && !broken_answer {
         log::warn!("bad message on stdin: {}", rej.error.message);
+        rejected_span(state, &rej, size);
         send_out(out, rej.to_response().to_json()).await;
     } else if let Some(id) = answered {
         log::warn!(
@@ -871,7 +878,33 @@ async fn on_rejected(state: &Shared, out: &StdoutTx, max_in_flight: usize, rej: 
         handle_client_message(state, out, max_in_flight, msg, size).await;
     } else {
         log::warn!("bad message on stdin, not answered: {}", rej.error.message);
+        rejected_span(state, &rej, size);
     }
+}
+
+/// The `stdio.read` span of a line from stdin the router refused itself (not JSON-RPC,
+/// too long): a root, failed with the error the host is told (or would be).
+fn rejected_span(state: &Shared, rej: &Rejection, size: usize) {
+    let tel = state.borrow().tel.clone();
+    if !tel.enabled() {
+        return;
+    }
+    let read = Moment::new();
+    let span = tel.start_at("stdio.read", SpanKind::Server, &Cx::default(), &read, |a| {
+        if let Some(id) = &rej.id {
+            attrs::request_id(a, id);
+        }
+        a.str("network.transport", "pipe");
+    });
+    span.event_at(
+        "stdio.message.read",
+        &[("message.size", AttrValue::Int(size as i64))],
+        &read,
+    );
+    let code = rej.error.code.to_string();
+    span.set_attributes(|a| a.str("rpc.response.status_code", &code));
+    telemetry::fail(&span, &code, &rej.error.message);
+    span.end_at(&read);
 }
 
 async fn handle_client_line(state: &Shared, out: &StdoutTx, max_in_flight: usize, line: Vec<u8>) {
@@ -881,7 +914,7 @@ async fn handle_client_line(state: &Shared, out: &StdoutTx, max_in_flight: usize
     // arguments, of any size, are checked but not built).
     match Message::parse_relayed(line) {
         Ok(msg) => handle_client_message(state, out, max_in_flight, msg, size).await,
-        Err(rej) => on_rejected(state, out, max_in_flight, rej).await,
+        Err(rej) => on_rejected(state, out, max_in_flight, rej, size).await,
     }
 }
 

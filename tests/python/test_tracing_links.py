@@ -143,6 +143,42 @@ def test_a_refused_token_is_a_failed_auth_verify_in_the_clients_trace(start_gate
         assert "s3cr3t" not in json.dumps(s), s
 
 
+def test_refused_messages_are_failed_spans(start_gateway, tmp_path, receiver):
+    """A message refused before it is a request (not JSON, a batch) still has its span:
+    the router's stdio.read, the gateway's http.request, each failed with the error the
+    peer is told and the id when it could be read."""
+    gw = start_gateway(tracing_toml(receiver.grpc_endpoint) + fixture_backend())
+    router = Router(gw.url, tracing_toml(receiver.grpc_endpoint), tmp_path)
+    try:
+        router.initialize()
+        router.proc.stdin.write(b'{"jsonrpc":"2.0","id":9,"method":"ping",\n')
+        router.proc.stdin.flush()
+        while True:
+            m = router._q.get(timeout=DEADLINE)
+            if m.get("id") == 9:
+                break
+        assert m["error"]["code"] == -32700, m
+        with connect(gw.url, subprotocols=["mcp"]) as ws:
+            ws.send('[{"jsonrpc":"2.0","id":4,"method":"ping"}]')
+            answer = json.loads(ws.recv(timeout=DEADLINE))
+            assert answer["error"]["code"] == -32600, answer
+    except BaseException:
+        router.kill()
+        raise
+    assert router.close() == 0, router.stderr()
+    assert gw.terminate() == 0, gw.describe()
+    spans = receiver.snapshot()
+    read = [s for s in by_name(spans, "mcp-router", "stdio.read") if s["status"] == "ERROR"]
+    assert len(read) == 1, spans
+    assert read[0]["attributes"]["jsonrpc.request.id"] == "9"
+    assert read[0]["attributes"]["error.type"] == "-32700" and read[0]["parent_span_id"] == ""
+    assert "stdio.message.read" in read[0]["events"]
+    refused = [s for s in by_name(spans, "mcp-gateway", "http.request") if s["status"] == "ERROR"]
+    assert len(refused) == 1, spans
+    assert refused[0]["attributes"]["error.type"] == "-32600", refused[0]
+    assert "batch" in refused[0]["status_message"], refused[0]
+
+
 def direct_request(ws, id_, method, params) -> dict:
     ws.send(json.dumps({"jsonrpc": "2.0", "id": id_, "method": method, "params": params}))
     while True:
