@@ -559,6 +559,22 @@ impl TracingConfig {
                 format!("{} is outside 0.0..=1.0", self.sampler_param),
             ));
         }
+        // A protocol this build has no exporter for: refused with the file (and by
+        // `--check-config`), not at the next start.
+        let (built, name) = match self.otlp_protocol {
+            OtlpProtocol::Grpc => (cfg!(feature = "otlp-grpc"), "grpc"),
+            OtlpProtocol::HttpProtobuf => (cfg!(feature = "otlp-http"), "http/protobuf"),
+        };
+        if self.enabled && self.exporter_type == ExporterType::Otlp && !built {
+            return Err(invalid(
+                &["tracing", "otlp_protocol"],
+                format!(
+                    "\"{name}\" is not built into this binary (cargo features: {}): use a \
+                     build with it, another protocol, or exporter_type = \"stdout\"",
+                    crate::features()
+                ),
+            ));
+        }
         // No message here repeats the endpoint: a password may be in it.
         let ep = self.endpoint();
         let (scheme, rest) = ep.split_once("://").unwrap_or(("", &ep));
@@ -1882,7 +1898,31 @@ env = { A = "1" }
         assert_eq!(e.line, Some(4), "{e}");
     }
 
+    /// A protocol without its exporter in the build is refused with the file, naming
+    /// the key and line (not at the next start).
     #[test]
+    #[cfg(not(all(feature = "otlp-grpc", feature = "otlp-http")))]
+    fn a_protocol_left_out_of_the_build_is_a_config_error() {
+        let proto = if cfg!(feature = "otlp-grpc") {
+            "http/protobuf"
+        } else {
+            "grpc"
+        };
+        let text = format!(
+            "[gateway]\nurl = \"ws://h/mcp\"\n[tracing]\nenabled = true\notlp_protocol = \"{proto}\"\n"
+        );
+        let e = from_str::<RouterConfig>(&text, None).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("tracing.otlp_protocol"), "{e}");
+        assert!(e.to_string().contains("not built into this binary"), "{e}");
+        // Off, or with the stdout exporter, it does not matter.
+        let off = text.replace("enabled = true", "enabled = false");
+        assert!(from_str::<RouterConfig>(&off, None).is_ok());
+        let stdout = format!("{text}exporter_type = \"stdout\"\n");
+        assert!(from_str::<RouterConfig>(&stdout, None).is_ok());
+    }
+
+    #[test]
+    #[cfg(all(feature = "otlp-grpc", feature = "otlp-http"))]
     fn tracing_section() {
         let c: RouterConfig = from_str(
             "[gateway]\nurl = \"ws://h/mcp\"\n[tracing]\nenabled = true\nsampler_type = \"traceidratio\"\nsampler_param = 0.25\notlp_protocol = \"http/protobuf\"\notlp_headers = { x-api-key = \"k\" }\n",
@@ -1931,6 +1971,8 @@ env = { A = "1" }
     }
 
     #[test]
+    // Tracing on with the OTLP exporters: needs both in the build.
+    #[cfg(all(feature = "otlp-grpc", feature = "otlp-http"))]
     fn export_batch_size_is_the_binarys_unless_set() {
         let parse = |tracing: &str| {
             from_str::<RouterConfig>(
