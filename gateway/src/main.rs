@@ -292,7 +292,7 @@ fn main() -> ExitCode {
             } else {
                 "auth.token_file"
             };
-            eprintln!("mcp-gateway: {}: key `{key}`: {msg}", path.display());
+            eprintln!("mcp-gateway: {}", config::error_at(Some(&path), key, msg));
             return ExitCode::from(EXIT_CONFIG as u8);
         }
         Some(Ok(t)) => t,

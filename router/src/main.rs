@@ -83,12 +83,8 @@ fn main() -> ExitCode {
             } else {
                 "gateway.token_file"
             };
-            let file = args
-                .config
-                .as_ref()
-                .map(|p| format!("{}: ", p.display()))
-                .unwrap_or_default();
-            eprintln!("mcp-router: {file}key `{key}`: {msg}");
+            let e = mcp_shared::config::error_at(args.config.as_deref(), key, msg);
+            eprintln!("mcp-router: {e}");
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };

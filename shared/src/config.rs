@@ -1426,6 +1426,22 @@ where
     from_str(&text, Some(path))
 }
 
+/// An error about `key` (dotted, e.g. `auth.token_env`) of the file at `path`, found
+/// after the file was loaded (a token that cannot be read): located to its line like
+/// the errors [`load`] gives.
+pub fn error_at(path: Option<&Path>, key: &str, message: String) -> ConfigError {
+    let segments: Vec<String> = key.split('.').map(str::to_string).collect();
+    let line = path
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| locate(&text, &segments).map(|s| line_of(&text, s.start)));
+    ConfigError {
+        file: path.map(Path::to_path_buf),
+        line,
+        key: Some(key.to_string()),
+        message,
+    }
+}
+
 fn dotted(path: &[String]) -> String {
     let mut s = String::new();
     for seg in path {

@@ -781,14 +781,35 @@ level = \"info\"\n",
     let (code, err) = router(&["--check-config", "--config", tok.to_str().unwrap()], &[]);
     assert_eq!(code, Some(64), "{err}");
     assert!(
-        err.contains("gateway.token_env") && err.contains("router-token"),
-        "{err}"
+        err.contains("gateway.token_env") && err.contains("router-token") && err.contains(":3:"),
+        "named by key, file and line: {err}"
     );
     let (code, err) = router(
         &["--check-config", "--config", tok.to_str().unwrap()],
         &[("E2E_NO_SUCH_TOKEN", "t")],
     );
     assert_eq!(code, Some(0), "{err}");
+    let gtok = temp_path("gateway-token.toml");
+    std::fs::write(
+        &gtok,
+        format!(
+            "{}[auth]\ntoken_file = \"/nonexistent/e2e-token\"\n",
+            fixture_backend("one", "")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(bin("mcp-gateway"))
+        .args(["--check-config", "--config"])
+        .arg(&gtok)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    let line = fixture_backend("one", "").lines().count() + 2;
+    assert!(
+        err.contains("auth.token_file") && err.contains(&format!(":{line}:")),
+        "named by key, file and line: {err}"
+    );
     // A bad command line is a usage error too, for both binaries (the unit does not
     // restart on 64).
     let (code, err) = router(&["--bogus"], &[]);
