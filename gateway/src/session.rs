@@ -385,7 +385,7 @@ impl Session {
         };
         if rej.reply && !broken_answer {
             self.rejected_span(&rej);
-            self.reply(rej.to_response()).await;
+            self.deliver(rej.reply_text(), true).await;
         } else if let Some(id) = answered {
             let err = SessionError::UnreadableResponse(rej.error.message.clone()).to_rpc_error();
             self.on_client_response(Message::error_response(Some(id.clone()), err))

@@ -866,7 +866,7 @@ async fn on_rejected(
     if rej.reply && !broken_answer {
         log::warn!("bad message on stdin: {}", rej.error.message);
         rejected_span(state, &rej, size);
-        send_out(out, rej.to_response().to_json()).await;
+        send_out(out, rej.reply_text()).await;
     } else if let Some(id) = answered {
         log::warn!(
             "bad response on stdin (to the gateway's request {id}): {}",

@@ -195,6 +195,12 @@ pub struct Rejection {
     /// without its method, or a response without its outcome. The receiver that has a
     /// request of its own pending under that id takes it for the latter.
     pub no_outcome: bool,
+    /// A batch (a JSON array): the ids of its requests, each answered with the error
+    /// (`None`: an element that is not an object, or an id of no valid type, answered
+    /// with id `null`, as JSON-RPC says). MCP 2025-03-26 asked receivers to take
+    /// batches and 2025-06-18 removed them: the bridge refuses them, but never leaves a
+    /// request in one unanswered. Notifications and responses in it get nothing.
+    pub batch: Option<Vec<Option<Id>>>,
 }
 
 impl Rejection {
@@ -204,6 +210,7 @@ impl Rejection {
             error: RpcError::new(code, message),
             reply: true,
             no_outcome: false,
+            batch: None,
         }
     }
 
@@ -222,6 +229,7 @@ impl Rejection {
             id: seen.id,
             error: RpcError::new(code, message),
             no_outcome: false,
+            batch: None,
         }
     }
 
@@ -240,6 +248,21 @@ impl Rejection {
     /// The error response to send back for this rejection.
     pub fn to_response(&self) -> Message {
         Message::error_response(self.id.clone(), self.error.clone())
+    }
+
+    /// The text to send back: [`Rejection::to_response`]'s, or for a batch an array of
+    /// one error response per request in it.
+    pub fn reply_text(&self) -> String {
+        match &self.batch {
+            None => self.to_response().to_json(),
+            Some(ids) => {
+                let answers: Vec<String> = ids
+                    .iter()
+                    .map(|id| Message::error_response(id.clone(), self.error.clone()).to_json())
+                    .collect();
+                format!("[{}]", answers.join(","))
+            }
+        }
     }
 }
 
@@ -293,12 +316,32 @@ struct Shape {
 }
 
 impl Shape {
-    fn batch() -> Rejection {
-        Rejection::new(
+    /// The rejection of a batch; with its `items` when they were read, so that each
+    /// request among them is answered ([`Rejection::batch`]).
+    fn batch(items: Option<&[Value]>) -> Rejection {
+        let mut rej = Rejection::new(
             None,
             codes::INVALID_REQUEST,
             "invalid request: JSON-RPC batches are not supported (removed in MCP 2025-06-18)",
-        )
+        );
+        if let Some(items) = items {
+            let ids: Vec<Option<Id>> = items
+                .iter()
+                .filter_map(|item| match item {
+                    Value::Object(o) if o.contains_key("method") => {
+                        // A notification (no id) is not answered.
+                        o.get("id").map(Id::from_value)
+                    }
+                    // A response is never answered.
+                    Value::Object(o) if o.contains_key("result") || o.contains_key("error") => None,
+                    Value::Object(o) => Some(o.get("id").and_then(Id::from_value)),
+                    _ => Some(None),
+                })
+                .collect();
+            rej.reply = !ids.is_empty();
+            rej.batch = Some(ids);
+        }
+        rej
     }
 
     fn not_an_object() -> Rejection {
@@ -524,7 +567,7 @@ impl Message {
     pub fn from_value(value: Value) -> Result<Message, Rejection> {
         let obj = match value {
             Value::Object(obj) => obj,
-            Value::Array(_) => return Err(Shape::batch()),
+            Value::Array(items) => return Err(Shape::batch(Some(&items))),
             _ => return Err(Shape::not_an_object()),
         };
         let tag = |k: &str| field(&obj, k).map(Tag::of);
@@ -1950,6 +1993,32 @@ mod tests {
         let e = parse(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#).unwrap_err();
         assert_eq!(e.error.code, codes::INVALID_REQUEST);
         assert!(e.error.message.contains("batch"));
+        // Each request of a batch is answered with its id (in a batch, as JSON-RPC
+        // answers one); notifications and responses in it are not; an element that is
+        // no request object gets id null.
+        let e = parse(
+            r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"n"},{"jsonrpc":"2.0","id":"s","method":"tools/list"},{"jsonrpc":"2.0","id":9,"result":{}},3]"#,
+        )
+        .unwrap_err();
+        assert!(e.reply);
+        let answers: Value = serde_json::from_str(&e.reply_text()).unwrap();
+        let ids: Vec<&Value> = answers
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| &a["id"])
+            .collect();
+        assert_eq!(ids, [&json!(1), &json!("s"), &Value::Null]);
+        assert!(answers[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("batch"));
+        // Only notifications: nothing to answer.
+        let e = parse(r#"[{"jsonrpc":"2.0","method":"n"}]"#).unwrap_err();
+        assert!(!e.reply && e.answered_id().is_none());
+        // Not a batch: one response, as before.
+        let e = parse(r#"{"jsonrpc":"1.0","id":"q","method":"ping"}"#).unwrap_err();
+        assert_eq!(e.reply_text(), e.to_response().to_json());
         let e = parse(r#""hello""#).unwrap_err();
         assert_eq!(e.error.code, codes::INVALID_REQUEST);
         let e = parse(r#"{"jsonrpc":"1.0","id":"q","method":"ping"}"#).unwrap_err();

@@ -48,7 +48,14 @@ impl Brief {
             })?;
         let f = match read {
             Read::Object(f) => f,
-            Read::Array => return Err(Shape::batch()),
+            // A batch is rejected, and its requests answered, as `Message::parse`
+            // does: it reads the items (a batch is rare, and refused anyway).
+            Read::Array => {
+                let items: Vec<Value> = serde_json::from_str(text).map_err(|e| {
+                    Rejection::unreadable(bytes, codes::PARSE_ERROR, format!("parse error: {e}"))
+                })?;
+                return Err(Shape::batch(Some(&items)));
+            }
             Read::Other => return Err(Shape::not_an_object()),
         };
         let (kind, id) = f.shape.classify()?;

@@ -741,3 +741,32 @@ fn a_duplicate_id_in_flight_is_refused_and_the_first_request_still_answered() {
     let rest = c.drain_for(Duration::from_millis(100));
     assert!(!rest.iter().any(|v| v["id"] == "d"), "{rest:?}");
 }
+
+#[test]
+fn a_batch_is_refused_with_an_answer_for_each_request_in_it() {
+    let (gw, mut c) = setup();
+    // MCP 2025-03-26 allowed batches; the bridge refuses them, but each request in one
+    // gets its error under its own id (none is left waiting), in a batch of answers.
+    c.send_raw(
+        r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/x"},{"jsonrpc":"2.0","id":"b","method":"tools/list"}]"#,
+    );
+    let answers = c.recv_where(|v| v.is_array());
+    let ids: Vec<&Value> = answers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["id"])
+        .collect();
+    assert_eq!(ids, [&json!(1), &json!("b")], "{answers}");
+    assert!(answers
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| error_code(a) == -32600));
+    // The gateway, to a direct client, the same.
+    let mut ws = WsClient::mcp(&gw);
+    ws.send_raw(r#"[{"jsonrpc":"2.0","id":7,"method":"ping"}]"#);
+    let answers = ws.recv_where(|v| v.is_array());
+    assert_eq!(answers[0]["id"], json!(7), "{answers}");
+    assert_eq!(error_code(&answers[0]), -32600);
+}
