@@ -252,6 +252,13 @@ impl Proc {
         &self.name
     }
 
+    /// How long one of its requests to a client may stay unanswered: as long as the
+    /// longest any request to it may be waited for (a request of the client's that led
+    /// to it has failed by then).
+    pub fn client_answer_limit(&self) -> Duration {
+        self.timeout * REQUEST_TIMEOUT_MAX_FACTOR
+    }
+
     /// The capabilities it announced in `initialize`.
     pub fn capabilities(&self) -> Value {
         self.caps.borrow().clone()

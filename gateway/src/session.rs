@@ -188,6 +188,9 @@ struct ServerReq {
     /// Its `client.forward` span, ended with the entry (with the client's answer, or
     /// failed before by whatever voided the request).
     span: Cx,
+    /// Gives up on the client's answer at the process's `client_answer_limit`
+    /// (cancelled with the entry).
+    expiry: Option<smol::Task<()>>,
 }
 
 impl Drop for ServerReq {
@@ -1529,7 +1532,7 @@ impl Session {
     /// the request is queued: the client never gets the request after the notice that
     /// voids it.
     pub async fn relay_server_request(
-        &self,
+        self: &Rc<Self>,
         proc: &Rc<Proc>,
         mut msg: Message,
         wait: bool,
@@ -1557,8 +1560,19 @@ impl Session {
                 progress_token,
                 _asking: proc.asking(self.id),
                 span: span.clone(),
+                expiry: None,
             })
             .expect("room was checked");
+        let (me, limit) = (Rc::downgrade(self), proc.client_answer_limit());
+        let expiry = rt::spawn(async move {
+            async_io::Timer::after(limit).await;
+            if let Some(me) = me.upgrade() {
+                me.give_up_on_client(cid, limit);
+            }
+        });
+        if let Some(req) = self.server_reqs.borrow_mut().get_mut(cid) {
+            req.expiry = Some(expiry);
+        }
         msg.set_id(&Id::from(cid));
         span.set_attributes(|a| attrs::request_id(a, &Id::from(cid)));
         propagation::inject_message(&span, &mut msg);
@@ -1568,6 +1582,34 @@ impl Session {
             if let Some(req) = self.server_reqs.borrow_mut().remove(cid) {
                 refuse(SessionError::ClientUnavailable.to_rpc_error(), &req.span);
             }
+        }
+    }
+
+    /// A backend's request the client has not answered within `limit`: the client is
+    /// told it is cancelled (a host frees what it holds for it), the backend gets an
+    /// error, and neither waits for it any longer (it held a place of `max_in_flight`
+    /// at the gateway, and at the router, for good).
+    fn give_up_on_client(&self, cid: u64, limit: std::time::Duration) {
+        let Some(mut req) = self.server_reqs.borrow_mut().remove(cid) else {
+            return;
+        };
+        // This runs in that task: it ends on its own.
+        if let Some(t) = req.expiry.take() {
+            t.detach();
+        }
+        let e = SessionError::ClientDidNotAnswer(limit.as_millis() as u64).to_rpc_error();
+        log::warn!("session {}: {}", self.id, e.message);
+        telemetry::fail(&req.span, "timeout", &e.message);
+        if let Some(proc) = req.proc.upgrade() {
+            proc.notify(&Message::error_response(
+                Some(req.backend_id.clone()),
+                e.clone(),
+            ));
+        }
+        let params = json!({"requestId": cid, "reason": e.message});
+        let notice = Message::notification("notifications/cancelled", Some(params));
+        if self.out.try_send(notice.to_json()).is_err() {
+            log::debug!("session {}: no room to cancel request {cid}", self.id);
         }
     }
 

@@ -297,6 +297,9 @@ pub enum SessionError {
     ClientDisconnected,
     /// A backend asked a client something while no session was attached to it.
     NoClientSession,
+    /// The client did not answer a backend's request within this many milliseconds
+    /// (the longest any request to that backend may be waited for).
+    ClientDidNotAnswer(u64),
 }
 
 impl fmt::Display for SessionError {
@@ -336,6 +339,9 @@ impl fmt::Display for SessionError {
             SessionError::NoClientSession => {
                 write!(f, "no client session is attached to this backend")
             }
+            SessionError::ClientDidNotAnswer(ms) => {
+                write!(f, "the client did not answer within {ms} ms")
+            }
         }
     }
 }
@@ -346,6 +352,7 @@ impl ToRpcError for SessionError {
             SessionError::TooManyInFlight(_) | SessionError::TooManySubscriptions(_) => {
                 codes::OVERLOADED
             }
+            SessionError::ClientDidNotAnswer(_) => codes::REQUEST_TIMEOUT,
             SessionError::TooLarge { .. } | SessionError::DuplicateId => codes::INVALID_REQUEST,
             SessionError::UnreadableResponse(_)
             | SessionError::ListingTooLarge { .. }

@@ -70,6 +70,11 @@ impl<T> IdMap<T> {
         self.entries.get(&id)
     }
 
+    /// Changes a live entry in place.
+    pub fn get_mut(&mut self, id: u64) -> Option<&mut T> {
+        self.entries.get_mut(&id)
+    }
+
     /// Removes an entry by our own id.
     pub fn remove(&mut self, id: u64) -> Option<T> {
         self.entries.remove(&id)

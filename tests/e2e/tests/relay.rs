@@ -770,3 +770,46 @@ fn a_batch_is_refused_with_an_answer_for_each_request_in_it() {
     assert_eq!(answers[0]["id"], json!(7), "{answers}");
     assert_eq!(error_code(&answers[0]), -32600);
 }
+
+#[test]
+fn a_backends_request_the_client_never_answers_is_given_up_on() {
+    // A backend's sampling request unanswered past 10 × its request_timeout (the
+    // longest any request to it is waited for): the host is told it is cancelled, the
+    // backend gets an error, and nothing holds a place for it any more.
+    let gw = Gateway::start(&fixture_backend("one", "request_timeout = \"200ms\"\n"));
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    c.send(json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
+        "params":{"name":"one.sample","arguments":{"prompt":"anyone?"}}}));
+    let asked = c.recv_where(|v| v["method"] == "sampling/createMessage");
+    let cancel = c.recv_where(|v| v["method"] == "notifications/cancelled");
+    assert_eq!(cancel["params"]["requestId"], asked["id"], "{cancel}");
+    assert!(
+        cancel["params"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer within 2000 ms"),
+        "{cancel}"
+    );
+    // The call that asked fails one way or the other at about the same time (its own
+    // time runs out then too), and is answered.
+    let r = c.response(&json!(1));
+    assert!(
+        r.get("error").is_some() || r["result"]["isError"] == true,
+        "{r}"
+    );
+    gw.wait_line("the client did not answer within 2000 ms");
+    // The host's late answer is dropped; a new request is asked and answered.
+    c.send(
+        json!({"jsonrpc":"2.0","id":asked["id"],"result":{"role":"assistant",
+        "content":{"type":"text","text":"late"},"model":"test"}}),
+    );
+    c.send(json!({"jsonrpc":"2.0","id":2,"method":"tools/call",
+        "params":{"name":"one.sample","arguments":{"prompt":"again"}}}));
+    let again = c.recv_where(|v| v["method"] == "sampling/createMessage");
+    c.send(
+        json!({"jsonrpc":"2.0","id":again["id"],"result":{"role":"assistant",
+        "content":{"type":"text","text":"yes"},"model":"test"}}),
+    );
+    assert_eq!(text_of(&c.response(&json!(2))), "sampled: yes");
+}
