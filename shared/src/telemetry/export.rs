@@ -205,25 +205,60 @@ fn timed_out(e: &io::Error) -> bool {
 }
 
 #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
-/// Runs `attempt` until it succeeds, fails for good, or the next try would end past
-/// `timeout`; waits [`RETRY_BASE`], doubling, between tries. `attempt` says whether a
-/// failure is worth another try.
+/// Whether a failed export is worth another try, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Again {
+    /// No: it would fail the same way.
+    No,
+    /// Yes, after the next backoff delay.
+    Backoff,
+    /// Yes, not before this long (the collector's `Retry-After`).
+    After(Duration),
+}
+
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+impl From<bool> for Again {
+    fn from(retry: bool) -> Again {
+        if retry {
+            Again::Backoff
+        } else {
+            Again::No
+        }
+    }
+}
+
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+/// Runs `attempt` until it succeeds, fails for good, or the next try would begin past
+/// `timeout`; waits [`RETRY_BASE`], doubling, between tries, or as long as the collector
+/// asked (`Retry-After`, OTLP's "SHOULD honor"; when that is past the deadline, the
+/// export gives up at once instead of trying against the collector's wish).
 fn with_retries(
     timeout: Duration,
-    mut attempt: impl FnMut(Instant) -> Result<(), (String, bool)>,
+    mut attempt: impl FnMut(Instant) -> Result<(), (String, Again)>,
 ) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
-    let mut delay = RETRY_BASE;
+    let mut backoff = RETRY_BASE;
     loop {
-        let (err, retry) = match attempt(deadline) {
+        let (err, again) = match attempt(deadline) {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
-        if !retry || Instant::now() + delay >= deadline {
-            return Err(err);
+        let delay = match again {
+            Again::No => return Err(err),
+            Again::Backoff => {
+                let d = backoff;
+                backoff *= 2;
+                d
+            }
+            Again::After(d) => d,
+        };
+        if Instant::now() + delay >= deadline {
+            return match again {
+                Again::After(d) => Err(format!("{err}; retry after {} ms", d.as_millis())),
+                _ => Err(err),
+            };
         }
         std::thread::sleep(delay);
-        delay *= 2;
     }
 }
 
@@ -264,15 +299,19 @@ impl HttpExporter {
         let request = &body[start..];
         let result = with_retries(timeout, |deadline| {
             match conn::block_on(deadline, self.send(request, deadline)) {
-                Ok(status) if (200..300).contains(&status) => Ok(()),
-                Ok(status) => Err((
+                Ok((status, _)) if (200..300).contains(&status) => Ok(()),
+                Ok((status, retry_after)) => Err((
                     format!("HTTP status {status}"),
-                    matches!(status, 429 | 502 | 503 | 504),
+                    match (matches!(status, 429 | 502 | 503 | 504), retry_after) {
+                        (false, _) => Again::No,
+                        (true, Some(d)) => Again::After(d),
+                        (true, None) => Again::Backoff,
+                    },
                 )),
                 Err(e) => {
                     // A refused certificate (or another TLS failure) will not heal.
                     let retry = e.kind() != io::ErrorKind::InvalidData;
-                    Err((e.to_string(), retry))
+                    Err((e.to_string(), retry.into()))
                 }
             }
         })
@@ -289,8 +328,12 @@ impl HttpExporter {
     }
 
     /// One request (head and body) on the kept connection (or a new one); the
-    /// response's status.
-    async fn send(&mut self, request: &[u8], deadline: Instant) -> io::Result<u16> {
+    /// response's status, and its `Retry-After` when given in seconds.
+    async fn send(
+        &mut self,
+        request: &[u8],
+        deadline: Instant,
+    ) -> io::Result<(u16, Option<Duration>)> {
         let (mut stream, reused) = match self.idle.take() {
             Some(mut kept) => {
                 if conn::is_closed(&mut kept).await {
@@ -319,8 +362,15 @@ impl HttpExporter {
         if keep {
             self.idle = Some(stream);
         }
-        Ok(response.status().as_u16())
+        Ok((response.status().as_u16(), retry_after(response.headers())))
     }
+}
+
+#[cfg(feature = "otlp-http")]
+/// A `Retry-After` in seconds (its HTTP-date form is not read: the backoff applies).
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 #[cfg(feature = "otlp-http")]
@@ -603,13 +653,13 @@ impl GrpcExporter {
         with_retries(timeout, |deadline| {
             match conn::block_on(deadline, self.attempt(body.clone(), deadline)) {
                 Ok(0) => Ok(()),
-                Ok(status) => Err((format!("gRPC status {status}"), retryable(status))),
+                Ok(status) => Err((format!("gRPC status {status}"), retryable(status).into())),
                 Err(e) => {
                     // Whatever state a failed (or timed out) call left it in: start over.
                     self.conn = None;
                     // A refused certificate (or another TLS failure) will not heal.
                     let retry = e.kind() != io::ErrorKind::InvalidData;
-                    Err((e.to_string(), retry))
+                    Err((e.to_string(), retry.into()))
                 }
             }
         })
@@ -813,6 +863,60 @@ impl<T: futures_lite::AsyncWrite + Unpin> tokio::io::AsyncWrite for TokioIo<T> {
 #[cfg(all(test, any(feature = "otlp-grpc", feature = "otlp-http")))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_collectors_retry_after_is_honoured_within_the_deadline() {
+        // Asked to wait 300 ms: the second try comes no sooner.
+        let start = Instant::now();
+        let mut tries = Vec::new();
+        let r = with_retries(Duration::from_secs(5), |_| {
+            tries.push(start.elapsed());
+            match tries.len() {
+                1 => Err((
+                    "HTTP status 503".into(),
+                    Again::After(Duration::from_millis(300)),
+                )),
+                _ => Ok(()),
+            }
+        });
+        assert_eq!(r, Ok(()));
+        assert!(tries[1] >= Duration::from_millis(300), "{tries:?}");
+        // Asked to wait past the deadline: given up at once, saying why.
+        let start = Instant::now();
+        let mut n = 0;
+        let r = with_retries(Duration::from_secs(1), |_| {
+            n += 1;
+            Err((
+                "HTTP status 429".into(),
+                Again::After(Duration::from_secs(30)),
+            ))
+        });
+        assert_eq!(n, 1);
+        assert!(start.elapsed() < Duration::from_millis(500));
+        assert_eq!(r, Err("HTTP status 429; retry after 30000 ms".into()));
+        // Not retryable: one try.
+        let mut n = 0;
+        let r = with_retries(Duration::from_secs(1), |_| {
+            n += 1;
+            Err(("HTTP status 400".into(), Again::No))
+        });
+        assert_eq!((n, r), (1, Err("HTTP status 400".into())));
+    }
+
+    #[cfg(feature = "otlp-http")]
+    #[test]
+    fn retry_after_is_read_in_seconds() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(http::header::RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        // The date form is left to the backoff.
+        h.insert(
+            http::header::RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), None);
+    }
 
     /// A collector that takes connections and reads what it is sent, and never
     /// answers; its port.
