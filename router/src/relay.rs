@@ -508,9 +508,13 @@ async fn maintain_link(
     let first = cfg.gateway.reconnect_delay.0;
     let mut delay = first;
     let mut attempt = 0u64;
+    // Whether a link was ever open: the next one is a reconnection (the host's session
+    // is replayed on it), not the first connection after failed attempts.
+    let mut was_open = false;
     loop {
         attempt += 1;
-        let opened = open_link(ex, &cfg, token.as_ref(), &state, &out, attempt > 1).await;
+        let opened = open_link(ex, &cfg, token.as_ref(), &state, &out, was_open).await;
+        was_open |= opened.is_ok();
         if let Err(e) = &opened {
             if attempt == 1 || first.is_zero() {
                 log::error!("{e}; every request will be answered with an error");
