@@ -39,11 +39,6 @@ fn check_bad_input(c: &mut Client) {
             -32700,
             json!("keep-me"),
         ),
-        (
-            r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#.into(),
-            -32600,
-            json!(null),
-        ),
         ("42".into(), -32600, json!(null)),
         (
             r#"{"jsonrpc":"1.0","id":5,"method":"ping"}"#.into(),
@@ -68,6 +63,11 @@ fn check_bad_input(c: &mut Client) {
         assert_eq!(error_code(&r), code, "for {line}: {r}");
         assert_eq!(r["id"], id, "for {line}: {r}");
     }
+    // A batch: its request answered under its id, in a batch.
+    c.send_raw(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#);
+    let r = c.recv();
+    assert_eq!(error_code(&r[0]), -32600, "{r}");
+    assert_eq!(r[0]["id"], json!(1), "{r}");
     // A malformed response is not answered (answering a response is never right).
     c.send_raw(r#"{"jsonrpc":"2.0","id":9,"result":{},"error":{"code":1,"message":"x"}}"#);
     let r = c.request(json!("alive"), "ping", json!({}));
@@ -367,7 +367,9 @@ fn router_started_before_its_gateway_connects_when_it_comes_up() {
         "{r}"
     );
     let _gw = gateway_on(&addr);
-    c.wait_log("reconnected to gateway");
+    // The first link: a connection, not a reconnection (there was no session).
+    c.wait_log("connected to gateway");
+    assert!(!c.log.text().contains("reconnected"), "{}", c.log.text());
     c.initialize();
     assert_eq!(
         text_of(&c.call(json!(2), "one.echo", json!({"text":"up"}))),
