@@ -164,3 +164,49 @@ fn the_handshake_takes_a_lowercase_scheme_and_split_protocol_headers() {
         "400"
     );
 }
+
+/// A backend that writes without pause (lines that are no JSON-RPC, or log messages
+/// nobody asked for) starves nobody: another session's request to another backend is
+/// answered at once, and SIGTERM still stops the gateway (its stdout reader gives the
+/// other tasks a turn every `READ_FRAMES_PER_TURN` reads or messages). The warnings
+/// about it are held back to one per `BACKEND_WARN_INTERVAL`.
+#[test]
+fn a_backend_flooding_its_stdout_starves_no_other_session() {
+    for garbage in [true, false] {
+        let mut gw = Gateway::start_with_env(
+            &format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n{}{}",
+                fixture_backend("one", ""),
+                fixture_backend("two", "session = \"shared\"\n")
+            ),
+            &[("MCP_LOG", "info")],
+        );
+        let mut clients = [WsClient::mcp(&gw), WsClient::mcp(&gw)];
+        for c in &mut clients {
+            c.initialize();
+            // The flood's log messages are below what either asked for.
+            let r = c.request(json!("lvl"), "logging/setLevel", json!({"level": "error"}));
+            assert!(r.get("result").is_some(), "{r}");
+        }
+        let [mut flooder, mut other] = clients;
+        let r = flooder.call(json!(1), "two.flood", json!({"garbage": garbage}));
+        assert_eq!(text_of(&r), "flooding");
+        for i in 0..3 {
+            let start = std::time::Instant::now();
+            let r = other.call(json!(i), "one.echo", json!({"text": "still here"}));
+            assert_eq!(text_of(&r), "still here");
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(2),
+                "answered after {:?} (garbage: {garbage})",
+                start.elapsed()
+            );
+        }
+        let start = std::time::Instant::now();
+        assert!(gw.terminate().success());
+        assert!(start.elapsed() < std::time::Duration::from_secs(8));
+        if garbage {
+            let warned = gw.log.text().matches("sent an invalid message").count();
+            assert!(warned <= 2, "{warned} warnings about the flood");
+        }
+    }
+}
