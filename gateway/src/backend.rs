@@ -235,7 +235,9 @@ pub struct Proc {
     /// The `instructions` of its `initialize` result, if any.
     instructions: RefCell<Option<String>>,
     alive: Cell<bool>,
-    child: RefCell<Option<Child>>,
+    /// Its process group (it leads one of its own: what it starts goes with it), `None`
+    /// for a record with no process behind it (tests).
+    group: Option<rustix::process::Pid>,
     /// Closed when the stdout reader has finished (the process is gone).
     exited: Receiver<()>,
     exit_status: RefCell<Option<String>>,
@@ -277,10 +279,11 @@ impl Proc {
         self.alive.get()
     }
 
-    /// Kills the process (its exit is then seen as any other: `read_stdout`).
+    /// Kills the process and what it started in its group (its exit is then seen as
+    /// any other: `read_stdout`).
     fn kill(&self) {
-        if let Some(c) = self.child.borrow_mut().as_mut() {
-            let _ = c.kill();
+        if let Some(g) = self.group {
+            let _ = rustix::process::kill_process_group(g, rustix::process::Signal::KILL);
         }
     }
 
@@ -1014,7 +1017,15 @@ impl Slot {
         span: &Cx,
     ) -> Result<Rc<Proc>, BackendError> {
         let cfg = &self.cfg;
-        let mut cmd = Command::new(&cfg.command);
+        // A process group of its own: a helper it starts (a browser, a language server,
+        // `npx`'s child) holding its stdout or stderr goes with it when it exits or is
+        // stopped; otherwise its pipes never close, and its end is never seen.
+        let mut cmd = {
+            use std::os::unix::process::CommandExt as _;
+            let mut std_cmd = std::process::Command::new(&cfg.command);
+            std_cmd.process_group(0);
+            Command::from(std_cmd)
+        };
         cmd.args(&cfg.args)
             .envs(&cfg.env)
             .stdin(Stdio::piped())
@@ -1042,6 +1053,9 @@ impl Slot {
         let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
+        let group = rustix::process::Pid::from_raw(child_pid as i32);
+        let (status_tx, status_rx) = oneshot::channel();
+        rt::spawn(watch_exit(child, group, status_tx)).detach();
         let (in_tx, in_rx) = async_channel::bounded(STDIN_QUEUE);
         let (exit_tx, exit_rx) = async_channel::bounded::<()>(1);
         let name: Rc<str> = cfg.name.as_str().into();
@@ -1057,7 +1071,7 @@ impl Slot {
             caps: RefCell::new(Value::Null),
             instructions: RefCell::new(None),
             alive: Cell::new(true),
-            child: RefCell::new(Some(child)),
+            group,
             exited: exit_rx,
             exit_status: RefCell::new(None),
             stopping: Cell::new(false),
@@ -1075,7 +1089,7 @@ impl Slot {
             proc.clone(),
             stdout,
             self.max_message_bytes,
-            exit_tx,
+            (exit_tx, status_rx),
         ))
         .detach();
 
@@ -1476,6 +1490,25 @@ impl Slot {
     }
 }
 
+/// Waits for a backend process's exit and reaps it, whatever its pipes do (a helper it
+/// started may hold them open), then kills what is left of its process group (such a
+/// helper: the pipes then close, and the stdout reader sees the end), and tells the
+/// reader the exit status.
+async fn watch_exit(
+    mut child: Child,
+    group: Option<rustix::process::Pid>,
+    status: oneshot::Sender<String>,
+) {
+    let s = match child.status().await {
+        Ok(s) => s.to_string(),
+        Err(e) => format!("unknown ({e})"),
+    };
+    if let Some(g) = group {
+        let _ = rustix::process::kill_process_group(g, rustix::process::Signal::KILL);
+    }
+    let _ = status.send(s);
+}
+
 /// Logs a message a backend sent that is not JSON-RPC, and answers it with the
 /// error when it could be a request.
 fn invalid(proc: &Proc, rej: Rejection) {
@@ -1601,7 +1634,7 @@ async fn read_stdout(
     proc: Rc<Proc>,
     mut stdout: async_process::ChildStdout,
     max: usize,
-    _exit_tx: Sender<()>,
+    (_exit_tx, status): (Sender<()>, oneshot::Receiver<String>),
 ) {
     let started = Instant::now();
     let mut dec = LineDecoder::new(max);
@@ -1690,20 +1723,18 @@ async fn read_stdout(
         s.on_gone(&proc, started.elapsed());
     }
     proc.close_stdin();
-    let child = proc.child.borrow_mut().take();
-    let status = match child {
-        Some(mut c) => match rt::timeout(EXIT_WAIT, c.status()).await {
-            Some(Ok(s)) => s.to_string(),
-            Some(Err(e)) => format!("unknown ({e})"),
-            None => {
-                let _ = c.kill();
-                match c.status().await {
-                    Ok(s) => format!("{s}, killed after closing stdout"),
-                    Err(e) => format!("unknown ({e})"),
-                }
+    // `watch_exit` tells the status; a process that closed stdout and lingers is killed.
+    let mut status = status;
+    let status = match rt::timeout(EXIT_WAIT, &mut status).await {
+        Some(Ok(s)) => s,
+        Some(Err(_)) => "unknown".into(),
+        None => {
+            proc.kill();
+            match status.await {
+                Ok(s) => format!("{s}, killed after closing stdout"),
+                Err(_) => "unknown".into(),
             }
-        },
-        None => "unknown".into(),
+        }
     };
     if proc.stopping.get() {
         log::info!("backend {:?} stopped ({status})", proc.name);
@@ -1802,7 +1833,7 @@ mod tests {
             caps: RefCell::new(Value::Null),
             instructions: RefCell::new(None),
             alive: Cell::new(true),
-            child: RefCell::new(None),
+            group: None,
             exited,
             exit_status: RefCell::new(None),
             stopping: Cell::new(false),

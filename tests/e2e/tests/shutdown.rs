@@ -165,3 +165,67 @@ fn a_backend_that_ended_on_its_own_is_not_reported_as_stubborn() {
     assert!(!log.contains("did not exit within"), "{log}");
     assert!(log.contains("backend \"one\" exited ("), "{log}");
 }
+
+/// The pid a backend's helper wrote to `file` (waited for: the helper writes it as the
+/// backend starts).
+fn helper_pid(file: &std::path::Path) -> u32 {
+    let start = Instant::now();
+    loop {
+        if let Some(pid) = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            return pid;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no helper pid");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A backend that starts a helper (a browser, a language server, `npx`'s child) which
+/// holds its stdout and stderr: the helper goes with the backend, whether the backend is
+/// stopped at its session's end or exits on its own, and the backend's end is seen at
+/// once (it used to be seen never: a zombie, its pipes held, `stop` waiting out its
+/// grace and warning of a backend that had exited).
+#[test]
+fn a_backends_helper_goes_with_it() {
+    for crash in [false, true] {
+        let pidfile = temp_path("helper.pid");
+        let script = format!(
+            "sleep 317 & echo $! > {}; exec \"$0\" --name h",
+            pidfile.display()
+        );
+        let mut gw = Gateway::start(&format!(
+            "shutdown_grace = \"5s\"\n{}",
+            sh_backend("h", &script, "session = \"per_client\"")
+        ));
+        let mut c = Client::router(&gw.url);
+        c.initialize();
+        let helper = helper_pid(&pidfile);
+        assert!(process_alive(helper));
+        let start = Instant::now();
+        if crash {
+            c.send(json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
+                "params":{"name":"h.crash","arguments":{}}}));
+            gw.wait_line("backend \"h\" exited (exit status: 3)");
+        } else {
+            // The router's end closes the session, which stops its backend.
+            drop(c);
+            gw.wait_line("backend \"h\" stopped (");
+        }
+        // Its end seen at once, not after the 5 s grace.
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(
+            !outlived(helper),
+            "the helper {helper} outlived its backend"
+        );
+        assert!(gw.terminate().success());
+        let log = gw.log.text();
+        assert!(!log.contains("did not exit within"), "{log}");
+        let _ = std::fs::remove_file(&pidfile);
+    }
+}
