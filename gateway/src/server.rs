@@ -14,7 +14,8 @@ use async_net::{TcpListener, TcpStream};
 use async_tungstenite::tungstenite::error::ProtocolError;
 use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use async_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
-use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use async_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use async_tungstenite::WebSocketSender;
 use futures_lite::StreamExt;
@@ -125,6 +126,7 @@ pub async fn serve(gw: Rc<Gateway>, listener: TcpListener, stop: Receiver<()>) {
     }
     drop(listener);
     log::info!("shutting down: closing {} session(s)", gw.session_count());
+    GOING_AWAY.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(close_tx);
     drop(done_tx);
     let deadline = gw.cfg.server.shutdown_grace.0 + SESSION_CLOSE_SLACK;
@@ -135,6 +137,10 @@ pub async fn serve(gw: Rc<Gateway>, listener: TcpListener, stop: Receiver<()>) {
         );
     }
 }
+
+/// Set when the gateway begins to shut down: sessions closed from then on end with
+/// close code 1001 ("going away"), not one without a status.
+static GOING_AWAY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn reject(status: StatusCode, why: &str) -> ErrorResponse {
     let mut r = ErrorResponse::new(Some(why.to_string()));
@@ -415,9 +421,16 @@ impl Future for ClientWriter {
                     continue;
                 }
                 Poll::Ready(None) => {
-                    // The session ended: a close frame (the session bounds this wait).
+                    // The session ended: a close frame (the session bounds this wait),
+                    // saying "going away" when the gateway is shutting down.
                     me.closing = true;
-                    me.start(WsMessage::Close(None));
+                    let frame = GOING_AWAY
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        .then(|| CloseFrame {
+                            code: CloseCode::Away,
+                            reason: "the gateway is shutting down".into(),
+                        });
+                    me.start(WsMessage::Close(frame));
                     continue;
                 }
                 Poll::Pending => {}

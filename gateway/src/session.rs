@@ -621,6 +621,12 @@ impl Session {
                         Some(why) => {
                             log::debug!("session {}: {method} {id}: {}", me.id, why.message());
                             telemetry::fail(&cx, why.error_type(), why.message());
+                            // A client still there is answered: every request gets one
+                            // answer (its close frame follows).
+                            if why == Closing::Shutdown {
+                                let e = SessionError::ShuttingDown.to_rpc_error();
+                                me.reply(Message::error_response(Some(id), e)).await;
+                            }
                         }
                     }
                 }

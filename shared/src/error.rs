@@ -300,6 +300,8 @@ pub enum SessionError {
     /// The client did not answer a backend's request within this many milliseconds
     /// (the longest any request to that backend may be waited for).
     ClientDidNotAnswer(u64),
+    /// The gateway shut down with the request in flight.
+    ShuttingDown,
 }
 
 impl fmt::Display for SessionError {
@@ -342,6 +344,7 @@ impl fmt::Display for SessionError {
             SessionError::ClientDidNotAnswer(ms) => {
                 write!(f, "the client did not answer within {ms} ms")
             }
+            SessionError::ShuttingDown => write!(f, "the gateway is shutting down"),
         }
     }
 }
@@ -353,6 +356,7 @@ impl ToRpcError for SessionError {
                 codes::OVERLOADED
             }
             SessionError::ClientDidNotAnswer(_) => codes::REQUEST_TIMEOUT,
+            SessionError::ShuttingDown => codes::GATEWAY_UNAVAILABLE,
             SessionError::TooLarge { .. } | SessionError::DuplicateId => codes::INVALID_REQUEST,
             SessionError::UnreadableResponse(_)
             | SessionError::ListingTooLarge { .. }

@@ -229,3 +229,63 @@ fn a_backends_helper_goes_with_it() {
         let _ = std::fs::remove_file(&pidfile);
     }
 }
+
+/// A client's requests in flight when the gateway shuts down are answered (-32004, "the
+/// gateway is shutting down"), then the connection closes with 1001 ("going away"):
+/// a direct client gets what the router gives its host.
+#[test]
+fn a_shutdown_answers_what_is_in_flight_and_closes_with_going_away() {
+    use tungstenite::client::IntoClientRequest;
+    use tungstenite::protocol::frame::coding::CloseCode;
+    use tungstenite::Message;
+    let mut gw = Gateway::start(&fixture_backend("one", ""));
+    let mut req = format!("ws://{}/mcp", gw.addr())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mcp".parse().unwrap());
+    let stream = std::net::TcpStream::connect(gw.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let (mut ws, _) = tungstenite::client(req, stream).unwrap();
+    let mut send = |v: serde_json::Value| ws.send(Message::text(v.to_string())).unwrap();
+    send(
+        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"e2e","version":"1"}}}),
+    );
+    send(json!({"jsonrpc":"2.0","method":"notifications/initialized"}));
+    send(json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
+        "params":{"name":"one.sleep","arguments":{"ms":60000}}}));
+    // Answered after the call was handed to the session (messages are taken in order).
+    send(json!({"jsonrpc":"2.0","id":2,"method":"ping"}));
+    let mut answers = std::collections::HashMap::new();
+    while !answers.contains_key(&json!(2)) {
+        if let Message::Text(t) = ws.read().unwrap() {
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            answers.insert(v["id"].clone(), v);
+        }
+    }
+    signal(gw.pid(), "TERM");
+    let mut close = None;
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                answers.insert(v["id"].clone(), v);
+            }
+            Ok(Message::Close(frame)) => close = frame,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let sleep = &answers[&json!(1)];
+    assert_eq!(error_code(sleep), -32004, "{sleep}");
+    assert!(sleep["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("shutting down"));
+    let close = close.expect("a close frame with a status");
+    assert_eq!(close.code, CloseCode::Away, "{close:?}");
+    assert!(gw.terminate().success());
+}
