@@ -161,7 +161,8 @@ def test_refused_messages_are_failed_spans(start_gateway, tmp_path, receiver):
         with connect(gw.url, subprotocols=["mcp"]) as ws:
             ws.send('[{"jsonrpc":"2.0","id":4,"method":"ping"}]')
             answer = json.loads(ws.recv(timeout=DEADLINE))
-            assert answer["error"]["code"] == -32600, answer
+            # A batch: its request answered under its id, in a batch.
+            assert answer[0]["error"]["code"] == -32600 and answer[0]["id"] == 4, answer
     except BaseException:
         router.kill()
         raise
