@@ -1210,8 +1210,23 @@ async fn on_oversized(state: &Shared, out: &StdoutTx, max: usize, text: &str) ->
             for cx in [&spans.request, &spans.stdio] {
                 telemetry::fail(cx, "response_too_large", &err.message);
             }
-            spans.end();
-            send_out(out, answer.to_json()).await;
+            let line = answer.to_json();
+            let (received, written) = (text.len() as i64, line.len() as i64);
+            send_out(out, line).await;
+            // What came (and was dropped) and what the host got instead, as for any
+            // answer.
+            let at = Moment::new();
+            spans.request.event_at(
+                "websocket.message.received",
+                &[("message.size", AttrValue::Int(received))],
+                &at,
+            );
+            spans.stdio.event_at(
+                "stdio.message.written",
+                &[("message.size", AttrValue::Int(written))],
+                &at,
+            );
+            spans.end_at(&at);
         }
     } else if seen.answerable() {
         let link = {

@@ -249,6 +249,27 @@ def test_backend_starts_and_message_sizes_are_recorded(start_gateway, tmp_path, 
     assert read.keys() | {"stdio.message.written"} == read.keys(), stdio
 
 
+def test_a_dropped_oversized_answer_records_both_sizes(start_gateway, tmp_path, receiver):
+    """An answer over the router's max_message_bytes (but under twice it) is dropped and
+    the host told -32603: the spans record what came and what the host got instead,
+    like any answer's."""
+    def calls(r: Router):
+        return r.request(3, "tools/call", {"name": "one.big", "arguments": {"bytes": 6000}})
+
+    _, _, resp = run_session(start_gateway, tmp_path, tracing_toml(receiver.grpc_endpoint),
+                             tracing_toml(receiver.grpc_endpoint)
+                             + "[limits]\nmax_message_bytes = 4096\n", calls)
+    assert resp["error"]["code"] == -32603, resp
+    spans = receiver.snapshot()
+    req = next(s for s in by_name(spans, "mcp-router", "gateway.request")
+               if s["attributes"].get("jsonrpc.request.id") == "3")
+    stdio = next(s for s in spans if s["span_id"] == req["parent_span_id"])
+    assert req["attributes"]["error.type"] == "response_too_large", req
+    received = dict(req["event_attributes"])["websocket.message.received"]["message.size"]
+    written = dict(stdio["event_attributes"])["stdio.message.written"]["message.size"]
+    assert received > 6000 and written == len(json.dumps(resp, separators=(",", ":"))), (received, written)
+
+
 @contextlib.contextmanager
 def direct_client(gw):
     """A WebSocket client straight to the gateway, initialized; closed on exit."""
