@@ -417,10 +417,12 @@ def test_backend_request_to_the_host_is_traced(start_gateway, tmp_path, receiver
         assert s["attributes"]["rpc.response.status_code"] == "-1", s
 
 
-def test_backend_request_voided_by_the_backends_exit_ends_its_spans(start_gateway, tmp_path, receiver):
+@pytest.mark.parametrize("ending", ["backend_exit", "gateway_shutdown"])
+def test_backend_request_voided_by_the_backends_exit_ends_its_spans(start_gateway, tmp_path, receiver, ending):
     """The backend exits while the host holds its sampling request: the gateway's
     client.forward fails (backend_exited) and the router's host.request ends marked
-    cancelled when the gateway's notice reaches it: no span is left open."""
+    cancelled when the gateway's notice reaches it: no span is left open. Or the
+    gateway shuts down meanwhile: client.forward says so (gateway_shutdown)."""
     gw = start_gateway(tracing_toml(receiver.grpc_endpoint) + fixture_backend())
     router = Router(gw.url, tracing_toml(receiver.grpc_endpoint), tmp_path)
     try:
@@ -435,6 +437,13 @@ def test_backend_request_voided_by_the_backends_exit_ends_its_spans(start_gatewa
             asked = router._q.get(timeout=DEADLINE)
             if asked.get("method") == "sampling/createMessage":
                 break
+        if ending == "gateway_shutdown":
+            assert gw.terminate() == 0, gw.describe()
+            assert router.close() == 0, router.stderr()
+            client_fwd = one(receiver.snapshot(), "mcp-gateway", "client.forward")
+            assert client_fwd["status"] == "ERROR", client_fwd
+            assert client_fwd["attributes"]["error.type"] == "gateway_shutdown", client_fwd
+            return
         router.send({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
                      "params": {"name": "one.crash", "arguments": {}}})
         notices, answers = [], {}
