@@ -412,6 +412,9 @@ def test_backend_request_to_the_host_is_traced(start_gateway, tmp_path, receiver
         assert answer[0]["attributes"]["jsonrpc.request.id"] == str(seen[id_]["id"]), answer
         assert h["attributes"]["jsonrpc.request.id"] == str(seen[id_]["id"]), h
     assert client_fwd[0]["status"] != "ERROR" and host_req[0]["status"] != "ERROR"
+    # Within the per-span budget when all goes well (300 bytes).
+    print("client.forward", client_fwd[0]["size"], "host.request", host_req[0]["size"])
+    assert client_fwd[0]["size"] <= 300 and host_req[0]["size"] <= 300
     for s in (client_fwd[1], host_req[1]):
         assert s["status"] == "ERROR" and s["status_message"] == "the user declined", s
         assert s["attributes"]["rpc.response.status_code"] == "-1", s
