@@ -292,8 +292,14 @@ fn render_node(
     } else {
         (format!("{prefix}├─ "), format!("{prefix}│   "))
     };
-    let status = match &s.status {
-        Status::Error { .. } => " [ERROR]",
+    let cancelled = s
+        .attributes
+        .iter()
+        .any(|kv| kv.key.as_str() == "mcp.request.cancelled" && kv.value.as_str() == "true");
+    let status = match (&s.status, cancelled) {
+        (Status::Error { .. }, _) => " [ERROR]",
+        // Not an error (MCP), but not a success either.
+        (_, true) => " [cancelled]",
         _ => "",
     };
     out.push_str(&format!(
@@ -445,6 +451,26 @@ mod tests {
         assert_eq!(
             v["attributes"],
             json!({"server.port": 4317, "auth.success": true, "mcp.method.name": "ping"})
+        );
+    }
+
+    #[test]
+    fn a_cancelled_span_says_so() {
+        use opentelemetry::KeyValue;
+        let mut e = StdoutExporter::new(Target::Stdout, StdoutFormat::Tree);
+        e.service = "gw".into();
+        let mut s = span(0xab, 1, 0, "host.request", 0);
+        s.attributes = vec![
+            KeyValue::new("mcp.method.name", "sampling/createMessage"),
+            KeyValue::new("mcp.request.cancelled", true),
+        ];
+        let out = e.render(vec![s]);
+        assert_eq!(
+            out,
+            format!(
+                "gw: host.request (2.0ms) [cancelled] sampling/createMessage{}\n",
+                tid(0xab)
+            )
         );
     }
 
