@@ -12,6 +12,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::os::fd::OwnedFd;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
@@ -235,6 +236,12 @@ pub struct Proc {
     /// The `instructions` of its `initialize` result, if any.
     instructions: RefCell<Option<String>>,
     alive: Cell<bool>,
+    /// A second handle on its stdin pipe, only to ask whether anything still reads it
+    /// once the process has exited (`read_stdout`); dropped by `close_stdin`, or the
+    /// process would never see its stdin's end.
+    stdin_watch: RefCell<Option<OwnedFd>>,
+    /// Set by `watch_exit` once the process is reaped and its group killed.
+    reaped: Rc<Cell<bool>>,
     /// Its process group (it leads one of its own: what it starts goes with it), `None`
     /// for a record with no process behind it (tests).
     group: Option<rustix::process::Pid>,
@@ -282,7 +289,9 @@ impl Proc {
     /// Kills the process and what it started in its group (its exit is then seen as
     /// any other: `read_stdout`).
     fn kill(&self) {
-        if let Some(g) = self.group {
+        // Not once `watch_exit` has reaped it and killed its group: the number may be
+        // another group's by now.
+        if let (Some(g), false) = (self.group, self.reaped.get()) {
             let _ = rustix::process::kill_process_group(g, rustix::process::Signal::KILL);
         }
     }
@@ -290,6 +299,7 @@ impl Proc {
     /// Closes the stdin queue (the writer then closes the pipe) and wakes whoever waits
     /// for room in it ([`Self::wait_for_room`]): there will be none.
     fn close_stdin(&self) {
+        self.stdin_watch.borrow_mut().take();
         self.stdin.close();
         self.room.notify(usize::MAX);
     }
@@ -1053,9 +1063,11 @@ impl Slot {
         let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
+        let stdin_watch = RefCell::new(rustix::io::dup(&stdin).ok());
         let group = rustix::process::Pid::from_raw(child_pid as i32);
         let (status_tx, status_rx) = oneshot::channel();
-        rt::spawn(watch_exit(child, group, status_tx)).detach();
+        let reaped = Rc::new(Cell::new(false));
+        rt::spawn(watch_exit(child, group, reaped.clone(), status_tx)).detach();
         let (in_tx, in_rx) = async_channel::bounded(STDIN_QUEUE);
         let (exit_tx, exit_rx) = async_channel::bounded::<()>(1);
         let name: Rc<str> = cfg.name.as_str().into();
@@ -1071,6 +1083,8 @@ impl Slot {
             caps: RefCell::new(Value::Null),
             instructions: RefCell::new(None),
             alive: Cell::new(true),
+            stdin_watch,
+            reaped,
             group,
             exited: exit_rx,
             exit_status: RefCell::new(None),
@@ -1490,6 +1504,17 @@ impl Slot {
     }
 }
 
+/// Whether nothing holds the read end of the pipe whose write end is `fd` (a backend's
+/// stdin): the pipe reports an error to a writer then.
+fn no_reader(fd: &OwnedFd) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut fds = [PollFd::new(fd, PollFlags::OUT)];
+    match poll(&mut fds, Some(&rustix::time::Timespec::default())) {
+        Ok(_) => fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP),
+        Err(_) => true,
+    }
+}
+
 /// Waits for a backend process's exit and reaps it, whatever its pipes do (a helper it
 /// started may hold them open), then kills what is left of its process group (such a
 /// helper: the pipes then close, and the stdout reader sees the end), and tells the
@@ -1497,6 +1522,7 @@ impl Slot {
 async fn watch_exit(
     mut child: Child,
     group: Option<rustix::process::Pid>,
+    reaped: Rc<Cell<bool>>,
     status: oneshot::Sender<String>,
 ) {
     let s = match child.status().await {
@@ -1506,6 +1532,7 @@ async fn watch_exit(
     if let Some(g) = group {
         let _ = rustix::process::kill_process_group(g, rustix::process::Signal::KILL);
     }
+    reaped.set(true);
     let _ = status.send(s);
 }
 
@@ -1634,13 +1661,18 @@ async fn read_stdout(
     proc: Rc<Proc>,
     mut stdout: async_process::ChildStdout,
     max: usize,
-    (_exit_tx, status): (Sender<()>, oneshot::Receiver<String>),
+    (_exit_tx, mut status): (Sender<()>, oneshot::Receiver<String>),
 ) {
     let started = Instant::now();
     let mut dec = LineDecoder::new(max);
     let mut buf = vec![0u8; PIPE_READ_CHUNK_BYTES];
     // Reads and messages handled since the last turn given to the other tasks.
     let mut work = 0usize;
+    // The exit status, once the process has exited (`watch_exit`), and from then on
+    // how long what is left in stdout is read, when nothing can still be writing it
+    // (see `Exited`).
+    let mut exited: Option<String> = None;
+    let mut drain_until: Option<Instant> = None;
     loop {
         // A turn for the gateway's other tasks every so often: a pipe that always has
         // data never makes the read wait, and what a backend floods the gateway with
@@ -1652,9 +1684,39 @@ async fn read_stdout(
             work = 0;
             futures_lite::future::yield_now().await;
         }
-        let n = match stdout.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        let read = match (&exited, drain_until) {
+            // Running: stdout, or its exit, whichever comes first.
+            (None, _) => {
+                futures_lite::future::or(async { Some(stdout.read(&mut buf).await) }, async {
+                    exited = Some((&mut status).await.unwrap_or_else(|_| "unknown".into()));
+                    None
+                })
+                .await
+            }
+            // Gone, and nothing reads its stdin: what is left, for a while.
+            (Some(_), Some(until)) => {
+                let left = until.saturating_duration_since(Instant::now());
+                match rt::timeout(left, stdout.read(&mut buf)).await {
+                    Some(r) => Some(r),
+                    None => break,
+                }
+            }
+            // Gone, and something still reads its stdin (the server a wrapper left
+            // running): read on, to the end of stdout.
+            (Some(_), None) => Some(stdout.read(&mut buf).await),
+        };
+        let n = match read {
+            None => {
+                // It exited with its stdout still open: a helper of its, out of its
+                // process group, may hold it for good. Unless something still reads its
+                // stdin, its end is near: what it wrote is read for `EXIT_WAIT`.
+                if proc.stdin_watch.borrow().as_ref().is_none_or(no_reader) {
+                    drain_until = Some(Instant::now() + EXIT_WAIT);
+                }
+                continue;
+            }
+            Some(Ok(0)) | Some(Err(_)) => break,
+            Some(Ok(n)) => n,
         };
         dec.push(&buf[..n]);
         while let Some(frame) = dec.next_frame() {
@@ -1724,17 +1786,19 @@ async fn read_stdout(
     }
     proc.close_stdin();
     // `watch_exit` tells the status; a process that closed stdout and lingers is killed.
-    let mut status = status;
-    let status = match rt::timeout(EXIT_WAIT, &mut status).await {
-        Some(Ok(s)) => s,
-        Some(Err(_)) => "unknown".into(),
-        None => {
-            proc.kill();
-            match status.await {
-                Ok(s) => format!("{s}, killed after closing stdout"),
-                Err(_) => "unknown".into(),
+    let status = match exited {
+        Some(s) => s,
+        None => match rt::timeout(EXIT_WAIT, &mut status).await {
+            Some(Ok(s)) => s,
+            Some(Err(_)) => "unknown".into(),
+            None => {
+                proc.kill();
+                match status.await {
+                    Ok(s) => format!("{s}, killed after closing stdout"),
+                    Err(_) => "unknown".into(),
+                }
             }
-        }
+        },
     };
     if proc.stopping.get() {
         log::info!("backend {:?} stopped ({status})", proc.name);
@@ -1833,6 +1897,8 @@ mod tests {
             caps: RefCell::new(Value::Null),
             instructions: RefCell::new(None),
             alive: Cell::new(true),
+            stdin_watch: RefCell::new(None),
+            reaped: Rc::default(),
             group: None,
             exited,
             exit_status: RefCell::new(None),

@@ -289,3 +289,36 @@ fn a_shutdown_answers_what_is_in_flight_and_closes_with_going_away() {
     assert_eq!(close.code, CloseCode::Away, "{close:?}");
     assert!(gw.terminate().success());
 }
+
+/// A helper that left the backend's process group (`setsid`) and holds its stdout:
+/// once the backend has exited and nothing reads its stdin, its end is seen within
+/// about a second (what is left in stdout is read meanwhile), and it is started anew
+/// at the next call. (It stayed "alive" for as long as the helper lived: every call
+/// failed with "stdin closed", and it was never restarted.)
+#[test]
+fn a_backend_whose_helper_left_its_group_is_still_seen_to_exit() {
+    let pidfile = temp_path("setsid-helper.pid");
+    let script = format!(
+        "setsid sleep 287 & echo $! > {}; exec \"$0\" --name h",
+        pidfile.display()
+    );
+    let mut gw = Gateway::start(&sh_backend("h", &script, ""));
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    let helper = helper_pid(&pidfile);
+    let start = Instant::now();
+    let r = c.call(json!(1), "h.crash", json!({}));
+    assert_eq!(error_code(&r), -32000, "{r}");
+    gw.wait_line("backend \"h\" exited (exit status: 3)");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    // Started anew (after the restart delay) and answering.
+    let r = c.call(json!(2), "h.echo", json!({"text": "back"}));
+    assert_eq!(text_of(&r), "back", "{r}");
+    outlived(helper);
+    assert!(gw.terminate().success());
+    let _ = std::fs::remove_file(&pidfile);
+}
