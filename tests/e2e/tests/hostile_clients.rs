@@ -166,13 +166,14 @@ fn the_handshake_takes_a_lowercase_scheme_and_split_protocol_headers() {
 }
 
 /// A backend that writes without pause (lines that are no JSON-RPC, or log messages
-/// nobody asked for) starves nobody: another session's request to another backend is
+/// nobody asked for, or stderr lines) starves nobody: another session's request to another backend is
 /// answered at once, and SIGTERM still stops the gateway (its stdout reader gives the
 /// other tasks a turn every `READ_FRAMES_PER_TURN` reads or messages). The warnings
 /// about it are held back to one per `BACKEND_WARN_INTERVAL`.
 #[test]
 fn a_backend_flooding_its_stdout_starves_no_other_session() {
-    for garbage in [true, false] {
+    // (garbage on stdout, notifications on stdout, lines on stderr)
+    for (garbage, stderr) in [(true, false), (false, false), (false, true)] {
         let mut gw = Gateway::start_with_env(
             &format!(
                 "[server]\nlisten = \"127.0.0.1:0\"\n{}{}",
@@ -189,7 +190,11 @@ fn a_backend_flooding_its_stdout_starves_no_other_session() {
             assert!(r.get("result").is_some(), "{r}");
         }
         let [mut flooder, mut other] = clients;
-        let r = flooder.call(json!(1), "two.flood", json!({"garbage": garbage}));
+        let r = flooder.call(
+            json!(1),
+            "two.flood",
+            json!({"garbage": garbage, "stderr": stderr}),
+        );
         assert_eq!(text_of(&r), "flooding");
         for i in 0..3 {
             let start = std::time::Instant::now();
@@ -203,10 +208,25 @@ fn a_backend_flooding_its_stdout_starves_no_other_session() {
         }
         let start = std::time::Instant::now();
         assert!(gw.terminate().success());
-        assert!(start.elapsed() < std::time::Duration::from_secs(8));
+        // Well before `shutdown_grace` (3 s): each backend sees its stdin's end at once
+        // (a descriptor of one backend's stdin leaked into the next one started had it
+        // wait for the kill at the grace).
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        let log = gw.log.text();
         if garbage {
-            let warned = gw.log.text().matches("sent an invalid message").count();
+            let warned = log.matches("sent an invalid message").count();
             assert!(warned <= 2, "{warned} warnings about the flood");
+        }
+        if stderr {
+            // At most `STDERR_LINES_PER_SECOND` (200) a second, the rest counted.
+            let logged = log.matches("a line of the stderr flood").count();
+            let secs = start.elapsed().as_secs() + 10;
+            assert!(logged as u64 <= 200 * secs, "{logged} stderr lines logged");
+            assert!(log.contains("stderr line(s) not logged"), "{logged}");
         }
     }
 }
