@@ -253,8 +253,9 @@ pub struct Proc {
     /// Set when the gateway asked it to stop, so its exit is expected.
     stopping: Cell<bool>,
     metrics: Rc<Metrics>,
-    /// When [`Proc::warn_limited`] last logged, and how many it held back since.
-    warned: (Cell<Option<Instant>>, Cell<u64>),
+    /// When [`Proc::warn_limited`] last logged, and how many it held back since, for
+    /// each kind of warning ([`Warned`]): one kind flooding does not hide another.
+    warned: [(Cell<Option<Instant>>, Cell<u64>); 3],
     /// The backend's request timeout: also the longest a message waits for room in the
     /// stdin queue (a backend that stopped reading fills it).
     timeout: Duration,
@@ -478,11 +479,14 @@ impl Proc {
     /// full or the process is gone.
     pub fn notify(&self, msg: &Message) {
         if self.stdin.try_send(line_of(msg)).is_err() {
-            self.warn_limited(&format!(
-                "backend {:?}: stdin queue full or closed; dropped a {}",
-                self.name,
-                msg.method().unwrap_or("response")
-            ));
+            self.warn_limited(
+                Warned::StdinFull,
+                &format!(
+                    "backend {:?}: stdin queue full or closed; dropped a {}",
+                    self.name,
+                    msg.method().unwrap_or("response")
+                ),
+            );
         }
     }
 
@@ -490,9 +494,9 @@ impl Proc {
     /// [`BACKEND_WARN_INTERVAL`]; the ones held back meanwhile are counted in the next.
     /// (A backend that writes garbage without pause made 2.9 million warnings in
     /// 40 s, 730 MB of log.)
-    fn warn_limited(&self, msg: &str) {
+    fn warn_limited(&self, kind: Warned, msg: &str) {
         let now = Instant::now();
-        let (last, held) = &self.warned;
+        let (last, held) = &self.warned[kind as usize];
         if last
             .get()
             .is_some_and(|t| now.duration_since(t) < BACKEND_WARN_INTERVAL)
@@ -644,6 +648,14 @@ impl Drop for Asking {
 /// something meanwhile, waits past `request_timeout`, but never longer than this many
 /// times it in all (MCP: progress may extend a timeout; a maximum is still kept).
 pub const REQUEST_TIMEOUT_MAX_FACTOR: u32 = 10;
+
+/// What a rate-limited warning about a process is about (`Proc::warn_limited`).
+#[derive(Clone, Copy)]
+enum Warned {
+    Invalid = 0,
+    StdinFull = 1,
+    TooLong = 2,
+}
 
 /// How often one process's repeated warnings (invalid lines, a full stdin queue) may
 /// reach the log.
@@ -1543,10 +1555,13 @@ async fn watch_exit(
 /// Logs a message a backend sent that is not JSON-RPC, and answers it with the
 /// error when it could be a request.
 fn invalid(proc: &Proc, rej: Rejection) {
-    proc.warn_limited(&format!(
-        "backend {:?} sent an invalid message: {}",
-        proc.name, rej.error.message
-    ));
+    proc.warn_limited(
+        Warned::Invalid,
+        &format!(
+            "backend {:?} sent an invalid message: {}",
+            proc.name, rej.error.message
+        ),
+    );
     // `{"id": N}` alone, N the id of a request of ours: its answer, broken. That
     // request fails now, rather than at its timeout (and the backend is not answered).
     let pending_id = rej
@@ -1562,7 +1577,18 @@ fn invalid(proc: &Proc, rej: Rejection) {
         return;
     }
     if rej.reply {
-        proc.notify(&rej.to_response());
+        // (Each request of a batch under its own id, as a client is answered.)
+        let mut line = rej.reply_text().into_bytes();
+        line.push(b'\n');
+        if proc.stdin.try_send(line).is_err() {
+            proc.warn_limited(
+                Warned::StdinFull,
+                &format!(
+                    "backend {:?}: stdin queue full or closed; dropped a response",
+                    proc.name
+                ),
+            );
+        }
     } else if let Some(id) = rej.answered_id() {
         // A response that could not be read: the request it answered fails now.
         let err = BackendError::InvalidResponse {
@@ -1764,9 +1790,12 @@ async fn read_stdout(
             }
             match frame {
                 Frame::TooLong { seen, len } => {
-                    log::warn!(
-                        "backend {:?} sent a {len}-byte message (limit {max}); dropped",
-                        proc.name
+                    proc.warn_limited(
+                        Warned::TooLong,
+                        &format!(
+                            "backend {:?} sent a {len}-byte message (limit {max}); dropped",
+                            proc.name
+                        ),
                     );
                     let too_large = BackendError::ResponseTooLarge {
                         backend: proc.name.to_string(),
@@ -1877,6 +1906,21 @@ mod tests {
             token: None,
         };
         proc.pending.borrow_mut().insert(p).unwrap();
+    }
+
+    #[test]
+    fn a_backends_batch_is_answered_per_request() {
+        let (proc, rx) = detached_proc();
+        let rej = Brief::parse(
+            br#"[{"jsonrpc":"2.0","id":"s1","method":"roots/list"},{"jsonrpc":"2.0","id":"s2","method":"ping"}]"#,
+        )
+        .map(|_| ())
+        .unwrap_err();
+        invalid(&proc, rej);
+        let line = rx.try_recv().expect("an answer");
+        let v: Value = serde_json::from_slice(&line).unwrap();
+        let ids: Vec<&Value> = v.as_array().unwrap().iter().map(|a| &a["id"]).collect();
+        assert_eq!(ids, [&json!("s1"), &json!("s2")], "{v}");
     }
 
     #[test]

@@ -315,11 +315,12 @@ pub enum ExporterType {
 /// OTLP transport.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
 pub enum OtlpProtocol {
-    /// OTLP/gRPC (port 4317).
-    #[default]
+    /// OTLP/gRPC (port 4317); the default when it is built in.
+    #[cfg_attr(any(feature = "otlp-grpc", not(feature = "otlp-http")), default)]
     #[serde(rename = "grpc")]
     Grpc,
-    /// OTLP/HTTP with protobuf bodies (port 4318).
+    /// OTLP/HTTP with protobuf bodies (port 4318); the default of a build with only it.
+    #[cfg_attr(all(feature = "otlp-http", not(feature = "otlp-grpc")), default)]
     #[serde(rename = "http/protobuf")]
     HttpProtobuf,
 }
@@ -1912,6 +1913,19 @@ env = { A = "1" }
         let e = with("reconnect_delay = \"2s\"\nreconnect_max_delay = \"1s\"").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("gateway.reconnect_max_delay"), "{e}");
         assert_eq!(e.line, Some(4), "{e}");
+    }
+
+    /// A build with only the HTTP exporter takes it by default: a file that does not
+    /// name a protocol is valid there, and `OTEL_EXPORTER_OTLP_PROTOCOL` may name it.
+    #[test]
+    #[cfg(all(feature = "otlp-http", not(feature = "otlp-grpc")))]
+    fn a_build_with_only_http_defaults_to_it() {
+        let c = from_str::<RouterConfig>(
+            "[gateway]\nurl = \"ws://h/mcp\"\n[tracing]\nenabled = true\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.tracing.otlp_protocol, OtlpProtocol::HttpProtobuf);
     }
 
     /// A protocol without its exporter in the build is refused with the file, naming

@@ -181,6 +181,11 @@ struct TraceContext {
     state_at: Option<usize>,
 }
 
+/// Requests of one refused batch answered under their ids, at most: the answers to a
+/// batch cannot be much longer than the batch (about 130 bytes each, 16 KiB for these
+/// together), whatever is in it. Requests beyond get no answer.
+pub const MAX_BATCH_ANSWERS: usize = 128;
+
 /// Why a line could not be accepted, and what to answer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rejection {
@@ -324,20 +329,39 @@ impl Shape {
             codes::INVALID_REQUEST,
             "invalid request: JSON-RPC batches are not supported (removed in MCP 2025-06-18)",
         );
-        if let Some(items) = items {
-            let ids: Vec<Option<Id>> = items
-                .iter()
-                .filter_map(|item| match item {
+        // An empty batch is answered with the one error (JSON-RPC), as any other
+        // invalid request.
+        if let Some(items) = items.filter(|i| !i.is_empty()) {
+            let mut ids: Vec<Option<Id>> = Vec::new();
+            let mut unreadable = false;
+            for item in items {
+                let id = match item {
                     Value::Object(o) if o.contains_key("method") => {
                         // A notification (no id) is not answered.
-                        o.get("id").map(Id::from_value)
+                        match o.get("id") {
+                            None => continue,
+                            Some(v) => Id::from_value(v),
+                        }
                     }
                     // A response is never answered.
-                    Value::Object(o) if o.contains_key("result") || o.contains_key("error") => None,
-                    Value::Object(o) => Some(o.get("id").and_then(Id::from_value)),
-                    _ => Some(None),
-                })
-                .collect();
+                    Value::Object(o) if o.contains_key("result") || o.contains_key("error") => {
+                        continue
+                    }
+                    Value::Object(o) => o.get("id").and_then(Id::from_value),
+                    _ => None,
+                };
+                match id {
+                    // Elements without a readable id get one answer between them (it
+                    // could not tell them apart): a batch of a million `1`s is not
+                    // answered a million times.
+                    None => unreadable = true,
+                    Some(id) if ids.len() < MAX_BATCH_ANSWERS => ids.push(Some(id)),
+                    Some(_) => {}
+                }
+            }
+            if unreadable {
+                ids.push(None);
+            }
             rej.reply = !ids.is_empty();
             rej.batch = Some(ids);
         }
@@ -2016,6 +2040,20 @@ mod tests {
         // Only notifications: nothing to answer.
         let e = parse(r#"[{"jsonrpc":"2.0","method":"n"}]"#).unwrap_err();
         assert!(!e.reply && e.answered_id().is_none());
+        // An empty batch: the one error, id null (JSON-RPC).
+        let e = parse("[]").unwrap_err();
+        assert!(e.reply && e.batch.is_none());
+        assert_eq!(e.reply_text(), e.to_response().to_json());
+        // What cannot be told apart is answered once; at most MAX_BATCH_ANSWERS ids.
+        let many = format!("[{}]", vec!["1"; 10_000].join(","));
+        let e = parse(&many).unwrap_err();
+        assert_eq!(e.batch.as_deref(), Some(&[None][..]));
+        let reqs: Vec<String> = (0..1000)
+            .map(|i| format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"ping"}}"#))
+            .collect();
+        let e = parse(&format!("[{}]", reqs.join(","))).unwrap_err();
+        assert_eq!(e.batch.as_ref().map(Vec::len), Some(MAX_BATCH_ANSWERS));
+        assert!(e.reply_text().len() < 20 * 1024);
         // Not a batch: one response, as before.
         let e = parse(r#"{"jsonrpc":"1.0","id":"q","method":"ping"}"#).unwrap_err();
         assert_eq!(e.reply_text(), e.to_response().to_json());

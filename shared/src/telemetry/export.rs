@@ -243,16 +243,19 @@ fn with_retries(
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
+        // The collector's wish, but never sooner than the backoff (a `Retry-After: 0`
+        // would otherwise have the collector hammered without a pause).
         let delay = match again {
             Again::No => return Err(err),
-            Again::Backoff => {
-                let d = backoff;
-                backoff *= 2;
-                d
-            }
-            Again::After(d) => d,
+            Again::Backoff => backoff,
+            Again::After(d) => d.max(backoff),
         };
-        if Instant::now() + delay >= deadline {
+        backoff *= 2;
+        // (A wish past any deadline does not overflow the clock.)
+        if Instant::now()
+            .checked_add(delay)
+            .is_none_or(|t| t >= deadline)
+        {
             return match again {
                 Again::After(d) => Err(format!("{err}; retry after {} ms", d.as_millis())),
                 _ => Err(err),
@@ -894,6 +897,25 @@ mod tests {
         assert_eq!(n, 1);
         assert!(start.elapsed() < Duration::from_millis(500));
         assert_eq!(r, Err("HTTP status 429; retry after 30000 ms".into()));
+        // `Retry-After: 0` waits the backoff all the same; one past the clock's range
+        // gives up at once (no overflow).
+        let start = Instant::now();
+        let mut tries = Vec::new();
+        let _ = with_retries(Duration::from_secs(5), |_| {
+            tries.push(start.elapsed());
+            match tries.len() {
+                1 => Err(("HTTP status 503".into(), Again::After(Duration::ZERO))),
+                _ => Ok(()),
+            }
+        });
+        assert!(tries[1] >= RETRY_BASE, "{tries:?}");
+        let mut n = 0;
+        let r = with_retries(Duration::from_secs(1), |_| {
+            n += 1;
+            Err(("HTTP status 503".into(), Again::After(Duration::MAX)))
+        });
+        assert_eq!(n, 1);
+        assert!(r.is_err());
         // Not retryable: one try.
         let mut n = 0;
         let r = with_retries(Duration::from_secs(1), |_| {

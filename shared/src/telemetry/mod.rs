@@ -607,6 +607,7 @@ pub fn apply_env(
             "http/protobuf" => OtlpProtocol::HttpProtobuf,
             other => return Err(format!("{var}={other:?}: expected grpc or http/protobuf")),
         };
+        set_by.push(("otlp_protocol", var));
     }
     // Headers: the generic variable's, then the traces-only one's over them.
     for var in [
@@ -1210,6 +1211,7 @@ mod tests {
     fn an_exporter_left_out_of_the_build_is_a_clear_error() {
         let cfg = TracingConfig {
             enabled: true,
+            otlp_protocol: OtlpProtocol::Grpc,
             ..TracingConfig::default()
         };
         let e = Telemetry::init(&cfg, "t", "0", Target::Stderr, 128)
