@@ -244,9 +244,14 @@ pub struct Proc {
     stdin_watch: RefCell<Option<OwnedFd>>,
     /// Set by `watch_exit` once the process is reaped and its group killed.
     reaped: Rc<Cell<bool>>,
-    /// Its process group (it leads one of its own: what it starts goes with it), `None`
-    /// for a record with no process behind it (tests).
+    /// Set when a request timed out after the process had exited: nothing there
+    /// answers, whatever holds its pipes (`read_stdout` then ends; woken by `room`).
+    silent_after_exit: Cell<bool>,
+    /// Its process id, `None` for a record with no process behind it (tests); also its
+    /// process group's when `own_group`.
     group: Option<rustix::process::Pid>,
+    /// It leads a process group of its own ([`own_process_groups`]).
+    own_group: bool,
     /// Closed when the stdout reader has finished (the process is gone).
     exited: Receiver<()>,
     exit_status: RefCell<Option<String>>,
@@ -295,7 +300,7 @@ impl Proc {
         // Not once `watch_exit` has reaped it and killed its group: the number may be
         // another group's by now.
         if let (Some(g), false) = (self.group, self.reaped.get()) {
-            let _ = rustix::process::kill_process_group(g, rustix::process::Signal::KILL);
+            kill(g, self.own_group);
         }
     }
 
@@ -408,6 +413,12 @@ impl Proc {
             None => {
                 guard.cancel = false;
                 drop(guard);
+                // The process has exited, and still no answer: what holds its pipes is
+                // no server of its (see `read_stdout`); it is gone.
+                if self.reaped.get() {
+                    self.silent_after_exit.set(true);
+                    self.room.notify(usize::MAX);
+                }
                 // Not an `initialize`: MCP forbids cancelling it (the process that did
                 // not answer it is stopped instead).
                 if msg.method() != Some("initialize") {
@@ -1044,10 +1055,13 @@ impl Slot {
         // A process group of its own: a helper it starts (a browser, a language server,
         // `npx`'s child) holding its stdout or stderr goes with it when it exits or is
         // stopped; otherwise its pipes never close, and its end is never seen.
+        let own_group = own_process_groups();
         let mut cmd = {
             use std::os::unix::process::CommandExt as _;
             let mut std_cmd = std::process::Command::new(&cfg.command);
-            std_cmd.process_group(0);
+            if own_group {
+                std_cmd.process_group(0);
+            }
             Command::from(std_cmd)
         };
         cmd.args(&cfg.args)
@@ -1083,7 +1097,13 @@ impl Slot {
         let group = rustix::process::Pid::from_raw(child_pid as i32);
         let (status_tx, status_rx) = oneshot::channel();
         let reaped = Rc::new(Cell::new(false));
-        rt::spawn(watch_exit(child, group, reaped.clone(), status_tx)).detach();
+        rt::spawn(watch_exit(
+            child,
+            group.filter(|_| own_group),
+            reaped.clone(),
+            status_tx,
+        ))
+        .detach();
         let (in_tx, in_rx) = async_channel::bounded(STDIN_QUEUE);
         let (exit_tx, exit_rx) = async_channel::bounded::<()>(1);
         let name: Rc<str> = cfg.name.as_str().into();
@@ -1101,7 +1121,9 @@ impl Slot {
             alive: Cell::new(true),
             stdin_watch,
             reaped,
+            silent_after_exit: Cell::new(false),
             group,
+            own_group,
             exited: exit_rx,
             exit_status: RefCell::new(None),
             stopping: Cell::new(false),
@@ -1531,6 +1553,26 @@ fn no_reader(fd: &OwnedFd) -> bool {
     }
 }
 
+/// Whether backends are started as leaders of process groups of their own: not when
+/// the gateway has a controlling terminal (run by hand), where a process outside the
+/// terminal's foreground group is stopped (`SIGTTOU`) as soon as it touches it (a
+/// credential prompt, `stty`); then a backend stays in the gateway's group, and a
+/// helper it leaves is not killed with it. Decided once.
+fn own_process_groups() -> bool {
+    static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OWN.get_or_init(|| std::fs::File::open("/dev/tty").is_err())
+}
+
+/// SIGKILL to process `pid`, or to its group when it leads one of its own.
+fn kill(pid: rustix::process::Pid, group: bool) {
+    use rustix::process::{kill_process, kill_process_group, Signal};
+    let _ = if group {
+        kill_process_group(pid, Signal::KILL)
+    } else {
+        kill_process(pid, Signal::KILL)
+    };
+}
+
 /// Waits for a backend process's exit and reaps it, whatever its pipes do (a helper it
 /// started may hold them open), then kills what is left of its process group (such a
 /// helper: the pipes then close, and the stdout reader sees the end), and tells the
@@ -1764,9 +1806,30 @@ async fn read_stdout(
                     None => break,
                 }
             }
-            // Gone, and something still reads its stdin (the server a wrapper left
-            // running): read on, to the end of stdout.
-            (Some(_), None) => Some(stdout.read(&mut buf).await),
+            // Gone, and something still holds its stdin (the server a wrapper left
+            // running): read on, to the end of stdout, unless a request sent there times
+            // out (`silent_after_exit`): what holds the pipe is then no server (a helper
+            // started in a session of its own with the backend's stdin), and the
+            // backend is gone.
+            (Some(_), None) => {
+                if proc.silent_after_exit.get() {
+                    break;
+                }
+                let woken = proc.room.listen();
+                if proc.silent_after_exit.get() {
+                    break;
+                }
+                let read =
+                    futures_lite::future::or(async { Some(stdout.read(&mut buf).await) }, async {
+                        woken.await;
+                        None
+                    })
+                    .await;
+                match read {
+                    Some(r) => Some(r),
+                    None => continue,
+                }
+            }
         };
         let n = match read {
             None => {
@@ -1980,7 +2043,9 @@ mod tests {
             alive: Cell::new(true),
             stdin_watch: RefCell::new(None),
             reaped: Rc::default(),
+            silent_after_exit: Cell::new(false),
             group: None,
+            own_group: false,
             exited,
             exit_status: RefCell::new(None),
             stopping: Cell::new(false),

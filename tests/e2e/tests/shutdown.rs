@@ -322,3 +322,28 @@ fn a_backend_whose_helper_left_its_group_is_still_seen_to_exit() {
     assert!(gw.terminate().success());
     let _ = std::fs::remove_file(&pidfile);
 }
+
+/// A helper in a session of its own that holds the backend's stdin and stdout: once the
+/// backend has exited, a request that gets no byte for its `request_timeout` ends the
+/// wait, the backend counts as gone, and it is started anew. (It was never seen to
+/// end: every call timed out, and it was never restarted.)
+#[test]
+fn a_backend_whose_helper_holds_its_stdin_is_still_seen_to_exit() {
+    let pidfile = temp_path("stdin-helper.pid");
+    let script = format!(
+        "exec 3<&0; setsid sleep 289 <&3 & echo $! > {}; exec 3<&-; exec \"$0\" --name h",
+        pidfile.display()
+    );
+    let mut gw = Gateway::start(&sh_backend("h", &script, "request_timeout = \"500ms\""));
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    let helper = helper_pid(&pidfile);
+    let r = c.call(json!(1), "h.crash", json!({}));
+    assert!(r.get("error").is_some(), "{r}");
+    gw.wait_line("backend \"h\" exited (exit status: 3)");
+    let r = c.call(json!(2), "h.echo", json!({"text": "back"}));
+    assert_eq!(text_of(&r), "back", "{r}");
+    outlived(helper);
+    assert!(gw.terminate().success());
+    let _ = std::fs::remove_file(&pidfile);
+}
