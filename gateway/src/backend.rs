@@ -1554,13 +1554,19 @@ fn no_reader(fd: &OwnedFd) -> bool {
 }
 
 /// Whether backends are started as leaders of process groups of their own: not when
-/// the gateway has a controlling terminal (run by hand), where a process outside the
-/// terminal's foreground group is stopped (`SIGTTOU`) as soon as it touches it (a
+/// the gateway runs in the foreground of a terminal (by hand), where a process outside
+/// the terminal's foreground group is stopped (`SIGTTOU`) as soon as it touches it (a
 /// credential prompt, `stty`); then a backend stays in the gateway's group, and a
-/// helper it leaves is not killed with it. Decided once.
+/// helper it leaves is not killed with it. (A gateway in the background of a terminal
+/// would have its backends stopped either way.) Decided once.
 fn own_process_groups() -> bool {
     static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OWN.get_or_init(|| std::fs::File::open("/dev/tty").is_err())
+    *OWN.get_or_init(|| {
+        let Ok(tty) = std::fs::File::open("/dev/tty") else {
+            return true;
+        };
+        rustix::termios::tcgetpgrp(&tty).map_or(true, |fg| fg != rustix::process::getpgrp())
+    })
 }
 
 /// SIGKILL to process `pid`, or to its group when it leads one of its own.
