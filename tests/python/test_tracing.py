@@ -85,8 +85,9 @@ class Router:
             if m.get("id") == id_ and "method" not in m:
                 return m
 
-    def initialize(self) -> None:
-        r = self.request("init", "initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+    def initialize(self, capabilities: dict | None = None) -> None:
+        r = self.request("init", "initialize", {"protocolVersion": "2025-06-18",
+                                                "capabilities": capabilities or {},
                                                 "clientInfo": {"name": "tracing-test", "version": "1"}})
         assert "result" in r, r
         self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
@@ -367,11 +368,7 @@ def test_backend_request_to_the_host_is_traced(start_gateway, tmp_path, receiver
     gw = start_gateway(tracing_toml(receiver.grpc_endpoint) + fixture_backend())
     router = Router(gw.url, tracing_toml(receiver.grpc_endpoint), tmp_path)
     try:
-        init = router.request("init", "initialize", {
-            "protocolVersion": "2025-06-18", "capabilities": {"sampling": {}},
-            "clientInfo": {"name": "tracing-test", "version": "1"}})
-        assert "result" in init, init
-        router.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        router.initialize({"sampling": {}})
         ok, refused = calls(router)
     except BaseException:
         router.kill()
@@ -429,11 +426,7 @@ def test_backend_request_voided_by_the_backends_exit_ends_its_spans(start_gatewa
     gw = start_gateway(tracing_toml(receiver.grpc_endpoint) + fixture_backend())
     router = Router(gw.url, tracing_toml(receiver.grpc_endpoint), tmp_path)
     try:
-        init = router.request("init", "initialize", {
-            "protocolVersion": "2025-06-18", "capabilities": {"sampling": {}},
-            "clientInfo": {"name": "tracing-test", "version": "1"}})
-        assert "result" in init, init
-        router.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        router.initialize({"sampling": {}})
         router.send({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                      "params": {"name": "one.sample", "arguments": {"prompt": "hi"}}})
         while True:

@@ -290,6 +290,22 @@ fn a_shutdown_answers_what_is_in_flight_and_closes_with_going_away() {
     assert!(gw.terminate().success());
 }
 
+/// A gateway with backend `h` (the fixture) run by a shell that first starts `launch`
+/// in the background, a router initialized on it, the helper's pid, and the file that
+/// pid was written to.
+fn with_helper(launch: &str, extra: &str) -> (Gateway, Client, u32, std::path::PathBuf) {
+    let pidfile = temp_path("helper.pid");
+    let script = format!(
+        "{launch} & echo $! > {}; exec 3<&-; exec \"$0\" --name h",
+        pidfile.display()
+    );
+    let gw = Gateway::start(&sh_backend("h", &script, extra));
+    let mut c = Client::router(&gw.url);
+    c.initialize();
+    let helper = helper_pid(&pidfile);
+    (gw, c, helper, pidfile)
+}
+
 /// A helper that left the backend's process group (`setsid`) and holds its stdout:
 /// once the backend has exited and nothing reads its stdin, its end is seen within
 /// about a second (what is left in stdout is read meanwhile), and it is started anew
@@ -297,15 +313,7 @@ fn a_shutdown_answers_what_is_in_flight_and_closes_with_going_away() {
 /// failed with "stdin closed", and it was never restarted.)
 #[test]
 fn a_backend_whose_helper_left_its_group_is_still_seen_to_exit() {
-    let pidfile = temp_path("setsid-helper.pid");
-    let script = format!(
-        "setsid sleep 287 & echo $! > {}; exec \"$0\" --name h",
-        pidfile.display()
-    );
-    let mut gw = Gateway::start(&sh_backend("h", &script, ""));
-    let mut c = Client::router(&gw.url);
-    c.initialize();
-    let helper = helper_pid(&pidfile);
+    let (mut gw, mut c, helper, pidfile) = with_helper("setsid sleep 287", "");
     let start = Instant::now();
     let r = c.call(json!(1), "h.crash", json!({}));
     assert_eq!(error_code(&r), -32000, "{r}");
@@ -329,15 +337,11 @@ fn a_backend_whose_helper_left_its_group_is_still_seen_to_exit() {
 /// end: every call timed out, and it was never restarted.)
 #[test]
 fn a_backend_whose_helper_holds_its_stdin_is_still_seen_to_exit() {
-    let pidfile = temp_path("stdin-helper.pid");
-    let script = format!(
-        "exec 3<&0; setsid sleep 289 <&3 & echo $! > {}; exec 3<&-; exec \"$0\" --name h",
-        pidfile.display()
+    // (The shell gives a background job /dev/null for stdin: its own stdin as fd 3.)
+    let (mut gw, mut c, helper, pidfile) = with_helper(
+        "exec 3<&0; setsid sleep 289 <&3",
+        "request_timeout = \"500ms\"",
     );
-    let mut gw = Gateway::start(&sh_backend("h", &script, "request_timeout = \"500ms\""));
-    let mut c = Client::router(&gw.url);
-    c.initialize();
-    let helper = helper_pid(&pidfile);
     let r = c.call(json!(1), "h.crash", json!({}));
     assert!(r.get("error").is_some(), "{r}");
     gw.wait_line("backend \"h\" exited (exit status: 3)");
