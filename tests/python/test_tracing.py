@@ -113,12 +113,13 @@ class Router:
         return self.stderr_path.read_text()
 
 
-def run_session(start_gateway, tmp_path, gw_tracing, router_tracing, calls):
-    """Starts gateway + router, runs `calls(router)`, stops both (flushing spans)."""
+def run_session(start_gateway, tmp_path, gw_tracing, router_tracing, calls, capabilities=None):
+    """Starts gateway + router (the host declaring `capabilities`), runs
+    `calls(router)`, stops both (flushing spans)."""
     gw = start_gateway(gw_tracing + fixture_backend())
     router = Router(gw.url, router_tracing, tmp_path)
     try:
-        router.initialize()
+        router.initialize(capabilities)
         result = calls(router)
     except BaseException:
         # The test's own failure is the one to report; the processes just go.
@@ -365,17 +366,9 @@ def test_backend_request_to_the_host_is_traced(start_gateway, tmp_path, receiver
                          {"error": {"code": -1, "message": "the user declined"}})
         return ok, refused
 
-    gw = start_gateway(tracing_toml(receiver.grpc_endpoint) + fixture_backend())
-    router = Router(gw.url, tracing_toml(receiver.grpc_endpoint), tmp_path)
-    try:
-        router.initialize({"sampling": {}})
-        ok, refused = calls(router)
-    except BaseException:
-        router.kill()
-        gw.terminate()
-        raise
-    assert router.close() == 0, router.stderr()
-    assert gw.terminate() == 0, gw.describe()
+    _, _, (ok, refused) = run_session(start_gateway, tmp_path, tracing_toml(receiver.grpc_endpoint),
+                                      tracing_toml(receiver.grpc_endpoint), calls,
+                                      capabilities={"sampling": {}})
     assert ok["result"]["content"][0]["text"] == "sampled: fine", ok
     assert refused["result"]["isError"] is True, refused
     spans = receiver.snapshot()

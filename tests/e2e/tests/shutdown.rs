@@ -306,6 +306,15 @@ fn with_helper(launch: &str, extra: &str) -> (Gateway, Client, u32, std::path::P
     (gw, c, helper, pidfile)
 }
 
+/// Stops the gateway of [`with_helper`] and the helpers left: the first one, and the
+/// one the backend started anew started (out of its group too).
+fn stop_with_helpers(mut gw: Gateway, helper: u32, pidfile: &std::path::Path) {
+    outlived(helper);
+    assert!(gw.terminate().success());
+    outlived(helper_pid(pidfile));
+    let _ = std::fs::remove_file(pidfile);
+}
+
 /// A helper that left the backend's process group (`setsid`) and holds its stdout:
 /// once the backend has exited and nothing reads its stdin, its end is seen within
 /// about a second (what is left in stdout is read meanwhile), and it is started anew
@@ -313,7 +322,7 @@ fn with_helper(launch: &str, extra: &str) -> (Gateway, Client, u32, std::path::P
 /// failed with "stdin closed", and it was never restarted.)
 #[test]
 fn a_backend_whose_helper_left_its_group_is_still_seen_to_exit() {
-    let (mut gw, mut c, helper, pidfile) = with_helper("setsid sleep 287", "");
+    let (gw, mut c, helper, pidfile) = with_helper("setsid sleep 287", "");
     let start = Instant::now();
     let r = c.call(json!(1), "h.crash", json!({}));
     assert_eq!(error_code(&r), -32000, "{r}");
@@ -326,11 +335,7 @@ fn a_backend_whose_helper_left_its_group_is_still_seen_to_exit() {
     // Started anew (after the restart delay) and answering.
     let r = c.call(json!(2), "h.echo", json!({"text": "back"}));
     assert_eq!(text_of(&r), "back", "{r}");
-    outlived(helper);
-    assert!(gw.terminate().success());
-    // The backend started anew started a helper of its own (out of its group too).
-    outlived(helper_pid(&pidfile));
-    let _ = std::fs::remove_file(&pidfile);
+    stop_with_helpers(gw, helper, &pidfile);
 }
 
 /// A helper in a session of its own that holds the backend's stdin and stdout: once the
@@ -340,7 +345,7 @@ fn a_backend_whose_helper_left_its_group_is_still_seen_to_exit() {
 #[test]
 fn a_backend_whose_helper_holds_its_stdin_is_still_seen_to_exit() {
     // (The shell gives a background job /dev/null for stdin: its own stdin as fd 3.)
-    let (mut gw, mut c, helper, pidfile) = with_helper(
+    let (gw, mut c, helper, pidfile) = with_helper(
         "exec 3<&0; setsid sleep 289 <&3",
         "request_timeout = \"500ms\"",
     );
@@ -349,9 +354,5 @@ fn a_backend_whose_helper_holds_its_stdin_is_still_seen_to_exit() {
     gw.wait_line("backend \"h\" exited (exit status: 3)");
     let r = c.call(json!(2), "h.echo", json!({"text": "back"}));
     assert_eq!(text_of(&r), "back", "{r}");
-    outlived(helper);
-    assert!(gw.terminate().success());
-    // The backend started anew started a helper of its own (out of its group too).
-    outlived(helper_pid(&pidfile));
-    let _ = std::fs::remove_file(&pidfile);
+    stop_with_helpers(gw, helper, &pidfile);
 }
