@@ -250,7 +250,12 @@ pub fn run(cfg: RouterConfig, token: Option<Secret>, tel: Telemetry) -> Result<E
     let ex: &'static LocalExecutor<'static> = Box::leak(Box::new(LocalExecutor::new()));
     // async_io::block_on: this thread drives the reactor while idle (no hand-off from
     // smol's reactor thread per I/O event).
-    let ended = async_io::block_on(ex.run(relay(ex, cfg, token, tel.clone())))?;
+    // Boxed: the relay's future is ~8.7 KB, and the executor's `run` future embeds it
+    // several times (35 KB); moved onto the main thread's stack by `block_on`, those
+    // copies kept ~90 KiB of stack resident for the process's life (measured with
+    // /proc/PID/smaps, docs/benchmark.md). On the heap it is one 8.7 KB allocation.
+    let relay = Box::pin(relay(ex, cfg, token, tel.clone()));
+    let ended = async_io::block_on(ex.run(relay))?;
     if ended == Ended::AtOnce {
         return Ok(ended);
     }
