@@ -683,14 +683,21 @@ impl Envelope {
     /// Appends an `ExportTraceServiceRequest` holding `spans` (entries written by
     /// [`append_span`]) to `out`.
     pub fn request(&self, spans: &[u8], out: &mut Vec<u8>) {
-        let scope_spans = self.scope.len() + spans.len();
+        self.prefix(spans.len(), out);
+        out.extend_from_slice(spans);
+    }
+
+    /// Appends what comes before the spans in an `ExportTraceServiceRequest` holding
+    /// `spans_len` bytes of span entries: the request is this followed by the entries,
+    /// which can then be sent from where they are, without a copy.
+    pub fn prefix(&self, spans_len: usize, out: &mut Vec<u8>) {
+        let scope_spans = self.scope.len() + spans_len;
         let resource_spans = self.resource.len() + delim_len(2, scope_spans);
-        out.reserve(delim_len(1, resource_spans));
+        out.reserve(delim_len(1, resource_spans) - spans_len);
         put_delim_head(out, 1, resource_spans);
         out.extend_from_slice(&self.resource);
         put_delim_head(out, 2, scope_spans);
         out.extend_from_slice(&self.scope);
-        out.extend_from_slice(spans);
     }
 }
 
@@ -718,7 +725,7 @@ pub(crate) mod tests {
         )
     }
 
-    fn span(i: u64, parent: bool, status: Status) -> SpanData {
+    pub(crate) fn span(i: u64, parent: bool, status: Status) -> SpanData {
         let t0 = UNIX_EPOCH + Duration::from_nanos(1_764_000_000_123_456_789 + i);
         let mut events = SpanEvents::default();
         events.events.push(Event::new(

@@ -90,7 +90,7 @@ impl Exporter {
             head,
             idle: None,
             envelope: Envelope::default(),
-            body: Vec::new(),
+            front: Vec::new(),
         }))
     }
 
@@ -279,29 +279,27 @@ pub struct HttpExporter {
     /// The connection kept between exports.
     idle: Option<Stream>,
     envelope: Envelope,
-    /// The request body, reused from export to export.
-    body: Vec<u8>,
+    /// What goes before the spans (request line, headers, the start of the protobuf
+    /// message), rebuilt for every export in this kept buffer. The spans are sent from
+    /// the batch's own buffer: no copy of the body (it had cost the router ~100 KB of
+    /// resident memory, docs/benchmark.md).
+    front: Vec<u8>,
 }
 
 #[cfg(feature = "otlp-http")]
 impl HttpExporter {
     fn export(&mut self, spans: &[u8], timeout: Duration) -> Result<(), String> {
-        // Head and body in one buffer, so that they go out in one write (one segment,
-        // one wake-up of the collector): the body is encoded after room for the head,
-        // which is written into the end of that room once the body's length is known.
-        // The buffer is kept from export to export, and nothing is copied twice.
-        let mut body = std::mem::take(&mut self.body);
-        let room = self.head.len() + CONTENT_LENGTH_ROOM;
-        body.clear();
-        body.resize(room, 0);
-        self.envelope.request(spans, &mut body);
-        let length = format!("Content-Length: {}\r\n\r\n", body.len() - room);
-        let start = room - self.head.len() - length.len();
-        body[start..start + self.head.len()].copy_from_slice(&self.head);
-        body[start + self.head.len()..room].copy_from_slice(length.as_bytes());
-        let request = &body[start..];
+        // The head and the message's start in one small buffer, the spans where they
+        // are: both go out in one `writev` (one segment, one wake-up of the collector).
+        let mut front = std::mem::take(&mut self.front);
+        front.clear();
+        front.extend_from_slice(&self.head);
+        let at = front.len();
+        self.envelope.prefix(spans.len(), &mut front);
+        let length = format!("Content-Length: {}\r\n\r\n", front.len() - at + spans.len());
+        front.splice(at..at, length.bytes());
         let result = with_retries(timeout, |deadline| {
-            match conn::block_on(deadline, self.send(request, deadline)) {
+            match conn::block_on(deadline, self.send(&front, spans, deadline)) {
                 Ok((status, _)) if (200..300).contains(&status) => Ok(()),
                 Ok((status, retry_after)) => Err((
                     format!("HTTP status {status}"),
@@ -324,17 +322,16 @@ impl HttpExporter {
                 self.connector.endpoint.authority()
             )
         });
-        if body.capacity() <= MAX_KEPT_BODY_BYTES {
-            self.body = body;
-        }
+        self.front = front;
         result
     }
 
-    /// One request (head and body) on the kept connection (or a new one); the
+    /// One request (`front`, then `spans`) on the kept connection (or a new one); the
     /// response's status, and its `Retry-After` when given in seconds.
     async fn send(
         &mut self,
-        request: &[u8],
+        front: &[u8],
+        spans: &[u8],
         deadline: Instant,
     ) -> io::Result<(u16, Option<Duration>)> {
         let (mut stream, reused) = match self.idle.take() {
@@ -347,7 +344,7 @@ impl HttpExporter {
             }
             None => (self.connector.connect(deadline).await?, false),
         };
-        let (response, keep) = match exchange(&mut stream, request).await {
+        let (response, keep) = match exchange(&mut stream, [front, spans]).await {
             Ok(r) => r,
             Err(f) if reused && !f.answered && !timed_out(&f.err) => {
                 // The collector closed the kept connection under us: once more on a
@@ -358,7 +355,9 @@ impl HttpExporter {
                     f.err
                 );
                 stream = self.connector.connect(deadline).await?;
-                exchange(&mut stream, request).await.map_err(|f| f.err)?
+                exchange(&mut stream, [front, spans])
+                    .await
+                    .map_err(|f| f.err)?
             }
             Err(f) => return Err(f.err),
         };
@@ -375,14 +374,6 @@ fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
     let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
     v.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
-
-#[cfg(feature = "otlp-http")]
-/// Request bodies larger than this are not kept for the next export (bytes).
-pub const MAX_KEPT_BODY_BYTES: usize = 1024 * 1024;
-
-#[cfg(feature = "otlp-http")]
-/// Room for `Content-Length: N` and the blank line after it, N up to 20 digits.
-const CONTENT_LENGTH_ROOM: usize = "Content-Length: \r\n\r\n".len() + 20;
 
 #[cfg(feature = "otlp-http")]
 /// The request line and the headers that are the same for every export (no
@@ -410,11 +401,15 @@ fn request_head(endpoint: &Endpoint, headers: &BTreeMap<String, String>) -> Vec<
 }
 
 #[cfg(feature = "otlp-http")]
-/// Sends one request and reads exactly its response; true when the connection can
-/// carry another.
-async fn exchange(s: &mut Stream, request: &[u8]) -> Result<(http::Response<Bytes>, bool), Failed> {
+/// Sends one request (its parts in order) and reads exactly its response; true when
+/// the connection can carry another.
+async fn exchange(
+    s: &mut Stream,
+    request: [&[u8]; 2],
+) -> Result<(http::Response<Bytes>, bool), Failed> {
     let write = async {
-        s.write_all(request).await?;
+        let mut parts = request.map(io::IoSlice::new);
+        conn::write_all_vectored(s, &mut parts).await?;
         s.flush().await
     };
     write.await.map_err(Failed::unanswered)?;
@@ -955,6 +950,80 @@ mod tests {
             }
         });
         port
+    }
+
+    /// A batch larger than the socket takes in one write reaches the collector whole:
+    /// the request's head and the message's start (one buffer) and the spans (the
+    /// batch's own) go out by `writev` resumed where each partial write stopped, and
+    /// the body decodes to the spans sent, with the envelope's resource around them.
+    #[test]
+    #[cfg(feature = "otlp-http")]
+    fn a_batch_is_sent_from_its_own_buffer_whole() {
+        use opentelemetry::trace::Status;
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message as _;
+        use std::io::{BufRead, BufReader, Read, Write};
+
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let collector = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut r = BufReader::with_capacity(1024, s.try_clone().unwrap());
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.strip_prefix("Content-Length: ") {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+            // Slowly, in small reads: the exporter's writes come back partial.
+            let mut body = vec![0u8; length];
+            for part in body.chunks_mut(1024) {
+                r.read_exact(part).unwrap();
+            }
+            (&s).write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .unwrap();
+            body
+        });
+        let mut e = Exporter::http(&TracingConfig {
+            enabled: true,
+            otlp_protocol: crate::config::OtlpProtocol::HttpProtobuf,
+            otlp_endpoint: Some(format!("http://127.0.0.1:{port}")),
+            ..TracingConfig::default()
+        })
+        .unwrap();
+        let resource = opentelemetry_sdk::Resource::builder_empty()
+            .with_service_name("writev-test")
+            .build();
+        e.set_resource(&resource, "mcp-bridge");
+        // Each test span carries a 5,000-byte event: 800 of them are ~4 MB.
+        let mut spans = Vec::new();
+        for i in 0..800 {
+            super::super::encode::append_span(
+                &super::super::encode::tests::span(i, true, Status::Unset),
+                &mut spans,
+            );
+        }
+        assert!(spans.len() > 4_000_000, "{}", spans.len());
+        e.export_encoded(&spans, Duration::from_secs(20)).unwrap();
+        let body = collector.join().unwrap();
+        let req = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+        assert_eq!(req.resource_spans.len(), 1);
+        let rs = &req.resource_spans[0];
+        let service = rs.resource.as_ref().unwrap().attributes.iter();
+        assert!(service
+            .map(|kv| format!("{:?}", kv.value))
+            .any(|v| v.contains("writev-test")));
+        let sent = &rs.scope_spans[0].spans;
+        assert_eq!(sent.len(), 800);
+        assert_eq!(
+            sent[799].span_id,
+            0x1112_1314_1516_1718u64.wrapping_add(799).to_be_bytes()
+        );
     }
 
     /// An export to a collector that never answers fails at its timeout (the exporter
