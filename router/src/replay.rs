@@ -22,6 +22,10 @@ use mcp_shared::jsonrpc::{lookup, Id, Kind, Message};
 /// only not restored after a reconnection; logged once).
 pub const MAX_REPLAYED_SUBSCRIPTIONS: usize = 1024;
 
+/// A negotiated protocol version longer than this (bytes) is not recorded in spans
+/// (versions are dates, `2025-06-18`).
+pub const MAX_PROTOCOL_VERSION_BYTES: usize = 64;
+
 /// The prefix of the ids of the router's own requests on a new link.
 const OWN_ID_PREFIX: &str = "mcp-router-replay-";
 
@@ -42,6 +46,9 @@ pub struct Replay {
     /// The `notifications/*/list_changed` methods the gateway's `initialize` result
     /// declared.
     list_changed: Vec<&'static str>,
+    /// The protocol version the gateway's last `initialize` result gave (for the
+    /// spans' `mcp.protocol.version`).
+    protocol_version: Option<std::rc::Rc<str>>,
     next_id: u64,
 }
 
@@ -117,6 +124,16 @@ impl Replay {
     /// Takes the lists that can change from an `initialize` result (the host's, or the
     /// replayed one's on a new link: that gateway's capabilities are the ones that count).
     pub fn observe_capabilities(&mut self, msg: &Message) {
+        if let Some(v) = msg
+            .result()
+            .and_then(|r| lookup(r, "protocolVersion"))
+            .and_then(|v| v.as_str())
+        {
+            // Bounded like any attribute value a peer sends (a version is a date).
+            if v.len() <= MAX_PROTOCOL_VERSION_BYTES {
+                self.protocol_version = Some(v.into());
+            }
+        }
         let Some(caps) = msg.result().and_then(|r| lookup(r, "capabilities")) else {
             return;
         };
@@ -134,6 +151,11 @@ impl Replay {
                 self.list_changed.push(method);
             }
         }
+    }
+
+    /// The protocol version of the session, once the gateway answered `initialize`.
+    pub fn protocol_version(&self) -> Option<std::rc::Rc<str>> {
+        self.protocol_version.clone()
     }
 
     /// Whether the host has a session (an `initialize` answered with a result; nothing
@@ -299,6 +321,37 @@ mod tests {
             r.observe(&msg(json!({"jsonrpc":"2.0","id":i+1,"method":"resources/subscribe","params":{"uri":format!("u:{i}")}})));
         }
         assert_eq!(r.messages().len(), 1 + MAX_REPLAYED_SUBSCRIPTIONS);
+    }
+
+    #[test]
+    fn the_negotiated_protocol_version_is_the_last_initialize_results() {
+        let mut r = Replay::default();
+        let init = |id: i64| {
+            msg(
+                json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}),
+            )
+        };
+        assert_eq!(r.protocol_version(), None);
+        r.observe(&init(1));
+        r.observe_response(&msg(
+            json!({"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-03-26","capabilities":{}}}),
+        ));
+        // The gateway's answer is what was agreed, not what the host asked for.
+        assert_eq!(r.protocol_version().as_deref(), Some("2025-03-26"));
+        // A refused initialize changes nothing; an oversized version is not taken.
+        r.observe(&init(2));
+        r.observe_response(&msg(
+            json!({"jsonrpc":"2.0","id":2,"error":{"code":-1,"message":"no"}}),
+        ));
+        r.observe_capabilities(&msg(
+            json!({"jsonrpc":"2.0","id":"x","result":{"protocolVersion":"9".repeat(MAX_PROTOCOL_VERSION_BYTES + 1)}}),
+        ));
+        assert_eq!(r.protocol_version().as_deref(), Some("2025-03-26"));
+        // A new link's answer to the replayed initialize is the session's from then on.
+        r.observe_capabilities(&msg(
+            json!({"jsonrpc":"2.0","id":"x","result":{"protocolVersion":"2025-06-18"}}),
+        ));
+        assert_eq!(r.protocol_version().as_deref(), Some("2025-06-18"));
     }
 
     #[test]
