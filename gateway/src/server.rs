@@ -229,6 +229,11 @@ fn check_handshake(
         return Err(reject(StatusCode::SERVICE_UNAVAILABLE, "too many sessions"));
     }
     seen.count = Some(gw.count_session());
+    seen.session_id = gw.next_session_id();
+    resp.headers_mut().insert(
+        mcp_shared::mcp::SESSION_ID_HEADER,
+        HeaderValue::from(seen.session_id),
+    );
     Ok(resp)
 }
 
@@ -472,6 +477,8 @@ struct Handshake {
     host: String,
     user_agent: Option<String>,
     count: Option<crate::SessionCount>,
+    /// The session's id, given in the handshake's response.
+    session_id: u64,
 }
 
 /// Connections in their handshake, oldest first, each with what closes it.
@@ -552,7 +559,13 @@ async fn connection(
     } else {
         Vec::new()
     };
-    let session = Session::new(gw.clone(), out_tx.clone(), seen.cx, conn_attrs);
+    let session = Session::new(
+        gw.clone(),
+        out_tx.clone(),
+        seen.session_id,
+        seen.cx,
+        conn_attrs,
+    );
     log::info!("session {} opened from {peer}", session.id());
     let limits = (gw.cfg.server.send_timeout.0, gw.cfg.server.ping_interval.0);
     let writer = ClientWriter::spawn(sink, out_rx, socket, limits, meter, session.id());

@@ -236,14 +236,15 @@ pub struct Session {
 }
 
 impl Session {
-    /// A new session whose messages to the client go to `out`.
+    /// A new session `id` (from [`Gateway::next_session_id`], given to the client in
+    /// the handshake) whose messages to the client go to `out`.
     pub fn new(
         gw: Rc<Gateway>,
         out: outbox::Sender,
+        id: u64,
         handshake_cx: Cx,
         conn_attrs: Vec<KeyValue>,
     ) -> Rc<Session> {
-        let id = gw.next_session_id();
         let backends = gw.slots_for_session();
         let max = gw.cfg.limits.max_in_flight;
         let s = Rc::new(Session {

@@ -31,7 +31,13 @@ pub struct Link {
     pub socket: TcpStream,
     /// Bytes moved so far each way.
     pub meter: std::rc::Rc<Meter>,
+    /// The gateway session's id from the handshake's response (absent with a gateway
+    /// that does not send it, or one too long to be an id), for `mcp.session.id`.
+    pub session_id: Option<std::rc::Rc<str>>,
 }
+
+/// A session id longer than this (bytes) from the handshake is not recorded.
+pub const MAX_SESSION_ID_BYTES: usize = 128;
 
 /// WebSocket settings: small buffers, and no message larger than `max_message_bytes`
 /// (one up to [`mcp_shared::framing::WS_OVERSIZE_FACTOR`] times that is read to be answered and dropped).
@@ -85,19 +91,26 @@ pub async fn connect(
         stream.set_nodelay(true).ok();
         let socket = stream.clone();
         let (stream, meter) = Metered::new(stream);
-        let (ws, _resp) = async_tungstenite::client_async_with_config(
+        let (ws, resp) = async_tungstenite::client_async_with_config(
             req,
             stream,
             Some(ws_config(max_message_bytes)),
         )
         .await
         .map_err(|e| unreachable(format!("WebSocket handshake failed: {e}")))?;
+        let session_id = resp
+            .headers()
+            .get(mcp_shared::mcp::SESSION_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= MAX_SESSION_ID_BYTES)
+            .map(std::rc::Rc::from);
         let (sink, stream) = ws.split();
         Ok(Link {
             sink,
             stream,
             socket,
             meter,
+            session_id,
         })
     };
     let deadline = async {

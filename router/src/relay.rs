@@ -145,6 +145,9 @@ struct State {
     /// `server.address` / `server.port` of the gateway, for span attributes (shared:
     /// read for every message).
     server: Rc<(String, u16)>,
+    /// The gateway session of the live link, as its handshake named it
+    /// (`mcp.session.id` on the spans of what goes over it).
+    session_id: Option<Rc<str>>,
     /// The queue to the WebSocket writer, while the link is open to the host's traffic.
     link: Option<WsTx>,
     /// Why the link is down (kept until a new link is open).
@@ -585,9 +588,15 @@ async fn open_link(
         stream,
         socket,
         meter,
+        session_id,
     } = match connected {
         Ok(link) => {
-            connect_cx.set_attributes(|a| a.str("websocket.protocol", "mcp"));
+            connect_cx.set_attributes(|a| {
+                a.str("websocket.protocol", "mcp");
+                if let Some(id) = &link.session_id {
+                    a.str("mcp.session.id", id);
+                }
+            });
             connect_cx.end();
             link
         }
@@ -604,6 +613,7 @@ async fn open_link(
         let mut st = state.borrow_mut();
         st.gen += 1;
         st.live = true;
+        st.session_id = session_id;
         st.socket = Some(socket);
         st.lost = Some(lost_tx);
         st.gen
@@ -939,9 +949,15 @@ async fn handle_client_message(
     // Kept as the host sent it (before trace context is added) if the gateway session
     // would need it again after a reconnection.
     let shaping = replay::shapes_session(&msg).then(|| msg.whole());
-    let (tel, server) = {
+    let (tel, server, version, session_id) = {
         let st = state.borrow();
-        (st.tel.clone(), st.server.clone())
+        let version = st.replay.protocol_version();
+        (
+            st.tel.clone(),
+            st.server.clone(),
+            version,
+            st.session_id.clone(),
+        )
     };
     // The host's answer goes back under the gateway's id, and only to the link that
     // asked (taken here: its `host.request` span is the parent of this line's span).
@@ -964,6 +980,9 @@ async fn handle_client_message(
         let stdio = tel.start_at("stdio.read", SpanKind::Server, &parent, &read, |a| {
             attrs::mcp_message_brief(a, &msg);
             a.str("network.transport", "pipe");
+            if let Some(v) = &version {
+                a.str("mcp.protocol.version", v);
+            }
         });
         stdio.event_at(
             "stdio.message.read",
@@ -977,6 +996,14 @@ async fn handle_client_message(
                 attrs::mcp_message(a, &msg);
                 attrs::server(a, &server.0, server.1);
                 a.str("network.transport", "tcp");
+                if let Some(v) = &version {
+                    a.str("mcp.protocol.version", v);
+                }
+                // The gateway's session this goes into (the host's stdio session has
+                // no id of its own).
+                if let Some(id) = &session_id {
+                    a.str("mcp.session.id", id);
+                }
             });
             propagation::inject_message(&request, &mut msg);
             request
@@ -1513,6 +1540,7 @@ async fn link_down(state: &Shared, out: &StdoutTx, gen: u64, reason: String) {
             reason
         };
         st.live = false;
+        st.session_id = None;
         st.link = None;
         // Wakes the link manager, and a replay waiting for an answer.
         st.lost = None;

@@ -6,6 +6,13 @@ use serde_json::{Map, Value};
 /// Protocol versions the gateway accepts, oldest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
 
+/// Header of the gateway's WebSocket handshake response naming the session the
+/// connection opened (decimal). The router records it as `mcp.session.id` on its spans,
+/// so that its side of a session can be found next to the gateway's. (The name is the
+/// Streamable HTTP transport's; on WebSocket it is informative only: nothing is sent
+/// back with it.)
+pub const SESSION_ID_HEADER: &str = "mcp-session-id";
+
 /// The version offered when the client asks for one we do not know.
 pub const LATEST_VERSION: &str = "2025-11-25";
 

@@ -205,6 +205,16 @@ def test_one_trace_across_router_gateway_and_backend(start_gateway, tmp_path, re
     init = [s for s in by_name(spans, "mcp-gateway", "http.request")
             if s["attributes"].get("mcp.method.name") == "initialize"]
     assert len(init) == 1 and init[0]["attributes"]["mcp.protocol.version"] == "2025-06-18", init
+    # So do the router's spans of the requests after it (the gateway's answer says it).
+    for s in (stdio, req[0]):
+        assert s["attributes"]["mcp.protocol.version"] == "2025-06-18", s
+    # The gateway's session id, from its handshake, on the router's request and
+    # connection spans: the router's side of the session is found by it.
+    session = gw_req["attributes"]["mcp.session.id"]
+    assert req[0]["attributes"]["mcp.session.id"] == session, (req[0], gw_req)
+    connects = by_name(spans, "mcp-router", "gateway.connect")
+    assert [c["attributes"].get("mcp.session.id") for c in connects] == [session], connects
+    assert "mcp.session.id" not in stdio["attributes"], stdio
     # Typical span payload stays small (budget: 300 bytes).
     sizes = sorted(s["size"] for s in trace)
     print("span sizes", sizes, "mean", sum(sizes) / len(sizes))
