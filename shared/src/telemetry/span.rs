@@ -73,7 +73,7 @@ pub(crate) struct RecordingSpan {
 
 impl RecordingSpan {
     /// Starts a span now. `parent` is the parent's span id and whether it is remote.
-    #[cfg(test)]
+    #[cfg(all(test, feature = "otlp-http"))]
     pub(crate) fn start(
         sc: SpanContext,
         parent: Option<(SpanId, bool)>,
