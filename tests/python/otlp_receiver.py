@@ -8,6 +8,7 @@ tests can count connections."""
 from __future__ import annotations
 
 import socket
+import time
 import ssl
 import threading
 from concurrent import futures
@@ -16,6 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 GRPC_STOP_GRACE = 5.0  # seconds calls in flight may take when the gRPC server restarts
@@ -62,6 +65,17 @@ def flatten(req: trace_service_pb2.ExportTraceServiceRequest, transport: str) ->
     return out
 
 
+def retry_info(code: grpc.StatusCode, delay_s: float) -> bytes:
+    """A google.rpc.Status for `code` whose details hold a RetryInfo of `delay_s`, as
+    sent in gRPC's grpc-status-details-bin trailer."""
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(int(delay_s * 1e9))
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return status_pb2.Status(code=code.value[0], message="refused by the test",
+                             details=[detail]).SerializeToString()
+
+
 @dataclass(frozen=True)
 class ServerTls:
     """TLS for both listeners: the server's PEM certificate and key, and the CA whose
@@ -97,15 +111,27 @@ class Receiver:
         # UNAVAILABLE / HTTP 503 (worth another try), otherwise INVALID_ARGUMENT / 400.
         self.refuse_next = 0
         self.refuse_retryable = True
+        # gRPC only: a google.rpc.RetryInfo delay (seconds) sent with each refusal, and
+        # the gRPC status to refuse with instead of UNAVAILABLE.
+        self.refuse_retry_delay: float | None = None
+        self.refuse_grpc_code: grpc.StatusCode | None = None
+        # When each gRPC export arrived (time.monotonic()), refused or not.
+        self.grpc_export_times: list[float] = []
         self.refused = 0
         self.refused_span_ids: list[str] = []
         receiver = self
 
         class Service(trace_service_pb2_grpc.TraceServiceServicer):
             def Export(self, request, context):  # noqa: N802 (gRPC name)
+                with receiver._cv:
+                    receiver.grpc_export_times.append(time.monotonic())
                 if receiver._refuse(request):
                     code = (grpc.StatusCode.UNAVAILABLE if receiver.refuse_retryable
                             else grpc.StatusCode.INVALID_ARGUMENT)
+                    code = receiver.refuse_grpc_code or code
+                    if receiver.refuse_retry_delay is not None:
+                        context.set_trailing_metadata(
+                            (("grpc-status-details-bin", retry_info(code, receiver.refuse_retry_delay)),))
                     context.abort(code, "refused by the test")
                 # Each HTTP/2 connection has its own client port: the peer names it.
                 receiver._add(flatten(request, "grpc"), dict(context.invocation_metadata()),

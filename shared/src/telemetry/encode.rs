@@ -98,7 +98,7 @@ fn put_delim_head(out: &mut Vec<u8>, field: u32, len: usize) {
 }
 
 #[inline(always)]
-fn put_bytes(out: &mut Vec<u8>, field: u32, b: &[u8]) {
+pub(crate) fn put_bytes(out: &mut Vec<u8>, field: u32, b: &[u8]) {
     put_delim_head(out, field, b.len());
     crate::bytes::append(out, b);
 }

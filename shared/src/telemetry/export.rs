@@ -638,10 +638,148 @@ pub fn grpc_frame(envelope: &Envelope, spans: &[u8]) -> Bytes {
 }
 
 #[cfg(feature = "otlp-grpc")]
-/// gRPC statuses worth retrying (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
-/// ABORTED, CANCELLED).
-fn retryable(status: u32) -> bool {
-    matches!(status, 14 | 4 | 8 | 10 | 1)
+/// Whether a gRPC status is worth another try, and when: UNAVAILABLE, DEADLINE_EXCEEDED,
+/// ABORTED and CANCELLED are, after the collector's `RetryInfo` delay when it sent one
+/// (else the backoff); RESOURCE_EXHAUSTED only with a `RetryInfo`, as OTLP says (the
+/// collector is out of a resource that may not come back).
+fn retryable(status: u32, delay: Option<Duration>) -> Again {
+    match (status, delay) {
+        (14 | 4 | 10 | 1 | 8, Some(d)) => Again::After(d),
+        (14 | 4 | 10 | 1, None) => Again::Backoff,
+        _ => Again::No,
+    }
+}
+
+#[cfg(feature = "otlp-grpc")]
+/// The type of the `google.rpc.Status` detail that says when to retry.
+const RETRY_INFO_TYPE: &[u8] = b"type.googleapis.com/google.rpc.RetryInfo";
+
+#[cfg(feature = "otlp-grpc")]
+/// The `RetryInfo.retry_delay` of a call's `grpc-status-details-bin` (a base64
+/// `google.rpc.Status` whose `details` are `Any`s), when the collector sent one.
+/// Anything unreadable is no delay (the backoff applies).
+fn retry_delay(h: &http::HeaderMap) -> Option<Duration> {
+    let status = base64_decode(h.get("grpc-status-details-bin")?.as_bytes())?;
+    // Status: details = 3 (Any: type_url = 1, value = 2). RetryInfo: retry_delay = 1
+    // (Duration: seconds = 1, nanos = 2).
+    let any = proto_fields(&status)?
+        .into_iter()
+        .filter(|(f, _)| *f == 3)
+        .filter_map(|(_, v)| v.bytes())
+        .find(|any| {
+            proto_fields(any).is_some_and(|fs| {
+                fs.iter()
+                    .any(|(f, v)| *f == 1 && v.bytes() == Some(RETRY_INFO_TYPE))
+            })
+        })?;
+    let info = proto_fields(any)?
+        .into_iter()
+        .find(|(f, _)| *f == 2)?
+        .1
+        .bytes()?;
+    let delay = proto_fields(info)?
+        .into_iter()
+        .find(|(f, _)| *f == 1)?
+        .1
+        .bytes()?;
+    let (mut secs, mut nanos) = (0i64, 0i64);
+    for (f, v) in proto_fields(delay)? {
+        match (f, v) {
+            (1, Proto::Varint(n)) => secs = n as i64,
+            (2, Proto::Varint(n)) => nanos = n as i64,
+            _ => {}
+        }
+    }
+    // Negative or out-of-range values are the collector's mistake: no delay.
+    let secs = u64::try_from(secs).ok()?;
+    let nanos = u32::try_from(nanos).ok().filter(|n| *n < 1_000_000_000)?;
+    Some(Duration::new(secs, nanos))
+}
+
+#[cfg(feature = "otlp-grpc")]
+/// One field's value in a protobuf message, as far as [`proto_fields`] reads it.
+#[derive(Debug, PartialEq)]
+enum Proto<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Fixed,
+}
+
+#[cfg(feature = "otlp-grpc")]
+impl<'a> Proto<'a> {
+    fn bytes(&self) -> Option<&'a [u8]> {
+        match self {
+            Proto::Bytes(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(feature = "otlp-grpc")]
+/// The fields of a protobuf message, in order; `None` when it is not well formed.
+fn proto_fields(mut b: &[u8]) -> Option<Vec<(u64, Proto<'_>)>> {
+    fn varint(b: &mut &[u8]) -> Option<u64> {
+        let mut n = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = b.split_first()?;
+            *b = rest;
+            n |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(n);
+            }
+        }
+        None
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let key = varint(&mut b)?;
+        let value = match key & 7 {
+            0 => Proto::Varint(varint(&mut b)?),
+            1 | 5 => {
+                let n = if key & 7 == 1 { 8 } else { 4 };
+                b = b.get(n..)?;
+                Proto::Fixed
+            }
+            2 => {
+                let n = usize::try_from(varint(&mut b)?).ok()?;
+                let (v, rest) = (b.get(..n)?, b.get(n..)?);
+                b = rest;
+                Proto::Bytes(v)
+            }
+            _ => return None,
+        };
+        out.push((key >> 3, value));
+    }
+    Some(out)
+}
+
+#[cfg(feature = "otlp-grpc")]
+/// Standard base64, padded or not (gRPC's binary metadata); `None` on anything else.
+fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
+    let s = s
+        .strip_suffix(b"==")
+        .or_else(|| s.strip_suffix(b"="))
+        .unwrap_or(s);
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &c in s {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
 }
 
 #[cfg(feature = "otlp-grpc")]
@@ -650,8 +788,10 @@ impl GrpcExporter {
         let body = grpc_frame(&self.envelope, spans);
         with_retries(timeout, |deadline| {
             match conn::block_on(deadline, self.attempt(body.clone(), deadline)) {
-                Ok(0) => Ok(()),
-                Ok(status) => Err((format!("gRPC status {status}"), retryable(status).into())),
+                Ok((0, _)) => Ok(()),
+                Ok((status, delay)) => {
+                    Err((format!("gRPC status {status}"), retryable(status, delay)))
+                }
                 Err(e) => {
                     // Whatever state a failed (or timed out) call left it in: start over.
                     self.conn = None;
@@ -670,7 +810,11 @@ impl GrpcExporter {
     }
 
     /// One attempt on the kept connection (or a new one); the gRPC status of the call.
-    async fn attempt(&mut self, body: Bytes, deadline: Instant) -> io::Result<u32> {
+    async fn attempt(
+        &mut self,
+        body: Bytes,
+        deadline: Instant,
+    ) -> io::Result<(u32, Option<Duration>)> {
         let mut reused = false;
         if let Some(c) = &mut self.conn {
             // A connection the collector has closed (or sent GOAWAY on) ends its driver.
@@ -753,8 +897,13 @@ impl GrpcExporter {
 }
 
 #[cfg(feature = "otlp-grpc")]
-/// One unary call on `c`, driving the connection while it runs.
-async fn call(c: &mut H2, req: http::Request<()>, body: Bytes) -> Result<u32, Failed> {
+/// One unary call on `c`, driving the connection while it runs: its gRPC status, and
+/// the collector's `RetryInfo` delay when it sent one.
+async fn call(
+    c: &mut H2,
+    req: http::Request<()>,
+    body: Bytes,
+) -> Result<(u32, Option<Duration>), Failed> {
     let H2 { send, driver } = c;
     let answered = std::cell::Cell::new(false);
     let exchange = async {
@@ -764,6 +913,8 @@ async fn call(c: &mut H2, req: http::Request<()>, body: Bytes) -> Result<u32, Fa
         let resp = resp.await.map_err(Failed::unanswered)?;
         answered.set(true);
         let header_status = grpc_status(resp.headers());
+        // A trailers-only answer has its status (and details) in the headers.
+        let header_delay = retry_delay(resp.headers());
         if resp.status() != http::StatusCode::OK {
             // gRPC's HTTP-to-status mapping: 429, 502, 503 and 504 are UNAVAILABLE (worth
             // another try); any other status will not heal (InvalidData: no retry).
@@ -789,11 +940,15 @@ async fn call(c: &mut H2, req: http::Request<()>, body: Bytes) -> Result<u32, Fa
             }
         }
         let trailers = body.trailers().await.map_err(Failed::answered)?;
-        Ok(trailers
+        let status = trailers
             .as_ref()
             .and_then(grpc_status)
             .or(header_status)
-            .unwrap_or(2))
+            .unwrap_or(2);
+        Ok((
+            status,
+            trailers.as_ref().and_then(retry_delay).or(header_delay),
+        ))
     };
     let mut exchange = std::pin::pin!(exchange);
     // Ok: the call's result; Err: how the connection ended first.
@@ -1274,6 +1429,81 @@ mod tests {
                 "\r\nx-api-key: k\r\n"
             )
         );
+    }
+
+    #[cfg(feature = "otlp-grpc")]
+    fn base64(b: &[u8]) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for c in b.chunks(3) {
+            let n = c.iter().fold(0u32, |acc, &x| acc << 8 | u32::from(x)) << (8 * (3 - c.len()));
+            for i in 0..=c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
+    #[cfg(feature = "otlp-grpc")]
+    fn field(f: u64, v: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        crate::telemetry::encode::put_bytes(&mut out, f as u32, v);
+        out
+    }
+
+    #[test]
+    #[cfg(feature = "otlp-grpc")]
+    fn base64_is_read_padded_or_not() {
+        assert_eq!(base64_decode(b"TWFu").as_deref(), Some(&b"Man"[..]));
+        assert_eq!(base64_decode(b"TWE=").as_deref(), Some(&b"Ma"[..]));
+        assert_eq!(base64_decode(b"TWE").as_deref(), Some(&b"Ma"[..]));
+        assert_eq!(base64_decode(b"TQ==").as_deref(), Some(&b"M"[..]));
+        assert_eq!(base64_decode(b"T W").as_deref(), None);
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(base64_decode(base64(&all).as_bytes()), Some(all));
+    }
+
+    /// The collector's `RetryInfo` in `grpc-status-details-bin` is the delay before the
+    /// next try; without one, RESOURCE_EXHAUSTED is not retried (OTLP).
+    #[test]
+    #[cfg(feature = "otlp-grpc")]
+    fn a_grpc_retry_info_sets_the_delay() {
+        // Duration { seconds: 2, nanos: 500_000_000 } in RetryInfo in an Any in a Status,
+        // after another detail that must be skipped.
+        let duration = [&[0x08, 2][..], &[0x10, 0x80, 0xca, 0xb5, 0xee, 0x01][..]].concat();
+        let info = field(1, &duration);
+        let other = [
+            field(1, b"type.googleapis.com/google.rpc.DebugInfo"),
+            field(2, b"x"),
+        ]
+        .concat();
+        let any = [field(1, RETRY_INFO_TYPE), field(2, &info)].concat();
+        let status = [
+            vec![0x08, 14],
+            field(2, b"busy"),
+            field(3, &other),
+            field(3, &any),
+        ]
+        .concat();
+        let mut h = http::HeaderMap::new();
+        assert_eq!(retry_delay(&h), None);
+        h.insert(
+            "grpc-status-details-bin",
+            base64(&status).trim_end_matches('=').parse().unwrap(),
+        );
+        assert_eq!(retry_delay(&h), Some(Duration::from_millis(2500)));
+        // Not well formed, or no RetryInfo: none (the backoff applies).
+        h.insert("grpc-status-details-bin", "!!".parse().unwrap());
+        assert_eq!(retry_delay(&h), None);
+        let without = [vec![0x08, 14], field(3, &other)].concat();
+        h.insert("grpc-status-details-bin", base64(&without).parse().unwrap());
+        assert_eq!(retry_delay(&h), None);
+        let d = Some(Duration::from_secs(1));
+        assert_eq!(retryable(14, d), Again::After(Duration::from_secs(1)));
+        assert_eq!(retryable(14, None), Again::Backoff);
+        assert_eq!(retryable(8, d), Again::After(Duration::from_secs(1)));
+        assert_eq!(retryable(8, None), Again::No);
+        assert_eq!(retryable(3, d), Again::No);
     }
 
     #[test]
