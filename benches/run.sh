@@ -16,6 +16,10 @@
 #   --instructions  also count instructions per request under callgrind (valgrind),
 #              router and gateway apart, for each tracing mode (~1 minute).
 #   --instructions-only  only that (and the build): no load rounds, no memory runs.
+#   --memory-only  only the musl router's memory rows: MEM_ROUNDS (default 5) rounds of
+#              router + gateway at C = 1, tracing off and always_on alternating, each
+#              reading the median of its rounds (resident code moves a reading by
+#              100–200 KiB from one process to the next): about 3 minutes after the build.
 #   --profile P  build and measure cargo profile P (e.g. profiling: release with symbols,
 #              for callgrind_annotate); release by default.
 #   --callgrind-dir D  keep the callgrind output files of --instructions in D.
@@ -31,6 +35,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SMOKE=0 PROFILE=release MUSL=1 PEER=1 KEEP= TRACING_ONLY=0 INSTR=0 INSTR_ONLY=0 CG_DIR=
+MEM_ONLY=0
 while [ $# -gt 0 ]; do
     case $1 in
         --smoke) SMOKE=1 MUSL=0 PEER=0 ;;
@@ -40,10 +45,11 @@ while [ $# -gt 0 ]; do
         --tracing-only) TRACING_ONLY=1 MUSL=0 PEER=0 ;;
         --instructions) INSTR=1 ;;
         --instructions-only) INSTR=1 INSTR_ONLY=1 TRACING_ONLY=1 MUSL=0 PEER=0 ;;
+        --memory-only) MEM_ONLY=1 TRACING_ONLY=1 MUSL=1 PEER=0 ;;
         --profile) PROFILE=${2:?--profile needs a name}; shift ;;
         --callgrind-dir) CG_DIR=${2:?--callgrind-dir needs a directory}; shift ;;
         --keep) KEEP=${2:?--keep needs a file}; shift ;;
-        -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
     esac
     shift
@@ -327,7 +333,7 @@ trace_run() {
 }
 
 TMODES=(off on basic ratio)
-if [ "$INSTR_ONLY" = 1 ]; then TROUNDS1=0 TROUNDS32=0 EV_ROUNDS=0; fi
+if [ "$INSTR_ONLY" = 1 ] || [ "$MEM_ONLY" = 1 ]; then TROUNDS1=0 TROUNDS32=0 EV_ROUNDS=0; fi
 for c in 1 32; do
     if [ "$c" = 1 ]; then rounds=$TROUNDS1; else rounds=$TROUNDS32; fi
     n=$(n_for "$c")
@@ -417,7 +423,7 @@ if [ "$INSTR" = 1 ]; then
 fi
 
 # The cost of one span, through mcp-shared's telemetry (the code both binaries run).
-if [ "$INSTR_ONLY" = 0 ]; then
+if [ "$INSTR_ONLY" = 0 ] && [ "$MEM_ONLY" = 0 ]; then
     bench span-cost span-cost -n "$SPANS" --rounds "$SPAN_ROUNDS"
 fi
 
@@ -435,7 +441,16 @@ if [ "$TRACING_ONLY" = 0 ]; then
     for s in "${SESSIONS[@]}"; do sessions_run "" "$BIN/mcp-gateway" "$s"; done
 fi
 
-if [ -n "$MUSL_BIN" ]; then
+if [ "$MEM_ONLY" = 1 ]; then
+    [ -n "$MUSL_BIN" ] || die "--memory-only needs the musl build"
+    for r in $(seq "${MEM_ROUNDS:-5}"); do
+        start_gateway "$MUSL_BIN/mcp-gateway"
+        MCP_LOG=warn load "musl-router-gateway-c1#$r" 1 "$N1" stdio --cmd "$MUSL_BIN/mcp-router" \
+            --tool fx.echo --pid "$GW_PID" -- --gateway "$GW_URL"
+        stop_gateway
+        trace_run "musl-trace-on-c1#$r" on 1 "$N1" "$MUSL_BIN"
+    done
+elif [ -n "$MUSL_BIN" ]; then
     bench musl-startup startup --runs "$STARTUP_RUNS" -- "$MUSL_BIN/mcp-gateway" --config "$CONFIG"
     start_gateway "$MUSL_BIN/mcp-gateway"
     MCP_LOG=warn load musl-router-gateway-c1 1 "$N1" stdio --cmd "$MUSL_BIN/mcp-router" --tool fx.echo \

@@ -99,8 +99,8 @@ const MEDIAN_FIELDS: [&str; 14] = [
 const SUM_FIELDS: [&str; 2] = ["errors", "gateway_spans_dropped"];
 
 /// One result from repeated runs of a scenario (labels `NAME#1`, `NAME#2`, …): the
-/// median of each of [`MEDIAN_FIELDS`] and `cpu_us_per_request_*`, the sum of each of [`SUM_FIELDS`], the memory of
-/// the last run, and `runs` plus `p50_range_us` (lowest and highest p50) to show the
+/// median of each of [`MEDIAN_FIELDS`] and `cpu_us_per_request_*`, the sum of each of [`SUM_FIELDS`], the median of
+/// each process's memory readings, and `runs` plus `p50_range_us` (lowest and highest p50) to show the
 /// spread, and the per-run `p50_runs_us`, `p99_runs_us` and `rps_runs` (in run order,
 /// for ratios between scenarios measured in the same rounds).
 fn combine(mut runs: Vec<Value>) -> Value {
@@ -131,6 +131,31 @@ fn combine(mut runs: Vec<Value>) -> Value {
     for key in SUM_FIELDS {
         if runs.iter().any(|v| num(v, key).is_some()) {
             out[key] = runs.iter().filter_map(|v| num(v, key)).sum::<f64>().into();
+        }
+    }
+    // Memory: each process's readings (`procs[].rss_kb.WHEN`), median over the runs,
+    // the spread kept beside (`rss_kb_runs`): a reading moves by 100–200 KiB between
+    // runs with the binary's resident code.
+    if let Some(procs) = out["procs"].as_array_mut() {
+        for p in procs.iter_mut() {
+            let Some(name) = p["name"].as_str().map(str::to_string) else {
+                continue;
+            };
+            let whens: Vec<String> = p["rss_kb"]
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            for when in whens {
+                let mut xs: Vec<f64> = runs
+                    .iter()
+                    .filter_map(|v| rss_kb(v, &name, &when))
+                    .collect();
+                xs.sort_by(f64::total_cmp);
+                if !xs.is_empty() {
+                    p["rss_kb"][&when] = xs[xs.len() / 2].into();
+                    p["rss_kb_runs"][&when] = xs.into();
+                }
+            }
         }
     }
     out["runs"] = runs.len().into();
@@ -825,9 +850,25 @@ impl Builder<'_> {
             let end = v.and_then(|v| rss_kb(v, name, "end"));
             let init = v.and_then(|v| rss_kb(v, name, "init"));
             let off = self.get(off_label).and_then(|v| rss_kb(v, name, "end"));
+            let spread = v
+                .and_then(|v| proc_of(v, name))
+                .and_then(|p| p["rss_kb_runs"]["end"].as_array())
+                .filter(|xs| xs.len() > 1)
+                .map(|xs| {
+                    let xs: Vec<f64> = xs.iter().filter_map(Value::as_f64).collect();
+                    let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+                    let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    format!(
+                        " (medians of {} runs; after the load {}–{})",
+                        xs.len(),
+                        mb(lo),
+                        mb(hi)
+                    )
+                })
+                .unwrap_or_default();
             let result = match (init, end) {
                 (Some(i), Some(e)) => format!(
-                    "{} after initialize, {} after the load; tracing off: {}",
+                    "{} after initialize, {} after the load; tracing off: {}{spread}",
                     mb(i),
                     mb(e),
                     off.map_or("n/a".into(), mb)
@@ -945,6 +986,27 @@ mod tests {
             json!({ "label": label, "concurrency": c, "rps": rps, "p50_us": p50, "p90_us": p50,
                     "p99_us": p99, "max_us": p99, "errors": 0, "procs": [] }),
         )
+    }
+
+    #[test]
+    fn combines_memory_readings_by_median() {
+        let runs = [1900.0, 2100.0, 1950.0]
+            .iter()
+            .map(|&kb| {
+                json!({ "label": "x#1", "procs": [
+                    { "name": "mcp-router", "rss_kb": { "init": kb - 100.0, "end": kb } },
+                    { "name": "mcp-gateway", "rss_kb": { "end": 3000.0 } },
+                ]})
+            })
+            .collect();
+        let v = combine(runs);
+        assert_eq!(rss_kb(&v, "mcp-router", "end"), Some(1950.0));
+        assert_eq!(rss_kb(&v, "mcp-router", "init"), Some(1850.0));
+        assert_eq!(rss_kb(&v, "mcp-gateway", "end"), Some(3000.0));
+        assert_eq!(
+            v["procs"][0]["rss_kb_runs"]["end"],
+            json!([1900.0, 1950.0, 2100.0])
+        );
     }
 
     #[test]
