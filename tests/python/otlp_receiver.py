@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
@@ -65,13 +65,14 @@ def flatten(req: trace_service_pb2.ExportTraceServiceRequest, transport: str) ->
     return out
 
 
-def retry_info(code: grpc.StatusCode, delay_s: float) -> bytes:
-    """A google.rpc.Status for `code` whose details hold a RetryInfo of `delay_s`, as
-    sent in gRPC's grpc-status-details-bin trailer."""
-    delay = duration_pb2.Duration()
-    delay.FromNanoseconds(int(delay_s * 1e9))
+def retry_info(code: grpc.StatusCode, delay_s: float | None) -> bytes:
+    """A google.rpc.Status for `code` whose details hold a RetryInfo of `delay_s` (None:
+    a RetryInfo without a delay), as sent in gRPC's grpc-status-details-bin trailer."""
+    info = error_details_pb2.RetryInfo()
+    if delay_s is not None:
+        info.retry_delay.FromNanoseconds(int(delay_s * 1e9))
     detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    detail.Pack(info)
     return status_pb2.Status(code=code.value[0], message="refused by the test",
                              details=[detail]).SerializeToString()
 
@@ -111,9 +112,10 @@ class Receiver:
         # UNAVAILABLE / HTTP 503 (worth another try), otherwise INVALID_ARGUMENT / 400.
         self.refuse_next = 0
         self.refuse_retryable = True
-        # gRPC only: a google.rpc.RetryInfo delay (seconds) sent with each refusal, and
-        # the gRPC status to refuse with instead of UNAVAILABLE.
-        self.refuse_retry_delay: float | None = None
+        # gRPC only: a google.rpc.RetryInfo sent with each refusal (its delay in seconds,
+        # or "bare" for one without a delay), and the gRPC status to refuse with instead
+        # of UNAVAILABLE.
+        self.refuse_retry_delay: float | str | None = None
         self.refuse_grpc_code: grpc.StatusCode | None = None
         # When each gRPC export arrived (time.monotonic()), refused or not.
         self.grpc_export_times: list[float] = []
@@ -131,7 +133,9 @@ class Receiver:
                     code = receiver.refuse_grpc_code or code
                     if receiver.refuse_retry_delay is not None:
                         context.set_trailing_metadata(
-                            (("grpc-status-details-bin", retry_info(code, receiver.refuse_retry_delay)),))
+                            (("grpc-status-details-bin", retry_info(
+                                code, None if receiver.refuse_retry_delay == "bare"
+                                else receiver.refuse_retry_delay)),))
                     context.abort(code, "refused by the test")
                 # Each HTTP/2 connection has its own client port: the peer names it.
                 receiver._add(flatten(request, "grpc"), dict(context.invocation_metadata()),

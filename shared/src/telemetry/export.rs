@@ -638,16 +638,25 @@ pub fn grpc_frame(envelope: &Envelope, spans: &[u8]) -> Bytes {
 }
 
 #[cfg(feature = "otlp-grpc")]
-/// Whether a gRPC status is worth another try, and when: UNAVAILABLE, DEADLINE_EXCEEDED,
-/// ABORTED and CANCELLED are, after the collector's `RetryInfo` delay when it sent one
-/// (else the backoff); RESOURCE_EXHAUSTED only with a `RetryInfo`, as OTLP says (the
-/// collector is out of a resource that may not come back).
-fn retryable(status: u32, delay: Option<Duration>) -> Again {
-    match (status, delay) {
-        (14 | 4 | 10 | 1 | 8, Some(d)) => Again::After(d),
-        (14 | 4 | 10 | 1, None) => Again::Backoff,
+/// Whether a gRPC status is worth another try, and when (OTLP's list): CANCELLED,
+/// DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, UNAVAILABLE and DATA_LOSS are, and
+/// RESOURCE_EXHAUSTED only when the status holds a `RetryInfo` (else the collector is
+/// out of something that may not come back). After the `RetryInfo`'s delay when it
+/// gives one, else the backoff.
+fn retryable(status: u32, info: Option<RetryInfo>) -> Again {
+    match (status, info) {
+        (1 | 4 | 8 | 10 | 11 | 14 | 15, Some(RetryInfo { delay: Some(d) })) => Again::After(d),
+        (1 | 4 | 10 | 11 | 14 | 15, _) | (8, Some(RetryInfo { delay: None })) => Again::Backoff,
         _ => Again::No,
     }
+}
+
+#[cfg(feature = "otlp-grpc")]
+/// A `google.rpc.RetryInfo` found in a call's status details.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RetryInfo {
+    /// Its `retry_delay`, when set (and valid).
+    delay: Option<Duration>,
 }
 
 #[cfg(feature = "otlp-grpc")]
@@ -655,10 +664,10 @@ fn retryable(status: u32, delay: Option<Duration>) -> Again {
 const RETRY_INFO_TYPE: &[u8] = b"type.googleapis.com/google.rpc.RetryInfo";
 
 #[cfg(feature = "otlp-grpc")]
-/// The `RetryInfo.retry_delay` of a call's `grpc-status-details-bin` (a base64
-/// `google.rpc.Status` whose `details` are `Any`s), when the collector sent one.
-/// Anything unreadable is no delay (the backoff applies).
-fn retry_delay(h: &http::HeaderMap) -> Option<Duration> {
+/// The `RetryInfo` of a call's `grpc-status-details-bin` (a base64 `google.rpc.Status`
+/// whose `details` are `Any`s), when the collector sent one. Details that cannot be
+/// read are none; a delay that cannot be read is no delay (the backoff applies).
+fn retry_info(h: &http::HeaderMap) -> Option<RetryInfo> {
     let status = base64_decode(h.get("grpc-status-details-bin")?.as_bytes())?;
     // Status: details = 3 (Any: type_url = 1, value = 2). RetryInfo: retry_delay = 1
     // (Duration: seconds = 1, nanos = 2).
@@ -672,11 +681,19 @@ fn retry_delay(h: &http::HeaderMap) -> Option<Duration> {
                     .any(|(f, v)| *f == 1 && v.bytes() == Some(RETRY_INFO_TYPE))
             })
         })?;
-    let info = proto_fields(any)?
-        .into_iter()
-        .find(|(f, _)| *f == 2)?
-        .1
-        .bytes()?;
+    // An empty RetryInfo has no `value` field at all.
+    let info = match proto_fields(any)?.into_iter().find(|(f, _)| *f == 2) {
+        Some((_, v)) => v.bytes()?,
+        None => &[],
+    };
+    Some(RetryInfo {
+        delay: retry_delay(info),
+    })
+}
+
+#[cfg(feature = "otlp-grpc")]
+/// The `retry_delay` of an encoded `RetryInfo`, when set to a valid duration.
+fn retry_delay(info: &[u8]) -> Option<Duration> {
     let delay = proto_fields(info)?
         .into_iter()
         .find(|(f, _)| *f == 1)?
@@ -789,8 +806,8 @@ impl GrpcExporter {
         with_retries(timeout, |deadline| {
             match conn::block_on(deadline, self.attempt(body.clone(), deadline)) {
                 Ok((0, _)) => Ok(()),
-                Ok((status, delay)) => {
-                    Err((format!("gRPC status {status}"), retryable(status, delay)))
+                Ok((status, info)) => {
+                    Err((format!("gRPC status {status}"), retryable(status, info)))
                 }
                 Err(e) => {
                     // Whatever state a failed (or timed out) call left it in: start over.
@@ -814,7 +831,7 @@ impl GrpcExporter {
         &mut self,
         body: Bytes,
         deadline: Instant,
-    ) -> io::Result<(u32, Option<Duration>)> {
+    ) -> io::Result<(u32, Option<RetryInfo>)> {
         let mut reused = false;
         if let Some(c) = &mut self.conn {
             // A connection the collector has closed (or sent GOAWAY on) ends its driver.
@@ -898,12 +915,12 @@ impl GrpcExporter {
 
 #[cfg(feature = "otlp-grpc")]
 /// One unary call on `c`, driving the connection while it runs: its gRPC status, and
-/// the collector's `RetryInfo` delay when it sent one.
+/// the collector's `RetryInfo` when it sent one.
 async fn call(
     c: &mut H2,
     req: http::Request<()>,
     body: Bytes,
-) -> Result<(u32, Option<Duration>), Failed> {
+) -> Result<(u32, Option<RetryInfo>), Failed> {
     let H2 { send, driver } = c;
     let answered = std::cell::Cell::new(false);
     let exchange = async {
@@ -914,7 +931,7 @@ async fn call(
         answered.set(true);
         let header_status = grpc_status(resp.headers());
         // A trailers-only answer has its status (and details) in the headers.
-        let header_delay = retry_delay(resp.headers());
+        let header_info = retry_info(resp.headers());
         if resp.status() != http::StatusCode::OK {
             // gRPC's HTTP-to-status mapping: 429, 502, 503 and 504 are UNAVAILABLE (worth
             // another try); any other status will not heal (InvalidData: no retry).
@@ -947,7 +964,7 @@ async fn call(
             .unwrap_or(2);
         Ok((
             status,
-            trailers.as_ref().and_then(retry_delay).or(header_delay),
+            trailers.as_ref().and_then(retry_info).or(header_info),
         ))
     };
     let mut exchange = std::pin::pin!(exchange);
@@ -1486,24 +1503,35 @@ mod tests {
         ]
         .concat();
         let mut h = http::HeaderMap::new();
-        assert_eq!(retry_delay(&h), None);
+        assert_eq!(retry_info(&h), None);
         h.insert(
             "grpc-status-details-bin",
             base64(&status).trim_end_matches('=').parse().unwrap(),
         );
-        assert_eq!(retry_delay(&h), Some(Duration::from_millis(2500)));
+        let d = Some(Duration::from_millis(2500));
+        assert_eq!(retry_info(&h), Some(RetryInfo { delay: d }));
         // Not well formed, or no RetryInfo: none (the backoff applies).
         h.insert("grpc-status-details-bin", "!!".parse().unwrap());
-        assert_eq!(retry_delay(&h), None);
+        assert_eq!(retry_info(&h), None);
         let without = [vec![0x08, 14], field(3, &other)].concat();
         h.insert("grpc-status-details-bin", base64(&without).parse().unwrap());
-        assert_eq!(retry_delay(&h), None);
-        let d = Some(Duration::from_secs(1));
-        assert_eq!(retryable(14, d), Again::After(Duration::from_secs(1)));
+        assert_eq!(retry_info(&h), None);
+        // A RetryInfo without a delay (its Any has no value) is still one.
+        let empty = [vec![0x08, 8], field(3, &field(1, RETRY_INFO_TYPE))].concat();
+        h.insert("grpc-status-details-bin", base64(&empty).parse().unwrap());
+        let bare = Some(RetryInfo { delay: None });
+        assert_eq!(retry_info(&h), bare);
+        let one = Some(RetryInfo {
+            delay: Some(Duration::from_secs(1)),
+        });
+        assert_eq!(retryable(14, one), Again::After(Duration::from_secs(1)));
         assert_eq!(retryable(14, None), Again::Backoff);
-        assert_eq!(retryable(8, d), Again::After(Duration::from_secs(1)));
+        assert_eq!(retryable(15, None), Again::Backoff);
+        assert_eq!(retryable(11, None), Again::Backoff);
+        assert_eq!(retryable(8, one), Again::After(Duration::from_secs(1)));
+        assert_eq!(retryable(8, bare), Again::Backoff);
         assert_eq!(retryable(8, None), Again::No);
-        assert_eq!(retryable(3, d), Again::No);
+        assert_eq!(retryable(3, one), Again::No);
     }
 
     #[test]
