@@ -320,7 +320,9 @@ impl AsyncWrite for Stream {
 
 /// Writes all of `parts`, in order, with as few writes as the stream takes (one
 /// `writev` on a plain connection): a request's head and its spans go out together
-/// without first being copied into one buffer.
+/// without first being copied into one buffer. (`writev`, unlike std's `send`, has no
+/// `MSG_NOSIGNAL`: a reset connection raises SIGPIPE, which Rust programs ignore from
+/// the start and neither binary restores.)
 pub async fn write_all_vectored<W: AsyncWrite + Unpin>(
     w: &mut W,
     mut parts: &mut [io::IoSlice<'_>],
