@@ -242,7 +242,7 @@ fn run(shared: Arc<Shared>, mut exporter: Exporter) {
         if let Some(mut chunk) = chunk {
             let n = chunk.spans as u64;
             let result = if shared.encoded {
-                exporter.export_encoded(&chunk.bytes, shared.export_timeout)
+                exporter.export_encoded(&mut chunk.bytes, shared.export_timeout)
             } else {
                 exporter.export_records(std::mem::take(&mut chunk.records))
             };

@@ -133,12 +133,14 @@ impl Exporter {
     }
 
     /// Exports one batch of encoded span entries, with retries, within `timeout`.
-    /// Blocks the calling thread.
-    pub fn export_encoded(&mut self, spans: &[u8], timeout: Duration) -> Result<(), String> {
-        let _ = (spans, timeout);
+    /// Blocks the calling thread. `spans` is the batch's own buffer, sent from where it
+    /// is: afterwards it is a buffer to reuse, its content unspecified (the gRPC exporter
+    /// hands it to h2 and takes it back; it is left empty if h2 still holds it).
+    pub fn export_encoded(&mut self, spans: &mut Vec<u8>, timeout: Duration) -> Result<(), String> {
+        let _ = (&spans, timeout);
         match self {
             #[cfg(feature = "otlp-http")]
-            Exporter::Http(e) => e.export(spans, timeout),
+            Exporter::Http(e) => e.export(spans.as_slice(), timeout),
             #[cfg(feature = "otlp-grpc")]
             Exporter::Grpc(e) => e.export(spans, timeout),
             Exporter::Stdout(_) => Err("the stdout exporter takes spans, not bytes".into()),
@@ -628,13 +630,24 @@ impl std::fmt::Debug for H2 {
 }
 
 #[cfg(feature = "otlp-grpc")]
-/// A length-prefixed gRPC message of the `ExportTraceServiceRequest` holding `spans`.
-pub fn grpc_frame(envelope: &Envelope, spans: &[u8]) -> Bytes {
+/// What goes before `spans_len` bytes of span entries in the length-prefixed gRPC
+/// message of an `ExportTraceServiceRequest`: the 5-byte gRPC prefix and the start of
+/// the protobuf message. The entries follow as they are.
+pub fn grpc_head(envelope: &Envelope, spans_len: usize) -> Bytes {
     let mut buf = vec![0; 5];
-    envelope.request(spans, &mut buf);
-    let len = (buf.len() - 5) as u32;
+    envelope.prefix(spans_len, &mut buf);
+    let len = (buf.len() - 5 + spans_len) as u32;
     buf[1..5].copy_from_slice(&len.to_be_bytes());
     Bytes::from(buf)
+}
+
+#[cfg(feature = "otlp-grpc")]
+/// A request's body as sent on the stream: [`grpc_head`], then the batch's buffer
+/// itself (two DATA frames or more; one gRPC message). Clones share the bytes.
+#[derive(Clone, Debug)]
+struct GrpcBody {
+    head: Bytes,
+    spans: Bytes,
 }
 
 #[cfg(feature = "otlp-grpc")]
@@ -801,10 +814,15 @@ fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
 
 #[cfg(feature = "otlp-grpc")]
 impl GrpcExporter {
-    fn export(&mut self, spans: &[u8], timeout: Duration) -> Result<(), String> {
-        let body = grpc_frame(&self.envelope, spans);
-        with_retries(timeout, |deadline| {
-            match conn::block_on(deadline, self.attempt(body.clone(), deadline)) {
+    fn export(&mut self, spans: &mut Vec<u8>, timeout: Duration) -> Result<(), String> {
+        // The batch's buffer goes to h2 as it is (`Bytes` from a `Vec` is no copy) and
+        // comes back once h2 has let go of it: no copy of the spans into a frame.
+        let body = GrpcBody {
+            head: grpc_head(&self.envelope, spans.len()),
+            spans: Bytes::from(std::mem::take(spans)),
+        };
+        let result = with_retries(timeout, |deadline| {
+            match conn::block_on(deadline, self.attempt(&body, deadline)) {
                 Ok((0, _)) => Ok(()),
                 Ok((status, info)) => {
                     Err((format!("gRPC status {status}"), retryable(status, info)))
@@ -823,13 +841,19 @@ impl GrpcExporter {
                 "OTLP/gRPC export to {}: {e}",
                 self.connector.endpoint.authority()
             )
-        })
+        });
+        // Unique again unless a failed call left the stream's data queued in h2 (the
+        // connection is dropped then, but a clone may live until it is).
+        if let Ok(buf) = body.spans.try_into_mut() {
+            *spans = Vec::from(buf);
+        }
+        result
     }
 
     /// One attempt on the kept connection (or a new one); the gRPC status of the call.
     async fn attempt(
         &mut self,
-        body: Bytes,
+        body: &GrpcBody,
         deadline: Instant,
     ) -> io::Result<(u32, Option<RetryInfo>)> {
         let mut reused = false;
@@ -861,7 +885,7 @@ impl GrpcExporter {
                 self.conn = None;
                 let fresh = self.open(deadline).await?;
                 let req = self.request()?;
-                call(self.conn.insert(fresh), req, body)
+                call(self.conn.insert(fresh), req, body.clone())
                     .await
                     .map_err(|f| f.err)
             }
@@ -919,14 +943,15 @@ impl GrpcExporter {
 async fn call(
     c: &mut H2,
     req: http::Request<()>,
-    body: Bytes,
+    body: GrpcBody,
 ) -> Result<(u32, Option<RetryInfo>), Failed> {
     let H2 { send, driver } = c;
     let answered = std::cell::Cell::new(false);
     let exchange = async {
         let mut send = send.clone().ready().await.map_err(Failed::unanswered)?;
         let (resp, mut tx) = send.send_request(req, false).map_err(Failed::unanswered)?;
-        tx.send_data(body, true).map_err(Failed::unanswered)?;
+        tx.send_data(body.head, false).map_err(Failed::unanswered)?;
+        tx.send_data(body.spans, true).map_err(Failed::unanswered)?;
         let resp = resp.await.map_err(Failed::unanswered)?;
         answered.set(true);
         let header_status = grpc_status(resp.headers());
@@ -1181,7 +1206,8 @@ mod tests {
             );
         }
         assert!(spans.len() > 4_000_000, "{}", spans.len());
-        e.export_encoded(&spans, Duration::from_secs(20)).unwrap();
+        e.export_encoded(&mut spans, Duration::from_secs(20))
+            .unwrap();
         let body = collector.join().unwrap();
         let req = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
         assert_eq!(req.resource_spans.len(), 1);
@@ -1226,7 +1252,7 @@ mod tests {
         for mut e in exporters {
             let timeout = Duration::from_millis(300);
             let start = Instant::now();
-            let err = e.export_encoded(b"", timeout).unwrap_err();
+            let err = e.export_encoded(&mut Vec::new(), timeout).unwrap_err();
             let took = start.elapsed();
             assert!(err.contains("timed out"), "{err}");
             assert!(took >= timeout, "{took:?}");
@@ -1270,7 +1296,7 @@ mod tests {
         .unwrap();
         let timeout = Duration::from_millis(500);
         let start = Instant::now();
-        let err = e.export_encoded(b"", timeout).unwrap_err();
+        let err = e.export_encoded(&mut Vec::new(), timeout).unwrap_err();
         let took = start.elapsed();
         assert!(took < Duration::from_secs(3), "{took:?}: {err}");
         drop(e); // closes the socket: the flood ends
@@ -1305,9 +1331,10 @@ mod tests {
             ..TracingConfig::default()
         })
         .unwrap();
-        e.export_encoded(b"", Duration::from_secs(5)).unwrap();
+        e.export_encoded(&mut Vec::new(), Duration::from_secs(5))
+            .unwrap();
         let err = e
-            .export_encoded(b"", Duration::from_millis(300))
+            .export_encoded(&mut Vec::new(), Duration::from_millis(300))
             .unwrap_err();
         assert!(
             err.contains("timed out") && !err.contains("connect"),
@@ -1534,12 +1561,93 @@ mod tests {
         assert_eq!(retryable(3, one), Again::No);
     }
 
+    /// A gRPC export hands the batch's buffer to h2 without copying it and gets it
+    /// back once h2 has sent it (the buffer is reused for the next batch), and the
+    /// collector receives the whole message: head, then the spans.
+    #[test]
+    #[cfg(feature = "otlp-grpc")]
+    fn a_grpc_export_sends_the_batch_buffer_and_gets_it_back() {
+        use opentelemetry::trace::Status;
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message as _;
+
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        // A one-call gRPC collector on h2's server side, run by async-io on its thread.
+        let collector = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            async_io::block_on(async move {
+                let io = TokioIo(async_io::Async::new(s).unwrap());
+                let mut conn = h2::server::handshake(io).await.unwrap();
+                let (req, mut respond) = conn.accept().await.unwrap().unwrap();
+                let serve = async move {
+                    let mut body = req.into_body();
+                    let mut got = Vec::new();
+                    while let Some(chunk) = body.data().await {
+                        let chunk = chunk.unwrap();
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                        got.extend_from_slice(&chunk);
+                    }
+                    let head = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .unwrap();
+                    let mut tx = respond.send_response(head, false).unwrap();
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    tx.send_trailers(trailers).unwrap();
+                    got
+                };
+                let drive = std::future::poll_fn(|cx| conn.poll_closed(cx));
+                futures_lite::future::zip(serve, drive).await.0
+            })
+        });
+        let mut e = Exporter::grpc(&TracingConfig {
+            enabled: true,
+            otlp_endpoint: Some(format!("http://127.0.0.1:{port}")),
+            ..TracingConfig::default()
+        })
+        .unwrap();
+        let mut spans = Vec::with_capacity(64 * 1024);
+        for i in 0..5 {
+            super::super::encode::append_span(
+                &super::super::encode::tests::span(i, true, Status::Unset),
+                &mut spans,
+            );
+        }
+        let (len, cap, ptr) = (spans.len(), spans.capacity(), spans.as_ptr());
+        e.export_encoded(&mut spans, Duration::from_secs(10))
+            .unwrap();
+        // The same allocation is back, whole.
+        assert_eq!((spans.capacity(), spans.as_ptr()), (cap, ptr));
+        assert_eq!(spans.len(), len);
+        // Closing the kept connection lets the collector's connection end.
+        drop(e);
+        let got = collector.join().unwrap();
+        let n = u32::from_be_bytes([got[1], got[2], got[3], got[4]]) as usize;
+        assert_eq!((got[0], n), (0, got.len() - 5));
+        let req = ExportTraceServiceRequest::decode(&got[5..]).unwrap();
+        assert_eq!(req.resource_spans[0].scope_spans[0].spans.len(), 5);
+    }
+
     #[test]
     #[cfg(feature = "otlp-grpc")]
     fn grpc_frames_are_length_prefixed() {
-        let f = grpc_frame(&Envelope::default(), b"");
+        let envelope = Envelope::new(
+            &opentelemetry_sdk::Resource::builder_empty()
+                .with_service_name("s")
+                .build(),
+            "mcp-bridge",
+            Some("1"),
+        );
+        let spans = b"\x12\x03abc";
+        let head = grpc_head(&envelope, spans.len());
+        let f = [&head[..], &spans[..]].concat();
         assert_eq!(f[0], 0);
         let len = u32::from_be_bytes([f[1], f[2], f[3], f[4]]) as usize;
         assert_eq!(len, f.len() - 5);
+        let mut whole = Vec::new();
+        envelope.request(spans, &mut whole);
+        assert_eq!(&f[5..], &whole[..], "head and spans are the whole message");
     }
 }
