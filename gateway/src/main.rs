@@ -73,7 +73,52 @@ pub struct Gateway {
     /// come, so it holds about as many as there are sessions).
     per_client: RefCell<Vec<Weak<Slot>>>,
     next_session: Cell<u64>,
+    /// Random per process: the first part of every session's label, so that session
+    /// ids given out by different gateway processes (a restart, a fleet) do not repeat.
+    instance: u64,
     sessions: Rc<Cell<usize>>,
+}
+
+/// A session's id as the client and traces see it: `<instance>-<n>`, the gateway
+/// process's random 64-bit instance in 16 hex digits and the session's number in that
+/// process (the number alone names the session in the gateway's own log lines). Kept on
+/// the stack: it is written into every traced request's spans.
+#[derive(Clone, Copy)]
+pub struct SessionLabel {
+    text: [u8; SessionLabel::MAX],
+    len: u8,
+}
+
+impl SessionLabel {
+    /// 16 hex digits, `-`, up to 20 decimal digits.
+    const MAX: usize = 37;
+
+    fn new(instance: u64, n: u64) -> SessionLabel {
+        use std::io::Write;
+        let mut text = [0u8; SessionLabel::MAX];
+        let mut w = &mut text[..];
+        write!(w, "{instance:016x}-{n}").expect("fits by construction");
+        let len = (SessionLabel::MAX - w.len()) as u8;
+        SessionLabel { text, len }
+    }
+
+    /// The label's text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.text[..usize::from(self.len)]).expect("ASCII")
+    }
+}
+
+/// 64 bits no other gateway process is likely to draw: the standard library's
+/// per-process random hash keys (seeded from the OS) over the time and the pid.
+fn random_instance() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(now);
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// Decrements the session count when a session ends.
@@ -123,6 +168,7 @@ impl Gateway {
             shared,
             per_client: RefCell::new(Vec::new()),
             next_session: Cell::new(1),
+            instance: random_instance(),
             sessions: Rc::new(Cell::new(0)),
         }
     }
@@ -132,6 +178,11 @@ impl Gateway {
         let id = self.next_session.get();
         self.next_session.set(id + 1);
         id
+    }
+
+    /// Session `n`'s label (see [`SessionLabel`]).
+    pub fn session_label(&self, n: u64) -> SessionLabel {
+        SessionLabel::new(self.instance, n)
     }
 
     /// Open sessions.

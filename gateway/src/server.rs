@@ -232,7 +232,8 @@ fn check_handshake(
     seen.session_id = gw.next_session_id();
     resp.headers_mut().insert(
         mcp_shared::mcp::SESSION_ID_HEADER,
-        HeaderValue::from(seen.session_id),
+        HeaderValue::from_str(gw.session_label(seen.session_id).as_str())
+            .expect("a label is ASCII"),
     );
     Ok(resp)
 }
@@ -566,7 +567,11 @@ async fn connection(
         seen.cx,
         conn_attrs,
     );
-    log::info!("session {} opened from {peer}", session.id());
+    log::info!(
+        "session {} opened from {peer} (mcp-session-id {})",
+        session.id(),
+        gw.session_label(session.id()).as_str()
+    );
     let limits = (gw.cfg.server.send_timeout.0, gw.cfg.server.ping_interval.0);
     let writer = ClientWriter::spawn(sink, out_rx, socket, limits, meter, session.id());
     // Hand the client's messages to the session until the client closes, the

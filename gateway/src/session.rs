@@ -418,7 +418,7 @@ impl Session {
                 if let Some(id) = &rej.id {
                     attrs::request_id(a, id);
                 }
-                a.int_text("mcp.session.id", self.id);
+                a.str("mcp.session.id", self.gw.session_label(self.id).as_str());
             },
         );
         let code = rej.error.code.to_string();
@@ -452,7 +452,7 @@ impl Session {
         };
         let cx = tel.start_at("http.request", SpanKind::Server, &parent, at, |a| {
             attrs::mcp_message(a, msg);
-            a.int_text("mcp.session.id", self.id);
+            a.str("mcp.session.id", self.gw.session_label(self.id).as_str());
             // An `initialize` sets the session's version: the one it will agree on.
             let version = match msg.method() {
                 Some("initialize") => mcp::negotiate_version(msg.param_str("protocolVersion")),
@@ -821,7 +821,7 @@ impl Session {
             attrs::mcp_message_without_id(a, msg);
             attrs::gateway_route(a, slot.name(), "stdio", None);
             a.str("network.transport", "pipe");
-            a.int_text("mcp.session.id", self.id);
+            a.str("mcp.session.id", self.gw.session_label(self.id).as_str());
         });
         propagation::inject_message(&span, msg);
         span
@@ -1637,7 +1637,7 @@ impl Session {
             }
             a.str("gateway.service", proc.name());
             a.str("network.transport", "tcp");
-            a.int_text("mcp.session.id", self.id);
+            a.str("mcp.session.id", self.gw.session_label(self.id).as_str());
             a.str("mcp.protocol.version", self.version.get());
         })
     }

@@ -211,6 +211,7 @@ def test_one_trace_across_router_gateway_and_backend(start_gateway, tmp_path, re
     # The gateway's session id, from its handshake, on the router's request and
     # connection spans: the router's side of the session is found by it.
     session = gw_req["attributes"]["mcp.session.id"]
+    assert re.fullmatch(r"[0-9a-f]{16}-1", session), session
     assert req[0]["attributes"]["mcp.session.id"] == session, (req[0], gw_req)
     connects = by_name(spans, "mcp-router", "gateway.connect")
     assert [c["attributes"].get("mcp.session.id") for c in connects] == [session], connects
@@ -412,9 +413,12 @@ def test_backend_request_to_the_host_is_traced(start_gateway, tmp_path, receiver
         assert answer[0]["attributes"]["jsonrpc.request.id"] == str(seen[id_]["id"]), answer
         assert h["attributes"]["jsonrpc.request.id"] == str(seen[id_]["id"]), h
     assert client_fwd[0]["status"] != "ERROR" and host_req[0]["status"] != "ERROR"
-    # Within the per-span budget when all goes well (300 bytes).
+    # Near the per-span budget (300 bytes, which is for a typical request's spans:
+    # test_one_trace_across_router_gateway_and_backend) when all goes well. The
+    # gateway's client.forward carries the session id, 18 bytes for the first session
+    # (16 random hex digits, `-1`): 309 bytes measured on 12-07.
     print("client.forward", client_fwd[0]["size"], "host.request", host_req[0]["size"])
-    assert client_fwd[0]["size"] <= 300 and host_req[0]["size"] <= 300
+    assert client_fwd[0]["size"] <= 320 and host_req[0]["size"] <= 300
     for s in (client_fwd[1], host_req[1]):
         assert s["status"] == "ERROR" and s["status_message"] == "the user declined", s
         assert s["attributes"]["rpc.response.status_code"] == "-1", s

@@ -2,7 +2,7 @@
 //! stall the gateway's one thread, pongs to a client that never reads do not pile up,
 //! connections that never finish their handshake are bounded, and the handshake takes
 //! what HTTP allows (a `bearer` scheme in any case, a subprotocol list over several
-//! headers).
+//! headers), and names each session with an id no other gateway process gives.
 
 use mcp_e2e::*;
 use serde_json::json;
@@ -229,4 +229,59 @@ fn a_backend_flooding_its_stdout_starves_no_other_session() {
             assert!(log.contains("stderr line(s) not logged"), "{logged}");
         }
     }
+}
+
+/// The session id of the handshake's response: `<16 hex digits>-<n>`, the first part
+/// drawn per gateway process, so that two gateways (or one restarted) never hand out
+/// the same id, and `n` counting the process's sessions from 1. The opening log line
+/// names both.
+#[test]
+fn session_ids_do_not_repeat_across_gateway_processes() {
+    let session_id = |gw: &Gateway| {
+        let mut s = TcpStream::connect(gw.addr()).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        write!(
+            s,
+            "GET /mcp HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Protocol: mcp\r\n\r\n",
+            gw.addr()
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        head.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("mcp-session-id")
+                    .then(|| v.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no mcp-session-id in {head}"))
+    };
+    let config = fixture_backend("one", "");
+    let (a, b) = (Gateway::start(&config), Gateway::start(&config));
+    let ids = [session_id(&a), session_id(&a), session_id(&b)];
+    let split = |id: &str| {
+        let (instance, n) = id.split_once('-').unwrap_or_else(|| panic!("{id}"));
+        assert!(
+            instance.len() == 16 && instance.bytes().all(|c| c.is_ascii_hexdigit()),
+            "{id}"
+        );
+        (instance.to_string(), n.parse::<u64>().unwrap())
+    };
+    let [(a1, n1), (a2, n2), (b1, m1)] = ids.clone().map(|id| split(&id));
+    assert_eq!((a1.as_str(), n1, n2), (a2.as_str(), 1, 2), "{ids:?}");
+    assert_eq!(m1, 1, "{ids:?}");
+    assert_ne!(
+        a1, b1,
+        "two gateway processes drew the same instance: {ids:?}"
+    );
+    let line = a.wait_line(&format!("(mcp-session-id {})", ids[1]));
+    assert!(line.contains("session 2 opened from 127.0.0.1:"), "{line}");
 }
