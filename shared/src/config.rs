@@ -720,7 +720,8 @@ fn check_otlp_header(name: &str, value: &str) -> Result<(), String> {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouterConfig {
-    /// `[gateway]`: where to relay to.
+    /// `[gateway]`: where to relay to (absent: only `--gateway` can say where).
+    #[serde(default)]
     pub gateway: GatewayLink,
     /// `[limits]`
     #[serde(default)]
@@ -738,7 +739,8 @@ pub struct RouterConfig {
 #[serde(deny_unknown_fields)]
 pub struct GatewayLink {
     /// `ws://host:port/path` of the gateway.
-    pub url: String,
+    #[serde(default)]
+    pub url: GatewayUrl,
     /// Environment variable holding the bearer token.
     pub token_env: Option<String>,
     /// File holding the bearer token.
@@ -763,6 +765,109 @@ pub struct GatewayLink {
     /// Longest wait between two connection attempts.
     #[serde(default = "default_reconnect_max_delay")]
     pub reconnect_max_delay: Dur,
+}
+
+impl Default for GatewayLink {
+    fn default() -> Self {
+        GatewayLink {
+            url: GatewayUrl::default(),
+            token_env: None,
+            token_file: None,
+            connect_timeout: default_connect_timeout(),
+            send_timeout: default_send_timeout(),
+            ping_interval: default_ping_interval(),
+            reconnect_delay: default_reconnect_delay(),
+            reconnect_max_delay: default_reconnect_max_delay(),
+        }
+    }
+}
+
+/// `[gateway] url` as the file gives it: the text, or that it is missing or no
+/// string. The command line's `--gateway` replaces it whatever it is; without the flag,
+/// [`RouterConfig::validate`] names what is wrong. (Taken this way rather than as a
+/// `String` so that the flag's case needs no second pass over the file as a
+/// `toml::Table`: that path cost the router ~60 KB of code, all of it resident.)
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GatewayUrl {
+    text: String,
+    state: UrlState,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+enum UrlState {
+    #[default]
+    Missing,
+    Given,
+    NotText,
+}
+
+impl std::ops::Deref for GatewayUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl From<&str> for GatewayUrl {
+    fn from(url: &str) -> Self {
+        GatewayUrl {
+            text: url.to_string(),
+            state: UrlState::Given,
+        }
+    }
+}
+
+impl PartialEq<&str> for GatewayUrl {
+    fn eq(&self, other: &&str) -> bool {
+        self.state == UrlState::Given && self.text == *other
+    }
+}
+
+impl<'de> Deserialize<'de> for GatewayUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct AnyValue;
+        let not_text = || GatewayUrl {
+            text: String::new(),
+            state: UrlState::NotText,
+        };
+        impl<'de> Visitor<'de> for AnyValue {
+            type Value = Option<String>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Some(v.to_string()))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(None)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(None)
+            }
+        }
+        Ok(match d.deserialize_any(AnyValue)? {
+            Some(text) => GatewayUrl {
+                text,
+                state: UrlState::Given,
+            },
+            None => not_text(),
+        })
+    }
 }
 
 /// `[limits]` of the router.
@@ -791,14 +896,8 @@ impl RouterConfig {
     pub fn with_url(url: &str) -> Self {
         RouterConfig {
             gateway: GatewayLink {
-                url: url.into(),
-                token_env: None,
-                token_file: None,
-                connect_timeout: default_connect_timeout(),
-                send_timeout: default_send_timeout(),
-                ping_interval: default_ping_interval(),
-                reconnect_delay: default_reconnect_delay(),
-                reconnect_max_delay: default_reconnect_max_delay(),
+                url: GatewayUrl::from(url),
+                ..GatewayLink::default()
             },
             limits: RouterLimits::default(),
             logging: LoggingConfig::default(),
@@ -808,7 +907,23 @@ impl RouterConfig {
 
     /// Checks values the types cannot.
     pub fn validate(&self) -> Result<(), Invalid> {
-        validate_ws_url(&self.gateway.url).map_err(|m| invalid(&["gateway", "url"], m))?;
+        let url = &self.gateway.url;
+        match url.state {
+            UrlState::Missing => {
+                return Err(invalid(
+                    &["gateway", "url"],
+                    "missing: set [gateway] url, or pass --gateway",
+                ))
+            }
+            UrlState::NotText => {
+                return Err(invalid(
+                    &["gateway", "url"],
+                    "must be a string (ws://host[:port]/path)",
+                ))
+            }
+            UrlState::Given => {}
+        }
+        validate_ws_url(url).map_err(|m| invalid(&["gateway", "url"], m))?;
         if self.gateway.token_env.is_some() && self.gateway.token_file.is_some() {
             return Err(invalid(
                 &["gateway", "token_file"],
@@ -1347,69 +1462,20 @@ pub fn load_router_with_url(path: &Path, url: &str) -> Result<RouterConfig, Conf
         key: None,
         message: format!("cannot read: {e}"),
     })?;
-    let error = |line: Option<usize>, key: Option<String>, message: String| ConfigError {
+    // The file's `url` is taken whatever it is (see [`GatewayUrl`]), so any error
+    // here is about something else and keeps its line.
+    let mut cfg: RouterConfig =
+        toml::from_str(&text).map_err(|e| de_error(&text, Some(path), &e))?;
+    cfg.gateway.url = GatewayUrl::from(url);
+    cfg.check().map_err(|inv| ConfigError {
         file: Some(path.to_path_buf()),
-        line,
-        key,
-        message,
-    };
-    let located = |inv: Invalid| {
         // The URL is the flag's, not a line of the file.
-        let line = if inv.path == ["gateway", "url"] {
-            None
-        } else {
-            locate(&text, &inv.path).map(|s| line_of(&text, s.start))
-        };
-        error(line, Some(dotted(&inv.path)), inv.message)
-    };
-    // The file as it is, for errors with their lines; unless what it lacks or has
-    // wrong is the URL (or the `[gateway]` table it goes in), which the flag replaces.
-    match toml::from_str::<RouterConfig>(&text) {
-        Ok(mut cfg) => {
-            cfg.gateway.url = url.to_string();
-            cfg.check().map_err(located)?;
-            return Ok(cfg);
-        }
-        Err(e) => {
-            let e = de_error(&text, Some(path), &e);
-            // (serde names a missing table or key in its message, and points at
-            // whatever table the document starts with.)
-            let about_url = matches!(e.key.as_deref(), None | Some("gateway" | "gateway.url"))
-                || ["missing field `gateway`", "missing field `url`"]
-                    .iter()
-                    .any(|m| e.message.starts_with(m));
-            if !about_url {
-                return Err(e);
-            }
-        }
-    }
-    let mut table: toml::Table = toml::from_str(&text).map_err(|e| {
-        let span = e.span();
-        error(
-            span.as_ref().map(|s| line_of(&text, s.start)),
-            span.as_ref().and_then(|s| key_at(&text, s)),
-            e.message().trim().to_string(),
-        )
+        line: (inv.path != ["gateway", "url"])
+            .then(|| locate(&text, &inv.path).map(|s| line_of(&text, s.start)))
+            .flatten(),
+        key: Some(dotted(&inv.path)),
+        message: inv.message,
     })?;
-    match table
-        .entry("gateway")
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-    {
-        toml::Value::Table(gw) => {
-            gw.insert("url".into(), toml::Value::String(url.into()));
-        }
-        _ => {
-            return Err(error(
-                locate(&text, &["gateway".to_string()]).map(|s| line_of(&text, s.start)),
-                Some("gateway".into()),
-                "must be a table".into(),
-            ))
-        }
-    }
-    let cfg: RouterConfig = table
-        .try_into()
-        .map_err(|e: toml::de::Error| error(None, None, e.message().trim().to_string()))?;
-    cfg.check().map_err(located)?;
     Ok(cfg)
 }
 
@@ -1803,6 +1869,21 @@ env = { A = "1" }
         );
         let e = load("[limits]\nbogus = 1\n").unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");
+        // What is not the URL is checked as without the flag.
+        let e = load("gateway = 5\n").unwrap_err();
+        assert_eq!(
+            (e.key.as_deref(), e.line),
+            (Some("gateway"), Some(1)),
+            "{e}"
+        );
+        let e = load("[gateway]\nurl = 5\nbogus = 1\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        let e = load("[gateway]\nurl = 5\nconnect_timeout = \"1 parsec\"\n").unwrap_err();
+        assert_eq!(
+            (e.key.as_deref(), e.line),
+            (Some("gateway.connect_timeout"), Some(3)),
+            "{e}"
+        );
         std::fs::write(&path, "").unwrap();
         let e = load_router_with_url(&path, "http://x").unwrap_err();
         assert_eq!(
@@ -1841,6 +1922,37 @@ env = { A = "1" }
         let e = from_str::<RouterConfig>("[gateway]\nurl = \"http://x\"\n", None).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("gateway.url"));
         assert_eq!(e.line, Some(2));
+        // Without the command line's URL, the file's must be there, and a string.
+        for (text, line, says) in [
+            ("[gateway]\n\nurl = 5\n", Some(3), "must be a string"),
+            (
+                "[gateway]\nurl = [\"ws://h\", {a = 1}]\n",
+                Some(2),
+                "must be a string",
+            ),
+            ("[gateway]\nurl = 1979-05-27\n", Some(2), "must be a string"),
+            (
+                "[gateway]\nurl.x = \"ws://h\"\n",
+                Some(2),
+                "must be a string",
+            ),
+            ("[gateway]\ntoken_env = \"T\"\n", None, "missing"),
+            ("[logging]\nlevel = \"info\"\n", None, "missing"),
+        ] {
+            let e = from_str::<RouterConfig>(text, None).unwrap_err();
+            assert_eq!(
+                (e.key.as_deref(), e.line),
+                (Some("gateway.url"), line),
+                "{text}: {e}"
+            );
+            assert!(e.message.starts_with(says), "{text}: {e}");
+        }
+        let e = from_str::<RouterConfig>("gateway = 5\n", None).unwrap_err();
+        assert_eq!(
+            (e.key.as_deref(), e.line),
+            (Some("gateway"), Some(1)),
+            "{e}"
+        );
         // Credentials before the host: refused, without repeating them; a `/`, `?` or
         // `#` in the password makes what comes before it a port that is no number.
         for url in [
