@@ -73,9 +73,10 @@ pub struct Gateway {
     /// come, so it holds about as many as there are sessions).
     per_client: RefCell<Vec<Weak<Slot>>>,
     next_session: Cell<u64>,
-    /// Random per process: the first part of every session's label, so that session
-    /// ids given out by different gateway processes (a restart, a fleet) do not repeat.
-    instance: u64,
+    /// Random per process, in hex and followed by `-`: the first part of every
+    /// session's label, so that session ids given out by different gateway processes
+    /// (a restart, a fleet) do not repeat.
+    instance: [u8; 17],
     sessions: Rc<Cell<usize>>,
 }
 
@@ -93,13 +94,27 @@ impl SessionLabel {
     /// 16 hex digits, `-`, up to 20 decimal digits.
     const MAX: usize = 37;
 
-    fn new(instance: u64, n: u64) -> SessionLabel {
-        use std::io::Write;
+    /// The label's first part for a process's random `instance`.
+    fn prefix(instance: u64) -> [u8; 17] {
+        let mut p = [b'-'; 17];
+        for (i, d) in p[..16].iter_mut().enumerate() {
+            *d = b"0123456789abcdef"[(instance >> (60 - 4 * i)) as usize & 0xf];
+        }
+        p
+    }
+
+    /// Session `n`'s label after `prefix` (made for every traced request's spans: a
+    /// copy and an integer's digits, no formatting machinery).
+    fn new(prefix: &[u8; 17], n: u64) -> SessionLabel {
         let mut text = [0u8; SessionLabel::MAX];
-        let mut w = &mut text[..];
-        write!(w, "{instance:016x}-{n}").expect("fits by construction");
-        let len = (SessionLabel::MAX - w.len()) as u8;
-        SessionLabel { text, len }
+        text[..17].copy_from_slice(prefix);
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(n).as_bytes();
+        text[17..17 + digits.len()].copy_from_slice(digits);
+        SessionLabel {
+            text,
+            len: (17 + digits.len()) as u8,
+        }
     }
 
     /// The label's text.
@@ -168,7 +183,7 @@ impl Gateway {
             shared,
             per_client: RefCell::new(Vec::new()),
             next_session: Cell::new(1),
-            instance: random_instance(),
+            instance: SessionLabel::prefix(random_instance()),
             sessions: Rc::new(Cell::new(0)),
         }
     }
@@ -182,7 +197,7 @@ impl Gateway {
 
     /// Session `n`'s label (see [`SessionLabel`]).
     pub fn session_label(&self, n: u64) -> SessionLabel {
-        SessionLabel::new(self.instance, n)
+        SessionLabel::new(&self.instance, n)
     }
 
     /// Open sessions.
@@ -547,4 +562,23 @@ async fn run(
     gw.stop_backends().await;
     log::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SessionLabel;
+
+    #[test]
+    fn a_session_label_is_the_instance_in_hex_then_the_number() {
+        let p = SessionLabel::prefix(0x0123_4567_89ab_cdef);
+        assert_eq!(SessionLabel::new(&p, 1).as_str(), "0123456789abcdef-1");
+        assert_eq!(
+            SessionLabel::new(&SessionLabel::prefix(u64::MAX), u64::MAX).as_str(),
+            "ffffffffffffffff-18446744073709551615"
+        );
+        assert_eq!(
+            SessionLabel::new(&SessionLabel::prefix(0), 0).as_str(),
+            "0000000000000000-0"
+        );
+    }
 }
