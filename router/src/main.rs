@@ -125,7 +125,9 @@ fn load_config(args: &Args) -> Result<RouterConfig, String> {
         (Some(path), None) => config::load(path).map_err(|e| e.to_string()),
         // The flag's URL replaces the file's (which may then be absent or wrong).
         (Some(path), Some(url)) => config::load_router_with_url(path, url).map_err(|e| {
-            if e.key.as_deref() == Some("gateway.url") {
+            // The flag's URL failed its check (no line: it is not the file's); an error
+            // with a line is the file's (a `url` given twice).
+            if e.key.as_deref() == Some("gateway.url") && e.line.is_none() {
                 format!("--gateway: {}", e.message)
             } else {
                 e.to_string()

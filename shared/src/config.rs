@@ -1531,7 +1531,8 @@ fn line_of(text: &str, offset: usize) -> usize {
 use toml::de::{DeTable, DeValue};
 
 /// The span of the deepest element of `path` that exists in the document (the key when
-/// it is present, else its enclosing table).
+/// it is present, else the nearest table above it that the file has: a missing `url`,
+/// a default that fails a check).
 fn locate(text: &str, path: &[String]) -> Option<Range<usize>> {
     let doc = DeTable::parse(text).ok()?;
     let mut best = None;
@@ -1539,11 +1540,15 @@ fn locate(text: &str, path: &[String]) -> Option<Range<usize>> {
     let mut value: Option<&DeValue<'_>> = None;
     for seg in path {
         if let Some(t) = table.take() {
-            let (k, v) = t.iter().find(|(k, _)| k.get_ref() == seg)?;
+            let Some((k, v)) = t.iter().find(|(k, _)| k.get_ref() == seg) else {
+                break;
+            };
             best = Some(k.span());
             value = Some(v.get_ref());
         } else if let (Some(DeValue::Array(a)), Ok(i)) = (value, seg.parse::<usize>()) {
-            let item = a.get(i)?;
+            let Some(item) = a.get(i) else {
+                break;
+            };
             best = Some(item.span());
             value = Some(item.get_ref());
         } else {
@@ -1936,7 +1941,7 @@ env = { A = "1" }
                 Some(2),
                 "must be a string",
             ),
-            ("[gateway]\ntoken_env = \"T\"\n", None, "missing"),
+            ("\n[gateway]\ntoken_env = \"T\"\n", Some(2), "missing"),
             ("[logging]\nlevel = \"info\"\n", None, "missing"),
         ] {
             let e = from_str::<RouterConfig>(text, None).unwrap_err();

@@ -7,7 +7,8 @@ use serde_json::{Map, Value};
 pub const SUPPORTED_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
 
 /// Header of the gateway's WebSocket handshake response naming the session the
-/// connection opened (decimal). The router records it as `mcp.session.id` on its spans,
+/// connection opened (`<16 hex digits>-<n>`: the gateway process's random part, then
+/// the session's number in that process). The router records it as `mcp.session.id` on its spans,
 /// so that its side of a session can be found next to the gateway's. (The name is the
 /// Streamable HTTP transport's; on WebSocket it is informative only: nothing is sent
 /// back with it.)

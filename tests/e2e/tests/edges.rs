@@ -772,6 +772,32 @@ level = \"info\"\n",
         assert_eq!(code, Some(64), "{err}");
         assert!(err.contains("--gateway:"), "{err}");
     }
+    // What is wrong in the file's own text is the file's, flag or not: a `url` given
+    // twice is named with its line, not blamed on the flag.
+    let twice = temp_path("router-twice.toml");
+    std::fs::write(
+        &twice,
+        "[gateway]\nurl = \"ws://h:1/\"\nurl = \"ws://h:2/\"\n",
+    )
+    .unwrap();
+    let f = twice.to_str().unwrap();
+    for args in [
+        &["--check-config", "--config", f][..],
+        &[
+            "--check-config",
+            "--config",
+            f,
+            "--gateway",
+            "ws://127.0.0.1:1/mcp",
+        ],
+    ] {
+        let (code, err) = router(args, &[]);
+        assert_eq!(code, Some(64), "{err}");
+        assert!(
+            err.contains(":3:") && err.contains("gateway.url") && !err.contains("--gateway"),
+            "{args:?}: {err}"
+        );
+    }
     // A token that cannot be read is a configuration error for --check-config too,
     // named by key and file.
     let tok = temp_path("router-token.toml");
