@@ -507,8 +507,9 @@ async fn connection(
         callback,
         Some(ws_config(max)),
     ));
-    // Closed by a newer connection when MAX_PENDING_HANDSHAKES are in progress.
-    let handshake = futures_lite::future::or(
+    // Closed by a newer connection when MAX_PENDING_HANDSHAKES are in progress (boxed
+    // whole, timer and eviction included, for the same reason).
+    let handshake = Box::pin(futures_lite::future::or(
         async { Some(rt::timeout(gw.cfg.server.handshake_timeout.0, handshake).await) },
         async {
             // A message: closed. The queue gone (shutdown): never.
@@ -517,8 +518,9 @@ async fn connection(
             }
             None
         },
-    )
+    ))
     .await;
+    drop(evicted);
     handshake_over();
     let ws = match handshake {
         Some(Some(Ok(ws))) => ws,
@@ -605,7 +607,7 @@ async fn connection(
             Some(Some(Err(async_tungstenite::tungstenite::Error::Capacity(e)))) => {
                 // tungstenite cannot resynchronise after an oversized frame: answer, close.
                 log::warn!("session {}: {e}; closing", session.id());
-                session.reject_too_large(Sniffed::default()).await;
+                Box::pin(session.reject_too_large(Sniffed::default())).await;
                 break;
             }
             Some(Some(Err(e))) => {
@@ -621,10 +623,14 @@ async fn connection(
                 session.id(),
                 data.len()
             );
-            session.reject_too_large(jsonrpc::sniff(&data)).await;
+            Box::pin(session.reject_too_large(jsonrpc::sniff(&data))).await;
             continue;
         }
-        session.on_client_message(&data).await;
+        // Boxed, as are the rare awaits above: inline, the largest of them (this one,
+        // ~1.2 KB) sized this task's future for the whole life of an idle session
+        // (docs/benchmark.md, "Memory per idle session"); a box per message costs
+        // less than that memory in every session.
+        Box::pin(session.on_client_message(&data)).await;
     }
     // A writer that gave up on the client ended the read loop: count why (before the
     // session's "closed" line, which tests wait for).
