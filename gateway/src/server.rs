@@ -572,7 +572,7 @@ async fn connection(
     log::info!(
         "session {} opened from {peer} (mcp-session-id {})",
         session.id(),
-        gw.session_label(session.id()).as_str()
+        session.label().as_str()
     );
     let limits = (gw.cfg.server.send_timeout.0, gw.cfg.server.ping_interval.0);
     let writer = ClientWriter::spawn(sink, out_rx, socket, limits, meter, session.id());

@@ -279,6 +279,11 @@ impl Session {
         self.id
     }
 
+    /// The session's id as the client and traces see it (see [`crate::SessionLabel`]).
+    pub fn label(&self) -> crate::SessionLabel {
+        self.gw.session_label(self.id)
+    }
+
     /// Queues a line for the client. With `wait`, waits for room; otherwise drops the
     /// line when the queue is full (used for fan-out from shared backends, so one slow
     /// client cannot stall the others). Returns false when the line was not queued.
@@ -418,7 +423,7 @@ impl Session {
                 if let Some(id) = &rej.id {
                     attrs::request_id(a, id);
                 }
-                a.str("mcp.session.id", self.gw.session_label(self.id).as_str());
+                a.str("mcp.session.id", self.label().as_str());
             },
         );
         let code = rej.error.code.to_string();
@@ -452,7 +457,7 @@ impl Session {
         };
         let cx = tel.start_at("http.request", SpanKind::Server, &parent, at, |a| {
             attrs::mcp_message(a, msg);
-            a.str("mcp.session.id", self.gw.session_label(self.id).as_str());
+            a.str("mcp.session.id", self.label().as_str());
             // An `initialize` sets the session's version: the one it will agree on.
             let version = match msg.method() {
                 Some("initialize") => mcp::negotiate_version(msg.param_str("protocolVersion")),
@@ -821,7 +826,7 @@ impl Session {
             attrs::mcp_message_without_id(a, msg);
             attrs::gateway_route(a, slot.name(), "stdio", None);
             a.str("network.transport", "pipe");
-            a.str("mcp.session.id", self.gw.session_label(self.id).as_str());
+            a.str("mcp.session.id", self.label().as_str());
         });
         propagation::inject_message(&span, msg);
         span
@@ -1637,7 +1642,7 @@ impl Session {
             }
             a.str("gateway.service", proc.name());
             a.str("network.transport", "tcp");
-            a.str("mcp.session.id", self.gw.session_label(self.id).as_str());
+            a.str("mcp.session.id", self.label().as_str());
             a.str("mcp.protocol.version", self.version.get());
         })
     }

@@ -111,6 +111,22 @@ fn connections_that_never_finish_their_handshake_are_bounded() {
     assert_eq!(text_of(&r), "served");
 }
 
+/// A connection to the gateway that has sent a WebSocket upgrade request with the extra
+/// `headers` (each ending in CRLF), the answer not yet read.
+fn send_upgrade(gw: &Gateway, headers: &str) -> TcpStream {
+    let mut s = TcpStream::connect(gw.addr()).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        s,
+        "GET /mcp HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         {headers}\r\n",
+        gw.addr()
+    )
+    .unwrap();
+    s
+}
+
 /// The handshake as HTTP allows it: the auth scheme's name in any case, and the
 /// subprotocols offered over several `Sec-WebSocket-Protocol` headers.
 #[test]
@@ -121,16 +137,7 @@ fn the_handshake_takes_a_lowercase_scheme_and_split_protocol_headers() {
     );
     let gw = Gateway::start_with_env(&config, &[("E2E_GW_TOKEN", "s3cret")]);
     let upgrade = |headers: &str| {
-        let mut s = TcpStream::connect(gw.addr()).unwrap();
-        s.set_read_timeout(Some(DEADLINE)).unwrap();
-        write!(
-            s,
-            "GET /mcp HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             {headers}\r\n",
-            gw.addr()
-        )
-        .unwrap();
+        let mut s = send_upgrade(&gw, headers);
         let mut buf = [0u8; 12];
         s.read_exact(&mut buf).unwrap();
         String::from_utf8_lossy(&buf[9..12]).into_owned()
@@ -238,16 +245,7 @@ fn a_backend_flooding_its_stdout_starves_no_other_session() {
 #[test]
 fn session_ids_do_not_repeat_across_gateway_processes() {
     let session_id = |gw: &Gateway| {
-        let mut s = TcpStream::connect(gw.addr()).unwrap();
-        s.set_read_timeout(Some(DEADLINE)).unwrap();
-        write!(
-            s,
-            "GET /mcp HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Sec-WebSocket-Protocol: mcp\r\n\r\n",
-            gw.addr()
-        )
-        .unwrap();
+        let mut s = send_upgrade(gw, "Sec-WebSocket-Protocol: mcp\r\n");
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
