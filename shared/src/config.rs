@@ -362,6 +362,43 @@ fn default_scheduled_delay() -> Dur {
     Dur(DEFAULT_SCHEDULED_DELAY)
 }
 
+/// A section (`[limits]`) or a backend (`[[backends]]`): a table and nothing else.
+/// serde's derived structs also take an array, field by field in declaration order, so
+/// `limits = [1]` would set `max_message_bytes` to 1 without a word, and `[[limits]]`
+/// would read a whole table as that first number. Such keys are read through
+/// [`table`], [`opt_table`] and [`tables`], which say "expected a table" instead.
+struct Table<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Table<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct OnlyMaps<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for OnlyMaps<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(OnlyMaps(std::marker::PhantomData))
+            .map(Table)
+    }
+}
+
+fn table<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Table::deserialize(d).map(|t| t.0)
+}
+
+fn opt_table<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    table(d).map(Some)
+}
+
+fn tables<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    let all = Vec::<Table<T>>::deserialize(d)?;
+    Ok(all.into_iter().map(|t| t.0).collect())
+}
+
 /// A file named by the configuration or by an environment variable, with which one
 /// (so that a file that cannot be used is reported under the name the operator wrote).
 #[derive(Clone, Debug, PartialEq)]
@@ -721,16 +758,16 @@ fn check_otlp_header(name: &str, value: &str) -> Result<(), String> {
 #[serde(deny_unknown_fields)]
 pub struct RouterConfig {
     /// `[gateway]`: where to relay to (absent: only `--gateway` can say where).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     pub gateway: GatewayLink,
     /// `[limits]`
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     pub limits: RouterLimits,
     /// `[logging]`
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     pub logging: LoggingConfig,
     /// `[tracing]`
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     pub tracing: TracingConfig,
 }
 
@@ -1054,26 +1091,28 @@ pub fn redact_url_query(url: &str) -> Cow<'_, str> {
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     /// `[server]`
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     pub server: ServerConfig,
     /// `[limits]`
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     pub limits: GatewayLimits,
     /// `[routing]`
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     pub routing: RoutingConfig,
     /// `[auth]`: when present, clients must send `Authorization: Bearer <token>`.
+    #[serde(default, deserialize_with = "opt_table")]
     pub auth: Option<AuthConfig>,
     /// `[admin]`: when present, `/healthz`, `/readyz` and `/metrics` are served.
+    #[serde(default, deserialize_with = "opt_table")]
     pub admin: Option<AdminConfig>,
     /// `[logging]`
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     pub logging: LoggingConfig,
     /// `[tracing]`
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     pub tracing: TracingConfig,
     /// `[[backends]]`
-    #[serde(default)]
+    #[serde(default, deserialize_with = "tables")]
     pub backends: Vec<BackendConfig>,
 }
 
@@ -1444,12 +1483,56 @@ where
 /// A deserialisation error of `text`, with the key and line it points at.
 fn de_error(text: &str, file: Option<&Path>, e: &toml::de::Error) -> ConfigError {
     let span = e.span();
+    let mut key = span.as_ref().and_then(|s| key_at(text, s));
+    let mut message = in_toml_words(e.message().trim());
+    // `[[limits]]` where `[limits]` was meant: serde points at the first header, which
+    // names `limits[0]`, but what is wrong is `limits` being an array.
+    let at_header = span
+        .as_ref()
+        .and_then(|s| text.get(s.clone()))
+        .is_some_and(|t| t.trim_start().starts_with("[["));
+    if at_header && message.starts_with("invalid type: array,") {
+        if let Some(k) = &mut key {
+            if let Some(open) = k.rfind('[').filter(|_| k.ends_with(']')) {
+                k.truncate(open);
+            }
+        }
+        message = message.replacen("array", "array of tables", 1);
+    }
     ConfigError {
         file: file.map(Path::to_path_buf),
         line: span.as_ref().map(|s| line_of(text, s.start)),
-        key: span.as_ref().and_then(|s| key_at(text, s)),
-        message: e.message().trim().to_string(),
+        key,
+        message,
     }
+}
+
+/// serde's message for a value of the wrong kind, in the words of a TOML file: its
+/// author wrote an array or a table, and is owed "a table", not `struct GatewayLink`,
+/// and "an integer from 0 to 65535", not `u16` (the sections' own wording is
+/// [`Table`]'s). Anything else is passed on unchanged.
+fn in_toml_words(message: &str) -> String {
+    let Some((found, expected)) = message.rsplit_once(", expected ") else {
+        return message.to_string();
+    };
+    let found = match found {
+        "invalid type: sequence" => "invalid type: array",
+        "invalid type: map" => "invalid type: table",
+        other => other,
+    };
+    let expected = match expected {
+        "a map" => "a table".to_string(),
+        "a sequence" => "an array".to_string(),
+        "usize" | "u64" | "u128" => "a non-negative integer".to_string(),
+        "u8" => format!("an integer from 0 to {}", u8::MAX),
+        "u16" => format!("an integer from 0 to {}", u16::MAX),
+        "u32" => format!("an integer from 0 to {}", u32::MAX),
+        "isize" | "i8" | "i16" | "i32" | "i64" | "i128" => "an integer".to_string(),
+        "f32" | "f64" => "a number".to_string(),
+        e if e.starts_with("struct ") => "a table".to_string(),
+        e => e.to_string(),
+    };
+    format!("{found}, expected {expected}")
 }
 
 /// [`load`] of a router configuration whose `[gateway] url` is `url` (the command
@@ -1714,6 +1797,72 @@ env = { A = "1" }
         let e = from_str::<GatewayConfig>(&text, None).unwrap_err();
         assert_eq!(e.line, Some(6));
         assert_eq!(e.key.as_deref(), Some("limits.request_timeout"), "{e}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_kind_is_named_in_tomls_words() {
+        let wrong = |from: &str, to: &str| {
+            let text = GOOD.replace(from, to);
+            let e = from_str::<GatewayConfig>(&text, None).unwrap_err();
+            (e.key.unwrap_or_default(), e.message)
+        };
+        let (key, message) = wrong("request_timeout = \"5s\"", "max_in_flight = \"x\"");
+        assert_eq!(key, "limits.max_in_flight");
+        assert_eq!(
+            message,
+            "invalid type: string \"x\", expected a non-negative integer"
+        );
+        let (key, message) = wrong("request_timeout = \"5s\"", "max_in_flight = -1");
+        assert_eq!(key, "limits.max_in_flight");
+        assert_eq!(
+            message,
+            "invalid value: integer `-1`, expected a non-negative integer"
+        );
+        let (key, message) = wrong("args = [\"--name\", \"one\"]", "args = \"one\"");
+        assert_eq!(key, "backends[0].args");
+        assert_eq!(message, "invalid type: string \"one\", expected an array");
+        let text = format!("limits = 5\n{}", GOOD.replace("[limits]", ""));
+        let e = from_str::<GatewayConfig>(&text, None).unwrap_err();
+        let (key, message) = (e.key.unwrap_or_default(), e.message);
+        assert_eq!(key, "limits");
+        assert_eq!(message, "invalid type: integer `5`, expected a table");
+        let (key, message) = wrong("[limits]", "[[limits]]");
+        assert_eq!(key, "limits");
+        assert_eq!(message, "invalid type: array of tables, expected a table");
+        // An array is no table, even one whose items would fill the fields in order.
+        let text = format!("limits = [1048576]\n{}", GOOD.replace("[limits]", ""));
+        let e = from_str::<GatewayConfig>(&text, None).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("limits"), "{e}");
+        assert_eq!(e.message, "invalid type: array, expected a table");
+        let text = "backends = [[\"one\", \"stdio\", \"mcp-fixture\"]]\n";
+        let e = from_str::<GatewayConfig>(text, None).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("backends[0]"), "{e}");
+        assert_eq!(e.message, "invalid type: array, expected a table");
+        let text = format!("auth = [\"T\"]\n{GOOD}");
+        let e = from_str::<GatewayConfig>(&text, None).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("auth"), "{e}");
+        assert_eq!(e.message, "invalid type: array, expected a table");
+        for (text, key) in [
+            ("gateway = 5\n", "gateway"),
+            ("[[gateway]]\nurl = \"ws://g\"\n", "gateway"),
+            ("tracing = [true]\n", "tracing"),
+        ] {
+            let e = from_str::<RouterConfig>(text, None).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{e}");
+            assert!(e.message.ends_with("expected a table"), "{e}");
+        }
+        let (key, message) = wrong("env = { A = \"1\" }", "env = [\"A=1\"]");
+        assert_eq!(key, "backends[1].env");
+        assert_eq!(message, "invalid type: array, expected a table");
+        // What serde already says in words a TOML author knows passes unchanged.
+        assert_eq!(
+            in_toml_words("invalid type: integer `5`, expected a string"),
+            "invalid type: integer `5`, expected a string"
+        );
+        assert_eq!(
+            in_toml_words("missing field `name`"),
+            "missing field `name`"
+        );
     }
 
     #[test]
