@@ -3,12 +3,17 @@ OTEL_EXPORTER_OTLP_ENDPOINT (a base URL with a path, as hosted collectors give t
 OTEL_EXPORTER_OTLP_PROTOCOL, both binaries post to <base>/v1/traces; the traces-only
 variables (OTEL_EXPORTER_OTLP_TRACES_*) win over the generic ones, and the traces-only
 endpoint is used as the URL itself. The receiver answers 404 on any other path, so a
-wrong path shows up as spans that never arrive."""
+wrong path shows up as spans that never arrive. OTEL_TRACES_EXPORTER picks the exporter
+over the file's `exporter_type` (`console`: the stdout tree) or turns tracing off
+(`none`)."""
 
 from __future__ import annotations
 
+import pytest
+
 from test_otlp_transport import echo, exported, sent
 from test_tracing import Router, fixture_backend, tracing_toml
+from test_tracing_links import export_threads
 
 
 def run_one_request(start_gateway, tmp_path, receiver, tracing=None,
@@ -94,3 +99,33 @@ def test_the_guides_endpoint_without_a_scheme_and_resource_attributes(
         assert r["service.name"] == "from-service-name", r
         assert r["deployment.environment.name"] == "prod-eu", r
         assert r["host.name"] == "edge 1", r
+
+
+@pytest.mark.parametrize("exporter", ["console", "none"])
+def test_otel_traces_exporter_replaces_the_files_exporter(start_gateway, tmp_path, receiver,
+                                                          monkeypatch, exporter):
+    # Both files export OTLP to the receiver; the variable says otherwise.
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", exporter)
+    tracing = tracing_toml(receiver.grpc_endpoint)
+    gw = start_gateway(tracing + fixture_backend())
+    router = Router(gw.url, tracing, tmp_path)
+    try:
+        router.initialize()
+        echo(router, 1)
+        threads = {"gateway": export_threads(gw.proc.pid),
+                   "router": export_threads(router.proc.pid)}
+    finally:
+        assert router.close() == 0, router.stderr()
+        assert gw.terminate() == 0, gw.describe()
+    # Both have stopped, so whatever either had to export has been sent by now.
+    assert receiver.snapshot() == [], "nothing went to the file's collector"
+    gw_tree = "\n".join(l for l in gw.lines if l.startswith("[stdout] "))
+    if exporter == "console":
+        # The stdout exporter runs on its own thread too.
+        assert threads == {"gateway": ["span-export"], "router": ["span-export"]}, threads
+        assert "mcp-gateway: http.request (" in gw_tree, gw.log()
+        assert "mcp-router: stdio.read (" in router.stderr(), router.stderr()
+    else:
+        assert threads == {"gateway": [], "router": []}, threads
+        assert "http.request" not in gw_tree, gw.log()
+        assert "stdio.read" not in router.stderr(), router.stderr()

@@ -560,6 +560,28 @@ pub fn apply_env(
     if get("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
         cfg.enabled = false;
     }
+    // The exporter: `otlp`, or `console` for the stdout tree (the router's on stderr).
+    // `none` turns tracing off: spans that go nowhere would be work for nothing, and a
+    // message's own trace context passes through a service with tracing off as it came.
+    // One exporter at a time (the specification allows a list); zipkin and the like are
+    // not built in.
+    if let Some(v) = get("OTEL_TRACES_EXPORTER") {
+        let names: Vec<&str> = v
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .collect();
+        match names[..] {
+            ["otlp"] => cfg.exporter_type = ExporterType::Otlp,
+            ["console"] => cfg.exporter_type = ExporterType::Stdout,
+            ["none"] => cfg.enabled = false,
+            _ => {
+                return Err(format!(
+                    "OTEL_TRACES_EXPORTER={v:?}: expected otlp, console or none (one of them)"
+                ))
+            }
+        }
+    }
     // Resource attributes: the three the file has keys for replace those keys (the
     // environment wins over the file); the others are added as they are. Then
     // `OTEL_SERVICE_NAME`, which the specification puts above a `service.name` here.
@@ -779,6 +801,31 @@ mod tests {
         );
         apply_env(&mut c, env(&[("OTEL_TRACES_SAMPLER", "always_off")])).unwrap();
         assert_eq!(c.sampler_type, SamplerType::AlwaysOff);
+    }
+
+    #[test]
+    fn otel_traces_exporter_picks_the_exporter_or_turns_tracing_off() {
+        let on = || TracingConfig {
+            enabled: true,
+            ..TracingConfig::default()
+        };
+        let mut c = on();
+        apply_env(&mut c, env(&[("OTEL_TRACES_EXPORTER", " console ")])).unwrap();
+        assert_eq!((c.enabled, c.exporter_type), (true, ExporterType::Stdout));
+        apply_env(&mut c, env(&[("OTEL_TRACES_EXPORTER", "otlp")])).unwrap();
+        assert_eq!((c.enabled, c.exporter_type), (true, ExporterType::Otlp));
+        apply_env(&mut c, env(&[("OTEL_TRACES_EXPORTER", "")])).unwrap();
+        assert_eq!((c.enabled, c.exporter_type), (true, ExporterType::Otlp));
+        apply_env(&mut c, env(&[("OTEL_TRACES_EXPORTER", "none")])).unwrap();
+        assert!(!c.enabled);
+        // It tunes tracing but does not turn it on.
+        let mut c = TracingConfig::default();
+        apply_env(&mut c, env(&[("OTEL_TRACES_EXPORTER", "otlp")])).unwrap();
+        assert!(!c.enabled);
+        for bad in ["zipkin", "otlp,console", "OTLP", ","] {
+            let e = apply_env(&mut on(), env(&[("OTEL_TRACES_EXPORTER", bad)])).unwrap_err();
+            assert!(e.starts_with("OTEL_TRACES_EXPORTER="), "{e}");
+        }
     }
 
     /// Traces-only variables win over the generic ones; the generic endpoint is a base
