@@ -8,7 +8,7 @@
 //! cancelled it.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::{Rc, Weak};
 
 use async_channel::Sender;
@@ -1371,6 +1371,21 @@ impl Session {
             return Ok((Vec::new(), true));
         }
         let mut items = Vec::new();
+        // What was left out of the pages so far, and the keys listed (each once).
+        let (mut unlisted, mut seen) = (mcp::Unlisted::default(), HashSet::new());
+        let listed = |items: Vec<Value>, complete: bool, unlisted: &mcp::Unlisted| {
+            if unlisted.any() {
+                log::warn!(
+                    "backend {:?}: {} left {} invalid and {} repeated item(s) out ({})",
+                    slot.name(),
+                    kind.method(),
+                    unlisted.invalid,
+                    unlisted.repeated,
+                    unlisted.first.as_deref().unwrap_or_default()
+                );
+            }
+            Ok((items, complete))
+        };
         let mut cursor: Option<Value> = None;
         // The items' JSON so far: past `max_message_bytes` no client could take the
         // listing anyway, and the gateway would hold up to MAX_LIST_PAGES pages of that
@@ -1415,19 +1430,37 @@ impl Session {
                         e.message,
                         items.len()
                     );
-                    return Ok((items, false));
+                    return listed(items, false, &unlisted);
                 }
                 Err(e) => return Err(e),
             };
             let mut result = result;
-            if let Some(Value::Array(page)) = result.get_mut(kind.field()) {
-                bytes += json_len(page);
-                items.append(page);
-            }
+            let Some(Value::Array(found)) = result.get_mut(kind.field()) else {
+                // Not a listing: the backend is left out, as one that answered an error.
+                let e = BackendError::InvalidResponse {
+                    backend: slot.name().to_string(),
+                    reason: format!(
+                        "a {} result without a \"{}\" array",
+                        kind.method(),
+                        kind.field()
+                    ),
+                };
+                if page > 0 {
+                    log::warn!(
+                        "{e}; listing the {} item(s) of the pages before",
+                        items.len()
+                    );
+                    return listed(items, false, &unlisted);
+                }
+                return Err(e.to_rpc_error());
+            };
+            mcp::keep_listable(kind, found, &mut seen, &mut unlisted);
+            bytes += json_len(found);
+            items.append(found);
             match result.get("nextCursor") {
                 // An empty cursor ends the listing too (some servers end with "").
                 Some(c) if !c.is_null() && c.as_str() != Some("") => cursor = Some(c.clone()),
-                _ => return Ok((items, true)),
+                _ => return listed(items, true, &unlisted),
             }
             if bytes > max {
                 log::warn!(
@@ -1436,7 +1469,7 @@ impl Session {
                     kind.method(),
                     page + 1
                 );
-                return Ok((items, false));
+                return listed(items, false, &unlisted);
             }
         }
         log::warn!(
@@ -1444,7 +1477,7 @@ impl Session {
             slot.name(),
             kind.method()
         );
-        Ok((items, false))
+        listed(items, false, &unlisted)
     }
 
     async fn on_client_notification(self: &Rc<Self>, msg: Message) {

@@ -58,6 +58,16 @@ impl ListKind {
         }
     }
 
+    /// The member an item is known by: a client calls or reads it by this, so one
+    /// backend listing two items with the same one is an error of the backend's.
+    pub fn key(self) -> &'static str {
+        match self {
+            ListKind::Tools | ListKind::Prompts => "name",
+            ListKind::Resources => "uri",
+            ListKind::ResourceTemplates => "uriTemplate",
+        }
+    }
+
     /// The capability a backend must announce to be asked.
     pub fn capability(self) -> &'static str {
         match self {
@@ -66,6 +76,104 @@ impl ListKind {
             ListKind::Resources | ListKind::ResourceTemplates => "resources",
         }
     }
+}
+
+/// What [`keep_listable`] left out of a backend's listing.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Unlisted {
+    /// Items that MCP's schema refuses (not an object, or a required member missing or
+    /// of the wrong type).
+    pub invalid: usize,
+    /// Items whose key ([`ListKind::key`]) an earlier item of the same backend had.
+    pub repeated: usize,
+    /// Why the first of them was left out, for the log.
+    pub first: Option<String>,
+}
+
+impl Unlisted {
+    /// Whether anything was left out.
+    pub fn any(&self) -> bool {
+        self.invalid + self.repeated > 0
+    }
+
+    fn note(&mut self, repeated: bool, why: impl FnOnce() -> String) {
+        if repeated {
+            self.repeated += 1;
+        } else {
+            self.invalid += 1;
+        }
+        if self.first.is_none() {
+            self.first = Some(why());
+        }
+    }
+}
+
+/// Keeps the items of one page of a backend's listing that a client can use: objects
+/// with the members MCP's schema requires, of the right types (a tool's string `name`
+/// and object `inputSchema`; a prompt's `name`; a resource's `uri` and `name`; a
+/// template's `uriTemplate` and `name`), and not listed before by the same backend
+/// (`seen` holds the keys of its earlier pages). One bad entry in a merged listing makes
+/// a client that validates it (the official SDKs do) refuse the whole listing, every
+/// other backend's items with it.
+pub fn keep_listable(
+    kind: ListKind,
+    items: &mut Vec<Value>,
+    seen: &mut std::collections::HashSet<String>,
+    unlisted: &mut Unlisted,
+) {
+    /// A member an item must have: its name, a test of its value, and what it must be.
+    type Member = (&'static str, fn(&Value) -> bool, &'static str);
+    let required: &[Member] = match kind {
+        ListKind::Tools => &[
+            ("name", Value::is_string, "a string"),
+            ("inputSchema", Value::is_object, "an object"),
+        ],
+        ListKind::Prompts => &[("name", Value::is_string, "a string")],
+        ListKind::Resources => &[
+            ("uri", Value::is_string, "a string"),
+            ("name", Value::is_string, "a string"),
+        ],
+        ListKind::ResourceTemplates => &[
+            ("uriTemplate", Value::is_string, "a string"),
+            ("name", Value::is_string, "a string"),
+        ],
+    };
+    items.retain(|item| {
+        let Some(obj) = item.as_object() else {
+            unlisted.note(false, || {
+                format!("an item that is not an object: {}", brief(item))
+            });
+            return false;
+        };
+        for (member, is, what) in required {
+            if !obj.get(*member).is_some_and(is) {
+                unlisted.note(false, || {
+                    format!("an item whose \"{member}\" is not {what}: {}", brief(item))
+                });
+                return false;
+            }
+        }
+        let key = obj[kind.key()].as_str().unwrap_or_default();
+        if !seen.insert(key.to_string()) {
+            unlisted.note(true, || format!("\"{key}\" listed twice"));
+            return false;
+        }
+        true
+    });
+}
+
+/// At most 80 bytes of an item's JSON, for a log line.
+fn brief(item: &Value) -> String {
+    let mut text = item.to_string();
+    if text.len() > 80 {
+        let mut end = 77;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
 }
 
 /// How the gateway serves a client request.
@@ -199,6 +307,85 @@ pub fn has_capability(caps: &Value, name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_listing_keeps_only_what_a_client_can_use_and_each_key_once() {
+        use serde_json::json;
+        let mut seen = std::collections::HashSet::new();
+        let mut unlisted = Unlisted::default();
+        let schema = json!({"type": "object"});
+        let mut page = vec![
+            json!({"name": "ok", "inputSchema": schema}),
+            json!({"name": 5, "inputSchema": schema}),
+            json!({"nope": 1}),
+            json!("str"),
+            json!({"name": "no_schema"}),
+            json!({"name": "ok", "inputSchema": schema, "description": "again"}),
+            json!({"name": "other", "inputSchema": schema}),
+        ];
+        keep_listable(ListKind::Tools, &mut page, &mut seen, &mut unlisted);
+        let names: Vec<&str> = page.iter().map(|t| t["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["ok", "other"]);
+        assert_eq!((unlisted.invalid, unlisted.repeated), (4, 1));
+        assert_eq!(
+            unlisted.first.as_deref(),
+            Some("an item whose \"name\" is not a string: {\"name\":5,\"inputSchema\":{\"type\":\"object\"}}")
+        );
+        // A later page: a key of an earlier page counts as listed twice.
+        let mut page = vec![json!({"name": "other", "inputSchema": schema})];
+        keep_listable(ListKind::Tools, &mut page, &mut seen, &mut unlisted);
+        assert!(page.is_empty());
+        assert_eq!(unlisted.repeated, 2);
+
+        let mut unlisted = Unlisted::default();
+        let mut page = vec![
+            json!({"uri": "a://1", "name": "one"}),
+            json!({"uri": "a://2"}),
+            json!({"uri": "a://1", "name": "one again"}),
+        ];
+        keep_listable(
+            ListKind::Resources,
+            &mut page,
+            &mut Default::default(),
+            &mut unlisted,
+        );
+        assert_eq!(page.len(), 1);
+        assert_eq!((unlisted.invalid, unlisted.repeated), (1, 1));
+        let mut page = vec![
+            json!({"uriTemplate": "a://{x}", "name": "t"}),
+            json!({"uri": "a://{x}", "name": "t"}),
+        ];
+        let mut unlisted = Unlisted::default();
+        keep_listable(
+            ListKind::ResourceTemplates,
+            &mut page,
+            &mut Default::default(),
+            &mut unlisted,
+        );
+        assert_eq!((page.len(), unlisted.invalid), (1, 1));
+        let mut page = vec![json!({"name": "p"}), json!({"name": ["p"]})];
+        let mut unlisted = Unlisted::default();
+        keep_listable(
+            ListKind::Prompts,
+            &mut page,
+            &mut Default::default(),
+            &mut unlisted,
+        );
+        assert_eq!((page.len(), unlisted.invalid, unlisted.any()), (1, 1, true));
+        // A long item is cut for the log, on a character boundary.
+        let long = json!("é".repeat(100));
+        let mut page = vec![long];
+        let mut unlisted = Unlisted::default();
+        keep_listable(
+            ListKind::Prompts,
+            &mut page,
+            &mut Default::default(),
+            &mut unlisted,
+        );
+        let first = unlisted.first.unwrap();
+        assert!(first.ends_with("...") && first.len() < 130, "{first}");
+    }
+
     use super::*;
 
     #[test]

@@ -698,6 +698,37 @@ fn tools_that_need_tasks_are_not_listed() {
     assert!(!names.contains(&"one.needs_task"), "{names:?}");
 }
 
+/// One backend's entries that no client could use (the official SDKs refuse a whole
+/// listing for one of them) are left out, and logged; the other backends' items and its
+/// own good ones are listed, each name once.
+#[test]
+fn entries_a_client_cannot_use_are_left_out_of_a_merged_listing() {
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        fixture_backend("one", "env = { FIXTURE_BAD_TOOLS = \"1\" }"),
+        fixture_backend("two", "")
+    ));
+    let mut c = WsClient::mcp(&gw);
+    c.initialize();
+    let r = c.request(json!(1), "tools/list", json!({}));
+    let tools = r["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"));
+    let names: Vec<&str> = tools.iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(
+        names.len(),
+        tools.len(),
+        "every item has a string name: {r}"
+    );
+    assert!(tools.iter().all(|t| t["inputSchema"].is_object()), "{r}");
+    let unique: std::collections::HashSet<&&str> = names.iter().collect();
+    assert_eq!(unique.len(), names.len(), "{names:?}");
+    let of = |p: &str| names.iter().filter(|n| n.starts_with(p)).count();
+    assert!(of("two.") > 0 && of("one.") == of("two."), "{names:?}");
+    assert_eq!(of("one.") + of("two."), names.len(), "{names:?}");
+    gw.wait_line("backend \"one\": tools/list left 4 invalid and 1 repeated item(s) out");
+}
+
 /// The bound on a merged listing measures what is sent: the names with their
 /// `<backend>.` prefixes (a listing that fits only without them is refused).
 #[test]
