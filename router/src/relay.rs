@@ -1399,6 +1399,13 @@ async fn read_ws(
                             if replay::is_own_id(&id) {
                                 continue;
                             }
+                            // No request of the host's waits for it: one the host
+                            // cancelled (MCP lets the gateway answer it anyway), one
+                            // answered already, or an id the host never sent. Each
+                            // host request gets one answer, so this one goes no
+                            // further.
+                            log::debug!("dropped the gateway's response to {id}: no request of the host's is waiting for it (cancelled, answered already, or never sent)");
+                            continue;
                         }
                         st.replay.observe_response(&m);
                         st.answered(&id)

@@ -466,6 +466,52 @@ fn router_without_tracing_forwards_the_hosts_bytes_unchanged() {
     drop(c);
 }
 
+/// Each host request gets one answer: a second response to it, and a response to an id
+/// the host never sent (or cancelled), go no further than the router.
+#[test]
+fn router_passes_on_only_responses_a_host_request_waits_for() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/mcp", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut ws = tungstenite::accept_hdr(stream, choose_mcp).unwrap();
+        while let Ok(m) = ws.read() {
+            let tungstenite::Message::Text(t) = m else {
+                continue;
+            };
+            let req: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            let answer = |id: &serde_json::Value, n: i64| {
+                tungstenite::Message::text(
+                    json!({"jsonrpc":"2.0","id":id,"result":{"n":n}}).to_string(),
+                )
+            };
+            let mut sent = vec![answer(&req["id"], 1)];
+            if req["id"] == json!(1) {
+                sent.extend([answer(&req["id"], 2), answer(&json!("never-sent"), 3)]);
+            }
+            for m in sent {
+                if ws.send(m).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut c = Client::router(&url);
+    c.send(json!({"jsonrpc":"2.0","id":1,"method":"ping"}));
+    let r = c.recv();
+    assert_eq!((&r["id"], &r["result"]["n"]), (&json!(1), &json!(1)), "{r}");
+    // The stand-in answers in order: what it sent after the first answer came before
+    // the probe's.
+    c.send(json!({"jsonrpc":"2.0","id":"probe","method":"ping"}));
+    let r = c.recv();
+    assert_eq!(
+        r["id"],
+        json!("probe"),
+        "nothing else reached the host before: {r}"
+    );
+    assert!(c.close_stdin().success());
+}
+
 /// Sends `n` requests of about 1 MiB each: more than the kernel buffers between the
 /// router and a peer that does not read, so the router's WebSocket writer blocks.
 fn send_big_requests(c: &mut Client, n: i64) {
