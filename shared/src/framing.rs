@@ -76,7 +76,16 @@ pub struct LineDecoder {
     /// has been read of it. `start` is 0 then, and `buf` holds only bytes not yet
     /// passed to the sniffer.
     discarding: Option<(usize, Sniffer)>,
+    /// Whether a line has been framed yet: a UTF-8 byte order mark before the first one
+    /// is dropped ([`BOM`]).
+    past_first: bool,
 }
+
+/// The UTF-8 byte order mark, which some writers (.NET's and PowerShell's, by default)
+/// put before the first byte of a stream. RFC 8259 lets a JSON reader ignore it: before
+/// a stream's first line it is dropped, so the host's `initialize` is read, not refused
+/// as invalid JSON with no id. Anywhere else it is the text's own.
+pub const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 impl LineDecoder {
     /// A decoder for lines of at most `max` bytes.
@@ -87,6 +96,7 @@ impl LineDecoder {
             scanned: 0,
             max,
             discarding: None,
+            past_first: false,
         }
     }
 
@@ -174,8 +184,13 @@ impl LineDecoder {
     /// The frame of the line `buf[begin..end]` (its newline excluded, a `\r` before it
     /// not yet): `None` when it is blank. A too-long line's length counts that `\r`, as
     /// when it is discarded.
-    fn frame(&self, begin: usize, end: usize) -> Option<Frame> {
+    fn frame(&mut self, begin: usize, end: usize) -> Option<Frame> {
+        let first = !std::mem::replace(&mut self.past_first, true);
         let raw = &self.buf[begin..end];
+        let raw = match raw.strip_prefix(BOM) {
+            Some(rest) if first => rest,
+            _ => raw,
+        };
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
         if line.len() > self.max {
             let seen = sniff(raw);
@@ -381,6 +396,25 @@ mod tests {
                 ]
             );
         }
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_first_line_is_dropped() {
+        let mut d = LineDecoder::new(64);
+        d.push(b"\xEF\xBB\xBF{\"id\":1}\r\n\xEF\xBB\xBF{\"id\":2}\n");
+        assert_eq!(
+            frames(&mut d),
+            vec![
+                Frame::Line(b"{\"id\":1}".to_vec()),
+                // Not at the start of the stream: the line's own bytes.
+                Frame::Line(b"\xEF\xBB\xBF{\"id\":2}".to_vec()),
+            ]
+        );
+        // The last line without a newline, when it is the first.
+        let mut d = LineDecoder::new(64);
+        d.push(b"\xEF\xBB\xBF{\"id\":3}");
+        assert_eq!(d.next_frame(), None);
+        assert_eq!(d.finish(), Some(Frame::Line(b"{\"id\":3}".to_vec())));
     }
 
     #[test]

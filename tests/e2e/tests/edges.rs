@@ -466,6 +466,22 @@ fn router_without_tracing_forwards_the_hosts_bytes_unchanged() {
     drop(c);
 }
 
+/// A host that writes a UTF-8 byte order mark first (.NET's and PowerShell's writers do)
+/// has its `initialize` read and answered under its id.
+#[test]
+fn router_reads_a_first_message_behind_a_byte_order_mark() {
+    let gw = Gateway::start(&fixture_backend("one", ""));
+    let mut c = Client::router(&gw.url);
+    c.send_raw(concat!(
+        "\u{FEFF}",
+        r#"{"jsonrpc":"2.0","id":"init","method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#
+    ));
+    let r = c.recv();
+    assert_eq!(r["id"], json!("init"), "{r}");
+    assert!(r["result"]["protocolVersion"].is_string(), "{r}");
+    assert!(c.close_stdin().success());
+}
+
 /// Each host request gets one answer: a second response to it, and a response to an id
 /// the host never sent (or cancelled), go no further than the router.
 #[test]
