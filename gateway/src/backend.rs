@@ -37,6 +37,11 @@ use crate::session::Session;
 
 /// Messages queued for a backend's stdin, at most.
 pub const STDIN_QUEUE: usize = 256;
+/// Bytes queued for a backend's stdin beyond which no line is queued until the writer
+/// takes some: a backend that stops reading holds this much of the gateway's memory
+/// plus one line, not [`STDIN_QUEUE`] × `max_message_bytes` (a review measured 634 MB
+/// for one process with 3 MiB requests before this bound).
+pub const STDIN_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// Stderr lines of one backend process logged per second, at most (see `log_stderr`).
 pub const STDERR_LINES_PER_SECOND: usize = 200;
 /// Longest stderr line of a backend that is logged whole.
@@ -222,6 +227,8 @@ pub struct Proc {
     name: Rc<str>,
     /// Lines for its stdin, each ending in `\n`.
     stdin: Sender<Vec<u8>>,
+    /// Bytes of the lines in `stdin` (the writer takes each line's off as it takes it).
+    stdin_bytes: Rc<Cell<usize>>,
     /// Told each time the stdin writer takes a line: room in `stdin`
     /// ([`Proc::wait_for_room`]).
     room: Rc<event_listener::Event>,
@@ -317,13 +324,34 @@ impl Proc {
     /// (`request`'s first poll queues the line) does both in one step, with nothing
     /// sent in between. A queue with room is not waited on.
     pub async fn wait_for_room(&self) {
-        while self.stdin.is_full() && !self.stdin.is_closed() {
+        while self.stdin_full() && !self.stdin.is_closed() {
             let listener = self.room.listen();
-            if !self.stdin.is_full() {
+            if !self.stdin_full() {
                 break;
             }
             listener.await;
         }
+    }
+
+    /// Whether a line would have to wait: [`STDIN_QUEUE`] lines are queued, or
+    /// [`STDIN_QUEUE_BYTES`] bytes (below that a line of any length goes in, so room
+    /// that [`Self::wait_for_room`] saw is room for the next line, whatever its size).
+    fn stdin_full(&self) -> bool {
+        self.stdin.is_full() || self.stdin_bytes.get() >= STDIN_QUEUE_BYTES
+    }
+
+    /// Queues a line for stdin if there is room now; gives it back if not.
+    fn try_queue(&self, line: Vec<u8>) -> Result<(), async_channel::TrySendError<Vec<u8>>> {
+        if self.stdin.is_closed() {
+            return Err(async_channel::TrySendError::Closed(line));
+        }
+        if self.stdin_full() {
+            return Err(async_channel::TrySendError::Full(line));
+        }
+        let len = line.len();
+        self.stdin.try_send(line)?;
+        self.stdin_bytes.set(self.stdin_bytes.get() + len);
+        Ok(())
     }
 
     fn exited_error(&self) -> BackendError {
@@ -472,14 +500,27 @@ impl Proc {
 
     /// Queues a line for stdin, waiting at most `limit` for room.
     async fn queue(&self, line: Vec<u8>, limit: Duration) -> Queued {
-        match self.stdin.try_send(line) {
+        match self.try_queue(line) {
             Ok(()) => Queued::Now,
             Err(async_channel::TrySendError::Closed(_)) => Queued::Closed,
             Err(async_channel::TrySendError::Full(line)) => {
                 let start = Instant::now();
-                match rt::timeout(limit, self.stdin.send(line)).await {
-                    Some(Ok(())) => Queued::After(start.elapsed()),
-                    Some(Err(_)) => Queued::Closed,
+                let mut line = Some(line);
+                let queued = rt::timeout(limit, async {
+                    loop {
+                        self.wait_for_room().await;
+                        let l = line.take().expect("given back while full");
+                        match self.try_queue(l) {
+                            Ok(()) => return true,
+                            Err(async_channel::TrySendError::Closed(_)) => return false,
+                            Err(async_channel::TrySendError::Full(l)) => line = Some(l),
+                        }
+                    }
+                })
+                .await;
+                match queued {
+                    Some(true) => Queued::After(start.elapsed()),
+                    Some(false) => Queued::Closed,
                     None => Queued::TimedOut,
                 }
             }
@@ -489,7 +530,7 @@ impl Proc {
     /// Queues a notification (or a response) without waiting; dropped if the queue is
     /// full or the process is gone.
     pub fn notify(&self, msg: &Message) {
-        if self.stdin.try_send(line_of(msg)).is_err() {
+        if self.try_queue(line_of(msg)).is_err() {
             self.warn_limited(
                 Warned::StdinFull,
                 &format!(
@@ -1108,9 +1149,11 @@ impl Slot {
         let (exit_tx, exit_rx) = async_channel::bounded::<()>(1);
         let name: Rc<str> = cfg.name.as_str().into();
         let room = Rc::new(event_listener::Event::new());
+        let stdin_bytes = Rc::new(Cell::new(0));
         let proc = Rc::new(Proc {
             name: name.clone(),
             stdin: in_tx,
+            stdin_bytes: stdin_bytes.clone(),
             room: room.clone(),
             pending: RefCell::new(IdMap::new(MAX_PENDING_PER_PROCESS)),
             progress: RefCell::new(HashMap::new()),
@@ -1134,7 +1177,13 @@ impl Slot {
         // Until `start` returns it, `stop` finds it here.
         *self.starting.borrow_mut() = Some(proc.clone());
         let _starting = Starting(self);
-        rt::spawn(write_stdin(stdin, in_rx, room, Rc::downgrade(&proc))).detach();
+        rt::spawn(write_stdin(
+            stdin,
+            in_rx,
+            (room, stdin_bytes),
+            Rc::downgrade(&proc),
+        ))
+        .detach();
         rt::spawn(log_stderr(name, stderr)).detach();
         rt::spawn(read_stdout(
             Rc::downgrade(self),
@@ -1628,7 +1677,7 @@ fn invalid(proc: &Proc, rej: Rejection) {
         // (Each request of a batch under its own id, as a client is answered.)
         let mut line = rej.reply_text().into_bytes();
         line.push(b'\n');
-        if proc.stdin.try_send(line).is_err() {
+        if proc.try_queue(line).is_err() {
             proc.warn_limited(
                 Warned::StdinFull,
                 &format!(
@@ -1677,12 +1726,13 @@ pub const STDIN_BUFFER_BYTES: usize = 16 * 1024;
 async fn write_stdin(
     stdin: async_process::ChildStdin,
     rx: Receiver<Vec<u8>>,
-    room: Rc<event_listener::Event>,
+    (room, queued): (Rc<event_listener::Event>, Rc<Cell<usize>>),
     proc: Weak<Proc>,
 ) {
     let mut stdin = futures_lite::io::BufWriter::with_capacity(STDIN_BUFFER_BYTES, stdin);
     let mut broken = None;
     while let Ok(line) = rx.recv().await {
+        queued.set(queued.get().saturating_sub(line.len()));
         room.notify(usize::MAX);
         if let Err(e) = stdin.write_all(&line).await {
             broken = Some(e);
@@ -2039,6 +2089,7 @@ mod tests {
         let proc = Rc::new(Proc {
             name: "two".into(),
             stdin: tx,
+            stdin_bytes: Rc::default(),
             room: Rc::new(event_listener::Event::new()),
             pending: RefCell::new(IdMap::new(MAX_PENDING_PER_PROCESS)),
             progress: RefCell::new(HashMap::new()),
@@ -2072,6 +2123,41 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn the_stdin_queue_holds_at_most_its_bytes_plus_one_line() {
+        let (proc, rx) = detached_proc();
+        let mib = vec![b'x'; 1 << 20];
+        // Below the bound a line of any length goes in; at it, none does.
+        for _ in 0..STDIN_QUEUE_BYTES / mib.len() {
+            proc.try_queue(mib.clone()).unwrap();
+        }
+        assert!(proc.stdin_full());
+        assert!(proc.try_queue(b"{}\n".to_vec()).unwrap_err().is_full());
+        let ping = Message::notification("notifications/initialized", None);
+        proc.notify(&ping); // dropped, with a warning
+        assert_eq!(rx.len(), STDIN_QUEUE_BYTES / mib.len());
+        // A request waits for room, and is queued once the writer takes a line.
+        let queued = rt::block_on(async {
+            let p = proc.clone();
+            let waiting =
+                rt::spawn(async move { p.queue(b"{}\n".to_vec(), Duration::from_secs(5)).await });
+            futures_lite::future::yield_now().await; // it waits
+            let line = rx.recv().await.unwrap();
+            // What `write_stdin` does with each line it takes.
+            proc.stdin_bytes.set(proc.stdin_bytes.get() - line.len());
+            proc.room.notify(usize::MAX);
+            waiting.await
+        });
+        assert!(matches!(queued, Queued::After(_)));
+        assert_eq!(proc.stdin_bytes.get(), STDIN_QUEUE_BYTES - mib.len() + 3);
+        // One line longer than the whole bound goes into a queue under it.
+        while let Ok(line) = rx.try_recv() {
+            proc.stdin_bytes.set(proc.stdin_bytes.get() - line.len());
+        }
+        proc.try_queue(vec![b'y'; 2 * STDIN_QUEUE_BYTES]).unwrap();
+        assert!(proc.stdin_full());
     }
 
     #[test]
