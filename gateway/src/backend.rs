@@ -267,7 +267,7 @@ pub struct Proc {
     metrics: Rc<Metrics>,
     /// When [`Proc::warn_limited`] last logged, and how many it held back since, for
     /// each kind of warning ([`Warned`]): one kind flooding does not hide another.
-    warned: [(Cell<Option<Instant>>, Cell<u64>); 3],
+    warned: [mcp_shared::logger::Throttle; 4],
     /// The backend's request timeout: also the longest a message waits for room in the
     /// stdin queue (a backend that stopped reading fills it).
     timeout: Duration,
@@ -547,19 +547,10 @@ impl Proc {
     /// (A backend that writes garbage without pause made 2.9 million warnings in
     /// 40 s, 730 MB of log.)
     fn warn_limited(&self, kind: Warned, msg: &str) {
-        let now = Instant::now();
-        let (last, held) = &self.warned[kind as usize];
-        if last
-            .get()
-            .is_some_and(|t| now.duration_since(t) < BACKEND_WARN_INTERVAL)
-        {
-            held.set(held.get() + 1);
-            return;
-        }
-        last.set(Some(now));
-        match held.replace(0) {
-            0 => log::warn!("{msg}"),
-            n => log::warn!("{msg} ({n} more such warnings about this process held back)"),
+        match self.warned[kind as usize].pass(Instant::now(), BACKEND_WARN_INTERVAL) {
+            None => {}
+            Some(0) => log::warn!("{msg}"),
+            Some(n) => log::warn!("{msg} ({n} more such warnings about this process held back)"),
         }
     }
 
@@ -707,6 +698,7 @@ enum Warned {
     Invalid = 0,
     StdinFull = 1,
     TooLong = 2,
+    Unmatched = 3,
 }
 
 /// How often one process's repeated warnings (invalid lines, a full stdin queue) may
@@ -1945,9 +1937,20 @@ async fn read_stdout(
                                 let reply = Reply::read(brief, line, p.read == ReadAs::Whole);
                                 let _ = p.tx.send(Ok(reply));
                             }
-                            None => log::debug!(
-                                "backend {:?}: response to unknown or abandoned id {id}",
+                            // An id given out and no longer waited for: a request
+                            // timed out or cancelled, or a second answer to one.
+                            None if proc.pending.borrow().was_issued(&id) => log::debug!(
+                                "backend {:?}: response to abandoned or answered id {id}",
                                 proc.name
+                            ),
+                            // An id it was never sent (one of another type, say, "2"
+                            // for 2): the request it meant to answer will time out.
+                            None => proc.warn_limited(
+                                Warned::Unmatched,
+                                &format!(
+                                    "backend {:?}: a response to id {id}, which it was never sent; dropped",
+                                    proc.name
+                                ),
                             ),
                         }
                     }

@@ -233,7 +233,16 @@ pub struct Session {
     /// `mcp::LOG_LEVELS`): log messages below it are not delivered (a shared backend
     /// logs at the most verbose level one of its sessions set).
     log_level: Cell<Option<usize>>,
+    /// When the last "outbound queue full" warning was logged, and how many drops since
+    /// went without one ([`Session::deliver`]).
+    drops: mcp_shared::logger::Throttle,
 }
+
+/// How often one session's "outbound queue full; dropped a message" may reach the log:
+/// a client that stops reading while a backend floods notifications would otherwise
+/// make a line per message (a review counted 39,638 lines in one run, and the logger
+/// then dropped real ones).
+pub const DROP_WARN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Session {
     /// A new session `id` (from [`Gateway::next_session_id`], given to the client in
@@ -267,6 +276,7 @@ impl Session {
             conn_attrs,
             conn_attrs_sent: Cell::new(false),
             log_level: Cell::new(None),
+            drops: Default::default(),
         });
         for b in &s.backends {
             b.attach(&s);
@@ -295,10 +305,18 @@ impl Session {
             Ok(()) => true,
             Err(e) => {
                 if e.is_full() {
-                    log::warn!(
-                        "session {}: outbound queue full; dropped a message",
-                        self.id
-                    );
+                    let now = std::time::Instant::now();
+                    match self.drops.pass(now, DROP_WARN_INTERVAL) {
+                        None => {}
+                        Some(0) => log::warn!(
+                            "session {}: outbound queue full; dropped a message",
+                            self.id
+                        ),
+                        Some(n) => log::warn!(
+                            "session {}: outbound queue full; dropped a message ({n} more dropped since the last warning)",
+                            self.id
+                        ),
+                    }
                 }
                 false
             }

@@ -59,6 +59,12 @@ impl<T> IdMap<T> {
         id.as_u64().is_some_and(|n| self.entries.contains_key(&n))
     }
 
+    /// Whether an id received from the peer is one this map ever gave out (live or not):
+    /// an id it never gave is the peer's mistake, not a late answer.
+    pub fn was_issued(&self, id: &Id) -> bool {
+        id.as_u64().is_some_and(|n| n >= 1 && n < self.next)
+    }
+
     /// Removes and returns the entry for an id received from the peer, if it is one of
     /// ours and still live.
     pub fn take(&mut self, id: &Id) -> Option<T> {
@@ -138,6 +144,11 @@ mod tests {
         );
         assert_eq!(m.take(&Id::from(a)).unwrap().1, Id::String("x".into()));
         assert!(m.is_empty());
+        // Answered ids were issued; ids never given out, or of another type, were not.
+        assert!(m.was_issued(&Id::from(a)) && m.was_issued(&Id::from(b)));
+        assert!(!m.was_issued(&Id::from(b + 1)));
+        assert!(!m.was_issued(&Id::from(0)));
+        assert!(!m.was_issued(&Id::String(a.to_string())));
     }
 
     #[test]

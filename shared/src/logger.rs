@@ -107,6 +107,33 @@ impl Log for StderrLogger {
     }
 }
 
+/// A warning that a peer can make happen over and over (a backend's invalid lines, a
+/// client whose queue is full): logged at most once per interval, the ones held back
+/// meanwhile counted in the next. One per thing warned about, so that one flood does
+/// not hide another.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    last: Cell<Option<Instant>>,
+    held: Cell<u64>,
+}
+
+impl Throttle {
+    /// Whether to log at `now`: `Some(n)`, `n` being how many were held back since the
+    /// last one logged; `None` (and counted) within `every` of it.
+    pub fn pass(&self, now: Instant, every: Duration) -> Option<u64> {
+        if self
+            .last
+            .get()
+            .is_some_and(|t| now.saturating_duration_since(t) < every)
+        {
+            self.held.set(self.held.get() + 1);
+            return None;
+        }
+        self.last.set(Some(now));
+        Some(self.held.replace(0))
+    }
+}
+
 /// Logs `args` at info from `target` whatever the level: for the few lines that are a
 /// contract (the gateway's readiness line, which scripts wait for), in the configured
 /// format and through the backlog like every other line.
@@ -504,6 +531,22 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_throttle_passes_one_per_interval_and_counts_the_rest() {
+        let t = Throttle::default();
+        let (start, every) = (Instant::now(), Duration::from_secs(10));
+        assert_eq!(t.pass(start, every), Some(0));
+        for s in 1..10 {
+            assert_eq!(t.pass(start + Duration::from_secs(s), every), None);
+        }
+        assert_eq!(t.pass(start + every, every), Some(9));
+        assert_eq!(t.pass(start + every, every), None);
+        assert_eq!(t.pass(start + 3 * every, every), Some(1));
+        // A clock reading older than the last (another thread's) is within it.
+        assert_eq!(t.pass(start, every), None);
+    }
+
     use super::*;
     use std::time::Duration;
 
