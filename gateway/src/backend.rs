@@ -1889,11 +1889,17 @@ async fn read_stdout(
                 }
                 continue;
             }
-            Some(Ok(0)) | Some(Err(_)) => break,
+            // The end of stdout: a last line without its newline is still a line (a
+            // server that writes its answer and exits without one).
+            Some(Ok(0)) | Some(Err(_)) => 0,
             Some(Ok(n)) => n,
         };
+        let end = n == 0;
         dec.push(&buf[..n]);
-        while let Some(frame) = dec.next_frame() {
+        while let Some(frame) = dec
+            .next_frame()
+            .or_else(|| end.then(|| dec.finish()).flatten())
+        {
             work += 1;
             if work >= READ_FRAMES_PER_TURN {
                 work = 0;
@@ -1965,6 +1971,9 @@ async fn read_stdout(
                     Err(rej) => invalid(&proc, rej),
                 },
             }
+        }
+        if end {
+            break;
         }
     }
     // The process closed stdout: collect its exit status, then fail what is pending.

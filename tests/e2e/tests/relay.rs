@@ -698,6 +698,21 @@ fn tools_that_need_tasks_are_not_listed() {
     assert!(!names.contains(&"one.needs_task"), "{names:?}");
 }
 
+/// A backend that writes its answer without the newline and exits is still answered
+/// with it: the end of its stdout ends the line.
+#[test]
+fn a_last_line_without_its_newline_is_read_at_the_backends_exit() {
+    let (_gw, mut c) = setup();
+    let line =
+        r#"{"jsonrpc":"2.0","id":$ID,"result":{"content":[{"type":"text","text":"last words"}]}}"#;
+    let r = c.call(
+        json!("bye"),
+        "one.respond_raw",
+        json!({"line": line, "exit": true}),
+    );
+    assert_eq!(text_of(&r), "last words", "{r}");
+}
+
 /// One backend's entries that no client could use (the official SDKs refuse a whole
 /// listing for one of them) are left out, and logged; the other backends' items and its
 /// own good ones are listed, each name once.
