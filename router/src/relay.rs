@@ -179,6 +179,8 @@ struct State {
     /// may have stopped reading it: the Python SDK closes stdin, waits 2 s, sends
     /// SIGTERM, and fails on a message that comes after).
     host_gone: bool,
+    /// Set when the host closed stdout (the reason `host_gone` is set, then).
+    stdout_broken: bool,
     /// Set when the router closes the link itself, at the end.
     ending: bool,
     /// Set after stdin EOF; dropped (waking the waiter) once nothing is pending.
@@ -314,7 +316,17 @@ async fn relay(
     let (mut stdin, stdout, _restore) = stdio::open();
     let (out_tx, out_rx) = stdio::stdout_queue();
     let written = stdio::Written::default();
-    let stdout_task = ex.spawn(stdout.write_all_from(out_rx, written.clone()));
+    // Closed when the stdout writer ends. Before the shutdown closes its queue that
+    // means a write failed: the host closed its end of the pipe, and nothing the
+    // router relays can reach it any more.
+    let (stdout_alive, stdout_ended) = async_channel::bounded::<()>(1);
+    let stdout_task = ex.spawn({
+        let written = written.clone();
+        async move {
+            stdout.write_all_from(out_rx, written).await;
+            drop(stdout_alive);
+        }
+    });
     let server = Rc::new(server_of(&cfg.gateway.url));
     let state: Shared = Rc::new(RefCell::new(State {
         tel: tel.clone(),
@@ -335,25 +347,49 @@ async fn relay(
         first_tx,
     ));
     let session = async {
-        let _ = first_rx.recv().await;
-        read_stdin(&mut stdin, &state, &out_tx, cfg.limits.max_in_flight, max).await;
+        let read = async {
+            let _ = first_rx.recv().await;
+            read_stdin(&mut stdin, &state, &out_tx, cfg.limits.max_in_flight, max).await;
+            false
+        };
+        // A stdout that broke ends the session too: what the host still sends would
+        // run (tools called) for answers that cannot reach it.
+        or(read, async {
+            let _ = stdout_ended.recv().await;
+            true
+        })
+        .await
     };
     // A signal stops the reading of stdin wherever it is: a message read but not yet
     // forwarded is dropped (the host is ending the session), one forwarded is answered.
-    let mut signalled = unless_signalled(&mut signals, session).await.is_none();
-    let eof = !signalled;
+    let ended = unless_signalled(&mut signals, session).await;
+    let mut signalled = ended.is_none();
+    let broken = ended == Some(true);
+    let eof = !signalled && !broken;
     drop(stdin);
     log::info!(
         "{}; shutting down",
-        if signalled { "SIGTERM" } else { "stdin closed" }
+        if signalled {
+            "SIGTERM"
+        } else if broken {
+            "stdout closed by the host"
+        } else {
+            "stdin closed"
+        }
     );
-    state.borrow_mut().closing = true;
+    {
+        let mut st = state.borrow_mut();
+        st.closing = true;
+        // Nothing can be written for the requests still in flight.
+        st.host_gone = broken;
+        st.stdout_broken = broken;
+    }
 
     // After EOF the answers on their way are awaited; a signal (then or meanwhile) ends
     // the wait: the requests are answered with an error once the link is closed.
     let waiter = {
         let mut st = state.borrow_mut();
-        (!signalled && !st.pending.is_empty() && st.link.is_some()).then(|| {
+        (eof && !st.pending.is_empty() && st.link.is_some()).then(|| {
             let (tx, rx) = async_channel::bounded::<()>(1);
             st.drained = Some(tx);
             rx
@@ -1124,7 +1160,8 @@ async fn handle_client_message(
 
 async fn send_out(out: &StdoutTx, line: String) {
     if out.send(line).await.is_err() {
-        log::error!("stdout writer has stopped");
+        // Logged once where the write failed; the session is ending.
+        log::debug!("stdout writer has stopped; a message dropped");
     }
 }
 
@@ -1592,7 +1629,12 @@ async fn link_down(state: &Shared, out: &StdoutTx, gen: u64, reason: String) {
         }
         if left > 0 {
             log::info!(
-                "{left} request(s) left unanswered: the host closed stdin, then sent SIGTERM"
+                "{left} request(s) left unanswered: {}",
+                if state.borrow().stdout_broken {
+                    "the host closed stdout"
+                } else {
+                    "the host closed stdin, then sent SIGTERM"
+                }
             );
         }
         return;

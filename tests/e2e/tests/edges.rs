@@ -466,6 +466,42 @@ fn router_without_tracing_forwards_the_hosts_bytes_unchanged() {
     drop(c);
 }
 
+/// A host that closes its end of the router's stdout ends the session: nothing the
+/// router relays could reach it, so it stops reading stdin (no more tools run for
+/// answers nobody gets) and exits.
+#[test]
+fn router_ends_when_the_host_closes_its_stdout() {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    let gw = Gateway::start(&fixture_backend("one", ""));
+    let mut router = Command::new(bin("mcp-router"))
+        .args(["--gateway", &gw.url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(router.stdout.take());
+    let mut stdin = router.stdin.take().unwrap();
+    let request = json!({"jsonrpc":"2.0","id":1,"method":"ping"});
+    writeln!(stdin, "{request}").unwrap();
+    // Stdin stays open: only the broken stdout can end the router.
+    let status = wait_deadline(&mut router);
+    let mut err = String::new();
+    router
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(
+        err.contains("stdout closed by the host; shutting down"),
+        "{err}"
+    );
+    drop(stdin);
+}
+
 /// A host that writes a UTF-8 byte order mark first (.NET's and PowerShell's writers do)
 /// has its `initialize` read and answered under its id.
 #[test]
