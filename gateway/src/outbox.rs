@@ -28,8 +28,16 @@ use std::task::{Context, Poll, Waker};
 /// time).
 const KEEP_CAPACITY: usize = 4;
 
+/// Bytes of lines queued beyond which no line is queued until the writer takes some
+/// (below it a line of any length goes in): a client that stops reading holds this much
+/// of the gateway's memory here plus one line, not the queue's lines ×
+/// `max_message_bytes` (32 × 4 MiB with the defaults).
+pub const OUTBOX_BYTES: usize = 4 * 1024 * 1024;
+
 struct Inner {
     lines: VecDeque<String>,
+    /// The bytes of `lines`.
+    bytes: usize,
     cap: usize,
     senders: usize,
     receiver_alive: bool,
@@ -65,6 +73,7 @@ impl TrySendError {
 pub fn channel(cap: usize) -> (Sender, Receiver) {
     let inner = Rc::new(RefCell::new(Inner {
         lines: VecDeque::new(),
+        bytes: 0,
         cap: cap.max(1),
         senders: 1,
         receiver_alive: true,
@@ -81,9 +90,10 @@ impl Sender {
         if !q.receiver_alive {
             return Err(TrySendError::Closed(line));
         }
-        if q.lines.len() >= q.cap {
+        if q.lines.len() >= q.cap || q.bytes >= OUTBOX_BYTES {
             return Err(TrySendError::Full(line));
         }
+        q.bytes += line.len();
         q.lines.push_back(line);
         if let Some(w) = q.receiver.take() {
             w.wake();
@@ -149,6 +159,7 @@ impl Receiver {
     pub fn try_recv(&mut self) -> Option<String> {
         let mut q = self.0.borrow_mut();
         let line = q.lines.pop_front()?;
+        q.bytes -= line.len();
         if q.lines.is_empty() && q.lines.capacity() > KEEP_CAPACITY {
             q.lines = VecDeque::new();
         }
@@ -164,6 +175,7 @@ impl Drop for Receiver {
         let mut q = self.0.borrow_mut();
         q.receiver_alive = false;
         q.lines = VecDeque::new();
+        q.bytes = 0;
         for w in std::mem::take(&mut q.waiting) {
             w.wake();
         }
@@ -192,6 +204,24 @@ mod tests {
         assert_eq!(recv_now(&mut rx), Poll::Ready(Some("b".into())));
         assert_eq!(recv_now(&mut rx), Poll::Ready(Some("c".into())));
         assert_eq!(recv_now(&mut rx), Poll::Pending);
+    }
+
+    #[test]
+    fn the_queue_holds_at_most_its_bytes_plus_one_line() {
+        let (tx, mut rx) = channel(32);
+        let mib = "x".repeat(1 << 20);
+        for _ in 0..OUTBOX_BYTES / mib.len() {
+            tx.try_send(mib.clone()).unwrap();
+        }
+        assert!(tx.try_send("{}".into()).unwrap_err().is_full());
+        assert_eq!(recv_now(&mut rx), Poll::Ready(Some(mib.clone())));
+        // Under the bound again: a line of any length goes in.
+        tx.try_send("y".repeat(2 * OUTBOX_BYTES)).unwrap();
+        assert!(tx.try_send("{}".into()).unwrap_err().is_full());
+        while let Some(line) = rx.try_recv() {
+            assert!(!line.is_empty());
+        }
+        tx.try_send("{}".into()).unwrap();
     }
 
     #[test]
