@@ -67,7 +67,7 @@ from mcp.client.stdio import stdio_client
 from mcp.client.websocket import websocket_client
 from mcp.shared.exceptions import McpError
 
-from conftest import pid_alive, router_env
+from conftest import BIN_DIR, everything_backend_toml, pid_alive, router_env, toml_str
 
 PREFIX = "everything."
 ECHO = PREFIX + "echo"
@@ -209,6 +209,34 @@ def test_python_sdk_via_router(gateway, router_bin, router_errlog):
             await check_echo(session, "still alive")
 
     run(scenario)
+
+
+def test_a_backend_listing_unusable_tools_does_not_break_the_sdks_listing(
+        start_gateway, everything_js, router_bin, router_errlog):
+    # The fixture, with FIXTURE_BAD_TOOLS, lists tools no client can use (a number for
+    # a name, no name, a string, no inputSchema) and one of its tools twice, next to
+    # server-everything. The SDK validates the whole merged listing: one bad entry
+    # would fail it, server-everything's tools with it.
+    fixture = BIN_DIR / "mcp-fixture"
+    bad = (
+        "[[backends]]\n"
+        'name = "bad"\ntransport = "stdio"\n'
+        f"command = {toml_str(str(fixture))}\n"
+        'args = ["--name", "bad"]\n'
+        'env = { FIXTURE_BAD_TOOLS = "1" }\n'
+    )
+    gw = start_gateway(everything_backend_toml(everything_js) + bad)
+
+    async def scenario():
+        async with router_session(router_bin, gw.url, router_errlog()) as (session, _):
+            names = [t.name for t in (await session.list_tools()).tools]
+            assert "everything.echo" in names, names
+            assert "bad.echo" in names, names
+            assert len(names) == len(set(names)), names
+            await check_echo(session, "after a listing with bad entries")
+
+    run(scenario)
+    gw.wait_log('backend "bad": tools/list left 4 invalid and 1 repeated item(s) out')
 
 
 def test_python_sdk_websocket_direct(gateway):
