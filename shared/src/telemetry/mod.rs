@@ -812,10 +812,19 @@ mod tests {
         let mut c = on();
         apply_env(&mut c, env(&[("OTEL_TRACES_EXPORTER", " console ")])).unwrap();
         assert_eq!((c.enabled, c.exporter_type), (true, ExporterType::Stdout));
-        apply_env(&mut c, env(&[("OTEL_TRACES_EXPORTER", "otlp")])).unwrap();
+        let otlp = apply_env(&mut c, env(&[("OTEL_TRACES_EXPORTER", "otlp")]));
         assert_eq!((c.enabled, c.exporter_type), (true, ExporterType::Otlp));
+        if cfg!(any(feature = "otlp-grpc", feature = "otlp-http")) {
+            otlp.unwrap();
+        } else {
+            // A build without an OTLP exporter refuses it, as it refuses the key.
+            assert!(otlp.unwrap_err().contains("is not built into this binary"));
+        }
+        // Set but empty: unset, the file's exporter stays.
+        let mut c = on();
+        c.exporter_type = ExporterType::Stdout;
         apply_env(&mut c, env(&[("OTEL_TRACES_EXPORTER", "")])).unwrap();
-        assert_eq!((c.enabled, c.exporter_type), (true, ExporterType::Otlp));
+        assert_eq!((c.enabled, c.exporter_type), (true, ExporterType::Stdout));
         apply_env(&mut c, env(&[("OTEL_TRACES_EXPORTER", "none")])).unwrap();
         assert!(!c.enabled);
         // It tunes tracing but does not turn it on.
