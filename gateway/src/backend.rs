@@ -267,7 +267,7 @@ pub struct Proc {
     metrics: Rc<Metrics>,
     /// When [`Proc::warn_limited`] last logged, and how many it held back since, for
     /// each kind of warning ([`Warned`]): one kind flooding does not hide another.
-    warned: [mcp_shared::logger::Throttle; 4],
+    warned: [mcp_shared::logger::Throttle; 5],
     /// The backend's request timeout: also the longest a message waits for room in the
     /// stdin queue (a backend that stopped reading fills it).
     timeout: Duration,
@@ -546,7 +546,7 @@ impl Proc {
     /// [`BACKEND_WARN_INTERVAL`]; the ones held back meanwhile are counted in the next.
     /// (A backend that writes garbage without pause made 2.9 million warnings in
     /// 40 s, 730 MB of log.)
-    fn warn_limited(&self, kind: Warned, msg: &str) {
+    pub(crate) fn warn_limited(&self, kind: Warned, msg: &str) {
         match self.warned[kind as usize].pass(Instant::now(), BACKEND_WARN_INTERVAL) {
             None => {}
             Some(0) => log::warn!("{msg}"),
@@ -694,11 +694,14 @@ pub const REQUEST_TIMEOUT_MAX_FACTOR: u32 = 10;
 
 /// What a rate-limited warning about a process is about (`Proc::warn_limited`).
 #[derive(Clone, Copy)]
-enum Warned {
+pub(crate) enum Warned {
     Invalid = 0,
     StdinFull = 1,
     TooLong = 2,
     Unmatched = 3,
+    /// Entries of a listing left out (`Session::list_one`): every client's listing
+    /// would repeat it.
+    Listing = 4,
 }
 
 /// How often one process's repeated warnings (invalid lines, a full stdin queue) may
@@ -1851,7 +1854,9 @@ async fn read_stdout(
                 let left = until.saturating_duration_since(Instant::now());
                 match rt::timeout(left, stdout.read(&mut buf)).await {
                     Some(r) => Some(r),
-                    None => break,
+                    // Given up on: the end of its stdout (a last line without its
+                    // newline is still taken, below).
+                    None => Some(Ok(0)),
                 }
             }
             // Gone, and something still holds its stdin (the server a wrapper left
@@ -1860,22 +1865,25 @@ async fn read_stdout(
             // started in a session of its own with the backend's stdin), and the
             // backend is gone.
             (Some(_), None) => {
-                if proc.silent_after_exit.get() {
-                    break;
-                }
-                let woken = proc.room.listen();
-                if proc.silent_after_exit.get() {
-                    break;
-                }
-                let read =
-                    futures_lite::future::or(async { Some(stdout.read(&mut buf).await) }, async {
-                        woken.await;
-                        None
-                    })
-                    .await;
-                match read {
-                    Some(r) => Some(r),
-                    None => continue,
+                let woken = (!proc.silent_after_exit.get()).then(|| proc.room.listen());
+                match woken {
+                    // Given up on, as above.
+                    _ if proc.silent_after_exit.get() => Some(Ok(0)),
+                    None => Some(Ok(0)),
+                    Some(woken) => {
+                        let read = futures_lite::future::or(
+                            async { Some(stdout.read(&mut buf).await) },
+                            async {
+                                woken.await;
+                                None
+                            },
+                        )
+                        .await;
+                        match read {
+                            Some(r) => Some(r),
+                            None => continue,
+                        }
+                    }
                 }
             }
         };

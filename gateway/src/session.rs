@@ -22,7 +22,7 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 use serde_json::{json, Value};
 
-use crate::backend::{Caller, Proc, ReadAs, Slot};
+use crate::backend::{Caller, Proc, ReadAs, Slot, Warned};
 use crate::metrics::{error_type_for_code, Outcome};
 use crate::oneshot;
 use crate::outbox;
@@ -1393,13 +1393,16 @@ impl Session {
         let (mut unlisted, mut seen) = (mcp::Unlisted::default(), HashSet::new());
         let listed = |items: Vec<Value>, complete: bool, unlisted: &mcp::Unlisted| {
             if unlisted.any() {
-                log::warn!(
-                    "backend {:?}: {} left {} invalid and {} repeated item(s) out ({})",
-                    slot.name(),
-                    kind.method(),
-                    unlisted.invalid,
-                    unlisted.repeated,
-                    unlisted.first.as_deref().unwrap_or_default()
+                proc.warn_limited(
+                    Warned::Listing,
+                    &format!(
+                        "backend {:?}: {} left {} invalid and {} repeated item(s) out ({})",
+                        slot.name(),
+                        kind.method(),
+                        unlisted.invalid,
+                        unlisted.repeated,
+                        unlisted.first.as_deref().unwrap_or_default()
+                    ),
                 );
             }
             Ok((items, complete))

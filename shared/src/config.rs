@@ -1509,7 +1509,7 @@ fn de_error(text: &str, file: Option<&Path>, e: &toml::de::Error) -> ConfigError
 
 /// serde's message for a value of the wrong kind, in the words of a TOML file: its
 /// author wrote an array or a table, and is owed "a table", not `struct GatewayLink`,
-/// and "an integer from 0 to 65535", not `u16` (the sections' own wording is
+/// and "a non-negative integer", not `usize` (the sections' own wording is
 /// [`Table`]'s). Anything else is passed on unchanged.
 fn in_toml_words(message: &str) -> String {
     let Some((found, expected)) = message.rsplit_once(", expected ") else {

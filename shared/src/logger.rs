@@ -543,7 +543,8 @@ mod tests {
         assert_eq!(t.pass(start + every, every), Some(9));
         assert_eq!(t.pass(start + every, every), None);
         assert_eq!(t.pass(start + 3 * every, every), Some(1));
-        // A clock reading older than the last (another thread's) is within it.
+        // A clock reading older than the last (taken before it, logged after) is within
+        // it.
         assert_eq!(t.pass(start, every), None);
     }
 

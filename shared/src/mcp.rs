@@ -138,6 +138,26 @@ pub fn keep_listable(
             ("name", Value::is_string, "a string"),
         ],
     };
+    // Members that may be left out, but are of this type when given (the SDKs refuse a
+    // listing with a `description` that is a number as readily as one without a name).
+    let optional: &[Member] = match kind {
+        ListKind::Tools => &[
+            ("title", Value::is_string, "a string"),
+            ("description", Value::is_string, "a string"),
+            ("outputSchema", Value::is_object, "an object"),
+            ("annotations", Value::is_object, "an object"),
+        ],
+        ListKind::Prompts => &[
+            ("title", Value::is_string, "a string"),
+            ("description", Value::is_string, "a string"),
+            ("arguments", Value::is_array, "an array"),
+        ],
+        ListKind::Resources | ListKind::ResourceTemplates => &[
+            ("title", Value::is_string, "a string"),
+            ("description", Value::is_string, "a string"),
+            ("mimeType", Value::is_string, "a string"),
+        ],
+    };
     items.retain(|item| {
         let Some(obj) = item.as_object() else {
             unlisted.note(false, || {
@@ -145,13 +165,30 @@ pub fn keep_listable(
             });
             return false;
         };
-        for (member, is, what) in required {
-            if !obj.get(*member).is_some_and(is) {
-                unlisted.note(false, || {
-                    format!("an item whose \"{member}\" is not {what}: {}", brief(item))
-                });
-                return false;
-            }
+        let wrong = required
+            .iter()
+            .find(|(member, is, _)| !obj.get(*member).is_some_and(is))
+            .or_else(|| {
+                optional
+                    .iter()
+                    .find(|(member, is, _)| obj.get(*member).is_some_and(|v| !is(v)))
+            });
+        if let Some((member, _, what)) = wrong {
+            unlisted.note(false, || {
+                format!("an item whose \"{member}\" is not {what}: {}", brief(item))
+            });
+            return false;
+        }
+        // A tool's input schema describes its arguments: an object (MCP's schema).
+        if kind == ListKind::Tools && obj["inputSchema"].get("type") != Some(&Value::from("object"))
+        {
+            unlisted.note(false, || {
+                format!(
+                    "a tool whose inputSchema's \"type\" is not \"object\": {}",
+                    brief(item)
+                )
+            });
+            return false;
         }
         let key = obj[kind.key()].as_str().unwrap_or_default();
         if !seen.insert(key.to_string()) {
@@ -322,11 +359,15 @@ mod tests {
             json!({"name": "no_schema"}),
             json!({"name": "ok", "inputSchema": schema, "description": "again"}),
             json!({"name": "other", "inputSchema": schema}),
+            json!({"name": "described", "inputSchema": schema, "description": 5}),
+            json!({"name": "array_input", "inputSchema": {"type": "array"}}),
+            json!({"name": "untyped_input", "inputSchema": {}}),
+            json!({"name": "titled", "inputSchema": schema, "title": "T", "annotations": {}}),
         ];
         keep_listable(ListKind::Tools, &mut page, &mut seen, &mut unlisted);
         let names: Vec<&str> = page.iter().map(|t| t["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["ok", "other"]);
-        assert_eq!((unlisted.invalid, unlisted.repeated), (4, 1));
+        assert_eq!(names, ["ok", "other", "titled"]);
+        assert_eq!((unlisted.invalid, unlisted.repeated), (7, 1));
         assert_eq!(
             unlisted.first.as_deref(),
             Some("an item whose \"name\" is not a string: {\"name\":5,\"inputSchema\":{\"type\":\"object\"}}")
@@ -363,7 +404,11 @@ mod tests {
             &mut unlisted,
         );
         assert_eq!((page.len(), unlisted.invalid), (1, 1));
-        let mut page = vec![json!({"name": "p"}), json!({"name": ["p"]})];
+        let mut page = vec![
+            json!({"name": "p", "arguments": []}),
+            json!({"name": ["p"]}),
+            json!({"name": "q", "arguments": {}}),
+        ];
         let mut unlisted = Unlisted::default();
         keep_listable(
             ListKind::Prompts,
@@ -371,7 +416,7 @@ mod tests {
             &mut Default::default(),
             &mut unlisted,
         );
-        assert_eq!((page.len(), unlisted.invalid, unlisted.any()), (1, 1, true));
+        assert_eq!((page.len(), unlisted.invalid, unlisted.any()), (1, 2, true));
         // A long item is cut for the log, on a character boundary.
         let long = json!("é".repeat(100));
         let mut page = vec![long];

@@ -1661,8 +1661,13 @@ fn a_client_that_does_not_read_cannot_pile_up_answers() {
         let at = refused_at.unwrap_or_else(|| {
             panic!("200 answers held for a client that reads nothing (cancel: {cancel})")
         });
-        // `max_in_flight` answers waiting, after the five the queue takes.
+        // `max_in_flight` answers waiting, after the five the queue takes (and what the
+        // sockets hold); not after 32 queued lines, as before the byte bound.
         assert!(at > 4 + 5, "refused too early, at {at}");
+        assert!(
+            at < 4 + 32,
+            "refused only at {at}: the queue held more than its bytes"
+        );
     }
 }
 
