@@ -378,55 +378,40 @@ mod tests {
         assert!(page.is_empty());
         assert_eq!(unlisted.repeated, 2);
 
-        let mut unlisted = Unlisted::default();
-        let mut page = vec![
-            json!({"uri": "a://1", "name": "one"}),
-            json!({"uri": "a://2"}),
-            json!({"uri": "a://1", "name": "one again"}),
-        ];
-        keep_listable(
+        // One page, of its own listing: what is kept, and what was left out.
+        let keep = |kind, mut page: Vec<Value>| {
+            let mut unlisted = Unlisted::default();
+            keep_listable(kind, &mut page, &mut Default::default(), &mut unlisted);
+            (page.len(), unlisted)
+        };
+        let (kept, unlisted) = keep(
             ListKind::Resources,
-            &mut page,
-            &mut Default::default(),
-            &mut unlisted,
+            vec![
+                json!({"uri": "a://1", "name": "one"}),
+                json!({"uri": "a://2"}),
+                json!({"uri": "a://1", "name": "one again"}),
+            ],
         );
-        assert_eq!(page.len(), 1);
-        assert_eq!((unlisted.invalid, unlisted.repeated), (1, 1));
-        let mut page = vec![
-            json!({"uriTemplate": "a://{x}", "name": "t"}),
-            json!({"uri": "a://{x}", "name": "t"}),
-        ];
-        let mut unlisted = Unlisted::default();
-        keep_listable(
+        assert_eq!((kept, unlisted.invalid, unlisted.repeated), (1, 1, 1));
+        let (kept, unlisted) = keep(
             ListKind::ResourceTemplates,
-            &mut page,
-            &mut Default::default(),
-            &mut unlisted,
+            vec![
+                json!({"uriTemplate": "a://{x}", "name": "t"}),
+                json!({"uri": "a://{x}", "name": "t"}),
+            ],
         );
-        assert_eq!((page.len(), unlisted.invalid), (1, 1));
-        let mut page = vec![
-            json!({"name": "p", "arguments": []}),
-            json!({"name": ["p"]}),
-            json!({"name": "q", "arguments": {}}),
-        ];
-        let mut unlisted = Unlisted::default();
-        keep_listable(
+        assert_eq!((kept, unlisted.invalid), (1, 1));
+        let (kept, unlisted) = keep(
             ListKind::Prompts,
-            &mut page,
-            &mut Default::default(),
-            &mut unlisted,
+            vec![
+                json!({"name": "p", "arguments": []}),
+                json!({"name": ["p"]}),
+                json!({"name": "q", "arguments": {}}),
+            ],
         );
-        assert_eq!((page.len(), unlisted.invalid, unlisted.any()), (1, 2, true));
+        assert_eq!((kept, unlisted.invalid, unlisted.any()), (1, 2, true));
         // A long item is cut for the log, on a character boundary.
-        let long = json!("é".repeat(100));
-        let mut page = vec![long];
-        let mut unlisted = Unlisted::default();
-        keep_listable(
-            ListKind::Prompts,
-            &mut page,
-            &mut Default::default(),
-            &mut unlisted,
-        );
+        let (_, unlisted) = keep(ListKind::Prompts, vec![json!("é".repeat(100))]);
         let first = unlisted.first.unwrap();
         assert!(first.ends_with("...") && first.len() < 130, "{first}");
     }
