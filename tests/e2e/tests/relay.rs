@@ -718,11 +718,7 @@ fn a_last_line_without_its_newline_is_read_at_the_backends_exit() {
 /// own good ones are listed, each name once.
 #[test]
 fn entries_a_client_cannot_use_are_left_out_of_a_merged_listing() {
-    let gw = Gateway::start(&format!(
-        "{}{}",
-        fixture_backend("one", "env = { FIXTURE_BAD_TOOLS = \"1\" }"),
-        fixture_backend("two", "")
-    ));
+    let gw = two_backends("env = { FIXTURE_BAD_TOOLS = \"1\" }", "");
     let mut c = WsClient::mcp(&gw);
     c.initialize();
     let r = c.request(json!(1), "tools/list", json!({}));
