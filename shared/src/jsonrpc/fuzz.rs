@@ -1069,3 +1069,73 @@ fn relayed_reads_and_sends_what_parse_owned_does() {
     assert!(accepted * 3 > n && lean_params * 10 > n && repeats * 50 > n);
     assert!(changed * 3 > accepted && changed < accepted);
 }
+
+/// `key` as a JSON string, each character written as a `\uXXXX` escape (upper or lower
+/// case hex) now and then.
+fn spelt_key(r: &mut Rng, key: &str) -> String {
+    let mut out = String::from("\"");
+    for c in key.chars() {
+        match r.below(6) {
+            0 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            1 => out.push_str(&format!("\\u{:04X}", c as u32)),
+            _ => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The sniffer that reads an unparseable or over-long message finds what the parser
+/// finds in a well-formed one: its id, and whether it is a response or a notification,
+/// with top-level keys spelt with escapes, values that look like keys, and the text fed
+/// in pieces cut anywhere (inside an escape too), as the router's line reader does.
+#[test]
+fn sniff_reads_what_parse_reads() {
+    let n: usize = from_env("FUZZ_N", 20_000);
+    let mut r = Rng(from_env("FUZZ_SEED", 0x5eed_5eed_5eed_5eed));
+    let mut checked = [0usize; 3];
+    for _ in 0..n {
+        let mut parts = Vec::new();
+        for (key, values) in [
+            (
+                "id",
+                &["7", "\"a\"", "-0", "1.5", "\"\\u0041\"", "null"][..],
+            ),
+            ("method", &["\"tools/call\"", "\"notifications/x\""][..]),
+            ("result", &["{}", "{\"id\":1}", "[]"][..]),
+            ("error", &["{\"code\":-1,\"message\":\"m\"}"][..]),
+            ("params", &["{\"id\":9,\"method\":\"m\"}", "[\"id\"]"][..]),
+            ("jsonrpc", &["\"2.0\""][..]),
+            ("x\\\"id", &["\"id\""][..]),
+        ] {
+            if r.chance(if key == "jsonrpc" { 95 } else { 45 }) {
+                parts.push(format!("{}:{}", spelt_key(&mut r, key), r.pick(values)));
+            }
+        }
+        let mut text = String::new();
+        shuffled_object(&mut r, parts, &mut text);
+        let bytes = text.as_bytes();
+        let Ok(msg) = Message::parse(bytes) else {
+            continue;
+        };
+        let mut s = Sniffer::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let step = 1 + r.below(8);
+            let end = (at + step).min(bytes.len());
+            s.feed(&bytes[at..end]);
+            at = end;
+        }
+        let seen = s.finish();
+        assert_eq!(seen.id, msg.id(), "{text}");
+        assert_eq!(seen.response, msg.kind() == Kind::Response, "{text}");
+        assert_eq!(
+            seen.notification,
+            msg.kind() == Kind::Notification,
+            "{text}"
+        );
+        checked[msg.kind() as usize] += 1;
+    }
+    eprintln!("requests, notifications, responses: {checked:?}");
+    assert!(checked.iter().all(|&c| c * 50 > n), "{checked:?}");
+}

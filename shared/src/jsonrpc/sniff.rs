@@ -4,12 +4,13 @@
 //! [`Sniffer`] reads the text byte by byte and keeps no more than the id's own text, so
 //! an over-long line can be fed through it as it is discarded, whatever its length and
 //! wherever its `id` is (the TypeScript SDK writes `id` after `params`). It only tracks
-//! strings and nesting: keys are read at the top level of the first object, and text
-//! that is broken elsewhere does not stop it. Where the nesting itself is broken (a
-//! closing bracket of the wrong kind, an object never closed) it may miss the `id`, so
-//! it never calls such a text a notification: it gets an answer, with id `null`. What it finds decides what the bridge
-//! answers: a request gets an error carrying its id, a response is never answered
-//! (its sender's request is failed instead).
+//! strings and nesting: keys are read at the top level of the first object (decoded
+//! when written with escapes, `"\u0069d"` being `id` to the parser too), and text that
+//! is broken elsewhere does not stop it. Where the nesting itself is broken (a closing
+//! bracket of the wrong kind, an object never closed) it may miss the `id`, so it never
+//! calls such a text a notification: it gets an answer, with id `null`. What it finds
+//! decides what the bridge answers: a request gets an error carrying its id, a response
+//! is never answered (its sender's request is failed instead).
 
 use super::Id;
 
@@ -59,8 +60,9 @@ impl Key {
     }
 }
 
-/// Longest key kept while reading one (`method`; longer keys are others).
-const KEY_BYTES: usize = 8;
+/// Longest key text kept while reading one: `method` with every character written as
+/// a `\uXXXX` escape (a key JSON decodes to one of ours). Longer keys are others.
+const KEY_BYTES: usize = 6 * 6;
 
 /// Levels whose opening bracket is remembered (deeper ones take any closing bracket).
 const KIND_LEVELS: usize = 128;
@@ -87,8 +89,10 @@ pub struct Sniffer {
     want_key: bool,
     /// Reading a top-level key: its first bytes.
     key: Option<Vec<u8>>,
-    /// The key being read is longer than ours, or escaped.
+    /// The key being read is longer than ours.
     key_other: bool,
+    /// The key being read has an escape: it is decoded before it is compared.
+    key_escaped: bool,
     /// The last top-level key read, until its value ends.
     current: Option<Key>,
     /// The text of the `id` value being read (`None` when not reading one, or it grew
@@ -130,13 +134,20 @@ impl Sniffer {
                 i += 1;
                 if b == b'\\' {
                     self.escaped = true;
-                    // An escaped key is none of ours (they are plain ASCII).
-                    self.key_other |= self.key.is_some();
+                    self.key_escaped |= self.key.is_some();
                     self.keep(b"\\");
                 } else if let Some(k) = self.key.take() {
                     self.in_string = false;
                     self.current = Some(if self.key_other {
                         Key::Other
+                    } else if self.key_escaped {
+                        // `"\u0069d"` is the key `id` to the parser, so to us too.
+                        let mut quoted = Vec::with_capacity(k.len() + 2);
+                        quoted.push(b'"');
+                        quoted.extend_from_slice(&k);
+                        quoted.push(b'"');
+                        serde_json::from_slice::<String>(&quoted)
+                            .map_or(Key::Other, |name| Key::of(name.as_bytes()))
                     } else {
                         Key::of(&k)
                     });
@@ -167,6 +178,7 @@ impl Sniffer {
                         self.in_string = true;
                         self.key = Some(Vec::with_capacity(KEY_BYTES));
                         self.key_other = false;
+                        self.key_escaped = false;
                     }
                     b':' if self.key.is_none() && !self.want_key => match self.current {
                         Some(Key::Id) => {
@@ -325,8 +337,13 @@ mod tests {
             (br#"[{"id":1}]"#, None),
             // After the top-level object: not its id.
             (br#"{"method":"x"} {"id":9}"#, None),
-            // An escaped key is not read as `id`.
-            (br#"{"i\u0064":3}"#, None),
+            // An escaped key is read as the parser reads it.
+            (br#"{"i\u0064":3}"#, num(3)),
+            (br#"{"\u0069\u0064":"a"}"#, Some(Id::String("a".into()))),
+            (br#"{"i\"d":3}"#, None),
+            (br#"{"i\u0064x":3}"#, None),
+            // A broken escape is no key of ours.
+            (br#"{"i\u00":3}"#, None),
             (br#"{"identity":3,"method":"x"}"#, None),
             // A `}` typed for a `]` still closes its level.
             (br#"{"params":[{"a":1}}],"id":9}"#, num(9)),

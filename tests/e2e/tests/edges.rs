@@ -1423,7 +1423,7 @@ fn a_last_line_without_a_newline_is_still_a_message() {
 }
 
 /// The TypeScript SDK writes `id` after `params`: an over-long request's id is read
-/// wherever it is.
+/// wherever it is, and however its key is spelt.
 #[test]
 fn an_over_long_request_with_its_id_last_gets_an_error_with_its_id() {
     let gw = gateway_with("[limits]\nmax_message_bytes = 4096\n");
@@ -1437,6 +1437,12 @@ fn an_over_long_request_with_its_id_last_gets_an_error_with_its_id() {
             r#"{{"method":"tools/call","params":{{"name":"one.echo","arguments":{{"text":"{big}","id":1}}}},"jsonrpc":"2.0","id":"last"}}"#
         ));
         let e = c.response(&json!("last"));
+        assert_eq!(error_code(&e), -32600, "{e}");
+        // The key written with escapes is still `id` (the parser reads it so).
+        c.send_raw(&format!(
+            r#"{{"method":"tools/call","params":{{"arguments":{{"text":"{big}"}}}},"jsonrpc":"2.0","\u0069\u0064":"escaped"}}"#
+        ));
+        let e = c.response(&json!("escaped"));
         assert_eq!(error_code(&e), -32600, "{e}");
         // A notification that long is not answered, and the stream goes on.
         c.send_raw(&format!(
