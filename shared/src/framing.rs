@@ -146,9 +146,16 @@ impl LineDecoder {
                 (None, None) => {
                     self.scanned = self.buf.len();
                     // (Room for a `\r` before the newline: a line of `max` bytes in CRLF
-                    // is not too long, however the reads cut it.)
-                    if self.buffered() > self.max + 1 {
-                        // The over-long line moves to the front, to be discarded.
+                    // is not too long, however the reads cut it. Nor is a first line
+                    // of `max` bytes after a BOM.)
+                    let bom = !self.past_first && self.buf[self.start..].starts_with(BOM);
+                    if self.buffered() > self.max + 1 + if bom { BOM.len() } else { 0 } {
+                        // The over-long line moves to the front, to be discarded, and
+                        // its sniffer starts after the BOM, as the parser would.
+                        if bom {
+                            self.start += BOM.len();
+                        }
+                        self.past_first = true;
                         self.compact();
                         self.discarding = Some((0, Sniffer::new()));
                         continue;
@@ -415,6 +422,29 @@ mod tests {
         d.push(b"\xEF\xBB\xBF{\"id\":3}");
         assert_eq!(d.next_frame(), None);
         assert_eq!(d.finish(), Some(Frame::Line(b"{\"id\":3}".to_vec())));
+        // A first line of the full size after a BOM is not too long, however the reads
+        // cut it; one byte more is, and its id is read past the BOM.
+        let line = format!("{{\"id\":4,\"p\":\"{}\"}}", "x".repeat(49));
+        assert_eq!(line.len(), 64);
+        for cut in [0, 2, 3, 40, 67] {
+            let mut d = LineDecoder::new(64);
+            let text = [BOM, line.as_bytes(), b"\n"].concat();
+            d.push(&text[..cut]);
+            assert_eq!(d.next_frame(), None);
+            d.push(&text[cut..]);
+            assert_eq!(frames(&mut d), vec![Frame::Line(line.clone().into_bytes())]);
+            let long = format!("{{\"p\":\"{}\",\"id\":5}}", "x".repeat(50));
+            let mut d = LineDecoder::new(long.len() - 1);
+            let text = [BOM, long.as_bytes(), b"\n{\"id\":6}\n"].concat();
+            d.push(&text[..cut]);
+            d.push(&text[cut..]);
+            let got = frames(&mut d);
+            let Frame::TooLong { seen, .. } = &got[0] else {
+                panic!("{got:?}")
+            };
+            assert_eq!(seen.id, Some(Id::from(5)), "cut at {cut}");
+            assert_eq!(got[1], Frame::Line(b"{\"id\":6}".to_vec()));
+        }
     }
 
     #[test]
