@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 use crate::metrics::Metrics;
 use crate::oneshot;
 use crate::rt;
-use crate::server::READ_FRAMES_PER_TURN;
+use crate::rt::Turns;
 use crate::session::Session;
 
 /// Messages queued for a backend's stdin, at most.
@@ -1762,31 +1762,23 @@ async fn write_stdin(
 
 /// Logs a backend's stderr, line by line, at most [`STDERR_LINES_PER_SECOND`] lines a
 /// second (the lines beyond are counted, and the count logged with the next line that
-/// is), giving the gateway's other tasks a turn every [`READ_FRAMES_PER_TURN`] reads or
-/// lines: a backend writing stderr without pause (2.2 million lines, 166 MB of log in
-/// a review) starves nothing, and floods neither the log nor the disk.
+/// is), giving the gateway's other tasks a turn as often as [`Turns`] says: a backend
+/// writing stderr without pause (2.2 million lines, 166 MB of log in a review) starves
+/// nothing, and floods neither the log nor the disk.
 async fn log_stderr(name: Rc<str>, mut stderr: async_process::ChildStderr) {
     let mut dec = LineDecoder::new(STDERR_LINE_BYTES);
     let mut buf = vec![0u8; 4096];
-    let mut work = 0usize;
+    let mut turns = Turns::default();
     let (mut second, mut logged, mut held) = (Instant::now(), 0usize, 0u64);
     loop {
-        work += 1;
-        if work >= READ_FRAMES_PER_TURN {
-            work = 0;
-            futures_lite::future::yield_now().await;
-        }
         let n = match stderr.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        turns.take(n).await;
         dec.push(&buf[..n]);
         while let Some(f) = dec.next_frame() {
-            work += 1;
-            if work >= READ_FRAMES_PER_TURN {
-                work = 0;
-                futures_lite::future::yield_now().await;
-            }
+            turns.take(0).await;
             if logged >= STDERR_LINES_PER_SECOND {
                 if second.elapsed() < Duration::from_secs(1) {
                     held += 1;
@@ -1822,8 +1814,10 @@ async fn read_stdout(
     let started = Instant::now();
     let mut dec = LineDecoder::new(max);
     let mut buf = vec![0u8; PIPE_READ_CHUNK_BYTES];
-    // Reads and messages handled since the last turn given to the other tasks.
-    let mut work = 0usize;
+    // Reads and messages handled since the last turn given to the other tasks, and the
+    // size of the last read (counted before the next one).
+    let mut turns = Turns::default();
+    let mut read_bytes = 0usize;
     // The exit status, once the process has exited (`watch_exit`), and from then on
     // how long what is left in stdout is read, when nothing can still be writing it
     // (see `Exited`).
@@ -1835,11 +1829,7 @@ async fn read_stdout(
         // (notifications, lines that are not JSON-RPC) is handled without waiting
         // either, so one backend would otherwise starve every session, the admin
         // listener and the signal handler.
-        work += 1;
-        if work >= READ_FRAMES_PER_TURN {
-            work = 0;
-            futures_lite::future::yield_now().await;
-        }
+        turns.take(std::mem::take(&mut read_bytes)).await;
         let read = match (&exited, drain_until) {
             // Running: stdout, or its exit, whichever comes first.
             (None, _) => {
@@ -1902,17 +1892,14 @@ async fn read_stdout(
             Some(Ok(0)) | Some(Err(_)) => 0,
             Some(Ok(n)) => n,
         };
+        read_bytes = n;
         let end = n == 0;
         dec.push(&buf[..n]);
         while let Some(frame) = dec
             .next_frame()
             .or_else(|| end.then(|| dec.finish()).flatten())
         {
-            work += 1;
-            if work >= READ_FRAMES_PER_TURN {
-                work = 0;
-                futures_lite::future::yield_now().await;
-            }
+            turns.take(0).await;
             match frame {
                 Frame::TooLong { seen, len } => {
                     proc.warn_limited(

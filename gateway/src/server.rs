@@ -41,6 +41,9 @@ pub const CLIENT_QUEUE: usize = 32;
 pub const SESSION_WS_READ_BUFFER_BYTES: usize = 1024;
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop cannot spin.
 pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// How often a failing `accept` may reach the log (a review's descriptor exhaustion
+/// logged 20 lines a second).
+pub const ACCEPT_WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// When a session ends, how long its queued messages get to reach the client.
 pub const WRITER_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// After shutdown starts, extra time sessions get beyond `shutdown_grace` to close.
@@ -50,10 +53,6 @@ pub const SESSION_CLOSE_SLACK: Duration = Duration::from_secs(2);
 /// handshake does so within milliseconds; connections that never do cannot hold the
 /// gateway's memory and descriptors, or keep clients out, for `handshake_timeout`).
 pub const MAX_PENDING_HANDSHAKES: usize = 256;
-/// Frames a session's read loop takes before it lets the other tasks of the gateway's
-/// one thread run: a client whose socket always has data (a flood of pings or
-/// notifications) cannot stall the other sessions.
-pub const READ_FRAMES_PER_TURN: usize = 32;
 
 /// WebSocket settings for client connections.
 ///
@@ -78,6 +77,7 @@ pub async fn serve(gw: Rc<Gateway>, listener: TcpListener, stop: Receiver<()>) {
     let (done_tx, done_rx) = async_channel::bounded::<()>(1);
     let pending: Pending = Rc::default();
     let mut next_id = 0u64;
+    let accept_errors = mcp_shared::logger::Throttle::default();
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             let _ = stop.recv().await;
@@ -119,7 +119,15 @@ pub async fn serve(gw: Rc<Gateway>, listener: TcpListener, stop: Receiver<()>) {
                 .detach();
             }
             Some(Err(e)) => {
-                log::warn!("accept failed: {e}");
+                // Out of descriptors, this repeats every `ACCEPT_ERROR_PAUSE` for as
+                // long as it lasts: one line per `ACCEPT_WARN_INTERVAL`, with a count.
+                match accept_errors.pass(std::time::Instant::now(), ACCEPT_WARN_INTERVAL) {
+                    None => {}
+                    Some(0) => log::warn!("accept failed: {e}"),
+                    Some(n) => {
+                        log::warn!("accept failed: {e} ({n} more since the last warning)")
+                    }
+                }
                 async_io::Timer::after(ACCEPT_ERROR_PAUSE).await;
             }
         }
@@ -282,6 +290,32 @@ struct ClientWriter {
     closing: bool,
     /// The client closed first: only the reply to its close frame is left to write.
     peer_closed: bool,
+    /// Why the reader failed the connection, if it did: the close frame says so.
+    failed: Failed,
+}
+
+/// The close code a session's reader failed the connection with (RFC 6455 §7.4.1), for
+/// its writer's close frame: 1007 for a text frame that is not UTF-8, 1002 for a
+/// broken frame, 1009 for a message over twice `max_message_bytes`.
+type Failed = Rc<std::cell::Cell<Option<CloseCode>>>;
+
+/// The close code for a read error that ends a session.
+fn close_code(e: &WsError) -> Option<CloseCode> {
+    match e {
+        WsError::Utf8(_) => Some(CloseCode::Invalid),
+        WsError::Protocol(_) => Some(CloseCode::Protocol),
+        WsError::Capacity(_) => Some(CloseCode::Size),
+        _ => None,
+    }
+}
+
+/// The reason sent with a [`close_code`].
+fn close_reason(code: CloseCode) -> &'static str {
+    match code {
+        CloseCode::Invalid => "a text frame was not valid UTF-8",
+        CloseCode::Size => "message too big",
+        _ => "WebSocket protocol error",
+    }
 }
 
 impl ClientWriter {
@@ -292,7 +326,7 @@ impl ClientWriter {
         queue: outbox::Receiver,
         socket: TcpStream,
         (send_timeout, ping_interval): (Duration, Duration),
-        meter: Rc<Meter>,
+        (meter, failed): (Rc<Meter>, Failed),
         session: u64,
     ) -> smol::Task<Option<Dropped>> {
         let tick = if ping_interval.is_zero() {
@@ -318,6 +352,7 @@ impl ClientWriter {
             armed: false,
             closing: false,
             peer_closed: false,
+            failed,
         })
     }
 
@@ -428,14 +463,20 @@ impl Future for ClientWriter {
                 }
                 Poll::Ready(None) => {
                     // The session ended: a close frame (the session bounds this wait),
-                    // saying "going away" when the gateway is shutting down.
+                    // saying "going away" when the gateway is shutting down, and why
+                    // when the reader failed the connection.
                     me.closing = true;
-                    let frame = GOING_AWAY
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                        .then(|| CloseFrame {
+                    let frame = if GOING_AWAY.load(std::sync::atomic::Ordering::Relaxed) {
+                        Some(CloseFrame {
                             code: CloseCode::Away,
                             reason: "the gateway is shutting down".into(),
-                        });
+                        })
+                    } else {
+                        me.failed.get().map(|code| CloseFrame {
+                            code,
+                            reason: close_reason(code).into(),
+                        })
+                    };
                     me.start(WsMessage::Close(frame));
                     continue;
                 }
@@ -575,19 +616,24 @@ async fn connection(
         session.label().as_str()
     );
     let limits = (gw.cfg.server.send_timeout.0, gw.cfg.server.ping_interval.0);
-    let writer = ClientWriter::spawn(sink, out_rx, socket, limits, meter, session.id());
+    let failed = Failed::default();
+    let writer = ClientWriter::spawn(
+        sink,
+        out_rx,
+        socket,
+        limits,
+        (meter, failed.clone()),
+        session.id(),
+    );
     // Hand the client's messages to the session until the client closes, the
     // connection fails (the writer shuts the socket when it gives up on the client), or
     // shutdown.
-    let mut frames = 0usize;
+    let mut turns = rt::Turns::default();
+    // The size of the last frame read, counted toward the turn before the next read.
+    let mut last = 0usize;
     let mut why = Closing::ClientGone;
     loop {
-        frames += 1;
-        if frames % READ_FRAMES_PER_TURN == 0 {
-            // A turn for the gateway's other tasks (smol does not pre-empt a task whose
-            // socket always has data).
-            futures_lite::future::yield_now().await;
-        }
+        turns.take(std::mem::take(&mut last)).await;
         let next = futures_lite::future::or(async { Some(stream.next().await) }, async {
             let _ = close.recv().await;
             None
@@ -603,22 +649,31 @@ async fn connection(
             Some(None) => break,
             Some(Some(Ok(m @ (WsMessage::Text(_) | WsMessage::Binary(_))))) => m.into_data(),
             Some(Some(Ok(WsMessage::Close(_)))) => break,
-            Some(Some(Ok(_))) => continue,
-            Some(Some(Err(async_tungstenite::tungstenite::Error::Capacity(e)))) => {
+            Some(Some(Ok(m))) => {
+                last = m.len();
+                continue;
+            }
+            Some(Some(Err(e @ WsError::Capacity(_)))) => {
                 // tungstenite cannot resynchronise after an oversized frame: answer, close.
                 log::warn!("session {}: {e}; closing", session.id());
+                failed.set(close_code(&e));
                 Box::pin(session.reject_too_large(Sniffed::default())).await;
                 break;
             }
             Some(Some(Err(e))) => {
+                // A broken frame fails the connection (RFC 6455 §7.1.7), with a close
+                // code saying why.
                 log::info!("session {}: read error: {e}", session.id());
+                failed.set(close_code(&e));
                 break;
             }
         };
+        last = data.len();
         if data.len() > max {
             // Read whole (up to `WS_OVERSIZE_FACTOR` times the bound) only to be
             // answered: the session goes on.
-            log::warn!(
+            // (Warned of by the rejection, at most every `REJECT_WARN_INTERVAL`.)
+            log::debug!(
                 "session {}: dropped a {}-byte message (limit {max})",
                 session.id(),
                 data.len()

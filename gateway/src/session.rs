@@ -236,6 +236,9 @@ pub struct Session {
     /// When the last "outbound queue full" warning was logged, and how many drops since
     /// went without one ([`Session::deliver`]).
     drops: mcp_shared::logger::Throttle,
+    /// The same for "bad message" warnings about what the client sends
+    /// ([`Session::on_rejected`]).
+    rejects: mcp_shared::logger::Throttle,
 }
 
 /// How often one session's "outbound queue full; dropped a message" may reach the log:
@@ -243,6 +246,11 @@ pub struct Session {
 /// make a line per message (a review counted 39,638 lines in one run, and the logger
 /// then dropped real ones).
 pub const DROP_WARN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often one session's "bad message" warning may reach the log: a client sending
+/// junk without pause made 150,000–240,000 lines a second in a review (each one
+/// answered all the same), and the logger then dropped other sessions' lines.
+pub const REJECT_WARN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Session {
     /// A new session `id` (from [`Gateway::next_session_id`], given to the client in
@@ -277,6 +285,7 @@ impl Session {
             conn_attrs_sent: Cell::new(false),
             log_level: Cell::new(None),
             drops: Default::default(),
+            rejects: Default::default(),
         });
         for b in &s.backends {
             b.attach(&s);
@@ -398,7 +407,16 @@ impl Session {
     /// backend gets an error response for its request instead, at once rather than at
     /// its timeout. Anything else is only logged.
     pub async fn on_rejected(self: &Rc<Self>, rej: Rejection) {
-        log::warn!("session {}: bad message: {}", self.id, rej.error.message);
+        let now = std::time::Instant::now();
+        match self.rejects.pass(now, REJECT_WARN_INTERVAL) {
+            None => log::debug!("session {}: bad message: {}", self.id, rej.error.message),
+            Some(0) => log::warn!("session {}: bad message: {}", self.id, rej.error.message),
+            Some(n) => log::warn!(
+                "session {}: bad message: {} ({n} more since the last warning)",
+                self.id,
+                rej.error.message
+            ),
+        }
         // `{"id": N}` alone, N the id of a backend's request to this client: its
         // answer, broken (not a request without its method).
         let broken_answer = rej.no_outcome

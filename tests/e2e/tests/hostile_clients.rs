@@ -2,7 +2,8 @@
 //! stall the gateway's one thread, pongs to a client that never reads do not pile up,
 //! connections that never finish their handshake are bounded, and the handshake takes
 //! what HTTP allows (a `bearer` scheme in any case, a subprotocol list over several
-//! headers), and names each session with an id no other gateway process gives.
+//! headers), and names each session with an id no other gateway process gives. Junk
+//! from a client is answered message by message but warned of once in a while.
 
 use mcp_e2e::*;
 use serde_json::json;
@@ -236,6 +237,89 @@ fn a_backend_flooding_its_stdout_starves_no_other_session() {
             assert!(log.contains("stderr line(s) not logged"), "{logged}");
         }
     }
+}
+
+/// A client that sends junk without pause gets every error it is owed, while the log
+/// gets one "bad message" warning per `REJECT_WARN_INTERVAL` (10 s) for its session, not
+/// one per message: such a flood made 150,000 lines a second, and the logger then
+/// dropped other sessions' lines.
+#[test]
+fn a_client_sending_junk_gets_each_error_and_one_warning() {
+    let gw = gateway_with("[limits]\nmax_message_bytes = 4096\n");
+    let mut c = WsClient::mcp(&gw);
+    c.initialize();
+    gw.wait_line("session 1 opened");
+    let n = 300;
+    for i in 0..n {
+        if i % 100 == 99 {
+            // Over the size limit: its id is read all the same.
+            let big = "x".repeat(5000);
+            c.send_raw(&format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"{big}"}}"#));
+        } else {
+            c.send_raw(&format!(r#"{{"jsonrpc":"2.0","id":{i},"method":}}"#));
+        }
+    }
+    for i in 0..n {
+        let e = c.response(&json!(i));
+        let want = if i % 100 == 99 { -32600 } else { -32700 };
+        assert_eq!(error_code(&e), want, "{e}");
+    }
+    let ok = c.call(json!("after"), "one.echo", json!({"text": "fine"}));
+    assert_eq!(text_of(&ok), "fine");
+    let log = gw.log.text();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("session 1: bad message"))
+        .count();
+    assert_eq!(warned, 1, "{warned} warnings:\n{log}");
+}
+
+/// A frame the gateway must fail the connection for (RFC 6455) closes it with a code
+/// saying why: 1007 for a text frame that is not UTF-8 (a binary frame with the same
+/// bytes is answered with -32700 and its id instead), 1002 for a frame with a reserved
+/// bit set. Other sessions go on.
+#[test]
+fn a_broken_frame_closes_the_connection_with_a_code_saying_why() {
+    use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+    use tungstenite::protocol::frame::Frame;
+    let gw = gateway_with("");
+    let mut other = WsClient::mcp(&gw);
+    other.initialize();
+    let bad = [
+        &br#"{"jsonrpc":"2.0","id":7,"method":"ping","params":{"x":""#[..],
+        b"\xff\xfe\"}}",
+    ]
+    .concat();
+    let mut ws = raw_ws(&gw);
+    ws.send(WsMessage::Binary(bad.clone().into())).unwrap();
+    let answer = ws.read().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&answer.into_data()).unwrap();
+    assert_eq!((v["id"].clone(), error_code(&v)), (json!(7), -32700), "{v}");
+    let reserved = {
+        let mut f = Frame::message(b"{}".to_vec(), OpCode::Data(Data::Text), true);
+        f.header_mut().rsv1 = true;
+        f
+    };
+    for (frame, want) in [
+        (
+            Frame::message(bad, OpCode::Data(Data::Text), true),
+            CloseCode::Invalid,
+        ),
+        (reserved, CloseCode::Protocol),
+    ] {
+        let mut ws = raw_ws(&gw);
+        ws.send(WsMessage::Frame(frame)).unwrap();
+        let closed = loop {
+            match ws.read() {
+                Ok(WsMessage::Close(f)) => break f,
+                Ok(m) => panic!("{m:?} before the close frame"),
+                Err(e) => panic!("{e} before the close frame"),
+            }
+        };
+        assert_eq!(closed.map(|f| f.code), Some(want));
+    }
+    let ok = other.call(json!("after"), "one.echo", json!({"text": "fine"}));
+    assert_eq!(text_of(&ok), "fine");
 }
 
 /// The session id of the handshake's response: `<16 hex digits>-<n>`, the first part
