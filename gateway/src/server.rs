@@ -160,6 +160,51 @@ fn reject(status: StatusCode, why: &str) -> ErrorResponse {
     r
 }
 
+/// How long the HTTP answer to a request that is no WebSocket upgrade gets to be
+/// written, and what follows the request to be read, before the connection is closed.
+pub const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// What the client sends after such a request is read and dropped, at most this much,
+/// before the connection is closed.
+pub const REFUSAL_DRAIN_BYTES: u64 = 1 << 20;
+
+/// The HTTP answer to a request tungstenite refused before asking [`check_handshake`]
+/// (it then writes nothing itself): a plain `GET` or a `POST` on the MCP path, an
+/// HTTP/1.0 request, a WebSocket version other than 13 (RFC 6455 §4.4: 426 with the
+/// version spoken), a missing key, a malformed or oversized head. `None` for what has
+/// no answer (the connection broke, or tungstenite answered already).
+fn handshake_refusal(e: &WsError) -> Option<String> {
+    use ProtocolError as P;
+    let (status, extra) = match e {
+        WsError::Protocol(P::WrongHttpMethod) => ("405 Method Not Allowed", "Allow: GET\r\n"),
+        WsError::Protocol(P::WrongHttpVersion) => ("505 HTTP Version Not Supported", ""),
+        WsError::Protocol(P::MissingConnectionUpgradeHeader | P::MissingUpgradeWebSocketHeader) => {
+            ("426 Upgrade Required", "Upgrade: websocket\r\n")
+        }
+        WsError::Protocol(P::MissingSecWebSocketVersionHeader) => (
+            "426 Upgrade Required",
+            "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+        ),
+        WsError::Protocol(
+            P::MissingSecWebSocketKey
+            | P::InvalidSecWebSocketKey
+            | P::InvalidHeader(_)
+            | P::HttparseError(_)
+            | P::JunkAfterRequest,
+        )
+        | WsError::HttpFormat(_) => ("400 Bad Request", ""),
+        WsError::AttackAttempt | WsError::Capacity(_) => {
+            ("431 Request Header Fields Too Large", "")
+        }
+        _ => return None,
+    };
+    let body = format!("{e}\n");
+    Some(format!(
+        "HTTP/1.1 {status}\r\n{extra}Connection: close\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
 /// Checks the upgrade request; on success selects subprotocol `mcp` if offered.
 // The error type is tungstenite's handshake callback contract; it is built once per
 // rejected handshake, so its size does not matter.
@@ -567,6 +612,22 @@ async fn connection(
         Some(Some(Ok(ws))) => ws,
         Some(Some(Err(e))) => {
             log::info!("handshake with {peer} failed: {e}");
+            if let Some(refusal) = handshake_refusal(&e) {
+                use futures_lite::{AsyncReadExt, AsyncWriteExt};
+                // Then what the client still sends is read and dropped until it closes
+                // (closed with unread bytes, the socket would send a reset, and the
+                // client could lose the answer), all of it bounded in time and bytes: a
+                // client that reads nothing or sends without end does not hold the task.
+                let mut socket = socket;
+                let answer = async {
+                    socket.write_all(refusal.as_bytes()).await?;
+                    socket.flush().await?;
+                    socket.shutdown(std::net::Shutdown::Write)?;
+                    let mut sink = futures_lite::io::sink();
+                    futures_lite::io::copy((&mut socket).take(REFUSAL_DRAIN_BYTES), &mut sink).await
+                };
+                let _ = rt::timeout(REFUSAL_WRITE_TIMEOUT, answer).await;
+            }
             return;
         }
         Some(None) => {

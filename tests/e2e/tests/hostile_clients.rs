@@ -173,6 +173,77 @@ fn the_handshake_takes_a_lowercase_scheme_and_split_protocol_headers() {
     );
 }
 
+/// A request on the MCP path that is no WebSocket upgrade gets an HTTP answer saying
+/// why, not a connection closed without a word: 426 with `Upgrade: websocket` for a
+/// plain GET, 426 with the version spoken for another WebSocket version (RFC 6455
+/// §4.4), 405 for a POST, 505 for HTTP/1.0, 400 for a missing key, 431 for a head
+/// too large.
+#[test]
+fn a_request_that_is_no_upgrade_gets_an_http_answer() {
+    let gw = gateway_with("");
+    let answer = |request: &str| {
+        let mut s = TcpStream::connect(gw.addr()).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text
+    };
+    let host = gw.addr();
+    let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\n";
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let big = format!("X-Big: {}\r\n", "b".repeat(200_000));
+    for (request, status, header) in [
+        (
+            format!("GET /mcp HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+            "426",
+            "Upgrade: websocket",
+        ),
+        (
+            format!(
+                "GET /mcp HTTP/1.1\r\nHost: {host}\r\n{upgrade}{key}Sec-WebSocket-Version: 8\r\n\r\n"
+            ),
+            "426",
+            "Sec-WebSocket-Version: 13",
+        ),
+        (
+            format!("POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n"),
+            "405",
+            "Allow: GET",
+        ),
+        (
+            format!(
+                "GET /mcp HTTP/1.0\r\nHost: {host}\r\n{upgrade}{key}Sec-WebSocket-Version: 13\r\n\r\n"
+            ),
+            "505",
+            "Connection: close",
+        ),
+        (
+            format!(
+                "GET /mcp HTTP/1.1\r\nHost: {host}\r\n{upgrade}Sec-WebSocket-Version: 13\r\n\r\n"
+            ),
+            "400",
+            "Connection: close",
+        ),
+        (
+            format!("GET /mcp HTTP/1.1\r\nHost: {host}\r\n{big}\r\n"),
+            "431",
+            "Connection: close",
+        ),
+    ] {
+        let text = answer(&request);
+        let head = text.split("\r\n\r\n").next().unwrap_or_default();
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{status}: {head:?}"
+        );
+        assert!(head.contains(header), "{status}: {head:?}");
+    }
+    // The gateway goes on.
+    let mut c = WsClient::mcp(&gw);
+    c.initialize();
+}
+
 /// A backend that writes without pause (lines that are no JSON-RPC, or log messages
 /// nobody asked for, or stderr lines) starves nobody: another session's request to another backend is
 /// answered at once, and SIGTERM still stops the gateway (its stdout reader gives the
