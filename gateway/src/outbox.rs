@@ -15,7 +15,8 @@
 //! the queue is empty; senders get [`Closed`] once the receiver is gone. Senders waiting
 //! for room are all woken when a line leaves the queue and try again, so a waiting send
 //! that is cancelled cannot swallow the wake-up another one needed; at most
-//! `max_in_flight` requests wait at once.
+//! `max_in_flight` requests wait at once, and with [`Sender::send_bounded`] they hold
+//! at most [`WAITING_BYTES`] (plus one line) between them.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -34,10 +35,24 @@ const KEEP_CAPACITY: usize = 4;
 /// `max_message_bytes` (32 × 4 MiB with the defaults).
 pub const OUTBOX_BYTES: usize = 4 * 1024 * 1024;
 
+/// Bytes of lines that senders may hold while they wait for room
+/// ([`Sender::send_bounded`]): past it a sender is refused at once (one sender may
+/// always wait, whatever its line's length). Without it a client that stops reading
+/// held `max_in_flight` answers of up to `max_message_bytes` each in the gateway: a
+/// review's client drove the gateway to 184 MB with 64 answers of 4 MB, where the
+/// packaged unit allows the whole service 64 MB.
+pub const WAITING_BYTES: usize = 4 * 1024 * 1024;
+
+/// A line this short may always wait in [`Sender::send_bounded`] (and is not counted
+/// in [`WAITING_BYTES`]): the error that would replace it is no shorter.
+pub const ALWAYS_WAITS_BYTES: usize = 1024;
+
 struct Inner {
     lines: VecDeque<String>,
     /// The bytes of `lines`.
     bytes: usize,
+    /// The bytes of lines held by senders waiting in [`Sender::send_bounded`].
+    waiting_bytes: usize,
     cap: usize,
     senders: usize,
     receiver_alive: bool,
@@ -55,6 +70,16 @@ pub struct Receiver(Rc<RefCell<Inner>>);
 /// The receiver is gone: the line was not queued.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Closed;
+
+/// Why [`Sender::send_bounded`] did not queue the line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The receiver is gone.
+    Closed,
+    /// The queue is full and [`WAITING_BYTES`] are already held by senders waiting for
+    /// room: the line is given back, for the sender to send something shorter instead.
+    Backlog(String),
+}
 
 /// Why [`Sender::try_send`] did not queue the line (which it gives back).
 #[derive(Debug, PartialEq, Eq)]
@@ -74,6 +99,7 @@ pub fn channel(cap: usize) -> (Sender, Receiver) {
     let inner = Rc::new(RefCell::new(Inner {
         lines: VecDeque::new(),
         bytes: 0,
+        waiting_bytes: 0,
         cap: cap.max(1),
         senders: 1,
         receiver_alive: true,
@@ -117,6 +143,47 @@ impl Sender {
             Poll::Pending
         })
         .await
+    }
+}
+
+impl Sender {
+    /// [`Sender::send`], unless the queue is full and other senders already hold
+    /// [`WAITING_BYTES`] waiting for room: then refused at once, the line given back.
+    pub async fn send_bounded(&self, line: String) -> Result<(), Refused> {
+        let line = match self.try_send(line) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Closed(_)) => return Err(Refused::Closed),
+            Err(TrySendError::Full(line)) => line,
+        };
+        let held = {
+            let mut q = self.0.borrow_mut();
+            if line.len() > ALWAYS_WAITS_BYTES
+                && q.waiting_bytes > 0
+                && q.waiting_bytes + line.len() > WAITING_BYTES
+            {
+                return Err(Refused::Backlog(line));
+            }
+            let counted = if line.len() > ALWAYS_WAITS_BYTES {
+                line.len()
+            } else {
+                0
+            };
+            q.waiting_bytes += counted;
+            Held(&self.0, counted)
+        };
+        let sent = self.send(line).await.map_err(|Closed| Refused::Closed);
+        drop(held);
+        sent
+    }
+}
+
+/// Bytes a waiting [`Sender::send_bounded`] holds, given back when it ends or is
+/// cancelled.
+struct Held<'a>(&'a RefCell<Inner>, usize);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.borrow_mut().waiting_bytes -= self.1;
     }
 }
 
@@ -191,6 +258,35 @@ mod tests {
     fn recv_now(rx: &mut Receiver) -> Poll<Option<String>> {
         future::block_on(future::poll_once(poll_fn(|cx| rx.poll_recv(cx))))
             .map_or(Poll::Pending, Poll::Ready)
+    }
+
+    #[test]
+    fn senders_waiting_for_room_hold_a_bounded_number_of_bytes() {
+        let (tx, mut rx) = channel(1);
+        tx.try_send("queued".into()).unwrap();
+        let big = || "x".repeat(WAITING_BYTES / 2 + 1);
+        // The first big line may wait, whatever its length; a second one would take the
+        // waiting past the bound: refused at once, given back. A short one still waits.
+        let mut first = pin!(tx.send_bounded(big()));
+        assert!(future::block_on(future::poll_once(&mut first)).is_none());
+        let refused = future::block_on(tx.send_bounded(big()));
+        assert_eq!(refused, Err(Refused::Backlog(big())));
+        let mut short = pin!(tx.send_bounded("short".into()));
+        assert!(future::block_on(future::poll_once(&mut short)).is_none());
+        // Room: the first goes in; what it held is given back, so a big line may wait.
+        assert_eq!(rx.try_recv().as_deref(), Some("queued"));
+        assert_eq!(future::block_on(first), Ok(()));
+        let mut again = Box::pin(tx.send_bounded(big()));
+        assert!(future::block_on(future::poll_once(&mut again)).is_none());
+        // A waiting send that is cancelled gives its bytes back too.
+        drop(again);
+        assert_eq!(tx.0.borrow().waiting_bytes, 0);
+        let mut third = pin!(tx.send_bounded(big()));
+        assert!(future::block_on(future::poll_once(&mut third)).is_none());
+        assert_eq!(tx.0.borrow().waiting_bytes, big().len());
+        drop(rx);
+        assert_eq!(future::block_on(third), Err(Refused::Closed));
+        assert_eq!(future::block_on(short), Err(Refused::Closed));
     }
 
     #[test]

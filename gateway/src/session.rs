@@ -332,8 +332,34 @@ impl Session {
         }
     }
 
+    /// Queues an answer for the client, waiting for room, unless answers the client has
+    /// not made room for already hold `outbox::WAITING_BYTES`: it then gets a short
+    /// error under the same id instead (-32003), so that a client that does not read
+    /// holds that much of the gateway's memory, not `max_in_flight` whole answers.
     async fn reply(&self, reply: impl Into<Reply>) {
-        self.deliver(reply.into().into_text(), true).await;
+        let reply = reply.into();
+        let id = reply.id();
+        match self.out.send_bounded(reply.into_text()).await {
+            Ok(()) | Err(outbox::Refused::Closed) => {}
+            Err(outbox::Refused::Backlog(line)) => {
+                let err = SessionError::ClientBacklog(line.len()).to_rpc_error();
+                drop(line);
+                match self
+                    .drops
+                    .pass(std::time::Instant::now(), DROP_WARN_INTERVAL)
+                {
+                    None => {}
+                    Some(0) => log::warn!("session {}: {}", self.id, err.message),
+                    Some(n) => log::warn!(
+                        "session {}: {} ({n} more dropped since the last warning)",
+                        self.id,
+                        err.message
+                    ),
+                }
+                self.deliver(Message::error_response(id, err).to_text(), true)
+                    .await;
+            }
+        }
     }
 
     /// True when the client subscribed to `uri`.

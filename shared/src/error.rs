@@ -302,6 +302,9 @@ pub enum SessionError {
     ClientDidNotAnswer(u64),
     /// The gateway shut down with the request in flight.
     ShuttingDown,
+    /// The answer (this many bytes) was dropped: the client is not reading, its queue is
+    /// full, and other answers already wait for room up to the bound.
+    ClientBacklog(usize),
 }
 
 impl fmt::Display for SessionError {
@@ -345,6 +348,11 @@ impl fmt::Display for SessionError {
                 write!(f, "the client did not answer within {ms} ms")
             }
             SessionError::ShuttingDown => write!(f, "the gateway is shutting down"),
+            SessionError::ClientBacklog(bytes) => write!(
+                f,
+                "the answer ({bytes} bytes) was dropped: this client is not reading its \
+                 answers fast enough, and others already wait for room"
+            ),
         }
     }
 }
@@ -352,9 +360,9 @@ impl fmt::Display for SessionError {
 impl ToRpcError for SessionError {
     fn to_rpc_error(&self) -> RpcError {
         let code = match self {
-            SessionError::TooManyInFlight(_) | SessionError::TooManySubscriptions(_) => {
-                codes::OVERLOADED
-            }
+            SessionError::TooManyInFlight(_)
+            | SessionError::TooManySubscriptions(_)
+            | SessionError::ClientBacklog(_) => codes::OVERLOADED,
             SessionError::ClientDidNotAnswer(_) => codes::REQUEST_TIMEOUT,
             SessionError::ShuttingDown => codes::GATEWAY_UNAVAILABLE,
             SessionError::TooLarge { .. } | SessionError::DuplicateId => codes::INVALID_REQUEST,

@@ -114,6 +114,14 @@ impl Reply {
         }
     }
 
+    /// The id it answers.
+    pub fn id(&self) -> Option<Id> {
+        match self {
+            Reply::Whole(m) => m.id(),
+            Reply::Brief { brief, .. } => brief.id().cloned(),
+        }
+    }
+
     /// The message, parsed whole if it was kept as text.
     pub fn into_message(self) -> Message {
         match self {

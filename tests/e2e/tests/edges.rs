@@ -1677,6 +1677,54 @@ fn a_client_that_does_not_read_cannot_pile_up_answers() {
     }
 }
 
+/// With `max_in_flight` high, a client that reads nothing still holds a bounded part of
+/// the gateway's memory: answers wait for room in its queue up to
+/// `outbox::WAITING_BYTES` (4 MiB) between them, and an answer beyond that is replaced
+/// by a short -32003 under its id. Each request still gets exactly one answer. Before,
+/// 64 answers of 4 MB took the gateway to 184 MB.
+#[test]
+fn answers_waiting_for_a_client_that_does_not_read_are_bounded_in_bytes() {
+    let gw = gateway_with("send_timeout = \"60s\"\n");
+    let mut ws = raw_client(&gw);
+    let send = |ws: &mut tungstenite::WebSocket<std::net::TcpStream>, v: serde_json::Value| {
+        ws.send(tungstenite::Message::text(v.to_string())).unwrap()
+    };
+    send(
+        &mut ws,
+        json!({"jsonrpc":"2.0","id":"init","method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"e2e","version":"1"}}}),
+    );
+    let init = ws.read().unwrap();
+    assert!(init.to_text().unwrap().contains("\"result\""), "{init}");
+    let n = 24;
+    for i in 0..n {
+        send(
+            &mut ws,
+            json!({"jsonrpc":"2.0","id":i,"method":"tools/call",
+                "params":{"name":"one.big","arguments":{"bytes": 2_000_000}}}),
+        );
+    }
+    // 48 MB of answers: past what the queue, the waiting answers and the sockets hold.
+    gw.wait_line("not reading its answers fast enough");
+    let mut answers = std::collections::HashMap::new();
+    while answers.len() < n {
+        let m = ws.read().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&m.into_data()).unwrap();
+        let id = v["id"].as_u64().expect("an answer with its id");
+        assert!(answers.insert(id, v).is_none(), "answered twice: {id}");
+    }
+    let dropped = answers
+        .values()
+        .filter(|v| v["error"]["code"] == -32003)
+        .count();
+    let whole = answers
+        .values()
+        .filter(|v| v.get("result").is_some() && text_of(v).len() == 2_000_000)
+        .count();
+    assert_eq!(dropped + whole, n, "every answer whole or dropped");
+    assert!(dropped > 0 && whole > 2, "dropped {dropped}, whole {whole}");
+}
+
 /// Connections that all arrive before any handshake completes are held to
 /// `max_sessions` too (it was checked when each connection came, and counted only after
 /// its handshake).
