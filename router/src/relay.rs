@@ -683,7 +683,7 @@ async fn open_link(
         ex.spawn(keepalive(
             state.clone(),
             out.clone(),
-            ws_tx.clone(),
+            (ws_tx.clone(), lost_rx.clone()),
             gen,
             (meter, interval),
         ))
@@ -1535,15 +1535,27 @@ async fn write_ws(
 async fn keepalive(
     state: Shared,
     out: StdoutTx,
-    link: WsTx,
+    (link, lost): (WsTx, async_channel::Receiver<()>),
     gen: u64,
     (meter, interval): (Rc<Meter>, Duration),
 ) {
     let mut seen = meter.read();
     let mut pinged = false;
     loop {
-        async_io::Timer::after(interval).await;
-        if !state.borrow().is_alive(gen) {
+        // Ended as soon as the link is lost, not at the next tick: its hold on the link's
+        // queue keeps the writer task, and with it the socket, alive (a gateway that
+        // dropped every connection at once left the router hundreds of dead sockets).
+        let tick = futures_lite::future::or(
+            async {
+                async_io::Timer::after(interval).await;
+                true
+            },
+            async {
+                let _ = lost.recv().await;
+                false
+            },
+        );
+        if !tick.await || !state.borrow().is_alive(gen) {
             return;
         }
         let received = meter.read();

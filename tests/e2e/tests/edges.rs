@@ -272,6 +272,53 @@ fn gateway_loss_answers_pending_requests() {
 }
 
 /// A gateway like [`gateway`] listening on `addr` (one an earlier gateway used).
+/// A gateway (or a proxy in front of one) that drops every link right after its
+/// handshake leaves the router no dead sockets: each lost link's tasks end with it.
+/// Before, its keepalive slept out its interval and held the link's queue, and with it
+/// the writer and the socket: a review counted 508 dead sockets after 9 s, and the
+/// router then ran out of descriptors.
+#[test]
+fn links_a_gateway_drops_at_once_leave_no_sockets_behind() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/mcp", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            if let Ok(mut ws) = tungstenite::accept_hdr(stream, choose_mcp) {
+                let _ = ws.close(None);
+                let _ = ws.flush();
+            }
+            if tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    let sockets = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|t| t.to_string_lossy().starts_with("socket:"))
+            .count()
+    };
+    let c = router_with_config(
+        &url,
+        "reconnect_delay = \"5ms\"\nreconnect_max_delay = \"10ms\"\nping_interval = \"60s\"\n",
+    );
+    for _ in 0..5 {
+        rx.recv_timeout(DEADLINE).expect("a connection");
+    }
+    let early = sockets(c.pid());
+    for _ in 0..60 {
+        rx.recv_timeout(DEADLINE).expect("a connection");
+    }
+    let late = sockets(c.pid());
+    assert!(
+        late <= early + 2,
+        "{early} sockets after 5 links, {late} after 65"
+    );
+}
+
 fn gateway_on(addr: &str) -> Gateway {
     Gateway::start_raw(&format!(
         "[server]\nlisten = \"{addr}\"\n{}",
