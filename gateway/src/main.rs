@@ -237,16 +237,7 @@ impl Gateway {
 
     /// `/readyz`: every backend's command can be found (so it can be started).
     fn ready(&self) -> Result<(), String> {
-        let missing: Vec<&str> = self
-            .cfg
-            .backends
-            .iter()
-            .filter(|b| {
-                let path = b.env.get("PATH").map(String::as_str);
-                !command_exists(&b.command, b.cwd.as_deref(), path)
-            })
-            .map(|b| b.name.as_str())
-            .collect();
+        let missing = missing_commands(&self.cfg);
         if missing.is_empty() {
             Ok(())
         } else {
@@ -278,6 +269,18 @@ impl Gateway {
             t.await;
         }
     }
+}
+
+/// The backends whose command cannot be found (so they cannot be started).
+fn missing_commands(cfg: &GatewayConfig) -> Vec<&str> {
+    cfg.backends
+        .iter()
+        .filter(|b| {
+            let path = b.env.get("PATH").map(String::as_str);
+            !command_exists(&b.command, b.cwd.as_deref(), path)
+        })
+        .map(|b| b.name.as_str())
+        .collect()
 }
 
 /// True when `command` names an existing file, directly or on `PATH`.
@@ -379,6 +382,14 @@ fn main() -> ExitCode {
     }
     if args.check_config {
         println!("mcp-gateway: {}: configuration is valid", path.display());
+        // Not invalid (the file may be checked where the backends are not installed),
+        // but what the gateway would report on `/readyz`: said here too.
+        for name in missing_commands(&cfg) {
+            eprintln!(
+                "mcp-gateway: warning: backend {name:?}: its command is not found here; \
+                 it cannot start (/readyz reports it)"
+            );
+        }
         return ExitCode::SUCCESS;
     }
     mcp_shared::logger::init(cfg.logging.level.filter(), cfg.logging.format);
@@ -396,9 +407,14 @@ fn main() -> ExitCode {
         }
     };
     let result = rt::block_on(run(cfg, token, tel.clone(), path));
+    // The spans still queued, within `telemetry::SHUTDOWN_TIMEOUT`: "stopped" comes
+    // after them, when the process is about to exit.
     tel.shutdown();
     let code = match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            log::info!("stopped");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             log::error!("{e}");
             ExitCode::FAILURE
@@ -531,6 +547,12 @@ async fn run(
         }
         None => None,
     };
+    for name in missing_commands(&gw.cfg) {
+        log::warn!(
+            "backend {name:?}: its command is not found; it cannot start until it is \
+             (/readyz reports it)"
+        );
+    }
     // The readiness line is a contract (scripts and tests wait for it): it is written
     // whatever the log level.
     let ready_line = format!(
@@ -560,7 +582,6 @@ async fn run(
     rt::spawn(server::serve(gw.clone(), listener, stop_rx)).await;
     let _ = sdnotify::stopping();
     gw.stop_backends().await;
-    log::info!("stopped");
     Ok(())
 }
 

@@ -1296,12 +1296,23 @@ impl GatewayConfig {
         }
         validate_nonzero(self.server.max_sessions, &["server", "max_sessions"])?;
         if let Some(a) = &self.admin {
-            a.listen.parse::<SocketAddr>().map_err(|_| {
+            let admin = a.listen.parse::<SocketAddr>().map_err(|_| {
                 invalid(
                     &["admin", "listen"],
                     format!("{:?} is not an ip:port address", a.listen),
                 )
             })?;
+            let server = self.server.listen.parse::<SocketAddr>().ok();
+            if server.is_some_and(|s| listens_clash(s, admin)) {
+                // Caught here, so `--check-config` says so, not the start.
+                return Err(invalid(
+                    &["admin", "listen"],
+                    format!(
+                        "{:?} is the port [server] listen ({:?}) takes",
+                        a.listen, self.server.listen
+                    ),
+                ));
+            }
         }
         validate_positive_duration(
             self.server.handshake_timeout,
@@ -1418,6 +1429,15 @@ impl GatewayConfig {
             .unwrap_or(self.limits.request_timeout)
             .0
     }
+}
+
+/// Whether two listeners could not both bind: the same fixed port, on the same address
+/// or one of them on every address of the family.
+fn listens_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 fn validate_nonzero(v: usize, path: &[&str]) -> Result<(), Invalid> {
@@ -1863,6 +1883,35 @@ env = { A = "1" }
             in_toml_words("missing field `name`"),
             "missing field `name`"
         );
+    }
+
+    #[test]
+    fn an_admin_listener_on_the_servers_port_is_refused() {
+        let with = |server: &str, admin: &str| {
+            from_str::<GatewayConfig>(
+                &format!("[server]\nlisten = \"{server}\"\n[admin]\nlisten = \"{admin}\"\n"),
+                None,
+            )
+        };
+        for (server, admin) in [
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("127.0.0.1:8080", "0.0.0.0:8080"),
+            ("[::1]:8080", "[::]:8080"),
+        ] {
+            let e = with(server, admin).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("admin.listen"), "{e}");
+            assert_eq!(e.line, Some(4), "{e}");
+            assert!(e.message.contains("[server] listen"), "{e}");
+        }
+        for (server, admin) in [
+            ("127.0.0.1:0", "127.0.0.1:0"),
+            ("127.0.0.1:8080", "127.0.0.2:8080"),
+            ("127.0.0.1:8080", "127.0.0.1:8081"),
+            ("0.0.0.0:8080", "[::1]:8080"),
+        ] {
+            assert!(with(server, admin).is_ok(), "{server} {admin}");
+        }
     }
 
     #[test]

@@ -70,6 +70,26 @@ fn readiness_fails_when_a_backend_cannot_be_started() {
     let (status, body) = get(&admin_addr(&gw), "/readyz");
     assert_eq!(status, 503);
     assert!(body.contains("ghost"), "{body}");
+    // Said at the start, and by `--check-config` (which still passes the file: it may be
+    // checked where the backends are not installed).
+    // (Before the readiness line, which the start waited for.)
+    let log = gw.log.text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("\"ghost\": its command is not found")),
+        "{log}"
+    );
+    let out = std::process::Command::new(bin("mcp-gateway"))
+        .args(["--check-config", "--config"])
+        .arg(gw.config_path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: backend \"ghost\": its command is not found"),
+        "{stderr}"
+    );
 }
 
 /// Readiness looks a command up as the start will: in the backend's own `PATH` when
