@@ -559,13 +559,17 @@ async fn maintain_link(
         attempt += 1;
         let opened = open_link(ex, &cfg, token.as_ref(), &state, &out, was_open).await;
         was_open |= opened.is_ok();
+        // (A link lost during its replay, `Disconnected`, was logged by `link_down`,
+        // which set `down` too.)
         if let Err(e) = &opened {
-            if attempt == 1 || first.is_zero() {
-                log::error!("{e}; every request will be answered with an error");
-            } else {
-                log::warn!("{e}");
+            if !matches!(e, RelayError::Disconnected { .. }) {
+                if attempt == 1 || first.is_zero() {
+                    log::error!("{e}; every request will be answered with an error");
+                } else {
+                    log::warn!("{e}");
+                }
+                state.borrow_mut().down = Some(e.clone());
             }
-            state.borrow_mut().down = Some(e.clone());
         }
         first_done.take();
         if let Ok(lost) = opened {
@@ -677,6 +681,9 @@ async fn open_link(
         st.readers.retain(|(task, _)| !task.is_finished());
         st.readers.push((reader, stop_tx));
         st.replaying = Some(ws_tx.clone());
+        // What the host's requests are told meanwhile (not the error of the last failed
+        // attempt before this one).
+        st.down = Some(RelayError::Replaying);
     }
     let interval = cfg.gateway.ping_interval.0;
     if !interval.is_zero() {
@@ -1347,6 +1354,9 @@ async fn read_ws(
             },
             Some(Ok(WsMessage::Close(frame))) => {
                 break match frame {
+                    Some(f) if f.reason.is_empty() => {
+                        format!("gateway closed the connection ({})", f.code)
+                    }
                     Some(f) => format!("gateway closed the connection ({} {})", f.code, f.reason),
                     None => "gateway closed the connection".into(),
                 }

@@ -221,8 +221,12 @@ impl Output {
             Output::Polled(io) => write_polled(io, rx, &written).await,
             Output::Pool { shared } => write_pool(rx, written, shared).await,
         };
-        if let Err(e) = result {
-            log::error!("writing stdout: {e}");
+        match result {
+            Ok(()) => {}
+            // The host closed its end: the session ends, which `relay` logs ("stdout
+            // closed by the host"); no error.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => log::debug!("writing stdout: {e}"),
+            Err(e) => log::error!("writing stdout: {e}"),
         }
     }
 }

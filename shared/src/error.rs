@@ -391,6 +391,9 @@ pub enum RelayError {
         /// Why, if known.
         reason: String,
     },
+    /// A new link is up and the host's session is being replayed on it: the host's
+    /// requests wait for that.
+    Replaying,
     /// The gateway's response exceeded the router's `max_message_bytes` and was
     /// dropped (the link stays up).
     ResponseTooLarge {
@@ -408,6 +411,11 @@ impl fmt::Display for RelayError {
             RelayError::Disconnected { reason } => {
                 write!(f, "connection to the gateway closed: {reason}")
             }
+            RelayError::Replaying => write!(
+                f,
+                "the router reconnected to the gateway and is replaying the session on the \
+                 new link; try again shortly"
+            ),
             RelayError::ResponseTooLarge { limit } => write!(
                 f,
                 "the gateway's response is larger than {limit} bytes (the router's max_message_bytes); dropped"

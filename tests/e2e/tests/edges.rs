@@ -429,6 +429,76 @@ fn router_started_before_its_gateway_connects_when_it_comes_up() {
     assert!(c.close_stdin().success());
 }
 
+/// While the router replays the host's session on a new link, the host's requests are
+/// told so (-32004, "replaying the session"), not the error of the failed attempt
+/// before the link came up; and a replay that fails is logged once, not as both a lost
+/// link and a closed connection.
+#[test]
+fn requests_during_a_replay_are_told_so_and_its_failure_is_logged_once() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/mcp", listener.local_addr().unwrap());
+    let (replayed_tx, replayed_rx) = std::sync::mpsc::channel::<()>();
+    let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let read_request = |ws: &mut tungstenite::WebSocket<std::net::TcpStream>| loop {
+            let m = ws.read().unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&m.into_data()).unwrap();
+            if v.get("id").is_some() {
+                return v;
+            }
+        };
+        // The first link answers `initialize`, then drops.
+        let (stream, _) = listener.accept().unwrap();
+        let mut ws = tungstenite::accept_hdr(stream, choose_mcp).unwrap();
+        let init = read_request(&mut ws);
+        let answer = json!({"jsonrpc":"2.0","id":init["id"],"result":{
+            "protocolVersion":"2025-06-18","capabilities":{},
+            "serverInfo":{"name":"stand-in","version":"1"}}});
+        ws.send(tungstenite::Message::text(answer.to_string()))
+            .unwrap();
+        drop(ws);
+        // The next one gets the replayed `initialize` and holds it until told to drop.
+        let (stream, _) = listener.accept().unwrap();
+        let mut ws = tungstenite::accept_hdr(stream, choose_mcp).unwrap();
+        let replayed = read_request(&mut ws);
+        assert_eq!(replayed["method"], "initialize");
+        replayed_tx.send(()).unwrap();
+        let _ = end_rx.recv();
+        drop(ws);
+        // Later attempts are refused (the listener closes).
+    });
+    let mut c = router_with_config(
+        &url,
+        "reconnect_delay = \"10ms\"\nreconnect_max_delay = \"20ms\"\n",
+    );
+    c.initialize();
+    replayed_rx
+        .recv_timeout(DEADLINE)
+        .expect("a replayed initialize");
+    let r = c.call(json!("during"), "one.echo", json!({"text": "x"}));
+    assert_eq!(error_code(&r), -32004, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("replaying the session")),
+        "{r}"
+    );
+    end_tx.send(()).unwrap();
+    // The first link's loss, then the replay's.
+    c.wait_log("gateway link lost");
+    c.wait_log("gateway link lost");
+    c.wait_log("reconnecting to the gateway");
+    let log = c.log.text();
+    // (A message the host sent while the link was down is dropped with that reason:
+    // those lines say so.)
+    let doubled = log
+        .lines()
+        .filter(|l| l.contains("connection to the gateway closed") && !l.contains("dropped a"))
+        .count();
+    assert_eq!(doubled, 0, "{log}");
+    assert_eq!(log.matches("gateway link lost").count(), 2, "{log}");
+}
+
 /// A WebSocket client of `gw` (subprotocol `mcp`) that reads only when the test does.
 fn raw_client(gw: &Gateway) -> tungstenite::WebSocket<std::net::TcpStream> {
     use tungstenite::client::IntoClientRequest;
@@ -546,6 +616,8 @@ fn router_ends_when_the_host_closes_its_stdout() {
         err.contains("stdout closed by the host; shutting down"),
         "{err}"
     );
+    // The normal end of a session, not an error.
+    assert!(!err.contains("ERROR"), "{err}");
     drop(stdin);
 }
 
