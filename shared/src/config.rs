@@ -1535,7 +1535,14 @@ fn in_toml_words(message: &str) -> String {
     let Some((found, expected)) = message.rsplit_once(", expected ") else {
         return message.to_string();
     };
+    // An integer beyond 64 bits is read as an i128 and then refused as one: it is a
+    // number out of range, not of another type.
+    let too_big = found
+        .strip_prefix("invalid type: integer `")
+        .and_then(|r| r.strip_suffix("` as i128"))
+        .map(|n| format!("invalid value: {n} is out of range"));
     let found = match found {
+        _ if too_big.is_some() => too_big.as_deref().unwrap_or(found),
         "invalid type: sequence" => "invalid type: array",
         "invalid type: map" => "invalid type: table",
         other => other,
@@ -1882,6 +1889,16 @@ env = { A = "1" }
         assert_eq!(
             in_toml_words("missing field `name`"),
             "missing field `name`"
+        );
+        let e = from_str::<GatewayConfig>(
+            "[server]\nlisten = \"127.0.0.1:0\"\nmax_sessions = 99999999999999999999\n",
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("server.max_sessions"), "{e}");
+        assert_eq!(
+            e.message,
+            "invalid value: 99999999999999999999 is out of range, expected a non-negative integer"
         );
     }
 
