@@ -1751,8 +1751,8 @@ async fn write_stdin(
     if let (Some(e), Some(proc)) = (broken, proc.upgrade()) {
         if proc.alive.get() && !proc.stopping.get() {
             log::warn!(
-                "backend {:?}: writing to its stdin failed ({e}); it reads no more \
-                 requests: killing it so that it is restarted",
+                "backend {:?}: writing to its stdin failed ({e}); it closed its stdin or \
+                 is exiting, and reads no more requests: killing it so that it is restarted",
                 proc.name
             );
             proc.kill();
