@@ -2,9 +2,20 @@
 //! [/path]`). Built into every binary, tracing's transports or not, so that
 //! configuration checks (`--check-config`, a reload) refuse an endpoint the exporter
 //! could never use, instead of the next start failing.
+//!
+//! A query (`?…`) or a fragment (`#…`) is refused: OTLP/HTTP appends `/v1/traces` to
+//! the endpoint's path, which after a query would land inside it (`/otlp?key=abc
+//! /v1/traces`), and a fragment is never sent over the wire at all. A collector's key
+//! goes in `otlp_headers`, not in the URL (docs/tracing.md).
 
 /// Default port of an `https://` endpoint without one (the URL's own default).
 pub const HTTPS_PORT: u16 = 443;
+
+/// Why an endpoint with a query or a fragment is refused.
+pub const NO_QUERY_IN_COLLECTOR_URL: &str =
+    "the collector URL has a query (?...) or a fragment (#...): neither is supported \
+     (OTLP/HTTP adds /v1/traces to the path); send a key as a header (otlp_headers or \
+     OTEL_EXPORTER_OTLP_HEADERS)";
 
 /// A collector endpoint, split.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +53,10 @@ impl Endpoint {
         };
         if authority.contains('@') {
             return Err(crate::config::NO_CREDENTIALS_IN_COLLECTOR_URL.into());
+        }
+        // Not repeated either: a query may hold a key.
+        if rest.contains(['?', '#']) {
+            return Err(NO_QUERY_IN_COLLECTOR_URL.into());
         }
         let default_port = if tls { HTTPS_PORT } else { plain_port };
         let bad_port = || {
@@ -159,6 +174,18 @@ mod tests {
             "http://coll:ector:1",
         ] {
             assert!(Endpoint::parse(url, 1).is_err(), "{url}");
+        }
+        // A query or a fragment: refused, wherever it starts, and not repeated.
+        for url in [
+            "http://c/otlp?key=s3cret",
+            "http://c/otlp#s3cret",
+            "http://c:4318?key=s3cret",
+            "https://c/v1/traces?",
+            "http://c/#",
+            "http://[::1]:4318/otlp?key=s3cret",
+        ] {
+            let e = Endpoint::parse(url, 1).unwrap_err();
+            assert_eq!(e, NO_QUERY_IN_COLLECTOR_URL, "{url}");
         }
         let e = Endpoint::parse("http://[fe80::1%eth0]:4317", 1).unwrap();
         assert_eq!(e.host, "fe80::1%eth0");

@@ -957,6 +957,16 @@ mod tests {
                 "tracing.otlp_endpoint",
             ),
             (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://c:4318/otlp?key=abc",
+                "tracing.otlp_endpoint",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://c:4318/v1/traces#frag",
+                "tracing.otlp_endpoint",
+            ),
+            (
                 "OTEL_EXPORTER_OTLP_HEADERS",
                 "Host=x",
                 "tracing.otlp_headers",
@@ -1068,8 +1078,11 @@ mod tests {
         };
         let e = bad.validate().unwrap_err();
         assert_eq!(e.path, ["tracing", "otlp_endpoint"]);
-        // Credentials before the host: refused, and no message repeats the endpoint.
+        // Credentials before the host, or a query or fragment (a key may be in it):
+        // refused, and no message repeats the endpoint.
         for (url, insecure) in [
+            ("http://c:4318/otlp?key=s3cret", None),
+            ("c:4318/otlp#s3cret", Some(true)),
             ("http://u:s3cret@c:4318", None),
             ("grpc://u:s3cret@c", None),
             ("u:s3cret@c:4317", Some(true)),
