@@ -694,7 +694,8 @@ impl TracingConfig {
             _ => {}
         }
         for (name, value) in &self.otlp_headers {
-            if let Err(why) = check_otlp_header(name, value) {
+            let grpc = self.otlp_protocol == OtlpProtocol::Grpc;
+            if let Err(why) = check_otlp_header(name, value, grpc) {
                 return Err(invalid(&["tracing", "otlp_headers", name], why));
             }
         }
@@ -728,13 +729,30 @@ pub const RESERVED_OTLP_HEADERS: &[&str] = &[
     "user-agent",
 ];
 
-/// An `otlp_headers` entry must be sendable as an HTTP/1.1 header and as gRPC metadata:
-/// a token name that is not reserved, and a value of visible ASCII, spaces and tabs.
-/// (Checked here so that a bad header is a startup error, not a failure of every export.)
-fn check_otlp_header(name: &str, value: &str) -> Result<(), String> {
+/// An `otlp_headers` entry must be sendable as an HTTP/1.1 header and, with `grpc`, as
+/// gRPC metadata: a token name that is not reserved, and a value of visible ASCII,
+/// spaces and tabs. gRPC's metadata keys are narrower than HTTP's tokens (`0-9 a-z _ -
+/// .`); an upper-case letter stands for its lower case (HTTP/2 sends names in lower
+/// case, and the exporter lowercases them), and a key ending in `-bin` would make the
+/// value binary (base64), which a text value here is not. (Checked here so that a bad
+/// header is a startup error, not a failure of every export.)
+fn check_otlp_header(name: &str, value: &str, grpc: bool) -> Result<(), String> {
     let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
     if name.is_empty() || !name.chars().all(token) {
         return Err(format!("{name:?} is not a valid header name"));
+    }
+    let metadata = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if grpc && !name.chars().all(metadata) {
+        return Err(format!(
+            "{name:?} is not a valid gRPC metadata key (letters, digits, _ - . only; \
+             otlp_protocol is grpc)"
+        ));
+    }
+    if grpc && name.to_ascii_lowercase().ends_with("-bin") {
+        return Err(format!(
+            "{name:?} ends in -bin, which gRPC takes for a binary (base64) value; \
+             header values here are text"
+        ));
     }
     let lower = name.to_ascii_lowercase();
     if RESERVED_OTLP_HEADERS.contains(&lower.as_str()) || lower.starts_with("grpc-") {
@@ -2022,6 +2040,20 @@ env = { A = "1" }
             ..TracingConfig::default()
         };
         assert!(with("x-api-key", "abc 123=").validate().is_ok());
+        // An upper-case name is its lower-case gRPC key (HTTP/2 lowercases names).
+        assert!(with("X-API-Key", "k").validate().is_ok());
+        // HTTP tokens that are no gRPC metadata key: refused for gRPC (the default),
+        // taken for OTLP/HTTP.
+        for k in ["x-k%41", "x-q'", "x~y", "x|y", "x-key-bin"] {
+            let e = with(k, "v").validate().unwrap_err();
+            assert_eq!(e.path, ["tracing", "otlp_headers", k], "{}", e.message);
+            assert!(e.message.contains("gRPC"), "{}", e.message);
+            let http = TracingConfig {
+                otlp_protocol: OtlpProtocol::HttpProtobuf,
+                ..with(k, "v")
+            };
+            http.validate().unwrap();
+        }
         for (k, v) in [
             ("connection", "close"),
             ("Content-Type", "text/plain"),

@@ -55,6 +55,10 @@ const READ_CHUNK: usize = 8192;
 /// First retry delay of a failed export; doubles up to the export timeout.
 #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 pub const RETRY_BASE: Duration = Duration::from_millis(100);
+/// Longest collector's text (a gRPC `grpc-message`, a partial success's
+/// `error_message`) quoted in a warning, in characters; the rest is cut.
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+pub const MAX_QUOTED_CHARS: usize = 256;
 /// gRPC path of the OTLP trace service.
 #[cfg(feature = "otlp-grpc")]
 pub const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -823,9 +827,13 @@ impl GrpcExporter {
         };
         let result = with_retries(timeout, |deadline| {
             match conn::block_on(deadline, self.attempt(&body, deadline)) {
-                Ok((0, _)) => Ok(()),
-                Ok((status, info)) => {
-                    Err((format!("gRPC status {status}"), retryable(status, info)))
+                Ok(a) if a.status == 0 => Ok(()),
+                Ok(a) => {
+                    let why = match &a.message {
+                        Some(m) => format!("gRPC status {}: {m}", a.status),
+                        None => format!("gRPC status {}", a.status),
+                    };
+                    Err((why, retryable(a.status, a.info)))
                 }
                 Err(e) => {
                     // Whatever state a failed (or timed out) call left it in: start over.
@@ -850,12 +858,8 @@ impl GrpcExporter {
         result
     }
 
-    /// One attempt on the kept connection (or a new one); the gRPC status of the call.
-    async fn attempt(
-        &mut self,
-        body: &GrpcBody,
-        deadline: Instant,
-    ) -> io::Result<(u32, Option<RetryInfo>)> {
+    /// One attempt on the kept connection (or a new one); the collector's answer.
+    async fn attempt(&mut self, body: &GrpcBody, deadline: Instant) -> io::Result<GrpcAnswer> {
         let mut reused = false;
         if let Some(c) = &mut self.conn {
             // A connection the collector has closed (or sent GOAWAY on) ends its driver.
@@ -938,13 +942,20 @@ impl GrpcExporter {
 }
 
 #[cfg(feature = "otlp-grpc")]
-/// One unary call on `c`, driving the connection while it runs: its gRPC status, and
-/// the collector's `RetryInfo` when it sent one.
-async fn call(
-    c: &mut H2,
-    req: http::Request<()>,
-    body: GrpcBody,
-) -> Result<(u32, Option<RetryInfo>), Failed> {
+/// What the collector answered a call.
+#[derive(Debug)]
+struct GrpcAnswer {
+    /// The gRPC status (2, UNKNOWN, when it sent none).
+    status: u32,
+    /// Its `RetryInfo`, when it sent one.
+    info: Option<RetryInfo>,
+    /// Its `grpc-message`, made fit for a log line ([`grpc_message`]).
+    message: Option<String>,
+}
+
+#[cfg(feature = "otlp-grpc")]
+/// One unary call on `c`, driving the connection while it runs: the collector's answer.
+async fn call(c: &mut H2, req: http::Request<()>, body: GrpcBody) -> Result<GrpcAnswer, Failed> {
     let H2 { send, driver } = c;
     let answered = std::cell::Cell::new(false);
     let exchange = async {
@@ -957,6 +968,7 @@ async fn call(
         let header_status = grpc_status(resp.headers());
         // A trailers-only answer has its status (and details) in the headers.
         let header_info = retry_info(resp.headers());
+        let header_message = grpc_message(resp.headers());
         if resp.status() != http::StatusCode::OK {
             // gRPC's HTTP-to-status mapping: 429, 502, 503 and 504 are UNAVAILABLE (worth
             // another try); any other status will not heal (InvalidData: no retry).
@@ -987,10 +999,11 @@ async fn call(
             .and_then(grpc_status)
             .or(header_status)
             .unwrap_or(2);
-        Ok((
+        Ok(GrpcAnswer {
             status,
-            trailers.as_ref().and_then(retry_info).or(header_info),
-        ))
+            info: trailers.as_ref().and_then(retry_info).or(header_info),
+            message: trailers.as_ref().and_then(grpc_message).or(header_message),
+        })
     };
     let mut exchange = std::pin::pin!(exchange);
     // Ok: the call's result; Err: how the connection ended first.
@@ -1019,6 +1032,53 @@ async fn call(
 #[cfg(feature = "otlp-grpc")]
 fn grpc_status(h: &http::HeaderMap) -> Option<u32> {
     h.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+#[cfg(feature = "otlp-grpc")]
+/// The call's `grpc-message` (percent-encoded UTF-8, as gRPC sends it), decoded and
+/// made fit for a log line ([`quoted`]); `None` when absent or empty.
+fn grpc_message(h: &http::HeaderMap) -> Option<String> {
+    let raw = h.get("grpc-message")?.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16);
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match (raw[i], raw.get(i + 1).copied(), raw.get(i + 2).copied()) {
+            (b'%', Some(h1), Some(l)) if hex(h1).is_some() && hex(l).is_some() => {
+                bytes.push((hex(h1).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                bytes.push(c);
+                i += 1;
+            }
+        }
+    }
+    quoted(&String::from_utf8_lossy(&bytes))
+}
+
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+/// A collector's text made fit for a log line: at most [`MAX_QUOTED_CHARS`]
+/// characters (then `…`), control characters escaped (`\n`, `\u{1b}`), so a collector
+/// cannot forge lines or terminal sequences in the log; `None` when empty.
+fn quoted(text: &str) -> Option<String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == MAX_QUOTED_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    Some(out)
 }
 
 #[cfg(feature = "otlp-grpc")]
@@ -1628,6 +1688,97 @@ mod tests {
         assert_eq!((got[0], n), (0, got.len() - 5));
         let req = ExportTraceServiceRequest::decode(&got[5..]).unwrap();
         assert_eq!(req.resource_spans[0].scope_spans[0].spans.len(), 5);
+    }
+
+    /// A gRPC collector on h2's server side, run by async-io on its own thread: takes
+    /// one connection and answers its first call with `body` (the response message,
+    /// unframed) and `trailers`. Its port.
+    #[cfg(feature = "otlp-grpc")]
+    fn one_call_grpc_collector(body: Vec<u8>, trailers: &[(&'static str, &'static str)]) -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut t = http::HeaderMap::new();
+        for (k, v) in trailers {
+            t.insert(*k, v.parse().unwrap());
+        }
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            async_io::block_on(async move {
+                let io = TokioIo(async_io::Async::new(s).unwrap());
+                let mut conn = h2::server::handshake(io).await.unwrap();
+                let (req, mut respond) = conn.accept().await.unwrap().unwrap();
+                let serve = async move {
+                    let mut got = req.into_body();
+                    while let Some(chunk) = got.data().await {
+                        let _ = got.flow_control().release_capacity(chunk.unwrap().len());
+                    }
+                    let head = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .unwrap();
+                    let mut tx = respond.send_response(head, false).unwrap();
+                    if !body.is_empty() {
+                        let mut framed = vec![0];
+                        framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+                        framed.extend_from_slice(&body);
+                        tx.send_data(Bytes::from(framed), false).unwrap();
+                    }
+                    tx.send_trailers(t).unwrap();
+                    // Held open until the exporter closes the connection.
+                    std::future::pending::<()>().await
+                };
+                let drive = std::future::poll_fn(|cx| conn.poll_closed(cx));
+                futures_lite::future::or(serve, async {
+                    let _ = drive.await;
+                })
+                .await
+            })
+        });
+        port
+    }
+
+    #[cfg(feature = "otlp-grpc")]
+    fn grpc_to(port: u16) -> Exporter {
+        Exporter::grpc(&TracingConfig {
+            enabled: true,
+            otlp_endpoint: Some(format!("http://127.0.0.1:{port}")),
+            ..TracingConfig::default()
+        })
+        .unwrap()
+    }
+
+    /// A failed call's warning quotes the collector's `grpc-message`: percent-decoded,
+    /// control characters escaped (no forged log line), bounded.
+    #[test]
+    #[cfg(feature = "otlp-grpc")]
+    fn a_grpc_failure_quotes_the_collectors_message() {
+        let port = one_call_grpc_collector(
+            Vec::new(),
+            &[
+                ("grpc-status", "3"),
+                ("grpc-message", "bad%20batch%0AWARN forged %E2%82%AC"),
+            ],
+        );
+        let err = grpc_to(port)
+            .export_encoded(&mut Vec::new(), Duration::from_secs(5))
+            .unwrap_err();
+        assert!(
+            err.ends_with("gRPC status 3: bad batch\\nWARN forged €"),
+            "{err}"
+        );
+        let mut h = http::HeaderMap::new();
+        assert_eq!(grpc_message(&h), None);
+        h.insert("grpc-message", "%zz%4".parse().unwrap());
+        assert_eq!(grpc_message(&h).as_deref(), Some("%zz%4"));
+        h.insert("grpc-message", "%1B[31m%FF".parse().unwrap());
+        assert_eq!(grpc_message(&h).as_deref(), Some("\\u{1b}[31m\u{fffd}"));
+        let long = "x".repeat(MAX_QUOTED_CHARS * 2);
+        h.insert("grpc-message", long.parse().unwrap());
+        let m = grpc_message(&h).unwrap();
+        assert_eq!(m.chars().count(), MAX_QUOTED_CHARS + 1);
+        assert!(m.ends_with('…'));
+        h.insert("grpc-message", "".parse().unwrap());
+        assert_eq!(grpc_message(&h), None);
     }
 
     #[test]

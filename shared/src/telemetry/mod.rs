@@ -972,6 +972,11 @@ mod tests {
                 "tracing.otlp_headers",
             ),
             (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-q'=1",
+                "tracing.otlp_headers",
+            ),
+            (
                 "OTEL_EXPORTER_OTLP_CLIENT_KEY",
                 "/k.pem",
                 "tracing.otlp_client_key",
