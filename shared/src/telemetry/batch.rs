@@ -24,7 +24,7 @@ use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 use opentelemetry_sdk::Resource;
 
-use super::export::Exporter;
+use super::export::{Accepted, Exporter};
 
 /// Shortest time between two warnings about dropped spans.
 pub const DROP_WARN_INTERVAL: Duration = Duration::from_secs(10);
@@ -76,7 +76,7 @@ struct State {
     /// When each kind of drop was last warned of ([`Dropped`] as the index): a full queue
     /// and a failed export each at most once per [`DROP_WARN_INTERVAL`], so the one
     /// that names the collector's failure is not hidden by the other.
-    last_drop_warning: [Option<Instant>; 2],
+    last_drop_warning: [Option<Instant>; 3],
     /// Spans of the batch the exporter thread is sending (out of the queue).
     exporting: usize,
     /// The shutdown's deadline passed during that export: its spans were counted as
@@ -89,6 +89,9 @@ struct State {
 enum Dropped {
     QueueFull = 0,
     ExportFailed = 1,
+    /// The collector took the batch but rejected some of its spans (OTLP partial
+    /// success), or took it all with a warning.
+    Rejected = 2,
 }
 
 #[derive(Debug)]
@@ -244,7 +247,9 @@ fn run(shared: Arc<Shared>, mut exporter: Exporter) {
             let result = if shared.encoded {
                 exporter.export_encoded(&mut chunk.bytes, shared.export_timeout)
             } else {
-                exporter.export_records(std::mem::take(&mut chunk.records))
+                exporter
+                    .export_records(std::mem::take(&mut chunk.records))
+                    .map(|()| Accepted::default())
             };
             let written_off = {
                 let mut st = shared.state.lock().unwrap();
@@ -253,8 +258,24 @@ fn run(shared: Arc<Shared>, mut exporter: Exporter) {
             };
             match result {
                 _ if written_off => {}
-                Ok(()) => {
-                    shared.stats.exported.fetch_add(n, Ordering::Relaxed);
+                Ok(accepted) => {
+                    // Spans the collector rejected are dropped, not exported.
+                    let rejected = accepted.rejected.min(n);
+                    shared
+                        .stats
+                        .exported
+                        .fetch_add(n - rejected, Ordering::Relaxed);
+                    shared.stats.dropped.fetch_add(rejected, Ordering::Relaxed);
+                    let said = accepted.message.as_deref().unwrap_or("no message");
+                    if rejected > 0 {
+                        let msg = format!(
+                            "collector rejected {rejected} of {n} span(s) exported: {said}"
+                        );
+                        warn_rate_limited(&shared, Dropped::Rejected, &msg);
+                    } else if accepted.message.is_some() {
+                        let msg = format!("collector took {n} span(s) with a warning: {said}");
+                        warn_rate_limited(&shared, Dropped::Rejected, &msg);
+                    }
                 }
                 Err(e) => {
                     shared.stats.dropped.fetch_add(n, Ordering::Relaxed);

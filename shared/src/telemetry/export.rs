@@ -57,7 +57,6 @@ const READ_CHUNK: usize = 8192;
 pub const RETRY_BASE: Duration = Duration::from_millis(100);
 /// Longest collector's text (a gRPC `grpc-message`, a partial success's
 /// `error_message`) quoted in a warning, in characters; the rest is cut.
-#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 pub const MAX_QUOTED_CHARS: usize = 256;
 /// gRPC path of the OTLP trace service.
 #[cfg(feature = "otlp-grpc")]
@@ -68,6 +67,18 @@ pub const GRPC_PORT: u16 = 4317;
 /// Port of an `http://` OTLP/HTTP endpoint without one.
 #[cfg(feature = "otlp-http")]
 pub const HTTP_PORT: u16 = 80;
+
+/// What the collector said of a batch it took (OTLP's `partial_success` in the export
+/// response): how many of its spans it rejected, and its message (made fit for a log
+/// line). Both empty for a plain success, and when the response could not be read.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// Spans the collector rejected (`rejected_spans`; a negative value is read as 0).
+    pub rejected: u64,
+    /// Its `error_message`, when not empty: at most [`MAX_QUOTED_CHARS`] characters,
+    /// control characters escaped.
+    pub message: Option<String>,
+}
 
 /// One of the exporters.
 #[derive(Debug)]
@@ -139,8 +150,13 @@ impl Exporter {
     /// Exports one batch of encoded span entries, with retries, within `timeout`.
     /// Blocks the calling thread. `spans` is the batch's own buffer, sent from where it
     /// is: afterwards it is a buffer to reuse, its content unspecified (the gRPC exporter
-    /// hands it to h2 and takes it back; it is left empty if h2 still holds it).
-    pub fn export_encoded(&mut self, spans: &mut Vec<u8>, timeout: Duration) -> Result<(), String> {
+    /// hands it to h2 and takes it back; it is left empty if h2 still holds it). On
+    /// success, what the collector said of the batch ([`Accepted`]).
+    pub fn export_encoded(
+        &mut self,
+        spans: &mut Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Accepted, String> {
         let _ = (&spans, timeout);
         match self {
             #[cfg(feature = "otlp-http")]
@@ -238,15 +254,15 @@ impl From<bool> for Again {
 /// `timeout`; waits [`RETRY_BASE`], doubling, between tries, or as long as the collector
 /// asked (`Retry-After`, OTLP's "SHOULD honor"; when that is past the deadline, the
 /// export gives up at once instead of trying against the collector's wish).
-fn with_retries(
+fn with_retries<T>(
     timeout: Duration,
-    mut attempt: impl FnMut(Instant) -> Result<(), (String, Again)>,
-) -> Result<(), String> {
+    mut attempt: impl FnMut(Instant) -> Result<T, (String, Again)>,
+) -> Result<T, String> {
     let deadline = Instant::now() + timeout;
     let mut backoff = RETRY_BASE;
     loop {
         let (err, again) = match attempt(deadline) {
-            Ok(()) => return Ok(()),
+            Ok(done) => return Ok(done),
             Err(e) => e,
         };
         // The collector's wish, but never sooner than the backoff (a `Retry-After: 0`
@@ -294,7 +310,7 @@ pub struct HttpExporter {
 
 #[cfg(feature = "otlp-http")]
 impl HttpExporter {
-    fn export(&mut self, spans: &[u8], timeout: Duration) -> Result<(), String> {
+    fn export(&mut self, spans: &[u8], timeout: Duration) -> Result<Accepted, String> {
         // The head and the message's start in one small buffer, the spans where they
         // are: both go out in one `writev` (one segment, one wake-up of the collector).
         let mut front = std::mem::take(&mut self.front);
@@ -306,8 +322,8 @@ impl HttpExporter {
         front.splice(at..at, length.bytes());
         let result = with_retries(timeout, |deadline| {
             match conn::block_on(deadline, self.send(&front, spans, deadline)) {
-                Ok((status, _)) if (200..300).contains(&status) => Ok(()),
-                Ok((status, retry_after)) => Err((
+                Ok((status, _, body)) if (200..300).contains(&status) => Ok(partial_success(&body)),
+                Ok((status, retry_after, _)) => Err((
                     format!("HTTP status {status}"),
                     match (matches!(status, 429 | 502 | 503 | 504), retry_after) {
                         (false, _) => Again::No,
@@ -333,13 +349,13 @@ impl HttpExporter {
     }
 
     /// One request (`front`, then `spans`) on the kept connection (or a new one); the
-    /// response's status, and its `Retry-After` when given in seconds.
+    /// response's status, its `Retry-After` when given in seconds, and its body.
     async fn send(
         &mut self,
         front: &[u8],
         spans: &[u8],
         deadline: Instant,
-    ) -> io::Result<(u16, Option<Duration>)> {
+    ) -> io::Result<(u16, Option<Duration>, Bytes)> {
         let (mut stream, reused) = match self.idle.take() {
             Some(mut kept) => {
                 if conn::is_closed(&mut kept).await {
@@ -370,7 +386,8 @@ impl HttpExporter {
         if keep {
             self.idle = Some(stream);
         }
-        Ok((response.status().as_u16(), retry_after(response.headers())))
+        let after = retry_after(response.headers());
+        Ok((response.status().as_u16(), after, response.into_body()))
     }
 }
 
@@ -730,7 +747,7 @@ fn retry_delay(info: &[u8]) -> Option<Duration> {
     Some(Duration::new(secs, nanos))
 }
 
-#[cfg(feature = "otlp-grpc")]
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 /// One field's value in a protobuf message, as far as [`proto_fields`] reads it.
 #[derive(Debug, PartialEq)]
 enum Proto<'a> {
@@ -739,7 +756,7 @@ enum Proto<'a> {
     Fixed,
 }
 
-#[cfg(feature = "otlp-grpc")]
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 impl<'a> Proto<'a> {
     fn bytes(&self) -> Option<&'a [u8]> {
         match self {
@@ -749,7 +766,7 @@ impl<'a> Proto<'a> {
     }
 }
 
-#[cfg(feature = "otlp-grpc")]
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 /// The fields of a protobuf message, in order; `None` when it is not well formed.
 fn proto_fields(mut b: &[u8]) -> Option<Vec<(u64, Proto<'_>)>> {
     fn varint(b: &mut &[u8]) -> Option<u64> {
@@ -787,6 +804,41 @@ fn proto_fields(mut b: &[u8]) -> Option<Vec<(u64, Proto<'_>)>> {
     Some(out)
 }
 
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+/// The partial success of an encoded `ExportTraceServiceResponse` (`partial_success`
+/// = 1: `rejected_spans` = 1, int64; `error_message` = 2, string). A response that is
+/// not well formed says nothing: a plain success (the spans count as exported).
+fn partial_success(response: &[u8]) -> Accepted {
+    let read = || {
+        let (_, field) = proto_fields(response)?.into_iter().find(|(f, _)| *f == 1)?;
+        let mut accepted = Accepted::default();
+        for (f, v) in proto_fields(field.bytes()?)? {
+            match (f, v) {
+                (1, Proto::Varint(n)) => accepted.rejected = u64::try_from(n as i64).unwrap_or(0),
+                (2, Proto::Bytes(text)) => {
+                    accepted.message = quoted(&String::from_utf8_lossy(text))
+                }
+                _ => {}
+            }
+        }
+        Some(accepted)
+    };
+    read().unwrap_or_default()
+}
+
+#[cfg(feature = "otlp-grpc")]
+/// [`partial_success`] of a gRPC response body: its first length-prefixed message,
+/// uncompressed (nothing else was asked for); anything else says nothing.
+fn grpc_partial_success(body: &[u8]) -> Accepted {
+    match body {
+        [0, a, b, c, d, rest @ ..] => {
+            let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+            rest.get(..len).map(partial_success).unwrap_or_default()
+        }
+        _ => Accepted::default(),
+    }
+}
+
 #[cfg(feature = "otlp-grpc")]
 /// Standard base64, padded or not (gRPC's binary metadata); `None` on anything else.
 fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
@@ -818,7 +870,7 @@ fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
 
 #[cfg(feature = "otlp-grpc")]
 impl GrpcExporter {
-    fn export(&mut self, spans: &mut Vec<u8>, timeout: Duration) -> Result<(), String> {
+    fn export(&mut self, spans: &mut Vec<u8>, timeout: Duration) -> Result<Accepted, String> {
         // The batch's buffer goes to h2 as it is (`Bytes` from a `Vec` is no copy) and
         // comes back once h2 has let go of it: no copy of the spans into a frame.
         let body = GrpcBody {
@@ -827,7 +879,7 @@ impl GrpcExporter {
         };
         let result = with_retries(timeout, |deadline| {
             match conn::block_on(deadline, self.attempt(&body, deadline)) {
-                Ok(a) if a.status == 0 => Ok(()),
+                Ok(a) if a.status == 0 => Ok(a.accepted),
                 Ok(a) => {
                     let why = match &a.message {
                         Some(m) => format!("gRPC status {}: {m}", a.status),
@@ -951,6 +1003,8 @@ struct GrpcAnswer {
     info: Option<RetryInfo>,
     /// Its `grpc-message`, made fit for a log line ([`grpc_message`]).
     message: Option<String>,
+    /// The response message's partial success.
+    accepted: Accepted,
 }
 
 #[cfg(feature = "otlp-grpc")]
@@ -984,14 +1038,14 @@ async fn call(c: &mut H2, req: http::Request<()>, body: GrpcBody) -> Result<Grpc
             });
         }
         let mut body = resp.into_body();
-        let mut total = 0usize;
+        let mut message = Vec::new();
         while let Some(chunk) = body.data().await {
             let chunk = chunk.map_err(Failed::answered)?;
-            total += chunk.len();
             let _ = body.flow_control().release_capacity(chunk.len());
-            if total > MAX_RESPONSE_BYTES {
+            if message.len() + chunk.len() > MAX_RESPONSE_BYTES {
                 return Err(Failed::answered("collector response too large"));
             }
+            message.extend_from_slice(&chunk);
         }
         let trailers = body.trailers().await.map_err(Failed::answered)?;
         let status = trailers
@@ -1003,6 +1057,7 @@ async fn call(c: &mut H2, req: http::Request<()>, body: GrpcBody) -> Result<Grpc
             status,
             info: trailers.as_ref().and_then(retry_info).or(header_info),
             message: trailers.as_ref().and_then(grpc_message).or(header_message),
+            accepted: grpc_partial_success(&message),
         })
     };
     let mut exchange = std::pin::pin!(exchange);
@@ -1116,7 +1171,7 @@ impl<T: futures_lite::AsyncWrite + Unpin> tokio::io::AsyncWrite for TokioIo<T> {
 }
 
 #[cfg(all(test, any(feature = "otlp-grpc", feature = "otlp-http")))]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -1139,7 +1194,7 @@ mod tests {
         // Asked to wait past the deadline: given up at once, saying why.
         let start = Instant::now();
         let mut n = 0;
-        let r = with_retries(Duration::from_secs(1), |_| {
+        let r = with_retries::<()>(Duration::from_secs(1), |_| {
             n += 1;
             Err((
                 "HTTP status 429".into(),
@@ -1153,7 +1208,7 @@ mod tests {
         // gives up at once (no overflow).
         let start = Instant::now();
         let mut tries = Vec::new();
-        let _ = with_retries(Duration::from_secs(5), |_| {
+        let _ = with_retries::<()>(Duration::from_secs(5), |_| {
             tries.push(start.elapsed());
             match tries.len() {
                 1 => Err(("HTTP status 503".into(), Again::After(Duration::ZERO))),
@@ -1162,7 +1217,7 @@ mod tests {
         });
         assert!(tries[1] >= RETRY_BASE, "{tries:?}");
         let mut n = 0;
-        let r = with_retries(Duration::from_secs(1), |_| {
+        let r = with_retries::<()>(Duration::from_secs(1), |_| {
             n += 1;
             Err(("HTTP status 503".into(), Again::After(Duration::MAX)))
         });
@@ -1170,7 +1225,7 @@ mod tests {
         assert!(r.is_err());
         // Not retryable: one try.
         let mut n = 0;
-        let r = with_retries(Duration::from_secs(1), |_| {
+        let r = with_retries::<()>(Duration::from_secs(1), |_| {
             n += 1;
             Err(("HTTP status 400".into(), Again::No))
         });
@@ -1745,6 +1800,78 @@ mod tests {
             ..TracingConfig::default()
         })
         .unwrap()
+    }
+
+    /// An `ExportTraceServiceResponse` with a partial success.
+    pub(crate) fn partial_success_response(rejected: i64, message: &str) -> Vec<u8> {
+        let mut inner = vec![0x08];
+        let mut n = rejected as u64;
+        while n >= 0x80 {
+            inner.push(n as u8 | 0x80);
+            n >>= 7;
+        }
+        inner.push(n as u8);
+        crate::telemetry::encode::put_bytes(&mut inner, 2, message.as_bytes());
+        let mut out = Vec::new();
+        crate::telemetry::encode::put_bytes(&mut out, 1, &inner);
+        out
+    }
+
+    /// A collector's partial success is read from its response, on both transports:
+    /// the spans it rejected and its message (bounded, escaped); a response that is not
+    /// well formed says nothing.
+    #[test]
+    fn a_partial_success_is_read() {
+        let ok = |rejected, message: Option<&str>| Accepted {
+            rejected,
+            message: message.map(str::to_string),
+        };
+        let r = partial_success_response(3, "3 spans\nbad");
+        assert_eq!(partial_success(&r), ok(3, Some("3 spans\\nbad")));
+        assert_eq!(
+            partial_success(&partial_success_response(-1, "")),
+            ok(0, None)
+        );
+        assert_eq!(partial_success(b""), Accepted::default());
+        assert_eq!(partial_success(&r[..r.len() - 1]), Accepted::default());
+        assert_eq!(
+            partial_success(b"{\"partialSuccess\":{}}"),
+            Accepted::default()
+        );
+        #[cfg(feature = "otlp-http")]
+        {
+            use std::io::{Read, Write};
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            let body = partial_success_response(2, "too old");
+            std::thread::spawn(move || {
+                let (mut s, _) = l.accept().unwrap();
+                let mut buf = [0u8; 65536];
+                let _ = s.read(&mut buf);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                s.write_all(&[head.as_bytes(), &body].concat()).unwrap();
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+            });
+            let mut e = Exporter::http(&TracingConfig {
+                enabled: true,
+                otlp_protocol: crate::config::OtlpProtocol::HttpProtobuf,
+                otlp_endpoint: Some(format!("http://127.0.0.1:{port}")),
+                ..TracingConfig::default()
+            })
+            .unwrap();
+            let got = e.export_encoded(&mut Vec::new(), Duration::from_secs(5));
+            assert_eq!(got, Ok(ok(2, Some("too old"))));
+        }
+        #[cfg(feature = "otlp-grpc")]
+        {
+            let body = partial_success_response(4, "over quota");
+            let port = one_call_grpc_collector(body, &[("grpc-status", "0")]);
+            let got = grpc_to(port).export_encoded(&mut Vec::new(), Duration::from_secs(5));
+            assert_eq!(got, Ok(ok(4, Some("over quota"))));
+        }
     }
 
     /// A failed call's warning quotes the collector's `grpc-message`: percent-decoded,

@@ -1280,6 +1280,43 @@ mod tests {
         t.shutdown();
     }
 
+    /// Spans a collector rejects in a partial success count as dropped, not exported.
+    #[test]
+    #[cfg(feature = "otlp-http")]
+    fn spans_a_collector_rejects_count_as_dropped() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let body = export::tests::partial_success_response(1, "one too old");
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                // One request per connection; the test's batch fits in one read.
+                let mut buf = vec![0u8; 1 << 20];
+                let _ = s.read(&mut buf);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(&[head.as_bytes(), &body].concat());
+            }
+        });
+        let cfg = TracingConfig {
+            enabled: true,
+            otlp_protocol: OtlpProtocol::HttpProtobuf,
+            otlp_endpoint: Some(format!("http://127.0.0.1:{port}")),
+            scheduled_delay: crate::config::Dur(Duration::from_secs(3600)),
+            ..TracingConfig::default()
+        };
+        let t = Telemetry::init(&cfg, "test", "0", Target::Stderr, 128).unwrap();
+        for _ in 0..3 {
+            t.start("s", SpanKind::Internal, &Cx::default(), |_| {})
+                .end();
+        }
+        t.shutdown();
+        assert_eq!(t.stats(), (2, 1));
+    }
+
     #[test]
     #[cfg(not(feature = "otlp-grpc"))]
     fn an_exporter_left_out_of_the_build_is_a_clear_error() {
