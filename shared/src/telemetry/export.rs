@@ -985,7 +985,7 @@ impl GrpcExporter {
             .max_header_list_size(MAX_RESPONSE_HEAD_BYTES as u32)
             .handshake(TokioIo(stream))
             .await
-            .map_err(io::Error::other)?;
+            .map_err(h2_io)?;
         Ok(H2 {
             send,
             driver: Box::pin(driver),
@@ -1013,11 +1013,15 @@ async fn call(c: &mut H2, req: http::Request<()>, body: GrpcBody) -> Result<Grpc
     let H2 { send, driver } = c;
     let answered = std::cell::Cell::new(false);
     let exchange = async {
-        let mut send = send.clone().ready().await.map_err(Failed::unanswered)?;
-        let (resp, mut tx) = send.send_request(req, false).map_err(Failed::unanswered)?;
-        tx.send_data(body.head, false).map_err(Failed::unanswered)?;
-        tx.send_data(body.spans, true).map_err(Failed::unanswered)?;
-        let resp = resp.await.map_err(Failed::unanswered)?;
+        let unanswered = |e| Failed {
+            err: h2_io(e),
+            answered: false,
+        };
+        let mut send = send.clone().ready().await.map_err(unanswered)?;
+        let (resp, mut tx) = send.send_request(req, false).map_err(unanswered)?;
+        tx.send_data(body.head, false).map_err(unanswered)?;
+        tx.send_data(body.spans, true).map_err(unanswered)?;
+        let resp = resp.await.map_err(unanswered)?;
         answered.set(true);
         let header_status = grpc_status(resp.headers());
         // A trailers-only answer has its status (and details) in the headers.
@@ -1040,14 +1044,20 @@ async fn call(c: &mut H2, req: http::Request<()>, body: GrpcBody) -> Result<Grpc
         let mut body = resp.into_body();
         let mut message = Vec::new();
         while let Some(chunk) = body.data().await {
-            let chunk = chunk.map_err(Failed::answered)?;
+            let chunk = chunk.map_err(|e| Failed {
+                err: h2_io(e),
+                answered: true,
+            })?;
             let _ = body.flow_control().release_capacity(chunk.len());
             if message.len() + chunk.len() > MAX_RESPONSE_BYTES {
                 return Err(Failed::answered("collector response too large"));
             }
             message.extend_from_slice(&chunk);
         }
-        let trailers = body.trailers().await.map_err(Failed::answered)?;
+        let trailers = body.trailers().await.map_err(|e| Failed {
+            err: h2_io(e),
+            answered: true,
+        })?;
         let status = trailers
             .as_ref()
             .and_then(grpc_status)
@@ -1078,10 +1088,23 @@ async fn call(c: &mut H2, req: http::Request<()>, body: GrpcBody) -> Result<Grpc
     Err(Failed {
         err: match end {
             Ok(()) => io::Error::other("connection closed"),
-            Err(e) => io::Error::other(e),
+            Err(e) => h2_io(e),
         },
         answered: answered.get(),
     })
+}
+
+#[cfg(feature = "otlp-grpc")]
+/// An h2 error as an I/O error, with the kind of the I/O error under it when there is
+/// one: a TLS failure (a collector refusing our client certificate is seen only after
+/// the handshake, as an alert on the first read) is `InvalidData`, which is not
+/// retried, as for OTLP/HTTP. (Wrapped as `Other`, it was retried until the timeout:
+/// six connections for one batch in review.)
+fn h2_io(e: h2::Error) -> io::Error {
+    match e.get_io() {
+        Some(under) => io::Error::new(under.kind(), e.to_string()),
+        None => io::Error::other(e),
+    }
 }
 
 #[cfg(feature = "otlp-grpc")]
@@ -1872,6 +1895,54 @@ pub(crate) mod tests {
             let got = grpc_to(port).export_encoded(&mut Vec::new(), Duration::from_secs(5));
             assert_eq!(got, Ok(ok(4, Some("over quota"))));
         }
+    }
+
+    /// An I/O failure under h2 keeps its kind: a TLS alert (`InvalidData`, what
+    /// rustls gives for a refused client certificate) ends the export without a retry.
+    #[test]
+    #[cfg(feature = "otlp-grpc")]
+    fn a_tls_failure_under_h2_is_not_retried() {
+        /// A connection whose reads fail as a TLS alert does; writes go nowhere.
+        struct Refused;
+        impl futures_lite::AsyncRead for Refused {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                _: &mut TaskCx<'_>,
+                _: &mut [u8],
+            ) -> Poll<io::Result<usize>> {
+                let alert = "received fatal alert: CertificateRequired";
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, alert)))
+            }
+        }
+        impl futures_lite::AsyncWrite for Refused {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                _: &mut TaskCx<'_>,
+                b: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                Poll::Ready(Ok(b.len()))
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut TaskCx<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_close(self: Pin<&mut Self>, _: &mut TaskCx<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+        let mut tries = 0;
+        let r = with_retries(Duration::from_secs(5), |_| {
+            tries += 1;
+            let e = async_io::block_on(async {
+                let (_send, conn) = h2::client::handshake(TokioIo(Refused)).await?;
+                conn.await
+            })
+            .unwrap_err();
+            let e = h2_io(e);
+            let retry = e.kind() != io::ErrorKind::InvalidData;
+            Err::<(), _>((e.to_string(), retry.into()))
+        });
+        assert_eq!(tries, 1, "{r:?}");
+        assert!(r.unwrap_err().contains("CertificateRequired"));
     }
 
     /// A failed call's warning quotes the collector's `grpc-message`: percent-decoded,
