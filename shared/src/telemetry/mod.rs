@@ -496,14 +496,45 @@ fn record_outcome(
     None
 }
 
-/// `OTEL_RESOURCE_ATTRIBUTES` (`k=v,k2=v2`, values percent-decoded), in order; pairs
-/// without `=` or with an empty key are skipped (the SDKs ignore them too).
-fn parse_resource_attributes(s: &str) -> Vec<(String, String)> {
-    s.split(',')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), percent_decode(v.trim())))
-        .filter(|(k, _)| !k.is_empty())
-        .collect()
+/// `OTEL_RESOURCE_ATTRIBUTES` (`k=v,k2=v2`, values percent-decoded), in order; blank
+/// entries are skipped. An entry without `=` or with an empty key, and a value whose
+/// percent-encoding is broken or not UTF-8, is an error naming the entry: the SDKs
+/// drop such an entry (or the whole variable) silently, and an attribute an operator
+/// set that never shows up is worse than a refused start.
+fn parse_resource_attributes(s: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for kv in s.split(',').filter(|kv| !kv.trim().is_empty()) {
+        let bad = |why: &str| format!("OTEL_RESOURCE_ATTRIBUTES: {kv:?}: {why}");
+        let (k, v) = kv.split_once('=').ok_or_else(|| bad("not key=value"))?;
+        if k.trim().is_empty() {
+            return Err(bad("no key"));
+        }
+        let v = percent_decode_strict(v.trim()).map_err(bad)?;
+        out.push((k.trim().to_string(), v));
+    }
+    Ok(out)
+}
+
+/// `%XX` escapes decoded, strictly: a `%` not followed by two hex digits, or octets
+/// that are not UTF-8, are an error.
+fn percent_decode_strict(s: &str) -> Result<String, &'static str> {
+    let b = s.as_bytes();
+    let hex = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16));
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            match (hex(b.get(i + 1)), hex(b.get(i + 2))) {
+                (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
+                _ => return Err("a % not followed by two hex digits"),
+            }
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "percent-encoded octets that are not UTF-8")
 }
 
 /// `%XX` escapes decoded (W3C baggage octets, as `OTEL_RESOURCE_ATTRIBUTES` and
@@ -557,8 +588,14 @@ pub fn apply_env(
 ) -> Result<(), String> {
     // A variable set to an empty (or blank) string counts as unset everywhere.
     let get = |var: &str| get(var).filter(|v| !v.trim().is_empty());
-    if get("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
-        cfg.enabled = false;
+    // Only true or false: an operator who wrote `1` or `yes` meant tracing off, and
+    // keeping it on silently would be the worst reading.
+    if let Some(v) = get("OTEL_SDK_DISABLED") {
+        match v.trim() {
+            t if t.eq_ignore_ascii_case("true") => cfg.enabled = false,
+            f if f.eq_ignore_ascii_case("false") => {}
+            _ => return Err(format!("OTEL_SDK_DISABLED={v:?}: expected true or false")),
+        }
     }
     // The exporter: `otlp`, or `console` for the stdout tree (the router's on stderr).
     // `none` turns tracing off: spans that go nowhere would be work for nothing, and a
@@ -586,7 +623,7 @@ pub fn apply_env(
     // environment wins over the file); the others are added as they are. Then
     // `OTEL_SERVICE_NAME`, which the specification puts above a `service.name` here.
     if let Some(v) = get("OTEL_RESOURCE_ATTRIBUTES") {
-        for (k, v) in parse_resource_attributes(&v) {
+        for (k, v) in parse_resource_attributes(&v)? {
             match k.as_str() {
                 "service.name" => cfg.service_name = Some(v),
                 "service.version" => cfg.service_version = Some(v),
@@ -1028,7 +1065,7 @@ mod tests {
             ..TracingConfig::default()
         };
         let attrs = "service.name=from-attrs,service.version=2,\
-                     deployment.environment.name=prod%2Deu,team=edge,team=core,=x,novalue";
+                     deployment.environment.name=prod%2Deu,team=edge,team=core, ,";
         let mut c = file();
         apply_env(&mut c, env(&[("OTEL_RESOURCE_ATTRIBUTES", attrs)])).unwrap();
         assert_eq!(c.service_name.as_deref(), Some("from-attrs"));
@@ -1045,6 +1082,46 @@ mod tests {
         ];
         apply_env(&mut c, env(&both)).unwrap();
         assert_eq!(c.service_name.as_deref(), Some("from-service-name"));
+    }
+
+    /// A malformed `OTEL_RESOURCE_ATTRIBUTES` entry or broken percent-encoding, and an
+    /// `OTEL_SDK_DISABLED` other than true or false, exit naming the variable.
+    #[test]
+    fn malformed_resource_attributes_and_sdk_disabled_are_refused() {
+        for value in ["a=b,c", "=x", "a=%ZZ", "u=%FF", "a=1%", "a=%4"] {
+            let e = apply_env(
+                &mut TracingConfig::default(),
+                env(&[("OTEL_RESOURCE_ATTRIBUTES", value)]),
+            )
+            .unwrap_err();
+            assert!(e.starts_with("OTEL_RESOURCE_ATTRIBUTES: "), "{value}: {e}");
+        }
+        let mut c = TracingConfig::default();
+        let ok = "a=%E2%82%AC, b = c d ,e=";
+        apply_env(&mut c, env(&[("OTEL_RESOURCE_ATTRIBUTES", ok)])).unwrap();
+        let want = [("a", "€"), ("b", "c d"), ("e", "")];
+        let want: Vec<_> = want
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(c.resource_attributes, want);
+        for value in ["yes", "1", "0", "off", "ture"] {
+            let e = apply_env(
+                &mut TracingConfig::default(),
+                env(&[("OTEL_SDK_DISABLED", value)]),
+            )
+            .unwrap_err();
+            assert!(e.starts_with("OTEL_SDK_DISABLED="), "{value}: {e}");
+        }
+        for (value, enabled) in [("TRUE", false), (" True ", false), ("false", true)] {
+            let mut c = TracingConfig {
+                enabled: true,
+                exporter_type: ExporterType::Stdout,
+                ..TracingConfig::default()
+            };
+            apply_env(&mut c, env(&[("OTEL_SDK_DISABLED", value)])).unwrap();
+            assert_eq!(c.enabled, enabled, "{value}");
+        }
     }
 
     #[test]
