@@ -380,12 +380,10 @@ fn a_broken_frame_closes_the_connection_with_a_code_saying_why() {
     ] {
         let mut ws = raw_ws(&gw);
         ws.send(WsMessage::Frame(frame)).unwrap();
-        let closed = loop {
-            match ws.read() {
-                Ok(WsMessage::Close(f)) => break f,
-                Ok(m) => panic!("{m:?} before the close frame"),
-                Err(e) => panic!("{e} before the close frame"),
-            }
+        let closed = match ws.read() {
+            Ok(WsMessage::Close(f)) => f,
+            Ok(m) => panic!("{m:?} before the close frame"),
+            Err(e) => panic!("{e} before the close frame"),
         };
         assert_eq!(closed.map(|f| f.code), Some(want));
     }
