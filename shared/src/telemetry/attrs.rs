@@ -9,6 +9,25 @@
 use super::Attrs;
 use crate::jsonrpc::{Id, Kind, Message};
 
+/// Longest string value (attribute, event attribute, status message) a span keeps for
+/// export, in bytes: the OTLP encoder (`encode`) and the stdout exporter (`stdout`)
+/// both cut longer ones with [`cut`], so a queued span has a bounded size whatever a
+/// peer put in a tool name or an error message.
+pub const MAX_VALUE_BYTES: usize = 4096;
+
+/// `s`, cut to at most [`MAX_VALUE_BYTES`] at a character boundary.
+#[inline(always)]
+pub(crate) fn cut(s: &str) -> &str {
+    if s.len() <= MAX_VALUE_BYTES {
+        return s;
+    }
+    let mut end = MAX_VALUE_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// WebSocket connection attributes (guide: `WebSocketSpanAttributes`).
 pub fn websocket(
     a: &mut Attrs,

@@ -346,6 +346,8 @@ impl SpanProcessor for BatchProcessor {
             self.shared
                 .push(|c| super::encode::append_span(&span, &mut c.bytes));
         } else {
+            // Cut before it is queued: the queue is bounded in spans, not bytes.
+            let span = super::stdout::bounded(span);
             self.shared.push(|c| c.records.push(span));
         }
     }
@@ -612,5 +614,69 @@ mod tests {
         provider
             .shutdown_with_timeout(Duration::from_secs(5))
             .unwrap();
+    }
+}
+
+#[cfg(test)]
+mod stdout_tests {
+    use super::*;
+    use crate::telemetry::attrs::MAX_VALUE_BYTES;
+    use opentelemetry::trace::{Span as _, Status, Tracer as _, TracerProvider as _};
+    use opentelemetry::{Array, KeyValue, Value};
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    /// The queue is bounded in spans, so a span queued for the stdout exporter must
+    /// have a bounded size: a peer's 1 MB tool name or error text is cut as OTLP cuts
+    /// it (before, a stdout nobody drained held 6.7 MB per such request).
+    #[test]
+    fn a_span_queued_for_stdout_holds_no_string_over_the_bound() {
+        // No exporter thread: what `on_end` queues stays in the queue to be read here.
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            done: Condvar::new(),
+            stats: Arc::default(),
+            max_queue: 8,
+            batch: 8,
+            delay: Duration::from_secs(3600),
+            export_timeout: Duration::from_secs(1),
+            encoded: false,
+        });
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(BatchProcessor {
+                shared: shared.clone(),
+            })
+            .build();
+        let long = "é".repeat(500_000);
+        let mut s = provider.tracer("t").start("http.request");
+        s.set_attribute(KeyValue::new("gen_ai.tool.name", long.clone()));
+        s.set_attribute(KeyValue::new(
+            "list",
+            Value::Array(Array::String(vec![long.clone().into(), "short".into()])),
+        ));
+        s.add_event(long.clone(), vec![KeyValue::new("e", long.clone())]);
+        s.set_status(Status::error(long.clone()));
+        s.end();
+        let q = {
+            let mut st = shared.state.lock().unwrap();
+            // Lets the provider's shutdown end at once.
+            st.stopped = true;
+            st.chunks[0].records.pop().expect("the span was queued")
+        };
+        let fits = |t: &str| t.len() <= MAX_VALUE_BYTES && t.len() >= MAX_VALUE_BYTES - 1;
+        let Value::String(v) = &q.attributes[0].value else {
+            panic!("{:?}", q.attributes[0])
+        };
+        assert!(fits(v.as_str()), "{}", v.as_str().len());
+        let Value::Array(Array::String(vs)) = &q.attributes[1].value else {
+            panic!("{:?}", q.attributes[1])
+        };
+        assert!(fits(vs[0].as_str()) && vs[1].as_str() == "short");
+        let e = &q.events.events[0];
+        assert!(fits(&e.name) && fits(&e.attributes[0].value.as_str()));
+        let Status::Error { description } = &q.status else {
+            panic!("{:?}", q.status)
+        };
+        assert!(fits(description));
     }
 }

@@ -28,8 +28,8 @@ use opentelemetry::{Array, KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::SpanData;
 use opentelemetry_sdk::Resource;
 
-/// Longest string value (attribute, event attribute, status message) encoded, in bytes.
-pub const MAX_VALUE_BYTES: usize = 4096;
+use super::attrs::cut;
+pub use super::attrs::MAX_VALUE_BYTES;
 
 /// `ScopeSpans.spans`: the field under which [`append_span`] frames each span.
 const SCOPE_SPANS_SPANS: u32 = 2;
@@ -71,18 +71,6 @@ fn encode_key(field: u32, wire: WireType, out: &mut Vec<u8>) {
 #[inline(always)]
 fn key_len(field: u32) -> usize {
     encoded_len_varint(u64::from(field << 3))
-}
-
-#[inline(always)]
-fn cut(s: &str) -> &str {
-    if s.len() <= MAX_VALUE_BYTES {
-        return s;
-    }
-    let mut end = MAX_VALUE_BYTES;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// Size of a length-delimited field holding `len` bytes.

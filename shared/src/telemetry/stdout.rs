@@ -13,6 +13,12 @@
 //!
 //! Or one JSON object per span and line (`stdout_format = "json"`). The router writes
 //! to stderr (its stdout is the MCP channel); the gateway to stdout.
+//!
+//! A span is [`bounded`] before it is queued for this exporter: string values longer
+//! than [`MAX_VALUE_BYTES`] are cut, as the OTLP encoder cuts them, so a queued or
+//! waiting span has a bounded size whatever a peer put in a tool name or an error
+//! message (the queue is bounded in spans: with a stdout nobody drains, 1 MB tool names
+//! grew the gateway by 6.7 MB per request before).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -22,6 +28,7 @@ use opentelemetry_sdk::trace::SpanData;
 use opentelemetry_sdk::Resource;
 use serde_json::json;
 
+use super::attrs::{cut, MAX_VALUE_BYTES};
 use crate::config::StdoutFormat;
 
 /// Traces held while waiting for their root span, at most: beyond, the oldest one's
@@ -210,6 +217,46 @@ impl StdoutExporter {
         }
         out
     }
+}
+
+/// `span` with every string it holds (name, attribute values, events' names and
+/// attribute values, links' attribute values, status message) cut to at most
+/// [`MAX_VALUE_BYTES`] at a character boundary. What the batch processor queues for
+/// this exporter.
+pub fn bounded(mut span: SpanData) -> SpanData {
+    fn name(n: &mut std::borrow::Cow<'static, str>) {
+        if n.len() > MAX_VALUE_BYTES {
+            *n = cut(n).to_string().into();
+        }
+    }
+    fn values(kvs: &mut [opentelemetry::KeyValue]) {
+        use opentelemetry::{Array, StringValue, Value};
+        let long = |s: &StringValue| s.as_str().len() > MAX_VALUE_BYTES;
+        for kv in kvs {
+            match &mut kv.value {
+                Value::String(v) if long(v) => *v = cut(v.as_str()).to_string().into(),
+                Value::Array(Array::String(vs)) if vs.iter().any(long) => {
+                    for v in vs.iter_mut().filter(|v| long(v)) {
+                        *v = cut(v.as_str()).to_string().into();
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    name(&mut span.name);
+    values(&mut span.attributes);
+    for e in span.events.events.iter_mut() {
+        name(&mut e.name);
+        values(&mut e.attributes);
+    }
+    for l in span.links.links.iter_mut() {
+        values(&mut l.attributes);
+    }
+    if let Status::Error { description } = &mut span.status {
+        name(description);
+    }
+    span
 }
 
 /// [`render_tree`] with `note` after each top line.
