@@ -445,7 +445,7 @@ fn format_line(
 /// stderr), and a raw line break in it would start a line that looks like the
 /// gateway's own, an escape sequence would drive the operator's terminal. (JSON lines
 /// escape them anyway.)
-fn escape_controls(msg: String) -> String {
+pub(crate) fn escape_controls(msg: String) -> String {
     let bad = |c: char| c != '\t' && c.is_control();
     if !msg.contains(bad) {
         return msg;

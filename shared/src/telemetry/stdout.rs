@@ -9,7 +9,8 @@
 //! ```
 //!
 //! The top line of a tree adds what the guide's example has not: the request's
-//! `mcp.method.name` (with its tool, prompt or resource) and the trace id.
+//! `mcp.method.name` (with its tool, prompt or resource) and the trace id. What a peer
+//! sent is printed with its control characters escaped, as plain log lines have them.
 //!
 //! Or one JSON object per span and line (`stdout_format = "json"`). The router writes
 //! to stderr (its stdout is the MCP channel); the gateway to stdout.
@@ -351,7 +352,7 @@ fn render_node(
     };
     out.push_str(&format!(
         "{branch}{service}: {} ({}){status}",
-        s.name,
+        escape(&s.name),
         duration_text(s)
     ));
     if root {
@@ -371,13 +372,13 @@ fn render_node(
         };
         if let Some(method) = attr("mcp.method.name") {
             out.push(' ');
-            out.push_str(&method);
+            out.push_str(&escape(&method));
             let target = ["gen_ai.tool.name", "gen_ai.prompt.name", "mcp.resource.uri"]
                 .into_iter()
                 .find_map(attr);
             if let Some(t) = target {
                 out.push(' ');
-                out.push_str(&t);
+                out.push_str(&escape(&t));
             }
         }
         out.push_str(&format!(" trace_id={}", s.span_context.trace_id()));
@@ -405,6 +406,19 @@ fn render_node(
     }
     if let Some(e) = error_line {
         out.push_str(&format!("{child_prefix}└─ error: {e:?}\n"));
+    }
+}
+
+/// Peer text (a method, a tool or prompt name, a resource URI) for a tree line: control
+/// characters written as escapes, as plain log lines have them
+/// ([`crate::logger::escape_controls`]), so a client cannot start a line that looks
+/// like a tree's own or drive the operator's terminal. (The error line under a span is
+/// escaped by its `{:?}`; JSON lines escape them anyway.)
+fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains(|c: char| c != '\t' && c.is_control()) {
+        crate::logger::escape_controls(text.to_string()).into()
+    } else {
+        text.into()
     }
 }
 
@@ -542,6 +556,35 @@ mod tests {
                  gw: http.request (2.0ms) tools/list{}\n",
                 tid(0xab),
                 tid(0xcd)
+            )
+        );
+    }
+
+    /// A client's tool name or method cannot start a line of its own or reach the
+    /// terminal as an escape sequence: the tree writes control characters as the log
+    /// lines do.
+    #[test]
+    fn peer_text_on_a_tree_line_has_its_control_characters_escaped() {
+        use opentelemetry::KeyValue;
+        let mut e = StdoutExporter::new(Target::Stdout, StdoutFormat::Tree);
+        e.service = "gw".into();
+        let forged =
+            "fx.echo\ngw: http.request (1ms) tools/call fx.FORGED\r\u{1b}[2J\u{7f}\u{85}\tx";
+        let mut call = span(0xab, 1, 0, "http.request", 0);
+        call.attributes = vec![
+            KeyValue::new("mcp.method.name", "tools/call\nFORGED"),
+            KeyValue::new("gen_ai.tool.name", forged),
+        ];
+        let mut child = span(0xab, 2, 1, "backend.forward", 1);
+        child.name = "backend\n.forward".into();
+        let out = e.render(vec![child, call]);
+        assert_eq!(
+            out,
+            format!(
+                "gw: http.request (2.0ms) tools/call\\nFORGED fx.echo\\ngw: http.request (1ms) \
+                 tools/call fx.FORGED\\r\\u{{1b}}[2J\\u{{7f}}\\u{{85}}\tx{}\n  \
+                 └─ gw: backend\\n.forward (2.0ms)\n",
+                tid(0xab)
             )
         );
     }
