@@ -33,8 +33,12 @@ use super::attrs::{cut, MAX_VALUE_BYTES};
 use crate::config::StdoutFormat;
 
 /// Traces held while waiting for their root span, at most: beyond, the oldest one's
-/// spans are printed as they are, marked as never having seen their root end.
+/// spans are printed as they are, marked as printed without their root, and the root,
+/// if it ends later, is marked as printed apart from them.
 pub const MAX_OPEN_TRACES: usize = 256;
+/// Ids of traces whose spans were printed without their root remembered, at most (the
+/// most recent): what marks a root that ends after them.
+pub const MAX_SPLIT_TRACES: usize = 4096;
 /// Spans held per open trace, at most.
 pub const MAX_SPANS_PER_TRACE: usize = 512;
 /// Ids of printed spans remembered, at most (the most recent): a span that ends after
@@ -44,8 +48,15 @@ pub const MAX_PRINTED_IDS: usize = 4096;
 
 /// After the root line of a late span.
 const LATE_NOTE: &str = " (ended after its parent was printed)";
-/// After the root lines of spans printed without their root.
-const ROOTLESS_NOTE: &str = " (its root did not end here)";
+/// After the root lines of spans printed without their root because more than
+/// [`MAX_OPEN_TRACES`] traces were waiting (their root may still end, or never here).
+const SPLIT_NOTE: &str = " (printed without its root: more traces were waiting than are held)";
+/// After the top line of a root some of whose spans were printed before it, with
+/// [`SPLIT_NOTE`].
+const SPLIT_ROOT_NOTE: &str =
+    " (some of its trace was printed before it: more traces were waiting than are held)";
+/// After the root lines of spans still waiting for their root at shutdown.
+const ROOTLESS_NOTE: &str = " (its root had not ended at shutdown)";
 
 /// Which stream the exporter writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +78,10 @@ pub struct StdoutExporter {
     /// Printed span ids, and their order (for [`MAX_PRINTED_IDS`]).
     printed: std::collections::HashSet<SpanId>,
     printed_order: std::collections::VecDeque<SpanId>,
+    /// Traces printed in parts ([`SPLIT_NOTE`]), and their order (for
+    /// [`MAX_SPLIT_TRACES`]).
+    split: std::collections::HashSet<TraceId>,
+    split_order: std::collections::VecDeque<TraceId>,
 }
 
 impl StdoutExporter {
@@ -80,6 +95,8 @@ impl StdoutExporter {
             order: Vec::new(),
             printed: Default::default(),
             printed_order: Default::default(),
+            split: Default::default(),
+            split_order: Default::default(),
         }
     }
 
@@ -185,7 +202,11 @@ impl StdoutExporter {
                 self.open.remove(&id);
                 self.order.retain(|t| *t != id);
             }
-            out.push_str(&render_tree(&self.service, &tree));
+            if self.split.contains(&id) {
+                out.push_str(&marked(&self.service, &tree, SPLIT_ROOT_NOTE));
+            } else {
+                out.push_str(&render_tree(&self.service, &tree));
+            }
             self.remember(&tree);
         }
         // Late spans, with whatever ended under them (their children end first, so they
@@ -208,12 +229,21 @@ impl StdoutExporter {
             self.remember(&tree);
         }
         // Bounded after this batch's trees are out: a full batch of small traces is
-        // printed whole, and what is pushed out is printed too, not lost.
+        // printed whole, and what is pushed out is printed too, not lost; its root,
+        // if it ends later, says that part of its trace went before it.
         while self.order.len() > MAX_OPEN_TRACES {
             let old = self.order.remove(0);
             if let Some(spans) = self.open.remove(&old) {
-                out.push_str(&marked(&self.service, &spans, ROOTLESS_NOTE));
+                out.push_str(&marked(&self.service, &spans, SPLIT_NOTE));
                 self.remember(&spans);
+                if self.split.insert(old) {
+                    self.split_order.push_back(old);
+                }
+                while self.split_order.len() > MAX_SPLIT_TRACES {
+                    if let Some(gone) = self.split_order.pop_front() {
+                        self.split.remove(&gone);
+                    }
+                }
             }
         }
         out
@@ -657,14 +687,49 @@ mod tests {
         let mut batch = vec![span(1, 10, 11, "orphan", 0)];
         batch.extend((2..=MAX_OPEN_TRACES as u128 + 1).map(|t| span(t, 20, 21, "waiting", 0)));
         let out = e.render(batch);
-        assert_eq!(
-            out,
-            format!("gw: orphan (2.0ms){}{ROOTLESS_NOTE}\n", tid(1))
-        );
+        assert_eq!(out, format!("gw: orphan (2.0ms){}{SPLIT_NOTE}\n", tid(1)));
         assert_eq!(e.order.len(), MAX_OPEN_TRACES);
         let out = e.render_rest();
         assert_eq!(out.lines().count(), MAX_OPEN_TRACES);
         assert!(out.lines().all(|l| l.ends_with(ROOTLESS_NOTE)), "{out}");
         assert!(e.open.is_empty() && e.order.is_empty());
+    }
+
+    /// Over MAX_OPEN_TRACES traces waiting, the oldest one's spans are printed without
+    /// their root, saying why (not that their root never ended here), and the root, when
+    /// it ends, says that part of its trace went before it.
+    #[test]
+    fn a_trace_pushed_out_while_its_root_runs_is_printed_in_parts_that_say_so() {
+        let mut e = StdoutExporter::new(Target::Stdout, StdoutFormat::Tree);
+        e.service = "gw".into();
+        // Trace 1's child ends, then MAX_OPEN_TRACES newer traces' children.
+        let mut batch = vec![span(1, 2, 1, "auth.verify", 0)];
+        batch.extend((2..=MAX_OPEN_TRACES as u128 + 1).map(|t| span(t, 20, 21, "waiting", 0)));
+        let out = e.render(batch);
+        assert_eq!(
+            out,
+            format!("gw: auth.verify (2.0ms){}{SPLIT_NOTE}\n", tid(1))
+        );
+        // Then trace 1's root and a later child of it.
+        let out = e.render(vec![
+            span(1, 3, 1, "backend.forward", 5),
+            span(1, 1, 0, "http.request", 0),
+        ]);
+        assert_eq!(
+            out,
+            format!(
+                "gw: http.request (2.0ms){}{SPLIT_ROOT_NOTE}\n  └─ gw: backend.forward (2.0ms)\n",
+                tid(1)
+            )
+        );
+        // A trace printed whole is not marked.
+        let out = e.render(vec![span(2, 21, 0, "http.request", 0)]);
+        assert_eq!(
+            out,
+            format!(
+                "gw: http.request (2.0ms){}\n  └─ gw: waiting (2.0ms)\n",
+                tid(2)
+            )
+        );
     }
 }
