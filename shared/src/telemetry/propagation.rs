@@ -10,7 +10,8 @@
 //! `format!`/`split` path cost ~3,800 instructions per inject and ~2,900 per extract in
 //! the gateway (callgrind; docs/benchmark.md) against a few hundred here. A unit test
 //! checks that both agree on valid and malformed inputs. `tracestate` is still parsed
-//! by the SDK's `TraceState` (one bad member discards all of it).
+//! by the SDK's `TraceState` (one bad member discards all of it), after one over 512
+//! characters is truncated as W3C suggests ([`MAX_TRACESTATE_BYTES`]).
 
 use std::str::FromStr;
 
@@ -126,24 +127,53 @@ pub fn parse_traceparent(value: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
     Some((trace, span, TraceFlags::new(flags[0]) & TraceFlags::SAMPLED))
 }
 
-/// A remote parent from a `traceparent` and an optional `tracestate`.
-/// The longest `tracestate` taken from a peer (W3C Trace Context: 512 characters).
+/// The longest `tracestate` kept from a peer (W3C Trace Context: 512 characters); a
+/// longer one is truncated as W3C suggests ([`truncate_tracestate`]).
 pub const MAX_TRACESTATE_BYTES: usize = 512;
+/// `tracestate` list-members longer than this are the first removed when it must be
+/// truncated (W3C Trace Context, "Tracestate Limits": 128 characters).
+pub const MAX_KEPT_MEMBER_BYTES: usize = 128;
 
+/// `state` within [`MAX_TRACESTATE_BYTES`], as W3C Trace Context suggests a vendor
+/// truncate it: list-members longer than [`MAX_KEPT_MEMBER_BYTES`] removed first (the
+/// last first), then members from the end, until the rest fits. Empty members (and
+/// the blanks around members) are not kept when it is cut. `None` when nothing is
+/// left.
+fn truncate_tracestate(state: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if state.len() <= MAX_TRACESTATE_BYTES {
+        return Some(state.into());
+    }
+    let mut members: Vec<&str> = state
+        .split(',')
+        .map(|m| m.trim_matches([' ', '\t']))
+        .filter(|m| !m.is_empty())
+        .collect();
+    let len = |ms: &[&str]| ms.iter().map(|m| m.len()).sum::<usize>() + ms.len().saturating_sub(1);
+    while len(&members) > MAX_TRACESTATE_BYTES {
+        match members
+            .iter()
+            .rposition(|m| m.len() > MAX_KEPT_MEMBER_BYTES)
+        {
+            Some(i) => members.remove(i),
+            None => members.pop()?,
+        };
+    }
+    (!members.is_empty()).then(|| members.join(",").into())
+}
+
+/// A remote parent from a `traceparent` and an optional `tracestate`.
 fn remote(traceparent: Option<&str>, tracestate: Option<&str>) -> Cx {
     let Some((trace, span, flags)) = traceparent.and_then(parse_traceparent) else {
         return Cx::default();
     };
-    // W3C: at most 512 characters (the SDK checks only 32 members of 256 bytes each),
-    // printable ASCII; anything else is dropped whole (the trace continues without it),
-    // not carried in every span and `_meta` after.
+    // W3C: printable ASCII, or dropped whole (the trace continues without it); at most
+    // 512 characters (the SDK checks only 32 members of 256 bytes each), a longer one
+    // truncated as W3C suggests, not carried whole in every span and `_meta` after.
     let state = tracestate
         .filter(|s| !s.trim().is_empty())
-        .filter(|s| {
-            s.len() <= MAX_TRACESTATE_BYTES
-                && s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
-        })
-        .and_then(|s| TraceState::from_str(s).ok())
+        .filter(|s| s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)))
+        .and_then(truncate_tracestate)
+        .and_then(|s| TraceState::from_str(&s).ok())
         .unwrap_or_default();
     Cx::from_span_context(SpanContext::new(trace, span, flags, true, state))
 }
@@ -354,21 +384,55 @@ mod tests {
     }
 
     #[test]
-    fn a_tracestate_beyond_the_w3c_bounds_is_dropped_and_the_trace_kept() {
+    fn a_tracestate_that_is_not_printable_ascii_is_dropped_and_the_trace_kept() {
         let ok = "vendor=a,other=b";
         let cx = remote(Some(TP), Some(ok));
         assert_eq!(cx.span_context().trace_state().header(), ok);
-        let long = (0..40)
-            .map(|i| format!("k{i}={}", "v".repeat(20)))
-            .take(30)
-            .collect::<Vec<_>>()
-            .join(",");
-        assert!(long.len() > MAX_TRACESTATE_BYTES);
-        for bad in [long.as_str(), "vendor=a\u{1b}[31m", "vendor=é"] {
+        for bad in ["vendor=a\u{1b}[31m", "vendor=é"] {
             let cx = remote(Some(TP), Some(bad));
             assert!(cx.span_context().is_valid(), "the trace goes on: {bad:?}");
             assert_eq!(cx.span_context().trace_state().header(), "", "{bad:?}");
         }
+    }
+
+    /// W3C: a vendor may truncate a `tracestate` over 512 characters, removing members
+    /// over 128 characters first, then members from the end. (It was dropped whole.)
+    #[test]
+    fn a_tracestate_over_512_characters_is_truncated_as_w3c_suggests() {
+        let state = |s: &str| {
+            remote(Some(TP), Some(s))
+                .span_context()
+                .trace_state()
+                .header()
+        };
+        // The reviewer's case: 10 members of 59 characters (589 in all): the last two go.
+        let members: Vec<String> = (0..10)
+            .map(|i| format!("k{i}={}", "v".repeat(55)))
+            .collect();
+        let whole = members.join(",");
+        assert_eq!(whole.len(), 589);
+        assert_eq!(state(&whole), members[..8].join(","));
+        // Members over 128 characters go first, the last of them first, wherever
+        // they stand; blanks and empty members are not kept.
+        let big = |k: &str| format!("{k}={}", "b".repeat(200));
+        let text = format!(
+            "{}, a=1 ,,{},{},{},z=9",
+            big("x"),
+            big("y"),
+            members[0],
+            big("w")
+        );
+        assert!(text.len() > MAX_TRACESTATE_BYTES);
+        assert_eq!(
+            state(&text),
+            format!("{},a=1,{},{},z=9", big("x"), big("y"), members[0])
+        );
+        // Nothing over 128 and one member still too long: nothing is left.
+        assert_eq!(truncate_tracestate(&"a".repeat(600)), None);
+        // Within the bound it is taken as it is.
+        let fits = members[..8].join(" , ");
+        assert!(fits.len() <= MAX_TRACESTATE_BYTES);
+        assert_eq!(truncate_tracestate(&fits).as_deref(), Some(fits.as_str()));
     }
 
     #[test]
