@@ -217,7 +217,22 @@ fn check_handshake(
 ) -> Result<Response, ErrorResponse> {
     let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok());
     if gw.tel.enabled() {
-        seen.cx = propagation::extract_headers(header);
+        // Several `tracestate` headers are one list (W3C trace context, as HTTP has it
+        // for any list-valued header): read joined, not the first alone.
+        let tracestate = req
+            .headers()
+            .get_all("tracestate")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",");
+        seen.cx = propagation::extract_headers(|n: &str| {
+            if n.eq_ignore_ascii_case("tracestate") {
+                (!tracestate.is_empty()).then_some(tracestate.as_str())
+            } else {
+                header(n)
+            }
+        });
         seen.host = header("host").unwrap_or_default().to_string();
         seen.user_agent = header("user-agent").map(str::to_string);
     }

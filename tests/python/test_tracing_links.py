@@ -192,8 +192,10 @@ def direct_request(ws, id_, method, params) -> dict:
 def test_the_gateway_continues_the_handshake_context_without_meta(start_gateway, receiver):
     gw = start_gateway(tracing_toml(receiver.grpc_endpoint) + fixture_backend())
     other_trace, other_parent = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    # Two tracestate headers are one list (W3C): the backend gets both members.
     with connect(gw.url, subprotocols=["mcp"],
-                 additional_headers={"traceparent": f"00-{TRACE}-{PARENT}-01"}) as ws:
+                 additional_headers=[("traceparent", f"00-{TRACE}-{PARENT}-01"),
+                                     ("tracestate", "x=1"), ("tracestate", "y=2")]) as ws:
         r = direct_request(ws, 1, "initialize", {
             "protocolVersion": "2025-06-18", "capabilities": {},
             "clientInfo": {"name": "direct", "version": "1"}})
@@ -205,6 +207,10 @@ def test_the_gateway_continues_the_handshake_context_without_meta(start_gateway,
         assert "result" in direct_request(ws, 3, "tools/call", bad)
         own = {**echo, "_meta": {"traceparent": f"00-{other_trace}-{other_parent}-01"}}
         assert "result" in direct_request(ws, 4, "tools/call", own)
+        meta = direct_request(ws, 5, "tools/call", {"name": "one.echo_meta", "arguments": {}})
+        sent = json.loads(meta["result"]["content"][0]["text"])
+        assert sent["tracestate"] == "x=1,y=2", sent
+        assert sent["traceparent"].split("-")[1] == TRACE, sent
     assert gw.terminate() == 0, gw.describe()
     reqs = {s["attributes"]["jsonrpc.request.id"]: s
             for s in by_name(receiver.snapshot(), "mcp-gateway", "http.request")}
