@@ -372,7 +372,8 @@ fn main() -> ExitCode {
     if let Some(var) = cfg.auth.as_ref().and_then(|a| a.token_env.as_deref()) {
         std::env::remove_var(var);
     }
-    if let Err(msg) = telemetry::apply_env(&mut cfg.tracing, |k| std::env::var(k).ok()) {
+    if let Err(msg) = telemetry::apply_env_when_enabled(&mut cfg.tracing, |k| std::env::var(k).ok())
+    {
         eprintln!("mcp-gateway: {msg}");
         return ExitCode::from(EXIT_CONFIG as u8);
     }
@@ -439,7 +440,8 @@ fn reload(path: &std::path::Path, gw: &Gateway) {
     };
     // The running [tracing] has the OTEL_* variables applied; so must the new one, or
     // any such variable reads as a change to [tracing] on every reload.
-    if let Err(msg) = telemetry::apply_env(&mut new.tracing, |k| std::env::var(k).ok()) {
+    if let Err(msg) = telemetry::apply_env_when_enabled(&mut new.tracing, |k| std::env::var(k).ok())
+    {
         log::error!("reload: {msg}; keeping the running configuration");
         return;
     }

@@ -61,7 +61,8 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    if let Err(msg) = mcp_shared::telemetry::apply_env(&mut cfg.tracing, |k| std::env::var(k).ok())
+    if let Err(msg) =
+        mcp_shared::telemetry::apply_env_when_enabled(&mut cfg.tracing, |k| std::env::var(k).ok())
     {
         eprintln!("mcp-router: {msg}");
         return ExitCode::from(EXIT_CONFIG as u8);

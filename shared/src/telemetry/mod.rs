@@ -559,6 +559,22 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// [`apply_env`] when the file turns tracing on; with tracing off none of the
+/// variables is read, not even checked, since none of them can turn it on: the router
+/// inherits its MCP host's environment, whose `OTEL_*` values may be meant for other
+/// programs and need not suit ours (a value another SDK takes and ours refuses would
+/// stop a router that traces nothing).
+pub fn apply_env_when_enabled(
+    cfg: &mut TracingConfig,
+    get: impl Fn(&str) -> Option<String>,
+) -> Result<(), String> {
+    if cfg.enabled {
+        apply_env(cfg, get)
+    } else {
+        Ok(())
+    }
+}
+
 /// A positive whole number (a count) from variable `var`.
 fn positive(v: &str, var: &str) -> Result<u64, String> {
     match v.trim().parse::<u64>() {
@@ -581,7 +597,8 @@ fn millis(v: &str, var: &str) -> Result<crate::config::Dur, String> {
 /// (environment wins). Returns an error naming a variable with an invalid value.
 ///
 /// `OTEL_SDK_DISABLED=true` turns tracing off; the others tune it but do not turn it
-/// on (that takes `enabled = true`).
+/// on (that takes `enabled = true`). The binaries call it through
+/// [`apply_env_when_enabled`].
 pub fn apply_env(
     cfg: &mut TracingConfig,
     get: impl Fn(&str) -> Option<String>,
@@ -1086,6 +1103,25 @@ mod tests {
 
     /// A malformed `OTEL_RESOURCE_ATTRIBUTES` entry or broken percent-encoding, and an
     /// `OTEL_SDK_DISABLED` other than true or false, exit naming the variable.
+    #[test]
+    fn with_tracing_off_in_the_file_no_variable_is_read_or_checked() {
+        let bad = [
+            ("OTEL_SDK_DISABLED", "1"),
+            ("OTEL_TRACES_SAMPLER", "nope"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "a=%ZZ"),
+        ];
+        let mut off = TracingConfig::default();
+        assert!(!off.enabled);
+        apply_env_when_enabled(&mut off, env(&bad)).unwrap();
+        assert_eq!(off.sampler_type, TracingConfig::default().sampler_type);
+        let mut on = TracingConfig {
+            enabled: true,
+            ..TracingConfig::default()
+        };
+        let e = apply_env_when_enabled(&mut on, env(&bad)).unwrap_err();
+        assert!(e.starts_with("OTEL_"), "{e}");
+    }
+
     #[test]
     fn malformed_resource_attributes_and_sdk_disabled_are_refused() {
         for value in ["a=b,c", "=x", "a=%ZZ", "u=%FF", "a=1%", "a=%4"] {

@@ -1108,12 +1108,23 @@ level = \"info\"\n",
         err.contains("tracing.otlp_endpoint") && err.contains(":9:"),
         "{err}"
     );
-    let out = Command::new(bin("mcp-gateway"))
-        .args(["--check-config", "--config", g])
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
+    // A bad `OTEL_*` value counts when tracing is on; with tracing off none is read
+    // (an MCP host's environment may hold values meant for other programs).
+    let traced = temp_path("traced.toml");
+    std::fs::write(
+        &traced,
+        format!("{}[tracing]\nenabled = true\n", fixture_backend("one", "")),
+    )
+    .unwrap();
+    for (file, code) in [(traced.as_path(), 64), (std::path::Path::new(g), 0)] {
+        let out = Command::new(bin("mcp-gateway"))
+            .args(["--check-config", "--config"])
+            .arg(file)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code), "{file:?}: {out:?}");
+    }
 }
 
 #[test]
