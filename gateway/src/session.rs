@@ -247,6 +247,12 @@ pub struct Session {
 /// then dropped real ones).
 pub const DROP_WARN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Longest string id a request may have (the sniffer reads ids as long,
+/// `jsonrpc::MAX_SNIFFED_ID_BYTES`): every answer repeats the id, so without a bound a
+/// client could make each answer, the -32003 that replaces one its queue has no room
+/// for included, as long as a message (`outbox::WAITING_BYTES`).
+pub const MAX_ID_BYTES: usize = mcp_shared::jsonrpc::MAX_SNIFFED_ID_BYTES;
+
 /// How often one session's "bad message" warning may reach the log: a client sending
 /// junk without pause made 150,000–240,000 lines a second in a review (each one
 /// answered all the same), and the logger then dropped other sessions' lines.
@@ -336,11 +342,12 @@ impl Session {
     /// not made room for already hold `outbox::WAITING_BYTES`: it then gets a short
     /// error under the same id instead (-32003), so that a client that does not read
     /// holds that much of the gateway's memory, not `max_in_flight` whole answers.
-    async fn reply(&self, reply: impl Into<Reply>) {
+    /// Returns the error sent in its place, if it was replaced.
+    async fn reply(&self, reply: impl Into<Reply>) -> Option<RpcError> {
         let reply = reply.into();
         let id = reply.id();
         match self.out.send_bounded(reply.into_text()).await {
-            Ok(()) | Err(outbox::Refused::Closed) => {}
+            Ok(()) | Err(outbox::Refused::Closed) => None,
             Err(outbox::Refused::Backlog(line)) => {
                 let err = SessionError::ClientBacklog(line.len()).to_rpc_error();
                 drop(line);
@@ -356,8 +363,9 @@ impl Session {
                         err.message
                     ),
                 }
-                self.deliver(Message::error_response(id, err).to_text(), true)
+                self.deliver(Message::error_response(id, err.clone()).to_text(), true)
                     .await;
+                Some(err)
             }
         }
     }
@@ -560,15 +568,22 @@ impl Session {
         let tel = &self.gw.tel;
         let limit = self.gw.cfg.limits.max_in_flight;
         let validate = tel.step_at("request.validate", &cx, &arrived, |_| {});
-        let duplicate = self.in_flight.borrow().contains_key(&id);
-        if duplicate {
+        let id_too_long = match &id {
+            Id::String(s) => s.len() > MAX_ID_BYTES,
+            Id::Number(_) => false,
+        };
+        let duplicate = !id_too_long && self.in_flight.borrow().contains_key(&id);
+        if id_too_long {
+            let err = SessionError::IdTooLong(MAX_ID_BYTES).to_rpc_error();
+            validate.fail("invalid_request", &err.message);
+        } else if duplicate {
             let err = SessionError::DuplicateId.to_rpc_error();
             validate.fail("duplicate_id", &err.message);
         }
         let validated = Moment::new();
         validate.end_at(&validated);
         let in_flight = self.in_flight.borrow().len();
-        let limited = !duplicate && in_flight >= limit;
+        let limited = !duplicate && !id_too_long && in_flight >= limit;
         let rl = tel.step_at("rate_limit.check", &cx, &validated, |a| {
             attrs::rate_limit(
                 a,
@@ -582,7 +597,9 @@ impl Session {
             rl.fail("overloaded", "too many requests in flight");
         }
         rl.end();
-        let refused = if duplicate {
+        let refused = if id_too_long {
+            Some(SessionError::IdTooLong(MAX_ID_BYTES))
+        } else if duplicate {
             Some(SessionError::DuplicateId)
         } else if limited {
             Some(SessionError::TooManyInFlight(limit))
@@ -593,7 +610,9 @@ impl Session {
             let method = msg.method().unwrap_or_default();
             log::debug!("session {}: {method} {id} refused: {e}", self.id);
             let resp = Message::error_response(Some(id), e.to_rpc_error());
-            let kind = if limited {
+            let kind = if id_too_long {
+                "-32600"
+            } else if limited {
                 "overloaded"
             } else {
                 "duplicate_id"
@@ -641,10 +660,8 @@ impl Session {
                 Ok(resp) => {
                     target.answered.set(true);
                     telemetry::record_response(&cx, &resp);
-                    let (outcome, error_type) = outcome_of(&resp);
-                    me.gw
-                        .metrics
-                        .request_finished(&method, outcome, error_type, started.elapsed());
+                    let (mut outcome, mut error_type) = outcome_of(&resp);
+                    let took = started.elapsed();
                     match resp.error() {
                         Some(e) => log::warn!(
                             "session {}: {method} {id} failed in {} µs: {}",
@@ -658,7 +675,17 @@ impl Session {
                             started.elapsed().as_micros()
                         ),
                     }
-                    me.reply(resp).await;
+                    if let Some(e) = me.reply(resp).await {
+                        // The client got this instead of the answer: what it saw is what
+                        // the span and the metrics record.
+                        let code = e.code.to_string();
+                        cx.set_attributes(|a| a.str("rpc.response.status_code", &code));
+                        telemetry::fail(&cx, "client_backlog", &e.message);
+                        (outcome, error_type) = (Outcome::Error, Some(error_type_for_code(e.code)));
+                    }
+                    me.gw
+                        .metrics
+                        .request_finished(&method, outcome, error_type, took);
                     // Counted until its answer is queued: a client that does not read
                     // holds at most `max_in_flight` answers waiting for room in the
                     // outbox, not one per request it keeps sending. The entry is this

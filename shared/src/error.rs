@@ -274,6 +274,8 @@ pub enum SessionError {
     },
     /// A request reused the id of a request still in flight.
     DuplicateId,
+    /// A request's string id is longer than this many bytes.
+    IdTooLong(usize),
     /// A `resources/subscribe` beyond the session's bound on subscriptions.
     TooManySubscriptions(usize),
     /// The client answered a request sent to it with a response that could not be
@@ -318,6 +320,9 @@ impl fmt::Display for SessionError {
             }
             SessionError::DuplicateId => {
                 write!(f, "a request with this id is already in flight")
+            }
+            SessionError::IdTooLong(n) => {
+                write!(f, "the request's id is longer than {n} bytes")
             }
             SessionError::TooManySubscriptions(n) => {
                 write!(
@@ -365,7 +370,9 @@ impl ToRpcError for SessionError {
             | SessionError::ClientBacklog(_) => codes::OVERLOADED,
             SessionError::ClientDidNotAnswer(_) => codes::REQUEST_TIMEOUT,
             SessionError::ShuttingDown => codes::GATEWAY_UNAVAILABLE,
-            SessionError::TooLarge { .. } | SessionError::DuplicateId => codes::INVALID_REQUEST,
+            SessionError::TooLarge { .. }
+            | SessionError::DuplicateId
+            | SessionError::IdTooLong(_) => codes::INVALID_REQUEST,
             SessionError::UnreadableResponse(_)
             | SessionError::ListingTooLarge { .. }
             | SessionError::ClientUnavailable

@@ -231,6 +231,26 @@ fn duplicate_in_flight_id_is_refused() {
     assert_eq!(text_of(&second), "slept 500");
 }
 
+/// A string id over `session::MAX_ID_BYTES` (1,024 bytes) is refused with -32600 under
+/// that id: every answer repeats its id, so a long one would make each answer long, the
+/// short error that replaces an answer a non-reading client has no room for included.
+/// One of 1,024 bytes is taken.
+#[test]
+fn a_request_with_an_over_long_id_is_refused_with_its_id() {
+    let gw = gateway();
+    let mut c = WsClient::mcp(&gw);
+    c.initialize();
+    let long = json!("i".repeat(1025));
+    let r = c.call(long.clone(), "one.echo", json!({"text": "x"}));
+    assert_eq!(error_code(&r), -32600, "{r}");
+    assert!(r["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("longer than 1024 bytes")));
+    let fits = json!("i".repeat(1024));
+    let r = c.call(fits, "one.echo", json!({"text": "x"}));
+    assert_eq!(text_of(&r), "x");
+}
+
 #[test]
 fn router_without_a_gateway_answers_every_request_and_exits_on_eof() {
     // A port that was free a moment ago: nothing listens there.
