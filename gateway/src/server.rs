@@ -167,6 +167,25 @@ pub const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// before the connection is closed.
 pub const REFUSAL_DRAIN_BYTES: u64 = 1 << 20;
 
+thread_local! {
+    /// Connections being given such an answer: at most [`MAX_PENDING_HANDSHAKES`]; past
+    /// that a connection is closed without one (each holds a socket for up to
+    /// [`REFUSAL_WRITE_TIMEOUT`], and they are out of the handshakes' count by then).
+    static REFUSING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts one refusal in [`REFUSING`], and out again when dropped.
+fn refusing() -> impl Drop {
+    REFUSING.with(|n| n.set(n.get() + 1));
+    struct Out;
+    impl Drop for Out {
+        fn drop(&mut self) {
+            REFUSING.with(|n| n.set(n.get() - 1));
+        }
+    }
+    Out
+}
+
 /// The HTTP answer to a request tungstenite refused before asking [`check_handshake`]
 /// (it then writes nothing itself): a plain `GET` or a `POST` on the MCP path, an
 /// HTTP/1.0 request, a WebSocket version other than 13 (RFC 6455 §4.4: 426 with the
@@ -627,7 +646,9 @@ async fn connection(
         Some(Some(Ok(ws))) => ws,
         Some(Some(Err(e))) => {
             log::info!("handshake with {peer} failed: {e}");
-            if let Some(refusal) = handshake_refusal(&e) {
+            let room = REFUSING.with(|n| n.get()) < MAX_PENDING_HANDSHAKES;
+            if let Some(refusal) = handshake_refusal(&e).filter(|_| room) {
+                let _counted = refusing();
                 use futures_lite::{AsyncReadExt, AsyncWriteExt};
                 // Then what the client still sends is read and dropped until it closes
                 // (closed with unread bytes, the socket would send a reset, and the

@@ -1450,12 +1450,17 @@ impl GatewayConfig {
 }
 
 /// Whether two listeners could not both bind: the same fixed port, on the same address
-/// or one of them on every address of the family.
+/// or one of them on every address of the family, or one on every IPv6 address (which
+/// on Linux takes IPv4 too: the gateway does not set `IPV6_V6ONLY`, and
+/// `net.ipv6.bindv6only` is 0 by default).
 fn listens_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    let every_v6 = |x: SocketAddr| x.is_ipv6() && x.ip().is_unspecified();
     a.port() != 0
         && a.port() == b.port()
-        && a.is_ipv4() == b.is_ipv4()
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        && (every_v6(a)
+            || every_v6(b)
+            || (a.is_ipv4() == b.is_ipv4()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())))
 }
 
 fn validate_nonzero(v: usize, path: &[&str]) -> Result<(), Invalid> {
@@ -1933,6 +1938,8 @@ env = { A = "1" }
             ("0.0.0.0:8080", "127.0.0.1:8080"),
             ("127.0.0.1:8080", "0.0.0.0:8080"),
             ("[::1]:8080", "[::]:8080"),
+            ("127.0.0.1:8080", "[::]:8080"),
+            ("[::]:8080", "0.0.0.0:8080"),
         ] {
             let e = with(server, admin).unwrap_err();
             assert_eq!(e.key.as_deref(), Some("admin.listen"), "{e}");

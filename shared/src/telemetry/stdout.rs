@@ -36,9 +36,10 @@ use crate::config::StdoutFormat;
 /// spans are printed as they are, marked as printed without their root, and the root,
 /// if it ends later, is marked as printed apart from them.
 pub const MAX_OPEN_TRACES: usize = 256;
-/// Ids of traces whose spans were printed without their root remembered, at most (the
-/// most recent): what marks a root that ends after them.
-pub const MAX_SPLIT_TRACES: usize = 4096;
+/// Spans that spans printed without their root hang under (their parents, still
+/// running then) remembered, at most (the most recent): what marks the root that ends
+/// after them, and only that one (other requests of the same trace are whole).
+pub const MAX_SPLIT_PARENTS: usize = 4096;
 /// Spans held per open trace, at most.
 pub const MAX_SPANS_PER_TRACE: usize = 512;
 /// Ids of printed spans remembered, at most (the most recent): a span that ends after
@@ -78,10 +79,10 @@ pub struct StdoutExporter {
     /// Printed span ids, and their order (for [`MAX_PRINTED_IDS`]).
     printed: std::collections::HashSet<SpanId>,
     printed_order: std::collections::VecDeque<SpanId>,
-    /// Traces printed in parts ([`SPLIT_NOTE`]), and their order (for
-    /// [`MAX_SPLIT_TRACES`]).
-    split: std::collections::HashSet<TraceId>,
-    split_order: std::collections::VecDeque<TraceId>,
+    /// The parents of spans printed without their root ([`SPLIT_NOTE`]), and their
+    /// order (for [`MAX_SPLIT_PARENTS`]).
+    split: std::collections::HashSet<SpanId>,
+    split_order: std::collections::VecDeque<SpanId>,
 }
 
 impl StdoutExporter {
@@ -202,7 +203,13 @@ impl StdoutExporter {
                 self.open.remove(&id);
                 self.order.retain(|t| *t != id);
             }
-            if self.split.contains(&id) {
+            // Marked when part of its own subtree went before it; each mark is used
+            // once (the order entry goes when it falls out of the bound).
+            let mut part_went = false;
+            for s in &tree {
+                part_went |= self.split.remove(&s.span_context.span_id());
+            }
+            if part_went {
                 out.push_str(&marked(&self.service, &tree, SPLIT_ROOT_NOTE));
             } else {
                 out.push_str(&render_tree(&self.service, &tree));
@@ -236,10 +243,19 @@ impl StdoutExporter {
             if let Some(spans) = self.open.remove(&old) {
                 out.push_str(&marked(&self.service, &spans, SPLIT_NOTE));
                 self.remember(&spans);
-                if self.split.insert(old) {
-                    self.split_order.push_back(old);
+                // The spans these hang under, not printed with them: still running.
+                let ids: std::collections::HashSet<SpanId> =
+                    spans.iter().map(|s| s.span_context.span_id()).collect();
+                for s in &spans {
+                    let parent = s.parent_span_id;
+                    if parent != SpanId::INVALID
+                        && !ids.contains(&parent)
+                        && self.split.insert(parent)
+                    {
+                        self.split_order.push_back(parent);
+                    }
                 }
-                while self.split_order.len() > MAX_SPLIT_TRACES {
+                while self.split_order.len() > MAX_SPLIT_PARENTS {
                     if let Some(gone) = self.split_order.pop_front() {
                         self.split.remove(&gone);
                     }
@@ -729,6 +745,18 @@ mod tests {
             format!(
                 "gw: http.request (2.0ms){}\n  └─ gw: waiting (2.0ms)\n",
                 tid(2)
+            )
+        );
+        // Nor is another request of trace 1 (a host's calls under one context), whole.
+        let out = e.render(vec![
+            span(1, 8, 7, "backend.forward", 0),
+            span(1, 7, 0, "http.request", 0),
+        ]);
+        assert_eq!(
+            out,
+            format!(
+                "gw: http.request (2.0ms){}\n  └─ gw: backend.forward (2.0ms)\n",
+                tid(1)
             )
         );
     }

@@ -291,7 +291,6 @@ fn gateway_loss_answers_pending_requests() {
     drop(gw);
 }
 
-/// A gateway like [`gateway`] listening on `addr` (one an earlier gateway used).
 /// A gateway (or a proxy in front of one) that drops every link right after its
 /// handshake leaves the router no dead sockets: each lost link's tasks end with it.
 /// Before, its keepalive slept out its interval and held the link's queue, and with it
@@ -339,6 +338,7 @@ fn links_a_gateway_drops_at_once_leave_no_sockets_behind() {
     );
 }
 
+/// A gateway like [`gateway`] listening on `addr` (one an earlier gateway used).
 fn gateway_on(addr: &str) -> Gateway {
     Gateway::start_raw(&format!(
         "[server]\nlisten = \"{addr}\"\n{}",
