@@ -662,7 +662,10 @@ async fn connection(
                     let mut sink = futures_lite::io::sink();
                     futures_lite::io::copy((&mut socket).take(REFUSAL_DRAIN_BYTES), &mut sink).await
                 };
-                let _ = rt::timeout(REFUSAL_WRITE_TIMEOUT, answer).await;
+                // Boxed: inline, this rare await would size the connection's future,
+                // which lives as long as the session (docs/benchmark.md, "Memory per
+                // idle session").
+                let _ = Box::pin(rt::timeout(REFUSAL_WRITE_TIMEOUT, answer)).await;
             }
             return;
         }
