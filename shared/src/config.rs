@@ -591,6 +591,18 @@ impl TracingConfig {
 
     /// Checks values the types cannot.
     pub fn validate(&self) -> Result<(), Invalid> {
+        // An empty name would put every span under a nameless service (the default, the
+        // binary's name, is what leaving the key out gives).
+        if self
+            .service_name
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            return Err(invalid(
+                &["tracing", "service_name"],
+                "must not be empty (leave it out for the binary's name)",
+            ));
+        }
         if !(0.0..=1.0).contains(&self.sampler_param) || self.sampler_param.is_nan() {
             return Err(invalid(
                 &["tracing", "sampler_param"],
@@ -1923,6 +1935,17 @@ env = { A = "1" }
             e.message,
             "invalid value: 99999999999999999999 is out of range, expected a non-negative integer"
         );
+    }
+
+    #[test]
+    fn an_empty_service_name_is_refused() {
+        let e = from_str::<GatewayConfig>(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[tracing]\nservice_name = \" \"\n",
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("tracing.service_name"), "{e}");
+        assert_eq!(e.line, Some(4), "{e}");
     }
 
     #[test]
