@@ -203,6 +203,7 @@ struct Failed {
 
 #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 impl Failed {
+    #[cfg(feature = "otlp-http")]
     fn unanswered(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Failed {
         Failed {
             err: io::Error::other(err),
