@@ -1710,43 +1710,8 @@ pub(crate) mod tests {
         use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
         use prost::Message as _;
 
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        // A one-call gRPC collector on h2's server side, run by async-io on its thread.
-        let collector = std::thread::spawn(move || {
-            let (s, _) = l.accept().unwrap();
-            async_io::block_on(async move {
-                let io = TokioIo(async_io::Async::new(s).unwrap());
-                let mut conn = h2::server::handshake(io).await.unwrap();
-                let (req, mut respond) = conn.accept().await.unwrap().unwrap();
-                let serve = async move {
-                    let mut body = req.into_body();
-                    let mut got = Vec::new();
-                    while let Some(chunk) = body.data().await {
-                        let chunk = chunk.unwrap();
-                        let _ = body.flow_control().release_capacity(chunk.len());
-                        got.extend_from_slice(&chunk);
-                    }
-                    let head = http::Response::builder()
-                        .header("content-type", "application/grpc")
-                        .body(())
-                        .unwrap();
-                    let mut tx = respond.send_response(head, false).unwrap();
-                    let mut trailers = http::HeaderMap::new();
-                    trailers.insert("grpc-status", "0".parse().unwrap());
-                    tx.send_trailers(trailers).unwrap();
-                    got
-                };
-                let drive = std::future::poll_fn(|cx| conn.poll_closed(cx));
-                futures_lite::future::zip(serve, drive).await.0
-            })
-        });
-        let mut e = Exporter::grpc(&TracingConfig {
-            enabled: true,
-            otlp_endpoint: Some(format!("http://127.0.0.1:{port}")),
-            ..TracingConfig::default()
-        })
-        .unwrap();
+        let (port, collector) = one_call_grpc_collector(Vec::new(), &[("grpc-status", "0")]);
+        let mut e = grpc_to(port);
         let mut spans = Vec::with_capacity(64 * 1024);
         for i in 0..5 {
             super::super::encode::append_span(
@@ -1771,25 +1736,33 @@ pub(crate) mod tests {
 
     /// A gRPC collector on h2's server side, run by async-io on its own thread: takes
     /// one connection and answers its first call with `body` (the response message,
-    /// unframed) and `trailers`. Its port.
+    /// unframed; none if empty) and `trailers`. Its port, and its thread, which ends
+    /// with the request's body (as sent: framed) once the exporter closes the
+    /// connection.
     #[cfg(feature = "otlp-grpc")]
-    fn one_call_grpc_collector(body: Vec<u8>, trailers: &[(&'static str, &'static str)]) -> u16 {
+    fn one_call_grpc_collector(
+        body: Vec<u8>,
+        trailers: &[(&'static str, &'static str)],
+    ) -> (u16, std::thread::JoinHandle<Vec<u8>>) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let mut t = http::HeaderMap::new();
         for (k, v) in trailers {
             t.insert(*k, v.parse().unwrap());
         }
-        std::thread::spawn(move || {
+        let collector = std::thread::spawn(move || {
             let (s, _) = l.accept().unwrap();
             async_io::block_on(async move {
                 let io = TokioIo(async_io::Async::new(s).unwrap());
                 let mut conn = h2::server::handshake(io).await.unwrap();
                 let (req, mut respond) = conn.accept().await.unwrap().unwrap();
                 let serve = async move {
-                    let mut got = req.into_body();
-                    while let Some(chunk) = got.data().await {
-                        let _ = got.flow_control().release_capacity(chunk.unwrap().len());
+                    let mut request = req.into_body();
+                    let mut got = Vec::new();
+                    while let Some(chunk) = request.data().await {
+                        let chunk = chunk.unwrap();
+                        let _ = request.flow_control().release_capacity(chunk.len());
+                        got.extend_from_slice(&chunk);
                     }
                     let head = http::Response::builder()
                         .header("content-type", "application/grpc")
@@ -1803,17 +1776,14 @@ pub(crate) mod tests {
                         tx.send_data(Bytes::from(framed), false).unwrap();
                     }
                     tx.send_trailers(t).unwrap();
-                    // Held open until the exporter closes the connection.
-                    std::future::pending::<()>().await
+                    got
                 };
+                // Driven until the exporter closes the connection.
                 let drive = std::future::poll_fn(|cx| conn.poll_closed(cx));
-                futures_lite::future::or(serve, async {
-                    let _ = drive.await;
-                })
-                .await
+                futures_lite::future::zip(serve, drive).await.0
             })
         });
-        port
+        (port, collector)
     }
 
     #[cfg(feature = "otlp-grpc")]
@@ -1892,7 +1862,7 @@ pub(crate) mod tests {
         #[cfg(feature = "otlp-grpc")]
         {
             let body = partial_success_response(4, "over quota");
-            let port = one_call_grpc_collector(body, &[("grpc-status", "0")]);
+            let (port, _) = one_call_grpc_collector(body, &[("grpc-status", "0")]);
             let got = grpc_to(port).export_encoded(&mut Vec::new(), Duration::from_secs(5));
             assert_eq!(got, Ok(ok(4, Some("over quota"))));
         }
@@ -1951,7 +1921,7 @@ pub(crate) mod tests {
     #[test]
     #[cfg(feature = "otlp-grpc")]
     fn a_grpc_failure_quotes_the_collectors_message() {
-        let port = one_call_grpc_collector(
+        let (port, _) = one_call_grpc_collector(
             Vec::new(),
             &[
                 ("grpc-status", "3"),

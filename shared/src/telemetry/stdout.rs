@@ -695,14 +695,21 @@ mod tests {
         assert!(e.open.is_empty() && e.order.is_empty(), "{:?}", e.open);
     }
 
-    #[test]
-    fn spans_whose_root_never_ends_are_printed_when_pushed_out_and_at_the_end() {
+    /// An exporter that has rendered `first` (a span of trace 1) and then one span of
+    /// each of [`MAX_OPEN_TRACES`] newer traces, none with its root, and what it printed.
+    fn pushed_out(first: SpanData) -> (StdoutExporter, String) {
         let mut e = StdoutExporter::new(Target::Stdout, StdoutFormat::Tree);
         e.service = "gw".into();
-        // Trace 1's root never comes; 256 newer traces wait for theirs.
-        let mut batch = vec![span(1, 10, 11, "orphan", 0)];
+        let mut batch = vec![first];
         batch.extend((2..=MAX_OPEN_TRACES as u128 + 1).map(|t| span(t, 20, 21, "waiting", 0)));
         let out = e.render(batch);
+        (e, out)
+    }
+
+    #[test]
+    fn spans_whose_root_never_ends_are_printed_when_pushed_out_and_at_the_end() {
+        // Trace 1's root never comes; 256 newer traces wait for theirs.
+        let (mut e, out) = pushed_out(span(1, 10, 11, "orphan", 0));
         assert_eq!(out, format!("gw: orphan (2.0ms){}{SPLIT_NOTE}\n", tid(1)));
         assert_eq!(e.order.len(), MAX_OPEN_TRACES);
         let out = e.render_rest();
@@ -716,12 +723,8 @@ mod tests {
     /// it ends, says that part of its trace went before it.
     #[test]
     fn a_trace_pushed_out_while_its_root_runs_is_printed_in_parts_that_say_so() {
-        let mut e = StdoutExporter::new(Target::Stdout, StdoutFormat::Tree);
-        e.service = "gw".into();
         // Trace 1's child ends, then MAX_OPEN_TRACES newer traces' children.
-        let mut batch = vec![span(1, 2, 1, "auth.verify", 0)];
-        batch.extend((2..=MAX_OPEN_TRACES as u128 + 1).map(|t| span(t, 20, 21, "waiting", 0)));
-        let out = e.render(batch);
+        let (mut e, out) = pushed_out(span(1, 2, 1, "auth.verify", 0));
         assert_eq!(
             out,
             format!("gw: auth.verify (2.0ms){}{SPLIT_NOTE}\n", tid(1))

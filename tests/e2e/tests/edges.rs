@@ -529,6 +529,24 @@ fn raw_client(gw: &Gateway) -> tungstenite::WebSocket<std::net::TcpStream> {
     tungstenite::client(req, stream).unwrap().0
 }
 
+/// Sends `v` as a text frame.
+fn send_json(ws: &mut tungstenite::WebSocket<std::net::TcpStream>, v: serde_json::Value) {
+    ws.send(tungstenite::Message::text(v.to_string())).unwrap()
+}
+
+/// A [`raw_client`] of `gw` whose `initialize` has been answered.
+fn initialized_raw_client(gw: &Gateway) -> tungstenite::WebSocket<std::net::TcpStream> {
+    let mut ws = raw_client(gw);
+    send_json(
+        &mut ws,
+        json!({"jsonrpc":"2.0","id":"init","method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"e2e","version":"1"}}}),
+    );
+    let init = ws.read().unwrap();
+    assert!(init.to_text().unwrap().contains("\"result\""), "{init}");
+    ws
+}
+
 /// Waits for the gateway to drop a session (its log line containing `needle`, then the
 /// session's "closed" line) and returns `mcp_gateway_sessions_dropped_total` by reason,
 /// as `/metrics` (the gateway needs `[admin]`) shows it then.
@@ -1780,17 +1798,8 @@ fn a_hosts_late_answer_to_a_lost_links_request_does_not_answer_a_new_one() {
 fn a_client_that_does_not_read_cannot_pile_up_answers() {
     for cancel in [false, true] {
         let gw = gateway_with("send_timeout = \"60s\"\n[limits]\nmax_in_flight = 4\n");
-        let mut ws = raw_client(&gw);
-        let send = |ws: &mut tungstenite::WebSocket<std::net::TcpStream>, v: serde_json::Value| {
-            ws.send(tungstenite::Message::text(v.to_string())).unwrap()
-        };
-        send(
-            &mut ws,
-            json!({"jsonrpc":"2.0","id":"init","method":"initialize","params":{
-            "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"e2e","version":"1"}}}),
-        );
-        let init = ws.read().unwrap();
-        assert!(init.to_text().unwrap().contains("\"result\""), "{init}");
+        let mut ws = initialized_raw_client(&gw);
+        let send = send_json;
         // 1 MB answers: the gateway's queue (`OUTBOX_BYTES`, 4 MiB: five of them) and
         // the socket buffers hold about a dozen; 200 would be 200 MB held.
         let refused_at = (0..200).find(|i| {
@@ -1835,17 +1844,8 @@ fn a_client_that_does_not_read_cannot_pile_up_answers() {
 #[test]
 fn answers_waiting_for_a_client_that_does_not_read_are_bounded_in_bytes() {
     let gw = gateway_with("send_timeout = \"60s\"\n");
-    let mut ws = raw_client(&gw);
-    let send = |ws: &mut tungstenite::WebSocket<std::net::TcpStream>, v: serde_json::Value| {
-        ws.send(tungstenite::Message::text(v.to_string())).unwrap()
-    };
-    send(
-        &mut ws,
-        json!({"jsonrpc":"2.0","id":"init","method":"initialize","params":{
-        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"e2e","version":"1"}}}),
-    );
-    let init = ws.read().unwrap();
-    assert!(init.to_text().unwrap().contains("\"result\""), "{init}");
+    let mut ws = initialized_raw_client(&gw);
+    let send = send_json;
     let n = 24;
     for i in 0..n {
         send(
