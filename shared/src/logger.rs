@@ -77,6 +77,16 @@ impl<F: Future> Future for Traced<F> {
     }
 }
 
+/// Runs `f` with no span as the log context: for lines about the process as a whole
+/// (a full span queue) that happen to be written while some request's task is polled,
+/// and would otherwise carry that unrelated request's ids.
+pub fn outside_trace<R>(f: impl FnOnce() -> R) -> R {
+    let prev = CURRENT.replace(None);
+    let r = f();
+    CURRENT.set(prev);
+    r
+}
+
 /// Environment variable that overrides the configured log level.
 pub const LOG_ENV: &str = "MCP_LOG";
 
@@ -550,6 +560,26 @@ mod tests {
 
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn outside_trace_hides_the_polled_spans_ids_and_restores_them() {
+        let ids = (TraceId::from(7u128), SpanId::from(9u64));
+        let mut f = std::pin::pin!(with_ids(Some(ids), async {
+            let inside = CURRENT.get();
+            let outside = outside_trace(|| CURRENT.get());
+            (inside, outside, CURRENT.get())
+        }));
+        let Poll::Ready((inside, outside, after)) = f
+            .as_mut()
+            .poll(&mut TaskCx::from_waker(std::task::Waker::noop()))
+        else {
+            panic!("an async block without awaits is ready at once");
+        };
+        assert_eq!(inside, Some(ids));
+        assert_eq!(outside, None);
+        assert_eq!(after, Some(ids), "restored after the closure");
+        assert_eq!(CURRENT.get(), None, "and cleared after the poll");
+    }
 
     #[test]
     fn formats_known_instants() {

@@ -327,10 +327,14 @@ fn warn_rate_limited(shared: &Shared, why: Dropped, msg: &str) {
     if last.is_none_or(|t| now.duration_since(t) >= DROP_WARN_INTERVAL) {
         *last = Some(now);
         drop(st);
-        log::warn!(
-            "{msg} (dropped so far: {})",
-            shared.stats.dropped.load(Ordering::Relaxed)
-        );
+        // A span is pushed while its request's task is polled: the warning is about
+        // the queue, not about that request, so it carries no trace ids.
+        crate::logger::outside_trace(|| {
+            log::warn!(
+                "{msg} (dropped so far: {})",
+                shared.stats.dropped.load(Ordering::Relaxed)
+            )
+        });
     }
 }
 
