@@ -394,9 +394,17 @@ impl HttpExporter {
 
 #[cfg(feature = "otlp-http")]
 /// A `Retry-After` in seconds (its HTTP-date form is not read: the backoff applies).
+/// More seconds than a `u64` holds is still a wish to wait, longer than any deadline.
 fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
-    let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+    let v = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(Duration::from_secs(v.parse::<u64>().unwrap_or(u64::MAX)))
 }
 
 #[cfg(feature = "otlp-http")]
@@ -485,6 +493,10 @@ struct Parsed {
 }
 
 #[cfg(feature = "otlp-http")]
+/// How every response this client can read begins.
+const STATUS_PREFIX: &[u8] = b"HTTP/1.";
+
+#[cfg(feature = "otlp-http")]
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -501,6 +513,12 @@ fn parse_response(buf: &[u8], eof: bool) -> Result<Option<Parsed>, String> {
         // up to MAX_RESPONSE_BYTES at every read.
         let window = &buf[start..buf.len().min(start + MAX_RESPONSE_HEAD_BYTES + 4)];
         let Some(end) = find(window, b"\r\n\r\n") else {
+            // Refused as soon as it cannot be a status line, not read on to the end
+            // and then reported as a response cut short.
+            let lead = &window[..window.len().min(STATUS_PREFIX.len())];
+            if !STATUS_PREFIX.starts_with(lead) {
+                return Err("collector answered something that is not HTTP/1.x".into());
+            }
             if window.len() > MAX_RESPONSE_HEAD_BYTES {
                 return Err(format!(
                     "collector response head longer than {MAX_RESPONSE_HEAD_BYTES} bytes"
@@ -1269,6 +1287,16 @@ pub(crate) mod tests {
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
         );
         assert_eq!(retry_after(&h), None);
+        // More seconds than a u64 holds: a wish past any deadline, not no wish.
+        h.insert(
+            http::header::RETRY_AFTER,
+            "99999999999999999999".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(u64::MAX)));
+        for odd in ["", "-1", "+5", "1.5"] {
+            h.insert(http::header::RETRY_AFTER, odd.parse().unwrap());
+            assert_eq!(retry_after(&h), None, "{odd:?}");
+        }
     }
 
     /// A collector that takes connections and reads what it is sent, and never
@@ -1526,6 +1554,27 @@ pub(crate) mod tests {
         )
         .is_err());
         assert!(parse_response(b"SSH-2.0\r\n\r\n", false).is_err());
+    }
+
+    /// Something that cannot begin a status line is refused from its first bytes,
+    /// without waiting for a head's end, and says so (it used to read as a response
+    /// cut short when the collector then closed).
+    #[test]
+    #[cfg(feature = "otlp-http")]
+    fn an_answer_that_is_not_http_is_named_so_at_once() {
+        for junk in [&b"garbage"[..], b"\x15\x03\x03", b"H2", b"HTTP/2 200"] {
+            for eof in [false, true] {
+                let e = parse_response(junk, eof).unwrap_err();
+                assert!(e.contains("not HTTP/1.x"), "{junk:?}: {e}");
+            }
+        }
+        // A prefix of a status line waits for more.
+        for part in [&b""[..], b"H", b"HTTP/", b"HTTP/1.", b"HTTP/1.1 2"] {
+            assert!(parse_response(part, false).unwrap().is_none(), "{part:?}");
+        }
+        // After an interim response, the next one is held to the same.
+        let e = parse_response(b"HTTP/1.1 100 Continue\r\n\r\nnonsense", false).unwrap_err();
+        assert!(e.contains("not HTTP/1.x"), "{e}");
     }
 
     #[test]
