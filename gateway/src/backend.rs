@@ -216,6 +216,11 @@ struct Pending {
     /// The span the request was sent under (`backend.forward`): the parent of what the
     /// backend asks a client meanwhile, when it sends no trace context of its own.
     span: Cx,
+    /// The trace the request went to the backend in: its span's, or with tracing off
+    /// here, that of the context it carried through as it came (`TraceId::INVALID`:
+    /// none). What the backend asks in that trace is for this request's session, with
+    /// tracing on or off ([`Proc::asked_for`]).
+    trace: TraceId,
     /// How its response is to be read.
     read: ReadAs,
     /// The progress token we gave the backend for this request, if any.
@@ -395,13 +400,24 @@ impl Proc {
         let session = caller.session;
         let (tx, rx) = oneshot::channel();
         let (token, heard) = self.swap_progress_token(session, &mut msg).unzip();
+        let span = caller.span.cloned().unwrap_or_default();
+        let trace = match span.span_context() {
+            sc if sc.is_valid() => sc.trace_id(),
+            // Not traced here: the context the client sent goes on to the backend
+            // unchanged, and the backend asks within its trace.
+            _ => msg
+                .trace_context()
+                .and_then(|(parent, _)| propagation::parse_traceparent(parent))
+                .map_or(TraceId::INVALID, |(trace, _, _)| trace),
+        };
         let id = self
             .pending
             .borrow_mut()
             .insert(Pending {
                 tx,
                 session,
-                span: caller.span.cloned().unwrap_or_default(),
+                span,
+                trace,
                 read,
                 token: token.clone(),
             })
@@ -640,7 +656,7 @@ impl Proc {
             pending
                 .iter()
                 .filter(|(_, p)| p.session != 0 && session.is_none_or(|s| s == p.session))
-                .filter(|(_, p)| !in_trace || Some(p.span.span_context().trace_id()) == trace)
+                .filter(|(_, p)| !in_trace || Some(p.trace) == trace)
                 .max_by_key(|(id, _)| *id)
                 .map(|(_, p)| (p.session, p.span.clone()))
         };
@@ -2028,6 +2044,7 @@ mod tests {
             tx,
             session,
             span: Cx::from_span_context(sc),
+            trace: TraceId::from(trace),
             read: ReadAs::Brief,
             token: None,
         };
@@ -2082,6 +2099,42 @@ mod tests {
             Some((1, TraceId::from(0xc)))
         );
         assert_eq!(session(proc.asked_for(None, Some(3))), None);
+    }
+
+    /// With tracing off here, a request keeps the trace of the context it carries on to
+    /// the backend: what a shared backend asks in that trace goes to its session, not
+    /// to the session with the most recent request (it did, with tracing off only).
+    #[test]
+    fn an_untraced_request_keeps_the_trace_it_carries_for_what_the_backend_asks() {
+        let (proc, rx) = detached_proc();
+        let tp = |t: &str| format!("00-{t:0>32}-00f067aa0ba902b7-01");
+        rt::block_on(async {
+            let mut tasks = Vec::new();
+            for (session, trace) in [(1, "a"), (2, "b")] {
+                let p = proc.clone();
+                let msg = Message::request(
+                    Id::from(session),
+                    "tools/call",
+                    Some(json!({"name": "x", "_meta": {"traceparent": tp(trace)}})),
+                );
+                tasks.push(rt::spawn(async move {
+                    let caller = Caller {
+                        session,
+                        span: None,
+                    };
+                    let _ = p
+                        .request(caller, msg, p.timeout, None, ReadAs::Brief, false)
+                        .await;
+                }));
+                futures_lite::future::yield_now().await; // sent, pending
+            }
+            assert_eq!(rx.len(), 2, "both sent");
+            let session = |t: u128| proc.asked_for(Some(TraceId::from(t)), None).map(|r| r.0);
+            assert_eq!(session(0xa), Some(1), "the older request's trace");
+            assert_eq!(session(0xb), Some(2));
+            assert_eq!(session(0xc), Some(2), "in no trace: the most recent");
+            drop(tasks);
+        });
     }
 
     /// A process record with no process behind it; its stdin lines stay in `rx`.
