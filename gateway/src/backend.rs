@@ -430,23 +430,26 @@ impl Proc {
         msg.set_id(&Id::from(id));
         // The time it had: `timeout`, or longer while the backend was at work.
         let had = Cell::new(timeout);
-        let timed_out = || BackendError::Timeout {
+        // `waiting_for_client`: only a request that was sent can be waiting on that.
+        let timed_out = |waiting_for_client| BackendError::Timeout {
             backend: self.name.to_string(),
             after_ms: had.get().as_millis() as u64,
+            waiting_for_client,
         };
         // The timeout covers waiting for room in the stdin queue too.
         let left = match self.queue(line_of(&msg), timeout).await {
             Queued::Now => timeout,
             Queued::After(waited) => timeout.saturating_sub(waited),
             Queued::Closed => return Err(self.exited_error()),
-            Queued::TimedOut => return Err(timed_out()),
+            Queued::TimedOut => return Err(timed_out(false)),
         };
         if let Some(s) = sent {
             s.set(Some(id));
         }
         guard.cancel = cancel_if_abandoned;
+        let for_client = Cell::new(false);
         let outcome = self
-            .answer_within(rx, (left, timeout), session, heard, &had)
+            .answer_within(rx, (left, timeout), session, heard, (&had, &for_client))
             .await;
         match outcome {
             Some(Ok(r)) => {
@@ -471,7 +474,7 @@ impl Proc {
                         Some(json!({ "requestId": id, "reason": "request timed out at the gateway" })),
                     ));
                 }
-                Err(timed_out())
+                Err(timed_out(for_client.get()))
             }
         }
     }
@@ -481,14 +484,14 @@ impl Proc {
     /// for as long as the process has a request of its own open at this `session`'s
     /// client (a person answering an elicitation, a model a sampling request); never past
     /// [`REQUEST_TIMEOUT_MAX_FACTOR`] × `timeout` in all. `None`: timed out (`had`: the
-    /// time it had in all).
+    /// time it had in all; `for_client`: the last of it was a wait for the client).
     async fn answer_within(
         &self,
         mut rx: oneshot::Receiver<Outcome>,
         (left, timeout): (Duration, Duration),
         session: u64,
         heard: Option<Rc<Cell<Instant>>>,
-        had: &Cell<Duration>,
+        (had, for_client): (&Cell<Duration>, &Cell<bool>),
     ) -> Option<Result<Outcome, oneshot::Closed>> {
         // When the request began, read only if the first wait runs out (then it is
         // `timeout` ago): no clock reading on a request answered in time.
@@ -502,13 +505,18 @@ impl Proc {
             let start = *began.get_or_insert_with(|| now.checked_sub(timeout).unwrap_or(now));
             let most = start + timeout * REQUEST_TIMEOUT_MAX_FACTOR;
             let mut until = heard.as_ref().map_or(now, |h| h.get() + timeout);
-            if self.asking.borrow().contains_key(&session) {
+            let asking = self.asking.borrow().contains_key(&session);
+            if asking {
                 until = until.max(now + timeout);
             }
             let until = until.min(most);
             if until <= now {
+                // The client's silence, when the last wait was for it (its request may
+                // have been given up at this same moment) or still is.
+                for_client.set(for_client.get() || asking);
                 return None;
             }
+            for_client.set(asking);
             had.set(until - start);
             wait = until - now;
         }

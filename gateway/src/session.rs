@@ -1155,6 +1155,7 @@ impl Session {
                     return Err(BackendError::Timeout {
                         backend: slot.name().to_string(),
                         after_ms: slot.timeout.as_millis() as u64,
+                        waiting_for_client: false,
                     }
                     .to_rpc_error());
                 }

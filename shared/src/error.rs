@@ -157,6 +157,9 @@ pub enum BackendError {
         backend: String,
         /// The timeout that elapsed, in milliseconds.
         after_ms: u64,
+        /// When it ran out, the backend still waited for the client's answer to a
+        /// request of its own (sampling, elicitation): the silence was the client's.
+        waiting_for_client: bool,
     },
     /// The backend's initialize handshake failed.
     Initialize {
@@ -226,8 +229,18 @@ impl fmt::Display for BackendError {
             BackendError::Exited { backend, status } => {
                 write!(f, "backend {backend:?} exited ({status})")
             }
-            BackendError::Timeout { backend, after_ms } => {
-                write!(f, "backend {backend:?} did not answer within {after_ms} ms")
+            BackendError::Timeout {
+                backend,
+                after_ms,
+                waiting_for_client,
+            } => {
+                write!(f, "backend {backend:?} did not answer within {after_ms} ms")?;
+                if *waiting_for_client {
+                    f.write_str(
+                        ", as it still waited for the client's answer to a request of its own",
+                    )?;
+                }
+                Ok(())
             }
             BackendError::Initialize { backend, reason } => {
                 write!(f, "backend {backend:?} failed to initialize: {reason}")
@@ -462,10 +475,22 @@ mod tests {
         let t = BackendError::Timeout {
             backend: "b".into(),
             after_ms: 5,
+            waiting_for_client: false,
         }
         .to_rpc_error();
         assert_eq!(t.code, codes::REQUEST_TIMEOUT);
         assert_eq!(t.data.unwrap()["backend"], "b");
+        assert_eq!(t.message, "backend \"b\" did not answer within 5 ms");
+        let t = BackendError::Timeout {
+            backend: "b".into(),
+            after_ms: 5,
+            waiting_for_client: true,
+        }
+        .to_rpc_error();
+        assert_eq!(t.code, codes::REQUEST_TIMEOUT);
+        assert!(t
+            .message
+            .ends_with("waited for the client's answer to a request of its own"));
         let e = BackendError::Exited {
             backend: "fs".into(),
             status: "exit status: 3".into(),
