@@ -182,7 +182,10 @@ impl Closing {
 struct ServerReq {
     proc: Weak<Proc>,
     backend_id: Id,
-    /// Its `_meta.progressToken`: the client's progress on it goes to that process only.
+    /// Its `_meta.progressToken` as the backend wrote it: the client's progress on it
+    /// goes to that process only, under this token. The client is given
+    /// [`server_progress_token`] instead, unique among the session's requests (two
+    /// backends may choose the same token).
     progress_token: Option<Value>,
     /// Counted as open at the process while the entry lives: its requests wait for it.
     _asking: crate::backend::Asking,
@@ -1622,16 +1625,20 @@ impl Session {
                 // Progress on a request a backend asked this client: to that process
                 // only (another backend, a shared one above all, may have a request of
                 // its own with the same token). Any other token is no request's here.
-                let token = msg.params().and_then(|p| p.get("progressToken"));
-                let proc = token.and_then(|t| {
-                    self.server_reqs
-                        .borrow()
-                        .iter()
-                        .find(|(_, r)| r.progress_token.as_ref() == Some(t))
-                        .and_then(|(_, r)| r.proc.upgrade())
-                });
-                match proc {
-                    Some(proc) => proc.notify(&msg),
+                let found = msg
+                    .param_str("progressToken")
+                    .and_then(request_of_progress_token)
+                    .and_then(|cid| {
+                        let reqs = self.server_reqs.borrow();
+                        let r = reqs.get(cid)?;
+                        Some((r.proc.upgrade()?, r.progress_token.clone()?))
+                    });
+                match found {
+                    Some((proc, original)) => {
+                        let mut msg = msg;
+                        msg.params_mut().insert("progressToken".into(), original);
+                        proc.notify(&msg);
+                    }
                     None => log::debug!(
                         "session {}: progress for no request a backend asked; dropped",
                         self.id
@@ -1715,6 +1722,10 @@ impl Session {
             req.expiry = Some(expiry);
         }
         msg.set_id(&Id::from(cid));
+        if msg.meta().is_some_and(|m| m.contains_key("progressToken")) {
+            msg.meta_mut()
+                .insert("progressToken".into(), server_progress_token(cid).into());
+        }
         span.set_attributes(|a| attrs::request_id(a, &Id::from(cid)));
         propagation::inject_message(&span, &mut msg);
         // Refused only while still ours: a session that closed meanwhile (`close`) has
@@ -1880,6 +1891,21 @@ impl Drop for Abandoned<'_> {
 /// A backend's listing: its items, and whether it is complete.
 type Listed = (Vec<Value>, bool);
 
+/// The progress token the client is given for a backend's request relayed to it
+/// under id `cid` (when the backend asked for progress): unique among the session's
+/// requests, as MCP wants of a requester's tokens.
+fn server_progress_token(cid: u64) -> String {
+    format!("gw-{cid}")
+}
+
+/// The id of the relayed request a progress token of [`server_progress_token`]'s is
+/// for; `None` for any other token.
+fn request_of_progress_token(token: &str) -> Option<u64> {
+    let n = token.strip_prefix("gw-")?;
+    // Exactly as written: "gw-01" or "gw-+1" is no token of ours.
+    n.parse().ok().filter(|cid: &u64| cid.to_string() == n)
+}
+
 /// The length of `items` as JSON text.
 fn json_len(items: &[Value]) -> usize {
     struct Count(usize);
@@ -1935,6 +1961,27 @@ fn outcome_of(resp: &impl Answer) -> (Outcome, Option<&'static str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relayed_requests_progress_token_names_it_exactly() {
+        for cid in [0, 7, u64::MAX] {
+            assert_eq!(
+                request_of_progress_token(&server_progress_token(cid)),
+                Some(cid)
+            );
+        }
+        for other in [
+            "gw-",
+            "gw-01",
+            "gw-+1",
+            "gw-1x",
+            "fx-1",
+            "7",
+            "gw-18446744073709551616",
+        ] {
+            assert_eq!(request_of_progress_token(other), None, "{other}");
+        }
+    }
 
     /// Whether a turn's wake-up has come, without waiting.
     fn has_turn(ready: &mut Option<oneshot::Receiver<()>>) -> bool {

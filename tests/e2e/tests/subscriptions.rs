@@ -1111,9 +1111,11 @@ fn a_shared_backends_request_to_a_client_that_leaves_is_failed() {
     );
 }
 
-/// The client's progress on a request a backend asked goes to that backend only: not
-/// to the session's other backends (a shared one may have a request of its own under
-/// the same token), and a token of no such request goes nowhere.
+/// The client's progress on a request a backend asked goes to that backend only, under
+/// the backend's own token: two backends (both fixtures, whose first token is `fx-1`)
+/// ask with the same token, and the client is given one token per request (it was
+/// given `fx-1` twice, and its progress on one reached the other). A token of no such
+/// request goes nowhere.
 #[test]
 fn progress_on_a_backends_request_goes_to_that_backend_only() {
     let script = "while IFS= read -r l; do case \"$l\" in *progress*|*marker*) \
@@ -1126,36 +1128,62 @@ fn progress_on_a_backends_request_goes_to_that_backend_only() {
     ));
     let mut c = Client::router(&gw.url);
     c.initialize();
-    c.send(json!({"jsonrpc":"2.0","id":"s","method":"tools/call",
-        "params":{"name":"one.sample","arguments":{"prompt":"2+2?"}}}));
-    let req = c.recv_where(|v| v["method"] == "sampling/createMessage");
-    let token = req["params"]["_meta"]["progressToken"].clone();
-    assert!(token.is_string(), "{req}");
-    for t in [token.clone(), json!("nobody's")] {
-        c.send(json!({"jsonrpc":"2.0","method":"notifications/progress",
-            "params":{"progressToken":t,"progress":1,"total":2}}));
+    let mut tokens = Vec::new();
+    for b in ["one", "two"] {
+        c.send(json!({"jsonrpc":"2.0","id":b,"method":"tools/call",
+            "params":{"name":format!("{b}.sample"),"arguments":{"prompt":b}}}));
+        let req = c.recv_where(|v| v["method"] == "sampling/createMessage");
+        assert_eq!(req["params"]["messages"][0]["content"]["text"], b, "{req}");
+        tokens.push(req["params"]["_meta"]["progressToken"].clone());
     }
-    let l = gw.wait_line("[one] saw");
-    assert!(
-        l.contains("notifications/progress") && l.contains(token.as_str().unwrap()),
-        "{l}"
-    );
-    // Each backend reads its stdin in order: once `two` has seen this call, it has seen
-    // any progress sent to it before.
-    let r = c.call(json!(1), "two.echo", json!({"text":"marker"}));
-    assert_eq!(text_of(&r), "marker");
-    gw.wait_line("[two] saw");
+    assert!(tokens[0].is_string(), "{tokens:?}");
+    assert_ne!(tokens[0], tokens[1], "one token per request");
+    for (t, to) in [
+        (&tokens[0], "one"),
+        (&tokens[1], "two"),
+        (&json!("fx-1"), "nobody"),
+    ] {
+        c.send(json!({"jsonrpc":"2.0","method":"notifications/progress",
+            "params":{"progressToken":t,"progress":1,"message":format!("to {to}")}}));
+    }
+    // Each backend reads its stdin in order: once it has seen its marker call, it has
+    // seen any progress sent to it before.
+    for b in ["one", "two"] {
+        let r = c.call(
+            json!(format!("m-{b}")),
+            &format!("{b}.echo"),
+            json!({"text":"marker"}),
+        );
+        assert_eq!(text_of(&r), "marker");
+    }
+    // Its stderr is read apart from its answers: wait for the marker's line there.
+    for b in ["one", "two"] {
+        let marked = |t: &str| {
+            t.lines()
+                .any(|l| l.contains(&format!("[{b}] saw")) && l.contains("marker"))
+        };
+        while !marked(&gw.log.text()) {
+            gw.wait_line(&format!("[{b}] saw"));
+        }
+    }
     let log = gw.log.text();
-    assert!(
-        !log.lines()
-            .any(|l| l.contains("] saw") && l.contains("nobody's")),
-        "{log}"
-    );
-    assert!(
-        !log.lines()
-            .any(|l| l.contains("[two] saw") && l.contains("notifications/progress")),
-        "{log}"
-    );
+    let saw = |b: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains(&format!("[{b}] saw")) && l.contains("notifications/progress"))
+            .map(str::to_string)
+            .collect()
+    };
+    for b in ["one", "two"] {
+        let lines = saw(b);
+        assert_eq!(lines.len(), 1, "{b}: {log}");
+        // Its own progress, under its own token.
+        assert!(lines[0].contains(&format!("\"to {b}\"")), "{}", lines[0]);
+        assert!(
+            lines[0].contains("\"progressToken\":\"fx-1\""),
+            "{}",
+            lines[0]
+        );
+    }
 }
 
 /// A listing the client cancels is cancelled at the backends it went to too (they
