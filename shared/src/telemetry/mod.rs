@@ -315,6 +315,16 @@ impl Telemetry {
             if let Err(e) = i.provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT) {
                 log::warn!("tracing shutdown: {e}");
             }
+            // The tally: the drop warnings come at most one per interval, each with the
+            // count so far, and the router has no metrics endpoint to read it from.
+            let (exported, dropped) = self.stats();
+            if dropped > 0 {
+                log::warn!(
+                    "tracing: {dropped} span(s) dropped in all (queue full or export failed), {exported} exported"
+                );
+            } else {
+                log::debug!("tracing: {exported} span(s) exported, none dropped");
+            }
         }
     }
 }

@@ -2030,6 +2030,46 @@ fn the_span_queue_full_warning_names_no_request() {
     );
 }
 
+/// Drop warnings come at most one per 10 s, each with the count so far: the router
+/// (which has no metrics endpoint) says the whole count at exit, so a burst that
+/// overflowed the span queue shows for what it was (it showed "dropped so far: 1").
+#[test]
+fn the_router_tallies_the_spans_it_dropped_at_exit() {
+    let gw = gateway();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut c = router_with_config(
+        &gw.url,
+        &format!(
+            "[tracing]\nenabled = true\nsampler_type = \"always_on\"\n\
+             otlp_protocol = \"http/protobuf\"\notlp_endpoint = \"http://127.0.0.1:{port}\"\n\
+             otlp_timeout = \"1s\"\nmax_queue_size = 2\nmax_export_batch_size = 1\n"
+        ),
+    );
+    c.initialize();
+    for i in 0..10 {
+        c.send(json!({"jsonrpc":"2.0","id":i,"method":"tools/call",
+            "params":{"name":"one.echo","arguments":{"text":"x"}}}));
+    }
+    for i in 0..10 {
+        assert_eq!(text_of(&c.response(&json!(i))), "x");
+    }
+    c.end_stdin();
+    assert!(c.wait_exit().success());
+    let line = c.wait_log("span(s) dropped in all");
+    // Two spans a call at the least (stdio.read, gateway.request), and nobody took any.
+    let n: u64 = line
+        .split("tracing: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(n >= 20, "{line}");
+    assert!(line.ends_with(", 0 exported"), "{line}");
+}
+
 /// MCP forbids cancelling `initialize`; a client that does anyway (while a slow backend
 /// starts) still gets it answered, and the requests it pipelined behind it too.
 #[test]
