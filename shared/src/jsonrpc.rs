@@ -182,8 +182,9 @@ struct TraceContext {
 }
 
 /// Requests of one refused batch answered under their ids, at most: the answers to a
-/// batch cannot be much longer than the batch (about 130 bytes each, 16 KiB for these
-/// together), whatever is in it. Requests beyond get no answer.
+/// batch cannot be much longer than the batch (about 130 bytes each, ~16 KiB for these
+/// together, ~30 KiB when the answers say how many more there were), whatever is in
+/// it. Requests beyond get no answer; the answers say how many.
 pub const MAX_BATCH_ANSWERS: usize = 128;
 
 /// Why a line could not be accepted, and what to answer.
@@ -334,6 +335,7 @@ impl Shape {
         if let Some(items) = items.filter(|i| !i.is_empty()) {
             let mut ids: Vec<Option<Id>> = Vec::new();
             let mut unreadable = false;
+            let mut beyond = 0usize;
             for item in items {
                 let id = match item {
                     Value::Object(o) if o.contains_key("method") => {
@@ -356,11 +358,19 @@ impl Shape {
                     // answered a million times.
                     None => unreadable = true,
                     Some(id) if ids.len() < MAX_BATCH_ANSWERS => ids.push(Some(id)),
-                    Some(_) => {}
+                    Some(_) => beyond += 1,
                 }
             }
             if unreadable {
                 ids.push(None);
+            }
+            if beyond > 0 {
+                // Said in every answer (and in the log line): the client knows why the
+                // rest get none.
+                rej.error.message.push_str(&format!(
+                    "; only the first {MAX_BATCH_ANSWERS} requests of a batch are answered, \
+                     {beyond} more are not"
+                ));
             }
             rej.reply = !ids.is_empty();
             rej.batch = Some(ids);
@@ -1966,6 +1976,17 @@ mod tests {
             "]".repeat(200)
         );
         assert!(de::parse(&deep).is_err(), "the recursion limit holds");
+        // As docs/errors.md has it: 127 levels deep, the message's own included, are
+        // taken; 128 are not.
+        let nested = |levels: usize| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"m","params":{}{}}}"#,
+                "[".repeat(levels - 1),
+                "]".repeat(levels - 1)
+            )
+        };
+        assert!(de::parse(&nested(127)).is_ok());
+        assert!(de::parse(&nested(128)).is_err());
     }
 
     use super::*;
@@ -2053,7 +2074,17 @@ mod tests {
             .collect();
         let e = parse(&format!("[{}]", reqs.join(","))).unwrap_err();
         assert_eq!(e.batch.as_ref().map(Vec::len), Some(MAX_BATCH_ANSWERS));
-        assert!(e.reply_text().len() < 20 * 1024);
+        assert!(e.reply_text().len() < 40 * 1024);
+        assert!(
+            e.error.message.ends_with(
+                "; only the first 128 requests of a batch are answered, 872 more are not"
+            ),
+            "{}",
+            e.error.message
+        );
+        // Within the bound, nothing is said of it.
+        let e = parse(&format!("[{}]", reqs[..MAX_BATCH_ANSWERS].join(","))).unwrap_err();
+        assert!(e.error.message.ends_with("(removed in MCP 2025-06-18)"));
         // Not a batch: one response, as before.
         let e = parse(r#"{"jsonrpc":"1.0","id":"q","method":"ping"}"#).unwrap_err();
         assert_eq!(e.reply_text(), e.to_response().to_json());
