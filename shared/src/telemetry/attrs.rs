@@ -6,6 +6,8 @@
 //! Each helper writes into an [`Attrs`] (a recording span's encoding, or a list of
 //! `KeyValue`s), borrowing from the message: no attribute is built as a value first.
 
+use std::borrow::Cow;
+
 use super::Attrs;
 use crate::jsonrpc::{Id, Kind, Message};
 
@@ -97,7 +99,7 @@ pub fn mcp_message_without_id(a: &mut Attrs, msg: &Message) {
             }
             _ => {
                 if let Some(u) = msg.param_str("uri") {
-                    a.str("mcp.resource.uri", u);
+                    a.str("mcp.resource.uri", &redact_uri(u));
                 }
             }
         }
@@ -198,10 +200,64 @@ pub fn url_full(a: &mut Attrs, url: &str) {
     a.str("url.full", &crate::config::redact_url_query(url));
 }
 
+/// A resource URI without what may be a credential in it: every query value
+/// ([`crate::config::redact_url_query`]) and the user information before a host
+/// (`postgres://user:secret@db/x` → `postgres://REDACTED@db/x`), as the semantic
+/// conventions ask of `url.full`. The rest, which says which resource, is kept.
+pub fn redact_uri(uri: &str) -> Cow<'_, str> {
+    let uri = crate::config::redact_url_query(uri);
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri;
+    };
+    let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) if is_scheme => Cow::Owned(format!("{scheme}://REDACTED{}", &rest[at..])),
+        _ => uri,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use opentelemetry::KeyValue;
+
+    #[test]
+    fn a_resource_uri_keeps_no_credential() {
+        for (uri, recorded) in [
+            ("file:///tmp/a.txt", "file:///tmp/a.txt"),
+            ("fixture://one/item/7", "fixture://one/item/7"),
+            (
+                "postgres://user:secret@db:5432/x?sslmode=require",
+                "postgres://REDACTED@db:5432/x?sslmode=REDACTED",
+            ),
+            (
+                "https://api.example/doc?token=abc#top",
+                "https://api.example/doc?token=REDACTED#top",
+            ),
+            ("s3://key@bucket", "s3://REDACTED@bucket"),
+            // An @ past the host is part of the path, not user information.
+            ("mail://host/a@b", "mail://host/a@b"),
+            ("urn:isbn:0451450523", "urn:isbn:0451450523"),
+            ("x y://u@h", "x y://u@h"),
+        ] {
+            assert_eq!(redact_uri(uri), recorded, "{uri}");
+        }
+        let msg = Message::request(
+            Id::from(1),
+            "resources/read",
+            Some(serde_json::json!({"uri": "db://u:pw@h/t?k=v"})),
+        );
+        match get(&list(|a| mcp_message(a, &msg)), "mcp.resource.uri") {
+            Some(opentelemetry::Value::String(s)) => {
+                assert_eq!(s.as_str(), "db://REDACTED@h/t?k=REDACTED")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn url_full_keeps_no_query_value() {
