@@ -653,6 +653,14 @@ impl Proc {
         Some(session)
     }
 
+    /// Whether `session` has a request pending here in `trace`.
+    fn pending_in(&self, trace: TraceId, session: u64) -> bool {
+        self.pending
+            .borrow()
+            .iter()
+            .any(|(_, p)| p.session == session && p.trace == trace)
+    }
+
     /// The request pending here that a request of the backend's most likely comes
     /// from, as its session and the span it was sent under: the most recent one in
     /// `trace` (the trace of the context the backend sent, if any: a backend with an
@@ -1589,6 +1597,17 @@ impl Slot {
                     .then(|| msg.param_str("level").map(str::to_string))
                     .flatten();
                 let line = msg.to_text();
+                // A shared backend's notification in the trace of one session's request
+                // (a backend with an OpenTelemetry SDK sends its context) keeps that
+                // context for the sessions with a request pending in the trace only:
+                // the others get it without, not another client's trace ids.
+                let trace = self
+                    .is_shared()
+                    .then(|| msg.trace_context())
+                    .flatten()
+                    .and_then(|(parent, _)| propagation::parse_traceparent(parent))
+                    .map(|(trace, _, _)| trace);
+                let mut untraced = None;
                 for s in &sessions {
                     if !s.wants_log(log_level.as_deref()) {
                         // Below the level this session set (a shared backend logs at
@@ -1602,12 +1621,31 @@ impl Slot {
                             continue;
                         }
                     }
-                    s.deliver(line.clone(), !self.is_shared()).await;
+                    let text = match trace {
+                        Some(t) if !proc.pending_in(t, s.id()) => untraced
+                            .get_or_insert_with(|| without_trace_context(&msg))
+                            .clone(),
+                        _ => line.clone(),
+                    };
+                    s.deliver(text, !self.is_shared()).await;
                 }
             }
             Kind::Response => unreachable!("responses are matched before"),
         }
     }
+}
+
+/// The text of `msg` without the `traceparent` and `tracestate` of its `params._meta`
+/// (and without `_meta` when nothing else was in it).
+fn without_trace_context(msg: &Message) -> String {
+    let mut m = msg.clone();
+    let meta = m.meta_mut();
+    meta.remove("traceparent");
+    meta.remove("tracestate");
+    if meta.is_empty() {
+        m.params_mut().remove("_meta");
+    }
+    m.to_text()
 }
 
 /// Whether nothing holds the read end of the pipe whose write end is `fd` (a backend's

@@ -1186,6 +1186,36 @@ fn progress_on_a_backends_request_goes_to_that_backend_only() {
     }
 }
 
+/// A shared backend's notification sent in the trace of one session's request (as a
+/// backend with an OpenTelemetry SDK does) keeps that trace context for that session
+/// only: the other sessions get it without (they were handed the other client's trace
+/// ids), and with everything else as the backend wrote it.
+#[test]
+fn a_shared_backends_notification_keeps_its_trace_context_for_its_session_only() {
+    let mine = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    // When a `sleep` call comes in, the backend (a shell in front of the fixture)
+    // also tells every client that its tools changed, in the trace of that call.
+    let notice = format!(
+        r#"{{"jsonrpc":"2.0","method":"notifications/tools/list_changed","params":{{"_meta":{{"traceparent":"{mine}","note":"kept"}}}}}}"#
+    );
+    let script = format!(
+        "exec 3>&1; while IFS= read -r l; do case \"$l\" in *one.sleep*|*'\"sleep\"'*) \
+         printf '%s\\n' '{notice}' >&3;; esac; printf '%s\\n' \"$l\"; done | \"$0\" --name two"
+    );
+    let gw = Gateway::start(&sh_backend("two", &script, &[], "session = \"shared\""));
+    let mut a = WsClient::mcp(&gw);
+    a.initialize();
+    let mut b = WsClient::mcp(&gw);
+    b.initialize();
+    a.send(json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
+        "params":{"name":"two.sleep","arguments":{"ms":200},"_meta":{"traceparent":mine}}}));
+    let to_a = a.recv_where(|v| v["method"] == "notifications/tools/list_changed");
+    let to_b = b.recv_where(|v| v["method"] == "notifications/tools/list_changed");
+    assert_eq!(to_a["params"]["_meta"]["traceparent"], mine, "{to_a}");
+    assert_eq!(to_b["params"]["_meta"], json!({"note":"kept"}), "{to_b}");
+    assert_eq!(text_of(&a.response(&json!(1))), "slept 200");
+}
+
 /// A listing the client cancels is cancelled at the backends it went to too (they
 /// would otherwise work on for an answer the gateway drops).
 #[test]
