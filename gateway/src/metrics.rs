@@ -39,17 +39,20 @@ pub const KNOWN_METHODS: &[&str] = mcp_shared::mcp::METHODS;
 /// conventions' `error.type` value for it).
 pub const TOOL_ERROR: &str = "tool_error";
 
-/// Error types that get their own `error_type` series; anything else is [`OTHER`].
-/// JSON-RPC codes as decimal strings (as the OpenTelemetry MCP conventions set
-/// `error.type`; see [`error_type_for_code`]), [`TOOL_ERROR`], `cancelled`, and the
-/// `error.type` values the gateway's spans use: `telemetry::record_response`'s
-/// `jsonrpc_error`, the session's own, and `BackendError::kind()`.
+/// Error type of a request the client cancelled (it gets no answer).
+pub const CANCELLED: &str = "cancelled";
+
+/// Error types that get their own `error_type` series; anything else is [`OTHER`]. What
+/// the client was answered, whoever answered: the JSON-RPC code as a decimal string
+/// (as the OpenTelemetry MCP conventions set `error.type`; [`error_type_for_code`]),
+/// or [`TOOL_ERROR`]; for a request that got no answer, why: [`CANCELLED`] by the
+/// client, or `client_disconnected`. (The cause of a refusal of the gateway's own,
+/// `duplicate_id` or `overloaded`, is on the span of the step that refused, and in the
+/// error's message.)
 pub const ERROR_TYPES: &[&str] = &[
     TOOL_ERROR,
-    "cancelled",
-    "jsonrpc_error",
-    "duplicate_id",
-    "route_not_found",
+    CANCELLED,
+    "client_disconnected",
     "-32700",
     "-32600",
     "-32601",
@@ -60,12 +63,6 @@ pub const ERROR_TYPES: &[&str] = &[
     "-32002",
     "-32003",
     "-32004",
-    "backend_start",
-    "backend_exited",
-    "timeout",
-    "backend_initialize",
-    "response_too_large",
-    "overloaded",
 ];
 
 /// Bucket upper bounds (seconds) of `mcp_server_operation_duration_seconds`: 100 µs (a
@@ -841,7 +838,7 @@ mod tests {
         let m = Rc::new(Metrics::new("0.1.0", "abc123"));
         m.request_finished("tools/call", Outcome::Ok, None, ms(3));
         m.request_finished("tools/call", Outcome::ToolError, None, ms(40));
-        m.request_finished("tools/call", Outcome::Error, Some("timeout"), ms(60_000));
+        m.request_finished("tools/call", Outcome::Error, Some("-32001"), ms(60_000));
         m.request_finished("tools/list", Outcome::Ok, None, Duration::from_micros(50));
         m.request_finished("x/custom", Outcome::Error, Some("-32601"), ms(1));
         m.request_finished("y/custom", Outcome::Error, Some("weird"), ms(1));
@@ -872,7 +869,7 @@ mod tests {
         assert_eq!(value(&s, req, &[other, ("outcome", "error")]), 2.0);
         let err = "mcp_gateway_errors_total";
         assert_eq!(value(&s, err, &[("error_type", "tool_error")]), 1.0);
-        assert_eq!(value(&s, err, &[("error_type", "timeout")]), 1.0);
+        assert_eq!(value(&s, err, &[("error_type", "-32001")]), 1.0);
         assert_eq!(value(&s, err, &[("error_type", "-32601")]), 1.0);
         assert_eq!(value(&s, err, &[("error_type", "other")]), 2.0);
 

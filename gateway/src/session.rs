@@ -23,7 +23,7 @@ use opentelemetry::KeyValue;
 use serde_json::{json, Value};
 
 use crate::backend::{Caller, Proc, ReadAs, Slot, Warned};
-use crate::metrics::{error_type_for_code, Outcome};
+use crate::metrics::{error_type_for_code, Outcome, CANCELLED};
 use crate::oneshot;
 use crate::outbox;
 use crate::rt;
@@ -468,6 +468,17 @@ impl Session {
         };
         if rej.reply && !broken_answer {
             self.rejected_span(&rej);
+            // Requests too, refused before their method could be read: each answer (one
+            // per request of a batch) is counted under the method `other`.
+            let error_type = error_type_for_code(rej.error.code);
+            for _ in 0..rej.batch.as_ref().map_or(1, Vec::len) {
+                self.gw.metrics.request_finished(
+                    "",
+                    Outcome::Error,
+                    Some(error_type),
+                    std::time::Duration::ZERO,
+                );
+            }
             self.deliver(rej.reply_text(), true).await;
         } else if let Some(id) = answered {
             let err = SessionError::UnreadableResponse(rej.error.message.clone()).to_rpc_error();
@@ -612,18 +623,15 @@ impl Session {
         if let Some(e) = refused {
             let method = msg.method().unwrap_or_default();
             log::debug!("session {}: {method} {id} refused: {e}", self.id);
-            let resp = Message::error_response(Some(id), e.to_rpc_error());
-            let kind = if id_too_long {
-                "-32600"
-            } else if limited {
-                "overloaded"
-            } else {
-                "duplicate_id"
-            };
+            let err = e.to_rpc_error();
+            // The code the client gets, as for every error answer (the step's span
+            // names the cause).
+            let error_type = error_type_for_code(err.code);
+            let resp = Message::error_response(Some(id), err);
             self.gw.metrics.request_finished(
                 method,
                 Outcome::Error,
-                Some(kind),
+                Some(error_type),
                 std::time::Duration::ZERO,
             );
             telemetry::record_response(&cx, &resp);
@@ -704,11 +712,19 @@ impl Session {
                 }
                 Err(closing) => {
                     // Counted too: requests slow enough that clients give up are what
-                    // the latency and error alerts are for.
+                    // the latency and error alerts are for. At a shutdown the client is
+                    // answered -32004, and that is what is counted.
+                    let error_type = match closing {
+                        None => CANCELLED,
+                        Some(Closing::ClientGone) => Closing::ClientGone.error_type(),
+                        Some(Closing::Shutdown) => {
+                            error_type_for_code(SessionError::ShuttingDown.to_rpc_error().code)
+                        }
+                    };
                     me.gw.metrics.request_finished(
                         &method,
                         Outcome::Error,
-                        Some("cancelled"),
+                        Some(error_type),
                         started.elapsed(),
                     );
                     cx.set_attributes(|a| a.bool("mcp.request.cancelled", true));

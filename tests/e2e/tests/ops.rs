@@ -192,3 +192,67 @@ fn the_readiness_line_follows_the_log_format_at_any_level() {
         "{v}"
     );
 }
+
+/// A request the gateway refuses is counted as what its client was answered: the
+/// JSON-RPC code, also when the refusal is the gateway's own (a duplicate id, too many
+/// in flight: these had names of their own) or the message could not be read as a
+/// request (these were not counted at all).
+#[test]
+fn refused_requests_are_counted_by_the_code_their_client_got() {
+    let gw = Gateway::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[limits]\nmax_in_flight = 2\n{}",
+        fixture_backend("one", "")
+    ));
+    let addr = admin_addr(&gw);
+    let mut c = WsClient::mcp(&gw);
+    c.initialize();
+    let sleep = |id: i64| {
+        json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+            "params":{"name":"one.sleep","arguments":{"ms":60000}}})
+    };
+    c.send(sleep(1));
+    c.send(sleep(1)); // the same id while the first is in flight
+    assert_eq!(error_code(&c.response(&json!(1))), -32600);
+    c.send(sleep(2));
+    c.send(sleep(3)); // a third in flight, of two allowed
+    assert_eq!(error_code(&c.response(&json!(3))), -32003);
+    c.send_raw(r#"{"jsonrpc":"2.0","id":4,"method":"ping","params":"#);
+    assert_eq!(error_code(&c.response(&json!(4))), -32700);
+    c.send_raw(r#"{"jsonrpc":"1.0","id":5,"method":"ping"}"#);
+    assert_eq!(error_code(&c.response(&json!(5))), -32600);
+    c.send_raw(
+        r#"[{"jsonrpc":"2.0","id":6,"method":"ping"},{"jsonrpc":"2.0","id":7,"method":"ping"}]"#,
+    );
+    let batch = c.recv_where(|v| v.is_array());
+    assert_eq!(batch.as_array().map(Vec::len), Some(2), "{batch}");
+    let (_, m) = get(&addr, "/metrics");
+    let errors = |t: &str| {
+        sample(
+            &m,
+            &format!("mcp_gateway_errors_total{{error_type=\"{t}\"}}"),
+        )
+    };
+    assert_eq!(errors("-32600"), 4.0, "{m}"); // duplicate, jsonrpc 1.0, the batch's two
+    assert_eq!(errors("-32003"), 1.0, "{m}");
+    assert_eq!(errors("-32700"), 1.0, "{m}");
+    let requests = "mcp_gateway_requests_total";
+    assert_eq!(
+        sample(
+            &m,
+            &format!("{requests}{{mcp_method_name=\"other\",outcome=\"error\"}}")
+        ),
+        4.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            &format!("{requests}{{mcp_method_name=\"tools/call\",outcome=\"error\"}}")
+        ),
+        2.0,
+        "{m}"
+    );
+    for name in ["duplicate_id", "overloaded"] {
+        assert!(!m.contains(&format!("error_type=\"{name}\"")), "{m}");
+    }
+}
