@@ -525,6 +525,7 @@ async fn run(
         drop(stop_tx);
     })
     .detach();
+    let mut admin_at = None;
     let _admin = match &gw.cfg.admin {
         Some(a) => {
             let l = async_net::TcpListener::bind(a.listen.as_str())
@@ -532,6 +533,7 @@ async fn run(
                 .map_err(|e| format!("cannot listen on {} ([admin] listen): {e}", a.listen))?;
             let admin_addr = l.local_addr().map_err(|e| e.to_string())?;
             log::info!("admin endpoints on http://{admin_addr} (/healthz /readyz /metrics)");
+            admin_at = Some(admin_addr);
             let ready_gw = gw.clone();
             // Closed once a stop signal came: not ready from then on (new connections
             // are already refused while the sessions close).
@@ -557,8 +559,13 @@ async fn run(
     }
     // The readiness line is a contract (scripts and tests wait for it): it is written
     // whatever the log level.
+    // The admin address too: with `[admin] listen` on port 0 and a level below info,
+    // nothing else would say where it is.
+    let admin_note = admin_at
+        .map(|a| format!(", admin on http://{a}"))
+        .unwrap_or_default();
     let ready_line = format!(
-        "listening on ws://{addr}{} ({} backend(s))",
+        "listening on ws://{addr}{} ({} backend(s){admin_note})",
         gw.cfg.server.path,
         gw.cfg.backends.len()
     );

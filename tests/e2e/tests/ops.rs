@@ -256,3 +256,28 @@ fn refused_requests_are_counted_by_the_code_their_client_got() {
         assert!(!m.contains(&format!("error_type=\"{name}\"")), "{m}");
     }
 }
+
+/// The readiness line, written whatever the level, names the admin address too: with
+/// `[admin] listen` on port 0 and the level at warn, nothing else said where it was.
+#[test]
+fn the_readiness_line_names_the_admin_address() {
+    let gw = Gateway::start_with_env(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+            fixture_backend("one", "")
+        ),
+        &[("MCP_LOG", "warn")],
+    );
+    let log = gw.log.text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("listening on ws://"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(!log.contains("admin endpoints on"), "an info line, not at warn: {log}");
+    let addr = line
+        .split("admin on http://")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert_eq!(get(addr, "/healthz").0, 200, "{line}");
+}
