@@ -910,7 +910,8 @@ impl Session {
         // Recorded once the route is known: the decision, at one moment.
         let at = Moment::new();
         let step = tel.step_at("discovery.resolve", cx, &at, |a| {
-            a.str("gateway.route.key", what);
+            // A URI (resources) may hold a credential, as `mcp.resource.uri` may.
+            a.str("gateway.route.key", &mcp_shared::config::redact_uri(what));
             if let Some(b) = backend {
                 attrs::gateway_route(a, b, "stdio", None);
             }

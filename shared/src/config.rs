@@ -1113,6 +1113,26 @@ pub fn redact_url_query(url: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// A resource URI without what may be a credential in it: every query value
+/// ([`redact_url_query`]) and the user information before a host
+/// (`postgres://user:secret@db/x` → `postgres://REDACTED@db/x`), as the semantic
+/// conventions ask of `url.full`. The rest, which says which resource, is kept.
+pub fn redact_uri(uri: &str) -> Cow<'_, str> {
+    let uri = redact_url_query(uri);
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri;
+    };
+    let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) if is_scheme => Cow::Owned(format!("{scheme}://REDACTED{}", &rest[at..])),
+        _ => uri,
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Gateway
 

@@ -106,7 +106,10 @@ impl fmt::Display for RouteError {
             RouteError::UnknownMethod(m) => write!(f, "method not found: {m}"),
             RouteError::UnknownTool(t) => write!(f, "unknown tool: {t}"),
             RouteError::UnknownPrompt(p) => write!(f, "unknown prompt: {p}"),
-            RouteError::UnknownResource(u) => write!(f, "resource not found: {u}"),
+            // Without what may be a credential: the message goes into logs and spans.
+            RouteError::UnknownResource(u) => {
+                write!(f, "resource not found: {}", crate::config::redact_uri(u))
+            }
             RouteError::MissingParam { method, param } => {
                 write!(
                     f,
@@ -471,6 +474,11 @@ mod tests {
         assert_eq!(
             RouteError::UnknownResource("u".into()).to_rpc_error().code,
             codes::RESOURCE_NOT_FOUND
+        );
+        // Its message goes into logs and spans: no credential of the URI's in it.
+        assert_eq!(
+            RouteError::UnknownResource("db://u:pw@h/x?k=v".into()).to_string(),
+            "resource not found: db://REDACTED@h/x?k=REDACTED"
         );
         let t = BackendError::Timeout {
             backend: "b".into(),

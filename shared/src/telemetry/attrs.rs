@@ -6,8 +6,6 @@
 //! Each helper writes into an [`Attrs`] (a recording span's encoding, or a list of
 //! `KeyValue`s), borrowing from the message: no attribute is built as a value first.
 
-use std::borrow::Cow;
-
 use super::Attrs;
 use crate::jsonrpc::{Id, Kind, Message};
 
@@ -99,7 +97,7 @@ pub fn mcp_message_without_id(a: &mut Attrs, msg: &Message) {
             }
             _ => {
                 if let Some(u) = msg.param_str("uri") {
-                    a.str("mcp.resource.uri", &redact_uri(u));
+                    a.str("mcp.resource.uri", &crate::config::redact_uri(u));
                 }
             }
         }
@@ -200,26 +198,6 @@ pub fn url_full(a: &mut Attrs, url: &str) {
     a.str("url.full", &crate::config::redact_url_query(url));
 }
 
-/// A resource URI without what may be a credential in it: every query value
-/// ([`crate::config::redact_url_query`]) and the user information before a host
-/// (`postgres://user:secret@db/x` → `postgres://REDACTED@db/x`), as the semantic
-/// conventions ask of `url.full`. The rest, which says which resource, is kept.
-pub fn redact_uri(uri: &str) -> Cow<'_, str> {
-    let uri = crate::config::redact_url_query(uri);
-    let Some((scheme, rest)) = uri.split_once("://") else {
-        return uri;
-    };
-    let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-        && scheme
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    match authority.rfind('@') {
-        Some(at) if is_scheme => Cow::Owned(format!("{scheme}://REDACTED{}", &rest[at..])),
-        _ => uri,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,7 +222,7 @@ mod tests {
             ("urn:isbn:0451450523", "urn:isbn:0451450523"),
             ("x y://u@h", "x y://u@h"),
         ] {
-            assert_eq!(redact_uri(uri), recorded, "{uri}");
+            assert_eq!(crate::config::redact_uri(uri), recorded, "{uri}");
         }
         let msg = Message::request(
             Id::from(1),
