@@ -653,12 +653,16 @@ impl Proc {
         Some(session)
     }
 
-    /// Whether `session` has a request pending here in `trace`.
-    fn pending_in(&self, trace: TraceId, session: u64) -> bool {
-        self.pending
-            .borrow()
-            .iter()
-            .any(|(_, p)| p.session == session && p.trace == trace)
+    /// The sessions with a request pending here in `trace` (one walk of the table,
+    /// whatever the number of sessions asked about after).
+    fn sessions_in_trace(&self, trace: TraceId) -> Vec<u64> {
+        let mut found: Vec<u64> = Vec::new();
+        for (_, p) in self.pending.borrow().iter() {
+            if p.trace == trace && p.session != 0 && !found.contains(&p.session) {
+                found.push(p.session);
+            }
+        }
+        found
     }
 
     /// The request pending here that a request of the backend's most likely comes
@@ -1554,8 +1558,16 @@ impl Slot {
                 match target {
                     Some(s) => {
                         // A backend that sends trace context of its own is followed;
-                        // otherwise what it asks goes in that request's trace.
-                        let parent = if propagation::has_span(&own) {
+                        // otherwise what it asks goes in that request's trace. A shared
+                        // backend's context is followed only into a session with a
+                        // request in its trace: another session's client is not handed
+                        // that trace (with tracing off here, it would go as written).
+                        let foreign = self.is_shared()
+                            && trace.is_some_and(|t| !proc.sessions_in_trace(t).contains(&s.id()));
+                        if foreign {
+                            strip_trace_context(&mut msg);
+                        }
+                        let parent = if propagation::has_span(&own) && !foreign {
                             own
                         } else {
                             latest
@@ -1607,6 +1619,7 @@ impl Slot {
                     .flatten()
                     .and_then(|(parent, _)| propagation::parse_traceparent(parent))
                     .map(|(trace, _, _)| trace);
+                let owners = trace.map(|t| proc.sessions_in_trace(t)).unwrap_or_default();
                 let mut untraced = None;
                 for s in &sessions {
                     if !s.wants_log(log_level.as_deref()) {
@@ -1621,11 +1634,16 @@ impl Slot {
                             continue;
                         }
                     }
-                    let text = match trace {
-                        Some(t) if !proc.pending_in(t, s.id()) => untraced
-                            .get_or_insert_with(|| without_trace_context(&msg))
-                            .clone(),
-                        _ => line.clone(),
+                    let text = if trace.is_some() && !owners.contains(&s.id()) {
+                        untraced
+                            .get_or_insert_with(|| {
+                                let mut m = msg.clone();
+                                strip_trace_context(&mut m);
+                                m.to_text()
+                            })
+                            .clone()
+                    } else {
+                        line.clone()
                     };
                     s.deliver(text, !self.is_shared()).await;
                 }
@@ -1635,17 +1653,18 @@ impl Slot {
     }
 }
 
-/// The text of `msg` without the `traceparent` and `tracestate` of its `params._meta`
-/// (and without `_meta` when nothing else was in it).
-fn without_trace_context(msg: &Message) -> String {
-    let mut m = msg.clone();
-    let meta = m.meta_mut();
+/// Takes the `traceparent` and `tracestate` out of `msg`'s `params._meta` (and `_meta`
+/// itself when nothing else was in it).
+fn strip_trace_context(msg: &mut Message) {
+    if msg.meta().is_none() && msg.trace_context().is_none() {
+        return;
+    }
+    let meta = msg.meta_mut();
     meta.remove("traceparent");
     meta.remove("tracestate");
     if meta.is_empty() {
-        m.params_mut().remove("_meta");
+        msg.params_mut().remove("_meta");
     }
-    m.to_text()
 }
 
 /// Whether nothing holds the read end of the pipe whose write end is `fd` (a backend's

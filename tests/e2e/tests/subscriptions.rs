@@ -1216,6 +1216,40 @@ fn a_shared_backends_notification_keeps_its_trace_context_for_its_session_only()
     assert_eq!(text_of(&a.response(&json!(1))), "slept 200");
 }
 
+/// A shared backend's request to a client in a trace no session has a request in
+/// (another client's, or a trace of its own) reaches the client without that context:
+/// with the gateway's tracing off it went through as the backend wrote it.
+#[test]
+fn a_shared_backends_request_in_a_foreign_trace_reaches_the_client_without_it() {
+    let foreign = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let gw = Gateway::start(&format!(
+        "[[backends]]\nname = \"two\"\ntransport = \"stdio\"\ncommand = {:?}\n\
+         args = [\"--name\", \"two\"]\nsession = \"shared\"\n",
+        bin("mcp-fixture").display().to_string()
+    ));
+    let mut a = WsClient::mcp(&gw);
+    a.initialize();
+    let mine = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    for (id, tp) in [(1, foreign), (2, mine)] {
+        a.send(json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+            "params":{"name":"two.sample","arguments":{"prompt":"p","traceparent":tp},
+                "_meta":{"traceparent":mine}}}));
+        let ask = a.recv_where(|v| v["method"] == "sampling/createMessage");
+        let meta = &ask["params"]["_meta"];
+        assert!(meta["progressToken"].is_string(), "{ask}");
+        if tp == foreign {
+            assert!(meta.get("traceparent").is_none(), "{ask}");
+        } else {
+            assert_eq!(meta["traceparent"], mine, "its own trace is kept: {ask}");
+        }
+        a.send(
+            json!({"jsonrpc":"2.0","id":ask["id"],"result":{"role":"assistant",
+            "content":{"type":"text","text":"ok"},"model":"m"}}),
+        );
+        assert_eq!(text_of(&a.response(&json!(id))), "sampled: ok");
+    }
+}
+
 /// A listing the client cancels is cancelled at the backends it went to too (they
 /// would otherwise work on for an answer the gateway drops).
 #[test]
