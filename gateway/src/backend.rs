@@ -245,6 +245,10 @@ pub struct Proc {
     /// guards): while a session has any, its requests here wait (a person answering an
     /// elicitation, a model a sampling request).
     asking: Rc<RefCell<HashMap<u64, usize>>>,
+    /// How many of the process's requests to clients were given up on, unanswered
+    /// ([`Proc::client_gave_up`]): a request of its that timed out meanwhile timed out
+    /// for the client's silence.
+    client_give_ups: Cell<u64>,
     next_token: Cell<u64>,
     caps: RefCell<Value>,
     /// The `instructions` of its `initialize` result, if any.
@@ -497,6 +501,9 @@ impl Proc {
         // `timeout` ago): no clock reading on a request answered in time.
         let mut began = None;
         let mut wait = left;
+        // The last extension was for a request open at the client, and how many had
+        // been given up on then.
+        let mut extended_for_client = (false, 0);
         loop {
             if let Some(r) = rt::timeout(wait, &mut rx).await {
                 return Some(r);
@@ -511,12 +518,14 @@ impl Proc {
             }
             let until = until.min(most);
             if until <= now {
-                // The client's silence, when the last wait was for it (its request may
-                // have been given up at this same moment) or still is.
-                for_client.set(for_client.get() || asking);
+                // The client's silence: still waited for, or the last wait was for it
+                // and it was given up on since (at this same moment, likely: both
+                // bounds are 10 × the timeout). Not when the client answered meanwhile.
+                let (was, give_ups) = extended_for_client;
+                for_client.set(asking || (was && self.client_give_ups.get() != give_ups));
                 return None;
             }
-            for_client.set(asking);
+            extended_for_client = (asking, self.client_give_ups.get());
             had.set(until - start);
             wait = until - now;
         }
@@ -635,6 +644,11 @@ impl Proc {
             .borrow_mut()
             .insert(ours.clone(), (session, original, heard.clone()));
         Some((ours, heard))
+    }
+
+    /// One of its requests to a client was given up on, unanswered.
+    pub fn client_gave_up(&self) {
+        self.client_give_ups.set(self.client_give_ups.get() + 1);
     }
 
     /// Counts a request of this process's to `session`'s client until dropped.
@@ -1189,6 +1203,7 @@ impl Slot {
             pending: RefCell::new(IdMap::new(MAX_PENDING_PER_PROCESS)),
             progress: RefCell::new(HashMap::new()),
             asking: Rc::default(),
+            client_give_ups: Cell::new(0),
             next_token: Cell::new(1),
             caps: RefCell::new(Value::Null),
             instructions: RefCell::new(None),
@@ -2166,6 +2181,43 @@ mod tests {
         assert_eq!(session(proc.asked_for(None, Some(3))), None);
     }
 
+    /// A request that runs out while its backend waited for the client's answer says
+    /// so; not when the client had answered (and the backend then kept silent), even
+    /// if the last extension of its time was for that wait.
+    #[test]
+    fn a_timeout_blames_the_clients_silence_only_when_it_was_one() {
+        let t = Duration::from_millis(100);
+        for given_up in [false, true] {
+            let (proc, _rx) = detached_proc();
+            let err = rt::block_on(async {
+                let p = proc.clone();
+                let call = rt::spawn(async move {
+                    let msg = Message::request(Id::from(1), "tools/call", None);
+                    let caller = Caller {
+                        session: 1,
+                        span: None,
+                    };
+                    p.request(caller, msg, t, None, ReadAs::Brief, false).await
+                });
+                // The backend asks the client at once; the first wait runs out at `t`
+                // and is extended by `t` for that; the ask ends within it.
+                let asking = proc.asking(1);
+                async_io::Timer::after(t + t / 2).await;
+                if given_up {
+                    proc.client_gave_up();
+                }
+                drop(asking);
+                call.await
+            });
+            match err {
+                Err(BackendError::Timeout {
+                    waiting_for_client, ..
+                }) => assert_eq!(waiting_for_client, given_up),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     /// With tracing off here, a request keeps the trace of the context it carries on to
     /// the backend: what a shared backend asks in that trace goes to its session, not
     /// to the session with the most recent request (it did, with tracing off only).
@@ -2219,6 +2271,7 @@ mod tests {
             pending: RefCell::new(IdMap::new(MAX_PENDING_PER_PROCESS)),
             progress: RefCell::new(HashMap::new()),
             asking: Rc::default(),
+            client_give_ups: Cell::new(0),
             next_token: Cell::new(1),
             caps: RefCell::new(Value::Null),
             instructions: RefCell::new(None),

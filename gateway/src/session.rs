@@ -1770,6 +1770,7 @@ impl Session {
         log::warn!("session {}: {}", self.id, e.message);
         telemetry::fail(&req.span, "timeout", &e.message);
         if let Some(proc) = req.proc.upgrade() {
+            proc.client_gave_up();
             proc.notify(&Message::error_response(
                 Some(req.backend_id.clone()),
                 e.clone(),
