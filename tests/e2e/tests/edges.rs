@@ -1997,25 +1997,29 @@ fn a_sigterm_ends_the_wait_for_spans_at_exit() {
 #[test]
 fn the_span_queue_full_warning_names_no_request() {
     // A collector that takes connections and never answers: the first batch's export
-    // hangs, and the queue of two fills with the request's next spans. Roots are not
-    // sampled, so only the call, whose sampled parent is in `_meta`, makes spans: all
-    // of them end while its task runs.
+    // hangs, and the queue of two fills with the calls' next spans. Roots are not
+    // sampled, so only the calls, whose sampled parent is in `_meta`, make spans; with
+    // `span_detail = "basic"` all of them end while a call's task runs (the steps are
+    // events), so every drop, the first included, happens there.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let gw = gateway_with(&format!(
         "[tracing]\nenabled = true\nsampler_type = \"traceidratio\"\nsampler_param = 0.0\n\
-         otlp_protocol = \"http/protobuf\"\notlp_endpoint = \"http://{}\"\n\
-         otlp_timeout = \"10s\"\nmax_queue_size = 2\nmax_export_batch_size = 1\n",
+         span_detail = \"basic\"\notlp_protocol = \"http/protobuf\"\n\
+         otlp_endpoint = \"http://{}\"\notlp_timeout = \"10s\"\nmax_queue_size = 2\n\
+         max_export_batch_size = 1\n",
         silent.local_addr().unwrap()
     ));
     let mut c = WsClient::mcp(&gw);
     c.initialize();
     let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-    let r = c.request(
-        json!(1),
-        "tools/call",
-        json!({"name":"one.echo","arguments":{"text":"hi"},"_meta":{"traceparent":parent}}),
-    );
-    assert_eq!(text_of(&r), "hi", "{r}");
+    for id in 1..=2 {
+        let r = c.request(
+            json!(id),
+            "tools/call",
+            json!({"name":"one.echo","arguments":{"text":"hi"},"_meta":{"traceparent":parent}}),
+        );
+        assert_eq!(text_of(&r), "hi", "{r}");
+    }
     let line = gw.wait_line("span queue full");
     assert!(!line.contains("trace_id"), "{line}");
     // The request's own lines carry them: the line above lost them on purpose.

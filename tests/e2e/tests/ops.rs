@@ -273,7 +273,10 @@ fn the_readiness_line_names_the_admin_address() {
         .lines()
         .find(|l| l.contains("listening on ws://"))
         .unwrap_or_else(|| panic!("{log}"));
-    assert!(!log.contains("admin endpoints on"), "an info line, not at warn: {log}");
+    assert!(
+        !log.contains("admin endpoints on"),
+        "an info line, not at warn: {log}"
+    );
     let addr = line
         .split("admin on http://")
         .nth(1)
