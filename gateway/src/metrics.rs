@@ -288,6 +288,16 @@ impl Metrics {
         inner.errors[error_index(ty)] += 1;
     }
 
+    /// A request refused before its method could be read (not JSON, not JSON-RPC 2.0,
+    /// too large; each request of a batch): counted under [`OTHER`] with `error_type`,
+    /// and not in the duration histogram (no operation ran; its zero durations would
+    /// pull down the quantiles that latency alerts read).
+    pub fn request_unread(&self, error_type: &str) {
+        let mut inner = self.inner.borrow_mut();
+        inner.requests[KNOWN_METHODS.len()][Outcome::Error.index()] += 1;
+        inner.errors[error_index(error_type)] += 1;
+    }
+
     /// A client session started.
     pub fn session_opened(&self) {
         self.sessions_active.set(self.sessions_active.get() + 1);
@@ -843,6 +853,7 @@ mod tests {
         m.request_finished("x/custom", Outcome::Error, Some("-32601"), ms(1));
         m.request_finished("y/custom", Outcome::Error, Some("weird"), ms(1));
         m.request_finished("ping", Outcome::Error, None, Duration::from_secs(600));
+        m.request_unread("-32700");
         m.session_opened();
         m.session_opened();
         m.session_closed(Duration::from_secs(30));
@@ -866,7 +877,7 @@ mod tests {
         assert_eq!(value(&s, req, &[call, ("outcome", "tool_error")]), 1.0);
         assert_eq!(value(&s, req, &[call, ("outcome", "error")]), 1.0);
         let other = ("mcp_method_name", "other");
-        assert_eq!(value(&s, req, &[other, ("outcome", "error")]), 2.0);
+        assert_eq!(value(&s, req, &[other, ("outcome", "error")]), 3.0);
         let err = "mcp_gateway_errors_total";
         assert_eq!(value(&s, err, &[("error_type", "tool_error")]), 1.0);
         assert_eq!(value(&s, err, &[("error_type", "-32001")]), 1.0);
@@ -888,6 +899,9 @@ mod tests {
         let ping = ("mcp_method_name", "ping");
         assert_eq!(value(&s, &b, &[ping, ("le", "60")]), 0.0);
         assert_eq!(value(&s, &b, &[ping, ("le", "+Inf")]), 1.0);
+        // The unread request is not an operation: two of the three under `other`.
+        assert_eq!(value(&s, &format!("{op}_count"), &[other]), 2.0);
+        assert_eq!(value(&s, err, &[("error_type", "-32700")]), 1.0);
 
         assert_eq!(value(&s, "mcp_gateway_sessions_active", &[]), 1.0);
         let dropped = "mcp_gateway_sessions_dropped_total";

@@ -469,15 +469,10 @@ impl Session {
         if rej.reply && !broken_answer {
             self.rejected_span(&rej);
             // Requests too, refused before their method could be read: each answer (one
-            // per request of a batch) is counted under the method `other`.
+            // per request of a batch) is counted.
             let error_type = error_type_for_code(rej.error.code);
             for _ in 0..rej.batch.as_ref().map_or(1, Vec::len) {
-                self.gw.metrics.request_finished(
-                    "",
-                    Outcome::Error,
-                    Some(error_type),
-                    std::time::Duration::ZERO,
-                );
+                self.gw.metrics.request_unread(error_type);
             }
             self.deliver(rej.reply_text(), true).await;
         } else if let Some(id) = answered {
@@ -711,27 +706,12 @@ impl Session {
                     }
                 }
                 Err(closing) => {
-                    // Counted too: requests slow enough that clients give up are what
-                    // the latency and error alerts are for. At a shutdown the client is
-                    // answered -32004, and that is what is counted.
-                    let error_type = match closing {
-                        None => CANCELLED,
-                        Some(Closing::ClientGone) => Closing::ClientGone.error_type(),
-                        Some(Closing::Shutdown) => {
-                            error_type_for_code(SessionError::ShuttingDown.to_rpc_error().code)
-                        }
-                    };
-                    me.gw.metrics.request_finished(
-                        &method,
-                        Outcome::Error,
-                        Some(error_type),
-                        started.elapsed(),
-                    );
                     cx.set_attributes(|a| a.bool("mcp.request.cancelled", true));
-                    match closing {
+                    let error_type = match closing {
                         // MCP: a cancellation is not an error of the request's.
                         None => {
-                            log::debug!("session {}: {method} {id} cancelled by the client", me.id)
+                            log::debug!("session {}: {method} {id} cancelled by the client", me.id);
+                            CANCELLED
                         }
                         Some(why) => {
                             log::debug!("session {}: {method} {id}: {}", me.id, why.message());
@@ -742,10 +722,26 @@ impl Session {
                                 let e = SessionError::ShuttingDown.to_rpc_error();
                                 let code = e.code.to_string();
                                 cx.set_attributes(|a| a.str("rpc.response.status_code", &code));
-                                me.reply(Message::error_response(Some(id), e)).await;
+                                let sent = e.code;
+                                // What the client got: this, or what replaced it.
+                                let got = me
+                                    .reply(Message::error_response(Some(id), e))
+                                    .await
+                                    .map_or(sent, |instead| instead.code);
+                                error_type_for_code(got)
+                            } else {
+                                why.error_type()
                             }
                         }
-                    }
+                    };
+                    // Counted too: requests slow enough that clients give up are what
+                    // the latency and error alerts are for.
+                    me.gw.metrics.request_finished(
+                        &method,
+                        Outcome::Error,
+                        Some(error_type),
+                        started.elapsed(),
+                    );
                 }
             }
             cx.end();
