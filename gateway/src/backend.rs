@@ -1265,8 +1265,13 @@ impl Slot {
             Ok(r) => r.into_message(),
             Err(e) => {
                 proc.kill();
+                // No answer, or one that could not be taken, is a failed initialize
+                // (-32000, what the client's request waited for), not a bad answer to
+                // the client's own request.
                 return Err(match e {
-                    BackendError::Timeout { .. } => BackendError::Initialize {
+                    BackendError::Timeout { .. }
+                    | BackendError::InvalidResponse { .. }
+                    | BackendError::ResponseTooLarge { .. } => BackendError::Initialize {
                         backend: cfg.name.clone(),
                         reason: e.to_string(),
                     },
@@ -1275,7 +1280,23 @@ impl Slot {
             }
         };
         match resp.into_outcome() {
+            Ok(result) if !result.is_object() => {
+                proc.kill();
+                return Err(BackendError::Initialize {
+                    backend: cfg.name.clone(),
+                    reason: format!(
+                        "its initialize result is not an object: {}",
+                        mcp_shared::mcp::brief(&result)
+                    ),
+                });
+            }
             Ok(result) => {
+                if !result.get("capabilities").is_some_and(Value::is_object) {
+                    log::warn!(
+                        "backend {:?}: its initialize result has no \"capabilities\" object; taken as none (its tools, prompts and resources are not listed)",
+                        cfg.name
+                    );
+                }
                 *proc.caps.borrow_mut() = result.get("capabilities").cloned().unwrap_or(json!({}));
                 *proc.instructions.borrow_mut() = result
                     .get("instructions")

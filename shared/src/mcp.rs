@@ -200,7 +200,7 @@ pub fn keep_listable(
 }
 
 /// At most 80 bytes of an item's JSON, for a log line.
-fn brief(item: &Value) -> String {
+pub fn brief(item: &Value) -> String {
     let mut text = item.to_string();
     if text.len() > 80 {
         let mut end = 77;

@@ -2098,6 +2098,39 @@ fn a_cancelled_initialize_is_answered_and_so_is_what_waited_for_it() {
     assert!(list["result"]["tools"].is_array(), "{list}");
 }
 
+/// A backend's `initialize` answer that cannot be taken (neither result nor error, or a
+/// result that is not an object) fails its start: the client's request gets -32000
+/// `backend_initialize`, as for a refused `initialize`. (The first was a -32603 "invalid
+/// response" as if the client's own request had been answered badly; the second was
+/// taken as a backend with no capabilities, silently.)
+#[test]
+fn an_initialize_answer_that_cannot_be_taken_fails_the_start() {
+    let script = "read -r l; id=$(printf '%s' \"$l\" | sed 's/.*\"id\":\\([0-9]*\\).*/\\1/'); \
+                  printf '{\"jsonrpc\":\"2.0\",\"id\":%s%s}\\n' \"$id\" \"$0\"; sleep 60";
+    for (tail, says) in [
+        ("", r#"neither "result" nor "error""#),
+        (
+            r#","result":"hello""#,
+            r#"its initialize result is not an object: "hello""#,
+        ),
+    ] {
+        let gw = Gateway::start(&format!(
+            "[[backends]]\nname = \"one\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
+             args = [\"-c\", {script:?}, {tail:?}]\n"
+        ));
+        let mut c = WsClient::mcp(&gw);
+        c.initialize();
+        let r = c.call(json!(1), "one.x", json!({}));
+        assert_eq!(error_code(&r), -32000, "{r}");
+        assert_eq!(r["error"]["data"]["kind"], "backend_initialize", "{r}");
+        let m = r["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            m.contains("failed to initialize") && m.contains(says),
+            "{r}"
+        );
+    }
+}
+
 /// A backend that answers `initialize` with another protocol version than the client's
 /// is used as it is (nothing is translated), and the gateway says so.
 #[test]
