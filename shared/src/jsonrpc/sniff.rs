@@ -82,6 +82,10 @@ pub struct Sniffer {
     closed: bool,
     /// The top-level object has begun (or the text is not an object: `done`).
     started: bool,
+    /// Bytes of a UTF-8 byte order mark read at the very start (3: none may come any
+    /// more). A BOM makes the text invalid JSON, but its id is still the one to answer
+    /// under (a peer that writes a BOM before a later line).
+    lead: u8,
     done: bool,
     in_string: bool,
     escaped: bool,
@@ -161,6 +165,11 @@ impl Sniffer {
             let b = bytes[i];
             i += 1;
             if !self.started {
+                if self.lead < 3 && b == crate::framing::BOM[usize::from(self.lead)] {
+                    self.lead += 1;
+                    continue;
+                }
+                self.lead = 3;
                 match b {
                     b' ' | b'\t' | b'\r' | b'\n' => {}
                     b'{' => {
@@ -308,6 +317,10 @@ mod tests {
     fn reads_the_top_level_id_wherever_it_is() {
         let cases: &[(&[u8], Option<Id>)] = &[
             (br#"{"jsonrpc":"2.0","id":7,"method":"x"}"#, num(7)),
+            // Past a byte order mark at the very start (only there).
+            (b"\xEF\xBB\xBF{\"id\":8,\"result\":{}}", num(8)),
+            (b" \xEF\xBB\xBF{\"id\":8,\"result\":{}}", None),
+            (b"\xEF\xBB\xBF\xEF\xBB\xBF{\"id\":8}", None),
             // After params, as the TypeScript SDK writes it, with an `id` inside.
             (
                 br#"{"method":"x","params":{"id":3,"s":"\"id\":4}"},"jsonrpc":"2.0","id":12}"#,
