@@ -44,7 +44,8 @@ pub const STDIN_QUEUE: usize = 256;
 pub const STDIN_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// Stderr lines of one backend process logged per second, at most (see `log_stderr`).
 pub const STDERR_LINES_PER_SECOND: usize = 200;
-/// Longest stderr line of a backend that is logged whole.
+/// Most bytes of a backend's stderr line that are logged (less room for its `[name] `
+/// prefix and the cut note, within `logger::MAX_LOG_MESSAGE_BYTES`); the rest are counted.
 pub const STDERR_LINE_BYTES: usize = 8 * 1024;
 /// After a backend closes stdout, how long to wait for its exit status before killing it.
 pub const EXIT_WAIT: Duration = Duration::from_secs(1);
@@ -1883,18 +1884,30 @@ async fn write_stdin(
 /// writing stderr without pause (2.2 million lines, 166 MB of log in a review) starves
 /// nothing, and floods neither the log nor the disk.
 async fn log_stderr(name: Rc<str>, mut stderr: async_process::ChildStderr) {
-    let mut dec = LineDecoder::new(STDERR_LINE_BYTES);
+    // Room for the `[name] ` prefix and the cut note within one log message, so the
+    // logger's own cut never takes the end of either.
+    let keep = mcp_shared::logger::MAX_LOG_MESSAGE_BYTES
+        .saturating_sub(name.len() + 64)
+        .clamp(256, STDERR_LINE_BYTES);
+    let mut lines = StderrLines::new(keep);
     let mut buf = vec![0u8; 4096];
     let mut turns = Turns::default();
     let (mut second, mut logged, mut held) = (Instant::now(), 0usize, 0u64);
-    loop {
+    let mut done = false;
+    while !done {
         let n = match stderr.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => 0,
             Ok(n) => n,
         };
+        done = n == 0;
         turns.take(n).await;
-        dec.push(&buf[..n]);
-        while let Some(f) = dec.next_frame() {
+        let mut ready = Vec::new();
+        if done {
+            lines.finish(&mut |l, cut| ready.push((l.to_vec(), cut)));
+        } else {
+            lines.push(&buf[..n], &mut |l, cut| ready.push((l.to_vec(), cut)));
+        }
+        for (line, cut) in ready {
             turns.take(0).await;
             if logged >= STDERR_LINES_PER_SECOND {
                 if second.elapsed() < Duration::from_secs(1) {
@@ -1908,16 +1921,75 @@ async fn log_stderr(name: Rc<str>, mut stderr: async_process::ChildStderr) {
                 log::warn!("[{name}] {held} stderr line(s) not logged (more than {STDERR_LINES_PER_SECOND} a second)");
                 held = 0;
             }
-            match f {
-                Frame::Line(l) => log::info!("[{name}] {}", String::from_utf8_lossy(&l)),
-                Frame::TooLong { len, .. } => {
-                    log::info!("[{name}] <a {len}-byte stderr line, not shown>")
-                }
+            let text = String::from_utf8_lossy(&line);
+            if cut == 0 {
+                log::info!("[{name}] {text}");
+            } else {
+                log::info!("[{name}] {text} … ({cut} more bytes not logged)");
             }
         }
     }
     if held > 0 {
         log::warn!("[{name}] {held} stderr line(s) not logged (more than {STDERR_LINES_PER_SECOND} a second)");
+    }
+}
+
+/// Splits a backend's stderr into lines, keeping at most `keep` bytes of each and
+/// counting the rest: a long line (a one-line stack trace, a JSON error) is logged cut,
+/// not left out, and a line without end costs no more than `keep` bytes.
+struct StderrLines {
+    keep: usize,
+    head: Vec<u8>,
+    cut: usize,
+    /// Bytes seen of the current line (a lone `\r` before `\n` is not logged).
+    started: bool,
+}
+
+impl StderrLines {
+    fn new(keep: usize) -> Self {
+        StderrLines {
+            keep,
+            head: Vec::new(),
+            cut: 0,
+            started: false,
+        }
+    }
+
+    /// Takes `bytes`; `line` gets each line that ends in them (without `\n` or a
+    /// `\r` before it) and how many of its bytes were not kept.
+    fn push(&mut self, mut bytes: &[u8], line: &mut impl FnMut(&[u8], usize)) {
+        while !bytes.is_empty() {
+            let end = bytes.iter().position(|&b| b == b'\n');
+            let part = &bytes[..end.unwrap_or(bytes.len())];
+            let room = self.keep - self.head.len();
+            self.head.extend_from_slice(&part[..part.len().min(room)]);
+            self.cut += part.len().saturating_sub(room);
+            self.started |= !part.is_empty();
+            match end {
+                Some(i) => {
+                    self.emit(line);
+                    bytes = &bytes[i + 1..];
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// At the end of the stream: the last line, if it had no `\n`.
+    fn finish(&mut self, line: &mut impl FnMut(&[u8], usize)) {
+        if self.started {
+            self.emit(line);
+        }
+    }
+
+    fn emit(&mut self, line: &mut impl FnMut(&[u8], usize)) {
+        if self.cut == 0 && self.head.last() == Some(&b'\r') {
+            self.head.pop();
+        }
+        line(&self.head, self.cut);
+        self.head.clear();
+        self.cut = 0;
+        self.started = false;
     }
 }
 
@@ -2200,6 +2272,29 @@ mod tests {
             Some((1, TraceId::from(0xc)))
         );
         assert_eq!(session(proc.asked_for(None, Some(3))), None);
+    }
+
+    #[test]
+    fn stderr_lines_keep_a_head_of_each_and_count_the_rest() {
+        let mut s = StderrLines::new(4);
+        let mut got: Vec<(String, usize)> = Vec::new();
+        let mut take = |l: &[u8], cut: usize| got.push((String::from_utf8_lossy(l).into(), cut));
+        // Lines cut by the reads anywhere, CRLF, an empty line, a long one.
+        for part in [&b"ab"[..], b"c\r\nlong", b"er than four\n\nx", b"yz"] {
+            s.push(part, &mut take);
+        }
+        s.finish(&mut take);
+        // Nothing more at a second end.
+        s.finish(&mut take);
+        assert_eq!(
+            got,
+            [
+                ("abc".into(), 0),
+                ("long".into(), 12),
+                (String::new(), 0),
+                ("xyz".into(), 0)
+            ]
+        );
     }
 
     /// A request that runs out while its backend waited for the client's answer says
