@@ -277,7 +277,7 @@ pub struct Proc {
     metrics: Rc<Metrics>,
     /// When [`Proc::warn_limited`] last logged, and how many it held back since, for
     /// each kind of warning ([`Warned`]): one kind flooding does not hide another.
-    warned: [mcp_shared::logger::Throttle; 5],
+    warned: [Rc<mcp_shared::logger::Throttle>; 5],
     /// The backend's request timeout: also the longest a message waits for room in the
     /// stdin queue (a backend that stopped reading fills it).
     timeout: Duration,
@@ -581,8 +581,14 @@ impl Proc {
     /// (A backend that writes garbage without pause made 2.9 million warnings in
     /// 40 s, 730 MB of log.)
     pub(crate) fn warn_limited(&self, kind: Warned, msg: &str) {
-        match self.warned[kind as usize].pass(Instant::now(), BACKEND_WARN_INTERVAL) {
-            None => {}
+        let throttle = &self.warned[kind as usize];
+        match throttle.pass(Instant::now(), BACKEND_WARN_INTERVAL) {
+            None => {
+                let first = msg.to_string();
+                rt::tally_later(throttle, BACKEND_WARN_INTERVAL, move |n| {
+                    log::warn!("{n} warning(s) about a backend process held back since the last one; the first of them: {first}")
+                });
+            }
             Some(0) => log::warn!("{msg}"),
             Some(n) => log::warn!("{msg} ({n} more such warnings about this process held back)"),
         }

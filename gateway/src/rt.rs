@@ -25,6 +25,28 @@ pub fn block_on<T>(f: impl Future<Output = T>) -> T {
 
 pub use mcp_shared::time::timeout;
 
+/// After the first warning `throttle` held back since one was logged: `say`s how many
+/// it held once `every` is over, unless a warning that carries the count came first
+/// (a burst that ended within the interval was never counted in the log).
+pub fn tally_later(
+    throttle: &std::rc::Rc<mcp_shared::logger::Throttle>,
+    every: std::time::Duration,
+    say: impl FnOnce(u64) + 'static,
+) {
+    if throttle.held() != 1 {
+        return; // one is due already
+    }
+    let t = throttle.clone();
+    spawn(async move {
+        async_io::Timer::after(every).await;
+        let n = t.take_held();
+        if n > 0 {
+            say(n);
+        }
+    })
+    .detach();
+}
+
 /// Frames (or reads, or lines) a read loop takes before it lets the other tasks of the
 /// gateway's one thread run: a peer whose socket or pipe always has data (a flood of
 /// pings or notifications) cannot stall the other sessions.

@@ -238,10 +238,10 @@ pub struct Session {
     log_level: Cell<Option<usize>>,
     /// When the last "outbound queue full" warning was logged, and how many drops since
     /// went without one ([`Session::deliver`]).
-    drops: mcp_shared::logger::Throttle,
+    drops: Rc<mcp_shared::logger::Throttle>,
     /// The same for "bad message" warnings about what the client sends
     /// ([`Session::on_rejected`]).
-    rejects: mcp_shared::logger::Throttle,
+    rejects: Rc<mcp_shared::logger::Throttle>,
 }
 
 /// How often one session's "outbound queue full; dropped a message" may reach the log:
@@ -249,6 +249,11 @@ pub struct Session {
 /// make a line per message (a review counted 39,638 lines in one run, and the logger
 /// then dropped real ones).
 pub const DROP_WARN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What [`Session::tally_later`] counts of the "outbound queue full" warnings.
+const DROPS: &str = "message(s) dropped (the client's queue was full)";
+/// What it counts of the "bad message" warnings.
+const REJECTS: &str = "bad message(s) from the client";
 
 /// Longest string id a request may have (the sniffer reads ids as long,
 /// `jsonrpc::MAX_SNIFFED_ID_BYTES`): every answer repeats the id, so without a bound a
@@ -312,6 +317,19 @@ impl Session {
         self.gw.session_label(self.id)
     }
 
+    /// [`rt::tally_later`] for one of this session's warnings.
+    fn tally_later(
+        &self,
+        throttle: &Rc<mcp_shared::logger::Throttle>,
+        every: std::time::Duration,
+        what: &'static str,
+    ) {
+        let id = self.id;
+        rt::tally_later(throttle, every, move |n| {
+            log::warn!("session {id}: {n} more {what} since the last warning")
+        });
+    }
+
     /// Queues a line for the client. With `wait`, waits for room; otherwise drops the
     /// line when the queue is full (used for fan-out from shared backends, so one slow
     /// client cannot stall the others). Returns false when the line was not queued.
@@ -325,7 +343,7 @@ impl Session {
                 if e.is_full() {
                     let now = std::time::Instant::now();
                     match self.drops.pass(now, DROP_WARN_INTERVAL) {
-                        None => {}
+                        None => self.tally_later(&self.drops, DROP_WARN_INTERVAL, DROPS),
                         Some(0) => log::warn!(
                             "session {}: outbound queue full; dropped a message",
                             self.id
@@ -358,7 +376,7 @@ impl Session {
                     .drops
                     .pass(std::time::Instant::now(), DROP_WARN_INTERVAL)
                 {
-                    None => {}
+                    None => self.tally_later(&self.drops, DROP_WARN_INTERVAL, DROPS),
                     Some(0) => log::warn!("session {}: {}", self.id, err.message),
                     Some(n) => log::warn!(
                         "session {}: {} ({n} more dropped since the last warning)",
@@ -446,7 +464,10 @@ impl Session {
     pub async fn on_rejected(self: &Rc<Self>, rej: Rejection) {
         let now = std::time::Instant::now();
         match self.rejects.pass(now, REJECT_WARN_INTERVAL) {
-            None => log::debug!("session {}: bad message: {}", self.id, rej.error.message),
+            None => {
+                log::debug!("session {}: bad message: {}", self.id, rej.error.message);
+                self.tally_later(&self.rejects, REJECT_WARN_INTERVAL, REJECTS);
+            }
             Some(0) => log::warn!("session {}: bad message: {}", self.id, rej.error.message),
             Some(n) => log::warn!(
                 "session {}: bad message: {} ({n} more since the last warning)",

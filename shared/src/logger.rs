@@ -142,6 +142,17 @@ impl Throttle {
         self.last.set(Some(now));
         Some(self.held.replace(0))
     }
+
+    /// How many were held back since the last one logged.
+    pub fn held(&self) -> u64 {
+        self.held.get()
+    }
+
+    /// [`Throttle::held`], counted as said from now on (for a tally written when no
+    /// warning came to carry it).
+    pub fn take_held(&self) -> u64 {
+        self.held.replace(0)
+    }
 }
 
 /// Logs `args` at info from `target` whatever the level: for the few lines that are a
@@ -553,6 +564,10 @@ mod tests {
         assert_eq!(t.pass(start + every, every), Some(9));
         assert_eq!(t.pass(start + every, every), None);
         assert_eq!(t.pass(start + 3 * every, every), Some(1));
+        // A tally taken in between is not counted again.
+        assert_eq!(t.pass(start + 3 * every, every), None);
+        assert_eq!((t.held(), t.take_held(), t.held()), (1, 1, 0));
+        assert_eq!(t.pass(start + 5 * every, every), Some(0));
         // A clock reading older than the last (taken before it, logged after) is within
         // it.
         assert_eq!(t.pass(start, every), None);

@@ -2131,6 +2131,31 @@ fn an_initialize_answer_that_cannot_be_taken_fails_the_start() {
     }
 }
 
+/// Warnings about one backend process are logged one per 10 s; those held back are
+/// counted once the interval is over even when no later warning comes to carry the
+/// count (a burst of invalid lines that ended within it was never counted).
+#[test]
+fn held_back_backend_warnings_are_counted_when_the_interval_ends() {
+    let fixture = bin("mcp-fixture").display().to_string();
+    let gw = Gateway::start(&format!(
+        "[[backends]]\nname = \"one\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
+         args = [\"-c\", \"printf 'junk one\\\\njunk two\\\\njunk three\\\\n'; exec \\\"$0\\\" --name one\", {fixture:?}]\n"
+    ));
+    let mut c = WsClient::mcp(&gw);
+    c.initialize();
+    let first = gw.wait_line("backend \"one\" sent an invalid message");
+    assert!(!first.contains("held back"), "{first}");
+    let tally = gw.wait_line("2 warning(s) about a backend process held back");
+    assert!(
+        tally.contains("the first of them: backend \"one\" sent an invalid message"),
+        "{tally}"
+    );
+    assert_eq!(
+        text_of(&c.call(json!(1), "one.echo", json!({"text":"fine"}))),
+        "fine"
+    );
+}
+
 /// A backend that answers `initialize` with another protocol version than the client's
 /// is used as it is (nothing is translated), and the gateway says so.
 #[test]

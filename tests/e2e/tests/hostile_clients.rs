@@ -343,6 +343,10 @@ fn a_client_sending_junk_gets_each_error_and_one_warning() {
         .filter(|l| l.contains(" WARN ") && l.contains("session 1: bad message"))
         .count();
     assert_eq!(warned, 1, "{warned} warnings:\n{log}");
+    // The flood ended within the interval: the rest are still counted, once it is over
+    // (10 s after the first held back; no later warning came to carry the count).
+    let tally = gw.wait_line("session 1: 299 more bad message(s) from the client");
+    assert!(tally.contains(" WARN "), "{tally}");
 }
 
 /// A frame the gateway must fail the connection for (RFC 6455) closes it with a code
