@@ -280,11 +280,22 @@ fn with_retries<T>(
             .is_none_or(|t| t >= deadline)
         {
             return match again {
-                Again::After(d) => Err(format!("{err}; retry after {} ms", d.as_millis())),
+                Again::After(d) => Err(format!("{err}; retry after {}", retry_text(d))),
                 _ => Err(err),
             };
         }
         std::thread::sleep(delay);
+    }
+}
+
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+/// A collector's wish to be retried later, for a log line: milliseconds, or seconds
+/// when long (a `Retry-After` may be a 20-digit number of seconds).
+fn retry_text(d: Duration) -> String {
+    if d < Duration::from_secs(10) {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{} s", d.as_secs())
     }
 }
 
@@ -512,13 +523,15 @@ fn parse_response(buf: &[u8], eof: bool) -> Result<Option<Parsed>, String> {
         // headers without end is refused at MAX_RESPONSE_HEAD_BYTES, not scanned again
         // up to MAX_RESPONSE_BYTES at every read.
         let window = &buf[start..buf.len().min(start + MAX_RESPONSE_HEAD_BYTES + 4)];
+        // Refused as soon as it cannot be a status line, not read on to the end and
+        // then reported as a response cut short (nor as a bad status line when a
+        // blank line came in the same read). Not retried: the same server would
+        // answer the same.
+        let lead = &window[..window.len().min(STATUS_PREFIX.len())];
+        if !STATUS_PREFIX.starts_with(lead) {
+            return Err("collector answered something that is not HTTP/1.x".into());
+        }
         let Some(end) = find(window, b"\r\n\r\n") else {
-            // Refused as soon as it cannot be a status line, not read on to the end
-            // and then reported as a response cut short.
-            let lead = &window[..window.len().min(STATUS_PREFIX.len())];
-            if !STATUS_PREFIX.starts_with(lead) {
-                return Err("collector answered something that is not HTTP/1.x".into());
-            }
             if window.len() > MAX_RESPONSE_HEAD_BYTES {
                 return Err(format!(
                     "collector response head longer than {MAX_RESPONSE_HEAD_BYTES} bytes"
@@ -1245,7 +1258,7 @@ pub(crate) mod tests {
         });
         assert_eq!(n, 1);
         assert!(start.elapsed() < Duration::from_millis(500));
-        assert_eq!(r, Err("HTTP status 429; retry after 30000 ms".into()));
+        assert_eq!(r, Err("HTTP status 429; retry after 30 s".into()));
         // `Retry-After: 0` waits the backoff all the same; one past the clock's range
         // gives up at once (no overflow).
         let start = Instant::now();
@@ -1553,7 +1566,8 @@ pub(crate) mod tests {
             false
         )
         .is_err());
-        assert!(parse_response(b"SSH-2.0\r\n\r\n", false).is_err());
+        let e = parse_response(b"SSH-2.0\r\n\r\n", false).unwrap_err();
+        assert!(e.contains("not HTTP/1.x"), "{e}");
     }
 
     /// Something that cannot begin a status line is refused from its first bytes,

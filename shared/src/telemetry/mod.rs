@@ -320,7 +320,7 @@ impl Telemetry {
             let (exported, dropped) = self.stats();
             if dropped > 0 {
                 log::warn!(
-                    "tracing: {dropped} span(s) dropped in all (queue full or export failed), {exported} exported"
+                    "tracing: {dropped} span(s) dropped in all (queue full, export failed or refused, or left at the shutdown deadline), {exported} exported"
                 );
             } else {
                 log::debug!("tracing: {exported} span(s) exported, none dropped");
