@@ -246,6 +246,9 @@ pub struct Proc {
     /// guards): while a session has any, its requests here wait (a person answering an
     /// elicitation, a model a sampling request).
     asking: Rc<RefCell<HashMap<u64, usize>>>,
+    /// Its clients share it (`session = "shared"`): what it asks a client is routed by
+    /// the trace it asks in.
+    shared: bool,
     /// How many of the process's requests to clients were given up on, unanswered
     /// ([`Proc::client_gave_up`]): a request of its that timed out meanwhile timed out
     /// for the client's silence.
@@ -409,11 +412,13 @@ impl Proc {
         let trace = match span.span_context() {
             sc if sc.is_valid() => sc.trace_id(),
             // Not traced here: the context the client sent goes on to the backend
-            // unchanged, and the backend asks within its trace.
-            _ => msg
+            // unchanged, and the backend asks within its trace. Read for a shared
+            // backend only: a per-client one's requests go to their one session.
+            _ if self.shared => msg
                 .trace_context()
                 .and_then(|(parent, _)| propagation::parse_traceparent(parent))
                 .map_or(TraceId::INVALID, |(trace, _, _)| trace),
+            _ => TraceId::INVALID,
         };
         let id = self
             .pending
@@ -1210,6 +1215,7 @@ impl Slot {
             pending: RefCell::new(IdMap::new(MAX_PENDING_PER_PROCESS)),
             progress: RefCell::new(HashMap::new()),
             asking: Rc::default(),
+            shared: cfg.session == SessionMode::Shared,
             client_give_ups: Cell::new(0),
             next_token: Cell::new(1),
             caps: RefCell::new(Value::Null),
@@ -2393,6 +2399,7 @@ mod tests {
             pending: RefCell::new(IdMap::new(MAX_PENDING_PER_PROCESS)),
             progress: RefCell::new(HashMap::new()),
             asking: Rc::default(),
+            shared: true,
             client_give_ups: Cell::new(0),
             next_token: Cell::new(1),
             caps: RefCell::new(Value::Null),
