@@ -588,12 +588,15 @@ impl Proc {
     pub(crate) fn warn_limited(&self, kind: Warned, msg: &str) {
         let throttle = &self.warned[kind as usize];
         match throttle.pass(Instant::now(), BACKEND_WARN_INTERVAL) {
-            None => {
+            // The first held back only (`tally_later` ignores the rest): a flood of
+            // them copies no text.
+            None if throttle.held() == 1 => {
                 let first = msg.to_string();
                 rt::tally_later(throttle, BACKEND_WARN_INTERVAL, move |n| {
                     log::warn!("{n} warning(s) about a backend process held back since the last one; the first of them: {first}")
                 });
             }
+            None => {}
             Some(0) => log::warn!("{msg}"),
             Some(n) => log::warn!("{msg} ({n} more such warnings about this process held back)"),
         }
@@ -1897,7 +1900,8 @@ async fn write_stdin(
 /// nothing, and floods neither the log nor the disk.
 async fn log_stderr(name: Rc<str>, mut stderr: async_process::ChildStderr) {
     // Room for the `[name] ` prefix and the cut note within one log message, so the
-    // logger's own cut never takes the end of either.
+    // logger's own cut does not take the end of either (for plain text: the logger's
+    // escapes of control characters and invalid UTF-8 make a line longer, and may).
     let keep = mcp_shared::logger::MAX_LOG_MESSAGE_BYTES
         .saturating_sub(name.len() + 64)
         .clamp(256, STDERR_LINE_BYTES);
@@ -1972,7 +1976,11 @@ impl StderrLines {
     fn push(&mut self, mut bytes: &[u8], line: &mut impl FnMut(&[u8], usize)) {
         while !bytes.is_empty() {
             let end = bytes.iter().position(|&b| b == b'\n');
-            let part = &bytes[..end.unwrap_or(bytes.len())];
+            let mut part = &bytes[..end.unwrap_or(bytes.len())];
+            if end.is_some() {
+                // A CR before the LF ends the line; it is neither kept nor cut.
+                part = part.strip_suffix(b"\r").unwrap_or(part);
+            }
             let room = self.keep - self.head.len();
             self.head.extend_from_slice(&part[..part.len().min(room)]);
             self.cut += part.len().saturating_sub(room);
@@ -2289,6 +2297,10 @@ mod tests {
     #[test]
     fn stderr_lines_keep_a_head_of_each_and_count_the_rest() {
         let mut s = StderrLines::new(4);
+        // Exactly the bound, and a CR before its LF: nothing cut.
+        s.push(b"wxyz\r\n", &mut |l, cut| {
+            assert_eq!((l, cut), (&b"wxyz"[..], 0))
+        });
         let mut got: Vec<(String, usize)> = Vec::new();
         let mut take = |l: &[u8], cut: usize| got.push((String::from_utf8_lossy(l).into(), cut));
         // Lines cut by the reads anywhere, CRLF, an empty line, a long one.

@@ -289,12 +289,19 @@ impl Metrics {
     }
 
     /// A request refused before its method could be read (not JSON, not JSON-RPC 2.0,
-    /// too large; each request of a batch): counted under [`OTHER`] with `error_type`,
-    /// and not in the duration histogram (no operation ran; its zero durations would
-    /// pull down the quantiles that latency alerts read).
+    /// too large; each request of a batch): [`Metrics::request_refused`] under
+    /// [`OTHER`].
     pub fn request_unread(&self, error_type: &str) {
+        self.request_refused(OTHER, error_type);
+    }
+
+    /// A request the gateway refused before any work (unread, a duplicate id, too many
+    /// in flight): counted with `error_type`, and not in the duration histogram (no
+    /// operation ran; a flood of zero durations under overload would pull down the
+    /// quantiles that latency alerts read just when they matter).
+    pub fn request_refused(&self, method: &str, error_type: &str) {
         let mut inner = self.inner.borrow_mut();
-        inner.requests[KNOWN_METHODS.len()][Outcome::Error.index()] += 1;
+        inner.requests[method_index(method)][Outcome::Error.index()] += 1;
         inner.errors[error_index(error_type)] += 1;
     }
 

@@ -644,12 +644,7 @@ impl Session {
             // names the cause).
             let error_type = error_type_for_code(err.code);
             let resp = Message::error_response(Some(id), err);
-            self.gw.metrics.request_finished(
-                method,
-                Outcome::Error,
-                Some(error_type),
-                std::time::Duration::ZERO,
-            );
+            self.gw.metrics.request_refused(method, error_type);
             telemetry::record_response(&cx, &resp);
             cx.end();
             self.reply(resp).await;
@@ -727,6 +722,8 @@ impl Session {
                     }
                 }
                 Err(closing) => {
+                    // Until the request ended, not until its -32004 found room.
+                    let took = started.elapsed();
                     cx.set_attributes(|a| a.bool("mcp.request.cancelled", true));
                     let error_type = match closing {
                         // MCP: a cancellation is not an error of the request's.
@@ -757,12 +754,9 @@ impl Session {
                     };
                     // Counted too: requests slow enough that clients give up are what
                     // the latency and error alerts are for.
-                    me.gw.metrics.request_finished(
-                        &method,
-                        Outcome::Error,
-                        Some(error_type),
-                        started.elapsed(),
-                    );
+                    me.gw
+                        .metrics
+                        .request_finished(&method, Outcome::Error, Some(error_type), took);
                 }
             }
             cx.end();

@@ -255,6 +255,14 @@ fn refused_requests_are_counted_by_the_code_their_client_got() {
     for name in ["duplicate_id", "overloaded"] {
         assert!(!m.contains(&format!("error_type=\"{name}\"")), "{m}");
     }
+    // Refused before any work: no zero durations among the operations (the two calls
+    // in flight have not ended either).
+    assert!(
+        !m.contains("mcp_server_operation_duration_seconds_count{mcp_method_name=\"tools/call\"}")
+            && !m
+                .contains("mcp_server_operation_duration_seconds_count{mcp_method_name=\"other\"}"),
+        "{m}"
+    );
 }
 
 /// The readiness line, written whatever the level, names the admin address too: with
