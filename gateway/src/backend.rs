@@ -251,7 +251,10 @@ pub struct Proc {
     shared: bool,
     /// How many of the process's requests to clients were given up on, unanswered
     /// ([`Proc::client_gave_up`]): a request of its that timed out meanwhile timed out
-    /// for the client's silence.
+    /// for the client's silence. Per process, not per session: on a shared backend,
+    /// another client's silence given up on in the same window makes a session's
+    /// timeout name the client too (only the message's wording; kept simple rather
+    /// than a map per session that would have to be cleaned as sessions go).
     client_give_ups: Cell<u64>,
     next_token: Cell<u64>,
     caps: RefCell<Value>,
