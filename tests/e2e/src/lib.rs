@@ -58,14 +58,42 @@ pub fn fixture_backend(name: &str, extra: &str) -> String {
     )
 }
 
-/// A unique temporary file path.
+/// A unique temporary file path. The first call removes what earlier test processes
+/// left (`mcp-e2e-<pid>-…` of a process no longer running): tests write files there
+/// without always removing them, and a test binary has no hook at its exit.
 pub fn temp_path(tag: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(sweep_temp_files);
     std::env::temp_dir().join(format!(
         "mcp-e2e-{}-{}-{tag}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ))
+}
+
+/// Removes `mcp-e2e-<pid>-…` files and directories of test processes that are gone.
+fn sweep_temp_files() {
+    let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("mcp-e2e-"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !process_alive(pid) {
+            let _ = match entry.file_type() {
+                Ok(t) if t.is_dir() => std::fs::remove_dir_all(entry.path()),
+                _ => std::fs::remove_file(entry.path()),
+            };
+        }
+    }
 }
 
 /// Lines a child wrote to stderr, collected by a thread.
@@ -276,6 +304,8 @@ pub struct Client {
     log_lines: Option<Receiver<String>>,
     /// The last [`KEPT_TEXTS`] messages received, as their text came.
     texts: Texts,
+    /// Files made for it (a router's configuration), removed with it.
+    files: Vec<PathBuf>,
 }
 
 /// How many received texts a [`Client`] keeps for [`Client::text_of_response`].
@@ -362,6 +392,7 @@ impl Client {
             queue: VecDeque::new(),
             child: Some(child),
             stdin: Some(stdin),
+            files: Vec::new(),
             log,
             log_lines,
             texts,
@@ -522,6 +553,9 @@ impl Drop for Client {
         if let Some(c) = self.child.as_mut() {
             kill_group(c);
         }
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
     }
 }
 
@@ -637,6 +671,7 @@ impl WsClient {
             queue: VecDeque::new(),
             child: None,
             stdin: None,
+            files: Vec::new(),
             log: Log::default(),
             log_lines: None,
             texts,
@@ -732,5 +767,7 @@ pub fn gateway_with(config: &str) -> Gateway {
 pub fn router_with_config(gw_url: &str, extra: &str) -> Client {
     let path = temp_path("router.toml");
     std::fs::write(&path, format!("[gateway]\nurl = {gw_url:?}\n{extra}")).unwrap();
-    Client::router_args(&["--config", path.to_str().unwrap()], &[])
+    let mut c = Client::router_args(&["--config", path.to_str().unwrap()], &[]);
+    c.files.push(path);
+    c
 }
