@@ -480,21 +480,19 @@ mod tests {
             RouteError::UnknownResource("db://u:pw@h/x?k=v".into()).to_string(),
             "resource not found: db://REDACTED@h/x?k=REDACTED"
         );
-        let t = BackendError::Timeout {
-            backend: "b".into(),
-            after_ms: 5,
-            waiting_for_client: false,
-        }
-        .to_rpc_error();
+        let timeout = |waiting_for_client| {
+            BackendError::Timeout {
+                backend: "b".into(),
+                after_ms: 5,
+                waiting_for_client,
+            }
+            .to_rpc_error()
+        };
+        let t = timeout(false);
         assert_eq!(t.code, codes::REQUEST_TIMEOUT);
         assert_eq!(t.data.unwrap()["backend"], "b");
         assert_eq!(t.message, "backend \"b\" did not answer within 5 ms");
-        let t = BackendError::Timeout {
-            backend: "b".into(),
-            after_ms: 5,
-            waiting_for_client: true,
-        }
-        .to_rpc_error();
+        let t = timeout(true);
         assert_eq!(t.code, codes::REQUEST_TIMEOUT);
         assert!(t
             .message

@@ -758,6 +758,17 @@ pub fn choose_mcp(
     Ok(resp)
 }
 
+/// A backend `name` run as `sh -c SCRIPT FIXTURE ARGS…`: in `script`, `$0` is the
+/// fixture's path and `$1`… are `args`. `extra` is more of its TOML (`session = …`).
+pub fn sh_backend(name: &str, script: &str, args: &[&str], extra: &str) -> String {
+    let fixture = bin("mcp-fixture").display().to_string();
+    let args: String = args.iter().map(|a| format!(", {a:?}")).collect();
+    format!(
+        "[[backends]]\nname = \"{name}\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
+         args = [\"-c\", {script:?}, {fixture:?}{args}]\n{extra}\n"
+    )
+}
+
 /// Starts a gateway with `config` and one fixture backend, `one`.
 pub fn gateway_with(config: &str) -> Gateway {
     Gateway::start(&format!("{config}{}", fixture_backend("one", "")))

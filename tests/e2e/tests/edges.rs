@@ -2078,10 +2078,11 @@ fn the_router_tallies_the_spans_it_dropped_at_exit() {
 /// starts) still gets it answered, and the requests it pipelined behind it too.
 #[test]
 fn a_cancelled_initialize_is_answered_and_so_is_what_waited_for_it() {
-    let fixture = bin("mcp-fixture").display().to_string();
-    let gw = Gateway::start(&format!(
-        "[[backends]]\nname = \"one\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
-         args = [\"-c\", \"sleep 0.3; exec \\\"$0\\\" --name one\", {fixture:?}]\n"
+    let gw = Gateway::start(&sh_backend(
+        "one",
+        "sleep 0.3; exec \"$0\" --name one",
+        &[],
+        "",
     ));
     let mut c = WsClient::mcp(&gw);
     c.send(
@@ -2106,7 +2107,7 @@ fn a_cancelled_initialize_is_answered_and_so_is_what_waited_for_it() {
 #[test]
 fn an_initialize_answer_that_cannot_be_taken_fails_the_start() {
     let script = "read -r l; id=$(printf '%s' \"$l\" | sed 's/.*\"id\":\\([0-9]*\\).*/\\1/'); \
-                  printf '{\"jsonrpc\":\"2.0\",\"id\":%s%s}\\n' \"$id\" \"$0\"; sleep 60";
+                  printf '{\"jsonrpc\":\"2.0\",\"id\":%s%s}\\n' \"$id\" \"$1\"; sleep 60";
     for (tail, says) in [
         ("", r#"neither "result" nor "error""#),
         (
@@ -2114,10 +2115,7 @@ fn an_initialize_answer_that_cannot_be_taken_fails_the_start() {
             r#"its initialize result is not an object: "hello""#,
         ),
     ] {
-        let gw = Gateway::start(&format!(
-            "[[backends]]\nname = \"one\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
-             args = [\"-c\", {script:?}, {tail:?}]\n"
-        ));
+        let gw = Gateway::start(&sh_backend("one", script, &[tail], ""));
         let mut c = WsClient::mcp(&gw);
         c.initialize();
         let r = c.call(json!(1), "one.x", json!({}));
@@ -2136,11 +2134,8 @@ fn an_initialize_answer_that_cannot_be_taken_fails_the_start() {
 /// count (a burst of invalid lines that ended within it was never counted).
 #[test]
 fn held_back_backend_warnings_are_counted_when_the_interval_ends() {
-    let fixture = bin("mcp-fixture").display().to_string();
-    let gw = Gateway::start(&format!(
-        "[[backends]]\nname = \"one\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
-         args = [\"-c\", \"printf 'junk one\\\\njunk two\\\\njunk three\\\\n'; exec \\\"$0\\\" --name one\", {fixture:?}]\n"
-    ));
+    let script = "printf 'junk one\\njunk two\\njunk three\\n'; exec \"$0\" --name one";
+    let gw = Gateway::start(&sh_backend("one", script, &[], ""));
     let mut c = WsClient::mcp(&gw);
     c.initialize();
     let first = gw.wait_line("backend \"one\" sent an invalid message");
@@ -2160,12 +2155,8 @@ fn held_back_backend_warnings_are_counted_when_the_interval_ends() {
 /// is used as it is (nothing is translated), and the gateway says so.
 #[test]
 fn a_backend_on_another_protocol_version_is_named_in_the_log() {
-    let fixture = bin("mcp-fixture").display().to_string();
     let script = "\"$0\" --name one | sed -u 's/\"protocolVersion\":\"2025-06-18\"/\"protocolVersion\":\"2024-11-05\"/'";
-    let gw = Gateway::start(&format!(
-        "[[backends]]\nname = \"one\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
-         args = [\"-c\", {script:?}, {fixture:?}]\n"
-    ));
+    let gw = Gateway::start(&sh_backend("one", script, &[], ""));
     let mut c = WsClient::mcp(&gw);
     let r = c.initialize();
     assert_eq!(r["protocolVersion"], "2025-06-18");

@@ -173,20 +173,9 @@ fn version_names_commit_and_features() {
 /// JSON log stays JSON, line by line.
 #[test]
 fn the_readiness_line_follows_the_log_format_at_any_level() {
-    let gw = Gateway::start_with_env(
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[logging]\nformat = \"json\"\n{}",
-            fixture_backend("one", "")
-        ),
-        &[("MCP_LOG", "warn")],
-    );
-    let text = gw.log.text();
-    let line = text
-        .lines()
-        .find(|l| l.contains("listening on"))
-        .expect("the readiness line");
+    let (_gw, line) = readiness_line_at_warn("[logging]\nformat = \"json\"\n");
     let v: serde_json::Value =
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
     assert!(
         v["msg"].as_str().unwrap().starts_with("listening on ws://"),
         "{v}"
@@ -269,18 +258,8 @@ fn refused_requests_are_counted_by_the_code_their_client_got() {
 /// `[admin] listen` on port 0 and the level at warn, nothing else said where it was.
 #[test]
 fn the_readiness_line_names_the_admin_address() {
-    let gw = Gateway::start_with_env(
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}",
-            fixture_backend("one", "")
-        ),
-        &[("MCP_LOG", "warn")],
-    );
+    let (gw, line) = readiness_line_at_warn("[admin]\nlisten = \"127.0.0.1:0\"\n");
     let log = gw.log.text();
-    let line = log
-        .lines()
-        .find(|l| l.contains("listening on ws://"))
-        .unwrap_or_else(|| panic!("{log}"));
     assert!(
         !log.contains("admin endpoints on"),
         "an info line, not at warn: {log}"
@@ -291,4 +270,23 @@ fn the_readiness_line_names_the_admin_address() {
         .and_then(|r| r.split(')').next())
         .unwrap_or_else(|| panic!("{line}"));
     assert_eq!(get(addr, "/healthz").0, 200, "{line}");
+}
+
+/// A gateway with `extra` TOML and one fixture backend, logging at warn, and its
+/// readiness line (written at any level).
+fn readiness_line_at_warn(extra: &str) -> (Gateway, String) {
+    let gw = Gateway::start_with_env(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{extra}{}",
+            fixture_backend("one", "")
+        ),
+        &[("MCP_LOG", "warn")],
+    );
+    let log = gw.log.text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("listening on ws://"))
+        .unwrap_or_else(|| panic!("no readiness line: {log}"))
+        .to_string();
+    (gw, line)
 }

@@ -18,17 +18,6 @@ fn gateway() -> Gateway {
     ))
 }
 
-/// A backend `name` run as `sh -c SCRIPT FIXTURE ARGS…`: in `script`, `$0` is the
-/// fixture's path and `$1`… are `args`. `extra` is more of its TOML (`session = …`).
-fn sh_backend(name: &str, script: &str, args: &[&str], extra: &str) -> String {
-    let fixture = bin("mcp-fixture").display().to_string();
-    let args: String = args.iter().map(|a| format!(", {a:?}")).collect();
-    format!(
-        "[[backends]]\nname = \"{name}\"\ntransport = \"stdio\"\ncommand = \"sh\"\n\
-         args = [\"-c\", {script:?}, {fixture:?}{args}]\n{extra}\n"
-    )
-}
-
 /// The same, with "two" behind a shell loop that makes it a slow subscriber: each
 /// line with `subscribe` in it (subscribe and unsubscribe) is logged to stderr as
 /// `held <line>` (the gateway logs it: the test knows the line reached the backend)
