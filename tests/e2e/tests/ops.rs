@@ -8,11 +8,7 @@ use serde_json::json;
 
 #[test]
 fn health_readiness_and_metrics_reflect_real_traffic() {
-    let gw = Gateway::start(&format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
-        fixture_backend("one", "")
-    ));
-    let addr = admin_addr(&gw);
+    let (gw, addr) = with_admin("");
     assert_eq!(get(&addr, "/healthz").0, 200);
     assert_eq!(get(&addr, "/readyz").0, 200);
     assert_eq!(get(&addr, "/nope").0, 404);
@@ -188,11 +184,7 @@ fn the_readiness_line_follows_the_log_format_at_any_level() {
 /// request (these were not counted at all).
 #[test]
 fn refused_requests_are_counted_by_the_code_their_client_got() {
-    let gw = Gateway::start(&format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n[limits]\nmax_in_flight = 2\n{}",
-        fixture_backend("one", "")
-    ));
-    let addr = admin_addr(&gw);
+    let (gw, addr) = with_admin("[limits]\nmax_in_flight = 2\n");
     let mut c = WsClient::mcp(&gw);
     c.initialize();
     let sleep = |id: i64| {
@@ -289,4 +281,15 @@ fn readiness_line_at_warn(extra: &str) -> (Gateway, String) {
         .unwrap_or_else(|| panic!("no readiness line: {log}"))
         .to_string();
     (gw, line)
+}
+
+/// A gateway with `[admin]` on a free port, `extra` TOML and one fixture backend, and
+/// its admin address.
+fn with_admin(extra: &str) -> (Gateway, String) {
+    let gw = Gateway::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{extra}{}",
+        fixture_backend("one", "")
+    ));
+    let addr = admin_addr(&gw);
+    (gw, addr)
 }
